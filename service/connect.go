@@ -1,0 +1,52 @@
+package service
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// Connect implements netprobev1.ProbeServiceServer.
+func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*netprobev1.ConnectResponse, error) {
+	t, timeout, err := s.validateConnect(req)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	// The caller's deadline caps the probe's: whichever comes first ends it.
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	conn, resp := s.connect(pctx, t, start)
+	if conn != nil {
+		defer conn.Close()
+		if req.GetReverseLookup() {
+			resp.ReverseLookup = s.reverseLookup(pctx, conn.RemoteAddr(), start)
+		}
+		resp.TotalDuration = durationpb.New(time.Since(start))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	return resp, nil
+}
+
+// reverseLookup looks addr's IP up by address, like gethostbyaddr.
+func (s *Server) reverseLookup(ctx context.Context, addr net.Addr, start time.Time) *netprobev1.ReverseLookup {
+	ip := addr.String()
+	if h, _, err := net.SplitHostPort(ip); err == nil {
+		ip = h
+	}
+	begin := time.Now()
+	names, err := s.cfg.Resolver.LookupAddr(ctx, ip)
+	out := &netprobev1.ReverseLookup{Names: names, Duration: durationpb.New(time.Since(begin))}
+	if err != nil {
+		out.Error = probeError(netprobev1.Stage_STAGE_REVERSE_LOOKUP, ip, err, start)
+	}
+	return out
+}

@@ -1,0 +1,321 @@
+package service_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// blackhole returns the port of a listener on 127.0.0.1 whose accept queue
+// is full, so the kernel drops further SYNs and a connect times out without
+// any packet leaving loopback.
+func blackhole(t *testing.T) uint32 {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	// A backlog of 0 lets one connection wait in the accept queue.
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*unix.SockaddrInet4).Port
+	filler, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port), testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	// For a listener, TCP_INFO reports the accept queue's length in unacked
+	// and its limit in sacked: wait for the kernel to count it full.
+	deadline := time.Now().Add(testTimeout)
+	for {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Unacked > info.Sacked {
+			return uint32(port)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("accept queue not full after %v: %d of %d", testTimeout, info.Unacked, info.Sacked)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// wantError is what a test expects of a ProbeError; nil means success.
+type wantError struct {
+	stage   netprobev1.Stage
+	reason  netprobev1.Reason
+	errno   string
+	address string // checked when not empty
+}
+
+func checkError(t *testing.T, got *netprobev1.ProbeError, want *wantError) {
+	t.Helper()
+	if want == nil {
+		if got != nil {
+			t.Fatalf("unexpected error: %v", got)
+		}
+		return
+	}
+	if got == nil {
+		t.Fatalf("no error, want %v / %v", want.stage, want.reason)
+	}
+	if got.Stage != want.stage || got.Reason != want.reason || got.Errno != want.errno {
+		t.Errorf("error = %v / %v / %q, want %v / %v / %q (message %q)", got.Stage, got.Reason, got.Errno, want.stage, want.reason, want.errno, got.Message)
+	}
+	if want.address != "" && got.Address != want.address {
+		t.Errorf("error address = %q, want %q", got.Address, want.address)
+	}
+	if got.Message == "" || got.Elapsed == nil {
+		t.Errorf("error lacks message or elapsed: %v", got)
+	}
+}
+
+func TestConnect(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	v4 := listen(t, "127.0.0.1:0", nil)
+	v6 := listen(t, "[::1]:0", nil)
+	// Same port on both families, listening only on IPv4.
+	onlyV4 := listen(t, "127.0.0.1:0", nil)
+	refused := closedPort(t, "tcp4", "127.0.0.1:0")
+	hole := blackhole(t)
+
+	loop4, loop6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
+	e.dns.SetAddrs("dual.test", loop4, loop6)
+	e.dns.SetAddrs("v6only.test", loop6)
+	e.dns.SetRcode("servfail.test", dns.RcodeServerFailure)
+	e.dns.Drop("silent.test")
+
+	tests := []struct {
+		name   string
+		target *netprobev1.Target
+		// timeout is the probe's; zero leaves the server default.
+		timeout time.Duration
+		want    *wantError
+		// peer is the peer address expected on success.
+		peer string
+		// attempts are the addresses tried, in order, and whether each
+		// failed.
+		attempts []string
+	}{
+		{
+			name:     "IPv4 literal",
+			target:   &netprobev1.Target{Host: "127.0.0.1", Port: v4.port()},
+			peer:     v4.ln.Addr().String(),
+			attempts: []string{v4.ln.Addr().String()},
+		},
+		{
+			name:     "IPv6 literal in brackets",
+			target:   &netprobev1.Target{Host: "[::1]", Port: v6.port()},
+			peer:     v6.ln.Addr().String(),
+			attempts: []string{v6.ln.Addr().String()},
+		},
+		{
+			name:   "dual-stack name falls back to IPv4",
+			target: &netprobev1.Target{Host: "dual.test", Port: onlyV4.port()},
+			peer:   onlyV4.ln.Addr().String(),
+			attempts: []string{
+				fmt.Sprintf("[::1]:%d failed", onlyV4.port()),
+				fmt.Sprintf("127.0.0.1:%d", onlyV4.port()),
+			},
+		},
+		{
+			name:     "name forced to IPv4",
+			target:   &netprobev1.Target{Host: "dual.test", Port: v4.port(), IpFamily: netprobev1.IpFamily_IP_FAMILY_IPV4},
+			peer:     v4.ln.Addr().String(),
+			attempts: []string{v4.ln.Addr().String()},
+		},
+		{
+			name:     "refused",
+			target:   &netprobev1.Target{Host: "127.0.0.1", Port: refused},
+			want:     &wantError{stage: netprobev1.Stage_STAGE_CONNECT, reason: netprobev1.Reason_REASON_REFUSED, errno: "ECONNREFUSED", address: fmt.Sprintf("127.0.0.1:%d", refused)},
+			attempts: []string{fmt.Sprintf("127.0.0.1:%d failed", refused)},
+		},
+		{
+			name:     "SYN dropped: connect timeout",
+			target:   &netprobev1.Target{Host: "127.0.0.1", Port: hole},
+			timeout:  300 * time.Millisecond,
+			want:     &wantError{stage: netprobev1.Stage_STAGE_CONNECT, reason: netprobev1.Reason_REASON_TIMEOUT, address: fmt.Sprintf("127.0.0.1:%d", hole)},
+			attempts: []string{fmt.Sprintf("127.0.0.1:%d failed", hole)},
+		},
+		{
+			name:   "no such host",
+			target: &netprobev1.Target{Host: "nxdomain.test", Port: 80},
+			want:   &wantError{stage: netprobev1.Stage_STAGE_RESOLVE, reason: netprobev1.Reason_REASON_NO_SUCH_HOST, address: "nxdomain.test"},
+		},
+		{
+			name:   "IPv4 forced, name has only AAAA",
+			target: &netprobev1.Target{Host: "v6only.test", Port: 80, IpFamily: netprobev1.IpFamily_IP_FAMILY_IPV4},
+			want:   &wantError{stage: netprobev1.Stage_STAGE_RESOLVE, reason: netprobev1.Reason_REASON_NO_SUCH_HOST, address: "v6only.test"},
+		},
+		{
+			name:   "SERVFAIL: temporary DNS failure",
+			target: &netprobev1.Target{Host: "servfail.test", Port: 80},
+			want:   &wantError{stage: netprobev1.Stage_STAGE_RESOLVE, reason: netprobev1.Reason_REASON_TEMPORARY_DNS_FAILURE, address: "servfail.test"},
+		},
+		{
+			name:    "DNS server silent: resolve timeout",
+			target:  &netprobev1.Target{Host: "silent.test", Port: 80},
+			timeout: 300 * time.Millisecond,
+			want:    &wantError{stage: netprobev1.Stage_STAGE_RESOLVE, reason: netprobev1.Reason_REASON_TIMEOUT, address: "silent.test"},
+		},
+		{
+			name:   "unknown service",
+			target: &netprobev1.Target{Host: "127.0.0.1", Service: "no-such-service"},
+			want:   &wantError{stage: netprobev1.Stage_STAGE_SERVICE_LOOKUP, reason: netprobev1.Reason_REASON_UNKNOWN_SERVICE, address: "no-such-service"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req := &netprobev1.ConnectRequest{Target: tt.target}
+			if tt.timeout != 0 {
+				req.Timeout = durationpb.New(tt.timeout)
+			}
+			start := time.Now()
+			resp, err := e.client.Connect(testContext(t), req)
+			if err != nil {
+				t.Fatalf("Connect: %v", err)
+			}
+			checkError(t, resp.Error, tt.want)
+			if tt.timeout != 0 && tt.want != nil && tt.want.reason == netprobev1.Reason_REASON_TIMEOUT {
+				if took := time.Since(start); took > tt.timeout+time.Second {
+					t.Errorf("timeout of %v fired after %v", tt.timeout, took)
+				}
+			}
+			var attempts []string
+			for _, a := range resp.Attempts {
+				s := a.Address
+				if a.Error != nil {
+					s += " failed"
+				}
+				attempts = append(attempts, s)
+			}
+			if diff := cmp.Diff(tt.attempts, attempts); diff != "" {
+				t.Errorf("attempts (-want +got):\n%s", diff)
+			}
+			if tt.want != nil {
+				if resp.LocalAddress != "" || resp.PeerAddress != "" {
+					t.Errorf("failed probe reports addresses %q -> %q", resp.LocalAddress, resp.PeerAddress)
+				}
+				return
+			}
+			if resp.PeerAddress != tt.peer {
+				t.Errorf("peer = %q, want %q", resp.PeerAddress, tt.peer)
+			}
+			if resp.TotalDuration == nil || resp.ConnectDuration == nil || resp.ResolveDuration == nil {
+				t.Errorf("timings missing: %v", resp)
+			}
+		})
+	}
+}
+
+// TestConnectAddresses checks that the reported addresses are the ones the
+// target saw: our local address is its peer address.
+func TestConnectAddresses(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	tg := listen(t, "127.0.0.1:0", nil)
+	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.port()}})
+	if err != nil || resp.Error != nil {
+		t.Fatalf("Connect: %v %v", err, resp.GetError())
+	}
+	select {
+	case c := <-tg.accepted:
+		if got, want := resp.LocalAddress, c.RemoteAddr().String(); got != want {
+			t.Errorf("local address = %q, target saw %q", got, want)
+		}
+		if got, want := resp.PeerAddress, c.LocalAddr().String(); got != want {
+			t.Errorf("peer address = %q, target is %q", got, want)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("target accepted nothing")
+	}
+	if resp.Port != tg.port() || len(resp.ResolvedAddresses) != 1 || resp.ResolvedAddresses[0] != "127.0.0.1" {
+		t.Errorf("port %d, resolved %v", resp.Port, resp.ResolvedAddresses)
+	}
+}
+
+func TestConnectServiceName(t *testing.T) {
+	t.Parallel()
+	tg := listen(t, "127.0.0.1:0", nil)
+	e := newEnv(t, withServices(t, fmt.Sprintf("np-test %d/tcp np-alias\n", tg.port())))
+	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Service: "np-alias"}})
+	if err != nil || resp.Error != nil {
+		t.Fatalf("Connect: %v %v", err, resp.GetError())
+	}
+	if resp.Port != tg.port() || resp.PeerAddress != tg.ln.Addr().String() {
+		t.Errorf("port %d peer %q, want %d %q", resp.Port, resp.PeerAddress, tg.port(), tg.ln.Addr())
+	}
+}
+
+func TestConnectReverseLookup(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// 127.0.0.2 and .3 are loopback too, and in no hosts file, so the
+	// answers come from the test's DNS server.
+	named := listen(t, "127.0.0.2:0", nil)
+	unnamed := listen(t, "127.0.0.3:0", nil)
+	e.dns.SetPTR(netip.MustParseAddr("127.0.0.2"), "target.test")
+
+	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.2", Port: named.port()}, ReverseLookup: true})
+	if err != nil || resp.Error != nil {
+		t.Fatalf("Connect: %v %v", err, resp.GetError())
+	}
+	if got := resp.ReverseLookup.GetNames(); len(got) != 1 || got[0] != "target.test." || resp.ReverseLookup.Error != nil {
+		t.Errorf("reverse lookup = %v", resp.ReverseLookup)
+	}
+
+	resp, err = e.client.Connect(testContext(t), &netprobev1.ConnectRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.3", Port: unnamed.port()}, ReverseLookup: true})
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	// The probe itself succeeded; only the reverse lookup failed.
+	checkError(t, resp.Error, nil)
+	checkError(t, resp.ReverseLookup.GetError(), &wantError{stage: netprobev1.Stage_STAGE_REVERSE_LOOKUP, reason: netprobev1.Reason_REASON_NO_SUCH_HOST, address: "127.0.0.3"})
+}
+
+// TestConnectCallerDeadline checks that the caller's deadline wins over a
+// longer probe timeout, and is reported as the call's status, not a result.
+func TestConnectCallerDeadline(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	hole := blackhole(t)
+	ctx, cancel := context.WithTimeout(testContext(t), 300*time.Millisecond)
+	defer cancel()
+	_, err := e.client.Connect(ctx, &netprobev1.ConnectRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.1", Port: hole}, Timeout: durationpb.New(5 * time.Second)})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("Connect = %v, want DEADLINE_EXCEEDED", err)
+	}
+	var st interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &st) {
+		t.Fatalf("not a status error: %v", err)
+	}
+}

@@ -1,0 +1,264 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+const (
+	// fallbackDelay is how long the first address family gets before the
+	// other one is tried too (RFC 8305's recommended 300ms, as net.Dialer).
+	fallbackDelay = 300 * time.Millisecond
+	// minAttemptTime is the least time an attempt gets when several
+	// addresses share a budget, as in net.Dialer: a dead first address must
+	// not eat the whole budget, nor can each be given too little to connect.
+	minAttemptTime = 2 * time.Second
+)
+
+// attempt is one connection attempt to one address.
+type attempt struct {
+	addr       netip.AddrPort
+	start, end time.Time
+	// stage is where err struck: STAGE_SOCKET when no socket was made.
+	stage netprobev1.Stage
+	err   error
+	// abandoned attempts were cancelled because another one connected first,
+	// or because the caller left.
+	abandoned bool
+}
+
+// connect runs the service lookup, resolve and connect phases and reports
+// them. It returns the connection, or nil with resp.Error set.
+func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Conn, *netprobev1.ConnectResponse) {
+	resp := &netprobev1.ConnectResponse{}
+	fail := func(e *netprobev1.ProbeError) (net.Conn, *netprobev1.ConnectResponse) {
+		resp.Error = e
+		resp.TotalDuration = durationpb.New(time.Since(start))
+		return nil, resp
+	}
+
+	if t.port == 0 {
+		e, ok := s.cfg.Services.ByName(t.service, t.network)
+		if !ok {
+			return fail(unknownService(t.service, t.network, start))
+		}
+		t.port = e.Port
+	}
+	resp.Port = uint32(t.port)
+
+	addrs, err := s.resolve(ctx, t)
+	resp.ResolveDuration = durationpb.New(time.Since(start))
+	if err != nil {
+		return fail(probeError(netprobev1.Stage_STAGE_RESOLVE, t.host, err, start))
+	}
+	targets := make([]netip.AddrPort, len(addrs))
+	for i, a := range addrs {
+		targets[i] = netip.AddrPortFrom(a, t.port)
+		resp.ResolvedAddresses = append(resp.ResolvedAddresses, targets[i].Addr().String())
+	}
+
+	connectStart := time.Now()
+	conn, attempts := s.dialParallel(ctx, t.network, targets)
+	resp.ConnectDuration = durationpb.New(time.Since(connectStart))
+	var firstErr *netprobev1.ProbeError
+	for _, a := range attempts {
+		pa := &netprobev1.DialAttempt{
+			Address:   a.addr.String(),
+			Start:     durationpb.New(a.start.Sub(connectStart)),
+			Duration:  durationpb.New(a.end.Sub(a.start)),
+			Abandoned: a.abandoned,
+		}
+		if a.err != nil && !a.abandoned {
+			pa.Error = probeError(a.stage, a.addr.String(), a.err, start)
+			pa.Error.Elapsed = durationpb.New(a.end.Sub(start))
+			if firstErr == nil {
+				firstErr = pa.Error
+			}
+		}
+		resp.Attempts = append(resp.Attempts, pa)
+	}
+	if conn == nil {
+		if firstErr == nil {
+			// Nothing was tried before the budget ran out (or every try
+			// was cut short by it).
+			firstErr = probeError(netprobev1.Stage_STAGE_CONNECT, targets[0].String(), context.Cause(ctx), start)
+		}
+		return fail(firstErr)
+	}
+	resp.LocalAddress = conn.LocalAddr().String()
+	resp.PeerAddress = conn.RemoteAddr().String()
+	resp.TotalDuration = durationpb.New(time.Since(start))
+	return conn, resp
+}
+
+// resolve returns the addresses to try, in the resolver's preference order
+// (RFC 6724 for Go's resolver).
+func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
+	if t.literal.IsValid() {
+		return []netip.Addr{t.literal}, nil
+	}
+	network := "ip"
+	switch t.family {
+	case netprobev1.IpFamily_IP_FAMILY_IPV4:
+		network = "ip4"
+	case netprobev1.IpFamily_IP_FAMILY_IPV6:
+		network = "ip6"
+	}
+	addrs, err := s.cfg.Resolver.LookupNetIP(ctx, network, t.host)
+	if err != nil {
+		return nil, fmt.Errorf("lookup %s: %w", t.host, err)
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if a = a.Unmap(); !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		return nil, &net.DNSError{Err: "no addresses", Name: t.host, IsNotFound: true}
+	}
+	return out, nil
+}
+
+// dialParallel races the first address family against the other, as Happy
+// Eyeballs does: the other family starts after fallbackDelay or as soon as
+// the first has failed, the first connection wins and the rest are
+// abandoned. Unlike net.Dialer it keeps every attempt's outcome.
+func (s *Server) dialParallel(ctx context.Context, network string, addrs []netip.AddrPort) (net.Conn, []*attempt) {
+	primaries, fallbacks := partition(addrs)
+	if len(fallbacks) == 0 {
+		return s.dialSerial(ctx, network, primaries)
+	}
+	type result struct {
+		conn     net.Conn
+		attempts []*attempt
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan result, 2)
+	race := func(addrs []netip.AddrPort) {
+		c, a := s.dialSerial(ctx, network, addrs)
+		results <- result{c, a}
+	}
+	go race(primaries)
+	timer := time.NewTimer(fallbackDelay)
+	defer timer.Stop()
+	running, fallbackStarted := 1, false
+	var winner net.Conn
+	var all []*attempt
+	for running > 0 {
+		select {
+		case <-timer.C:
+			if !fallbackStarted {
+				fallbackStarted = true
+				running++
+				go race(fallbacks)
+			}
+		case r := <-results:
+			running--
+			all = append(all, r.attempts...)
+			switch {
+			case r.conn != nil && winner == nil:
+				winner = r.conn
+				cancel()
+			case r.conn != nil:
+				// Both families connected at once: keep the first.
+				r.conn.Close()
+				r.attempts[len(r.attempts)-1].abandoned = true
+			case !fallbackStarted && winner == nil:
+				fallbackStarted = true
+				running++
+				go race(fallbacks)
+			}
+		}
+	}
+	slices.SortStableFunc(all, func(a, b *attempt) int { return a.start.Compare(b.start) })
+	return winner, all
+}
+
+// partition splits addrs into those of the first address's family and the
+// rest, keeping their order.
+func partition(addrs []netip.AddrPort) (primaries, fallbacks []netip.AddrPort) {
+	first := addrs[0].Addr().Is4()
+	for _, a := range addrs {
+		if a.Addr().Is4() == first {
+			primaries = append(primaries, a)
+		} else {
+			fallbacks = append(fallbacks, a)
+		}
+	}
+	return primaries, fallbacks
+}
+
+// dialSerial tries addrs in turn, giving each a share of what is left of the
+// budget, until one connects.
+func (s *Server) dialSerial(ctx context.Context, network string, addrs []netip.AddrPort) (net.Conn, []*attempt) {
+	var attempts []*attempt
+	for i, addr := range addrs {
+		if ctx.Err() != nil {
+			break
+		}
+		a := &attempt{addr: addr, start: time.Now(), stage: netprobev1.Stage_STAGE_CONNECT}
+		attempts = append(attempts, a)
+		actx, cancel := context.WithDeadline(ctx, partialDeadline(ctx, a.start, len(addrs)-i))
+		conn, err := dialOne(actx, network, addr, a)
+		cancel()
+		a.end = time.Now()
+		if err == nil {
+			return conn, attempts
+		}
+		a.err = err
+		if errors.Is(ctx.Err(), context.Canceled) {
+			a.abandoned = true
+		}
+	}
+	return nil, attempts
+}
+
+// partialDeadline shares the time left among the addresses left, as
+// net.Dialer does.
+func partialDeadline(ctx context.Context, now time.Time, remaining int) time.Time {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return time.Time{}
+	}
+	left := deadline.Sub(now)
+	share := left / time.Duration(remaining)
+	if share < minAttemptTime {
+		share = min(minAttemptTime, left)
+	}
+	return now.Add(share)
+}
+
+// dialOne connects to one address. The dialer's Control hook runs once the
+// socket exists, so an error before it is a STAGE_SOCKET failure.
+func dialOne(ctx context.Context, network string, addr netip.AddrPort, a *attempt) (net.Conn, error) {
+	socketMade := false
+	d := net.Dialer{
+		KeepAlive: -1,
+		Control: func(string, string, syscall.RawConn) error {
+			socketMade = true
+			return nil
+		},
+	}
+	if addr.Addr().Is4() {
+		network += "4"
+	} else {
+		network += "6"
+	}
+	conn, err := d.DialContext(ctx, network, addr.String())
+	if err != nil && !socketMade && ctx.Err() == nil {
+		a.stage = netprobev1.Stage_STAGE_SOCKET
+	}
+	return conn, err
+}

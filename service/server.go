@@ -1,0 +1,127 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/services"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultTimeout         = 5 * time.Second
+	DefaultMaxTimeout      = 60 * time.Second
+	DefaultMaxPayloadBytes = 1 << 20
+	DefaultMaxFetchBytes   = 64 << 20
+)
+
+// Config holds the server's limits and the resolvers it uses. Zero fields
+// take the defaults above; a nil Resolver is ResolverFor("").
+type Config struct {
+	// DefaultTimeout bounds a probe whose request sets no timeout.
+	DefaultTimeout time.Duration
+	// MaxTimeout is the largest timeout a request may ask for.
+	MaxTimeout time.Duration
+	// MaxPayloadBytes caps a Fetch request's payload.
+	MaxPayloadBytes int
+	// MaxFetchBytes caps how much one Fetch receives.
+	MaxFetchBytes uint64
+	// Resolver resolves host names and reverse-looks-up addresses.
+	Resolver *net.Resolver
+	// Services maps service names to ports.
+	Services *services.Table
+}
+
+// Server implements netprobev1.ProbeServiceServer.
+type Server struct {
+	netprobev1.UnimplementedProbeServiceServer
+	cfg Config
+}
+
+var _ netprobev1.ProbeServiceServer = (*Server)(nil)
+
+// New returns a Server with cfg's zero fields set to their defaults.
+func New(cfg Config) (*Server, error) {
+	if cfg.DefaultTimeout == 0 {
+		cfg.DefaultTimeout = DefaultTimeout
+	}
+	if cfg.MaxTimeout == 0 {
+		cfg.MaxTimeout = DefaultMaxTimeout
+	}
+	if cfg.MaxPayloadBytes == 0 {
+		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if cfg.MaxFetchBytes == 0 {
+		cfg.MaxFetchBytes = DefaultMaxFetchBytes
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = ResolverFor("")
+	}
+	if cfg.Services == nil {
+		return nil, fmt.Errorf("config: Services is required")
+	}
+	if cfg.DefaultTimeout < 0 || cfg.MaxTimeout < cfg.DefaultTimeout {
+		return nil, fmt.Errorf("config: need 0 < default timeout (%v) <= max timeout (%v)", cfg.DefaultTimeout, cfg.MaxTimeout)
+	}
+	if cfg.MaxPayloadBytes < 0 {
+		return nil, fmt.Errorf("config: max payload bytes %d is negative", cfg.MaxPayloadBytes)
+	}
+	return &Server{cfg: cfg}, nil
+}
+
+// ResolverFor returns Go's resolver, sending every DNS query to the server
+// at addr ("host:port") or, when addr is empty, to the servers in
+// /etc/resolv.conf. The hosts file is read first, as getaddrinfo does.
+//
+// Its connections to DNS servers are closed as soon as the lookup is
+// abandoned: the standard resolver would otherwise keep waiting for an
+// answer for its full per-query timeout after the probe gave up.
+func ResolverFor(addr string) *net.Resolver {
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, server string) (net.Conn, error) {
+			if addr != "" {
+				server = addr
+			}
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, server)
+			if err != nil {
+				return nil, err
+			}
+			stop := context.AfterFunc(ctx, func() { c.Close() })
+			// The resolver tells datagram from stream connections by
+			// type, so the wrapper must keep the concrete type's methods.
+			switch c := c.(type) {
+			case *net.UDPConn:
+				return &udpConn{c, stop}, nil
+			case *net.TCPConn:
+				return &tcpConn{c, stop}, nil
+			}
+			stop()
+			return c, nil
+		},
+	}
+}
+
+type udpConn struct {
+	*net.UDPConn
+	stop func() bool
+}
+
+func (c *udpConn) Close() error {
+	c.stop()
+	return c.UDPConn.Close()
+}
+
+type tcpConn struct {
+	*net.TCPConn
+	stop func() bool
+}
+
+func (c *tcpConn) Close() error {
+	c.stop()
+	return c.TCPConn.Close()
+}

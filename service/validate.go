@@ -1,0 +1,305 @@
+package service
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// violations collects what is wrong with a request, so one answer names
+// every bad field.
+type violations []*errdetails.BadRequest_FieldViolation
+
+func (v *violations) add(field, format string, args ...any) {
+	*v = append(*v, &errdetails.BadRequest_FieldViolation{Field: field, Description: fmt.Sprintf(format, args...)})
+}
+
+// err returns nil when nothing was added, else INVALID_ARGUMENT with a
+// BadRequest detail.
+func (v violations) err() error {
+	if len(v) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(v))
+	for i, fv := range v {
+		msgs[i] = fv.Field + ": " + fv.Description
+	}
+	st := status.New(codes.InvalidArgument, "invalid request: "+strings.Join(msgs, "; "))
+	st, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: v})
+	if err != nil {
+		return status.Error(codes.Internal, "build error details: "+err.Error())
+	}
+	return st.Err()
+}
+
+// target is a validated Target.
+type target struct {
+	host    string
+	literal netip.Addr // valid when host is an IP address
+	port    uint16     // 0 until the service is looked up
+	service string
+	network string // "tcp" or "udp"
+	family  netprobev1.IpFamily
+}
+
+// maxHostLength is the longest DNS name (RFC 1035, without the final dot).
+const maxHostLength = 253
+
+func validateTarget(v *violations, t *netprobev1.Target) target {
+	if t == nil {
+		v.add("target", "is required")
+		return target{}
+	}
+	out := target{host: t.GetHost(), service: t.GetService(), family: t.GetIpFamily()}
+	switch {
+	case out.host == "":
+		v.add("target.host", "is required: a DNS name or an IP address")
+	default:
+		if h := strings.TrimSuffix(strings.TrimPrefix(out.host, "["), "]"); h != out.host {
+			// Accept "[::1]" as people copy it from URLs, but only around an
+			// IPv6 address.
+			if a, err := netip.ParseAddr(h); err == nil && a.Is6() {
+				out.host = h
+			}
+		}
+		if a, err := netip.ParseAddr(out.host); err == nil {
+			out.literal = a.Unmap()
+		} else if msg := checkHostName(out.host); msg != "" {
+			v.add("target.host", "%q is not an IP address or a valid DNS name: %s", t.GetHost(), msg)
+		}
+	}
+	switch t.GetNetwork() {
+	case netprobev1.Network_NETWORK_UNSPECIFIED, netprobev1.Network_NETWORK_TCP:
+		out.network = "tcp"
+	case netprobev1.Network_NETWORK_UDP:
+		out.network = "udp"
+	default:
+		v.add("target.network", "unknown network %d: use NETWORK_TCP or NETWORK_UDP", t.GetNetwork())
+	}
+	switch out.family {
+	case netprobev1.IpFamily_IP_FAMILY_UNSPECIFIED:
+	case netprobev1.IpFamily_IP_FAMILY_IPV4:
+		if out.literal.Is6() {
+			v.add("target.ip_family", "IP_FAMILY_IPV4 asked for, but host %s is an IPv6 address", out.host)
+		}
+	case netprobev1.IpFamily_IP_FAMILY_IPV6:
+		if out.literal.Is4() {
+			v.add("target.ip_family", "IP_FAMILY_IPV6 asked for, but host %s is an IPv4 address", out.host)
+		}
+	default:
+		v.add("target.ip_family", "unknown IP family %d", out.family)
+	}
+	switch p := t.GetPort(); {
+	case p > 65535:
+		v.add("target.port", "%d is out of range 1-65535", p)
+	case p == 0 && out.service == "":
+		v.add("target.port", "a port (1-65535) or a service name is required")
+	default:
+		out.port = uint16(p)
+	}
+	if out.service != "" {
+		if msg := checkServiceName(out.service); msg != "" {
+			v.add("target.service", "%q is not a valid service name: %s", out.service, msg)
+		}
+	}
+	return out
+}
+
+// checkHostName says what is wrong with a DNS name, or "" when nothing is.
+// It admits underscores, which real names (SRV owners, some internal hosts)
+// carry.
+func checkHostName(h string) string {
+	name := strings.TrimSuffix(h, ".")
+	if len(name) > maxHostLength {
+		return fmt.Sprintf("longer than %d characters", maxHostLength)
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" {
+			return "empty label"
+		}
+		if len(label) > 63 {
+			return "a label is longer than 63 characters"
+		}
+		for _, c := range []byte(label) {
+			if !isNameChar(c) {
+				return fmt.Sprintf("character %q is not allowed", c)
+			}
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return "a label starts or ends with '-'"
+		}
+	}
+	return ""
+}
+
+func isNameChar(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
+}
+
+// checkServiceName says what is wrong with a service name (services(5):
+// letters, digits and a few punctuation marks, no spaces), or "" when
+// nothing is.
+func checkServiceName(s string) string {
+	if len(s) > 64 {
+		return "longer than 64 characters"
+	}
+	for _, c := range []byte(s) {
+		if !isNameChar(c) && c != '.' && c != '+' && c != '/' {
+			return fmt.Sprintf("character %q is not allowed", c)
+		}
+	}
+	return ""
+}
+
+// validateTimeout returns the probe's budget: the request's timeout, or the
+// default when it sets none.
+func (s *Server) validateTimeout(v *violations, field string, d *durationpb.Duration) time.Duration {
+	if d == nil {
+		return s.cfg.DefaultTimeout
+	}
+	if err := d.CheckValid(); err != nil {
+		v.add(field, "%v", err)
+		return 0
+	}
+	t := d.AsDuration()
+	switch {
+	case t <= 0:
+		v.add(field, "must be positive, got %v", t)
+	case t > s.cfg.MaxTimeout:
+		v.add(field, "%v is over the server's maximum of %v", t, s.cfg.MaxTimeout)
+	}
+	return t
+}
+
+func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (target, time.Duration, error) {
+	var v violations
+	t := validateTarget(&v, req.GetTarget())
+	timeout := s.validateTimeout(&v, "timeout", req.GetTimeout())
+	return t, timeout, v.err()
+}
+
+// fetchParams is a validated FetchRequest.
+type fetchParams struct {
+	target      target
+	timeout     time.Duration
+	request     []byte
+	maxBytes    uint64
+	readTimeout time.Duration
+	framing     netprobev1.Framing
+	halfClose   bool
+}
+
+func (s *Server) validateFetch(req *netprobev1.FetchRequest) (fetchParams, error) {
+	var v violations
+	p := fetchParams{
+		target:    validateTarget(&v, req.GetTarget()),
+		timeout:   s.validateTimeout(&v, "timeout", req.GetTimeout()),
+		maxBytes:  req.GetMaxBytes(),
+		framing:   req.GetFraming(),
+		halfClose: !req.GetKeepWriteOpen(),
+	}
+	udp := p.target.network == "udp"
+	switch r := req.GetRequest().(type) {
+	case *netprobev1.FetchRequest_Payload:
+		if len(r.Payload) > s.cfg.MaxPayloadBytes {
+			v.add("payload", "%d bytes is over the server's cap of %d", len(r.Payload), s.cfg.MaxPayloadBytes)
+		}
+		p.request = r.Payload
+	case *netprobev1.FetchRequest_HttpGet:
+		if udp {
+			v.add("http_get", "an HTTP request needs NETWORK_TCP")
+		}
+		p.request = httpGetRequest(&v, r.HttpGet)
+	}
+	switch {
+	case p.maxBytes == 0:
+		p.maxBytes = s.cfg.MaxFetchBytes
+	case p.maxBytes > s.cfg.MaxFetchBytes:
+		v.add("max_bytes", "%d is over the server's cap of %d", p.maxBytes, s.cfg.MaxFetchBytes)
+	}
+	if d := req.GetReadTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			v.add("read_timeout", "%v", err)
+		} else if p.readTimeout = d.AsDuration(); p.readTimeout <= 0 {
+			v.add("read_timeout", "must be positive, got %v", p.readTimeout)
+		}
+	}
+	switch p.framing {
+	case netprobev1.Framing_FRAMING_UNSPECIFIED:
+		p.framing = netprobev1.Framing_FRAMING_RAW
+		if udp {
+			p.framing = netprobev1.Framing_FRAMING_DATAGRAMS
+		}
+	case netprobev1.Framing_FRAMING_RAW:
+	case netprobev1.Framing_FRAMING_LINES:
+		if udp {
+			v.add("framing", "FRAMING_LINES needs NETWORK_TCP")
+		}
+	case netprobev1.Framing_FRAMING_DATAGRAMS:
+		if !udp {
+			v.add("framing", "FRAMING_DATAGRAMS needs NETWORK_UDP")
+		}
+	default:
+		v.add("framing", "unknown framing %d", p.framing)
+	}
+	if udp && req.GetKeepWriteOpen() {
+		v.add("keep_write_open", "applies to NETWORK_TCP only: UDP has no half-close")
+	}
+	return p, v.err()
+}
+
+// httpGetRequest renders an HTTP/1.0 GET as a socket client writes it.
+func httpGetRequest(v *violations, g *netprobev1.HttpGet) []byte {
+	path := g.GetPath()
+	if path == "" {
+		path = "/"
+	}
+	if !strings.HasPrefix(path, "/") {
+		v.add("http_get.path", "%q must start with '/'", path)
+	}
+	if i := strings.IndexFunc(path, func(r rune) bool { return r <= ' ' || r == 0x7f }); i >= 0 {
+		v.add("http_get.path", "%q holds a space or control character at byte %d", path, i)
+	}
+	if i := strings.IndexFunc(g.GetHost(), func(r rune) bool { return r <= ' ' || r == 0x7f }); i >= 0 {
+		v.add("http_get.host", "%q holds a space or control character at byte %d", g.GetHost(), i)
+	}
+	req := "GET " + path + " HTTP/1.0\r\n"
+	if g.GetHost() != "" {
+		req += "Host: " + g.GetHost() + "\r\n"
+	}
+	return []byte(req + "\r\n")
+}
+
+func validateResolveService(req *netprobev1.ResolveServiceRequest) (protocol string, err error) {
+	var v violations
+	switch {
+	case req.GetName() == "" && req.GetPort() == 0:
+		v.add("name", "a service name or a port is required")
+	case req.GetName() != "" && req.GetPort() != 0:
+		v.add("port", "give a service name or a port, not both")
+	}
+	if req.GetName() != "" {
+		if msg := checkServiceName(req.GetName()); msg != "" {
+			v.add("name", "%q is not a valid service name: %s", req.GetName(), msg)
+		}
+	}
+	if req.GetPort() > 65535 {
+		v.add("port", "%d is out of range 1-65535", req.GetPort())
+	}
+	protocol = strings.ToLower(req.GetProtocol())
+	if protocol == "" {
+		protocol = "tcp"
+	}
+	if len(protocol) > 32 || strings.IndexFunc(protocol, func(r rune) bool { return !('a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '-') }) >= 0 {
+		v.add("protocol", "%q is not a protocol name such as tcp or udp", req.GetProtocol())
+	}
+	return protocol, v.err()
+}

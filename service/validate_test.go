@@ -1,0 +1,163 @@
+package service_test
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// badRequestFields returns the fields a refused call's BadRequest names.
+func badRequestFields(t *testing.T, err error) []string {
+	t.Helper()
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument {
+		t.Fatalf("status = %v, want INVALID_ARGUMENT", err)
+	}
+	var fields []string
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.FieldViolations {
+				if v.Description == "" {
+					t.Errorf("violation of %s has no description", v.Field)
+				}
+				fields = append(fields, v.Field)
+			}
+		}
+	}
+	return fields
+}
+
+func TestBadRequests(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// Every request that names a real host points here, so a dial would
+	// show up as an accepted connection.
+	tg := listen(t, "127.0.0.1:0", nil)
+	good := func() *netprobev1.Target { return &netprobev1.Target{Host: "127.0.0.1", Port: tg.port()} }
+	with := func(f func(*netprobev1.Target)) *netprobev1.Target {
+		t := good()
+		f(t)
+		return t
+	}
+	udp := with(func(t *netprobev1.Target) { t.Network = netprobev1.Network_NETWORK_UDP })
+
+	connects := []struct {
+		name   string
+		req    *netprobev1.ConnectRequest
+		fields []string
+	}{
+		{"no target", &netprobev1.ConnectRequest{}, []string{"target"}},
+		{"no host", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "" })}, []string{"target.host"}},
+		{"host with a space", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "exa mple.test" })}, []string{"target.host"}},
+		{"host with NUL", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "example.test\x00.evil" })}, []string{"target.host"}},
+		{"no port, no service", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 0 })}, []string{"target.port"}},
+		{"port over 65535", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 65536 })}, []string{"target.port"}},
+		{"bad service name", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 0; t.Service = "ht tp" })}, []string{"target.service"}},
+		{"unknown network", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Network = 7 })}, []string{"target.network"}},
+		{"unknown family", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.IpFamily = 9 })}, []string{"target.ip_family"}},
+		{"IPv6 forced on an IPv4 address", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.IpFamily = netprobev1.IpFamily_IP_FAMILY_IPV6 })}, []string{"target.ip_family"}},
+		{"negative timeout", &netprobev1.ConnectRequest{Target: good(), Timeout: &durationpb.Duration{Seconds: -1}}, []string{"timeout"}},
+		{"timeout over the maximum", &netprobev1.ConnectRequest{Target: good(), Timeout: &durationpb.Duration{Seconds: 3600}}, []string{"timeout"}},
+		{"several at once", &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "a b", Port: 70000}}, []string{"target.host", "target.port"}},
+	}
+	for _, tt := range connects {
+		t.Run("Connect/"+tt.name, func(t *testing.T) {
+			_, err := e.client.Connect(testContext(t), tt.req)
+			if diff := cmp.Diff(tt.fields, badRequestFields(t, err)); diff != "" {
+				t.Errorf("fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	fetches := []struct {
+		name   string
+		req    *netprobev1.FetchRequest
+		fields []string
+	}{
+		{"payload over the cap", &netprobev1.FetchRequest{Target: good(), Request: &netprobev1.FetchRequest_Payload{Payload: bytes.Repeat([]byte("z"), 1<<20+1)}}, []string{"payload"}},
+		{"max_bytes over the cap", &netprobev1.FetchRequest{Target: good(), MaxBytes: 1 << 40}, []string{"max_bytes"}},
+		{"negative read timeout", &netprobev1.FetchRequest{Target: good(), ReadTimeout: &durationpb.Duration{Nanos: -5}}, []string{"read_timeout"}},
+		{"unknown framing", &netprobev1.FetchRequest{Target: good(), Framing: 42}, []string{"framing"}},
+		{"datagrams over TCP", &netprobev1.FetchRequest{Target: good(), Framing: netprobev1.Framing_FRAMING_DATAGRAMS}, []string{"framing"}},
+		{"lines over UDP", &netprobev1.FetchRequest{Target: udp, Framing: netprobev1.Framing_FRAMING_LINES}, []string{"framing"}},
+		{"HTTP over UDP", &netprobev1.FetchRequest{Target: udp, Request: &netprobev1.FetchRequest_HttpGet{HttpGet: &netprobev1.HttpGet{}}}, []string{"http_get"}},
+		{"HTTP path without a slash", &netprobev1.FetchRequest{Target: good(), Request: &netprobev1.FetchRequest_HttpGet{HttpGet: &netprobev1.HttpGet{Path: "index.html"}}}, []string{"http_get.path"}},
+		{"HTTP header injection", &netprobev1.FetchRequest{Target: good(), Request: &netprobev1.FetchRequest_HttpGet{HttpGet: &netprobev1.HttpGet{Host: "a\r\nX-Evil: 1"}}}, []string{"http_get.host"}},
+		{"half-close over UDP", &netprobev1.FetchRequest{Target: udp, KeepWriteOpen: true}, []string{"keep_write_open"}},
+	}
+	for _, tt := range fetches {
+		t.Run("Fetch/"+tt.name, func(t *testing.T) {
+			stream, err := e.client.Fetch(testContext(t), tt.req)
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			if diff := cmp.Diff(tt.fields, badRequestFields(t, err)); diff != "" {
+				t.Errorf("fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	resolves := []struct {
+		name   string
+		req    *netprobev1.ResolveServiceRequest
+		fields []string
+	}{
+		{"nothing", &netprobev1.ResolveServiceRequest{}, []string{"name"}},
+		{"name and port", &netprobev1.ResolveServiceRequest{Name: "http", Port: 80}, []string{"port"}},
+		{"bad protocol", &netprobev1.ResolveServiceRequest{Name: "http", Protocol: "t c p"}, []string{"protocol"}},
+		{"port over 65535", &netprobev1.ResolveServiceRequest{Port: 70000}, []string{"port"}},
+	}
+	for _, tt := range resolves {
+		t.Run("ResolveService/"+tt.name, func(t *testing.T) {
+			_, err := e.client.ResolveService(testContext(t), tt.req)
+			if diff := cmp.Diff(tt.fields, badRequestFields(t, err)); diff != "" {
+				t.Errorf("fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	if !tg.acceptedNothing() {
+		t.Error("a refused request dialled its target")
+	}
+}
+
+func TestResolveService(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, withServices(t, "http 8080/tcp www\n"))
+	tests := []struct {
+		name string
+		req  *netprobev1.ResolveServiceRequest
+		want *netprobev1.ResolveServiceResponse
+	}{
+		{"by name, system", &netprobev1.ResolveServiceRequest{Name: "www"},
+			&netprobev1.ResolveServiceResponse{Name: "http", Port: 8080, Protocol: "tcp", Aliases: []string{"www"}, Source: netprobev1.ServiceSource_SERVICE_SOURCE_SYSTEM}},
+		{"by name, builtin", &netprobev1.ResolveServiceRequest{Name: "domain", Protocol: "udp"},
+			&netprobev1.ResolveServiceResponse{Name: "domain", Port: 53, Protocol: "udp", Source: netprobev1.ServiceSource_SERVICE_SOURCE_BUILTIN}},
+		{"by port", &netprobev1.ResolveServiceRequest{Port: 22},
+			&netprobev1.ResolveServiceResponse{Name: "ssh", Port: 22, Protocol: "tcp", Source: netprobev1.ServiceSource_SERVICE_SOURCE_BUILTIN}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := e.client.ResolveService(testContext(t), tt.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+	got, err := e.client.ResolveService(testContext(t), &netprobev1.ResolveServiceRequest{Name: "no-such-service"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkError(t, got.Error, &wantError{stage: netprobev1.Stage_STAGE_SERVICE_LOOKUP, reason: netprobev1.Reason_REASON_UNKNOWN_SERVICE, address: "no-such-service"})
+}
