@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -116,7 +115,8 @@ func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
 	}
 	addrs, err := s.cfg.Resolver.LookupNetIP(ctx, network, t.host)
 	if err != nil {
-		return nil, fmt.Errorf("lookup %s: %w", t.host, err)
+		// A *net.DNSError already names the lookup and the host.
+		return nil, err
 	}
 	out := make([]netip.Addr, 0, len(addrs))
 	for _, a := range addrs {

@@ -118,7 +118,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes+64<<10),
 	)
 	netprobev1.RegisterProbeServiceServer(gs, srv)
-	hs := health.NewServer()
+	hs := &drainingHealth{Server: health.NewServer()}
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -134,7 +134,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	logger.Info("draining", "grace", cfg.ShutdownGrace)
 	// Health first, so load balancers stop sending before calls are refused.
-	hs.Shutdown()
+	hs.drain()
 	stopped := make(chan struct{})
 	go func() {
 		gs.GracefulStop()

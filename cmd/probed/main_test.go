@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/netlab"
+)
+
+const testTimeout = 10 * time.Second
+
+// probedBin is the probed binary built for these tests.
+var probedBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "probed-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	probedBin = filepath.Join(dir, "probed")
+	if out, err := exec.Command("go", "build", "-o", probedBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// probed is a running probed process.
+type probed struct {
+	cmd    *exec.Cmd
+	addr   string // the gRPC target to dial
+	exited chan error
+}
+
+// startProbed runs cmd (probed, maybe inside a namespace) with JSON logs and
+// waits for its "serving" line. The process is killed if the test leaves it
+// running.
+func startProbed(t *testing.T, cmd *exec.Cmd) *probed {
+	t.Helper()
+	cmd.Args = append(cmd.Args, "--log-format=json")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &probed{cmd: cmd, exited: make(chan error, 1)}
+	serving := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
+				serving <- line.Addr
+			}
+		}
+		io.Copy(io.Discard, stderr)
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+	})
+	select {
+	case p.addr = <-serving:
+	case err := <-p.exited:
+		t.Fatalf("probed exited before serving: %v", err)
+	case <-time.After(testTimeout):
+		t.Fatal("probed did not start serving")
+	}
+	return p
+}
+
+func dial(t *testing.T, target string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestServeAndDrain runs the real binary: reflection lists the services,
+// health says SERVING, a probe works, and SIGTERM flips health to
+// NOT_SERVING and exits 0.
+func TestServeAndDrain(t *testing.T) {
+	p := startProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0"))
+	conn := dial(t, p.addr)
+	ctx := testContext(t)
+
+	refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := refl.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.Name)
+	}
+	for _, want := range []string{"netprobe.v1.ProbeService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("reflection lists %v, missing %s", names, want)
+		}
+	}
+	refl.CloseSend()
+
+	health := healthpb.NewHealthClient(conn)
+	for _, svc := range []string{"", "netprobe.v1.ProbeService"} {
+		hr, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || hr.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("health of %q = %v, %v; want SERVING", svc, hr, err)
+		}
+	}
+
+	tg, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	cr, err := netprobev1.NewProbeServiceClient(conn).Connect(ctx, &netprobev1.ConnectRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.1", Port: uint32(tg.Addr().(*net.TCPAddr).Port)}})
+	if err != nil || cr.Error != nil || cr.PeerAddress != tg.Addr().String() {
+		t.Fatalf("Connect = %v, %v", cr, err)
+	}
+
+	watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: "netprobe.v1.ProbeService"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hr, err := watch.Recv(); err != nil || hr.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("watch = %v, %v; want SERVING", hr, err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if hr, err := watch.Recv(); err != nil || hr.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("after SIGTERM, watch = %v, %v; want NOT_SERVING", hr, err)
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Errorf("probed exited with %v, want 0", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("probed did not exit after SIGTERM")
+	}
+}
+
+// TestUnreachable runs probed in a namespace of its own, reached over a
+// Unix socket, where 198.18.0.0/15 has no route and 198.18.1.0/24 is an
+// unreachable route: no packet leaves the namespace.
+func TestUnreachable(t *testing.T) {
+	ns := netlab.NewNamespace(t)
+	ns.IP(t, "route", "add", "unreachable", "198.18.1.0/24")
+	sock := filepath.Join(t.TempDir(), "probed.sock")
+	p := startProbed(t, ns.Command(probedBin, "--listen=unix:"+sock))
+	client := netprobev1.NewProbeServiceClient(dial(t, "unix:"+sock))
+
+	tests := []struct {
+		host   string
+		reason netprobev1.Reason
+		errno  string
+	}{
+		{"198.18.0.1", netprobev1.Reason_REASON_NETWORK_UNREACHABLE, "ENETUNREACH"},
+		{"198.18.1.1", netprobev1.Reason_REASON_HOST_UNREACHABLE, "EHOSTUNREACH"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.host, func(t *testing.T) {
+			resp, err := client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: tt.host, Port: 80}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := resp.GetError()
+			if e.GetStage() != netprobev1.Stage_STAGE_CONNECT || e.GetReason() != tt.reason || e.GetErrno() != tt.errno {
+				t.Errorf("error = %v, want STAGE_CONNECT / %v / %s", e, tt.reason, tt.errno)
+			}
+		})
+	}
+	// Stop probed before the namespace goes.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-p.exited; err != nil {
+		t.Errorf("probed exited with %v", err)
+	}
+}
