@@ -19,29 +19,43 @@ import (
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 )
 
-// blackhole returns the port of a listener on 127.0.0.1 whose accept queue
-// is full, so the kernel drops further SYNs and a connect times out without
-// any packet leaving loopback.
-func blackhole(t *testing.T) uint32 {
+// blackhole returns the port of a listener on ip (127.0.0.1 or ::1) whose
+// accept queue is full, so the kernel drops further SYNs and a connect times
+// out without any packet leaving loopback.
+func blackhole(t *testing.T, ip string) uint32 {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	addr := netip.MustParseAddr(ip)
+	var sa unix.Sockaddr
+	family := unix.AF_INET
+	if addr.Is4() {
+		sa = &unix.SockaddrInet4{Addr: addr.As4()}
+	} else {
+		sa, family = &unix.SockaddrInet6{Addr: addr.As16()}, unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if err := unix.Bind(fd, sa); err != nil {
 		t.Fatal(err)
 	}
 	// A backlog of 0 lets one connection wait in the accept queue.
 	if err := unix.Listen(fd, 0); err != nil {
 		t.Fatal(err)
 	}
-	sa, err := unix.Getsockname(fd)
+	bound, err := unix.Getsockname(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := sa.(*unix.SockaddrInet4).Port
-	filler, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port), testTimeout)
+	var port int
+	switch b := bound.(type) {
+	case *unix.SockaddrInet4:
+		port = b.Port
+	case *unix.SockaddrInet6:
+		port = b.Port
+	}
+	filler, err := net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), testTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +116,7 @@ func TestConnect(t *testing.T) {
 	// Same port on both families, listening only on IPv4.
 	onlyV4 := listen(t, "127.0.0.1:0", nil)
 	refused := closedPort(t, "tcp4", "127.0.0.1:0")
-	hole := blackhole(t)
+	hole := blackhole(t, "127.0.0.1")
 
 	loop4, loop6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
 	e.dns.SetAddrs("dual.test", loop4, loop6)
@@ -306,7 +320,7 @@ func TestConnectReverseLookup(t *testing.T) {
 func TestConnectCallerDeadline(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	hole := blackhole(t)
+	hole := blackhole(t, "127.0.0.1")
 	ctx, cancel := context.WithTimeout(testContext(t), 300*time.Millisecond)
 	defer cancel()
 	_, err := e.client.Connect(ctx, &netprobev1.ConnectRequest{
@@ -317,5 +331,40 @@ func TestConnectCallerDeadline(t *testing.T) {
 	var st interface{ GRPCStatus() *status.Status }
 	if !errors.As(err, &st) {
 		t.Fatalf("not a status error: %v", err)
+	}
+}
+
+// TestConnectHappyEyeballs: the IPv6 address (tried first) drops SYNs, so
+// after the fallback delay IPv4 is tried, connects, and the IPv6 attempt is
+// abandoned, not failed.
+func TestConnectHappyEyeballs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	port := blackhole(t, "::1")
+	v4 := listen(t, fmt.Sprintf("127.0.0.1:%d", port), nil)
+	e.dns.SetAddrs("eyeballs.test", netip.MustParseAddr("::1"), netip.MustParseAddr("127.0.0.1"))
+	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "eyeballs.test", Port: port}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkError(t, resp.Error, nil)
+	if resp.PeerAddress != v4.ln.Addr().String() {
+		t.Errorf("peer = %q, want %q", resp.PeerAddress, v4.ln.Addr())
+	}
+	type attempt struct {
+		Address   string
+		Abandoned bool
+		Failed    bool
+	}
+	var got []attempt
+	for _, a := range resp.Attempts {
+		got = append(got, attempt{a.Address, a.Abandoned, a.Error != nil})
+	}
+	want := []attempt{{fmt.Sprintf("[::1]:%d", port), true, false}, {fmt.Sprintf("127.0.0.1:%d", port), false, false}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("attempts (-want +got):\n%s", diff)
+	}
+	if start := resp.Attempts[1].Start.AsDuration(); start < 300*time.Millisecond {
+		t.Errorf("IPv4 started %v in, before the 300ms fallback delay", start)
 	}
 }

@@ -210,7 +210,10 @@ func (s *Server) dialSerial(ctx context.Context, network string, addrs []netip.A
 		}
 		a := &attempt{addr: addr, start: time.Now(), stage: netprobev1.Stage_STAGE_CONNECT}
 		attempts = append(attempts, a)
-		actx, cancel := context.WithDeadline(ctx, partialDeadline(ctx, a.start, len(addrs)-i))
+		actx, cancel := context.WithCancel(ctx)
+		if d, ok := partialDeadline(ctx, a.start, len(addrs)-i); ok {
+			actx, cancel = context.WithDeadline(ctx, d)
+		}
 		conn, err := dialOne(actx, network, addr, a)
 		cancel()
 		a.end = time.Now()
@@ -226,18 +229,18 @@ func (s *Server) dialSerial(ctx context.Context, network string, addrs []netip.A
 }
 
 // partialDeadline shares the time left among the addresses left, as
-// net.Dialer does.
-func partialDeadline(ctx context.Context, now time.Time, remaining int) time.Time {
+// net.Dialer does. It reports false when ctx has no deadline to share.
+func partialDeadline(ctx context.Context, now time.Time, remaining int) (time.Time, bool) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		return time.Time{}
+		return time.Time{}, false
 	}
 	left := deadline.Sub(now)
 	share := left / time.Duration(remaining)
 	if share < minAttemptTime {
 		share = min(minAttemptTime, left)
 	}
-	return now.Add(share)
+	return now.Add(share), true
 }
 
 // dialOne connects to one address. The dialer's Control hook runs once the

@@ -84,6 +84,24 @@ func drain(t *testing.T, stream grpc.ServerStreamingClient[netprobev1.FetchRespo
 	return f
 }
 
+// check checks that the fetch connected, how it ended, and each data
+// message it delivered.
+func (f *fetched) check(t *testing.T, want *wantError, wantEnd netprobev1.EndReason, wantData []string) {
+	t.Helper()
+	checkError(t, f.connect.Error, nil)
+	checkError(t, f.summary.Error, want)
+	if f.summary.EndReason != wantEnd {
+		t.Errorf("end reason = %v, want %v", f.summary.EndReason, wantEnd)
+	}
+	var data []string
+	for _, d := range f.data {
+		data = append(data, string(d))
+	}
+	if diff := cmp.Diff(wantData, data); diff != "" {
+		t.Errorf("data (-want +got):\n%s", diff)
+	}
+}
+
 // echo reads the request to EOF (the probe's half-close) and sends it back.
 func echo(c net.Conn) {
 	req, err := readAll(c)
@@ -198,21 +216,10 @@ func TestFetch(t *testing.T) {
 			tg := listen(t, "127.0.0.1:0", tt.handle)
 			tt.req.Target = tcpTarget(tg.port())
 			f := fetch(t, e.client, tt.req)
-			checkError(t, f.connect.Error, nil)
 			if f.connect.PeerAddress != tg.ln.Addr().String() {
 				t.Errorf("connected to %q, want %q", f.connect.PeerAddress, tg.ln.Addr())
 			}
-			checkError(t, f.summary.Error, tt.want)
-			if f.summary.EndReason != tt.wantEnd {
-				t.Errorf("end reason = %v, want %v", f.summary.EndReason, tt.wantEnd)
-			}
-			var data []string
-			for _, d := range f.data {
-				data = append(data, string(d))
-			}
-			if diff := cmp.Diff(tt.wantData, data); diff != "" {
-				t.Errorf("data (-want +got):\n%s", diff)
-			}
+			f.check(t, tt.want, tt.wantEnd, tt.wantData)
 			if tt.wantSent != 0 && f.summary.BytesSent != tt.wantSent {
 				t.Errorf("bytes sent = %d, want %d", f.summary.BytesSent, tt.wantSent)
 			}
@@ -365,18 +372,7 @@ func TestFetchUDP(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			f := fetch(t, e.client, tt.req)
-			checkError(t, f.connect.Error, nil)
-			checkError(t, f.summary.Error, tt.want)
-			if f.summary.EndReason != tt.wantEnd {
-				t.Errorf("end reason = %v, want %v", f.summary.EndReason, tt.wantEnd)
-			}
-			var data []string
-			for _, d := range f.data {
-				data = append(data, string(d))
-			}
-			if diff := cmp.Diff(tt.wantData, data); diff != "" {
-				t.Errorf("data (-want +got):\n%s", diff)
-			}
+			f.check(t, tt.want, tt.wantEnd, tt.wantData)
 			if f.summary.BytesSent != 4 {
 				t.Errorf("bytes sent = %d, want 4", f.summary.BytesSent)
 			}

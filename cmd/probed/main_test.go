@@ -180,11 +180,13 @@ func TestServeAndDrain(t *testing.T) {
 }
 
 // TestUnreachable runs probed in a namespace of its own, reached over a
-// Unix socket, where 198.18.0.0/15 has no route and 198.18.1.0/24 is an
-// unreachable route: no packet leaves the namespace.
+// Unix socket, where 198.18.0.0/15 has no route, 198.18.1.0/24 is an
+// unreachable route and 198.18.2.0/24 a prohibited one: no packet leaves
+// the namespace.
 func TestUnreachable(t *testing.T) {
 	ns := netlab.NewNamespace(t)
 	ns.IP(t, "route", "add", "unreachable", "198.18.1.0/24")
+	ns.IP(t, "route", "add", "prohibit", "198.18.2.0/24")
 	sock := filepath.Join(t.TempDir(), "probed.sock")
 	p := startProbed(t, ns.Command(probedBin, "--listen=unix:"+sock))
 	client := netprobev1.NewProbeServiceClient(dial(t, "unix:"+sock))
@@ -196,6 +198,8 @@ func TestUnreachable(t *testing.T) {
 	}{
 		{"198.18.0.1", netprobev1.Reason_REASON_NETWORK_UNREACHABLE, "ENETUNREACH"},
 		{"198.18.1.1", netprobev1.Reason_REASON_HOST_UNREACHABLE, "EHOSTUNREACH"},
+		// An errno with no reason of its own is OTHER, still named.
+		{"198.18.2.1", netprobev1.Reason_REASON_OTHER, "EACCES"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.host, func(t *testing.T) {
