@@ -61,8 +61,9 @@ func classify(err error) (netprobev1.Reason, string) {
 	return netprobev1.Reason_REASON_OTHER, ""
 }
 
-// probeError builds the ProbeError for err at stage, elapsed since start.
-func probeError(stage netprobev1.Stage, address string, err error, start time.Time) *netprobev1.ProbeError {
+// probeError builds the ProbeError for err at stage, which struck elapsed
+// after the probe began.
+func probeError(stage netprobev1.Stage, address string, err error, elapsed time.Duration) *netprobev1.ProbeError {
 	reason, errno := classify(err)
 	return &netprobev1.ProbeError{
 		Stage:   stage,
@@ -70,7 +71,7 @@ func probeError(stage netprobev1.Stage, address string, err error, start time.Ti
 		Errno:   errno,
 		Address: address,
 		Message: err.Error(),
-		Elapsed: durationpb.New(time.Since(start)),
+		Elapsed: durationpb.New(elapsed),
 	}
 }
 

@@ -58,7 +58,7 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 	addrs, err := s.resolve(ctx, t)
 	resp.ResolveDuration = durationpb.New(time.Since(start))
 	if err != nil {
-		return fail(probeError(netprobev1.Stage_STAGE_RESOLVE, t.host, err, start))
+		return fail(probeError(netprobev1.Stage_STAGE_RESOLVE, t.host, err, time.Since(start)))
 	}
 	targets := make([]netip.AddrPort, len(addrs))
 	for i, a := range addrs {
@@ -78,8 +78,7 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 			Abandoned: a.abandoned,
 		}
 		if a.err != nil && !a.abandoned {
-			pa.Error = probeError(a.stage, a.addr.String(), a.err, start)
-			pa.Error.Elapsed = durationpb.New(a.end.Sub(start))
+			pa.Error = probeError(a.stage, a.addr.String(), a.err, a.end.Sub(start))
 			if firstErr == nil {
 				firstErr = pa.Error
 			}
@@ -90,7 +89,7 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 		if firstErr == nil {
 			// Nothing was tried before the budget ran out (or every try
 			// was cut short by it).
-			firstErr = probeError(netprobev1.Stage_STAGE_CONNECT, targets[0].String(), context.Cause(ctx), start)
+			firstErr = probeError(netprobev1.Stage_STAGE_CONNECT, targets[0].String(), context.Cause(ctx), time.Since(start))
 		}
 		return fail(firstErr)
 	}

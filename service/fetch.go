@@ -192,7 +192,7 @@ func (f *fetch) receive() error {
 }
 
 func (f *fetch) fail(stage netprobev1.Stage, err error) {
-	f.sum.Error = probeError(stage, f.conn.RemoteAddr().String(), err, f.start)
+	f.sum.Error = probeError(stage, f.conn.RemoteAddr().String(), err, time.Since(f.start))
 }
 
 // pendingError returns the error the kernel holds for the socket (SO_ERROR):
