@@ -209,9 +209,12 @@ func (s *Server) dialSerial(ctx context.Context, network string, addrs []netip.A
 		}
 		a := &attempt{addr: addr, start: time.Now(), stage: netprobev1.Stage_STAGE_CONNECT}
 		attempts = append(attempts, a)
-		actx, cancel := context.WithCancel(ctx)
+		var actx context.Context
+		var cancel context.CancelFunc
 		if d, ok := partialDeadline(ctx, a.start, len(addrs)-i); ok {
 			actx, cancel = context.WithDeadline(ctx, d)
+		} else {
+			actx, cancel = context.WithCancel(ctx)
 		}
 		conn, err := dialOne(actx, network, addr, a)
 		cancel()
