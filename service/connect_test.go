@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
 
 // blackhole returns the port of a listener on ip (127.0.0.1 or ::1) whose
@@ -55,14 +56,14 @@ func blackhole(t *testing.T, ip string) uint32 {
 	case *unix.SockaddrInet6:
 		port = b.Port
 	}
-	filler, err := net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), testTimeout)
+	filler, err := net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), probetest.Timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { filler.Close() })
 	// For a listener, TCP_INFO reports the accept queue's length in unacked
 	// and its limit in sacked: wait for the kernel to count it full.
-	deadline := time.Now().Add(testTimeout)
+	deadline := time.Now().Add(probetest.Timeout)
 	for {
 		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
@@ -72,7 +73,7 @@ func blackhole(t *testing.T, ip string) uint32 {
 			return uint32(port)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("accept queue not full after %v: %d of %d", testTimeout, info.Unacked, info.Sacked)
+			t.Fatalf("accept queue not full after %v: %d of %d", probetest.Timeout, info.Unacked, info.Sacked)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -110,19 +111,19 @@ func checkError(t *testing.T, got *netprobev1.ProbeError, want *wantError) {
 
 func TestConnect(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	v4 := listen(t, "127.0.0.1:0", nil)
-	v6 := listen(t, "[::1]:0", nil)
+	e := probetest.Start(t)
+	v4 := probetest.Listen(t, "127.0.0.1:0", nil)
+	v6 := probetest.Listen(t, "[::1]:0", nil)
 	// Same port on both families, listening only on IPv4.
-	onlyV4 := listen(t, "127.0.0.1:0", nil)
-	refused := closedPort(t, "tcp4", "127.0.0.1:0")
+	onlyV4 := probetest.Listen(t, "127.0.0.1:0", nil)
+	refused := probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")
 	hole := blackhole(t, "127.0.0.1")
 
 	loop4, loop6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
-	e.dns.SetAddrs("dual.test", loop4, loop6)
-	e.dns.SetAddrs("v6only.test", loop6)
-	e.dns.SetRcode("servfail.test", dns.RcodeServerFailure)
-	e.dns.Drop("silent.test")
+	e.DNS.SetAddrs("dual.test", loop4, loop6)
+	e.DNS.SetAddrs("v6only.test", loop6)
+	e.DNS.SetRcode("servfail.test", dns.RcodeServerFailure)
+	e.DNS.Drop("silent.test")
 
 	tests := []struct {
 		name   string
@@ -138,30 +139,30 @@ func TestConnect(t *testing.T) {
 	}{
 		{
 			name:     "IPv4 literal",
-			target:   &netprobev1.Target{Host: "127.0.0.1", Port: v4.port()},
-			peer:     v4.ln.Addr().String(),
-			attempts: []string{v4.ln.Addr().String()},
+			target:   &netprobev1.Target{Host: "127.0.0.1", Port: v4.Port()},
+			peer:     v4.Addr(),
+			attempts: []string{v4.Addr()},
 		},
 		{
 			name:     "IPv6 literal in brackets",
-			target:   &netprobev1.Target{Host: "[::1]", Port: v6.port()},
-			peer:     v6.ln.Addr().String(),
-			attempts: []string{v6.ln.Addr().String()},
+			target:   &netprobev1.Target{Host: "[::1]", Port: v6.Port()},
+			peer:     v6.Addr(),
+			attempts: []string{v6.Addr()},
 		},
 		{
 			name:   "dual-stack name falls back to IPv4",
-			target: &netprobev1.Target{Host: "dual.test", Port: onlyV4.port()},
-			peer:   onlyV4.ln.Addr().String(),
+			target: &netprobev1.Target{Host: "dual.test", Port: onlyV4.Port()},
+			peer:   onlyV4.Addr(),
 			attempts: []string{
-				fmt.Sprintf("[::1]:%d failed", onlyV4.port()),
-				fmt.Sprintf("127.0.0.1:%d", onlyV4.port()),
+				fmt.Sprintf("[::1]:%d failed", onlyV4.Port()),
+				fmt.Sprintf("127.0.0.1:%d", onlyV4.Port()),
 			},
 		},
 		{
 			name:     "name forced to IPv4",
-			target:   &netprobev1.Target{Host: "dual.test", Port: v4.port(), IpFamily: netprobev1.IpFamily_IP_FAMILY_IPV4},
-			peer:     v4.ln.Addr().String(),
-			attempts: []string{v4.ln.Addr().String()},
+			target:   &netprobev1.Target{Host: "dual.test", Port: v4.Port(), IpFamily: netprobev1.IpFamily_IP_FAMILY_IPV4},
+			peer:     v4.Addr(),
+			attempts: []string{v4.Addr()},
 		},
 		{
 			name:     "refused",
@@ -211,7 +212,7 @@ func TestConnect(t *testing.T) {
 				req.Timeout = durationpb.New(tt.timeout)
 			}
 			start := time.Now()
-			resp, err := e.client.Connect(testContext(t), req)
+			resp, err := e.Probe.Connect(probetest.Context(t), req)
 			if err != nil {
 				t.Fatalf("Connect: %v", err)
 			}
@@ -252,52 +253,52 @@ func TestConnect(t *testing.T) {
 // target saw: our local address is its peer address.
 func TestConnectAddresses(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	tg := listen(t, "127.0.0.1:0", nil)
-	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.port()}})
+	e := probetest.Start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()}})
 	if err != nil || resp.Error != nil {
 		t.Fatalf("Connect: %v %v", err, resp.GetError())
 	}
 	select {
-	case c := <-tg.accepted:
+	case c := <-tg.Accepted:
 		if got, want := resp.LocalAddress, c.RemoteAddr().String(); got != want {
 			t.Errorf("local address = %q, target saw %q", got, want)
 		}
 		if got, want := resp.PeerAddress, c.LocalAddr().String(); got != want {
 			t.Errorf("peer address = %q, target is %q", got, want)
 		}
-	case <-time.After(testTimeout):
+	case <-time.After(probetest.Timeout):
 		t.Fatal("target accepted nothing")
 	}
-	if resp.Port != tg.port() || len(resp.ResolvedAddresses) != 1 || resp.ResolvedAddresses[0] != "127.0.0.1" {
+	if resp.Port != tg.Port() || len(resp.ResolvedAddresses) != 1 || resp.ResolvedAddresses[0] != "127.0.0.1" {
 		t.Errorf("port %d, resolved %v", resp.Port, resp.ResolvedAddresses)
 	}
 }
 
 func TestConnectServiceName(t *testing.T) {
 	t.Parallel()
-	tg := listen(t, "127.0.0.1:0", nil)
-	e := newEnv(t, withServices(t, fmt.Sprintf("np-test %d/tcp np-alias\n", tg.port())))
-	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Service: "np-alias"}})
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	e := probetest.Start(t, probetest.WithServices(t, fmt.Sprintf("np-test %d/tcp np-alias\n", tg.Port())))
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Service: "np-alias"}})
 	if err != nil || resp.Error != nil {
 		t.Fatalf("Connect: %v %v", err, resp.GetError())
 	}
-	if resp.Port != tg.port() || resp.PeerAddress != tg.ln.Addr().String() {
-		t.Errorf("port %d peer %q, want %d %q", resp.Port, resp.PeerAddress, tg.port(), tg.ln.Addr())
+	if resp.Port != tg.Port() || resp.PeerAddress != tg.Addr() {
+		t.Errorf("port %d peer %q, want %d %q", resp.Port, resp.PeerAddress, tg.Port(), tg.Addr())
 	}
 }
 
 func TestConnectReverseLookup(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	// 127.0.0.2 and .3 are loopback too, and in no hosts file, so the
 	// answers come from the test's DNS server.
-	named := listen(t, "127.0.0.2:0", nil)
-	unnamed := listen(t, "127.0.0.3:0", nil)
-	e.dns.SetPTR(netip.MustParseAddr("127.0.0.2"), "target.test")
+	named := probetest.Listen(t, "127.0.0.2:0", nil)
+	unnamed := probetest.Listen(t, "127.0.0.3:0", nil)
+	e.DNS.SetPTR(netip.MustParseAddr("127.0.0.2"), "target.test")
 
-	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{
-		Target: &netprobev1.Target{Host: "127.0.0.2", Port: named.port()}, ReverseLookup: true})
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.2", Port: named.Port()}, ReverseLookup: true})
 	if err != nil || resp.Error != nil {
 		t.Fatalf("Connect: %v %v", err, resp.GetError())
 	}
@@ -305,8 +306,8 @@ func TestConnectReverseLookup(t *testing.T) {
 		t.Errorf("reverse lookup = %v", resp.ReverseLookup)
 	}
 
-	resp, err = e.client.Connect(testContext(t), &netprobev1.ConnectRequest{
-		Target: &netprobev1.Target{Host: "127.0.0.3", Port: unnamed.port()}, ReverseLookup: true})
+	resp, err = e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.3", Port: unnamed.Port()}, ReverseLookup: true})
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
@@ -319,11 +320,11 @@ func TestConnectReverseLookup(t *testing.T) {
 // longer probe timeout, and is reported as the call's status, not a result.
 func TestConnectCallerDeadline(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	hole := blackhole(t, "127.0.0.1")
-	ctx, cancel := context.WithTimeout(testContext(t), 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(probetest.Context(t), 300*time.Millisecond)
 	defer cancel()
-	_, err := e.client.Connect(ctx, &netprobev1.ConnectRequest{
+	_, err := e.Probe.Connect(ctx, &netprobev1.ConnectRequest{
 		Target: &netprobev1.Target{Host: "127.0.0.1", Port: hole}, Timeout: durationpb.New(5 * time.Second)})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("Connect = %v, want DEADLINE_EXCEEDED", err)
@@ -339,17 +340,17 @@ func TestConnectCallerDeadline(t *testing.T) {
 // abandoned, not failed.
 func TestConnectHappyEyeballs(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	port := blackhole(t, "::1")
-	v4 := listen(t, fmt.Sprintf("127.0.0.1:%d", port), nil)
-	e.dns.SetAddrs("eyeballs.test", netip.MustParseAddr("::1"), netip.MustParseAddr("127.0.0.1"))
-	resp, err := e.client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "eyeballs.test", Port: port}})
+	v4 := probetest.Listen(t, fmt.Sprintf("127.0.0.1:%d", port), nil)
+	e.DNS.SetAddrs("eyeballs.test", netip.MustParseAddr("::1"), netip.MustParseAddr("127.0.0.1"))
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "eyeballs.test", Port: port}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkError(t, resp.Error, nil)
-	if resp.PeerAddress != v4.ln.Addr().String() {
-		t.Errorf("peer = %q, want %q", resp.PeerAddress, v4.ln.Addr())
+	if resp.PeerAddress != v4.Addr() {
+		t.Errorf("peer = %q, want %q", resp.PeerAddress, v4.Addr())
 	}
 	type attempt struct {
 		Address   string

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
 
 // fetched is a whole Fetch stream.
@@ -36,7 +37,7 @@ func (f *fetched) bytes() []byte { return bytes.Join(f.data, nil) }
 // message, data, one summary.
 func fetch(t *testing.T, client netprobev1.ProbeServiceClient, req *netprobev1.FetchRequest) *fetched {
 	t.Helper()
-	stream, err := client.Fetch(testContext(t), req)
+	stream, err := client.Fetch(probetest.Context(t), req)
 	if err != nil {
 		t.Fatalf("Fetch: %v", err)
 	}
@@ -102,23 +103,13 @@ func (f *fetched) check(t *testing.T, want *wantError, wantEnd netprobev1.EndRea
 	}
 }
 
-// echo reads the request to EOF (the probe's half-close) and sends it back.
-func echo(c net.Conn) {
-	req, err := readAll(c)
-	if err != nil {
-		return
-	}
-	c.Write(req)
-	c.Close()
-}
-
 func tcpTarget(port uint32) *netprobev1.Target {
 	return &netprobev1.Target{Host: "127.0.0.1", Port: port}
 }
 
 func TestFetch(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, withMaxPayload(32<<20))
+	e := probetest.Start(t, probetest.WithMaxPayload(32<<20))
 	large := bytes.Repeat([]byte("x"), 16<<20)
 
 	tests := []struct {
@@ -133,7 +124,7 @@ func TestFetch(t *testing.T) {
 	}{
 		{
 			name:     "echo after half-close",
-			handle:   echo,
+			handle:   probetest.Echo,
 			req:      &netprobev1.FetchRequest{Request: &netprobev1.FetchRequest_Payload{Payload: []byte("ping\n")}},
 			wantEnd:  netprobev1.EndReason_END_REASON_EOF,
 			wantData: []string{"ping\n"},
@@ -153,7 +144,7 @@ func TestFetch(t *testing.T) {
 			name: "byte cap",
 			handle: func(c net.Conn) {
 				c.Write(bytes.Repeat([]byte("y"), 100<<10))
-				readAll(c)
+				probetest.ReadAll(c)
 			},
 			req:      &netprobev1.FetchRequest{MaxBytes: 1000},
 			wantEnd:  netprobev1.EndReason_END_REASON_MAX_BYTES,
@@ -162,7 +153,7 @@ func TestFetch(t *testing.T) {
 		{
 			name: "reset after the request",
 			handle: func(c net.Conn) {
-				readAll(c)
+				probetest.ReadAll(c)
 				c.(*net.TCPConn).SetLinger(0)
 				c.Close()
 			},
@@ -175,8 +166,8 @@ func TestFetch(t *testing.T) {
 			name: "reply then silence: idle read timeout",
 			handle: func(c net.Conn) {
 				c.Write([]byte("hello\n"))
-				readAll(c)
-				waitClosed(c)
+				probetest.ReadAll(c)
+				probetest.WaitClosed(c)
 			},
 			req:      &netprobev1.FetchRequest{ReadTimeout: durationpb.New(200 * time.Millisecond)},
 			want:     &wantError{stage: netprobev1.Stage_STAGE_RECEIVE, reason: netprobev1.Reason_REASON_TIMEOUT},
@@ -213,11 +204,11 @@ func TestFetch(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tg := listen(t, "127.0.0.1:0", tt.handle)
-			tt.req.Target = tcpTarget(tg.port())
-			f := fetch(t, e.client, tt.req)
-			if f.connect.PeerAddress != tg.ln.Addr().String() {
-				t.Errorf("connected to %q, want %q", f.connect.PeerAddress, tg.ln.Addr())
+			tg := probetest.Listen(t, "127.0.0.1:0", tt.handle)
+			tt.req.Target = tcpTarget(tg.Port())
+			f := fetch(t, e.Probe, tt.req)
+			if f.connect.PeerAddress != tg.Addr() {
+				t.Errorf("connected to %q, want %q", f.connect.PeerAddress, tg.Addr())
 			}
 			f.check(t, tt.want, tt.wantEnd, tt.wantData)
 			if tt.wantSent != 0 && f.summary.BytesSent != tt.wantSent {
@@ -236,21 +227,21 @@ func TestFetch(t *testing.T) {
 // target has reset.
 func TestFetchShutdownReset(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	reset := make(chan struct{})
-	queried := e.dns.HoldPTR(netip.MustParseAddr("127.0.0.4"), reset)
-	tg := listen(t, "127.0.0.4:0", func(c net.Conn) {
+	queried := e.DNS.HoldPTR(netip.MustParseAddr("127.0.0.4"), reset)
+	tg := probetest.Listen(t, "127.0.0.4:0", func(c net.Conn) {
 		defer close(reset)
 		select {
 		case <-queried:
-		case <-time.After(testTimeout):
+		case <-time.After(probetest.Timeout):
 			return
 		}
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	})
-	f := fetch(t, e.client, &netprobev1.FetchRequest{
-		Target:        &netprobev1.Target{Host: "127.0.0.4", Port: tg.port()},
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target:        &netprobev1.Target{Host: "127.0.0.4", Port: tg.Port()},
 		ReverseLookup: true,
 	})
 	checkError(t, f.connect.Error, nil)
@@ -259,9 +250,9 @@ func TestFetchShutdownReset(t *testing.T) {
 
 func TestFetchConnectFailure(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	port := closedPort(t, "tcp4", "127.0.0.1:0")
-	f := fetch(t, e.client, &netprobev1.FetchRequest{Target: tcpTarget(port)})
+	e := probetest.Start(t)
+	port := probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(port)})
 	want := &wantError{stage: netprobev1.Stage_STAGE_CONNECT, reason: netprobev1.Reason_REASON_REFUSED, errno: "ECONNREFUSED"}
 	checkError(t, f.connect.Error, want)
 	checkError(t, f.summary.Error, want)
@@ -272,7 +263,7 @@ func TestFetchConnectFailure(t *testing.T) {
 
 func TestFetchHTTPGet(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	type seen struct{ Method, Proto, URI, Host string }
 	got := make(chan seen, 1)
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -288,7 +279,7 @@ func TestFetchHTTPGet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := fetch(t, e.client, &netprobev1.FetchRequest{
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
 		Target:  tcpTarget(uint32(port)),
 		Request: &netprobev1.FetchRequest_HttpGet{HttpGet: &netprobev1.HttpGet{Path: "/status?full=1", Host: "example.test"}},
 	})
@@ -307,7 +298,7 @@ func TestFetchHTTPGet(t *testing.T) {
 
 func TestFetchUDP(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	echoPC, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -371,7 +362,7 @@ func TestFetchUDP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := fetch(t, e.client, tt.req)
+			f := fetch(t, e.Probe, tt.req)
 			f.check(t, tt.want, tt.wantEnd, tt.wantData)
 			if f.summary.BytesSent != 4 {
 				t.Errorf("bytes sent = %d, want 4", f.summary.BytesSent)
@@ -384,15 +375,15 @@ func TestFetchUDP(t *testing.T) {
 // target connection closed at once, not when the probe times out.
 func TestFetchCancel(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	closed := make(chan error, 1)
-	tg := listen(t, "127.0.0.1:0", func(c net.Conn) {
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		c.Write([]byte("first chunk"))
-		closed <- waitClosed(c)
+		closed <- probetest.WaitClosed(c)
 	})
-	ctx, cancel := context.WithCancel(testContext(t))
+	ctx, cancel := context.WithCancel(probetest.Context(t))
 	defer cancel()
-	stream, err := e.client.Fetch(ctx, &netprobev1.FetchRequest{Target: tcpTarget(tg.port()), Timeout: durationpb.New(time.Minute)})
+	stream, err := e.Probe.Fetch(ctx, &netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Timeout: durationpb.New(time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,6 +401,6 @@ func TestFetchCancel(t *testing.T) {
 		t.Errorf("Recv after cancel = %v, want CANCELED", err)
 	}
 	if err := <-closed; err != nil {
-		t.Errorf("target connection still open %v after the cancel: %v", testTimeout, err)
+		t.Errorf("target connection still open %v after the cancel: %v", probetest.Timeout, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
 
 // TestConnectTooManyOpenFiles lowers the process's descriptor limit to the
@@ -13,14 +14,14 @@ import (
 // checks the server recovers once descriptors are free again. It does not
 // call t.Parallel: the limit is the whole process's.
 func TestConnectTooManyOpenFiles(t *testing.T) {
-	e := newEnv(t)
-	tg := listen(t, "127.0.0.1:0", nil)
-	req := &netprobev1.ConnectRequest{Target: tcpTarget(tg.port())}
+	e := probetest.Start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	req := &netprobev1.ConnectRequest{Target: tcpTarget(tg.Port())}
 	// Warm up, so the gRPC connection needs no new descriptor later.
-	if resp, err := e.client.Connect(testContext(t), req); err != nil || resp.Error != nil {
+	if resp, err := e.Probe.Connect(probetest.Context(t), req); err != nil || resp.Error != nil {
 		t.Fatalf("Connect: %v %v", err, resp.GetError())
 	}
-	ctx := testContext(t)
+	ctx := probetest.Context(t)
 
 	var saved syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
@@ -36,7 +37,7 @@ func TestConnectTooManyOpenFiles(t *testing.T) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: uint64(lowestFree), Max: saved.Max}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := e.client.Connect(ctx, req)
+	resp, err := e.Probe.Connect(ctx, req)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func TestConnectTooManyOpenFiles(t *testing.T) {
 	}
 	checkError(t, resp.Error, &wantError{stage: netprobev1.Stage_STAGE_SOCKET, reason: netprobev1.Reason_REASON_TOO_MANY_OPEN_FILES, errno: "EMFILE"})
 
-	resp, err = e.client.Connect(ctx, req)
+	resp, err = e.Probe.Connect(ctx, req)
 	if err != nil || resp.Error != nil {
 		t.Fatalf("Connect after the limit was restored: %v %v", err, resp.GetError())
 	}

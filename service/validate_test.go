@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
 
 // badRequestFields returns the fields a refused call's BadRequest names.
@@ -37,11 +38,11 @@ func badRequestFields(t *testing.T, err error) []string {
 
 func TestBadRequests(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := probetest.Start(t)
 	// Every request that names a real host points here, so a dial would
 	// show up as an accepted connection.
-	tg := listen(t, "127.0.0.1:0", nil)
-	good := func() *netprobev1.Target { return &netprobev1.Target{Host: "127.0.0.1", Port: tg.port()} }
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	good := func() *netprobev1.Target { return &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()} }
 	with := func(f func(*netprobev1.Target)) *netprobev1.Target {
 		t := good()
 		f(t)
@@ -70,7 +71,7 @@ func TestBadRequests(t *testing.T) {
 	}
 	for _, tt := range connects {
 		t.Run("Connect/"+tt.name, func(t *testing.T) {
-			_, err := e.client.Connect(testContext(t), tt.req)
+			_, err := e.Probe.Connect(probetest.Context(t), tt.req)
 			if diff := cmp.Diff(tt.fields, badRequestFields(t, err)); diff != "" {
 				t.Errorf("fields (-want +got):\n%s", diff)
 			}
@@ -95,7 +96,7 @@ func TestBadRequests(t *testing.T) {
 	}
 	for _, tt := range fetches {
 		t.Run("Fetch/"+tt.name, func(t *testing.T) {
-			stream, err := e.client.Fetch(testContext(t), tt.req)
+			stream, err := e.Probe.Fetch(probetest.Context(t), tt.req)
 			if err == nil {
 				_, err = stream.Recv()
 			}
@@ -117,21 +118,21 @@ func TestBadRequests(t *testing.T) {
 	}
 	for _, tt := range resolves {
 		t.Run("ResolveService/"+tt.name, func(t *testing.T) {
-			_, err := e.client.ResolveService(testContext(t), tt.req)
+			_, err := e.Probe.ResolveService(probetest.Context(t), tt.req)
 			if diff := cmp.Diff(tt.fields, badRequestFields(t, err)); diff != "" {
 				t.Errorf("fields (-want +got):\n%s", diff)
 			}
 		})
 	}
 
-	if !tg.acceptedNothing() {
+	if !tg.AcceptedNothing() {
 		t.Error("a refused request dialled its target")
 	}
 }
 
 func TestResolveService(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, withServices(t, "http 8080/tcp www\n"))
+	e := probetest.Start(t, probetest.WithServices(t, "http 8080/tcp www\n"))
 	tests := []struct {
 		name string
 		req  *netprobev1.ResolveServiceRequest
@@ -146,7 +147,7 @@ func TestResolveService(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := e.client.ResolveService(testContext(t), tt.req)
+			got, err := e.Probe.ResolveService(probetest.Context(t), tt.req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,7 +156,7 @@ func TestResolveService(t *testing.T) {
 			}
 		})
 	}
-	got, err := e.client.ResolveService(testContext(t), &netprobev1.ResolveServiceRequest{Name: "no-such-service"})
+	got, err := e.Probe.ResolveService(probetest.Context(t), &netprobev1.ResolveServiceRequest{Name: "no-such-service"})
 	if err != nil {
 		t.Fatal(err)
 	}

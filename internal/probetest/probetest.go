@@ -1,0 +1,238 @@
+// Package probetest runs a real netprobe server on loopback for tests, and
+// the targets they probe: TCP listeners on loopback with a handler per
+// connection, and ports where nothing listens.
+package probetest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/dnstest"
+	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/service"
+)
+
+// Timeout bounds every wait in tests.
+const Timeout = 10 * time.Second
+
+// Server is a probe server on 127.0.0.1, with the standard health service
+// (SERVING) and reflection, resolving names through a DNS server on
+// loopback.
+type Server struct {
+	// Addr is the gRPC address, "127.0.0.1:port".
+	Addr string
+	// Conn is a plaintext client connection to Addr.
+	Conn *grpc.ClientConn
+	// Probe is the ProbeService client over Conn.
+	Probe netprobev1.ProbeServiceClient
+	// DNS answers every name the server resolves.
+	DNS *dnstest.Server
+}
+
+// An Option changes the server's configuration before it starts.
+type Option func(*service.Config, *[]grpc.ServerOption)
+
+// WithServices makes the server read a services database holding text
+// instead of the built-in table alone.
+func WithServices(t testing.TB, text string) Option {
+	path := filepath.Join(t.TempDir(), "services")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return func(c *service.Config, _ *[]grpc.ServerOption) {
+		tab, err := services.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Services = tab
+	}
+}
+
+// WithMaxPayload raises the payload cap, and the gRPC message size with it.
+func WithMaxPayload(n int) Option {
+	return func(c *service.Config, opts *[]grpc.ServerOption) {
+		c.MaxPayloadBytes = n
+		*opts = append(*opts, grpc.MaxRecvMsgSize(n+64<<10))
+	}
+}
+
+// WithServerOptions passes options to grpc.NewServer.
+func WithServerOptions(opts ...grpc.ServerOption) Option {
+	return func(_ *service.Config, o *[]grpc.ServerOption) { *o = append(*o, opts...) }
+}
+
+// Start runs a probe server until the test ends.
+func Start(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	dns := dnstest.Start(t)
+	tab, err := services.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := service.Config{Resolver: service.ResolverFor(dns.Addr), Services: tab}
+	var srvOpts []grpc.ServerOption
+	for _, o := range opts {
+		o(&cfg, &srvOpts)
+	}
+	srv, err := service.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(srvOpts...)
+	netprobev1.RegisterProbeServiceServer(gs, srv)
+	hs := health.NewServer()
+	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	conn, err := grpc.NewClient(lis.Addr().String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		gs.Stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return &Server{Addr: lis.Addr().String(), Conn: conn, Probe: netprobev1.NewProbeServiceClient(conn), DNS: dns}
+}
+
+// Context returns a context that ends after Timeout or with the test.
+func Context(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Target is a TCP listener on loopback whose accepted connections are
+// handed to a handler, each on its own goroutine.
+type Target struct {
+	// Listener is the target's socket.
+	Listener *net.TCPListener
+	// Accepted receives the server side of each accepted connection (the
+	// first 16; later ones are not queued).
+	Accepted chan net.Conn
+}
+
+// Listen starts a target on addr ("127.0.0.1:0", "[::1]:0", ...). handle
+// may be nil: connections are then held open. At the end of the test every
+// accepted connection is closed, which ends handlers blocked reading it.
+func Listen(t testing.TB, addr string, handle func(net.Conn)) *Target {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &Target{Listener: ln.(*net.TCPListener), Accepted: make(chan net.Conn, 16)}
+	done := make(chan struct{})
+	var handlers []chan struct{}
+	var conns []net.Conn
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+			select {
+			case tg.Accepted <- c:
+			default:
+			}
+			if handle == nil {
+				continue
+			}
+			h := make(chan struct{})
+			handlers = append(handlers, h)
+			go func() {
+				defer close(h)
+				handle(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+		for _, h := range handlers {
+			<-h
+		}
+	})
+	return tg
+}
+
+// Port is the target's port.
+func (tg *Target) Port() uint32 { return uint32(tg.Listener.Addr().(*net.TCPAddr).Port) }
+
+// Addr is the target's "ip:port".
+func (tg *Target) Addr() string { return tg.Listener.Addr().String() }
+
+// AcceptedNothing reports whether no connection was ever accepted.
+func (tg *Target) AcceptedNothing() bool { return len(tg.Accepted) == 0 }
+
+// ClosedPort returns a loopback port with nothing listening on it.
+func ClosedPort(t testing.TB, network, addr string) uint32 {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return uint32(port)
+}
+
+// Echo reads the request to EOF (the probe's half-close) and sends it back.
+func Echo(c net.Conn) {
+	req, err := ReadAll(c)
+	if err != nil {
+		return
+	}
+	c.Write(req)
+	c.Close()
+}
+
+// ReadAll reads c to EOF, bounded by Timeout.
+func ReadAll(c net.Conn) ([]byte, error) {
+	c.SetReadDeadline(time.Now().Add(Timeout))
+	return io.ReadAll(c)
+}
+
+// WaitClosed waits until the peer of c has closed or reset the connection.
+func WaitClosed(c net.Conn) error {
+	c.SetReadDeadline(time.Now().Add(Timeout))
+	buf := make([]byte, 4096)
+	for {
+		_, err := c.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		if err != nil {
+			return nil
+		}
+	}
+}
