@@ -1,0 +1,121 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// Client asks one probe server for probes. It is safe for concurrent use.
+type Client struct {
+	probe  netprobev1.ProbeServiceClient
+	health healthpb.HealthClient
+	// conn is the connection Dial made, closed by Close; nil after New.
+	conn *grpc.ClientConn
+}
+
+// New returns a Client that makes its calls over cc. The caller keeps
+// ownership of cc: Close on this Client does not close it.
+func New(cc grpc.ClientConnInterface) *Client {
+	return &Client{
+		probe:  netprobev1.NewProbeServiceClient(cc),
+		health: healthpb.NewHealthClient(cc),
+	}
+}
+
+// dialConfig collects the DialOptions.
+type dialConfig struct {
+	tls   *tls.Config
+	token string
+	extra []grpc.DialOption
+}
+
+// A DialOption configures Dial.
+type DialOption func(*dialConfig)
+
+// WithTLS makes Dial use TLS with cfg (nil: the system roots and the target's
+// host name). Without it the connection is plaintext.
+func WithTLS(cfg *tls.Config) DialOption {
+	return func(c *dialConfig) {
+		if cfg == nil {
+			cfg = &tls.Config{}
+		}
+		c.tls = cfg
+	}
+}
+
+// WithBearerToken sends "authorization: Bearer token" with every call. It
+// needs WithTLS: a token must not cross the network in the clear.
+func WithBearerToken(token string) DialOption {
+	return func(c *dialConfig) { c.token = token }
+}
+
+// WithGRPCOptions passes further options to grpc.NewClient.
+func WithGRPCOptions(opts ...grpc.DialOption) DialOption {
+	return func(c *dialConfig) { c.extra = append(c.extra, opts...) }
+}
+
+// Dial returns a Client with its own connection to the probe server at
+// target, in grpc.NewClient's syntax ("host:port", "unix:/path", ...). Like
+// grpc.NewClient it does not wait for the server: the first call connects.
+// Close the Client when done.
+func Dial(target string, opts ...DialOption) (*Client, error) {
+	var cfg dialConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	creds := insecure.NewCredentials()
+	if cfg.tls != nil {
+		creds = credentials.NewTLS(cfg.tls)
+	}
+	gopts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if cfg.token != "" {
+		if cfg.tls == nil {
+			return nil, errors.New("netprobe: a bearer token needs TLS (WithTLS)")
+		}
+		gopts = append(gopts, grpc.WithPerRPCCredentials(bearer(cfg.token)))
+	}
+	cc, err := grpc.NewClient(target, append(gopts, cfg.extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("netprobe: dial %s: %w", target, err)
+	}
+	c := New(cc)
+	c.conn = cc
+	return c, nil
+}
+
+// Close closes the connection Dial made. It does nothing for a Client from
+// New.
+func (c *Client) Close() error {
+	if c.conn == nil {
+		return nil
+	}
+	return c.conn.Close()
+}
+
+// Health asks the probe server whether it is serving probes: the standard
+// gRPC health check for netprobe.v1.ProbeService.
+func (c *Client) Health(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	resp, err := c.health.Check(ctx, &healthpb.HealthCheckRequest{Service: netprobev1.ProbeService_ServiceDesc.ServiceName})
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, err
+	}
+	return resp.GetStatus(), nil
+}
+
+// bearer sends a bearer token with each call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }

@@ -1,0 +1,531 @@
+package client_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// start runs a probe server for one test and returns a client of it.
+func start(t *testing.T, opts ...probetest.Option) (*client.Client, *probetest.Server) {
+	t.Helper()
+	srv := probetest.Start(t, opts...)
+	return client.New(srv.Conn), srv
+}
+
+func TestConnect(t *testing.T) {
+	t.Parallel()
+	c, _ := start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+
+	res, err := c.Connect(probetest.Context(t), "tcp", tg.Addr(), client.ConnectOptions{Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	var accepted net.Conn
+	select {
+	case accepted = <-tg.Accepted:
+	default:
+		t.Fatal("the target accepted nothing")
+	}
+	if got, want := res.RemoteAddr.String(), tg.Addr(); got != want {
+		t.Errorf("RemoteAddr = %s, want %s", got, want)
+	}
+	if got, want := res.LocalAddr.String(), accepted.RemoteAddr().String(); got != want {
+		t.Errorf("LocalAddr = %s, want the target's peer %s", got, want)
+	}
+	if res.Port != uint16(tg.Port()) {
+		t.Errorf("Port = %d, want %d", res.Port, tg.Port())
+	}
+	if diff := cmp.Diff([]netip.Addr{netip.MustParseAddr("127.0.0.1")}, res.Resolved, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("Resolved (-want +got):\n%s", diff)
+	}
+	if len(res.Attempts) != 1 || res.Attempts[0].Addr != res.RemoteAddr || res.Attempts[0].Err != nil || res.Attempts[0].Abandoned {
+		t.Errorf("Attempts = %+v, want one that connected to %s", res.Attempts, res.RemoteAddr)
+	}
+	if res.ConnectDuration <= 0 || res.TotalDuration < res.ConnectDuration {
+		t.Errorf("ConnectDuration %v, TotalDuration %v: want 0 < connect <= total", res.ConnectDuration, res.TotalDuration)
+	}
+	if res.Proto().GetPeerAddress() != tg.Addr() {
+		t.Errorf("Proto().PeerAddress = %q, want %q", res.Proto().GetPeerAddress(), tg.Addr())
+	}
+}
+
+func TestConnectReverseLookup(t *testing.T) {
+	t.Parallel()
+	c, srv := start(t)
+	// 127.0.0.2: 127.0.0.1 would be answered from the hosts file.
+	srv.DNS.SetPTR(netip.MustParseAddr("127.0.0.2"), "target.test")
+	tg := probetest.Listen(t, "127.0.0.2:0", nil)
+
+	res, err := c.Connect(probetest.Context(t), "tcp", tg.Addr(), client.ConnectOptions{ReverseLookup: true})
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	if rl := res.ReverseLookup; rl == nil || rl.Err != nil || !cmp.Equal(rl.Names, []string{"target.test."}) {
+		t.Errorf("ReverseLookup = %+v, want the name target.test.", rl)
+	}
+}
+
+// TestProbeErrors checks that each failed probe comes back as a
+// *ProbeError with its stage, reason and errno, and reads like a net error.
+func TestProbeErrors(t *testing.T) {
+	t.Parallel()
+	c, srv := start(t)
+	srv.DNS.Drop("silent.test")
+	closed := fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp", "127.0.0.1:0"))
+
+	tests := []struct {
+		name    string
+		address string
+		opts    client.ConnectOptions
+		stage   client.Stage
+		reason  client.Reason
+		errno   syscall.Errno
+		text    string
+	}{
+		{
+			name:    "refused",
+			address: closed,
+			stage:   client.StageConnect,
+			reason:  client.ReasonRefused,
+			errno:   syscall.ECONNREFUSED,
+			text:    "connect " + closed + ": connection refused (stage CONNECT, reason REFUSED, errno ECONNREFUSED)",
+		},
+		{
+			name:    "no such host",
+			address: "nosuch.test:80",
+			stage:   client.StageResolve,
+			reason:  client.ReasonNoSuchHost,
+			text:    "resolve nosuch.test: no such host (stage RESOLVE, reason NO_SUCH_HOST)",
+		},
+		{
+			name:    "unknown service",
+			address: "127.0.0.1:np-nosuch",
+			stage:   client.StageServiceLookup,
+			reason:  client.ReasonUnknownService,
+			text:    "service lookup np-nosuch: unknown service (stage SERVICE_LOOKUP, reason UNKNOWN_SERVICE)",
+		},
+		{
+			name:    "resolve timeout",
+			address: "silent.test:80",
+			opts:    client.ConnectOptions{Timeout: 300 * time.Millisecond},
+			stage:   client.StageResolve,
+			reason:  client.ReasonTimeout,
+			text:    "resolve silent.test: timed out (stage RESOLVE, reason TIMEOUT)",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			res, err := c.Connect(probetest.Context(t), "tcp", tt.address, tt.opts)
+			var pe *client.ProbeError
+			if !errors.As(err, &pe) {
+				t.Fatalf("Connect = %v (%T), want a *client.ProbeError", err, err)
+			}
+			if pe.Stage != tt.stage || pe.Reason != tt.reason {
+				t.Errorf("stage %v reason %v, want %v %v", pe.Stage, pe.Reason, tt.stage, tt.reason)
+			}
+			if got := pe.Error(); got != tt.text {
+				t.Errorf("Error() = %q, want %q", got, tt.text)
+			}
+			if tt.errno != 0 && !errors.Is(err, tt.errno) {
+				t.Errorf("errors.Is(err, %v) = false", tt.errno)
+			}
+			if tt.errno == 0 && pe.Unwrap() != nil {
+				t.Errorf("Unwrap() = %v, want nil without an errno", pe.Unwrap())
+			}
+			if pe.Timeout() != (tt.reason == client.ReasonTimeout) {
+				t.Errorf("Timeout() = %v for reason %v", pe.Timeout(), pe.Reason)
+			}
+			if res == nil || pe.Connect != res || res.TotalDuration <= 0 {
+				t.Errorf("the partial result = %+v, want it returned and in the error, with a total duration", res)
+			}
+			if _, ok := status.FromError(err); ok {
+				t.Errorf("a probe result must not read as a gRPC status: %v", err)
+			}
+		})
+	}
+}
+
+// TestCallErrors checks the errors that are not probe results: bad input
+// caught before any call, calls the server refuses, and a server that is
+// not there. None of them may be a *ProbeError.
+func TestCallErrors(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	count := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		calls.Add(1)
+		return h(ctx, req)
+	}
+	c, _ := start(t, probetest.WithServerOptions(grpc.UnaryInterceptor(count)))
+
+	t.Run("caught before calling", func(t *testing.T) {
+		for _, tt := range []struct{ network, address, want string }{
+			{"sctp", "127.0.0.1:80", "probe sctp: unknown network sctp"},
+			{"tcp", "127.0.0.1", "probe tcp: address 127.0.0.1: missing port in address"},
+			{"tcp", "127.0.0.1:70000", "probe tcp: address 127.0.0.1:70000: invalid port"},
+			{"udp", "127.0.0.1:0", "probe udp: address 127.0.0.1:0: invalid port"},
+		} {
+			_, err := c.Connect(probetest.Context(t), tt.network, tt.address, client.ConnectOptions{})
+			var opErr *net.OpError
+			if !errors.As(err, &opErr) || err.Error() != tt.want {
+				t.Errorf("Connect(%q, %q) = %v, want a *net.OpError %q", tt.network, tt.address, err, tt.want)
+			}
+		}
+		if n := calls.Load(); n != 0 {
+			t.Errorf("%d calls reached the server", n)
+		}
+	})
+
+	t.Run("refused by the server", func(t *testing.T) {
+		_, err := c.Connect(probetest.Context(t), "tcp", "bad host:80", client.ConnectOptions{})
+		var pe *client.ProbeError
+		if errors.As(err, &pe) {
+			t.Fatalf("got a ProbeError for a refused call: %v", pe)
+		}
+		st := status.Convert(err)
+		if st.Code() != codes.InvalidArgument {
+			t.Fatalf("code %v, want InvalidArgument: %v", st.Code(), err)
+		}
+		var fields []string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					fields = append(fields, v.GetField())
+				}
+			}
+		}
+		if !cmp.Equal(fields, []string{"target.host"}) {
+			t.Errorf("bad fields %v, want [target.host]", fields)
+		}
+	})
+
+	t.Run("server not there", func(t *testing.T) {
+		down, err := client.Dial(fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp", "127.0.0.1:0")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer down.Close()
+		_, err = down.Connect(probetest.Context(t), "tcp", "127.0.0.1:80", client.ConnectOptions{})
+		var pe *client.ProbeError
+		if errors.As(err, &pe) || status.Code(err) != codes.Unavailable {
+			t.Errorf("Connect through a dead server = %v, want an Unavailable status", err)
+		}
+	})
+}
+
+func TestFetch(t *testing.T) {
+	t.Parallel()
+	c, _ := start(t)
+
+	t.Run("echo", func(t *testing.T) {
+		t.Parallel()
+		tg := probetest.Listen(t, "127.0.0.1:0", probetest.Echo)
+		f, err := c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{Payload: []byte("ping\n")})
+		if err != nil {
+			t.Fatalf("Fetch: %v", err)
+		}
+		defer f.Close()
+		if f.Connect.RemoteAddr.String() != tg.Addr() {
+			t.Errorf("connected to %s, want %s", f.Connect.RemoteAddr, tg.Addr())
+		}
+		if f.Summary() != nil {
+			t.Error("Summary before the end is not nil")
+		}
+		got, err := io.ReadAll(f)
+		if err != nil || string(got) != "ping\n" {
+			t.Fatalf("ReadAll = %q, %v; want the echo", got, err)
+		}
+		s := f.Summary()
+		if s == nil || s.EndReason != client.EndEOF || s.BytesSent != 5 || s.BytesReceived != 5 || s.TimeToFirstByte <= 0 {
+			t.Errorf("Summary = %+v, want EOF after 5 bytes each way", s)
+		}
+	})
+
+	t.Run("lines", func(t *testing.T) {
+		t.Parallel()
+		tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			c.Write([]byte("one\ntwo\nthree\n"))
+			c.Close()
+		})
+		f, err := c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{Framing: client.FramingLines})
+		if err != nil {
+			t.Fatalf("Fetch: %v", err)
+		}
+		defer f.Close()
+		first, err := f.Next()
+		if err != nil || string(first) != "one\n" {
+			t.Fatalf("Next = %q, %v; want the first line", first, err)
+		}
+		var rest []string
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			rest = append(rest, sc.Text())
+		}
+		if err := sc.Err(); err != nil || !cmp.Equal(rest, []string{"two", "three"}) {
+			t.Errorf("scanned %q, %v; want two, three", rest, err)
+		}
+	})
+
+	t.Run("max bytes", func(t *testing.T) {
+		t.Parallel()
+		tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Write([]byte("abcdef")) })
+		f, err := c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{MaxBytes: 3})
+		if err != nil {
+			t.Fatalf("Fetch: %v", err)
+		}
+		defer f.Close()
+		got, err := io.ReadAll(f)
+		if err != nil || string(got) != "abc" || f.Summary().EndReason != client.EndMaxBytes {
+			t.Errorf("ReadAll = %q, %v, end %v; want abc, EOF at the cap", got, err, f.Summary().EndReason)
+		}
+	})
+
+	t.Run("reset mid-stream", func(t *testing.T) {
+		t.Parallel()
+		release := make(chan struct{})
+		tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			c.Write([]byte("partial"))
+			select {
+			case <-release:
+			case <-time.After(probetest.Timeout):
+			}
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		})
+		f, err := c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{})
+		if err != nil {
+			t.Fatalf("Fetch: %v", err)
+		}
+		defer f.Close()
+		buf := make([]byte, len("partial"))
+		if _, err := io.ReadFull(f, buf); err != nil || string(buf) != "partial" {
+			t.Fatalf("read %q, %v; want partial", buf, err)
+		}
+		close(release)
+		n, err := f.Read(buf)
+		var pe *client.ProbeError
+		if n != 0 || !errors.As(err, &pe) || pe.Stage != client.StageReceive || pe.Reason != client.ReasonReset || !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("Read after the reset = %d, %v; want a RECEIVE / RESET ProbeError", n, err)
+		}
+		if pe.Summary == nil || pe.Summary.BytesReceived != 7 || pe.Summary.EndReason != client.EndError || pe.Connect != f.Connect {
+			t.Errorf("the error's Summary = %+v, Connect = %p; want 7 bytes received, END_REASON_ERROR, the connect report", pe.Summary, pe.Connect)
+		}
+		if _, again := f.Read(buf); again != err {
+			t.Errorf("a second Read = %v, want the same error", again)
+		}
+	})
+
+	t.Run("connect fails", func(t *testing.T) {
+		t.Parallel()
+		addr := fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp", "127.0.0.1:0"))
+		f, err := c.Fetch(probetest.Context(t), "tcp", addr, client.FetchOptions{Payload: []byte("x")})
+		var pe *client.ProbeError
+		if f != nil || !errors.As(err, &pe) || pe.Stage != client.StageConnect || pe.Reason != client.ReasonRefused {
+			t.Fatalf("Fetch = %v, %v; want nil and a CONNECT / REFUSED ProbeError", f, err)
+		}
+		if pe.Connect == nil || len(pe.Connect.Attempts) != 1 || pe.Summary == nil || pe.Summary.BytesSent != 0 || pe.Summary.TotalDuration <= 0 {
+			t.Errorf("Connect %+v, Summary %+v: want one attempt and a summary with nothing sent", pe.Connect, pe.Summary)
+		}
+	})
+
+	t.Run("close abandons", func(t *testing.T) {
+		t.Parallel()
+		tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Write([]byte("hello")) })
+		f, err := c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{KeepWriteOpen: true})
+		if err != nil {
+			t.Fatalf("Fetch: %v", err)
+		}
+		if b, err := f.Next(); err != nil || string(b) != "hello" {
+			t.Fatalf("Next = %q, %v; want hello", b, err)
+		}
+		f.Close()
+		// The target never closes; only the server closing its end after
+		// the caller left ends this wait.
+		if err := probetest.WaitClosed(<-tg.Accepted); err != nil {
+			t.Errorf("the target connection stayed open after Close: %v", err)
+		}
+	})
+
+	t.Run("udp datagrams", func(t *testing.T) {
+		t.Parallel()
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		go func() {
+			buf := make([]byte, 64)
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil || string(buf[:n]) != "ping" {
+				return
+			}
+			pc.WriteTo([]byte("one"), from)
+			pc.WriteTo([]byte("two"), from)
+		}()
+		f, err := c.Fetch(probetest.Context(t), "udp", pc.LocalAddr().String(), client.FetchOptions{
+			Payload:     []byte("ping"),
+			ReadTimeout: 200 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatalf("Fetch: %v", err)
+		}
+		defer f.Close()
+		var got []string
+		for {
+			b, err := f.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("Next: %v", err)
+			}
+			got = append(got, string(b))
+		}
+		if !cmp.Equal(got, []string{"one", "two"}) || f.Summary().EndReason != client.EndIdle {
+			t.Errorf("datagrams %q, end %v; want one, two, then IDLE", got, f.Summary().EndReason)
+		}
+	})
+
+	t.Run("payload and HTTP GET both", func(t *testing.T) {
+		t.Parallel()
+		_, err := c.Fetch(probetest.Context(t), "tcp", "127.0.0.1:80", client.FetchOptions{Payload: []byte("x"), HTTPGet: &client.HTTPGet{Path: "/"}})
+		if err == nil || !strings.Contains(err.Error(), "not both") {
+			t.Errorf("Fetch = %v, want a refusal of both requests", err)
+		}
+	})
+}
+
+func TestResolveService(t *testing.T) {
+	t.Parallel()
+	c, _ := start(t, probetest.WithServices(t, "np-test 7777/udp np-alias\n"))
+	ctx := probetest.Context(t)
+
+	svc, err := c.ResolveService(ctx, "udp", "np-alias")
+	if err != nil || svc.Name != "np-test" || svc.Port != 7777 || svc.Protocol != "udp" || svc.Source != client.SourceSystem || !cmp.Equal(svc.Aliases, []string{"np-alias"}) {
+		t.Errorf("ResolveService(udp, np-alias) = %+v, %v", svc, err)
+	}
+	svc, err = c.ResolvePort(ctx, "tcp", 443)
+	if err != nil || svc.Name != "https" || svc.Source != client.SourceBuiltin {
+		t.Errorf("ResolvePort(tcp, 443) = %+v, %v; want https from the built-in table", svc, err)
+	}
+	_, err = c.ResolveService(ctx, "tcp", "np-test")
+	var pe *client.ProbeError
+	if !errors.As(err, &pe) || pe.Stage != client.StageServiceLookup || pe.Reason != client.ReasonUnknownService || pe.Connect != nil {
+		t.Errorf("ResolveService(tcp, np-test) = %v, want SERVICE_LOOKUP / UNKNOWN_SERVICE", err)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	t.Parallel()
+	c, _ := start(t)
+	st, err := c.Health(probetest.Context(t))
+	if err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("Health = %v, %v; want SERVING", st, err)
+	}
+}
+
+// TestDialTLSAndToken runs Dial's options against a server that requires
+// TLS and a bearer token.
+func TestDialTLSAndToken(t *testing.T) {
+	t.Parallel()
+	cert, roots := selfSigned(t)
+	const token = "s3cret"
+	auth := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if got := md.Get("authorization"); len(got) != 1 || got[0] != "Bearer "+token {
+			return nil, status.Error(codes.Unauthenticated, "a bearer token is required")
+		}
+		return h(ctx, req)
+	}
+	srv := probetest.Start(t, probetest.WithServerOptions(
+		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
+		grpc.UnaryInterceptor(auth),
+	))
+	tlsConfig := &tls.Config{RootCAs: roots}
+
+	tests := []struct {
+		name string
+		opts []client.DialOption
+		want codes.Code
+	}{
+		{"TLS and token", []client.DialOption{client.WithTLS(tlsConfig), client.WithBearerToken(token)}, codes.OK},
+		{"TLS without token", []client.DialOption{client.WithTLS(tlsConfig)}, codes.Unauthenticated},
+		{"wrong token", []client.DialOption{client.WithTLS(tlsConfig), client.WithBearerToken("guess")}, codes.Unauthenticated},
+		{"plaintext to TLS", nil, codes.Unavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := client.Dial(srv.Addr, tt.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_, err = c.ResolveService(probetest.Context(t), "tcp", "https")
+			if got := status.Code(err); got != tt.want {
+				t.Errorf("code %v, want %v: %v", got, tt.want, err)
+			}
+		})
+	}
+
+	if c, err := client.Dial(srv.Addr, client.WithBearerToken(token)); err == nil {
+		c.Close()
+		t.Error("Dial with a token but no TLS succeeded; the token would go out in the clear")
+	}
+}
+
+// selfSigned makes a certificate for 127.0.0.1 and a pool that trusts it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(parsed)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}

@@ -1,0 +1,137 @@
+package client
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"time"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// Stage is the phase of a probe where it failed.
+type Stage = netprobev1.Stage
+
+// The stages, in the order a probe runs them.
+const (
+	StageServiceLookup = netprobev1.Stage_STAGE_SERVICE_LOOKUP
+	StageResolve       = netprobev1.Stage_STAGE_RESOLVE
+	StageSocket        = netprobev1.Stage_STAGE_SOCKET
+	StageConnect       = netprobev1.Stage_STAGE_CONNECT
+	StageSend          = netprobev1.Stage_STAGE_SEND
+	StageShutdown      = netprobev1.Stage_STAGE_SHUTDOWN
+	StageReceive       = netprobev1.Stage_STAGE_RECEIVE
+	StageReverseLookup = netprobev1.Stage_STAGE_REVERSE_LOOKUP
+)
+
+// Reason says why a stage failed.
+type Reason = netprobev1.Reason
+
+// The reasons; see the proto for each one's meaning.
+const (
+	ReasonTimeout             = netprobev1.Reason_REASON_TIMEOUT
+	ReasonRefused             = netprobev1.Reason_REASON_REFUSED
+	ReasonReset               = netprobev1.Reason_REASON_RESET
+	ReasonHostUnreachable     = netprobev1.Reason_REASON_HOST_UNREACHABLE
+	ReasonNetworkUnreachable  = netprobev1.Reason_REASON_NETWORK_UNREACHABLE
+	ReasonNoSuchHost          = netprobev1.Reason_REASON_NO_SUCH_HOST
+	ReasonTemporaryDNSFailure = netprobev1.Reason_REASON_TEMPORARY_DNS_FAILURE
+	ReasonUnknownService      = netprobev1.Reason_REASON_UNKNOWN_SERVICE
+	ReasonBrokenPipe          = netprobev1.Reason_REASON_BROKEN_PIPE
+	ReasonTooManyOpenFiles    = netprobev1.Reason_REASON_TOO_MANY_OPEN_FILES
+	ReasonOther               = netprobev1.Reason_REASON_OTHER
+)
+
+// reasonText describes the reasons that are not errnos' own words.
+var reasonText = map[Reason]string{
+	ReasonTimeout:             "timed out",
+	ReasonNoSuchHost:          "no such host",
+	ReasonTemporaryDNSFailure: "temporary DNS failure",
+	ReasonUnknownService:      "unknown service",
+}
+
+// ProbeError is a probe that ran on the server and failed: the target, not
+// the probe server, is what went wrong.
+type ProbeError struct {
+	// Stage is where the probe failed, Reason why.
+	Stage  Stage
+	Reason Reason
+	// Errno is the symbolic errno on the server ("ECONNREFUSED"), or "".
+	Errno string
+	// Address is what the failing stage worked on: "ip:port" for a
+	// connection, the host name for a resolve, the service name for a
+	// service lookup.
+	Address string
+	// Message is the server's error text, for people.
+	Message string
+	// Elapsed is how long after the probe began it failed.
+	Elapsed time.Duration
+	// Connect is the report of the connect phase as far as it went, with
+	// its timings and every address tried; nil for ResolveService.
+	Connect *ConnectResult
+	// Summary is a failed Fetch's summary (bytes sent and received, time to
+	// first byte); nil unless the failure came after connecting.
+	Summary *FetchSummary
+}
+
+// newProbeError converts the proto; nil for nil.
+func newProbeError(pe *netprobev1.ProbeError) *ProbeError {
+	if pe == nil {
+		return nil
+	}
+	return &ProbeError{
+		Stage:   pe.GetStage(),
+		Reason:  pe.GetReason(),
+		Errno:   pe.GetErrno(),
+		Address: pe.GetAddress(),
+		Message: pe.GetMessage(),
+		Elapsed: pe.GetElapsed().AsDuration(),
+	}
+}
+
+// Error reads like a net error, then gives the codes: "connect
+// 127.0.0.1:9: connection refused (stage CONNECT, reason REFUSED, errno
+// ECONNREFUSED)".
+func (e *ProbeError) Error() string {
+	var b strings.Builder
+	b.WriteString(strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.Stage.String(), "STAGE_")), "_", " "))
+	if e.Address != "" {
+		b.WriteString(" " + e.Address)
+	}
+	b.WriteString(": ")
+	if errno, ok := errnoValue(e.Errno); ok {
+		b.WriteString(errno.Error())
+	} else if text, ok := reasonText[e.Reason]; ok {
+		b.WriteString(text)
+	} else {
+		b.WriteString(e.Message)
+	}
+	fmt.Fprintf(&b, " (stage %s, reason %s", strings.TrimPrefix(e.Stage.String(), "STAGE_"), strings.TrimPrefix(e.Reason.String(), "REASON_"))
+	if e.Errno != "" {
+		b.WriteString(", errno " + e.Errno)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// Unwrap returns the errno as a syscall.Errno, so that errors.Is(err,
+// syscall.ECONNREFUSED) holds for a probe the target refused. It returns
+// nil when there is no errno or this system does not know its name.
+func (e *ProbeError) Unwrap() error {
+	if errno, ok := errnoValue(e.Errno); ok {
+		return errno
+	}
+	return nil
+}
+
+// Timeout reports whether the probe ran out of time, as net.Error does.
+func (e *ProbeError) Timeout() bool { return e.Reason == ReasonTimeout }
+
+// errnoValue is the syscall.Errno this system gives the name, if any.
+func errnoValue(name string) (syscall.Errno, bool) {
+	if name == "" {
+		return 0, false
+	}
+	e, ok := errnos()[name]
+	return e, ok
+}

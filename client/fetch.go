@@ -1,0 +1,248 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// Framing is how the server cuts the reply into messages; see Fetch.Next.
+type Framing = netprobev1.Framing
+
+// The framings. Unspecified is raw chunks for TCP, datagrams for UDP.
+const (
+	FramingRaw       = netprobev1.Framing_FRAMING_RAW
+	FramingLines     = netprobev1.Framing_FRAMING_LINES
+	FramingDatagrams = netprobev1.Framing_FRAMING_DATAGRAMS
+)
+
+// EndReason is how a fetch that did not fail ended.
+type EndReason = netprobev1.EndReason
+
+// The ways a fetch ends.
+const (
+	EndEOF      = netprobev1.EndReason_END_REASON_EOF
+	EndMaxBytes = netprobev1.EndReason_END_REASON_MAX_BYTES
+	EndIdle     = netprobev1.EndReason_END_REASON_IDLE
+	EndError    = netprobev1.EndReason_END_REASON_ERROR
+)
+
+// FetchOptions says what to send and how to receive. The zero value sends
+// nothing, half-closes, and reads until end of stream with the server's
+// default timeout and byte cap.
+type FetchOptions struct {
+	// Timeout bounds the whole exchange; zero is the server's default. The
+	// ctx deadline, when sooner, wins.
+	Timeout time.Duration
+	// ReadTimeout ends the fetch when the reply stops for this long: a
+	// RECEIVE timeout for TCP, a clean end (EndIdle) for UDP once something
+	// came back. Zero means only Timeout applies.
+	ReadTimeout time.Duration
+	// Payload is sent as it is. At most one of Payload and HTTPGet.
+	Payload []byte
+	// HTTPGet sends an HTTP/1.0 GET instead of a payload.
+	HTTPGet *HTTPGet
+	// MaxBytes caps the bytes received (zero: the server's cap); reaching
+	// it ends the fetch cleanly with EndMaxBytes.
+	MaxBytes uint64
+	// Framing chooses the message boundaries Next returns.
+	Framing Framing
+	// KeepWriteOpen leaves the write side open after sending (TCP only); by
+	// default it is half-closed so the peer sees the end of the request.
+	KeepWriteOpen bool
+	// ReverseLookup asks for the peer address's names once connected.
+	ReverseLookup bool
+}
+
+// HTTPGet is an HTTP/1.0 GET request.
+type HTTPGet struct {
+	// Path is the request target; it must start with "/".
+	Path string
+	// Host is the Host header; empty is the target's host.
+	Host string
+}
+
+// FetchSummary is the end of a fetch.
+type FetchSummary struct {
+	// BytesSent and BytesReceived count what crossed the target connection.
+	BytesSent, BytesReceived uint64
+	// TimeToFirstByte is from the probe's start to the first byte of the
+	// reply; zero when nothing came back.
+	TimeToFirstByte time.Duration
+	// TotalDuration is the whole probe.
+	TotalDuration time.Duration
+	// EndReason is how the fetch ended.
+	EndReason EndReason
+
+	proto *netprobev1.FetchSummary
+}
+
+// Proto returns the summary as the server sent it.
+func (s *FetchSummary) Proto() *netprobev1.FetchSummary { return s.proto }
+
+// Fetch is the reply of a target, read as it streams in. It is an
+// io.ReadCloser: Read returns io.EOF after a clean end, or the *ProbeError of
+// a failed exchange after the bytes that came before it. A Fetch is not safe
+// for concurrent use.
+type Fetch struct {
+	// Connect is the report of the connect phase.
+	Connect *ConnectResult
+
+	stream  grpc.ServerStreamingClient[netprobev1.FetchResponse]
+	cancel  context.CancelFunc
+	pending []byte // the unread rest of the current message
+	summary *FetchSummary
+	err     error // what Read returns once pending is empty, when set
+}
+
+// Fetch asks the probe server to connect to address on network, send the
+// request in opts, half-close, and stream the reply back. It returns once
+// the connection is made; read the reply from the returned Fetch and Close
+// it when done (Close before the end abandons the exchange, and the server
+// closes the target connection at once).
+//
+// A failure to connect returns a *ProbeError whose Connect and Summary say
+// how far the probe went; any other error is the call's own.
+func (c *Client) Fetch(ctx context.Context, network, address string, opts FetchOptions) (*Fetch, error) {
+	t, err := target(network, address)
+	if err != nil {
+		return nil, err
+	}
+	req := &netprobev1.FetchRequest{
+		Target:        t,
+		MaxBytes:      opts.MaxBytes,
+		Framing:       opts.Framing,
+		KeepWriteOpen: opts.KeepWriteOpen,
+		ReverseLookup: opts.ReverseLookup,
+	}
+	if opts.Timeout != 0 {
+		req.Timeout = durationpb.New(opts.Timeout)
+	}
+	if opts.ReadTimeout != 0 {
+		req.ReadTimeout = durationpb.New(opts.ReadTimeout)
+	}
+	switch {
+	case opts.HTTPGet != nil && opts.Payload != nil:
+		return nil, errors.New("netprobe: fetch: set Payload or HTTPGet, not both")
+	case opts.HTTPGet != nil:
+		req.Request = &netprobev1.FetchRequest_HttpGet{HttpGet: &netprobev1.HttpGet{Path: opts.HTTPGet.Path, Host: opts.HTTPGet.Host}}
+	case opts.Payload != nil:
+		req.Request = &netprobev1.FetchRequest_Payload{Payload: opts.Payload}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.probe.Fetch(ctx, req)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	f := &Fetch{stream: stream, cancel: cancel}
+	msg, err := f.recv()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	connect := msg.GetConnect()
+	if connect == nil {
+		cancel()
+		return nil, fmt.Errorf("netprobe: fetch: the server sent %T before the connect report", msg.GetEvent())
+	}
+	f.Connect = newConnectResult(connect)
+	if connect.GetError() != nil {
+		// The summary follows at once; it carries the total duration.
+		_, err := f.Next()
+		cancel()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Read reads the reply as one byte stream, whatever the framing.
+func (f *Fetch) Read(p []byte) (int, error) {
+	// An empty datagram is no bytes to a reader: skip it.
+	for len(f.pending) == 0 {
+		b, err := f.Next()
+		if err != nil {
+			return 0, err
+		}
+		f.pending = b
+	}
+	n := copy(p, f.pending)
+	f.pending = f.pending[n:]
+	return n, nil
+}
+
+// Next returns the next message of the reply, or what is left of it after
+// Read: a raw chunk, a line with its terminator (FramingLines) or a datagram
+// (FramingDatagrams, where it may be empty). The bytes are valid until the
+// next call. At the end it returns io.EOF or the *ProbeError.
+func (f *Fetch) Next() ([]byte, error) {
+	if len(f.pending) > 0 {
+		b := f.pending
+		f.pending = nil
+		return b, nil
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	msg, err := f.recv()
+	if err != nil {
+		f.err = err
+		return nil, err
+	}
+	switch ev := msg.GetEvent().(type) {
+	case *netprobev1.FetchResponse_Data:
+		return ev.Data.GetData(), nil
+	case *netprobev1.FetchResponse_Summary:
+		f.finish(ev.Summary)
+		return nil, f.err
+	}
+	f.err = fmt.Errorf("netprobe: fetch: the server sent %T after the connect report", msg.GetEvent())
+	return nil, f.err
+}
+
+// finish records the summary and the error Read ends with.
+func (f *Fetch) finish(s *netprobev1.FetchSummary) {
+	f.summary = &FetchSummary{
+		BytesSent:       s.GetBytesSent(),
+		BytesReceived:   s.GetBytesReceived(),
+		TimeToFirstByte: s.GetTimeToFirstByte().AsDuration(),
+		TotalDuration:   s.GetTotalDuration().AsDuration(),
+		EndReason:       s.GetEndReason(),
+		proto:           s,
+	}
+	f.err = io.EOF
+	if pe := newProbeError(s.GetError()); pe != nil {
+		pe.Connect = f.Connect
+		pe.Summary = f.summary
+		f.err = pe
+	}
+}
+
+// recv reads the next message; the stream ending before the summary is an
+// unexpected EOF, never a clean end.
+func (f *Fetch) recv() (*netprobev1.FetchResponse, error) {
+	msg, err := f.stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("netprobe: fetch: the stream ended before the summary: %w", io.ErrUnexpectedEOF)
+	}
+	return msg, err
+}
+
+// Summary returns the fetch's summary once Read or Next has returned io.EOF
+// or a *ProbeError; nil before that.
+func (f *Fetch) Summary() *FetchSummary { return f.summary }
+
+// Close ends the call. Before the end of the reply, it abandons the
+// exchange.
+func (f *Fetch) Close() error {
+	f.cancel()
+	return nil
+}
