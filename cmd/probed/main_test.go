@@ -1,11 +1,7 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -22,79 +18,29 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/netlab"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
-
-const testTimeout = 10 * time.Second
 
 // probedBin is the probed binary built for these tests.
 var probedBin string
 
 func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "probed-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
-	probedBin = filepath.Join(dir, "probed")
-	if out, err := exec.Command("go", "build", "-o", probedBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// probed is a running probed process.
-type probed struct {
-	cmd    *exec.Cmd
-	addr   string // the gRPC target to dial
-	exited chan error
-}
-
-// startProbed runs cmd (probed, maybe inside a namespace) with JSON logs and
-// waits for its "serving" line. The process is killed if the test leaves it
-// running.
-func startProbed(t *testing.T, cmd *exec.Cmd) *probed {
-	t.Helper()
-	cmd.Args = append(cmd.Args, "--log-format=json")
-	stderr, err := cmd.StderrPipe()
+	defer os.RemoveAll(dir)
+	probedBin, err = probetest.GoBuild(dir, "github.com/netprobe/netprobe/cmd/probed")
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &probed{cmd: cmd, exited: make(chan error, 1)}
-	serving := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var line struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
-				serving <- line.Addr
-			}
-		}
-		io.Copy(io.Discard, stderr)
-		p.exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-	})
-	select {
-	case p.addr = <-serving:
-	case err := <-p.exited:
-		t.Fatalf("probed exited before serving: %v", err)
-	case <-time.After(testTimeout):
-		t.Fatal("probed did not start serving")
-	}
-	return p
+	return m.Run()
 }
 
 func dial(t *testing.T, target string) *grpc.ClientConn {
@@ -111,9 +57,9 @@ func dial(t *testing.T, target string) *grpc.ClientConn {
 // health says SERVING, a probe works, and SIGTERM flips health to
 // NOT_SERVING and exits 0.
 func TestServeAndDrain(t *testing.T) {
-	p := startProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0"))
-	conn := dial(t, p.addr)
-	ctx := testContext(t)
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0"))
+	conn := dial(t, p.Addr)
+	ctx := probetest.Context(t)
 
 	refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
 	if err != nil {
@@ -163,18 +109,18 @@ func TestServeAndDrain(t *testing.T) {
 	if hr, err := watch.Recv(); err != nil || hr.Status != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("watch = %v, %v; want SERVING", hr, err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if hr, err := watch.Recv(); err != nil || hr.Status != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Errorf("after SIGTERM, watch = %v, %v; want NOT_SERVING", hr, err)
 	}
 	select {
-	case err := <-p.exited:
+	case err := <-p.Exited:
 		if err != nil {
 			t.Errorf("probed exited with %v, want 0", err)
 		}
-	case <-time.After(testTimeout):
+	case <-time.After(probetest.Timeout):
 		t.Fatal("probed did not exit after SIGTERM")
 	}
 }
@@ -188,7 +134,7 @@ func TestUnreachable(t *testing.T) {
 	ns.IP(t, "route", "add", "unreachable", "198.18.1.0/24")
 	ns.IP(t, "route", "add", "prohibit", "198.18.2.0/24")
 	sock := filepath.Join(t.TempDir(), "probed.sock")
-	p := startProbed(t, ns.Command(probedBin, "--listen=unix:"+sock))
+	p := probetest.StartProbed(t, ns.Command(probedBin, "--listen=unix:"+sock))
 	client := netprobev1.NewProbeServiceClient(dial(t, "unix:"+sock))
 
 	tests := []struct {
@@ -203,7 +149,7 @@ func TestUnreachable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.host, func(t *testing.T) {
-			resp, err := client.Connect(testContext(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: tt.host, Port: 80}})
+			resp, err := client.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: tt.host, Port: 80}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -214,8 +160,8 @@ func TestUnreachable(t *testing.T) {
 		})
 	}
 	// Stop probed before the namespace goes.
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-p.exited; err != nil {
+	p.Cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-p.Exited; err != nil {
 		t.Errorf("probed exited with %v", err)
 	}
 }

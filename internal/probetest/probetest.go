@@ -87,23 +87,11 @@ func Start(t testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(&cfg, &srvOpts)
 	}
-	srv, err := service.New(cfg)
+	addr, stop, err := Serve(cfg, srvOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(srvOpts...)
-	netprobev1.RegisterProbeServiceServer(gs, srv)
-	hs := health.NewServer()
-	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(gs, hs)
-	reflection.Register(gs)
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(),
+	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
@@ -111,12 +99,37 @@ func Start(t testing.TB, opts ...Option) *Server {
 	}
 	t.Cleanup(func() {
 		conn.Close()
-		gs.Stop()
-		if err := <-served; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &Server{Addr: lis.Addr().String(), Conn: conn, Probe: netprobev1.NewProbeServiceClient(conn), DNS: dns}
+	return &Server{Addr: addr, Conn: conn, Probe: netprobev1.NewProbeServiceClient(conn), DNS: dns}
+}
+
+// Serve runs a probe server with cfg on 127.0.0.1 until stop, which
+// returns the error that ended serving, if any. It is for TestMain and
+// examples, which have no testing.TB; tests use Start.
+func Serve(cfg service.Config, opts ...grpc.ServerOption) (addr string, stop func() error, err error) {
+	srv, err := service.New(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	gs := grpc.NewServer(opts...)
+	netprobev1.RegisterProbeServiceServer(gs, srv)
+	hs := health.NewServer()
+	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	return lis.Addr().String(), func() error {
+		gs.Stop()
+		return <-served
+	}, nil
 }
 
 // Context returns a context that ends after Timeout or with the test.

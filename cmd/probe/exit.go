@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/netprobe/netprobe/client"
+)
+
+// The exit codes. Where curl has a code for the same failure, it is curl's.
+const (
+	exitOK          = 0
+	exitOther       = 1
+	exitUsage       = 2
+	exitNoService   = 3
+	exitResolve     = 6
+	exitConnect     = 7
+	exitTimeout     = 28
+	exitSend        = 55
+	exitReceive     = 56
+	exitUnavailable = 69
+	exitRejected    = 77
+	exitInterrupted = 130
+)
+
+// exitCodes documents the codes, for --help and the README.
+var exitCodes = []struct {
+	code int
+	text string
+}{
+	{exitOK, "success: the probe ran and the target answered"},
+	{exitOther, "any other failure"},
+	{exitUsage, "bad usage: an unknown command or flag, wrong arguments, conflicting flags, a bad\n       value (a PORT that is no port number nor known service, a request the server\n       finds invalid)"},
+	{exitNoService, "resolve: no such service (stage SERVICE_LOOKUP)"},
+	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},
+	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
+	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
+	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
+	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},
+	{exitUnavailable, "the probe server could not be reached or did not answer in time, or is not SERVING"},
+	{exitRejected, "the probe server refused or failed the call (authentication, policy, limits, internal error)"},
+	{exitInterrupted, "interrupted (SIGINT, SIGTERM)"},
+}
+
+// exitCodeHelp is the table of exit codes, as --help shows it.
+func exitCodeHelp() string {
+	var b strings.Builder
+	b.WriteString("Exit codes:\n")
+	for _, e := range exitCodes {
+		fmt.Fprintf(&b, "  %3d  %s\n", e.code, e.text)
+	}
+	return b.String()
+}
+
+// usageError is a command line the CLI cannot run.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// exitError ends the run with code after its message.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+// exitCode maps an error to the exit code that classifies it.
+func exitCode(err error) int {
+	var (
+		pe    *client.ProbeError
+		usage usageError
+		exit  exitError
+	)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &usage):
+		return exitUsage
+	case errors.As(err, &exit):
+		return exit.code
+	case errors.As(err, &pe):
+		return probeExitCode(pe)
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.InvalidArgument:
+			return exitUsage
+		case codes.Canceled:
+			return exitInterrupted
+		case codes.Unavailable, codes.DeadlineExceeded:
+			return exitUnavailable
+		}
+		return exitRejected
+	}
+	return exitOther
+}
+
+// probeExitCode maps a failed probe: a timeout is 28 at any stage; any
+// other failure takes its stage's code.
+func probeExitCode(pe *client.ProbeError) int {
+	if pe.Reason == client.ReasonTimeout {
+		return exitTimeout
+	}
+	switch pe.Stage {
+	case client.StageServiceLookup:
+		return exitNoService
+	case client.StageResolve:
+		return exitResolve
+	case client.StageSocket, client.StageConnect:
+		return exitConnect
+	case client.StageSend, client.StageShutdown:
+		return exitSend
+	case client.StageReceive:
+		return exitReceive
+	}
+	return exitOther
+}

@@ -1,0 +1,227 @@
+// Command probe is netprobe's command line: it asks a probe server to
+// connect to a target, exchange bytes with it, or look a service up, and
+// prints what happened. With no --server it runs the same service in its
+// own process.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/netprobe/netprobe/client"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], streams{in: os.Stdin, out: os.Stdout, err: os.Stderr}, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// streams are the CLI's standard input, output and error.
+type streams struct {
+	in       io.Reader
+	out, err io.Writer
+}
+
+// app is one run of the CLI: its global flags and where it writes.
+type app struct {
+	streams
+	getenv func(string) string
+
+	server    string
+	dnsServer string
+	timeout   time.Duration
+	output    string
+
+	// ran is set once a command's own code starts: an error before that
+	// came from the command line itself.
+	ran bool
+}
+
+// envFlags are the flags with an environment twin, read when the flag is
+// not given.
+var envFlags = map[string]string{
+	"server":     "NETPROBE_SERVER",
+	"dns-server": "NETPROBE_DNS_SERVER",
+	"timeout":    "NETPROBE_TIMEOUT",
+	"output":     "NETPROBE_OUTPUT",
+}
+
+const rootLong = `probe asks a netprobe server to open a connection somewhere, exchange a few
+bytes, and report exactly what happened: the addresses on both ends, how long
+each phase took and, when it fails, which stage failed and why.
+
+With --server (or NETPROBE_SERVER) it asks that probe server; without one it
+runs the same service inside this process, so it works with nothing else
+running. Either way the probe is made from where the service runs.
+
+Output is one short line per event, or with -o json one protojson object per
+line (the service's own messages, stable for scripts). Failures go to stderr
+as "probe: connect 127.0.0.1:9: connection refused (stage CONNECT, reason
+REFUSED, errno ECONNREFUSED)", and the exit code says which kind.
+
+`
+
+// run executes the command line args and returns the exit code.
+func run(ctx context.Context, args []string, std streams, getenv func(string) string) int {
+	a := &app{streams: std, getenv: getenv}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	root.SetIn(std.in)
+	root.SetOut(std.out)
+	root.SetErr(std.err)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return exitOK
+	}
+	if !a.ran {
+		err = usageError{err}
+	}
+	code := exitCode(err)
+	st, isStatus := status.FromError(err)
+	switch {
+	case !isStatus || isProbeError(err):
+		fmt.Fprintf(std.err, "probe: %v\n", err)
+	case st.Code() == codes.InvalidArgument:
+		// The server names the bad fields of what the user asked for.
+		fmt.Fprintf(std.err, "probe: %s\n", st.Message())
+	default:
+		fmt.Fprintf(std.err, "probe: %s: %s: %s\n", a.serverName(), st.Code(), st.Message())
+	}
+	if code == exitUsage {
+		fmt.Fprintf(std.err, "Run \"%s --help\" for usage.\n", cmd.CommandPath())
+	}
+	return code
+}
+
+func isProbeError(err error) bool {
+	var pe *client.ProbeError
+	return errors.As(err, &pe)
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "probe",
+		Short:         "Probe network targets through a netprobe server",
+		Long:          rootLong + exitCodeHelp(),
+		Version:       version(),
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// With no subcommand, say so as a usage error.
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return errors.New("a command is required: connect, fetch, resolve or health")
+		},
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.readEnv(cmd.Flags())
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVarP(&a.server, "server", "s", "", "probe server to ask, host:port or unix:PATH (env NETPROBE_SERVER); none: run the service in this process")
+	pf.StringVar(&a.dnsServer, "dns-server", "", "in-process only: send DNS queries to this host:port instead of /etc/resolv.conf's servers (env NETPROBE_DNS_SERVER)")
+	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time the probe may take, all stages together (env NETPROBE_TIMEOUT)")
+	pf.StringVarP(&a.output, "output", "o", "text", "output format: text (a line per event) or json (protojson, an object per line) (env NETPROBE_OUTPUT)")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(a.connectCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand())
+	return root
+}
+
+// readEnv fills flags not given on the command line from their
+// environment twins, then checks the global flags.
+func (a *app) readEnv(flags *pflag.FlagSet) error {
+	for name, env := range envFlags {
+		f := flags.Lookup(name)
+		if f == nil || f.Changed {
+			continue
+		}
+		if v := a.getenv(env); v != "" {
+			if err := flags.Set(name, v); err != nil {
+				return fmt.Errorf("%s=%q: %w", env, v, err)
+			}
+		}
+	}
+	if a.output != "text" && a.output != "json" {
+		return fmt.Errorf("--output %q: want text or json", a.output)
+	}
+	if a.server != "" && a.dnsServer != "" {
+		return errors.New("--dns-server applies only to the in-process service; the server given with --server uses its own")
+	}
+	if a.timeout <= 0 {
+		return fmt.Errorf("--timeout %v: must be positive", a.timeout)
+	}
+	return nil
+}
+
+// command wraps a command's body: errors from here on are no longer the
+// command line's.
+func (a *app) command(body func(ctx context.Context, c *client.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		a.ran = true
+		c, closeClient, err := a.dial()
+		if err != nil {
+			return err
+		}
+		defer closeClient()
+		// The probe's own timeout ends it; the call gets a margin on top
+		// so that a server that stops answering is still noticed.
+		ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout+10*time.Second)
+		defer cancel()
+		return body(ctx, c, args)
+	}
+}
+
+// dial connects to the probe server, or starts one in this process.
+func (a *app) dial() (*client.Client, func(), error) {
+	if a.server == "" {
+		return inProcess(a.dnsServer)
+	}
+	c, err := client.Dial(a.server)
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	return c, func() { c.Close() }, nil
+}
+
+func (a *app) serverName() string {
+	if a.server == "" {
+		return "in-process probe server"
+	}
+	return "probe server " + a.server
+}
+
+// version is the module version, with the VCS revision when built from a
+// checkout.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := info.Main.Version
+	var rev, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = "+dirty"
+			}
+		}
+	}
+	if rev != "" {
+		v += " " + rev + modified
+	}
+	return v
+}

@@ -1,0 +1,487 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/dnstest"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// The binaries built for these tests.
+var probedBin, probeBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "probe-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	for bin, pkg := range map[*string]string{&probedBin: "github.com/netprobe/netprobe/cmd/probed", &probeBin: "github.com/netprobe/netprobe/cmd/probe"} {
+		if *bin, err = probetest.GoBuild(dir, pkg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	return code
+}
+
+// result is what one run of the CLI did.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// probe runs the CLI's main entry with args and the environment env.
+func probe(ctx context.Context, env map[string]string, args ...string) result {
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, args, streams{in: strings.NewReader(""), out: &stdout, err: &stderr}, func(k string) string { return env[k] })
+	return result{code, stdout.String(), stderr.String()}
+}
+
+// world is where the CLI's probes run: a DNS server on loopback, and a
+// probed using it.
+type world struct {
+	dns    *dnstest.Server
+	probed string
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	dns := dnstest.Start(t)
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--dns-server="+dns.Addr))
+	return &world{dns: dns, probed: p.Addr}
+}
+
+// modes are the two ways to run the CLI: the service in-process, and a
+// running probed. Both resolve through the world's DNS server.
+func (w *world) modes() []struct {
+	name  string
+	flags []string
+} {
+	return []struct {
+		name  string
+		flags []string
+	}{
+		{"in-process", []string{"--dns-server", w.dns.Addr}},
+		{"probed", []string{"--server", w.probed}},
+	}
+}
+
+// closedPort is a loopback port where nothing listens, as a string.
+func closedPort(t *testing.T, network string) string {
+	t.Helper()
+	if network == "udp" {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		return fmt.Sprint(pc.LocalAddr().(*net.UDPAddr).Port)
+	}
+	return fmt.Sprint(probetest.ClosedPort(t, "tcp", "127.0.0.1:0"))
+}
+
+func port(tg *probetest.Target) string { return fmt.Sprint(tg.Port()) }
+
+// webServer is an HTTP server on loopback that says hello.
+func webServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "hello")
+	})}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	t.Cleanup(func() {
+		hs.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("web server: %v", err)
+		}
+	})
+	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// TestOutcomes runs each kind of probe outcome in both modes and checks the
+// exit code, stdout and stderr.
+func TestOutcomes(t *testing.T) {
+	w := newWorld(t)
+	w.dns.Drop("silent.test")
+	tests := []struct {
+		name string
+		// setup returns the arguments; ptr is an address of 127/8 whose
+		// reverse lookup this run may hold.
+		setup  func(t *testing.T, ptr netip.Addr) []string
+		code   int
+		stdout string // a regular expression for all of stdout
+		stderr string // a regular expression for all of stderr
+	}{
+		{
+			name: "connect",
+			setup: func(t *testing.T, _ netip.Addr) []string {
+				return []string{"connect", "127.0.0.1", port(probetest.Listen(t, "127.0.0.1:0", nil))}
+			},
+			stdout: `^resolved 127\.0\.0\.1 to 127\.0\.0\.1 in \S+\nconnected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\n$`,
+			stderr: `^$`,
+		},
+		{
+			name: "connect refused",
+			setup: func(t *testing.T, _ netip.Addr) []string {
+				return []string{"connect", "127.0.0.1", closedPort(t, "tcp")}
+			},
+			code:   exitConnect,
+			stdout: `^resolved 127\.0\.0\.1 to 127\.0\.0\.1 in \S+\n$`,
+			stderr: `^probe: connect 127\.0\.0\.1:\d+: connection refused \(stage CONNECT, reason REFUSED, errno ECONNREFUSED\)\n$`,
+		},
+		{
+			name: "no such host",
+			setup: func(*testing.T, netip.Addr) []string {
+				return []string{"connect", "nosuch.test", "80"}
+			},
+			code:   exitResolve,
+			stdout: `^$`,
+			stderr: `^probe: resolve nosuch\.test: no such host \(stage RESOLVE, reason NO_SUCH_HOST\)\n$`,
+		},
+		{
+			name: "timeout",
+			setup: func(*testing.T, netip.Addr) []string {
+				return []string{"connect", "--timeout", "300ms", "silent.test", "80"}
+			},
+			code:   exitTimeout,
+			stdout: `^$`,
+			stderr: `^probe: resolve silent\.test: timed out \(stage RESOLVE, reason TIMEOUT\)\n$`,
+		},
+		{
+			name: "fetch HTTP",
+			setup: func(t *testing.T, _ netip.Addr) []string {
+				return []string{"fetch", "127.0.0.1", webServer(t), "/"}
+			},
+			stdout: `(?s)^HTTP/1\.0 200 OK\r\n.*\r\n\r\nhello\n$`,
+			stderr: `^resolved 127\.0\.0\.1 to 127\.0\.0\.1 in \S+\nconnected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\nsent 18 bytes, received \d+ \(first byte at \S+\); the target closed after \S+\n$`,
+		},
+		{
+			name: "fetch refused",
+			setup: func(t *testing.T, _ netip.Addr) []string {
+				return []string{"fetch", "-q", "127.0.0.1", closedPort(t, "tcp"), "/"}
+			},
+			code:   exitConnect,
+			stdout: `^$`,
+			stderr: `^probe: connect 127\.0\.0\.1:\d+: connection refused \(stage CONNECT, reason REFUSED, errno ECONNREFUSED\)\n$`,
+		},
+		{
+			name: "send reset",
+			setup: func(t *testing.T, ptr netip.Addr) []string {
+				// The reverse lookup holds the probe between connect and
+				// send while the target resets the connection.
+				reset := make(chan struct{})
+				queried := w.dns.HoldPTR(ptr, reset)
+				tg := probetest.Listen(t, netip.AddrPortFrom(ptr, 0).String(), func(c net.Conn) {
+					defer close(reset)
+					select {
+					case <-queried:
+					case <-time.After(probetest.Timeout):
+						return
+					}
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+				})
+				return []string{"fetch", "-q", "--reverse", "--data", "hi", ptr.String(), port(tg)}
+			},
+			code:   exitSend,
+			stdout: `^$`,
+			stderr: `^probe: send 127\.0\.0\.\d+:\d+: connection reset by peer \(stage SEND, reason RESET, errno ECONNRESET\)\n$`,
+		},
+		{
+			name: "UDP port unreachable",
+			setup: func(t *testing.T, _ netip.Addr) []string {
+				return []string{"fetch", "-q", "--udp", "--data", "hi", "127.0.0.1", closedPort(t, "udp")}
+			},
+			code:   exitReceive,
+			stdout: `^$`,
+			stderr: `^probe: receive 127\.0\.0\.1:\d+: connection refused \(stage RECEIVE, reason REFUSED, errno ECONNREFUSED\)\n$`,
+		},
+		{
+			name:   "resolve",
+			setup:  func(*testing.T, netip.Addr) []string { return []string{"resolve", "--port", "53", "udp"} },
+			stdout: `^domain 53/udp from the (system|built-in) table\n$`,
+			stderr: `^$`,
+		},
+		{
+			name:   "no such service",
+			setup:  func(*testing.T, netip.Addr) []string { return []string{"resolve", "np-nosuch"} },
+			code:   exitNoService,
+			stdout: `^$`,
+			stderr: `^probe: service lookup np-nosuch: unknown service \(stage SERVICE_LOOKUP, reason UNKNOWN_SERVICE\)\n$`,
+		},
+		{
+			name:   "health",
+			setup:  func(*testing.T, netip.Addr) []string { return []string{"health"} },
+			stdout: `^SERVING\n$`,
+			stderr: `^$`,
+		},
+	}
+	for i, mode := range w.modes() {
+		// Each mode holds the reverse lookups of its own address.
+		ptr := netip.AddrFrom4([4]byte{127, 0, 0, byte(10 + i)})
+		t.Run(mode.name, func(t *testing.T) {
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					args := append(tt.setup(t, ptr), mode.flags...)
+					r := probe(probetest.Context(t), nil, args...)
+					if r.code != tt.code {
+						t.Errorf("probe %s: exit %d, want %d; stderr %q", strings.Join(args, " "), r.code, tt.code, r.stderr)
+					}
+					if !regexp.MustCompile(tt.stdout).MatchString(r.stdout) {
+						t.Errorf("stdout %q does not match %q", r.stdout, tt.stdout)
+					}
+					if !regexp.MustCompile(tt.stderr).MatchString(r.stderr) {
+						t.Errorf("stderr %q does not match %q", r.stderr, tt.stderr)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestSameOutput checks that the in-process service and a probed print the
+// same, but for the numbers that change from run to run.
+func TestSameOutput(t *testing.T) {
+	w := newWorld(t)
+	w.dns.SetAddrs("both.test", netip.MustParseAddr("127.0.0.1"))
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	closed := closedPort(t, "tcp")
+	varying := regexp.MustCompile(`:\d+|[\d.]+[µnm]?s\b`)
+	for _, args := range [][]string{
+		{"connect", "both.test", port(tg)},
+		{"connect", "both.test", closed},
+		{"resolve", "https"},
+	} {
+		var outs []string
+		for _, mode := range w.modes() {
+			r := probe(probetest.Context(t), nil, append(args, mode.flags...)...)
+			outs = append(outs, fmt.Sprintf("exit %d\n%s%s", r.code, varying.ReplaceAllString(r.stdout, "#"), varying.ReplaceAllString(r.stderr, "#")))
+		}
+		if outs[0] != outs[1] {
+			t.Errorf("probe %s: in-process printed\n%s\nprobed printed\n%s", strings.Join(args, " "), outs[0], outs[1])
+		}
+	}
+}
+
+// TestUsage checks that bad command lines exit 2 with a clear message and
+// dial nothing.
+func TestUsage(t *testing.T) {
+	t.Parallel()
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	p := port(tg)
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string // the first line of stderr
+		help string // the command named in the hint
+	}{
+		{[]string{"frob"}, nil, `probe: unknown command "frob" for "probe"`, "probe"},
+		{nil, nil, "probe: a command is required: connect, fetch, resolve or health", "probe"},
+		{[]string{"connect", "127.0.0.1"}, nil, "probe: want HOST PORT|SERVICE, got 1 argument(s)", "probe connect"},
+		{[]string{"fetch", "127.0.0.1", p, "/", "extra"}, nil, "probe: want HOST PORT|SERVICE [PATH], got 4 argument(s)", "probe fetch"},
+		{[]string{"connect", "127.0.0.1", "abc"}, nil, `probe: PORT "abc" is no port number and no service the probe server knows: service lookup abc: unknown service (stage SERVICE_LOOKUP, reason UNKNOWN_SERVICE)`, "probe connect"},
+		{[]string{"connect", "127.0.0.1", "70000"}, nil, "probe: PORT 70000 is out of range 1-65535", "probe connect"},
+		{[]string{"connect", "127.0.0.1", "ab c"}, nil, `probe: invalid request: target.service: "ab c" is not a valid service name: character ' ' is not allowed`, "probe connect"},
+		{[]string{"connect", "-4", "-6", "127.0.0.1", p}, nil, "probe: if any flags in the group [ipv4 ipv6] are set none of the others can be; [ipv4 ipv6] were all set", "probe connect"},
+		{[]string{"fetch", "--data", "x", "127.0.0.1", p, "/"}, nil, "probe: PATH asks for an HTTP GET; --data and --data-file send raw bytes instead: give one or the other", "probe fetch"},
+		{[]string{"fetch", "--data-file", "/nonexistent/request", "127.0.0.1", p}, nil, "probe: open /nonexistent/request: no such file or directory", "probe fetch"},
+		{[]string{"connect", "--server", "127.0.0.1:1", "--dns-server", "127.0.0.1:53", "127.0.0.1", p}, nil, "probe: --dns-server applies only to the in-process service; the server given with --server uses its own", "probe connect"},
+		{[]string{"connect", "-o", "yaml", "127.0.0.1", p}, nil, `probe: --output "yaml": want text or json`, "probe connect"},
+		{[]string{"connect", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s", "probe connect"},
+		{[]string{"connect", "127.0.0.1", p}, map[string]string{"NETPROBE_TIMEOUT": "soon"}, `probe: NETPROBE_TIMEOUT="soon": invalid argument "soon" for "--timeout" flag: time: invalid duration "soon"`, "probe connect"},
+		{[]string{"connect", "--frob", "127.0.0.1", p}, nil, "probe: unknown flag: --frob", "probe connect"},
+		{[]string{"resolve"}, nil, "probe: want SERVICE [PROTOCOL] or --port N [PROTOCOL], got 0 arguments", "probe resolve"},
+		{[]string{"resolve", "--port", "0"}, nil, "probe: --port 0: want 1-65535", "probe resolve"},
+		{[]string{"resolve", "https", "t*p"}, nil, `probe: invalid request: protocol: "t*p" is not a protocol name such as tcp or udp`, "probe resolve"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			r := probe(probetest.Context(t), tt.env, tt.args...)
+			if r.code != exitUsage {
+				t.Errorf("exit %d, want %d", r.code, exitUsage)
+			}
+			want := tt.want + "\nRun \"" + tt.help + " --help\" for usage.\n"
+			if r.stderr != want || r.stdout != "" {
+				t.Errorf("stdout %q, stderr\n%q\nwant no stdout and stderr\n%q", r.stdout, r.stderr, want)
+			}
+		})
+	}
+	if !tg.AcceptedNothing() {
+		t.Error("a bad command line dialled the target")
+	}
+}
+
+// TestJSON checks that -o json prints the service's messages, one per line.
+func TestJSON(t *testing.T) {
+	t.Parallel()
+	tg := probetest.Listen(t, "127.0.0.1:0", probetest.Echo)
+	ctx := probetest.Context(t)
+
+	r := probe(ctx, map[string]string{"NETPROBE_OUTPUT": "json"}, "connect", "127.0.0.1", port(tg))
+	var cr netprobev1.ConnectResponse
+	lines := decodeLines(t, r.stdout, func() proto.Message { return &cr })
+	if r.code != 0 || lines != 1 || cr.GetPeerAddress() != tg.Addr() || cr.GetError() != nil {
+		t.Errorf("connect -o json: exit %d, %d lines, %v", r.code, lines, &cr)
+	}
+
+	closed := closedPort(t, "tcp")
+	r = probe(ctx, nil, "connect", "-o", "json", "127.0.0.1", closed)
+	lines = decodeLines(t, r.stdout, func() proto.Message { return &cr })
+	if r.code != exitConnect || lines != 1 || cr.GetError().GetStage() != netprobev1.Stage_STAGE_CONNECT || cr.GetError().GetErrno() != "ECONNREFUSED" {
+		t.Errorf("connect -o json to a closed port: exit %d, %d lines, %v", r.code, lines, &cr)
+	}
+
+	r = probe(ctx, nil, "fetch", "-o", "json", "--data", "one\ntwo\n", "--lines", "127.0.0.1", port(tg))
+	var events []*netprobev1.FetchResponse
+	decodeLines(t, r.stdout, func() proto.Message {
+		events = append(events, &netprobev1.FetchResponse{})
+		return events[len(events)-1]
+	})
+	if r.code != 0 || r.stderr != "" || len(events) != 4 ||
+		events[0].GetConnect().GetPeerAddress() != tg.Addr() ||
+		string(events[1].GetData().GetData()) != "one\n" || string(events[2].GetData().GetData()) != "two\n" ||
+		events[3].GetSummary().GetEndReason() != netprobev1.EndReason_END_REASON_EOF || events[3].GetSummary().GetBytesReceived() != 8 {
+		t.Errorf("fetch -o json: exit %d, stderr %q, events %v", r.code, r.stderr, events)
+	}
+
+	r = probe(ctx, nil, "resolve", "-o", "json", "https")
+	var rr netprobev1.ResolveServiceResponse
+	if lines := decodeLines(t, r.stdout, func() proto.Message { return &rr }); r.code != 0 || lines != 1 || rr.GetPort() != 443 {
+		t.Errorf("resolve -o json: exit %d, %v", r.code, &rr)
+	}
+
+	r = probe(ctx, nil, "health", "-o", "json")
+	var hr healthpb.HealthCheckResponse
+	if lines := decodeLines(t, r.stdout, func() proto.Message { return &hr }); r.code != 0 || lines != 1 || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health -o json: exit %d, %v", r.code, &hr)
+	}
+}
+
+// decodeLines reads each line of out as protojson into next()'s message and
+// returns the number of lines.
+func decodeLines(t *testing.T, out string, next func() proto.Message) int {
+	t.Helper()
+	n := 0
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if err := protojson.Unmarshal(sc.Bytes(), next()); err != nil {
+			t.Fatalf("line %d %q: %v", n+1, sc.Text(), err)
+		}
+		n++
+	}
+	return n
+}
+
+// TestServerErrors checks the exit codes for a probe server that is not
+// there and one that refuses the call.
+func TestServerErrors(t *testing.T) {
+	t.Parallel()
+	down := "127.0.0.1:" + closedPort(t, "tcp")
+	r := probe(probetest.Context(t), map[string]string{"NETPROBE_SERVER": down}, "health")
+	if r.code != exitUnavailable || !strings.HasPrefix(r.stderr, "probe: probe server "+down+": Unavailable: ") {
+		t.Errorf("health of a dead server: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	deny := func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+		return nil, status.Error(codes.PermissionDenied, "not for you")
+	}
+	srv := probetest.Start(t, probetest.WithServerOptions(grpc.UnaryInterceptor(deny)))
+	r = probe(probetest.Context(t), nil, "connect", "--server", srv.Addr, "127.0.0.1", "80")
+	want := "probe: probe server " + srv.Addr + ": PermissionDenied: not for you\n"
+	if r.code != exitRejected || r.stderr != want {
+		t.Errorf("a refused call: exit %d, stderr %q; want %d, %q", r.code, r.stderr, exitRejected, want)
+	}
+}
+
+// TestInterrupt cancels a probe in flight, as SIGINT does.
+func TestInterrupt(t *testing.T) {
+	t.Parallel()
+	dns := dnstest.Start(t)
+	release := make(chan struct{})
+	defer close(release)
+	queried := dns.HoldPTR(netip.MustParseAddr("127.0.0.20"), release)
+	tg := probetest.Listen(t, "127.0.0.20:0", nil)
+	ctx, cancel := context.WithCancel(probetest.Context(t))
+	done := make(chan result, 1)
+	go func() {
+		done <- probe(ctx, nil, "connect", "--dns-server", dns.Addr, "--reverse", "127.0.0.20", port(tg))
+	}()
+	select {
+	case <-queried:
+	case <-time.After(probetest.Timeout):
+		t.Fatal("the probe never looked the peer up")
+	}
+	cancel()
+	r := <-done
+	if r.code != exitInterrupted || !strings.HasPrefix(r.stderr, "probe: in-process probe server: Canceled: ") {
+		t.Errorf("exit %d, stderr %q; want %d and the cancellation", r.code, r.stderr, exitInterrupted)
+	}
+}
+
+// TestBinary runs the built binary: exit status, --version, completion.
+func TestBinary(t *testing.T) {
+	t.Parallel()
+	closed := closedPort(t, "tcp")
+	cmd := exec.CommandContext(probetest.Context(t), probeBin, "connect", "127.0.0.1", closed)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	wantErr := "probe: connect 127.0.0.1:" + closed + ": connection refused (stage CONNECT, reason REFUSED, errno ECONNREFUSED)\n"
+	if !errors.As(err, &exit) || exit.ExitCode() != exitConnect || stderr.String() != wantErr {
+		t.Errorf("probe connect to a closed port: %v, stderr %q; want exit %d, %q", err, stderr.String(), exitConnect, wantErr)
+	}
+
+	out, err := exec.CommandContext(probetest.Context(t), probeBin, "--version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "probe version ") {
+		t.Errorf("probe --version = %q, %v", out, err)
+	}
+	out, err = exec.CommandContext(probetest.Context(t), probeBin, "completion", "bash").Output()
+	if err != nil || !strings.Contains(string(out), "__start_probe") {
+		t.Errorf("probe completion bash: %v, %d bytes without __start_probe", err, len(out))
+	}
+	out, err = exec.CommandContext(probetest.Context(t), probeBin, "--help").Output()
+	if err != nil || !strings.Contains(string(out), "Exit codes:\n") || !strings.Contains(string(out), "   28  a stage timed out") {
+		t.Errorf("probe --help: %v, want the exit codes in\n%s", err, out)
+	}
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/netprobe/netprobe/client"
+)
+
+// writeJSON writes m as one line of protojson. protojson varies its
+// whitespace on purpose; compacting it gives scripts the same bytes for the
+// same message.
+func writeJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return err
+	}
+	var line bytes.Buffer
+	if err := json.Compact(&line, b); err != nil {
+		return err
+	}
+	line.WriteByte('\n')
+	_, err = w.Write(line.Bytes())
+	return err
+}
+
+// ms formats a duration for people: microseconds below a millisecond,
+// then three significant digits or so.
+func ms(d time.Duration) string {
+	if d < time.Millisecond {
+		return d.Round(time.Microsecond).String()
+	}
+	return d.Round(10 * time.Microsecond).String()
+}
+
+// printConnect writes the connect phase, one line per event: the
+// resolution, each attempt when there were several, the connection and the
+// reverse lookup.
+func printConnect(w io.Writer, host string, r *client.ConnectResult) {
+	if len(r.Resolved) > 0 {
+		addrs := make([]string, len(r.Resolved))
+		for i, a := range r.Resolved {
+			addrs[i] = a.String()
+		}
+		fmt.Fprintf(w, "resolved %s to %s in %s\n", host, strings.Join(addrs, ", "), ms(r.ResolveDuration))
+	}
+	if len(r.Attempts) > 1 {
+		for _, at := range r.Attempts {
+			switch {
+			case at.Err != nil:
+				fmt.Fprintf(w, "tried %s at +%s: failed after %s: %v\n", at.Addr, ms(at.Start), ms(at.Duration), at.Err)
+			case at.Abandoned:
+				fmt.Fprintf(w, "tried %s at +%s: abandoned after %s\n", at.Addr, ms(at.Start), ms(at.Duration))
+			default:
+				fmt.Fprintf(w, "tried %s at +%s: connected after %s\n", at.Addr, ms(at.Start), ms(at.Duration))
+			}
+		}
+	}
+	if r.RemoteAddr.IsValid() {
+		fmt.Fprintf(w, "connected to %s from %s in %s (total %s)\n", r.RemoteAddr, r.LocalAddr, ms(r.ConnectDuration), ms(r.TotalDuration))
+	}
+	if rl := r.ReverseLookup; rl != nil {
+		if rl.Err != nil {
+			fmt.Fprintf(w, "reverse lookup of %s failed in %s: %v\n", r.RemoteAddr.Addr(), ms(rl.Duration), rl.Err)
+		} else {
+			fmt.Fprintf(w, "reverse lookup of %s: %s in %s\n", r.RemoteAddr.Addr(), strings.Join(rl.Names, ", "), ms(rl.Duration))
+		}
+	}
+}
+
+// printSummary writes the end of a fetch.
+func printSummary(w io.Writer, s *client.FetchSummary) {
+	fmt.Fprintf(w, "sent %d bytes, received %d", s.BytesSent, s.BytesReceived)
+	if s.TimeToFirstByte > 0 {
+		fmt.Fprintf(w, " (first byte at %s)", ms(s.TimeToFirstByte))
+	}
+	fmt.Fprintf(w, "; %s after %s\n", endText[s.EndReason], ms(s.TotalDuration))
+}
+
+var endText = map[client.EndReason]string{
+	client.EndEOF:      "the target closed",
+	client.EndMaxBytes: "stopped at --max-bytes",
+	client.EndIdle:     "the target fell silent",
+	client.EndError:    "failed",
+}

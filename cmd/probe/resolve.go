@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netprobe/netprobe/client"
+)
+
+func (a *app) resolveCommand() *cobra.Command {
+	var port uint16
+	cmd := &cobra.Command{
+		Use:   "resolve SERVICE [PROTOCOL] | resolve --port N [PROTOCOL]",
+		Short: "Look a service name or port up in the server's services database",
+		Long: `resolve looks a service up the way getservbyname and getservbyport do, in the
+probe server's services database (its /etc/services, then a built-in table).
+PROTOCOL is tcp (the default) or udp.`,
+		Example: `  probe resolve https
+  probe resolve domain udp
+  probe resolve --port 443`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case cmd.Flags().Changed("port") && port == 0:
+				return fmt.Errorf("--port 0: want 1-65535")
+			case cmd.Flags().Changed("port") && len(args) > 1:
+				return fmt.Errorf("with --port, only PROTOCOL may follow, got %d arguments", len(args))
+			case !cmd.Flags().Changed("port") && (len(args) < 1 || len(args) > 2):
+				return fmt.Errorf("want SERVICE [PROTOCOL] or --port N [PROTOCOL], got %d arguments", len(args))
+			}
+			return nil
+		},
+		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
+			var (
+				svc *client.Service
+				err error
+			)
+			if port != 0 {
+				svc, err = c.ResolvePort(ctx, protocolArg(args, 0), port)
+			} else {
+				svc, err = c.ResolveService(ctx, protocolArg(args, 1), args[0])
+			}
+			if svc != nil {
+				if a.output == "json" {
+					if err := writeJSON(a.out, svc.Proto()); err != nil {
+						return err
+					}
+				} else if err == nil {
+					fmt.Fprintf(a.out, "%s %d/%s", svc.Name, svc.Port, svc.Protocol)
+					if len(svc.Aliases) > 0 {
+						fmt.Fprintf(a.out, " (also %s)", strings.Join(svc.Aliases, ", "))
+					}
+					fmt.Fprintf(a.out, " from the %s table\n", sourceText[svc.Source])
+				}
+			}
+			return err
+		}),
+	}
+	cmd.Flags().Uint16Var(&port, "port", 0, "look this port up instead of a name")
+	return cmd
+}
+
+// protocolArg is args[i], or "" (the server's default, tcp) when absent.
+func protocolArg(args []string, i int) string {
+	if i < len(args) {
+		return args[i]
+	}
+	return ""
+}
+
+var sourceText = map[client.ServiceSource]string{
+	client.SourceSystem:  "system",
+	client.SourceBuiltin: "built-in",
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/spf13/cobra"
+)
+
+// targetFlags are the flags that say how to reach a target.
+type targetFlags struct {
+	ipv4, ipv6, udp bool
+}
+
+func (t *targetFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.BoolVarP(&t.ipv4, "ipv4", "4", false, "use IPv4 addresses only")
+	f.BoolVarP(&t.ipv6, "ipv6", "6", false, "use IPv6 addresses only")
+	f.BoolVar(&t.udp, "udp", false, "use UDP instead of TCP")
+	cmd.MarkFlagsMutuallyExclusive("ipv4", "ipv6")
+}
+
+// network is the client's network name: tcp, tcp4, udp6, ...
+func (t *targetFlags) network() string {
+	n := "tcp"
+	if t.udp {
+		n = "udp"
+	}
+	switch {
+	case t.ipv4:
+		n += "4"
+	case t.ipv6:
+		n += "6"
+	}
+	return n
+}
+
+// address joins HOST and PORT|SERVICE, refusing a port number out of range
+// here; a service name is the server's to look up.
+func address(host, port string) (string, error) {
+	if host == "" {
+		return "", usagef("HOST is empty")
+	}
+	if n, err := strconv.ParseUint(port, 10, 64); err == nil && (n == 0 || n > 65535) {
+		return "", usagef("PORT %s is out of range 1-65535", port)
+	}
+	if port == "" {
+		return "", usagef("PORT is empty: give a port number or a service name")
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// positional accepts min to max arguments, and names them when the count
+// is wrong.
+func positional(min, max int, names string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) < min || len(args) > max {
+			return fmt.Errorf("want %s, got %d argument(s)", names, len(args))
+		}
+		return nil
+	}
+}
