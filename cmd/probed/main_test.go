@@ -21,8 +21,9 @@ import (
 	"github.com/netprobe/netprobe/internal/probetest"
 )
 
-// probedBin is the probed binary built for these tests.
-var probedBin string
+// The binaries built for these tests: probed, and grpcurl at the version
+// pinned in tools/go.mod.
+var probedBin, grpcurlBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -36,6 +37,11 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	probedBin, err = probetest.GoBuild(dir, "github.com/netprobe/netprobe/cmd/probed")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	grpcurlBin, err = probetest.GoBuild(dir, "github.com/fullstorydev/grpcurl/cmd/grpcurl", "-modfile=../../tools/go.mod")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
