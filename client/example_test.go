@@ -115,3 +115,20 @@ func ExampleClient_Health() {
 	fmt.Println(status)
 	// Output: SERVING
 }
+
+func ExampleClient_ResolvePort() {
+	c, err := client.Dial(probeServer)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	svc, err := c.ResolvePort(ctx, "udp", 53)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(svc.Name)
+	// Output: domain
+}
