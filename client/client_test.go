@@ -318,8 +318,7 @@ func TestFetch(t *testing.T) {
 			case <-release:
 			case <-time.After(probetest.Timeout):
 			}
-			c.(*net.TCPConn).SetLinger(0)
-			c.Close()
+			probetest.Reset(c)
 		})
 		f, err := c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{})
 		if err != nil {

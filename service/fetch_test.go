@@ -154,8 +154,7 @@ func TestFetch(t *testing.T) {
 			name: "reset after the request",
 			handle: func(c net.Conn) {
 				probetest.ReadAll(c)
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
+				probetest.Reset(c)
 			},
 			req:      &netprobev1.FetchRequest{Request: &netprobev1.FetchRequest_Payload{Payload: []byte("ping")}},
 			want:     &wantError{stage: netprobev1.Stage_STAGE_RECEIVE, reason: netprobev1.Reason_REASON_RESET, errno: "ECONNRESET"},
@@ -228,18 +227,7 @@ func TestFetch(t *testing.T) {
 func TestFetchShutdownReset(t *testing.T) {
 	t.Parallel()
 	e := probetest.Start(t)
-	reset := make(chan struct{})
-	queried := e.DNS.HoldPTR(netip.MustParseAddr("127.0.0.4"), reset)
-	tg := probetest.Listen(t, "127.0.0.4:0", func(c net.Conn) {
-		defer close(reset)
-		select {
-		case <-queried:
-		case <-time.After(probetest.Timeout):
-			return
-		}
-		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
-	})
+	tg := probetest.ResetDuringReverseLookup(t, e.DNS, netip.MustParseAddr("127.0.0.4"))
 	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
 		Target:        &netprobev1.Target{Host: "127.0.0.4", Port: tg.Port()},
 		ReverseLookup: true,

@@ -207,20 +207,7 @@ func TestOutcomes(t *testing.T) {
 		{
 			name: "send reset",
 			setup: func(t *testing.T, ptr netip.Addr) []string {
-				// The reverse lookup holds the probe between connect and
-				// send while the target resets the connection.
-				reset := make(chan struct{})
-				queried := w.dns.HoldPTR(ptr, reset)
-				tg := probetest.Listen(t, netip.AddrPortFrom(ptr, 0).String(), func(c net.Conn) {
-					defer close(reset)
-					select {
-					case <-queried:
-					case <-time.After(probetest.Timeout):
-						return
-					}
-					c.(*net.TCPConn).SetLinger(0)
-					c.Close()
-				})
+				tg := probetest.ResetDuringReverseLookup(t, w.dns, ptr)
 				return []string{"fetch", "-q", "--reverse", "--data", "hi", ptr.String(), port(tg)}
 			},
 			code:   exitSend,

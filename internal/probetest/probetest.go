@@ -8,8 +8,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,6 +208,32 @@ func (tg *Target) Addr() string { return tg.Listener.Addr().String() }
 
 // AcceptedNothing reports whether no connection was ever accepted.
 func (tg *Target) AcceptedNothing() bool { return len(tg.Accepted) == 0 }
+
+// Reset closes c with an RST instead of a FIN.
+func Reset(c net.Conn) {
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+}
+
+// ResetDuringReverseLookup starts a target on ip whose connection is reset
+// while the probe waits for the reverse lookup of ip, which dns holds until
+// then. A probe with reverse_lookup set meets the reset at its first step
+// after connecting: the send, or the half-close when there is nothing to
+// send.
+func ResetDuringReverseLookup(t testing.TB, dns *dnstest.Server, ip netip.Addr) *Target {
+	t.Helper()
+	reset := make(chan struct{})
+	queried := dns.HoldPTR(ip, reset)
+	var once sync.Once
+	return Listen(t, netip.AddrPortFrom(ip, 0).String(), func(c net.Conn) {
+		defer once.Do(func() { close(reset) })
+		select {
+		case <-queried:
+			Reset(c)
+		case <-time.After(Timeout):
+		}
+	})
+}
 
 // ClosedPort returns a loopback port with nothing listening on it.
 func ClosedPort(t testing.TB, network, addr string) uint32 {
