@@ -193,19 +193,21 @@ func (f *Fetch) Next() ([]byte, error) {
 		return nil, f.err
 	}
 	msg, err := f.recv()
-	if err != nil {
-		f.err = err
-		return nil, err
+	if err == nil {
+		switch ev := msg.GetEvent().(type) {
+		case *netprobev1.FetchResponse_Data:
+			return ev.Data.GetData(), nil
+		case *netprobev1.FetchResponse_Summary:
+			f.finish(ev.Summary)
+			err = f.err
+		default:
+			err = fmt.Errorf("netprobe: fetch: the server sent %T after the connect report", msg.GetEvent())
+		}
 	}
-	switch ev := msg.GetEvent().(type) {
-	case *netprobev1.FetchResponse_Data:
-		return ev.Data.GetData(), nil
-	case *netprobev1.FetchResponse_Summary:
-		f.finish(ev.Summary)
-		return nil, f.err
-	}
-	f.err = fmt.Errorf("netprobe: fetch: the server sent %T after the connect report", msg.GetEvent())
-	return nil, f.err
+	// The call is over: release it without waiting for Close.
+	f.err = err
+	f.cancel()
+	return nil, err
 }
 
 // finish records the summary and the error Read ends with.

@@ -42,7 +42,7 @@ service's messages, one per line: the connect report, each piece of data
 		Example: `  probe fetch 127.0.0.1 8080 /healthz
   probe fetch mail.example.com smtp
   printf 'PING\r\n' | probe fetch --data-file - redis.internal 6379
-  probe fetch --udp --data "$(printf '\x00')" 198.18.0.1 7`,
+  probe fetch --udp --data-file query.bin --read-timeout 1s ns1.internal domain`,
 		Args: positional(2, 3, "HOST PORT|SERVICE [PATH]"),
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
 			addr, err := address(args[0], args[1])

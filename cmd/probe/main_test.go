@@ -157,7 +157,7 @@ func TestOutcomes(t *testing.T) {
 			setup: func(t *testing.T, _ netip.Addr) []string {
 				return []string{"connect", "127.0.0.1", port(probetest.Listen(t, "127.0.0.1:0", nil))}
 			},
-			stdout: `^resolved 127\.0\.0\.1 to 127\.0\.0\.1 in \S+\nconnected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\n$`,
+			stdout: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\n$`,
 			stderr: `^$`,
 		},
 		{
@@ -166,7 +166,7 @@ func TestOutcomes(t *testing.T) {
 				return []string{"connect", "127.0.0.1", closedPort(t, "tcp")}
 			},
 			code:   exitConnect,
-			stdout: `^resolved 127\.0\.0\.1 to 127\.0\.0\.1 in \S+\n$`,
+			stdout: `^$`,
 			stderr: `^probe: connect 127\.0\.0\.1:\d+: connection refused \(stage CONNECT, reason REFUSED, errno ECONNREFUSED\)\n$`,
 		},
 		{
@@ -193,7 +193,7 @@ func TestOutcomes(t *testing.T) {
 				return []string{"fetch", "127.0.0.1", webServer(t), "/"}
 			},
 			stdout: `(?s)^HTTP/1\.0 200 OK\r\n.*\r\n\r\nhello\n$`,
-			stderr: `^resolved 127\.0\.0\.1 to 127\.0\.0\.1 in \S+\nconnected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\nsent 18 bytes, received \d+ \(first byte at \S+\); the target closed after \S+\n$`,
+			stderr: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\nsent 18 bytes, received \d+ \(first byte at \S+\); the target closed after \S+\n$`,
 		},
 		{
 			name: "fetch refused",

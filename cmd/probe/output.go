@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -41,10 +42,11 @@ func ms(d time.Duration) string {
 }
 
 // printConnect writes the connect phase, one line per event: the
-// resolution, each attempt when there were several, the connection and the
+// resolution of a host name, each attempt when there were several, the connection and the
 // reverse lookup.
 func printConnect(w io.Writer, host string, r *client.ConnectResult) {
-	if len(r.Resolved) > 0 {
+	// An IP address resolves to itself: no news.
+	if _, err := netip.ParseAddr(host); err != nil && len(r.Resolved) > 0 {
 		addrs := make([]string, len(r.Resolved))
 		for i, a := range r.Resolved {
 			addrs[i] = a.String()
