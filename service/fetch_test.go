@@ -227,7 +227,7 @@ func TestFetch(t *testing.T) {
 func TestFetchShutdownReset(t *testing.T) {
 	t.Parallel()
 	e := probetest.Start(t)
-	tg := probetest.ResetDuringReverseLookup(t, e.DNS, netip.MustParseAddr("127.0.0.4"))
+	tg := probetest.Listen(t, "127.0.0.4:0", probetest.ResetDuringReverseLookup(e.DNS, netip.MustParseAddr("127.0.0.4")))
 	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
 		Target:        &netprobev1.Target{Host: "127.0.0.4", Port: tg.Port()},
 		ReverseLookup: true,

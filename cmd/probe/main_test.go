@@ -207,7 +207,7 @@ func TestOutcomes(t *testing.T) {
 		{
 			name: "send reset",
 			setup: func(t *testing.T, ptr netip.Addr) []string {
-				tg := probetest.ResetDuringReverseLookup(t, w.dns, ptr)
+				tg := probetest.Listen(t, netip.AddrPortFrom(ptr, 0).String(), probetest.ResetDuringReverseLookup(w.dns, ptr))
 				return []string{"fetch", "-q", "--reverse", "--data", "hi", ptr.String(), port(tg)}
 			},
 			code:   exitSend,

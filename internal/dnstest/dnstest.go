@@ -13,10 +13,10 @@ import (
 	"github.com/miekg/dns"
 )
 
-// Server is a DNS server on 127.0.0.1. Names it has not been told about are
+// Server is a DNS server for tests. Names it has not been told about are
 // NXDOMAIN; a name with records of other types only gets an empty answer.
 type Server struct {
-	// Addr is the server's "127.0.0.1:port".
+	// Addr is the server's "ip:port".
 	Addr string
 
 	mu    sync.Mutex
@@ -34,13 +34,20 @@ type held struct {
 	release <-chan struct{}
 }
 
-// Start runs a server until the test ends.
+// Start runs a server on 127.0.0.1 until the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("dnstest: listen: %v", err)
 	}
+	return Serve(t, pc)
+}
+
+// Serve runs a server on pc, such as a socket made in a test's network
+// namespace, until the test ends; it closes pc then.
+func Serve(t testing.TB, pc net.PacketConn) *Server {
+	t.Helper()
 	s := &Server{
 		Addr:  pc.LocalAddr().String(),
 		addrs: map[string][]netip.Addr{},

@@ -1,7 +1,8 @@
 // Package netlab builds throwaway networks for tests out of Linux network
 // namespaces, so that failures loopback cannot produce (no route, an
-// unreachable host) come from a real kernel. It needs root and the ip
-// command; every namespace is deleted when its test ends.
+// unreachable host, a firewall) come from a real kernel. It needs root and
+// the ip and nft commands; every namespace is deleted when its test ends,
+// and with it every link, route and firewall rule made in it.
 package netlab
 
 import (
@@ -23,6 +24,8 @@ func Require(t testing.TB) {
 		why = "needs root to create network namespaces"
 	} else if _, err := exec.LookPath("ip"); err != nil {
 		why = "needs the ip command (iproute2)"
+	} else if _, err := exec.LookPath("nft"); err != nil {
+		why = "needs the nft command (nftables)"
 	}
 	if why == "" {
 		return
@@ -61,6 +64,23 @@ func NewNamespace(t testing.TB) *Namespace {
 func (ns *Namespace) IP(t testing.TB, args ...string) {
 	t.Helper()
 	run(t, "ip", append([]string{"-n", ns.Name}, args...)...)
+}
+
+// NFT loads an nftables ruleset (nft -f syntax) into the namespace.
+func (ns *Namespace) NFT(t testing.TB, ruleset string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("netlab: nft in %s: %v\n%s\n%s", ns.Name, err, out, ruleset)
+	}
+}
+
+// Sysctl sets a kernel setting, such as "net.ipv4.neigh.eth0.retrans_time_ms",
+// for the namespace.
+func (ns *Namespace) Sysctl(t testing.TB, key, value string) {
+	t.Helper()
+	run(t, "ip", "netns", "exec", ns.Name, "sysctl", "-q", "-w", key+"="+value)
 }
 
 // Command returns a command that runs name inside the namespace.

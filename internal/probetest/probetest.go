@@ -160,7 +160,13 @@ func Listen(t testing.TB, addr string, handle func(net.Conn)) *Target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg := &Target{Listener: ln.(*net.TCPListener), Accepted: make(chan net.Conn, 16)}
+	return NewTarget(t, ln.(*net.TCPListener), handle)
+}
+
+// NewTarget makes a target of ln, such as a listener made in a test's network
+// namespace, as Listen does.
+func NewTarget(t testing.TB, ln *net.TCPListener, handle func(net.Conn)) *Target {
+	tg := &Target{Listener: ln, Accepted: make(chan net.Conn, 16)}
 	done := make(chan struct{})
 	var handlers []chan struct{}
 	var conns []net.Conn
@@ -215,24 +221,23 @@ func Reset(c net.Conn) {
 	c.Close()
 }
 
-// ResetDuringReverseLookup starts a target on ip whose connection is reset
-// while the probe waits for the reverse lookup of ip, which dns holds until
-// then. A probe with reverse_lookup set meets the reset at its first step
-// after connecting: the send, or the half-close when there is nothing to
-// send.
-func ResetDuringReverseLookup(t testing.TB, dns *dnstest.Server, ip netip.Addr) *Target {
-	t.Helper()
+// ResetDuringReverseLookup returns a target handler that resets its
+// connection while the probe waits for the reverse lookup of ip, which dns
+// holds until then. A probe with reverse_lookup set meets the reset at its
+// first step after connecting: the send, or the half-close when there is
+// nothing to send. It is for one connection.
+func ResetDuringReverseLookup(dns *dnstest.Server, ip netip.Addr) func(net.Conn) {
 	reset := make(chan struct{})
 	queried := dns.HoldPTR(ip, reset)
 	var once sync.Once
-	return Listen(t, netip.AddrPortFrom(ip, 0).String(), func(c net.Conn) {
+	return func(c net.Conn) {
 		defer once.Do(func() { close(reset) })
 		select {
 		case <-queried:
 			Reset(c)
 		case <-time.After(Timeout):
 		}
-	})
+	}
 }
 
 // ClosedPort returns a loopback port with nothing listening on it.

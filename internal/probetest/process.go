@@ -36,8 +36,8 @@ type Probed struct {
 }
 
 // StartProbed runs cmd (probed, maybe inside a namespace) with JSON logs and
-// waits for its "serving" line. The process is killed if the test leaves it
-// running.
+// waits for its "serving" line. The process is killed, and waited for, if
+// the test leaves it running.
 func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
 	t.Helper()
 	cmd.Args = append(cmd.Args, "--log-format=json")
@@ -50,7 +50,9 @@ func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
 	}
 	p := &Probed{Cmd: cmd, Exited: make(chan error, 1)}
 	serving := make(chan string, 1)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			var line struct{ Msg, Addr string }
@@ -61,8 +63,10 @@ func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
 		io.Copy(io.Discard, stderr)
 		p.Exited <- cmd.Wait()
 	}()
+	// A probed left running would keep its network namespace alive.
 	t.Cleanup(func() {
 		cmd.Process.Kill()
+		<-done
 	})
 	select {
 	case p.Addr = <-serving:
