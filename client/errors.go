@@ -40,6 +40,7 @@ const (
 	ReasonBrokenPipe          = netprobev1.Reason_REASON_BROKEN_PIPE
 	ReasonTooManyOpenFiles    = netprobev1.Reason_REASON_TOO_MANY_OPEN_FILES
 	ReasonOther               = netprobev1.Reason_REASON_OTHER
+	ReasonProhibited          = netprobev1.Reason_REASON_PROHIBITED
 )
 
 // reasonText describes the reasons that are not errnos' own words.

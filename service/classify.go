@@ -26,6 +26,8 @@ var errnoReasons = map[syscall.Errno]netprobev1.Reason{
 	syscall.EMFILE:       netprobev1.Reason_REASON_TOO_MANY_OPEN_FILES,
 	syscall.ENFILE:       netprobev1.Reason_REASON_TOO_MANY_OPEN_FILES,
 	syscall.ETIMEDOUT:    netprobev1.Reason_REASON_TIMEOUT,
+	syscall.EACCES:       netprobev1.Reason_REASON_PROHIBITED,
+	syscall.EPERM:        netprobev1.Reason_REASON_PROHIBITED,
 }
 
 // classify is the one place that reads network errors. It looks only at

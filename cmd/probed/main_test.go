@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
-	"github.com/netprobe/netprobe/internal/netlab"
 	"github.com/netprobe/netprobe/internal/probetest"
 )
 
@@ -128,46 +126,5 @@ func TestServeAndDrain(t *testing.T) {
 		}
 	case <-time.After(probetest.Timeout):
 		t.Fatal("probed did not exit after SIGTERM")
-	}
-}
-
-// TestUnreachable runs probed in a namespace of its own, reached over a
-// Unix socket, where 198.18.0.0/15 has no route, 198.18.1.0/24 is an
-// unreachable route and 198.18.2.0/24 a prohibited one: no packet leaves
-// the namespace.
-func TestUnreachable(t *testing.T) {
-	ns := netlab.NewNamespace(t)
-	ns.IP(t, "route", "add", "unreachable", "198.18.1.0/24")
-	ns.IP(t, "route", "add", "prohibit", "198.18.2.0/24")
-	sock := filepath.Join(t.TempDir(), "probed.sock")
-	p := probetest.StartProbed(t, ns.Command(probedBin, "--listen=unix:"+sock))
-	client := netprobev1.NewProbeServiceClient(dial(t, "unix:"+sock))
-
-	tests := []struct {
-		host   string
-		reason netprobev1.Reason
-		errno  string
-	}{
-		{"198.18.0.1", netprobev1.Reason_REASON_NETWORK_UNREACHABLE, "ENETUNREACH"},
-		{"198.18.1.1", netprobev1.Reason_REASON_HOST_UNREACHABLE, "EHOSTUNREACH"},
-		// An errno with no reason of its own is OTHER, still named.
-		{"198.18.2.1", netprobev1.Reason_REASON_OTHER, "EACCES"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.host, func(t *testing.T) {
-			resp, err := client.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: tt.host, Port: 80}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			e := resp.GetError()
-			if e.GetStage() != netprobev1.Stage_STAGE_CONNECT || e.GetReason() != tt.reason || e.GetErrno() != tt.errno {
-				t.Errorf("error = %v, want STAGE_CONNECT / %v / %s", e, tt.reason, tt.errno)
-			}
-		})
-	}
-	// Stop probed before the namespace goes.
-	p.Cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-p.Exited; err != nil {
-		t.Errorf("probed exited with %v", err)
 	}
 }

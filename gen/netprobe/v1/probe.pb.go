@@ -251,6 +251,12 @@ const (
 	Reason_REASON_TOO_MANY_OPEN_FILES Reason = 10
 	// REASON_OTHER is any other failure; errno and message say more.
 	Reason_REASON_OTHER Reason = 11
+	// REASON_PROHIBITED means a policy forbade the packets: an ICMPv6
+	// administratively-prohibited answer or a prohibit route (EACCES), or the
+	// probe server's own firewall refusing a send (EPERM). IPv4's ICMP
+	// administratively prohibited comes back as REASON_HOST_UNREACHABLE:
+	// Linux gives it that errno.
+	Reason_REASON_PROHIBITED Reason = 12
 )
 
 // Enum value maps for Reason.
@@ -268,6 +274,7 @@ var (
 		9:  "REASON_BROKEN_PIPE",
 		10: "REASON_TOO_MANY_OPEN_FILES",
 		11: "REASON_OTHER",
+		12: "REASON_PROHIBITED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":           0,
@@ -282,6 +289,7 @@ var (
 		"REASON_BROKEN_PIPE":           9,
 		"REASON_TOO_MANY_OPEN_FILES":   10,
 		"REASON_OTHER":                 11,
+		"REASON_PROHIBITED":            12,
 	}
 )
 
@@ -1747,7 +1755,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"STAGE_SEND\x10\x05\x12\x12\n" +
 	"\x0eSTAGE_SHUTDOWN\x10\x06\x12\x11\n" +
 	"\rSTAGE_RECEIVE\x10\a\x12\x18\n" +
-	"\x14STAGE_REVERSE_LOOKUP\x10\b*\xb8\x02\n" +
+	"\x14STAGE_REVERSE_LOOKUP\x10\b*\xcf\x02\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_TIMEOUT\x10\x01\x12\x12\n" +
@@ -1761,7 +1769,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x12REASON_BROKEN_PIPE\x10\t\x12\x1e\n" +
 	"\x1aREASON_TOO_MANY_OPEN_FILES\x10\n" +
 	"\x12\x10\n" +
-	"\fREASON_OTHER\x10\v*]\n" +
+	"\fREASON_OTHER\x10\v\x12\x15\n" +
+	"\x11REASON_PROHIBITED\x10\f*]\n" +
 	"\aFraming\x12\x17\n" +
 	"\x13FRAMING_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFRAMING_RAW\x10\x01\x12\x11\n" +

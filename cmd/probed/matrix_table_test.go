@@ -1,0 +1,68 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/netprobe/netprobe/client"
+)
+
+var update = flag.Bool("update", false, "rewrite the README's fault matrix table from the matrix")
+
+// The README's fault matrix table stands between these lines.
+const (
+	tableBegin = "<!-- fault matrix: made from cmd/probed/matrix_test.go by `go test ./cmd/probed -run TestMatrixTable -update` -->\n"
+	tableEnd   = "<!-- end of fault matrix -->\n"
+)
+
+// TestMatrixTable checks that the README's table is the matrix the tests
+// run, so that the two cannot drift apart.
+func TestMatrixTable(t *testing.T) {
+	const readme = "../../README.md"
+	b, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	before, rest, ok1 := strings.Cut(text, tableBegin)
+	old, after, ok2 := strings.Cut(rest, tableEnd)
+	if !ok1 || !ok2 {
+		t.Fatalf("%s has no fault matrix between %q and %q", readme, tableBegin, tableEnd)
+	}
+	want := matrixTable()
+	if old == want {
+		return
+	}
+	if *update {
+		if err := os.WriteFile(readme, []byte(before+tableBegin+want+tableEnd+after), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Errorf("the README's fault matrix differs from the tests'; run go test ./cmd/probed -run TestMatrixTable -update\nREADME:\n%s\ntests:\n%s", old, want)
+}
+
+// matrixTable renders the matrix as a Markdown table.
+func matrixTable() string {
+	var b strings.Builder
+	b.WriteString("| condition | stage / reason / errno | note |\n|---|---|---|\n")
+	for _, r := range matrix {
+		outcomes := make([]string, len(r.want))
+		for i, o := range r.want {
+			outcomes[i] = o.String()
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", r.condition, strings.Join(outcomes, "<br>or ")+timeoutNote(r), r.note)
+	}
+	return b.String()
+}
+
+// timeoutNote says within what time a row's timeout fires.
+func timeoutNote(r row) string {
+	if r.timeout == 0 || r.want[0].reason != client.ReasonTimeout {
+		return ""
+	}
+	return fmt.Sprintf(" (at %v)", r.timeout)
+}
