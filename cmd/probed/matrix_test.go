@@ -90,6 +90,9 @@ table inet netprobe {
 }
 `, portOwnFirewall, portOwnFirewall)
 
+// slowDelay is how long the slow path holds data each way.
+const slowDelay = 200 * time.Millisecond
+
 // Hosts on the LAN that do not exist: nothing answers ARP or neighbor
 // discovery for them.
 const goneHost = 201
@@ -99,6 +102,8 @@ const goneHost = 201
 type lab struct {
 	lan            *netlab.LAN
 	prober, target *netlab.Host
+	// slow relays to the target's HTTP server through a DelayProxy.
+	slow *netlab.Host
 	dns            *dnstest.Server
 	client         *client.Client
 	// sock is probed's Unix socket, reachable from the test's namespace.
@@ -115,7 +120,7 @@ var largeRequest = bytes.Repeat([]byte("x"), 8<<20)
 func newLab(t *testing.T) *lab {
 	t.Helper()
 	lan := netlab.NewLAN(t)
-	l := &lab{lan: lan, prober: lan.AddHost(t), target: lan.AddHost(t)}
+	l := &lab{lan: lan, prober: lan.AddHost(t), target: lan.AddHost(t), slow: lan.AddHost(t)}
 	l.prober.FastNeighbors(t)
 	l.prober.IP(t, "route", "add", "unreachable", "198.18.1.0/24")
 	l.prober.IP(t, "route", "add", "prohibit", "198.18.2.0/24")
@@ -136,6 +141,7 @@ func newLab(t *testing.T) *lab {
 	l.dns.Drop("dropped.test")
 
 	l.serve(t, portHTTP, nil)
+	l.slow.DelayProxy(t, netip.AddrPortFrom(l.slow.V4, portHTTP).String(), l.v4(portHTTP), slowDelay)
 	for _, p := range []int{portDropped, portReset, portHostUnreach, portProhibited, portNetUnreach, portV6Dropped, portV6Reset, portV4Dropped, portNeverRead} {
 		l.serve(t, p, nil)
 	}
@@ -254,10 +260,11 @@ func (o outcome) String() string {
 }
 
 // probed is what a row's probe returns: the report of the connect phase,
-// the bytes received, and the probe's error.
+// the bytes received, a fetch's summary, and the probe's error.
 type probed struct {
 	connect *client.ConnectResult
 	data    []byte
+	summary *client.FetchSummary
 	err     error
 }
 
@@ -274,9 +281,9 @@ type row struct {
 	timeout time.Duration
 	// probe runs the probe.
 	probe func(t *testing.T, l *lab) probed
-	// attempts, when set, are the connection attempts the report must
-	// list, each as "ADDRESS OUTCOME" with OUTCOME a reason, "connected" or
-	// "abandoned".
+	// attempts are the connection attempts the report must list, each as
+	// "ADDRESS OUTCOME" with OUTCOME a reason, "connected" or "abandoned";
+	// when nil, defaultAttempts.
 	attempts func(l *lab) []string
 	// check, when set, checks the rest of the result.
 	check func(t *testing.T, l *lab, p probed)
@@ -313,7 +320,7 @@ func fetch(network string, addr func(l *lab) string, opts client.FetchOptions) f
 		}
 		defer f.Close()
 		data, err := io.ReadAll(f)
-		return probed{connect: f.Connect, data: data, err: err}
+		return probed{connect: f.Connect, data: data, summary: f.Summary(), err: err}
 	}
 }
 
@@ -615,6 +622,22 @@ var matrix = []row{
 		},
 	},
 	{
+		name:      "slow path",
+		condition: fmt.Sprintf("a slow path: a proxy holds the data %v each way", slowDelay),
+		note:      "the time to first byte shows both delays; the proxy does not delay the handshake",
+		want:      ok,
+		probe: fetch("tcp", func(l *lab) string { return netip.AddrPortFrom(l.slow.V4, portHTTP).String() },
+			client.FetchOptions{HTTPGet: &client.HTTPGet{Path: "/"}}),
+		check: func(t *testing.T, _ *lab, p probed) {
+			if !bytes.HasSuffix(p.data, []byte("\r\n\r\nhello\n")) {
+				t.Errorf("received %q, want the HTTP reply", p.data)
+			}
+			if ttfb := p.summary.TimeToFirstByte; ttfb < 2*slowDelay {
+				t.Errorf("time to first byte %v, want at least %v", ttfb, 2*slowDelay)
+			}
+		},
+	},
+	{
 		name:      "udp closed",
 		condition: "UDP: nothing listens (ICMP port unreachable)",
 		want:      fail(client.StageReceive, client.ReasonRefused, "ECONNREFUSED"),
@@ -668,6 +691,10 @@ func exhaustDescriptors(t *testing.T, l *lab) probed {
 		f, err := c.Fetch(ctx, "tcp", l.v4(portHold), client.FetchOptions{KeepWriteOpen: true, Timeout: probetest.Timeout})
 		if err != nil {
 			failed.err = err
+			var pe *client.ProbeError
+			if errors.As(err, &pe) {
+				failed.connect = pe.Connect
+			}
 			break
 		}
 		held = append(held, f)
@@ -711,14 +738,15 @@ func TestFaultMatrix(t *testing.T) {
 			if pe != nil && got.reason == client.ReasonTimeout && r.timeout > 0 && (pe.Elapsed < r.timeout || pe.Elapsed > r.timeout+slack) {
 				t.Errorf("timed out after %v, want %v to %v", pe.Elapsed, r.timeout, r.timeout+slack)
 			}
+			if p.connect == nil {
+				t.Fatal("no connect report")
+			}
+			want := defaultAttempts(p.connect, pe)
 			if r.attempts != nil {
-				if p.connect == nil {
-					t.Fatal("no connect report")
-				}
-				want, gotAttempts := r.attempts(l), attemptList(p.connect)
-				if strings.Join(want, ", ") != strings.Join(gotAttempts, ", ") {
-					t.Errorf("attempts %q, want %q", gotAttempts, want)
-				}
+				want = r.attempts(l)
+			}
+			if got := attemptList(p.connect); strings.Join(got, ", ") != strings.Join(want, ", ") {
+				t.Errorf("attempts %q, want %q", got, want)
 			}
 			if r.check != nil {
 				r.check(t, l, p)
@@ -734,6 +762,19 @@ func contains(list []outcome, o outcome) bool {
 		}
 	}
 	return false
+}
+
+// defaultAttempts is the attempt list of a probe of one address: none when
+// it failed before connecting, the failure when connecting failed, and the
+// connection otherwise.
+func defaultAttempts(r *client.ConnectResult, pe *client.ProbeError) []string {
+	switch {
+	case pe != nil && pe.Stage < client.StageSocket:
+		return nil
+	case pe != nil && pe.Stage <= client.StageConnect:
+		return []string{pe.Address + " " + strings.TrimPrefix(pe.Reason.String(), "REASON_")}
+	}
+	return []string{r.RemoteAddr.String() + " connected"}
 }
 
 // attemptList renders the attempts as "ADDRESS OUTCOME".
