@@ -103,9 +103,9 @@ type lab struct {
 	lan            *netlab.LAN
 	prober, target *netlab.Host
 	// slow relays to the target's HTTP server through a DelayProxy.
-	slow *netlab.Host
-	dns            *dnstest.Server
-	client         *client.Client
+	slow   *netlab.Host
+	dns    *dnstest.Server
+	client *client.Client
 	// sock is probed's Unix socket, reachable from the test's namespace.
 	sock string
 	// holdClosed receives when a connection to portHold has been closed
