@@ -1,0 +1,225 @@
+// Package policy decides which addresses and ports netprobe may probe: the
+// guard that keeps a probe server from being a gateway into the network it
+// runs in.
+//
+// A Policy is checked on every address a probe is about to dial, after the
+// name has been resolved, so that a name which resolves (or re-resolves) to
+// a denied address is refused before any packet is sent. IPv6 addresses
+// that carry an IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4
+// 2002::/16 and Teredo 2001::/32) are judged by that IPv4 address as well as
+// by their own.
+//
+// The order of judgment:
+//  1. the operator's deny rules;
+//  2. the built-in denials (unspecified, link-local, multicast and
+//     broadcast addresses, and the probe server's own listening sockets),
+//     which an allow rule overrides only when it lies inside the denied
+//     range, such as "allow 169.254.169.254": allowing "any" does not open
+//     the cloud metadata endpoint;
+//  3. the operator's allow rules: when there are any, an address must match
+//     one of them;
+//  4. the caller's own allow rules, when the caller has any.
+package policy
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Rule is a set of prefixes, optionally narrowed to some ports.
+type Rule struct {
+	// Text is the rule as written, which names it in refusals.
+	Text string
+	// Prefixes are the addresses the rule covers.
+	Prefixes []netip.Prefix
+	// Ports are the ports it covers; none means every port.
+	Ports []PortRange
+}
+
+// PortRange is the ports from Lo to Hi, both included.
+type PortRange struct{ Lo, Hi uint16 }
+
+func (r *Rule) coversPort(port uint16) bool {
+	if len(r.Ports) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(r.Ports, func(pr PortRange) bool { return pr.Lo <= port && port <= pr.Hi })
+}
+
+// match returns the rule's prefix that holds one of the subjects, when the
+// port is covered too.
+func (r *Rule) match(subjects []netip.Addr, port uint16) (netip.Prefix, bool) {
+	if !r.coversPort(port) {
+		return netip.Prefix{}, false
+	}
+	for _, p := range r.Prefixes {
+		for _, a := range subjects {
+			if p.Contains(a) {
+				return p, true
+			}
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// Policy is the set of rules. Build it with New and the Add methods before
+// use; after that it is safe for concurrent use.
+type Policy struct {
+	deny, builtin, allow []Rule
+	callers              map[string][]Rule
+}
+
+// The built-in denials.
+var defaultDenials = []Rule{
+	{Text: "built-in: unspecified address", Prefixes: prefixes("0.0.0.0/8", "::/128")},
+	{Text: "built-in: link-local (cloud metadata)", Prefixes: prefixes("169.254.0.0/16", "fe80::/10")},
+	{Text: "built-in: multicast", Prefixes: prefixes("224.0.0.0/4", "ff00::/8")},
+	{Text: "built-in: broadcast", Prefixes: prefixes("255.255.255.255/32")},
+}
+
+func prefixes(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
+}
+
+// New returns the default policy: every address allowed but the built-in
+// denials and self, the probe server's own listening sockets.
+func New(self ...netip.AddrPort) *Policy {
+	p := &Policy{builtin: slices.Clone(defaultDenials), callers: map[string][]Rule{}}
+	for _, ap := range self {
+		p.builtin = append(p.builtin, Rule{
+			Text:     "built-in: the probe server itself (" + ap.String() + ")",
+			Prefixes: []netip.Prefix{netip.PrefixFrom(ap.Addr().Unmap(), ap.Addr().Unmap().BitLen())},
+			Ports:    []PortRange{{ap.Port(), ap.Port()}},
+		})
+	}
+	return p
+}
+
+// Deny adds a deny rule.
+func (p *Policy) Deny(r Rule) { p.deny = append(p.deny, r) }
+
+// Allow adds an allow rule: once there is one, only what the allow rules
+// cover is allowed.
+func (p *Policy) Allow(r Rule) { p.allow = append(p.allow, r) }
+
+// AllowCaller adds an allow rule for one caller, who may then reach only
+// what its own rules cover (and the policy allows).
+func (p *Policy) AllowCaller(caller string, r Rule) {
+	p.callers[caller] = append(p.callers[caller], r)
+}
+
+// Denied is a refusal: the address and the rule that refused it.
+type Denied struct {
+	Addr netip.AddrPort
+	// Rule names the rule: its text, or why no allow rule applied.
+	Rule string
+}
+
+func (d *Denied) Error() string {
+	return fmt.Sprintf("%s is denied by the target policy: %s", d.Addr, d.Rule)
+}
+
+// Check returns nil when caller may probe ap, or a *Denied saying which
+// rule refused it. caller is "" for an anonymous caller.
+func (p *Policy) Check(caller string, ap netip.AddrPort) error {
+	subjects := Subjects(ap.Addr())
+	port := ap.Port()
+	deny := func(rule string) error { return &Denied{Addr: ap, Rule: rule} }
+	for i := range p.deny {
+		if _, ok := p.deny[i].match(subjects, port); ok {
+			return deny(p.deny[i].Text)
+		}
+	}
+	for i := range p.builtin {
+		denied, ok := p.builtin[i].match(subjects, port)
+		if ok && !p.overrides(denied, subjects, port) {
+			return deny(p.builtin[i].Text)
+		}
+	}
+	if len(p.allow) > 0 && !anyMatch(p.allow, subjects, port) {
+		return deny("not covered by any allow rule")
+	}
+	if rules, ok := p.callers[caller]; ok && !anyMatch(rules, subjects, port) {
+		return deny("not covered by caller " + caller + "'s allow rules")
+	}
+	return nil
+}
+
+// overrides reports whether an allow rule lifts a built-in denial of
+// denied: it must match and lie inside the denied range.
+func (p *Policy) overrides(denied netip.Prefix, subjects []netip.Addr, port uint16) bool {
+	for i := range p.allow {
+		if allowed, ok := p.allow[i].match(subjects, port); ok && allowed.Bits() >= denied.Bits() && denied.Contains(allowed.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyMatch(rules []Rule, subjects []netip.Addr, port uint16) bool {
+	return slices.ContainsFunc(rules, func(r Rule) bool {
+		_, ok := r.match(subjects, port)
+		return ok
+	})
+}
+
+// Well-known IPv6 prefixes that carry an IPv4 address.
+var (
+	nat64  = netip.MustParsePrefix("64:ff9b::/96")
+	sixTo4 = netip.MustParsePrefix("2002::/16")
+	teredo = netip.MustParsePrefix("2001::/32")
+)
+
+// Subjects returns the addresses a policy judges for a: a itself, and the
+// IPv4 address it carries, if any (IPv4-mapped, NAT64, 6to4, or the client
+// address of Teredo).
+func Subjects(a netip.Addr) []netip.Addr {
+	a = a.WithZone("")
+	if !a.Is6() {
+		return []netip.Addr{a}
+	}
+	b := a.As16()
+	var v4 [4]byte
+	switch {
+	case a.Is4In6():
+		return []netip.Addr{a, a.Unmap()}
+	case nat64.Contains(a):
+		copy(v4[:], b[12:16])
+	case sixTo4.Contains(a):
+		copy(v4[:], b[2:6])
+	case teredo.Contains(a):
+		for i := range v4 {
+			v4[i] = ^b[12+i]
+		}
+	default:
+		return []netip.Addr{a}
+	}
+	return []netip.Addr{a, netip.AddrFrom4(v4)}
+}
+
+// String lists the rules, one a line, in the order they are judged.
+func (p *Policy) String() string {
+	var b strings.Builder
+	for _, r := range p.deny {
+		fmt.Fprintf(&b, "deny %s\n", r.Text)
+	}
+	for _, r := range p.builtin {
+		fmt.Fprintf(&b, "deny (%s)\n", r.Text)
+	}
+	for _, r := range p.allow {
+		fmt.Fprintf(&b, "allow %s\n", r.Text)
+	}
+	for _, c := range slices.Sorted(maps.Keys(p.callers)) {
+		for _, r := range p.callers[c] {
+			fmt.Fprintf(&b, "caller %s allow %s\n", c, r.Text)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,182 @@
+package policy
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestDefaults walks the edges of every built-in range, and every form of
+// IPv6 that carries an IPv4 address, through the default policy.
+func TestDefaults(t *testing.T) {
+	self := netip.MustParseAddrPort("127.0.0.1:7070")
+	p := New(self)
+	tests := []struct {
+		addr string
+		port uint16
+		rule string // "" when allowed
+	}{
+		{"0.0.0.0", 80, "built-in: unspecified address"},
+		{"0.255.255.255", 80, "built-in: unspecified address"},
+		{"1.0.0.0", 80, ""},
+		{"::", 80, "built-in: unspecified address"},
+		{"::1", 80, ""},
+		{"169.253.255.255", 80, ""},
+		{"169.254.0.0", 80, "built-in: link-local (cloud metadata)"},
+		{"169.254.169.254", 80, "built-in: link-local (cloud metadata)"},
+		{"169.254.255.255", 80, "built-in: link-local (cloud metadata)"},
+		{"169.255.0.0", 80, ""},
+		{"fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 80, ""},
+		{"fe80::", 80, "built-in: link-local (cloud metadata)"},
+		{"fe80::1%eth0", 80, "built-in: link-local (cloud metadata)"},
+		{"febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 80, "built-in: link-local (cloud metadata)"},
+		{"fec0::", 80, ""},
+		{"fd00:ec2::254", 80, ""},
+		{"223.255.255.255", 80, ""},
+		{"224.0.0.0", 80, "built-in: multicast"},
+		{"239.255.255.255", 80, "built-in: multicast"},
+		{"240.0.0.0", 80, ""},
+		{"feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 80, ""},
+		{"ff00::", 80, "built-in: multicast"},
+		{"ff02::1", 80, "built-in: multicast"},
+		{"255.255.255.254", 80, ""},
+		{"255.255.255.255", 80, "built-in: broadcast"},
+		{"127.0.0.1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
+		{"127.0.0.1", 7071, ""},
+		{"127.0.0.2", 7070, ""},
+		{"10.0.0.1", 22, ""},
+		{"198.18.0.1", 80, ""},
+		{"2001:db8::1", 80, ""},
+		// IPv6 forms carrying a denied IPv4 address.
+		{"::ffff:169.254.169.254", 80, "built-in: link-local (cloud metadata)"},
+		{"::ffff:127.0.0.1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
+		{"::ffff:10.0.0.1", 80, ""},
+		{"64:ff9b::a9fe:a9fe", 80, "built-in: link-local (cloud metadata)"},
+		{"64:ff9b::7f00:1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
+		{"64:ff9b::a00:1", 80, ""},
+		{"64:ff9b:1::a9fe:a9fe", 80, ""}, // local-use NAT64: the embedding is the operator's
+		{"2002:a9fe:a9fe::1", 80, "built-in: link-local (cloud metadata)"},
+		{"2002:e000:1::", 80, "built-in: multicast"},
+		{"2002:a00:1::1", 80, ""},
+		{"2001:0:4136:e378:8000:63bf:5601:5601", 80, "built-in: link-local (cloud metadata)"}, // client 169.254.169.254, inverted
+		{"2001:0:4136:e378:8000:63bf:f5ff:fffe", 80, ""},                                      // client 10.0.0.1
+		{"2001:1::1", 80, ""},                                                                 // not Teredo
+	}
+	for _, tt := range tests {
+		ap := netip.AddrPortFrom(netip.MustParseAddr(tt.addr), tt.port)
+		err := p.Check("", ap)
+		var d *Denied
+		switch {
+		case tt.rule == "" && err != nil:
+			t.Errorf("%s: %v, want allowed", ap, err)
+		case tt.rule != "" && (!errors.As(err, &d) || d.Rule != tt.rule):
+			t.Errorf("%s: %v, want denied by %q", ap, err, tt.rule)
+		}
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	tests := []struct{ addr, v4 string }{
+		{"192.0.2.1", ""},
+		{"2001:db8::1", ""},
+		{"::ffff:192.0.2.1", "192.0.2.1"},
+		{"64:ff9b::c000:201", "192.0.2.1"},
+		{"2002:c000:201::", "192.0.2.1"},
+		{"2001:0:4136:e378:8000:63bf:3fff:fdfe", "192.0.2.1"},
+		{"::192.0.2.1", ""}, // IPv4-compatible: deprecated, and not routed as IPv4
+	}
+	for _, tt := range tests {
+		a := netip.MustParseAddr(tt.addr)
+		want := []netip.Addr{a}
+		if tt.v4 != "" {
+			want = append(want, netip.MustParseAddr(tt.v4))
+		}
+		if got := Subjects(a); !cmp.Equal(got, want, cmp.Comparer(func(x, y netip.Addr) bool { return x == y })) {
+			t.Errorf("Subjects(%s) = %v, want %v", a, got, want)
+		}
+	}
+}
+
+// TestRules checks the operator's rules: deny first, overrides of built-in
+// denials only from inside, allow lists, ports, and callers.
+func TestRules(t *testing.T) {
+	p := New()
+	for _, line := range []string{
+		"# a comment",
+		"",
+		"deny 10.9.0.0/16",
+		"deny any port 25",
+		"allow 10.0.0.0/8,2001:db8::/32",
+		"allow 198.18.0.0/15 port 80,8000-8099",
+		"allow 169.254.169.254",
+		"allow any port 443",
+		"caller team-a allow 10.1.0.0/16",
+		"caller team-a allow any port 443",
+	} {
+		if err := p.AddLine(line); err != nil {
+			t.Fatalf("AddLine(%q): %v", line, err)
+		}
+	}
+	tests := []struct {
+		caller string
+		addr   string
+		rule   string
+	}{
+		{"", "10.1.2.3:22", ""},
+		{"", "10.9.0.1:22", "10.9.0.0/16"},
+		{"", "10.1.2.3:25", "any port 25"},
+		{"", "[2001:db8::5]:22", ""},
+		{"", "[::ffff:10.1.2.3]:22", ""},
+		{"", "192.168.1.1:22", "not covered by any allow rule"},
+		{"", "198.18.0.1:80", ""},
+		{"", "198.18.0.1:8099", ""},
+		{"", "198.18.0.1:8100", "not covered by any allow rule"},
+		{"", "169.254.169.254:80", ""},
+		{"", "169.254.169.253:80", "built-in: link-local (cloud metadata)"},
+		{"", "169.254.169.253:443", "built-in: link-local (cloud metadata)"}, // "any" does not lift it
+		{"", "203.0.113.9:443", ""},
+		{"team-a", "10.1.2.3:22", ""},
+		{"team-a", "10.2.0.1:22", "not covered by caller team-a's allow rules"},
+		{"team-a", "203.0.113.9:443", ""},
+		{"team-b", "10.2.0.1:22", ""},
+	}
+	for _, tt := range tests {
+		ap := netip.MustParseAddrPort(tt.addr)
+		err := p.Check(tt.caller, ap)
+		var d *Denied
+		switch {
+		case tt.rule == "" && err != nil:
+			t.Errorf("%s for %q: %v, want allowed", ap, tt.caller, err)
+		case tt.rule != "" && (!errors.As(err, &d) || d.Rule != tt.rule):
+			t.Errorf("%s for %q: %v, want denied by %q", ap, tt.caller, err, tt.rule)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tt := range []struct{ line, want string }{
+		{"allow", `rule "": no addresses`},
+		{"allow 10.0.0.1/8", "has host bits set; did you mean 10.0.0.0/8?"},
+		{"allow 10.0.0.0/33", "prefix length out of range"},
+		{"allow example.com", `"example.com" is not an address, a prefix or "any"`},
+		{"allow fe80::1%eth0", "has a zone"},
+		{"allow 10.0.0.0/8 22", "want ADDRESSES [port PORTS]"},
+		{"allow 10.0.0.0/8 port 0", `"0" is not a port`},
+		{"allow 10.0.0.0/8 port 70000", `"70000" is not a port`},
+		{"allow 10.0.0.0/8 port 90-80", "runs backwards"},
+		{"permit 10.0.0.0/8", "a line is allow RULE, deny RULE or caller NAME allow RULE"},
+		{"caller team-a deny 10.0.0.0/8", "want caller NAME allow RULE"},
+	} {
+		err := New().AddLine(tt.line)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("AddLine(%q) = %v, want an error containing %q", tt.line, err, tt.want)
+		}
+	}
+	err := New().Load(strings.NewReader("allow 10.0.0.0/8\nallow nonsense\n"))
+	if err == nil || !strings.HasPrefix(err.Error(), "line 2: ") {
+		t.Errorf("Load = %v, want an error naming line 2", err)
+	}
+}
