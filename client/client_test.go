@@ -31,6 +31,7 @@ import (
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/netprobe/netprobe/policy"
 )
 
 // start runs a probe server for one test and returns a client of it.
@@ -240,6 +241,35 @@ func TestCallErrors(t *testing.T) {
 			t.Errorf("Connect through a dead server = %v, want an Unavailable status", err)
 		}
 	})
+}
+
+// TestRefusal checks a call the server's target policy refused: a status
+// error, from which Refusal recovers the ProbeError naming the rule.
+func TestRefusal(t *testing.T) {
+	t.Parallel()
+	p := policy.New()
+	if err := p.AddLine("deny 127.0.0.2"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := start(t, probetest.WithPolicy(p))
+	tg := probetest.Listen(t, "127.0.0.2:0", nil)
+
+	_, err := c.Connect(probetest.Context(t), "tcp", tg.Addr(), client.ConnectOptions{})
+	var pe *client.ProbeError
+	if status.Code(err) != codes.PermissionDenied || errors.As(err, &pe) {
+		t.Fatalf("Connect = %v, want a PermissionDenied status, not a probe result", err)
+	}
+	pe, ok := client.Refusal(err)
+	want := "policy " + tg.Addr() + `: denied by the target policy, rule "127.0.0.2" (stage POLICY, reason DENIED)`
+	if !ok || pe.Stage != client.StagePolicy || pe.Reason != client.ReasonDenied || pe.Rule != "127.0.0.2" || pe.Error() != want {
+		t.Errorf("Refusal = %v, %v; want %q", pe, ok, want)
+	}
+	if _, ok := client.Refusal(status.Error(codes.PermissionDenied, "no token")); ok {
+		t.Error("Refusal of a PermissionDenied without a ProbeError said yes")
+	}
+	if !tg.AcceptedNothing() {
+		t.Error("the refused target accepted a connection")
+	}
 }
 
 func TestFetch(t *testing.T) {

@@ -6,6 +6,9 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 )
 
@@ -22,6 +25,7 @@ const (
 	StageShutdown      = netprobev1.Stage_STAGE_SHUTDOWN
 	StageReceive       = netprobev1.Stage_STAGE_RECEIVE
 	StageReverseLookup = netprobev1.Stage_STAGE_REVERSE_LOOKUP
+	StagePolicy        = netprobev1.Stage_STAGE_POLICY
 )
 
 // Reason says why a stage failed.
@@ -41,6 +45,7 @@ const (
 	ReasonTooManyOpenFiles    = netprobev1.Reason_REASON_TOO_MANY_OPEN_FILES
 	ReasonOther               = netprobev1.Reason_REASON_OTHER
 	ReasonProhibited          = netprobev1.Reason_REASON_PROHIBITED
+	ReasonDenied              = netprobev1.Reason_REASON_DENIED
 )
 
 // reasonText describes the reasons that are not errnos' own words.
@@ -49,6 +54,7 @@ var reasonText = map[Reason]string{
 	ReasonNoSuchHost:          "no such host",
 	ReasonTemporaryDNSFailure: "temporary DNS failure",
 	ReasonUnknownService:      "unknown service",
+	ReasonDenied:              "denied by the target policy",
 }
 
 // ProbeError is a probe that ran on the server and failed: the target, not
@@ -67,6 +73,8 @@ type ProbeError struct {
 	Message string
 	// Elapsed is how long after the probe began it failed.
 	Elapsed time.Duration
+	// Rule is the policy rule that refused the address (StagePolicy).
+	Rule string
 	// Connect is the report of the connect phase as far as it went, with
 	// its timings and every address tried; nil for ResolveService.
 	Connect *ConnectResult
@@ -87,6 +95,7 @@ func newProbeError(pe *netprobev1.ProbeError) *ProbeError {
 		Address: pe.GetAddress(),
 		Message: pe.GetMessage(),
 		Elapsed: pe.GetElapsed().AsDuration(),
+		Rule:    pe.GetRule(),
 	}
 }
 
@@ -106,6 +115,9 @@ func (e *ProbeError) Error() string {
 		b.WriteString(text)
 	} else {
 		b.WriteString(e.Message)
+	}
+	if e.Rule != "" {
+		fmt.Fprintf(&b, ", rule %q", e.Rule)
 	}
 	fmt.Fprintf(&b, " (stage %s, reason %s", strings.TrimPrefix(e.Stage.String(), "STAGE_"), strings.TrimPrefix(e.Reason.String(), "REASON_"))
 	if e.Errno != "" {
@@ -135,4 +147,21 @@ func errnoValue(name string) (syscall.Errno, bool) {
 	}
 	e, ok := errnos()[name]
 	return e, ok
+}
+
+// Refusal returns the ProbeError of a call the probe server refused by its
+// target policy: a PERMISSION_DENIED status carrying a STAGE_POLICY
+// ProbeError, which names the address and the rule. The status error itself
+// is what Connect and Fetch return.
+func Refusal(err error) (*ProbeError, bool) {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.PermissionDenied {
+		return nil, false
+	}
+	for _, d := range st.Details() {
+		if pe, ok := d.(*netprobev1.ProbeError); ok {
+			return newProbeError(pe), true
+		}
+	}
+	return nil, false
 }

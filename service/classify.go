@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/policy"
 )
 
 // errnoReasons maps the errnos that have a reason of their own. Any other
@@ -31,9 +32,13 @@ var errnoReasons = map[syscall.Errno]netprobev1.Reason{
 }
 
 // classify is the one place that reads network errors. It looks only at
-// error types and values: the errno first (it is the most precise, and a DNS
-// error can wrap one), then DNS errors, then timeouts.
+// error types and values: a policy refusal, the errno (it is the most
+// precise, and a DNS error can wrap one), then DNS errors, then timeouts.
 func classify(err error) (netprobev1.Reason, string) {
+	var denied *policy.Denied
+	if errors.As(err, &denied) {
+		return netprobev1.Reason_REASON_DENIED, ""
+	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		if r, ok := errnoReasons[errno]; ok {
@@ -67,7 +72,7 @@ func classify(err error) (netprobev1.Reason, string) {
 // after the probe began.
 func probeError(stage netprobev1.Stage, address string, err error, elapsed time.Duration) *netprobev1.ProbeError {
 	reason, errno := classify(err)
-	return &netprobev1.ProbeError{
+	pe := &netprobev1.ProbeError{
 		Stage:   stage,
 		Reason:  reason,
 		Errno:   errno,
@@ -75,6 +80,11 @@ func probeError(stage netprobev1.Stage, address string, err error, elapsed time.
 		Message: err.Error(),
 		Elapsed: durationpb.New(elapsed),
 	}
+	var denied *policy.Denied
+	if errors.As(err, &denied) {
+		pe.Rule = denied.Rule
+	}
+	return pe
 }
 
 // unknownService is the ProbeError for a service name (or port) that no

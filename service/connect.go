@@ -5,6 +5,7 @@ import (
 	"net"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -30,10 +31,28 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 		}
 		resp.TotalDuration = durationpb.New(time.Since(start))
 	}
+	s.observe(ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error})
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
+	if err := refused(resp.Error); err != nil {
+		return nil, err
+	}
 	return resp, nil
+}
+
+// refused turns a probe that the target policy refused outright into
+// PERMISSION_DENIED, with the ProbeError naming the rule as a detail; nil
+// for anything else.
+func refused(pe *netprobev1.ProbeError) error {
+	if pe.GetStage() != netprobev1.Stage_STAGE_POLICY {
+		return nil
+	}
+	st, err := status.New(codes.PermissionDenied, pe.GetMessage()).WithDetails(pe)
+	if err != nil {
+		return status.Error(codes.PermissionDenied, pe.GetMessage())
+	}
+	return st.Err()
 }
 
 // reverseLookup looks addr's IP up by address, like gethostbyaddr.

@@ -67,9 +67,13 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 	}
 
 	connectStart := time.Now()
-	conn, attempts := s.dialParallel(ctx, t.network, targets)
+	caller := CallerFrom(ctx)
+	check := func(ap netip.AddrPort) error { return s.cfg.Policy.Check(caller, ap) }
+	conn, attempts := dialParallel(ctx, t.network, targets, check)
 	resp.ConnectDuration = durationpb.New(time.Since(connectStart))
-	var firstErr *netprobev1.ProbeError
+	// The first failure is the probe's error; a policy refusal only when
+	// every address was refused.
+	var firstErr, firstDenied *netprobev1.ProbeError
 	for _, a := range attempts {
 		pa := &netprobev1.DialAttempt{
 			Address:   a.addr.String(),
@@ -79,13 +83,19 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 		}
 		if a.err != nil && !a.abandoned {
 			pa.Error = probeError(a.stage, a.addr.String(), a.err, a.end.Sub(start))
-			if firstErr == nil {
+			switch {
+			case a.stage == netprobev1.Stage_STAGE_POLICY && firstDenied == nil:
+				firstDenied = pa.Error
+			case a.stage != netprobev1.Stage_STAGE_POLICY && firstErr == nil:
 				firstErr = pa.Error
 			}
 		}
 		resp.Attempts = append(resp.Attempts, pa)
 	}
 	if conn == nil {
+		if firstErr == nil {
+			firstErr = firstDenied
+		}
 		if firstErr == nil {
 			// Nothing was tried before the budget ran out (or every try
 			// was cut short by it).
@@ -133,10 +143,10 @@ func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
 // Eyeballs does: the other family starts after fallbackDelay or as soon as
 // the first has failed, the first connection wins and the rest are
 // abandoned. Unlike net.Dialer it keeps every attempt's outcome.
-func (s *Server) dialParallel(ctx context.Context, network string, addrs []netip.AddrPort) (net.Conn, []*attempt) {
+func dialParallel(ctx context.Context, network string, addrs []netip.AddrPort, check func(netip.AddrPort) error) (net.Conn, []*attempt) {
 	primaries, fallbacks := partition(addrs)
 	if len(fallbacks) == 0 {
-		return s.dialSerial(ctx, network, primaries)
+		return dialSerial(ctx, network, primaries, check)
 	}
 	type result struct {
 		conn     net.Conn
@@ -146,7 +156,7 @@ func (s *Server) dialParallel(ctx context.Context, network string, addrs []netip
 	defer cancel()
 	results := make(chan result, 2)
 	race := func(addrs []netip.AddrPort) {
-		c, a := s.dialSerial(ctx, network, addrs)
+		c, a := dialSerial(ctx, network, addrs, check)
 		results <- result{c, a}
 	}
 	go race(primaries)
@@ -201,7 +211,7 @@ func partition(addrs []netip.AddrPort) (primaries, fallbacks []netip.AddrPort) {
 
 // dialSerial tries addrs in turn, giving each a share of what is left of the
 // budget, until one connects.
-func (s *Server) dialSerial(ctx context.Context, network string, addrs []netip.AddrPort) (net.Conn, []*attempt) {
+func dialSerial(ctx context.Context, network string, addrs []netip.AddrPort, check func(netip.AddrPort) error) (net.Conn, []*attempt) {
 	var attempts []*attempt
 	for i, addr := range addrs {
 		if ctx.Err() != nil {
@@ -216,7 +226,7 @@ func (s *Server) dialSerial(ctx context.Context, network string, addrs []netip.A
 		} else {
 			actx, cancel = context.WithCancel(ctx)
 		}
-		conn, err := dialOne(actx, network, addr, a)
+		conn, err := dialOne(actx, network, addr, a, check)
 		cancel()
 		a.end = time.Now()
 		if err == nil {
@@ -246,13 +256,19 @@ func partialDeadline(ctx context.Context, now time.Time, remaining int) (time.Ti
 }
 
 // dialOne connects to one address. The dialer's Control hook runs once the
-// socket exists, so an error before it is a STAGE_SOCKET failure.
-func dialOne(ctx context.Context, network string, addr netip.AddrPort, a *attempt) (net.Conn, error) {
+// socket exists and before connect(2): an error before it is a
+// STAGE_SOCKET failure, and the policy check there refuses an address
+// before any packet is sent to it.
+func dialOne(ctx context.Context, network string, addr netip.AddrPort, a *attempt, check func(netip.AddrPort) error) (net.Conn, error) {
 	socketMade := false
 	d := net.Dialer{
 		KeepAlive: -1,
 		Control: func(string, string, syscall.RawConn) error {
 			socketMade = true
+			if err := check(addr); err != nil {
+				a.stage = netprobev1.Stage_STAGE_POLICY
+				return err
+			}
 			return nil
 		},
 	}

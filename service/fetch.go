@@ -50,13 +50,19 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		defer stop()
 	}
+	report := Report{Method: "Fetch", Target: req.GetTarget(), Connect: cresp, Error: cresp.Error}
+	defer func() { s.observe(ctx, report) }()
 	if err := ctx.Err(); err != nil {
 		return status.FromContextError(err).Err()
+	}
+	if err := refused(cresp.Error); err != nil {
+		return err
 	}
 	if err := stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Connect{Connect: cresp}}); err != nil {
 		return err
 	}
 	sum := &netprobev1.FetchSummary{}
+	report.Summary = sum
 	if conn == nil {
 		sum.Error = cresp.Error
 	} else {
@@ -72,6 +78,7 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 	if sum.Error != nil {
 		sum.EndReason = netprobev1.EndReason_END_REASON_ERROR
 	}
+	report.Error = sum.Error
 	sum.TotalDuration = durationpb.New(time.Since(start))
 	return stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: sum}})
 }

@@ -8,6 +8,7 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/policy"
 )
 
 // Defaults for Config fields left zero.
@@ -18,8 +19,8 @@ const (
 	DefaultMaxFetchBytes   = 64 << 20
 )
 
-// Config holds the server's limits and the resolvers it uses. Zero fields
-// take the defaults above; a nil Resolver is ResolverFor("").
+// Config holds the server's limits, policy and resolvers. Zero fields take
+// the defaults above; a nil Resolver is ResolverFor("").
 type Config struct {
 	// DefaultTimeout bounds a probe whose request sets no timeout.
 	DefaultTimeout time.Duration
@@ -33,6 +34,36 @@ type Config struct {
 	Resolver *net.Resolver
 	// Services maps service names to ports.
 	Services *services.Table
+	// Policy decides which addresses probes may reach; nil is
+	// policy.New(), the built-in denials only.
+	Policy *policy.Policy
+	// Observe, when set, is told of every Connect and Fetch once it ends,
+	// for audit logs and metrics. It runs on the call's goroutine.
+	Observe func(context.Context, Report)
+}
+
+// Report is what one Connect or Fetch did.
+type Report struct {
+	// Method is "Connect" or "Fetch".
+	Method string
+	// Target is the target as the request gave it.
+	Target *netprobev1.Target
+	// Connect is the report of the connect phase.
+	Connect *netprobev1.ConnectResponse
+	// Summary is a Fetch's summary, once it got as far as the exchange.
+	Summary *netprobev1.FetchSummary
+	// Error is the probe's failure, a policy refusal included.
+	Error *netprobev1.ProbeError
+	// Abandoned is true when the caller left (cancelled, or its deadline
+	// passed) before the probe ended.
+	Abandoned bool
+}
+
+func (s *Server) observe(ctx context.Context, r Report) {
+	if s.cfg.Observe != nil {
+		r.Abandoned = ctx.Err() != nil
+		s.cfg.Observe(ctx, r)
+	}
 }
 
 // Server implements netprobev1.ProbeServiceServer.
@@ -59,6 +90,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = ResolverFor("")
+	}
+	if cfg.Policy == nil {
+		cfg.Policy = policy.New()
 	}
 	if cfg.Services == nil {
 		return nil, fmt.Errorf("config: Services is required")

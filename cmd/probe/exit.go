@@ -42,7 +42,7 @@ var exitCodes = []struct {
 	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
 	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},
 	{exitUnavailable, "the probe server could not be reached or did not answer in time, or is not SERVING"},
-	{exitRejected, "the probe server refused or failed the call (authentication, policy, limits, internal error)"},
+	{exitRejected, "the probe server refused or failed the call (target policy, authentication,\n       limits, internal error)"},
 	{exitInterrupted, "interrupted (SIGINT, SIGTERM)"},
 }
 

@@ -92,9 +92,12 @@ func run(ctx context.Context, args []string, std streams, getenv func(string) st
 	}
 	code := exitCode(err)
 	st, isStatus := status.FromError(err)
+	refusal, refused := client.Refusal(err)
 	switch {
 	case !isStatus || isProbeError(err):
 		fmt.Fprintf(std.err, "probe: %v\n", err)
+	case refused:
+		fmt.Fprintf(std.err, "probe: %v\n", refusal)
 	case st.Code() == codes.InvalidArgument:
 		// The server names the bad fields of what the user asked for.
 		fmt.Fprintf(std.err, "probe: %s\n", st.Message())

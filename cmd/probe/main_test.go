@@ -420,6 +420,17 @@ func TestServerErrors(t *testing.T) {
 	}
 }
 
+// TestPolicyRefusal probes the cloud metadata address in-process: the
+// default policy refuses it before any packet leaves.
+func TestPolicyRefusal(t *testing.T) {
+	t.Parallel()
+	r := probe(probetest.Context(t), nil, "connect", "169.254.169.254", "80")
+	want := `probe: policy 169.254.169.254:80: denied by the target policy, rule "built-in: link-local (cloud metadata)" (stage POLICY, reason DENIED)` + "\n"
+	if r.code != exitRejected || r.stderr != want || r.stdout != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q; want %d, %q", r.code, r.stdout, r.stderr, exitRejected, want)
+	}
+}
+
 // TestInterrupt cancels a probe in flight, as SIGINT does.
 func TestInterrupt(t *testing.T) {
 	t.Parallel()

@@ -24,6 +24,7 @@ import (
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/policy"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -69,6 +70,11 @@ func WithMaxPayload(n int) Option {
 		c.MaxPayloadBytes = n
 		*opts = append(*opts, grpc.MaxRecvMsgSize(n+64<<10))
 	}
+}
+
+// WithPolicy makes the server judge targets by p.
+func WithPolicy(p *policy.Policy) Option {
+	return func(c *service.Config, _ *[]grpc.ServerOption) { c.Policy = p }
 }
 
 // WithServerOptions passes options to grpc.NewServer.

@@ -158,6 +158,11 @@ const (
 	// STAGE_REVERSE_LOOKUP is looking up the peer address by address (PTR).
 	// It is reported beside a result and never fails the probe.
 	Stage_STAGE_REVERSE_LOOKUP Stage = 8
+	// STAGE_POLICY is the server's target policy, checked on each resolved
+	// address just before it is dialled: a refused address gets no packet.
+	// When every address of a target is refused, the call fails with
+	// PERMISSION_DENIED and this ProbeError as a detail.
+	Stage_STAGE_POLICY Stage = 9
 )
 
 // Enum value maps for Stage.
@@ -172,6 +177,7 @@ var (
 		6: "STAGE_SHUTDOWN",
 		7: "STAGE_RECEIVE",
 		8: "STAGE_REVERSE_LOOKUP",
+		9: "STAGE_POLICY",
 	}
 	Stage_value = map[string]int32{
 		"STAGE_UNSPECIFIED":    0,
@@ -183,6 +189,7 @@ var (
 		"STAGE_SHUTDOWN":       6,
 		"STAGE_RECEIVE":        7,
 		"STAGE_REVERSE_LOOKUP": 8,
+		"STAGE_POLICY":         9,
 	}
 )
 
@@ -257,6 +264,9 @@ const (
 	// administratively prohibited comes back as REASON_HOST_UNREACHABLE:
 	// Linux gives it that errno.
 	Reason_REASON_PROHIBITED Reason = 12
+	// REASON_DENIED means the probe server's target policy refused the
+	// address; rule names the rule.
+	Reason_REASON_DENIED Reason = 13
 )
 
 // Enum value maps for Reason.
@@ -275,6 +285,7 @@ var (
 		10: "REASON_TOO_MANY_OPEN_FILES",
 		11: "REASON_OTHER",
 		12: "REASON_PROHIBITED",
+		13: "REASON_DENIED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":           0,
@@ -290,6 +301,7 @@ var (
 		"REASON_TOO_MANY_OPEN_FILES":   10,
 		"REASON_OTHER":                 11,
 		"REASON_PROHIBITED":            12,
+		"REASON_DENIED":                13,
 	}
 )
 
@@ -600,7 +612,11 @@ type ProbeError struct {
 	// and errno carry the same facts.
 	Message string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
 	// elapsed is the time from the start of the probe to the failure.
-	Elapsed       *durationpb.Duration `protobuf:"bytes,6,opt,name=elapsed,proto3" json:"elapsed,omitempty"`
+	Elapsed *durationpb.Duration `protobuf:"bytes,6,opt,name=elapsed,proto3" json:"elapsed,omitempty"`
+	// rule is the policy rule that refused the address (STAGE_POLICY only):
+	// an operator's rule as written, or a built-in one such as "built-in:
+	// link-local (cloud metadata)".
+	Rule          string `protobuf:"bytes,7,opt,name=rule,proto3" json:"rule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -675,6 +691,13 @@ func (x *ProbeError) GetElapsed() *durationpb.Duration {
 		return x.Elapsed
 	}
 	return nil
+}
+
+func (x *ProbeError) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
 }
 
 // DialAttempt is one connection attempt to one resolved address.
@@ -1661,7 +1684,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x18\n" +
 	"\aservice\x18\x03 \x01(\tR\aservice\x12.\n" +
 	"\anetwork\x18\x04 \x01(\x0e2\x14.netprobe.v1.NetworkR\anetwork\x122\n" +
-	"\tip_family\x18\x05 \x01(\x0e2\x15.netprobe.v1.IpFamilyR\bipFamily\"\xe2\x01\n" +
+	"\tip_family\x18\x05 \x01(\x0e2\x15.netprobe.v1.IpFamilyR\bipFamily\"\xf6\x01\n" +
 	"\n" +
 	"ProbeError\x12(\n" +
 	"\x05stage\x18\x01 \x01(\x0e2\x12.netprobe.v1.StageR\x05stage\x12+\n" +
@@ -1669,7 +1692,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x05errno\x18\x03 \x01(\tR\x05errno\x12\x18\n" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x123\n" +
-	"\aelapsed\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\aelapsed\"\xdc\x01\n" +
+	"\aelapsed\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12\x12\n" +
+	"\x04rule\x18\a \x01(\tR\x04rule\"\xdc\x01\n" +
 	"\vDialAttempt\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12/\n" +
 	"\x05start\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05start\x125\n" +
@@ -1744,7 +1768,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\bIpFamily\x12\x19\n" +
 	"\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n" +
-	"\x0eIP_FAMILY_IPV6\x10\x02*\xc1\x01\n" +
+	"\x0eIP_FAMILY_IPV6\x10\x02*\xd3\x01\n" +
 	"\x05Stage\x12\x15\n" +
 	"\x11STAGE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STAGE_SERVICE_LOOKUP\x10\x01\x12\x11\n" +
@@ -1755,7 +1779,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"STAGE_SEND\x10\x05\x12\x12\n" +
 	"\x0eSTAGE_SHUTDOWN\x10\x06\x12\x11\n" +
 	"\rSTAGE_RECEIVE\x10\a\x12\x18\n" +
-	"\x14STAGE_REVERSE_LOOKUP\x10\b*\xcf\x02\n" +
+	"\x14STAGE_REVERSE_LOOKUP\x10\b\x12\x10\n" +
+	"\fSTAGE_POLICY\x10\t*\xe2\x02\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_TIMEOUT\x10\x01\x12\x12\n" +
@@ -1770,7 +1795,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x1aREASON_TOO_MANY_OPEN_FILES\x10\n" +
 	"\x12\x10\n" +
 	"\fREASON_OTHER\x10\v\x12\x15\n" +
-	"\x11REASON_PROHIBITED\x10\f*]\n" +
+	"\x11REASON_PROHIBITED\x10\f\x12\x11\n" +
+	"\rREASON_DENIED\x10\r*]\n" +
 	"\aFraming\x12\x17\n" +
 	"\x13FRAMING_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFRAMING_RAW\x10\x01\x12\x11\n" +
