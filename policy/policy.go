@@ -26,7 +26,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 )
 
 // Rule is a set of prefixes, optionally narrowed to some ports.
@@ -204,22 +203,22 @@ func Subjects(a netip.Addr) []netip.Addr {
 	return []netip.Addr{a, netip.AddrFrom4(v4)}
 }
 
-// String lists the rules, one a line, in the order they are judged.
-func (p *Policy) String() string {
-	var b strings.Builder
+// Rules lists the rules, in the order they are judged.
+func (p *Policy) Rules() []string {
+	var out []string
 	for _, r := range p.deny {
-		fmt.Fprintf(&b, "deny %s\n", r.Text)
+		out = append(out, "deny "+r.Text)
 	}
 	for _, r := range p.builtin {
-		fmt.Fprintf(&b, "deny (%s)\n", r.Text)
+		out = append(out, "deny ("+r.Text+")")
 	}
 	for _, r := range p.allow {
-		fmt.Fprintf(&b, "allow %s\n", r.Text)
+		out = append(out, "allow "+r.Text)
 	}
 	for _, c := range slices.Sorted(maps.Keys(p.callers)) {
 		for _, r := range p.callers[c] {
-			fmt.Fprintf(&b, "caller %s allow %s\n", c, r.Text)
+			out = append(out, "caller "+c+" allow "+r.Text)
 		}
 	}
-	return b.String()
+	return out
 }

@@ -82,6 +82,8 @@ func probeError(stage netprobev1.Stage, address string, err error, elapsed time.
 	}
 	var denied *policy.Denied
 	if errors.As(err, &denied) {
+		// The dial error around it only repeats the address.
+		pe.Message = denied.Error()
 		pe.Rule = denied.Rule
 	}
 	return pe

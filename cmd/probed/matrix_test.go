@@ -94,8 +94,13 @@ table inet netprobe {
 const slowDelay = 200 * time.Millisecond
 
 // Hosts on the LAN that do not exist: nothing answers ARP or neighbor
-// discovery for them.
-const goneHost = 201
+// discovery for them. Each row has its own, since the kernel remembers a
+// failed neighbor for a while and then fails at once.
+const (
+	goneHost      = 201
+	goneHostShort = 202
+	goneHostOfTwo = 203
+)
 
 // lab is the network the matrix runs in: a prober host running probed, and
 // a target host with the servers, the firewall and the DNS server.
@@ -136,7 +141,7 @@ func newLab(t *testing.T) *lab {
 	l.dns = dnstest.Serve(t, l.target.ListenPacket(t, netip.AddrPortFrom(l.target.V4, 53).String()))
 	l.dns.SetAddrs("dual.test", l.target.V4, l.target.V6)
 	l.dns.SetAddrs("v6only.test", l.target.V6)
-	l.dns.SetAddrs("two.test", lan.Addr4(goneHost), l.target.V4)
+	l.dns.SetAddrs("two.test", lan.Addr4(goneHostOfTwo), l.target.V4)
 	l.dns.SetRcode("servfail.test", dns.RcodeServerFailure)
 	l.dns.Drop("dropped.test")
 
@@ -407,7 +412,7 @@ var matrix = []row{
 		want:      fail(client.StageConnect, client.ReasonTimeout, ""),
 		timeout:   100 * time.Millisecond,
 		probe: func(t *testing.T, l *lab) probed {
-			return connect("tcp", netip.AddrPortFrom(l.lan.Addr4(goneHost), 80).String(), 100*time.Millisecond)(t, l)
+			return connect("tcp", netip.AddrPortFrom(l.lan.Addr4(goneHostShort), 80).String(), 100*time.Millisecond)(t, l)
 		},
 	},
 	{
@@ -489,7 +494,7 @@ var matrix = []row{
 		want:      ok,
 		probe:     connect("tcp", fmt.Sprintf("two.test:%d", portHTTP), 0),
 		attempts: func(l *lab) []string {
-			return []string{netip.AddrPortFrom(l.lan.Addr4(goneHost), portHTTP).String() + " HOST_UNREACHABLE", l.v4(portHTTP) + " connected"}
+			return []string{netip.AddrPortFrom(l.lan.Addr4(goneHostOfTwo), portHTTP).String() + " HOST_UNREACHABLE", l.v4(portHTTP) + " connected"}
 		},
 	},
 	{

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -29,18 +31,23 @@ func GoBuild(dir, pkg string, goFlags ...string) (string, error) {
 type Probed struct {
 	// Cmd is the process.
 	Cmd *exec.Cmd
-	// Addr is the gRPC address it serves on, from its "serving" log line.
-	Addr string
+	// Addr is the gRPC address it serves on, and MetricsAddr its metrics
+	// address, from its "serving" log line.
+	Addr, MetricsAddr string
 	// Exited receives the process's exit error (nil for status 0).
 	Exited chan error
 }
 
 // StartProbed runs cmd (probed, maybe inside a namespace) with JSON logs and
+// its metrics on a port of its own (unless cmd sets --metrics-addr), and
 // waits for its "serving" line. The process is killed, and waited for, if
 // the test leaves it running.
 func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
 	t.Helper()
 	cmd.Args = append(cmd.Args, "--log-format=json")
+	if !slices.ContainsFunc(cmd.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-addr") }) {
+		cmd.Args = append(cmd.Args, "--metrics-addr=127.0.0.1:0")
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -55,8 +62,12 @@ func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
 		defer close(done)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			var line struct{ Msg, Addr string }
+			var line struct {
+				Msg, Addr   string
+				MetricsAddr string `json:"metrics_addr"`
+			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
+				p.MetricsAddr = line.MetricsAddr
 				serving <- line.Addr
 			}
 		}

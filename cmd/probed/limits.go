@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"net"
+	"sync"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/netprobe/netprobe/service"
+)
+
+// callerKey is who a limit counts against: the authenticated caller, or
+// for an anonymous one the peer's IP address.
+func callerKey(ctx context.Context) string {
+	if name := service.CallerFrom(ctx); name != "" {
+		return name
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if host, _, err := net.SplitHostPort(p.Addr.String()); err == nil {
+			return "peer " + host
+		}
+		return "peer " + p.Addr.String()
+	}
+	return "anonymous"
+}
+
+// inFlight caps the probes running at once, server-wide and per caller.
+// Over either cap a call fails at once with RESOURCE_EXHAUSTED: queueing
+// would let one caller's backlog delay everyone.
+type inFlight struct {
+	max, perCaller int
+	metrics        *metrics
+
+	mu       sync.Mutex
+	total    int
+	byCaller map[string]int
+}
+
+func newInFlight(max, perCaller int, m *metrics) *inFlight {
+	return &inFlight{max: max, perCaller: perCaller, metrics: m, byCaller: map[string]int{}}
+}
+
+func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
+	key := callerKey(ctx)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.total >= l.max:
+		l.metrics.limitRefusals.WithLabelValues("in_flight").Inc()
+		return nil, status.Errorf(codes.ResourceExhausted, "the server is running its maximum of %d probes; try again later", l.max)
+	case l.byCaller[key] >= l.perCaller:
+		l.metrics.limitRefusals.WithLabelValues("in_flight_per_caller").Inc()
+		return nil, status.Errorf(codes.ResourceExhausted, "%s is running its maximum of %d probes at once", key, l.perCaller)
+	}
+	l.total++
+	l.byCaller[key]++
+	l.metrics.inFlight.Inc()
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.total--
+		if l.byCaller[key]--; l.byCaller[key] == 0 {
+			delete(l.byCaller, key)
+		}
+		l.metrics.inFlight.Dec()
+	}, nil
+}
+
+func (l *inFlight) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	release, err := l.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return handler(ctx, req)
+}
+
+func (l *inFlight) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	release, err := l.acquire(ss.Context())
+	if err != nil {
+		return err
+	}
+	defer release()
+	return handler(srv, ss)
+}
+
+// maxRateCallers bounds the rate limiter's memory: past that many callers
+// seen, the table starts afresh.
+const maxRateCallers = 4096
+
+// rateLimiter gives each caller a token bucket: rate probes a second on
+// average, burst at once. It implements go-grpc-middleware's
+// ratelimit.Limiter.
+type rateLimiter struct {
+	rate    rate.Limit
+	burst   int
+	metrics *metrics
+
+	mu      sync.Mutex
+	callers map[string]*rate.Limiter
+}
+
+func newRateLimiter(perSecond float64, burst int, m *metrics) *rateLimiter {
+	return &rateLimiter{rate: rate.Limit(perSecond), burst: burst, metrics: m, callers: map[string]*rate.Limiter{}}
+}
+
+// Limit implements ratelimit.Limiter.
+func (r *rateLimiter) Limit(ctx context.Context) error {
+	key := callerKey(ctx)
+	r.mu.Lock()
+	lim, ok := r.callers[key]
+	if !ok {
+		if len(r.callers) >= maxRateCallers {
+			clear(r.callers)
+		}
+		lim = rate.NewLimiter(r.rate, r.burst)
+		r.callers[key] = lim
+	}
+	r.mu.Unlock()
+	if !lim.Allow() {
+		r.metrics.limitRefusals.WithLabelValues("rate").Inc()
+		return status.Errorf(codes.ResourceExhausted, "%s is over its rate of %g probes a second (burst %d)", key, float64(r.rate), r.burst)
+	}
+	return nil
+}

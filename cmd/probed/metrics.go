@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc/peer"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/service"
+)
+
+// metrics are the probe metrics; the gRPC server's own come from
+// go-grpc-middleware's Prometheus provider.
+type metrics struct {
+	probes         *prometheus.CounterVec
+	phases         *prometheus.HistogramVec
+	bytes          *prometheus.CounterVec
+	inFlight       prometheus.Gauge
+	policyRefusals *prometheus.CounterVec
+	limitRefusals  *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netprobe_probes_total",
+			Help: "Probes that ended, by method and outcome (ok, failed, denied, abandoned), with the failed stage and reason.",
+		}, []string{"method", "outcome", "stage", "reason"}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "netprobe_probe_phase_seconds",
+			Help:    "How long each phase of a probe took: resolve, connect, first_byte (from the start) and total.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"method", "phase"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netprobe_fetch_bytes_total",
+			Help: "Bytes Fetch probes sent to and received from targets.",
+		}, []string{"direction"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "netprobe_probes_in_flight",
+			Help: "Probes running now.",
+		}),
+		policyRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netprobe_policy_refusals_total",
+			Help: "Addresses the target policy refused, by rule.",
+		}, []string{"rule"}),
+		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netprobe_limit_refusals_total",
+			Help: "Calls refused with RESOURCE_EXHAUSTED, by limit (in_flight, in_flight_per_caller, rate).",
+		}, []string{"limit"}),
+	}
+	reg.MustRegister(m.probes, m.phases, m.bytes, m.inFlight, m.policyRefusals, m.limitRefusals,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe records a probe that ended: one audit line and the metrics.
+func observe(logger *slog.Logger, m *metrics) func(context.Context, service.Report) {
+	return func(ctx context.Context, r service.Report) {
+		outcome, stage, reason := "ok", "", ""
+		switch e := r.Error; {
+		case r.Abandoned:
+			outcome = "abandoned"
+		case e.GetStage() == netprobev1.Stage_STAGE_POLICY:
+			outcome = "denied"
+			m.policyRefusals.WithLabelValues(e.GetRule()).Inc()
+		case e != nil:
+			outcome = "failed"
+		}
+		if e := r.Error; e != nil {
+			stage, reason = e.GetStage().String(), e.GetReason().String()
+		}
+		m.probes.WithLabelValues(r.Method, outcome, stage, reason).Inc()
+		c := r.Connect
+		if c.GetResolveDuration() != nil {
+			m.phases.WithLabelValues(r.Method, "resolve").Observe(c.GetResolveDuration().AsDuration().Seconds())
+		}
+		if c.GetPeerAddress() != "" {
+			m.phases.WithLabelValues(r.Method, "connect").Observe(c.GetConnectDuration().AsDuration().Seconds())
+		}
+		total := c.GetTotalDuration()
+		if s := r.Summary; s != nil {
+			m.bytes.WithLabelValues("sent").Add(float64(s.GetBytesSent()))
+			m.bytes.WithLabelValues("received").Add(float64(s.GetBytesReceived()))
+			if s.GetTimeToFirstByte() != nil {
+				m.phases.WithLabelValues(r.Method, "first_byte").Observe(s.GetTimeToFirstByte().AsDuration().Seconds())
+			}
+			if s.GetTotalDuration() != nil {
+				total = s.GetTotalDuration()
+			}
+		}
+		m.phases.WithLabelValues(r.Method, "total").Observe(total.AsDuration().Seconds())
+
+		attrs := []any{
+			"method", r.Method,
+			"caller", service.CallerFrom(ctx),
+			"target", targetText(r.Target),
+			"outcome", outcome,
+			"duration", total.AsDuration(),
+		}
+		if p, ok := peer.FromContext(ctx); ok {
+			attrs = append(attrs, "peer", p.Addr.String())
+		}
+		if c.GetPeerAddress() != "" {
+			attrs = append(attrs, "connected_to", c.GetPeerAddress())
+		}
+		if e := r.Error; e != nil {
+			attrs = append(attrs, "stage", stage, "reason", reason, "errno", e.GetErrno(), "address", e.GetAddress())
+			if e.GetRule() != "" {
+				attrs = append(attrs, "rule", e.GetRule())
+			}
+		}
+		logger.InfoContext(ctx, "probe", attrs...)
+	}
+}
+
+// targetText is a target as "network host:port" (or host:service).
+func targetText(t *netprobev1.Target) string {
+	port := t.GetService()
+	if port == "" {
+		port = strconv.FormatUint(uint64(t.GetPort()), 10)
+	}
+	network := "tcp"
+	if t.GetNetwork() == netprobev1.Network_NETWORK_UDP {
+		network = "udp"
+	}
+	return network + " " + net.JoinHostPort(t.GetHost(), port)
+}
