@@ -3,15 +3,10 @@ package client_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
 	"strings"
@@ -486,7 +481,8 @@ func TestHealth(t *testing.T) {
 // TLS and a bearer token.
 func TestDialTLSAndToken(t *testing.T) {
 	t.Parallel()
-	cert, roots := selfSigned(t)
+	ca := probetest.NewCA(t)
+	cert := ca.Issue(t, "probed", true)
 	const token = "s3cret"
 	auth := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
@@ -499,7 +495,7 @@ func TestDialTLSAndToken(t *testing.T) {
 		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
 		grpc.UnaryInterceptor(auth),
 	))
-	tlsConfig := &tls.Config{RootCAs: roots}
+	tlsConfig := &tls.Config{RootCAs: ca.Pool}
 
 	tests := []struct {
 		name string
@@ -529,32 +525,4 @@ func TestDialTLSAndToken(t *testing.T) {
 		c.Close()
 		t.Error("Dial with a token but no TLS succeeded; the token would go out in the clear")
 	}
-}
-
-// selfSigned makes a certificate for 127.0.0.1 and a pool that trusts it.
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(parsed)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -31,10 +32,13 @@ func callerKey(ctx context.Context) string {
 
 // inFlight caps the probes running at once, server-wide and per caller.
 // Over either cap a call fails at once with RESOURCE_EXHAUSTED: queueing
-// would let one caller's backlog delay everyone.
+// would let one caller's backlog delay everyone. Once draining, it refuses
+// every new probe with UNAVAILABLE.
 type inFlight struct {
 	max, perCaller int
 	metrics        *metrics
+	// draining refuses every new probe once shutdown has begun.
+	draining atomic.Bool
 
 	mu       sync.Mutex
 	total    int
@@ -46,6 +50,9 @@ func newInFlight(max, perCaller int, m *metrics) *inFlight {
 }
 
 func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
+	if l.draining.Load() {
+		return nil, status.Error(codes.Unavailable, "the server is shutting down")
+	}
 	key := callerKey(ctx)
 	l.mu.Lock()
 	defer l.mu.Unlock()

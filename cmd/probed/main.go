@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -128,14 +129,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	} else if cfg.TLSClientCA != "" {
 		return errors.New("--tls-client-ca needs --tls-cert and --tls-key")
 	}
+	if cert == nil && !cfg.Plaintext && !isLocal(cfg.Listen) {
+		return fmt.Errorf("refusing to serve plaintext on %s: give --tls-cert and --tls-key, or --plaintext to accept it", cfg.Listen)
+	}
 	lis, err := listen(cfg.Listen)
 	if err != nil {
 		return err
 	}
 	defer lis.Close()
-	if cert == nil && !cfg.Plaintext && !isLocal(lis.Addr()) {
-		return fmt.Errorf("refusing to serve plaintext on %s: give --tls-cert and --tls-key, or --plaintext to accept it", lis.Addr())
-	}
 
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
@@ -168,7 +169,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 
-	gs := grpc.NewServer(serverOptions(cfg, logger, toks, creds, m, grpcMetrics)...)
+	inflight := newInFlight(cfg.MaxInFlight, cfg.MaxPerCaller, m)
+	gs := grpc.NewServer(serverOptions(cfg, logger, toks, creds, m, grpcMetrics, inflight)...)
 	netprobev1.RegisterProbeServiceServer(gs, srv)
 	hs := &drainingHealth{Server: health.NewServer()}
 	healthpb.RegisterHealthServer(gs, hs)
@@ -204,7 +206,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	case <-ctx.Done():
 	}
 	logger.Info("draining", "grace", cfg.ShutdownGrace)
-	// Health first, so load balancers stop sending before calls are refused.
+	// New probes are refused from now on; health tells load balancers so,
+	// and then the server stops taking calls at all.
+	inflight.draining.Store(true)
 	hs.drain()
 	stopped := make(chan struct{})
 	go func() {
@@ -233,7 +237,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 // gRPC metrics, authentication (not for health checks), the rate and
 // in-flight limits (for probes only), and recovery last, nearest the
 // handler.
-func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credentials.TransportCredentials, m *metrics, grpcMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credentials.TransportCredentials, m *metrics, grpcMetrics *grpcprom.ServerMetrics, inflight *inFlight) []grpc.ServerOption {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		// A successful probe has its own audit line; the call's is debug.
@@ -256,7 +260,6 @@ func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credenti
 	})
 	authn := authenticate(toks)
 	rates := newRateLimiter(cfg.Rate, cfg.Burst, m)
-	inflight := newInFlight(cfg.MaxInFlight, cfg.MaxPerCaller, m)
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(interceptorLogger(logger), logOpts...),
@@ -284,11 +287,18 @@ func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credenti
 	return opts
 }
 
-// isLocal reports whether addr can be reached only from this machine: a
-// Unix socket or a loopback address.
-func isLocal(addr net.Addr) bool {
-	tcp, ok := addr.(*net.TCPAddr)
-	return !ok || tcp.IP.IsLoopback()
+// isLocal reports whether a --listen address can be reached only from this
+// machine: a Unix socket, localhost or a loopback address.
+func isLocal(listen string) bool {
+	if strings.HasPrefix(listen, "unix:") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return host == "localhost" || (err == nil && ip.IsLoopback())
 }
 
 // reloadOnHUP reloads the certificate on each SIGHUP until ctx ends.

@@ -79,7 +79,8 @@ func observe(logger *slog.Logger, m *metrics) func(context.Context, service.Repo
 		if c.GetResolveDuration() != nil {
 			m.phases.WithLabelValues(r.Method, "resolve").Observe(c.GetResolveDuration().AsDuration().Seconds())
 		}
-		if c.GetPeerAddress() != "" {
+		// A refused target has no connect phase to speak of.
+		if c.GetConnectDuration() != nil && outcome != "denied" {
 			m.phases.WithLabelValues(r.Method, "connect").Observe(c.GetConnectDuration().AsDuration().Seconds())
 		}
 		total := c.GetTotalDuration()
