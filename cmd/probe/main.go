@@ -6,6 +6,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +47,11 @@ type app struct {
 	dnsServer string
 	timeout   time.Duration
 	output    string
+	tls       bool
+	caFile    string
+	certFile  string
+	keyFile   string
+	token     string
 
 	// ran is set once a command's own code starts: an error before that
 	// came from the command line itself.
@@ -58,6 +65,11 @@ var envFlags = map[string]string{
 	"dns-server": "NETPROBE_DNS_SERVER",
 	"timeout":    "NETPROBE_TIMEOUT",
 	"output":     "NETPROBE_OUTPUT",
+	"tls":        "NETPROBE_TLS",
+	"ca-file":    "NETPROBE_CA_FILE",
+	"cert-file":  "NETPROBE_CERT_FILE",
+	"key-file":   "NETPROBE_KEY_FILE",
+	"token":      "NETPROBE_TOKEN",
 }
 
 const rootLong = `probe asks a netprobe server to open a connection somewhere, exchange a few
@@ -136,6 +148,11 @@ func (a *app) rootCommand() *cobra.Command {
 	pf.StringVar(&a.dnsServer, "dns-server", "", "in-process only: send DNS queries to this host:port instead of /etc/resolv.conf's servers (env NETPROBE_DNS_SERVER)")
 	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time the probe may take, all stages together (env NETPROBE_TIMEOUT)")
 	pf.StringVarP(&a.output, "output", "o", "text", "output format: text (a line per event) or json (protojson, an object per line) (env NETPROBE_OUTPUT)")
+	pf.BoolVar(&a.tls, "tls", false, "talk TLS to the --server (implied by --ca-file, --cert-file and --token) (env NETPROBE_TLS)")
+	pf.StringVar(&a.caFile, "ca-file", "", "trust the --server's certificate if these CAs (PEM) signed it, instead of the system's (env NETPROBE_CA_FILE)")
+	pf.StringVar(&a.certFile, "cert-file", "", "client certificate (PEM) for a --server that wants mutual TLS (env NETPROBE_CERT_FILE)")
+	pf.StringVar(&a.keyFile, "key-file", "", "private key (PEM) of --cert-file (env NETPROBE_KEY_FILE)")
+	pf.StringVar(&a.token, "token", "", "bearer token for the --server; sent only over TLS (env NETPROBE_TOKEN)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.connectCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand())
 	return root
@@ -160,6 +177,12 @@ func (a *app) readEnv(flags *pflag.FlagSet) error {
 	}
 	if a.server != "" && a.dnsServer != "" {
 		return errors.New("--dns-server applies only to the in-process service; the server given with --server uses its own")
+	}
+	if a.server == "" && (a.tls || a.caFile != "" || a.certFile != "" || a.keyFile != "" || a.token != "") {
+		return errors.New("--tls, --ca-file, --cert-file, --key-file and --token are for a --server; the in-process service needs none")
+	}
+	if (a.certFile == "") != (a.keyFile == "") {
+		return errors.New("--cert-file and --key-file go together")
 	}
 	if a.timeout <= 0 {
 		return fmt.Errorf("--timeout %v: must be positive", a.timeout)
@@ -190,11 +213,45 @@ func (a *app) dial() (*client.Client, func(), error) {
 	if a.server == "" {
 		return inProcess(a.dnsServer)
 	}
-	c, err := client.Dial(a.server)
+	opts, err := a.dialOptions()
+	if err != nil {
+		return nil, nil, usageError{err}
+	}
+	c, err := client.Dial(a.server, opts...)
 	if err != nil {
 		return nil, nil, usageError{err}
 	}
 	return c, func() { c.Close() }, nil
+}
+
+// dialOptions turns the TLS and token flags into the client's options.
+func (a *app) dialOptions() ([]client.DialOption, error) {
+	if !a.tls && a.caFile == "" && a.certFile == "" && a.token == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{}
+	if a.caFile != "" {
+		pem, err := os.ReadFile(a.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file: no certificate in %s", a.caFile)
+		}
+	}
+	if a.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(a.certFile, a.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cert-file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	opts := []client.DialOption{client.WithTLS(cfg)}
+	if a.token != "" {
+		opts = append(opts, client.WithBearerToken(a.token))
+	}
+	return opts, nil
 }
 
 func (a *app) serverName() string {

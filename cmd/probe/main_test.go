@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -417,6 +418,41 @@ func TestServerErrors(t *testing.T) {
 	want := "probe: probe server " + srv.Addr + ": PermissionDenied: not for you\n"
 	if r.code != exitRejected || r.stderr != want {
 		t.Errorf("a refused call: exit %d, stderr %q; want %d, %q", r.code, r.stderr, exitRejected, want)
+	}
+}
+
+// TestTLSAndToken asks a probed that wants TLS and a bearer token.
+func TestTLSAndToken(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := probetest.NewCA(t)
+	certFile, keyFile := probetest.WriteFiles(t, dir, ca.Issue(t, "probed", true))
+	caFile := filepath.Join(dir, "ca.pem")
+	tokens := filepath.Join(dir, "tokens")
+	const token = "cli-0123456789abcdef"
+	for path, text := range map[string]string{caFile: string(ca.PEM), tokens: "cli " + token + "\n"} {
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--tls-cert="+certFile, "--tls-key="+keyFile, "--tokens-file="+tokens))
+	env := map[string]string{"NETPROBE_SERVER": p.Addr, "NETPROBE_CA_FILE": caFile}
+
+	r := probe(probetest.Context(t), env, "resolve", "--token", token, "https")
+	if r.code != exitOK || r.stdout == "" {
+		t.Errorf("with the token: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = probe(probetest.Context(t), env, "resolve", "https")
+	if r.code != exitRejected || !strings.Contains(r.stderr, "Unauthenticated") {
+		t.Errorf("without the token: exit %d, stderr %q; want %d and Unauthenticated", r.code, r.stderr, exitRejected)
+	}
+	r = probe(probetest.Context(t), env, "health")
+	if r.code != exitOK || r.stdout != "SERVING\n" {
+		t.Errorf("health without the token: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = probe(probetest.Context(t), nil, "health", "--token", token)
+	if r.code != exitUsage || !strings.HasPrefix(r.stderr, "probe: --tls, --ca-file, --cert-file, --key-file and --token are for a --server") {
+		t.Errorf("a token in-process: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 
