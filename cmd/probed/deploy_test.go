@@ -124,8 +124,8 @@ func TestAuth(t *testing.T) {
 	})
 }
 
-// TestTLSReload swaps the certificate files and sends SIGHUP: new
-// connections get the new certificate without a restart.
+// TestTLSReload swaps the certificate files, with SIGHUP and then without:
+// new connections get the new certificate without a restart.
 func TestTLSReload(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -158,6 +158,17 @@ func TestTLSReload(t *testing.T) {
 	}
 	if err := health(oldCA); status.Code(err) != codes.Unavailable {
 		t.Errorf("the old certificate's CA still works: %v", err)
+	}
+
+	// Without a signal, the files' change alone is noticed on a handshake
+	// (at most once a second).
+	thirdCA := probetest.NewCA(t)
+	probetest.WriteFiles(t, dir, thirdCA.Issue(t, "probed", true))
+	for health(thirdCA) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the changed files were never served")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
