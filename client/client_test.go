@@ -48,7 +48,7 @@ func TestConnect(t *testing.T) {
 	var accepted net.Conn
 	select {
 	case accepted = <-tg.Accepted:
-	default:
+	case <-time.After(probetest.Timeout):
 		t.Fatal("the target accepted nothing")
 	}
 	if got, want := res.RemoteAddr.String(), tg.Addr(); got != want {
