@@ -32,13 +32,28 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 		resp.TotalDuration = durationpb.New(time.Since(start))
 	}
 	s.observe(ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error})
-	if err := ctx.Err(); err != nil {
-		return nil, status.FromContextError(err).Err()
+	if err := callerGone(ctx); err != nil {
+		return nil, err
 	}
 	if err := refused(resp.Error); err != nil {
 		return nil, err
 	}
 	return resp, nil
+}
+
+// callerGone returns the status for a caller who cancelled or whose
+// deadline has passed, or nil. The deadline is read off the clock as well as
+// ctx.Err: a dial that ran into the caller's deadline can return a moment
+// before the context's own timer marks it done, and that is still the
+// caller's deadline, not the probe's timeout.
+func callerGone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+	}
+	return nil
 }
 
 // refused turns a probe that the target policy refused outright into

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -52,8 +51,8 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 	}
 	report := Report{Method: "Fetch", Target: req.GetTarget(), Connect: cresp, Error: cresp.Error}
 	defer func() { s.observe(ctx, report) }()
-	if err := ctx.Err(); err != nil {
-		return status.FromContextError(err).Err()
+	if err := callerGone(ctx); err != nil {
+		return err
 	}
 	if err := refused(cresp.Error); err != nil {
 		return err
@@ -71,8 +70,8 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 		if err := f.exchange(); err != nil {
 			return err
 		}
-		if err := ctx.Err(); err != nil {
-			return status.FromContextError(err).Err()
+		if err := callerGone(ctx); err != nil {
+			return err
 		}
 	}
 	if sum.Error != nil {

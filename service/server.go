@@ -61,7 +61,7 @@ type Report struct {
 
 func (s *Server) observe(ctx context.Context, r Report) {
 	if s.cfg.Observe != nil {
-		r.Abandoned = ctx.Err() != nil
+		r.Abandoned = callerGone(ctx) != nil
 		s.cfg.Observe(ctx, r)
 	}
 }
