@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -20,63 +18,16 @@ import (
 	"github.com/netprobe/netprobe/internal/probetest"
 )
 
-// blackhole returns the port of a listener on ip (127.0.0.1 or ::1) whose
-// accept queue is full, so the kernel drops further SYNs and a connect times
-// out without any packet leaving loopback.
+// blackhole returns the port of a probetest.Blackhole on ip for the length
+// of the test.
 func blackhole(t *testing.T, ip string) uint32 {
 	t.Helper()
-	addr := netip.MustParseAddr(ip)
-	var sa unix.Sockaddr
-	family := unix.AF_INET
-	if addr.Is4() {
-		sa = &unix.SockaddrInet4{Addr: addr.As4()}
-	} else {
-		sa, family = &unix.SockaddrInet6{Addr: addr.As16()}, unix.AF_INET6
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	port, closeFn, err := probetest.Blackhole(netip.MustParseAddr(ip))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, sa); err != nil {
-		t.Fatal(err)
-	}
-	// A backlog of 0 lets one connection wait in the accept queue.
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	bound, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var port int
-	switch b := bound.(type) {
-	case *unix.SockaddrInet4:
-		port = b.Port
-	case *unix.SockaddrInet6:
-		port = b.Port
-	}
-	filler, err := net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), probetest.Timeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	// For a listener, TCP_INFO reports the accept queue's length in unacked
-	// and its limit in sacked: wait for the kernel to count it full.
-	deadline := time.Now().Add(probetest.Timeout)
-	for {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.Unacked > info.Sacked {
-			return uint32(port)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("accept queue not full after %v: %d of %d", probetest.Timeout, info.Unacked, info.Sacked)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	t.Cleanup(closeFn)
+	return uint32(port)
 }
 
 // wantError is what a test expects of a ProbeError; nil means success.

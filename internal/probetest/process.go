@@ -3,6 +3,7 @@ package probetest
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -36,30 +37,28 @@ type Probed struct {
 	Addr, MetricsAddr string
 	// Exited receives the process's exit error (nil for status 0).
 	Exited chan error
+	done   chan struct{}
 }
 
-// StartProbed runs cmd (probed, maybe inside a namespace) with JSON logs and
-// its metrics on a port of its own (unless cmd sets --metrics-addr), and
-// waits for its "serving" line. The process is killed, and waited for, if
-// the test leaves it running.
-func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
-	t.Helper()
+// Launch runs cmd (probed, maybe inside a namespace) with JSON logs and its
+// metrics on a port of its own (unless cmd sets --metrics-addr), and waits
+// for its "serving" line. Its log is read and dropped.
+func Launch(cmd *exec.Cmd) (*Probed, error) {
 	cmd.Args = append(cmd.Args, "--log-format=json")
 	if !slices.ContainsFunc(cmd.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-addr") }) {
 		cmd.Args = append(cmd.Args, "--metrics-addr=127.0.0.1:0")
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	p := &Probed{Cmd: cmd, Exited: make(chan error, 1)}
-	serving := make(chan string, 1)
-	done := make(chan struct{})
+	p := &Probed{Cmd: cmd, Exited: make(chan error, 1), done: make(chan struct{})}
+	serving := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(p.done)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			var line struct {
@@ -67,24 +66,40 @@ func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
 				MetricsAddr string `json:"metrics_addr"`
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
-				p.MetricsAddr = line.MetricsAddr
-				serving <- line.Addr
+				p.Addr, p.MetricsAddr = line.Addr, line.MetricsAddr
+				close(serving)
+				break
 			}
 		}
 		io.Copy(io.Discard, stderr)
 		p.Exited <- cmd.Wait()
 	}()
-	// A probed left running would keep its network namespace alive.
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-	})
 	select {
-	case p.Addr = <-serving:
-	case err := <-p.Exited:
-		t.Fatalf("probed exited before serving: %v", err)
+	case <-serving:
+		return p, nil
+	case <-p.done:
+		return nil, fmt.Errorf("probed exited before serving: %w", <-p.Exited)
 	case <-time.After(Timeout):
-		t.Fatal("probed did not start serving")
+		p.Stop()
+		return nil, errors.New("probed did not start serving")
 	}
+}
+
+// Stop kills the process and waits for it to end.
+func (p *Probed) Stop() {
+	p.Cmd.Process.Kill()
+	<-p.done
+}
+
+// StartProbed launches probed as Launch does, for the length of the test:
+// it is killed, and waited for, if the test leaves it running, since a
+// probed left running would keep its network namespace alive.
+func StartProbed(t testing.TB, cmd *exec.Cmd) *Probed {
+	t.Helper()
+	p, err := Launch(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
 	return p
 }

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/netprobe/netprobe/client"
+)
+
+// benchConnect compares Connect probes with a bare dial+close loop against
+// the same target, at 1, 16 and 64 in flight, and counts the server's
+// allocations per probe.
+func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	go acceptAndClose(ln)
+	target := ln.Addr().String()
+	s, err := startProbed(bin)
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+
+	bare := func(ctx context.Context) error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", target)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	probe := func(ctx context.Context) error {
+		_, err := s.client.Connect(ctx, "tcp", target, client.ConnectOptions{Timeout: 5 * time.Second})
+		return err
+	}
+	// Warm both paths up.
+	if _, _, err := loop(ctx, 4, 200*time.Millisecond, probe); err != nil {
+		return nil, fmt.Errorf("connect probes: %w", err)
+	}
+	if _, _, err := loop(ctx, 4, 200*time.Millisecond, bare); err != nil {
+		return nil, fmt.Errorf("bare dial: %w", err)
+	}
+
+	var rows []row
+	for _, workers := range []int{1, 16, 64} {
+		before, err := s.metrics(ctx)
+		if err != nil {
+			return nil, err
+		}
+		pRate, pLat, err := loop(ctx, workers, o.duration, probe)
+		if err != nil {
+			return nil, fmt.Errorf("connect probes: %w", err)
+		}
+		after, err := s.metrics(ctx)
+		if err != nil {
+			return nil, err
+		}
+		bRate, bLat, err := loop(ctx, workers, o.duration, bare)
+		if err != nil {
+			return nil, fmt.Errorf("bare dial: %w", err)
+		}
+		target := ""
+		if workers == 64 {
+			target = "target >= 0.70"
+		}
+		rows = append(rows,
+			row{fmt.Sprintf("Connect/s, %d in flight", workers), fmt.Sprintf("%.0f", pRate), fmt.Sprintf("%.0f", bRate), ratio(pRate, bRate), target},
+			row{fmt.Sprintf("  p50 latency, %d in flight", workers), us(percentile(pLat, 0.5)), us(percentile(bLat, 0.5)), ratio(float64(percentile(pLat, 0.5)), float64(percentile(bLat, 0.5))), map[bool]string{true: "target <= 5"}[workers == 1]},
+			row{fmt.Sprintf("  p99 latency, %d in flight", workers), us(percentile(pLat, 0.99)), us(percentile(bLat, 0.99)), ratio(float64(percentile(pLat, 0.99)), float64(percentile(bLat, 0.99))), ""},
+		)
+		if workers == 64 {
+			probes := after["netprobe_probes_total"] - before["netprobe_probes_total"]
+			allocs := (after["go_memstats_mallocs_total"] - before["go_memstats_mallocs_total"]) / probes
+			bytes := (after["go_memstats_alloc_bytes_total"] - before["go_memstats_alloc_bytes_total"]) / probes
+			cpu := (after["process_cpu_seconds_total"] - before["process_cpu_seconds_total"]) / probes
+			rows = append(rows,
+				row{"  probed allocs per Connect", fmt.Sprintf("%.0f (%.1f KiB)", allocs, bytes/1024), "", "", "server side, metrics included"},
+				row{"  probed CPU per Connect", us(time.Duration(cpu * float64(time.Second))), "", "", ""},
+			)
+		}
+	}
+	return rows, nil
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// benchInflight holds o.inflight Connect probes open against a target that
+// never completes the handshake, then o.inflight idle Fetch streams against
+// one that never sends, each in a fresh probed; it reports probed's memory,
+// goroutines and descriptors during, and after cancelling them.
+func benchInflight(ctx context.Context, bin string, o options) ([]row, error) {
+	port, release, err := probetest.Blackhole(netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	connectRows, err := holdMany(ctx, bin, o.inflight, "Connect", 160, func(ctx context.Context, c *client.Client) error {
+		_, err := c.Connect(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port), client.ConnectOptions{Timeout: time.Minute})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	hold, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	var held []net.Conn
+	var heldMu sync.Mutex
+	go func() {
+		for {
+			c, err := hold.Accept()
+			if err != nil {
+				return
+			}
+			heldMu.Lock()
+			held = append(held, c)
+			heldMu.Unlock()
+		}
+	}()
+	defer func() {
+		hold.Close()
+		heldMu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		heldMu.Unlock()
+	}()
+	fetchRows, err := holdMany(ctx, bin, o.inflight, "idle Fetch", 200, func(ctx context.Context, c *client.Client) error {
+		f, err := c.Fetch(ctx, "tcp", hold.Addr().String(), client.FetchOptions{KeepWriteOpen: true, Timeout: time.Minute})
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.Next()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return append(connectRows, fetchRows...), nil
+}
+
+// holdMany runs n probes at once through a fresh probed until all are in
+// flight, measures, cancels them all, and measures again.
+func holdMany(ctx context.Context, bin string, n int, what string, targetMiB int64, probe func(context.Context, *client.Client) error) ([]row, error) {
+	s, err := startProbed(bin)
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	if _, err := s.client.Health(ctx); err != nil {
+		return nil, err
+	}
+	base, err := s.stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			if err := probe(pctx, s.client); err != nil && pctx.Err() == nil {
+				errs <- err
+			}
+		})
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		m, err := s.metrics(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if int(m["netprobe_probes_in_flight"]) >= n {
+			break
+		}
+		select {
+		case err := <-errs:
+			return nil, fmt.Errorf("%s: %w", what, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s: only %.0f of %d in flight after a minute", what, m["netprobe_probes_in_flight"], n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	during, err := s.stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	cancelled := time.Now()
+	cancel()
+	wg.Wait()
+	var after stats
+	settled := time.Duration(-1)
+	for time.Since(cancelled) < 5*time.Second {
+		if after, err = s.stats(ctx); err != nil {
+			return nil, err
+		}
+		if after.fds <= base.fds && after.goroutines <= base.goroutines {
+			settled = time.Since(cancelled)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	back := fmt.Sprintf("back to baseline %v after cancelling", settled.Round(time.Millisecond))
+	if settled < 0 {
+		back = "NOT back to baseline 5s after cancelling"
+	}
+	perProbe := float64(during.rssKiB-base.rssKiB) / float64(n)
+	return []row{
+		{fmt.Sprintf("%d %s in flight: probed peak RSS", n, what), fmt.Sprintf("%d MiB", during.peakKiB>>10), fmt.Sprintf("%d MiB idle", base.rssKiB>>10), "", fmt.Sprintf("%.1f KiB per probe; target <= %d MiB", perProbe, targetMiB)},
+		{"  Go stacks, heap in use while held", fmt.Sprintf("%.0f MiB, %.0f MiB", during.stackMiB, during.heapMiB), "", "", ""},
+		{"  goroutines: idle, held, after", fmt.Sprintf("%.0f, %.0f, %.0f", base.goroutines, during.goroutines, after.goroutines), "", "", back},
+		{"  open fds: idle, held, after", fmt.Sprintf("%d, %d, %d", base.fds, during.fds, after.fds), "", "", ""},
+	}, nil
+}

@@ -1,0 +1,185 @@
+// Command bench measures netprobe against the raw-socket baseline in one
+// run, side by side, and prints each figure with its baseline and ratio:
+//
+//	go run ./bench
+//
+// It builds probed, runs it on loopback, and measures: Connect probes per
+// second and latency against a bare dial+close loop; Fetch throughput
+// against a bare user-space relay; memory, goroutines and descriptors with
+// 10,000 probes in flight, and after they are cancelled; and the server's
+// allocations per Connect. It exits non-zero if a figure cannot be
+// measured. It is not a gate on speed: machines differ.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+)
+
+type options struct {
+	duration time.Duration
+	fetch    int64
+	inflight int
+	only     string
+}
+
+func main() {
+	var o options
+	flag.DurationVar(&o.duration, "duration", 3*time.Second, "how long each rate is measured")
+	flag.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
+	flag.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
+	flag.StringVar(&o.only, "only", "", "run only this part: connect, fetch or inflight")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, o, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// row is one line of the report.
+type row struct {
+	figure, netprobe, baseline, ratio, note string
+}
+
+func run(ctx context.Context, o options, out io.Writer) error {
+	dir, err := os.MkdirTemp("", "netprobe-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "probed")
+	if b, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/netprobe/netprobe/cmd/probed").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build probed: %w\n%s", err, b)
+	}
+	fmt.Fprintf(out, "netprobe bench: %s, %d CPUs, %s/%s, probed and the load in one process tree over loopback\n\n",
+		runtime.Version(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+
+	var rows []row
+	for _, step := range []struct {
+		name string
+		run  func(context.Context, string, options) ([]row, error)
+	}{
+		{"connect", benchConnect}, {"fetch", benchFetch}, {"inflight", benchInflight},
+	} {
+		if o.only != "" && o.only != step.name {
+			continue
+		}
+		r, err := step.run(ctx, bin, o)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, r...)
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "figure\tnetprobe\tbaseline\tratio\tnote")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.figure, r.netprobe, r.baseline, r.ratio, r.note)
+	}
+	return tw.Flush()
+}
+
+// acceptAndClose is a target that accepts connections and closes them.
+func acceptAndClose(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
+// loop runs op from workers goroutines for d and returns the rate and the
+// sorted latencies. Operations are not cut short: each worker stops
+// starting new ones once d has passed.
+func loop(ctx context.Context, workers int, d time.Duration, op func(context.Context) error) (float64, []time.Duration, error) {
+	var (
+		mu        sync.Mutex
+		latencies []time.Duration
+		firstErr  error
+		wg        sync.WaitGroup
+	)
+	start := time.Now()
+	end := start.Add(d)
+	for range workers {
+		wg.Go(func() {
+			var mine []time.Duration
+			for ctx.Err() == nil && time.Now().Before(end) {
+				t := time.Now()
+				if err := op(ctx); err != nil {
+					mu.Lock()
+					firstErr = cmpErr(firstErr, err)
+					mu.Unlock()
+					break
+				}
+				mine = append(mine, time.Since(t))
+			}
+			mu.Lock()
+			latencies = append(latencies, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return 0, nil, firstErr
+	}
+	if len(latencies) == 0 {
+		return 0, nil, errors.New("no operation completed")
+	}
+	slices.Sort(latencies)
+	return float64(len(latencies)) / elapsed.Seconds(), latencies, nil
+}
+
+func cmpErr(have, err error) error {
+	if have != nil {
+		return have
+	}
+	return err
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
+}
+
+func ratio(a, b float64) string { return fmt.Sprintf("%.2f", a/b) }
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+
+// counter counts bytes written to it.
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func mib(bytes int64, d time.Duration) float64 { return float64(bytes) / (1 << 20) / d.Seconds() }
+
+func joinNonEmpty(parts ...string) string {
+	var out []string
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, "; ")
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// server is a probed under measurement, and a client of it.
+type server struct {
+	*probetest.Probed
+	client *client.Client
+}
+
+// startProbed runs probed with its limits raised out of the way of the
+// load (the defaults would rightly refuse one caller this much), and its
+// default logging: one audit line per probe.
+func startProbed(bin string, extra ...string) (*server, error) {
+	args := append([]string{"--listen=127.0.0.1:0",
+		"--rate=1e9", "--burst=1000000000",
+		"--max-in-flight=1000000", "--max-in-flight-per-caller=1000000",
+	}, extra...)
+	p, err := probetest.Launch(exec.Command(bin, args...))
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.Dial(p.Addr)
+	if err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return &server{Probed: p, client: c}, nil
+}
+
+func (s *server) stop() {
+	s.client.Close()
+	s.Stop()
+}
+
+// stats is what the process holds at one moment.
+type stats struct {
+	rssKiB, peakKiB int64
+	fds             int
+	goroutines      float64
+	// stackMiB and heapMiB are the Go runtime's own accounts.
+	stackMiB, heapMiB float64
+}
+
+func (s *server) stats(ctx context.Context) (stats, error) {
+	var st stats
+	// Scrape first: the scrape's own connection stays open, and should
+	// count in every reading alike.
+	m, err := s.metrics(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.goroutines = m["go_goroutines"]
+	st.stackMiB = m["go_memstats_stack_inuse_bytes"] / (1 << 20)
+	st.heapMiB = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.Cmd.Process.Pid))
+	if err != nil {
+		return st, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "VmRSS:":
+			st.rssKiB, _ = strconv.ParseInt(f[1], 10, 64)
+		case "VmHWM:":
+			st.peakKiB, _ = strconv.ParseInt(f[1], 10, 64)
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", s.Cmd.Process.Pid))
+	if err != nil {
+		return st, err
+	}
+	st.fds = len(fds)
+	return st, nil
+}
+
+// metrics scrapes probed and sums each family's series.
+func (s *server) metrics(ctx context.Context) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.Counter != nil:
+				out[name] += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[name] += m.GetGauge().GetValue()
+			case m.Untyped != nil:
+				out[name] += m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return out, nil
+}
