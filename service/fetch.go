@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,12 +20,30 @@ import (
 )
 
 const (
-	// streamChunkBytes is the read size for TCP raw framing, and the line
-	// length past which FRAMING_LINES splits a line.
-	streamChunkBytes = 32 << 10
+	// rawChunkBytes is the read size for TCP raw framing. Large chunks
+	// relay fastest (bench: 256 KiB moves about 1.5x the bytes per second
+	// of 32 KiB, whose messages, a few bytes over 32 KiB, also spill into
+	// gRPC's next buffer-pool class).
+	rawChunkBytes = 256 << 10
+	// lineBytes is the line length past which FRAMING_LINES splits a line.
+	lineBytes = 32 << 10
 	// datagramBytes holds the largest UDP payload.
 	datagramBytes = 64 << 10
 )
+
+// Read buffers are taken from pools only once data is waiting, and given
+// back after each message is sent, so an idle Fetch holds none.
+var (
+	rawBuffers      = bufferPool(rawChunkBytes)
+	datagramBuffers = bufferPool(datagramBytes)
+)
+
+func bufferPool(size int) *sync.Pool {
+	return &sync.Pool{New: func() any {
+		b := make([]byte, size)
+		return &b
+	}}
+}
 
 // Fetch implements netprobev1.ProbeServiceServer.
 func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
@@ -125,10 +144,13 @@ func (f *fetch) exchange() error {
 // receive streams what the peer sends until end of stream, the byte cap or
 // a timeout.
 func (f *fetch) receive() error {
+	// next returns the next chunk; release gives its buffer back once the
+	// chunk has been sent.
 	var next func() ([]byte, error)
+	release := func() {}
 	switch f.framing {
 	case netprobev1.Framing_FRAMING_LINES:
-		br := bufio.NewReaderSize(f.conn, streamChunkBytes)
+		br := bufio.NewReaderSize(f.conn, lineBytes)
 		next = func() ([]byte, error) {
 			line, err := br.ReadSlice('\n')
 			if errors.Is(err, bufio.ErrBufferFull) {
@@ -136,16 +158,12 @@ func (f *fetch) receive() error {
 			}
 			return line, err
 		}
+	case netprobev1.Framing_FRAMING_DATAGRAMS:
+		r := newPooledReader(f.conn, datagramBuffers)
+		next, release = r.next, r.release
 	default:
-		size := streamChunkBytes
-		if f.framing == netprobev1.Framing_FRAMING_DATAGRAMS {
-			size = datagramBytes
-		}
-		buf := make([]byte, size)
-		next = func() ([]byte, error) {
-			n, err := f.conn.Read(buf)
-			return buf[:n], err
-		}
+		r := newPooledReader(f.conn, rawBuffers)
+		next, release = r.next, r.release
 	}
 	datagrams := f.framing == netprobev1.Framing_FRAMING_DATAGRAMS
 	// One message is reused for every chunk: Send marshals it before it
@@ -172,14 +190,19 @@ func (f *fetch) receive() error {
 				chunk = chunk[:left]
 			}
 			data.Data = chunk
-			if err := f.stream.Send(msg); err != nil {
-				return err
+			sendErr := f.stream.Send(msg)
+			data.Data = nil
+			release()
+			if sendErr != nil {
+				return sendErr
 			}
 			f.sum.BytesReceived += uint64(len(chunk))
 			if f.sum.BytesReceived == f.maxBytes {
 				f.sum.EndReason = netprobev1.EndReason_END_REASON_MAX_BYTES
 				return nil
 			}
+		} else {
+			release()
 		}
 		switch {
 		case err == nil:
@@ -199,6 +222,66 @@ func (f *fetch) receive() error {
 
 func (f *fetch) fail(stage netprobev1.Stage, err error) {
 	f.sum.Error = probeError(stage, f.conn.RemoteAddr().String(), err, time.Since(f.start))
+}
+
+// pooledReader reads a connection into buffers from a pool, taken only
+// once data is waiting, so that an idle Fetch holds none. Its methods
+// allocate nothing per read.
+type pooledReader struct {
+	conn net.Conn
+	// raw waits for readability; nil when conn has no descriptor.
+	raw   syscall.RawConn
+	ready func(fd uintptr) bool
+	pool  *sync.Pool
+	buf   *[]byte
+	peek  [1]byte
+	// peekErr is the error the last peek met.
+	peekErr error
+}
+
+func newPooledReader(conn net.Conn, pool *sync.Pool) *pooledReader {
+	r := &pooledReader{conn: conn, pool: pool}
+	if sc, ok := conn.(syscall.Conn); ok {
+		r.raw, _ = sc.SyscallConn()
+	}
+	r.ready = r.readable
+	return r
+}
+
+// next waits for data, within conn's read deadline, then reads it.
+func (r *pooledReader) next() ([]byte, error) {
+	if r.raw != nil {
+		r.peekErr = nil
+		if err := r.raw.Read(r.ready); err != nil {
+			return nil, err
+		}
+		if r.peekErr != nil {
+			return nil, os.NewSyscallError("recvfrom", r.peekErr)
+		}
+	}
+	r.buf = r.pool.Get().(*[]byte)
+	n, err := r.conn.Read(*r.buf)
+	return (*r.buf)[:n], err
+}
+
+// readable peeks a byte without taking it: false (wait) while none is
+// there. An error the peek meets (a reset, an ICMP port unreachable) is
+// kept for next, since the kernel reports such an error only once.
+func (r *pooledReader) readable(fd uintptr) bool {
+	_, _, err := unix.Recvfrom(int(fd), r.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+		return false
+	}
+	r.peekErr = err
+	return true
+}
+
+// release gives the last buffer back.
+func (r *pooledReader) release() {
+	if r.buf != nil {
+		r.pool.Put(r.buf)
+		r.buf = nil
+	}
 }
 
 // pendingError returns the error the kernel holds for the socket (SO_ERROR):
