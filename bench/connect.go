@@ -46,7 +46,16 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 		return nil, fmt.Errorf("bare dial: %w", err)
 	}
 
-	var rows []row
+	// The floor: a gRPC call that dials nothing.
+	health := func(ctx context.Context) error {
+		_, err := s.client.Health(ctx)
+		return err
+	}
+	hRate, hLat, err := loop(ctx, 1, o.duration, health)
+	if err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	rows := []row{{"gRPC health check, 1 in flight", fmt.Sprintf("%.0f/s, p50 %s", hRate, us(percentile(hLat, 0.5))), "", "", "the floor: a call that dials nothing"}}
 	for _, workers := range []int{1, 16, 64} {
 		before, err := s.metrics(ctx)
 		if err != nil {
