@@ -17,6 +17,10 @@ const (
 	DefaultMaxTimeout      = 60 * time.Second
 	DefaultMaxPayloadBytes = 1 << 20
 	DefaultMaxFetchBytes   = 64 << 20
+	// DefaultMaxSweepConcurrency caps the probes one Sweep runs at once.
+	DefaultMaxSweepConcurrency = 64
+	// DefaultMaxSweepTargets caps the entries of one Sweep.
+	DefaultMaxSweepTargets = 10000
 )
 
 // Config holds the server's limits, policy and resolvers. Zero fields take
@@ -30,6 +34,12 @@ type Config struct {
 	MaxPayloadBytes int
 	// MaxFetchBytes caps how much one Fetch receives.
 	MaxFetchBytes uint64
+	// MaxSweepConcurrency caps the probes one Sweep runs at once; a sweep
+	// asking for more gets this many.
+	MaxSweepConcurrency int
+	// MaxSweepTargets caps the entries of one Sweep; more is
+	// INVALID_ARGUMENT.
+	MaxSweepTargets int
 	// Resolver resolves host names and reverse-looks-up addresses.
 	Resolver *net.Resolver
 	// Services maps service names to ports.
@@ -37,14 +47,15 @@ type Config struct {
 	// Policy decides which addresses probes may reach; nil is
 	// policy.New(), the built-in denials only.
 	Policy *policy.Policy
-	// Observe, when set, is told of every Connect and Fetch once it ends,
-	// for audit logs and metrics. It runs on the call's goroutine.
+	// Observe, when set, is told of every probe (a Connect, a Fetch, each
+	// probe of a Sweep) once it ends, for audit logs and metrics. It may be
+	// called from several goroutines at once.
 	Observe func(context.Context, Report)
 }
 
 // Report is what one Connect or Fetch did.
 type Report struct {
-	// Method is "Connect" or "Fetch".
+	// Method is "Connect", "Fetch" or "Sweep" (one report a probe).
 	Method string
 	// Target is the target as the request gave it.
 	Target *netprobev1.Target
@@ -87,6 +98,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxFetchBytes == 0 {
 		cfg.MaxFetchBytes = DefaultMaxFetchBytes
+	}
+	if cfg.MaxSweepConcurrency == 0 {
+		cfg.MaxSweepConcurrency = DefaultMaxSweepConcurrency
+	}
+	if cfg.MaxSweepTargets == 0 {
+		cfg.MaxSweepTargets = DefaultMaxSweepTargets
 	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = ResolverFor("")

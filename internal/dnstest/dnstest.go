@@ -22,6 +22,7 @@ type Server struct {
 	mu    sync.Mutex
 	addrs map[string][]netip.Addr
 	ptrs  map[string][]string
+	srvs  map[string][]SRV
 	rcode map[string]int
 	drop  map[string]bool
 	hold  map[string]*held
@@ -52,6 +53,7 @@ func Serve(t testing.TB, pc net.PacketConn) *Server {
 		Addr:  pc.LocalAddr().String(),
 		addrs: map[string][]netip.Addr{},
 		ptrs:  map[string][]string{},
+		srvs:  map[string][]SRV{},
 		rcode: map[string]int{},
 		drop:  map[string]bool{},
 		hold:  map[string]*held{},
@@ -77,6 +79,19 @@ func (s *Server) SetAddrs(name string, addrs ...netip.Addr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.addrs[dns.Fqdn(strings.ToLower(name))] = addrs
+}
+
+// SRV is one entry of an SRV record.
+type SRV struct {
+	Target string
+	Port   uint16
+}
+
+// SetSRV makes name (such as "_http._tcp.example.test") an SRV record.
+func (s *Server) SetSRV(name string, entries ...SRV) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.srvs[dns.Fqdn(strings.ToLower(name))] = entries
 }
 
 // SetPTR makes addr look up (by address) to names.
@@ -156,7 +171,8 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	addrs, hasAddrs := s.addrs[name]
 	ptrs, hasPTR := s.ptrs[name]
-	if !hasAddrs && !hasPTR {
+	srvs, hasSRV := s.srvs[name]
+	if !hasAddrs && !hasPTR && !hasSRV {
 		m.Rcode = dns.RcodeNameError
 		_ = w.WriteMsg(m)
 		return
@@ -178,6 +194,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		hdr.Rrtype = dns.TypePTR
 		for _, p := range ptrs {
 			m.Answer = append(m.Answer, &dns.PTR{Hdr: hdr, Ptr: p})
+		}
+	case dns.TypeSRV:
+		hdr.Rrtype = dns.TypeSRV
+		for _, e := range srvs {
+			m.Answer = append(m.Answer, &dns.SRV{Hdr: hdr, Priority: 10, Weight: 10, Port: e.Port, Target: dns.Fqdn(e.Target)})
 		}
 	}
 	_ = w.WriteMsg(m)

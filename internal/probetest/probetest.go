@@ -77,6 +77,11 @@ func WithPolicy(p *policy.Policy) Option {
 	return func(c *service.Config, _ *[]grpc.ServerOption) { c.Policy = p }
 }
 
+// WithMaxSweepConcurrency caps the probes one Sweep runs at once.
+func WithMaxSweepConcurrency(n int) Option {
+	return func(c *service.Config, _ *[]grpc.ServerOption) { c.MaxSweepConcurrency = n }
+}
+
 // WithServerOptions passes options to grpc.NewServer.
 func WithServerOptions(opts ...grpc.ServerOption) Option {
 	return func(_ *service.Config, o *[]grpc.ServerOption) { *o = append(*o, opts...) }

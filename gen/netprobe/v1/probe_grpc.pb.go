@@ -25,6 +25,7 @@ const (
 	ProbeService_Connect_FullMethodName        = "/netprobe.v1.ProbeService/Connect"
 	ProbeService_Fetch_FullMethodName          = "/netprobe.v1.ProbeService/Fetch"
 	ProbeService_ResolveService_FullMethodName = "/netprobe.v1.ProbeService/ResolveService"
+	ProbeService_Sweep_FullMethodName          = "/netprobe.v1.ProbeService/Sweep"
 )
 
 // ProbeServiceClient is the client API for ProbeService service.
@@ -51,6 +52,12 @@ type ProbeServiceClient interface {
 	// getservbyname, or a port and protocol to a service name, like
 	// getservbyport.
 	ResolveService(ctx context.Context, in *ResolveServiceRequest, opts ...grpc.CallOption) (*ResolveServiceResponse, error)
+	// Sweep connects to many targets in one call, a bounded number at a
+	// time, and streams each target's result as it finishes. One target's
+	// failure, a policy refusal included, is that target's result and never
+	// fails the call; when the call's deadline nears, what is left is
+	// reported as abandoned before the stream ends.
+	Sweep(ctx context.Context, in *SweepRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SweepResponse], error)
 }
 
 type probeServiceClient struct {
@@ -100,6 +107,25 @@ func (c *probeServiceClient) ResolveService(ctx context.Context, in *ResolveServ
 	return out, nil
 }
 
+func (c *probeServiceClient) Sweep(ctx context.Context, in *SweepRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SweepResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ProbeService_ServiceDesc.Streams[1], ProbeService_Sweep_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SweepRequest, SweepResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProbeService_SweepClient = grpc.ServerStreamingClient[SweepResponse]
+
 // ProbeServiceServer is the server API for ProbeService service.
 // All implementations must embed UnimplementedProbeServiceServer
 // for forward compatibility.
@@ -124,6 +150,12 @@ type ProbeServiceServer interface {
 	// getservbyname, or a port and protocol to a service name, like
 	// getservbyport.
 	ResolveService(context.Context, *ResolveServiceRequest) (*ResolveServiceResponse, error)
+	// Sweep connects to many targets in one call, a bounded number at a
+	// time, and streams each target's result as it finishes. One target's
+	// failure, a policy refusal included, is that target's result and never
+	// fails the call; when the call's deadline nears, what is left is
+	// reported as abandoned before the stream ends.
+	Sweep(*SweepRequest, grpc.ServerStreamingServer[SweepResponse]) error
 	mustEmbedUnimplementedProbeServiceServer()
 }
 
@@ -142,6 +174,9 @@ func (UnimplementedProbeServiceServer) Fetch(*FetchRequest, grpc.ServerStreaming
 }
 func (UnimplementedProbeServiceServer) ResolveService(context.Context, *ResolveServiceRequest) (*ResolveServiceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResolveService not implemented")
+}
+func (UnimplementedProbeServiceServer) Sweep(*SweepRequest, grpc.ServerStreamingServer[SweepResponse]) error {
+	return status.Error(codes.Unimplemented, "method Sweep not implemented")
 }
 func (UnimplementedProbeServiceServer) mustEmbedUnimplementedProbeServiceServer() {}
 func (UnimplementedProbeServiceServer) testEmbeddedByValue()                      {}
@@ -211,6 +246,17 @@ func _ProbeService_ResolveService_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProbeService_Sweep_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SweepRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ProbeServiceServer).Sweep(m, &grpc.GenericServerStream[SweepRequest, SweepResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ProbeService_SweepServer = grpc.ServerStreamingServer[SweepResponse]
+
 // ProbeService_ServiceDesc is the grpc.ServiceDesc for ProbeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -231,6 +277,11 @@ var ProbeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Fetch",
 			Handler:       _ProbeService_Fetch_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Sweep",
+			Handler:       _ProbeService_Sweep_Handler,
 			ServerStreams: true,
 		},
 	},
