@@ -182,11 +182,11 @@ func TestSweepExpand(t *testing.T) {
 		got[key] = outcome
 	}
 	want := map[string]string{
-		fmt.Sprintf("0 127.0.0.1:%d", port): "ok",
-		fmt.Sprintf("0 127.0.0.2:%d", port): "STAGE_CONNECT REASON_REFUSED",
-		fmt.Sprintf("1 a.svc.test:%d", port): "ok",
-		fmt.Sprintf("1 b.svc.test:%d", port): "STAGE_CONNECT REASON_REFUSED",
-		fmt.Sprintf("2 127.0.0.3:%d", port): "STAGE_POLICY REASON_DENIED",
+		fmt.Sprintf("0 127.0.0.1:%d", port):   "ok",
+		fmt.Sprintf("0 127.0.0.2:%d", port):   "STAGE_CONNECT REASON_REFUSED",
+		fmt.Sprintf("1 a.svc.test:%d", port):  "ok",
+		fmt.Sprintf("1 b.svc.test:%d", port):  "STAGE_CONNECT REASON_REFUSED",
+		fmt.Sprintf("2 127.0.0.3:%d", port):   "STAGE_POLICY REASON_DENIED",
 		fmt.Sprintf("3 nosuch.test:%d", port): "STAGE_RESOLVE REASON_NO_SUCH_HOST",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
