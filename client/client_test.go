@@ -526,3 +526,42 @@ func TestDialTLSAndToken(t *testing.T) {
 		t.Error("Dial with a token but no TLS succeeded; the token would go out in the clear")
 	}
 }
+
+// TestSweep checks that each probe is a result, expanded entries included,
+// and that a bad entry fails the call before anything is sent.
+func TestSweep(t *testing.T) {
+	t.Parallel()
+	c, srv := start(t)
+	up := probetest.Listen(t, "127.0.0.1:0", nil)
+	srv.DNS.SetAddrs("two.test", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"))
+	targets := []client.SweepTarget{
+		{Network: "tcp", Address: fmt.Sprintf("two.test:%d", up.Port()), Expand: client.ExpandAddresses},
+		{Network: "tcp", Address: "nosuch.test:80"},
+	}
+	got := map[string]string{}
+	for r, err := range c.Sweep(probetest.Context(t), targets, client.SweepOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		outcome := "ok"
+		if r.Err != nil {
+			outcome = r.Err.Stage.String()
+		}
+		got[fmt.Sprintf("%d %s", r.Index, r.Target)] = outcome
+	}
+	want := map[string]string{
+		fmt.Sprintf("0 127.0.0.1:%d", up.Port()): "ok",
+		fmt.Sprintf("0 127.0.0.2:%d", up.Port()): "STAGE_CONNECT",
+		"1 nosuch.test:80":                       "STAGE_RESOLVE",
+	}
+	if !cmp.Equal(got, want) {
+		t.Errorf("results %v, want %v", got, want)
+	}
+
+	for r, err := range c.Sweep(probetest.Context(t), []client.SweepTarget{{Network: "tcp", Address: "no-port"}}, client.SweepOptions{}) {
+		var opErr *net.OpError
+		if r != nil || !errors.As(err, &opErr) {
+			t.Errorf("a bad entry: %v, %v; want a *net.OpError and no result", r, err)
+		}
+	}
+}

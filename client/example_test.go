@@ -132,3 +132,30 @@ func ExampleClient_ResolvePort() {
 	fmt.Println(svc.Name)
 	// Output: domain
 }
+
+func ExampleClient_Sweep() {
+	c, err := client.Dial(probeServer)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	targets := []client.SweepTarget{
+		{Network: "tcp", Address: webServer},
+		{Network: "tcp", Address: closedAddr},
+	}
+	outcome := make([]string, len(targets))
+	for r, err := range c.Sweep(ctx, targets, client.SweepOptions{Concurrency: 2}) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		outcome[r.Index] = "ok"
+		if r.Err != nil {
+			outcome[r.Index] = r.Err.Reason.String()
+		}
+	}
+	fmt.Println(outcome)
+	// Output: [ok REASON_REFUSED]
+}

@@ -1,0 +1,150 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"iter"
+	"net"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// Expand says how one SweepTarget becomes the targets probed.
+type Expand = netprobev1.Expand
+
+// The expansions.
+const (
+	// ExpandAddresses probes each address of the host on its own.
+	ExpandAddresses = netprobev1.Expand_EXPAND_ADDRESSES
+	// ExpandSRV reads Address as an SRV name and probes each of its
+	// entries.
+	ExpandSRV = netprobev1.Expand_EXPAND_SRV
+)
+
+// SweepTarget is one entry of a sweep.
+type SweepTarget struct {
+	// Network and Address are as for Connect; with ExpandSRV, Address is
+	// the SRV name alone ("_https._tcp.example.com").
+	Network, Address string
+	// Timeout bounds each probe of this entry; zero takes SweepOptions'.
+	Timeout time.Duration
+	// Expand, when set, makes the entry stand for several targets.
+	Expand Expand
+}
+
+// SweepOptions tunes a sweep.
+type SweepOptions struct {
+	// Concurrency is how many probes run at once; zero is the server's
+	// default (16), and the server caps it at its limit.
+	Concurrency int
+	// Timeout bounds each probe of an entry that sets none; zero is the
+	// server's default.
+	Timeout time.Duration
+}
+
+// SweepResult is the result of one probe of a sweep.
+type SweepResult struct {
+	// Index is the position of the entry in the targets given to Sweep.
+	Index int
+	// Target is the "host:port" probed, after any expansion.
+	Target string
+	// Connect is the report; nil for a probe the sweep never started.
+	Connect *ConnectResult
+	// Err is why the probe failed (a policy refusal included), or nil.
+	Err *ProbeError
+	// Abandoned is true when the sweep ran out of time or was cancelled
+	// before this probe finished.
+	Abandoned bool
+
+	proto *netprobev1.SweepResponse
+}
+
+// Proto returns the result as the server sent it.
+func (r *SweepResult) Proto() *netprobev1.SweepResponse { return r.proto }
+
+// Sweep probes many targets in one call and yields each result as it
+// finishes. A failed probe is a result (its Err set), never an error; the
+// sequence yields an error, and stops, only when the call itself fails.
+// The ctx deadline bounds the whole sweep: what it cuts short comes back
+// Abandoned.
+func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOptions) iter.Seq2[*SweepResult, error] {
+	return func(yield func(*SweepResult, error) bool) {
+		req := &netprobev1.SweepRequest{Concurrency: uint32(opts.Concurrency)}
+		if opts.Timeout != 0 {
+			req.Timeout = durationpb.New(opts.Timeout)
+		}
+		for _, st := range targets {
+			t, err := sweepTarget(st)
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			req.Targets = append(req.Targets, t)
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.probe.Sweep(ctx, req)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		for {
+			resp, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			if !yield(newSweepResult(resp), nil) {
+				return
+			}
+		}
+	}
+}
+
+func sweepTarget(st SweepTarget) (*netprobev1.SweepTarget, error) {
+	out := &netprobev1.SweepTarget{Expand: st.Expand}
+	if st.Timeout != 0 {
+		out.Timeout = durationpb.New(st.Timeout)
+	}
+	var err error
+	if st.Expand == ExpandSRV {
+		// An SRV name brings its own ports.
+		out.Target, err = target(st.Network, net.JoinHostPort(st.Address, "1"))
+		if out.Target != nil {
+			out.Target.Port = 0
+		}
+	} else {
+		out.Target, err = target(st.Network, st.Address)
+	}
+	return out, err
+}
+
+func newSweepResult(resp *netprobev1.SweepResponse) *SweepResult {
+	t := resp.GetTarget()
+	port := t.GetService()
+	if t.GetPort() != 0 {
+		port = strconv.FormatUint(uint64(t.GetPort()), 10)
+	}
+	r := &SweepResult{
+		Index:     int(resp.GetIndex()),
+		Target:    net.JoinHostPort(t.GetHost(), port),
+		Abandoned: resp.GetAbandoned(),
+		proto:     resp,
+	}
+	if c := resp.GetConnect(); c != nil {
+		r.Connect = newConnectResult(c)
+		if pe := newProbeError(c.GetError()); pe != nil {
+			pe.Connect = r.Connect
+			r.Err = pe
+		}
+	}
+	return r
+}
