@@ -19,6 +19,7 @@ const (
 	exitNoService   = 3
 	exitResolve     = 6
 	exitConnect     = 7
+	exitSweepFailed = 10
 	exitTimeout     = 28
 	exitSend        = 55
 	exitReceive     = 56
@@ -38,6 +39,7 @@ var exitCodes = []struct {
 	{exitNoService, "resolve: no such service (stage SERVICE_LOOKUP)"},
 	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},
 	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
+	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; a summary\n       line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
 	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
 	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},

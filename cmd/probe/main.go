@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,6 +44,9 @@ type app struct {
 	streams
 	getenv func(string) string
 
+	// servers are the --server flags; server is the one a single-server
+	// command asks ("" to run the service in this process).
+	servers   []string
 	server    string
 	dnsServer string
 	timeout   time.Duration
@@ -137,14 +141,14 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		// With no subcommand, say so as a usage error.
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return errors.New("a command is required: connect, fetch, resolve or health")
+			return errors.New("a command is required: connect, fetch, resolve, health or sweep")
 		},
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return a.readEnv(cmd.Flags())
 		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringVarP(&a.server, "server", "s", "", "probe server to ask, host:port or unix:PATH (env NETPROBE_SERVER); none: run the service in this process")
+	pf.StringArrayVarP(&a.servers, "server", "s", nil, "probe server to ask, host:port or unix:PATH (env NETPROBE_SERVER, commas between several); none: run the service in this process. sweep takes several, and dns:///NAME:PORT for every address of NAME")
 	pf.StringVar(&a.dnsServer, "dns-server", "", "in-process only: send DNS queries to this host:port instead of /etc/resolv.conf's servers (env NETPROBE_DNS_SERVER)")
 	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time the probe may take, all stages together (env NETPROBE_TIMEOUT)")
 	pf.StringVarP(&a.output, "output", "o", "text", "output format: text (a line per event) or json (protojson, an object per line) (env NETPROBE_OUTPUT)")
@@ -154,7 +158,7 @@ func (a *app) rootCommand() *cobra.Command {
 	pf.StringVar(&a.keyFile, "key-file", "", "private key (PEM) of --cert-file (env NETPROBE_KEY_FILE)")
 	pf.StringVar(&a.token, "token", "", "bearer token for the --server; sent only over TLS (env NETPROBE_TOKEN)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.connectCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand())
+	root.AddCommand(a.connectCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
 	return root
 }
 
@@ -166,11 +170,22 @@ func (a *app) readEnv(flags *pflag.FlagSet) error {
 		if f == nil || f.Changed {
 			continue
 		}
-		if v := a.getenv(env); v != "" {
+		v := a.getenv(env)
+		if v == "" {
+			continue
+		}
+		values := []string{v}
+		if name == "server" {
+			values = strings.Split(v, ",")
+		}
+		for _, v := range values {
 			if err := flags.Set(name, v); err != nil {
 				return fmt.Errorf("%s=%q: %w", env, v, err)
 			}
 		}
+	}
+	if len(a.servers) > 0 {
+		a.server = a.servers[0]
 	}
 	if a.output != "text" && a.output != "json" {
 		return fmt.Errorf("--output %q: want text or json", a.output)
@@ -195,6 +210,9 @@ func (a *app) readEnv(flags *pflag.FlagSet) error {
 func (a *app) command(body func(ctx context.Context, c *client.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		a.ran = true
+		if len(a.servers) > 1 {
+			return usagef("%s asks one probe server; several --server are for sweep", cmd.Name())
+		}
 		c, closeClient, err := a.dial()
 		if err != nil {
 			return err

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -304,7 +305,7 @@ func TestUsage(t *testing.T) {
 		help string // the command named in the hint
 	}{
 		{[]string{"frob"}, nil, `probe: unknown command "frob" for "probe"`, "probe"},
-		{nil, nil, "probe: a command is required: connect, fetch, resolve or health", "probe"},
+		{nil, nil, "probe: a command is required: connect, fetch, resolve, health or sweep", "probe"},
 		{[]string{"connect", "127.0.0.1"}, nil, "probe: want HOST PORT|SERVICE, got 1 argument(s)", "probe connect"},
 		{[]string{"fetch", "127.0.0.1", p, "/", "extra"}, nil, "probe: want HOST PORT|SERVICE [PATH], got 4 argument(s)", "probe fetch"},
 		{[]string{"connect", "127.0.0.1", "abc"}, nil, `probe: PORT "abc" is no port number and no service the probe server knows: service lookup abc: unknown service (stage SERVICE_LOOKUP, reason UNKNOWN_SERVICE)`, "probe connect"},
@@ -517,5 +518,82 @@ func TestBinary(t *testing.T) {
 	out, err = exec.CommandContext(probetest.Context(t), probeBin, "--help").Output()
 	if err != nil || !strings.Contains(string(out), "Exit codes:\n") || !strings.Contains(string(out), "   28  a stage timed out") {
 		t.Errorf("probe --help: %v, want the exit codes in\n%s", err, out)
+	}
+}
+
+// TestSweep sweeps a mixed list from two probed processes: the matrix, the
+// JSON lines and the exit code.
+func TestSweep(t *testing.T) {
+	t.Parallel()
+	var servers []string
+	for range 2 {
+		p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--deny=127.0.0.3"))
+		servers = append(servers, p.Addr)
+	}
+	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
+	closed := closedPort(t, "tcp")
+	targets := []string{"127.0.0.1:" + up, "127.0.0.1:" + closed, "127.0.0.3:" + up}
+	args := append([]string{"sweep", "--server", servers[0], "--server", servers[1]}, targets...)
+
+	r := probe(probetest.Context(t), nil, args...)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	want := []string{
+		fmt.Sprintf(`^target +%s +%s$`, regexp.QuoteMeta(servers[0]), regexp.QuoteMeta(servers[1])),
+		fmt.Sprintf(`^127\.0\.0\.1:%s +ok \S+ +ok \S+$`, up),
+		fmt.Sprintf(`^127\.0\.0\.1:%s +REFUSED +REFUSED$`, closed),
+		fmt.Sprintf(`^127\.0\.0\.3:%s +DENIED +DENIED$`, up),
+	}
+	if r.code != exitSweepFailed || len(lines) != len(want) || r.stderr != "probe: sweep: 4 of 6 probes failed (3 targets, 2 servers)\n" {
+		t.Fatalf("exit %d, stdout\n%s\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	for i, re := range want {
+		if !regexp.MustCompile(re).MatchString(lines[i]) {
+			t.Errorf("line %d %q does not match %q", i, lines[i], re)
+		}
+	}
+
+	r = probe(probetest.Context(t), nil, append(args, "-o", "json")...)
+	type line struct {
+		Server string          `json:"server"`
+		Result json.RawMessage `json:"result"`
+	}
+	got := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var ln line
+		if err := json.Unmarshal([]byte(l), &ln); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		var res netprobev1.SweepResponse
+		if err := protojson.Unmarshal(ln.Result, &res); err != nil {
+			t.Fatal(err)
+		}
+		outcome := "ok"
+		if e := res.GetConnect().GetError(); e != nil {
+			outcome = e.GetReason().String()
+		}
+		got[fmt.Sprintf("%s %d", ln.Server, res.GetIndex())] = outcome
+	}
+	for _, s := range servers {
+		for i, w := range []string{"ok", "REASON_REFUSED", "REASON_DENIED"} {
+			if got[fmt.Sprintf("%s %d", s, i)] != w {
+				t.Errorf("server %s target %d: %q, want %q", s, i, got[fmt.Sprintf("%s %d", s, i)], w)
+			}
+		}
+	}
+	if r.code != exitSweepFailed {
+		t.Errorf("-o json: exit %d, want %d", r.code, exitSweepFailed)
+	}
+
+	r = probe(probetest.Context(t), nil, "sweep", "--server", servers[0], "127.0.0.1:"+up)
+	if r.code != exitOK || r.stderr != "probe: sweep: all 1 probes connected (1 targets, 1 servers)\n" {
+		t.Errorf("all connected: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = probe(probetest.Context(t), nil, "connect", "--server", servers[0], "--server", servers[1], "127.0.0.1", up)
+	if r.code != exitUsage || !strings.HasPrefix(r.stderr, "probe: connect asks one probe server; several --server are for sweep") {
+		t.Errorf("connect with two servers: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = probe(probetest.Context(t), nil, "sweep", "no-port")
+	if r.code != exitUsage || !strings.HasPrefix(r.stderr, `probe: target "no-port": want HOST:PORT`) {
+		t.Errorf("a bad target: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
