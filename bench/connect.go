@@ -93,5 +93,37 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 			)
 		}
 	}
+	sweepRate, err := sweepRate(ctx, s, target, o.duration)
+	if err != nil {
+		return nil, fmt.Errorf("sweep: %w", err)
+	}
+	bRate, _, err := loop(ctx, 64, o.duration, bare)
+	if err != nil {
+		return nil, fmt.Errorf("bare dial: %w", err)
+	}
+	rows = append(rows, row{"Sweep probes/s, 64 at once", fmt.Sprintf("%.0f", sweepRate), fmt.Sprintf("%.0f", bRate), ratio(sweepRate, bRate), "one call per 1,000 targets; goal >= 0.85"})
 	return rows, nil
+}
+
+// sweepRate runs sweeps of 1,000 targets at a concurrency of 64, back to
+// back, for d, and returns the probes per second.
+func sweepRate(ctx context.Context, s *server, target string, d time.Duration) (float64, error) {
+	targets := make([]client.SweepTarget, 1000)
+	for i := range targets {
+		targets[i] = client.SweepTarget{Network: "tcp", Address: target}
+	}
+	start := time.Now()
+	n := 0
+	for time.Since(start) < d {
+		for r, err := range s.client.Sweep(ctx, targets, client.SweepOptions{Concurrency: 64}) {
+			if err != nil {
+				return 0, err
+			}
+			if r.Err != nil {
+				return 0, r.Err
+			}
+			n++
+		}
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
 }
