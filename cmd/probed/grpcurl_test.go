@@ -83,7 +83,7 @@ func TestGrpcurl(t *testing.T) {
 			}
 		}
 		out, _, code = grpcurl(t, p.Addr, "list", "netprobe.v1.ProbeService")
-		want := []string{"netprobe.v1.ProbeService.Connect", "netprobe.v1.ProbeService.Fetch", "netprobe.v1.ProbeService.ResolveService"}
+		want := []string{"netprobe.v1.ProbeService.Connect", "netprobe.v1.ProbeService.Fetch", "netprobe.v1.ProbeService.ResolveService", "netprobe.v1.ProbeService.Sweep"}
 		if got := strings.Fields(out); code != 0 || !cmp.Equal(got, want) {
 			t.Errorf("list netprobe.v1.ProbeService: exit %d, %q; want %q", code, got, want)
 		}
@@ -95,6 +95,7 @@ func TestGrpcurl(t *testing.T) {
 			"rpc Connect ( .netprobe.v1.ConnectRequest ) returns ( .netprobe.v1.ConnectResponse );",
 			"rpc Fetch ( .netprobe.v1.FetchRequest ) returns ( stream .netprobe.v1.FetchResponse );",
 			"rpc ResolveService ( .netprobe.v1.ResolveServiceRequest ) returns ( .netprobe.v1.ResolveServiceResponse );",
+			"rpc Sweep ( .netprobe.v1.SweepRequest ) returns ( stream .netprobe.v1.SweepResponse );",
 		} {
 			if code != 0 || !strings.Contains(out, want) {
 				t.Errorf("describe: exit %d, missing %q in\n%s", code, want, out)
@@ -152,6 +153,23 @@ func TestGrpcurl(t *testing.T) {
 		}
 	})
 
+	t.Run("Sweep", func(t *testing.T) {
+		req := fmt.Sprintf(`{"targets":[{"target":{"host":"127.0.0.1","port":%d}},{"target":{"host":"127.0.0.1","port":%d}}]}`, echo.Port(), closed)
+		out, errOut, code := grpcurl(t, "-d", req, p.Addr, "netprobe.v1.ProbeService/Sweep")
+		var results []*netprobev1.SweepResponse
+		decodeAll(t, out, func() proto.Message {
+			results = append(results, &netprobev1.SweepResponse{})
+			return results[len(results)-1]
+		})
+		outcomes := map[uint32]netprobev1.Reason{}
+		for _, r := range results {
+			outcomes[r.GetIndex()] = r.GetConnect().GetError().GetReason()
+		}
+		if code != 0 || len(results) != 2 || outcomes[0] != netprobev1.Reason_REASON_UNSPECIFIED || outcomes[1] != netprobev1.Reason_REASON_REFUSED {
+			t.Errorf("Sweep: exit %d, results %v (stderr %q)", code, results, errOut)
+		}
+	})
+
 	t.Run("ResolveService", func(t *testing.T) {
 		out, _, code := grpcurl(t, "-d", `{"port":53,"protocol":"udp"}`, p.Addr, "netprobe.v1.ProbeService/ResolveService")
 		var resp netprobev1.ResolveServiceResponse
@@ -193,15 +211,16 @@ func TestGrpcurl(t *testing.T) {
 		}
 	})
 
-	// Connect and Fetch reached the echo target; the refused call did not.
-	for range 2 {
+	// Connect, Fetch and Sweep reached the echo target; the refused call
+	// did not.
+	for range 3 {
 		select {
 		case <-echo.Accepted:
 		case <-time.After(probetest.Timeout):
-			t.Fatal("the echo target accepted fewer than 2 connections")
+			t.Fatal("the echo target accepted fewer than 3 connections")
 		}
 	}
 	if !echo.AcceptedNothing() {
-		t.Error("the echo target accepted a third connection: the refused call dialled")
+		t.Error("the echo target accepted a fourth connection: the refused call dialled")
 	}
 }
