@@ -61,6 +61,8 @@ type config struct {
 	MaxFetchBytes   uint64        `default:"67108864" env:"NETPROBE_MAX_FETCH_BYTES" group:"Limits" help:"Most bytes one Fetch may receive, in bytes (default 64 MiB); also the default for requests that set no max_bytes."`
 	MaxInFlight     int           `default:"512" env:"NETPROBE_MAX_IN_FLIGHT" group:"Limits" help:"Most probes running at once; more are RESOURCE_EXHAUSTED at once, never queued."`
 	MaxPerCaller    int           `default:"64" env:"NETPROBE_MAX_IN_FLIGHT_PER_CALLER" name:"max-in-flight-per-caller" group:"Limits" help:"Most probes one caller may run at once (a caller is a token or certificate name, or else a peer IP address)."`
+	MaxSweepConc    int           `default:"64" env:"NETPROBE_MAX_SWEEP_CONCURRENCY" name:"max-sweep-concurrency" group:"Limits" help:"Most probes one Sweep runs at once; a Sweep asking for more gets this many."`
+	MaxSweepTargets int           `default:"10000" env:"NETPROBE_MAX_SWEEP_TARGETS" group:"Limits" help:"Most entries one Sweep may list; more is INVALID_ARGUMENT."`
 	Rate            float64       `default:"50" env:"NETPROBE_RATE" group:"Limits" help:"Probes a second each caller may start, on average."`
 	Burst           int           `default:"100" env:"NETPROBE_BURST" group:"Limits" help:"Probes a caller may start at once, above --rate."`
 	KeepaliveMin    time.Duration `default:"10s" env:"NETPROBE_KEEPALIVE_MIN_TIME" name:"keepalive-min-time" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often is disconnected."`
@@ -156,14 +158,16 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	srv, err := service.New(service.Config{
-		DefaultTimeout:  cfg.DefaultTimeout,
-		MaxTimeout:      cfg.MaxTimeout,
-		MaxPayloadBytes: cfg.MaxPayloadBytes,
-		MaxFetchBytes:   cfg.MaxFetchBytes,
-		Resolver:        service.ResolverFor(cfg.DNSServer),
-		Services:        table,
-		Policy:          pol,
-		Observe:         observe(logger, m),
+		DefaultTimeout:      cfg.DefaultTimeout,
+		MaxTimeout:          cfg.MaxTimeout,
+		MaxPayloadBytes:     cfg.MaxPayloadBytes,
+		MaxFetchBytes:       cfg.MaxFetchBytes,
+		MaxSweepConcurrency: cfg.MaxSweepConc,
+		MaxSweepTargets:     cfg.MaxSweepTargets,
+		Resolver:            service.ResolverFor(cfg.DNSServer),
+		Services:            table,
+		Policy:              pol,
+		Observe:             observe(logger, m),
 	})
 	if err != nil {
 		return err
