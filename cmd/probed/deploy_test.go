@@ -395,6 +395,9 @@ func TestDrain(t *testing.T) {
 		t.Fatalf("first: %q, %v", b, err)
 	}
 
+	if code, body := httpGet(t, "http://"+p.MetricsAddr+"/healthz"); code != http.StatusOK || body != "SERVING\n" {
+		t.Errorf("/healthz: %d %q, want 200 SERVING", code, body)
+	}
 	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -403,6 +406,9 @@ func TestDrain(t *testing.T) {
 	}
 	if _, err := c.ResolveService(ctx, "tcp", "https"); status.Code(err) != codes.Unavailable {
 		t.Errorf("a new call while draining: %v, want Unavailable", err)
+	}
+	if code, body := httpGet(t, "http://"+p.MetricsAddr+"/healthz"); code != http.StatusServiceUnavailable || body != "NOT_SERVING\n" {
+		t.Errorf("/healthz while draining: %d %q, want 503 NOT_SERVING", code, body)
 	}
 	close(release)
 	rest, err := io.ReadAll(f)
@@ -456,4 +462,23 @@ func TestDrainGraceOver(t *testing.T) {
 	case <-time.After(probetest.Timeout):
 		t.Fatal("probed did not exit")
 	}
+}
+
+// httpGet returns the status code and body of a GET.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(probetest.Context(t), http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
 }

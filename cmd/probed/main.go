@@ -192,7 +192,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	go func() { served <- gs.Serve(lis) }()
 	attrs := []any{"addr", lis.Addr().String(), "tls", cert != nil, "mtls", cfg.TLSClientCA != "", "tokens", toks != nil}
 	if metricsLis != nil {
-		hsrv := &http.Server{Handler: metricsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+		hsrv := &http.Server{Handler: metricsHandler(reg, hs), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := hsrv.Serve(metricsLis); !errors.Is(err, http.ErrServerClosed) {
 				logger.Error("metrics server failed", "err", err)
@@ -334,10 +334,22 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cert *certificate, l
 	}
 }
 
-// metricsHandler serves reg at /metrics.
-func metricsHandler(reg *prometheus.Registry) http.Handler {
+// metricsHandler serves reg at /metrics, and the probe service's health at
+// /healthz.
+func metricsHandler(reg *prometheus.Registry, hs *drainingHealth) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	// /healthz mirrors the gRPC health of the probe service for checkers
+	// that speak only HTTP, or that cannot reach a TLS gRPC port (the
+	// kubelet's gRPC probes are plaintext): 200 when SERVING, 503 else.
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := hs.Check(r.Context(), &healthpb.HealthCheckRequest{Service: netprobev1.ProbeService_ServiceDesc.ServiceName})
+		st := resp.GetStatus()
+		if err != nil || st != healthpb.HealthCheckResponse_SERVING {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, st)
+	})
 	return mux
 }
 
