@@ -1,0 +1,123 @@
+// Package deploy_test checks the deployment files: the Kubernetes
+// manifests decode strictly against the Kubernetes API types (an unknown or
+// misspelt field fails), keep their safety settings, and every probed flag
+// they pass, like the systemd unit's, is one probed knows.
+package deploy_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+)
+
+// probedFlags lists the long flags of probed --help.
+func probedFlags(t *testing.T) map[string]bool {
+	t.Helper()
+	out, err := exec.Command("go", "-C", "..", "run", "./cmd/probed", "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("probed --help: %v\n%s", err, out)
+	}
+	flags := map[string]bool{}
+	for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]+)`).FindAllStringSubmatch(string(out), -1) {
+		flags[m[1]] = true
+	}
+	return flags
+}
+
+func checkFlags(t *testing.T, where string, args []string, known map[string]bool) {
+	t.Helper()
+	for _, a := range args {
+		name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if !strings.HasPrefix(a, "--") || !known[name] {
+			t.Errorf("%s: %q is not a probed flag", where, a)
+		}
+	}
+}
+
+func TestKubernetes(t *testing.T) {
+	data, err := os.ReadFile("kubernetes/netprobe.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, networkingv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decoder := serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+	kinds := map[string]int{}
+	var ds *appsv1.DaemonSet
+	for i, doc := range bytes.Split(data, []byte("\n---\n")) {
+		obj, gvk, err := decoder.Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		kinds[gvk.Kind]++
+		if d, ok := obj.(*appsv1.DaemonSet); ok {
+			ds = d
+		}
+		if svc, ok := obj.(*corev1.Service); ok && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+			t.Errorf("Service %s is not headless: dns:/// discovery needs every pod's address", svc.Name)
+		}
+	}
+	for _, k := range []string{"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "NetworkPolicy"} {
+		if kinds[k] != 1 {
+			t.Errorf("%d %s objects, want 1", kinds[k], k)
+		}
+	}
+	if ds == nil {
+		t.Fatal("no DaemonSet")
+	}
+	pod := ds.Spec.Template.Spec
+	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+		t.Error("the pod may run as root")
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	sc := c.SecurityContext
+	switch {
+	case sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+		t.Error("the root filesystem is writable")
+	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+		t.Error("privilege escalation is allowed")
+	case sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL":
+		t.Error("capabilities are not all dropped")
+	}
+	if c.Resources.Limits.Memory().IsZero() || c.Resources.Limits.Cpu().IsZero() {
+		t.Error("no CPU or memory limit")
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("readiness is not wired to probed's health (/healthz)")
+	}
+	checkFlags(t, "DaemonSet args", c.Args, probedFlags(t))
+}
+
+func TestSystemd(t *testing.T) {
+	data, err := os.ReadFile("systemd/probed.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := strings.ReplaceAll(string(data), "\\\n", " ")
+	m := regexp.MustCompile(`(?m)^ExecStart=(\S+)(.*)$`).FindStringSubmatch(unit)
+	if m == nil {
+		t.Fatal("no ExecStart")
+	}
+	checkFlags(t, "ExecStart", strings.Fields(m[2]), probedFlags(t))
+	for _, want := range []string{"DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n"} {
+		if !strings.Contains(unit, want) {
+			t.Errorf("the unit lacks %q", strings.TrimSpace(want))
+		}
+	}
+}
