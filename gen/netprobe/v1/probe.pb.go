@@ -1864,8 +1864,7 @@ func (x *SweepRequest) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
-// SweepResponse is one probe of a sweep (the issue called it SweepResult;
-// buf lint STANDARD wants the RPC name).
+// SweepResponse is one probe of a sweep.
 type SweepResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// index is the position in SweepRequest.targets of the entry this
