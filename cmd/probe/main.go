@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -149,7 +150,7 @@ func (a *app) rootCommand() *cobra.Command {
 	}
 	pf := root.PersistentFlags()
 	pf.StringArrayVarP(&a.servers, "server", "s", nil, "probe server to ask, host:port or unix:PATH (env NETPROBE_SERVER, commas between several); none: run the service in this process. sweep takes several, and dns:///NAME:PORT for every address of NAME")
-	pf.StringVar(&a.dnsServer, "dns-server", "", "in-process only: send DNS queries to this host:port instead of /etc/resolv.conf's servers (env NETPROBE_DNS_SERVER)")
+	pf.StringVar(&a.dnsServer, "dns-server", "", "send DNS queries to this host:port instead of /etc/resolv.conf's servers: the in-process service's, and sweep's for dns:/// server names (env NETPROBE_DNS_SERVER)")
 	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time the probe may take, all stages together (env NETPROBE_TIMEOUT)")
 	pf.StringVarP(&a.output, "output", "o", "text", "output format: text (a line per event) or json (protojson, an object per line) (env NETPROBE_OUTPUT)")
 	pf.BoolVar(&a.tls, "tls", false, "talk TLS to the --server (implied by --ca-file, --cert-file and --token) (env NETPROBE_TLS)")
@@ -190,8 +191,8 @@ func (a *app) readEnv(flags *pflag.FlagSet) error {
 	if a.output != "text" && a.output != "json" {
 		return fmt.Errorf("--output %q: want text or json", a.output)
 	}
-	if a.server != "" && a.dnsServer != "" {
-		return errors.New("--dns-server applies only to the in-process service; the server given with --server uses its own")
+	if a.dnsServer != "" && len(a.servers) > 0 && !slices.ContainsFunc(a.servers, func(s string) bool { return strings.HasPrefix(s, "dns:///") }) {
+		return errors.New("--dns-server applies to the in-process service and to dns:/// server names; the server given with --server resolves with its own")
 	}
 	if a.server == "" && (a.tls || a.caFile != "" || a.certFile != "" || a.keyFile != "" || a.token != "") {
 		return errors.New("--tls, --ca-file, --cert-file, --key-file and --token are for a --server; the in-process service needs none")

@@ -314,7 +314,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"connect", "-4", "-6", "127.0.0.1", p}, nil, "probe: if any flags in the group [ipv4 ipv6] are set none of the others can be; [ipv4 ipv6] were all set", "probe connect"},
 		{[]string{"fetch", "--data", "x", "127.0.0.1", p, "/"}, nil, "probe: PATH asks for an HTTP GET; --data and --data-file send raw bytes instead: give one or the other", "probe fetch"},
 		{[]string{"fetch", "--data-file", "/nonexistent/request", "127.0.0.1", p}, nil, "probe: open /nonexistent/request: no such file or directory", "probe fetch"},
-		{[]string{"connect", "--server", "127.0.0.1:1", "--dns-server", "127.0.0.1:53", "127.0.0.1", p}, nil, "probe: --dns-server applies only to the in-process service; the server given with --server uses its own", "probe connect"},
+		{[]string{"connect", "--server", "127.0.0.1:1", "--dns-server", "127.0.0.1:53", "127.0.0.1", p}, nil, "probe: --dns-server applies to the in-process service and to dns:/// server names; the server given with --server resolves with its own", "probe connect"},
 		{[]string{"connect", "-o", "yaml", "127.0.0.1", p}, nil, `probe: --output "yaml": want text or json`, "probe connect"},
 		{[]string{"connect", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s", "probe connect"},
 		{[]string{"connect", "127.0.0.1", p}, map[string]string{"NETPROBE_TIMEOUT": "soon"}, `probe: NETPROBE_TIMEOUT="soon": invalid argument "soon" for "--timeout" flag: time: invalid duration "soon"`, "probe connect"},

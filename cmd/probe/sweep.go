@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/service"
 )
 
 type sweepFlags struct {
@@ -144,6 +145,10 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
+	resolver := net.DefaultResolver
+	if a.dnsServer != "" {
+		resolver = service.ResolverFor(a.dnsServer)
+	}
 	var addrs []string
 	for _, s := range a.servers {
 		name, ok := strings.CutPrefix(s, "dns:///")
@@ -155,10 +160,12 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 		if err != nil {
 			return nil, usagef("--server %s: want dns:///NAME:PORT", s)
 		}
-		ips, err := net.DefaultResolver.LookupHost(ctx, host)
+		ips, err := resolver.LookupHost(ctx, host)
 		if err != nil {
 			return nil, usagef("--server %s: %v", s, err)
 		}
+		// Sorted, so the matrix's columns come in the same order each run.
+		slices.Sort(ips)
 		for _, ip := range ips {
 			addrs = append(addrs, net.JoinHostPort(ip, port))
 		}

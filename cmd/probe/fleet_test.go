@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/netprobe/netprobe/internal/dnstest"
+	"github.com/netprobe/netprobe/internal/netlab"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// TestFleet runs three probed on three hosts of a namespace LAN, finds them
+// through one DNS name, and sweeps two targets from all three with the
+// probe binary run on a fourth host. The third vantage point is partitioned
+// from the second target by that target's firewall.
+func TestFleet(t *testing.T) {
+	lan := netlab.NewLAN(t)
+	var vantages []*netlab.Host
+	for range 3 {
+		vantages = append(vantages, lan.AddHost(t))
+	}
+	targetA, targetB, client := lan.AddHost(t), lan.AddHost(t), lan.AddHost(t)
+	for _, h := range []*netlab.Host{targetA, targetB} {
+		probetest.NewTarget(t, h.Listen(t, netip.AddrPortFrom(h.V4, 80).String()), nil)
+	}
+	targetB.NFT(t, fmt.Sprintf(`
+table inet partition {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		ip saddr %s tcp dport 80 drop
+	}
+}`, vantages[2].V4))
+
+	dns := dnstest.Serve(t, client.ListenPacket(t, netip.AddrPortFrom(client.V4, 53).String()))
+	var addrs []netip.Addr
+	for _, v := range vantages {
+		probetest.StartProbed(t, v.Command(probedBin, fmt.Sprintf("--listen=%s:7070", v.V4), "--plaintext"))
+		addrs = append(addrs, v.V4)
+	}
+	dns.SetAddrs("probed.fleet.test", addrs...)
+
+	sweep := func(extra ...string) (string, int) {
+		args := append([]string{"sweep", "--dns-server", dns.Addr, "-s", "dns:///probed.fleet.test:7070", "--timeout", "1s",
+			targetA.V4.String() + ":80", targetB.V4.String() + ":80"}, extra...)
+		cmd := client.Command(probeBin, args...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("probe sweep: %v\n%s", err, stderr.String())
+		}
+		if want := "probe: sweep: 1 of 6 probes failed (2 targets, 3 servers)\n"; stderr.String() != want {
+			t.Errorf("stderr %q, want %q", stderr.String(), want)
+		}
+		return stdout.String(), cmd.ProcessState.ExitCode()
+	}
+
+	out, code := sweep()
+	want := []string{
+		`^target +198\.18\.0\.1:7070 +198\.18\.0\.2:7070 +198\.18\.0\.3:7070$`,
+		`^198\.18\.0\.4:80 +ok \S+ +ok \S+ +ok \S+$`,
+		`^198\.18\.0\.5:80 +ok \S+ +ok \S+ +TIMEOUT$`,
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != exitSweepFailed || len(lines) != len(want) {
+		t.Fatalf("exit %d, matrix\n%s", code, out)
+	}
+	for i, re := range want {
+		if !regexp.MustCompile(re).MatchString(lines[i]) {
+			t.Errorf("line %d %q does not match %q", i, lines[i], re)
+		}
+	}
+
+	out, code = sweep("-o", "json")
+	failed := map[string]string{}
+	n := 0
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var line struct {
+			Server string
+			Result struct {
+				Index   int
+				Connect struct{ Error *struct{ Stage, Reason string } }
+			}
+		}
+		if err := json.Unmarshal([]byte(l), &line); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		n++
+		if e := line.Result.Connect.Error; e != nil {
+			failed[fmt.Sprintf("%s %d", line.Server, line.Result.Index)] = e.Stage + " " + e.Reason
+		}
+	}
+	if wantFailed := map[string]string{"198.18.0.3:7070 1": "STAGE_CONNECT REASON_TIMEOUT"}; code != exitSweepFailed || n != 6 || fmt.Sprint(failed) != fmt.Sprint(wantFailed) {
+		t.Errorf("-o json: exit %d, %d lines, failures %v; want %d, 6, %v", code, n, failed, exitSweepFailed, wantFailed)
+	}
+}
