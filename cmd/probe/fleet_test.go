@@ -87,7 +87,9 @@ table inet partition {
 			Server string
 			Result struct {
 				Index   int
-				Connect struct{ Error *struct{ Stage, Reason string } }
+				Connect struct {
+					Error *struct{ Stage, Reason string }
+				}
 			}
 		}
 		if err := json.Unmarshal([]byte(l), &line); err != nil {
