@@ -2,10 +2,12 @@ package service
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -32,12 +34,16 @@ var errnoReasons = map[syscall.Errno]netprobev1.Reason{
 }
 
 // classify is the one place that reads network errors. It looks only at
-// error types and values: a policy refusal, the errno (it is the most
-// precise, and a DNS error can wrap one), then DNS errors, then timeouts.
+// error types and values: a policy refusal, certificate verification
+// errors and TLS alerts, the errno (it is the most precise, and a DNS error
+// can wrap one), then DNS errors, then timeouts.
 func classify(err error) (netprobev1.Reason, string) {
 	var denied *policy.Denied
 	if errors.As(err, &denied) {
 		return netprobev1.Reason_REASON_DENIED, ""
+	}
+	if r, ok := classifyTLS(err); ok {
+		return r, ""
 	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
@@ -66,6 +72,55 @@ func classify(err error) (netprobev1.Reason, string) {
 		return netprobev1.Reason_REASON_TIMEOUT, ""
 	}
 	return netprobev1.Reason_REASON_OTHER, ""
+}
+
+// tlsAlerts maps the TLS alerts a peer ends a handshake with to reasons;
+// any other alert is a handshake failure.
+var tlsAlerts = map[uint8]netprobev1.Reason{
+	70: netprobev1.Reason_REASON_PROTOCOL_VERSION, // protocol_version
+}
+
+// peerAlert returns the TLS alert the peer sent, if err is one. crypto/tls
+// reports it as a *net.OpError with Op "remote error" whose Err is the
+// alert, of an unexported uint8 type: its number is read by kind, not from
+// the message.
+func peerAlert(err error) (uint8, bool) {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" {
+		return 0, false
+	}
+	if v := reflect.ValueOf(op.Err); v.Kind() == reflect.Uint8 {
+		return uint8(v.Uint()), true
+	}
+	return 0, false
+}
+
+// classifyTLS reads certificate verification errors and TLS alerts.
+func classifyTLS(err error) (netprobev1.Reason, bool) {
+	var (
+		invalid   x509.CertificateInvalidError
+		authority x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+	)
+	switch {
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		// Expired covers both ends of the validity window.
+		if invalid.Cert != nil && time.Now().Before(invalid.Cert.NotBefore) {
+			return netprobev1.Reason_REASON_CERTIFICATE_NOT_YET_VALID, true
+		}
+		return netprobev1.Reason_REASON_CERTIFICATE_EXPIRED, true
+	case errors.As(err, &authority):
+		return netprobev1.Reason_REASON_UNKNOWN_AUTHORITY, true
+	case errors.As(err, &hostname):
+		return netprobev1.Reason_REASON_HOSTNAME_MISMATCH, true
+	}
+	if alert, ok := peerAlert(err); ok {
+		if r, ok := tlsAlerts[alert]; ok {
+			return r, true
+		}
+		return netprobev1.Reason_REASON_HANDSHAKE_FAILURE, true
+	}
+	return 0, false
 }
 
 // probeError builds the ProbeError for err at stage, which struck elapsed

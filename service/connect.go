@@ -14,7 +14,7 @@ import (
 
 // Connect implements netprobev1.ProbeServiceServer.
 func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*netprobev1.ConnectResponse, error) {
-	t, timeout, err := s.validateConnect(req)
+	t, timeout, tp, err := s.validateConnect(req)
 	if err != nil {
 		return nil, err
 	}
@@ -26,6 +26,9 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 	conn, resp := s.connect(pctx, t, start)
 	if conn != nil {
 		defer conn.Close()
+		if tp != nil {
+			_, resp.Tls, resp.Error = handshake(pctx, conn, tp, t, start)
+		}
 		if req.GetReverseLookup() {
 			resp.ReverseLookup = s.reverseLookup(pctx, conn.RemoteAddr(), start)
 		}

@@ -27,6 +27,7 @@ type sweepJob struct {
 	target  target
 	timeout time.Duration
 	expand  netprobev1.Expand
+	tls     *tlsParams
 	// asked is the target as the request gave it.
 	asked *netprobev1.Target
 }
@@ -69,11 +70,16 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 		if st.GetTimeout() != nil {
 			timeout = s.validateTimeout(&sub, "timeout", st.GetTimeout())
 		}
+		tp := validateTLS(&sub, "tls", st.GetTls(), t)
+		if tp != nil && st.GetExpand() == netprobev1.Expand_EXPAND_SRV && st.GetTls().GetServerName() == "" {
+			// Each SRV entry is verified for its own host, not the SRV name.
+			tp.serverName = ""
+		}
 		for _, fv := range sub {
 			fv.Field = prefix + fv.Field
 			v = append(v, fv)
 		}
-		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), asked: asked})
+		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, asked: asked})
 	}
 	concurrency := int(req.GetConcurrency())
 	if concurrency == 0 {
@@ -167,10 +173,18 @@ func (s *Server) sweepOne(sctx, callCtx context.Context, job sweepJob, results c
 		start := time.Now()
 		pctx, cancel := context.WithTimeout(sctx, job.timeout)
 		conn, resp := s.connect(pctx, t, start)
-		cancel()
 		if conn != nil {
+			if job.tls != nil {
+				tp := *job.tls
+				if tp.serverName == "" && !t.literal.IsValid() {
+					// An expanded SRV entry names its own host.
+					tp.serverName = t.host
+				}
+				_, resp.Tls, resp.Error = handshake(pctx, conn, &tp, t, start)
+			}
 			conn.Close()
 		}
+		cancel()
 		resp.TotalDuration = durationpb.New(time.Since(start))
 		asked := targetProto(t, job.asked)
 		s.observe(callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Error: resp.Error})

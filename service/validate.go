@@ -179,11 +179,12 @@ func (s *Server) validateTimeout(v *violations, field string, d *durationpb.Dura
 	return t
 }
 
-func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (target, time.Duration, error) {
+func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (target, time.Duration, *tlsParams, error) {
 	var v violations
 	t := validateTarget(&v, req.GetTarget())
 	timeout := s.validateTimeout(&v, "timeout", req.GetTimeout())
-	return t, timeout, v.err()
+	tp := validateTLS(&v, "tls", req.GetTls(), t)
+	return t, timeout, tp, v.err()
 }
 
 // fetchParams is a validated FetchRequest.

@@ -52,9 +52,10 @@ func NewCA(t testing.TB) *CA {
 	return &CA{cert: cert, key: key, Pool: pool, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-// Issue makes a certificate named cn: for the server on 127.0.0.1 and
-// localhost, or for a client.
-func (ca *CA) Issue(t testing.TB, cn string, server bool) tls.Certificate {
+// Issue makes a certificate named cn, valid for an hour: for the server on
+// 127.0.0.1 and localhost, or for a client. Each change, if any, edits the
+// template first (to move the validity window, say).
+func (ca *CA) Issue(t testing.TB, cn string, server bool, changes ...func(*x509.Certificate)) tls.Certificate {
 	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{
@@ -69,6 +70,9 @@ func (ca *CA) Issue(t testing.TB, cn string, server bool) tls.Certificate {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
 		tmpl.DNSNames = []string{"localhost"}
+	}
+	for _, change := range changes {
+		change(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -163,21 +164,25 @@ const (
 	// When every address of a target is refused, the call fails with
 	// PERMISSION_DENIED and this ProbeError as a detail.
 	Stage_STAGE_POLICY Stage = 9
+	// STAGE_TLS_HANDSHAKE is the TLS handshake asked for with TlsOptions,
+	// and the verification of the peer's certificate chain.
+	Stage_STAGE_TLS_HANDSHAKE Stage = 10
 )
 
 // Enum value maps for Stage.
 var (
 	Stage_name = map[int32]string{
-		0: "STAGE_UNSPECIFIED",
-		1: "STAGE_SERVICE_LOOKUP",
-		2: "STAGE_RESOLVE",
-		3: "STAGE_SOCKET",
-		4: "STAGE_CONNECT",
-		5: "STAGE_SEND",
-		6: "STAGE_SHUTDOWN",
-		7: "STAGE_RECEIVE",
-		8: "STAGE_REVERSE_LOOKUP",
-		9: "STAGE_POLICY",
+		0:  "STAGE_UNSPECIFIED",
+		1:  "STAGE_SERVICE_LOOKUP",
+		2:  "STAGE_RESOLVE",
+		3:  "STAGE_SOCKET",
+		4:  "STAGE_CONNECT",
+		5:  "STAGE_SEND",
+		6:  "STAGE_SHUTDOWN",
+		7:  "STAGE_RECEIVE",
+		8:  "STAGE_REVERSE_LOOKUP",
+		9:  "STAGE_POLICY",
+		10: "STAGE_TLS_HANDSHAKE",
 	}
 	Stage_value = map[string]int32{
 		"STAGE_UNSPECIFIED":    0,
@@ -190,6 +195,7 @@ var (
 		"STAGE_RECEIVE":        7,
 		"STAGE_REVERSE_LOOKUP": 8,
 		"STAGE_POLICY":         9,
+		"STAGE_TLS_HANDSHAKE":  10,
 	}
 )
 
@@ -267,6 +273,25 @@ const (
 	// REASON_DENIED means the probe server's target policy refused the
 	// address; rule names the rule.
 	Reason_REASON_DENIED Reason = 13
+	// REASON_CERTIFICATE_EXPIRED means a certificate of the chain is past its
+	// not_after.
+	Reason_REASON_CERTIFICATE_EXPIRED Reason = 14
+	// REASON_CERTIFICATE_NOT_YET_VALID means a certificate of the chain is
+	// before its not_before.
+	Reason_REASON_CERTIFICATE_NOT_YET_VALID Reason = 15
+	// REASON_UNKNOWN_AUTHORITY means the chain does not lead to a trusted
+	// root (the system's, or the request's ca_bundle).
+	Reason_REASON_UNKNOWN_AUTHORITY Reason = 16
+	// REASON_HOSTNAME_MISMATCH means the certificate is not for the server
+	// name (or IP address) asked for.
+	Reason_REASON_HOSTNAME_MISMATCH Reason = 17
+	// REASON_HANDSHAKE_FAILURE means the peer ended the handshake with a
+	// handshake_failure alert (no cipher suite, curve or ALPN protocol in
+	// common, or a client certificate it wanted) or another alert.
+	Reason_REASON_HANDSHAKE_FAILURE Reason = 18
+	// REASON_PROTOCOL_VERSION means the peer speaks no TLS version the probe
+	// accepts (TLS 1.2 and 1.3).
+	Reason_REASON_PROTOCOL_VERSION Reason = 19
 )
 
 // Enum value maps for Reason.
@@ -286,22 +311,34 @@ var (
 		11: "REASON_OTHER",
 		12: "REASON_PROHIBITED",
 		13: "REASON_DENIED",
+		14: "REASON_CERTIFICATE_EXPIRED",
+		15: "REASON_CERTIFICATE_NOT_YET_VALID",
+		16: "REASON_UNKNOWN_AUTHORITY",
+		17: "REASON_HOSTNAME_MISMATCH",
+		18: "REASON_HANDSHAKE_FAILURE",
+		19: "REASON_PROTOCOL_VERSION",
 	}
 	Reason_value = map[string]int32{
-		"REASON_UNSPECIFIED":           0,
-		"REASON_TIMEOUT":               1,
-		"REASON_REFUSED":               2,
-		"REASON_RESET":                 3,
-		"REASON_HOST_UNREACHABLE":      4,
-		"REASON_NETWORK_UNREACHABLE":   5,
-		"REASON_NO_SUCH_HOST":          6,
-		"REASON_TEMPORARY_DNS_FAILURE": 7,
-		"REASON_UNKNOWN_SERVICE":       8,
-		"REASON_BROKEN_PIPE":           9,
-		"REASON_TOO_MANY_OPEN_FILES":   10,
-		"REASON_OTHER":                 11,
-		"REASON_PROHIBITED":            12,
-		"REASON_DENIED":                13,
+		"REASON_UNSPECIFIED":               0,
+		"REASON_TIMEOUT":                   1,
+		"REASON_REFUSED":                   2,
+		"REASON_RESET":                     3,
+		"REASON_HOST_UNREACHABLE":          4,
+		"REASON_NETWORK_UNREACHABLE":       5,
+		"REASON_NO_SUCH_HOST":              6,
+		"REASON_TEMPORARY_DNS_FAILURE":     7,
+		"REASON_UNKNOWN_SERVICE":           8,
+		"REASON_BROKEN_PIPE":               9,
+		"REASON_TOO_MANY_OPEN_FILES":       10,
+		"REASON_OTHER":                     11,
+		"REASON_PROHIBITED":                12,
+		"REASON_DENIED":                    13,
+		"REASON_CERTIFICATE_EXPIRED":       14,
+		"REASON_CERTIFICATE_NOT_YET_VALID": 15,
+		"REASON_UNKNOWN_AUTHORITY":         16,
+		"REASON_HOSTNAME_MISMATCH":         17,
+		"REASON_HANDSHAKE_FAILURE":         18,
+		"REASON_PROTOCOL_VERSION":          19,
 	}
 )
 
@@ -920,6 +957,8 @@ type ConnectRequest struct {
 	// connected. Its failure is reported in reverse_lookup and does not fail
 	// the probe.
 	ReverseLookup bool `protobuf:"varint,3,opt,name=reverse_lookup,json=reverseLookup,proto3" json:"reverse_lookup,omitempty"`
+	// tls, when set, makes the probe a TLS handshake after connecting.
+	Tls           *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -975,6 +1014,13 @@ func (x *ConnectRequest) GetReverseLookup() bool {
 	return false
 }
 
+func (x *ConnectRequest) GetTls() *TlsOptions {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
 // ConnectResponse reports a connection probe.
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1004,7 +1050,10 @@ type ConnectResponse struct {
 	// a connection was made.
 	ReverseLookup *ReverseLookup `protobuf:"bytes,9,opt,name=reverse_lookup,json=reverseLookup,proto3" json:"reverse_lookup,omitempty"`
 	// error is why the probe failed; absent on success.
-	Error         *ProbeError `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	Error *ProbeError `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	// tls is the TLS handshake, when the request asked for one and the
+	// connection got that far.
+	Tls           *TlsResult `protobuf:"bytes,11,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1109,6 +1158,312 @@ func (x *ConnectResponse) GetError() *ProbeError {
 	return nil
 }
 
+func (x *ConnectResponse) GetTls() *TlsResult {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+// TlsOptions asks for a TLS handshake once connected.
+type TlsOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// server_name is sent as SNI and is the name the certificate must be
+	// for; unset, it is the target's host when that is a name (an IP
+	// address is then checked against the certificate's IP addresses and no
+	// SNI is sent).
+	ServerName string `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	// alpn lists the application protocols to offer, such as "h2" and
+	// "http/1.1".
+	Alpn []string `protobuf:"bytes,2,rep,name=alpn,proto3" json:"alpn,omitempty"`
+	// ca_bundle holds PEM certificates to trust instead of the system's
+	// roots (at most 1 MiB).
+	CaBundle []byte `protobuf:"bytes,3,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	// insecure_skip_verify completes the handshake whatever the chain, for
+	// inspection: the result still says whether it verified and why not, but
+	// the probe does not fail for it.
+	InsecureSkipVerify bool `protobuf:"varint,4,opt,name=insecure_skip_verify,json=insecureSkipVerify,proto3" json:"insecure_skip_verify,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *TlsOptions) Reset() {
+	*x = TlsOptions{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TlsOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TlsOptions) ProtoMessage() {}
+
+func (x *TlsOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TlsOptions.ProtoReflect.Descriptor instead.
+func (*TlsOptions) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TlsOptions) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *TlsOptions) GetAlpn() []string {
+	if x != nil {
+		return x.Alpn
+	}
+	return nil
+}
+
+func (x *TlsOptions) GetCaBundle() []byte {
+	if x != nil {
+		return x.CaBundle
+	}
+	return nil
+}
+
+func (x *TlsOptions) GetInsecureSkipVerify() bool {
+	if x != nil {
+		return x.InsecureSkipVerify
+	}
+	return false
+}
+
+// TlsResult is what a TLS handshake found.
+type TlsResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// handshake_duration is how long the handshake took.
+	HandshakeDuration *durationpb.Duration `protobuf:"bytes,1,opt,name=handshake_duration,json=handshakeDuration,proto3" json:"handshake_duration,omitempty"`
+	// version is the TLS version, such as "TLS 1.3".
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// cipher_suite is the cipher suite's IANA name.
+	CipherSuite string `protobuf:"bytes,3,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	// alpn is the application protocol negotiated; empty for none.
+	Alpn string `protobuf:"bytes,4,opt,name=alpn,proto3" json:"alpn,omitempty"`
+	// server_name is the name sent as SNI and verified against.
+	ServerName string `protobuf:"bytes,5,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	// peer_certificates is the chain the peer sent, leaf first.
+	PeerCertificates []*Certificate `protobuf:"bytes,6,rep,name=peer_certificates,json=peerCertificates,proto3" json:"peer_certificates,omitempty"`
+	// verified is true when the chain verified for server_name.
+	Verified bool `protobuf:"varint,7,opt,name=verified,proto3" json:"verified,omitempty"`
+	// verify_error says why the chain did not verify; empty when it did.
+	VerifyError   string `protobuf:"bytes,8,opt,name=verify_error,json=verifyError,proto3" json:"verify_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TlsResult) Reset() {
+	*x = TlsResult{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TlsResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TlsResult) ProtoMessage() {}
+
+func (x *TlsResult) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TlsResult.ProtoReflect.Descriptor instead.
+func (*TlsResult) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TlsResult) GetHandshakeDuration() *durationpb.Duration {
+	if x != nil {
+		return x.HandshakeDuration
+	}
+	return nil
+}
+
+func (x *TlsResult) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *TlsResult) GetCipherSuite() string {
+	if x != nil {
+		return x.CipherSuite
+	}
+	return ""
+}
+
+func (x *TlsResult) GetAlpn() string {
+	if x != nil {
+		return x.Alpn
+	}
+	return ""
+}
+
+func (x *TlsResult) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *TlsResult) GetPeerCertificates() []*Certificate {
+	if x != nil {
+		return x.PeerCertificates
+	}
+	return nil
+}
+
+func (x *TlsResult) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *TlsResult) GetVerifyError() string {
+	if x != nil {
+		return x.VerifyError
+	}
+	return ""
+}
+
+// Certificate describes one certificate of a chain.
+type Certificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// subject is the subject's distinguished name.
+	Subject string `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	// issuer is the issuer's distinguished name.
+	Issuer string `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// dns_names are the DNS names it is for (subject alternative names).
+	DnsNames []string `protobuf:"bytes,3,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	// ip_addresses are the IP addresses it is for.
+	IpAddresses []string `protobuf:"bytes,4,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
+	// serial is the serial number, in hexadecimal.
+	Serial string `protobuf:"bytes,5,opt,name=serial,proto3" json:"serial,omitempty"`
+	// not_before and not_after bound its validity.
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	// not_after is when it expires.
+	NotAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// days_left is the whole days from the probe to not_after; negative once
+	// expired.
+	DaysLeft      int32 `protobuf:"varint,8,opt,name=days_left,json=daysLeft,proto3" json:"days_left,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Certificate) Reset() {
+	*x = Certificate{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Certificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Certificate) ProtoMessage() {}
+
+func (x *Certificate) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
+func (*Certificate) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Certificate) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Certificate) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *Certificate) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
+}
+
+func (x *Certificate) GetIpAddresses() []string {
+	if x != nil {
+		return x.IpAddresses
+	}
+	return nil
+}
+
+func (x *Certificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Certificate) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *Certificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *Certificate) GetDaysLeft() int32 {
+	if x != nil {
+		return x.DaysLeft
+	}
+	return 0
+}
+
 // HttpGet is an HTTP/1.0 GET request, written the way a hand-written socket
 // client writes it: "GET <path> HTTP/1.0", an optional Host header, a blank
 // line.
@@ -1126,7 +1481,7 @@ type HttpGet struct {
 
 func (x *HttpGet) Reset() {
 	*x = HttpGet{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1493,7 @@ func (x *HttpGet) String() string {
 func (*HttpGet) ProtoMessage() {}
 
 func (x *HttpGet) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1506,7 @@ func (x *HttpGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpGet.ProtoReflect.Descriptor instead.
 func (*HttpGet) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HttpGet) GetPath() string {
@@ -1207,7 +1562,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1574,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1587,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FetchRequest) GetTarget() *Target {
@@ -1340,7 +1695,7 @@ type FetchData struct {
 
 func (x *FetchData) Reset() {
 	*x = FetchData{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1707,7 @@ func (x *FetchData) String() string {
 func (*FetchData) ProtoMessage() {}
 
 func (x *FetchData) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1720,7 @@ func (x *FetchData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchData.ProtoReflect.Descriptor instead.
 func (*FetchData) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FetchData) GetData() []byte {
@@ -1398,7 +1753,7 @@ type FetchSummary struct {
 
 func (x *FetchSummary) Reset() {
 	*x = FetchSummary{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1765,7 @@ func (x *FetchSummary) String() string {
 func (*FetchSummary) ProtoMessage() {}
 
 func (x *FetchSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1778,7 @@ func (x *FetchSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchSummary.ProtoReflect.Descriptor instead.
 func (*FetchSummary) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FetchSummary) GetBytesSent() uint64 {
@@ -1486,7 +1841,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1853,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1866,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FetchResponse) GetEvent() isFetchResponse_Event {
@@ -1590,7 +1945,7 @@ type ResolveServiceRequest struct {
 
 func (x *ResolveServiceRequest) Reset() {
 	*x = ResolveServiceRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1957,7 @@ func (x *ResolveServiceRequest) String() string {
 func (*ResolveServiceRequest) ProtoMessage() {}
 
 func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1970,7 @@ func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceRequest.ProtoReflect.Descriptor instead.
 func (*ResolveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResolveServiceRequest) GetName() string {
@@ -1661,7 +2016,7 @@ type ResolveServiceResponse struct {
 
 func (x *ResolveServiceResponse) Reset() {
 	*x = ResolveServiceResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +2028,7 @@ func (x *ResolveServiceResponse) String() string {
 func (*ResolveServiceResponse) ProtoMessage() {}
 
 func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +2041,7 @@ func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceResponse.ProtoReflect.Descriptor instead.
 func (*ResolveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResolveServiceResponse) GetName() string {
@@ -1741,14 +2096,16 @@ type SweepTarget struct {
 	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// expand says whether the target stands for several (its addresses, or
 	// the entries of an SRV record).
-	Expand        Expand `protobuf:"varint,3,opt,name=expand,proto3,enum=netprobe.v1.Expand" json:"expand,omitempty"`
+	Expand Expand `protobuf:"varint,3,opt,name=expand,proto3,enum=netprobe.v1.Expand" json:"expand,omitempty"`
+	// tls, when set, makes each probe of this entry a TLS handshake too.
+	Tls           *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SweepTarget) Reset() {
 	*x = SweepTarget{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +2117,7 @@ func (x *SweepTarget) String() string {
 func (*SweepTarget) ProtoMessage() {}
 
 func (x *SweepTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +2130,7 @@ func (x *SweepTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepTarget.ProtoReflect.Descriptor instead.
 func (*SweepTarget) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SweepTarget) GetTarget() *Target {
@@ -1797,6 +2154,13 @@ func (x *SweepTarget) GetExpand() Expand {
 	return Expand_EXPAND_UNSPECIFIED
 }
 
+func (x *SweepTarget) GetTls() *TlsOptions {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
 // SweepRequest is the input of Sweep.
 type SweepRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1815,7 +2179,7 @@ type SweepRequest struct {
 
 func (x *SweepRequest) Reset() {
 	*x = SweepRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +2191,7 @@ func (x *SweepRequest) String() string {
 func (*SweepRequest) ProtoMessage() {}
 
 func (x *SweepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +2204,7 @@ func (x *SweepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepRequest.ProtoReflect.Descriptor instead.
 func (*SweepRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SweepRequest) GetTargets() []*SweepTarget {
@@ -1887,7 +2251,7 @@ type SweepResponse struct {
 
 func (x *SweepResponse) Reset() {
 	*x = SweepResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2263,7 @@ func (x *SweepResponse) String() string {
 func (*SweepResponse) ProtoMessage() {}
 
 func (x *SweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2276,7 @@ func (x *SweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepResponse.ProtoReflect.Descriptor instead.
 func (*SweepResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SweepResponse) GetIndex() uint32 {
@@ -1947,7 +2311,7 @@ var File_netprobe_v1_probe_proto protoreflect.FileDescriptor
 
 const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\n" +
-	"\x17netprobe/v1/probe.proto\x12\vnetprobe.v1\x1a\x1egoogle/protobuf/duration.proto\"\xae\x01\n" +
+	"\x17netprobe/v1/probe.proto\x12\vnetprobe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x01\n" +
 	"\x06Target\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x18\n" +
@@ -1972,11 +2336,12 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\rReverseLookup\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x125\n" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12-\n" +
-	"\x05error\x18\x03 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\x99\x01\n" +
+	"\x05error\x18\x03 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xc4\x01\n" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12%\n" +
-	"\x0ereverse_lookup\x18\x03 \x01(\bR\rreverseLookup\"\x92\x04\n" +
+	"\x0ereverse_lookup\x18\x03 \x01(\bR\rreverseLookup\x12)\n" +
+	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\"\xbc\x04\n" +
 	"\x0fConnectResponse\x12#\n" +
 	"\rlocal_address\x18\x01 \x01(\tR\flocalAddress\x12!\n" +
 	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12-\n" +
@@ -1988,7 +2353,35 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x0etotal_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\x12A\n" +
 	"\x0ereverse_lookup\x18\t \x01(\v2\x1a.netprobe.v1.ReverseLookupR\rreverseLookup\x12-\n" +
 	"\x05error\x18\n" +
-	" \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"1\n" +
+	" \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\x12(\n" +
+	"\x03tls\x18\v \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\"\x90\x01\n" +
+	"\n" +
+	"TlsOptions\x12\x1f\n" +
+	"\vserver_name\x18\x01 \x01(\tR\n" +
+	"serverName\x12\x12\n" +
+	"\x04alpn\x18\x02 \x03(\tR\x04alpn\x12\x1b\n" +
+	"\tca_bundle\x18\x03 \x01(\fR\bcaBundle\x120\n" +
+	"\x14insecure_skip_verify\x18\x04 \x01(\bR\x12insecureSkipVerify\"\xcd\x02\n" +
+	"\tTlsResult\x12H\n" +
+	"\x12handshake_duration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11handshakeDuration\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
+	"\fcipher_suite\x18\x03 \x01(\tR\vcipherSuite\x12\x12\n" +
+	"\x04alpn\x18\x04 \x01(\tR\x04alpn\x12\x1f\n" +
+	"\vserver_name\x18\x05 \x01(\tR\n" +
+	"serverName\x12E\n" +
+	"\x11peer_certificates\x18\x06 \x03(\v2\x18.netprobe.v1.CertificateR\x10peerCertificates\x12\x1a\n" +
+	"\bverified\x18\a \x01(\bR\bverified\x12!\n" +
+	"\fverify_error\x18\b \x01(\tR\vverifyError\"\xa8\x02\n" +
+	"\vCertificate\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x1b\n" +
+	"\tdns_names\x18\x03 \x03(\tR\bdnsNames\x12!\n" +
+	"\fip_addresses\x18\x04 \x03(\tR\vipAddresses\x12\x16\n" +
+	"\x06serial\x18\x05 \x01(\tR\x06serial\x129\n" +
+	"\n" +
+	"not_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x1b\n" +
+	"\tdays_left\x18\b \x01(\x05R\bdaysLeft\"1\n" +
 	"\aHttpGet\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\"\xa4\x03\n" +
@@ -2029,11 +2422,12 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x18\n" +
 	"\aaliases\x18\x04 \x03(\tR\aaliases\x122\n" +
 	"\x06source\x18\x05 \x01(\x0e2\x1a.netprobe.v1.ServiceSourceR\x06source\x12-\n" +
-	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\x9c\x01\n" +
+	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xc7\x01\n" +
 	"\vSweepTarget\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
-	"\x06expand\x18\x03 \x01(\x0e2\x13.netprobe.v1.ExpandR\x06expand\"\x99\x01\n" +
+	"\x06expand\x18\x03 \x01(\x0e2\x13.netprobe.v1.ExpandR\x06expand\x12)\n" +
+	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\"\x99\x01\n" +
 	"\fSweepRequest\x122\n" +
 	"\atargets\x18\x01 \x03(\v2\x18.netprobe.v1.SweepTargetR\atargets\x12 \n" +
 	"\vconcurrency\x18\x02 \x01(\rR\vconcurrency\x123\n" +
@@ -2050,7 +2444,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\bIpFamily\x12\x19\n" +
 	"\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n" +
-	"\x0eIP_FAMILY_IPV6\x10\x02*\xd3\x01\n" +
+	"\x0eIP_FAMILY_IPV6\x10\x02*\xec\x01\n" +
 	"\x05Stage\x12\x15\n" +
 	"\x11STAGE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STAGE_SERVICE_LOOKUP\x10\x01\x12\x11\n" +
@@ -2062,7 +2456,9 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x0eSTAGE_SHUTDOWN\x10\x06\x12\x11\n" +
 	"\rSTAGE_RECEIVE\x10\a\x12\x18\n" +
 	"\x14STAGE_REVERSE_LOOKUP\x10\b\x12\x10\n" +
-	"\fSTAGE_POLICY\x10\t*\xe2\x02\n" +
+	"\fSTAGE_POLICY\x10\t\x12\x17\n" +
+	"\x13STAGE_TLS_HANDSHAKE\x10\n" +
+	"*\x9f\x04\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_TIMEOUT\x10\x01\x12\x12\n" +
@@ -2078,7 +2474,13 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x12\x10\n" +
 	"\fREASON_OTHER\x10\v\x12\x15\n" +
 	"\x11REASON_PROHIBITED\x10\f\x12\x11\n" +
-	"\rREASON_DENIED\x10\r*]\n" +
+	"\rREASON_DENIED\x10\r\x12\x1e\n" +
+	"\x1aREASON_CERTIFICATE_EXPIRED\x10\x0e\x12$\n" +
+	" REASON_CERTIFICATE_NOT_YET_VALID\x10\x0f\x12\x1c\n" +
+	"\x18REASON_UNKNOWN_AUTHORITY\x10\x10\x12\x1c\n" +
+	"\x18REASON_HOSTNAME_MISMATCH\x10\x11\x12\x1c\n" +
+	"\x18REASON_HANDSHAKE_FAILURE\x10\x12\x12\x1b\n" +
+	"\x17REASON_PROTOCOL_VERSION\x10\x13*]\n" +
 	"\aFraming\x12\x17\n" +
 	"\x13FRAMING_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFRAMING_RAW\x10\x01\x12\x11\n" +
@@ -2120,7 +2522,7 @@ func file_netprobe_v1_probe_proto_rawDescGZIP() []byte {
 }
 
 var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_netprobe_v1_probe_proto_goTypes = []any{
 	(Network)(0),                   // 0: netprobe.v1.Network
 	(IpFamily)(0),                  // 1: netprobe.v1.IpFamily
@@ -2136,71 +2538,82 @@ var file_netprobe_v1_probe_proto_goTypes = []any{
 	(*ReverseLookup)(nil),          // 11: netprobe.v1.ReverseLookup
 	(*ConnectRequest)(nil),         // 12: netprobe.v1.ConnectRequest
 	(*ConnectResponse)(nil),        // 13: netprobe.v1.ConnectResponse
-	(*HttpGet)(nil),                // 14: netprobe.v1.HttpGet
-	(*FetchRequest)(nil),           // 15: netprobe.v1.FetchRequest
-	(*FetchData)(nil),              // 16: netprobe.v1.FetchData
-	(*FetchSummary)(nil),           // 17: netprobe.v1.FetchSummary
-	(*FetchResponse)(nil),          // 18: netprobe.v1.FetchResponse
-	(*ResolveServiceRequest)(nil),  // 19: netprobe.v1.ResolveServiceRequest
-	(*ResolveServiceResponse)(nil), // 20: netprobe.v1.ResolveServiceResponse
-	(*SweepTarget)(nil),            // 21: netprobe.v1.SweepTarget
-	(*SweepRequest)(nil),           // 22: netprobe.v1.SweepRequest
-	(*SweepResponse)(nil),          // 23: netprobe.v1.SweepResponse
-	(*durationpb.Duration)(nil),    // 24: google.protobuf.Duration
+	(*TlsOptions)(nil),             // 14: netprobe.v1.TlsOptions
+	(*TlsResult)(nil),              // 15: netprobe.v1.TlsResult
+	(*Certificate)(nil),            // 16: netprobe.v1.Certificate
+	(*HttpGet)(nil),                // 17: netprobe.v1.HttpGet
+	(*FetchRequest)(nil),           // 18: netprobe.v1.FetchRequest
+	(*FetchData)(nil),              // 19: netprobe.v1.FetchData
+	(*FetchSummary)(nil),           // 20: netprobe.v1.FetchSummary
+	(*FetchResponse)(nil),          // 21: netprobe.v1.FetchResponse
+	(*ResolveServiceRequest)(nil),  // 22: netprobe.v1.ResolveServiceRequest
+	(*ResolveServiceResponse)(nil), // 23: netprobe.v1.ResolveServiceResponse
+	(*SweepTarget)(nil),            // 24: netprobe.v1.SweepTarget
+	(*SweepRequest)(nil),           // 25: netprobe.v1.SweepRequest
+	(*SweepResponse)(nil),          // 26: netprobe.v1.SweepResponse
+	(*durationpb.Duration)(nil),    // 27: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
 }
 var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	0,  // 0: netprobe.v1.Target.network:type_name -> netprobe.v1.Network
 	1,  // 1: netprobe.v1.Target.ip_family:type_name -> netprobe.v1.IpFamily
 	2,  // 2: netprobe.v1.ProbeError.stage:type_name -> netprobe.v1.Stage
 	3,  // 3: netprobe.v1.ProbeError.reason:type_name -> netprobe.v1.Reason
-	24, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
-	24, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
-	24, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
+	27, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
+	27, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
+	27, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
 	9,  // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
-	24, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
+	27, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
 	9,  // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
 	8,  // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
-	24, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 12: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
-	24, // 13: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
-	24, // 14: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
-	24, // 15: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
-	11, // 16: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
-	9,  // 17: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
-	8,  // 18: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
-	24, // 19: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
-	14, // 20: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
-	24, // 21: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
-	4,  // 22: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
-	24, // 23: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	24, // 24: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
-	5,  // 25: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
-	9,  // 26: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
-	13, // 27: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	16, // 28: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
-	17, // 29: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
-	6,  // 30: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
-	9,  // 31: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
-	8,  // 32: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	24, // 33: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
-	7,  // 34: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
-	21, // 35: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	24, // 36: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	8,  // 37: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	13, // 38: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	12, // 39: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	15, // 40: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	19, // 41: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	22, // 42: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	13, // 43: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	18, // 44: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	20, // 45: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	23, // 46: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	43, // [43:47] is the sub-list for method output_type
-	39, // [39:43] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	27, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	14, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
+	10, // 13: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
+	27, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
+	27, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
+	27, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
+	11, // 17: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
+	9,  // 18: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
+	15, // 19: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
+	27, // 20: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
+	16, // 21: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
+	28, // 22: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	28, // 23: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	8,  // 24: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
+	27, // 25: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
+	17, // 26: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
+	27, // 27: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
+	4,  // 28: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
+	27, // 29: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	27, // 30: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	5,  // 31: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
+	9,  // 32: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
+	13, // 33: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	19, // 34: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
+	20, // 35: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
+	6,  // 36: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
+	9,  // 37: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
+	8,  // 38: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
+	27, // 39: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	7,  // 40: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
+	14, // 41: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
+	24, // 42: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	27, // 43: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	8,  // 44: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	13, // 45: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	12, // 46: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	18, // 47: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	22, // 48: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	25, // 49: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	13, // 50: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	21, // 51: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	23, // 52: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	26, // 53: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	50, // [50:54] is the sub-list for method output_type
+	46, // [46:50] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
@@ -2208,11 +2621,11 @@ func file_netprobe_v1_probe_proto_init() {
 	if File_netprobe_v1_probe_proto != nil {
 		return
 	}
-	file_netprobe_v1_probe_proto_msgTypes[7].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[10].OneofWrappers = []any{
 		(*FetchRequest_Payload)(nil),
 		(*FetchRequest_HttpGet)(nil),
 	}
-	file_netprobe_v1_probe_proto_msgTypes[10].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[13].OneofWrappers = []any{
 		(*FetchResponse_Connect)(nil),
 		(*FetchResponse_Data)(nil),
 		(*FetchResponse_Summary)(nil),
@@ -2223,7 +2636,7 @@ func file_netprobe_v1_probe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netprobe_v1_probe_proto_rawDesc), len(file_netprobe_v1_probe_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
