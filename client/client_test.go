@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -563,5 +564,34 @@ func TestSweep(t *testing.T) {
 		if r != nil || !errors.As(err, &opErr) {
 			t.Errorf("a bad entry: %v, %v; want a *net.OpError and no result", r, err)
 		}
+	}
+}
+
+// TestConnectTLS checks the handshake's result and a failed verification.
+func TestConnectTLS(t *testing.T) {
+	t.Parallel()
+	c, _ := start(t)
+	ca := probetest.NewCA(t)
+	serve := func(changes ...func(*x509.Certificate)) string {
+		cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "target", true, changes...)}}
+		return probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			tc := tls.Server(c, cfg)
+			tc.Handshake()
+			tc.Close()
+		}).Addr()
+	}
+	good := serve()
+	expired := serve(func(c *x509.Certificate) { c.NotAfter = time.Now().Add(-time.Hour) })
+	opts := client.ConnectOptions{TLS: &client.TLSOptions{ServerName: "localhost", CABundle: ca.PEM}}
+
+	res, err := c.Connect(probetest.Context(t), "tcp", good, opts)
+	if err != nil || res.TLS == nil || !res.TLS.Verified || res.TLS.Version != "TLS 1.3" || len(res.TLS.Chain) != 1 || res.TLS.Chain[0].Subject != "CN=target" || res.TLS.Chain[0].DNSNames[0] != "localhost" {
+		t.Errorf("Connect with TLS: %+v, %v", res.TLS, err)
+	}
+	res, err = c.Connect(probetest.Context(t), "tcp", expired, opts)
+	var pe *client.ProbeError
+	want := "tls handshake " + expired + ": certificate expired (stage TLS_HANDSHAKE, reason CERTIFICATE_EXPIRED)"
+	if !errors.As(err, &pe) || pe.Stage != client.StageTLSHandshake || pe.Reason != client.ReasonCertificateExpired || err.Error() != want || res.TLS == nil || res.TLS.Verified {
+		t.Errorf("an expired certificate: %v, TLS %+v; want %q", err, res.TLS, want)
 	}
 }

@@ -19,6 +19,8 @@ type ConnectOptions struct {
 	Timeout time.Duration
 	// ReverseLookup asks for the peer address's names (PTR) once connected.
 	ReverseLookup bool
+	// TLS, when set, makes the probe a TLS handshake after connecting.
+	TLS *TLSOptions
 }
 
 // ConnectResult is the report of a connect phase.
@@ -38,6 +40,9 @@ type ConnectResult struct {
 	ResolveDuration, ConnectDuration, TotalDuration time.Duration
 	// ReverseLookup is the PTR lookup, when ConnectOptions asked for one.
 	ReverseLookup *ReverseLookup
+	// TLS is the handshake, when one was asked for and the connection got
+	// that far.
+	TLS *TLSResult
 
 	proto *netprobev1.ConnectResponse
 }
@@ -82,7 +87,7 @@ func (c *Client) Connect(ctx context.Context, network, address string, opts Conn
 	if err != nil {
 		return nil, err
 	}
-	req := &netprobev1.ConnectRequest{Target: t, ReverseLookup: opts.ReverseLookup}
+	req := &netprobev1.ConnectRequest{Target: t, ReverseLookup: opts.ReverseLookup, Tls: opts.TLS.proto()}
 	if opts.Timeout != 0 {
 		req.Timeout = durationpb.New(opts.Timeout)
 	}
@@ -106,6 +111,7 @@ func newConnectResult(resp *netprobev1.ConnectResponse) *ConnectResult {
 		ResolveDuration: resp.GetResolveDuration().AsDuration(),
 		ConnectDuration: resp.GetConnectDuration().AsDuration(),
 		TotalDuration:   resp.GetTotalDuration().AsDuration(),
+		TLS:             newTLSResult(resp.GetTls()),
 		proto:           resp,
 	}
 	for _, a := range resp.GetResolvedAddresses() {

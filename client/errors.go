@@ -26,6 +26,7 @@ const (
 	StageReceive       = netprobev1.Stage_STAGE_RECEIVE
 	StageReverseLookup = netprobev1.Stage_STAGE_REVERSE_LOOKUP
 	StagePolicy        = netprobev1.Stage_STAGE_POLICY
+	StageTLSHandshake  = netprobev1.Stage_STAGE_TLS_HANDSHAKE
 )
 
 // Reason says why a stage failed.
@@ -46,6 +47,12 @@ const (
 	ReasonOther               = netprobev1.Reason_REASON_OTHER
 	ReasonProhibited          = netprobev1.Reason_REASON_PROHIBITED
 	ReasonDenied              = netprobev1.Reason_REASON_DENIED
+	ReasonCertificateExpired  = netprobev1.Reason_REASON_CERTIFICATE_EXPIRED
+	ReasonCertificateNotYet   = netprobev1.Reason_REASON_CERTIFICATE_NOT_YET_VALID
+	ReasonUnknownAuthority    = netprobev1.Reason_REASON_UNKNOWN_AUTHORITY
+	ReasonHostnameMismatch    = netprobev1.Reason_REASON_HOSTNAME_MISMATCH
+	ReasonHandshakeFailure    = netprobev1.Reason_REASON_HANDSHAKE_FAILURE
+	ReasonProtocolVersion     = netprobev1.Reason_REASON_PROTOCOL_VERSION
 )
 
 // reasonText describes the reasons that are not errnos' own words.
@@ -55,6 +62,12 @@ var reasonText = map[Reason]string{
 	ReasonTemporaryDNSFailure: "temporary DNS failure",
 	ReasonUnknownService:      "unknown service",
 	ReasonDenied:              "denied by the target policy",
+	ReasonCertificateExpired:  "certificate expired",
+	ReasonCertificateNotYet:   "certificate not yet valid",
+	ReasonUnknownAuthority:    "certificate signed by an unknown authority",
+	ReasonHostnameMismatch:    "certificate is not for this name",
+	ReasonHandshakeFailure:    "TLS handshake failure",
+	ReasonProtocolVersion:     "no TLS version in common",
 }
 
 // ProbeError is a probe that ran on the server and failed: the target, not

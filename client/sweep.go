@@ -35,6 +35,8 @@ type SweepTarget struct {
 	Timeout time.Duration
 	// Expand, when set, makes the entry stand for several targets.
 	Expand Expand
+	// TLS, when set, adds a TLS handshake to each probe of the entry.
+	TLS *TLSOptions
 }
 
 // SweepOptions tunes a sweep.
@@ -110,7 +112,7 @@ func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOpt
 }
 
 func sweepTarget(st SweepTarget) (*netprobev1.SweepTarget, error) {
-	out := &netprobev1.SweepTarget{Expand: st.Expand}
+	out := &netprobev1.SweepTarget{Expand: st.Expand, Tls: st.TLS.proto()}
 	if st.Timeout != 0 {
 		out.Timeout = durationpb.New(st.Timeout)
 	}

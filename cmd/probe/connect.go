@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +15,7 @@ func (a *app) connectCommand() *cobra.Command {
 	var (
 		tf      targetFlags
 		reverse bool
+		hs      handshakeFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "connect HOST PORT|SERVICE",
@@ -30,7 +32,11 @@ connected and how long each phase took. The connection is closed at once.`,
 			if err != nil {
 				return err
 			}
-			res, err := c.Connect(ctx, tf.network(), addr, client.ConnectOptions{Timeout: a.timeout, ReverseLookup: reverse})
+			tlsOpts, err := hs.options()
+			if err != nil {
+				return err
+			}
+			res, err := c.Connect(ctx, tf.network(), addr, client.ConnectOptions{Timeout: a.timeout, ReverseLookup: reverse, TLS: tlsOpts})
 			if res != nil {
 				if a.output == "json" {
 					if err := writeJSON(a.out, res.Proto()); err != nil {
@@ -45,6 +51,7 @@ connected and how long each phase took. The connection is closed at once.`,
 	}
 	tf.register(cmd)
 	cmd.Flags().BoolVarP(&reverse, "reverse", "r", false, "look the peer address up by address (PTR) once connected")
+	hs.register(cmd)
 	return cmd
 }
 
@@ -56,4 +63,38 @@ func unknownPort(err error, port string) error {
 		return usageError{fmt.Errorf("PORT %q is no port number and no service the probe server knows: %w", port, err)}
 	}
 	return err
+}
+
+// handshakeFlags ask for a TLS handshake with the target.
+type handshakeFlags struct {
+	handshake bool
+	sni       string
+	alpn      []string
+	trust     string
+	inspect   bool
+}
+
+func (h *handshakeFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.BoolVar(&h.handshake, "handshake", false, "do a TLS handshake once connected and report the certificate (implied by the flags below)")
+	f.StringVar(&h.sni, "sni", "", "server name to send and verify (default: HOST when it is a name)")
+	f.StringSliceVar(&h.alpn, "alpn", nil, "application protocols to offer, such as h2,http/1.1")
+	f.StringVar(&h.trust, "trust", "", "trust the CAs in this PEM file for the target's certificate, instead of the probe server's system roots")
+	f.BoolVar(&h.inspect, "inspect", false, "report the certificate even when it does not verify, instead of failing")
+}
+
+// options returns the TLS options, or nil for no handshake.
+func (h *handshakeFlags) options() (*client.TLSOptions, error) {
+	if !h.handshake && h.sni == "" && len(h.alpn) == 0 && h.trust == "" && !h.inspect {
+		return nil, nil
+	}
+	o := &client.TLSOptions{ServerName: h.sni, ALPN: h.alpn, InsecureSkipVerify: h.inspect}
+	if h.trust != "" {
+		pem, err := os.ReadFile(h.trust)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--trust: %w", err)}
+		}
+		o.CABundle = pem
+	}
+	return o, nil
 }

@@ -21,6 +21,8 @@ const (
 	exitConnect     = 7
 	exitSweepFailed = 10
 	exitTimeout     = 28
+	exitTLS         = 35
+	exitCertificate = 60
 	exitSend        = 55
 	exitReceive     = 56
 	exitUnavailable = 69
@@ -41,6 +43,8 @@ var exitCodes = []struct {
 	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
 	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; a summary\n       line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
+	{exitTLS, "the TLS handshake failed: no version or cipher in common, an alert (stage\n       TLS_HANDSHAKE; curl's 35)"},
+	{exitCertificate, "the target's certificate did not verify: expired, not yet valid, unknown\n       authority, another name (stage TLS_HANDSHAKE; curl's 60)"},
 	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
 	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},
 	{exitUnavailable, "the probe server could not be reached or did not answer in time, or is not SERVING"},
@@ -124,6 +128,12 @@ func probeExitCode(pe *client.ProbeError) int {
 		return exitSend
 	case client.StageReceive:
 		return exitReceive
+	case client.StageTLSHandshake:
+		switch pe.Reason {
+		case client.ReasonCertificateExpired, client.ReasonCertificateNotYet, client.ReasonUnknownAuthority, client.ReasonHostnameMismatch:
+			return exitCertificate
+		}
+		return exitTLS
 	}
 	return exitOther
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -595,5 +596,44 @@ func TestSweep(t *testing.T) {
 	r = probe(probetest.Context(t), nil, "sweep", "no-port")
 	if r.code != exitUsage || !strings.HasPrefix(r.stderr, `probe: target "no-port": want HOST:PORT`) {
 		t.Errorf("a bad target: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// TestConnectHandshake connects with a TLS handshake: the certificate's
+// line, and the exit code of one that does not verify.
+func TestConnectHandshake(t *testing.T) {
+	t.Parallel()
+	ca := probetest.NewCA(t)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "target", true)}, NextProtos: []string{"h2"}}
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		tc.Handshake()
+		tc.Close()
+	})
+
+	r := probe(probetest.Context(t), nil, "connect", "--sni", "localhost", "--alpn", "h2", "--trust", caFile, "127.0.0.1", port(tg))
+	want := []string{
+		`^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)$`,
+		`^TLS 1\.3 TLS_\w+, ALPN h2 in \S+; verified for localhost$`,
+		`^certificate CN=target for localhost 127\.0\.0\.1, issued by CN=netprobe test CA, expires \d{4}-\d\d-\d\d \(0 days left\), chain of 1$`,
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != exitOK || len(lines) != len(want) {
+		t.Fatalf("exit %d, stdout\n%s\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	for i, re := range want {
+		if !regexp.MustCompile(re).MatchString(lines[i]) {
+			t.Errorf("line %d %q does not match %q", i, lines[i], re)
+		}
+	}
+
+	r = probe(probetest.Context(t), nil, "connect", "--sni", "other.test", "--trust", caFile, "127.0.0.1", port(tg))
+	wantErr := "probe: tls handshake 127.0.0.1:" + port(tg) + ": certificate is not for this name (stage TLS_HANDSHAKE, reason HOSTNAME_MISMATCH)\n"
+	if r.code != exitCertificate || r.stderr != wantErr {
+		t.Errorf("another name: exit %d, stderr %q; want %d, %q", r.code, r.stderr, exitCertificate, wantErr)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -67,6 +68,26 @@ func printConnect(w io.Writer, host string, r *client.ConnectResult) {
 	}
 	if r.RemoteAddr.IsValid() {
 		fmt.Fprintf(w, "connected to %s from %s in %s (total %s)\n", r.RemoteAddr, r.LocalAddr, ms(r.ConnectDuration), ms(r.TotalDuration))
+	}
+	if t := r.TLS; t != nil && t.Version != "" {
+		alpn := ""
+		if t.ALPN != "" {
+			alpn = ", ALPN " + t.ALPN
+		}
+		verified := "verified"
+		if t.ServerName != "" {
+			verified += " for " + t.ServerName
+		}
+		if !t.Verified {
+			verified = "NOT verified: " + t.VerifyError
+		}
+		fmt.Fprintf(w, "%s %s%s in %s; %s\n", t.Version, t.CipherSuite, alpn, ms(t.HandshakeDuration), verified)
+		if len(t.Chain) > 0 {
+			c := t.Chain[0]
+			names := strings.Join(append(slices.Clone(c.DNSNames), c.IPs...), " ")
+			fmt.Fprintf(w, "certificate %s for %s, issued by %s, expires %s (%d days left), chain of %d\n",
+				c.Subject, names, c.Issuer, c.NotAfter.Format("2006-01-02"), c.DaysLeft, len(t.Chain))
+		}
 	}
 	if rl := r.ReverseLookup; rl != nil {
 		if rl.Err != nil {
