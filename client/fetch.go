@@ -59,6 +59,9 @@ type FetchOptions struct {
 	KeepWriteOpen bool
 	// ReverseLookup asks for the peer address's names once connected.
 	ReverseLookup bool
+	// TLS, when set, makes the exchange a TLS stream; Connect.TLS reports
+	// the handshake.
+	TLS *TLSOptions
 }
 
 // HTTPGet is an HTTP/1.0 GET request.
@@ -121,6 +124,7 @@ func (c *Client) Fetch(ctx context.Context, network, address string, opts FetchO
 		Framing:       opts.Framing,
 		KeepWriteOpen: opts.KeepWriteOpen,
 		ReverseLookup: opts.ReverseLookup,
+		Tls:           opts.TLS.proto(),
 	}
 	if opts.Timeout != 0 {
 		req.Timeout = durationpb.New(opts.Timeout)

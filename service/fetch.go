@@ -57,6 +57,16 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 	defer cancel()
 
 	conn, cresp := s.connect(pctx, p.target, start)
+	if conn != nil && p.tls != nil {
+		defer conn.Close()
+		tc, res, pe := handshake(pctx, conn, p.tls, p.target, start)
+		cresp.Tls, cresp.Error = res, pe
+		conn = nil
+		if tc != nil {
+			// The exchange crosses TLS; closing tc closes the connection.
+			conn = tc
+		}
+	}
 	if conn != nil {
 		defer conn.Close()
 		if req.GetReverseLookup() {
@@ -127,12 +137,15 @@ func (f *fetch) exchange() error {
 			return nil
 		}
 	}
-	if tcp, ok := f.conn.(*net.TCPConn); ok && f.halfClose {
+	// TCP and TLS connections close their write side; UDP has none.
+	if hc, ok := f.conn.(interface{ CloseWrite() error }); ok && f.halfClose {
 		// Shutting the write side down makes a send the peer never took
 		// show up here rather than pass for success.
-		if err := tcp.CloseWrite(); err != nil {
-			if pending := pendingError(tcp); pending != nil {
-				err = fmt.Errorf("%w (found by %w)", pending, err)
+		if err := hc.CloseWrite(); err != nil {
+			if sc, ok := f.conn.(syscall.Conn); ok {
+				if pending := pendingError(sc); pending != nil {
+					err = fmt.Errorf("%w (found by %w)", pending, err)
+				}
 			}
 			f.fail(netprobev1.Stage_STAGE_SHUTDOWN, err)
 			return nil

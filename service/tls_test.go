@@ -152,3 +152,49 @@ func TestSweepTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchTLS fetches over TLS: an HTTP GET crosses the TLS stream, and a
+// failed verification ends the fetch before anything is sent.
+func TestFetchTLS(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	ca := probetest.NewCA(t)
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "web", true)}}
+	got := make(chan []byte, 2)
+	port := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		req, err := probetest.ReadAll(tc)
+		got <- req
+		if err == nil {
+			tc.Write([]byte("HTTP/1.0 200 OK\r\n\r\nhello over TLS\n"))
+		}
+		tc.Close()
+	}).Port()
+
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target:  tcpTarget(port),
+		Request: &netprobev1.FetchRequest_HttpGet{HttpGet: &netprobev1.HttpGet{Path: "/"}},
+		Tls:     &netprobev1.TlsOptions{ServerName: "localhost", CaBundle: ca.PEM},
+	})
+	f.check(t, nil, netprobev1.EndReason_END_REASON_EOF, []string{"HTTP/1.0 200 OK\r\n\r\nhello over TLS\n"})
+	if !f.connect.GetTls().GetVerified() || f.connect.GetTls().GetVersion() != "TLS 1.3" {
+		t.Errorf("the connect message's TLS: %v", f.connect.GetTls())
+	}
+	if req := <-got; string(req) != "GET / HTTP/1.0\r\n\r\n" {
+		t.Errorf("the server read %q", req)
+	}
+
+	f = fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target:  tcpTarget(port),
+		Request: &netprobev1.FetchRequest_Payload{Payload: []byte("secret")},
+		Tls:     &netprobev1.TlsOptions{ServerName: "other.test", CaBundle: ca.PEM},
+	})
+	// Like a failed connect: the connect message and the summary both carry
+	// the error, and nothing was sent.
+	want := &wantError{stage: netprobev1.Stage_STAGE_TLS_HANDSHAKE, reason: netprobev1.Reason_REASON_HOSTNAME_MISMATCH}
+	checkError(t, f.connect.GetError(), want)
+	checkError(t, f.summary.GetError(), want)
+	if f.summary.GetEndReason() != netprobev1.EndReason_END_REASON_ERROR || len(f.data) != 0 || f.summary.GetBytesSent() != 0 {
+		t.Errorf("sent %d bytes to a server that failed verification", f.summary.GetBytesSent())
+	}
+}

@@ -196,6 +196,7 @@ type fetchParams struct {
 	readTimeout time.Duration
 	framing     netprobev1.Framing
 	halfClose   bool
+	tls         *tlsParams
 }
 
 func (s *Server) validateFetch(req *netprobev1.FetchRequest) (fetchParams, error) {
@@ -207,6 +208,7 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (fetchParams, error
 		framing:   req.GetFraming(),
 		halfClose: !req.GetKeepWriteOpen(),
 	}
+	p.tls = validateTLS(&v, "tls", req.GetTls(), p.target)
 	udp := p.target.network == "udp"
 	switch r := req.GetRequest().(type) {
 	case *netprobev1.FetchRequest_Payload:

@@ -16,6 +16,7 @@ import (
 
 type fetchFlags struct {
 	targetFlags
+	handshake   handshakeFlags
 	data        string
 	dataFile    string
 	lines       bool
@@ -71,6 +72,7 @@ service's messages, one per line: the connect report, each piece of data
 
 func (ff *fetchFlags) register(cmd *cobra.Command) {
 	ff.targetFlags.register(cmd)
+	ff.handshake.register(cmd)
 	f := cmd.Flags()
 	f.StringVarP(&ff.data, "data", "d", "", "send these bytes as they are instead of an HTTP GET")
 	f.StringVar(&ff.dataFile, "data-file", "", `send the contents of this file ("-": stdin) instead of an HTTP GET`)
@@ -93,6 +95,11 @@ func (ff *fetchFlags) options(a *app, args []string) (client.FetchOptions, error
 	if ff.lines {
 		opts.Framing = client.FramingLines
 	}
+	tlsOpts, err := ff.handshake.options()
+	if err != nil {
+		return opts, err
+	}
+	opts.TLS = tlsOpts
 	hasPath := len(args) == 3
 	switch {
 	case hasPath && (ff.data != "" || ff.dataFile != ""):

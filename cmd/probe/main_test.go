@@ -637,3 +637,26 @@ func TestConnectHandshake(t *testing.T) {
 		t.Errorf("another name: exit %d, stderr %q; want %d, %q", r.code, r.stderr, exitCertificate, wantErr)
 	}
 }
+
+// TestFetchHandshake fetches over TLS: the reply on stdout, the handshake
+// among the events on stderr.
+func TestFetchHandshake(t *testing.T) {
+	t.Parallel()
+	ca := probetest.NewCA(t)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "web", true)}}
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		if _, err := probetest.ReadAll(tc); err == nil {
+			tc.Write([]byte("HTTP/1.0 200 OK\r\n\r\nhello\n"))
+		}
+		tc.Close()
+	})
+	r := probe(probetest.Context(t), nil, "fetch", "--sni", "localhost", "--trust", caFile, "127.0.0.1", port(tg), "/")
+	if r.code != exitOK || r.stdout != "HTTP/1.0 200 OK\r\n\r\nhello\n" || !regexp.MustCompile(`(?m)^TLS 1\.3 \S+ in \S+; verified for localhost$`).MatchString(r.stderr) {
+		t.Errorf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}

@@ -1556,6 +1556,10 @@ type FetchRequest struct {
 	// reverse_lookup looks up the peer address by address (PTR) once
 	// connected, before sending, and reports it in the connect message.
 	ReverseLookup bool `protobuf:"varint,9,opt,name=reverse_lookup,json=reverseLookup,proto3" json:"reverse_lookup,omitempty"`
+	// tls, when set, makes the exchange a TLS stream: the handshake is
+	// reported in the connect message, and the request and reply cross TLS
+	// (the half-close is a close_notify).
+	Tls           *TlsOptions `protobuf:"bytes,10,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1662,6 +1666,13 @@ func (x *FetchRequest) GetReverseLookup() bool {
 		return x.ReverseLookup
 	}
 	return false
+}
+
+func (x *FetchRequest) GetTls() *TlsOptions {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
 }
 
 type isFetchRequest_Request interface {
@@ -2384,7 +2395,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\tdays_left\x18\b \x01(\x05R\bdaysLeft\"1\n" +
 	"\aHttpGet\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
-	"\x04host\x18\x02 \x01(\tR\x04host\"\xa4\x03\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\"\xcf\x03\n" +
 	"\fFetchRequest\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1a\n" +
@@ -2394,7 +2405,9 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\fread_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vreadTimeout\x12.\n" +
 	"\aframing\x18\a \x01(\x0e2\x14.netprobe.v1.FramingR\aframing\x12&\n" +
 	"\x0fkeep_write_open\x18\b \x01(\bR\rkeepWriteOpen\x12%\n" +
-	"\x0ereverse_lookup\x18\t \x01(\bR\rreverseLookupB\t\n" +
+	"\x0ereverse_lookup\x18\t \x01(\bR\rreverseLookup\x12)\n" +
+	"\x03tls\x18\n" +
+	" \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tlsB\t\n" +
 	"\arequest\"\x1f\n" +
 	"\tFetchData\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"\xc4\x02\n" +
@@ -2584,36 +2597,37 @@ var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	17, // 26: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
 	27, // 27: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
 	4,  // 28: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
-	27, // 29: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	27, // 30: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
-	5,  // 31: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
-	9,  // 32: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
-	13, // 33: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	19, // 34: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
-	20, // 35: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
-	6,  // 36: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
-	9,  // 37: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
-	8,  // 38: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	27, // 39: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
-	7,  // 40: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
-	14, // 41: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
-	24, // 42: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	27, // 43: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	8,  // 44: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	13, // 45: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	12, // 46: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	18, // 47: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	22, // 48: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	25, // 49: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	13, // 50: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	21, // 51: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	23, // 52: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	26, // 53: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	50, // [50:54] is the sub-list for method output_type
-	46, // [46:50] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	14, // 29: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
+	27, // 30: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	27, // 31: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	5,  // 32: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
+	9,  // 33: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
+	13, // 34: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	19, // 35: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
+	20, // 36: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
+	6,  // 37: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
+	9,  // 38: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
+	8,  // 39: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
+	27, // 40: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	7,  // 41: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
+	14, // 42: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
+	24, // 43: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	27, // 44: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	8,  // 45: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	13, // 46: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	12, // 47: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	18, // 48: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	22, // 49: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	25, // 50: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	13, // 51: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	21, // 52: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	23, // 53: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	26, // 54: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	51, // [51:55] is the sub-list for method output_type
+	47, // [47:51] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
