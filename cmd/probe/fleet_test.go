@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -46,13 +48,31 @@ table inet partition {
 	}
 	dns.SetAddrs("probed.fleet.test", addrs...)
 
-	sweep := func(extra ...string) (string, int) {
+	// sweep runs probe sweep on the client host, its output on a terminal
+	// or a pipe.
+	sweep := func(terminal bool, extra ...string) (string, int) {
 		args := append([]string{"sweep", "--dns-server", dns.Addr, "-s", "dns:///probed.fleet.test:7070", "--timeout", "1s",
 			targetA.V4.String() + ":80", targetB.V4.String() + ":80"}, extra...)
 		cmd := client.Command(probeBin, args...)
+		cmd.Env = append(os.Environ(), "NO_COLOR=")
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
+		var control *os.File
+		if terminal {
+			var term *os.File
+			control, term = openPTY(t)
+			cmd.Stdout = term
+			defer term.Close()
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if control != nil {
+			cmd.Stdout.(*os.File).Close()
+			out, _ := io.ReadAll(control) // EIO once the child has exited
+			stdout.Write(bytes.ReplaceAll(out, []byte("\r\n"), []byte("\n")))
+		}
+		err := cmd.Wait()
 		var exit *exec.ExitError
 		if err != nil && !errors.As(err, &exit) {
 			t.Fatalf("probe sweep: %v\n%s", err, stderr.String())
@@ -63,7 +83,12 @@ table inet partition {
 		return stdout.String(), cmd.ProcessState.ExitCode()
 	}
 
-	out, code := sweep()
+	out, code := sweep(true)
+	// The terminal gets colours: green cells that connected, red the rest.
+	if strings.Count(out, "\x1b[32mok ") != 5 || strings.Count(out, "\x1b[31mTIMEOUT\x1b[0m") != 1 {
+		t.Errorf("the terminal's matrix is not coloured per cell:\n%q", out)
+	}
+	out = regexp.MustCompile("\x1b\\[[0-9]*m").ReplaceAllString(out, "")
 	want := []string{
 		`^target +198\.18\.0\.1:7070 +198\.18\.0\.2:7070 +198\.18\.0\.3:7070$`,
 		`^198\.18\.0\.4:80 +ok \S+ +ok \S+ +ok \S+$`,
@@ -79,7 +104,7 @@ table inet partition {
 		}
 	}
 
-	out, code = sweep("-o", "json")
+	out, code = sweep(false, "-o", "json")
 	failed := map[string]string{}
 	n := 0
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {

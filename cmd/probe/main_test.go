@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -16,10 +17,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -658,5 +661,63 @@ func TestFetchHandshake(t *testing.T) {
 	r := probe(probetest.Context(t), nil, "fetch", "--sni", "localhost", "--trust", caFile, "127.0.0.1", port(tg), "/")
 	if r.code != exitOK || r.stdout != "HTTP/1.0 200 OK\r\n\r\nhello\n" || !regexp.MustCompile(`(?m)^TLS 1\.3 \S+ in \S+; verified for localhost$`).MatchString(r.stderr) {
 		t.Errorf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// openPTY opens a pseudo-terminal pair: the controlling side, and the
+// terminal a child process writes to.
+func openPTY(t *testing.T) (control, term *os.File) {
+	t.Helper()
+	control, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { control.Close() })
+	fd := int(control.Fd())
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	term, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { term.Close() })
+	return control, term
+}
+
+// TestSweepTerminal runs probe sweep with its output on a terminal: the
+// matrix comes coloured, green where it connected and red where not.
+func TestSweepTerminal(t *testing.T) {
+	t.Parallel()
+	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
+	closed := closedPort(t, "tcp")
+	control, term := openPTY(t)
+	cmd := exec.CommandContext(probetest.Context(t), probeBin, "sweep", "127.0.0.1:"+up, "127.0.0.1:"+closed)
+	cmd.Stdout = term
+	cmd.Env = append(os.Environ(), "NO_COLOR=")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	term.Close()                  // the child holds it now; its exit ends the output
+	out, _ := io.ReadAll(control) // ends with EIO once the child has exited
+	cmd.Wait()
+	text := strings.ReplaceAll(string(out), "\r\n", "\n")
+	for _, want := range []string{
+		"target           in-process\n",
+		"127.0.0.1:" + up + "  \x1b[32mok ",
+		"127.0.0.1:" + closed + "  \x1b[31mREFUSED\x1b[0m\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("terminal output %q lacks %q", text, want)
+		}
+	}
+	if cmd.ProcessState.ExitCode() != exitSweepFailed || stderr.String() != "probe: sweep: 1 of 2 probes failed (2 targets, 1 servers)\n" {
+		t.Errorf("exit %d, stderr %q", cmd.ProcessState.ExitCode(), stderr.String())
 	}
 }

@@ -286,8 +286,8 @@ func outcomeCell(r *client.SweepResult) cell {
 }
 
 // paint colours a cell for a terminal: green when it connected, red when
-// not. The padding stays outside the colour codes, so columns still line
-// up.
+// not. Every cell carries escape codes of the same length, so the columns
+// still line up.
 func paint(c cell, color bool) string {
 	if !color {
 		return c.text
