@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
 
 // benchConnect compares Connect probes with a bare dial+close loop against
@@ -18,7 +19,7 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 		return nil, err
 	}
 	defer ln.Close()
-	go acceptAndClose(ln)
+	go probetest.AcceptAndClose(ln)
 	target := ln.Addr().String()
 	s, err := startProbed(bin)
 	if err != nil {

@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -94,17 +93,6 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.figure, r.netprobe, r.baseline, r.ratio, r.note)
 	}
 	return tw.Flush()
-}
-
-// acceptAndClose is a target that accepts connections and closes them.
-func acceptAndClose(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		c.Close()
-	}
 }
 
 // loop runs op from workers goroutines for d and returns the rate and the

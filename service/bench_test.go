@@ -11,17 +11,6 @@ import (
 	"github.com/netprobe/netprobe/service"
 )
 
-// acceptAndClose serves ln by closing what it accepts, until ln closes.
-func acceptAndClose(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		c.Close()
-	}
-}
-
 // benchTarget is a loopback listener that accepts and closes.
 func benchTarget(b *testing.B) *net.TCPAddr {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -29,7 +18,7 @@ func benchTarget(b *testing.B) *net.TCPAddr {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	go acceptAndClose(ln)
+	go probetest.AcceptAndClose(ln)
 	return ln.Addr().(*net.TCPAddr)
 }
 

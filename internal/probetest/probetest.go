@@ -263,6 +263,18 @@ func ClosedPort(t testing.TB, network, addr string) uint32 {
 	return uint32(port)
 }
 
+// AcceptAndClose serves ln by closing each connection it accepts, until ln
+// is closed: the cheapest target a connect can have, for benchmarks.
+func AcceptAndClose(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
 // Echo reads the request to EOF (the probe's half-close) and sends it back.
 func Echo(c net.Conn) {
 	req, err := ReadAll(c)
