@@ -100,10 +100,12 @@ func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreaming
 	ctx := stream.Context()
 	// Stop a little before the caller's deadline, to report what is left.
 	sctx, cancel := context.WithCancel(ctx)
-	if d, ok := ctx.Deadline(); ok {
-		sctx, cancel = context.WithDeadline(ctx, d.Add(-min(sweepMargin, time.Until(d)/10)))
-	}
 	defer cancel()
+	if d, ok := ctx.Deadline(); ok {
+		var cancelEarly context.CancelFunc
+		sctx, cancelEarly = context.WithDeadline(sctx, d.Add(-min(sweepMargin, time.Until(d)/10)))
+		defer cancelEarly()
+	}
 
 	queue := make(chan sweepJob)
 	results := make(chan *netprobev1.SweepResponse)
