@@ -99,12 +99,11 @@ func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreaming
 	}
 	ctx := stream.Context()
 	// Stop a little before the caller's deadline, to report what is left.
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	sctx := ctx
 	if d, ok := ctx.Deadline(); ok {
-		var cancelEarly context.CancelFunc
-		sctx, cancelEarly = context.WithDeadline(sctx, d.Add(-min(sweepMargin, time.Until(d)/10)))
-		defer cancelEarly()
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithDeadline(ctx, d.Add(-min(sweepMargin, time.Until(d)/10)))
+		defer cancel()
 	}
 
 	queue := make(chan sweepJob)
