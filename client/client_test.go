@@ -595,3 +595,30 @@ func TestConnectTLS(t *testing.T) {
 		t.Errorf("an expired certificate: %v, TLS %+v; want %q", err, res.TLS, want)
 	}
 }
+
+// TestSweepFleet sweeps from two probe servers at once, and stops early.
+func TestSweepFleet(t *testing.T) {
+	t.Parallel()
+	a, _ := start(t)
+	b, _ := start(t)
+	up := probetest.Listen(t, "127.0.0.1:0", nil)
+	targets := []client.SweepTarget{{Network: "tcp", Address: up.Addr()}, {Network: "tcp", Address: up.Addr()}}
+	perServer := map[int]int{}
+	for fr := range client.SweepFleet(probetest.Context(t), []*client.Client{a, b}, targets, client.SweepOptions{}) {
+		if fr.Err != nil || fr.Result.Err != nil {
+			t.Fatalf("server %d: %v, %v", fr.Server, fr.Err, fr.Result)
+		}
+		perServer[fr.Server]++
+	}
+	if perServer[0] != 2 || perServer[1] != 2 {
+		t.Errorf("results per server %v, want 2 each", perServer)
+	}
+	n := 0
+	for range client.SweepFleet(probetest.Context(t), []*client.Client{a, b}, targets, client.SweepOptions{}) {
+		n++
+		break
+	}
+	if n != 1 {
+		t.Errorf("%d results after stopping at the first", n)
+	}
+}

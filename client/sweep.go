@@ -7,6 +7,7 @@ import (
 	"iter"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -149,4 +150,51 @@ func newSweepResult(resp *netprobev1.SweepResponse) *SweepResult {
 		}
 	}
 	return r
+}
+
+// FleetResult is one result of SweepFleet.
+type FleetResult struct {
+	// Server is the index, in the clients given to SweepFleet, of the
+	// probe server that made this probe.
+	Server int
+	// Result is the probe's result; nil when Err is set.
+	Result *SweepResult
+	// Err is the server's call error, which ends its part of the sweep.
+	Err error
+}
+
+// SweepFleet runs the same sweep from every probe server at once, each a
+// vantage point, and yields the results as they come. Stopping the
+// iteration cancels what is left.
+func SweepFleet(ctx context.Context, servers []*Client, targets []SweepTarget, opts SweepOptions) iter.Seq[FleetResult] {
+	return func(yield func(FleetResult) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		results := make(chan FleetResult)
+		var wg sync.WaitGroup
+		for i, c := range servers {
+			wg.Go(func() {
+				for r, err := range c.Sweep(ctx, targets, opts) {
+					select {
+					case results <- FleetResult{Server: i, Result: r, Err: err}:
+					case <-ctx.Done():
+						return
+					}
+				}
+			})
+		}
+		go func() {
+			wg.Wait()
+			close(results)
+		}()
+		for r := range results {
+			if !yield(r) {
+				cancel()
+				for range results {
+					// Drain, so the senders end.
+				}
+				return
+			}
+		}
+	}
 }

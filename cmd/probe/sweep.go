@@ -10,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -195,40 +194,42 @@ func (a *app) sweep(ctx context.Context, vantages []vantage, targets []client.Sw
 		target string
 	}
 	var (
-		mu       sync.Mutex
-		rows     []rowKey
-		cells    = map[rowKey]map[string]cell{}
+		rows []rowKey
+		// cells holds a row's cells by server; a zero cell never came.
+		cells    = map[rowKey][]cell{}
 		failures []string
 		done     int
-		wg       sync.WaitGroup
 	)
-	progress := isTerminal(a.err) && a.output != "json"
-	for _, v := range vantages {
-		wg.Go(func() {
-			for r, err := range v.client.Sweep(ctx, targets, client.SweepOptions{Concurrency: concurrency, Timeout: a.timeout}) {
-				mu.Lock()
-				if err != nil {
-					failures = append(failures, fmt.Sprintf("%s: %v", v.name, err))
-					mu.Unlock()
-					return
-				}
-				key := rowKey{r.Index, r.Target}
-				if _, ok := cells[key]; !ok {
-					cells[key] = map[string]cell{}
-					rows = append(rows, key)
-				}
-				cells[key][v.name] = outcomeCell(r)
-				done++
-				if a.output == "json" {
-					writeSweepJSON(a.out, v.name, r)
-				} else if progress {
-					fmt.Fprintf(a.err, "\rswept %d", done)
-				}
-				mu.Unlock()
-			}
-		})
+	clients := make([]*client.Client, len(vantages))
+	for i, v := range vantages {
+		clients[i] = v.client
 	}
-	wg.Wait()
+	total := len(targets) * len(vantages)
+	progress := isTerminal(a.err) && a.output != "json"
+	for fr := range client.SweepFleet(ctx, clients, targets, client.SweepOptions{Concurrency: concurrency, Timeout: a.timeout}) {
+		name := vantages[fr.Server].name
+		if fr.Err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", name, fr.Err))
+			continue
+		}
+		r := fr.Result
+		key := rowKey{r.Index, r.Target}
+		if _, ok := cells[key]; !ok {
+			cells[key] = make([]cell, len(vantages))
+			rows = append(rows, key)
+		}
+		cells[key][fr.Server] = outcomeCell(r)
+		done++
+		switch {
+		case a.output == "json":
+			writeSweepJSON(a.out, name, r)
+		case progress:
+			// Expanded entries can make more results than entries.
+			total = max(total, done)
+			bar := strings.Repeat("#", 20*done/total) + strings.Repeat(".", 20-20*done/total)
+			fmt.Fprintf(a.err, "\r[%s] %d/%d", bar, done, total)
+		}
+	}
 	if progress {
 		fmt.Fprint(a.err, "\r\033[K")
 	}
@@ -236,8 +237,8 @@ func (a *app) sweep(ctx context.Context, vantages []vantage, targets []client.Sw
 
 	failed := 0
 	for _, row := range rows {
-		for _, v := range vantages {
-			if c, ok := cells[row][v.name]; !ok || !c.ok {
+		for _, c := range cells[row] {
+			if !c.ok {
 				failed++
 			}
 		}
@@ -252,10 +253,9 @@ func (a *app) sweep(ctx context.Context, vantages []vantage, targets []client.Sw
 		fmt.Fprintln(tw)
 		for _, row := range rows {
 			fmt.Fprint(tw, row.target)
-			for _, v := range vantages {
-				c, ok := cells[row][v.name]
-				if !ok {
-					c = cell{text: "no answer"}
+			for _, c := range cells[row] {
+				if c.text == "" {
+					c.text = "no answer"
 				}
 				fmt.Fprintf(tw, "\t%s", paint(c, color))
 			}
@@ -266,7 +266,7 @@ func (a *app) sweep(ctx context.Context, vantages []vantage, targets []client.Sw
 	for _, f := range failures {
 		fmt.Fprintf(a.err, "probe: %s\n", f)
 	}
-	total := len(rows) * len(vantages)
+	total = len(rows) * len(vantages)
 	if failed > 0 || len(failures) > 0 {
 		return exitError{exitSweepFailed, fmt.Sprintf("sweep: %d of %d probes failed (%d targets, %d servers)", failed, total, len(rows), len(vantages))}
 	}
