@@ -68,7 +68,7 @@ type FetchOptions struct {
 type HTTPGet struct {
 	// Path is the request target; it must start with "/".
 	Path string
-	// Host is the Host header; empty is the target's host.
+	// Host is the Host header; empty sends none (HTTP/1.0 needs none).
 	Host string
 }
 

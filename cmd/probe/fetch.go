@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"time"
 
@@ -33,7 +34,8 @@ func (a *app) fetchCommand() *cobra.Command {
 		Short: "Connect, send a request, and print the reply as it arrives",
 		Long: `fetch connects like "probe connect", sends a request, half-closes its side,
 and copies the target's reply to stdout as it arrives, like a classic socket
-client. The request is an HTTP/1.0 GET of PATH, or the raw bytes of --data or
+client. The request is an HTTP/1.0 GET of PATH (with a Host header naming
+HOST, or --sni, unless HOST is an address), or the raw bytes of --data or
 --data-file, or nothing (to read a banner).
 
 Events (where it connected, the timings, how the reply ended) go to stderr,
@@ -105,7 +107,13 @@ func (ff *fetchFlags) options(a *app, args []string) (client.FetchOptions, error
 	case hasPath && (ff.data != "" || ff.dataFile != ""):
 		return opts, usagef("PATH asks for an HTTP GET; --data and --data-file send raw bytes instead: give one or the other")
 	case hasPath:
-		opts.HTTPGet = &client.HTTPGet{Path: args[2]}
+		// The Host header names the site, as curl sends it: the TLS server
+		// name, or else HOST when it is a name.
+		host := ff.handshake.sni
+		if _, err := netip.ParseAddr(args[0]); host == "" && err != nil {
+			host = args[0]
+		}
+		opts.HTTPGet = &client.HTTPGet{Path: args[2], Host: host}
 	case ff.data != "":
 		opts.Payload = []byte(ff.data)
 	case ff.dataFile == "-":

@@ -651,9 +651,12 @@ func TestFetchHandshake(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "web", true)}}
+	requests := make(chan string, 1)
 	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		tc := tls.Server(c, cfg)
-		if _, err := probetest.ReadAll(tc); err == nil {
+		req, err := probetest.ReadAll(tc)
+		requests <- string(req)
+		if err == nil {
 			tc.Write([]byte("HTTP/1.0 200 OK\r\n\r\nhello\n"))
 		}
 		tc.Close()
@@ -661,6 +664,10 @@ func TestFetchHandshake(t *testing.T) {
 	r := probe(probetest.Context(t), nil, "fetch", "--sni", "localhost", "--trust", caFile, "127.0.0.1", port(tg), "/")
 	if r.code != exitOK || r.stdout != "HTTP/1.0 200 OK\r\n\r\nhello\n" || !regexp.MustCompile(`(?m)^TLS 1\.3 \S+ in \S+; verified for localhost$`).MatchString(r.stderr) {
 		t.Errorf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	// The Host header names the TLS server name.
+	if req := <-requests; req != "GET / HTTP/1.0\r\nHost: localhost\r\n\r\n" {
+		t.Errorf("the server read %q", req)
 	}
 }
 
