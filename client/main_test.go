@@ -1,10 +1,8 @@
 package client_test
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"testing"
 
@@ -47,11 +45,7 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	webServer = web.Addr().String()
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "hello")
-	})}
-	served := make(chan error, 1)
-	go func() { served <- hs.Serve(web) }()
+	stopWeb := probetest.ServeHello(web)
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -62,8 +56,7 @@ func runTests(m *testing.M) int {
 
 	code := m.Run()
 
-	hs.Close()
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+	if err := stopWeb(); err != nil {
 		fmt.Fprintln(os.Stderr, "web server:", err)
 		code = 1
 	}

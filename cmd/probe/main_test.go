@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -130,14 +129,9 @@ func webServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "hello")
-	})}
-	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	stop := probetest.ServeHello(ln)
 	t.Cleanup(func() {
-		hs.Close()
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		if err := stop(); err != nil {
 			t.Errorf("web server: %v", err)
 		}
 	})

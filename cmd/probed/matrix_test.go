@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -207,14 +206,11 @@ func (l *lab) serve(t *testing.T, port int, handle func(net.Conn)) {
 			probetest.NewTarget(t, ln, handle)
 			continue
 		}
-		hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			fmt.Fprintln(w, "hello")
-		})}
-		served := make(chan error, 1)
-		go func() { served <- hs.Serve(ln) }()
+		stop := probetest.ServeHello(ln)
 		t.Cleanup(func() {
-			hs.Close()
-			<-served
+			if err := stop(); err != nil {
+				t.Errorf("web server: %v", err)
+			}
 		})
 	}
 }

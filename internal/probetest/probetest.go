@@ -6,8 +6,10 @@ package probetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -272,6 +274,24 @@ func AcceptAndClose(ln net.Listener) {
 			return
 		}
 		c.Close()
+	}
+}
+
+// ServeHello serves HTTP on ln, answering every request with "hello\n",
+// until stop, which returns the error that ended serving, if any but the
+// server's closing. It needs no testing.TB, for TestMain.
+func ServeHello(ln net.Listener) (stop func() error) {
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "hello")
+	})}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	return func() error {
+		hs.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
 	}
 }
 
