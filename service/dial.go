@@ -71,8 +71,27 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 	check := func(ap netip.AddrPort) error { return s.cfg.Policy.Check(caller, ap) }
 	conn, attempts := dialParallel(ctx, t.network, targets, check)
 	resp.ConnectDuration = durationpb.New(time.Since(connectStart))
-	// The first failure is the probe's error; a policy refusal only when
-	// every address was refused.
+	var firstErr *netprobev1.ProbeError
+	resp.Attempts, firstErr = reportAttempts(attempts, connectStart, start)
+	if conn == nil {
+		if firstErr == nil {
+			// Nothing was tried before the budget ran out (or every try
+			// was cut short by it).
+			firstErr = probeError(netprobev1.Stage_STAGE_CONNECT, targets[0].String(), context.Cause(ctx), time.Since(start))
+		}
+		return fail(firstErr)
+	}
+	resp.LocalAddress = conn.LocalAddr().String()
+	resp.PeerAddress = conn.RemoteAddr().String()
+	resp.TotalDuration = durationpb.New(time.Since(start))
+	return conn, resp
+}
+
+// reportAttempts describes the attempts, and picks the probe's error among
+// theirs: the first failure, or a policy refusal only when every address
+// was refused.
+func reportAttempts(attempts []*attempt, connectStart, start time.Time) ([]*netprobev1.DialAttempt, *netprobev1.ProbeError) {
+	out := make([]*netprobev1.DialAttempt, 0, len(attempts))
 	var firstErr, firstDenied *netprobev1.ProbeError
 	for _, a := range attempts {
 		pa := &netprobev1.DialAttempt{
@@ -90,23 +109,12 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 				firstErr = pa.Error
 			}
 		}
-		resp.Attempts = append(resp.Attempts, pa)
+		out = append(out, pa)
 	}
-	if conn == nil {
-		if firstErr == nil {
-			firstErr = firstDenied
-		}
-		if firstErr == nil {
-			// Nothing was tried before the budget ran out (or every try
-			// was cut short by it).
-			firstErr = probeError(netprobev1.Stage_STAGE_CONNECT, targets[0].String(), context.Cause(ctx), time.Since(start))
-		}
-		return fail(firstErr)
+	if firstErr == nil {
+		firstErr = firstDenied
 	}
-	resp.LocalAddress = conn.LocalAddr().String()
-	resp.PeerAddress = conn.RemoteAddr().String()
-	resp.TotalDuration = durationpb.New(time.Since(start))
-	return conn, resp
+	return out, firstErr
 }
 
 // resolve returns the addresses to try, in the resolver's preference order
@@ -148,6 +156,13 @@ func dialParallel(ctx context.Context, network string, addrs []netip.AddrPort, c
 	if len(fallbacks) == 0 {
 		return dialSerial(ctx, network, primaries, check)
 	}
+	return race(ctx, network, primaries, fallbacks, check)
+}
+
+// race is dialParallel with both families. It is a function of its own so
+// that the common case, one family, does not carry its frame: a probe
+// waiting on the network holds its whole stack (see dialOne).
+func race(ctx context.Context, network string, primaries, fallbacks []netip.AddrPort, check func(netip.AddrPort) error) (net.Conn, []*attempt) {
 	type result struct {
 		conn     net.Conn
 		attempts []*attempt
@@ -155,11 +170,11 @@ func dialParallel(ctx context.Context, network string, addrs []netip.AddrPort, c
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make(chan result, 2)
-	race := func(addrs []netip.AddrPort) {
+	run := func(addrs []netip.AddrPort) {
 		c, a := dialSerial(ctx, network, addrs, check)
 		results <- result{c, a}
 	}
-	go race(primaries)
+	go run(primaries)
 	timer := time.NewTimer(fallbackDelay)
 	defer timer.Stop()
 	running, fallbackStarted := 1, false
@@ -171,7 +186,7 @@ func dialParallel(ctx context.Context, network string, addrs []netip.AddrPort, c
 			if !fallbackStarted {
 				fallbackStarted = true
 				running++
-				go race(fallbacks)
+				go run(fallbacks)
 			}
 		case r := <-results:
 			running--
@@ -187,7 +202,7 @@ func dialParallel(ctx context.Context, network string, addrs []netip.AddrPort, c
 			case !fallbackStarted && winner == nil:
 				fallbackStarted = true
 				running++
-				go race(fallbacks)
+				go run(fallbacks)
 			}
 		}
 	}
@@ -255,30 +270,41 @@ func partialDeadline(ctx context.Context, now time.Time, remaining int) (time.Ti
 	return now.Add(share), true
 }
 
-// dialOne connects to one address. The dialer's Control hook runs once the
-// socket exists and before connect(2): an error before it is a
-// STAGE_SOCKET failure, and the policy check there refuses an address
-// before any packet is sent to it.
+// socketMadeKey marks a context whose dial records, in the *bool it holds,
+// that the socket was made.
+type socketMadeKey struct{}
+
+// dialer is shared by every attempt, so that an attempt's frame does not
+// hold a net.Dialer of its own: a probe waiting on the network holds its
+// whole stack, and one frame too many takes it past 8 KiB, which the
+// runtime then doubles (go run ./bench -only inflight measures it).
+var dialer = net.Dialer{
+	KeepAlive: -1,
+	// The hook runs once the socket exists and before connect(2).
+	ControlContext: func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
+		if made, ok := ctx.Value(socketMadeKey{}).(*bool); ok {
+			*made = true
+		}
+		return nil
+	},
+}
+
+// dialOne connects to one address, once the policy allows it: a refused
+// address gets no socket, let alone a packet. An error before the socket
+// exists is a STAGE_SOCKET failure.
 func dialOne(ctx context.Context, network string, addr netip.AddrPort, a *attempt, check func(netip.AddrPort) error) (net.Conn, error) {
-	socketMade := false
-	d := net.Dialer{
-		KeepAlive: -1,
-		Control: func(string, string, syscall.RawConn) error {
-			socketMade = true
-			if err := check(addr); err != nil {
-				a.stage = netprobev1.Stage_STAGE_POLICY
-				return err
-			}
-			return nil
-		},
+	if err := check(addr); err != nil {
+		a.stage = netprobev1.Stage_STAGE_POLICY
+		return nil, err
 	}
 	if addr.Addr().Is4() {
 		network += "4"
 	} else {
 		network += "6"
 	}
-	conn, err := d.DialContext(ctx, network, addr.String())
-	if err != nil && !socketMade && ctx.Err() == nil {
+	socketMade := new(bool)
+	conn, err := dialer.DialContext(context.WithValue(ctx, socketMadeKey{}, socketMade), network, addr.String())
+	if err != nil && !*socketMade && ctx.Err() == nil {
 		a.stage = netprobev1.Stage_STAGE_SOCKET
 	}
 	return conn, err

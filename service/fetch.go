@@ -46,29 +46,47 @@ func bufferPool(size int) *sync.Pool {
 }
 
 // Fetch implements netprobev1.ProbeServiceServer.
+//
+// It is split in three so that the frames below which the dial waits stay
+// small: a probe waiting on the network holds its whole stack (see
+// dialOne).
 func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
 	p, err := s.validateFetch(req)
 	if err != nil {
 		return err
 	}
-	ctx := stream.Context()
 	start := time.Now()
-	pctx, cancel := context.WithTimeout(ctx, p.timeout)
+	pctx, cancel := context.WithTimeout(stream.Context(), p.timeout)
 	defer cancel()
-
-	conn, cresp := s.connect(pctx, p.target, start)
-	if conn != nil && p.tls != nil {
-		defer conn.Close()
-		tc, res, pe := handshake(pctx, conn, p.tls, p.target, start)
-		cresp.Tls, cresp.Error = res, pe
-		conn = nil
-		if tc != nil {
-			// The exchange crosses TLS; closing tc closes the connection.
-			conn = tc
-		}
-	}
+	conn, cresp := s.openFetch(pctx, p, start)
 	if conn != nil {
 		defer conn.Close()
+	}
+	return s.fetchOver(pctx, conn, cresp, p, req, stream, start)
+}
+
+// openFetch connects and, when asked, shakes hands over TLS. It returns the
+// connection to exchange over, or nil with cresp.Error set.
+func (s *Server) openFetch(pctx context.Context, p *fetchParams, start time.Time) (net.Conn, *netprobev1.ConnectResponse) {
+	conn, cresp := s.connect(pctx, p.target, start)
+	if conn == nil || p.tls == nil {
+		return conn, cresp
+	}
+	tc, res, pe := handshake(pctx, conn, p.tls, p.target, start)
+	cresp.Tls, cresp.Error = res, pe
+	if tc == nil {
+		conn.Close()
+		return nil, cresp
+	}
+	// The exchange crosses TLS; closing tc closes the connection.
+	return tc, cresp
+}
+
+// fetchOver reports the connect phase and runs the exchange over conn,
+// when there is one.
+func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev1.ConnectResponse, p *fetchParams, req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse], start time.Time) error {
+	ctx := stream.Context()
+	if conn != nil {
 		if req.GetReverseLookup() {
 			cresp.ReverseLookup = s.reverseLookup(pctx, conn.RemoteAddr(), start)
 			cresp.TotalDuration = durationpb.New(time.Since(start))
@@ -95,7 +113,7 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 		sum.Error = cresp.Error
 	} else {
 		deadline, _ := pctx.Deadline()
-		f := fetch{fetchParams: p, conn: conn, stream: stream, start: start, deadline: deadline, sum: sum}
+		f := &fetch{fetchParams: p, conn: conn, stream: stream, start: start, deadline: deadline, sum: sum}
 		if err := f.exchange(); err != nil {
 			return err
 		}
@@ -113,7 +131,7 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 
 // fetch is one exchange over an open connection.
 type fetch struct {
-	fetchParams
+	*fetchParams
 	conn     net.Conn
 	stream   grpc.ServerStreamingServer[netprobev1.FetchResponse]
 	start    time.Time

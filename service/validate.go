@@ -199,9 +199,9 @@ type fetchParams struct {
 	tls         *tlsParams
 }
 
-func (s *Server) validateFetch(req *netprobev1.FetchRequest) (fetchParams, error) {
+func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, error) {
 	var v violations
-	p := fetchParams{
+	p := &fetchParams{
 		target:    validateTarget(&v, req.GetTarget()),
 		timeout:   s.validateTimeout(&v, "timeout", req.GetTimeout()),
 		maxBytes:  req.GetMaxBytes(),
