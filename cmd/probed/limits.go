@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -78,31 +77,12 @@ func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
 	}, nil
 }
 
-func (l *inFlight) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	release, err := l.acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	return handler(ctx, req)
-}
-
-func (l *inFlight) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	release, err := l.acquire(ss.Context())
-	if err != nil {
-		return err
-	}
-	defer release()
-	return handler(srv, ss)
-}
-
 // maxRateCallers bounds the rate limiter's memory: past that many callers
 // seen, the table starts afresh.
 const maxRateCallers = 4096
 
 // rateLimiter gives each caller a token bucket: rate probes a second on
-// average, burst at once. It implements go-grpc-middleware's
-// ratelimit.Limiter.
+// average, burst at once.
 type rateLimiter struct {
 	rate    rate.Limit
 	burst   int

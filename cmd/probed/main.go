@@ -13,19 +13,13 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/alecthomas/kong"
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
@@ -35,7 +29,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/services"
@@ -241,11 +234,10 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 // beyond it get a goroutine of their own.
 const streamWorkers = 128
 
-// serverOptions chains the interceptors, outermost first: logging (for all
-// but Connect and Fetch, which have an audit line instead), the gRPC
-// metrics, authentication (not for health checks), the rate and
-// in-flight limits (for probes only), and recovery last, nearest the
-// handler.
+// serverOptions chains two interceptors, outermost first: the gRPC
+// metrics, then the guard (logging for all but Connect and Fetch, which have
+// an audit line instead; authentication, not for health checks; the rate
+// and in-flight limits, for probes only; recovery nearest the handler).
 func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credentials.TransportCredentials, m *metrics, grpcMetrics *grpcprom.ServerMetrics, inflight *inFlight) []grpc.ServerOption {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
@@ -257,39 +249,17 @@ func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credenti
 			return logging.DefaultServerCodeToLevel(code)
 		}),
 	}
-	recoveryOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
-		logger.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
-		return status.Error(codes.Internal, "internal error")
-	})}
-	// Connect and Fetch have an audit line of their own (observe).
-	notAudited := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.Service != netprobev1.ProbeService_ServiceDesc.ServiceName || (c.Method != "Connect" && c.Method != "Fetch")
-	})
-	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.Service != healthpb.Health_ServiceDesc.ServiceName
-	})
-	probes := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-		return c.Service == netprobev1.ProbeService_ServiceDesc.ServiceName
-	})
-	authn := authenticate(toks)
-	rates := newRateLimiter(cfg.Rate, cfg.Burst, m)
+	g := &guard{
+		logUnary:  logging.UnaryServerInterceptor(interceptorLogger(logger), logOpts...),
+		logStream: logging.StreamServerInterceptor(interceptorLogger(logger), logOpts...),
+		authn:     authenticate(toks),
+		rates:     newRateLimiter(cfg.Rate, cfg.Burst, m),
+		inflight:  inflight,
+		logger:    logger,
+	}
 	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(
-			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(interceptorLogger(logger), logOpts...), notAudited),
-			grpcMetrics.UnaryServerInterceptor(),
-			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authn), notHealth),
-			selector.UnaryServerInterceptor(ratelimit.UnaryServerInterceptor(rates), probes),
-			selector.UnaryServerInterceptor(inflight.unary, probes),
-			recovery.UnaryServerInterceptor(recoveryOpts...),
-		),
-		grpc.ChainStreamInterceptor(
-			selector.StreamServerInterceptor(logging.StreamServerInterceptor(interceptorLogger(logger), logOpts...), notAudited),
-			grpcMetrics.StreamServerInterceptor(),
-			selector.StreamServerInterceptor(auth.StreamServerInterceptor(authn), notHealth),
-			selector.StreamServerInterceptor(ratelimit.StreamServerInterceptor(rates), probes),
-			selector.StreamServerInterceptor(inflight.stream, probes),
-			recovery.StreamServerInterceptor(recoveryOpts...),
-		),
+		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), g.unary),
+		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), g.stream),
 		// Room for the largest payload plus the rest of the request.
 		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes + 64<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMin, PermitWithoutStream: true}),

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// TestHeldProbeStacks holds Connect probes and idle Fetch streams open in
+// the real binary and checks that each costs one goroutine stack of 8 KiB,
+// not 16: a probe waiting on the network holds its whole stack, and a
+// frame or an interceptor too many takes it past 8 KiB, where the runtime
+// doubles it (issue #6's 10k-in-flight memory target rests on this).
+func TestHeldProbeStacks(t *testing.T) {
+	t.Parallel()
+	const n = 500
+	ctx := probetest.Context(t)
+	port, release, err := probetest.Blackhole(netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	silent := probetest.Listen(t, "127.0.0.1:0", nil)
+
+	for _, tc := range []struct {
+		name  string
+		probe func(context.Context, *client.Client) error
+	}{
+		{"Connect", func(ctx context.Context, c *client.Client) error {
+			_, err := c.Connect(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port), client.ConnectOptions{Timeout: time.Minute})
+			return err
+		}},
+		{"idle Fetch", func(ctx context.Context, c *client.Client) error {
+			f, err := c.Fetch(ctx, "tcp", silent.Addr(), client.FetchOptions{KeepWriteOpen: true, Timeout: time.Minute})
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.Next()
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A probed of its own: stacks freed by goroutines that ended
+			// stay counted as in use, ready for the next.
+			p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0",
+				"--max-in-flight=10000", "--max-in-flight-per-caller=10000", "--rate=1e6", "--burst=1000000"))
+			c, err := client.Dial(p.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Health(ctx); err != nil {
+				t.Fatal(err)
+			}
+			before := scrape(t, "http://"+p.MetricsAddr+"/metrics")
+			hctx, cancel := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer cancel()
+			for range n {
+				wg.Go(func() {
+					if err := tc.probe(hctx, c); err != nil && hctx.Err() == nil {
+						t.Errorf("probe ended before it was cancelled: %v", err)
+					}
+				})
+			}
+			var held map[string]float64
+			for deadline := time.Now().Add(probetest.Timeout); ; {
+				after := scrape(t, "http://"+p.MetricsAddr+"/metrics")
+				inFlight, _ := metricValue(after["netprobe_probes_in_flight"], nil)
+				if inFlight == n {
+					held = map[string]float64{}
+					for _, f := range []string{"go_memstats_stack_inuse_bytes", "go_goroutines"} {
+						was, _ := metricValue(before[f], nil)
+						now, _ := metricValue(after[f], nil)
+						held[f] = now - was
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%v of %d probes in flight after %v", inFlight, n, probetest.Timeout)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			perProbe := held["go_memstats_stack_inuse_bytes"] / n
+			t.Logf("%d held: %.0f more goroutines, %.1f KiB more stack each", n, held["go_goroutines"], perProbe/1024)
+			// 8 KiB a probe, plus what the server's own goroutines grew by;
+			// a doubled stack would show 16.
+			if perProbe > 11<<10 {
+				t.Errorf("held probes cost %.1f KiB of stack each, want 8 (a stack past 8 KiB is doubled)", perProbe/1024)
+			}
+		})
+	}
+}
