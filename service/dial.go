@@ -34,6 +34,8 @@ type attempt struct {
 	// abandoned attempts were cancelled because another one connected first,
 	// or because the caller left.
 	abandoned bool
+	// socketMade is set once the socket exists.
+	socketMade bool
 }
 
 // connect runs the service lookup, resolve and connect phases and reports
@@ -214,6 +216,9 @@ func race(ctx context.Context, network string, primaries, fallbacks []netip.Addr
 // rest, keeping their order.
 func partition(addrs []netip.AddrPort) (primaries, fallbacks []netip.AddrPort) {
 	first := addrs[0].Addr().Is4()
+	if !slices.ContainsFunc(addrs, func(a netip.AddrPort) bool { return a.Addr().Is4() != first }) {
+		return addrs, nil
+	}
 	for _, a := range addrs {
 		if a.Addr().Is4() == first {
 			primaries = append(primaries, a)
@@ -234,12 +239,13 @@ func dialSerial(ctx context.Context, network string, addrs []netip.AddrPort, che
 		}
 		a := &attempt{addr: addr, start: time.Now(), stage: netprobev1.Stage_STAGE_CONNECT}
 		attempts = append(attempts, a)
-		var actx context.Context
-		var cancel context.CancelFunc
+		// An attempt gets a context of its own only when its share ends
+		// before the budget does: the last address (or the only one) has
+		// the whole rest, and a context with a timer is memory that every
+		// held probe keeps.
+		actx, cancel := ctx, context.CancelFunc(func() {})
 		if d, ok := partialDeadline(ctx, a.start, len(addrs)-i); ok {
 			actx, cancel = context.WithDeadline(ctx, d)
-		} else {
-			actx, cancel = context.WithCancel(ctx)
 		}
 		conn, err := dialOne(actx, network, addr, a, check)
 		cancel()
@@ -256,7 +262,8 @@ func dialSerial(ctx context.Context, network string, addrs []netip.AddrPort, che
 }
 
 // partialDeadline shares the time left among the addresses left, as
-// net.Dialer does. It reports false when ctx has no deadline to share.
+// net.Dialer does. It reports false when ctx has no deadline to share, or
+// when the share is all that is left.
 func partialDeadline(ctx context.Context, now time.Time, remaining int) (time.Time, bool) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -267,7 +274,7 @@ func partialDeadline(ctx context.Context, now time.Time, remaining int) (time.Ti
 	if share < minAttemptTime {
 		share = min(minAttemptTime, left)
 	}
-	return now.Add(share), true
+	return now.Add(share), share < left
 }
 
 // socketMadeKey marks a context whose dial records, in the *bool it holds,
@@ -302,9 +309,8 @@ func dialOne(ctx context.Context, network string, addr netip.AddrPort, a *attemp
 	} else {
 		network += "6"
 	}
-	socketMade := new(bool)
-	conn, err := dialer.DialContext(context.WithValue(ctx, socketMadeKey{}, socketMade), network, addr.String())
-	if err != nil && !*socketMade && ctx.Err() == nil {
+	conn, err := dialer.DialContext(context.WithValue(ctx, socketMadeKey{}, &a.socketMade), network, addr.String())
+	if err != nil && !a.socketMade && ctx.Err() == nil {
 		a.stage = netprobev1.Stage_STAGE_SOCKET
 	}
 	return conn, err
