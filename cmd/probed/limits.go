@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -14,17 +15,32 @@ import (
 	"github.com/netprobe/netprobe/service"
 )
 
-// callerKey is who a limit counts against: the authenticated caller, or
-// for an anonymous one the peer's IP address.
-func callerKey(ctx context.Context) string {
+// caller is who a limit counts against: the authenticated caller, or for
+// an anonymous one the peer's IP address. It is a value, not a string, so
+// that counting a probe allocates nothing.
+type caller struct {
+	name string
+	peer netip.Addr
+}
+
+func callerOf(ctx context.Context) caller {
 	if name := service.CallerFrom(ctx); name != "" {
-		return name
+		return caller{name: name}
 	}
 	if p, ok := peer.FromContext(ctx); ok {
-		if host, _, err := net.SplitHostPort(p.Addr.String()); err == nil {
-			return "peer " + host
+		if a, ok := p.Addr.(*net.TCPAddr); ok {
+			return caller{peer: a.AddrPort().Addr().Unmap()}
 		}
-		return "peer " + p.Addr.String()
+	}
+	return caller{}
+}
+
+func (c caller) String() string {
+	switch {
+	case c.name != "":
+		return c.name
+	case c.peer.IsValid():
+		return "peer " + c.peer.String()
 	}
 	return "anonymous"
 }
@@ -41,18 +57,18 @@ type inFlight struct {
 
 	mu       sync.Mutex
 	total    int
-	byCaller map[string]int
+	byCaller map[caller]int
 }
 
 func newInFlight(max, perCaller int, m *metrics) *inFlight {
-	return &inFlight{max: max, perCaller: perCaller, metrics: m, byCaller: map[string]int{}}
+	return &inFlight{max: max, perCaller: perCaller, metrics: m, byCaller: map[caller]int{}}
 }
 
 func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
 	if l.draining.Load() {
 		return nil, status.Error(codes.Unavailable, "the server is shutting down")
 	}
-	key := callerKey(ctx)
+	key := callerOf(ctx)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -89,16 +105,16 @@ type rateLimiter struct {
 	metrics *metrics
 
 	mu      sync.Mutex
-	callers map[string]*rate.Limiter
+	callers map[caller]*rate.Limiter
 }
 
 func newRateLimiter(perSecond float64, burst int, m *metrics) *rateLimiter {
-	return &rateLimiter{rate: rate.Limit(perSecond), burst: burst, metrics: m, callers: map[string]*rate.Limiter{}}
+	return &rateLimiter{rate: rate.Limit(perSecond), burst: burst, metrics: m, callers: map[caller]*rate.Limiter{}}
 }
 
 // Limit implements ratelimit.Limiter.
 func (r *rateLimiter) Limit(ctx context.Context) error {
-	key := callerKey(ctx)
+	key := callerOf(ctx)
 	r.mu.Lock()
 	lim, ok := r.callers[key]
 	if !ok {
