@@ -35,6 +35,10 @@ type options struct {
 	fetch    int64
 	inflight int
 	only     string
+	// bareDial, when set, makes this process the bare dialer that
+	// benchConnect runs apart from the target (see bareApart).
+	bareDial string
+	workers  int
 }
 
 func main() {
@@ -43,8 +47,14 @@ func main() {
 	flag.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
 	flag.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
 	flag.StringVar(&o.only, "only", "", "run only this part: connect, fetch or inflight")
+	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
+	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	run := run
+	if o.bareDial != "" {
+		run = runBareDial
+	}
 	err := run(ctx, o, os.Stdout)
 	stop()
 	if err != nil {
