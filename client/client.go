@@ -12,6 +12,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/wire"
 )
 
 // Client asks one probe server for probes. It is safe for concurrent use.
@@ -76,7 +77,7 @@ func Dial(target string, opts ...DialOption) (*Client, error) {
 	if cfg.tls != nil {
 		creds = credentials.NewTLS(cfg.tls)
 	}
-	gopts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	gopts := append(wire.DialOptions(), grpc.WithTransportCredentials(creds))
 	if cfg.token != "" {
 		if cfg.tls == nil {
 			return nil, errors.New("netprobe: a bearer token needs TLS (WithTLS)")

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/wire"
 )
 
 // Framing is how the server cuts the reply into messages; see Fetch.Next.
@@ -98,8 +99,11 @@ type Fetch struct {
 	// Connect is the report of the connect phase.
 	Connect *ConnectResult
 
-	stream  grpc.ServerStreamingClient[netprobev1.FetchResponse]
-	cancel  context.CancelFunc
+	stream grpc.ServerStreamingClient[netprobev1.FetchResponse]
+	cancel context.CancelFunc
+	// chunk holds the message last received, whose data aliases the
+	// buffer it arrived in until the next receive or Close.
+	chunk   wire.Chunk
 	pending []byte // the unread rest of the current message
 	summary *FetchSummary
 	err     error // what Read returns once pending is empty, when set
@@ -142,7 +146,7 @@ func (c *Client) Fetch(ctx context.Context, network, address string, opts FetchO
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
-	stream, err := c.probe.Fetch(ctx, req)
+	stream, err := c.probe.Fetch(ctx, req, wire.CallOption())
 	if err != nil {
 		cancel()
 		return nil, err
@@ -186,7 +190,8 @@ func (f *Fetch) Read(p []byte) (int, error) {
 // Next returns the next message of the reply, or what is left of it after
 // Read: a raw chunk, a line with its terminator (FramingLines) or a datagram
 // (FramingDatagrams, where it may be empty). The bytes are valid until the
-// next call. At the end it returns io.EOF or the *ProbeError.
+// next call to Next, Read or Close. At the end it returns io.EOF or the
+// *ProbeError.
 func (f *Fetch) Next() ([]byte, error) {
 	if len(f.pending) > 0 {
 		b := f.pending
@@ -235,11 +240,14 @@ func (f *Fetch) finish(s *netprobev1.FetchSummary) {
 // recv reads the next message; the stream ending before the summary is an
 // unexpected EOF, never a clean end.
 func (f *Fetch) recv() (*netprobev1.FetchResponse, error) {
-	msg, err := f.stream.Recv()
+	err := f.stream.RecvMsg(&f.chunk)
 	if errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("netprobe: fetch: the stream ended before the summary: %w", io.ErrUnexpectedEOF)
 	}
-	return msg, err
+	if err != nil {
+		return nil, err
+	}
+	return f.chunk.Msg, nil
 }
 
 // Summary returns the fetch's summary once Read or Next has returned io.EOF
@@ -250,5 +258,7 @@ func (f *Fetch) Summary() *FetchSummary { return f.summary }
 // exchange.
 func (f *Fetch) Close() error {
 	f.cancel()
+	f.pending = nil
+	f.chunk.Release()
 	return nil
 }

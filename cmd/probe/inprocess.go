@@ -13,6 +13,7 @@ import (
 	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/internal/wire"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -30,7 +31,7 @@ func inProcess(dnsServer string) (*client.Client, func(), error) {
 	}
 	// The buffer is per direction; it only needs to keep the stream moving.
 	lis := bufconn.Listen(256 << 10)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(wire.ServerOptions()...)
 	netprobev1.RegisterProbeServiceServer(gs, srv)
 	hs := health.NewServer()
 	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -32,6 +32,7 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/internal/wire"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -268,6 +269,7 @@ func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credenti
 		// (bench: server CPU per Connect 175 -> 153 µs).
 		grpc.NumStreamWorkers(streamWorkers),
 	}
+	opts = append(opts, wire.ServerOptions()...)
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}

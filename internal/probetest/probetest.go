@@ -26,6 +26,7 @@ import (
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/internal/wire"
 	"github.com/netprobe/netprobe/policy"
 	"github.com/netprobe/netprobe/service"
 )
@@ -133,7 +134,7 @@ func Serve(cfg service.Config, opts ...grpc.ServerOption) (addr string, stop fun
 	if err != nil {
 		return "", nil, err
 	}
-	gs := grpc.NewServer(opts...)
+	gs := grpc.NewServer(append(wire.ServerOptions(), opts...)...)
 	netprobev1.RegisterProbeServiceServer(gs, srv)
 	hs := health.NewServer()
 	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

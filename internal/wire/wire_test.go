@@ -1,0 +1,156 @@
+package wire
+
+import (
+	"bytes"
+	"testing"
+	"unsafe"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+func TestPool(t *testing.T) {
+	p := newPool(256, 4<<10)
+	for _, tc := range []struct{ n, wantCap int }{{0, 256}, {100, 256}, {256, 256}, {257, 4 << 10}, {4 << 10, 4 << 10}, {5 << 10, 5 << 10}} {
+		b := p.Get(tc.n)
+		if len(*b) != tc.n || cap(*b) != tc.wantCap {
+			t.Errorf("Get(%d): len %d cap %d, want len %d cap %d", tc.n, len(*b), cap(*b), tc.n, tc.wantCap)
+		}
+		p.Put(b)
+	}
+	// A buffer given back is handed out again, at the length asked for.
+	// sync.Pool may drop what it is given (the race detector makes it drop
+	// a quarter on purpose), so give it a few chances.
+	reused := false
+	for range 20 {
+		b := p.Get(300)
+		p.Put(b)
+		again := p.Get(1000)
+		if len(*again) != 1000 {
+			t.Fatalf("Get(1000) after a Put: len %d", len(*again))
+		}
+		if unsafe.SliceData(*again) == unsafe.SliceData(*b) {
+			reused = true
+			break
+		}
+	}
+	if !reused {
+		t.Error("a buffer given back was never handed out again")
+	}
+}
+
+// split cuts b into a BufferSlice of pieces of at most n bytes, as the
+// transport hands over a message that came in several frames.
+func split(b []byte, n int) mem.BufferSlice {
+	var out mem.BufferSlice
+	for len(b) > 0 {
+		k := min(n, len(b))
+		out = append(out, mem.SliceBuffer(bytes.Clone(b[:k])))
+		b = b[k:]
+	}
+	return out
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), ChunkBytes/16)
+	for _, tc := range []struct {
+		name string
+		msg  *netprobev1.FetchResponse
+		// aliased: the data is read where it lies, not copied.
+		aliased bool
+	}{
+		{"small data", &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: &netprobev1.FetchData{Data: []byte("hello")}}}, true},
+		{"a whole chunk", &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: &netprobev1.FetchData{Data: big}}}, true},
+		{"an empty datagram", &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: &netprobev1.FetchData{}}}, true},
+		{"the connect report", &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Connect{Connect: &netprobev1.ConnectResponse{PeerAddress: "198.18.0.1:80", Port: 80}}}, false},
+		{"the summary", &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: &netprobev1.FetchSummary{BytesReceived: 5, TotalDuration: durationpb.New(3)}}}, false},
+	} {
+		for _, frame := range []int{1 << 30, 16 << 10, 7} {
+			enc, err := Codec{}.Marshal(tc.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wire := enc.Materialize()
+			enc.Free()
+			var c Chunk
+			if err := (Codec{}).Unmarshal(split(wire, frame), &c); err != nil {
+				t.Fatalf("%s in frames of %d: %v", tc.name, frame, err)
+			}
+			if !proto.Equal(c.Msg, tc.msg) {
+				t.Errorf("%s in frames of %d: got %v, want %v", tc.name, frame, c.Msg, tc.msg)
+			}
+			if got := c.buf != nil; got != tc.aliased {
+				t.Errorf("%s in frames of %d: buffer kept %v, want %v", tc.name, frame, got, tc.aliased)
+			}
+			if d := c.Msg.GetData().GetData(); tc.aliased && len(d) > 0 {
+				held := c.buf.ReadOnlyData()
+				start := uintptr(unsafe.Pointer(unsafe.SliceData(held)))
+				at := uintptr(unsafe.Pointer(unsafe.SliceData(d)))
+				if at < start || at+uintptr(len(d)) > start+uintptr(len(held)) {
+					t.Errorf("%s in frames of %d: the data is a copy, not the received buffer", tc.name, frame)
+				}
+			}
+			c.Release()
+			if c.buf != nil {
+				t.Errorf("%s: Release kept the buffer", tc.name)
+			}
+
+			// A plain message decodes the same.
+			var plain netprobev1.FetchResponse
+			if err := (Codec{}).Unmarshal(split(wire, frame), &plain); err != nil || !proto.Equal(&plain, tc.msg) {
+				t.Errorf("%s into a FetchResponse: %v, %v", tc.name, &plain, err)
+			}
+		}
+	}
+}
+
+// TestChunkUnknownField checks that data with a field this version does not
+// know is not taken for plain data: it is unmarshalled as usual, keeping
+// the field.
+func TestChunkUnknownField(t *testing.T) {
+	inner := protowire.AppendTag(nil, 1, protowire.BytesType)
+	inner = protowire.AppendBytes(inner, []byte("abc"))
+	inner = protowire.AppendTag(inner, 9, protowire.VarintType)
+	inner = protowire.AppendVarint(inner, 7)
+	msg := protowire.AppendTag(nil, 2, protowire.BytesType)
+	msg = protowire.AppendBytes(msg, inner)
+	var c Chunk
+	if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(msg)}, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.buf != nil || string(c.Msg.GetData().GetData()) != "abc" || len(c.Msg.GetData().ProtoReflect().GetUnknown()) == 0 {
+		t.Errorf("got %v (buffer kept %v), want data abc with the unknown field kept, no buffer", c.Msg, c.buf != nil)
+	}
+}
+
+// FuzzChunk checks that a Chunk reads any input as proto.Unmarshal does.
+func FuzzChunk(f *testing.F) {
+	for _, m := range []*netprobev1.FetchResponse{
+		{Event: &netprobev1.FetchResponse_Data{Data: &netprobev1.FetchData{Data: []byte("hello")}}},
+		{Event: &netprobev1.FetchResponse_Data{Data: &netprobev1.FetchData{}}},
+		{Event: &netprobev1.FetchResponse_Summary{Summary: &netprobev1.FetchSummary{BytesReceived: 5}}},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want netprobev1.FetchResponse
+		wantErr := proto.Unmarshal(b, &want)
+		var c Chunk
+		err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(bytes.Clone(b))}, &c)
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("error %v, proto.Unmarshal's %v", err, wantErr)
+		}
+		if err == nil && !proto.Equal(c.Msg, &want) {
+			t.Fatalf("got %v, proto.Unmarshal got %v", c.Msg, &want)
+		}
+		c.Release()
+	})
+}
