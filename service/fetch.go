@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -298,12 +299,19 @@ func (r *pooledReader) next() ([]byte, error) {
 // readable peeks a byte without taking it: false (wait) while none is
 // there. An error the peek meets (a reset, an ICMP port unreachable) is
 // kept for next, since the kernel reports such an error only once.
+//
+// It calls recvfrom(2) itself, without a source address: unix.Recvfrom
+// allocates one on every call, which would be an allocation per chunk.
 func (r *pooledReader) readable(fd uintptr) bool {
-	_, _, err := unix.Recvfrom(int(fd), r.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	switch errno {
+	case unix.EAGAIN, unix.EINTR:
 		return false
+	case 0:
+		r.peekErr = nil
+	default:
+		r.peekErr = errno
 	}
-	r.peekErr = err
 	return true
 }
 
