@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"time"
 
@@ -62,27 +63,41 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 		{"gRPC health check, 1 in flight", fmt.Sprintf("%.0f/s, p50 %s", hRate, us(percentile(hLat, 0.5))), "", "", "the floor: a call that dials nothing"},
 		{"gRPC health check, 64 in flight", fmt.Sprintf("%.0f/s", h64Rate), "", "", "the ceiling for one call per probe"},
 	}
+	// Rates swing from one run to the next here: each figure is the median
+	// of o.rounds runs, netprobe and its baselines taking turns.
 	for _, workers := range []int{1, 16, 64} {
-		before, err := s.metrics(ctx)
-		if err != nil {
-			return nil, err
+		var pRates, bRates, aRates []float64
+		var pLat, bLat, aP50s []time.Duration
+		var before, after map[string]float64
+		for round := range o.rounds {
+			if round == 0 {
+				if before, err = s.metrics(ctx); err != nil {
+					return nil, err
+				}
+			}
+			rate, lat, err := loop(ctx, workers, o.duration, probe)
+			if err != nil {
+				return nil, fmt.Errorf("connect probes: %w", err)
+			}
+			pRates, pLat = append(pRates, rate), append(pLat, lat...)
+			if round == 0 {
+				if after, err = s.metrics(ctx); err != nil {
+					return nil, err
+				}
+			}
+			if rate, lat, err = loop(ctx, workers, o.duration, bare); err != nil {
+				return nil, fmt.Errorf("bare dial: %w", err)
+			}
+			bRates, bLat = append(bRates, rate), append(bLat, lat...)
+			apart, err := bareApart(ctx, target, workers, o.duration)
+			if err != nil {
+				return nil, fmt.Errorf("bare dial from a process of its own: %w", err)
+			}
+			aRates, aP50s = append(aRates, apart.Rate), append(aP50s, apart.P50)
 		}
-		pRate, pLat, err := loop(ctx, workers, o.duration, probe)
-		if err != nil {
-			return nil, fmt.Errorf("connect probes: %w", err)
-		}
-		after, err := s.metrics(ctx)
-		if err != nil {
-			return nil, err
-		}
-		bRate, bLat, err := loop(ctx, workers, o.duration, bare)
-		if err != nil {
-			return nil, fmt.Errorf("bare dial: %w", err)
-		}
-		apart, err := bareApart(ctx, target, workers, o.duration)
-		if err != nil {
-			return nil, fmt.Errorf("bare dial from a process of its own: %w", err)
-		}
+		slices.Sort(pLat)
+		slices.Sort(bLat)
+		pRate, bRate, aRate, aP50 := median(pRates), median(bRates), median(aRates), median(aP50s)
 		target := ""
 		if workers == 64 {
 			target = "target >= 0.70"
@@ -90,9 +105,9 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 		p50, p99 := percentile(pLat, 0.5), percentile(pLat, 0.99)
 		rows = append(rows,
 			row{fmt.Sprintf("Connect/s, %d in flight", workers), fmt.Sprintf("%.0f", pRate), fmt.Sprintf("%.0f", bRate), ratio(pRate, bRate), joinNonEmpty(target, "baseline: the dialer in the target's process")},
-			row{"  baseline dialing from its own process", "", fmt.Sprintf("%.0f", apart.Rate), ratio(pRate, apart.Rate), "as probed dials"},
+			row{"  baseline dialing from its own process", "", fmt.Sprintf("%.0f", aRate), ratio(pRate, aRate), "as probed dials"},
 			row{fmt.Sprintf("  p50 latency, %d in flight", workers), us(p50), us(percentile(bLat, 0.5)), ratio(float64(p50), float64(percentile(bLat, 0.5))), map[bool]string{true: "target <= 5"}[workers == 1]},
-			row{"  p50, baseline from its own process", "", us(apart.P50), ratio(float64(p50), float64(apart.P50)), ""},
+			row{"  p50, baseline from its own process", "", us(aP50), ratio(float64(p50), float64(aP50)), ""},
 			row{fmt.Sprintf("  p99 latency, %d in flight", workers), us(p99), us(percentile(bLat, 0.99)), ratio(float64(p99), float64(percentile(bLat, 0.99))), ""},
 		)
 		if workers == 64 {
@@ -106,15 +121,27 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 			)
 		}
 	}
-	sweepRate, err := sweepRate(ctx, s, target, o.duration)
-	if err != nil {
-		return nil, fmt.Errorf("sweep: %w", err)
+	var sRates, bRates, aRates []float64
+	for range o.rounds {
+		rate, err := sweepRate(ctx, s, target, o.duration)
+		if err != nil {
+			return nil, fmt.Errorf("sweep: %w", err)
+		}
+		bRate, _, err := loop(ctx, 64, o.duration, bare)
+		if err != nil {
+			return nil, fmt.Errorf("bare dial: %w", err)
+		}
+		apart, err := bareApart(ctx, target, 64, o.duration)
+		if err != nil {
+			return nil, fmt.Errorf("bare dial from a process of its own: %w", err)
+		}
+		sRates, bRates, aRates = append(sRates, rate), append(bRates, bRate), append(aRates, apart.Rate)
 	}
-	bRate, _, err := loop(ctx, 64, o.duration, bare)
-	if err != nil {
-		return nil, fmt.Errorf("bare dial: %w", err)
-	}
-	rows = append(rows, row{"Sweep probes/s, 64 at once", fmt.Sprintf("%.0f", sweepRate), fmt.Sprintf("%.0f", bRate), ratio(sweepRate, bRate), "one call per 1,000 targets; goal >= 0.85"})
+	sRate, bRate, aRate := median(sRates), median(bRates), median(aRates)
+	rows = append(rows,
+		row{"Sweep probes/s, 64 at once", fmt.Sprintf("%.0f", sRate), fmt.Sprintf("%.0f", bRate), ratio(sRate, bRate), "one call per 1,000 targets; goal >= 0.85; baseline: the dialer in the target's process"},
+		row{"  baseline dialing from its own process", "", fmt.Sprintf("%.0f", aRate), ratio(sRate, aRate), "as probed dials"},
+	)
 	return rows, nil
 }
 

@@ -76,9 +76,6 @@ func relay(ctx context.Context, src string, n int64) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// fetchRounds is how many transfers of each kind benchFetch times.
-const fetchRounds = 5
-
 // benchFetch compares a Fetch of n bytes through probed to a client that
 // discards them with a bare user-space relay of the same bytes.
 func benchFetch(ctx context.Context, bin string, o options) ([]row, error) {
@@ -128,7 +125,7 @@ func benchFetch(ctx context.Context, bin string, o options) ([]row, error) {
 	var fds, rds []time.Duration
 	var chunks int
 	var before, after map[string]float64
-	for round := range fetchRounds {
+	for round := range o.rounds {
 		if round == 0 {
 			if before, err = s.metrics(ctx); err != nil {
 				return nil, err
@@ -157,7 +154,7 @@ func benchFetch(ctx context.Context, bin string, o options) ([]row, error) {
 	allocs := (after["go_memstats_mallocs_total"] - before["go_memstats_mallocs_total"]) / float64(chunks)
 	bytes := (after["go_memstats_alloc_bytes_total"] - before["go_memstats_alloc_bytes_total"]) / float64(chunks)
 	return []row{
-		{fmt.Sprintf("Fetch MiB/s, %d MiB", o.fetch>>20), fmt.Sprintf("%.0f", pRate), fmt.Sprintf("%.0f", bRate), ratio(pRate, bRate), fmt.Sprintf("baseline: a user-space relay; medians of %d each; target >= 0.70", fetchRounds)},
+		{fmt.Sprintf("Fetch MiB/s, %d MiB", o.fetch>>20), fmt.Sprintf("%.0f", pRate), fmt.Sprintf("%.0f", bRate), ratio(pRate, bRate), fmt.Sprintf("baseline: a user-space relay; medians of %d each; target >= 0.70", o.rounds)},
 		{"  probed allocs per chunk", fmt.Sprintf("%.1f (%.1f KiB)", allocs, bytes/1024), "", "", fmt.Sprintf("%d chunks of %d KiB", chunks, o.fetch/int64(chunks)>>10)},
 	}, nil
 }

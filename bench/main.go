@@ -12,6 +12,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -35,6 +36,7 @@ type options struct {
 	fetch    int64
 	inflight int
 	only     string
+	rounds   int
 	// bareDial, when set, makes this process the bare dialer that
 	// benchConnect runs apart from the target (see bareApart).
 	bareDial string
@@ -47,9 +49,14 @@ func main() {
 	flag.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
 	flag.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
 	flag.StringVar(&o.only, "only", "", "run only this part: connect, fetch or inflight")
+	flag.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
 	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
 	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
 	flag.Parse()
+	if o.rounds < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 1")
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	run := run
 	if o.bareDial != "" {
@@ -156,6 +163,13 @@ func cmpErr(have, err error) error {
 
 func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
+}
+
+// median is the middle of xs (the upper one of an even count).
+func median[T cmp.Ordered](xs []T) T {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 func ratio(a, b float64) string { return fmt.Sprintf("%.2f", a/b) }
