@@ -68,6 +68,10 @@ func WithGRPCOptions(opts ...grpc.DialOption) DialOption {
 // target, in grpc.NewClient's syntax ("host:port", "unix:/path", ...). Like
 // grpc.NewClient it does not wait for the server: the first call connects.
 // Close the Client when done.
+//
+// The connection reads through a buffer of 1 MiB, sized for Fetch's bulk
+// data. A program holding many connections that do not Fetch can pass
+// WithGRPCOptions(grpc.WithReadBufferSize(32 << 10)) for gRPC's usual size.
 func Dial(target string, opts ...DialOption) (*Client, error) {
 	var cfg dialConfig
 	for _, o := range opts {

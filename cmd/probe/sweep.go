@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/service"
@@ -169,6 +170,10 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 			addrs = append(addrs, net.JoinHostPort(ip, port))
 		}
 	}
+	// A sweep reads small results from what may be many servers: gRPC's
+	// usual 32 KiB read buffer a connection, not the 1 MiB sized for a
+	// Fetch's bulk data.
+	opts = append(opts, client.WithGRPCOptions(grpc.WithReadBufferSize(32<<10)))
 	var out []vantage
 	for _, addr := range addrs {
 		c, err := client.Dial(addr, opts...)
