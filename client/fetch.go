@@ -247,7 +247,7 @@ func (f *Fetch) recv() (*netprobev1.FetchResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	return f.chunk.Msg, nil
+	return f.chunk.FetchResponse, nil
 }
 
 // Summary returns the fetch's summary once Read or Next has returned io.EOF

@@ -85,6 +85,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // Unmarshal implements encoding.CodecV2.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	// A *Chunk is a proto.Message too: ask for it first.
 	if c, ok := v.(*Chunk); ok {
 		return c.unmarshal(data)
 	}
@@ -116,13 +117,15 @@ func fieldNumber(m proto.Message, name string) protowire.Number {
 }
 
 // Chunk receives a FetchResponse (pass it to RecvMsg). When the message
-// is data, Msg's bytes alias the buffer the message arrived in, instead of
+// is data, its bytes alias the buffer the message arrived in, instead of
 // a copy of it that proto.Unmarshal would make: a Fetch's bulk data is
 // copied once on its way to the caller, not twice. The bytes are valid
 // until Release.
+//
+// It embeds the message, so that it is a proto.Message itself to whatever
+// else sees it on its way (interceptors, stats handlers).
 type Chunk struct {
-	// Msg is the message received.
-	Msg *netprobev1.FetchResponse
+	*netprobev1.FetchResponse
 	buf mem.Buffer
 }
 
@@ -137,7 +140,7 @@ func (c *Chunk) Release() {
 
 func (c *Chunk) unmarshal(data mem.BufferSlice) error {
 	c.Release()
-	c.Msg = &netprobev1.FetchResponse{}
+	c.FetchResponse = &netprobev1.FetchResponse{}
 	var buf mem.Buffer
 	if len(data) == 1 {
 		// gRPC frees data once Unmarshal returns: keep a reference.
@@ -147,14 +150,14 @@ func (c *Chunk) unmarshal(data mem.BufferSlice) error {
 		buf = data.MaterializeToBuffer(Pool)
 	}
 	if d, ok := aliasData(buf.ReadOnlyData()); ok {
-		c.Msg.Event = &netprobev1.FetchResponse_Data{Data: d}
+		c.Event = &netprobev1.FetchResponse_Data{Data: d}
 		c.buf = buf
 		return nil
 	}
 	// Any other message (the connect report, the summary, or data with
 	// fields this version does not know) is unmarshalled as usual.
 	defer buf.Free()
-	return proto.Unmarshal(buf.ReadOnlyData(), c.Msg)
+	return proto.Unmarshal(buf.ReadOnlyData(), c.FetchResponse)
 }
 
 // aliasData parses a FetchResponse that is nothing but data, whose bytes

@@ -80,13 +80,13 @@ func TestCodecRoundTrip(t *testing.T) {
 			if err := (Codec{}).Unmarshal(split(wire, frame), &c); err != nil {
 				t.Fatalf("%s in frames of %d: %v", tc.name, frame, err)
 			}
-			if !proto.Equal(c.Msg, tc.msg) {
-				t.Errorf("%s in frames of %d: got %v, want %v", tc.name, frame, c.Msg, tc.msg)
+			if !proto.Equal(c.FetchResponse, tc.msg) {
+				t.Errorf("%s in frames of %d: got %v, want %v", tc.name, frame, c.FetchResponse, tc.msg)
 			}
 			if got := c.buf != nil; got != tc.aliased {
 				t.Errorf("%s in frames of %d: buffer kept %v, want %v", tc.name, frame, got, tc.aliased)
 			}
-			if d := c.Msg.GetData().GetData(); tc.aliased && len(d) > 0 {
+			if d := c.FetchResponse.GetData().GetData(); tc.aliased && len(d) > 0 {
 				held := c.buf.ReadOnlyData()
 				start := uintptr(unsafe.Pointer(unsafe.SliceData(held)))
 				at := uintptr(unsafe.Pointer(unsafe.SliceData(d)))
@@ -122,8 +122,8 @@ func TestChunkUnknownField(t *testing.T) {
 	if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(msg)}, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c.buf != nil || string(c.Msg.GetData().GetData()) != "abc" || len(c.Msg.GetData().ProtoReflect().GetUnknown()) == 0 {
-		t.Errorf("got %v (buffer kept %v), want data abc with the unknown field kept, no buffer", c.Msg, c.buf != nil)
+	if c.buf != nil || string(c.FetchResponse.GetData().GetData()) != "abc" || len(c.FetchResponse.GetData().ProtoReflect().GetUnknown()) == 0 {
+		t.Errorf("got %v (buffer kept %v), want data abc with the unknown field kept, no buffer", c.FetchResponse, c.buf != nil)
 	}
 }
 
@@ -148,9 +148,31 @@ func FuzzChunk(f *testing.F) {
 		if (err != nil) != (wantErr != nil) {
 			t.Fatalf("error %v, proto.Unmarshal's %v", err, wantErr)
 		}
-		if err == nil && !proto.Equal(c.Msg, &want) {
-			t.Fatalf("got %v, proto.Unmarshal got %v", c.Msg, &want)
+		if err == nil && !proto.Equal(c.FetchResponse, &want) {
+			t.Fatalf("got %v, proto.Unmarshal got %v", c.FetchResponse, &want)
 		}
 		c.Release()
 	})
+}
+
+// TestChunkIsAMessage checks that a Chunk passes for the message it holds
+// with code that expects a proto.Message, such as an interceptor.
+func TestChunkIsAMessage(t *testing.T) {
+	var m proto.Message = &Chunk{}
+	if name := m.ProtoReflect().Descriptor().FullName(); name != "netprobe.v1.FetchResponse" {
+		t.Errorf("an empty Chunk is a %s, want netprobe.v1.FetchResponse", name)
+	}
+	want := &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: &netprobev1.FetchData{Data: []byte("hello")}}}
+	b, err := proto.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Chunk{}
+	if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, c); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := proto.Marshal(c); err != nil || !bytes.Equal(got, b) {
+		t.Errorf("marshalling the Chunk: %x, %v; want %x", got, err, b)
+	}
+	c.Release()
 }
