@@ -14,6 +14,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +43,9 @@ type options struct {
 	// benchConnect runs apart from the target (see bareApart).
 	bareDial string
 	workers  int
+	// part and probed, when set, make this process measure one part with
+	// that probed binary and print its rows as JSON (see run).
+	part, probed string
 }
 
 func main() {
@@ -52,6 +57,8 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
 	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
 	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
+	flag.StringVar(&o.part, "part", "", "internal: measure this part in this process, print its rows as JSON")
+	flag.StringVar(&o.probed, "probed", "", "internal: the probed binary for -part")
 	flag.Parse()
 	if o.rounds < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 1")
@@ -59,8 +66,11 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	run := run
-	if o.bareDial != "" {
+	switch {
+	case o.bareDial != "":
 		run = runBareDial
+	case o.part != "":
+		run = runPart
 	}
 	err := run(ctx, o, os.Stdout)
 	stop()
@@ -72,7 +82,15 @@ func main() {
 
 // row is one line of the report.
 type row struct {
-	figure, netprobe, baseline, ratio, note string
+	Figure, Netprobe, Baseline, Ratio, Note string
+}
+
+// parts are what the bench measures, in order.
+var parts = []struct {
+	name string
+	run  func(context.Context, string, options) ([]row, error)
+}{
+	{"connect", benchConnect}, {"fetch", benchFetch}, {"inflight", benchInflight},
 }
 
 func run(ctx context.Context, o options, out io.Writer) error {
@@ -88,28 +106,52 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	fmt.Fprintf(out, "netprobe bench: %s, %d CPUs, %s/%s, probed and the load in one process tree over loopback\n\n",
 		runtime.Version(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
 
+	// Each part runs in a process of its own, so that what one part
+	// leaves in the load's process (its heap, its goroutines) cannot weigh
+	// on the next.
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	var rows []row
-	for _, step := range []struct {
-		name string
-		run  func(context.Context, string, options) ([]row, error)
-	}{
-		{"connect", benchConnect}, {"fetch", benchFetch}, {"inflight", benchInflight},
-	} {
-		if o.only != "" && o.only != step.name {
+	for _, p := range parts {
+		if o.only != "" && o.only != p.name {
 			continue
 		}
-		r, err := step.run(ctx, bin, o)
+		cmd := exec.CommandContext(ctx, self, "-part", p.name, "-probed", bin,
+			"-duration", o.duration.String(), "-rounds", strconv.Itoa(o.rounds),
+			"-fetch-bytes", strconv.FormatInt(o.fetch, 10), "-inflight", strconv.Itoa(o.inflight))
+		cmd.Stderr = os.Stderr
+		b, err := cmd.Output()
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		var r []row
+		if err := json.Unmarshal(b, &r); err != nil {
+			return fmt.Errorf("%s: %w: %q", p.name, err, b)
 		}
 		rows = append(rows, r...)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "figure\tnetprobe\tbaseline\tratio\tnote")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.figure, r.netprobe, r.baseline, r.ratio, r.note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Figure, r.Netprobe, r.Baseline, r.Ratio, r.Note)
 	}
 	return tw.Flush()
+}
+
+// runPart is the -part side of run.
+func runPart(ctx context.Context, o options, out io.Writer) error {
+	for _, p := range parts {
+		if p.name == o.part {
+			rows, err := p.run(ctx, o.probed, o)
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(out).Encode(rows)
+		}
+	}
+	return fmt.Errorf("no part %q", o.part)
 }
 
 // loop runs op from workers goroutines for d and returns the rate and the
