@@ -622,3 +622,87 @@ func TestSweepFleet(t *testing.T) {
 		t.Errorf("%d results after stopping at the first", n)
 	}
 }
+
+// TestFetchBulk fetches megabytes whose every byte depends on its offset,
+// through a client on a connection of its own (Dial, with wire's buffers)
+// and one on a plain gRPC connection (New): the data arrives in messages
+// that span many HTTP/2 frames, gathered into buffers the client's data
+// aliases, and every byte must come out in its place.
+func TestFetchBulk(t *testing.T) {
+	t.Parallel()
+	const size = 8<<20 + 12345
+	pattern := make([]byte, size)
+	for i := range pattern {
+		pattern[i] = byte(i*7 + i>>11)
+	}
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write(pattern)
+		c.Close()
+	})
+	newC, srv := start(t)
+	dialC, err := client.Dial(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dialC.Close() })
+	for _, tc := range []struct {
+		name string
+		c    *client.Client
+	}{{"Dial", dialC}, {"New", newC}} {
+		t.Run(tc.name+" ReadAll", func(t *testing.T) {
+			f, err := tc.c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			got, err := io.ReadAll(f)
+			if err != nil || len(got) != size {
+				t.Fatalf("ReadAll: %d bytes, %v; want %d", len(got), err, size)
+			}
+			if i := firstDiff(got, pattern); i >= 0 {
+				t.Errorf("byte %d is %#x, want %#x", i, got[i], pattern[i])
+			}
+		})
+		t.Run(tc.name+" Next", func(t *testing.T) {
+			f, err := tc.c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			off, chunks := 0, 0
+			for {
+				b, err := f.Next()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Fatalf("Next after %d bytes: %v", off, err)
+				}
+				if off+len(b) > size {
+					t.Fatalf("%d bytes, more than the %d sent", off+len(b), size)
+				}
+				if i := firstDiff(b, pattern[off:off+len(b)]); i >= 0 {
+					t.Fatalf("byte %d is %#x, want %#x", off+i, b[i], pattern[off+i])
+				}
+				off += len(b)
+				chunks++
+			}
+			if off != size || chunks < 2 {
+				t.Errorf("%d bytes in %d messages, want %d in several", off, chunks, size)
+			}
+		})
+	}
+}
+
+// firstDiff is the first index where a and b differ, or -1.
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}

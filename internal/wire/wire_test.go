@@ -176,3 +176,42 @@ func TestChunkIsAMessage(t *testing.T) {
 	}
 	c.Release()
 }
+
+// countingPool hands out fresh buffers and counts those given back.
+type countingPool struct{ puts int }
+
+func (p *countingPool) Get(n int) *[]byte {
+	b := make([]byte, n)
+	return &b
+}
+
+func (p *countingPool) Put(*[]byte) { p.puts++ }
+
+// TestChunkKeepsItsBuffer checks that a Chunk whose data aliases a message
+// that came in one buffer keeps that buffer from its pool until Release,
+// though gRPC frees what it handed Unmarshal as soon as Unmarshal returns.
+func TestChunkKeepsItsBuffer(t *testing.T) {
+	msg, err := proto.Marshal(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: &netprobev1.FetchData{Data: bytes.Repeat([]byte("x"), 4096)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := &countingPool{}
+	buf := pool.Get(len(msg))
+	copy(*buf, msg)
+	data := mem.BufferSlice{mem.NewBuffer(buf, pool)}
+	var c Chunk
+	if err := (Codec{}).Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	data.Free() // as gRPC does
+	if pool.puts != 0 {
+		t.Fatal("the buffer went back to its pool while the chunk's data aliases it")
+	}
+	if len(c.GetData().GetData()) != 4096 {
+		t.Fatalf("data of %d bytes, want 4096", len(c.GetData().GetData()))
+	}
+	c.Release()
+	if pool.puts != 1 {
+		t.Errorf("after Release the buffer went back %d times, want once", pool.puts)
+	}
+}
