@@ -173,7 +173,7 @@ func dialParallel(ctx context.Context, network string, addrs []netip.AddrPort, c
 
 // race is dialParallel with both families. It is a function of its own so
 // that the common case, one family, does not carry its frame: a probe
-// waiting on the network holds its whole stack (see dialOne).
+// waiting on the network holds its whole stack (see dialer).
 func race(ctx context.Context, network string, primaries, fallbacks []netip.AddrPort, check func(netip.AddrPort) error) (net.Conn, []*attempt) {
 	type result struct {
 		conn     net.Conn

@@ -50,7 +50,7 @@ func bufferPool(size int) *sync.Pool {
 //
 // It is split in three so that the frames below which the dial waits stay
 // small: a probe waiting on the network holds its whole stack (see
-// dialOne).
+// dialer).
 func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
 	p, err := s.validateFetch(req)
 	if err != nil {
