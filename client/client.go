@@ -70,8 +70,10 @@ func WithGRPCOptions(opts ...grpc.DialOption) DialOption {
 // Close the Client when done.
 //
 // The connection reads through a buffer of 1 MiB, sized for Fetch's bulk
-// data. A program holding many connections that do not Fetch can pass
-// WithGRPCOptions(grpc.WithReadBufferSize(32 << 10)) for gRPC's usual size.
+// data, and lets the server send up to 16 MiB ahead of what the program
+// has read. A program holding many connections that do not Fetch can pass
+// WithGRPCOptions(grpc.WithReadBufferSize(32 << 10)) for gRPC's usual
+// read buffer.
 func Dial(target string, opts ...DialOption) (*Client, error) {
 	var cfg dialConfig
 	for _, o := range opts {

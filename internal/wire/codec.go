@@ -24,25 +24,38 @@ import (
 // one (bench: Fetch 0.46-0.54 of the relay -> 0.53-0.61).
 const transportBuffer = 1 << 20
 
-// ServerOptions make a gRPC server use the codec, Pool, and a write buffer
-// of transportBuffer that is shared: a connection holds one only while it
-// writes, not for as long as it is open.
+// window is the HTTP/2 flow-control window of every stream and connection,
+// both ways: the most that may be sent and not yet read. It is the largest
+// window gRPC's bandwidth-delay estimation would grow to, set from the
+// start, which turns the estimation and its pings off (bench, seven runs
+// of Fetch taking turns with and without: 0.58-0.66 of the relay against
+// 0.51-0.58).
+const window = 16 << 20
+
+// ServerOptions make a gRPC server use the codec, Pool, the flow-control
+// window, and a write buffer of transportBuffer that is shared: a
+// connection holds one only while it writes, not for as long as it is
+// open.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(Codec{}),
 		experimental.BufferPool(Pool),
 		grpc.WriteBufferSize(transportBuffer),
 		grpc.SharedWriteBuffer(true),
+		grpc.InitialWindowSize(window),
+		grpc.InitialConnWindowSize(window),
 	}
 }
 
 // DialOptions make a gRPC client connection read into a buffer of
-// transportBuffer, and its frames into Pool. Calls pick the codec with
-// CallOption.
+// transportBuffer, its frames into Pool, with the flow-control window.
+// Calls pick the codec with CallOption.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		experimental.WithBufferPool(Pool),
 		grpc.WithReadBufferSize(transportBuffer),
+		grpc.WithInitialWindowSize(window),
+		grpc.WithInitialConnWindowSize(window),
 	}
 }
 
