@@ -2,9 +2,12 @@ package service_test
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"testing"
 
+	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/probetest"
 	"github.com/netprobe/netprobe/internal/services"
@@ -88,4 +91,118 @@ func BenchmarkConnect(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "probes/s")
+}
+
+// fetchBytes is what each Fetch benchmark operation moves: the server's
+// default cap.
+const fetchBytes = service.DefaultMaxFetchBytes
+
+// benchSource is a loopback listener that sends fetchBytes to each
+// connection, then closes it.
+func benchSource(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	chunk := make([]byte, 256<<10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for left := fetchBytes; left > 0; left -= len(chunk) {
+					if _, err := c.Write(chunk[:min(len(chunk), left)]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func reportMiB(b *testing.B) {
+	b.ReportMetric(float64(fetchBytes)*float64(b.N)/(1<<20)/b.Elapsed().Seconds(), "MiB/s")
+}
+
+// BenchmarkRelay is Fetch's baseline: the same bytes from the same source
+// copied through user space to a sink that discards them.
+func BenchmarkRelay(b *testing.B) {
+	src := benchSource(b)
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sink.Close() })
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	buf := make([]byte, 256<<10)
+	b.SetBytes(fetchBytes)
+	for b.Loop() {
+		in, err := net.Dial("tcp", src)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, err := net.Dial("tcp", sink.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Hiding ReaderFrom and WriterTo keeps the copy in user space.
+		n, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, buf)
+		in.Close()
+		out.Close()
+		if err != nil || n != fetchBytes {
+			b.Fatalf("relayed %d bytes of %d: %v", n, fetchBytes, err)
+		}
+	}
+	reportMiB(b)
+}
+
+// BenchmarkFetch fetches the same bytes through a real gRPC connection,
+// with the client library, to a caller that discards them.
+func BenchmarkFetch(b *testing.B) {
+	src := benchSource(b)
+	e := probetest.Start(b)
+	c, err := client.Dial(e.Addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	b.SetBytes(fetchBytes)
+	for b.Loop() {
+		f, err := c.Fetch(context.Background(), "tcp", src, client.FetchOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for {
+			d, err := f.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += len(d)
+		}
+		f.Close()
+		if n != fetchBytes {
+			b.Fatalf("fetched %d bytes of %d", n, fetchBytes)
+		}
+	}
+	reportMiB(b)
 }
