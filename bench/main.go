@@ -43,6 +43,9 @@ type options struct {
 	// benchConnect runs apart from the target (see bareApart).
 	bareDial string
 	workers  int
+	// relayFrom and relayTo, when set, make this process the relay that
+	// benchFetch runs apart (see relay).
+	relayFrom, relayTo string
 	// part and probed, when set, make this process measure one part with
 	// that probed binary and print its rows as JSON (see run).
 	part, probed string
@@ -57,6 +60,8 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
 	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
 	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
+	flag.StringVar(&o.relayFrom, "relay-from", "", "internal: relay from this ADDR to -relay-to through user space, print how long it took")
+	flag.StringVar(&o.relayTo, "relay-to", "", "internal: where -relay-from relays to")
 	flag.StringVar(&o.part, "part", "", "internal: measure this part in this process, print its rows as JSON")
 	flag.StringVar(&o.probed, "probed", "", "internal: the probed binary for -part")
 	flag.Parse()
@@ -69,6 +74,8 @@ func main() {
 	switch {
 	case o.bareDial != "":
 		run = runBareDial
+	case o.relayFrom != "":
+		run = runRelay
 	case o.part != "":
 		run = runPart
 	}
