@@ -12,28 +12,8 @@ import (
 	"time"
 
 	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
-
-// source serves n bytes to each connection, then closes it.
-func source(ln net.Listener, n int64) {
-	chunk := make([]byte, 256<<10)
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			for left := n; left > 0; {
-				w, err := c.Write(chunk[:min(int64(len(chunk)), left)])
-				if err != nil {
-					return
-				}
-				left -= int64(w)
-			}
-		}()
-	}
-}
 
 // relayCopy dials src and dst and copies the one to the other through
 // user space, as probed must.
@@ -122,7 +102,7 @@ func benchFetch(ctx context.Context, bin string, o options) ([]row, error) {
 		return nil, err
 	}
 	defer ln.Close()
-	go source(ln, o.fetch)
+	go probetest.SendAndClose(ln, o.fetch)
 	s, err := startProbed(bin, fmt.Sprintf("--max-fetch-bytes=%d", o.fetch))
 	if err != nil {
 		return nil, err

@@ -105,23 +105,7 @@ func benchSource(b *testing.B) string {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	chunk := make([]byte, 256<<10)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				for left := fetchBytes; left > 0; left -= len(chunk) {
-					if _, err := c.Write(chunk[:min(len(chunk), left)]); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	go probetest.SendAndClose(ln, fetchBytes)
 	return ln.Addr().String()
 }
 

@@ -278,6 +278,29 @@ func AcceptAndClose(ln net.Listener) {
 	}
 }
 
+// SendAndClose serves ln by sending n bytes to each connection it accepts,
+// then closing it, until ln is closed: a source of bulk data for
+// benchmarks.
+func SendAndClose(ln net.Listener, n int64) {
+	chunk := make([]byte, 256<<10)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			for left := n; left > 0; {
+				w, err := c.Write(chunk[:min(int64(len(chunk)), left)])
+				if err != nil {
+					return
+				}
+				left -= int64(w)
+			}
+		}()
+	}
+}
+
 // ServeHello serves HTTP on ln, answering every request with "hello\n",
 // until stop, which returns the error that ended serving, if any but the
 // server's closing. It needs no testing.TB, for TestMain.
