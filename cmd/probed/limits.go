@@ -112,7 +112,7 @@ func newRateLimiter(perSecond float64, burst int, m *metrics) *rateLimiter {
 	return &rateLimiter{rate: rate.Limit(perSecond), burst: burst, metrics: m, callers: map[caller]*rate.Limiter{}}
 }
 
-// Limit implements ratelimit.Limiter.
+// Limit refuses a probe over the caller's rate with RESOURCE_EXHAUSTED.
 func (r *rateLimiter) Limit(ctx context.Context) error {
 	key := callerOf(ctx)
 	r.mu.Lock()
