@@ -24,10 +24,17 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 	defer cancel()
 
 	conn, resp := s.connect(pctx, t, start)
+	return s.connected(ctx, pctx, req, conn, resp, tp, &t, start)
+}
+
+// connected finishes a Connect once the dial is over: the handshake, the
+// reverse lookup, the report. It is a function of its own so that its
+// frame is not on the stack while the dial waits (see dialer).
+func (s *Server) connected(ctx, pctx context.Context, req *netprobev1.ConnectRequest, conn net.Conn, resp *netprobev1.ConnectResponse, tp *tlsParams, t *target, start time.Time) (*netprobev1.ConnectResponse, error) {
 	if conn != nil {
 		defer conn.Close()
 		if tp != nil {
-			_, resp.Tls, resp.Error = handshake(pctx, conn, tp, t, start)
+			_, resp.Tls, resp.Error = handshake(pctx, conn, tp, *t, start)
 		}
 		if req.GetReverseLookup() {
 			resp.ReverseLookup = s.reverseLookup(pctx, conn.RemoteAddr(), start)
