@@ -20,14 +20,13 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/probetest"
-	"github.com/netprobe/netprobe/policy"
+	"github.com/netprobe/netprobe/internal/server"
 )
 
 // start runs a probe server for one test and returns a client of it.
@@ -178,11 +177,17 @@ func TestProbeErrors(t *testing.T) {
 func TestCallErrors(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int32
-	count := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		calls.Add(1)
-		return h(ctx, req)
+		return invoke(ctx, method, req, reply, cc, opts...)
 	}
-	c, _ := start(t, probetest.WithServerOptions(grpc.UnaryInterceptor(count)))
+	srv := probetest.Start(t)
+	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUnaryInterceptor(count))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := client.New(conn)
 
 	t.Run("caught before calling", func(t *testing.T) {
 		for _, tt := range []struct{ network, address, want string }{
@@ -198,7 +203,7 @@ func TestCallErrors(t *testing.T) {
 			}
 		}
 		if n := calls.Load(); n != 0 {
-			t.Errorf("%d calls reached the server", n)
+			t.Errorf("%d calls were made", n)
 		}
 	})
 
@@ -243,11 +248,7 @@ func TestCallErrors(t *testing.T) {
 // error, from which Refusal recovers the ProbeError naming the rule.
 func TestRefusal(t *testing.T) {
 	t.Parallel()
-	p := policy.New()
-	if err := p.AddLine("deny 127.0.0.2"); err != nil {
-		t.Fatal(err)
-	}
-	c, _ := start(t, probetest.WithPolicy(p))
+	c, _ := start(t, probetest.WithPolicy("deny 127.0.0.2"))
 	tg := probetest.Listen(t, "127.0.0.2:0", nil)
 
 	_, err := c.Connect(probetest.Context(t), "tcp", tg.Addr(), client.ConnectOptions{})
@@ -483,19 +484,11 @@ func TestHealth(t *testing.T) {
 func TestDialTLSAndToken(t *testing.T) {
 	t.Parallel()
 	ca := probetest.NewCA(t)
-	cert := ca.Issue(t, "probed", true)
-	const token = "s3cret"
-	auth := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if got := md.Get("authorization"); len(got) != 1 || got[0] != "Bearer "+token {
-			return nil, status.Error(codes.Unauthenticated, "a bearer token is required")
-		}
-		return h(ctx, req)
-	}
-	srv := probetest.Start(t, probetest.WithServerOptions(
-		grpc.Creds(credentials.NewServerTLSFromCert(&cert)),
-		grpc.UnaryInterceptor(auth),
-	))
+	certFile, keyFile := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, "probed", true))
+	const token = "s3cret-0123456789abcdef"
+	srv := probetest.Start(t, probetest.WithTokens(t, map[string]string{"alice": token}), probetest.WithConfig(func(c *server.Config) {
+		c.TLSCert, c.TLSKey = certFile, keyFile
+	}))
 	tlsConfig := &tls.Config{RootCAs: ca.Pool}
 
 	tests := []struct {

@@ -9,8 +9,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/netprobe/netprobe/internal/probetest"
-	"github.com/netprobe/netprobe/internal/services"
-	"github.com/netprobe/netprobe/service"
+	"github.com/netprobe/netprobe/internal/server"
 )
 
 // The examples' world, set up by TestMain: examples have no *testing.T.
@@ -28,12 +27,7 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
-	tab, err := services.Load("")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	addr, stopProbe, err := probetest.Serve(service.Config{Services: tab})
+	_, addr, stopProbe, err := probetest.Serve(server.Config{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -6,24 +6,20 @@ import (
 	"net/netip"
 	"testing"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/probetest"
-	"github.com/netprobe/netprobe/policy"
-	"github.com/netprobe/netprobe/service"
 )
 
-// callerFromMetadata stands in for authentication: it takes the caller's
-// name from the "caller" header.
-func callerFromMetadata(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if v := metadata.ValueFromIncomingContext(ctx, "caller"); len(v) == 1 {
-		ctx = service.WithCaller(ctx, v[0])
-	}
-	return h(ctx, req)
+// tokens are the bearer tokens of TestPolicy's callers.
+var tokens = map[string]string{"ops": "ops-0123456789abcdef", "team-a": "team-a-0123456789abcdef", "team-b": "team-b-0123456789abcdef"}
+
+// as returns a test context whose calls carry caller's bearer token.
+func as(t *testing.T, caller string) context.Context {
+	return metadata.AppendToOutgoingContext(probetest.Context(t), "authorization", "Bearer "+tokens[caller])
 }
 
 // deniedDetail checks that err is PERMISSION_DENIED carrying a STAGE_POLICY
@@ -49,13 +45,7 @@ func deniedDetail(t *testing.T, err error, address, rule string) {
 // never sees a connection, however the address is reached.
 func TestPolicy(t *testing.T) {
 	t.Parallel()
-	p := policy.New()
-	for _, line := range []string{"deny 127.0.0.2/32", "caller team-a allow 127.0.0.3"} {
-		if err := p.AddLine(line); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e := probetest.Start(t, probetest.WithPolicy(p), probetest.WithServerOptions(grpc.UnaryInterceptor(callerFromMetadata)))
+	e := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.2/32", "caller team-a allow 127.0.0.3"), probetest.WithTokens(t, tokens))
 	denied := probetest.Listen(t, "127.0.0.2:0", nil)
 	allowed := probetest.Listen(t, "127.0.0.3:0", nil)
 	other := probetest.Listen(t, "127.0.0.4:0", nil)
@@ -66,27 +56,27 @@ func TestPolicy(t *testing.T) {
 	}
 
 	t.Run("address", func(t *testing.T) {
-		_, err := connect(probetest.Context(t), "127.0.0.2", port)
+		_, err := connect(as(t, "ops"), "127.0.0.2", port)
 		deniedDetail(t, err, deniedAddr, "127.0.0.2/32")
 	})
 	t.Run("IPv4-mapped", func(t *testing.T) {
 		// The server dials the IPv4 address the mapped form carries.
-		_, err := connect(probetest.Context(t), "::ffff:127.0.0.2", port)
+		_, err := connect(as(t, "ops"), "::ffff:127.0.0.2", port)
 		deniedDetail(t, err, deniedAddr, "127.0.0.2/32")
 	})
 	t.Run("name", func(t *testing.T) {
 		e.DNS.SetAddrs("denied.test", netip.MustParseAddr("127.0.0.2"))
-		_, err := connect(probetest.Context(t), "denied.test", port)
+		_, err := connect(as(t, "ops"), "denied.test", port)
 		deniedDetail(t, err, deniedAddr, "127.0.0.2/32")
 	})
 	t.Run("rebinding", func(t *testing.T) {
 		e.DNS.SetAddrs("rebind.test", netip.MustParseAddr("127.0.0.3"))
-		resp, err := connect(probetest.Context(t), "rebind.test", allowed.Port())
+		resp, err := connect(as(t, "ops"), "rebind.test", allowed.Port())
 		if err != nil || resp.GetError() != nil {
 			t.Fatalf("first answer, allowed: %v, %v", resp.GetError(), err)
 		}
 		e.DNS.SetAddrs("rebind.test", netip.MustParseAddr("127.0.0.2"))
-		_, err = connect(probetest.Context(t), "rebind.test", port)
+		_, err = connect(as(t, "ops"), "rebind.test", port)
 		deniedDetail(t, err, deniedAddr, "127.0.0.2/32")
 	})
 	t.Run("one address of two", func(t *testing.T) {
@@ -94,7 +84,7 @@ func TestPolicy(t *testing.T) {
 		// them apart.
 		both := probetest.Listen(t, fmt.Sprintf("127.0.0.3:%d", port), nil)
 		e.DNS.SetAddrs("mixed.test", netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"))
-		resp, err := connect(probetest.Context(t), "mixed.test", port)
+		resp, err := connect(as(t, "ops"), "mixed.test", port)
 		if err != nil || resp.GetError() != nil || resp.GetPeerAddress() != both.Addr() {
 			t.Fatalf("Connect = %v, %v; want a connection to %s", resp, err, both.Addr())
 		}
@@ -104,20 +94,20 @@ func TestPolicy(t *testing.T) {
 		}
 	})
 	t.Run("fetch", func(t *testing.T) {
-		stream, err := e.Probe.Fetch(probetest.Context(t), &netprobev1.FetchRequest{Target: &netprobev1.Target{Host: "127.0.0.2", Port: port}})
+		stream, err := e.Probe.Fetch(as(t, "ops"), &netprobev1.FetchRequest{Target: &netprobev1.Target{Host: "127.0.0.2", Port: port}})
 		if err == nil {
 			_, err = stream.Recv()
 		}
 		deniedDetail(t, err, deniedAddr, "127.0.0.2/32")
 	})
 	t.Run("caller", func(t *testing.T) {
-		teamA := metadata.AppendToOutgoingContext(probetest.Context(t), "caller", "team-a")
+		teamA := as(t, "team-a")
 		if resp, err := connect(teamA, "127.0.0.3", allowed.Port()); err != nil || resp.GetError() != nil {
 			t.Errorf("team-a to its own address: %v, %v", resp.GetError(), err)
 		}
 		_, err := connect(teamA, "127.0.0.4", other.Port())
 		deniedDetail(t, err, other.Addr(), "not covered by caller team-a's allow rules")
-		teamB := metadata.AppendToOutgoingContext(probetest.Context(t), "caller", "team-b")
+		teamB := as(t, "team-b")
 		if resp, err := connect(teamB, "127.0.0.4", other.Port()); err != nil || resp.GetError() != nil {
 			t.Errorf("team-b, with no rules of its own: %v, %v", resp.GetError(), err)
 		}

@@ -17,7 +17,6 @@ import (
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/probetest"
-	"github.com/netprobe/netprobe/policy"
 )
 
 // sweep runs a Sweep and collects its results, and the error the stream
@@ -151,11 +150,7 @@ func TestSweepCancel(t *testing.T) {
 // result.
 func TestSweepExpand(t *testing.T) {
 	t.Parallel()
-	p := policy.New()
-	if err := p.AddLine("deny 127.0.0.3"); err != nil {
-		t.Fatal(err)
-	}
-	e := probetest.Start(t, probetest.WithPolicy(p))
+	e := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.3"))
 	up := probetest.Listen(t, "127.0.0.1:0", nil)
 	port := up.Port()
 	e.DNS.SetAddrs("two.test", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"))

@@ -22,16 +22,14 @@ import (
 
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/netprobe/netprobe/internal/server"
 )
 
 // The binaries built for these tests.
@@ -409,12 +407,15 @@ func TestServerErrors(t *testing.T) {
 		t.Errorf("health of a dead server: exit %d, stderr %q", r.code, r.stderr)
 	}
 
-	deny := func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
-		return nil, status.Error(codes.PermissionDenied, "not for you")
+	// A caller allowed one probe, ever: the second is refused.
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Rate, c.Burst = 1e-9, 1 }))
+	target := probetest.Listen(t, "127.0.0.1:0", nil)
+	host, port, _ := net.SplitHostPort(target.Addr())
+	if r = probe(probetest.Context(t), nil, "connect", "--server", srv.Addr, host, port); r.code != exitOK {
+		t.Fatalf("the first probe: exit %d, stderr %q", r.code, r.stderr)
 	}
-	srv := probetest.Start(t, probetest.WithServerOptions(grpc.UnaryInterceptor(deny)))
-	r = probe(probetest.Context(t), nil, "connect", "--server", srv.Addr, "127.0.0.1", "80")
-	want := "probe: probe server " + srv.Addr + ": PermissionDenied: not for you\n"
+	r = probe(probetest.Context(t), nil, "connect", "--server", srv.Addr, host, port)
+	want := "probe: probe server " + srv.Addr + ": ResourceExhausted: peer 127.0.0.1 is over its rate of 1e-09 probes a second (burst 1)\n"
 	if r.code != exitRejected || r.stderr != want {
 		t.Errorf("a refused call: exit %d, stderr %q; want %d, %q", r.code, r.stderr, exitRejected, want)
 	}

@@ -18,22 +18,8 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
 
-	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
-	"github.com/netprobe/netprobe/internal/services"
-	"github.com/netprobe/netprobe/internal/wire"
-	"github.com/netprobe/netprobe/service"
+	"github.com/netprobe/netprobe/internal/server"
 )
 
 // config is probed's command line; every flag has an environment twin.
@@ -101,31 +87,7 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 }
 
 func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
-	table, err := services.Load(cfg.ServicesFile)
-	if err != nil {
-		return err
-	}
-	var toks *tokens
-	if cfg.TokensFile != "" {
-		if toks, err = loadTokens(cfg.TokensFile); err != nil {
-			return err
-		}
-	}
-	var (
-		cert  *certificate
-		creds credentials.TransportCredentials
-	)
-	if cfg.TLSCert != "" || cfg.TLSKey != "" {
-		if cert, err = loadCertificate(cfg.TLSCert, cfg.TLSKey, logger); err != nil {
-			return err
-		}
-		if creds, err = serverTLS(cert, cfg.TLSClientCA); err != nil {
-			return err
-		}
-	} else if cfg.TLSClientCA != "" {
-		return errors.New("--tls-client-ca needs --tls-cert and --tls-key")
-	}
-	if cert == nil && !cfg.Plaintext && !isLocal(cfg.Listen) {
+	if cfg.TLSCert == "" && cfg.TLSKey == "" && !cfg.Plaintext && !isLocal(cfg.Listen) {
 		return fmt.Errorf("refusing to serve plaintext on %s: give --tls-cert and --tls-key, or --plaintext to accept it", cfg.Listen)
 	}
 	lis, err := listen(cfg.Listen)
@@ -133,60 +95,32 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	defer lis.Close()
-
-	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
-	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
-	reg.MustRegister(grpcMetrics)
-	listeners := []net.Addr{lis.Addr()}
+	self := []net.Addr{lis.Addr()}
 	var metricsLis net.Listener
 	if cfg.MetricsAddr != "" {
 		if metricsLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
 		defer metricsLis.Close()
-		listeners = append(listeners, metricsLis.Addr())
+		self = append(self, metricsLis.Addr())
 	}
-	pol, err := targetPolicy(cfg, listeners...)
-	if err != nil {
-		return err
-	}
-	srv, err := service.New(service.Config{
-		DefaultTimeout:      cfg.DefaultTimeout,
-		MaxTimeout:          cfg.MaxTimeout,
-		MaxPayloadBytes:     cfg.MaxPayloadBytes,
-		MaxFetchBytes:       cfg.MaxFetchBytes,
-		MaxSweepConcurrency: cfg.MaxSweepConc,
-		MaxSweepTargets:     cfg.MaxSweepTargets,
-		Resolver:            service.ResolverFor(cfg.DNSServer),
-		Services:            table,
-		Policy:              pol,
-		Observe:             observe(logger, m),
-	})
+	srv, err := server.New(cfg.serverConfig(logger, self))
 	if err != nil {
 		return err
 	}
 
-	inflight := newInFlight(cfg.MaxInFlight, cfg.MaxPerCaller, m)
-	gs := grpc.NewServer(serverOptions(cfg, logger, toks, creds, m, grpcMetrics, inflight)...)
-	netprobev1.RegisterProbeServiceServer(gs, srv)
-	hs := &drainingHealth{Server: health.NewServer()}
-	healthpb.RegisterHealthServer(gs, hs)
-	reflection.Register(gs)
-	grpcMetrics.InitializeMetrics(gs)
-	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	// SIGHUP reloads what can be reloaded (systemd's reload sends it); it
+	// never ends probed.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOnHUP(ctx, hup, srv, logger)
 
-	if cert != nil {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		go reloadOnHUP(ctx, hup, cert, logger)
-	}
 	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
-	attrs := []any{"addr", lis.Addr().String(), "tls", cert != nil, "mtls", cfg.TLSClientCA != "", "tokens", toks != nil}
+	go func() { served <- srv.Serve(lis) }()
+	attrs := []any{"addr", lis.Addr().String(), "tls", srv.TLS(), "mtls", srv.MutualTLS(), "tokens", srv.Tokens()}
 	if metricsLis != nil {
-		hsrv := &http.Server{Handler: metricsHandler(reg, hs), ReadHeaderTimeout: 10 * time.Second}
+		hsrv := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := hsrv.Serve(metricsLis); !errors.Is(err, http.ErrServerClosed) {
 				logger.Error("metrics server failed", "err", err)
@@ -196,84 +130,53 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		attrs = append(attrs, "metrics_addr", metricsLis.Addr().String())
 	}
 	logger.Info("serving", attrs...)
-	logger.Info("target policy", "rules", pol.Rules())
+	logger.Info("target policy", "rules", srv.PolicyRules())
 
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	logger.Info("draining", "grace", cfg.ShutdownGrace)
-	// New probes are refused from now on; health tells load balancers so,
-	// and then the server stops taking calls at all.
-	inflight.draining.Store(true)
-	hs.drain()
-	stopped := make(chan struct{})
-	go func() {
-		gs.GracefulStop()
-		close(stopped)
-	}()
-	grace := time.NewTimer(cfg.ShutdownGrace)
-	defer grace.Stop()
-	select {
-	case <-stopped:
-	case <-grace.C:
-		// Stop cancels the calls left, and each probe closes its target
-		// connection as its call's context ends.
-		logger.Warn("grace period over: closing remaining calls")
-		gs.Stop()
-		<-stopped
-	}
-	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	srv.Drain(cfg.ShutdownGrace)
+	if err := <-served; err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	logger.Info("stopped")
 	return nil
 }
 
-// streamWorkers is the size of the gRPC server's handler pool; calls
-// beyond it get a goroutine of their own.
-const streamWorkers = 128
-
-// serverOptions chains two interceptors, outermost first: the gRPC
-// metrics, then the guard (logging for all but Connect and Fetch, which have
-// an audit line instead; authentication, not for health checks; the rate
-// and in-flight limits, for probes only; recovery nearest the handler).
-func serverOptions(cfg config, logger *slog.Logger, toks *tokens, creds credentials.TransportCredentials, m *metrics, grpcMetrics *grpcprom.ServerMetrics, inflight *inFlight) []grpc.ServerOption {
-	logOpts := []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		// A successful probe has its own audit line; the call's is debug.
-		logging.WithLevels(func(code codes.Code) logging.Level {
-			if code == codes.OK {
-				return logging.LevelDebug
-			}
-			return logging.DefaultServerCodeToLevel(code)
-		}),
+// serverConfig is the server's configuration from the flags; self lists
+// the addresses probed answers on.
+func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Config {
+	rules := make([]string, 0, len(cfg.Deny)+len(cfg.Allow))
+	for _, r := range cfg.Deny {
+		rules = append(rules, "deny "+r)
 	}
-	g := &guard{
-		logUnary:  logging.UnaryServerInterceptor(interceptorLogger(logger), logOpts...),
-		logStream: logging.StreamServerInterceptor(interceptorLogger(logger), logOpts...),
-		authn:     authenticate(toks),
-		rates:     newRateLimiter(cfg.Rate, cfg.Burst, m),
-		inflight:  inflight,
-		logger:    logger,
+	for _, r := range cfg.Allow {
+		rules = append(rules, "allow "+r)
 	}
-	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), g.unary),
-		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), g.stream),
-		// Room for the largest payload plus the rest of the request.
-		grpc.MaxRecvMsgSize(cfg.MaxPayloadBytes + 64<<10),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMin, PermitWithoutStream: true}),
-		// Handlers run on a pool of goroutines whose stacks have already
-		// grown, instead of a new goroutine per call growing its own
-		// (bench: server CPU per Connect 175 -> 153 µs).
-		grpc.NumStreamWorkers(streamWorkers),
+	return server.Config{
+		TLSCert:              cfg.TLSCert,
+		TLSKey:               cfg.TLSKey,
+		TLSClientCA:          cfg.TLSClientCA,
+		TokensFile:           cfg.TokensFile,
+		PolicyRules:          rules,
+		PolicyFile:           cfg.PolicyFile,
+		Self:                 self,
+		DefaultTimeout:       cfg.DefaultTimeout,
+		MaxTimeout:           cfg.MaxTimeout,
+		MaxPayloadBytes:      cfg.MaxPayloadBytes,
+		MaxFetchBytes:        cfg.MaxFetchBytes,
+		MaxSweepConcurrency:  cfg.MaxSweepConc,
+		MaxSweepTargets:      cfg.MaxSweepTargets,
+		MaxInFlight:          cfg.MaxInFlight,
+		MaxInFlightPerCaller: cfg.MaxPerCaller,
+		Rate:                 cfg.Rate,
+		Burst:                cfg.Burst,
+		KeepaliveMinTime:     cfg.KeepaliveMin,
+		DNSServer:            cfg.DNSServer,
+		ServicesFile:         cfg.ServicesFile,
+		Logger:               logger,
 	}
-	opts = append(opts, wire.ServerOptions()...)
-	if creds != nil {
-		opts = append(opts, grpc.Creds(creds))
-	}
-	return opts
 }
 
 // isLocal reports whether a --listen address can be reached only from this
@@ -290,39 +193,18 @@ func isLocal(listen string) bool {
 	return host == "localhost" || (err == nil && ip.IsLoopback())
 }
 
-// reloadOnHUP reloads the certificate on each SIGHUP until ctx ends.
-func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, cert *certificate, logger *slog.Logger) {
+// reloadOnHUP reloads the server's files on each SIGHUP until ctx ends.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, srv *server.Server, logger *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if err := cert.reload(); err != nil {
-				logger.Error("SIGHUP: reloading the TLS certificate failed; keeping the old one", "err", err)
-			} else {
-				logger.Info("SIGHUP: reloaded the TLS certificate", "file", cert.certFile)
+			if err := srv.Reload(); err != nil {
+				logger.Error("SIGHUP: reloading failed; keeping what was loaded", "err", err)
 			}
 		}
 	}
-}
-
-// metricsHandler serves reg at /metrics, and the probe service's health at
-// /healthz.
-func metricsHandler(reg *prometheus.Registry, hs *drainingHealth) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	// /healthz mirrors the gRPC health of the probe service for checkers
-	// that speak only HTTP, or that cannot reach a TLS gRPC port (the
-	// kubelet's gRPC probes are plaintext): 200 when SERVING, 503 else.
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		resp, err := hs.Check(r.Context(), &healthpb.HealthCheckRequest{Service: netprobev1.ProbeService_ServiceDesc.ServiceName})
-		st := resp.GetStatus()
-		if err != nil || st != healthpb.HealthCheckResponse_SERVING {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		fmt.Fprintln(w, st)
-	})
-	return mux
 }
 
 // listen opens the gRPC listener: "unix:PATH" for a Unix socket, else TCP.
@@ -339,11 +221,4 @@ func listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	return lis, nil
-}
-
-// interceptorLogger adapts slog to go-grpc-middleware's logging interface.
-func interceptorLogger(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		l.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
 }

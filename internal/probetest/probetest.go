@@ -13,30 +13,24 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/dnstest"
-	"github.com/netprobe/netprobe/internal/services"
-	"github.com/netprobe/netprobe/internal/wire"
-	"github.com/netprobe/netprobe/policy"
-	"github.com/netprobe/netprobe/service"
+	"github.com/netprobe/netprobe/internal/server"
 )
 
 // Timeout bounds every wait in tests.
 const Timeout = 10 * time.Second
 
-// Server is a probe server on 127.0.0.1, with the standard health service
-// (SERVING) and reflection, resolving names through a DNS server on
-// loopback.
+// Server is a probe server on 127.0.0.1, built as probed builds it (see
+// package server), resolving names through a DNS server on loopback.
 type Server struct {
 	// Addr is the gRPC address, "127.0.0.1:port".
 	Addr string
@@ -46,10 +40,12 @@ type Server struct {
 	Probe netprobev1.ProbeServiceClient
 	// DNS answers every name the server resolves.
 	DNS *dnstest.Server
+	// Server is the server itself.
+	Server *server.Server
 }
 
 // An Option changes the server's configuration before it starts.
-type Option func(*service.Config, *[]grpc.ServerOption)
+type Option func(*server.Config)
 
 // WithServices makes the server read a services database holding text
 // instead of the built-in table alone.
@@ -58,52 +54,58 @@ func WithServices(t testing.TB, text string) Option {
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return func(c *service.Config, _ *[]grpc.ServerOption) {
-		tab, err := services.Load(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Services = tab
-	}
+	return func(c *server.Config) { c.ServicesFile = path }
 }
 
 // WithMaxPayload raises the payload cap, and the gRPC message size with it.
 func WithMaxPayload(n int) Option {
-	return func(c *service.Config, opts *[]grpc.ServerOption) {
-		c.MaxPayloadBytes = n
-		*opts = append(*opts, grpc.MaxRecvMsgSize(n+64<<10))
-	}
+	return func(c *server.Config) { c.MaxPayloadBytes = n }
 }
 
-// WithPolicy makes the server judge targets by p.
-func WithPolicy(p *policy.Policy) Option {
-	return func(c *service.Config, _ *[]grpc.ServerOption) { c.Policy = p }
+// WithPolicy gives the server target policy lines: "allow RULE", "deny
+// RULE", "caller NAME allow RULE".
+func WithPolicy(lines ...string) Option {
+	return func(c *server.Config) { c.PolicyRules = append(c.PolicyRules, lines...) }
 }
 
 // WithMaxSweepConcurrency caps the probes one Sweep runs at once.
 func WithMaxSweepConcurrency(n int) Option {
-	return func(c *service.Config, _ *[]grpc.ServerOption) { c.MaxSweepConcurrency = n }
+	return func(c *server.Config) { c.MaxSweepConcurrency = n }
 }
 
-// WithServerOptions passes options to grpc.NewServer.
-func WithServerOptions(opts ...grpc.ServerOption) Option {
-	return func(_ *service.Config, o *[]grpc.ServerOption) { *o = append(*o, opts...) }
+// WithTokens makes the server require a bearer token: tokens maps each
+// caller's name to its token (16 characters or more).
+func WithTokens(t testing.TB, tokens map[string]string) Option {
+	var text strings.Builder
+	for name, token := range tokens {
+		fmt.Fprintf(&text, "%s %s\n", name, token)
+	}
+	path := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(path, []byte(text.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(c *server.Config) { c.TokensFile = path }
+}
+
+// WithConfig changes the server's configuration with f.
+func WithConfig(f func(*server.Config)) Option { return Option(f) }
+
+// Unlimited lifts the rate and in-flight limits out of the way of tests
+// that run many probes quickly.
+func Unlimited(c *server.Config) {
+	c.Rate, c.Burst = 1e9, 1e9
+	c.MaxInFlight, c.MaxInFlightPerCaller = 1e6, 1e6
 }
 
 // Start runs a probe server until the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	dns := dnstest.Start(t)
-	tab, err := services.Load("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := service.Config{Resolver: service.ResolverFor(dns.Addr), Services: tab}
-	var srvOpts []grpc.ServerOption
+	cfg := server.Config{DNSServer: dns.Addr}
 	for _, o := range opts {
-		o(&cfg, &srvOpts)
+		o(&cfg)
 	}
-	addr, stop, err := Serve(cfg, srvOpts...)
+	srv, addr, stop, err := Serve(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,31 +121,26 @@ func Start(t testing.TB, opts ...Option) *Server {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &Server{Addr: addr, Conn: conn, Probe: netprobev1.NewProbeServiceClient(conn), DNS: dns}
+	return &Server{Addr: addr, Conn: conn, Probe: netprobev1.NewProbeServiceClient(conn), DNS: dns, Server: srv}
 }
 
-// Serve runs a probe server with cfg on 127.0.0.1 until stop, which
+// Serve runs a probe server built from cfg on 127.0.0.1 until stop, which
 // returns the error that ended serving, if any. It is for TestMain and
 // examples, which have no testing.TB; tests use Start.
-func Serve(cfg service.Config, opts ...grpc.ServerOption) (addr string, stop func() error, err error) {
-	srv, err := service.New(cfg)
-	if err != nil {
-		return "", nil, err
-	}
+func Serve(cfg server.Config) (srv *server.Server, addr string, stop func() error, err error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, err
+		return nil, "", nil, err
 	}
-	gs := grpc.NewServer(append(wire.ServerOptions(), opts...)...)
-	netprobev1.RegisterProbeServiceServer(gs, srv)
-	hs := health.NewServer()
-	hs.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(gs, hs)
-	reflection.Register(gs)
+	cfg.Self = append(cfg.Self, lis.Addr())
+	if srv, err = server.New(cfg); err != nil {
+		lis.Close()
+		return nil, "", nil, err
+	}
 	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
-	return lis.Addr().String(), func() error {
-		gs.Stop()
+	go func() { served <- srv.Serve(lis) }()
+	return srv, lis.Addr().String(), func() error {
+		srv.Stop()
 		return <-served
 	}, nil
 }

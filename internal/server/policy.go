@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"fmt"
@@ -8,11 +8,11 @@ import (
 	"github.com/netprobe/netprobe/policy"
 )
 
-// targetPolicy builds the target policy from the flags and the policy
-// file, denying the server's own listening sockets.
-func targetPolicy(cfg config, listeners ...net.Addr) (*policy.Policy, error) {
+// targetPolicy builds the target policy from the policy file and rules,
+// denying the server's own listening sockets.
+func targetPolicy(cfg Config) (*policy.Policy, error) {
 	var self []netip.AddrPort
-	for _, a := range listeners {
+	for _, a := range cfg.Self {
 		tcp, ok := a.(*net.TCPAddr)
 		if !ok {
 			continue // a Unix socket is not reachable by a probe
@@ -29,14 +29,9 @@ func targetPolicy(cfg config, listeners ...net.Addr) (*policy.Policy, error) {
 			return nil, err
 		}
 	}
-	for _, r := range cfg.Deny {
-		if err := p.AddLine("deny " + r); err != nil {
-			return nil, fmt.Errorf("--deny: %w", err)
-		}
-	}
-	for _, r := range cfg.Allow {
-		if err := p.AddLine("allow " + r); err != nil {
-			return nil, fmt.Errorf("--allow: %w", err)
+	for _, line := range cfg.PolicyRules {
+		if err := p.AddLine(line); err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
 		}
 	}
 	return p, nil
