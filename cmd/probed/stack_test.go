@@ -51,7 +51,8 @@ func TestHeldProbeStacks(t *testing.T) {
 			// A probed of its own: stacks freed by goroutines that ended
 			// stay counted as in use, ready for the next.
 			p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0",
-				"--max-in-flight=10000", "--max-in-flight-per-caller=10000", "--rate=1e6", "--burst=1000000"))
+				"--max-in-flight=10000", "--max-in-flight-per-caller=10000", "--rate=1e6", "--burst=1000000",
+				"--max-streams-per-connection=10000"))
 			c, err := client.Dial(p.Addr)
 			if err != nil {
 				t.Fatal(err)

@@ -9,9 +9,12 @@ import (
 	"os"
 	"strings"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/netprobe/netprobe/service"
 )
@@ -73,25 +76,56 @@ func (t *tokens) lookup(token string) (string, bool) {
 	return t.names[found], true
 }
 
-// authenticate names the caller: by its bearer token when tokens are
-// configured (a call without a valid one is UNAUTHENTICATED), else by its
-// verified client certificate, else anonymous.
-func authenticate(toks *tokens) auth.AuthFunc {
-	return func(ctx context.Context) (context.Context, error) {
-		name := certSubject(ctx)
-		if toks != nil {
-			token, err := auth.AuthFromMD(ctx, "bearer")
-			if err != nil {
-				return nil, err
-			}
-			var ok bool
-			if name, ok = toks.lookup(token); !ok {
-				return nil, status.Error(codes.Unauthenticated, "unknown bearer token")
-			}
-		}
-		if name != "" {
-			ctx = service.WithCaller(ctx, name)
-		}
-		return ctx, nil
+// bearer returns the token of an "authorization: Bearer TOKEN" header.
+func bearer(header metadata.MD) (string, bool) {
+	v := header.Get("authorization")
+	if len(v) != 1 {
+		return "", false
 	}
+	scheme, token, ok := strings.Cut(v[0], " ")
+	return token, ok && strings.EqualFold(scheme, "bearer") && token != ""
+}
+
+// tap authenticates each call as its stream opens, before gRPC reads any
+// of its request or starts a handler for it: the caller is named by its
+// bearer token when tokens are configured (a call without a valid one is
+// UNAUTHENTICATED), else by its verified client certificate, else
+// anonymous. Health checks need no token. A refused stream also counts
+// against its connection's budget of discarded streams.
+//
+// gRPC runs it on the connection's reading goroutine, holding the
+// transport's lock: it must be quick and must not block.
+func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	p, _ := peer.FromContext(ctx)
+	name := certSubject(p)
+	if s.tokens != nil && !strings.HasPrefix(info.FullMethodName, healthPrefix) {
+		token, ok := bearer(info.Header)
+		if ok {
+			name, ok = s.tokens.lookup(token)
+		}
+		if !ok {
+			err := status.Error(codes.Unauthenticated, "a valid bearer token is required")
+			s.refused(p, info.FullMethodName, "unauthenticated", err)
+			return nil, err
+		}
+	}
+	if name != "" {
+		ctx = service.WithCaller(ctx, name)
+	}
+	return ctx, nil
+}
+
+// healthPrefix starts the method names of the health service.
+var healthPrefix = "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
+
+// refused counts and logs a call refused before it ran, and charges its
+// connection for the stream.
+func (s *Server) refused(p *peer.Peer, method, reason string, err error) {
+	s.metrics.transportRefusals.WithLabelValues(reason).Inc()
+	attrs := []any{"grpc.method", method, "grpc.code", status.Code(err).String(), "err", err}
+	if p != nil {
+		attrs = append(attrs, "peer", p.Addr.String())
+		chargePeer(p)
+	}
+	s.logger.Warn("call refused", attrs...)
 }

@@ -4,22 +4,38 @@ import (
 	"context"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"strings"
 
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/wire"
 )
 
-// guard admits calls, in one interceptor: it logs the calls that have no
-// audit line of their own, authenticates the caller (health checks
-// excepted), holds probes to the caller's rate and the in-flight limits,
+// smallRequestBytes caps the request of every method but Fetch and Sweep,
+// whose payload and target list may be large.
+const smallRequestBytes = 64 << 10
+
+// guard admits calls. Authentication comes first, in the tap handle, as a
+// stream opens. Then, before a call's request is read, the guard admits
+// it: a probe within its caller's rate and the in-flight limits, any other
+// call (health, reflection) within the reads its caller may have in
+// progress. So gRPC reads a request only for a call that may run, and a
+// caller can make probed hold no more partial requests than its limits
+// allow. The guard also turns a request that does not decode into
+// INVALID_ARGUMENT, logs the calls that have no audit line of their own,
 // and turns a panic in a handler into INTERNAL.
+//
+// For unary calls gRPC reads the request before any interceptor runs, so
+// their admission wraps the method handlers themselves (wrap); a streaming
+// handler reads its request itself, after the interceptors, so streams are
+// admitted in the interceptor.
 //
 // It is one interceptor, not a chain of go-grpc-middleware's behind
 // selectors, because every layer is a frame on the handler's goroutine,
@@ -30,40 +46,129 @@ import (
 type guard struct {
 	logUnary  grpc.UnaryServerInterceptor
 	logStream grpc.StreamServerInterceptor
-	authn     auth.AuthFunc
 	rates     *rateLimiter
 	inflight  *inFlight
+	reads     *readGate
 	logger    *slog.Logger
 }
 
 // audited reports whether method has an audit line per probe (Connect and
-// Fetch), which makes the call's own log line redundant.
+// Fetch), which makes the call's own log line redundant when it succeeds.
 func audited(method string) bool {
 	return method == netprobev1.ProbeService_Connect_FullMethodName || method == netprobev1.ProbeService_Fetch_FullMethodName
 }
 
+// isProbe reports whether method is the probe service's, whose calls
+// count against the rate and in-flight limits (ResolveService too, which
+// is cheap, but not free).
+func isProbe(method string) bool {
+	return strings.HasPrefix(method, probePrefix)
+}
+
+var probePrefix = "/" + netprobev1.ProbeService_ServiceDesc.ServiceName + "/"
+
+// wrap returns desc with each unary method admitted before its request is
+// read (see guard).
+func (g *guard) wrap(desc *grpc.ServiceDesc) *grpc.ServiceDesc {
+	d := *desc
+	d.Methods = slices.Clone(desc.Methods)
+	for i := range d.Methods {
+		d.Methods[i].Handler = g.admitBeforeRead("/"+d.ServiceName+"/"+d.Methods[i].MethodName, d.Methods[i].Handler)
+	}
+	return &d
+}
+
+func (g *guard) admitBeforeRead(method string, handler grpc.MethodHandler) grpc.MethodHandler {
+	info := &grpc.UnaryServerInfo{FullMethod: method}
+	probe := isProbe(method)
+	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		release, err := g.admit(ctx, probe)
+		if err == nil {
+			var decErr error
+			held := true
+			read := func(m any) error {
+				decErr = decode(dec, m, smallRequestBytes)
+				if !probe {
+					// A call that is not a probe holds its place only
+					// while its request is read.
+					release()
+					held = false
+				}
+				return decErr
+			}
+			resp, herr := handler(srv, ctx, read, interceptor)
+			if held {
+				release()
+			}
+			if decErr == nil {
+				return resp, herr
+			}
+			err = decErr
+		}
+		// The call never reached the interceptors: its refusal passes
+		// through them, to be counted and logged like any other call's.
+		return interceptor(ctx, nil, info, func(context.Context, any) (any, error) { return nil, err })
+	}
+}
+
+// admit takes a call's place within the limits before its request is
+// read: a probe's within the rate and in-flight limits, for the whole
+// call; any other call's among the reads its caller may have in progress.
+func (g *guard) admit(ctx context.Context, probe bool) (release func(), err error) {
+	if !probe {
+		return g.reads.acquire(ctx)
+	}
+	if err := g.rates.Limit(ctx); err != nil {
+		return nil, err
+	}
+	return g.inflight.acquire(ctx)
+}
+
+// decode reads a request with dec. A request that is not a valid message
+// is the caller's error, INVALID_ARGUMENT (the server's codec reports it
+// through wire.DecodeError, since gRPC would answer INTERNAL); one over
+// limit bytes (none when limit is 0) is RESOURCE_EXHAUSTED, as gRPC
+// answers a message over its own cap.
+func decode(dec func(any) error, m any, limit int) error {
+	if err := dec(m); err != nil {
+		return err
+	}
+	if err := wire.DecodeError(m); err != nil {
+		return status.Errorf(codes.InvalidArgument, "the request is not a valid message: %v", err)
+	}
+	if pm, ok := m.(proto.Message); ok && limit > 0 {
+		if n := proto.Size(pm); n > limit {
+			return status.Errorf(codes.ResourceExhausted, "a request of %d bytes is over the %d bytes this method takes", n, limit)
+		}
+	}
+	return nil
+}
+
 func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if audited(info.FullMethod) {
-		return g.admitUnary(ctx, req, info, handler)
+		resp, err := g.recoverUnary(ctx, req, handler)
+		if err != nil {
+			g.logFailed(ctx, info.FullMethod, err)
+		}
+		return resp, err
 	}
 	return g.logUnary(ctx, req, info, func(ctx context.Context, req any) (any, error) {
-		return g.admitUnary(ctx, req, info, handler)
+		return g.recoverUnary(ctx, req, handler)
 	})
 }
 
-func (g *guard) admitUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (_ any, err error) {
-	ctx, release, err := g.admit(ctx, info.FullMethod)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
+func (g *guard) recoverUnary(ctx context.Context, req any, handler grpc.UnaryHandler) (_ any, err error) {
 	defer g.recover(ctx, &err)
 	return handler(ctx, req)
 }
 
 func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if audited(info.FullMethod) {
-		return g.admitStream(srv, ss, info, handler)
+		err := g.admitStream(srv, ss, info, handler)
+		if err != nil {
+			g.logFailed(ss.Context(), info.FullMethod, err)
+		}
+		return err
 	}
 	return g.logStream(srv, ss, info, func(srv any, ss grpc.ServerStream) error {
 		return g.admitStream(srv, ss, info, handler)
@@ -71,42 +176,45 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 }
 
 func (g *guard) admitStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
-	ctx, release, err := g.admit(ss.Context(), info.FullMethod)
-	if err != nil {
-		return err
+	rs := &readStream{WrappedServerStream: middleware.WrapServerStream(ss)}
+	if isProbe(info.FullMethod) {
+		release, err := g.admit(ss.Context(), true)
+		if err != nil {
+			return err
+		}
+		defer release()
+	} else {
+		rs.reads = g.reads
 	}
-	defer release()
-	defer g.recover(ctx, &err)
-	if ctx != ss.Context() {
-		wrapped := middleware.WrapServerStream(ss)
-		wrapped.WrappedContext = ctx
-		ss = wrapped
-	}
-	return handler(srv, ss)
+	defer g.recover(ss.Context(), &err)
+	return handler(srv, rs)
 }
 
-// admit authenticates the call and, for a probe, takes its place within
-// the limits. It returns the context naming the caller and the function
-// that gives the place back.
-func (g *guard) admit(ctx context.Context, method string) (context.Context, func(), error) {
-	service, _, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
-	if service != healthpb.Health_ServiceDesc.ServiceName {
-		var err error
-		if ctx, err = g.authn(ctx); err != nil {
-			return nil, nil, err
+// readStream decodes a stream's requests as decode does; when reads is
+// set, each takes a place among its caller's reads while it is read.
+type readStream struct {
+	*middleware.WrappedServerStream
+	reads *readGate
+}
+
+func (s *readStream) RecvMsg(m any) error {
+	if s.reads != nil {
+		release, err := s.reads.acquire(s.Context())
+		if err != nil {
+			return err
 		}
+		defer release()
 	}
-	if service != netprobev1.ProbeService_ServiceDesc.ServiceName {
-		return ctx, func() {}, nil
-	}
-	if err := g.rates.Limit(ctx); err != nil {
-		return nil, nil, err
-	}
-	release, err := g.inflight.acquire(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	return ctx, release, nil
+	return decode(s.ServerStream.RecvMsg, m, 0)
+}
+
+// logFailed logs a failed call of a method whose successful calls are
+// audited instead, at the level the logging interceptor would use.
+func (g *guard) logFailed(ctx context.Context, method string, err error) {
+	st := status.Convert(err)
+	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	g.logger.Log(ctx, slog.Level(logging.DefaultServerCodeToLevel(st.Code())), "finished call",
+		"grpc.service", service, "grpc.method", name, "grpc.code", st.Code().String(), "grpc.error", st.Message(), "caller", callerOf(ctx).String())
 }
 
 // recover, deferred, turns a panic into INTERNAL and logs its stack.

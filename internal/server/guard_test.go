@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"log/slog"
 	"strings"
 	"testing"
@@ -11,87 +10,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
-	"github.com/netprobe/netprobe/service"
+	"github.com/netprobe/netprobe/internal/wire"
 )
 
-func newTestGuard(t *testing.T, logs *bytes.Buffer) *guard {
-	t.Helper()
+func newTestGuard(logs *bytes.Buffer) *guard {
 	m := newMetrics(prometheus.NewRegistry())
-	toks := &tokens{names: []string{"alice"}, hashes: [][sha256.Size]byte{sha256.Sum256([]byte("alice-token-0123456789"))}}
 	return &guard{
 		logUnary: func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			logs.WriteString("logged\n")
 			return h(ctx, req)
 		},
-		authn:    authenticate(toks),
 		rates:    newRateLimiter(1e9, 1e9, m),
 		inflight: newInFlight(10, 10, m),
+		reads:    newReadGate(1, m),
 		logger:   slog.New(slog.NewTextHandler(logs, nil)),
-	}
-}
-
-func withToken(token string) context.Context {
-	return metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "bearer "+token))
-}
-
-// TestGuardAdmits checks what the guard asks of each kind of call: health
-// checks need no token, probes need one and count in flight, and only the
-// calls without an audit line are logged.
-func TestGuardAdmits(t *testing.T) {
-	healthCheck := healthpb.Health_Check_FullMethodName
-	for _, tc := range []struct {
-		name     string
-		method   string
-		ctx      context.Context
-		wantCode codes.Code
-		wantLog  bool
-	}{
-		{"health without a token", healthCheck, context.Background(), codes.OK, true},
-		{"connect without a token", netprobev1.ProbeService_Connect_FullMethodName, context.Background(), codes.Unauthenticated, false},
-		{"connect with a wrong token", netprobev1.ProbeService_Connect_FullMethodName, withToken("mallory-token-0123456789"), codes.Unauthenticated, false},
-		{"connect with a token", netprobev1.ProbeService_Connect_FullMethodName, withToken("alice-token-0123456789"), codes.OK, false},
-		{"resolve with a token", netprobev1.ProbeService_ResolveService_FullMethodName, withToken("alice-token-0123456789"), codes.OK, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var logs bytes.Buffer
-			g := newTestGuard(t, &logs)
-			var caller string
-			var inFlight int
-			_, err := g.unary(tc.ctx, nil, &grpc.UnaryServerInfo{FullMethod: tc.method}, func(ctx context.Context, _ any) (any, error) {
-				caller = service.CallerFrom(ctx)
-				g.inflight.mu.Lock()
-				inFlight = g.inflight.total
-				g.inflight.mu.Unlock()
-				return "done", nil
-			})
-			if got := status.Code(err); got != tc.wantCode {
-				t.Fatalf("code = %v (%v), want %v", got, err, tc.wantCode)
-			}
-			if got := strings.Contains(logs.String(), "logged"); got != tc.wantLog {
-				t.Errorf("logged = %v, want %v", got, tc.wantLog)
-			}
-			if tc.wantCode != codes.OK {
-				return
-			}
-			wantCaller, wantInFlight := "", 0
-			if tc.method != healthCheck {
-				wantCaller = "alice"
-			}
-			if strings.HasPrefix(tc.method, "/netprobe.v1.ProbeService/") {
-				wantInFlight = 1
-			}
-			if caller != wantCaller || inFlight != wantInFlight {
-				t.Errorf("in the handler: caller %q, %d in flight; want %q, %d", caller, inFlight, wantCaller, wantInFlight)
-			}
-			if g.inflight.total != 0 {
-				t.Errorf("%d still in flight after the call", g.inflight.total)
-			}
-		})
 	}
 }
 
@@ -99,10 +37,17 @@ func TestGuardAdmits(t *testing.T) {
 // logged with its stack, and gives its in-flight place back.
 func TestGuardRecovers(t *testing.T) {
 	var logs bytes.Buffer
-	g := newTestGuard(t, &logs)
-	resp, err := g.unary(withToken("alice-token-0123456789"), nil, &grpc.UnaryServerInfo{FullMethod: netprobev1.ProbeService_Connect_FullMethodName}, func(context.Context, any) (any, error) {
-		panic("boom")
+	g := newTestGuard(&logs)
+	method := netprobev1.ProbeService_Connect_FullMethodName
+	handler := g.admitBeforeRead(method, func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		if err := dec(&netprobev1.ConnectRequest{}); err != nil {
+			return nil, err
+		}
+		return interceptor(ctx, nil, &grpc.UnaryServerInfo{FullMethod: method}, func(context.Context, any) (any, error) {
+			panic("boom")
+		})
 	})
+	resp, err := handler(nil, context.Background(), func(any) error { return nil }, g.unary)
 	if status.Code(err) != codes.Internal || resp != nil {
 		t.Fatalf("got %v, %v; want nil, INTERNAL", resp, err)
 	}
@@ -111,5 +56,47 @@ func TestGuardRecovers(t *testing.T) {
 	}
 	if g.inflight.total != 0 {
 		t.Errorf("%d still in flight after the panic", g.inflight.total)
+	}
+}
+
+// TestDecode checks what the guard makes of a request that gRPC could
+// not read, or the server's codec could not decode.
+func TestDecode(t *testing.T) {
+	big := &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: strings.Repeat("a", 100)}}
+	wireBig, err := proto.Marshal(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A Target (field 1) whose host (field 1) is not UTF-8.
+	target := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "\xff")
+	badUTF8 := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), target)
+	unmarshal := func(b []byte) func(any) error {
+		return func(m any) error { return wire.ServerCodec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, m) }
+	}
+	fail := func(err error) func(any) error { return func(any) error { return err } }
+	for _, tc := range []struct {
+		name  string
+		dec   func(any) error
+		limit int
+		want  codes.Code
+	}{
+		{"decoded", unmarshal(wireBig), 0, codes.OK},
+		{"not protobuf", unmarshal([]byte{0xff, 0xff, 0xff, 0xff, 0x0f}), 0, codes.InvalidArgument},
+		{"a string that is not UTF-8", unmarshal(badUTF8), 0, codes.InvalidArgument},
+		{"over gRPC's cap", fail(status.Error(codes.ResourceExhausted, "grpc: received message larger than max")), 0, codes.ResourceExhausted},
+		{"cancelled while read", fail(status.Error(codes.Canceled, "context canceled")), 0, codes.Canceled},
+		{"over the method's cap", unmarshal(wireBig), 64, codes.ResourceExhausted},
+		{"within the method's cap", unmarshal(wireBig), 200, codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &netprobev1.ConnectRequest{}
+			err := decode(tc.dec, m, tc.limit)
+			if got := status.Code(err); got != tc.want {
+				t.Errorf("decode = %v, want %v", err, tc.want)
+			}
+			if wire.DecodeError(m) != nil {
+				t.Error("the codec's error was left behind")
+			}
+		})
 	}
 }

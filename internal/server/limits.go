@@ -16,11 +16,12 @@ import (
 )
 
 // caller is who a limit counts against: the authenticated caller, or for
-// an anonymous one the peer's IP address. It is a value, not a string, so
-// that counting a probe allocates nothing.
+// an anonymous one the peer's IPv4 address or IPv6 /64 (a host commonly
+// has a whole /64 to pick addresses from). It is a value, not a string,
+// so that counting a probe allocates nothing.
 type caller struct {
 	name string
-	peer netip.Addr
+	peer netip.Prefix
 }
 
 func callerOf(ctx context.Context) caller {
@@ -29,7 +30,13 @@ func callerOf(ctx context.Context) caller {
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if a, ok := p.Addr.(*net.TCPAddr); ok {
-			return caller{peer: a.AddrPort().Addr().Unmap()}
+			ip := a.AddrPort().Addr().Unmap()
+			bits := 32
+			if ip.Is6() {
+				bits = 64
+			}
+			p, _ := ip.Prefix(bits)
+			return caller{peer: p}
 		}
 	}
 	return caller{}
@@ -39,6 +46,8 @@ func (c caller) String() string {
 	switch {
 	case c.name != "":
 		return c.name
+	case c.peer.IsValid() && c.peer.Addr().Is4():
+		return "peer " + c.peer.Addr().String()
 	case c.peer.IsValid():
 		return "peer " + c.peer.String()
 	}
@@ -130,4 +139,43 @@ func (r *rateLimiter) Limit(ctx context.Context) error {
 		return status.Errorf(codes.ResourceExhausted, "%s is over its rate of %g probes a second (burst %d)", key, float64(r.rate), r.burst)
 	}
 	return nil
+}
+
+// readGate caps the requests of one caller that are being read at once,
+// for the calls that are not probes (health checks and reflection): over
+// the cap a call fails at once with
+// RESOURCE_EXHAUSTED. A request that arrives whole is read in an instant;
+// the cap binds a caller that sends requests slowly or partly, each of
+// which gRPC holds in memory as it arrives.
+type readGate struct {
+	perCaller int
+	metrics   *metrics
+
+	mu       sync.Mutex
+	byCaller map[caller]int
+}
+
+func newReadGate(perCaller int, m *metrics) *readGate {
+	return &readGate{perCaller: perCaller, metrics: m, byCaller: map[caller]int{}}
+}
+
+func (g *readGate) acquire(ctx context.Context) (release func(), err error) {
+	key := callerOf(ctx)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.byCaller[key] >= g.perCaller {
+		g.metrics.limitRefusals.WithLabelValues("reads_per_caller").Inc()
+		// A caller opening stream after stream only to have them refused
+		// is on its way to a GOAWAY.
+		chargeStream(ctx)
+		return nil, status.Errorf(codes.ResourceExhausted, "%s is sending %d requests at once, its maximum", key, g.perCaller)
+	}
+	g.byCaller[key]++
+	return func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.byCaller[key]--; g.byCaller[key] == 0 {
+			delete(g.byCaller, key)
+		}
+	}, nil
 }

@@ -23,6 +23,9 @@ type metrics struct {
 	inFlight       prometheus.Gauge
 	policyRefusals *prometheus.CounterVec
 	limitRefusals  *prometheus.CounterVec
+	// transportRefusals counts calls refused before they ran, and
+	// connections closed, by reason.
+	transportRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,10 +53,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"rule"}),
 		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_limit_refusals_total",
-			Help: "Calls refused with RESOURCE_EXHAUSTED, by limit (in_flight, in_flight_per_caller, rate).",
+			Help: "Calls refused with RESOURCE_EXHAUSTED, by limit (in_flight, in_flight_per_caller, rate, reads_per_caller).",
 		}, []string{"limit"}),
+		transportRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netprobe_transport_refusals_total",
+			Help: "Calls refused as their stream opened (unauthenticated), and connections closed with a GOAWAY (stream_resets: too many streams reset or refused).",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.probes, m.phases, m.bytes, m.inFlight, m.policyRefusals, m.limitRefusals,
+	// Every known label starts at zero, so that a rate() sees the first.
+	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "reads_per_caller"} {
+		m.limitRefusals.WithLabelValues(l)
+	}
+	for _, r := range []string{"unauthenticated", "stream_resets"} {
+		m.transportRefusals.WithLabelValues(r)
+	}
+	reg.MustRegister(m.probes, m.phases, m.bytes, m.inFlight, m.policyRefusals, m.limitRefusals, m.transportRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -39,6 +40,21 @@ const (
 	DefaultRate                 = 50
 	DefaultBurst                = 100
 	DefaultKeepaliveMinTime     = 10 * time.Second
+	// DefaultMaxStreamsPerConnection caps the calls one connection runs at
+	// once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+	DefaultMaxStreamsPerConnection = 100
+	// DefaultMaxHeaderBytes caps a call's header list (HTTP/2
+	// SETTINGS_MAX_HEADER_LIST_SIZE).
+	DefaultMaxHeaderBytes = 16 << 10
+	// DefaultMaxStreamResets is how many streams a connection may reset or
+	// have refused in a burst; a tenth of that comes back each second.
+	DefaultMaxStreamResets = 500
+	// DefaultMaxReadsPerCaller caps the requests of one caller read at
+	// once, for calls that are not probes (health, reflection).
+	DefaultMaxReadsPerCaller = 8
+	// handshakeTimeout bounds a new connection's TLS handshake and HTTP/2
+	// preface.
+	handshakeTimeout = 10 * time.Second
 )
 
 // Config is what a server is built from. Zero fields take the defaults
@@ -83,6 +99,17 @@ type Config struct {
 	Burst int
 	// KeepaliveMinTime is the shortest interval a client may ping at.
 	KeepaliveMinTime time.Duration
+	// MaxStreamsPerConnection caps the calls one connection runs at once.
+	MaxStreamsPerConnection int
+	// MaxHeaderBytes caps a call's header list.
+	MaxHeaderBytes int
+	// MaxStreamResets is how many streams a connection may reset, or have
+	// refused, in a burst, earning back a tenth of it each second; past
+	// it the connection is closed with a GOAWAY.
+	MaxStreamResets int
+	// MaxReadsPerCaller caps the requests of one caller that are read at
+	// once, for calls that are not probes (health, reflection).
+	MaxReadsPerCaller int
 
 	// DNSServer, "host:port", receives every DNS query instead of
 	// /etc/resolv.conf's servers.
@@ -112,6 +139,18 @@ func (c *Config) setDefaults() {
 	if c.KeepaliveMinTime == 0 {
 		c.KeepaliveMinTime = DefaultKeepaliveMinTime
 	}
+	if c.MaxStreamsPerConnection == 0 {
+		c.MaxStreamsPerConnection = DefaultMaxStreamsPerConnection
+	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.MaxStreamResets == 0 {
+		c.MaxStreamResets = DefaultMaxStreamResets
+	}
+	if c.MaxReadsPerCaller == 0 {
+		c.MaxReadsPerCaller = DefaultMaxReadsPerCaller
+	}
 	if c.MaxPayloadBytes == 0 {
 		c.MaxPayloadBytes = service.DefaultMaxPayloadBytes
 	}
@@ -128,6 +167,7 @@ type Server struct {
 	health   *drainingHealth
 	registry *prometheus.Registry
 	inflight *inFlight
+	metrics  *metrics
 	cert     *certificate
 	tokens   *tokens
 	policy   *policy.Policy
@@ -147,7 +187,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
-	var creds credentials.TransportCredentials
+	creds := insecure.NewCredentials()
 	switch {
 	case cfg.TLSCert != "" || cfg.TLSKey != "":
 		if s.cert, err = loadCertificate(cfg.TLSCert, cfg.TLSKey, s.logger); err != nil {
@@ -164,7 +204,8 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	s.registry = prometheus.NewRegistry()
-	m := newMetrics(s.registry)
+	s.metrics = newMetrics(s.registry)
+	m := s.metrics
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	s.registry.MustRegister(grpcMetrics)
 	srv, err := service.New(service.Config{
@@ -184,10 +225,11 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
-	s.grpc = grpc.NewServer(s.serverOptions(creds, m, grpcMetrics)...)
-	netprobev1.RegisterProbeServiceServer(s.grpc, srv)
+	g := s.guard()
+	s.grpc = grpc.NewServer(s.serverOptions(g, creds, grpcMetrics)...)
+	s.grpc.RegisterService(g.wrap(&netprobev1.ProbeService_ServiceDesc), srv)
 	s.health = &drainingHealth{Server: health.NewServer()}
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.grpc.RegisterService(g.wrap(&healthpb.Health_ServiceDesc), s.health)
 	reflection.Register(s.grpc)
 	grpcMetrics.InitializeMetrics(s.grpc)
 	s.health.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -198,11 +240,7 @@ func New(cfg Config) (*Server, error) {
 // beyond it get a goroutine of their own.
 const streamWorkers = 128
 
-// serverOptions chains two interceptors, outermost first: the gRPC
-// metrics, then the guard (logging for all but Connect and Fetch, which have
-// an audit line instead; authentication, not for health checks; the rate
-// and in-flight limits, for probes only; recovery nearest the handler).
-func (s *Server) serverOptions(creds credentials.TransportCredentials, m *metrics, grpcMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+func (s *Server) guard() *guard {
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		// A successful probe has its own audit line; the call's is debug.
@@ -213,30 +251,41 @@ func (s *Server) serverOptions(creds credentials.TransportCredentials, m *metric
 			return logging.DefaultServerCodeToLevel(code)
 		}),
 	}
-	g := &guard{
+	return &guard{
 		logUnary:  logging.UnaryServerInterceptor(interceptorLogger(s.logger), logOpts...),
 		logStream: logging.StreamServerInterceptor(interceptorLogger(s.logger), logOpts...),
-		authn:     authenticate(s.tokens),
-		rates:     newRateLimiter(s.cfg.Rate, s.cfg.Burst, m),
+		rates:     newRateLimiter(s.cfg.Rate, s.cfg.Burst, s.metrics),
 		inflight:  s.inflight,
+		reads:     newReadGate(s.cfg.MaxReadsPerCaller, s.metrics),
 		logger:    s.logger,
 	}
+}
+
+// serverOptions puts authentication in the tap handle (see tap), the
+// transport's limits in place, and chains two interceptors, outermost
+// first: the gRPC metrics, then the guard.
+func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials, grpcMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
+	resets := float64(s.cfg.MaxStreamResets)
 	opts := []grpc.ServerOption{
+		grpc.Creds(&guardedCreds{TransportCredentials: creds, burst: resets, refill: resets / 10,
+			goaway: func() { s.metrics.transportRefusals.WithLabelValues("stream_resets").Inc() }}),
+		grpc.InTapHandle(s.tap),
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), g.unary),
 		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), g.stream),
-		// Room for the largest payload plus the rest of the request.
+		// Room for the largest payload plus the rest of the request: the
+		// largest request gRPC will read, and only for an admitted call
+		// (see guard).
 		grpc.MaxRecvMsgSize(s.cfg.MaxPayloadBytes + 64<<10),
+		grpc.MaxConcurrentStreams(uint32(s.cfg.MaxStreamsPerConnection)),
+		grpc.MaxHeaderListSize(uint32(s.cfg.MaxHeaderBytes)),
+		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		// Handlers run on a pool of goroutines whose stacks have already
 		// grown, instead of a new goroutine per call growing its own
 		// (bench: server CPU per Connect 175 -> 153 µs).
 		grpc.NumStreamWorkers(streamWorkers),
 	}
-	opts = append(opts, wire.ServerOptions()...)
-	if creds != nil {
-		opts = append(opts, grpc.Creds(creds))
-	}
-	return opts
+	return append(opts, wire.ServerOptions()...)
 }
 
 // Serve serves gRPC on lis until the server stops.

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -106,14 +105,13 @@ func serverTLS(cert *certificate, clientCAFile string) (credentials.TransportCre
 	return credentials.NewTLS(cfg), nil
 }
 
-// certSubject is the caller's verified client certificate subject: its
+// certSubject is the peer's verified client certificate subject: its
 // common name, or the whole subject when it has none; "" without one.
-func certSubject(ctx context.Context) string {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
+func certSubject(p *peer.Peer) string {
+	if p == nil {
 		return ""
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	info, ok := authInfo(p.AuthInfo).(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
 		return ""
 	}

@@ -6,6 +6,7 @@ package wire
 
 import (
 	"fmt"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
@@ -32,17 +33,24 @@ const transportBuffer = 1 << 20
 // 0.51-0.58).
 const window = 16 << 20
 
+// requestWindow is the flow-control window of each stream towards a
+// server: the most of a request a client may send before the server reads
+// it, and so the most a stream the server has not admitted yet can make it
+// hold. It is gRPC's minimum, which also keeps the estimation off:
+// requests are small, and a Fetch's bulk data flows the other way.
+const requestWindow = 64 << 10
+
 // ServerOptions make a gRPC server use the codec, Pool, the flow-control
-// window, and a write buffer of transportBuffer that is shared: a
-// connection holds one only while it writes, not for as long as it is
-// open.
+// windows (requestWindow for each stream, window for the connection), and
+// a write buffer of transportBuffer that is shared: a connection holds one
+// only while it writes, not for as long as it is open.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.ForceServerCodecV2(Codec{}),
+		grpc.ForceServerCodecV2(ServerCodec{}),
 		experimental.BufferPool(Pool),
 		grpc.WriteBufferSize(transportBuffer),
 		grpc.SharedWriteBuffer(true),
-		grpc.InitialWindowSize(window),
+		grpc.InitialWindowSize(requestWindow),
 		grpc.InitialConnWindowSize(window),
 	}
 }
@@ -113,6 +121,38 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(Pool)
 	defer buf.Free()
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
+
+// ServerCodec is Codec for a server: a request that does not unmarshal
+// (not protobuf, a string that is not UTF-8) is not an error to gRPC,
+// which would answer INTERNAL before the handler could say otherwise. The
+// message is left empty, and DecodeError tells the server what was wrong,
+// so that it can answer INVALID_ARGUMENT.
+type ServerCodec struct{ Codec }
+
+// decodeErrors holds the unmarshal error of each message ServerCodec
+// failed to fill, until DecodeError takes it.
+var decodeErrors sync.Map
+
+// Unmarshal implements encoding.CodecV2.
+func (c ServerCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	err := c.Codec.Unmarshal(data, v)
+	if m, ok := v.(proto.Message); ok && err != nil {
+		proto.Reset(m)
+		decodeErrors.Store(v, err)
+		return nil
+	}
+	return err
+}
+
+// DecodeError returns, once, why ServerCodec could not unmarshal into v;
+// nil when it could. A server using ServerCodec must ask it of every
+// message it receives.
+func DecodeError(v any) error {
+	if err, ok := decodeErrors.LoadAndDelete(v); ok {
+		return err.(error)
+	}
+	return nil
 }
 
 // Field numbers of the one message shape a Chunk reads itself.

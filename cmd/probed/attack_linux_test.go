@@ -1,0 +1,436 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/netprobe/netprobe/client"
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// The attacks below are made by a raw HTTP/2 client (probetest.H2)
+// against the real binary, and measured in its process: what it holds
+// (RSS, heap, goroutines) while the attack lasts, and after.
+
+// maxGrowth is the most an unauthenticated attacker may make probed hold.
+const maxGrowth = 64 << 20
+
+// victim is a probed that requires a token, and a client of it with one.
+type victim struct {
+	*probetest.Probed
+	client *client.Client
+}
+
+func startVictim(t *testing.T, extra ...string) *victim {
+	t.Helper()
+	args := append([]string{"--listen=127.0.0.1:0", "--tokens-file=" + tokensFile(t)}, extra...)
+	p := probetest.StartProbed(t, exec.Command(probedBin, args...))
+	c, err := client.Dial(p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	v := &victim{Probed: p, client: c}
+	// Once served, the heap has grown to where it idles.
+	if _, err := c.Health(probetest.Context(t)); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// footprint is what the process holds now: RSS, Go heap in use and
+// goroutines.
+type footprint struct {
+	rss, heap  int64
+	goroutines float64
+}
+
+func (v *victim) footprint(t *testing.T) footprint {
+	t.Helper()
+	rss, err := probetest.RSS(v.Cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := scrape(t, "http://"+v.MetricsAddr+"/metrics")
+	heap, _ := metricValue(m["go_memstats_heap_inuse_bytes"], nil)
+	g, _ := metricValue(m["go_goroutines"], nil)
+	return footprint{rss: rss, heap: int64(heap), goroutines: g}
+}
+
+func (f footprint) String() string {
+	return fmt.Sprintf("RSS %.1f MiB, heap %.1f MiB, %v goroutines", float64(f.rss)/(1<<20), float64(f.heap)/(1<<20), f.goroutines)
+}
+
+// settles waits until the process is back within slack of base: its heap
+// in use and its goroutines, once the attacker's connection is gone. (RSS
+// is not waited for: the runtime returns freed memory to the system in its
+// own time.)
+func (v *victim) settles(t *testing.T, base footprint, slack int64) {
+	t.Helper()
+	deadline := time.Now().Add(probetest.Timeout)
+	for {
+		now := v.footprint(t)
+		if now.heap <= base.heap+slack && now.goroutines <= base.goroutines+2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the attack: %v; before it: %v", now, base)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// grew checks that the process grew by less than maxGrowth since base.
+func (v *victim) grew(t *testing.T, base footprint) footprint {
+	t.Helper()
+	now := v.footprint(t)
+	t.Logf("before: %v; under attack: %v", base, now)
+	if now.rss-base.rss >= maxGrowth {
+		t.Errorf("RSS grew by %.1f MiB under attack, want less than %d MiB", float64(now.rss-base.rss)/(1<<20), maxGrowth>>20)
+	}
+	return now
+}
+
+var connectMethod = netprobev1.ProbeService_Connect_FullMethodName
+
+// TestAttackPartialMessages opens 200 streams without a token, each
+// sending all but the last byte of a 1 MiB Connect request, then the same
+// on health checks, which need no token. The Connect streams are refused
+// as they open and their data dropped unread; of the health checks, a
+// caller gets --max-reads-per-caller read at once, and the rest are
+// refused before any of their request is read.
+func TestAttackPartialMessages(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	base := v.footprint(t)
+	body := bytes.Repeat([]byte{'x'}, 1<<20-1)
+	const streams = 200
+
+	t.Run("Connect", func(t *testing.T) {
+		h := probetest.DialH2(t, v.Addr)
+		for range streams {
+			id, err := h.Open(probetest.Request(connectMethod), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Data(id, probetest.Message(1<<20, body), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !h.Ping() {
+			t.Fatalf("the connection ended: %v", h.ReadErr)
+		}
+		v.grew(t, base)
+		if got := h.Statuses()[int(codes.Unauthenticated)]; got != streams {
+			t.Errorf("%d streams answered UNAUTHENTICATED, want %d (answers: %v)", got, streams, h.Statuses())
+		}
+		h.Close()
+		v.settles(t, base, 4<<20)
+	})
+
+	t.Run("health", func(t *testing.T) {
+		h := probetest.DialH2(t, v.Addr)
+		ids := make([]uint32, streams)
+		for i := range ids {
+			var err error
+			if ids[i], err = h.Open(probetest.Request(healthpb.Health_Check_FullMethodName), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// A patient attacker: each stream sends as the server lets it,
+		// until the server has read all of it but the last byte, or has
+		// ended the stream.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var sent []int
+		for _, id := range ids {
+			wg.Go(func() {
+				n, err := h.Send(id, probetest.Message(1<<20, body))
+				if err != nil {
+					t.Errorf("stream %d: %v", id, err)
+				}
+				mu.Lock()
+				sent = append(sent, n)
+				mu.Unlock()
+			})
+		}
+		// The streams the server reads take the whole request but its last
+		// byte; the others are refused, over the caller's reads
+		// (RESOURCE_EXHAUSTED) or, while a hundred streams are open, by
+		// HTTP/2 (REFUSED_STREAM). Wait for the refusals.
+		deadline := time.Now().Add(probetest.Timeout)
+		for h.Statuses()[int(codes.ResourceExhausted)]+h.Resets()[http2.ErrCodeRefusedStream] < streams-8 {
+			if time.Now().After(deadline) {
+				t.Fatalf("answers %v, resets %v; want %d refused", h.Statuses(), h.Resets(), streams-8)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		wg.Wait()
+		v.grew(t, base)
+		h.Close()
+		full := 0
+		for _, n := range sent {
+			if n == 1<<20+4 {
+				full++
+			}
+		}
+		if full > 8 {
+			t.Errorf("the server read %d partial 1 MiB requests at once, want at most --max-reads-per-caller (8)", full)
+		}
+		v.settles(t, base, 4<<20)
+	})
+}
+
+// TestAttackBareStreams opens 20,000 streams that send nothing, first
+// without a token on Connect, then on health checks: neither leaves a
+// goroutine behind each stream, and the connection that keeps having its
+// streams refused is sent a GOAWAY.
+func TestAttackBareStreams(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	base := v.footprint(t)
+	for _, method := range []string{connectMethod, healthpb.Health_Check_FullMethodName} {
+		t.Run(method, func(t *testing.T) {
+			h := probetest.DialH2(t, v.Addr)
+			for i := range 20000 {
+				if _, err := h.Open(probetest.Request(method), false); err != nil {
+					// The server may close the connection part way.
+					t.Logf("stream %d: %v", i, err)
+					break
+				}
+			}
+			h.Flush()
+			select {
+			case <-h.GoAway:
+			case <-time.After(probetest.Timeout):
+				t.Fatalf("no GOAWAY; answers %v, resets %v", h.Statuses(), h.Resets())
+			}
+			if g := h.GoAwayFrame(); g.Code != http2.ErrCodeEnhanceYourCalm {
+				t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", g)
+			}
+			now := v.grew(t, base)
+			if now.goroutines > base.goroutines+float64(server100) {
+				t.Errorf("%v goroutines under attack, want at most %v more than the %v before", now.goroutines, server100, base.goroutines)
+			}
+			<-h.Closed
+			v.settles(t, base, 4<<20)
+		})
+	}
+}
+
+// server100 is --max-streams-per-connection's default: the most handlers
+// one connection can have running.
+const server100 = 100
+
+// TestAttackHeaderBomb sends a header list that decodes to 40 MB from a
+// few kilobytes (one header of 4,000 bytes, then 10,000 references to it
+// in the HPACK table): the stream is reset, not decoded.
+func TestAttackHeaderBomb(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	base := v.footprint(t)
+	h := probetest.DialH2(t, v.Addr)
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range probetest.Request(healthpb.Health_Check_FullMethodName) {
+		enc.WriteField(f)
+	}
+	// A literal with incremental indexing, new name: it becomes entry 62
+	// of the dynamic table.
+	value := strings.Repeat("b", 4000)
+	block.WriteByte(0x40)
+	writeString(&block, "x-bomb")
+	writeString(&block, value)
+	for range 10000 {
+		block.WriteByte(0x80 | 62)
+	}
+	id, err := h.OpenRaw(block.Bytes(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.Ping() {
+		t.Fatalf("the connection ended: %v", h.ReadErr)
+	}
+	deadline := time.Now().Add(probetest.Timeout)
+	for !h.Ended(id) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream was never ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h.Resets()[http2.ErrCodeFrameSize]; got != 1 {
+		t.Errorf("resets %v, want the stream reset with FRAME_SIZE_ERROR", h.Resets())
+	}
+	v.grew(t, base)
+	// The connection is still good for a request of a sane size.
+	if _, err := v.client.Health(probetest.Context(t)); err != nil {
+		t.Errorf("health after the bomb: %v", err)
+	}
+}
+
+// writeString writes s as an HPACK string literal, not Huffman-coded,
+// with a length below 2^14.
+func writeString(b *bytes.Buffer, s string) {
+	n := len(s)
+	if n < 127 {
+		b.WriteByte(byte(n))
+	} else {
+		b.WriteByte(127)
+		n -= 127
+		for n >= 128 {
+			b.WriteByte(byte(n%128 + 128))
+			n /= 128
+		}
+		b.WriteByte(byte(n))
+	}
+	b.WriteString(s)
+}
+
+// TestAttackRapidReset opens and at once cancels streams, 100,000 times,
+// as an authenticated caller (so that each stream gets as far as a
+// handler): the connection is sent a GOAWAY and closed, and another
+// caller's calls keep working.
+func TestAttackRapidReset(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	base := v.footprint(t)
+	h := probetest.DialH2(t, v.Addr)
+	token := hpack.HeaderField{Name: "authorization", Value: "Bearer " + aliceToken}
+	sent := 0
+	for range 100000 {
+		id, err := h.Open(probetest.Request(connectMethod, token), false)
+		if err == nil {
+			err = h.Reset(id)
+		}
+		if err != nil {
+			break
+		}
+		sent++
+	}
+	h.Flush()
+	select {
+	case <-h.GoAway:
+	case <-time.After(probetest.Timeout):
+		t.Fatalf("no GOAWAY after %d streams opened and reset", sent)
+	}
+	g := h.GoAwayFrame()
+	if g.Code != http2.ErrCodeEnhanceYourCalm || g.Debug != "too many streams reset or refused" {
+		t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM", g)
+	}
+	select {
+	case <-h.Closed:
+	case <-time.After(probetest.Timeout):
+		t.Fatal("the connection stayed open after the GOAWAY")
+	}
+	t.Logf("GOAWAY after stream %d of %d sent", g.LastStreamID, 2*sent)
+	if g.LastStreamID > 2*1000 {
+		t.Errorf("the GOAWAY came after stream %d; want it within the first 1,000 (--max-stream-resets 500)", g.LastStreamID)
+	}
+	v.grew(t, base)
+	families := scrape(t, "http://"+v.MetricsAddr+"/metrics")
+	if n, _ := metricValue(families["netprobe_transport_refusals_total"], map[string]string{"reason": "stream_resets"}); n != 1 {
+		t.Errorf("netprobe_transport_refusals_total{reason=stream_resets} = %v, want 1", n)
+	}
+	if _, err := v.client.Health(probetest.Context(t)); err != nil {
+		t.Errorf("another caller's health check: %v", err)
+	}
+}
+
+// TestMalformedRequests sends requests that are not valid messages: they
+// are INVALID_ARGUMENT (UNAUTHENTICATED without a token, which is checked
+// first), counted like any other call.
+func TestMalformedRequests(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	h := probetest.DialH2(t, v.Addr)
+	token := hpack.HeaderField{Name: "authorization", Value: "Bearer " + aliceToken}
+	// A Target whose host (field 1) is not UTF-8, in a ConnectRequest
+	// (field 1).
+	target := protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "\xff\xfe")
+	badUTF8 := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), target)
+	garbage := []byte{0xff, 0xff, 0xff, 0xff, 0x0f}
+	for _, tc := range []struct {
+		msg   []byte
+		token bool
+		want  codes.Code
+	}{
+		{badUTF8, true, codes.InvalidArgument},
+		{garbage, true, codes.InvalidArgument},
+		{garbage, false, codes.Unauthenticated},
+	} {
+		var fields []hpack.HeaderField
+		if tc.token {
+			fields = append(fields, token)
+		}
+		id, err := h.Open(probetest.Request(connectMethod, fields...), false)
+		if err == nil {
+			err = h.Data(id, probetest.Message(uint32(len(tc.msg)), tc.msg), true)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Flush()
+	deadline := time.Now().Add(probetest.Timeout)
+	want := map[int]int{int(codes.InvalidArgument): 2, int(codes.Unauthenticated): 1}
+	for fmt.Sprint(h.Statuses()) != fmt.Sprint(want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("answers %v (%v), want %v", h.Statuses(), h.Messages(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	families := scrape(t, "http://"+v.MetricsAddr+"/metrics")
+	if n, _ := metricValue(families["grpc_server_handled_total"], map[string]string{"grpc_method": "Connect", "grpc_code": "InvalidArgument"}); n != 2 {
+		t.Errorf("grpc_server_handled_total{Connect, InvalidArgument} = %v, want 2", n)
+	}
+	if n, _ := metricValue(families["netprobe_transport_refusals_total"], map[string]string{"reason": "unauthenticated"}); n != 1 {
+		t.Errorf("netprobe_transport_refusals_total{unauthenticated} = %v, want 1", n)
+	}
+}
+
+// TestStreamsPerConnection opens 150 health Watch streams, which stay
+// open, on one connection: the first 100 (--max-streams-per-connection)
+// run, and the server refuses the rest with REFUSED_STREAM, which tells a
+// client to retry them.
+func TestStreamsPerConnection(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	h := probetest.DialH2(t, v.Addr)
+	for range 150 {
+		id, err := h.Open(probetest.Request(healthpb.Health_Watch_FullMethodName), false)
+		if err == nil {
+			err = h.Data(id, probetest.Message(0, nil), true)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !h.Ping() {
+		t.Fatalf("the connection ended: %v", h.ReadErr)
+	}
+	deadline := time.Now().Add(probetest.Timeout)
+	for h.Resets()[http2.ErrCodeRefusedStream] < 50 {
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h.Resets(); got[http2.ErrCodeRefusedStream] != 50 || len(h.Statuses()) != 0 {
+		t.Errorf("resets %v, answers %v; want 50 REFUSED_STREAM and the 100 others watching", got, h.Statuses())
+	}
+}

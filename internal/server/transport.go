@@ -1,0 +1,290 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// HTTP/2 framing, as far as the connection guard needs it (RFC 9113).
+const (
+	frameHeaderLen = 9
+	frameHeaders   = 0x1
+	frameRSTStream = 0x3
+	frameGoAway    = 0x7
+	// errEnhanceYourCalm is the GOAWAY code for a peer that generates
+	// excessive load.
+	errEnhanceYourCalm = 0xb
+)
+
+// clientPreface opens every HTTP/2 connection, before the client's first
+// frame.
+const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// errTooManyResets ends a connection that cancelled or had refused too many
+// streams.
+var errTooManyResets = errors.New("too many streams reset or refused")
+
+// guardedCreds wraps the server's transport credentials so that every
+// connection is a guardedConn, whatever the security: it watches the
+// client's frames for streams opened and thrown away (rapid reset, CVE-2023-
+// 44487), which gRPC counts nowhere, and closes such a connection with a
+// GOAWAY.
+type guardedCreds struct {
+	credentials.TransportCredentials
+	// burst is how many streams a connection may have reset or refused
+	// in a row; refill is how many it earns back a second.
+	burst, refill float64
+	// goaway, when set, is told of each connection closed.
+	goaway func()
+}
+
+func (g *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := g.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	gc := &guardedConn{Conn: conn, creds: g, tokens: g.burst, last: time.Now(), rskip: len(clientPreface)}
+	return gc, &connInfo{AuthInfo: info, conn: gc}, nil
+}
+
+func (g *guardedCreds) Clone() credentials.TransportCredentials {
+	c := *g
+	c.TransportCredentials = g.TransportCredentials.Clone()
+	return &c
+}
+
+// connInfo is a connection's AuthInfo, from which the tap handle reaches
+// its guardedConn.
+type connInfo struct {
+	credentials.AuthInfo
+	conn *guardedConn
+}
+
+// authInfo returns the AuthInfo the credentials made, under the guard's.
+func authInfo(info credentials.AuthInfo) credentials.AuthInfo {
+	if ci, ok := info.(*connInfo); ok {
+		return ci.AuthInfo
+	}
+	return info
+}
+
+// guardedConn is a server connection that follows the HTTP/2 frames both
+// ways, reading only their headers. It keeps a token bucket of streams the
+// client may throw away: each RST_STREAM the client sends, and each stream
+// the server refuses before running it, takes a token; tokens come back at
+// refill a second. A client that runs out gets a GOAWAY
+// (ENHANCE_YOUR_CALM), written between two of the server's frames, and the
+// connection is closed.
+type guardedConn struct {
+	net.Conn
+	creds *guardedCreds
+
+	// Read side: only the goroutine reading the connection (gRPC's
+	// reader, which also runs the tap handle) touches these.
+	rhdr    [frameHeaderLen]byte
+	rhdrLen int
+	rskip   int
+	// readID is the last stream opened in what was read so far.
+	readID uint32
+
+	// The bucket of streams the client may discard, charged by the
+	// reader and by handlers.
+	bmu      sync.Mutex
+	tokens   float64
+	last     time.Time
+	tooEager atomic.Bool
+
+	// lastID is the last stream opened in what was handed to gRPC: the
+	// GOAWAY's last stream.
+	lastID atomic.Uint32
+
+	// Write side: wmu is held by the writer (gRPC's) for each write, and
+	// by the reader when it writes the GOAWAY itself.
+	wmu     sync.Mutex
+	whdr    [frameHeaderLen]byte
+	whdrLen int
+	wskip   int
+	// goaway is set once the connection is to be closed: the GOAWAY goes
+	// out at the next frame boundary.
+	goaway atomic.Bool
+	sent   bool
+	linger sync.Once
+}
+
+func (c *guardedConn) Read(p []byte) (int, error) {
+	if c.tooEager.Load() {
+		c.closeWithGoAway()
+		return 0, errTooManyResets
+	}
+	n, err := c.Conn.Read(p)
+	c.scanRead(p[:n])
+	if c.tooEager.Load() {
+		// What was read with the frame that broke the budget is dropped:
+		// gRPC never sees the streams it opens.
+		c.closeWithGoAway()
+		return 0, errTooManyResets
+	}
+	c.lastID.Store(c.readID)
+	return n, err
+}
+
+// scanRead follows the client's frames through b.
+func (c *guardedConn) scanRead(b []byte) {
+	for len(b) > 0 {
+		if c.rskip > 0 {
+			n := min(c.rskip, len(b))
+			c.rskip -= n
+			b = b[n:]
+			continue
+		}
+		n := copy(c.rhdr[c.rhdrLen:], b)
+		c.rhdrLen += n
+		b = b[n:]
+		if c.rhdrLen < frameHeaderLen {
+			return
+		}
+		c.rhdrLen = 0
+		c.rskip = int(c.rhdr[0])<<16 | int(c.rhdr[1])<<8 | int(c.rhdr[2])
+		id := binary.BigEndian.Uint32(c.rhdr[5:9]) & 0x7fffffff
+		switch c.rhdr[3] {
+		case frameHeaders:
+			c.readID = max(c.readID, id)
+		case frameRSTStream:
+			c.discarded()
+		}
+	}
+}
+
+// discarded takes a token for a stream the client reset or the server
+// refused. Past the last token the connection is closed with a GOAWAY
+// the next time it is read.
+func (c *guardedConn) discarded() {
+	c.bmu.Lock()
+	defer c.bmu.Unlock()
+	now := time.Now()
+	c.tokens = min(c.creds.burst, c.tokens+now.Sub(c.last).Seconds()*c.creds.refill)
+	c.last = now
+	if c.tokens--; c.tokens < 0 {
+		c.tooEager.Store(true)
+	}
+}
+
+// chargeStream charges the connection of the call ctx belongs to for a
+// stream the server refused.
+func chargeStream(ctx context.Context) {
+	if p, ok := peer.FromContext(ctx); ok {
+		chargePeer(p)
+	}
+}
+
+func chargePeer(p *peer.Peer) {
+	if ci, ok := p.AuthInfo.(*connInfo); ok {
+		ci.conn.discarded()
+	}
+}
+
+// closeWithGoAway asks for the GOAWAY and the close: at once if the
+// server is between frames and not writing, else once the write in
+// progress ends on a frame boundary.
+func (c *guardedConn) closeWithGoAway() {
+	if c.goaway.Swap(true) {
+		return
+	}
+	if c.creds.goaway != nil {
+		c.creds.goaway()
+	}
+	if c.wmu.TryLock() {
+		c.goAwayAtBoundaryLocked()
+		c.wmu.Unlock()
+	}
+}
+
+func (c *guardedConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.sent {
+		return 0, net.ErrClosed
+	}
+	n, err := c.Conn.Write(p)
+	c.scanWrite(p[:n])
+	if c.goaway.Load() {
+		c.goAwayAtBoundaryLocked()
+	}
+	return n, err
+}
+
+// scanWrite follows the server's frames through b, to know where one ends.
+func (c *guardedConn) scanWrite(b []byte) {
+	for len(b) > 0 {
+		if c.wskip > 0 {
+			n := min(c.wskip, len(b))
+			c.wskip -= n
+			b = b[n:]
+			continue
+		}
+		n := copy(c.whdr[c.whdrLen:], b)
+		c.whdrLen += n
+		b = b[n:]
+		if c.whdrLen < frameHeaderLen {
+			return
+		}
+		c.whdrLen = 0
+		c.wskip = int(c.whdr[0])<<16 | int(c.whdr[1])<<8 | int(c.whdr[2])
+	}
+}
+
+// goAwayAtBoundaryLocked writes a GOAWAY naming the last stream the
+// client opened and closes the connection, if the server is between
+// frames.
+func (c *guardedConn) goAwayAtBoundaryLocked() {
+	if c.sent || c.whdrLen != 0 || c.wskip != 0 {
+		return
+	}
+	c.sent = true
+	debug := errTooManyResets.Error()
+	n := 8 + len(debug)
+	f := make([]byte, frameHeaderLen+n)
+	f[0], f[1], f[2] = byte(n>>16), byte(n>>8), byte(n)
+	f[3] = frameGoAway
+	binary.BigEndian.PutUint32(f[9:], c.lastID.Load())
+	binary.BigEndian.PutUint32(f[13:], errEnhanceYourCalm)
+	copy(f[17:], debug)
+	// A client that does not read must not hold this goroutine.
+	c.Conn.SetWriteDeadline(time.Now().Add(lingerTime))
+	c.Conn.Write(f)
+	c.Close()
+}
+
+// lingerTime bounds the lingering close of a connection sent a GOAWAY.
+const lingerTime = time.Second
+
+// Close closes the connection. One that was sent a GOAWAY is closed
+// lingering, as an HTTP server does: its write side first, then what the
+// client still sends is read and dropped for up to lingerTime. Closed at
+// once with the client's frames unread, the kernel would answer with a
+// reset, and the client could lose the GOAWAY to it.
+func (c *guardedConn) Close() error {
+	if !c.goaway.Load() {
+		return c.Conn.Close()
+	}
+	c.linger.Do(func() {
+		go func() {
+			if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			c.Conn.SetReadDeadline(time.Now().Add(lingerTime))
+			io.Copy(io.Discard, c.Conn)
+			c.Conn.Close()
+		}()
+	})
+	return nil
+}
