@@ -4,21 +4,30 @@
 //
 // A Policy is checked on every address a probe is about to dial, after the
 // name has been resolved, so that a name which resolves (or re-resolves) to
-// a denied address is refused before any packet is sent. IPv6 addresses
-// that carry an IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4
-// 2002::/16 and Teredo 2001::/32) are judged by that IPv4 address as well as
-// by their own.
+// a denied address is refused before any packet is sent.
+//
+// IPv6 addresses that carry an IPv4 address (IPv4-mapped, NAT64
+// 64:ff9b::/96, 6to4 2002::/16 and Teredo 2001::/32) may reach that IPv4
+// address through a translator. So a denial matches any form of an
+// address, its own or the IPv4 address it carries; an allow rule matches
+// only the address that is dialled (an IPv4-mapped address is dialled as
+// its IPv4 address). The embedded forms can only add denials: "allow
+// 127.0.0.1" does not let a caller through 64:ff9b::7f00:1, whose other 96
+// bits it would choose.
 //
 // The order of judgment:
 //  1. the operator's deny rules;
-//  2. the built-in denials (unspecified, link-local, multicast and
-//     broadcast addresses, and the probe server's own listening sockets),
-//     which an allow rule overrides only when it lies inside the denied
-//     range, such as "allow 169.254.169.254": allowing "any" does not open
-//     the cloud metadata endpoint;
-//  3. the operator's allow rules: when there are any, an address must match
-//     one of them;
-//  4. the caller's own allow rules, when the caller has any.
+//  2. the probe server's own sockets (DenySelf), which nothing overrides;
+//  3. the built-in denials (unspecified, link-local, multicast and
+//     broadcast addresses), which an allow rule overrides only when it
+//     lies inside the denied range, such as "allow 169.254.169.254":
+//     allowing "any" does not open the cloud metadata endpoint;
+//  4. the operator's allow rules: when there are any, the dialled address
+//     must be inside one of them;
+//  5. the caller's own allow rules, when the caller has any.
+//
+// Invariant (FuzzAllow): when there are allow rules, an allowed address is
+// inside one of them, as dialled.
 package policy
 
 import (
@@ -26,6 +35,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 )
 
 // Rule is a set of prefixes, optionally narrowed to some ports.
@@ -67,8 +77,8 @@ func (r *Rule) match(subjects []netip.Addr, port uint16) (netip.Prefix, bool) {
 // Policy is the set of rules. Build it with New and the Add methods before
 // use; after that it is safe for concurrent use.
 type Policy struct {
-	deny, builtin, allow []Rule
-	callers              map[string][]Rule
+	deny, self, builtin, allow []Rule
+	callers                    map[string][]Rule
 }
 
 // The built-in denials.
@@ -88,17 +98,27 @@ func prefixes(ss ...string) []netip.Prefix {
 }
 
 // New returns the default policy: every address allowed but the built-in
-// denials and self, the probe server's own listening sockets.
-func New(self ...netip.AddrPort) *Policy {
-	p := &Policy{builtin: slices.Clone(defaultDenials), callers: map[string][]Rule{}}
-	for _, ap := range self {
-		p.builtin = append(p.builtin, Rule{
-			Text:     "built-in: the probe server itself (" + ap.String() + ")",
-			Prefixes: []netip.Prefix{netip.PrefixFrom(ap.Addr().Unmap(), ap.Addr().Unmap().BitLen())},
-			Ports:    []PortRange{{ap.Port(), ap.Port()}},
-		})
+// denials.
+func New() *Policy {
+	return &Policy{builtin: slices.Clone(defaultDenials), callers: map[string][]Rule{}}
+}
+
+// DenySelf denies port on the addresses of prefix, where the probe server
+// itself answers, in any form and whatever the allow rules say: a probe of
+// the server's own gRPC or metrics port would reach past its
+// authentication as a call from itself.
+func (p *Policy) DenySelf(prefix netip.Prefix, port uint16) {
+	where := prefix.String()
+	if prefix.IsSingleIP() {
+		where = netip.AddrPortFrom(prefix.Addr(), port).String()
+	} else {
+		where += " port " + strconv.Itoa(int(port))
 	}
-	return p
+	p.self = append(p.self, Rule{
+		Text:     "built-in: the probe server itself (" + where + ")",
+		Prefixes: []netip.Prefix{prefix.Masked()},
+		Ports:    []PortRange{{port, port}},
+	})
 }
 
 // Deny adds a deny rule.
@@ -129,6 +149,11 @@ func (d *Denied) Error() string {
 // rule refused it. caller is "" for an anonymous caller.
 func (p *Policy) Check(caller string, ap netip.AddrPort) error {
 	subjects := Subjects(ap.Addr())
+	dialled := subjects[:1]
+	if ap.Addr().Is4In6() {
+		// Dialled as the IPv4 address it maps.
+		dialled = subjects[1:]
+	}
 	port := ap.Port()
 	deny := func(rule string) error { return &Denied{Addr: ap, Rule: rule} }
 	for i := range p.deny {
@@ -136,26 +161,32 @@ func (p *Policy) Check(caller string, ap netip.AddrPort) error {
 			return deny(p.deny[i].Text)
 		}
 	}
+	for i := range p.self {
+		if _, ok := p.self[i].match(subjects, port); ok {
+			return deny(p.self[i].Text)
+		}
+	}
 	for i := range p.builtin {
 		denied, ok := p.builtin[i].match(subjects, port)
-		if ok && !p.overrides(denied, subjects, port) {
+		if ok && !p.overrides(denied, dialled, port) {
 			return deny(p.builtin[i].Text)
 		}
 	}
-	if len(p.allow) > 0 && !anyMatch(p.allow, subjects, port) {
+	if len(p.allow) > 0 && !anyMatch(p.allow, dialled, port) {
 		return deny("not covered by any allow rule")
 	}
-	if rules, ok := p.callers[caller]; ok && !anyMatch(rules, subjects, port) {
+	if rules, ok := p.callers[caller]; ok && !anyMatch(rules, dialled, port) {
 		return deny("not covered by caller " + caller + "'s allow rules")
 	}
 	return nil
 }
 
 // overrides reports whether an allow rule lifts a built-in denial of
-// denied: it must match and lie inside the denied range.
-func (p *Policy) overrides(denied netip.Prefix, subjects []netip.Addr, port uint16) bool {
+// denied: it must cover the dialled address and lie inside the denied
+// range.
+func (p *Policy) overrides(denied netip.Prefix, dialled []netip.Addr, port uint16) bool {
 	for i := range p.allow {
-		if allowed, ok := p.allow[i].match(subjects, port); ok && allowed.Bits() >= denied.Bits() && denied.Contains(allowed.Addr()) {
+		if allowed, ok := p.allow[i].match(dialled, port); ok && allowed.Bits() >= denied.Bits() && denied.Contains(allowed.Addr()) {
 			return true
 		}
 	}
@@ -208,6 +239,9 @@ func (p *Policy) Rules() []string {
 	var out []string
 	for _, r := range p.deny {
 		out = append(out, "deny "+r.Text)
+	}
+	for _, r := range p.self {
+		out = append(out, "deny ("+r.Text+")")
 	}
 	for _, r := range p.builtin {
 		out = append(out, "deny ("+r.Text+")")

@@ -12,8 +12,8 @@ import (
 // TestDefaults walks the edges of every built-in range, and every form of
 // IPv6 that carries an IPv4 address, through the default policy.
 func TestDefaults(t *testing.T) {
-	self := netip.MustParseAddrPort("127.0.0.1:7070")
-	p := New(self)
+	p := New()
+	p.DenySelf(netip.MustParsePrefix("127.0.0.1/32"), 7070)
 	tests := []struct {
 		addr string
 		port uint16
@@ -152,6 +152,95 @@ func TestRules(t *testing.T) {
 			t.Errorf("%s for %q: %v, want allowed", ap, tt.caller, err)
 		case tt.rule != "" && (!errors.As(err, &d) || d.Rule != tt.rule):
 			t.Errorf("%s for %q: %v, want denied by %q", ap, tt.caller, err, tt.rule)
+		}
+	}
+}
+
+// TestEmbeddedForms judges every IPv6 form that carries an IPv4 address
+// against allow and deny rules for that IPv4 address: a denial covers
+// every form, an allow rule only the address dialled. (An IPv4-mapped
+// address is dialled as its IPv4 address.)
+func TestEmbeddedForms(t *testing.T) {
+	forms := []struct {
+		name, addr string
+		dialledV4  bool
+	}{
+		{"IPv4", "127.0.0.1", true},
+		{"IPv4-mapped", "::ffff:127.0.0.1", true},
+		{"NAT64", "64:ff9b::7f00:1", false},
+		{"6to4", "2002:7f00:1:abcd::1", false},
+		{"Teredo", "2001:0:dead:beef::80ff:fffe", false},
+	}
+	allow, deny, caller, self := New(), New(), New(), New()
+	for p, line := range map[*Policy]string{allow: "allow 127.0.0.1/32", deny: "deny 127.0.0.1", caller: "caller team-a allow 127.0.0.1"} {
+		if err := p.AddLine(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	self.DenySelf(netip.MustParsePrefix("127.0.0.0/8"), 7070)
+	if err := self.AddLine("allow any"); err != nil {
+		t.Fatal(err)
+	}
+	metadata := New()
+	if err := metadata.AddLine("allow 169.254.169.254"); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range forms {
+		ap := netip.AddrPortFrom(netip.MustParseAddr(f.addr), 7070)
+		t.Run(f.name, func(t *testing.T) {
+			if err := allow.Check("", ap); (err == nil) != f.dialledV4 {
+				t.Errorf("allow 127.0.0.1/32: %v; want allowed only when 127.0.0.1 is what is dialled", err)
+			}
+			if err := caller.Check("team-a", ap); (err == nil) != f.dialledV4 {
+				t.Errorf("caller team-a allow 127.0.0.1: %v; want allowed only when 127.0.0.1 is what is dialled", err)
+			}
+			if err := deny.Check("", ap); err == nil {
+				t.Error("deny 127.0.0.1: allowed, want denied in every form")
+			}
+			if err := self.Check("", ap); err == nil {
+				t.Error("the server's own port, under allow any: allowed, want denied in every form")
+			}
+		})
+	}
+	// An allow rule lifts a built-in denial only for the address dialled.
+	for addr, allowed := range map[string]bool{"169.254.169.254": true, "::ffff:169.254.169.254": true, "64:ff9b::a9fe:a9fe": false, "2002:a9fe:a9fe::1": false} {
+		ap := netip.AddrPortFrom(netip.MustParseAddr(addr), 80)
+		if err := metadata.Check("", ap); (err == nil) != allowed {
+			t.Errorf("allow 169.254.169.254, %s: %v; want allowed %v", ap, err, allowed)
+		}
+	}
+}
+
+// TestDenySelf checks the server's own sockets: a wildcard listener's
+// whole loopback range on its port, in any form, whatever allows it.
+func TestDenySelf(t *testing.T) {
+	p := New()
+	p.DenySelf(netip.MustParsePrefix("127.0.0.0/8"), 7080)
+	p.DenySelf(netip.MustParsePrefix("::1/128"), 7080)
+	p.DenySelf(netip.MustParsePrefix("192.0.2.7/32"), 7081)
+	if err := p.AddLine("allow 127.0.0.0/8,::1,192.0.2.7"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		addr string
+		rule string
+	}{
+		{"127.0.0.5:7080", "built-in: the probe server itself (127.0.0.0/8 port 7080)"},
+		{"[::ffff:127.0.0.9]:7080", "built-in: the probe server itself (127.0.0.0/8 port 7080)"},
+		{"[64:ff9b::7f00:5]:7080", "built-in: the probe server itself (127.0.0.0/8 port 7080)"},
+		{"[::1]:7080", "built-in: the probe server itself ([::1]:7080)"},
+		{"192.0.2.7:7081", "built-in: the probe server itself (192.0.2.7:7081)"},
+		{"127.0.0.5:7079", ""},
+		{"192.0.2.7:7080", ""},
+	} {
+		ap := netip.MustParseAddrPort(tt.addr)
+		err := p.Check("", ap)
+		var d *Denied
+		switch {
+		case tt.rule == "" && err != nil:
+			t.Errorf("%s: %v, want allowed", ap, err)
+		case tt.rule != "" && (!errors.As(err, &d) || d.Rule != tt.rule):
+			t.Errorf("%s: %v, want denied by %q", ap, err, tt.rule)
 		}
 	}
 }

@@ -4,26 +4,28 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/netprobe/netprobe/policy"
 )
 
 // targetPolicy builds the target policy from the policy file and rules,
-// denying the server's own listening sockets.
+// denying every address and port the server answers on.
 func targetPolicy(cfg Config) (*policy.Policy, error) {
-	var self []netip.AddrPort
+	p := policy.New()
 	for _, a := range cfg.Self {
 		tcp, ok := a.(*net.TCPAddr)
 		if !ok {
 			continue // a Unix socket is not reachable by a probe
 		}
-		own, err := ownAddrs(tcp)
+		own, err := ownPrefixes(tcp)
 		if err != nil {
 			return nil, err
 		}
-		self = append(self, own...)
+		for _, prefix := range own {
+			p.DenySelf(prefix, uint16(tcp.Port))
+		}
 	}
-	p := policy.New(self...)
 	if cfg.PolicyFile != "" {
 		if err := p.LoadFile(cfg.PolicyFile); err != nil {
 			return nil, err
@@ -37,23 +39,27 @@ func targetPolicy(cfg Config) (*policy.Policy, error) {
 	return p, nil
 }
 
-// ownAddrs lists the addresses a probe could reach a listener on: its own
-// address, or for a wildcard listener every address of this machine's
-// interfaces.
-func ownAddrs(lis *net.TCPAddr) ([]netip.AddrPort, error) {
-	ap := lis.AddrPort()
-	ip := ap.Addr().Unmap()
+// loopback is where a wildcard listener answers beside its interfaces'
+// addresses: the whole of 127.0.0.0/8, not only 127.0.0.1.
+var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// ownPrefixes lists the addresses a probe could reach a listener on: its
+// own address, or for a wildcard listener the loopback ranges and every
+// address of this machine's interfaces.
+func ownPrefixes(lis *net.TCPAddr) ([]netip.Prefix, error) {
+	ip := lis.AddrPort().Addr().Unmap()
 	if !ip.IsUnspecified() {
-		return []netip.AddrPort{netip.AddrPortFrom(ip, ap.Port())}, nil
+		return []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())}, nil
 	}
 	ifaddrs, err := net.InterfaceAddrs()
 	if err != nil {
 		return nil, fmt.Errorf("own addresses: %w", err)
 	}
-	var out []netip.AddrPort
+	out := slices.Clone(loopback)
 	for _, a := range ifaddrs {
 		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out = append(out, netip.AddrPortFrom(p.Addr().Unmap(), ap.Port()))
+			addr := p.Addr().Unmap().WithZone("")
+			out = append(out, netip.PrefixFrom(addr, addr.BitLen()))
 		}
 	}
 	return out, nil
