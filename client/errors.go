@@ -53,6 +53,8 @@ const (
 	ReasonHostnameMismatch    = netprobev1.Reason_REASON_HOSTNAME_MISMATCH
 	ReasonHandshakeFailure    = netprobev1.Reason_REASON_HANDSHAKE_FAILURE
 	ReasonProtocolVersion     = netprobev1.Reason_REASON_PROTOCOL_VERSION
+	ReasonLimit               = netprobev1.Reason_REASON_LIMIT
+	ReasonServerShutdown      = netprobev1.Reason_REASON_SERVER_SHUTDOWN
 )
 
 // reasonText describes the reasons that are not errnos' own words.
@@ -68,6 +70,7 @@ var reasonText = map[Reason]string{
 	ReasonHostnameMismatch:    "certificate is not for this name",
 	ReasonHandshakeFailure:    "TLS handshake failure",
 	ReasonProtocolVersion:     "no TLS version in common",
+	ReasonServerShutdown:      "cut short: the probe server is shutting down",
 }
 
 // ProbeError is a probe that ran on the server and failed: the target, not

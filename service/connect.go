@@ -41,7 +41,7 @@ func (s *Server) connected(ctx, pctx context.Context, req *netprobev1.ConnectReq
 		}
 		resp.TotalDuration = durationpb.New(time.Since(start))
 	}
-	s.observe(ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error})
+	s.observe(ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error, Duration: time.Since(start)})
 	if err := callerGone(ctx); err != nil {
 		return nil, err
 	}

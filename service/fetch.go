@@ -57,7 +57,10 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 		return err
 	}
 	start := time.Now()
-	pctx, cancel := context.WithTimeout(stream.Context(), p.timeout)
+	// Cut ends a Fetch that outlives the shutdown's grace period.
+	cctx, done := s.cuttable(stream.Context())
+	defer done()
+	pctx, cancel := context.WithTimeout(cctx, p.timeout)
 	defer cancel()
 	conn, cresp := s.openFetch(pctx, p, start)
 	if conn != nil {
@@ -92,13 +95,22 @@ func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev
 			cresp.ReverseLookup = s.reverseLookup(pctx, conn.RemoteAddr(), start)
 			cresp.TotalDuration = durationpb.New(time.Since(start))
 		}
-		// A caller who leaves mid-stream gets the target connection closed
-		// at once, not when the probe's timeout runs out.
-		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		// A caller who leaves mid-stream, or a Cut, gets the target
+		// connection closed at once, not when the probe's timeout runs
+		// out; the timeout itself is the connection's deadline.
+		stop := context.AfterFunc(pctx, func() {
+			if !errors.Is(context.Cause(pctx), context.DeadlineExceeded) {
+				conn.Close()
+			}
+		})
 		defer stop()
 	}
+	markCut(pctx, cresp.Error)
 	report := Report{Method: "Fetch", Target: req.GetTarget(), Connect: cresp, Error: cresp.Error}
-	defer func() { s.observe(ctx, report) }()
+	defer func() {
+		report.Duration = time.Since(start)
+		s.observe(ctx, report)
+	}()
 	if err := callerGone(ctx); err != nil {
 		return err
 	}
@@ -124,10 +136,18 @@ func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev
 	}
 	if sum.Error != nil {
 		sum.EndReason = netprobev1.EndReason_END_REASON_ERROR
+		markCut(pctx, sum.Error)
 	}
 	report.Error = sum.Error
 	sum.TotalDuration = durationpb.New(time.Since(start))
 	return stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: sum}})
+}
+
+// markCut gives pe, a failure of a probe that Cut ended, its reason.
+func markCut(pctx context.Context, pe *netprobev1.ProbeError) {
+	if pe != nil && errors.Is(context.Cause(pctx), ErrShutdown) {
+		pe.Reason, pe.Errno, pe.Message = netprobev1.Reason_REASON_SERVER_SHUTDOWN, "", ErrShutdown.Error()
+	}
 }
 
 // fetch is one exchange over an open connection.

@@ -2,8 +2,10 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -19,7 +21,8 @@ const (
 	DefaultMaxFetchBytes   = 64 << 20
 	// DefaultMaxSweepConcurrency caps the probes one Sweep runs at once.
 	DefaultMaxSweepConcurrency = 64
-	// DefaultMaxSweepTargets caps the entries of one Sweep.
+	// DefaultMaxSweepTargets caps the targets of one Sweep: its entries,
+	// and the addresses and SRV entries they expand to.
 	DefaultMaxSweepTargets = 10000
 )
 
@@ -37,8 +40,9 @@ type Config struct {
 	// MaxSweepConcurrency caps the probes one Sweep runs at once; a sweep
 	// asking for more gets this many.
 	MaxSweepConcurrency int
-	// MaxSweepTargets caps the entries of one Sweep; more is
-	// INVALID_ARGUMENT.
+	// MaxSweepTargets caps the targets of one Sweep: more entries are
+	// INVALID_ARGUMENT, and the targets expanded past it are not probed
+	// (REASON_LIMIT).
 	MaxSweepTargets int
 	// Resolver resolves host names and reverse-looks-up addresses.
 	Resolver *net.Resolver
@@ -47,6 +51,10 @@ type Config struct {
 	// Policy decides which addresses probes may reach; nil is
 	// policy.New(), the built-in denials only.
 	Policy *policy.Policy
+	// Limiter, when set, holds each probe of a Sweep to the server's
+	// limits (Connect and Fetch are one probe a call, which the server
+	// admits before the handler runs).
+	Limiter Limiter
 	// Observe, when set, is told of every probe (a Connect, a Fetch, each
 	// probe of a Sweep) once it ends, for audit logs and metrics. It may be
 	// called from several goroutines at once.
@@ -68,6 +76,16 @@ type Report struct {
 	// Abandoned is true when the caller left (cancelled, or its deadline
 	// passed) before the probe ended.
 	Abandoned bool
+	// Duration is how long the probe ran.
+	Duration time.Duration
+}
+
+// Limiter holds probes to the server's limits.
+type Limiter interface {
+	// WaitProbe waits until the caller of ctx may start one more probe, no
+	// longer than ctx lasts, and returns the function that gives its place
+	// back. It fails when ctx ends first or the server is draining.
+	WaitProbe(ctx context.Context) (release func(), err error)
 }
 
 func (s *Server) observe(ctx context.Context, r Report) {
@@ -81,6 +99,68 @@ func (s *Server) observe(ctx context.Context, r Report) {
 type Server struct {
 	netprobev1.UnimplementedProbeServiceServer
 	cfg Config
+
+	// draining is closed by Drain.
+	draining  chan struct{}
+	drainOnce sync.Once
+	// cuts cancels, with ErrShutdown, the Fetches and Sweeps running,
+	// when Cut is called; cut is set from then on.
+	mu      sync.Mutex
+	cuts    map[*context.CancelCauseFunc]struct{}
+	cutting bool
+}
+
+// ErrShutdown is the cause of a probe cut short because the server is
+// shutting down (see Cut).
+var ErrShutdown = errors.New("the probe server is shutting down")
+
+// Drain starts the server's shutdown: a Sweep starts no new probe and
+// reports the targets it has not started as abandoned.
+func (s *Server) Drain() {
+	s.drainOnce.Do(func() { close(s.draining) })
+}
+
+func (s *Server) isDraining() bool {
+	select {
+	case <-s.draining:
+		return true
+	default:
+		return false
+	}
+}
+
+// Cut ends the Fetches and Sweeps still running, as the shutdown's grace
+// period ends: a Fetch sends its summary (END_REASON_ERROR,
+// REASON_SERVER_SHUTDOWN) and a Sweep reports what it had left as
+// abandoned, each before its stream ends OK. Cut implies Drain.
+func (s *Server) Cut() {
+	s.Drain()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cutting = true
+	for cancel := range s.cuts {
+		(*cancel)(ErrShutdown)
+	}
+	clear(s.cuts)
+}
+
+// cuttable returns a context of ctx that Cut cancels, and the function to
+// call once the call is over.
+func (s *Server) cuttable(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	s.mu.Lock()
+	if s.cutting {
+		cancel(ErrShutdown)
+	} else {
+		s.cuts[&cancel] = struct{}{}
+	}
+	s.mu.Unlock()
+	return ctx, func() {
+		s.mu.Lock()
+		delete(s.cuts, &cancel)
+		s.mu.Unlock()
+		cancel(context.Canceled)
+	}
 }
 
 var _ netprobev1.ProbeServiceServer = (*Server)(nil)
@@ -120,7 +200,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxPayloadBytes < 0 {
 		return nil, fmt.Errorf("config: max payload bytes %d is negative", cfg.MaxPayloadBytes)
 	}
-	return &Server{cfg: cfg}, nil
+	return &Server{cfg: cfg, draining: make(chan struct{}), cuts: map[*context.CancelCauseFunc]struct{}{}}, nil
 }
 
 // ResolverFor returns Go's resolver, sending every DNS query to the server

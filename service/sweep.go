@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -16,10 +17,6 @@ import (
 
 // defaultSweepConcurrency is a sweep's concurrency when it asks for none.
 const defaultSweepConcurrency = 16
-
-// sweepMargin is how long before the call's deadline a sweep stops, so
-// that it can still report what it abandoned.
-const sweepMargin = 50 * time.Millisecond
 
 // sweepJob is a validated SweepTarget.
 type sweepJob struct {
@@ -92,49 +89,39 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 }
 
 // Sweep implements netprobev1.ProbeServiceServer.
+//
+// Every target gets one result. An entry runs, expansion and probes, on a
+// goroutine of its own, at most concurrency at once; each probe takes its
+// place within the server's limits first (Config.Limiter), waiting for one
+// as long as the sweep may last. Near the call's deadline, once the server
+// drains, or when it cuts the sweep short, what is left is reported as
+// abandoned, and the stream ends OK.
 func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreamingServer[netprobev1.SweepResponse]) error {
 	jobs, concurrency, err := s.validateSweep(req)
 	if err != nil {
 		return err
 	}
 	ctx := stream.Context()
-	// Stop a little before the caller's deadline, to report what is left.
-	sctx := ctx
+	// The sweep's budget ends a margin before the caller's deadline, to
+	// report what is left, and Cut ends it too.
+	sctx, done := s.cuttable(ctx)
+	defer done()
 	if d, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
-		sctx, cancel = context.WithDeadline(ctx, d.Add(-min(sweepMargin, time.Until(d)/10)))
+		sctx, cancel = context.WithDeadline(sctx, d.Add(-sweepMargin(time.Until(d), len(jobs))))
 		defer cancel()
 	}
-
-	queue := make(chan sweepJob)
-	results := make(chan *netprobev1.SweepResponse)
-	var workers sync.WaitGroup
-	for range concurrency {
-		workers.Go(func() {
-			for job := range queue {
-				s.sweepOne(sctx, ctx, job, results)
-			}
-		})
+	sw := &sweep{
+		s:       s,
+		ctx:     sctx,
+		callCtx: ctx,
+		results: make(chan *netprobev1.SweepResponse, concurrency),
 	}
-	go func() {
-		defer close(results)
-		defer workers.Wait()
-		defer close(queue)
-		for i, job := range jobs {
-			select {
-			case queue <- job:
-			case <-sctx.Done():
-				// Never started: report each as abandoned.
-				for _, left := range jobs[i:] {
-					results <- &netprobev1.SweepResponse{Index: left.index, Target: left.asked, Abandoned: true}
-				}
-				return
-			}
-		}
-	}()
+	sw.extra.Store(int64(s.cfg.MaxSweepTargets - len(jobs)))
+	go sw.run(jobs, concurrency)
 
 	var sendErr error
-	for r := range results {
+	for r := range sw.results {
 		if sendErr == nil {
 			sendErr = stream.Send(r)
 		}
@@ -145,52 +132,156 @@ func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreaming
 	return sendErr
 }
 
-// sweepOne runs one entry, expanding it first if asked, and sends each
-// probe's result. Probes run under sctx, the sweep's budget; callCtx is the
-// call's, for the audit report.
-func (s *Server) sweepOne(sctx, callCtx context.Context, job sweepJob, results chan<- *netprobev1.SweepResponse) {
-	// The sweep is over once its context says so or its deadline has
-	// passed, whichever is seen first (callerGone explains why both).
-	over := func() bool { return callerGone(sctx) != nil }
-	if over() {
-		results <- &netprobev1.SweepResponse{Index: job.index, Target: job.asked, Abandoned: true}
-		return
+// sweepMargin is how long before the caller's deadline a sweep stops
+// probing, to report what is left: a base, and a little per target, as
+// every target is a result to send; never more than a quarter of the time
+// left.
+func sweepMargin(left time.Duration, targets int) time.Duration {
+	return min(left/4, 50*time.Millisecond+time.Duration(targets)*20*time.Microsecond)
+}
+
+// sweep is one Sweep call in progress.
+type sweep struct {
+	s *Server
+	// ctx is the sweep's budget; callCtx is the call's, for the audit.
+	ctx, callCtx context.Context
+	results      chan *netprobev1.SweepResponse
+	// extra is how many more targets expansions may add, under
+	// MaxSweepTargets.
+	extra atomic.Int64
+}
+
+// run starts the entries, concurrency at a time and each once it has its
+// first probe's place within the limits, and closes results once every
+// target has one. So a sweep waiting for places holds no more than this
+// goroutine.
+func (sw *sweep) run(jobs []sweepJob, concurrency int) {
+	defer close(sw.results)
+	var entries sync.WaitGroup
+	defer entries.Wait()
+	slots := make(chan struct{}, concurrency)
+	for i, job := range jobs {
+		var release func()
+		select {
+		case slots <- struct{}{}:
+			release = sw.admit()
+		case <-sw.ctx.Done():
+		case <-sw.s.draining:
+		}
+		if release == nil {
+			for _, left := range jobs[i:] {
+				sw.results <- &netprobev1.SweepResponse{Index: left.index, Target: left.asked, Abandoned: true}
+			}
+			return
+		}
+		entries.Go(func() {
+			defer func() { <-slots }()
+			sw.entry(job, release)
+		})
 	}
-	targets, err := s.expand(sctx, job)
-	if err != nil {
-		results <- &netprobev1.SweepResponse{
+}
+
+// admit waits for a probe's place within the server's limits, and returns
+// the function that gives it back; nil when the sweep is over first.
+func (sw *sweep) admit() (release func()) {
+	if sw.over() {
+		return nil
+	}
+	release = func() {}
+	if l := sw.s.cfg.Limiter; l != nil {
+		var err error
+		if release, err = l.WaitProbe(sw.ctx); err != nil {
+			return nil
+		}
+	}
+	if sw.over() {
+		release()
+		return nil
+	}
+	return release
+}
+
+// over reports whether the sweep is to start nothing more: its budget is
+// spent (callerGone says why both ctx and the clock are read), the caller
+// left, or the server is draining.
+func (sw *sweep) over() bool {
+	return callerGone(sw.ctx) != nil || sw.s.isDraining()
+}
+
+// entry runs one entry, expanding it first if asked, and sends each
+// probe's result. It has the first probe's place (release); each further
+// target of an expanded entry waits for one of its own.
+func (sw *sweep) entry(job sweepJob, release func()) {
+	targets, perr := sw.s.expand(sw.ctx, job)
+	if perr != nil {
+		release()
+		sw.results <- &netprobev1.SweepResponse{
 			Index:     job.index,
 			Target:    job.asked,
-			Connect:   &netprobev1.ConnectResponse{Error: err},
-			Abandoned: over(),
+			Connect:   &netprobev1.ConnectResponse{Error: perr},
+			Abandoned: sw.over(),
 		}
 		return
 	}
-	for _, t := range targets {
-		if over() {
-			results <- &netprobev1.SweepResponse{Index: job.index, Target: targetProto(t, job.asked), Abandoned: true}
-			continue
-		}
-		start := time.Now()
-		pctx, cancel := context.WithTimeout(sctx, job.timeout)
-		conn, resp := s.connect(pctx, t, start)
-		if conn != nil {
-			if job.tls != nil {
-				tp := *job.tls
-				if tp.serverName == "" && !t.literal.IsValid() {
-					// An expanded SRV entry names its own host.
-					tp.serverName = t.host
-				}
-				_, resp.Tls, resp.Error = handshake(pctx, conn, &tp, t, start)
+	if n := int64(len(targets) - 1); n > 0 {
+		// Expanded targets count against MaxSweepTargets: those past it
+		// are reported, not probed.
+		if left := sw.extra.Add(-n); left < 0 {
+			keep := len(targets) + int(max(left, -n))
+			for _, t := range targets[keep:] {
+				sw.results <- &netprobev1.SweepResponse{Index: job.index, Target: targetProto(t, job.asked), Connect: &netprobev1.ConnectResponse{Error: overCap(t, sw.s.cfg.MaxSweepTargets)}}
 			}
-			conn.Close()
+			targets = targets[:keep]
 		}
-		cancel()
-		resp.TotalDuration = durationpb.New(time.Since(start))
-		asked := targetProto(t, job.asked)
-		s.observe(callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Error: resp.Error})
-		results <- &netprobev1.SweepResponse{Index: job.index, Target: asked, Connect: resp, Abandoned: over()}
 	}
+	for i, t := range targets {
+		if i > 0 {
+			if release = sw.admit(); release == nil {
+				for _, t := range targets[i:] {
+					sw.results <- &netprobev1.SweepResponse{Index: job.index, Target: targetProto(t, job.asked), Abandoned: true}
+				}
+				return
+			}
+		}
+		sw.results <- sw.probe(job, t)
+		release()
+	}
+}
+
+// overCap is the error of a target an expansion added past max.
+func overCap(t target, max int) *netprobev1.ProbeError {
+	return &netprobev1.ProbeError{
+		Stage:   netprobev1.Stage_STAGE_POLICY,
+		Reason:  netprobev1.Reason_REASON_LIMIT,
+		Address: t.host,
+		Message: fmt.Sprintf("not probed: the sweep's entries expand to more than the server's cap of %d targets", max),
+	}
+}
+
+// probe probes one target, once it has its place within the limits.
+func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
+	asked := targetProto(t, job.asked)
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(sw.ctx, job.timeout)
+	conn, resp := sw.s.connect(pctx, t, start)
+	if conn != nil {
+		if job.tls != nil {
+			tp := *job.tls
+			if tp.serverName == "" && !t.literal.IsValid() {
+				// An expanded SRV entry names its own host.
+				tp.serverName = t.host
+			}
+			_, resp.Tls, resp.Error = handshake(pctx, conn, &tp, t, start)
+		}
+		conn.Close()
+	}
+	cancel()
+	elapsed := time.Since(start)
+	resp.TotalDuration = durationpb.New(elapsed)
+	sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Error: resp.Error, Duration: elapsed})
+	// A probe that failed as the sweep ended was cut short by it; one that
+	// worked is a result whenever it came.
+	return &netprobev1.SweepResponse{Index: job.index, Target: asked, Connect: resp, Abandoned: resp.Error != nil && sw.over()}
 }
 
 // expand turns an entry into the targets to probe.

@@ -17,6 +17,7 @@ import (
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/netprobe/netprobe/internal/server"
 )
 
 // sweep runs a Sweep and collects its results, and the error the stream
@@ -48,7 +49,7 @@ func sweepTarget(host string, port uint32) *netprobev1.SweepTarget {
 // a concurrency of 100.
 func TestSweepThousand(t *testing.T) {
 	t.Parallel()
-	e := probetest.Start(t, probetest.WithMaxSweepConcurrency(100))
+	e := probetest.Start(t, probetest.Unlimited, probetest.WithMaxSweepConcurrency(100))
 	up := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Close() })
 	closed := probetest.ClosedPort(t, "tcp", "127.0.0.1:0")
 	req := &netprobev1.SweepRequest{Concurrency: 100}
@@ -207,4 +208,73 @@ func TestSweepValidation(t *testing.T) {
 			t.Errorf("fields %v, want %v (%v)", got, tt.fields, err)
 		}
 	}
+}
+
+// TestSweepLimits checks that a Sweep is held to the limits probe by
+// probe: the rate is charged for each probe (the ones its tokens do not
+// cover in time are abandoned), and addresses an entry expands to count
+// against the targets one Sweep may probe (those past it are reported,
+// not probed).
+func TestSweepLimits(t *testing.T) {
+	t.Parallel()
+	up := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Close() })
+
+	t.Run("rate", func(t *testing.T) {
+		e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Rate, c.Burst = 1e-9, 3 }))
+		req := &netprobev1.SweepRequest{Concurrency: 1}
+		for range 5 {
+			req.Targets = append(req.Targets, sweepTarget("127.0.0.1", up.Port()))
+		}
+		ctx, cancel := context.WithTimeout(probetest.Context(t), 2*time.Second)
+		defer cancel()
+		results, err := sweep(ctx, t, e.Probe, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		probed, abandoned := 0, 0
+		for _, r := range results {
+			switch {
+			case r.GetAbandoned() && r.GetConnect() == nil:
+				abandoned++
+			case !r.GetAbandoned() && r.GetConnect().GetError() == nil:
+				probed++
+			default:
+				t.Errorf("result %v", r)
+			}
+		}
+		if probed != 3 || abandoned != 2 {
+			t.Errorf("%d probed, %d abandoned; want the burst of 3 probed and 2 abandoned", probed, abandoned)
+		}
+	})
+
+	t.Run("expansion", func(t *testing.T) {
+		e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.MaxSweepTargets = 4 }))
+		var addrs []netip.Addr
+		for i := range 5 {
+			addrs = append(addrs, netip.AddrFrom4([4]byte{127, 0, 0, byte(1 + i)}))
+		}
+		e.DNS.SetAddrs("five.test", addrs...)
+		req := &netprobev1.SweepRequest{Targets: []*netprobev1.SweepTarget{
+			sweepTarget("127.0.0.1", up.Port()),
+			{Target: &netprobev1.Target{Host: "five.test", Port: up.Port()}, Expand: netprobev1.Expand_EXPAND_ADDRESSES},
+		}}
+		results, err := sweep(probetest.Context(t), t, e.Probe, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		probed, overCap := 0, 0
+		for _, r := range results {
+			switch e := r.GetConnect().GetError(); {
+			case e.GetStage() == netprobev1.Stage_STAGE_POLICY && e.GetReason() == netprobev1.Reason_REASON_LIMIT && r.GetConnect().GetAttempts() == nil:
+				overCap++
+			case r.GetConnect().GetPeerAddress() != "" || e.GetStage() == netprobev1.Stage_STAGE_CONNECT:
+				probed++
+			default:
+				t.Errorf("result %v", r)
+			}
+		}
+		if probed != 4 || overCap != 2 || len(results) != 6 {
+			t.Errorf("%d results: %d probed, %d over the cap; want 4 probed (the cap) and 2 over it", len(results), probed, overCap)
+		}
+	})
 }

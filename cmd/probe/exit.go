@@ -114,8 +114,13 @@ func exitCode(err error) int {
 // probeExitCode maps a failed probe: a timeout is 28 at any stage; any
 // other failure takes its stage's code.
 func probeExitCode(pe *client.ProbeError) int {
-	if pe.Reason == client.ReasonTimeout {
+	switch pe.Reason {
+	case client.ReasonTimeout:
 		return exitTimeout
+	case client.ReasonServerShutdown:
+		return exitUnavailable
+	case client.ReasonLimit:
+		return exitRejected
 	}
 	switch pe.Stage {
 	case client.StageServiceLookup:

@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -432,5 +435,219 @@ func TestStreamsPerConnection(t *testing.T) {
 	}
 	if got := h.Resets(); got[http2.ErrCodeRefusedStream] != 50 || len(h.Statuses()) != 0 {
 		t.Errorf("resets %v, answers %v; want 50 REFUSED_STREAM and the 100 others watching", got, h.Statuses())
+	}
+}
+
+// openFDs counts the process's open file descriptors.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
+}
+
+// blackholeTargets returns n sweep entries to a port where SYNs are
+// dropped, so that each probe holds its socket until its timeout.
+func blackholeTargets(t *testing.T, n int) []client.SweepTarget {
+	t.Helper()
+	port, release, err := probetest.Blackhole(netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	targets := make([]client.SweepTarget, n)
+	for i := range targets {
+		targets[i] = client.SweepTarget{Network: "tcp", Address: fmt.Sprintf("127.0.0.1:%d", port)}
+	}
+	return targets
+}
+
+// TestSweepFanOut runs four Sweeps of 64 targets, each asking for 64 at
+// once, under --max-in-flight 20: the probe sockets probed holds never
+// number more than 20, and every target gets its result.
+func TestSweepFanOut(t *testing.T) {
+	t.Parallel()
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--max-in-flight=20", "--rate=1e6", "--burst=1000000"))
+	c, err := client.Dial(p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Health(probetest.Context(t)); err != nil {
+		t.Fatal(err)
+	}
+	pid := p.Cmd.Process.Pid
+	base := openFDs(t, pid)
+	targets := blackholeTargets(t, 64)
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	results := 0
+	for range 4 {
+		wg.Go(func() {
+			for r, err := range c.Sweep(probetest.Context(t), targets, client.SweepOptions{Concurrency: 64, Timeout: 200 * time.Millisecond}) {
+				if err != nil {
+					t.Errorf("Sweep: %v", err)
+					return
+				}
+				if r.Abandoned || r.Err == nil || r.Err.Reason != client.ReasonTimeout {
+					t.Errorf("result %+v, want CONNECT / TIMEOUT", r)
+				}
+				mu.Lock()
+				results++
+				mu.Unlock()
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	most := 0
+	for {
+		most = max(most, openFDs(t, pid)-base)
+		select {
+		case <-done:
+			t.Logf("at most %d more descriptors while sweeping", most)
+			if most > 20 {
+				t.Errorf("probed held %d more descriptors at once, want at most --max-in-flight (20)", most)
+			}
+			if results != 256 {
+				t.Errorf("%d results, want 256", results)
+			}
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// TestDrainSweep sends SIGTERM while a Sweep of 100 targets is under way:
+// no probe starts after it, the probes running are cut as the grace
+// period ends, and every target comes back, abandoned, before the stream
+// ends OK and probed exits 0.
+func TestDrainSweep(t *testing.T) {
+	t.Parallel()
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--shutdown-grace=1s", "--rate=1e6", "--burst=1000000"))
+	c, err := client.Dial(p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	results := map[int]*client.SweepResult{}
+	var sweepErr error
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		for r, err := range c.Sweep(probetest.Context(t), blackholeTargets(t, 100), client.SweepOptions{Concurrency: 4, Timeout: time.Minute}) {
+			if err != nil {
+				sweepErr = err
+				return
+			}
+			results[r.Index] = r
+		}
+	}()
+	// Once its first four probes hold their sockets, the Sweep is under
+	// way.
+	deadline := time.Now().Add(probetest.Timeout)
+	for {
+		m := scrape(t, "http://"+p.MetricsAddr+"/metrics")
+		if n, _ := metricValue(m["netprobe_probes_in_flight"], nil); n == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Sweep never had 4 probes in flight")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-swept
+	if sweepErr != nil {
+		t.Errorf("the Sweep ended with %v, want a clean end", sweepErr)
+	}
+	started := 0
+	for i := range 100 {
+		r, ok := results[i]
+		switch {
+		case !ok:
+			t.Errorf("target %d: no result", i)
+		case !r.Abandoned:
+			t.Errorf("target %d: %+v, want abandoned", i, r)
+		case r.Connect != nil:
+			started++
+		}
+	}
+	if started != 4 {
+		t.Errorf("%d probes started, want the 4 running at SIGTERM", started)
+	}
+	select {
+	case err := <-p.Exited:
+		if err != nil {
+			t.Errorf("probed exited with %v, want 0", err)
+		}
+	case <-time.After(probetest.Timeout):
+		t.Fatal("probed did not exit")
+	}
+}
+
+// TestDrainSweepStartsNothing sends SIGTERM during a Sweep whose probes
+// each end within 100 ms, with a grace period long enough for all of them:
+// still, no probe starts after SIGTERM, and the targets not started come
+// back abandoned at once.
+func TestDrainSweepStartsNothing(t *testing.T) {
+	t.Parallel()
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--shutdown-grace=20s", "--rate=1e6", "--burst=1000000"))
+	c, err := client.Dial(p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	started, abandoned := 0, 0
+	first := make(chan struct{})
+	swept := make(chan error, 1)
+	go func() {
+		for r, err := range c.Sweep(probetest.Context(t), blackholeTargets(t, 100), client.SweepOptions{Concurrency: 4, Timeout: 100 * time.Millisecond}) {
+			if err != nil {
+				swept <- err
+				return
+			}
+			if r.Connect != nil {
+				if started++; started == 1 {
+					close(first)
+				}
+			}
+			if r.Abandoned {
+				abandoned++
+			}
+		}
+		swept <- nil
+	}()
+	select {
+	case <-first:
+	case <-time.After(probetest.Timeout):
+		t.Fatal("no probe ended")
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-swept; err != nil {
+		t.Fatalf("the Sweep ended with %v, want a clean end", err)
+	}
+	// Up to 4 probes run when SIGTERM comes, after the 1 to 4 that had
+	// ended; with 100 ms each, 20 s of grace would see them all through.
+	if started > 8 || started+abandoned < 100 {
+		t.Errorf("%d probes started, %d abandoned; want at most 8 started and the rest abandoned", started, abandoned)
+	}
+	select {
+	case err := <-p.Exited:
+		if err != nil {
+			t.Errorf("probed exited with %v, want 0", err)
+		}
+	case <-time.After(probetest.Timeout):
+		t.Fatal("probed did not exit")
 	}
 }

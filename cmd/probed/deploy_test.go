@@ -418,8 +418,8 @@ func TestDrain(t *testing.T) {
 }
 
 // TestDrainGraceOver sends SIGTERM during a Fetch that outlasts the grace
-// period: the Fetch is cut, the target connection closed, and probed exits
-// 0.
+// period: the Fetch is cut and ends with its summary (RECEIVE /
+// SERVER_SHUTDOWN), the target connection is closed, and probed exits 0.
 func TestDrainGraceOver(t *testing.T) {
 	t.Parallel()
 	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Write([]byte("first\n")) })
@@ -443,8 +443,9 @@ func TestDrainGraceOver(t *testing.T) {
 	if err := probetest.WaitClosed(<-tg.Accepted); err != nil {
 		t.Errorf("the target connection outlived the grace period: %v", err)
 	}
-	if _, err := io.ReadAll(f); status.Code(err) != codes.Unavailable && status.Code(err) != codes.Canceled {
-		t.Errorf("the cut Fetch ended with %v, want Unavailable or Canceled", err)
+	var pe *client.ProbeError
+	if _, err := io.ReadAll(f); !errors.As(err, &pe) || pe.Stage != client.StageReceive || pe.Reason != client.ReasonServerShutdown || f.Summary() == nil || f.Summary().EndReason != client.EndError {
+		t.Errorf("the cut Fetch ended with %v, summary %v; want RECEIVE / SERVER_SHUTDOWN in the summary", err, f.Summary())
 	}
 	select {
 	case err := <-p.Exited:

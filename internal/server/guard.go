@@ -177,13 +177,20 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 
 func (g *guard) admitStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	rs := &readStream{WrappedServerStream: middleware.WrapServerStream(ss)}
-	if isProbe(info.FullMethod) {
+	switch {
+	case info.FullMethod == netprobev1.ProbeService_Sweep_FullMethodName:
+		// A Sweep's probes are admitted one by one as it runs them
+		// (service.Limiter); the call only has to come before the drain.
+		if g.inflight.isDraining() {
+			return errDraining
+		}
+	case isProbe(info.FullMethod):
 		release, err := g.admit(ss.Context(), true)
 		if err != nil {
 			return err
 		}
 		defer release()
-	} else {
+	default:
 		rs.reads = g.reads
 	}
 	defer g.recover(ss.Context(), &err)

@@ -5,7 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
@@ -55,32 +55,59 @@ func (c caller) String() string {
 }
 
 // inFlight caps the probes running at once, server-wide and per caller.
-// Over either cap a call fails at once with RESOURCE_EXHAUSTED: queueing
-// would let one caller's backlog delay everyone. Once draining, it refuses
-// every new probe with UNAVAILABLE.
+// A call over either cap fails at once with RESOURCE_EXHAUSTED: queueing
+// would let one caller's backlog delay everyone. A Sweep's probes wait for
+// a place instead, within the sweep's time (wait). Once draining, it
+// refuses every new probe with UNAVAILABLE.
 type inFlight struct {
 	max, perCaller int
 	metrics        *metrics
-	// draining refuses every new probe once shutdown has begun.
-	draining atomic.Bool
 
 	mu       sync.Mutex
+	draining bool
 	total    int
 	byCaller map[caller]int
+	// freed, when not nil, is closed when a place is given back, for the
+	// probes waiting for one.
+	freed chan struct{}
 }
 
 func newInFlight(max, perCaller int, m *metrics) *inFlight {
 	return &inFlight{max: max, perCaller: perCaller, metrics: m, byCaller: map[caller]int{}}
 }
 
-func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
-	if l.draining.Load() {
-		return nil, status.Error(codes.Unavailable, "the server is shutting down")
+var errDraining = status.Error(codes.Unavailable, "the server is shutting down")
+
+// drain refuses every probe from now on, and wakes those waiting.
+func (l *inFlight) drain() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.draining = true
+	l.wakeLocked()
+}
+
+func (l *inFlight) isDraining() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.draining
+}
+
+func (l *inFlight) wakeLocked() {
+	if l.freed != nil {
+		close(l.freed)
+		l.freed = nil
 	}
+}
+
+// acquire takes a place for a probe of the caller of ctx, or fails at
+// once.
+func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
 	key := callerOf(ctx)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
+	case l.draining:
+		return nil, errDraining
 	case l.total >= l.max:
 		l.metrics.limitRefusals.WithLabelValues("in_flight").Inc()
 		return nil, status.Errorf(codes.ResourceExhausted, "the server is running its maximum of %d probes; try again later", l.max)
@@ -88,6 +115,38 @@ func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
 		l.metrics.limitRefusals.WithLabelValues("in_flight_per_caller").Inc()
 		return nil, status.Errorf(codes.ResourceExhausted, "%s is running its maximum of %d probes at once", key, l.perCaller)
 	}
+	return l.takeLocked(key), nil
+}
+
+// wait takes a place for a probe of the caller of ctx, waiting for one
+// while ctx lasts.
+func (l *inFlight) wait(ctx context.Context) (release func(), err error) {
+	key := callerOf(ctx)
+	for {
+		l.mu.Lock()
+		switch {
+		case l.draining:
+			l.mu.Unlock()
+			return nil, errDraining
+		case l.total < l.max && l.byCaller[key] < l.perCaller:
+			release := l.takeLocked(key)
+			l.mu.Unlock()
+			return release, nil
+		}
+		if l.freed == nil {
+			l.freed = make(chan struct{})
+		}
+		freed := l.freed
+		l.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
+func (l *inFlight) takeLocked(key caller) (release func()) {
 	l.total++
 	l.byCaller[key]++
 	l.metrics.inFlight.Inc()
@@ -99,46 +158,106 @@ func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
 			delete(l.byCaller, key)
 		}
 		l.metrics.inFlight.Dec()
-	}, nil
+		l.wakeLocked()
+	}
 }
 
-// maxRateCallers bounds the rate limiter's memory: past that many callers
-// seen, the table starts afresh.
+// maxRateCallers bounds the rate limiter's memory: the callers it keeps a
+// bucket for.
 const maxRateCallers = 4096
 
 // rateLimiter gives each caller a token bucket: rate probes a second on
-// average, burst at once.
+// average, burst at once. A bucket that has filled up again is the same
+// as a new one, so it is forgotten when the table is full; should the
+// table still be full of callers in the middle of their burst, new
+// callers share one bucket until some are forgotten. No caller's bucket is
+// ever reset: a caller cannot clear its own limit, or anybody else's, by
+// showing up from many addresses.
 type rateLimiter struct {
-	rate    rate.Limit
-	burst   int
-	metrics *metrics
+	rate       rate.Limit
+	burst      int
+	maxCallers int
+	metrics    *metrics
 
 	mu      sync.Mutex
 	callers map[caller]*rate.Limiter
+	// overflow is the bucket new callers share while the table is full.
+	overflow *rate.Limiter
+	// swept is when full buckets were last looked for.
+	swept time.Time
 }
 
 func newRateLimiter(perSecond float64, burst int, m *metrics) *rateLimiter {
-	return &rateLimiter{rate: rate.Limit(perSecond), burst: burst, metrics: m, callers: map[caller]*rate.Limiter{}}
+	return &rateLimiter{
+		rate:       rate.Limit(perSecond),
+		burst:      burst,
+		maxCallers: maxRateCallers,
+		metrics:    m,
+		callers:    map[caller]*rate.Limiter{},
+		overflow:   rate.NewLimiter(rate.Limit(perSecond), burst),
+	}
+}
+
+// bucket returns key's bucket.
+func (r *rateLimiter) bucket(key caller) *rate.Limiter {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if lim, ok := r.callers[key]; ok {
+		return lim
+	}
+	if len(r.callers) >= r.maxCallers {
+		// Looking for full buckets costs a pass over the table: at most
+		// once a second.
+		if now := time.Now(); now.Sub(r.swept) >= time.Second {
+			r.swept = now
+			for k, lim := range r.callers {
+				if lim.TokensAt(now) >= float64(r.burst) {
+					delete(r.callers, k)
+				}
+			}
+		}
+		if len(r.callers) >= r.maxCallers {
+			return r.overflow
+		}
+	}
+	lim := rate.NewLimiter(r.rate, r.burst)
+	r.callers[key] = lim
+	return lim
 }
 
 // Limit refuses a probe over the caller's rate with RESOURCE_EXHAUSTED.
 func (r *rateLimiter) Limit(ctx context.Context) error {
 	key := callerOf(ctx)
-	r.mu.Lock()
-	lim, ok := r.callers[key]
-	if !ok {
-		if len(r.callers) >= maxRateCallers {
-			clear(r.callers)
-		}
-		lim = rate.NewLimiter(r.rate, r.burst)
-		r.callers[key] = lim
-	}
-	r.mu.Unlock()
-	if !lim.Allow() {
+	if !r.bucket(key).Allow() {
 		r.metrics.limitRefusals.WithLabelValues("rate").Inc()
 		return status.Errorf(codes.ResourceExhausted, "%s is over its rate of %g probes a second (burst %d)", key, float64(r.rate), r.burst)
 	}
 	return nil
+}
+
+// wait takes a token from the caller's bucket, waiting for one while ctx
+// lasts.
+func (r *rateLimiter) wait(ctx context.Context) error {
+	if err := r.bucket(callerOf(ctx)).Wait(ctx); err != nil {
+		// The token will not come in time: as if the deadline had passed.
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return nil
+}
+
+// probeLimits holds a Sweep's probes to the caller's rate and the
+// in-flight limits, waiting for their turn: the service's Limiter.
+type probeLimits struct {
+	rates    *rateLimiter
+	inflight *inFlight
+}
+
+// WaitProbe implements service.Limiter.
+func (p probeLimits) WaitProbe(ctx context.Context) (release func(), err error) {
+	if err := p.rates.wait(ctx); err != nil {
+		return nil, err
+	}
+	return p.inflight.wait(ctx)
 }
 
 // readGate caps the requests of one caller that are being read at once,

@@ -97,25 +97,21 @@ func observe(logger *slog.Logger, m *metrics) func(context.Context, service.Repo
 		if c.GetConnectDuration() != nil && outcome != "denied" {
 			m.phases.WithLabelValues(r.Method, "connect").Observe(c.GetConnectDuration().AsDuration().Seconds())
 		}
-		total := c.GetTotalDuration()
 		if s := r.Summary; s != nil {
 			m.bytes.WithLabelValues("sent").Add(float64(s.GetBytesSent()))
 			m.bytes.WithLabelValues("received").Add(float64(s.GetBytesReceived()))
 			if s.GetTimeToFirstByte() != nil {
 				m.phases.WithLabelValues(r.Method, "first_byte").Observe(s.GetTimeToFirstByte().AsDuration().Seconds())
 			}
-			if s.GetTotalDuration() != nil {
-				total = s.GetTotalDuration()
-			}
 		}
-		m.phases.WithLabelValues(r.Method, "total").Observe(total.AsDuration().Seconds())
+		m.phases.WithLabelValues(r.Method, "total").Observe(r.Duration.Seconds())
 
 		attrs := []any{
 			"method", r.Method,
 			"caller", service.CallerFrom(ctx),
 			"target", targetText(r.Target),
 			"outcome", outcome,
-			"duration", total.AsDuration(),
+			"duration", r.Duration,
 		}
 		if p, ok := peer.FromContext(ctx); ok {
 			attrs = append(attrs, "peer", p.Addr.String())

@@ -167,6 +167,8 @@ type Server struct {
 	health   *drainingHealth
 	registry *prometheus.Registry
 	inflight *inFlight
+	rates    *rateLimiter
+	service  *service.Server
 	metrics  *metrics
 	cert     *certificate
 	tokens   *tokens
@@ -208,6 +210,8 @@ func New(cfg Config) (*Server, error) {
 	m := s.metrics
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	s.registry.MustRegister(grpcMetrics)
+	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
+	s.rates = newRateLimiter(cfg.Rate, cfg.Burst, m)
 	srv, err := service.New(service.Config{
 		DefaultTimeout:      cfg.DefaultTimeout,
 		MaxTimeout:          cfg.MaxTimeout,
@@ -218,13 +222,14 @@ func New(cfg Config) (*Server, error) {
 		Resolver:            service.ResolverFor(cfg.DNSServer),
 		Services:            table,
 		Policy:              s.policy,
+		Limiter:             probeLimits{rates: s.rates, inflight: s.inflight},
 		Observe:             observe(s.logger, m),
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.service = srv
 
-	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
 	g := s.guard()
 	s.grpc = grpc.NewServer(s.serverOptions(g, creds, grpcMetrics)...)
 	s.grpc.RegisterService(g.wrap(&netprobev1.ProbeService_ServiceDesc), srv)
@@ -254,7 +259,7 @@ func (s *Server) guard() *guard {
 	return &guard{
 		logUnary:  logging.UnaryServerInterceptor(interceptorLogger(s.logger), logOpts...),
 		logStream: logging.StreamServerInterceptor(interceptorLogger(s.logger), logOpts...),
-		rates:     newRateLimiter(s.cfg.Rate, s.cfg.Burst, s.metrics),
+		rates:     s.rates,
 		inflight:  s.inflight,
 		reads:     newReadGate(s.cfg.MaxReadsPerCaller, s.metrics),
 		logger:    s.logger,
@@ -323,24 +328,39 @@ func (s *Server) Reload() error {
 	return nil
 }
 
-// Drain shuts the server down: new probes are refused from now on, health
-// turns NOT_SERVING (telling load balancers), the calls in progress get
-// grace to finish, and then the rest are cut off. It returns once the
-// server has stopped.
+// Drain shuts the server down: new probes are refused from now on, and
+// Sweeps start no new probe; health turns NOT_SERVING (telling load
+// balancers); the calls in progress get grace to finish. A little before
+// the grace ends, the Fetches and Sweeps left are cut short, so that they
+// still send what they have (a Fetch its summary, a Sweep its abandoned
+// targets) before their streams end; then the calls still left are
+// cancelled. It returns once the server has stopped.
 func (s *Server) Drain(grace time.Duration) {
 	s.logger.Info("draining", "grace", grace)
-	s.inflight.draining.Store(true)
+	s.inflight.drain()
+	s.service.Drain()
 	s.health.drain()
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
 		close(stopped)
 	}()
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
+	margin := cutMargin(grace)
+	cut := time.NewTimer(grace - margin)
+	defer cut.Stop()
 	select {
 	case <-stopped:
-	case <-timer.C:
+		s.logger.Info("stopped")
+		return
+	case <-cut.C:
+	}
+	s.logger.Warn("grace period ending: cutting Fetches and Sweeps short")
+	s.service.Cut()
+	end := time.NewTimer(margin)
+	defer end.Stop()
+	select {
+	case <-stopped:
+	case <-end.C:
 		// Stop cancels the calls left, and each probe closes its target
 		// connection as its call's context ends.
 		s.logger.Warn("grace period over: closing remaining calls")
@@ -348,6 +368,13 @@ func (s *Server) Drain(grace time.Duration) {
 		<-stopped
 	}
 	s.logger.Info("stopped")
+}
+
+// cutMargin is how long before the grace period ends the running Fetches
+// and Sweeps are cut, to send what they have: a quarter of the grace, at
+// most 2 s.
+func cutMargin(grace time.Duration) time.Duration {
+	return min(grace/4, 2*time.Second)
 }
 
 // Stop stops the server at once, cancelling every call.

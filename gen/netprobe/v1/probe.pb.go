@@ -292,6 +292,13 @@ const (
 	// REASON_PROTOCOL_VERSION means the peer speaks no TLS version the probe
 	// accepts (TLS 1.2 and 1.3).
 	Reason_REASON_PROTOCOL_VERSION Reason = 19
+	// REASON_LIMIT means a limit of the probe server kept the probe from
+	// starting: a Sweep entry expanded past the targets one Sweep may probe
+	// (stage STAGE_POLICY).
+	Reason_REASON_LIMIT Reason = 20
+	// REASON_SERVER_SHUTDOWN means the probe server cut the probe short as
+	// its shutdown's grace period ended; the stage is the one it was in.
+	Reason_REASON_SERVER_SHUTDOWN Reason = 21
 )
 
 // Enum value maps for Reason.
@@ -317,6 +324,8 @@ var (
 		17: "REASON_HOSTNAME_MISMATCH",
 		18: "REASON_HANDSHAKE_FAILURE",
 		19: "REASON_PROTOCOL_VERSION",
+		20: "REASON_LIMIT",
+		21: "REASON_SERVER_SHUTDOWN",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":               0,
@@ -339,6 +348,8 @@ var (
 		"REASON_HOSTNAME_MISMATCH":         17,
 		"REASON_HANDSHAKE_FAILURE":         18,
 		"REASON_PROTOCOL_VERSION":          19,
+		"REASON_LIMIT":                     20,
+		"REASON_SERVER_SHUTDOWN":           21,
 	}
 )
 
@@ -2471,7 +2482,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x14STAGE_REVERSE_LOOKUP\x10\b\x12\x10\n" +
 	"\fSTAGE_POLICY\x10\t\x12\x17\n" +
 	"\x13STAGE_TLS_HANDSHAKE\x10\n" +
-	"*\x9f\x04\n" +
+	"*\xcd\x04\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_TIMEOUT\x10\x01\x12\x12\n" +
@@ -2493,7 +2504,9 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x18REASON_UNKNOWN_AUTHORITY\x10\x10\x12\x1c\n" +
 	"\x18REASON_HOSTNAME_MISMATCH\x10\x11\x12\x1c\n" +
 	"\x18REASON_HANDSHAKE_FAILURE\x10\x12\x12\x1b\n" +
-	"\x17REASON_PROTOCOL_VERSION\x10\x13*]\n" +
+	"\x17REASON_PROTOCOL_VERSION\x10\x13\x12\x10\n" +
+	"\fREASON_LIMIT\x10\x14\x12\x1a\n" +
+	"\x16REASON_SERVER_SHUTDOWN\x10\x15*]\n" +
 	"\aFraming\x12\x17\n" +
 	"\x13FRAMING_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFRAMING_RAW\x10\x01\x12\x11\n" +
