@@ -90,7 +90,7 @@ func (s *Server) reverseLookup(ctx context.Context, addr net.Addr, start time.Ti
 	names, err := s.cfg.Resolver.LookupAddr(ctx, ip)
 	out := &netprobev1.ReverseLookup{Names: names, Duration: durationpb.New(time.Since(begin))}
 	if err != nil {
-		out.Error = probeError(netprobev1.Stage_STAGE_REVERSE_LOOKUP, ip, err, time.Since(start))
+		out.Error = probeError(netprobev1.Stage_STAGE_REVERSE_LOOKUP, ip, s.dnsError(err), time.Since(start))
 	}
 	return out
 }

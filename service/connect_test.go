@@ -320,3 +320,18 @@ func TestConnectHappyEyeballs(t *testing.T) {
 		t.Errorf("IPv4 started %v in, before the 300ms fallback delay", start)
 	}
 }
+
+// TestDNSErrorNamesServer checks that a DNS failure names the server the
+// query went to (the configured one), not the system's.
+func TestDNSErrorNamesServer(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "nosuch.test", Port: 80}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "lookup nosuch.test on " + e.DNS.Addr + ": no such host"
+	if pe := resp.GetError(); pe.GetReason() != netprobev1.Reason_REASON_NO_SUCH_HOST || pe.GetMessage() != want {
+		t.Errorf("error %v, want NO_SUCH_HOST %q", pe, want)
+	}
+}

@@ -149,7 +149,7 @@ func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
 	addrs, err := s.cfg.Resolver.LookupNetIP(ctx, network, t.host)
 	if err != nil {
 		// A *net.DNSError already names the lookup and the host.
-		return nil, err
+		return nil, s.dnsError(err)
 	}
 	out := make([]netip.Addr, 0, len(addrs))
 	for _, a := range addrs {

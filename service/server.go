@@ -44,8 +44,13 @@ type Config struct {
 	// INVALID_ARGUMENT, and the targets expanded past it are not probed
 	// (REASON_LIMIT).
 	MaxSweepTargets int
-	// Resolver resolves host names and reverse-looks-up addresses.
+	// Resolver resolves host names and reverse-looks-up addresses; nil is
+	// ResolverFor(DNSServer).
 	Resolver *net.Resolver
+	// DNSServer, "host:port", is the server every DNS query goes to, when
+	// it is not the system's: ResolverFor(DNSServer) when Resolver is nil,
+	// and the server DNS errors name.
+	DNSServer string
 	// Services maps service names to ports.
 	Services *services.Table
 	// Policy decides which addresses probes may reach; nil is
@@ -186,7 +191,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxSweepTargets = DefaultMaxSweepTargets
 	}
 	if cfg.Resolver == nil {
-		cfg.Resolver = ResolverFor("")
+		cfg.Resolver = ResolverFor(cfg.DNSServer)
 	}
 	if cfg.Policy == nil {
 		cfg.Policy = policy.New()
@@ -201,6 +206,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("config: max payload bytes %d is negative", cfg.MaxPayloadBytes)
 	}
 	return &Server{cfg: cfg, draining: make(chan struct{}), cuts: map[*context.CancelCauseFunc]struct{}{}}, nil
+}
+
+// dnsError returns err with the DNS server it names set to the one
+// queried: Go's resolver names /etc/resolv.conf's, even when its Dial
+// sends the query elsewhere.
+func (s *Server) dnsError(err error) error {
+	var dnsErr *net.DNSError
+	if s.cfg.DNSServer == "" || !errors.As(err, &dnsErr) || dnsErr.Server == "" {
+		return err
+	}
+	fixed := *dnsErr
+	fixed.Server = s.cfg.DNSServer
+	return &fixed
 }
 
 // ResolverFor returns Go's resolver, sending every DNS query to the server

@@ -304,7 +304,7 @@ func (s *Server) expand(ctx context.Context, job sweepJob) ([]target, *netprobev
 	case netprobev1.Expand_EXPAND_SRV:
 		_, srvs, err := s.cfg.Resolver.LookupSRV(rctx, "", "", job.target.host)
 		if err != nil {
-			return nil, probeError(netprobev1.Stage_STAGE_RESOLVE, job.target.host, err, time.Since(start))
+			return nil, probeError(netprobev1.Stage_STAGE_RESOLVE, job.target.host, s.dnsError(err), time.Since(start))
 		}
 		out := make([]target, len(srvs))
 		for i, srv := range srvs {

@@ -3,6 +3,7 @@ package service
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,8 +73,11 @@ func validateTarget(v *violations, t *netprobev1.Target) target {
 		}
 		if a, err := netip.ParseAddr(out.host); err == nil {
 			out.literal = a.Unmap()
+			if msg := checkZone(a); msg != "" {
+				v.add("target.host", "%s: %s", quote(t.GetHost()), msg)
+			}
 		} else if msg := checkHostName(out.host); msg != "" {
-			v.add("target.host", "%q is not an IP address or a valid DNS name: %s", t.GetHost(), msg)
+			v.add("target.host", "%s is not an IP address or a valid DNS name: %s", quote(t.GetHost()), msg)
 		}
 	}
 	switch t.GetNetwork() {
@@ -107,10 +111,44 @@ func validateTarget(v *violations, t *netprobev1.Target) target {
 	}
 	if out.service != "" {
 		if msg := checkServiceName(out.service); msg != "" {
-			v.add("target.service", "%q is not a valid service name: %s", out.service, msg)
+			v.add("target.service", "%s is not a valid service name: %s", quote(out.service), msg)
 		}
 	}
 	return out
+}
+
+// quote quotes what a caller sent for an error message, cut to its first
+// 64 bytes: the message repeats the caller's words, not all of them.
+func quote(s string) string {
+	const most = 64
+	if len(s) <= most {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:most]) + fmt.Sprintf("... (%d bytes)", len(s))
+}
+
+// maxZoneLength is the longest interface name (IFNAMSIZ less its NUL).
+const maxZoneLength = 15
+
+// checkZone says what is wrong with an IPv6 address's zone, or "" when
+// nothing is: a zone names an interface, and only a link-local address
+// needs one.
+func checkZone(a netip.Addr) string {
+	zone := a.Zone()
+	switch {
+	case zone == "":
+		return ""
+	case !a.IsLinkLocalUnicast() && !a.IsLinkLocalMulticast() && !a.IsInterfaceLocalMulticast():
+		return "a zone applies to link-local addresses only"
+	case len(zone) > maxZoneLength:
+		return fmt.Sprintf("the zone is longer than %d characters", maxZoneLength)
+	}
+	for _, c := range []byte(zone) {
+		if !isNameChar(c) && c != '.' {
+			return fmt.Sprintf("character %q is not allowed in a zone", c)
+		}
+	}
+	return ""
 }
 
 // checkHostName says what is wrong with a DNS name, or "" when nothing is.
@@ -266,13 +304,13 @@ func httpGetRequest(v *violations, g *netprobev1.HttpGet) []byte {
 		path = "/"
 	}
 	if !strings.HasPrefix(path, "/") {
-		v.add("http_get.path", "%q must start with '/'", path)
+		v.add("http_get.path", "%s must start with '/'", quote(path))
 	}
 	if i := strings.IndexFunc(path, func(r rune) bool { return r <= ' ' || r == 0x7f }); i >= 0 {
-		v.add("http_get.path", "%q holds a space or control character at byte %d", path, i)
+		v.add("http_get.path", "%s holds a space or control character at byte %d", quote(path), i)
 	}
 	if i := strings.IndexFunc(g.GetHost(), func(r rune) bool { return r <= ' ' || r == 0x7f }); i >= 0 {
-		v.add("http_get.host", "%q holds a space or control character at byte %d", g.GetHost(), i)
+		v.add("http_get.host", "%s holds a space or control character at byte %d", quote(g.GetHost()), i)
 	}
 	req := "GET " + path + " HTTP/1.0\r\n"
 	if g.GetHost() != "" {
@@ -291,7 +329,7 @@ func validateResolveService(req *netprobev1.ResolveServiceRequest) (protocol str
 	}
 	if req.GetName() != "" {
 		if msg := checkServiceName(req.GetName()); msg != "" {
-			v.add("name", "%q is not a valid service name: %s", req.GetName(), msg)
+			v.add("name", "%s is not a valid service name: %s", quote(req.GetName()), msg)
 		}
 	}
 	if req.GetPort() > 65535 {
@@ -302,7 +340,7 @@ func validateResolveService(req *netprobev1.ResolveServiceRequest) (protocol str
 		protocol = "tcp"
 	}
 	if len(protocol) > 32 || strings.IndexFunc(protocol, func(r rune) bool { return !('a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '-') }) >= 0 {
-		v.add("protocol", "%q is not a protocol name such as tcp or udp", req.GetProtocol())
+		v.add("protocol", "%s is not a protocol name such as tcp or udp", quote(req.GetProtocol()))
 	}
 	return protocol, v.err()
 }

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -58,6 +59,9 @@ func TestBadRequests(t *testing.T) {
 		{"no target", &netprobev1.ConnectRequest{}, []string{"target"}},
 		{"no host", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "" })}, []string{"target.host"}},
 		{"host with a space", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "exa mple.test" })}, []string{"target.host"}},
+		{"zone on a global address", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "2001:db8::1%eth0" })}, []string{"target.host"}},
+		{"zone too long", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "fe80::1%" + strings.Repeat("e", 4000) })}, []string{"target.host"}},
+		{"zone with a control character", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "fe80::1%eth\n0" })}, []string{"target.host"}},
 		{"host with NUL", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Host = "example.test\x00.evil" })}, []string{"target.host"}},
 		{"no port, no service", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 0 })}, []string{"target.port"}},
 		{"port over 65535", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 65536 })}, []string{"target.port"}},

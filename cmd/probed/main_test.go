@@ -95,6 +95,15 @@ func TestServeAndDrain(t *testing.T) {
 		}
 	}
 
+	// SIGHUP, as systemd's reload sends it, reloads what there is (here
+	// nothing) and does not end probed.
+	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if !p.WaitLog("nothing to reload") {
+		t.Fatalf("no reload logged after SIGHUP (exited: %v)", len(p.Exited) > 0)
+	}
+
 	tg, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

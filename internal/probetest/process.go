@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -38,6 +39,33 @@ type Probed struct {
 	// Exited receives the process's exit error (nil for status 0).
 	Exited chan error
 	done   chan struct{}
+
+	mu sync.Mutex
+	// logged counts the log lines by message; changed is closed and
+	// replaced when it grows.
+	logged  map[string]int
+	changed chan struct{}
+}
+
+// WaitLog waits until probed has logged a line whose message is msg,
+// and reports whether it did within Timeout.
+func (p *Probed) WaitLog(msg string) bool {
+	deadline := time.After(Timeout)
+	for {
+		p.mu.Lock()
+		n, changed := p.logged[msg], p.changed
+		p.mu.Unlock()
+		if n > 0 {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-p.done:
+			return false
+		case <-deadline:
+			return false
+		}
+	}
 }
 
 // Launch runs cmd (probed, maybe inside a namespace) with JSON logs and its
@@ -55,21 +83,29 @@ func Launch(cmd *exec.Cmd) (*Probed, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &Probed{Cmd: cmd, Exited: make(chan error, 1), done: make(chan struct{})}
+	p := &Probed{Cmd: cmd, Exited: make(chan error, 1), done: make(chan struct{}), logged: map[string]int{}, changed: make(chan struct{})}
 	serving := make(chan struct{})
 	go func() {
 		defer close(p.done)
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
 			var line struct {
 				Msg, Addr   string
 				MetricsAddr string `json:"metrics_addr"`
 			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			if line.Msg == "serving" {
 				p.Addr, p.MetricsAddr = line.Addr, line.MetricsAddr
 				close(serving)
-				break
 			}
+			p.mu.Lock()
+			p.logged[line.Msg]++
+			close(p.changed)
+			p.changed = make(chan struct{})
+			p.mu.Unlock()
 		}
 		io.Copy(io.Discard, stderr)
 		p.Exited <- cmd.Wait()

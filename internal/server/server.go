@@ -219,7 +219,7 @@ func New(cfg Config) (*Server, error) {
 		MaxFetchBytes:       cfg.MaxFetchBytes,
 		MaxSweepConcurrency: cfg.MaxSweepConcurrency,
 		MaxSweepTargets:     cfg.MaxSweepTargets,
-		Resolver:            service.ResolverFor(cfg.DNSServer),
+		DNSServer:           cfg.DNSServer,
 		Services:            table,
 		Policy:              s.policy,
 		Limiter:             probeLimits{rates: s.rates, inflight: s.inflight},
@@ -318,7 +318,7 @@ func (s *Server) PolicyRules() []string { return s.policy.Rules() }
 // failure the certificate in use stays.
 func (s *Server) Reload() error {
 	if s.cert == nil {
-		s.logger.Info("reload: nothing to reload (no TLS certificate)")
+		s.logger.Info("nothing to reload", "why", "no TLS certificate")
 		return nil
 	}
 	if err := s.cert.reload(); err != nil {

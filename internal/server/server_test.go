@@ -1,0 +1,84 @@
+package server_test
+
+import (
+	"context"
+	"net"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// TestAbandonedFetchDuration leaves a Fetch part way through its reply:
+// its audit and its total phase carry how long it ran, not how long it
+// took to connect.
+func TestAbandonedFetchDuration(t *testing.T) {
+	t.Parallel()
+	const delay = 200 * time.Millisecond
+	srv := probetest.Start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		time.Sleep(delay)
+		c.Write([]byte("late\n"))
+		probetest.WaitClosed(c)
+	})
+	ctx, cancel := context.WithCancel(probetest.Context(t))
+	defer cancel()
+	f, err := client.New(srv.Conn).Fetch(ctx, "tcp", tg.Addr(), client.FetchOptions{KeepWriteOpen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Next(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	f.Close()
+
+	// The probe is observed as the handler ends, after the client has
+	// seen its end: wait for it.
+	deadline := time.Now().Add(probetest.Timeout)
+	for {
+		rec := httptest.NewRecorder()
+		srv.Server.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		families, err := parser.TextToMetricFamilies(strings.NewReader(rec.Body.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var abandoned float64
+		for _, m := range families["netprobe_probes_total"].GetMetric() {
+			if labels(m.GetLabel())["outcome"] == "abandoned" {
+				abandoned += m.GetCounter().GetValue()
+			}
+		}
+		if abandoned == 1 {
+			for _, m := range families["netprobe_probe_phase_seconds"].GetMetric() {
+				if l := labels(m.GetLabel()); l["method"] == "Fetch" && l["phase"] == "total" {
+					if sum := m.GetHistogram().GetSampleSum(); sum < delay.Seconds() {
+						t.Errorf("total phase %.3fs, want at least the %v the Fetch ran", sum, delay)
+					}
+					return
+				}
+			}
+			t.Fatal("no total phase for Fetch")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v probes abandoned, want 1", abandoned)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func labels(pairs []*dto.LabelPair) map[string]string {
+	out := map[string]string{}
+	for _, p := range pairs {
+		out[p.GetName()] = p.GetValue()
+	}
+	return out
+}
