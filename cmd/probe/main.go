@@ -13,7 +13,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/buildinfo"
 )
 
 func main() {
@@ -137,7 +137,7 @@ func (a *app) rootCommand() *cobra.Command {
 		Use:           "probe",
 		Short:         "Probe network targets through a netprobe server",
 		Long:          rootLong + exitCodeHelp(),
-		Version:       version(),
+		Version:       buildinfo.Version(),
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		// With no subcommand, say so as a usage error.
@@ -278,29 +278,4 @@ func (a *app) serverName() string {
 		return "in-process probe server"
 	}
 	return "probe server " + a.server
-}
-
-// version is the module version, with the VCS revision when built from a
-// checkout.
-func version() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := info.Main.Version
-	var rev, modified string
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = "+dirty"
-			}
-		}
-	}
-	if rev != "" {
-		v += " " + rev + modified
-	}
-	return v
 }

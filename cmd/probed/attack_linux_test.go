@@ -25,7 +25,9 @@ import (
 
 // The attacks below are made by a raw HTTP/2 client (probetest.H2)
 // against the real binary, and measured in its process: what it holds
-// (RSS, heap, goroutines) while the attack lasts, and after.
+// (RSS, heap, goroutines) while the attack lasts, and after. The victim
+// runs with GOGC=25, so that its heap follows what it holds rather than
+// what it has yet to collect.
 
 // maxGrowth is the most an unauthenticated attacker may make probed hold.
 const maxGrowth = 64 << 20
@@ -39,7 +41,9 @@ type victim struct {
 func startVictim(t *testing.T, extra ...string) *victim {
 	t.Helper()
 	args := append([]string{"--listen=127.0.0.1:0", "--tokens-file=" + tokensFile(t)}, extra...)
-	p := probetest.StartProbed(t, exec.Command(probedBin, args...))
+	cmd := exec.Command(probedBin, args...)
+	cmd.Env = append(os.Environ(), "GOGC=25")
+	p := probetest.StartProbed(t, cmd)
 	c, err := client.Dial(p.Addr)
 	if err != nil {
 		t.Fatal(err)

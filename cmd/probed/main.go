@@ -20,50 +20,54 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/netprobe/netprobe/internal/buildinfo"
 	"github.com/netprobe/netprobe/internal/server"
 	"github.com/netprobe/netprobe/service"
 )
 
 // config is probed's command line; every flag has an environment twin.
 type config struct {
-	Listen          string        `default:"localhost:7070" env:"NETPROBE_LISTEN" group:"Serving" help:"Address to serve gRPC on: host:port, or unix:PATH for a Unix socket. The default serves this machine only."`
-	Plaintext       bool          `env:"NETPROBE_PLAINTEXT" group:"Serving" help:"Serve without TLS on a network address. Without it, probed refuses to serve plaintext anywhere but on loopback or a Unix socket."`
-	TLSCert         string        `name:"tls-cert" env:"NETPROBE_TLS_CERT" type:"path" group:"Serving" help:"Serve TLS with this certificate (PEM); reloaded when the file changes or on SIGHUP."`
-	TLSKey          string        `name:"tls-key" env:"NETPROBE_TLS_KEY" type:"path" group:"Serving" help:"The private key (PEM) of --tls-cert."`
-	TLSClientCA     string        `name:"tls-client-ca" env:"NETPROBE_TLS_CLIENT_CA" type:"path" group:"Serving" help:"Require client certificates signed by these CAs (PEM): mutual TLS. The certificate's common name is the caller's identity."`
-	TokensFile      string        `env:"NETPROBE_TOKENS_FILE" type:"path" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
-	ShutdownGrace   time.Duration `default:"10s" env:"NETPROBE_SHUTDOWN_GRACE" group:"Serving" help:"On SIGINT or SIGTERM, how long in-flight calls get to finish before they are cut off."`
-	MetricsAddr     string        `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address, at /metrics; empty turns them off."`
-	Allow           []string      `sep:";" env:"NETPROBE_ALLOW" placeholder:"RULE" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
-	Deny            []string      `sep:";" env:"NETPROBE_DENY" placeholder:"RULE" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
-	PolicyFile      string        `env:"NETPROBE_POLICY_FILE" type:"path" group:"Target policy" help:"Read rules from this file: \"allow RULE\", \"deny RULE\" and \"caller NAME allow RULE\" lines."`
-	DefaultTimeout  time.Duration `default:"${default_timeout}" env:"NETPROBE_DEFAULT_TIMEOUT" group:"Limits" help:"Probe timeout when a request sets none."`
-	MaxTimeout      time.Duration `default:"${max_timeout}" env:"NETPROBE_MAX_TIMEOUT" group:"Limits" help:"Largest probe timeout a request may ask for, which bounds a Fetch too; more is INVALID_ARGUMENT."`
-	MaxPayloadBytes int           `default:"${max_payload_bytes}" env:"NETPROBE_MAX_PAYLOAD_BYTES" group:"Limits" help:"Largest Fetch payload a request may carry, in bytes (default 1 MiB); it also sizes the largest request message."`
-	MaxFetchBytes   uint64        `default:"${max_fetch_bytes}" env:"NETPROBE_MAX_FETCH_BYTES" group:"Limits" help:"Most bytes one Fetch may receive, in bytes (default 64 MiB); also the default for requests that set no max_bytes."`
-	MaxInFlight     int           `default:"${max_in_flight}" env:"NETPROBE_MAX_IN_FLIGHT" group:"Limits" help:"Most probes running at once; more are RESOURCE_EXHAUSTED at once, never queued."`
-	MaxPerCaller    int           `default:"${max_in_flight_per_caller}" env:"NETPROBE_MAX_IN_FLIGHT_PER_CALLER" name:"max-in-flight-per-caller" group:"Limits" help:"Most probes one caller may run at once (a caller is a token or certificate name, or else a peer's IPv4 address or IPv6 /64)."`
-	MaxSweepConc    int           `default:"${max_sweep_concurrency}" env:"NETPROBE_MAX_SWEEP_CONCURRENCY" name:"max-sweep-concurrency" group:"Limits" help:"Most probes one Sweep runs at once; a Sweep asking for more gets this many."`
-	MaxSweepTargets int           `default:"${max_sweep_targets}" env:"NETPROBE_MAX_SWEEP_TARGETS" group:"Limits" help:"Most entries one Sweep may list; more is INVALID_ARGUMENT."`
-	Rate            float64       `default:"${rate}" env:"NETPROBE_RATE" group:"Limits" help:"Probes a second each caller may start, on average."`
-	Burst           int           `default:"${burst}" env:"NETPROBE_BURST" group:"Limits" help:"Probes a caller may start at once, above --rate."`
-	MaxStreams      int           `default:"${max_streams_per_connection}" env:"NETPROBE_MAX_STREAMS_PER_CONNECTION" name:"max-streams-per-connection" group:"Limits" help:"Most calls one client connection runs at once (HTTP/2 MAX_CONCURRENT_STREAMS); more wait in the client."`
-	MaxHeaderBytes  int           `default:"${max_header_bytes}" env:"NETPROBE_MAX_HEADER_BYTES" group:"Limits" help:"Largest header list a call may send, in bytes (HTTP/2 MAX_HEADER_LIST_SIZE); a larger one resets the stream."`
-	MaxResets       int           `default:"${max_stream_resets}" env:"NETPROBE_MAX_STREAM_RESETS" name:"max-stream-resets" group:"Limits" help:"Streams a connection may cancel, or have refused, in a burst; a tenth of that comes back each second. Past it the connection is closed with a GOAWAY (ENHANCE_YOUR_CALM): the HTTP/2 rapid reset attack."`
-	MaxReads        int           `default:"${max_reads_per_caller}" env:"NETPROBE_MAX_READS_PER_CALLER" name:"max-reads-per-caller" group:"Limits" help:"Most requests of one caller read at once for calls that are not probes (health, reflection); more are RESOURCE_EXHAUSTED. Probes are held to --max-in-flight-per-caller before their request is read."`
-	KeepaliveMin    time.Duration `default:"${keepalive_min_time}" env:"NETPROBE_KEEPALIVE_MIN_TIME" name:"keepalive-min-time" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often is disconnected."`
-	DNSServer       string        `name:"dns-server" env:"NETPROBE_DNS_SERVER" placeholder:"HOST:PORT" group:"Probing" help:"Send every DNS query to this server instead of the ones in /etc/resolv.conf (the hosts file is still read first)."`
-	ServicesFile    string        `default:"/etc/services" env:"NETPROBE_SERVICES_FILE" type:"path" group:"Probing" help:"Services database for service names; when it is missing or lacks a name, a built-in table answers."`
-	LogLevel        string        `default:"info" enum:"debug,info,warn,error" env:"NETPROBE_LOG_LEVEL" group:"Logging" help:"Log level: debug, info, warn or error. Info logs one audit line per probe."`
-	LogFormat       string        `default:"text" enum:"text,json" env:"NETPROBE_LOG_FORMAT" group:"Logging" help:"Log format: text or json (both on stderr)."`
+	Version         kong.VersionFlag `help:"Print probed's version and exit."`
+	Listen          string           `default:"localhost:7070" env:"NETPROBE_LISTEN" group:"Serving" help:"Address to serve gRPC on: host:port, or unix:PATH for a Unix socket. The default serves this machine only."`
+	Plaintext       bool             `env:"NETPROBE_PLAINTEXT" group:"Serving" help:"Serve without TLS on a network address. Without it, probed refuses to serve plaintext anywhere but on loopback or a Unix socket."`
+	TLSCert         string           `name:"tls-cert" env:"NETPROBE_TLS_CERT" type:"path" group:"Serving" help:"Serve TLS with this certificate (PEM); reloaded when the file changes or on SIGHUP."`
+	TLSKey          string           `name:"tls-key" env:"NETPROBE_TLS_KEY" type:"path" group:"Serving" help:"The private key (PEM) of --tls-cert."`
+	TLSClientCA     string           `name:"tls-client-ca" env:"NETPROBE_TLS_CLIENT_CA" type:"path" group:"Serving" help:"Require client certificates signed by these CAs (PEM): mutual TLS. The certificate's common name is the caller's identity."`
+	TokensFile      string           `env:"NETPROBE_TOKENS_FILE" type:"path" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
+	ShutdownGrace   time.Duration    `default:"10s" env:"NETPROBE_SHUTDOWN_GRACE" group:"Serving" help:"On SIGINT or SIGTERM, how long in-flight calls get to finish before they are cut off."`
+	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address, at /metrics; empty turns them off."`
+	Allow           []string         `sep:";" env:"NETPROBE_ALLOW" placeholder:"RULE" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
+	Deny            []string         `sep:";" env:"NETPROBE_DENY" placeholder:"RULE" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
+	PolicyFile      string           `env:"NETPROBE_POLICY_FILE" type:"path" group:"Target policy" help:"Read rules from this file: \"allow RULE\", \"deny RULE\" and \"caller NAME allow RULE\" lines."`
+	DefaultTimeout  time.Duration    `default:"${default_timeout}" env:"NETPROBE_DEFAULT_TIMEOUT" group:"Limits" help:"Probe timeout when a request sets none."`
+	MaxTimeout      time.Duration    `default:"${max_timeout}" env:"NETPROBE_MAX_TIMEOUT" group:"Limits" help:"Largest probe timeout a request may ask for, which bounds a Fetch too; more is INVALID_ARGUMENT."`
+	MaxPayloadBytes int              `default:"${max_payload_bytes}" env:"NETPROBE_MAX_PAYLOAD_BYTES" group:"Limits" help:"Largest Fetch payload a request may carry, in bytes (default 1 MiB); it also sizes the largest request message."`
+	MaxFetchBytes   uint64           `default:"${max_fetch_bytes}" env:"NETPROBE_MAX_FETCH_BYTES" group:"Limits" help:"Most bytes one Fetch may receive, in bytes (default 64 MiB); also the default for requests that set no max_bytes."`
+	MaxInFlight     int              `default:"${max_in_flight}" env:"NETPROBE_MAX_IN_FLIGHT" group:"Limits" help:"Most probes running at once; more are RESOURCE_EXHAUSTED at once, never queued."`
+	MaxPerCaller    int              `default:"${max_in_flight_per_caller}" env:"NETPROBE_MAX_IN_FLIGHT_PER_CALLER" name:"max-in-flight-per-caller" group:"Limits" help:"Most probes one caller may run at once (a caller is a token or certificate name, or else a peer's IPv4 address or IPv6 /64)."`
+	MaxSweepConc    int              `default:"${max_sweep_concurrency}" env:"NETPROBE_MAX_SWEEP_CONCURRENCY" name:"max-sweep-concurrency" group:"Limits" help:"Most probes one Sweep runs at once; a Sweep asking for more gets this many."`
+	MaxSweepTargets int              `default:"${max_sweep_targets}" env:"NETPROBE_MAX_SWEEP_TARGETS" group:"Limits" help:"Most entries one Sweep may list; more is INVALID_ARGUMENT."`
+	Rate            float64          `default:"${rate}" env:"NETPROBE_RATE" group:"Limits" help:"Probes a second each caller may start, on average."`
+	Burst           int              `default:"${burst}" env:"NETPROBE_BURST" group:"Limits" help:"Probes a caller may start at once, above --rate."`
+	MaxStreams      int              `default:"${max_streams_per_connection}" env:"NETPROBE_MAX_STREAMS_PER_CONNECTION" name:"max-streams-per-connection" group:"Limits" help:"Most calls one client connection runs at once (HTTP/2 MAX_CONCURRENT_STREAMS); more wait in the client."`
+	MaxHeaderBytes  int              `default:"${max_header_bytes}" env:"NETPROBE_MAX_HEADER_BYTES" group:"Limits" help:"Largest header list a call may send, in bytes (HTTP/2 MAX_HEADER_LIST_SIZE); a larger one resets the stream."`
+	MaxResets       int              `default:"${max_stream_resets}" env:"NETPROBE_MAX_STREAM_RESETS" name:"max-stream-resets" group:"Limits" help:"Streams a connection may cancel, or have refused, in a burst; a tenth of that comes back each second. Past it the connection is closed with a GOAWAY (ENHANCE_YOUR_CALM): the HTTP/2 rapid reset attack."`
+	MaxReads        int              `default:"${max_reads_per_caller}" env:"NETPROBE_MAX_READS_PER_CALLER" name:"max-reads-per-caller" group:"Limits" help:"Most requests of one caller read at once for calls that are not probes (health, reflection); more are RESOURCE_EXHAUSTED. Probes are held to --max-in-flight-per-caller before their request is read."`
+	KeepaliveMin    time.Duration    `default:"${keepalive_min_time}" env:"NETPROBE_KEEPALIVE_MIN_TIME" name:"keepalive-min-time" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often is disconnected."`
+	DNSServer       string           `name:"dns-server" env:"NETPROBE_DNS_SERVER" placeholder:"HOST:PORT" group:"Probing" help:"Send every DNS query to this server instead of the ones in /etc/resolv.conf (the hosts file is still read first)."`
+	ServicesFile    string           `default:"/etc/services" env:"NETPROBE_SERVICES_FILE" type:"path" group:"Probing" help:"Services database for service names; when it is missing or lacks a name, a built-in table answers."`
+	LogLevel        string           `default:"info" enum:"debug,info,warn,error" env:"NETPROBE_LOG_LEVEL" group:"Logging" help:"Log level: debug, info, warn or error. Info logs one audit line per probe."`
+	LogFormat       string           `default:"text" enum:"text,json" env:"NETPROBE_LOG_FORMAT" group:"Logging" help:"Log format: text or json (both on stderr)."`
 }
 
 const description = `probed answers network probes over gRPC: netprobe.v1.ProbeService (Connect, Fetch, ResolveService), grpc.health.v1.Health and server reflection, so "grpcurl -plaintext localhost:7070 list" works with no proto files at hand.
 
 A probe that ran and failed is a result: the call returns OK and the response carries a ProbeError with the stage and reason. gRPC errors mean the call itself was refused (INVALID_ARGUMENT) or abandoned.`
 
-// defaults are the flags' defaults, from the packages that apply them.
-var defaults = kong.Vars{
+// vars are the flags' defaults, from the packages that apply them, and
+// the version --version prints.
+var vars = kong.Vars{
+	"version":                    buildinfo.Version(),
 	"default_timeout":            service.DefaultTimeout.String(),
 	"max_timeout":                service.DefaultMaxTimeout.String(),
 	"max_payload_bytes":          strconv.Itoa(service.DefaultMaxPayloadBytes),
@@ -83,7 +87,7 @@ var defaults = kong.Vars{
 
 func main() {
 	var cfg config
-	kong.Parse(&cfg, kong.Name("probed"), kong.Description(description), kong.UsageOnError(), defaults)
+	kong.Parse(&cfg, kong.Name("probed"), kong.Description(description), kong.UsageOnError(), vars)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, cfg, os.Stderr)
 	stop()
