@@ -137,7 +137,7 @@ func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreaming
 // every target is a result to send; never more than a quarter of the time
 // left.
 func sweepMargin(left time.Duration, targets int) time.Duration {
-	return min(left/4, 100*time.Millisecond+time.Duration(targets)*20*time.Microsecond)
+	return min(left/4, 250*time.Millisecond+time.Duration(targets)*20*time.Microsecond)
 }
 
 // sweep is one Sweep call in progress.

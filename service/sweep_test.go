@@ -87,9 +87,10 @@ func TestSweepThousand(t *testing.T) {
 }
 
 // TestSweepDeadline sweeps targets that never answer, with a deadline that
-// ends the call first: every target is reported, abandoned, before the
-// stream ends, and the server never runs more probes at once than its
-// cap.
+// ends the call first: every target is reported, abandoned, and the server
+// never runs more probes at once than its cap. What is asserted is what
+// came back: on a loaded machine the stream's last frame may still meet
+// the deadline, but not the results, which leave a margin before it.
 func TestSweepDeadline(t *testing.T) {
 	t.Parallel()
 	e := probetest.Start(t, probetest.WithMaxSweepConcurrency(4))
@@ -98,14 +99,16 @@ func TestSweepDeadline(t *testing.T) {
 	for range 10 {
 		req.Targets = append(req.Targets, sweepTarget("127.0.0.1", hole))
 	}
-	ctx, cancel := context.WithTimeout(probetest.Context(t), time.Second)
+	ctx, cancel := context.WithTimeout(probetest.Context(t), 2*time.Second)
 	defer cancel()
 	results, err := sweep(ctx, t, e.Probe, req)
-	if err != nil {
-		t.Fatalf("Sweep: %v, want a clean end before the deadline", err)
+	if err != nil && status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("Sweep: %v", err)
 	}
 	started := 0
+	seen := map[uint32]bool{}
 	for _, r := range results {
+		seen[r.GetIndex()] = true
 		if !r.GetAbandoned() {
 			t.Errorf("target %d not abandoned: %v", r.GetIndex(), r)
 		}
@@ -113,8 +116,8 @@ func TestSweepDeadline(t *testing.T) {
 			started++
 		}
 	}
-	if len(results) != 10 || started != 4 {
-		t.Errorf("%d results, %d started; want 10, of which the cap of 4 started", len(results), started)
+	if len(results) != 10 || len(seen) != 10 || started != 4 {
+		t.Errorf("%d results for %d targets, %d started; want 10 for 10, of which the cap of 4 started (stream ended with %v)", len(results), len(seen), started, err)
 	}
 }
 

@@ -3,14 +3,10 @@ package server_test
 import (
 	"context"
 	"net"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/probetest"
@@ -44,20 +40,8 @@ func TestAbandonedFetchDuration(t *testing.T) {
 	// seen its end: wait for it.
 	deadline := time.Now().Add(probetest.Timeout)
 	for {
-		rec := httptest.NewRecorder()
-		srv.Server.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		families, err := parser.TextToMetricFamilies(strings.NewReader(rec.Body.String()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var abandoned float64
-		for _, m := range families["netprobe_probes_total"].GetMetric() {
-			if labels(m.GetLabel())["outcome"] == "abandoned" {
-				abandoned += m.GetCounter().GetValue()
-			}
-		}
-		if abandoned == 1 {
+		families := scrape(t, srv)
+		if n, _ := metricValue(families["netprobe_probes_total"], map[string]string{"method": "Fetch", "outcome": "abandoned"}); n == 1 {
 			for _, m := range families["netprobe_probe_phase_seconds"].GetMetric() {
 				if l := labels(m.GetLabel()); l["method"] == "Fetch" && l["phase"] == "total" {
 					if sum := m.GetHistogram().GetSampleSum(); sum < delay.Seconds() {
@@ -69,7 +53,7 @@ func TestAbandonedFetchDuration(t *testing.T) {
 			t.Fatal("no total phase for Fetch")
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%v probes abandoned, want 1", abandoned)
+			t.Fatal("the Fetch was never counted abandoned")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
