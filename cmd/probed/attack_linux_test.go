@@ -408,6 +408,12 @@ func TestMalformedRequests(t *testing.T) {
 	if n, _ := metricValue(families["netprobe_transport_refusals_total"], map[string]string{"reason": "unauthenticated"}); n != 1 {
 		t.Errorf("netprobe_transport_refusals_total{unauthenticated} = %v, want 1", n)
 	}
+	// And logged: the refused call as it opened, the others as they ended.
+	for _, msg := range []string{"call refused", "finished call"} {
+		if !v.WaitLog(msg) {
+			t.Errorf("no %q line in the log", msg)
+		}
+	}
 }
 
 // TestStreamsPerConnection opens 150 health Watch streams, which stay
