@@ -133,11 +133,12 @@ func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreaming
 }
 
 // sweepMargin is how long before the caller's deadline a sweep stops
-// probing, to report what is left: a base, and a little per target, as
+// probing, to report what is left before the deadline reaches the caller:
+// a tenth of the time left, or if more, a base and a little per target, as
 // every target is a result to send; never more than a quarter of the time
 // left.
 func sweepMargin(left time.Duration, targets int) time.Duration {
-	return min(left/4, 250*time.Millisecond+time.Duration(targets)*20*time.Microsecond)
+	return min(left/4, max(left/10, 250*time.Millisecond+time.Duration(targets)*20*time.Microsecond))
 }
 
 // sweep is one Sweep call in progress.
