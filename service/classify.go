@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -48,9 +47,9 @@ func classify(err error) (netprobev1.Reason, string) {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		if r, ok := errnoReasons[errno]; ok {
-			return r, unix.ErrnoName(errno)
+			return r, errnoName(errno)
 		}
-		return netprobev1.Reason_REASON_OTHER, unix.ErrnoName(errno)
+		return netprobev1.Reason_REASON_OTHER, errnoName(errno)
 	}
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {

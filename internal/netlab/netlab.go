@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netlab builds throwaway networks for tests out of Linux network
 // namespaces, so that failures loopback cannot produce (no route, an
 // unreachable host, a firewall) come from a real kernel. It needs root and
