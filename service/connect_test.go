@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -333,5 +335,55 @@ func TestDNSErrorNamesServer(t *testing.T) {
 	want := "lookup nosuch.test on " + e.DNS.Addr + ": no such host"
 	if pe := resp.GetError(); pe.GetReason() != netprobev1.Reason_REASON_NO_SUCH_HOST || pe.GetMessage() != want {
 		t.Errorf("error %v, want NO_SUCH_HOST %q", pe, want)
+	}
+}
+
+// TestHostsFileFamily forces the address family a name in the hosts file
+// does not have: NO_SUCH_HOST, as from DNS, not a failure of another kind.
+func TestHostsFileFamily(t *testing.T) {
+	t.Parallel()
+	hosts, err := os.ReadFile("/etc/hosts")
+	if err != nil {
+		t.Skipf("no hosts file: %v", err)
+	}
+	families := map[string]map[bool]bool{} // name -> is IPv4 -> seen
+	for _, line := range strings.Split(string(hosts), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		fields := strings.Fields(line)
+		if len(fields) < 2 {
+			continue
+		}
+		a, err := netip.ParseAddr(fields[0])
+		if err != nil {
+			continue
+		}
+		for _, name := range fields[1:] {
+			if families[name] == nil {
+				families[name] = map[bool]bool{}
+			}
+			families[name][a.Unmap().Is4()] = true
+		}
+	}
+	var name string
+	var family netprobev1.IpFamily
+	for n, seen := range families {
+		if len(seen) == 1 && !strings.HasSuffix(n, ".test") {
+			name, family = n, netprobev1.IpFamily_IP_FAMILY_IPV6
+			if seen[false] {
+				family = netprobev1.IpFamily_IP_FAMILY_IPV4
+			}
+			break
+		}
+	}
+	if name == "" {
+		t.Skip("the hosts file has no name with addresses of one family only")
+	}
+	e := probetest.Start(t)
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: name, Port: 80, IpFamily: family}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pe := resp.GetError(); pe.GetStage() != netprobev1.Stage_STAGE_RESOLVE || pe.GetReason() != netprobev1.Reason_REASON_NO_SUCH_HOST {
+		t.Errorf("%s with %v: %v, want RESOLVE / NO_SUCH_HOST", name, family, pe)
 	}
 }

@@ -147,7 +147,13 @@ func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
 		network = "ip6"
 	}
 	addrs, err := s.cfg.Resolver.LookupNetIP(ctx, network, t.host)
-	if err != nil {
+	var addrErr *net.AddrError
+	switch {
+	case errors.As(err, &addrErr):
+		// The name has addresses, none of the family asked for: Go says
+		// so with an AddrError when they come from the hosts file.
+		return nil, noAddress(t.host, network)
+	case err != nil:
 		// A *net.DNSError already names the lookup and the host.
 		return nil, s.dnsError(err)
 	}
@@ -158,9 +164,16 @@ func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, &net.DNSError{Err: "no addresses", Name: t.host, IsNotFound: true}
+		return nil, noAddress(t.host, network)
 	}
 	return out, nil
+}
+
+// noAddress is the error of a name with no address of the family asked
+// for: NO_SUCH_HOST, as for a name that does not exist.
+func noAddress(host, network string) error {
+	family := map[string]string{"ip4": "IPv4 ", "ip6": "IPv6 "}[network]
+	return &net.DNSError{Err: "no " + family + "address", Name: host, IsNotFound: true}
 }
 
 // dialParallel races the first address family against the other, as Happy

@@ -55,7 +55,7 @@ func validateTLS(v *violations, field string, opts *netprobev1.TlsOptions, t tar
 		}
 	}
 	if t.network == "udp" {
-		v.add(field, "TLS needs NETWORK_TCP")
+		v.add(field, "TLS needs TCP")
 	}
 	return p
 }
@@ -88,6 +88,9 @@ func handshake(ctx context.Context, conn net.Conn, p *tlsParams, t target, start
 		res.PeerCertificates = append(res.PeerCertificates, certificate(c, now))
 	}
 	verr := verify(st.PeerCertificates, p, t, now)
+	// The TLS phase includes verifying the chain, and so loading the
+	// system's roots the first time they are used.
+	res.HandshakeDuration = durationpb.New(time.Since(begin))
 	res.Verified = verr == nil
 	if verr != nil {
 		res.VerifyError = verr.Error()

@@ -86,17 +86,17 @@ func validateTarget(v *violations, t *netprobev1.Target) target {
 	case netprobev1.Network_NETWORK_UDP:
 		out.network = "udp"
 	default:
-		v.add("target.network", "unknown network %d: use NETWORK_TCP or NETWORK_UDP", t.GetNetwork())
+		v.add("target.network", "unknown network %d: TCP (NETWORK_TCP) or UDP (NETWORK_UDP)", t.GetNetwork())
 	}
 	switch out.family {
 	case netprobev1.IpFamily_IP_FAMILY_UNSPECIFIED:
 	case netprobev1.IpFamily_IP_FAMILY_IPV4:
 		if out.literal.Is6() {
-			v.add("target.ip_family", "IP_FAMILY_IPV4 asked for, but host %s is an IPv6 address", out.host)
+			v.add("target.ip_family", "IPv4 asked for, but host %s is an IPv6 address", out.host)
 		}
 	case netprobev1.IpFamily_IP_FAMILY_IPV6:
 		if out.literal.Is4() {
-			v.add("target.ip_family", "IP_FAMILY_IPV6 asked for, but host %s is an IPv4 address", out.host)
+			v.add("target.ip_family", "IPv6 asked for, but host %s is an IPv4 address", out.host)
 		}
 	default:
 		v.add("target.ip_family", "unknown IP family %d", out.family)
@@ -256,7 +256,7 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 		p.request = r.Payload
 	case *netprobev1.FetchRequest_HttpGet:
 		if udp {
-			v.add("http_get", "an HTTP request needs NETWORK_TCP")
+			v.add("http_get", "an HTTP request needs TCP")
 		}
 		p.request = httpGetRequest(&v, r.HttpGet)
 	}
@@ -282,17 +282,17 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 	case netprobev1.Framing_FRAMING_RAW:
 	case netprobev1.Framing_FRAMING_LINES:
 		if udp {
-			v.add("framing", "FRAMING_LINES needs NETWORK_TCP")
+			v.add("framing", "line framing needs TCP")
 		}
 	case netprobev1.Framing_FRAMING_DATAGRAMS:
 		if !udp {
-			v.add("framing", "FRAMING_DATAGRAMS needs NETWORK_UDP")
+			v.add("framing", "datagram framing needs UDP")
 		}
 	default:
 		v.add("framing", "unknown framing %d", p.framing)
 	}
 	if udp && req.GetKeepWriteOpen() {
-		v.add("keep_write_open", "applies to NETWORK_TCP only: UDP has no half-close")
+		v.add("keep_write_open", "applies to TCP only: UDP has no half-close")
 	}
 	return p, v.err()
 }

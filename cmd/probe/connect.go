@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
@@ -16,19 +15,33 @@ func (a *app) connectCommand() *cobra.Command {
 		tf      targetFlags
 		reverse bool
 		hs      handshakeFlags
+		rf      repeatFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "connect HOST PORT|SERVICE",
+		Use:   "connect HOST PORT|SERVICE | connect HOST:PORT",
 		Short: "Connect to a target and report the addresses and timings",
 		Long: `connect resolves HOST, connects to PORT (or the port of SERVICE, such as
 "https") on each address in turn, Happy Eyeballs style, and reports where it
-connected and how long each phase took. The connection is closed at once.`,
+connected and how long each phase took. The connection is closed at once.
+
+The target is HOST PORT, HOST:PORT, [IPV6]:PORT or [IPV6] PORT. With
+--count it probes again and again, --interval apart, a line each, and ends
+with a summary like ping's.`,
 		Example: `  probe connect localhost 22
+  probe connect '[::1]:6379'
   probe connect -6 example.com https -o json
-  probe --server probed.internal:7070 connect db.internal 5432`,
-		Args: positional(2, 2, "HOST PORT|SERVICE"),
+  probe connect --count 0 --interval 500ms db.internal:5432
+  probe --server probed.internal connect db.internal 5432`,
+		Args: positional(1, 2, "HOST PORT|SERVICE or HOST:PORT"),
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
-			addr, err := address(args[0], args[1])
+			host, port, rest, err := splitTarget(args)
+			if err != nil {
+				return err
+			}
+			if len(rest) > 0 {
+				return usagef("want HOST PORT|SERVICE or HOST:PORT, got %d argument(s)", len(args))
+			}
+			addr, err := address(host, port)
 			if err != nil {
 				return err
 			}
@@ -36,33 +49,41 @@ connected and how long each phase took. The connection is closed at once.`,
 			if err != nil {
 				return err
 			}
-			res, err := c.Connect(ctx, tf.network(), addr, client.ConnectOptions{Timeout: a.timeout, ReverseLookup: reverse, TLS: tlsOpts})
+			opts := client.ConnectOptions{Timeout: a.timeout, ReverseLookup: reverse, TLS: tlsOpts}
+			connect := func(ctx context.Context) (*client.ConnectResult, error) {
+				cctx, cancel := a.callContext(ctx)
+				defer cancel()
+				return c.Connect(cctx, tf.network(), addr, opts)
+			}
+			if rf.repeating() {
+				return a.repeat(ctx, rf, addr, func(ctx context.Context) outcome {
+					res, err := connect(ctx)
+					o := outcome{err: err}
+					if res != nil {
+						o.took, o.line = res.ConnectDuration, fmt.Sprintf("connected to %s in %s", res.RemoteAddr, ms(res.ConnectDuration))
+						o.json = res.Proto()
+					}
+					return o
+				})
+			}
+			res, err := connect(ctx)
 			if res != nil {
 				if a.output == "json" {
 					if err := writeJSON(a.out, res.Proto()); err != nil {
 						return err
 					}
 				} else {
-					printConnect(a.out, args[0], res)
+					printConnect(a.out, host, res, a.verbose)
 				}
 			}
-			return unknownPort(err, args[1])
+			return err
 		}),
 	}
 	tf.register(cmd)
 	cmd.Flags().BoolVarP(&reverse, "reverse", "r", false, "look the peer address up by address (PTR) once connected")
 	hs.register(cmd)
+	rf.register(cmd)
 	return cmd
-}
-
-// unknownPort makes a service lookup failure of a connect or fetch a usage
-// error: the PORT argument named no service the server knows.
-func unknownPort(err error, port string) error {
-	var pe *client.ProbeError
-	if errors.As(err, &pe) && pe.Stage == client.StageServiceLookup {
-		return usageError{fmt.Errorf("PORT %q is no port number and no service the probe server knows: %w", port, err)}
-	}
-	return err
 }
 
 // handshakeFlags ask for a TLS handshake with the target.

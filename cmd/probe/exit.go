@@ -22,6 +22,7 @@ const (
 	exitSweepFailed = 10
 	exitTimeout     = 28
 	exitTLS         = 35
+	exitEmpty       = 52
 	exitCertificate = 60
 	exitSend        = 55
 	exitReceive     = 56
@@ -37,14 +38,15 @@ var exitCodes = []struct {
 }{
 	{exitOK, "success: the probe ran and the target answered"},
 	{exitOther, "any other failure"},
-	{exitUsage, "bad usage: an unknown command or flag, wrong arguments, conflicting flags, a bad\n       value (a PORT that is no port number nor known service, a request the server\n       finds invalid)"},
-	{exitNoService, "resolve: no such service (stage SERVICE_LOOKUP)"},
+	{exitUsage, "bad usage: an unknown command or flag, wrong arguments, conflicting flags, a bad\n       value (a PORT out of range, a PROTOCOL other than tcp and udp, a request the\n       server finds invalid)"},
+	{exitNoService, "no such service: the SERVICE given for PORT, or to resolve (stage SERVICE_LOOKUP)"},
 	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},
 	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
 	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; a summary\n       line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
 	{exitTLS, "the TLS handshake failed: no version or cipher in common, an alert (stage\n       TLS_HANDSHAKE; curl's 35)"},
 	{exitCertificate, "the target's certificate did not verify: expired, not yet valid, unknown\n       authority, another name (stage TLS_HANDSHAKE; curl's 60)"},
+	{exitEmpty, "fetch --fail-empty: the target sent nothing before it closed (curl's 52)"},
 	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
 	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},
 	{exitUnavailable, "the probe server could not be reached or did not answer in time, or is not SERVING"},

@@ -17,60 +17,110 @@ import (
 
 type fetchFlags struct {
 	targetFlags
-	handshake   handshakeFlags
-	data        string
-	dataFile    string
-	lines       bool
-	maxBytes    uint64
-	readTimeout time.Duration
-	reverse     bool
-	quiet       bool
+	handshake     handshakeFlags
+	repeat        repeatFlags
+	data          string
+	dataFile      string
+	lines         bool
+	maxBytes      uint64
+	readTimeout   time.Duration
+	reverse       bool
+	quiet         bool
+	keepWriteOpen bool
+	failEmpty     bool
 }
 
 func (a *app) fetchCommand() *cobra.Command {
 	var ff fetchFlags
 	cmd := &cobra.Command{
-		Use:   "fetch HOST PORT|SERVICE [PATH]",
+		Use:   "fetch HOST PORT|SERVICE [PATH] | fetch HOST:PORT [PATH]",
 		Short: "Connect, send a request, and print the reply as it arrives",
-		Long: `fetch connects like "probe connect", sends a request, half-closes its side,
-and copies the target's reply to stdout as it arrives, like a classic socket
-client. The request is an HTTP/1.0 GET of PATH (with a Host header naming
-HOST, or --sni, unless HOST is an address), or the raw bytes of --data or
---data-file, or nothing (to read a banner).
+		Long: `fetch connects like "probe connect", sends a request, half-closes its side
+(unless --keep-write-open), and copies the target's reply to stdout as it
+arrives, like a classic socket client. The request is an HTTP/1.0 GET of
+PATH (with a Host header naming HOST, or --sni, unless HOST is an address),
+or the raw bytes of --data or --data-file, or else whatever stdin holds
+when it is not a terminal (printf 'PING\r\n' | probe fetch ...), or
+nothing, to read a banner.
 
 Events (where it connected, the timings, how the reply ended) go to stderr,
 one line each, unless --quiet. With -o json, stdout instead carries the
 service's messages, one per line: the connect report, each piece of data
-(base64), and the summary.`,
+(base64), and the summary. With --count it fetches again and again, a line
+each without the reply, and ends with a summary like ping's.`,
 		Example: `  probe fetch 127.0.0.1 8080 /healthz
   probe fetch mail.example.com smtp
-  printf 'PING\r\n' | probe fetch --data-file - redis.internal 6379
-  probe fetch --udp --data-file query.bin --read-timeout 1s ns1.internal domain`,
-		Args: positional(2, 3, "HOST PORT|SERVICE [PATH]"),
+  printf 'PING\r\n' | probe fetch redis.internal:6379
+  probe fetch --udp --data-file query.bin --read-timeout 1s ns1.internal domain
+  probe fetch --count 10 --fail-empty 127.0.0.1:8080 /`,
+		Args: positional(1, 3, "HOST PORT|SERVICE [PATH] or HOST:PORT [PATH]"),
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
-			addr, err := address(args[0], args[1])
+			host, port, rest, err := splitTarget(args)
 			if err != nil {
 				return err
 			}
-			opts, err := ff.options(a, args)
+			if len(rest) > 1 {
+				return usagef("want HOST PORT|SERVICE [PATH] or HOST:PORT [PATH], got %d argument(s)", len(args))
+			}
+			addr, err := address(host, port)
 			if err != nil {
 				return err
 			}
-			f, err := c.Fetch(ctx, ff.network(), addr, opts)
+			opts, err := ff.options(a, host, rest)
+			if err != nil {
+				return err
+			}
+			if ff.repeat.repeating() {
+				return a.repeat(ctx, ff.repeat, addr, func(ctx context.Context) outcome {
+					return a.fetchOnce(ctx, c, ff, addr, opts)
+				})
+			}
+			cctx, cancel := a.callContext(ctx)
+			defer cancel()
+			f, err := c.Fetch(cctx, ff.network(), addr, opts)
 			if err != nil {
 				var pe *client.ProbeError
 				if errors.As(err, &pe) {
-					a.fetchFailed(args[0], pe, ff.quiet)
+					a.fetchFailed(host, pe, ff.quiet)
 				}
-				return unknownPort(err, args[1])
+				return err
 			}
 			defer f.Close()
-			return a.copyReply(args[0], f, ff.quiet)
+			return a.copyReply(host, f, ff)
 		}),
 	}
 	ff.register(cmd)
 	return cmd
 }
+
+// fetchOnce fetches and drops the reply, for a repeated run.
+func (a *app) fetchOnce(ctx context.Context, c *client.Client, ff fetchFlags, addr string, opts client.FetchOptions) outcome {
+	ctx, cancel := a.callContext(ctx)
+	defer cancel()
+	f, err := c.Fetch(ctx, ff.network(), addr, opts)
+	if err != nil {
+		return outcome{err: err}
+	}
+	defer f.Close()
+	_, err = io.Copy(io.Discard, f)
+	s := f.Summary()
+	if err == nil && ff.failEmpty && s.BytesReceived == 0 && s.EndReason == client.EndEOF {
+		err = errEmptyReply
+	}
+	o := outcome{err: err}
+	if s != nil {
+		o.took, o.json = s.TotalDuration, s.Proto()
+		o.line = fmt.Sprintf("%s from %s in %s", plural(int(s.BytesReceived), "byte"), f.Connect.RemoteAddr, ms(s.TotalDuration))
+		if s.TimeToFirstByte > 0 {
+			o.line += fmt.Sprintf(" (first byte at %s)", ms(s.TimeToFirstByte))
+		}
+		o.line += "; " + endText[s.EndReason]
+	}
+	return o
+}
+
+// errEmptyReply is a reply of no bytes, with --fail-empty.
+var errEmptyReply = exitError{exitEmpty, "the target sent an empty reply (--fail-empty)"}
 
 func (ff *fetchFlags) register(cmd *cobra.Command) {
 	ff.targetFlags.register(cmd)
@@ -83,16 +133,21 @@ func (ff *fetchFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&ff.readTimeout, "read-timeout", 0, "end when the reply stops for this long: a RECEIVE timeout for TCP, a clean end for UDP (default: only --timeout)")
 	f.BoolVarP(&ff.reverse, "reverse", "r", false, "look the peer address up by address (PTR) once connected")
 	f.BoolVarP(&ff.quiet, "quiet", "q", false, "print only the reply and errors, no event lines")
+	f.BoolVar(&ff.keepWriteOpen, "keep-write-open", false, "do not half-close after the request: for targets that hang up when the client does")
+	f.BoolVar(&ff.failEmpty, "fail-empty", false, "fail (exit 52, as curl) when the target closes without sending a byte")
+	ff.repeat.register(cmd)
 	cmd.MarkFlagsMutuallyExclusive("data", "data-file")
 }
 
-// options builds the request from the flags and the optional PATH.
-func (ff *fetchFlags) options(a *app, args []string) (client.FetchOptions, error) {
+// options builds the request from the flags, the optional PATH and, when
+// neither gives one, stdin.
+func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchOptions, error) {
 	opts := client.FetchOptions{
 		Timeout:       a.timeout,
 		ReadTimeout:   ff.readTimeout,
 		MaxBytes:      ff.maxBytes,
 		ReverseLookup: ff.reverse,
+		KeepWriteOpen: ff.keepWriteOpen,
 	}
 	if ff.lines {
 		opts.Framing = client.FramingLines
@@ -102,22 +157,22 @@ func (ff *fetchFlags) options(a *app, args []string) (client.FetchOptions, error
 		return opts, err
 	}
 	opts.TLS = tlsOpts
-	hasPath := len(args) == 3
+	hasData := ff.data != "" || ff.dataFile != ""
 	switch {
-	case hasPath && (ff.data != "" || ff.dataFile != ""):
+	case len(rest) == 1 && hasData:
 		return opts, usagef("PATH asks for an HTTP GET; --data and --data-file send raw bytes instead: give one or the other")
-	case hasPath:
+	case len(rest) == 1:
 		// The Host header names the site, as curl sends it: the TLS server
 		// name, or else HOST when it is a name.
-		host := ff.handshake.sni
-		if _, err := netip.ParseAddr(args[0]); host == "" && err != nil {
-			host = args[0]
+		hostHeader := ff.handshake.sni
+		if _, err := netip.ParseAddr(host); hostHeader == "" && err != nil {
+			hostHeader = host
 		}
-		opts.HTTPGet = &client.HTTPGet{Path: args[2], Host: host}
+		opts.HTTPGet = &client.HTTPGet{Path: rest[0], Host: hostHeader}
 	case ff.data != "":
 		opts.Payload = []byte(ff.data)
-	case ff.dataFile == "-":
-		b, err := io.ReadAll(a.in)
+	case ff.dataFile == "-" || (ff.dataFile == "" && !isTerminal(a.in)):
+		b, err := io.ReadAll(io.LimitReader(a.in, int64(a.maxPayload)+1))
 		if err != nil {
 			return opts, fmt.Errorf("read stdin: %w", err)
 		}
@@ -129,30 +184,48 @@ func (ff *fetchFlags) options(a *app, args []string) (client.FetchOptions, error
 		}
 		opts.Payload = b
 	}
+	if len(opts.Payload) > a.maxPayload {
+		return opts, usagef("the request is over the probe server's cap of %d bytes (--max-payload-bytes, as probed's)", a.maxPayload)
+	}
+	if len(opts.Payload) == 0 {
+		opts.Payload = nil
+	}
 	return opts, nil
 }
 
 // copyReply copies the reply to stdout as it arrives, or writes each
 // message as JSON, and reports how it ended.
-func (a *app) copyReply(host string, f *client.Fetch, quiet bool) error {
+func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
 	if a.output == "json" {
 		if err := writeJSON(a.out, connectEvent(f.Connect)); err != nil {
 			return err
 		}
-	} else if !quiet {
-		printConnect(a.err, host, f.Connect)
+	} else if !ff.quiet {
+		printConnect(a.err, host, f.Connect, a.verbose)
 	}
 	data := &netprobev1.FetchData{}
 	msg := &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: data}}
+	// last is the last byte of the reply written, to end the line before
+	// an event line that would run onto it on a terminal.
+	var last byte = '\n'
 	for {
 		b, err := f.Next()
-		if errors.Is(err, io.EOF) {
-			return a.fetchEnded(f.Summary(), quiet)
-		}
 		if err != nil {
+			if a.output != "json" && !ff.quiet && last != '\n' && isTerminal(a.out) && isTerminal(a.err) {
+				fmt.Fprintln(a.err)
+			}
+			if errors.Is(err, io.EOF) {
+				if err := a.fetchEnded(f.Summary(), ff.quiet); err != nil {
+					return err
+				}
+				if s := f.Summary(); ff.failEmpty && s.BytesReceived == 0 && s.EndReason == client.EndEOF {
+					return errEmptyReply
+				}
+				return nil
+			}
 			// The failure is what the exit code reports, even if stdout
 			// failed too.
-			_ = a.fetchEnded(f.Summary(), quiet)
+			_ = a.fetchEnded(f.Summary(), ff.quiet)
 			return err
 		}
 		if a.output == "json" {
@@ -160,6 +233,9 @@ func (a *app) copyReply(host string, f *client.Fetch, quiet bool) error {
 			err = writeJSON(a.out, msg)
 		} else {
 			_, err = a.out.Write(b)
+			if len(b) > 0 {
+				last = b[len(b)-1]
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("write stdout: %w", err)
@@ -189,7 +265,7 @@ func (a *app) fetchFailed(host string, pe *client.ProbeError, quiet bool) {
 		_ = writeJSON(a.out, connectEvent(pe.Connect))
 		_ = a.fetchEnded(pe.Summary, quiet)
 	case !quiet:
-		printConnect(a.err, host, pe.Connect)
+		printConnect(a.err, host, pe.Connect, a.verbose)
 	}
 }
 

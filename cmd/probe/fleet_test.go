@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -127,5 +129,60 @@ table inet partition {
 	}
 	if wantFailed := map[string]string{"198.18.0.3:7070 1": "STAGE_CONNECT REASON_TIMEOUT"}; code != exitSweepFailed || n != 6 || fmt.Sprint(failed) != fmt.Sprint(wantFailed) {
 		t.Errorf("-o json: exit %d, %d lines, failures %v; want %d, 6, %v", code, n, failed, exitSweepFailed, wantFailed)
+	}
+}
+
+// TestLargeSweep sweeps 1,000 targets on a namespace LAN, 100 of them
+// behind a firewall that drops SYNs, at --timeout 1s: the sweep has no
+// deadline of its own, so the dropped ones time out each on its own, and
+// every live target is reported ok, however long the sweep takes.
+func TestLargeSweep(t *testing.T) {
+	lan := netlab.NewLAN(t)
+	prober, target, client := lan.AddHost(t), lan.AddHost(t), lan.AddHost(t)
+	probetest.NewTarget(t, target.Listen(t, netip.AddrPortFrom(target.V4, 80).String()), func(c net.Conn) { c.Close() })
+	target.NFT(t, `
+table inet firewall {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport 81 drop
+	}
+}`)
+	probetest.StartProbed(t, prober.Command(probedBin, fmt.Sprintf("--listen=%s:7070", prober.V4), "--plaintext", "--rate=1000", "--burst=1000"))
+	var list strings.Builder
+	for i := range 1000 {
+		port := 80
+		if i%10 == 9 {
+			port = 81
+		}
+		fmt.Fprintf(&list, "%s:%d\n", target.V4, port)
+	}
+	file := filepath.Join(t.TempDir(), "targets")
+	if err := os.WriteFile(file, []byte(list.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Eight at a time, the dropped targets alone take 12.5 s: longer than any
+	// deadline made of the probe's timeout and a margin.
+	cmd := client.Command(probeBin, "sweep", "-s", prober.V4.String(), "--timeout", "1s", "--concurrency", "8", "--file", file)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitSweepFailed {
+		t.Fatalf("probe sweep: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")[1:]
+	ok, timeouts := 0, 0
+	for i, l := range lines {
+		switch {
+		case i%10 != 9 && regexp.MustCompile(`:80 +ok \S+$`).MatchString(l):
+			ok++
+		case i%10 == 9 && strings.HasSuffix(l, ":81  TIMEOUT"):
+			timeouts++
+		default:
+			t.Errorf("row %d: %q", i, l)
+		}
+	}
+	if ok != 900 || timeouts != 100 || stderr.String() != "probe: sweep: 100 of 1000 probes failed (1000 targets, 1 server)\n" {
+		t.Errorf("%d ok, %d timed out; stderr %q", ok, timeouts, stderr.String())
 	}
 }

@@ -5,9 +5,9 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/netprobe/netprobe/client"
+	"google.golang.org/grpc/status"
 )
 
 func (a *app) healthCommand() *cobra.Command {
@@ -16,10 +16,25 @@ func (a *app) healthCommand() *cobra.Command {
 		Short: "Ask the probe server whether it is serving probes",
 		Long: `health runs the standard gRPC health check for netprobe.v1.ProbeService and
 prints the status. It exits 0 when the server is SERVING, 69 otherwise
-(NOT_SERVING while it drains, or unreachable).`,
+(NOT_SERVING while it drains, unreachable, or no answer within
+--server-timeout).`,
 		Args: cobra.NoArgs,
-		RunE: a.command(func(ctx context.Context, c *client.Client, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a.ran = true
+			if len(a.servers) > 1 {
+				return usagef("health asks one probe server; several --server are for sweep")
+			}
+			c, closeClient, err := a.dialUnchecked()
+			if err != nil {
+				return err
+			}
+			defer closeClient()
+			ctx, cancel := context.WithTimeout(cmd.Context(), a.serverTimeout)
+			defer cancel()
 			st, err := c.Health(ctx)
+			if status.Code(err) == codes.DeadlineExceeded && cmd.Context().Err() == nil {
+				return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.serverTimeout)
+			}
 			if err != nil {
 				return err
 			}
@@ -34,6 +49,6 @@ prints the status. It exits 0 when the server is SERVING, 69 otherwise
 				return exitError{exitUnavailable, fmt.Sprintf("%s is %s", a.serverName(), st)}
 			}
 			return nil
-		}),
+		},
 	}
 }

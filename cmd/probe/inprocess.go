@@ -14,9 +14,10 @@ import (
 
 // inProcess runs the probe service in this process, reached through an
 // in-memory gRPC connection. The server is built as probed builds it with
-// its default flags, so the calls, limits and errors are the same.
-func inProcess(dnsServer string) (*client.Client, func(), error) {
-	srv, err := server.New(server.Config{DNSServer: dnsServer, ServicesFile: "/etc/services"})
+// its default flags (but for the payload cap, which the CLI has a flag
+// for), so the calls, limits and errors are the same.
+func inProcess(dnsServer string, maxPayload int) (*client.Client, func(), error) {
+	srv, err := server.New(server.Config{DNSServer: dnsServer, ServicesFile: "/etc/services", MaxPayloadBytes: maxPayload})
 	if err != nil {
 		return nil, nil, err
 	}

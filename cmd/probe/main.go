@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -21,10 +22,12 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/buildinfo"
+	"github.com/netprobe/netprobe/service"
 )
 
 func main() {
@@ -51,12 +54,16 @@ type app struct {
 	server    string
 	dnsServer string
 	timeout   time.Duration
-	output    string
-	tls       bool
-	caFile    string
-	certFile  string
-	keyFile   string
-	token     string
+	// serverTimeout bounds reaching a --server and its health check.
+	serverTimeout time.Duration
+	verbose       bool
+	maxPayload    int
+	output        string
+	tls           bool
+	caFile        string
+	certFile      string
+	keyFile       string
+	token         string
 
 	// ran is set once a command's own code starts: an error before that
 	// came from the command line itself.
@@ -66,15 +73,16 @@ type app struct {
 // envFlags are the flags with an environment twin, read when the flag is
 // not given.
 var envFlags = map[string]string{
-	"server":     "NETPROBE_SERVER",
-	"dns-server": "NETPROBE_DNS_SERVER",
-	"timeout":    "NETPROBE_TIMEOUT",
-	"output":     "NETPROBE_OUTPUT",
-	"tls":        "NETPROBE_TLS",
-	"ca-file":    "NETPROBE_CA_FILE",
-	"cert-file":  "NETPROBE_CERT_FILE",
-	"key-file":   "NETPROBE_KEY_FILE",
-	"token":      "NETPROBE_TOKEN",
+	"server":         "NETPROBE_SERVER",
+	"dns-server":     "NETPROBE_DNS_SERVER",
+	"timeout":        "NETPROBE_TIMEOUT",
+	"server-timeout": "NETPROBE_SERVER_TIMEOUT",
+	"output":         "NETPROBE_OUTPUT",
+	"tls":            "NETPROBE_TLS",
+	"ca-file":        "NETPROBE_CA_FILE",
+	"cert-file":      "NETPROBE_CERT_FILE",
+	"key-file":       "NETPROBE_KEY_FILE",
+	"token":          "NETPROBE_TOKEN",
 }
 
 const rootLong = `probe asks a netprobe server to open a connection somewhere, exchange a few
@@ -149,9 +157,12 @@ func (a *app) rootCommand() *cobra.Command {
 		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringArrayVarP(&a.servers, "server", "s", nil, "probe server to ask, host:port or unix:PATH (env NETPROBE_SERVER, commas between several); none: run the service in this process. sweep takes several, and dns:///NAME:PORT for every address of NAME")
+	pf.StringArrayVarP(&a.servers, "server", "s", nil, "probe server to ask, HOST[:PORT] (port 7070 when none) or unix:PATH (env NETPROBE_SERVER, commas between several); none: run the service in this process. sweep takes several, and dns:///NAME:PORT for every address of NAME")
 	pf.StringVar(&a.dnsServer, "dns-server", "", "send DNS queries to this host:port instead of /etc/resolv.conf's servers: the in-process service's, and sweep's for dns:/// server names (env NETPROBE_DNS_SERVER)")
-	pf.DurationVar(&a.timeout, "timeout", 5*time.Second, "time the probe may take, all stages together (env NETPROBE_TIMEOUT)")
+	durationFlag(pf, &a.timeout, "timeout", "", 5*time.Second, "time the probe may take, all stages together (env NETPROBE_TIMEOUT)")
+	durationFlag(pf, &a.serverTimeout, "server-timeout", "", 3*time.Second, "time a --server gets to answer a health check before the probe is asked of it; a server that does not is exit 69 (env NETPROBE_SERVER_TIMEOUT)")
+	pf.BoolVarP(&a.verbose, "verbose", "v", false, "print every attempt, the phase timings and the whole certificate chain")
+	pf.IntVar(&a.maxPayload, "max-payload-bytes", service.DefaultMaxPayloadBytes, "largest fetch request the probe server takes, as probed's flag of the same name (the in-process service's cap): a larger one is refused before it is sent")
 	pf.StringVarP(&a.output, "output", "o", "text", "output format: text (a line per event) or json (protojson, an object per line) (env NETPROBE_OUTPUT)")
 	pf.BoolVar(&a.tls, "tls", false, "talk TLS to the --server (implied by --ca-file, --cert-file and --token) (env NETPROBE_TLS)")
 	pf.StringVar(&a.caFile, "ca-file", "", "trust the --server's certificate if these CAs (PEM) signed it, instead of the system's (env NETPROBE_CA_FILE)")
@@ -160,6 +171,17 @@ func (a *app) rootCommand() *cobra.Command {
 	pf.StringVar(&a.token, "token", "", "bearer token for the --server; sent only over TLS (env NETPROBE_TOKEN)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.connectCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
+	// Cobra's completion command prints its help, and exits 0, for a shell
+	// it has no script for: that is a usage error.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Args = cobra.NoArgs
+			c.RunE = func(cmd *cobra.Command, _ []string) error {
+				return errors.New("want a shell: bash, zsh, fish or powershell")
+			}
+		}
+	}
 	return root
 }
 
@@ -185,6 +207,9 @@ func (a *app) readEnv(flags *pflag.FlagSet) error {
 			}
 		}
 	}
+	for i, s := range a.servers {
+		a.servers[i] = withDefaultPort(s)
+	}
 	if len(a.servers) > 0 {
 		a.server = a.servers[0]
 	}
@@ -203,34 +228,72 @@ func (a *app) readEnv(flags *pflag.FlagSet) error {
 	if a.timeout <= 0 {
 		return fmt.Errorf("--timeout %v: must be positive", a.timeout)
 	}
+	if a.serverTimeout <= 0 {
+		return fmt.Errorf("--server-timeout %v: must be positive", a.serverTimeout)
+	}
 	return nil
 }
 
+// defaultServerPort is probed's default gRPC port.
+const defaultServerPort = "7070"
+
+// withDefaultPort gives a --server HOST probed's default port.
+func withDefaultPort(server string) string {
+	if strings.HasPrefix(server, "unix:") || strings.HasPrefix(server, "dns:///") {
+		return server
+	}
+	if _, _, err := net.SplitHostPort(server); err == nil {
+		return server
+	}
+	return net.JoinHostPort(strings.TrimSuffix(strings.TrimPrefix(server, "["), "]"), defaultServerPort)
+}
+
 // command wraps a command's body: errors from here on are no longer the
-// command line's.
+// command line's. The probe server is reached (and a --server checked)
+// first.
 func (a *app) command(body func(ctx context.Context, c *client.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		a.ran = true
 		if len(a.servers) > 1 {
 			return usagef("%s asks one probe server; several --server are for sweep", cmd.Name())
 		}
-		c, closeClient, err := a.dial()
+		c, closeClient, err := a.dial(cmd.Context())
 		if err != nil {
 			return err
 		}
 		defer closeClient()
-		// The probe's own timeout ends it; the call gets a margin on top
-		// so that a server that stops answering is still noticed.
-		ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout+10*time.Second)
-		defer cancel()
-		return body(ctx, c, args)
+		return body(cmd.Context(), c, args)
 	}
 }
 
-// dial connects to the probe server, or starts one in this process.
-func (a *app) dial() (*client.Client, func(), error) {
+// callContext bounds one call: the probe's own timeout ends the probe,
+// and the call gets --server-timeout on top, so that a server that stops
+// answering is noticed.
+func (a *app) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.timeout+a.serverTimeout)
+}
+
+// dial connects to the probe server, or starts one in this process. A
+// --server must answer a health check within --server-timeout: a server
+// that is down or hung is reported as such at once, not as a probe that
+// timed out.
+func (a *app) dial(ctx context.Context) (*client.Client, func(), error) {
+	c, closeClient, err := a.dialUnchecked()
+	if err != nil || a.server == "" {
+		return c, closeClient, err
+	}
+	if err := a.checkServer(ctx, c); err != nil {
+		closeClient()
+		return nil, nil, err
+	}
+	return c, closeClient, nil
+}
+
+// dialUnchecked connects to the probe server, or starts one in this
+// process.
+func (a *app) dialUnchecked() (*client.Client, func(), error) {
 	if a.server == "" {
-		return inProcess(a.dnsServer)
+		return inProcess(a.dnsServer, a.maxPayload)
 	}
 	opts, err := a.dialOptions()
 	if err != nil {
@@ -241,6 +304,22 @@ func (a *app) dial() (*client.Client, func(), error) {
 		return nil, nil, usageError{err}
 	}
 	return c, func() { c.Close() }, nil
+}
+
+// checkServer asks c's health within --server-timeout.
+func (a *app) checkServer(ctx context.Context, c *client.Client) error {
+	hctx, cancel := context.WithTimeout(ctx, a.serverTimeout)
+	defer cancel()
+	st, err := c.Health(hctx)
+	switch {
+	case status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil:
+		return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.serverTimeout)
+	case err != nil:
+		return err
+	case st != healthpb.HealthCheckResponse_SERVING:
+		return exitError{exitUnavailable, fmt.Sprintf("%s is %s", a.serverName(), st)}
+	}
+	return nil
 }
 
 // dialOptions turns the TLS and token flags into the client's options.

@@ -78,15 +78,16 @@ func probe(ctx context.Context, env map[string]string, args ...string) result {
 // world is where the CLI's probes run: a DNS server on loopback, and a
 // probed using it.
 type world struct {
-	dns    *dnstest.Server
-	probed string
+	dns *dnstest.Server
+	// probed and metrics are the probed's gRPC and metrics addresses.
+	probed, metrics string
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	dns := dnstest.Start(t)
 	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--dns-server="+dns.Addr))
-	return &world{dns: dns, probed: p.Addr}
+	return &world{dns: dns, probed: p.Addr, metrics: p.MetricsAddr}
 }
 
 // modes are the two ways to run the CLI: the service in-process, and a
@@ -228,6 +229,13 @@ func TestOutcomes(t *testing.T) {
 			stderr: `^$`,
 		},
 		{
+			name:   "connect to an unknown service",
+			setup:  func(*testing.T, netip.Addr) []string { return []string{"connect", "127.0.0.1", "np-nosuch"} },
+			code:   exitNoService,
+			stdout: `^$`,
+			stderr: `^probe: service lookup np-nosuch: unknown service \(stage SERVICE_LOOKUP, reason UNKNOWN_SERVICE\)\n$`,
+		},
+		{
 			name:   "no such service",
 			setup:  func(*testing.T, netip.Addr) []string { return []string{"resolve", "np-nosuch"} },
 			code:   exitNoService,
@@ -302,9 +310,12 @@ func TestUsage(t *testing.T) {
 	}{
 		{[]string{"frob"}, nil, `probe: unknown command "frob" for "probe"`, "probe"},
 		{nil, nil, "probe: a command is required: connect, fetch, resolve, health or sweep", "probe"},
-		{[]string{"connect", "127.0.0.1"}, nil, "probe: want HOST PORT|SERVICE, got 1 argument(s)", "probe connect"},
-		{[]string{"fetch", "127.0.0.1", p, "/", "extra"}, nil, "probe: want HOST PORT|SERVICE [PATH], got 4 argument(s)", "probe fetch"},
-		{[]string{"connect", "127.0.0.1", "abc"}, nil, `probe: PORT "abc" is no port number and no service the probe server knows: service lookup abc: unknown service (stage SERVICE_LOOKUP, reason UNKNOWN_SERVICE)`, "probe connect"},
+		{[]string{"connect", "127.0.0.1"}, nil, `probe: target "127.0.0.1" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe connect"},
+		{[]string{"connect", "[::1]"}, nil, `probe: target "[::1]" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe connect"},
+		{[]string{"connect", "127.0.0.1:"}, nil, `probe: target "127.0.0.1:": PORT is empty: give a port number or a service name`, "probe connect"},
+		{[]string{"connect", "127.0.0.1:" + p, "80"}, nil, "probe: want HOST PORT|SERVICE or HOST:PORT, got 2 argument(s)", "probe connect"},
+		{[]string{"fetch", "127.0.0.1", p, "/", "extra"}, nil, "probe: want HOST PORT|SERVICE [PATH] or HOST:PORT [PATH], got 4 argument(s)", "probe fetch"},
+		{[]string{"fetch", "127.0.0.1:" + p, "/", "extra"}, nil, "probe: want HOST PORT|SERVICE [PATH] or HOST:PORT [PATH], got 3 argument(s)", "probe fetch"},
 		{[]string{"connect", "127.0.0.1", "70000"}, nil, "probe: PORT 70000 is out of range 1-65535", "probe connect"},
 		{[]string{"connect", "127.0.0.1", "ab c"}, nil, `probe: invalid request: target.service: "ab c" is not a valid service name: character ' ' is not allowed`, "probe connect"},
 		{[]string{"connect", "-4", "-6", "127.0.0.1", p}, nil, "probe: if any flags in the group [ipv4 ipv6] are set none of the others can be; [ipv4 ipv6] were all set", "probe connect"},
@@ -313,11 +324,18 @@ func TestUsage(t *testing.T) {
 		{[]string{"connect", "--server", "127.0.0.1:1", "--dns-server", "127.0.0.1:53", "127.0.0.1", p}, nil, "probe: --dns-server applies to the in-process service and to dns:/// server names; the server given with --server resolves with its own", "probe connect"},
 		{[]string{"connect", "-o", "yaml", "127.0.0.1", p}, nil, `probe: --output "yaml": want text or json`, "probe connect"},
 		{[]string{"connect", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s", "probe connect"},
-		{[]string{"connect", "127.0.0.1", p}, map[string]string{"NETPROBE_TIMEOUT": "soon"}, `probe: NETPROBE_TIMEOUT="soon": invalid argument "soon" for "--timeout" flag: time: invalid duration "soon"`, "probe connect"},
+		{[]string{"connect", "127.0.0.1", p}, map[string]string{"NETPROBE_TIMEOUT": "soon"}, `probe: NETPROBE_TIMEOUT="soon": invalid argument "soon" for "--timeout" flag: "soon" is not a duration such as 500ms, 5s or 1m`, "probe connect"},
 		{[]string{"connect", "--frob", "127.0.0.1", p}, nil, "probe: unknown flag: --frob", "probe connect"},
 		{[]string{"resolve"}, nil, "probe: want SERVICE [PROTOCOL] or --port N [PROTOCOL], got 0 arguments", "probe resolve"},
 		{[]string{"resolve", "--port", "0"}, nil, "probe: --port 0: want 1-65535", "probe resolve"},
-		{[]string{"resolve", "https", "t*p"}, nil, `probe: invalid request: protocol: "t*p" is not a protocol name such as tcp or udp`, "probe resolve"},
+		{[]string{"resolve", "https", "t*p"}, nil, `probe: PROTOCOL "t*p": want tcp or udp`, "probe resolve"},
+		{[]string{"resolve", "http", "sctp"}, nil, `probe: PROTOCOL "sctp": want tcp or udp`, "probe resolve"},
+		{[]string{"connect", "--timeout", "5", "127.0.0.1", p}, nil, `probe: invalid argument "5" for "--timeout" flag: "5" has no unit: did you mean 5s (or 5ms)?`, "probe connect"},
+		{[]string{"sweep", "--concurrency", "-5", "127.0.0.1:" + p}, nil, "probe: --concurrency -5: want 1 or more", "probe sweep"},
+		{[]string{"sweep", "--srv", ""}, nil, "probe: --srv is empty: give a name such as _https._tcp.example.com", "probe sweep"},
+		{[]string{"completion", "tcsh"}, nil, `probe: unknown command "tcsh" for "probe completion"`, "probe completion"},
+		{[]string{"connect", "--count", "-1", "127.0.0.1", p}, nil, "probe: --count -1: want 0 (until interrupted) or more", "probe connect"},
+		{[]string{"fetch", "--max-payload-bytes", "4", "--data", "hello", "127.0.0.1", p}, nil, "probe: the request is over the probe server's cap of 4 bytes (--max-payload-bytes, as probed's)", "probe fetch"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -584,7 +602,7 @@ func TestSweep(t *testing.T) {
 	}
 
 	r = probe(probetest.Context(t), nil, "sweep", "--server", servers[0], "127.0.0.1:"+up)
-	if r.code != exitOK || r.stderr != "probe: sweep: all 1 probes connected (1 targets, 1 servers)\n" {
+	if r.code != exitOK || r.stderr != "probe: sweep: the probe connected (1 target, 1 server)\n" {
 		t.Errorf("all connected: exit %d, stderr %q", r.code, r.stderr)
 	}
 	r = probe(probetest.Context(t), nil, "connect", "--server", servers[0], "--server", servers[1], "127.0.0.1", up)
@@ -718,6 +736,15 @@ func TestSweepTerminal(t *testing.T) {
 	cmd.Wait()
 	stderr := strings.ReplaceAll(string(<-errOut), "\r\n", "\n")
 	text := strings.ReplaceAll(string(out), "\r\n", "\n")
+	// Every column starts where its header does, colours or not.
+	visible := regexp.MustCompile("\x1b\\[[0-9;]*m").ReplaceAllString(text, "")
+	var starts []int
+	for _, l := range strings.Split(strings.TrimSpace(visible), "\n") {
+		starts = append(starts, regexp.MustCompile(`\S+\s+`).FindStringIndex(l)[1])
+	}
+	if len(starts) != 3 || starts[1] != starts[0] || starts[2] != starts[0] {
+		t.Errorf("the second column starts at %v, want one place (%q)", starts, visible)
+	}
 	for _, want := range []string{
 		"target           in-process\n",
 		"127.0.0.1:" + up + "  \x1b[32mok ",
@@ -729,7 +756,7 @@ func TestSweepTerminal(t *testing.T) {
 	}
 	// On a terminal, stderr shows a progress bar, cleared at the end.
 	if cmd.ProcessState.ExitCode() != exitSweepFailed || !strings.Contains(stderr, "\r[####################] 2/2\r\x1b[K") ||
-		!strings.HasSuffix(stderr, "probe: sweep: 1 of 2 probes failed (2 targets, 1 servers)\n") {
+		!strings.HasSuffix(stderr, "probe: sweep: 1 of 2 probes failed (2 targets, 1 server)\n") {
 		t.Errorf("exit %d, stderr %q", cmd.ProcessState.ExitCode(), stderr)
 	}
 }

@@ -43,9 +43,10 @@ func ms(d time.Duration) string {
 }
 
 // printConnect writes the connect phase, one line per event: the
-// resolution of a host name, each attempt when there were several, the connection and the
-// reverse lookup.
-func printConnect(w io.Writer, host string, r *client.ConnectResult) {
+// resolution of a host name, each attempt when there were several (or
+// verbose), the connection, the TLS handshake and the reverse lookup.
+// verbose adds the phases' times and the whole certificate chain.
+func printConnect(w io.Writer, host string, r *client.ConnectResult, verbose bool) {
 	// An IP address resolves to itself: no news.
 	if _, err := netip.ParseAddr(host); err != nil && len(r.Resolved) > 0 {
 		addrs := make([]string, len(r.Resolved))
@@ -54,7 +55,7 @@ func printConnect(w io.Writer, host string, r *client.ConnectResult) {
 		}
 		fmt.Fprintf(w, "resolved %s to %s in %s\n", host, strings.Join(addrs, ", "), ms(r.ResolveDuration))
 	}
-	if len(r.Attempts) > 1 {
+	if len(r.Attempts) > 1 || verbose {
 		for _, at := range r.Attempts {
 			switch {
 			case at.Err != nil:
@@ -82,12 +83,30 @@ func printConnect(w io.Writer, host string, r *client.ConnectResult) {
 			verified = "NOT verified: " + t.VerifyError
 		}
 		fmt.Fprintf(w, "%s %s%s in %s; %s\n", t.Version, t.CipherSuite, alpn, ms(t.HandshakeDuration), verified)
-		if len(t.Chain) > 0 {
-			c := t.Chain[0]
-			names := strings.Join(append(slices.Clone(c.DNSNames), c.IPs...), " ")
-			fmt.Fprintf(w, "certificate %s for %s, issued by %s, expires %s (%d days left), chain of %d\n",
-				c.Subject, names, c.Issuer, c.NotAfter.Format("2006-01-02"), c.DaysLeft, len(t.Chain))
+		chain := t.Chain
+		if !verbose {
+			chain = chain[:min(1, len(chain))]
 		}
+		for i, c := range chain {
+			what := "certificate"
+			if verbose {
+				what = fmt.Sprintf("certificate %d of %d:", i+1, len(t.Chain))
+			}
+			fmt.Fprintf(w, "%s %s%s, issued by %s, expires %s (%d days left)", what, c.Subject, forNames(c), c.Issuer, c.NotAfter.Format("2006-01-02"), c.DaysLeft)
+			if !verbose {
+				fmt.Fprintf(w, ", chain of %d", len(t.Chain))
+			} else {
+				fmt.Fprintf(w, ", serial %s, valid from %s", c.Serial, c.NotBefore.Format("2006-01-02"))
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	if verbose {
+		phases := fmt.Sprintf("phases: resolve %s, connect %s", ms(r.ResolveDuration), ms(r.ConnectDuration))
+		if r.TLS != nil {
+			phases += ", tls " + ms(r.TLS.HandshakeDuration)
+		}
+		fmt.Fprintf(w, "%s, total %s\n", phases, ms(r.TotalDuration))
 	}
 	if rl := r.ReverseLookup; rl != nil {
 		if rl.Err != nil {
@@ -96,6 +115,16 @@ func printConnect(w io.Writer, host string, r *client.ConnectResult) {
 			fmt.Fprintf(w, "reverse lookup of %s: %s in %s\n", r.RemoteAddr.Addr(), strings.Join(rl.Names, ", "), ms(rl.Duration))
 		}
 	}
+}
+
+// forNames is " for NAMES" of a certificate's names, or nothing when it
+// has none.
+func forNames(c client.Certificate) string {
+	names := append(slices.Clone(c.DNSNames), c.IPs...)
+	if len(names) == 0 {
+		return ""
+	}
+	return " for " + strings.Join(names, " ")
 }
 
 // printSummary writes the end of a fetch.

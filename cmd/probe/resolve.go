@@ -30,6 +30,13 @@ PROTOCOL is tcp (the default) or udp.`,
 			case !cmd.Flags().Changed("port") && (len(args) < 1 || len(args) > 2):
 				return fmt.Errorf("want SERVICE [PROTOCOL] or --port N [PROTOCOL], got %d arguments", len(args))
 			}
+			protocol := protocolArg(args, 1)
+			if cmd.Flags().Changed("port") {
+				protocol = protocolArg(args, 0)
+			}
+			if p := strings.ToLower(protocol); p != "" && p != "tcp" && p != "udp" {
+				return fmt.Errorf("PROTOCOL %q: want tcp or udp", protocol)
+			}
 			return nil
 		},
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {

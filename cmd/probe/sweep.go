@@ -10,12 +10,15 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"text/tabwriter"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/service"
@@ -27,6 +30,7 @@ type sweepFlags struct {
 	expand      bool
 	udp         bool
 	concurrency int
+	deadline    time.Duration
 }
 
 func (a *app) sweepCommand() *cobra.Command {
@@ -40,21 +44,38 @@ in one call per server, and prints a matrix: a row per target, a column per
 server, each cell the outcome and the connect time. Targets come from the
 arguments, --file (one HOST:PORT a line, # comments) and --srv names.
 
+Each probe is bounded by --timeout, whatever the sweep's length; --deadline
+bounds the whole sweep, after which what is left comes back abandoned.
+Interrupted (Ctrl-C), it prints every row, what had no answer yet as
+interrupted, and exits 130.
+
 With -o json it prints one object per result as it comes:
-{"server": "...", "result": SweepResponse}. The exit code is 0 when every
-cell connected, else 10, after a summary line on stderr.`,
-		Example: `  probe sweep 10.0.0.1:22 10.0.0.2:22 db.internal:5432
+{"server": "...", "result": SweepResponse}, and for a server that could not
+be asked {"server": "...", "error": {"code": ..., "message": ...}}. The exit
+code is 0 when every cell connected, else 10, after a summary line on
+stderr.`,
+		Example: `  probe sweep 10.0.0.1:22 10.0.0.2:22 db.internal:5432 '[2001:db8::5]:443'
   probe sweep --file targets.txt -s dns:///probed.internal:7070
-  probe sweep --srv _https._tcp.example.com --expand -o json`,
+  probe sweep --srv _https._tcp.example.com --expand -o json --deadline 2m`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a.ran = true
+			if sf.concurrency < 1 {
+				return usagef("--concurrency %d: want 1 or more", sf.concurrency)
+			}
+			if sf.deadline < 0 {
+				return usagef("--deadline %v: must be positive, or 0 for none", sf.deadline)
+			}
 			targets, err := sf.targets(args)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout+10*time.Second)
-			defer cancel()
+			ctx := cmd.Context()
+			if sf.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, sf.deadline)
+				defer cancel()
+			}
 			vantages, err := a.vantages(ctx)
 			if err != nil {
 				return err
@@ -64,15 +85,16 @@ cell connected, else 10, after a summary line on stderr.`,
 					v.close()
 				}
 			}()
-			return a.sweep(ctx, vantages, targets, sf.concurrency)
+			return a.sweep(ctx, cmd.Context(), vantages, targets, sf.concurrency)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&sf.file, "file", "", `read targets from this file, one HOST:PORT a line ("-": stdin)`)
+	f.StringVar(&sf.file, "file", "", `read targets from this file, one HOST:PORT a line, # comments ("-": stdin)`)
 	f.StringArrayVar(&sf.srv, "srv", nil, "sweep the targets of this SRV name, such as _https._tcp.example.com (repeatable)")
 	f.BoolVar(&sf.expand, "expand", false, "probe each address of a host name on its own, not the first that connects")
 	f.BoolVar(&sf.udp, "udp", false, "connect with UDP (which only shows the route) instead of TCP")
 	f.IntVar(&sf.concurrency, "concurrency", 16, "probes each server runs at once (it may cap this)")
+	durationFlag(f, &sf.deadline, "deadline", "", 0, "time the whole sweep may take; what is left then comes back abandoned (default: none, each probe bounded by --timeout)")
 	return cmd
 }
 
@@ -100,7 +122,8 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 		}
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
-			if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
+			line, _, _ := strings.Cut(sc.Text(), "#")
+			if line = strings.TrimSpace(line); line != "" {
 				addrs = append(addrs, line)
 			}
 		}
@@ -116,6 +139,9 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 		out = append(out, client.SweepTarget{Network: network, Address: addr, Expand: expand})
 	}
 	for _, name := range sf.srv {
+		if name == "" {
+			return nil, usagef("--srv is empty: give a name such as _https._tcp.example.com")
+		}
 		out = append(out, client.SweepTarget{Network: network, Address: name, Expand: client.ExpandSRV})
 	}
 	if len(out) == 0 {
@@ -135,7 +161,7 @@ type vantage struct {
 // addresses; with none, the service runs in this process.
 func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 	if len(a.servers) == 0 {
-		c, closeFn, err := inProcess(a.dnsServer)
+		c, closeFn, err := inProcess(a.dnsServer, a.maxPayload)
 		if err != nil {
 			return nil, err
 		}
@@ -172,8 +198,13 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 	}
 	// A sweep reads small results from what may be many servers: gRPC's
 	// usual 32 KiB read buffer a connection, not the 1 MiB sized for a
-	// Fetch's bulk data.
-	opts = append(opts, client.WithGRPCOptions(grpc.WithReadBufferSize(32<<10)))
+	// Fetch's bulk data. A sweep has no deadline unless asked: keepalive
+	// pings notice a server that stops answering, no sooner than probed's
+	// --keepalive-min-time allows.
+	opts = append(opts, client.WithGRPCOptions(
+		grpc.WithReadBufferSize(32<<10),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: a.serverTimeout, PermitWithoutStream: true}),
+	))
 	var out []vantage
 	for _, addr := range addrs {
 		c, err := client.Dial(addr, opts...)
@@ -191,39 +222,70 @@ type cell struct {
 	ok   bool
 }
 
-// sweep asks every vantage point at once and prints the matrix, or JSON
-// lines as results come.
-func (a *app) sweep(ctx context.Context, vantages []vantage, targets []client.SweepTarget, concurrency int) error {
+// row is a line of the matrix: an entry, or one target an expanded entry
+// stood for.
+type row struct {
+	label string
+	cells []cell
+}
+
+// sweep checks every vantage point, asks those that answer at once, and
+// prints the matrix, or JSON lines as results come. ctx bounds the sweep
+// (--deadline); cmdCtx ends when the user interrupts.
+func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []client.SweepTarget, concurrency int) error {
 	type rowKey struct {
 		index  int
 		target string
 	}
+	rows := map[rowKey]*row{}
+	var order []rowKey
+	addRow := func(key rowKey, label string) *row {
+		r := &row{label: label, cells: make([]cell, len(vantages))}
+		rows[key] = r
+		order = append(order, key)
+		return r
+	}
+	for i, t := range targets {
+		addRow(rowKey{i, ""}, t.Address)
+	}
 	var (
-		rows []rowKey
-		// cells holds a row's cells by server; a zero cell never came.
-		cells    = map[rowKey][]cell{}
 		failures []string
+		rejected error
 		done     int
 	)
-	clients := make([]*client.Client, len(vantages))
-	for i, v := range vantages {
-		clients[i] = v.client
+	// Servers that do not answer a health check are not asked.
+	asked := a.checkVantages(ctx, vantages, func(i int, err error) {
+		failures = append(failures, fmt.Sprintf("%s: %v", vantages[i].name, err))
+		a.sweepError(vantages[i].name, err)
+	})
+	clients := make([]*client.Client, len(asked))
+	for i, v := range asked {
+		clients[i] = vantages[v].client
 	}
 	total := len(targets) * len(vantages)
 	progress := isTerminal(a.err) && a.output != "json"
 	for fr := range client.SweepFleet(ctx, clients, targets, client.SweepOptions{Concurrency: concurrency, Timeout: a.timeout}) {
-		name := vantages[fr.Server].name
+		server := asked[fr.Server]
+		name := vantages[server].name
 		if fr.Err != nil {
-			failures = append(failures, fmt.Sprintf("%s: %v", name, fr.Err))
+			if status.Code(fr.Err) == codes.InvalidArgument && rejected == nil {
+				rejected = fr.Err
+			}
+			if cmdCtx.Err() == nil {
+				failures = append(failures, fmt.Sprintf("%s: %v", name, fr.Err))
+				a.sweepError(name, fr.Err)
+			}
 			continue
 		}
 		r := fr.Result
-		key := rowKey{r.Index, r.Target}
-		if _, ok := cells[key]; !ok {
-			cells[key] = make([]cell, len(vantages))
-			rows = append(rows, key)
+		key := rowKey{r.Index, ""}
+		if targets[r.Index].Expand != 0 {
+			key.target = r.Target
+			if _, ok := rows[key]; !ok {
+				addRow(key, targets[r.Index].Address+" -> "+r.Target)
+			}
 		}
-		cells[key][fr.Server] = outcomeCell(r)
+		rows[key].cells[server] = outcomeCell(r)
 		done++
 		switch {
 		case a.output == "json":
@@ -238,45 +300,138 @@ func (a *app) sweep(ctx context.Context, vantages []vantage, targets []client.Sw
 	if progress {
 		fmt.Fprint(a.err, "\r\033[K")
 	}
-	slices.SortStableFunc(rows, func(x, y rowKey) int { return x.index - y.index })
-
-	failed := 0
-	for _, row := range rows {
-		for _, c := range cells[row] {
-			if !c.ok {
-				failed++
-			}
+	if rejected != nil {
+		// The request itself is wrong: every server says the same.
+		return rejected
+	}
+	interrupted := cmdCtx.Err() != nil
+	missing := "no answer"
+	if interrupted {
+		missing = "interrupted"
+	}
+	// An expanded entry with results has rows of its own.
+	expanded := map[int]bool{}
+	for _, k := range order {
+		if k.target != "" {
+			expanded[k.index] = true
 		}
 	}
-	if a.output != "json" {
-		color := isTerminal(a.out) && os.Getenv("NO_COLOR") == ""
-		tw := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
-		fmt.Fprint(tw, "target")
-		for _, v := range vantages {
-			fmt.Fprintf(tw, "\t%s", v.name)
+	var lines []*row
+	slices.SortStableFunc(order, func(x, y rowKey) int { return x.index - y.index })
+	failed, answered := 0, 0
+	for _, k := range order {
+		if k.target == "" && expanded[k.index] {
+			continue
 		}
-		fmt.Fprintln(tw)
-		for _, row := range rows {
-			fmt.Fprint(tw, row.target)
-			for _, c := range cells[row] {
-				if c.text == "" {
-					c.text = "no answer"
-				}
-				fmt.Fprintf(tw, "\t%s", paint(c, color))
+		r := rows[k]
+		for i := range r.cells {
+			switch c := &r.cells[i]; {
+			case c.text == "":
+				c.text = missing
+				failed++
+			case !c.ok:
+				failed++
+				answered++
+			default:
+				answered++
 			}
-			fmt.Fprintln(tw)
 		}
-		tw.Flush()
+		lines = append(lines, r)
+	}
+	if a.output != "json" {
+		a.printMatrix(vantages, lines)
 	}
 	for _, f := range failures {
 		fmt.Fprintf(a.err, "probe: %s\n", f)
 	}
-	total = len(rows) * len(vantages)
-	if failed > 0 || len(failures) > 0 {
-		return exitError{exitSweepFailed, fmt.Sprintf("sweep: %d of %d probes failed (%d targets, %d servers)", failed, total, len(rows), len(vantages))}
+	total = len(lines) * len(vantages)
+	scope := fmt.Sprintf("(%s, %s)", plural(len(lines), "target"), plural(len(vantages), "server"))
+	switch {
+	case interrupted:
+		return exitError{exitInterrupted, fmt.Sprintf("sweep: interrupted: %d of %s answered, %d failed or left %s", answered, plural(total, "probe"), failed, scope)}
+	case failed > 0 || len(failures) > 0:
+		return exitError{exitSweepFailed, fmt.Sprintf("sweep: %d of %s failed %s", failed, plural(total, "probe"), scope)}
 	}
-	fmt.Fprintf(a.err, "probe: sweep: all %d probes connected (%d targets, %d servers)\n", total, len(rows), len(vantages))
+	if total == 1 {
+		fmt.Fprintf(a.err, "probe: sweep: the probe connected %s\n", scope)
+	} else {
+		fmt.Fprintf(a.err, "probe: sweep: all %d probes connected %s\n", total, scope)
+	}
 	return nil
+}
+
+// checkVantages asks every vantage point's health, at once and within
+// --server-timeout, and returns the indexes of those SERVING; failed is
+// told of the others.
+func (a *app) checkVantages(ctx context.Context, vantages []vantage, failed func(int, error)) []int {
+	if len(vantages) == 1 && vantages[0].name == "in-process" {
+		return []int{0}
+	}
+	errs := make([]error, len(vantages))
+	var wg sync.WaitGroup
+	for i, v := range vantages {
+		wg.Go(func() { errs[i] = a.checkServer(ctx, v.client) })
+	}
+	wg.Wait()
+	var ok []int
+	for i, err := range errs {
+		if err != nil {
+			failed(i, err)
+			continue
+		}
+		ok = append(ok, i)
+	}
+	return ok
+}
+
+// printMatrix prints the rows as a table, a column per server, coloured
+// on a terminal. Widths count what shows, not the colours' escape codes.
+func (a *app) printMatrix(vantages []vantage, rows []*row) {
+	color := isTerminal(a.out) && a.getenv("NO_COLOR") == ""
+	widths := make([]int, len(vantages)+1)
+	widths[0] = len("target")
+	for i, v := range vantages {
+		widths[i+1] = len(v.name)
+	}
+	for _, r := range rows {
+		widths[0] = max(widths[0], len(r.label))
+		for i, c := range r.cells {
+			widths[i+1] = max(widths[i+1], len(c.text))
+		}
+	}
+	var b strings.Builder
+	line := func(texts []string, paint func(i int, s string) string) {
+		for i, t := range texts {
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			pad := ""
+			if i < len(texts)-1 {
+				pad = strings.Repeat(" ", widths[i]-len(t))
+			}
+			b.WriteString(paint(i, t) + pad)
+		}
+		b.WriteByte('\n')
+	}
+	plain := func(_ int, s string) string { return s }
+	header := []string{"target"}
+	for _, v := range vantages {
+		header = append(header, v.name)
+	}
+	line(header, plain)
+	for _, r := range rows {
+		texts := []string{r.label}
+		for _, c := range r.cells {
+			texts = append(texts, c.text)
+		}
+		line(texts, func(i int, s string) string {
+			if i == 0 || !color {
+				return s
+			}
+			return paint(r.cells[i-1], s)
+		})
+	}
+	fmt.Fprint(a.out, b.String())
 }
 
 // outcomeCell is a result as a cell: "ok 1.2ms", a reason, or abandoned.
@@ -290,18 +445,25 @@ func outcomeCell(r *client.SweepResult) cell {
 	return cell{text: "ok " + ms(r.Connect.ConnectDuration), ok: true}
 }
 
-// paint colours a cell for a terminal: green when it connected, red when
-// not. Every cell carries escape codes of the same length, so the columns
-// still line up.
-func paint(c cell, color bool) string {
-	if !color {
-		return c.text
-	}
+// paint colours text for a terminal: green when the cell connected, red
+// when not.
+func paint(c cell, text string) string {
 	code := "31"
 	if c.ok {
 		code = "32"
 	}
-	return "\033[" + code + "m" + c.text + "\033[0m"
+	return "\033[" + code + "m" + text + "\033[0m"
+}
+
+// sweepError writes, with -o json, a line for a server that could not be
+// asked: {"server": ..., "error": {"code": ..., "message": ...}}.
+func (a *app) sweepError(server string, err error) {
+	if a.output != "json" {
+		return
+	}
+	st := status.Convert(err)
+	line, _ := json.Marshal(map[string]any{"server": server, "error": map[string]string{"code": st.Code().String(), "message": st.Message()}})
+	fmt.Fprintf(a.out, "%s\n", line)
 }
 
 // writeSweepJSON writes one result as {"server": ..., "result": ...}.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -34,6 +35,28 @@ func (t *targetFlags) network() string {
 		n += "6"
 	}
 	return n
+}
+
+// splitTarget reads a target from the front of args in any of the forms
+// people type: HOST PORT, HOST:PORT, [IPV6]:PORT or [IPV6] PORT, PORT a
+// number or a service name. It returns the host (without brackets), the
+// port and the arguments after them.
+func splitTarget(args []string) (host, port string, rest []string, err error) {
+	if len(args) == 0 {
+		return "", "", nil, usagef("a target is required: HOST PORT or HOST:PORT")
+	}
+	// HOST:PORT in one argument, but not a bare IPv6 address, whose
+	// colons SplitHostPort refuses.
+	if h, p, err := net.SplitHostPort(args[0]); err == nil {
+		if p == "" {
+			return "", "", nil, usagef("target %q: PORT is empty: give a port number or a service name", args[0])
+		}
+		return h, p, args[1:], nil
+	}
+	if len(args) < 2 {
+		return "", "", nil, usagef("target %q has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)", args[0])
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(args[0], "["), "]"), args[1], args[2:], nil
 }
 
 // address joins HOST and PORT|SERVICE, refusing a port number out of range

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// probeIn runs the CLI as probe does, with stdin.
+func probeIn(ctx context.Context, stdin string, args ...string) result {
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, args, streams{in: strings.NewReader(stdin), out: &stdout, err: &stderr}, func(string) string { return "" })
+	return result{code, stdout.String(), stderr.String()}
+}
+
+// TestAddressForms connects with every form of target people type, in
+// both modes: HOST PORT, HOST:PORT, [IPV6]:PORT, [IPV6] PORT, a bare IPv6
+// address and a service name.
+func TestAddressForms(t *testing.T) {
+	w := newWorld(t)
+	v4 := port(probetest.Listen(t, "127.0.0.1:0", nil))
+	v6 := port(probetest.Listen(t, "[::1]:0", nil))
+	for _, mode := range w.modes() {
+		t.Run(mode.name, func(t *testing.T) {
+			for _, tc := range []struct {
+				args []string
+				code int
+				want string // a regular expression for stdout, or stderr on failure
+			}{
+				{[]string{"127.0.0.1", v4}, exitOK, `connected to 127\.0\.0\.1:` + v4},
+				{[]string{"127.0.0.1:" + v4}, exitOK, `connected to 127\.0\.0\.1:` + v4},
+				{[]string{"[::1]:" + v6}, exitOK, `connected to \[::1\]:` + v6},
+				{[]string{"[::1]", v6}, exitOK, `connected to \[::1\]:` + v6},
+				{[]string{"::1", v6}, exitOK, `connected to \[::1\]:` + v6},
+				// discard is port 9, where nothing listens: the name was
+				// looked up, and the connection refused.
+				{[]string{"127.0.0.1:discard"}, exitConnect, `connect 127\.0\.0\.1:9: connection refused`},
+				{[]string{"[::1]", "discard"}, exitConnect, `connect \[::1\]:9: connection refused`},
+			} {
+				r := probe(probetest.Context(t), nil, append(append([]string{"connect"}, tc.args...), mode.flags...)...)
+				out := r.stdout
+				if tc.code != exitOK {
+					out = r.stderr
+				}
+				if r.code != tc.code || !regexp.MustCompile(tc.want).MatchString(out) {
+					t.Errorf("connect %v: exit %d, stdout %q, stderr %q; want %d and %q", tc.args, r.code, r.stdout, r.stderr, tc.code, tc.want)
+				}
+			}
+			// fetch takes the forms too, with a PATH after them.
+			web := webServer(t)
+			for _, args := range [][]string{{"127.0.0.1", web, "/"}, {"127.0.0.1:" + web, "/"}} {
+				r := probe(probetest.Context(t), nil, append(append([]string{"fetch", "-q"}, args...), mode.flags...)...)
+				if r.code != exitOK || !strings.HasSuffix(r.stdout, "\r\n\r\nhello\n") {
+					t.Errorf("fetch %v: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+// TestFetchRequestForms checks what fetch sends and how it ends: stdin
+// when it is not a terminal, --keep-write-open, --fail-empty, and the
+// payload cap, the same in both modes.
+func TestFetchRequestForms(t *testing.T) {
+	w := newWorld(t)
+	echo := port(probetest.Listen(t, "127.0.0.1:0", probetest.Echo))
+	// Answers only a client that has not half-closed: a reply after
+	// EOF never comes.
+	patient := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			c.Close()
+			return
+		}
+		c.Write([]byte("you waited\n"))
+		c.Close()
+	}))
+	silent := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		probetest.ReadAll(c)
+		c.Close()
+	}))
+	for _, mode := range w.modes() {
+		t.Run(mode.name, func(t *testing.T) {
+			r := probeIn(probetest.Context(t), "PING\r\n", append([]string{"fetch", "-q", "127.0.0.1", echo}, mode.flags...)...)
+			if r.code != exitOK || r.stdout != "PING\r\n" {
+				t.Errorf("stdin: exit %d, stdout %q, stderr %q; want PING echoed", r.code, r.stdout, r.stderr)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"fetch", "-q", "--keep-write-open", "127.0.0.1", patient}, mode.flags...)...)
+			if r.code != exitOK || r.stdout != "you waited\n" {
+				t.Errorf("--keep-write-open: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"fetch", "-q", "127.0.0.1", patient}, mode.flags...)...)
+			if r.code != exitOK || r.stdout != "" {
+				t.Errorf("without --keep-write-open: exit %d, stdout %q, stderr %q; want no reply", r.code, r.stdout, r.stderr)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"fetch", "-q", "--fail-empty", "127.0.0.1", silent}, mode.flags...)...)
+			if r.code != exitEmpty || r.stderr != "probe: the target sent an empty reply (--fail-empty)\n" {
+				t.Errorf("--fail-empty: exit %d, stderr %q; want %d", r.code, r.stderr, exitEmpty)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"fetch", "-q", "127.0.0.1", silent}, mode.flags...)...)
+			if r.code != exitOK {
+				t.Errorf("an empty reply without --fail-empty: exit %d, stderr %q", r.code, r.stderr)
+			}
+			big := strings.Repeat("x", 4<<20)
+			r = probeIn(probetest.Context(t), big, append([]string{"fetch", "-q", "127.0.0.1", echo}, mode.flags...)...)
+			want := "probe: the request is over the probe server's cap of 1048576 bytes (--max-payload-bytes, as probed's)\n"
+			if r.code != exitUsage || !strings.HasPrefix(r.stderr, want) {
+				t.Errorf("4 MB of stdin: exit %d, stderr %q; want %d, %q", r.code, r.stderr, exitUsage, want)
+			}
+		})
+	}
+}
+
+// TestRepeat probes again and again: a line each, a summary like ping's,
+// and the exit code of the last failure.
+func TestRepeat(t *testing.T) {
+	w := newWorld(t)
+	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
+	closed := closedPort(t, "tcp")
+	web := webServer(t)
+	for _, mode := range w.modes() {
+		t.Run(mode.name, func(t *testing.T) {
+			r := probe(probetest.Context(t), nil, append([]string{"connect", "--count", "3", "--interval", "10ms", "127.0.0.1", up}, mode.flags...)...)
+			want := `^probe 1: connected to 127\.0\.0\.1:\d+ in \S+\nprobe 2: .*\nprobe 3: .*\n--- 127\.0\.0\.1:\d+: 3 probes, 0 failed, 0% loss; time min/avg/max/mdev = \S+/\S+/\S+/\S+\n$`
+			if r.code != exitOK || !regexp.MustCompile(want).MatchString(r.stdout) || r.stderr != "" {
+				t.Errorf("connect up: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"connect", "-c", "2", "-i", "10ms", "127.0.0.1:" + closed}, mode.flags...)...)
+			want = `^probe 1: connect 127\.0\.0\.1:\d+: connection refused .*\nprobe 2: .*\n--- 127\.0\.0\.1:\d+: 2 probes, 2 failed, 100% loss\n$`
+			if r.code != exitConnect || !regexp.MustCompile(want).MatchString(r.stdout) || !strings.HasPrefix(r.stderr, "probe: 2 of 2 probes failed, the last: connect ") {
+				t.Errorf("connect closed: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"fetch", "-c", "2", "-i", "10ms", "127.0.0.1", web, "/"}, mode.flags...)...)
+			want = `^probe 1: \d+ bytes from 127\.0\.0\.1:\d+ in \S+ \(first byte at \S+\); the target closed\nprobe 2: .*\n--- 127\.0\.0\.1:\d+: 2 probes, 0 failed, 0% loss; time .*\n$`
+			if r.code != exitOK || !regexp.MustCompile(want).MatchString(r.stdout) {
+				t.Errorf("fetch: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+
+	// --count 0 goes on until interrupted, then sums up.
+	ctx, cancel := context.WithCancel(probetest.Context(t))
+	accepted := make(chan struct{}, 100)
+	counted := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		accepted <- struct{}{}
+		c.Close()
+	}))
+	done := make(chan result, 1)
+	go func() { done <- probe(ctx, nil, "connect", "-c", "0", "-i", "10ms", "127.0.0.1", counted) }()
+	for range 3 {
+		select {
+		case <-accepted:
+		case <-time.After(probetest.Timeout):
+			t.Fatal("the repeated probe did not connect three times")
+		}
+	}
+	cancel()
+	r := <-done
+	if r.code != exitOK || !regexp.MustCompile(`\n--- 127\.0\.0\.1:\d+: \d+ probes, 0 failed, 0% loss; time `).MatchString(r.stdout) {
+		t.Errorf("interrupted --count 0: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestVerbose checks -v: every attempt and the phases, even for one
+// address; --version keeps its long form.
+func TestVerbose(t *testing.T) {
+	t.Parallel()
+	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
+	r := probe(probetest.Context(t), nil, "connect", "-v", "127.0.0.1", up)
+	want := `^tried 127\.0\.0\.1:\d+ at \+\S+: connected after \S+\nconnected to .*\nphases: resolve \S+, connect \S+, total \S+\n$`
+	if r.code != exitOK || !regexp.MustCompile(want).MatchString(r.stdout) {
+		t.Errorf("-v: exit %d, stdout %q", r.code, r.stdout)
+	}
+	out, err := exec.CommandContext(probetest.Context(t), probeBin, "--version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "probe version ") {
+		t.Errorf("--version: %q, %v", out, err)
+	}
+}
+
+// TestProbeServerAnswers checks a --server that does not answer: one that
+// accepts and stays silent is reported within --server-timeout, exit 69;
+// a --server without a port is probed's port, 7070.
+func TestProbeServerAnswers(t *testing.T) {
+	t.Parallel()
+	hung := probetest.Listen(t, "127.0.0.1:0", nil)
+	start := time.Now()
+	r := probe(probetest.Context(t), nil, "connect", "--server", hung.Addr(), "--server-timeout", "300ms", "--timeout", "1s", "127.0.0.1", "80")
+	if r.code != exitUnavailable || r.stderr != "probe: probe server "+hung.Addr()+": Unavailable: no answer within --server-timeout 300ms\n" {
+		t.Errorf("a hung server: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if took := time.Since(start); took > probetest.Timeout/2 {
+		t.Errorf("a hung server took %v to report", took)
+	}
+	for server, want := range map[string]string{
+		"probed.internal":       "probed.internal:7070",
+		"[2001:db8::1]":         "[2001:db8::1]:7070",
+		"2001:db8::1":           "[2001:db8::1]:7070",
+		"127.0.0.1:7071":        "127.0.0.1:7071",
+		"unix:/run/probed.sock": "unix:/run/probed.sock",
+		"dns:///probed:7070":    "dns:///probed:7070",
+	} {
+		if got := withDefaultPort(server); got != want {
+			t.Errorf("--server %s: %s, want %s", server, got, want)
+		}
+	}
+}
+
+// TestSweepCLI checks sweep's ends: a sweep every server rejects is a usage
+// error, said once; a server that cannot be asked gets a JSON line of its
+// own; expanded rows keep the entry's name; an interrupted sweep prints
+// every row, what is left as interrupted, and exits 130.
+func TestSweepCLI(t *testing.T) {
+	w := newWorld(t)
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--dns-server="+w.dns.Addr))
+	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
+
+	r := probe(probetest.Context(t), nil, "sweep", "-s", w.probed, "-s", p.Addr, "127.0.0.1:"+up, "bad host:80")
+	want := `probe: invalid request: targets[1].target.host: "bad host" is not an IP address or a valid DNS name: character ' ' is not allowed` + "\n"
+	if r.code != exitUsage || r.stdout != "" || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "invalid request") != 1 {
+		t.Errorf("a rejected sweep: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+
+	down := "127.0.0.1:" + closedPort(t, "tcp")
+	r = probe(probetest.Context(t), nil, "sweep", "-o", "json", "-s", w.probed, "-s", down, "127.0.0.1:"+up)
+	var sawError bool
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var line struct {
+			Server string
+			Error  *struct{ Code, Message string }
+		}
+		if err := json.Unmarshal([]byte(l), &line); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		if line.Server == down && line.Error != nil && line.Error.Code == "Unavailable" {
+			sawError = true
+		}
+	}
+	if r.code != exitSweepFailed || !sawError {
+		t.Errorf("-o json with a server down: exit %d, stdout %q; want a line with its error", r.code, r.stdout)
+	}
+
+	w.dns.SetAddrs("two.test", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"))
+	r = probe(probetest.Context(t), nil, "sweep", "--expand", "--dns-server", w.dns.Addr, "two.test:"+up)
+	for _, re := range []string{`(?m)^two\.test:\d+ -> 127\.0\.0\.1:\d+ +ok `, `(?m)^two\.test:\d+ -> 127\.0\.0\.2:\d+ +REFUSED$`} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("--expand: stdout %q lacks %q", r.stdout, re)
+		}
+	}
+
+	// Interrupted while a probe waits on a port that drops SYNs.
+	hole, release, err := probetest.Blackhole(netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	ctx, cancel := context.WithCancel(probetest.Context(t))
+	done := make(chan result, 1)
+	go func() {
+		done <- probe(ctx, nil, "sweep", "-s", w.probed, "--timeout", "30s", "127.0.0.1:"+up, fmt.Sprintf("127.0.0.1:%d", hole))
+	}()
+	waitInFlight(t, w)
+	cancel()
+	r = <-done
+	// The live target's row is ok, unless its result was still on its
+	// way when the sweep was interrupted; the summary says which.
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	answered := 0
+	if len(lines) == 3 && strings.Contains(lines[1], " ok ") {
+		answered = 1
+	}
+	wantErr := fmt.Sprintf("probe: sweep: interrupted: %d of 2 probes answered, %d failed or left (2 targets, 1 server)\n", answered, 2-answered)
+	if r.code != exitInterrupted || len(lines) != 3 || !strings.HasSuffix(lines[2], "interrupted") || r.stderr != wantErr {
+		t.Errorf("interrupted: exit %d, stdout %q, stderr %q; want %q", r.code, r.stdout, r.stderr, wantErr)
+	}
+}
+
+// waitInFlight waits until the world's probed runs a probe.
+func waitInFlight(t *testing.T, w *world) {
+	t.Helper()
+	deadline := time.Now().Add(probetest.Timeout)
+	for {
+		req, err := http.NewRequestWithContext(probetest.Context(t), http.MethodGet, "http://"+w.metrics+"/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if regexp.MustCompile(`(?m)^netprobe_probes_in_flight 1$`).Match(body) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the probe server never had a probe in flight")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

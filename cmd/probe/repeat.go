@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/netprobe/netprobe/client"
+)
+
+// repeatFlags ask for a probe again and again, as ping and tcping do.
+type repeatFlags struct {
+	count    int
+	interval time.Duration
+}
+
+func (r *repeatFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.IntVarP(&r.count, "count", "c", 1, "probe this many times, a line each, then print a summary; 0 repeats until interrupted")
+	durationFlag(f, &r.interval, "interval", "i", time.Second, "time between the starts of two probes, with --count")
+}
+
+// repeating reports whether the flags ask for more than one probe.
+func (r *repeatFlags) repeating() bool { return r.count != 1 }
+
+// outcome is one probe of a repeated run.
+type outcome struct {
+	// line says what happened, for a probe that got a report.
+	line string
+	// took is the time the summary's statistics count.
+	took time.Duration
+	// json is the report, for -o json.
+	json proto.Message
+	err  error
+}
+
+// repeat runs probe rf.count times (forever for 0), rf.interval apart,
+// prints a line for each and a summary at the end (also when
+// interrupted). It fails as the last failed probe did, if any did.
+func (a *app) repeat(ctx context.Context, rf repeatFlags, target string, probe func(context.Context) outcome) error {
+	if rf.count < 0 {
+		return usagef("--count %d: want 0 (until interrupted) or more", rf.count)
+	}
+	if rf.interval <= 0 {
+		return usagef("--interval %v: must be positive", rf.interval)
+	}
+	var (
+		sent, failed int
+		lastErr      error
+		times        []time.Duration
+	)
+	next := time.Now()
+	for rf.count == 0 || sent < rf.count {
+		if sent > 0 {
+			next = next.Add(rf.interval)
+			wait := time.NewTimer(time.Until(next))
+			select {
+			case <-ctx.Done():
+			case <-wait.C:
+			}
+			wait.Stop()
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		o := probe(ctx)
+		if ctx.Err() != nil && o.err != nil {
+			// Interrupted during this probe: it does not count.
+			break
+		}
+		sent++
+		if o.err != nil {
+			failed++
+			lastErr = o.err
+		} else {
+			times = append(times, o.took)
+		}
+		switch {
+		case a.output == "json" && o.json != nil:
+			if err := writeJSON(a.out, o.json); err != nil {
+				return err
+			}
+		case a.output == "json":
+		case o.err != nil:
+			fmt.Fprintf(a.out, "probe %d: %v\n", sent, o.err)
+		default:
+			fmt.Fprintf(a.out, "probe %d: %s\n", sent, o.line)
+		}
+		if o.err != nil && !isProbeError(o.err) {
+			// The probe server refused or failed the call: no point in
+			// asking again.
+			break
+		}
+	}
+	summary := fmt.Sprintf("--- %s: %s, %d failed, %.0f%% loss", target, plural(sent, "probe"), failed, percent(failed, sent))
+	if len(times) > 0 {
+		lo, avg, hi, mdev := stats(times)
+		summary += fmt.Sprintf("; time min/avg/max/mdev = %s/%s/%s/%s", ms(lo), ms(avg), ms(hi), ms(mdev))
+	}
+	w := a.out
+	if a.output == "json" {
+		w = a.err
+	}
+	fmt.Fprintln(w, summary)
+	if lastErr == nil {
+		return nil
+	}
+	var pe *client.ProbeError
+	if errors.As(lastErr, &pe) {
+		return exitError{probeExitCode(pe), fmt.Sprintf("%d of %s failed, the last: %v", failed, plural(sent, "probe"), lastErr)}
+	}
+	return lastErr
+}
+
+func percent(part, whole int) float64 {
+	if whole == 0 {
+		return 0
+	}
+	return 100 * float64(part) / float64(whole)
+}
+
+// stats returns the least, mean, greatest and mean deviation of ds, as
+// ping reports them.
+func stats(ds []time.Duration) (lo, avg, hi, mdev time.Duration) {
+	lo, hi = ds[0], ds[0]
+	var sum, sumSq float64
+	for _, d := range ds {
+		lo, hi = min(lo, d), max(hi, d)
+		sum += float64(d)
+		sumSq += float64(d) * float64(d)
+	}
+	n := float64(len(ds))
+	mean := sum / n
+	return lo, time.Duration(mean), hi, time.Duration(math.Sqrt(max(0, sumSq/n-mean*mean)))
+}
+
+// plural is "1 probe", "2 probes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
