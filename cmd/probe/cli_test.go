@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/probetest"
 )
 
@@ -313,5 +314,73 @@ func waitInFlight(t *testing.T, w *world) {
 			t.Fatal("the probe server never had a probe in flight")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCertificateLine checks the certificate's line: its names when it has
+// any, nothing in their place when it has none.
+func TestCertificateLine(t *testing.T) {
+	for _, tc := range []struct {
+		cert client.Certificate
+		want string
+	}{
+		{client.Certificate{Subject: "CN=a", Issuer: "CN=ca", DNSNames: []string{"a.test"}, IPs: []string{"192.0.2.1"}}, "certificate CN=a for a.test 192.0.2.1, issued by CN=ca, "},
+		{client.Certificate{Subject: "CN=b", Issuer: "CN=ca"}, "certificate CN=b, issued by CN=ca, "},
+	} {
+		var b bytes.Buffer
+		printConnect(&b, "127.0.0.1", &client.ConnectResult{TLS: &client.TLSResult{Version: "TLS 1.3", Verified: true, Chain: []client.Certificate{tc.cert}}}, false)
+		if !strings.Contains(b.String(), tc.want) {
+			t.Errorf("%q lacks %q", b.String(), tc.want)
+		}
+	}
+}
+
+// TestEventLineOnTerminal runs fetch with stdout and stderr on terminals,
+// to a target whose reply has no final newline: the event line starts on a
+// line of its own.
+func TestEventLineOnTerminal(t *testing.T) {
+	t.Parallel()
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("no newline"))
+		c.Close()
+	})
+	outControl, outTerm := openPTY(t)
+	errControl, errTerm := openPTY(t)
+	cmd := exec.CommandContext(probetest.Context(t), probeBin, "fetch", "127.0.0.1", port(tg))
+	cmd.Stdout, cmd.Stderr = outTerm, errTerm
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	outTerm.Close()
+	errTerm.Close()
+	errOut := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(errControl)
+		errOut <- b
+	}()
+	out, _ := io.ReadAll(outControl) // EIO once the child has exited
+	cmd.Wait()
+	stderr := strings.ReplaceAll(string(<-errOut), "\r\n", "\n")
+	if string(out) != "no newline" || !regexp.MustCompile(`\n\nsent 0 bytes, received 10`).MatchString(stderr) {
+		t.Errorf("stdout %q, stderr %q; want the event line after a newline", out, stderr)
+	}
+}
+
+// TestExitCodeTable checks docs/cli.md's table of exit codes against the
+// one --help prints.
+func TestExitCodeTable(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(doc), "<!-- exit codes: checked by cmd/probe TestExitCodeTable -->\n")
+	table, _, _ = strings.Cut(table, "<!-- end of exit codes -->")
+	var want strings.Builder
+	want.WriteString("| code | meaning |\n|---|---|\n")
+	for _, e := range exitCodes {
+		fmt.Fprintf(&want, "| %d | %s |\n", e.code, strings.ReplaceAll(e.text, "\n       ", " "))
+	}
+	if table != want.String() {
+		t.Errorf("docs/cli.md's exit codes:\n%s\nwant, as --help has them:\n%s", table, want.String())
 	}
 }

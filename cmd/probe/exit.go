@@ -31,7 +31,7 @@ const (
 	exitInterrupted = 130
 )
 
-// exitCodes documents the codes, for --help and the README.
+// exitCodes documents the codes, for --help and docs/cli.md (TestExitCodeTable).
 var exitCodes = []struct {
 	code int
 	text string
@@ -45,10 +45,10 @@ var exitCodes = []struct {
 	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; a summary\n       line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
 	{exitTLS, "the TLS handshake failed: no version or cipher in common, an alert (stage\n       TLS_HANDSHAKE; curl's 35)"},
-	{exitCertificate, "the target's certificate did not verify: expired, not yet valid, unknown\n       authority, another name (stage TLS_HANDSHAKE; curl's 60)"},
 	{exitEmpty, "fetch --fail-empty: the target sent nothing before it closed (curl's 52)"},
 	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
 	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},
+	{exitCertificate, "the target's certificate did not verify: expired, not yet valid, unknown\n       authority, another name (stage TLS_HANDSHAKE; curl's 60)"},
 	{exitUnavailable, "the probe server could not be reached or did not answer in time, or is not SERVING"},
 	{exitRejected, "the probe server refused or failed the call (target policy, authentication,\n       limits, internal error)"},
 	{exitInterrupted, "interrupted (SIGINT, SIGTERM)"},

@@ -8,17 +8,17 @@ import (
 	"testing"
 )
 
-// TestLimitsTable checks README's table of limits against probed --help:
+// TestLimitsTable checks docs/deploying.md's table of limits against probed --help:
 // every flag it names exists, with the default it gives.
 func TestLimitsTable(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/deploying.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, table, ok := strings.Cut(string(readme), "<!-- limits: checked by cmd/probed/limits_table_test.go -->\n")
 	table, _, ok2 := strings.Cut(table, "<!-- end of limits -->")
 	if !ok || !ok2 {
-		t.Fatal("README has no limits table between its markers")
+		t.Fatal("docs/deploying.md has no limits table between its markers")
 	}
 	help, err := exec.Command(probedBin, "--help").Output()
 	if err != nil {
@@ -40,7 +40,7 @@ func TestLimitsTable(t *testing.T) {
 		}
 		for i, f := range flags {
 			if want := f[1] + "=" + defaults[i]; !strings.Contains(string(help), want+" ") && !strings.Contains(string(help), want+"\n") {
-				t.Errorf("README says %s; probed --help does not", want)
+				t.Errorf("docs/deploying.md says %s; probed --help does not", want)
 			}
 		}
 	}

@@ -10,19 +10,19 @@ import (
 	"github.com/netprobe/netprobe/client"
 )
 
-var update = flag.Bool("update", false, "rewrite the README's fault matrix table from the matrix")
+var update = flag.Bool("update", false, "rewrite docs/fault-matrix.md's table from the matrix")
 
-// The README's fault matrix table stands between these lines.
+// docs/fault-matrix.md's table stands between these lines.
 const (
 	tableBegin = "<!-- fault matrix: made from cmd/probed/matrix_test.go by `go test ./cmd/probed -run TestMatrixTable -update` -->\n"
 	tableEnd   = "<!-- end of fault matrix -->\n"
 )
 
-// TestMatrixTable checks that the README's table is the matrix the tests
+// TestMatrixTable checks that docs/fault-matrix.md's table is the matrix the tests
 // run, so that the two cannot drift apart.
 func TestMatrixTable(t *testing.T) {
-	const readme = "../../README.md"
-	b, err := os.ReadFile(readme)
+	const doc = "../../docs/fault-matrix.md"
+	b, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,19 +30,19 @@ func TestMatrixTable(t *testing.T) {
 	before, rest, ok1 := strings.Cut(text, tableBegin)
 	old, after, ok2 := strings.Cut(rest, tableEnd)
 	if !ok1 || !ok2 {
-		t.Fatalf("%s has no fault matrix between %q and %q", readme, tableBegin, tableEnd)
+		t.Fatalf("%s has no fault matrix between %q and %q", doc, tableBegin, tableEnd)
 	}
 	want := matrixTable()
 	if old == want {
 		return
 	}
 	if *update {
-		if err := os.WriteFile(readme, []byte(before+tableBegin+want+tableEnd+after), 0o644); err != nil {
+		if err := os.WriteFile(doc, []byte(before+tableBegin+want+tableEnd+after), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		return
 	}
-	t.Errorf("the README's fault matrix differs from the tests'; run go test ./cmd/probed -run TestMatrixTable -update\nREADME:\n%s\ntests:\n%s", old, want)
+	t.Errorf("docs/fault-matrix.md's table differs from the tests'; run go test ./cmd/probed -run TestMatrixTable -update\ndocs:\n%s\ntests:\n%s", old, want)
 }
 
 // matrixTable renders the matrix as a Markdown table.

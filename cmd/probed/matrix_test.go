@@ -22,7 +22,7 @@ import (
 
 // The fault matrix: each row is a network condition, made for real on a
 // LAN of network namespaces, and the stage, reason and errno netprobe must
-// report for it. The README's table "How netprobe classifies failures" is
+// report for it. The table of docs/fault-matrix.md is
 // rendered from these rows (TestMatrixTable).
 
 // The target host's ports, one per behaviour.
@@ -272,7 +272,7 @@ type probed struct {
 // row is one condition of the matrix.
 type row struct {
 	name string
-	// condition and note are the README's words for the row.
+	// condition and note are the docs' words for the row.
 	condition, note string
 	// want lists the outcomes the kernel may produce; the first is the
 	// usual one.

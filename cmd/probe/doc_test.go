@@ -1,0 +1,174 @@
+package main
+
+import (
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// TestDocExamples runs the probe commands of README.md's and docs/cli.md's
+// console examples, in-process, and checks what they print against what
+// the examples show. The ports the examples name are served here: 8000 by
+// an HTTP server saying hello, 6379 by an echo server; the numbers that
+// vary from run to run (times, ports, column widths) are not compared, and
+// a line "..." stands for any lines.
+func TestDocExamples(t *testing.T) {
+	web := webServer(t)
+	echo := port(probetest.Listen(t, "127.0.0.1:0", probetest.Echo))
+	ports := map[string]string{"8000": web, "6379": echo}
+	examples := 0
+	for _, doc := range []string{"../../README.md", "../../docs/cli.md"} {
+		text, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, block := range consoleBlocks(string(text)) {
+			for _, ex := range block {
+				stdin, args, ok := parseCommand(ex.command)
+				if !ok {
+					t.Errorf("%s: %q is no probe command this test can run", doc, ex.command)
+					continue
+				}
+				for i, a := range args {
+					args[i] = withPorts(a, ports)
+				}
+				examples++
+				r := probeIn(probetest.Context(t), stdin, args...)
+				if got, want := normalize(r.stdout+r.stderr), normalize(ex.output); !matches(got, want) {
+					t.Errorf("%s: $ %s\nprinted\n%s\nwant\n%s", doc, ex.command, r.stdout+r.stderr, ex.output)
+				}
+			}
+		}
+	}
+	if examples < 8 {
+		t.Errorf("%d examples found, want every console example", examples)
+	}
+}
+
+// example is one command of a console block and what it printed.
+type example struct {
+	command, output string
+}
+
+// consoleBlocks returns the examples of each ```console block of text.
+func consoleBlocks(text string) [][]example {
+	var out [][]example
+	for _, part := range strings.Split(text, "```console\n")[1:] {
+		body, _, _ := strings.Cut(part, "```")
+		var block []example
+		for _, line := range strings.SplitAfter(body, "\n") {
+			if cmd, ok := strings.CutPrefix(line, "$ "); ok {
+				block = append(block, example{command: strings.TrimSpace(cmd)})
+			} else if len(block) > 0 {
+				block[len(block)-1].output += line
+			}
+		}
+		out = append(out, block)
+	}
+	return out
+}
+
+// parseCommand reads "probe ARGS" or "printf 'TEXT' | probe ARGS", with
+// single quotes, into the CLI's arguments and its stdin.
+func parseCommand(cmd string) (stdin string, args []string, ok bool) {
+	if pipe, rest, found := strings.Cut(cmd, " | "); found {
+		words := split(pipe)
+		if len(words) != 2 || words[0] != "printf" {
+			return "", nil, false
+		}
+		s, err := strconv.Unquote(`"` + strings.ReplaceAll(words[1], `"`, `\"`) + `"`)
+		if err != nil {
+			return "", nil, false
+		}
+		stdin, cmd = s, rest
+	}
+	words := split(cmd)
+	if len(words) == 0 || words[0] != "probe" {
+		return "", nil, false
+	}
+	return stdin, words[1:], true
+}
+
+// split splits a command line at spaces, but not inside single quotes.
+func split(s string) []string {
+	var out []string
+	var word strings.Builder
+	quoted, in := false, false
+	for _, r := range s {
+		switch {
+		case r == '\'':
+			quoted, in = !quoted, true
+		case r == ' ' && !quoted:
+			if in {
+				out = append(out, word.String())
+				word.Reset()
+				in = false
+			}
+		default:
+			word.WriteRune(r)
+			in = true
+		}
+	}
+	if in {
+		out = append(out, word.String())
+	}
+	return out
+}
+
+// withPorts puts the served ports in place of the examples' ones, as a
+// word or after a colon.
+func withPorts(arg string, ports map[string]string) string {
+	if p, ok := ports[arg]; ok {
+		return p
+	}
+	if host, p, err := net.SplitHostPort(arg); err == nil {
+		if real, ok := ports[p]; ok {
+			return net.JoinHostPort(host, real)
+		}
+	}
+	return arg
+}
+
+var (
+	durations = regexp.MustCompile(`\d+(\.\d+)?(ns|µs|ms|s)\b`)
+	portNums  = regexp.MustCompile(`:\d+\b`)
+	spaces    = regexp.MustCompile(` +`)
+)
+
+// normalize drops what varies from run to run: times, ports and the
+// padding of columns.
+func normalize(s string) string {
+	s = strings.ReplaceAll(s, "\r\n", "\n")
+	s = durations.ReplaceAllString(s, "#")
+	s = portNums.ReplaceAllString(s, ":#")
+	return spaces.ReplaceAllString(s, " ")
+}
+
+// matches reports whether got has want's lines, where a line "..." in
+// want stands for any lines.
+func matches(got, want string) bool {
+	g := strings.Split(strings.TrimSuffix(got, "\n"), "\n")
+	w := strings.Split(strings.TrimSuffix(want, "\n"), "\n")
+	for len(w) > 0 {
+		if w[0] == "..." {
+			w = w[1:]
+			if len(w) == 0 {
+				return true
+			}
+			for len(g) > 0 && g[0] != w[0] {
+				g = g[1:]
+			}
+			continue
+		}
+		if len(g) == 0 || g[0] != w[0] {
+			return false
+		}
+		g, w = g[1:], w[1:]
+	}
+	return len(g) == 0
+}
