@@ -268,6 +268,13 @@ func TestSweepCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer release()
+	// --deadline bounds the sweep, whatever the probes' timeout: what is
+	// left then comes back abandoned (here in-process).
+	r = probe(probetest.Context(t), nil, "sweep", "--deadline", "1s", "--timeout", "30s", "127.0.0.1:"+up, fmt.Sprintf("127.0.0.1:%d", hole))
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); r.code != exitSweepFailed || len(lines) != 3 || !strings.Contains(lines[1], " ok ") || !strings.HasSuffix(lines[2], " abandoned") {
+		t.Errorf("--deadline: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+
 	ctx, cancel := context.WithCancel(probetest.Context(t))
 	done := make(chan result, 1)
 	go func() {
