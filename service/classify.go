@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -100,8 +101,12 @@ func classifyTLS(err error) (netprobev1.Reason, bool) {
 		invalid   x509.CertificateInvalidError
 		authority x509.UnknownAuthorityError
 		hostname  x509.HostnameError
+		record    tls.RecordHeaderError
 	)
 	switch {
+	case errors.As(err, &record):
+		// The first bytes back were not a TLS record.
+		return netprobev1.Reason_REASON_NOT_TLS, true
 	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
 		// Expired covers both ends of the validity window.
 		if invalid.Cert != nil && time.Now().Before(invalid.Cert.NotBefore) {

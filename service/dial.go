@@ -92,6 +92,7 @@ func dialReport(ctx context.Context, conn net.Conn, attempts []*attempt, targets
 	}
 	resp.LocalAddress = conn.LocalAddr().String()
 	resp.PeerAddress = conn.RemoteAddr().String()
+	resp.TcpInfo = tcpInfo(conn)
 	resp.TotalDuration = durationpb.New(time.Since(start))
 	return resp
 }

@@ -71,7 +71,8 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 // connection to exchange over, or nil with cresp.Error set.
 func (s *Server) openFetch(pctx context.Context, p *fetchParams, start time.Time) (net.Conn, *netprobev1.ConnectResponse) {
 	conn, cresp := s.connect(pctx, p.target, start)
-	if conn == nil || p.tls == nil {
+	// With steps, TLS starts where a start_tls step says.
+	if conn == nil || p.tls == nil || len(p.steps) > 0 {
 		return conn, cresp
 	}
 	tc, res, pe := handshake(pctx, conn, p.tls, p.target, start)
@@ -124,13 +125,14 @@ func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev
 		sum.Error = cresp.Error
 	} else {
 		deadline, _ := pctx.Deadline()
-		f := &fetch{fetchParams: p, conn: conn, stream: stream, start: start, deadline: deadline, sum: sum}
+		f := &fetch{fetchParams: p, ctx: pctx, conn: conn, stream: stream, start: start, deadline: deadline, sum: sum}
 		if err := f.exchange(); err != nil {
 			return err
 		}
 		if err := callerGone(ctx); err != nil {
 			return err
 		}
+		sum.TcpInfo = tcpInfo(conn)
 	}
 	if sum.Error != nil {
 		sum.EndReason = netprobev1.EndReason_END_REASON_ERROR
@@ -151,11 +153,17 @@ func markCut(pctx context.Context, pe *netprobev1.ProbeError) {
 // fetch is one exchange over an open connection.
 type fetch struct {
 	*fetchParams
+	ctx      context.Context
 	conn     net.Conn
 	stream   grpc.ServerStreamingServer[netprobev1.FetchResponse]
 	start    time.Time
 	deadline time.Time
 	sum      *netprobev1.FetchSummary
+	// msg carries each piece of data to the caller; data is its event.
+	msg  *netprobev1.FetchResponse
+	data *netprobev1.FetchData
+	// pending is what a dialogue received since its last expect matched.
+	pending []byte
 }
 
 // exchange sends the request, half-closes and receives, recording the
@@ -165,6 +173,16 @@ func (f *fetch) exchange() error {
 	if err := f.conn.SetDeadline(f.deadline); err != nil {
 		f.fail(netprobev1.Stage_STAGE_SEND, err)
 		return nil
+	}
+	if len(f.steps) > 0 {
+		matched, err := f.dialogue()
+		if err != nil || f.sum.Error != nil {
+			return err
+		}
+		if matched {
+			f.sum.EndReason = netprobev1.EndReason_END_REASON_MATCHED
+			return nil
+		}
 	}
 	if len(f.request) > 0 {
 		n, err := f.conn.Write(f.request)
@@ -216,38 +234,19 @@ func (f *fetch) receive() error {
 		next, release = r.next, r.release
 	}
 	datagrams := f.framing == netprobev1.Framing_FRAMING_DATAGRAMS
-	// One message is reused for every chunk: Send marshals it before it
-	// returns, and nothing on this server keeps messages past that.
-	data := &netprobev1.FetchData{}
-	msg := &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: data}}
 	for {
-		if f.readTimeout > 0 {
-			idle := time.Now().Add(f.readTimeout)
-			if idle.After(f.deadline) {
-				idle = f.deadline
-			}
-			if err := f.conn.SetReadDeadline(idle); err != nil {
-				f.fail(netprobev1.Stage_STAGE_RECEIVE, err)
-				return nil
-			}
+		if err := f.idleDeadline(); err != nil {
+			f.fail(netprobev1.Stage_STAGE_RECEIVE, err)
+			return nil
 		}
 		chunk, err := next()
 		if len(chunk) > 0 || (datagrams && err == nil) {
-			if f.sum.TimeToFirstByte == nil {
-				f.sum.TimeToFirstByte = durationpb.New(time.Since(f.start))
-			}
-			if left := f.maxBytes - f.sum.BytesReceived; uint64(len(chunk)) > left {
-				chunk = chunk[:left]
-			}
-			data.Data = chunk
-			sendErr := f.stream.Send(msg)
-			data.Data = nil
+			capped, sendErr := f.deliver(chunk)
 			release()
 			if sendErr != nil {
 				return sendErr
 			}
-			f.sum.BytesReceived += uint64(len(chunk))
-			if f.sum.BytesReceived == f.maxBytes {
+			if capped {
 				f.sum.EndReason = netprobev1.EndReason_END_REASON_MAX_BYTES
 				return nil
 			}
@@ -268,6 +267,42 @@ func (f *fetch) receive() error {
 			return nil
 		}
 	}
+}
+
+// idleDeadline sets the read deadline for the next read: read_timeout
+// from now, within the probe's deadline.
+func (f *fetch) idleDeadline() error {
+	if f.readTimeout <= 0 {
+		return nil
+	}
+	idle := time.Now().Add(f.readTimeout)
+	if idle.After(f.deadline) {
+		idle = f.deadline
+	}
+	return f.conn.SetReadDeadline(idle)
+}
+
+// deliver sends a piece of the reply to the caller, cut to what the byte
+// cap leaves, and reports whether it reached the cap. It returns an error
+// only when the caller's stream failed.
+func (f *fetch) deliver(chunk []byte) (capped bool, err error) {
+	if f.sum.TimeToFirstByte == nil {
+		f.sum.TimeToFirstByte = durationpb.New(time.Since(f.start))
+	}
+	if left := f.maxBytes - f.sum.BytesReceived; uint64(len(chunk)) > left {
+		chunk = chunk[:left]
+	}
+	if f.msg == nil {
+		// One message is reused for every chunk: Send marshals it before
+		// it returns, and nothing on this server keeps messages past that.
+		f.data = &netprobev1.FetchData{}
+		f.msg = &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: f.data}}
+	}
+	f.data.Data = chunk
+	err = f.stream.Send(f.msg)
+	f.data.Data = nil
+	f.sum.BytesReceived += uint64(len(chunk))
+	return f.sum.BytesReceived == f.maxBytes, err
 }
 
 func (f *fetch) fail(stage netprobev1.Stage, err error) {

@@ -24,6 +24,29 @@ type tlsParams struct {
 	alpn       []string
 	roots      *x509.CertPool // nil: the system's
 	skipVerify bool
+	// minVersion and maxVersion bound the versions offered.
+	minVersion, maxVersion uint16
+}
+
+// tlsVersions maps the API's versions to crypto/tls's.
+var tlsVersions = map[netprobev1.TlsVersion]uint16{
+	netprobev1.TlsVersion_TLS_VERSION_1_0: tls.VersionTLS10,
+	netprobev1.TlsVersion_TLS_VERSION_1_1: tls.VersionTLS11,
+	netprobev1.TlsVersion_TLS_VERSION_1_2: tls.VersionTLS12,
+	netprobev1.TlsVersion_TLS_VERSION_1_3: tls.VersionTLS13,
+}
+
+// tlsVersion is v as crypto/tls has it, or def when unspecified.
+func tlsVersion(v *violations, field string, version netprobev1.TlsVersion, def uint16) uint16 {
+	if version == netprobev1.TlsVersion_TLS_VERSION_UNSPECIFIED {
+		return def
+	}
+	n, ok := tlsVersions[version]
+	if !ok {
+		v.add(field, "unknown TLS version %d", version)
+		return def
+	}
+	return n
 }
 
 // validateTLS checks opts for target t; nil when no handshake is asked for.
@@ -31,7 +54,16 @@ func validateTLS(v *violations, field string, opts *netprobev1.TlsOptions, t tar
 	if opts == nil {
 		return nil
 	}
-	p := &tlsParams{serverName: opts.GetServerName(), alpn: opts.GetAlpn(), skipVerify: opts.GetInsecureSkipVerify()}
+	p := &tlsParams{serverName: opts.GetServerName(), alpn: opts.GetAlpn(), skipVerify: opts.GetInsecureSkipVerify(),
+		minVersion: tlsVersion(v, field+".min_version", opts.GetMinVersion(), tls.VersionTLS12),
+		maxVersion: tlsVersion(v, field+".max_version", opts.GetMaxVersion(), tls.VersionTLS13),
+	}
+	if p.minVersion > p.maxVersion {
+		v.add(field+".min_version", "%s is above max_version %s", tls.VersionName(p.minVersion), tls.VersionName(p.maxVersion))
+	}
+	if opts.GetClientIdentity() != "" {
+		v.add(field+".client_identity", "this server has no client identities")
+	}
 	if p.serverName == "" && !t.literal.IsValid() {
 		p.serverName = t.host
 	}
@@ -60,6 +92,16 @@ func validateTLS(v *violations, field string, opts *netprobev1.TlsOptions, t tar
 	return p
 }
 
+// defaultTLS is the handshake of a start_tls step when the request gives
+// no options: the target's name, verified against the system's roots.
+func defaultTLS(t target) *tlsParams {
+	p := &tlsParams{minVersion: tls.VersionTLS12, maxVersion: tls.VersionTLS13}
+	if !t.literal.IsValid() {
+		p.serverName = t.host
+	}
+	return p
+}
+
 // handshake runs TLS over conn and reports it. It returns the TLS
 // connection, or a ProbeError (STAGE_TLS_HANDSHAKE) with whatever the
 // handshake learnt in the result.
@@ -71,7 +113,8 @@ func handshake(ctx context.Context, conn net.Conn, p *tlsParams, t target, start
 		ServerName:         p.serverName,
 		NextProtos:         p.alpn,
 		InsecureSkipVerify: true,
-		MinVersion:         tls.VersionTLS12,
+		MinVersion:         p.minVersion,
+		MaxVersion:         p.maxVersion,
 	})
 	err := tc.HandshakeContext(ctx)
 	res := &netprobev1.TlsResult{HandshakeDuration: durationpb.New(time.Since(begin)), ServerName: p.serverName}

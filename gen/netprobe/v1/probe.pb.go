@@ -167,6 +167,9 @@ const (
 	// STAGE_TLS_HANDSHAKE is the TLS handshake asked for with TlsOptions,
 	// and the verification of the peer's certificate chain.
 	Stage_STAGE_TLS_HANDSHAKE Stage = 10
+	// STAGE_EXPECT is waiting for what a FetchRequest step expects the peer
+	// to send; ProbeError.step says which step.
+	Stage_STAGE_EXPECT Stage = 11
 )
 
 // Enum value maps for Stage.
@@ -183,6 +186,7 @@ var (
 		8:  "STAGE_REVERSE_LOOKUP",
 		9:  "STAGE_POLICY",
 		10: "STAGE_TLS_HANDSHAKE",
+		11: "STAGE_EXPECT",
 	}
 	Stage_value = map[string]int32{
 		"STAGE_UNSPECIFIED":    0,
@@ -196,6 +200,7 @@ var (
 		"STAGE_REVERSE_LOOKUP": 8,
 		"STAGE_POLICY":         9,
 		"STAGE_TLS_HANDSHAKE":  10,
+		"STAGE_EXPECT":         11,
 	}
 )
 
@@ -299,6 +304,14 @@ const (
 	// REASON_SERVER_SHUTDOWN means the probe server cut the probe short as
 	// its shutdown's grace period ended; the stage is the one it was in.
 	Reason_REASON_SERVER_SHUTDOWN Reason = 21
+	// REASON_NO_MATCH means the peer closed the connection, or sent the byte
+	// cap, without sending what an expect step looked for (STAGE_EXPECT);
+	// the message quotes the last bytes it sent.
+	Reason_REASON_NO_MATCH Reason = 22
+	// REASON_NOT_TLS means the peer answered the TLS handshake with bytes
+	// that are not a TLS record: it does not speak TLS on that port
+	// (STAGE_TLS_HANDSHAKE).
+	Reason_REASON_NOT_TLS Reason = 23
 )
 
 // Enum value maps for Reason.
@@ -326,6 +339,8 @@ var (
 		19: "REASON_PROTOCOL_VERSION",
 		20: "REASON_LIMIT",
 		21: "REASON_SERVER_SHUTDOWN",
+		22: "REASON_NO_MATCH",
+		23: "REASON_NOT_TLS",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":               0,
@@ -350,6 +365,8 @@ var (
 		"REASON_PROTOCOL_VERSION":          19,
 		"REASON_LIMIT":                     20,
 		"REASON_SERVER_SHUTDOWN":           21,
+		"REASON_NO_MATCH":                  22,
+		"REASON_NOT_TLS":                   23,
 	}
 )
 
@@ -378,6 +395,67 @@ func (x Reason) Number() protoreflect.EnumNumber {
 // Deprecated: Use Reason.Descriptor instead.
 func (Reason) EnumDescriptor() ([]byte, []int) {
 	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{3}
+}
+
+// TlsVersion is a version of TLS.
+type TlsVersion int32
+
+const (
+	// TLS_VERSION_UNSPECIFIED means the default of the field it is in.
+	TlsVersion_TLS_VERSION_UNSPECIFIED TlsVersion = 0
+	// TLS_VERSION_1_0 is TLS 1.0.
+	TlsVersion_TLS_VERSION_1_0 TlsVersion = 1
+	// TLS_VERSION_1_1 is TLS 1.1.
+	TlsVersion_TLS_VERSION_1_1 TlsVersion = 2
+	// TLS_VERSION_1_2 is TLS 1.2.
+	TlsVersion_TLS_VERSION_1_2 TlsVersion = 3
+	// TLS_VERSION_1_3 is TLS 1.3.
+	TlsVersion_TLS_VERSION_1_3 TlsVersion = 4
+)
+
+// Enum value maps for TlsVersion.
+var (
+	TlsVersion_name = map[int32]string{
+		0: "TLS_VERSION_UNSPECIFIED",
+		1: "TLS_VERSION_1_0",
+		2: "TLS_VERSION_1_1",
+		3: "TLS_VERSION_1_2",
+		4: "TLS_VERSION_1_3",
+	}
+	TlsVersion_value = map[string]int32{
+		"TLS_VERSION_UNSPECIFIED": 0,
+		"TLS_VERSION_1_0":         1,
+		"TLS_VERSION_1_1":         2,
+		"TLS_VERSION_1_2":         3,
+		"TLS_VERSION_1_3":         4,
+	}
+)
+
+func (x TlsVersion) Enum() *TlsVersion {
+	p := new(TlsVersion)
+	*p = x
+	return p
+}
+
+func (x TlsVersion) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TlsVersion) Descriptor() protoreflect.EnumDescriptor {
+	return file_netprobe_v1_probe_proto_enumTypes[4].Descriptor()
+}
+
+func (TlsVersion) Type() protoreflect.EnumType {
+	return &file_netprobe_v1_probe_proto_enumTypes[4]
+}
+
+func (x TlsVersion) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TlsVersion.Descriptor instead.
+func (TlsVersion) EnumDescriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
 }
 
 // Framing says how the received bytes are cut into FetchData messages.
@@ -423,11 +501,11 @@ func (x Framing) String() string {
 }
 
 func (Framing) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[4].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[5].Descriptor()
 }
 
 func (Framing) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[4]
+	return &file_netprobe_v1_probe_proto_enumTypes[5]
 }
 
 func (x Framing) Number() protoreflect.EnumNumber {
@@ -436,7 +514,7 @@ func (x Framing) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Framing.Descriptor instead.
 func (Framing) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
 }
 
 // EndReason says why a fetch stopped receiving.
@@ -455,6 +533,9 @@ const (
 	// END_REASON_ERROR means the fetch failed; the summary's error says where
 	// and why.
 	EndReason_END_REASON_ERROR EndReason = 4
+	// END_REASON_MATCHED means the last of the request's steps was an
+	// expect, and it matched: the check is done.
+	EndReason_END_REASON_MATCHED EndReason = 5
 )
 
 // Enum value maps for EndReason.
@@ -465,6 +546,7 @@ var (
 		2: "END_REASON_MAX_BYTES",
 		3: "END_REASON_IDLE",
 		4: "END_REASON_ERROR",
+		5: "END_REASON_MATCHED",
 	}
 	EndReason_value = map[string]int32{
 		"END_REASON_UNSPECIFIED": 0,
@@ -472,6 +554,7 @@ var (
 		"END_REASON_MAX_BYTES":   2,
 		"END_REASON_IDLE":        3,
 		"END_REASON_ERROR":       4,
+		"END_REASON_MATCHED":     5,
 	}
 )
 
@@ -486,11 +569,11 @@ func (x EndReason) String() string {
 }
 
 func (EndReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[5].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[6].Descriptor()
 }
 
 func (EndReason) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[5]
+	return &file_netprobe_v1_probe_proto_enumTypes[6]
 }
 
 func (x EndReason) Number() protoreflect.EnumNumber {
@@ -499,7 +582,7 @@ func (x EndReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EndReason.Descriptor instead.
 func (EndReason) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
 }
 
 // ServiceSource says which services database answered.
@@ -541,11 +624,11 @@ func (x ServiceSource) String() string {
 }
 
 func (ServiceSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[6].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[7].Descriptor()
 }
 
 func (ServiceSource) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[6]
+	return &file_netprobe_v1_probe_proto_enumTypes[7]
 }
 
 func (x ServiceSource) Number() protoreflect.EnumNumber {
@@ -554,7 +637,7 @@ func (x ServiceSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ServiceSource.Descriptor instead.
 func (ServiceSource) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
 }
 
 // Expand says how one SweepTarget becomes the targets that are probed.
@@ -598,11 +681,11 @@ func (x Expand) String() string {
 }
 
 func (Expand) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[7].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[8].Descriptor()
 }
 
 func (Expand) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[7]
+	return &file_netprobe_v1_probe_proto_enumTypes[8]
 }
 
 func (x Expand) Number() protoreflect.EnumNumber {
@@ -611,7 +694,7 @@ func (x Expand) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Expand.Descriptor instead.
 func (Expand) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
 }
 
 // Target names what to probe.
@@ -629,7 +712,13 @@ type Target struct {
 	// network is the transport protocol; unspecified means TCP.
 	Network Network `protobuf:"varint,4,opt,name=network,proto3,enum=netprobe.v1.Network" json:"network,omitempty"`
 	// ip_family restricts the addresses tried; unspecified means both.
-	IpFamily      IpFamily `protobuf:"varint,5,opt,name=ip_family,json=ipFamily,proto3,enum=netprobe.v1.IpFamily" json:"ip_family,omitempty"`
+	IpFamily IpFamily `protobuf:"varint,5,opt,name=ip_family,json=ipFamily,proto3,enum=netprobe.v1.IpFamily" json:"ip_family,omitempty"`
+	// source_address is the local IP address to bind before connecting,
+	// such as a second interface's; unset lets the kernel choose. The probe
+	// server takes only addresses its operator lists (probed
+	// --allow-source); a bind the kernel refuses is STAGE_SOCKET with its
+	// errno (EADDRNOTAVAIL).
+	SourceAddress string `protobuf:"bytes,6,opt,name=source_address,json=sourceAddress,proto3" json:"source_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,6 +788,13 @@ func (x *Target) GetIpFamily() IpFamily {
 	return IpFamily_IP_FAMILY_UNSPECIFIED
 }
 
+func (x *Target) GetSourceAddress() string {
+	if x != nil {
+		return x.SourceAddress
+	}
+	return ""
+}
+
 // ProbeError describes where and why a probe failed.
 type ProbeError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -721,7 +817,11 @@ type ProbeError struct {
 	// rule is the policy rule that refused the address (STAGE_POLICY only):
 	// an operator's rule as written, or a built-in one such as "built-in:
 	// link-local (cloud metadata)".
-	Rule          string `protobuf:"bytes,7,opt,name=rule,proto3" json:"rule,omitempty"`
+	Rule string `protobuf:"bytes,7,opt,name=rule,proto3" json:"rule,omitempty"`
+	// step is the index in FetchRequest.steps of the step that failed, when
+	// one did: an expect (STAGE_EXPECT), a send (STAGE_SEND) or a start_tls
+	// (STAGE_TLS_HANDSHAKE).
+	Step          *uint32 `protobuf:"varint,8,opt,name=step,proto3,oneof" json:"step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -803,6 +903,13 @@ func (x *ProbeError) GetRule() string {
 		return x.Rule
 	}
 	return ""
+}
+
+func (x *ProbeError) GetStep() uint32 {
+	if x != nil && x.Step != nil {
+		return *x.Step
+	}
+	return 0
 }
 
 // DialAttempt is one connection attempt to one resolved address.
@@ -1064,7 +1171,11 @@ type ConnectResponse struct {
 	Error *ProbeError `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
 	// tls is the TLS handshake, when the request asked for one and the
 	// connection got that far.
-	Tls           *TlsResult `protobuf:"bytes,11,opt,name=tls,proto3" json:"tls,omitempty"`
+	Tls *TlsResult `protobuf:"bytes,11,opt,name=tls,proto3" json:"tls,omitempty"`
+	// tcp_info is the kernel's view of the TCP connection right after it
+	// was made (TCP_INFO); absent for UDP and where the server's system does
+	// not give it (only Linux does).
+	TcpInfo       *TcpInfo `protobuf:"bytes,12,opt,name=tcp_info,json=tcpInfo,proto3" json:"tcp_info,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1176,6 +1287,169 @@ func (x *ConnectResponse) GetTls() *TlsResult {
 	return nil
 }
 
+func (x *ConnectResponse) GetTcpInfo() *TcpInfo {
+	if x != nil {
+		return x.TcpInfo
+	}
+	return nil
+}
+
+// TcpInfo is what the kernel knows of a TCP connection (Linux's
+// TCP_INFO).
+type TcpInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rtt is the smoothed round-trip time.
+	Rtt *durationpb.Duration `protobuf:"bytes,1,opt,name=rtt,proto3" json:"rtt,omitempty"`
+	// rtt_var is the round-trip time's mean deviation.
+	RttVar *durationpb.Duration `protobuf:"bytes,2,opt,name=rtt_var,json=rttVar,proto3" json:"rtt_var,omitempty"`
+	// min_rtt is the least round-trip time seen.
+	MinRtt *durationpb.Duration `protobuf:"bytes,3,opt,name=min_rtt,json=minRtt,proto3" json:"min_rtt,omitempty"`
+	// retransmits is how many times the segment now in flight was sent
+	// again without an answer.
+	Retransmits uint32 `protobuf:"varint,4,opt,name=retransmits,proto3" json:"retransmits,omitempty"`
+	// total_retransmits is how many segments were sent again in all.
+	TotalRetransmits uint32 `protobuf:"varint,5,opt,name=total_retransmits,json=totalRetransmits,proto3" json:"total_retransmits,omitempty"`
+	// lost is how many segments are thought lost.
+	Lost uint32 `protobuf:"varint,6,opt,name=lost,proto3" json:"lost,omitempty"`
+	// snd_mss is the largest segment sent, in bytes.
+	SndMss uint32 `protobuf:"varint,7,opt,name=snd_mss,json=sndMss,proto3" json:"snd_mss,omitempty"`
+	// rcv_mss is the largest segment received, in bytes (an estimate).
+	RcvMss uint32 `protobuf:"varint,8,opt,name=rcv_mss,json=rcvMss,proto3" json:"rcv_mss,omitempty"`
+	// path_mtu is the path MTU, in bytes.
+	PathMtu uint32 `protobuf:"varint,9,opt,name=path_mtu,json=pathMtu,proto3" json:"path_mtu,omitempty"`
+	// snd_cwnd is the congestion window, in segments.
+	SndCwnd uint32 `protobuf:"varint,10,opt,name=snd_cwnd,json=sndCwnd,proto3" json:"snd_cwnd,omitempty"`
+	// delivery_rate_bytes_per_second is the most recent delivery rate.
+	DeliveryRateBytesPerSecond uint64 `protobuf:"varint,11,opt,name=delivery_rate_bytes_per_second,json=deliveryRateBytesPerSecond,proto3" json:"delivery_rate_bytes_per_second,omitempty"`
+	// bytes_acked is how many bytes the peer acknowledged.
+	BytesAcked uint64 `protobuf:"varint,12,opt,name=bytes_acked,json=bytesAcked,proto3" json:"bytes_acked,omitempty"`
+	// bytes_received is how many bytes were received.
+	BytesReceived uint64 `protobuf:"varint,13,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TcpInfo) Reset() {
+	*x = TcpInfo{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TcpInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TcpInfo) ProtoMessage() {}
+
+func (x *TcpInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TcpInfo.ProtoReflect.Descriptor instead.
+func (*TcpInfo) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TcpInfo) GetRtt() *durationpb.Duration {
+	if x != nil {
+		return x.Rtt
+	}
+	return nil
+}
+
+func (x *TcpInfo) GetRttVar() *durationpb.Duration {
+	if x != nil {
+		return x.RttVar
+	}
+	return nil
+}
+
+func (x *TcpInfo) GetMinRtt() *durationpb.Duration {
+	if x != nil {
+		return x.MinRtt
+	}
+	return nil
+}
+
+func (x *TcpInfo) GetRetransmits() uint32 {
+	if x != nil {
+		return x.Retransmits
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetTotalRetransmits() uint32 {
+	if x != nil {
+		return x.TotalRetransmits
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetLost() uint32 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetSndMss() uint32 {
+	if x != nil {
+		return x.SndMss
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetRcvMss() uint32 {
+	if x != nil {
+		return x.RcvMss
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetPathMtu() uint32 {
+	if x != nil {
+		return x.PathMtu
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetSndCwnd() uint32 {
+	if x != nil {
+		return x.SndCwnd
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetDeliveryRateBytesPerSecond() uint64 {
+	if x != nil {
+		return x.DeliveryRateBytesPerSecond
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetBytesAcked() uint64 {
+	if x != nil {
+		return x.BytesAcked
+	}
+	return 0
+}
+
+func (x *TcpInfo) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
 // TlsOptions asks for a TLS handshake once connected.
 type TlsOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1194,13 +1468,24 @@ type TlsOptions struct {
 	// inspection: the result still says whether it verified and why not, but
 	// the probe does not fail for it.
 	InsecureSkipVerify bool `protobuf:"varint,4,opt,name=insecure_skip_verify,json=insecureSkipVerify,proto3" json:"insecure_skip_verify,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// min_version is the lowest TLS version offered; unspecified means TLS
+	// 1.2.
+	MinVersion TlsVersion `protobuf:"varint,5,opt,name=min_version,json=minVersion,proto3,enum=netprobe.v1.TlsVersion" json:"min_version,omitempty"`
+	// max_version is the highest TLS version offered; unspecified means TLS
+	// 1.3.
+	MaxVersion TlsVersion `protobuf:"varint,6,opt,name=max_version,json=maxVersion,proto3,enum=netprobe.v1.TlsVersion" json:"max_version,omitempty"`
+	// client_identity names a client certificate configured on the probe
+	// server (probed --client-identity NAME=CERT,KEY) to present when the
+	// peer asks for one. The caller must be granted it by the server's policy
+	// ("identity NAME", or "caller CALLER identity NAME").
+	ClientIdentity string `protobuf:"bytes,7,opt,name=client_identity,json=clientIdentity,proto3" json:"client_identity,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TlsOptions) Reset() {
 	*x = TlsOptions{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1497,7 @@ func (x *TlsOptions) String() string {
 func (*TlsOptions) ProtoMessage() {}
 
 func (x *TlsOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1510,7 @@ func (x *TlsOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsOptions.ProtoReflect.Descriptor instead.
 func (*TlsOptions) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TlsOptions) GetServerName() string {
@@ -1256,6 +1541,27 @@ func (x *TlsOptions) GetInsecureSkipVerify() bool {
 	return false
 }
 
+func (x *TlsOptions) GetMinVersion() TlsVersion {
+	if x != nil {
+		return x.MinVersion
+	}
+	return TlsVersion_TLS_VERSION_UNSPECIFIED
+}
+
+func (x *TlsOptions) GetMaxVersion() TlsVersion {
+	if x != nil {
+		return x.MaxVersion
+	}
+	return TlsVersion_TLS_VERSION_UNSPECIFIED
+}
+
+func (x *TlsOptions) GetClientIdentity() string {
+	if x != nil {
+		return x.ClientIdentity
+	}
+	return ""
+}
+
 // TlsResult is what a TLS handshake found.
 type TlsResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1281,7 +1587,7 @@ type TlsResult struct {
 
 func (x *TlsResult) Reset() {
 	*x = TlsResult{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1599,7 @@ func (x *TlsResult) String() string {
 func (*TlsResult) ProtoMessage() {}
 
 func (x *TlsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1612,7 @@ func (x *TlsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsResult.ProtoReflect.Descriptor instead.
 func (*TlsResult) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TlsResult) GetHandshakeDuration() *durationpb.Duration {
@@ -1391,7 +1697,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1709,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1722,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Certificate) GetSubject() string {
@@ -1492,7 +1798,7 @@ type HttpGet struct {
 
 func (x *HttpGet) Reset() {
 	*x = HttpGet{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1810,7 @@ func (x *HttpGet) String() string {
 func (*HttpGet) ProtoMessage() {}
 
 func (x *HttpGet) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1823,7 @@ func (x *HttpGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpGet.ProtoReflect.Descriptor instead.
 func (*HttpGet) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HttpGet) GetPath() string {
@@ -1569,15 +1875,24 @@ type FetchRequest struct {
 	ReverseLookup bool `protobuf:"varint,9,opt,name=reverse_lookup,json=reverseLookup,proto3" json:"reverse_lookup,omitempty"`
 	// tls, when set, makes the exchange a TLS stream: the handshake is
 	// reported in the connect message, and the request and reply cross TLS
-	// (the half-close is a close_notify).
-	Tls           *TlsOptions `protobuf:"bytes,10,opt,name=tls,proto3" json:"tls,omitempty"`
+	// (the half-close is a close_notify). With steps, it holds the options of
+	// their start_tls instead, and the connection starts in the clear.
+	Tls *TlsOptions `protobuf:"bytes,10,opt,name=tls,proto3" json:"tls,omitempty"`
+	// steps are a dialogue with the peer, run in order once connected,
+	// instead of a request (payload or http_get): what to send, what to
+	// expect back, when to start TLS. Everything received is delivered as
+	// data, as for any fetch. After the last step the exchange goes on as
+	// without steps (half-close unless keep_write_open, then receive until
+	// the end), except when the last step is an expect: its match ends the
+	// fetch (END_REASON_MATCHED). At most 64 steps, TCP only.
+	Steps         []*Step `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1904,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1917,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FetchRequest) GetTarget() *Target {
@@ -1686,6 +2001,13 @@ func (x *FetchRequest) GetTls() *TlsOptions {
 	return nil
 }
 
+func (x *FetchRequest) GetSteps() []*Step {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
 type isFetchRequest_Request interface {
 	isFetchRequest_Request()
 }
@@ -1705,6 +2027,117 @@ func (*FetchRequest_Payload) isFetchRequest_Request() {}
 
 func (*FetchRequest_HttpGet) isFetchRequest_Request() {}
 
+// Step is one step of a FetchRequest's dialogue.
+type Step struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// action is what the step does.
+	//
+	// Types that are valid to be assigned to Action:
+	//
+	//	*Step_Send
+	//	*Step_Expect
+	//	*Step_StartTls
+	Action        isStep_Action `protobuf_oneof:"action"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Step) Reset() {
+	*x = Step{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Step) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Step) ProtoMessage() {}
+
+func (x *Step) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Step.ProtoReflect.Descriptor instead.
+func (*Step) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Step) GetAction() isStep_Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *Step) GetSend() []byte {
+	if x != nil {
+		if x, ok := x.Action.(*Step_Send); ok {
+			return x.Send
+		}
+	}
+	return nil
+}
+
+func (x *Step) GetExpect() string {
+	if x != nil {
+		if x, ok := x.Action.(*Step_Expect); ok {
+			return x.Expect
+		}
+	}
+	return ""
+}
+
+func (x *Step) GetStartTls() bool {
+	if x != nil {
+		if x, ok := x.Action.(*Step_StartTls); ok {
+			return x.StartTls
+		}
+	}
+	return false
+}
+
+type isStep_Action interface {
+	isStep_Action()
+}
+
+type Step_Send struct {
+	// send writes these bytes to the peer.
+	Send []byte `protobuf:"bytes,1,opt,name=send,proto3,oneof"`
+}
+
+type Step_Expect struct {
+	// expect reads until this RE2 regular expression matches the bytes
+	// received since the previous expect (or the start), with ^ and $
+	// matching at line boundaries, as blackbox_exporter's query_response
+	// does; what follows the match is kept for the next expect. The peer
+	// closing, or the byte cap, first is STAGE_EXPECT / REASON_NO_MATCH;
+	// the timeout is STAGE_EXPECT / REASON_TIMEOUT.
+	Expect string `protobuf:"bytes,2,opt,name=expect,proto3,oneof"`
+}
+
+type Step_StartTls struct {
+	// start_tls, when true, starts TLS on the connection with the
+	// request's tls options (or the defaults), as STARTTLS does; a failure
+	// is STAGE_TLS_HANDSHAKE.
+	StartTls bool `protobuf:"varint,3,opt,name=start_tls,json=startTls,proto3,oneof"`
+}
+
+func (*Step_Send) isStep_Action() {}
+
+func (*Step_Expect) isStep_Action() {}
+
+func (*Step_StartTls) isStep_Action() {}
+
 // FetchData is bytes received from the peer.
 type FetchData struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1717,7 +2150,7 @@ type FetchData struct {
 
 func (x *FetchData) Reset() {
 	*x = FetchData{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +2162,7 @@ func (x *FetchData) String() string {
 func (*FetchData) ProtoMessage() {}
 
 func (x *FetchData) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +2175,7 @@ func (x *FetchData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchData.ProtoReflect.Descriptor instead.
 func (*FetchData) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FetchData) GetData() []byte {
@@ -1768,14 +2201,21 @@ type FetchSummary struct {
 	EndReason EndReason `protobuf:"varint,5,opt,name=end_reason,json=endReason,proto3,enum=netprobe.v1.EndReason" json:"end_reason,omitempty"`
 	// error is why the fetch failed; absent on success. Everything received
 	// before the failure has been delivered in earlier messages.
-	Error         *ProbeError `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	Error *ProbeError `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	// tcp_info is the kernel's view of the TCP connection at the end of the
+	// exchange (see ConnectResponse.tcp_info).
+	TcpInfo *TcpInfo `protobuf:"bytes,7,opt,name=tcp_info,json=tcpInfo,proto3" json:"tcp_info,omitempty"`
+	// tls is the handshake of a start_tls step, when the exchange got that
+	// far (a fetch with tls and no steps reports its handshake in the
+	// connect message instead).
+	Tls           *TlsResult `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FetchSummary) Reset() {
 	*x = FetchSummary{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +2227,7 @@ func (x *FetchSummary) String() string {
 func (*FetchSummary) ProtoMessage() {}
 
 func (x *FetchSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +2240,7 @@ func (x *FetchSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchSummary.ProtoReflect.Descriptor instead.
 func (*FetchSummary) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FetchSummary) GetBytesSent() uint64 {
@@ -1845,6 +2285,20 @@ func (x *FetchSummary) GetError() *ProbeError {
 	return nil
 }
 
+func (x *FetchSummary) GetTcpInfo() *TcpInfo {
+	if x != nil {
+		return x.TcpInfo
+	}
+	return nil
+}
+
+func (x *FetchSummary) GetTls() *TlsResult {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
 // FetchResponse is one message of a Fetch stream: first connect, then any
 // number of data, then summary.
 type FetchResponse struct {
@@ -1863,7 +2317,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +2329,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +2342,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FetchResponse) GetEvent() isFetchResponse_Event {
@@ -1967,7 +2421,7 @@ type ResolveServiceRequest struct {
 
 func (x *ResolveServiceRequest) Reset() {
 	*x = ResolveServiceRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1979,7 +2433,7 @@ func (x *ResolveServiceRequest) String() string {
 func (*ResolveServiceRequest) ProtoMessage() {}
 
 func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1992,7 +2446,7 @@ func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceRequest.ProtoReflect.Descriptor instead.
 func (*ResolveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResolveServiceRequest) GetName() string {
@@ -2038,7 +2492,7 @@ type ResolveServiceResponse struct {
 
 func (x *ResolveServiceResponse) Reset() {
 	*x = ResolveServiceResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2504,7 @@ func (x *ResolveServiceResponse) String() string {
 func (*ResolveServiceResponse) ProtoMessage() {}
 
 func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2517,7 @@ func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceResponse.ProtoReflect.Descriptor instead.
 func (*ResolveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResolveServiceResponse) GetName() string {
@@ -2127,7 +2581,7 @@ type SweepTarget struct {
 
 func (x *SweepTarget) Reset() {
 	*x = SweepTarget{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2593,7 @@ func (x *SweepTarget) String() string {
 func (*SweepTarget) ProtoMessage() {}
 
 func (x *SweepTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2606,7 @@ func (x *SweepTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepTarget.ProtoReflect.Descriptor instead.
 func (*SweepTarget) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SweepTarget) GetTarget() *Target {
@@ -2201,7 +2655,7 @@ type SweepRequest struct {
 
 func (x *SweepRequest) Reset() {
 	*x = SweepRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2667,7 @@ func (x *SweepRequest) String() string {
 func (*SweepRequest) ProtoMessage() {}
 
 func (x *SweepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2680,7 @@ func (x *SweepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepRequest.ProtoReflect.Descriptor instead.
 func (*SweepRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SweepRequest) GetTargets() []*SweepTarget {
@@ -2273,7 +2727,7 @@ type SweepResponse struct {
 
 func (x *SweepResponse) Reset() {
 	*x = SweepResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2739,7 @@ func (x *SweepResponse) String() string {
 func (*SweepResponse) ProtoMessage() {}
 
 func (x *SweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2752,7 @@ func (x *SweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepResponse.ProtoReflect.Descriptor instead.
 func (*SweepResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SweepResponse) GetIndex() uint32 {
@@ -2333,13 +2787,14 @@ var File_netprobe_v1_probe_proto protoreflect.FileDescriptor
 
 const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\n" +
-	"\x17netprobe/v1/probe.proto\x12\vnetprobe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x01\n" +
+	"\x17netprobe/v1/probe.proto\x12\vnetprobe.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n" +
 	"\x06Target\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x18\n" +
 	"\aservice\x18\x03 \x01(\tR\aservice\x12.\n" +
 	"\anetwork\x18\x04 \x01(\x0e2\x14.netprobe.v1.NetworkR\anetwork\x122\n" +
-	"\tip_family\x18\x05 \x01(\x0e2\x15.netprobe.v1.IpFamilyR\bipFamily\"\xf6\x01\n" +
+	"\tip_family\x18\x05 \x01(\x0e2\x15.netprobe.v1.IpFamilyR\bipFamily\x12%\n" +
+	"\x0esource_address\x18\x06 \x01(\tR\rsourceAddress\"\x98\x02\n" +
 	"\n" +
 	"ProbeError\x12(\n" +
 	"\x05stage\x18\x01 \x01(\x0e2\x12.netprobe.v1.StageR\x05stage\x12+\n" +
@@ -2348,7 +2803,9 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x123\n" +
 	"\aelapsed\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12\x12\n" +
-	"\x04rule\x18\a \x01(\tR\x04rule\"\xdc\x01\n" +
+	"\x04rule\x18\a \x01(\tR\x04rule\x12\x17\n" +
+	"\x04step\x18\b \x01(\rH\x00R\x04step\x88\x01\x01B\a\n" +
+	"\x05_step\"\xdc\x01\n" +
 	"\vDialAttempt\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12/\n" +
 	"\x05start\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05start\x125\n" +
@@ -2363,7 +2820,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12%\n" +
 	"\x0ereverse_lookup\x18\x03 \x01(\bR\rreverseLookup\x12)\n" +
-	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\"\xbc\x04\n" +
+	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\"\xed\x04\n" +
 	"\x0fConnectResponse\x12#\n" +
 	"\rlocal_address\x18\x01 \x01(\tR\flocalAddress\x12!\n" +
 	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12-\n" +
@@ -2376,14 +2833,36 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x0ereverse_lookup\x18\t \x01(\v2\x1a.netprobe.v1.ReverseLookupR\rreverseLookup\x12-\n" +
 	"\x05error\x18\n" +
 	" \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\x12(\n" +
-	"\x03tls\x18\v \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\"\x90\x01\n" +
+	"\x03tls\x18\v \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\x12/\n" +
+	"\btcp_info\x18\f \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\"\xf5\x03\n" +
+	"\aTcpInfo\x12+\n" +
+	"\x03rtt\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03rtt\x122\n" +
+	"\artt_var\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06rttVar\x122\n" +
+	"\amin_rtt\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06minRtt\x12 \n" +
+	"\vretransmits\x18\x04 \x01(\rR\vretransmits\x12+\n" +
+	"\x11total_retransmits\x18\x05 \x01(\rR\x10totalRetransmits\x12\x12\n" +
+	"\x04lost\x18\x06 \x01(\rR\x04lost\x12\x17\n" +
+	"\asnd_mss\x18\a \x01(\rR\x06sndMss\x12\x17\n" +
+	"\arcv_mss\x18\b \x01(\rR\x06rcvMss\x12\x19\n" +
+	"\bpath_mtu\x18\t \x01(\rR\apathMtu\x12\x19\n" +
+	"\bsnd_cwnd\x18\n" +
+	" \x01(\rR\asndCwnd\x12B\n" +
+	"\x1edelivery_rate_bytes_per_second\x18\v \x01(\x04R\x1adeliveryRateBytesPerSecond\x12\x1f\n" +
+	"\vbytes_acked\x18\f \x01(\x04R\n" +
+	"bytesAcked\x12%\n" +
+	"\x0ebytes_received\x18\r \x01(\x04R\rbytesReceived\"\xad\x02\n" +
 	"\n" +
 	"TlsOptions\x12\x1f\n" +
 	"\vserver_name\x18\x01 \x01(\tR\n" +
 	"serverName\x12\x12\n" +
 	"\x04alpn\x18\x02 \x03(\tR\x04alpn\x12\x1b\n" +
 	"\tca_bundle\x18\x03 \x01(\fR\bcaBundle\x120\n" +
-	"\x14insecure_skip_verify\x18\x04 \x01(\bR\x12insecureSkipVerify\"\xcd\x02\n" +
+	"\x14insecure_skip_verify\x18\x04 \x01(\bR\x12insecureSkipVerify\x128\n" +
+	"\vmin_version\x18\x05 \x01(\x0e2\x17.netprobe.v1.TlsVersionR\n" +
+	"minVersion\x128\n" +
+	"\vmax_version\x18\x06 \x01(\x0e2\x17.netprobe.v1.TlsVersionR\n" +
+	"maxVersion\x12'\n" +
+	"\x0fclient_identity\x18\a \x01(\tR\x0eclientIdentity\"\xcd\x02\n" +
 	"\tTlsResult\x12H\n" +
 	"\x12handshake_duration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11handshakeDuration\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
@@ -2406,7 +2885,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\tdays_left\x18\b \x01(\x05R\bdaysLeft\"1\n" +
 	"\aHttpGet\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
-	"\x04host\x18\x02 \x01(\tR\x04host\"\xcf\x03\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\"\xf8\x03\n" +
 	"\fFetchRequest\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1a\n" +
@@ -2418,10 +2897,16 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x0fkeep_write_open\x18\b \x01(\bR\rkeepWriteOpen\x12%\n" +
 	"\x0ereverse_lookup\x18\t \x01(\bR\rreverseLookup\x12)\n" +
 	"\x03tls\x18\n" +
-	" \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tlsB\t\n" +
-	"\arequest\"\x1f\n" +
+	" \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
+	"\x05steps\x18\v \x03(\v2\x11.netprobe.v1.StepR\x05stepsB\t\n" +
+	"\arequest\"_\n" +
+	"\x04Step\x12\x14\n" +
+	"\x04send\x18\x01 \x01(\fH\x00R\x04send\x12\x18\n" +
+	"\x06expect\x18\x02 \x01(\tH\x00R\x06expect\x12\x1d\n" +
+	"\tstart_tls\x18\x03 \x01(\bH\x00R\bstartTlsB\b\n" +
+	"\x06action\"\x1f\n" +
 	"\tFetchData\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xc4\x02\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x9f\x03\n" +
 	"\fFetchSummary\x12\x1d\n" +
 	"\n" +
 	"bytes_sent\x18\x01 \x01(\x04R\tbytesSent\x12%\n" +
@@ -2430,7 +2915,9 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x0etotal_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\x125\n" +
 	"\n" +
 	"end_reason\x18\x05 \x01(\x0e2\x16.netprobe.v1.EndReasonR\tendReason\x12-\n" +
-	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xb7\x01\n" +
+	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\x12/\n" +
+	"\btcp_info\x18\a \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\x12(\n" +
+	"\x03tls\x18\b \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\"\xb7\x01\n" +
 	"\rFetchResponse\x128\n" +
 	"\aconnect\x18\x01 \x01(\v2\x1c.netprobe.v1.ConnectResponseH\x00R\aconnect\x12,\n" +
 	"\x04data\x18\x02 \x01(\v2\x16.netprobe.v1.FetchDataH\x00R\x04data\x125\n" +
@@ -2468,7 +2955,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\bIpFamily\x12\x19\n" +
 	"\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n" +
-	"\x0eIP_FAMILY_IPV6\x10\x02*\xec\x01\n" +
+	"\x0eIP_FAMILY_IPV6\x10\x02*\xfe\x01\n" +
 	"\x05Stage\x12\x15\n" +
 	"\x11STAGE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STAGE_SERVICE_LOOKUP\x10\x01\x12\x11\n" +
@@ -2482,7 +2969,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x14STAGE_REVERSE_LOOKUP\x10\b\x12\x10\n" +
 	"\fSTAGE_POLICY\x10\t\x12\x17\n" +
 	"\x13STAGE_TLS_HANDSHAKE\x10\n" +
-	"*\xcd\x04\n" +
+	"\x12\x10\n" +
+	"\fSTAGE_EXPECT\x10\v*\xf6\x04\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_TIMEOUT\x10\x01\x12\x12\n" +
@@ -2506,18 +2994,28 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x18REASON_HANDSHAKE_FAILURE\x10\x12\x12\x1b\n" +
 	"\x17REASON_PROTOCOL_VERSION\x10\x13\x12\x10\n" +
 	"\fREASON_LIMIT\x10\x14\x12\x1a\n" +
-	"\x16REASON_SERVER_SHUTDOWN\x10\x15*]\n" +
+	"\x16REASON_SERVER_SHUTDOWN\x10\x15\x12\x13\n" +
+	"\x0fREASON_NO_MATCH\x10\x16\x12\x12\n" +
+	"\x0eREASON_NOT_TLS\x10\x17*}\n" +
+	"\n" +
+	"TlsVersion\x12\x1b\n" +
+	"\x17TLS_VERSION_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fTLS_VERSION_1_0\x10\x01\x12\x13\n" +
+	"\x0fTLS_VERSION_1_1\x10\x02\x12\x13\n" +
+	"\x0fTLS_VERSION_1_2\x10\x03\x12\x13\n" +
+	"\x0fTLS_VERSION_1_3\x10\x04*]\n" +
 	"\aFraming\x12\x17\n" +
 	"\x13FRAMING_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFRAMING_RAW\x10\x01\x12\x11\n" +
 	"\rFRAMING_LINES\x10\x02\x12\x15\n" +
-	"\x11FRAMING_DATAGRAMS\x10\x03*\x80\x01\n" +
+	"\x11FRAMING_DATAGRAMS\x10\x03*\x98\x01\n" +
 	"\tEndReason\x12\x1a\n" +
 	"\x16END_REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEND_REASON_EOF\x10\x01\x12\x18\n" +
 	"\x14END_REASON_MAX_BYTES\x10\x02\x12\x13\n" +
 	"\x0fEND_REASON_IDLE\x10\x03\x12\x14\n" +
-	"\x10END_REASON_ERROR\x10\x04*f\n" +
+	"\x10END_REASON_ERROR\x10\x04\x12\x16\n" +
+	"\x12END_REASON_MATCHED\x10\x05*f\n" +
 	"\rServiceSource\x12\x1e\n" +
 	"\x1aSERVICE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SERVICE_SOURCE_SYSTEM\x10\x01\x12\x1a\n" +
@@ -2547,100 +3045,112 @@ func file_netprobe_v1_probe_proto_rawDescGZIP() []byte {
 	return file_netprobe_v1_probe_proto_rawDescData
 }
 
-var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_netprobe_v1_probe_proto_goTypes = []any{
 	(Network)(0),                   // 0: netprobe.v1.Network
 	(IpFamily)(0),                  // 1: netprobe.v1.IpFamily
 	(Stage)(0),                     // 2: netprobe.v1.Stage
 	(Reason)(0),                    // 3: netprobe.v1.Reason
-	(Framing)(0),                   // 4: netprobe.v1.Framing
-	(EndReason)(0),                 // 5: netprobe.v1.EndReason
-	(ServiceSource)(0),             // 6: netprobe.v1.ServiceSource
-	(Expand)(0),                    // 7: netprobe.v1.Expand
-	(*Target)(nil),                 // 8: netprobe.v1.Target
-	(*ProbeError)(nil),             // 9: netprobe.v1.ProbeError
-	(*DialAttempt)(nil),            // 10: netprobe.v1.DialAttempt
-	(*ReverseLookup)(nil),          // 11: netprobe.v1.ReverseLookup
-	(*ConnectRequest)(nil),         // 12: netprobe.v1.ConnectRequest
-	(*ConnectResponse)(nil),        // 13: netprobe.v1.ConnectResponse
-	(*TlsOptions)(nil),             // 14: netprobe.v1.TlsOptions
-	(*TlsResult)(nil),              // 15: netprobe.v1.TlsResult
-	(*Certificate)(nil),            // 16: netprobe.v1.Certificate
-	(*HttpGet)(nil),                // 17: netprobe.v1.HttpGet
-	(*FetchRequest)(nil),           // 18: netprobe.v1.FetchRequest
-	(*FetchData)(nil),              // 19: netprobe.v1.FetchData
-	(*FetchSummary)(nil),           // 20: netprobe.v1.FetchSummary
-	(*FetchResponse)(nil),          // 21: netprobe.v1.FetchResponse
-	(*ResolveServiceRequest)(nil),  // 22: netprobe.v1.ResolveServiceRequest
-	(*ResolveServiceResponse)(nil), // 23: netprobe.v1.ResolveServiceResponse
-	(*SweepTarget)(nil),            // 24: netprobe.v1.SweepTarget
-	(*SweepRequest)(nil),           // 25: netprobe.v1.SweepRequest
-	(*SweepResponse)(nil),          // 26: netprobe.v1.SweepResponse
-	(*durationpb.Duration)(nil),    // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
+	(TlsVersion)(0),                // 4: netprobe.v1.TlsVersion
+	(Framing)(0),                   // 5: netprobe.v1.Framing
+	(EndReason)(0),                 // 6: netprobe.v1.EndReason
+	(ServiceSource)(0),             // 7: netprobe.v1.ServiceSource
+	(Expand)(0),                    // 8: netprobe.v1.Expand
+	(*Target)(nil),                 // 9: netprobe.v1.Target
+	(*ProbeError)(nil),             // 10: netprobe.v1.ProbeError
+	(*DialAttempt)(nil),            // 11: netprobe.v1.DialAttempt
+	(*ReverseLookup)(nil),          // 12: netprobe.v1.ReverseLookup
+	(*ConnectRequest)(nil),         // 13: netprobe.v1.ConnectRequest
+	(*ConnectResponse)(nil),        // 14: netprobe.v1.ConnectResponse
+	(*TcpInfo)(nil),                // 15: netprobe.v1.TcpInfo
+	(*TlsOptions)(nil),             // 16: netprobe.v1.TlsOptions
+	(*TlsResult)(nil),              // 17: netprobe.v1.TlsResult
+	(*Certificate)(nil),            // 18: netprobe.v1.Certificate
+	(*HttpGet)(nil),                // 19: netprobe.v1.HttpGet
+	(*FetchRequest)(nil),           // 20: netprobe.v1.FetchRequest
+	(*Step)(nil),                   // 21: netprobe.v1.Step
+	(*FetchData)(nil),              // 22: netprobe.v1.FetchData
+	(*FetchSummary)(nil),           // 23: netprobe.v1.FetchSummary
+	(*FetchResponse)(nil),          // 24: netprobe.v1.FetchResponse
+	(*ResolveServiceRequest)(nil),  // 25: netprobe.v1.ResolveServiceRequest
+	(*ResolveServiceResponse)(nil), // 26: netprobe.v1.ResolveServiceResponse
+	(*SweepTarget)(nil),            // 27: netprobe.v1.SweepTarget
+	(*SweepRequest)(nil),           // 28: netprobe.v1.SweepRequest
+	(*SweepResponse)(nil),          // 29: netprobe.v1.SweepResponse
+	(*durationpb.Duration)(nil),    // 30: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 31: google.protobuf.Timestamp
 }
 var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	0,  // 0: netprobe.v1.Target.network:type_name -> netprobe.v1.Network
 	1,  // 1: netprobe.v1.Target.ip_family:type_name -> netprobe.v1.IpFamily
 	2,  // 2: netprobe.v1.ProbeError.stage:type_name -> netprobe.v1.Stage
 	3,  // 3: netprobe.v1.ProbeError.reason:type_name -> netprobe.v1.Reason
-	27, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
-	27, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
-	27, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
-	9,  // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
-	27, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
-	9,  // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
-	8,  // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
-	27, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
-	14, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
-	10, // 13: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
-	27, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
-	27, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
-	27, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
-	11, // 17: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
-	9,  // 18: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
-	15, // 19: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
-	27, // 20: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
-	16, // 21: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
-	28, // 22: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	28, // 23: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	8,  // 24: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
-	27, // 25: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
-	17, // 26: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
-	27, // 27: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
-	4,  // 28: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
-	14, // 29: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
-	27, // 30: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	27, // 31: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
-	5,  // 32: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
-	9,  // 33: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
-	13, // 34: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	19, // 35: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
-	20, // 36: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
-	6,  // 37: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
-	9,  // 38: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
-	8,  // 39: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	27, // 40: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
-	7,  // 41: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
-	14, // 42: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
-	24, // 43: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	27, // 44: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	8,  // 45: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	13, // 46: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	12, // 47: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	18, // 48: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	22, // 49: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	25, // 50: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	13, // 51: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	21, // 52: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	23, // 53: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	26, // 54: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	51, // [51:55] is the sub-list for method output_type
-	47, // [47:51] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	30, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
+	30, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
+	30, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
+	10, // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
+	30, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
+	10, // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
+	9,  // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
+	30, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	16, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
+	11, // 13: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
+	30, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
+	30, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
+	30, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
+	12, // 17: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
+	10, // 18: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
+	17, // 19: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
+	15, // 20: netprobe.v1.ConnectResponse.tcp_info:type_name -> netprobe.v1.TcpInfo
+	30, // 21: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
+	30, // 22: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
+	30, // 23: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
+	4,  // 24: netprobe.v1.TlsOptions.min_version:type_name -> netprobe.v1.TlsVersion
+	4,  // 25: netprobe.v1.TlsOptions.max_version:type_name -> netprobe.v1.TlsVersion
+	30, // 26: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
+	18, // 27: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
+	31, // 28: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	31, // 29: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	9,  // 30: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
+	30, // 31: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
+	19, // 32: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
+	30, // 33: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
+	5,  // 34: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
+	16, // 35: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
+	21, // 36: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
+	30, // 37: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	30, // 38: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	6,  // 39: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
+	10, // 40: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
+	15, // 41: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
+	17, // 42: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
+	14, // 43: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	22, // 44: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
+	23, // 45: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
+	7,  // 46: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
+	10, // 47: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
+	9,  // 48: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
+	30, // 49: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	8,  // 50: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
+	16, // 51: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
+	27, // 52: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	30, // 53: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 54: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	14, // 55: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	13, // 56: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	20, // 57: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	25, // 58: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	28, // 59: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	14, // 60: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	24, // 61: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	26, // 62: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	29, // 63: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	60, // [60:64] is the sub-list for method output_type
+	56, // [56:60] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
@@ -2648,11 +3158,17 @@ func file_netprobe_v1_probe_proto_init() {
 	if File_netprobe_v1_probe_proto != nil {
 		return
 	}
-	file_netprobe_v1_probe_proto_msgTypes[10].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[1].OneofWrappers = []any{}
+	file_netprobe_v1_probe_proto_msgTypes[11].OneofWrappers = []any{
 		(*FetchRequest_Payload)(nil),
 		(*FetchRequest_HttpGet)(nil),
 	}
-	file_netprobe_v1_probe_proto_msgTypes[13].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[12].OneofWrappers = []any{
+		(*Step_Send)(nil),
+		(*Step_Expect)(nil),
+		(*Step_StartTls)(nil),
+	}
+	file_netprobe_v1_probe_proto_msgTypes[15].OneofWrappers = []any{
 		(*FetchResponse_Connect)(nil),
 		(*FetchResponse_Data)(nil),
 		(*FetchResponse_Summary)(nil),
@@ -2662,8 +3178,8 @@ func file_netprobe_v1_probe_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netprobe_v1_probe_proto_rawDesc), len(file_netprobe_v1_probe_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   19,
+			NumEnums:      9,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

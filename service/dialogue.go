@@ -1,0 +1,133 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+const (
+	// expectWindow bounds what an expect keeps to match against: past it,
+	// the oldest half is dropped. A match is line-oriented, so only a line
+	// longer than that is missed.
+	expectWindow = 64 << 10
+	// quotedBytes is how much of what the peer sent a NO_MATCH quotes.
+	quotedBytes = 64
+)
+
+// dialogue runs the request's steps. It reports whether the last step was
+// an expect that matched, which ends the fetch; a failed step sets the
+// summary's error. It returns an error only when the caller's stream
+// failed.
+func (f *fetch) dialogue() (matched bool, err error) {
+	for i, st := range f.steps {
+		switch {
+		case st.send != nil:
+			n, werr := f.conn.Write(st.send)
+			f.sum.BytesSent += uint64(n)
+			if werr != nil {
+				f.failStep(i, netprobev1.Stage_STAGE_SEND, werr)
+				return false, nil
+			}
+		case st.expect != nil:
+			ok, err := f.expect(i, st.expect)
+			if err != nil || !ok {
+				return false, err
+			}
+		case st.startTLS:
+			tp := f.tls
+			if tp == nil {
+				tp = defaultTLS(f.target)
+			}
+			tc, res, pe := handshake(f.ctx, f.conn, tp, f.target, f.start)
+			f.sum.Tls = res
+			if pe != nil {
+				pe.Step = proto.Uint32(uint32(i))
+				f.sum.Error = pe
+				return false, nil
+			}
+			// Bytes the peer sent ahead of the handshake are plaintext
+			// that must not pass for part of the TLS stream.
+			f.conn, f.pending = tc, nil
+		}
+	}
+	return f.steps[len(f.steps)-1].expect != nil, nil
+}
+
+// expect reads until re matches what came since the previous expect. The
+// data read goes to the caller as any reply does.
+func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
+	r := newPooledReader(f.conn, rawBuffers)
+	for {
+		if loc := re.FindIndex(f.pending); loc != nil {
+			f.pending = f.pending[loc[1]:]
+			return true, nil
+		}
+		if f.sum.BytesReceived >= f.maxBytes {
+			f.noMatch(i, re, "before the byte cap")
+			return false, nil
+		}
+		if err := f.idleDeadline(); err != nil {
+			f.failStep(i, netprobev1.Stage_STAGE_EXPECT, err)
+			return false, nil
+		}
+		chunk, rerr := r.next()
+		if len(chunk) > 0 {
+			if len(f.pending)+len(chunk) > expectWindow {
+				keep := f.pending[max(0, len(f.pending)-expectWindow/2):]
+				f.pending = append(f.pending[:0:0], keep...)
+			}
+			// What the byte cap cuts off is not matched either.
+			kept := chunk[:min(uint64(len(chunk)), f.maxBytes-f.sum.BytesReceived)]
+			f.pending = append(f.pending, kept...)
+			_, serr := f.deliver(chunk)
+			r.release()
+			if serr != nil {
+				return false, serr
+			}
+		} else {
+			r.release()
+		}
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, io.EOF):
+			if loc := re.FindIndex(f.pending); loc != nil {
+				f.pending = f.pending[loc[1]:]
+				return true, nil
+			}
+			f.noMatch(i, re, "before the peer closed")
+			return false, nil
+		default:
+			f.failStep(i, netprobev1.Stage_STAGE_EXPECT, rerr)
+			return false, nil
+		}
+	}
+}
+
+// failStep records the failure of step i.
+func (f *fetch) failStep(i int, stage netprobev1.Stage, err error) {
+	f.fail(stage, err)
+	f.sum.Error.Step = proto.Uint32(uint32(i))
+}
+
+// noMatch records an expect that the peer never satisfied, quoting the
+// last of what it sent.
+func (f *fetch) noMatch(i int, re *regexp.Regexp, when string) {
+	tail := f.pending[max(0, len(f.pending)-quotedBytes):]
+	f.sum.Error = &netprobev1.ProbeError{
+		Stage:   netprobev1.Stage_STAGE_EXPECT,
+		Reason:  netprobev1.Reason_REASON_NO_MATCH,
+		Address: f.conn.RemoteAddr().String(),
+		Message: fmt.Sprintf("no match for %q %s; the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), when, tail),
+		Elapsed: durationpb.New(time.Since(f.start)),
+		Step:    proto.Uint32(uint32(i)),
+	}
+}

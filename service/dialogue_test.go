@@ -1,0 +1,267 @@
+package service_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+func send(b string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_Send{Send: []byte(b)}}
+}
+
+func expect(re string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: re}}
+}
+
+func startTLS() *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}}
+}
+
+// TestDialogue runs steps against targets that answer, answer wrong, close,
+// stay silent or flood: each ends as the API says, with the failing step
+// named.
+func TestDialogue(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	got := make(chan string, 16)
+	smtp := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("220 mail ESMTP\r\n"))
+		r := bufio.NewReader(c)
+		var heard strings.Builder
+		for {
+			line, err := r.ReadString('\n')
+			heard.WriteString(line)
+			switch {
+			case err != nil:
+				got <- heard.String()
+				c.Close()
+				return
+			case strings.HasPrefix(line, "EHLO"):
+				c.Write([]byte("250-mail\r\n250 SIZE 1000\r\n"))
+			case strings.HasPrefix(line, "QUIT"):
+				c.Write([]byte("221 bye\r\n"))
+			}
+		}
+	})
+	wrong := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("HTTP/1.0 400 Bad Request\r\n\r\n<html>not mail</html>"))
+		c.Close()
+	})
+	flood := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte(strings.Repeat("x", 4096)))
+		probetest.WaitClosed(c)
+	})
+	silent := probetest.Listen(t, "127.0.0.1:0", nil)
+	addr := func(tg *probetest.Target) string { return tg.Addr() }
+
+	tests := []struct {
+		name     string
+		target   *probetest.Target
+		steps    []*netprobev1.Step
+		maxBytes uint64
+		timeout  time.Duration
+		want     *wantError
+		step     uint32
+		end      netprobev1.EndReason
+		message  string
+	}{
+		{name: "banner matched", target: smtp, steps: []*netprobev1.Step{expect("^220 ")}, end: netprobev1.EndReason_END_REASON_MATCHED},
+		{name: "a dialogue, then the reply to its end", target: smtp, steps: []*netprobev1.Step{expect("^220 "), send("EHLO probe\r\n"), expect("^250 "), send("QUIT\r\n")}, end: netprobev1.EndReason_END_REASON_EOF},
+		{name: "no match before the peer closed", target: wrong, steps: []*netprobev1.Step{expect("^220 ")},
+			want: &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: netprobev1.Reason_REASON_NO_MATCH, address: addr(wrong)},
+			end:  netprobev1.EndReason_END_REASON_ERROR, message: `no match for "^220 " before the peer closed; the last bytes received: "HTTP/1.0 400 Bad Request\r\n\r\n<html>not mail</html>"`},
+		{name: "no match before the byte cap", target: flood, steps: []*netprobev1.Step{expect("^220 ")}, maxBytes: 100,
+			want: &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: netprobev1.Reason_REASON_NO_MATCH, address: addr(flood)},
+			end:  netprobev1.EndReason_END_REASON_ERROR, message: `no match for "^220 " before the byte cap; the last bytes received: "` + strings.Repeat("x", 64) + `"`},
+		{name: "the second expect times out", target: smtp, steps: []*netprobev1.Step{expect("^220 "), expect("^never")}, timeout: 300 * time.Millisecond,
+			want: &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: netprobev1.Reason_REASON_TIMEOUT, address: addr(smtp)},
+			step: 1, end: netprobev1.EndReason_END_REASON_ERROR},
+		{name: "silence times out", target: silent, steps: []*netprobev1.Step{expect("^220 ")}, timeout: 300 * time.Millisecond,
+			want: &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: netprobev1.Reason_REASON_TIMEOUT, address: addr(silent)},
+			end:  netprobev1.EndReason_END_REASON_ERROR},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := &netprobev1.FetchRequest{Target: tcpTarget(tt.target.Port()), Steps: tt.steps, MaxBytes: tt.maxBytes}
+			if tt.timeout != 0 {
+				req.Timeout = durationpb.New(tt.timeout)
+			}
+			f := fetch(t, e.Probe, req)
+			checkError(t, f.summary.GetError(), tt.want)
+			if f.summary.GetEndReason() != tt.end {
+				t.Errorf("end %v, want %v", f.summary.GetEndReason(), tt.end)
+			}
+			if tt.want != nil && f.summary.GetError().GetStep() != tt.step {
+				t.Errorf("step %d failed, want %d", f.summary.GetError().GetStep(), tt.step)
+			}
+			if tt.message != "" && f.summary.GetError().GetMessage() != tt.message {
+				t.Errorf("message %q, want %q", f.summary.GetError().GetMessage(), tt.message)
+			}
+		})
+	}
+	// The dialogue's sends reached the target.
+	var heard []string
+	for len(got) > 0 {
+		heard = append(heard, <-got)
+	}
+	if !strings.Contains(strings.Join(heard, ""), "EHLO probe\r\nQUIT\r\n") {
+		t.Errorf("the target heard %q", heard)
+	}
+}
+
+// TestDialogueStartTLS runs a STARTTLS dialogue against a server made
+// here: the handshake after the plaintext part, reported in the summary,
+// and the rest of the dialogue over TLS.
+func TestDialogueStartTLS(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	ca := probetest.NewCA(t)
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}}
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		fmt.Fprint(c, "220 ready\r\n")
+		r := bufio.NewReader(c)
+		if line, _ := r.ReadString('\n'); line != "STARTTLS\r\n" {
+			c.Close()
+			return
+		}
+		fmt.Fprint(c, "220 go ahead\r\n")
+		tc := tls.Server(c, cfg)
+		fmt.Fprint(tc, "250 secret\r\n")
+		probetest.ReadAll(tc)
+		tc.Close()
+	})
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target: tcpTarget(tg.Port()),
+		Steps:  []*netprobev1.Step{expect("^220 "), send("STARTTLS\r\n"), expect("^220 "), startTLS(), expect("^250 secret")},
+		Tls:    &netprobev1.TlsOptions{ServerName: "localhost", CaBundle: ca.PEM},
+	})
+	checkError(t, f.summary.GetError(), nil)
+	if s := f.summary; s.GetEndReason() != netprobev1.EndReason_END_REASON_MATCHED || !s.GetTls().GetVerified() || s.GetTls().GetVersion() != "TLS 1.3" {
+		t.Errorf("summary %v, want a verified TLS 1.3 and a match", s)
+	}
+	if got := string(f.bytes()); got != "220 ready\r\n220 go ahead\r\n250 secret\r\n" {
+		t.Errorf("delivered %q", got)
+	}
+	if f.connect.GetTls() != nil {
+		t.Error("the connect message reports a handshake that had not happened yet")
+	}
+
+	// A STARTTLS whose handshake fails is STAGE_TLS_HANDSHAKE at its step.
+	f = fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target: tcpTarget(tg.Port()),
+		Steps:  []*netprobev1.Step{expect("^220 "), send("STARTTLS\r\n"), expect("^220 "), startTLS()},
+		Tls:    &netprobev1.TlsOptions{ServerName: "localhost"},
+	})
+	checkError(t, f.summary.GetError(), &wantError{stage: netprobev1.Stage_STAGE_TLS_HANDSHAKE, reason: netprobev1.Reason_REASON_UNKNOWN_AUTHORITY, address: tg.Addr()})
+	if f.summary.GetError().GetStep() != 3 {
+		t.Errorf("step %d failed, want 3", f.summary.GetError().GetStep())
+	}
+}
+
+// TestTLSReasons checks NOT_TLS (a peer that answers a handshake in the
+// clear) and the version bounds.
+func TestTLSReasons(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	plain := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("HTTP/1.0 400 Bad Request\r\n\r\n"))
+		c.Close()
+	})
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: tcpTarget(plain.Port()), Tls: &netprobev1.TlsOptions{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkError(t, resp.GetError(), &wantError{stage: netprobev1.Stage_STAGE_TLS_HANDSHAKE, reason: netprobev1.Reason_REASON_NOT_TLS, address: plain.Addr()})
+
+	ca := probetest.NewCA(t)
+	only12 := tlsTarget(t, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}, MaxVersion: tls.VersionTLS12})
+	for _, tc := range []struct {
+		min, max netprobev1.TlsVersion
+		want     *wantError
+		version  string
+	}{
+		{want: nil, version: "TLS 1.2"},
+		{min: netprobev1.TlsVersion_TLS_VERSION_1_3, want: &wantError{stage: netprobev1.Stage_STAGE_TLS_HANDSHAKE, reason: netprobev1.Reason_REASON_PROTOCOL_VERSION, address: fmt.Sprintf("127.0.0.1:%d", only12)}},
+		{max: netprobev1.TlsVersion_TLS_VERSION_1_2, want: nil, version: "TLS 1.2"},
+	} {
+		resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: tcpTarget(only12), Tls: &netprobev1.TlsOptions{
+			ServerName: "localhost", CaBundle: ca.PEM, MinVersion: tc.min, MaxVersion: tc.max}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkError(t, resp.GetError(), tc.want)
+		if tc.want == nil && resp.GetTls().GetVersion() != tc.version {
+			t.Errorf("min %v max %v: %s, want %s", tc.min, tc.max, resp.GetTls().GetVersion(), tc.version)
+		}
+	}
+}
+
+// TestTCPInfo checks the kernel's view of a connection: on loopback, a
+// round-trip time and the segment sizes.
+func TestTCPInfo(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", probetest.Echo)
+	resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: tcpTarget(tg.Port())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ti := resp.GetTcpInfo(); ti.GetRtt().AsDuration() <= 0 || ti.GetSndMss() == 0 || ti.GetPathMtu() == 0 {
+		t.Errorf("tcp_info %v, want an rtt and segment sizes", ti)
+	}
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Request: &netprobev1.FetchRequest_Payload{Payload: []byte("hello")}})
+	if ti := f.summary.GetTcpInfo(); ti.GetBytesReceived() < 5 || ti.GetBytesAcked() < 5 {
+		t.Errorf("the summary's tcp_info %v, want the bytes of the exchange counted", ti)
+	}
+}
+
+// TestDialogueValidation refuses dialogues that cannot run, naming the
+// field, before dialling anything.
+func TestDialogueValidation(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	many := make([]*netprobev1.Step, 65)
+	for i := range many {
+		many[i] = send("x")
+	}
+	udp := tcpTarget(tg.Port())
+	udp.Network = netprobev1.Network_NETWORK_UDP
+	for _, tc := range []struct {
+		req    *netprobev1.FetchRequest
+		fields []string
+	}{
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{send("x")}, Request: &netprobev1.FetchRequest_Payload{Payload: []byte("y")}}, []string{"steps"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{expect("(unclosed")}}, []string{"steps[0].expect"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{expect(strings.Repeat("a", 1025))}}, []string{"steps[0].expect"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{{Action: &netprobev1.Step_StartTls{}}}}, []string{"steps[0].start_tls"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{startTLS(), startTLS()}}, []string{"steps[1].start_tls"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{{}}}, []string{"steps[0]"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{send("x")}, Tls: &netprobev1.TlsOptions{}}, []string{"tls"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: many}, []string{"steps"}},
+		{&netprobev1.FetchRequest{Target: udp, Steps: []*netprobev1.Step{send("x")}}, []string{"steps"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{send(strings.Repeat("x", 1<<20+1))}}, []string{"steps"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Tls: &netprobev1.TlsOptions{MinVersion: netprobev1.TlsVersion_TLS_VERSION_1_3, MaxVersion: netprobev1.TlsVersion_TLS_VERSION_1_2}}, []string{"tls.min_version"}},
+	} {
+		stream, err := e.Probe.Fetch(probetest.Context(t), tc.req)
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if got := badRequestFields(t, err); fmt.Sprint(got) != fmt.Sprint(tc.fields) {
+			t.Errorf("fields %v, want %v (%v)", got, tc.fields, err)
+		}
+	}
+	if !tg.AcceptedNothing() {
+		t.Error("a refused dialogue dialled the target")
+	}
+}
