@@ -21,6 +21,9 @@ type ConnectOptions struct {
 	ReverseLookup bool
 	// TLS, when set, makes the probe a TLS handshake after connecting.
 	TLS *TLSOptions
+	// Source, when set, is the local address to connect from; the probe
+	// server must allow it (probed --allow-source).
+	Source netip.Addr
 }
 
 // ConnectResult is the report of a connect phase.
@@ -43,8 +46,40 @@ type ConnectResult struct {
 	// TLS is the handshake, when one was asked for and the connection got
 	// that far.
 	TLS *TLSResult
+	// TCPInfo is the kernel's view of the connection right after it was
+	// made, where the server's system gives it (Linux).
+	TCPInfo *TCPInfo
 
 	proto *netprobev1.ConnectResponse
+}
+
+// TCPInfo is what the kernel knows of a TCP connection (TCP_INFO).
+type TCPInfo struct {
+	// RTT is the smoothed round-trip time, RTTVar its mean deviation,
+	// MinRTT the least seen.
+	RTT, RTTVar, MinRTT time.Duration
+	// Retransmits counts the unanswered sends of the segment in flight,
+	// TotalRetransmits every segment sent again, Lost those thought lost.
+	Retransmits, TotalRetransmits, Lost uint32
+	// SndMSS and RcvMSS are the largest segments sent and received,
+	// PathMTU the path MTU, in bytes; SndCwnd the congestion window, in
+	// segments.
+	SndMSS, RcvMSS, PathMTU, SndCwnd uint32
+	// DeliveryRate is the latest delivery rate, in bytes a second;
+	// BytesAcked and BytesReceived count the connection's bytes.
+	DeliveryRate, BytesAcked, BytesReceived uint64
+}
+
+func newTCPInfo(ti *netprobev1.TcpInfo) *TCPInfo {
+	if ti == nil {
+		return nil
+	}
+	return &TCPInfo{
+		RTT: ti.GetRtt().AsDuration(), RTTVar: ti.GetRttVar().AsDuration(), MinRTT: ti.GetMinRtt().AsDuration(),
+		Retransmits: ti.GetRetransmits(), TotalRetransmits: ti.GetTotalRetransmits(), Lost: ti.GetLost(),
+		SndMSS: ti.GetSndMss(), RcvMSS: ti.GetRcvMss(), PathMTU: ti.GetPathMtu(), SndCwnd: ti.GetSndCwnd(),
+		DeliveryRate: ti.GetDeliveryRateBytesPerSecond(), BytesAcked: ti.GetBytesAcked(), BytesReceived: ti.GetBytesReceived(),
+	}
 }
 
 // Proto returns the response as the server sent it, for printing it as JSON
@@ -87,6 +122,7 @@ func (c *Client) Connect(ctx context.Context, network, address string, opts Conn
 	if err != nil {
 		return nil, err
 	}
+	t.SourceAddress = sourceAddress(opts.Source)
 	req := &netprobev1.ConnectRequest{Target: t, ReverseLookup: opts.ReverseLookup, Tls: opts.TLS.proto()}
 	if opts.Timeout != 0 {
 		req.Timeout = durationpb.New(opts.Timeout)
@@ -112,6 +148,7 @@ func newConnectResult(resp *netprobev1.ConnectResponse) *ConnectResult {
 		ConnectDuration: resp.GetConnectDuration().AsDuration(),
 		TotalDuration:   resp.GetTotalDuration().AsDuration(),
 		TLS:             newTLSResult(resp.GetTls()),
+		TCPInfo:         newTCPInfo(resp.GetTcpInfo()),
 		proto:           resp,
 	}
 	for _, a := range resp.GetResolvedAddresses() {
@@ -136,6 +173,14 @@ func newConnectResult(resp *netprobev1.ConnectResponse) *ConnectResult {
 		}
 	}
 	return r
+}
+
+// sourceAddress is a source address for a Target: "" for none.
+func sourceAddress(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // parseAddrPort parses the server's "ip:port"; the zero value when empty.

@@ -27,6 +27,7 @@ const (
 	StageReverseLookup = netprobev1.Stage_STAGE_REVERSE_LOOKUP
 	StagePolicy        = netprobev1.Stage_STAGE_POLICY
 	StageTLSHandshake  = netprobev1.Stage_STAGE_TLS_HANDSHAKE
+	StageExpect        = netprobev1.Stage_STAGE_EXPECT
 )
 
 // Reason says why a stage failed.
@@ -55,6 +56,8 @@ const (
 	ReasonProtocolVersion     = netprobev1.Reason_REASON_PROTOCOL_VERSION
 	ReasonLimit               = netprobev1.Reason_REASON_LIMIT
 	ReasonServerShutdown      = netprobev1.Reason_REASON_SERVER_SHUTDOWN
+	ReasonNoMatch             = netprobev1.Reason_REASON_NO_MATCH
+	ReasonNotTLS              = netprobev1.Reason_REASON_NOT_TLS
 )
 
 // reasonText describes the reasons that are not errnos' own words.
@@ -71,6 +74,7 @@ var reasonText = map[Reason]string{
 	ReasonHandshakeFailure:    "TLS handshake failure",
 	ReasonProtocolVersion:     "no TLS version in common",
 	ReasonServerShutdown:      "cut short: the probe server is shutting down",
+	ReasonNotTLS:              "the peer does not speak TLS",
 }
 
 // ProbeError is a probe that ran on the server and failed: the target, not
@@ -91,6 +95,9 @@ type ProbeError struct {
 	Elapsed time.Duration
 	// Rule is the policy rule that refused the address (StagePolicy).
 	Rule string
+	// Step is the index in FetchOptions.Steps of the step that failed;
+	// -1 when no step did.
+	Step int
 	// Connect is the report of the connect phase as far as it went, with
 	// its timings and every address tried; nil for ResolveService.
 	Connect *ConnectResult
@@ -112,6 +119,7 @@ func newProbeError(pe *netprobev1.ProbeError) *ProbeError {
 		Message: pe.GetMessage(),
 		Elapsed: pe.GetElapsed().AsDuration(),
 		Rule:    pe.GetRule(),
+		Step:    stepIndex(pe),
 	}
 }
 
@@ -180,4 +188,12 @@ func Refusal(err error) (*ProbeError, bool) {
 		}
 	}
 	return nil, false
+}
+
+// stepIndex is the failed step's index, or -1.
+func stepIndex(pe *netprobev1.ProbeError) int {
+	if pe.Step == nil {
+		return -1
+	}
+	return int(pe.GetStep())
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"time"
 
 	"google.golang.org/grpc"
@@ -33,6 +34,7 @@ const (
 	EndMaxBytes = netprobev1.EndReason_END_REASON_MAX_BYTES
 	EndIdle     = netprobev1.EndReason_END_REASON_IDLE
 	EndError    = netprobev1.EndReason_END_REASON_ERROR
+	EndMatched  = netprobev1.EndReason_END_REASON_MATCHED
 )
 
 // FetchOptions says what to send and how to receive. The zero value sends
@@ -61,8 +63,57 @@ type FetchOptions struct {
 	// ReverseLookup asks for the peer address's names once connected.
 	ReverseLookup bool
 	// TLS, when set, makes the exchange a TLS stream; Connect.TLS reports
-	// the handshake.
+	// the handshake. With Steps, it is the options of their StartTLS.
 	TLS *TLSOptions
+	// Steps are a dialogue, instead of Payload or HTTPGet: what to send,
+	// what to expect back, when to start TLS (see Send, Expect, StartTLS).
+	Steps []Step
+	// Source, when set, is the local address to connect from.
+	Source netip.Addr
+}
+
+// Step is one step of a Fetch's dialogue: one of Send, Expect and
+// StartTLS.
+type Step struct {
+	// Send is written to the peer.
+	Send []byte
+	// Expect is an RE2 regular expression that what comes back must
+	// match, line by line (^ and $ at line boundaries).
+	Expect string
+	// StartTLS starts TLS with FetchOptions.TLS.
+	StartTLS bool
+}
+
+// Send is a step that writes b.
+func Send(b string) Step { return Step{Send: []byte(b)} }
+
+// Expect is a step that waits for what matches re.
+func Expect(re string) Step { return Step{Expect: re} }
+
+// StartTLS is a step that starts TLS.
+func StartTLS() Step { return Step{StartTLS: true} }
+
+// stepsProto converts a dialogue; a step that sets none or several of
+// its fields is an error.
+func stepsProto(steps []Step) ([]*netprobev1.Step, error) {
+	out := make([]*netprobev1.Step, len(steps))
+	for i, st := range steps {
+		var actions []*netprobev1.Step
+		if st.Send != nil {
+			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_Send{Send: st.Send}})
+		}
+		if st.Expect != "" {
+			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: st.Expect}})
+		}
+		if st.StartTLS {
+			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}})
+		}
+		if len(actions) != 1 {
+			return nil, fmt.Errorf("netprobe: fetch: step %d: set one of Send, Expect and StartTLS", i)
+		}
+		out[i] = actions[0]
+	}
+	return out, nil
 }
 
 // HTTPGet is an HTTP/1.0 GET request.
@@ -84,6 +135,10 @@ type FetchSummary struct {
 	TotalDuration time.Duration
 	// EndReason is how the fetch ended.
 	EndReason EndReason
+	// TCPInfo is the kernel's view of the connection at the end.
+	TCPInfo *TCPInfo
+	// TLS is the handshake of a StartTLS step, when it got that far.
+	TLS *TLSResult
 
 	proto *netprobev1.FetchSummary
 }
@@ -135,6 +190,12 @@ func (c *Client) Fetch(ctx context.Context, network, address string, opts FetchO
 	}
 	if opts.ReadTimeout != 0 {
 		req.ReadTimeout = durationpb.New(opts.ReadTimeout)
+	}
+	t.SourceAddress = sourceAddress(opts.Source)
+	if len(opts.Steps) > 0 {
+		if req.Steps, err = stepsProto(opts.Steps); err != nil {
+			return nil, err
+		}
 	}
 	switch {
 	case opts.HTTPGet != nil && opts.Payload != nil:
@@ -227,6 +288,8 @@ func (f *Fetch) finish(s *netprobev1.FetchSummary) {
 		TimeToFirstByte: s.GetTimeToFirstByte().AsDuration(),
 		TotalDuration:   s.GetTotalDuration().AsDuration(),
 		EndReason:       s.GetEndReason(),
+		TCPInfo:         newTCPInfo(s.GetTcpInfo()),
+		TLS:             newTLSResult(s.GetTls()),
 		proto:           s,
 	}
 	f.err = io.EOF

@@ -6,6 +6,7 @@ import (
 	"io"
 	"iter"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -38,6 +39,8 @@ type SweepTarget struct {
 	Expand Expand
 	// TLS, when set, adds a TLS handshake to each probe of the entry.
 	TLS *TLSOptions
+	// Source, when set, is the local address to connect from.
+	Source netip.Addr
 }
 
 // SweepOptions tunes a sweep.
@@ -126,6 +129,9 @@ func sweepTarget(st SweepTarget) (*netprobev1.SweepTarget, error) {
 		}
 	} else {
 		out.Target, err = target(st.Network, st.Address)
+	}
+	if out.Target != nil {
+		out.Target.SourceAddress = sourceAddress(st.Source)
 	}
 	return out, err
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/tls"
 	"time"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -19,13 +20,28 @@ type TLSOptions struct {
 	// InsecureSkipVerify completes the handshake whatever the chain, for
 	// inspection; the result still says whether it verified.
 	InsecureSkipVerify bool
+	// MinVersion and MaxVersion bound the TLS versions offered, as
+	// crypto/tls's constants (tls.VersionTLS12); zero is TLS 1.2 and 1.3.
+	MinVersion, MaxVersion uint16
+	// ClientIdentity names a client certificate configured on the probe
+	// server (probed --client-identity), to present when asked.
+	ClientIdentity string
+}
+
+// tlsVersions maps crypto/tls's versions to the API's.
+var tlsVersions = map[uint16]netprobev1.TlsVersion{
+	tls.VersionTLS10: netprobev1.TlsVersion_TLS_VERSION_1_0,
+	tls.VersionTLS11: netprobev1.TlsVersion_TLS_VERSION_1_1,
+	tls.VersionTLS12: netprobev1.TlsVersion_TLS_VERSION_1_2,
+	tls.VersionTLS13: netprobev1.TlsVersion_TLS_VERSION_1_3,
 }
 
 func (o *TLSOptions) proto() *netprobev1.TlsOptions {
 	if o == nil {
 		return nil
 	}
-	return &netprobev1.TlsOptions{ServerName: o.ServerName, Alpn: o.ALPN, CaBundle: o.CABundle, InsecureSkipVerify: o.InsecureSkipVerify}
+	return &netprobev1.TlsOptions{ServerName: o.ServerName, Alpn: o.ALPN, CaBundle: o.CABundle, InsecureSkipVerify: o.InsecureSkipVerify,
+		MinVersion: tlsVersions[o.MinVersion], MaxVersion: tlsVersions[o.MaxVersion], ClientIdentity: o.ClientIdentity}
 }
 
 // TLSResult is what the handshake found.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/netprobe/netprobe/internal/server"
 )
 
 // blackhole returns the port of a probetest.Blackhole on ip for the length
@@ -385,5 +387,44 @@ func TestHostsFileFamily(t *testing.T) {
 	}
 	if pe := resp.GetError(); pe.GetStage() != netprobev1.Stage_STAGE_RESOLVE || pe.GetReason() != netprobev1.Reason_REASON_NO_SUCH_HOST {
 		t.Errorf("%s with %v: %v, want RESOLVE / NO_SUCH_HOST", name, family, pe)
+	}
+}
+
+// TestSourceAddress binds the source address a probe asks for: one the
+// server may bind and the machine has, one the server may not bind, one
+// the machine does not have (the bind fails: STAGE_SOCKET).
+func TestSourceAddress(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.AllowSource = []string{"127.0.0.2", "198.18.0.0/24"} }))
+	peers := make(chan string, 4)
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		peers <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+	})
+	connect := func(source string) (*netprobev1.ConnectResponse, error) {
+		target := tcpTarget(tg.Port())
+		target.SourceAddress = source
+		return e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: target})
+	}
+	resp, err := connect("127.0.0.2")
+	if err != nil || resp.GetError() != nil || !strings.HasPrefix(resp.GetLocalAddress(), "127.0.0.2:") {
+		t.Fatalf("from 127.0.0.2: %v, %v", resp, err)
+	}
+	if peer := <-peers; peer != "127.0.0.2" {
+		t.Errorf("the target saw %s, want 127.0.0.2", peer)
+	}
+	resp, err = connect("198.18.0.99")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkError(t, resp.GetError(), &wantError{stage: netprobev1.Stage_STAGE_SOCKET, reason: netprobev1.Reason_REASON_OTHER, errno: "EADDRNOTAVAIL", address: tg.Addr()})
+	for source, field := range map[string]string{"127.0.0.3": "target.source_address", "::1": "target.source_address", "not an address": "target.source_address"} {
+		_, err := connect(source)
+		if got := badRequestFields(t, err); fmt.Sprint(got) != fmt.Sprint([]string{field}) {
+			t.Errorf("from %q: fields %v (%v), want %s", source, got, err, field)
+		}
+	}
+	if len(peers) != 0 {
+		t.Error("a refused source address reached the target")
 	}
 }

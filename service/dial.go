@@ -59,6 +59,9 @@ func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Co
 		targets[i] = netip.AddrPortFrom(a, t.port)
 	}
 
+	if t.source.IsValid() {
+		ctx = context.WithValue(ctx, sourceKey{}, t.source)
+	}
 	connectStart := time.Now()
 	caller := CallerFrom(ctx)
 	check := func(ap netip.AddrPort) error { return s.cfg.Policy.Check(caller, ap) }
@@ -305,6 +308,9 @@ func partialDeadline(ctx context.Context, now time.Time, remaining int) (time.Ti
 	return now.Add(share), share < left
 }
 
+// sourceKey marks a context whose dials bind the netip.Addr it holds.
+type sourceKey struct{}
+
 // socketMadeKey marks a context whose dial records, in the *bool it holds,
 // that the socket was made.
 type socketMadeKey struct{}
@@ -315,8 +321,16 @@ type socketMadeKey struct{}
 // runtime then doubles (go run ./bench -only inflight measures it).
 var dialer = net.Dialer{
 	KeepAlive: -1,
-	// The hook runs once the socket exists and before connect(2).
-	ControlContext: func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
+	// The hook runs once the socket exists and before connect(2). It binds
+	// the source address a probe asked for, itself rather than through
+	// LocalAddr, so that a bind the kernel refuses is told apart from a
+	// failed connect: the socket counts as made only once it is bound.
+	ControlContext: func(ctx context.Context, _, _ string, rc syscall.RawConn) error {
+		if src, ok := ctx.Value(sourceKey{}).(netip.Addr); ok {
+			if err := bindSource(rc, src); err != nil {
+				return err
+			}
+		}
 		if made, ok := ctx.Value(socketMadeKey{}).(*bool); ok {
 			*made = true
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -56,6 +57,9 @@ type Config struct {
 	// Policy decides which addresses probes may reach; nil is
 	// policy.New(), the built-in denials only.
 	Policy *policy.Policy
+	// AllowedSources are the addresses a probe may bind as its source
+	// (Target.source_address); none by default.
+	AllowedSources []netip.Prefix
 	// Limiter, when set, holds each probe of a Sweep to the server's
 	// limits (Connect and Fetch are one probe a call, which the server
 	// admits before the handler runs).

@@ -3,6 +3,7 @@
 package service
 
 import (
+	"net/netip"
 	"os"
 	"syscall"
 	"unsafe"
@@ -48,3 +49,16 @@ func pendingError(c syscall.Conn) error {
 
 // errnoName is errno's symbolic name, such as ECONNREFUSED.
 func errnoName(errno syscall.Errno) string { return unix.ErrnoName(errno) }
+
+// bindSource binds the socket of rc to addr, port 0.
+func bindSource(rc syscall.RawConn, addr netip.Addr) error {
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: addr.As16()}
+	if addr.Is4() {
+		sa = &unix.SockaddrInet4{Addr: addr.As4()}
+	}
+	var bindErr error
+	if err := rc.Control(func(fd uintptr) { bindErr = unix.Bind(int(fd), sa) }); err != nil {
+		return err
+	}
+	return os.NewSyscallError("bind", bindErr)
+}

@@ -55,6 +55,7 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 			checked.Port = 1
 		}
 		t := validateTarget(&sub, checked)
+		s.validateSource(&sub, "target.source_address", &t, asked.GetSourceAddress())
 		if st.GetExpand() == netprobev1.Expand_EXPAND_SRV {
 			t.port = 0
 		}

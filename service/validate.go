@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,7 +49,8 @@ type target struct {
 	literal netip.Addr // valid when host is an IP address
 	port    uint16     // 0 until the service is looked up
 	service string
-	network string // "tcp" or "udp"
+	source  netip.Addr // valid when a source address is asked for
+	network string     // "tcp" or "udp"
 	family  netprobev1.IpFamily
 }
 
@@ -116,6 +118,36 @@ func validateTarget(v *violations, t *netprobev1.Target) target {
 		}
 	}
 	return out
+}
+
+// validateSource checks the source address a target asks for against the
+// addresses the server may bind, and holds the target to its family.
+func (s *Server) validateSource(v *violations, field string, t *target, source string) {
+	if source == "" {
+		return
+	}
+	a, err := netip.ParseAddr(source)
+	if err != nil || a.Zone() != "" {
+		v.add(field, "%s is not an IP address", quote(source))
+		return
+	}
+	a = a.Unmap()
+	if !slices.ContainsFunc(s.cfg.AllowedSources, func(p netip.Prefix) bool { return p.Contains(a) }) {
+		v.add(field, "%s is not an address this server may bind (probed --allow-source)", a)
+		return
+	}
+	family := netprobev1.IpFamily_IP_FAMILY_IPV6
+	if a.Is4() {
+		family = netprobev1.IpFamily_IP_FAMILY_IPV4
+	}
+	switch {
+	case t.literal.IsValid() && t.literal.Is4() != a.Is4():
+		v.add(field, "%s is not of the family of host %s", a, t.literal)
+	case t.family != netprobev1.IpFamily_IP_FAMILY_UNSPECIFIED && t.family != family:
+		v.add(field, "%s is not of the family ip_family asks for", a)
+	}
+	// A name is resolved to the source's family alone.
+	t.source, t.family = a, family
 }
 
 // quote quotes what a caller sent for an error message, cut to its first
@@ -221,6 +253,7 @@ func (s *Server) validateTimeout(v *violations, field string, d *durationpb.Dura
 func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (target, time.Duration, *tlsParams, error) {
 	var v violations
 	t := validateTarget(&v, req.GetTarget())
+	s.validateSource(&v, "target.source_address", &t, req.GetTarget().GetSourceAddress())
 	timeout := s.validateTimeout(&v, "timeout", req.GetTimeout())
 	tp := validateTLS(&v, "tls", req.GetTls(), t)
 	return t, timeout, tp, v.err()
@@ -264,6 +297,7 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 		framing:   req.GetFraming(),
 		halfClose: !req.GetKeepWriteOpen(),
 	}
+	s.validateSource(&v, "target.source_address", &p.target, req.GetTarget().GetSourceAddress())
 	p.tls = validateTLS(&v, "tls", req.GetTls(), p.target)
 	udp := p.target.network == "udp"
 	switch r := req.GetRequest().(type) {

@@ -38,6 +38,7 @@ type config struct {
 	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address, at /metrics; empty turns them off."`
 	Allow           []string         `sep:";" env:"NETPROBE_ALLOW" placeholder:"RULE" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
 	Deny            []string         `sep:";" env:"NETPROBE_DENY" placeholder:"RULE" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
+	AllowSource     []string         `sep:";" env:"NETPROBE_ALLOW_SOURCE" placeholder:"ADDR" group:"Target policy" help:"Let probes bind this source address, or any of this prefix (repeatable): Target.source_address. None by default: a request that asks for one is INVALID_ARGUMENT."`
 	PolicyFile      string           `env:"NETPROBE_POLICY_FILE" type:"path" group:"Target policy" help:"Read rules from this file: \"allow RULE\", \"deny RULE\" and \"caller NAME allow RULE\" lines."`
 	DefaultTimeout  time.Duration    `default:"${default_timeout}" env:"NETPROBE_DEFAULT_TIMEOUT" group:"Limits" help:"Probe timeout when a request sets none."`
 	MaxTimeout      time.Duration    `default:"${max_timeout}" env:"NETPROBE_MAX_TIMEOUT" group:"Limits" help:"Largest probe timeout a request may ask for, which bounds a Fetch too; more is INVALID_ARGUMENT."`
@@ -190,6 +191,7 @@ func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Conf
 		TokensFile:              cfg.TokensFile,
 		PolicyRules:             rules,
 		PolicyFile:              cfg.PolicyFile,
+		AllowSource:             cfg.AllowSource,
 		Self:                    self,
 		DefaultTimeout:          cfg.DefaultTimeout,
 		MaxTimeout:              cfg.MaxTimeout,

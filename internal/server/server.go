@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -76,6 +77,9 @@ type Config struct {
 	PolicyRules []string
 	// PolicyFile is a file of target policy lines.
 	PolicyFile string
+	// AllowSource lists the addresses, or prefixes, a probe may bind as its
+	// source (Target.source_address); none by default.
+	AllowSource []string
 	// Self lists the addresses the server answers on (its gRPC and metrics
 	// listeners), which the target policy denies to every probe.
 	Self []net.Addr
@@ -212,7 +216,12 @@ func New(cfg Config) (*Server, error) {
 	s.registry.MustRegister(grpcMetrics)
 	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
 	s.rates = newRateLimiter(cfg.Rate, cfg.Burst, m)
+	sources, err := parseSources(cfg.AllowSource)
+	if err != nil {
+		return nil, err
+	}
 	srv, err := service.New(service.Config{
+		AllowedSources:      sources,
 		DefaultTimeout:      cfg.DefaultTimeout,
 		MaxTimeout:          cfg.MaxTimeout,
 		MaxPayloadBytes:     cfg.MaxPayloadBytes,
@@ -239,6 +248,23 @@ func New(cfg Config) (*Server, error) {
 	grpcMetrics.InitializeMetrics(s.grpc)
 	s.health.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s, nil
+}
+
+// parseSources parses --allow-source values: addresses or prefixes.
+func parseSources(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("allow source %q: want an IP address or a prefix", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }
 
 // streamWorkers is the size of the gRPC server's handler pool; calls
