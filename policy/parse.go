@@ -87,6 +87,8 @@ func parsePort(s string) (uint16, error) {
 //	allow RULE
 //	deny RULE
 //	caller NAME allow RULE
+//	identity ID              (any caller may present client identity ID)
+//	caller NAME identity ID  (caller NAME may)
 //
 // Blank lines and lines starting with # are ignored.
 func (p *Policy) AddLine(line string) error {
@@ -107,20 +109,32 @@ func (p *Policy) AddLine(line string) error {
 			p.Deny(r)
 		}
 		return nil
+	case "identity":
+		id := strings.TrimSpace(rest)
+		if id == "" || strings.ContainsAny(id, " \t") {
+			return fmt.Errorf("%q: want identity NAME", line)
+		}
+		p.GrantIdentity("", id)
+		return nil
 	case "caller":
 		name, rest, _ := strings.Cut(strings.TrimSpace(rest), " ")
-		verb, rule, _ := strings.Cut(strings.TrimSpace(rest), " ")
-		if name == "" || verb != "allow" {
-			return fmt.Errorf("%q: want caller NAME allow RULE", line)
+		verb, arg, _ := strings.Cut(strings.TrimSpace(rest), " ")
+		arg = strings.TrimSpace(arg)
+		switch {
+		case name != "" && verb == "identity" && arg != "" && !strings.ContainsAny(arg, " \t"):
+			p.GrantIdentity(name, arg)
+			return nil
+		case name == "" || verb != "allow":
+			return fmt.Errorf("%q: want caller NAME allow RULE, or caller NAME identity ID", line)
 		}
-		r, err := ParseRule(rule)
+		r, err := ParseRule(arg)
 		if err != nil {
 			return err
 		}
 		p.AllowCaller(name, r)
 		return nil
 	}
-	return fmt.Errorf("%q: a line is allow RULE, deny RULE or caller NAME allow RULE", line)
+	return fmt.Errorf("%q: a line is allow RULE, deny RULE, caller NAME allow RULE, identity ID or caller NAME identity ID", line)
 }
 
 // Load adds the lines read from r; errors name the line.

@@ -79,6 +79,9 @@ func (r *Rule) match(subjects []netip.Addr, port uint16) (netip.Prefix, bool) {
 type Policy struct {
 	deny, self, builtin, allow []Rule
 	callers                    map[string][]Rule
+	// identities are the client identities each caller may present ("" for
+	// any caller).
+	identities map[string][]string
 }
 
 // The built-in denials.
@@ -100,7 +103,7 @@ func prefixes(ss ...string) []netip.Prefix {
 // New returns the default policy: every address allowed but the built-in
 // denials.
 func New() *Policy {
-	return &Policy{builtin: slices.Clone(defaultDenials), callers: map[string][]Rule{}}
+	return &Policy{builtin: slices.Clone(defaultDenials), callers: map[string][]Rule{}, identities: map[string][]string{}}
 }
 
 // DenySelf denies port on the addresses of prefix, where the probe server
@@ -132,6 +135,17 @@ func (p *Policy) Allow(r Rule) { p.allow = append(p.allow, r) }
 // what its own rules cover (and the policy allows).
 func (p *Policy) AllowCaller(caller string, r Rule) {
 	p.callers[caller] = append(p.callers[caller], r)
+}
+
+// GrantIdentity lets caller ("" for any caller) present the client
+// identity named id in its probes' TLS handshakes.
+func (p *Policy) GrantIdentity(caller, id string) {
+	p.identities[caller] = append(p.identities[caller], id)
+}
+
+// MayUse reports whether caller may present the client identity id.
+func (p *Policy) MayUse(caller, id string) bool {
+	return slices.Contains(p.identities[""], id) || slices.Contains(p.identities[caller], id)
 }
 
 // Denied is a refusal: the address and the rule that refused it.
@@ -252,6 +266,15 @@ func (p *Policy) Rules() []string {
 	for _, c := range slices.Sorted(maps.Keys(p.callers)) {
 		for _, r := range p.callers[c] {
 			out = append(out, "caller "+c+" allow "+r.Text)
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(p.identities)) {
+		for _, id := range p.identities[c] {
+			if c == "" {
+				out = append(out, "identity "+id)
+			} else {
+				out = append(out, "caller "+c+" identity "+id)
+			}
 		}
 	}
 	return out

@@ -245,6 +245,31 @@ func TestDenySelf(t *testing.T) {
 	}
 }
 
+// TestIdentities checks who may present which client identity.
+func TestIdentities(t *testing.T) {
+	p := New()
+	for _, line := range []string{"identity shared", "caller team-a identity billing"} {
+		if err := p.AddLine(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		caller, id string
+		want       bool
+	}{
+		{"", "shared", true},
+		{"team-b", "shared", true},
+		{"team-a", "billing", true},
+		{"team-b", "billing", false},
+		{"", "billing", false},
+		{"team-a", "other", false},
+	} {
+		if got := p.MayUse(tc.caller, tc.id); got != tc.want {
+			t.Errorf("MayUse(%q, %q) = %v, want %v", tc.caller, tc.id, got, tc.want)
+		}
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	for _, tt := range []struct{ line, want string }{
 		{"allow", `rule "": no addresses`},
@@ -256,8 +281,11 @@ func TestParseErrors(t *testing.T) {
 		{"allow 10.0.0.0/8 port 0", `"0" is not a port`},
 		{"allow 10.0.0.0/8 port 70000", `"70000" is not a port`},
 		{"allow 10.0.0.0/8 port 90-80", "runs backwards"},
-		{"permit 10.0.0.0/8", "a line is allow RULE, deny RULE or caller NAME allow RULE"},
-		{"caller team-a deny 10.0.0.0/8", "want caller NAME allow RULE"},
+		{"permit 10.0.0.0/8", "a line is allow RULE, deny RULE, caller NAME allow RULE, identity ID or caller NAME identity ID"},
+		{"identity", "want identity NAME"},
+		{"identity a b", "want identity NAME"},
+		{"caller team-a identity", "want caller NAME allow RULE, or caller NAME identity ID"},
+		{"caller team-a deny 10.0.0.0/8", "want caller NAME allow RULE, or caller NAME identity ID"},
 	} {
 		err := New().AddLine(tt.line)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {

@@ -18,6 +18,9 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 	if err != nil {
 		return nil, err
 	}
+	if err := s.grantIdentity(ctx, "tls", tp); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	// The caller's deadline caps the probe's: whichever comes first ends it.
 	pctx, cancel := context.WithTimeout(ctx, timeout)

@@ -54,6 +54,9 @@ func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreaming
 	if err != nil {
 		return err
 	}
+	if err := s.grantIdentity(stream.Context(), "tls", p.tls); err != nil {
+		return err
+	}
 	start := time.Now()
 	// Cut ends a Fetch that outlives the shutdown's grace period.
 	cctx, done := s.cuttable(stream.Context())

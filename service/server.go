@@ -57,6 +57,9 @@ type Config struct {
 	// Policy decides which addresses probes may reach; nil is
 	// policy.New(), the built-in denials only.
 	Policy *policy.Policy
+	// ClientIdentities are the client certificates probes may present,
+	// as the Policy grants them; nil is none.
+	ClientIdentities ClientIdentities
 	// AllowedSources are the addresses a probe may bind as its source
 	// (Target.source_address); none by default.
 	AllowedSources []netip.Prefix

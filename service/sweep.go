@@ -103,6 +103,11 @@ func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreaming
 		return err
 	}
 	ctx := stream.Context()
+	for i, job := range jobs {
+		if err := s.grantIdentity(ctx, fmt.Sprintf("targets[%d].tls", i), job.tls); err != nil {
+			return err
+		}
+	}
 	// The sweep's budget ends a margin before the caller's deadline, to
 	// report what is left, and Cut ends it too.
 	sctx, done := s.cuttable(ctx)

@@ -1,7 +1,6 @@
 package service
 
 import (
-	"crypto/tls"
 	"net"
 	"time"
 
@@ -14,8 +13,8 @@ import (
 // tcpInfo reads the kernel's view of a TCP connection (TCP_INFO), under
 // any TLS; nil for anything else.
 func tcpInfo(conn net.Conn) *netprobev1.TcpInfo {
-	if tc, ok := conn.(*tls.Conn); ok {
-		conn = tc.NetConn()
+	if nc, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		conn = nc.NetConn()
 	}
 	c, ok := conn.(*net.TCPConn)
 	if !ok {

@@ -6,9 +6,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -26,6 +30,10 @@ type tlsParams struct {
 	skipVerify bool
 	// minVersion and maxVersion bound the versions offered.
 	minVersion, maxVersion uint16
+	// identity names the client certificate to present, and clientCert
+	// is it, once the caller has been found to be granted it.
+	identity   string
+	clientCert *tls.Certificate
 }
 
 // tlsVersions maps the API's versions to crypto/tls's.
@@ -61,8 +69,10 @@ func validateTLS(v *violations, field string, opts *netprobev1.TlsOptions, t tar
 	if p.minVersion > p.maxVersion {
 		v.add(field+".min_version", "%s is above max_version %s", tls.VersionName(p.minVersion), tls.VersionName(p.maxVersion))
 	}
-	if opts.GetClientIdentity() != "" {
-		v.add(field+".client_identity", "this server has no client identities")
+	if p.identity = opts.GetClientIdentity(); p.identity != "" {
+		if msg := checkServiceName(p.identity); msg != "" {
+			v.add(field+".client_identity", "%s is not an identity's name: %s", quote(p.identity), msg)
+		}
 	}
 	if p.serverName == "" && !t.literal.IsValid() {
 		p.serverName = t.host
@@ -92,6 +102,43 @@ func validateTLS(v *violations, field string, opts *netprobev1.TlsOptions, t tar
 	return p
 }
 
+// grantIdentity finds the client identity p names, and checks that the
+// caller of ctx may present it: an unknown identity is INVALID_ARGUMENT,
+// one the caller is not granted PERMISSION_DENIED. Nothing has been
+// dialled yet.
+func (s *Server) grantIdentity(ctx context.Context, field string, p *tlsParams) error {
+	if p == nil || p.identity == "" {
+		return nil
+	}
+	var cert *tls.Certificate
+	ok := false
+	if s.cfg.ClientIdentities != nil {
+		cert, ok = s.cfg.ClientIdentities.Certificate(p.identity)
+	}
+	if !ok {
+		var v violations
+		v.add(field+".client_identity", "no client identity %s on this server (probed --client-identity)", quote(p.identity))
+		return v.err()
+	}
+	caller := CallerFrom(ctx)
+	if !s.cfg.Policy.MayUse(caller, p.identity) {
+		who := "an anonymous caller"
+		if caller != "" {
+			who = "caller " + caller
+		}
+		return status.Errorf(codes.PermissionDenied, "%s may not present client identity %s (a policy line \"caller %s identity %s\" grants it)", who, p.identity, caller, p.identity)
+	}
+	p.clientCert = cert
+	return nil
+}
+
+// ClientIdentities are the client certificates probes may present in
+// their TLS handshakes, by name.
+type ClientIdentities interface {
+	// Certificate returns the identity called name.
+	Certificate(name string) (*tls.Certificate, bool)
+}
+
 // defaultTLS is the handshake of a start_tls step when the request gives
 // no options: the target's name, verified against the system's roots.
 func defaultTLS(t target) *tlsParams {
@@ -105,18 +152,38 @@ func defaultTLS(t target) *tlsParams {
 // handshake runs TLS over conn and reports it. It returns the TLS
 // connection, or a ProbeError (STAGE_TLS_HANDSHAKE) with whatever the
 // handshake learnt in the result.
-func handshake(ctx context.Context, conn net.Conn, p *tlsParams, t target, start time.Time) (*tls.Conn, *netprobev1.TlsResult, *netprobev1.ProbeError) {
+func handshake(ctx context.Context, conn net.Conn, p *tlsParams, t target, start time.Time) (net.Conn, *netprobev1.TlsResult, *netprobev1.ProbeError) {
 	begin := time.Now()
 	// The chain is verified below, by hand, so that an inspection
 	// (skipVerify) still learns whether it would have verified.
-	tc := tls.Client(conn, &tls.Config{
+	cfg := &tls.Config{
 		ServerName:         p.serverName,
 		NextProtos:         p.alpn,
 		InsecureSkipVerify: true,
 		MinVersion:         p.minVersion,
 		MaxVersion:         p.maxVersion,
-	})
+	}
+	asked := false
+	if p.clientCert != nil {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			asked = true
+			return p.clientCert, nil
+		}
+	} else {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			asked = true
+			return &tls.Certificate{}, nil
+		}
+	}
+	tc := tls.Client(conn, cfg)
 	err := tc.HandshakeContext(ctx)
+	var out net.Conn = tc
+	if err == nil && asked && tc.ConnectionState().Version == tls.VersionTLS13 {
+		// In TLS 1.3 a server judges the client's certificate after the
+		// client's side of the handshake is done: its refusal comes as an
+		// alert just after. Wait for it a little.
+		out, err = lateAlert(ctx, tc, time.Since(begin))
+	}
 	res := &netprobev1.TlsResult{HandshakeDuration: durationpb.New(time.Since(begin)), ServerName: p.serverName}
 	addr := conn.RemoteAddr().String()
 	if err != nil {
@@ -142,8 +209,56 @@ func handshake(ctx context.Context, conn net.Conn, p *tlsParams, t target, start
 			return nil, res, probeError(netprobev1.Stage_STAGE_TLS_HANDSHAKE, addr, verr, time.Since(start))
 		}
 	}
-	return tc, res, nil
+	return out, res, nil
 }
+
+// lateAlert reads from tc for about as long again as the handshake took
+// (at least 20 ms, within ctx's deadline), for an alert a TLS 1.3 server
+// sends after judging the client's certificate. A byte of data that comes
+// instead is kept for the connection's first read.
+func lateAlert(ctx context.Context, tc *tls.Conn, took time.Duration) (net.Conn, error) {
+	wait := time.Now().Add(max(took, 20*time.Millisecond))
+	if d, ok := ctx.Deadline(); ok && d.Before(wait) {
+		wait = d
+	}
+	tc.SetReadDeadline(wait)
+	defer tc.SetReadDeadline(time.Time{})
+	var b [1]byte
+	n, err := tc.Read(b[:])
+	switch {
+	case n > 0:
+		return &peekedConn{Conn: tc, peeked: b[:n]}, nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return tc, nil
+	case errors.Is(err, io.EOF):
+		// The server closed after the handshake: for the exchange to see.
+		return &peekedConn{Conn: tc, err: err}, nil
+	}
+	return nil, err
+}
+
+// peekedConn is a connection whose first read returns what was read
+// ahead of it.
+type peekedConn struct {
+	net.Conn
+	peeked []byte
+	err    error
+}
+
+func (c *peekedConn) Read(b []byte) (int, error) {
+	if len(c.peeked) > 0 {
+		n := copy(b, c.peeked)
+		c.peeked = c.peeked[n:]
+		return n, nil
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.Conn.Read(b)
+}
+
+// NetConn is the connection under TLS.
+func (c *peekedConn) NetConn() net.Conn { return c.Conn.(*tls.Conn).NetConn() }
 
 // verify checks the chain for the server name (or the IP address), as the
 // standard client would have.

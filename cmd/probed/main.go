@@ -39,7 +39,8 @@ type config struct {
 	Allow           []string         `sep:";" env:"NETPROBE_ALLOW" placeholder:"RULE" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
 	Deny            []string         `sep:";" env:"NETPROBE_DENY" placeholder:"RULE" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
 	AllowSource     []string         `sep:";" env:"NETPROBE_ALLOW_SOURCE" placeholder:"ADDR" group:"Target policy" help:"Let probes bind this source address, or any of this prefix (repeatable): Target.source_address. None by default: a request that asks for one is INVALID_ARGUMENT."`
-	PolicyFile      string           `env:"NETPROBE_POLICY_FILE" type:"path" group:"Target policy" help:"Read rules from this file: \"allow RULE\", \"deny RULE\" and \"caller NAME allow RULE\" lines."`
+	ClientIdentity  []string         `name:"client-identity" sep:";" env:"NETPROBE_CLIENT_IDENTITY" placeholder:"NAME=CERT,KEY" group:"Probing" help:"A client certificate and key (PEM files) probes may present to their targets as NAME (TlsOptions.client_identity), to callers the policy grants it (\"identity NAME\", \"caller CALLER identity NAME\"); repeatable, reloaded like --tls-cert."`
+	PolicyFile      string           `env:"NETPROBE_POLICY_FILE" type:"path" group:"Target policy" help:"Read rules from this file: \"allow RULE\", \"deny RULE\", \"caller NAME allow RULE\", and the client identities callers may present: \"identity ID\" (anyone), \"caller NAME identity ID\"."`
 	DefaultTimeout  time.Duration    `default:"${default_timeout}" env:"NETPROBE_DEFAULT_TIMEOUT" group:"Limits" help:"Probe timeout when a request sets none."`
 	MaxTimeout      time.Duration    `default:"${max_timeout}" env:"NETPROBE_MAX_TIMEOUT" group:"Limits" help:"Largest probe timeout a request may ask for, which bounds a Fetch too; more is INVALID_ARGUMENT."`
 	MaxPayloadBytes int              `default:"${max_payload_bytes}" env:"NETPROBE_MAX_PAYLOAD_BYTES" group:"Limits" help:"Largest Fetch payload a request may carry, in bytes (default 1 MiB); it also sizes the largest request message."`
@@ -192,6 +193,7 @@ func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Conf
 		PolicyRules:             rules,
 		PolicyFile:              cfg.PolicyFile,
 		AllowSource:             cfg.AllowSource,
+		ClientIdentities:        cfg.ClientIdentity,
 		Self:                    self,
 		DefaultTimeout:          cfg.DefaultTimeout,
 		MaxTimeout:              cfg.MaxTimeout,

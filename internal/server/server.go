@@ -68,6 +68,10 @@ type Config struct {
 	// TLSClientCA, when set, requires client certificates signed by these
 	// CAs (PEM); the certificate's common name names the caller.
 	TLSClientCA string
+	// ClientIdentities are client certificates probes may present to their
+	// targets, as "NAME=CERT,KEY" (PEM files); the policy grants them to
+	// callers. They are read again when they change and on Reload.
+	ClientIdentities []string
 	// TokensFile, when set, requires a bearer token from it ("NAME TOKEN"
 	// lines) on every call but health checks; NAME names the caller.
 	TokensFile string
@@ -175,9 +179,11 @@ type Server struct {
 	service  *service.Server
 	metrics  *metrics
 	cert     *certificate
-	tokens   *tokens
-	policy   *policy.Policy
-	logger   *slog.Logger
+	// identities are the client certificates probes may present.
+	identities identities
+	tokens     *tokens
+	policy     *policy.Policy
+	logger     *slog.Logger
 }
 
 // New builds a server from cfg; Serve then serves it.
@@ -220,8 +226,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.identities, err = loadIdentities(cfg.ClientIdentities, s.logger); err != nil {
+		return nil, err
+	}
 	srv, err := service.New(service.Config{
 		AllowedSources:      sources,
+		ClientIdentities:    s.identities,
 		DefaultTimeout:      cfg.DefaultTimeout,
 		MaxTimeout:          cfg.MaxTimeout,
 		MaxPayloadBytes:     cfg.MaxPayloadBytes,
@@ -340,18 +350,29 @@ func (s *Server) Tokens() bool { return s.tokens != nil }
 // judged.
 func (s *Server) PolicyRules() []string { return s.policy.Rules() }
 
-// Reload reads the certificate files again, when the server has them; on
-// failure the certificate in use stays.
+// Reload reads the certificate files again, the server's and the client
+// identities'; on failure the certificate in use stays.
 func (s *Server) Reload() error {
-	if s.cert == nil {
-		s.logger.Info("nothing to reload", "why", "no TLS certificate")
+	if s.cert == nil && len(s.identities) == 0 {
+		s.logger.Info("nothing to reload", "why", "no certificates")
 		return nil
 	}
-	if err := s.cert.reload(); err != nil {
-		return err
+	var errs []error
+	if s.cert != nil {
+		if err := s.cert.reload(); err != nil {
+			errs = append(errs, err)
+		} else {
+			s.logger.Info("reloaded the TLS certificate", "file", s.cert.certFile)
+		}
 	}
-	s.logger.Info("reloaded the TLS certificate", "file", s.cert.certFile)
-	return nil
+	for name, c := range s.identities {
+		if err := c.reload(); err != nil {
+			errs = append(errs, fmt.Errorf("client identity %s: %w", name, err))
+		} else {
+			s.logger.Info("reloaded a client identity", "identity", name, "file", c.certFile)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Drain shuts the server down: new probes are refused from now on, and

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -120,4 +121,39 @@ func certSubject(p *peer.Peer) string {
 		return subject.CommonName
 	}
 	return subject.String()
+}
+
+// identities are the client certificates probes may present, by name,
+// each reloaded as the server's own is.
+type identities map[string]*certificate
+
+// loadIdentities reads --client-identity values: NAME=CERT,KEY.
+func loadIdentities(specs []string, logger *slog.Logger) (identities, error) {
+	out := identities{}
+	for _, spec := range specs {
+		name, files, ok := strings.Cut(spec, "=")
+		certFile, keyFile, ok2 := strings.Cut(files, ",")
+		if !ok || !ok2 || name == "" || certFile == "" || keyFile == "" {
+			return nil, fmt.Errorf("client identity %q: want NAME=CERT,KEY", spec)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("client identity %s is given twice", name)
+		}
+		c, err := loadCertificate(certFile, keyFile, logger)
+		if err != nil {
+			return nil, fmt.Errorf("client identity %s: %w", name, err)
+		}
+		out[name] = c
+	}
+	return out, nil
+}
+
+// Certificate implements service.ClientIdentities.
+func (ids identities) Certificate(name string) (*tls.Certificate, bool) {
+	c, ok := ids[name]
+	if !ok {
+		return nil, false
+	}
+	cert, _ := c.get(nil)
+	return cert, true
 }
