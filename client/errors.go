@@ -147,6 +147,9 @@ func (e *ProbeError) Error() string {
 	if e.Errno != "" {
 		b.WriteString(", errno " + e.Errno)
 	}
+	if e.Step >= 0 {
+		fmt.Fprintf(&b, ", step %d", e.Step)
+	}
 	b.WriteString(")")
 	return b.String()
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -182,7 +186,7 @@ func TestVerbose(t *testing.T) {
 	t.Parallel()
 	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
 	r := probe(probetest.Context(t), nil, "connect", "-v", "127.0.0.1", up)
-	want := `^tried 127\.0\.0\.1:\d+ at \+\S+: connected after \S+\nconnected to .*\nphases: resolve \S+, connect \S+, total \S+\n$`
+	want := `^tried 127\.0\.0\.1:\d+ at \+\S+: connected after \S+\nconnected to .*, rtt \S+\ntcp: rtt \S+ \(var \S+, min \S+\), retransmits 0 \(0 in all\), lost 0, mss \d+/\d+, path mtu \d+, cwnd \d+, delivery rate \d+ B/s\nphases: resolve \S+, connect \S+, total \S+\n$`
 	if r.code != exitOK || !regexp.MustCompile(want).MatchString(r.stdout) {
 		t.Errorf("-v: exit %d, stdout %q", r.code, r.stdout)
 	}
@@ -390,4 +394,124 @@ func TestExitCodeTable(t *testing.T) {
 	if table != want.String() {
 		t.Errorf("docs/cli.md's exit codes:\n%s\nwant, as --help has them:\n%s", table, want.String())
 	}
+}
+
+// TestDialogueFlags runs fetch's dialogues in both modes: --starttls with
+// a --send and an --expect after it, against an SMTP server made here; an
+// --expect the target does not meet (exit 8); --tls-min above what the
+// target speaks (exit 35); --source.
+func TestDialogueFlags(t *testing.T) {
+	w := newWorld(t)
+	ca := probetest.NewCA(t)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}}
+	smtp := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		r := bufio.NewReader(c)
+		fmt.Fprint(c, "220 mail.test ESMTP\r\n")
+		for _, want := range []string{"EHLO", "STARTTLS"} {
+			if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, want) {
+				c.Close()
+				return
+			}
+			if want == "EHLO" {
+				fmt.Fprint(c, "250-mail.test\r\n250 STARTTLS\r\n")
+			}
+		}
+		fmt.Fprint(c, "220 go ahead\r\n")
+		tc := tls.Server(c, cfg)
+		tr := bufio.NewReader(tc)
+		if l, _ := tr.ReadString('\n'); strings.HasPrefix(l, "EHLO") {
+			fmt.Fprint(tc, "250 mail.test at your service\r\n")
+		}
+		probetest.ReadAll(tc)
+		tc.Close()
+	}))
+	only12 := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, &tls.Config{Certificates: cfg.Certificates, MaxVersion: tls.VersionTLS12})
+		tc.Handshake()
+		tc.Close()
+	}))
+	web := webServer(t)
+	wrong := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("SSH-2.0-OpenSSH\r\n"))
+		c.Close()
+	}))
+	for _, mode := range w.modes() {
+		t.Run(mode.name, func(t *testing.T) {
+			r := probe(probetest.Context(t), nil, append([]string{"fetch", "--starttls", "smtp", "--trust", caFile, "--sni", "localhost",
+				"--send", `EHLO probe\r\n`, "--expect", "^250 ", "127.0.0.1", smtp}, mode.flags...)...)
+			if r.code != exitOK || !strings.HasSuffix(r.stdout, "250 mail.test at your service\r\n") ||
+				!regexp.MustCompile(`(?m)^TLS 1\.3 \S+ in \S+; verified for localhost$`).MatchString(r.stderr) ||
+				!strings.Contains(r.stderr, "the last --expect matched") {
+				t.Errorf("--starttls smtp: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"fetch", "-q", "--expect", "^220 ", "127.0.0.1", wrong}, mode.flags...)...)
+			if r.code != exitExpect || !strings.Contains(r.stderr, `no match for "^220 " before the peer closed; the last bytes received: "SSH-2.0-OpenSSH\r\n" (stage EXPECT, reason NO_MATCH, step 0)`) {
+				t.Errorf("--expect unmet: exit %d, stderr %q", r.code, r.stderr)
+			}
+			r = probe(probetest.Context(t), nil, append([]string{"connect", "--tls-min", "1.3", "--trust", caFile, "--sni", "localhost", "127.0.0.1", only12}, mode.flags...)...)
+			if r.code != exitTLS || !strings.Contains(r.stderr, "reason PROTOCOL_VERSION") {
+				t.Errorf("--tls-min 1.3: exit %d, stderr %q", r.code, r.stderr)
+			}
+		})
+	}
+	// Source addresses are the user's to bind in-process; a probed takes
+	// only those it allows.
+	r := probe(probetest.Context(t), nil, "connect", "--source", "127.0.0.2", "127.0.0.1", web)
+	if r.code != exitOK || !strings.Contains(r.stdout, "from 127.0.0.2:") {
+		t.Errorf("--source in-process: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = probe(probetest.Context(t), nil, "connect", "--server", w.probed, "--source", "127.0.0.2", "127.0.0.1", web)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "target.source_address: 127.0.0.2 is not an address this server may bind") {
+		t.Errorf("--source to a probed that allows none: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// TestClientCertificate probes a target that requires a client
+// certificate: in-process with --cert and --key, through a probed with
+// --identity; without one, the target refuses (exit 35).
+func TestClientCertificate(t *testing.T) {
+	t.Parallel()
+	serverCA, clientCA := probetest.NewCA(t), probetest.NewCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := probetest.WriteFiles(t, dir, clientCA.Issue(t, "cli", false))
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, serverCA.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(clientCA.PEM)
+	cfg := &tls.Config{Certificates: []tls.Certificate{serverCA.Issue(t, "localhost", true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	tg := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		tc.Handshake()
+		tc.Close()
+	}))
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--client-identity=ops="+certFile+","+keyFile, "--policy-file="+writePolicy(t, "identity ops\n")))
+	tls := []string{"--trust", caFile, "--sni", "localhost"}
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{append([]string{"connect", "--cert", certFile, "--key", keyFile, "127.0.0.1", tg}, tls...), exitOK},
+		{append([]string{"connect", "--server", p.Addr, "--identity", "ops", "127.0.0.1", tg}, tls...), exitOK},
+		{append([]string{"connect", "127.0.0.1", tg}, tls...), exitTLS},
+		{append([]string{"connect", "--server", p.Addr, "--cert", certFile, "--key", keyFile, "127.0.0.1", tg}, tls...), exitUsage},
+	} {
+		r := probe(probetest.Context(t), nil, tc.args...)
+		if r.code != tc.code {
+			t.Errorf("probe %v: exit %d, stderr %q; want %d", tc.args, r.code, r.stderr, tc.code)
+		}
+	}
+}
+
+func writePolicy(t *testing.T, text string) string {
+	path := filepath.Join(t.TempDir(), "policy")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

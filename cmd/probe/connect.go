@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net/netip"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -49,7 +51,11 @@ with a summary like ping's.`,
 			if err != nil {
 				return err
 			}
-			opts := client.ConnectOptions{Timeout: a.timeout, ReverseLookup: reverse, TLS: tlsOpts}
+			source, err := hs.sourceAddr()
+			if err != nil {
+				return err
+			}
+			opts := client.ConnectOptions{Timeout: a.timeout, ReverseLookup: reverse, TLS: tlsOpts, Source: source}
 			connect := func(ctx context.Context) (*client.ConnectResult, error) {
 				cctx, cancel := a.callContext(ctx)
 				defer cancel()
@@ -81,35 +87,77 @@ with a summary like ping's.`,
 	}
 	tf.register(cmd)
 	cmd.Flags().BoolVarP(&reverse, "reverse", "r", false, "look the peer address up by address (PTR) once connected")
-	hs.register(cmd)
+	hs.register(a, cmd)
 	rf.register(cmd)
 	return cmd
 }
 
-// handshakeFlags ask for a TLS handshake with the target.
+// handshakeFlags ask for a TLS handshake with the target, and say how to
+// reach it: from which source address.
 type handshakeFlags struct {
+	a         *app
 	handshake bool
 	sni       string
 	alpn      []string
 	trust     string
 	inspect   bool
+	min, max  string
+	identity  string
+	source    string
 }
 
-func (h *handshakeFlags) register(cmd *cobra.Command) {
+func (h *handshakeFlags) register(a *app, cmd *cobra.Command) {
+	h.a = a
 	f := cmd.Flags()
 	f.BoolVar(&h.handshake, "handshake", false, "do a TLS handshake once connected and report the certificate (implied by the flags below)")
 	f.StringVar(&h.sni, "sni", "", "server name to send and verify (default: HOST when it is a name)")
 	f.StringSliceVar(&h.alpn, "alpn", nil, "application protocols to offer, such as h2,http/1.1")
 	f.StringVar(&h.trust, "trust", "", "trust the CAs in this PEM file for the target's certificate, instead of the probe server's system roots")
 	f.BoolVar(&h.inspect, "inspect", false, "report the certificate even when it does not verify, instead of failing")
+	f.StringVar(&h.min, "tls-min", "", "lowest TLS version to offer: 1.0, 1.1, 1.2 (the default) or 1.3")
+	f.StringVar(&h.max, "tls-max", "", "highest TLS version to offer: 1.0 to 1.3 (the default)")
+	f.StringVar(&h.identity, "identity", "", "present this client identity of the --server's (probed --client-identity) when the target asks for a certificate")
+	f.StringVar(&a.targetCert, "cert", "", "in-process: present this client certificate (PEM) when the target asks for one; --key is its key")
+	f.StringVar(&a.targetKey, "key", "", "in-process: the private key (PEM) of --cert")
+	f.StringVar(&h.source, "source", "", "connect from this local address (a --server must allow it: probed --allow-source)")
 }
+
+// tlsVersions are the --tls-min and --tls-max values.
+var tlsVersions = map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11, "1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
+
+// inProcessIdentity is the name under which the in-process service holds
+// --cert and --key.
+const inProcessIdentity = "cli"
 
 // options returns the TLS options, or nil for no handshake.
 func (h *handshakeFlags) options() (*client.TLSOptions, error) {
-	if !h.handshake && h.sni == "" && len(h.alpn) == 0 && h.trust == "" && !h.inspect {
+	if (h.a.targetCert == "") != (h.a.targetKey == "") {
+		return nil, usagef("--cert and --key go together")
+	}
+	if h.a.targetCert != "" && h.a.server != "" {
+		return nil, usagef("--cert and --key are for the in-process service; a --server holds its own client identities: --identity NAME")
+	}
+	if !h.handshake && h.sni == "" && len(h.alpn) == 0 && h.trust == "" && !h.inspect && h.min == "" && h.max == "" && h.identity == "" && h.a.targetCert == "" {
 		return nil, nil
 	}
-	o := &client.TLSOptions{ServerName: h.sni, ALPN: h.alpn, InsecureSkipVerify: h.inspect}
+	o := &client.TLSOptions{ServerName: h.sni, ALPN: h.alpn, InsecureSkipVerify: h.inspect, ClientIdentity: h.identity}
+	if h.a.targetCert != "" {
+		o.ClientIdentity = inProcessIdentity
+	}
+	for flag, v := range map[string]string{"--tls-min": h.min, "--tls-max": h.max} {
+		if v == "" {
+			continue
+		}
+		n, ok := tlsVersions[v]
+		if !ok {
+			return nil, usagef("%s %q: want 1.0, 1.1, 1.2 or 1.3", flag, v)
+		}
+		if flag == "--tls-min" {
+			o.MinVersion = n
+		} else {
+			o.MaxVersion = n
+		}
+	}
 	if h.trust != "" {
 		pem, err := os.ReadFile(h.trust)
 		if err != nil {
@@ -118,4 +166,16 @@ func (h *handshakeFlags) options() (*client.TLSOptions, error) {
 		o.CABundle = pem
 	}
 	return o, nil
+}
+
+// sourceAddr is --source, parsed.
+func (h *handshakeFlags) sourceAddr() (netip.Addr, error) {
+	if h.source == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(h.source)
+	if err != nil {
+		return a, usagef("--source %q: want an IP address", h.source)
+	}
+	return a, nil
 }

@@ -19,6 +19,7 @@ const (
 	exitNoService   = 3
 	exitResolve     = 6
 	exitConnect     = 7
+	exitExpect      = 8
 	exitSweepFailed = 10
 	exitTimeout     = 28
 	exitTLS         = 35
@@ -42,6 +43,7 @@ var exitCodes = []struct {
 	{exitNoService, "no such service: the SERVICE given for PORT, or to resolve (stage SERVICE_LOOKUP)"},
 	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},
 	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
+	{exitExpect, "the target did not answer as --expect said (stage EXPECT; curl's 8, a weird server reply)"},
 	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; a summary\n       line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
 	{exitTLS, "the TLS handshake failed: no version or cipher in common, an alert (stage\n       TLS_HANDSHAKE; curl's 35)"},
@@ -135,6 +137,8 @@ func probeExitCode(pe *client.ProbeError) int {
 		return exitSend
 	case client.StageReceive:
 		return exitReceive
+	case client.StageExpect:
+		return exitExpect
 	case client.StageTLSHandshake:
 		switch pe.Reason {
 		case client.ReasonCertificateExpired, client.ReasonCertificateNotYet, client.ReasonUnknownAuthority, client.ReasonHostnameMismatch:

@@ -28,6 +28,7 @@ type fetchFlags struct {
 	quiet         bool
 	keepWriteOpen bool
 	failEmpty     bool
+	dialogue      dialogueFlags
 }
 
 func (a *app) fetchCommand() *cobra.Command {
@@ -89,7 +90,7 @@ each without the reply, and ends with a summary like ping's.`,
 			return a.copyReply(host, f, ff)
 		}),
 	}
-	ff.register(cmd)
+	ff.register(a, cmd)
 	return cmd
 }
 
@@ -122,9 +123,10 @@ func (a *app) fetchOnce(ctx context.Context, c *client.Client, ff fetchFlags, ad
 // errEmptyReply is a reply of no bytes, with --fail-empty.
 var errEmptyReply = exitError{exitEmpty, "the target sent an empty reply (--fail-empty)"}
 
-func (ff *fetchFlags) register(cmd *cobra.Command) {
+func (ff *fetchFlags) register(a *app, cmd *cobra.Command) {
 	ff.targetFlags.register(cmd)
-	ff.handshake.register(cmd)
+	ff.handshake.register(a, cmd)
+	ff.dialogue.register(cmd)
 	f := cmd.Flags()
 	f.StringVarP(&ff.data, "data", "d", "", "send these bytes as they are instead of an HTTP GET")
 	f.StringVar(&ff.dataFile, "data-file", "", `send the contents of this file ("-": stdin) instead of an HTTP GET`)
@@ -157,7 +159,22 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 		return opts, err
 	}
 	opts.TLS = tlsOpts
+	if opts.Source, err = ff.handshake.sourceAddr(); err != nil {
+		return opts, err
+	}
+	if opts.Steps, err = ff.dialogue.steps(); err != nil {
+		return opts, err
+	}
 	hasData := ff.data != "" || ff.dataFile != ""
+	if len(opts.Steps) > 0 {
+		if hasData || len(rest) == 1 {
+			return opts, usagef("--send, --expect and --starttls are the request: give them, or a PATH, --data or --data-file")
+		}
+		if ff.dialogue.starttls == "" && opts.TLS != nil {
+			return opts, usagef("with --send and --expect, TLS starts with --starttls; the TLS flags are its options")
+		}
+		return opts, nil
+	}
 	switch {
 	case len(rest) == 1 && hasData:
 		return opts, usagef("PATH asks for an HTTP GET; --data and --data-file send raw bytes instead: give one or the other")
@@ -250,6 +267,7 @@ func (a *app) fetchEnded(s *client.FetchSummary, quiet bool) error {
 	case a.output == "json":
 		return writeJSON(a.out, &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: s.Proto()}})
 	case !quiet:
+		printTLS(a.err, s.TLS, a.verbose)
 		printSummary(a.err, s)
 	}
 	return nil

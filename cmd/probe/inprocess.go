@@ -14,10 +14,23 @@ import (
 
 // inProcess runs the probe service in this process, reached through an
 // in-memory gRPC connection. The server is built as probed builds it with
-// its default flags (but for the payload cap, which the CLI has a flag
-// for), so the calls, limits and errors are the same.
-func inProcess(dnsServer string, maxPayload int) (*client.Client, func(), error) {
-	srv, err := server.New(server.Config{DNSServer: dnsServer, ServicesFile: "/etc/services", MaxPayloadBytes: maxPayload})
+// its default flags (but for the payload cap and a client certificate,
+// which the CLI has flags for, and source addresses, which are the
+// user's to bind), so the calls, limits and errors are the same.
+func (a *app) inProcess() (*client.Client, func(), error) {
+	cfg := server.Config{
+		DNSServer:       a.dnsServer,
+		ServicesFile:    "/etc/services",
+		MaxPayloadBytes: a.maxPayload,
+		// The user's own machine: any source address it lets them bind.
+		AllowSource: []string{"0.0.0.0/0", "::/0"},
+	}
+	if a.targetCert != "" {
+		// The user's own certificate, for the user's own probes.
+		cfg.ClientIdentities = []string{inProcessIdentity + "=" + a.targetCert + "," + a.targetKey}
+		cfg.PolicyRules = []string{"identity " + inProcessIdentity}
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		return nil, nil, err
 	}

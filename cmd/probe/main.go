@@ -58,12 +58,15 @@ type app struct {
 	serverTimeout time.Duration
 	verbose       bool
 	maxPayload    int
-	output        string
-	tls           bool
-	caFile        string
-	certFile      string
-	keyFile       string
-	token         string
+	// targetCert and targetKey are the client certificate the in-process
+	// service presents to targets (--cert, --key).
+	targetCert, targetKey string
+	output                string
+	tls                   bool
+	caFile                string
+	certFile              string
+	keyFile               string
+	token                 string
 
 	// ran is set once a command's own code starts: an error before that
 	// came from the command line itself.
@@ -293,7 +296,7 @@ func (a *app) dial(ctx context.Context) (*client.Client, func(), error) {
 // process.
 func (a *app) dialUnchecked() (*client.Client, func(), error) {
 	if a.server == "" {
-		return inProcess(a.dnsServer, a.maxPayload)
+		return a.inProcess()
 	}
 	opts, err := a.dialOptions()
 	if err != nil {

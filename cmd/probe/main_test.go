@@ -156,7 +156,7 @@ func TestOutcomes(t *testing.T) {
 			setup: func(t *testing.T, _ netip.Addr) []string {
 				return []string{"connect", "127.0.0.1", port(probetest.Listen(t, "127.0.0.1:0", nil))}
 			},
-			stdout: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\n$`,
+			stdout: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\), rtt \S+\n$`,
 			stderr: `^$`,
 		},
 		{
@@ -192,7 +192,7 @@ func TestOutcomes(t *testing.T) {
 				return []string{"fetch", "127.0.0.1", webServer(t), "/"}
 			},
 			stdout: `(?s)^HTTP/1\.0 200 OK\r\n.*\r\n\r\nhello\n$`,
-			stderr: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)\nsent 18 bytes, received \d+ \(first byte at \S+\); the target closed after \S+\n$`,
+			stderr: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\), rtt \S+\nsent 18 bytes, received \d+ \(first byte at \S+\); the target closed after \S+\n$`,
 		},
 		{
 			name: "fetch refused",
@@ -633,7 +633,7 @@ func TestConnectHandshake(t *testing.T) {
 
 	r := probe(probetest.Context(t), nil, "connect", "--sni", "localhost", "--alpn", "h2", "--trust", caFile, "127.0.0.1", port(tg))
 	want := []string{
-		`^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\)$`,
+		`^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\), rtt \S+$`,
 		`^TLS 1\.3 TLS_\w+, ALPN h2 in \S+; verified for localhost$`,
 		`^certificate CN=target for localhost 127\.0\.0\.1, issued by CN=netprobe test CA, expires \d{4}-\d\d-\d\d \(0 days left\), chain of 1$`,
 	}

@@ -68,38 +68,13 @@ func printConnect(w io.Writer, host string, r *client.ConnectResult, verbose boo
 		}
 	}
 	if r.RemoteAddr.IsValid() {
-		fmt.Fprintf(w, "connected to %s from %s in %s (total %s)\n", r.RemoteAddr, r.LocalAddr, ms(r.ConnectDuration), ms(r.TotalDuration))
+		fmt.Fprintf(w, "connected to %s from %s in %s (total %s)%s\n", r.RemoteAddr, r.LocalAddr, ms(r.ConnectDuration), ms(r.TotalDuration), rtt(r.TCPInfo))
 	}
-	if t := r.TLS; t != nil && t.Version != "" {
-		alpn := ""
-		if t.ALPN != "" {
-			alpn = ", ALPN " + t.ALPN
-		}
-		verified := "verified"
-		if t.ServerName != "" {
-			verified += " for " + t.ServerName
-		}
-		if !t.Verified {
-			verified = "NOT verified: " + t.VerifyError
-		}
-		fmt.Fprintf(w, "%s %s%s in %s; %s\n", t.Version, t.CipherSuite, alpn, ms(t.HandshakeDuration), verified)
-		chain := t.Chain
-		if !verbose {
-			chain = chain[:min(1, len(chain))]
-		}
-		for i, c := range chain {
-			what := "certificate"
-			if verbose {
-				what = fmt.Sprintf("certificate %d of %d:", i+1, len(t.Chain))
-			}
-			fmt.Fprintf(w, "%s %s%s, issued by %s, expires %s (%d days left)", what, c.Subject, forNames(c), c.Issuer, c.NotAfter.Format("2006-01-02"), c.DaysLeft)
-			if !verbose {
-				fmt.Fprintf(w, ", chain of %d", len(t.Chain))
-			} else {
-				fmt.Fprintf(w, ", serial %s, valid from %s", c.Serial, c.NotBefore.Format("2006-01-02"))
-			}
-			fmt.Fprintln(w)
-		}
+	printTLS(w, r.TLS, verbose)
+	if verbose && r.TCPInfo != nil {
+		ti := r.TCPInfo
+		fmt.Fprintf(w, "tcp: rtt %s (var %s, min %s), retransmits %d (%d in all), lost %d, mss %d/%d, path mtu %d, cwnd %d, delivery rate %d B/s\n",
+			ms(ti.RTT), ms(ti.RTTVar), ms(ti.MinRTT), ti.Retransmits, ti.TotalRetransmits, ti.Lost, ti.SndMSS, ti.RcvMSS, ti.PathMTU, ti.SndCwnd, ti.DeliveryRate)
 	}
 	if verbose {
 		phases := fmt.Sprintf("phases: resolve %s, connect %s", ms(r.ResolveDuration), ms(r.ConnectDuration))
@@ -117,6 +92,43 @@ func printConnect(w io.Writer, host string, r *client.ConnectResult, verbose boo
 	}
 }
 
+// printTLS writes a handshake: what was agreed, whether the chain
+// verified, and its certificates (the leaf alone unless verbose).
+func printTLS(w io.Writer, t *client.TLSResult, verbose bool) {
+	if t == nil || t.Version == "" {
+		return
+	}
+	alpn := ""
+	if t.ALPN != "" {
+		alpn = ", ALPN " + t.ALPN
+	}
+	verified := "verified"
+	if t.ServerName != "" {
+		verified += " for " + t.ServerName
+	}
+	if !t.Verified {
+		verified = "NOT verified: " + t.VerifyError
+	}
+	fmt.Fprintf(w, "%s %s%s in %s; %s\n", t.Version, t.CipherSuite, alpn, ms(t.HandshakeDuration), verified)
+	chain := t.Chain
+	if !verbose {
+		chain = chain[:min(1, len(chain))]
+	}
+	for i, c := range chain {
+		what := "certificate"
+		if verbose {
+			what = fmt.Sprintf("certificate %d of %d:", i+1, len(t.Chain))
+		}
+		fmt.Fprintf(w, "%s %s%s, issued by %s, expires %s (%d days left)", what, c.Subject, forNames(c), c.Issuer, c.NotAfter.Format("2006-01-02"), c.DaysLeft)
+		if !verbose {
+			fmt.Fprintf(w, ", chain of %d", len(t.Chain))
+		} else {
+			fmt.Fprintf(w, ", serial %s, valid from %s", c.Serial, c.NotBefore.Format("2006-01-02"))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
 // forNames is " for NAMES" of a certificate's names, or nothing when it
 // has none.
 func forNames(c client.Certificate) string {
@@ -125,6 +137,19 @@ func forNames(c client.Certificate) string {
 		return ""
 	}
 	return " for " + strings.Join(names, " ")
+}
+
+// rtt is ", rtt T" of the kernel's view of a connection, with its
+// retransmits when there were any; nothing without one.
+func rtt(ti *client.TCPInfo) string {
+	if ti == nil {
+		return ""
+	}
+	s := ", rtt " + ms(ti.RTT)
+	if ti.TotalRetransmits > 0 {
+		s += fmt.Sprintf(", %d retransmits", ti.TotalRetransmits)
+	}
+	return s
 }
 
 // printSummary writes the end of a fetch.
@@ -137,6 +162,7 @@ func printSummary(w io.Writer, s *client.FetchSummary) {
 }
 
 var endText = map[client.EndReason]string{
+	client.EndMatched:  "the last --expect matched",
 	client.EndEOF:      "the target closed",
 	client.EndMaxBytes: "stopped at --max-bytes",
 	client.EndIdle:     "the target fell silent",

@@ -161,7 +161,7 @@ type vantage struct {
 // addresses; with none, the service runs in this process.
 func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 	if len(a.servers) == 0 {
-		c, closeFn, err := inProcess(a.dnsServer, a.maxPayload)
+		c, closeFn, err := a.inProcess()
 		if err != nil {
 			return nil, err
 		}
