@@ -280,9 +280,8 @@ func (f *Fetch) Next() ([]byte, error) {
 	return nil, err
 }
 
-// finish records the summary and the error Read ends with.
-func (f *Fetch) finish(s *netprobev1.FetchSummary) {
-	f.summary = &FetchSummary{
+func newFetchSummary(s *netprobev1.FetchSummary) *FetchSummary {
+	return &FetchSummary{
 		BytesSent:       s.GetBytesSent(),
 		BytesReceived:   s.GetBytesReceived(),
 		TimeToFirstByte: s.GetTimeToFirstByte().AsDuration(),
@@ -292,6 +291,11 @@ func (f *Fetch) finish(s *netprobev1.FetchSummary) {
 		TLS:             newTLSResult(s.GetTls()),
 		proto:           s,
 	}
+}
+
+// finish records the summary and the error Read ends with.
+func (f *Fetch) finish(s *netprobev1.FetchSummary) {
+	f.summary = newFetchSummary(s)
 	f.err = io.EOF
 	if pe := newProbeError(s.GetError()); pe != nil {
 		pe.Connect = f.Connect

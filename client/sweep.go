@@ -41,6 +41,9 @@ type SweepTarget struct {
 	TLS *TLSOptions
 	// Source, when set, is the local address to connect from.
 	Source netip.Addr
+	// Steps, when set, are a dialogue each probe runs once connected, to
+	// check the service's answer; the last must be an Expect.
+	Steps []Step
 }
 
 // SweepOptions tunes a sweep.
@@ -61,7 +64,11 @@ type SweepResult struct {
 	Target string
 	// Connect is the report; nil for a probe the sweep never started.
 	Connect *ConnectResult
-	// Err is why the probe failed (a policy refusal included), or nil.
+	// Summary is how the entry's dialogue went (SweepTarget.Steps), once
+	// connected; nil without one.
+	Summary *FetchSummary
+	// Err is why the probe failed (a policy refusal, or its dialogue,
+	// included), or nil.
 	Err *ProbeError
 	// Abandoned is true when the sweep ran out of time or was cancelled
 	// before this probe finished.
@@ -133,6 +140,9 @@ func sweepTarget(st SweepTarget) (*netprobev1.SweepTarget, error) {
 	if out.Target != nil {
 		out.Target.SourceAddress = sourceAddress(st.Source)
 	}
+	if len(st.Steps) > 0 && err == nil {
+		out.Steps, err = stepsProto(st.Steps)
+	}
 	return out, err
 }
 
@@ -152,6 +162,13 @@ func newSweepResult(resp *netprobev1.SweepResponse) *SweepResult {
 		r.Connect = newConnectResult(c)
 		if pe := newProbeError(c.GetError()); pe != nil {
 			pe.Connect = r.Connect
+			r.Err = pe
+		}
+	}
+	if s := resp.GetSummary(); s != nil {
+		r.Summary = newFetchSummary(s)
+		if pe := newProbeError(s.GetError()); pe != nil && r.Err == nil {
+			pe.Connect, pe.Summary = r.Connect, r.Summary
 			r.Err = pe
 		}
 	}

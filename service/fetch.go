@@ -156,8 +156,9 @@ func markCut(pctx context.Context, pe *netprobev1.ProbeError) {
 // fetch is one exchange over an open connection.
 type fetch struct {
 	*fetchParams
-	ctx      context.Context
-	conn     net.Conn
+	ctx  context.Context
+	conn net.Conn
+	// stream is where the reply goes; nil drops it (a Sweep's dialogue).
 	stream   grpc.ServerStreamingServer[netprobev1.FetchResponse]
 	start    time.Time
 	deadline time.Time
@@ -301,9 +302,11 @@ func (f *fetch) deliver(chunk []byte) (capped bool, err error) {
 		f.data = &netprobev1.FetchData{}
 		f.msg = &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: f.data}}
 	}
-	f.data.Data = chunk
-	err = f.stream.Send(f.msg)
-	f.data.Data = nil
+	if f.stream != nil {
+		f.data.Data = chunk
+		err = f.stream.Send(f.msg)
+		f.data.Data = nil
+	}
 	f.sum.BytesReceived += uint64(len(chunk))
 	return f.sum.BytesReceived == f.maxBytes, err
 }

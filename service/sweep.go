@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,8 @@ type sweepJob struct {
 	timeout time.Duration
 	expand  netprobev1.Expand
 	tls     *tlsParams
+	// steps are the entry's dialogue, if any.
+	steps []step
 	// asked is the target as the request gave it.
 	asked *netprobev1.Target
 }
@@ -73,11 +76,15 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 			// Each SRV entry is verified for its own host, not the SRV name.
 			tp.serverName = ""
 		}
+		steps := s.validateSteps(&sub, "", st.GetSteps(), t.network == "udp", st.GetTls() != nil)
+		if len(steps) > 0 && steps[len(steps)-1].expect == nil {
+			sub.add("steps", "a sweep's dialogue is a check: its last step is an expect")
+		}
 		for _, fv := range sub {
 			fv.Field = prefix + fv.Field
 			v = append(v, fv)
 		}
-		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, asked: asked})
+		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, steps: steps, asked: asked})
 	}
 	concurrency := int(req.GetConcurrency())
 	if concurrency == 0 {
@@ -271,24 +278,63 @@ func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(sw.ctx, job.timeout)
 	conn, resp := sw.s.connect(pctx, t, start)
+	var sum *netprobev1.FetchSummary
 	if conn != nil {
+		var tp *tlsParams
 		if job.tls != nil {
-			tp := *job.tls
-			if tp.serverName == "" && !t.literal.IsValid() {
+			copied := *job.tls
+			if copied.serverName == "" && !t.literal.IsValid() {
 				// An expanded SRV entry names its own host.
-				tp.serverName = t.host
+				copied.serverName = t.host
 			}
-			_, resp.Tls, resp.Error = handshake(pctx, conn, &tp, t, start)
+			tp = &copied
+		}
+		switch {
+		case len(job.steps) > 0:
+			sum = sw.dialogue(pctx, conn, job, t, tp, start)
+		case tp != nil:
+			_, resp.Tls, resp.Error = handshake(pctx, conn, tp, t, start)
 		}
 		conn.Close()
 	}
 	cancel()
 	elapsed := time.Since(start)
 	resp.TotalDuration = durationpb.New(elapsed)
-	sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Error: resp.Error, Duration: elapsed})
+	failure := resp.Error
+	if sum != nil {
+		sum.TotalDuration = resp.TotalDuration
+		if sum.Error != nil {
+			failure = sum.Error
+		}
+	}
+	sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Summary: sum, Error: failure, Duration: elapsed})
 	// A probe that failed as the sweep ended was cut short by it; one that
 	// worked is a result whenever it came.
-	return &netprobev1.SweepResponse{Index: job.index, Target: asked, Connect: resp, Abandoned: resp.Error != nil && sw.over()}
+	return &netprobev1.SweepResponse{Index: job.index, Target: asked, Connect: resp, Summary: sum, Abandoned: failure != nil && sw.over()}
+}
+
+// sweepDialogueBytes caps what a sweep's dialogue reads.
+const sweepDialogueBytes = expectWindow
+
+// dialogue runs an entry's steps over conn and says how they went. Nothing
+// the peer sends goes to the caller.
+func (sw *sweep) dialogue(ctx context.Context, conn net.Conn, job sweepJob, t target, tp *tlsParams, start time.Time) *netprobev1.FetchSummary {
+	sum := &netprobev1.FetchSummary{}
+	deadline, _ := ctx.Deadline()
+	f := &fetch{fetchParams: &fetchParams{target: t, maxBytes: sweepDialogueBytes, tls: tp, steps: job.steps}, ctx: ctx, conn: conn, start: start, deadline: deadline, sum: sum}
+	if err := f.conn.SetDeadline(deadline); err == nil {
+		// Without a stream, deliver only counts.
+		if matched, _ := f.dialogue(); matched {
+			sum.EndReason = netprobev1.EndReason_END_REASON_MATCHED
+		}
+	} else {
+		f.fail(netprobev1.Stage_STAGE_SEND, err)
+	}
+	if sum.Error != nil {
+		sum.EndReason = netprobev1.EndReason_END_REASON_ERROR
+	}
+	sum.TcpInfo = tcpInfo(f.conn)
+	return sum
 }
 
 // expand turns an entry into the targets to probe.

@@ -346,62 +346,63 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 	if udp && req.GetKeepWriteOpen() {
 		v.add("keep_write_open", "applies to TCP only: UDP has no half-close")
 	}
-	p.steps = s.validateSteps(&v, req, udp)
+	if len(req.GetSteps()) > 0 && req.GetRequest() != nil {
+		v.add("steps", "a dialogue is the request: give steps, or a payload or http_get, not both")
+	}
+	p.steps = s.validateSteps(&v, "", req.GetSteps(), udp, req.GetTls() != nil)
 	return p, v.err()
 }
 
-// validateSteps checks a dialogue: its length, each step, and what it may
-// not be combined with.
-func (s *Server) validateSteps(v *violations, req *netprobev1.FetchRequest, udp bool) []step {
-	steps := req.GetSteps()
+// validateSteps checks a dialogue: its length, each step, and the
+// transport. field prefixes the violations' fields; tls says whether the
+// request has TLS options, which are then its start_tls's.
+func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.Step, udp, tls bool) []step {
 	if len(steps) == 0 {
 		return nil
 	}
 	switch {
 	case len(steps) > maxSteps:
-		v.add("steps", "%d steps is over the cap of %d", len(steps), maxSteps)
+		v.add(field+"steps", "%d steps is over the cap of %d", len(steps), maxSteps)
 		return nil
-	case req.GetRequest() != nil:
-		v.add("steps", "a dialogue is the request: give steps, or a payload or http_get, not both")
 	case udp:
-		v.add("steps", "a dialogue needs TCP")
+		v.add(field+"steps", "a dialogue needs TCP")
 	}
 	out := make([]step, len(steps))
 	sent, startTLS := 0, false
 	for i, st := range steps {
-		field := fmt.Sprintf("steps[%d]", i)
+		f := fmt.Sprintf("%ssteps[%d]", field, i)
 		switch a := st.GetAction().(type) {
 		case *netprobev1.Step_Send:
 			out[i].send = a.Send
 			sent += len(a.Send)
 		case *netprobev1.Step_Expect:
 			if len(a.Expect) > maxExpectLength {
-				v.add(field+".expect", "%d bytes is over the cap of %d", len(a.Expect), maxExpectLength)
+				v.add(f+".expect", "%d bytes is over the cap of %d", len(a.Expect), maxExpectLength)
 				continue
 			}
 			re, err := regexp.Compile("(?m)" + a.Expect)
 			if err != nil {
-				v.add(field+".expect", "not an RE2 regular expression: %v", err)
+				v.add(f+".expect", "not an RE2 regular expression: %v", err)
 				continue
 			}
 			out[i].expect = re
 		case *netprobev1.Step_StartTls:
 			switch {
 			case !a.StartTls:
-				v.add(field+".start_tls", "must be true: a step does something")
+				v.add(f+".start_tls", "must be true: a step does something")
 			case startTLS:
-				v.add(field+".start_tls", "TLS is started once")
+				v.add(f+".start_tls", "TLS is started once")
 			}
 			out[i].startTLS, startTLS = true, true
 		default:
-			v.add(field, "a step sends, expects or starts TLS")
+			v.add(f, "a step sends, expects or starts TLS")
 		}
 	}
 	if sent > s.cfg.MaxPayloadBytes {
-		v.add("steps", "the sends add up to %d bytes, over the server's cap of %d", sent, s.cfg.MaxPayloadBytes)
+		v.add(field+"steps", "the sends add up to %d bytes, over the server's cap of %d", sent, s.cfg.MaxPayloadBytes)
 	}
-	if req.GetTls() != nil && !startTLS {
-		v.add("tls", "with steps, tls is for a start_tls step, and there is none")
+	if tls && !startTLS {
+		v.add(field+"tls", "with steps, tls is for a start_tls step, and there is none")
 	}
 	return out
 }

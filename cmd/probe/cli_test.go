@@ -515,3 +515,25 @@ func writePolicy(t *testing.T, text string) string {
 	}
 	return path
 }
+
+// TestSweepDialogue sweeps with a banner check: a target that answers as
+// expected is ok, one that answers something else NO_MATCH.
+func TestSweepDialogue(t *testing.T) {
+	t.Parallel()
+	banner := func(b string) string {
+		return port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			c.Write([]byte(b))
+			c.Close()
+		}))
+	}
+	ssh, web := banner("SSH-2.0-OpenSSH_9.2\r\n"), banner("HTTP/1.0 400 Bad Request\r\n\r\n")
+	r := probe(probetest.Context(t), nil, "sweep", "--expect", "^SSH-2", "127.0.0.1:"+ssh, "127.0.0.1:"+web)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != exitSweepFailed || len(lines) != 3 || !strings.Contains(lines[1], " ok ") || !strings.HasSuffix(lines[2], " NO_MATCH") {
+		t.Errorf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = probe(probetest.Context(t), nil, "sweep", "--send", "x", "127.0.0.1:"+ssh)
+	if r.code != exitUsage || !strings.HasPrefix(r.stderr, "probe: a sweep's dialogue is a check: end it with an --expect") {
+		t.Errorf("a sweep dialogue without an expect: exit %d, stderr %q", r.code, r.stderr)
+	}
+}

@@ -31,6 +31,7 @@ type sweepFlags struct {
 	udp         bool
 	concurrency int
 	deadline    time.Duration
+	dialogue    dialogueFlags
 }
 
 func (a *app) sweepCommand() *cobra.Command {
@@ -43,6 +44,9 @@ for every address of NAME, each asked on its own) to connect to every target,
 in one call per server, and prints a matrix: a row per target, a column per
 server, each cell the outcome and the connect time. Targets come from the
 arguments, --file (one HOST:PORT a line, # comments) and --srv names.
+
+With --expect (and --send, --starttls) each probe also checks what the
+service answers: a cell is ok once its last --expect matched.
 
 Each probe is bounded by --timeout, whatever the sweep's length; --deadline
 bounds the whole sweep, after which what is left comes back abandoned.
@@ -95,6 +99,7 @@ stderr.`,
 	f.BoolVar(&sf.udp, "udp", false, "connect with UDP (which only shows the route) instead of TCP")
 	f.IntVar(&sf.concurrency, "concurrency", 16, "probes each server runs at once (it may cap this)")
 	durationFlag(f, &sf.deadline, "deadline", "", 0, "time the whole sweep may take; what is left then comes back abandoned (default: none, each probe bounded by --timeout)")
+	sf.dialogue.register(cmd)
 	return cmd
 }
 
@@ -131,18 +136,25 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 			return nil, fmt.Errorf("--file: %w", err)
 		}
 	}
+	steps, err := sf.dialogue.steps()
+	if err != nil {
+		return nil, err
+	}
+	if len(steps) > 0 && steps[len(steps)-1].Expect == "" {
+		return nil, usagef("a sweep's dialogue is a check: end it with an --expect")
+	}
 	var out []client.SweepTarget
 	for _, addr := range addrs {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return nil, usagef("target %q: want HOST:PORT ([IPv6]:PORT for an IPv6 address)", addr)
 		}
-		out = append(out, client.SweepTarget{Network: network, Address: addr, Expand: expand})
+		out = append(out, client.SweepTarget{Network: network, Address: addr, Expand: expand, Steps: steps})
 	}
 	for _, name := range sf.srv {
 		if name == "" {
 			return nil, usagef("--srv is empty: give a name such as _https._tcp.example.com")
 		}
-		out = append(out, client.SweepTarget{Network: network, Address: name, Expand: client.ExpandSRV})
+		out = append(out, client.SweepTarget{Network: network, Address: name, Expand: client.ExpandSRV, Steps: steps})
 	}
 	if len(out) == 0 {
 		return nil, usagef("no targets: give HOST:PORT arguments, --file or --srv")

@@ -2573,8 +2573,15 @@ type SweepTarget struct {
 	// expand says whether the target stands for several (its addresses, or
 	// the entries of an SRV record).
 	Expand Expand `protobuf:"varint,3,opt,name=expand,proto3,enum=netprobe.v1.Expand" json:"expand,omitempty"`
-	// tls, when set, makes each probe of this entry a TLS handshake too.
-	Tls           *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
+	// tls, when set, makes each probe of this entry a TLS handshake too
+	// (with steps, the options of their start_tls).
+	Tls *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
+	// steps, when set, are a dialogue each probe of this entry runs once
+	// connected, as FetchRequest.steps are, to check that the service
+	// answers as it should: the last must be an expect, whose match ends the
+	// probe. What the peer sends is not streamed back; the response's
+	// summary says how the dialogue went (at most 64 KiB is read).
+	Steps         []*Step `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2633,6 +2640,13 @@ func (x *SweepTarget) GetExpand() Expand {
 func (x *SweepTarget) GetTls() *TlsOptions {
 	if x != nil {
 		return x.Tls
+	}
+	return nil
+}
+
+func (x *SweepTarget) GetSteps() []*Step {
+	if x != nil {
+		return x.Steps
 	}
 	return nil
 }
@@ -2720,7 +2734,10 @@ type SweepResponse struct {
 	Connect *ConnectResponse `protobuf:"bytes,3,opt,name=connect,proto3" json:"connect,omitempty"`
 	// abandoned is true when the sweep ran out of time, or the caller
 	// cancelled, before this probe finished or started.
-	Abandoned     bool `protobuf:"varint,4,opt,name=abandoned,proto3" json:"abandoned,omitempty"`
+	Abandoned bool `protobuf:"varint,4,opt,name=abandoned,proto3" json:"abandoned,omitempty"`
+	// summary is how an entry's dialogue went (SweepTarget.steps), once the
+	// probe connected: bytes, END_REASON_MATCHED, or its error.
+	Summary       *FetchSummary `protobuf:"bytes,5,opt,name=summary,proto3" json:"summary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2781,6 +2798,13 @@ func (x *SweepResponse) GetAbandoned() bool {
 		return x.Abandoned
 	}
 	return false
+}
+
+func (x *SweepResponse) GetSummary() *FetchSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
 }
 
 var File_netprobe_v1_probe_proto protoreflect.FileDescriptor
@@ -2933,21 +2957,23 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x18\n" +
 	"\aaliases\x18\x04 \x03(\tR\aaliases\x122\n" +
 	"\x06source\x18\x05 \x01(\x0e2\x1a.netprobe.v1.ServiceSourceR\x06source\x12-\n" +
-	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xc7\x01\n" +
+	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xf0\x01\n" +
 	"\vSweepTarget\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
 	"\x06expand\x18\x03 \x01(\x0e2\x13.netprobe.v1.ExpandR\x06expand\x12)\n" +
-	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\"\x99\x01\n" +
+	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
+	"\x05steps\x18\x05 \x03(\v2\x11.netprobe.v1.StepR\x05steps\"\x99\x01\n" +
 	"\fSweepRequest\x122\n" +
 	"\atargets\x18\x01 \x03(\v2\x18.netprobe.v1.SweepTargetR\atargets\x12 \n" +
 	"\vconcurrency\x18\x02 \x01(\rR\vconcurrency\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xa8\x01\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xdd\x01\n" +
 	"\rSweepResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12+\n" +
 	"\x06target\x18\x02 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x126\n" +
 	"\aconnect\x18\x03 \x01(\v2\x1c.netprobe.v1.ConnectResponseR\aconnect\x12\x1c\n" +
-	"\tabandoned\x18\x04 \x01(\bR\tabandoned*D\n" +
+	"\tabandoned\x18\x04 \x01(\bR\tabandoned\x123\n" +
+	"\asummary\x18\x05 \x01(\v2\x19.netprobe.v1.FetchSummaryR\asummary*D\n" +
 	"\aNetwork\x12\x17\n" +
 	"\x13NETWORK_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vNETWORK_TCP\x10\x01\x12\x0f\n" +
@@ -3134,23 +3160,25 @@ var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	30, // 49: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
 	8,  // 50: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
 	16, // 51: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
-	27, // 52: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	30, // 53: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 54: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	14, // 55: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	13, // 56: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	20, // 57: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	25, // 58: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	28, // 59: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	14, // 60: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	24, // 61: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	26, // 62: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	29, // 63: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	60, // [60:64] is the sub-list for method output_type
-	56, // [56:60] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	21, // 52: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
+	27, // 53: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	30, // 54: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 55: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	14, // 56: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	23, // 57: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
+	13, // 58: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	20, // 59: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	25, // 60: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	28, // 61: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	14, // 62: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	24, // 63: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	26, // 64: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	29, // 65: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	62, // [62:66] is the sub-list for method output_type
+	58, // [58:62] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
