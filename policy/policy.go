@@ -187,12 +187,21 @@ func (p *Policy) Check(caller string, ap netip.AddrPort) error {
 		}
 	}
 	if len(p.allow) > 0 && !anyMatch(p.allow, dialled, port) {
-		return deny("not covered by any allow rule")
+		return deny(notAllowed)
 	}
 	if rules, ok := p.callers[caller]; ok && !anyMatch(rules, dialled, port) {
-		return deny("not covered by caller " + caller + "'s allow rules")
+		return deny(notCallerAllowed(caller))
 	}
 	return nil
+}
+
+// notAllowed names the refusal of an address no allow rule covers.
+const notAllowed = "not covered by any allow rule"
+
+// notCallerAllowed names the refusal of an address none of caller's
+// allow rules covers.
+func notCallerAllowed(caller string) string {
+	return "not covered by caller " + caller + "'s allow rules"
 }
 
 // overrides reports whether an allow rule lifts a built-in denial of
@@ -246,6 +255,24 @@ func Subjects(a netip.Addr) []netip.Addr {
 		return []netip.Addr{a}
 	}
 	return []netip.Addr{a, netip.AddrFrom4(v4)}
+}
+
+// Refusals lists every rule a Denied can name: the deny rules' texts,
+// the built-in ones', and what refuses an address no allow rule covers.
+func (p *Policy) Refusals() []string {
+	var out []string
+	for _, rules := range [][]Rule{p.deny, p.self, p.builtin} {
+		for _, r := range rules {
+			out = append(out, r.Text)
+		}
+	}
+	if len(p.allow) > 0 {
+		out = append(out, notAllowed)
+	}
+	for _, c := range slices.Sorted(maps.Keys(p.callers)) {
+		out = append(out, notCallerAllowed(c))
+	}
+	return out
 }
 
 // Rules lists the rules, in the order they are judged.

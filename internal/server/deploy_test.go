@@ -256,6 +256,15 @@ func TestMetrics(t *testing.T) {
 	if _, err := c.Connect(ctx, "tcp", "127.0.0.2:80", client.ConnectOptions{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("a denied address: %v", err)
 	}
+	ca := probetest.NewCA(t)
+	tlsUp := probetest.Listen(t, "127.0.0.1:0", func(conn net.Conn) {
+		tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}})
+		tc.Handshake()
+		tc.Close()
+	})
+	if _, err := c.Connect(ctx, "tcp", tlsUp.Addr(), client.ConnectOptions{TLS: &client.TLSOptions{ServerName: "localhost", CABundle: ca.PEM}}); err != nil {
+		t.Fatal(err)
+	}
 
 	families := scrape(t, srv)
 	for _, want := range []struct {
@@ -263,15 +272,17 @@ func TestMetrics(t *testing.T) {
 		labels map[string]string
 		value  float64
 	}{
-		{"netprobe_probes_total", map[string]string{"method": "Connect", "outcome": "ok", "stage": "", "reason": ""}, 1},
+		{"netprobe_probes_total", map[string]string{"method": "Connect", "outcome": "ok", "stage": "", "reason": ""}, 2},
+		{"netprobe_probe_phase_seconds", map[string]string{"method": "Connect", "phase": "tls"}, 1},
+		{"netprobe_policy_refusals_total", map[string]string{"rule": "built-in: multicast"}, 0},
 		{"netprobe_probes_total", map[string]string{"method": "Connect", "outcome": "failed", "stage": "STAGE_CONNECT", "reason": "REASON_REFUSED"}, 1},
 		{"netprobe_probes_total", map[string]string{"method": "Connect", "outcome": "denied", "stage": "STAGE_POLICY", "reason": "REASON_DENIED"}, 1},
 		{"netprobe_policy_refusals_total", map[string]string{"rule": "127.0.0.2"}, 1},
-		{"netprobe_probe_phase_seconds", map[string]string{"method": "Connect", "phase": "connect"}, 2},
+		{"netprobe_probe_phase_seconds", map[string]string{"method": "Connect", "phase": "connect"}, 3},
 		{"netprobe_probes_in_flight", nil, 0},
 		{"netprobe_limit_refusals_total", map[string]string{"limit": "rate"}, 0},
 		{"netprobe_transport_refusals_total", map[string]string{"reason": "stream_resets"}, 0},
-		{"grpc_server_handled_total", map[string]string{"grpc_method": "Connect", "grpc_code": "OK"}, 2},
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "Connect", "grpc_code": "OK"}, 3},
 		{"grpc_server_handled_total", map[string]string{"grpc_method": "Connect", "grpc_code": "PermissionDenied"}, 1},
 	} {
 		if got, ok := metricValue(families[want.family], want.labels); !ok || got != want.value {

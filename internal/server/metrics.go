@@ -36,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"method", "outcome", "stage", "reason"}),
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "netprobe_probe_phase_seconds",
-			Help:    "How long each phase of a probe took: resolve, connect, first_byte (from the start) and total.",
+			Help:    "How long each phase of a probe took: resolve, connect, tls (the handshake, from the start or a start_tls step), first_byte (from the start) and total.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}, []string{"method", "phase"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -90,6 +90,11 @@ func observe(logger *slog.Logger, m *metrics) func(context.Context, service.Repo
 		}
 		m.probes.WithLabelValues(r.Method, outcome, stage, reason).Inc()
 		c := r.Connect
+		for _, t := range []*netprobev1.TlsResult{c.GetTls(), r.Summary.GetTls()} {
+			if t.GetHandshakeDuration() != nil {
+				m.phases.WithLabelValues(r.Method, "tls").Observe(t.GetHandshakeDuration().AsDuration().Seconds())
+			}
+		}
 		if c.GetResolveDuration() != nil {
 			m.phases.WithLabelValues(r.Method, "resolve").Observe(c.GetResolveDuration().AsDuration().Seconds())
 		}

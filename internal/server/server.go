@@ -218,6 +218,10 @@ func New(cfg Config) (*Server, error) {
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.registry)
 	m := s.metrics
+	// Every refusal the policy can make starts at zero.
+	for _, rule := range s.policy.Refusals() {
+		m.policyRefusals.WithLabelValues(rule)
+	}
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	s.registry.MustRegister(grpcMetrics)
 	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
