@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os/exec"
 	"slices"
 	"strings"
@@ -150,6 +153,47 @@ func TestGrpcurl(t *testing.T) {
 			string(events[1].GetData().GetData()) != "ping\n" ||
 			events[2].GetSummary().GetEndReason() != netprobev1.EndReason_END_REASON_EOF {
 			t.Errorf("Fetch: exit %d, events %v (stderr %q)", code, events, errOut)
+		}
+	})
+
+	t.Run("Fetch steps", func(t *testing.T) {
+		// An SMTP-like greeting: a banner, one reply to one line, then close.
+		smtp := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			defer c.Close()
+			fmt.Fprint(c, "220 ready\r\n")
+			if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+				fmt.Fprint(c, "250 ok\r\n")
+			}
+		})
+		helo := base64.StdEncoding.EncodeToString([]byte("HELO probe\r\n"))
+		for _, tc := range []struct {
+			name, steps string
+			end         netprobev1.EndReason
+			stage       netprobev1.Stage
+			reason      netprobev1.Reason
+			step        uint32
+			quoted      string
+		}{
+			{"matched", `[{"expect":"^220 "},{"send":"` + helo + `"},{"expect":"^250 "}]`, netprobev1.EndReason_END_REASON_MATCHED, 0, 0, 0, ""},
+			{"no match", `[{"send":"` + helo + `"},{"expect":"^554 "}]`, netprobev1.EndReason_END_REASON_ERROR, netprobev1.Stage_STAGE_EXPECT, netprobev1.Reason_REASON_NO_MATCH, 1, "250 ok"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				req := fmt.Sprintf(`{"target":{"host":"127.0.0.1","port":%d},"steps":%s}`, smtp.Port(), tc.steps)
+				out, errOut, code := grpcurl(t, "-d", req, p.Addr, "netprobe.v1.ProbeService/Fetch")
+				var events []*netprobev1.FetchResponse
+				decodeAll(t, out, func() proto.Message {
+					events = append(events, &netprobev1.FetchResponse{})
+					return events[len(events)-1]
+				})
+				if code != 0 || len(events) < 2 {
+					t.Fatalf("exit %d, events %v (stderr %q)", code, events, errOut)
+				}
+				sum := events[len(events)-1].GetSummary()
+				e := sum.GetError()
+				if sum.GetEndReason() != tc.end || e.GetStage() != tc.stage || e.GetReason() != tc.reason || e.GetStep() != tc.step || !strings.Contains(e.GetMessage(), tc.quoted) {
+					t.Errorf("summary %v; want end %v, error %v/%v at step %d quoting %q", sum, tc.end, tc.stage, tc.reason, tc.step, tc.quoted)
+				}
+			})
 		}
 	})
 
