@@ -76,7 +76,7 @@ func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 			return false, nil
 		}
 		if err := f.idleDeadline(); err != nil {
-			f.failStep(i, netprobev1.Stage_STAGE_EXPECT, err)
+			f.failExpect(i, re, err)
 			return false, nil
 		}
 		chunk, rerr := r.next()
@@ -106,10 +106,17 @@ func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 			f.noMatch(i, re, "before the peer closed")
 			return false, nil
 		default:
-			f.failStep(i, netprobev1.Stage_STAGE_EXPECT, rerr)
+			f.failExpect(i, re, rerr)
 			return false, nil
 		}
 	}
+}
+
+// failExpect records an expect that failed with err (a timeout, a
+// reset), quoting what had come without matching.
+func (f *fetch) failExpect(i int, re *regexp.Regexp, err error) {
+	f.failStep(i, netprobev1.Stage_STAGE_EXPECT, err)
+	f.sum.Error.Message += fmt.Sprintf("; no match for %q in the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), f.tail())
 }
 
 // failStep records the failure of step i.
@@ -121,13 +128,16 @@ func (f *fetch) failStep(i int, stage netprobev1.Stage, err error) {
 // noMatch records an expect that the peer never satisfied, quoting the
 // last of what it sent.
 func (f *fetch) noMatch(i int, re *regexp.Regexp, when string) {
-	tail := f.pending[max(0, len(f.pending)-quotedBytes):]
 	f.sum.Error = &netprobev1.ProbeError{
 		Stage:   netprobev1.Stage_STAGE_EXPECT,
 		Reason:  netprobev1.Reason_REASON_NO_MATCH,
 		Address: f.conn.RemoteAddr().String(),
-		Message: fmt.Sprintf("no match for %q %s; the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), when, tail),
+		Message: fmt.Sprintf("no match for %q %s; the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), when, f.tail()),
 		Elapsed: durationpb.New(time.Since(f.start)),
 		Step:    proto.Uint32(uint32(i)),
 	}
 }
+
+// tail is the last of what came since the previous expect, as much as an
+// error message quotes.
+func (f *fetch) tail() []byte { return f.pending[max(0, len(f.pending)-quotedBytes):] }

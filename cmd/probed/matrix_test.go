@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -48,7 +51,13 @@ const (
 	portDrip        = 106
 	portDripCut     = 107 // a drip that the test firewalls mid-transfer
 	portHold        = 108 // accepts and holds, for the file descriptor row
+	portSMTPNoTLS   = 109 // an SMTP server that refuses STARTTLS
+	portSMTPTLS     = 110 // an SMTP server with STARTTLS
+	portMTLS        = 111 // a TLS server that requires a client certificate
 )
+
+// The TLS servers' certificates are for this name, from the lab's CA.
+const tlsName = "localhost"
 
 // ruleset is the target's firewall.
 var ruleset = fmt.Sprintf(`
@@ -115,6 +124,10 @@ type lab struct {
 	// holdClosed receives when a connection to portHold has been closed
 	// by the prober.
 	holdClosed chan struct{}
+	// ca issued the TLS servers' certificates and the client identity
+	// "trusted", which portMTLS accepts; probed also holds "stranger",
+	// from another CA.
+	ca *probetest.CA
 }
 
 // largeRequest overflows the socket buffers of both ends (the target's
@@ -177,16 +190,37 @@ func newLab(t *testing.T) *lab {
 	})
 	l.serve(t, portDrip, drip)
 	l.serve(t, portDripCut, drip)
+	l.ca = probetest.NewCA(t)
+	serverCert := l.ca.Issue(t, tlsName, true)
+	l.serve(t, portSMTPNoTLS, func(c net.Conn) { smtp(c, nil) })
+	l.serve(t, portSMTPTLS, func(c net.Conn) { smtp(c, &tls.Config{Certificates: []tls.Certificate{serverCert}}) })
+	mtls := &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: l.ca.Pool}
+	l.serve(t, portMTLS, func(c net.Conn) {
+		tc := tls.Server(c, mtls)
+		if tc.Handshake() == nil {
+			io.WriteString(tc, "hello "+tc.ConnectionState().PeerCertificates[0].Subject.CommonName+"\n")
+		}
+		tc.Close()
+	})
 	for _, ip := range []netip.Addr{l.target.V4, l.target.V6} {
 		for _, p := range []int{portUDPDropped, portUDPEcho} {
 			go echo(l.target.ListenPacket(t, netip.AddrPortFrom(ip, uint16(p)).String()))
 		}
 	}
 
+	trustedCert, trustedKey := probetest.WriteFiles(t, t.TempDir(), l.ca.Issue(t, "trusted", false))
+	strangerCert, strangerKey := probetest.WriteFiles(t, t.TempDir(), probetest.NewCA(t).Issue(t, "stranger", false))
+	policy := filepath.Join(t.TempDir(), "policy")
+	if err := os.WriteFile(policy, []byte("identity trusted\nidentity stranger\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	l.sock = filepath.Join(t.TempDir(), "probed.sock")
 	probetest.StartProbed(t, l.prober.Command(probedBin,
 		"--listen=unix:"+l.sock,
 		"--dns-server="+l.dns.Addr,
+		"--policy-file="+policy,
+		"--client-identity=trusted="+trustedCert+","+trustedKey+";stranger="+strangerCert+","+strangerKey,
 		fmt.Sprintf("--max-payload-bytes=%d", 2*len(largeRequest))))
 	c, err := client.Dial("unix:" + l.sock)
 	if err != nil {
@@ -222,6 +256,37 @@ func drip(c net.Conn) {
 	for range tick.C {
 		if _, err := c.Write([]byte(".")); err != nil {
 			return
+		}
+	}
+}
+
+// smtp greets, answers EHLO, and answers STARTTLS by refusing it when cfg
+// is nil, or else by starting TLS with cfg, answering one EHLO over TLS
+// and closing.
+func smtp(c net.Conn, cfg *tls.Config) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	io.WriteString(c, "220 mail.test ESMTP\r\n")
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		switch {
+		case strings.HasPrefix(line, "EHLO "):
+			io.WriteString(c, "250-mail.test\r\n250 STARTTLS\r\n")
+		case line == "STARTTLS\r\n" && cfg == nil:
+			io.WriteString(c, "454 TLS not available\r\n")
+		case line == "STARTTLS\r\n":
+			io.WriteString(c, "220 go ahead\r\n")
+			tc := tls.Server(c, cfg)
+			if line, err := bufio.NewReader(tc).ReadString('\n'); err == nil && strings.HasPrefix(line, "EHLO ") {
+				io.WriteString(tc, "250 mail.test over TLS\r\n")
+			}
+			tc.Close()
+			return
+		default:
+			io.WriteString(c, "500 what?\r\n")
 		}
 	}
 }
@@ -639,6 +704,93 @@ var matrix = []row{
 		},
 	},
 	{
+		name:      "not tls",
+		condition: "TLS to a server that does not speak it (an HTTP server)",
+		note:      "the reply's first bytes are not a TLS record",
+		want:      fail(client.StageTLSHandshake, client.ReasonNotTLS, ""),
+		probe:     fetch("tcp", at(portHTTP, false), client.FetchOptions{TLS: &client.TLSOptions{ServerName: tlsName}}),
+	},
+	{
+		name:      "no match",
+		condition: "an expected reply does not come: `expect ^SSH-` of an HTTP server",
+		note:      "the server closed; the message quotes the last bytes received",
+		want:      fail(client.StageExpect, client.ReasonNoMatch, ""),
+		probe: fetch("tcp", at(portHTTP, false), client.FetchOptions{Steps: []client.Step{
+			client.Send("GET / HTTP/1.0\r\n\r\n"), client.Expect("^SSH-"),
+		}}),
+		check: func(t *testing.T, _ *lab, p probed) {
+			var pe *client.ProbeError
+			if !errors.As(p.err, &pe) || pe.Step != 1 || !strings.Contains(pe.Message, `hello\n`) {
+				t.Errorf("step %d, message %q; want step 1 quoting the reply", pe.Step, pe.Message)
+			}
+		},
+	},
+	{
+		name:      "expect timeout",
+		condition: "an expected reply does not come and the server stays silent",
+		want:      fail(client.StageExpect, client.ReasonTimeout, ""),
+		timeout:   time.Second,
+		probe: fetch("tcp", at(portStall, false), client.FetchOptions{Timeout: time.Second, Steps: []client.Step{
+			client.Expect("^done"),
+		}}),
+	},
+	{
+		name:      "starttls",
+		condition: "SMTP with STARTTLS, then EHLO over TLS and `expect ^250 `",
+		note:      "the dialogue of `probe fetch --starttls smtp --send 'EHLO netprobe\\r\\n' --expect '^250 '`",
+		want:      ok,
+		probe:     withCA(portSMTPTLS, smtpStartTLS(tlsName, 0)),
+		check: func(t *testing.T, _ *lab, p probed) {
+			if p.summary.EndReason != client.EndMatched || p.summary.TLS == nil || !p.summary.TLS.Verified {
+				t.Errorf("summary %+v; want a verified TLS handshake and a match", p.summary)
+			}
+		},
+	},
+	{
+		name:      "starttls refused",
+		condition: "SMTP: the server refuses STARTTLS (454) and waits for the next command",
+		note:      "the step that expected `^220 ` fails; the message quotes the refusal",
+		want:      fail(client.StageExpect, client.ReasonTimeout, ""),
+		timeout:   time.Second,
+		probe:     withCA(portSMTPNoTLS, smtpStartTLS(tlsName, time.Second)),
+		check: func(t *testing.T, _ *lab, p probed) {
+			var pe *client.ProbeError
+			if !errors.As(p.err, &pe) || pe.Step != 4 || !strings.Contains(pe.Message, "454 TLS not available") {
+				t.Errorf("step %d, message %q; want step 4 quoting the refusal", pe.Step, pe.Message)
+			}
+		},
+	},
+	{
+		name:      "starttls wrong name",
+		condition: "SMTP with STARTTLS: the certificate is for another name",
+		want:      fail(client.StageTLSHandshake, client.ReasonHostnameMismatch, ""),
+		probe:     withCA(portSMTPTLS, smtpStartTLS("mail.test", 0)),
+	},
+	{
+		name:      "client certificate",
+		condition: "a server that requires a client certificate, given one it trusts (`client_identity`)",
+		want:      ok,
+		probe:     withCA(portMTLS, mtlsOptions("trusted")),
+		check: func(t *testing.T, _ *lab, p probed) {
+			if string(p.data) != "hello trusted\n" {
+				t.Errorf("received %q, want the server's greeting", p.data)
+			}
+		},
+	},
+	{
+		name:      "no client certificate",
+		condition: "a server that requires a client certificate, given none",
+		note:      "TLS 1.3 refuses after the client's part of the handshake; the probe waits for the refusal",
+		want:      fail(client.StageTLSHandshake, client.ReasonHandshakeFailure, ""),
+		probe:     withCA(portMTLS, mtlsOptions("")),
+	},
+	{
+		name:      "client certificate refused",
+		condition: "a server that requires a client certificate, given one from a CA it does not trust",
+		want:      fail(client.StageTLSHandshake, client.ReasonHandshakeFailure, ""),
+		probe:     withCA(portMTLS, mtlsOptions("stranger")),
+	},
+	{
 		name:      "udp closed",
 		condition: "UDP: nothing listens (ICMP port unreachable)",
 		want:      fail(client.StageReceive, client.ReasonRefused, "ECONNREFUSED"),
@@ -670,6 +822,37 @@ var matrix = []row{
 		want:      fail(client.StageSocket, client.ReasonTooManyOpenFiles, "EMFILE"),
 		probe:     exhaustDescriptors,
 	},
+}
+
+// smtpStartTLS is `--starttls smtp --send 'EHLO netprobe\r\n' --expect
+// '^250 '`, verifying the
+// certificate for serverName, within timeout (0: the default).
+func smtpStartTLS(serverName string, timeout time.Duration) client.FetchOptions {
+	return client.FetchOptions{
+		Timeout: timeout,
+		TLS:     &client.TLSOptions{ServerName: serverName},
+		Steps: []client.Step{
+			client.Expect("^220 "), client.Send("EHLO netprobe\r\n"), client.Expect("^250 "),
+			client.Send("STARTTLS\r\n"), client.Expect("^220 "), client.StartTLS(),
+			client.Send("EHLO netprobe\r\n"), client.Expect("^250 "),
+		},
+	}
+}
+
+// withCA fetches from port on the target's IPv4 address with opts,
+// trusting the lab's CA.
+func withCA(port int, opts client.FetchOptions) func(t *testing.T, l *lab) probed {
+	return func(t *testing.T, l *lab) probed {
+		tlsOpts := *opts.TLS
+		tlsOpts.CABundle = l.ca.PEM
+		opts.TLS = &tlsOpts
+		return fetch("tcp", at(port, false), opts)(t, l)
+	}
+}
+
+// mtlsOptions fetches from portMTLS presenting identity.
+func mtlsOptions(identity string) client.FetchOptions {
+	return client.FetchOptions{TLS: &client.TLSOptions{ServerName: tlsName, ClientIdentity: identity}}
 }
 
 // exhaustDescriptors runs a probed with few file descriptors, holds
