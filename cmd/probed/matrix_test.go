@@ -54,6 +54,7 @@ const (
 	portSMTPNoTLS   = 109 // an SMTP server that refuses STARTTLS
 	portSMTPTLS     = 110 // an SMTP server with STARTTLS
 	portMTLS        = 111 // a TLS server that requires a client certificate
+	portLossy       = 112 // nft drops one in four of the segments with data sent to it
 )
 
 // The TLS servers' certificates are for this name, from the lab's CA.
@@ -76,13 +77,14 @@ table inet netprobe {
 		meta nfproto ipv6 tcp dport %d reject with tcp reset
 		meta nfproto ipv4 tcp dport %d drop
 		udp dport %d drop
+		tcp dport %d meta length > 200 numgen random mod 4 == 0 drop
 	}
 	chain output {
 		type filter hook output priority 0; policy accept;
 	}
 }
 `, portDropped, portReset, portHostUnreach, portHostUnreach, portProhibited, portProhibited,
-	portNetUnreach, portNetUnreach, portV6Dropped, portV6Reset, portV4Dropped, portUDPDropped)
+	portNetUnreach, portNetUnreach, portV6Dropped, portV6Reset, portV4Dropped, portUDPDropped, portLossy)
 
 // portOwnFirewall is a port the prober's own firewall drops.
 const portOwnFirewall = 89
@@ -133,6 +135,10 @@ type lab struct {
 // largeRequest overflows the socket buffers of both ends (the target's
 // receive buffer is kept small), so that its send blocks or fails.
 var largeRequest = bytes.Repeat([]byte("x"), 8<<20)
+
+// lossyRequest is enough segments (45) that some are surely lost on the
+// lossy link: none is, one time in 400,000.
+var lossyRequest = bytes.Repeat([]byte("x"), 64<<10)
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
@@ -190,6 +196,11 @@ func newLab(t *testing.T) *lab {
 	})
 	l.serve(t, portDrip, drip)
 	l.serve(t, portDripCut, drip)
+	l.serve(t, portLossy, func(c net.Conn) {
+		b, _ := probetest.ReadAll(c)
+		fmt.Fprintf(c, "got %d\n", len(b))
+		c.Close()
+	})
 	l.ca = probetest.NewCA(t)
 	serverCert := l.ca.Issue(t, tlsName, true)
 	l.serve(t, portSMTPNoTLS, func(c net.Conn) { smtp(c, nil) })
@@ -789,6 +800,21 @@ var matrix = []row{
 		condition: "a server that requires a client certificate, given one from a CA it does not trust",
 		want:      fail(client.StageTLSHandshake, client.ReasonHandshakeFailure, ""),
 		probe:     withCA(portMTLS, mtlsOptions("stranger")),
+	},
+	{
+		name:      "lossy link",
+		condition: "a lossy link: a firewall drops one in four data segments (nft `numgen random`)",
+		note:      "TCP recovers; the report's tcp_info counts the retransmissions",
+		want:      ok,
+		probe:     fetch("tcp", at(portLossy, false), client.FetchOptions{Payload: lossyRequest, Timeout: 30 * time.Second}),
+		check: func(t *testing.T, _ *lab, p probed) {
+			if want := fmt.Sprintf("got %d\n", len(lossyRequest)); string(p.data) != want {
+				t.Errorf("received %q, want %q", p.data, want)
+			}
+			if ti := p.summary.TCPInfo; ti == nil || ti.TotalRetransmits == 0 || ti.RTT <= 0 {
+				t.Errorf("tcp_info %+v; want retransmissions counted", ti)
+			}
+		},
 	},
 	{
 		name:      "udp closed",
