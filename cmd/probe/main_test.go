@@ -192,7 +192,7 @@ func TestOutcomes(t *testing.T) {
 				return []string{"fetch", "127.0.0.1", webServer(t), "/"}
 			},
 			stdout: `(?s)^HTTP/1\.0 200 OK\r\n.*\r\n\r\nhello\n$`,
-			stderr: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\), rtt \S+\nsent 18 bytes, received \d+ \(first byte at \S+\); the target closed after \S+\n$`,
+			stderr: `^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\), rtt \S+\nsent 18 bytes, received \d+ \(first byte at \S+\); the target closed after \S+, rtt \S+\n$`,
 		},
 		{
 			name: "fetch refused",

@@ -158,7 +158,7 @@ func printSummary(w io.Writer, s *client.FetchSummary) {
 	if s.TimeToFirstByte > 0 {
 		fmt.Fprintf(w, " (first byte at %s)", ms(s.TimeToFirstByte))
 	}
-	fmt.Fprintf(w, "; %s after %s\n", endText[s.EndReason], ms(s.TotalDuration))
+	fmt.Fprintf(w, "; %s after %s%s\n", endText[s.EndReason], ms(s.TotalDuration), rtt(s.TCPInfo))
 }
 
 var endText = map[client.EndReason]string{
