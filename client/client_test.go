@@ -97,6 +97,12 @@ func TestProbeErrors(t *testing.T) {
 	c, srv := start(t)
 	srv.DNS.Drop("silent.test")
 	closed := fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp", "127.0.0.1:0"))
+	ca := probetest.NewCA(t)
+	mtls := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}, ClientAuth: tls.RequireAnyClientCert})
+		tc.Handshake()
+		tc.Close()
+	})
 
 	tests := []struct {
 		name    string
@@ -136,6 +142,14 @@ func TestProbeErrors(t *testing.T) {
 			stage:   client.StageResolve,
 			reason:  client.ReasonTimeout,
 			text:    "resolve silent.test: timed out (stage RESOLVE, reason TIMEOUT)",
+		},
+		{
+			name:    "handshake refused",
+			address: mtls.Addr(),
+			opts:    client.ConnectOptions{TLS: &client.TLSOptions{ServerName: "localhost", CABundle: ca.PEM}},
+			stage:   client.StageTLSHandshake,
+			reason:  client.ReasonHandshakeFailure,
+			text:    "tls handshake " + mtls.Addr() + ": TLS handshake failure: remote error: tls: certificate required (stage TLS_HANDSHAKE, reason HANDSHAKE_FAILURE)",
 		},
 	}
 	for _, tt := range tests {

@@ -133,10 +133,17 @@ func (e *ProbeError) Error() string {
 		b.WriteString(" " + e.Address)
 	}
 	b.WriteString(": ")
-	if errno, ok := errnoValue(e.Errno); ok {
+	// An expectation's message quotes what the target sent instead.
+	if e.Stage == StageExpect && e.Message != "" {
+		b.WriteString(e.Message)
+	} else if errno, ok := errnoValue(e.Errno); ok {
 		b.WriteString(errno.Error())
 	} else if text, ok := reasonText[e.Reason]; ok {
 		b.WriteString(text)
+		// The alert says what the peer objected to.
+		if e.Reason == ReasonHandshakeFailure && e.Message != "" {
+			b.WriteString(": " + e.Message)
+		}
 	} else {
 		b.WriteString(e.Message)
 	}

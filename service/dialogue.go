@@ -113,10 +113,15 @@ func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 }
 
 // failExpect records an expect that failed with err (a timeout, a
-// reset), quoting what had come without matching.
+// reset): classified as err is, with a message that quotes what had come
+// without matching.
 func (f *fetch) failExpect(i int, re *regexp.Regexp, err error) {
 	f.failStep(i, netprobev1.Stage_STAGE_EXPECT, err)
-	f.sum.Error.Message += fmt.Sprintf("; no match for %q in the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), f.tail())
+	when := "before the timeout"
+	if f.sum.Error.Reason != netprobev1.Reason_REASON_TIMEOUT {
+		when = "before the connection failed (" + f.sum.Error.Message + ")"
+	}
+	f.sum.Error.Message = noMatchMessage(re, when, f.tail())
 }
 
 // failStep records the failure of step i.
@@ -132,10 +137,16 @@ func (f *fetch) noMatch(i int, re *regexp.Regexp, when string) {
 		Stage:   netprobev1.Stage_STAGE_EXPECT,
 		Reason:  netprobev1.Reason_REASON_NO_MATCH,
 		Address: f.conn.RemoteAddr().String(),
-		Message: fmt.Sprintf("no match for %q %s; the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), when, f.tail()),
+		Message: noMatchMessage(re, when, f.tail()),
 		Elapsed: durationpb.New(time.Since(f.start)),
 		Step:    proto.Uint32(uint32(i)),
 	}
+}
+
+// noMatchMessage says that re found no match before when, quoting tail,
+// the last bytes received.
+func noMatchMessage(re *regexp.Regexp, when string, tail []byte) string {
+	return fmt.Sprintf("no match for %q %s; the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), when, tail)
 }
 
 // tail is the last of what came since the previous expect, as much as an

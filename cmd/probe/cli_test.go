@@ -408,27 +408,7 @@ func TestDialogueFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}}
-	smtp := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
-		r := bufio.NewReader(c)
-		fmt.Fprint(c, "220 mail.test ESMTP\r\n")
-		for _, want := range []string{"EHLO", "STARTTLS"} {
-			if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, want) {
-				c.Close()
-				return
-			}
-			if want == "EHLO" {
-				fmt.Fprint(c, "250-mail.test\r\n250 STARTTLS\r\n")
-			}
-		}
-		fmt.Fprint(c, "220 go ahead\r\n")
-		tc := tls.Server(c, cfg)
-		tr := bufio.NewReader(tc)
-		if l, _ := tr.ReadString('\n'); strings.HasPrefix(l, "EHLO") {
-			fmt.Fprint(tc, "250 mail.test at your service\r\n")
-		}
-		probetest.ReadAll(tc)
-		tc.Close()
-	}))
+	smtp := smtpServer(t, cfg)
 	only12 := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		tc := tls.Server(c, &tls.Config{Certificates: cfg.Certificates, MaxVersion: tls.VersionTLS12})
 		tc.Handshake()
@@ -468,6 +448,33 @@ func TestDialogueFlags(t *testing.T) {
 	if r.code != exitUsage || !strings.Contains(r.stderr, "target.source_address: 127.0.0.2 is not an address this server may bind") {
 		t.Errorf("--source to a probed that allows none: exit %d, stderr %q", r.code, r.stderr)
 	}
+}
+
+// smtpServer is an SMTP server on loopback that greets, answers EHLO,
+// starts TLS with cfg on STARTTLS and answers one EHLO over it; it returns
+// the port.
+func smtpServer(t *testing.T, cfg *tls.Config) string {
+	return port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		r := bufio.NewReader(c)
+		fmt.Fprint(c, "220 mail.test ESMTP\r\n")
+		for _, want := range []string{"EHLO", "STARTTLS"} {
+			if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, want) {
+				c.Close()
+				return
+			}
+			if want == "EHLO" {
+				fmt.Fprint(c, "250-mail.test\r\n250 STARTTLS\r\n")
+			}
+		}
+		fmt.Fprint(c, "220 go ahead\r\n")
+		tc := tls.Server(c, cfg)
+		tr := bufio.NewReader(tc)
+		if l, _ := tr.ReadString('\n'); strings.HasPrefix(l, "EHLO") {
+			fmt.Fprint(tc, "250 mail.test at your service\r\n")
+		}
+		probetest.ReadAll(tc)
+		tc.Close()
+	}))
 }
 
 // TestClientCertificate probes a target that requires a client

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"crypto/tls"
+	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,13 +17,33 @@ import (
 // TestDocExamples runs the probe commands of README.md's and docs/cli.md's
 // console examples, in-process, and checks what they print against what
 // the examples show. The ports the examples name are served here: 8000 by
-// an HTTP server saying hello, 6379 by an echo server; the numbers that
+// an HTTP server saying hello, 6379 by an echo server, 2525 by an SMTP
+// server with STARTTLS and 8443 by a TLS server that wants a client
+// certificate, whose CA is ca.pem (client.pem and client.key are a client
+// certificate it trusts); the numbers that
 // vary from run to run (times, ports, column widths) are not compared, and
 // a line "..." stands for any lines.
 func TestDocExamples(t *testing.T) {
 	web := webServer(t)
 	echo := port(probetest.Listen(t, "127.0.0.1:0", probetest.Echo))
-	ports := map[string]string{"8000": web, "6379": echo}
+	ca := probetest.NewCA(t)
+	dir := t.TempDir()
+	files := map[string]string{"ca.pem": filepath.Join(dir, "ca.pem")}
+	if err := os.WriteFile(files["ca.pem"], ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	files["client.pem"], files["client.key"] = probetest.WriteFiles(t, dir, ca.Issue(t, "client", false))
+	serverCert := []tls.Certificate{ca.Issue(t, "localhost", true)}
+	smtp := smtpServer(t, &tls.Config{Certificates: serverCert})
+	mtls := &tls.Config{Certificates: serverCert, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool}
+	greeter := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, mtls)
+		if tc.Handshake() == nil {
+			fmt.Fprintf(tc, "hello %s\n", tc.ConnectionState().PeerCertificates[0].Subject.CommonName)
+		}
+		tc.Close()
+	}))
+	ports := map[string]string{"8000": web, "6379": echo, "2525": smtp, "8443": greeter}
 	examples := 0
 	for _, doc := range []string{"../../README.md", "../../docs/cli.md"} {
 		text, err := os.ReadFile(doc)
@@ -36,6 +59,9 @@ func TestDocExamples(t *testing.T) {
 				}
 				for i, a := range args {
 					args[i] = withPorts(a, ports)
+					if f, ok := files[a]; ok {
+						args[i] = f
+					}
 				}
 				examples++
 				r := probeIn(probetest.Context(t), stdin, args...)

@@ -48,3 +48,27 @@ func TestLimitsTable(t *testing.T) {
 		t.Errorf("%d rows in the limits table, want every limit", rows)
 	}
 }
+
+// TestFlagsTable checks that docs/deploying.md's table of flags has every
+// flag probed --help lists.
+func TestFlagsTable(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/deploying.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(doc), "## Flags\n")
+	table, _, _ = strings.Cut(table, "\n## ")
+	help, err := exec.Command(probedBin, "--help").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := regexp.MustCompile(`(?m)^\s+(?:-\w, )?(--[a-z-]+)`).FindAllStringSubmatch(string(help), -1)
+	if len(flags) < 20 {
+		t.Fatalf("probed --help lists %d flags:\n%s", len(flags), help)
+	}
+	for _, f := range flags {
+		if f[1] != "--help" && f[1] != "--version" && !strings.Contains(table, "`"+f[1]+"`") {
+			t.Errorf("docs/deploying.md's table of flags does not have %s", f[1])
+		}
+	}
+}
