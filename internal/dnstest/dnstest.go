@@ -58,7 +58,10 @@ func Serve(t testing.TB, pc net.PacketConn) *Server {
 		drop:  map[string]bool{},
 		hold:  map[string]*held{},
 	}
-	srv := &dns.Server{PacketConn: pc, Handler: s}
+	// A Shutdown before the server has started does nothing, and the
+	// server would then serve forever: Serve returns once it has started.
+	started := make(chan struct{})
+	srv := &dns.Server{PacketConn: pc, Handler: s, NotifyStartedFunc: func() { close(started) }}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -66,6 +69,11 @@ func Serve(t testing.TB, pc net.PacketConn) *Server {
 		// up as the tests' lookups failing.
 		_ = srv.ActivateAndServe()
 	}()
+	select {
+	case <-started:
+	case <-served:
+		t.Fatal("dnstest: the server did not start")
+	}
 	t.Cleanup(func() {
 		_ = srv.Shutdown()
 		<-served
