@@ -713,3 +713,35 @@ func firstDiff(a, b []byte) int {
 	}
 	return -1
 }
+
+// TestFetchDialogue runs a dialogue whose reply quotes the first match:
+// the matches come back as they happen, copied out of the stream.
+func TestFetchDialogue(t *testing.T) {
+	t.Parallel()
+	c, _ := start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", func(conn net.Conn) {
+		defer conn.Close()
+		io.WriteString(conn, "PING :k9\r\n")
+		if line, _ := bufio.NewReader(conn).ReadString('\n'); line == "PONG k9\n" {
+			io.WriteString(conn, "001 welcome\r\n")
+		}
+	})
+	f, err := c.Fetch(probetest.Context(t), "tcp", tg.Addr(), client.FetchOptions{Steps: []client.Step{
+		client.Expect(`^PING :(\w+)`), {SendTemplate: "PONG $1\n"}, client.Expect(`^001 (\w+)`),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := io.ReadAll(f)
+	if err != nil || string(got) != "PING :k9\r\n001 welcome\r\n" || f.Summary().EndReason != client.EndMatched {
+		t.Fatalf("read %q, %v, summary %+v", got, err, f.Summary())
+	}
+	want := []client.Match{
+		{Step: 0, Groups: [][]byte{[]byte("PING :k9"), []byte("k9")}},
+		{Step: 2, Groups: [][]byte{[]byte("001 welcome"), []byte("welcome")}},
+	}
+	if !cmp.Equal(f.Matches(), want) {
+		t.Errorf("matches %v, want %v", f.Matches(), want)
+	}
+}

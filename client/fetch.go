@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -72,16 +73,29 @@ type FetchOptions struct {
 	Source netip.Addr
 }
 
-// Step is one step of a Fetch's dialogue: one of Send, Expect and
-// StartTLS.
+// Step is one step of a Fetch's dialogue: one of Send, SendTemplate,
+// Expect and StartTLS.
 type Step struct {
 	// Send is written to the peer.
 	Send []byte
+	// SendTemplate is written to the peer with $1, ${1} and ${name} in
+	// it replaced by the groups of the previous Expect's match, as
+	// regexp.Expand does.
+	SendTemplate string
 	// Expect is an RE2 regular expression that what comes back must
 	// match, line by line (^ and $ at line boundaries).
 	Expect string
 	// StartTLS starts TLS with FetchOptions.TLS.
 	StartTLS bool
+}
+
+// Match is what an Expect step matched.
+type Match struct {
+	// Step is the index of the step in FetchOptions.Steps.
+	Step int
+	// Groups are the match and its groups, in the order of the
+	// expression's parentheses; each is at most 1 KiB.
+	Groups [][]byte
 }
 
 // Send is a step that writes b.
@@ -102,6 +116,9 @@ func stepsProto(steps []Step) ([]*netprobev1.Step, error) {
 		if st.Send != nil {
 			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_Send{Send: st.Send}})
 		}
+		if st.SendTemplate != "" {
+			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_SendTemplate{SendTemplate: st.SendTemplate}})
+		}
 		if st.Expect != "" {
 			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: st.Expect}})
 		}
@@ -109,7 +126,7 @@ func stepsProto(steps []Step) ([]*netprobev1.Step, error) {
 			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}})
 		}
 		if len(actions) != 1 {
-			return nil, fmt.Errorf("netprobe: fetch: step %d: set one of Send, Expect and StartTLS", i)
+			return nil, fmt.Errorf("netprobe: fetch: step %d: set one of Send, SendTemplate, Expect and StartTLS", i)
 		}
 		out[i] = actions[0]
 	}
@@ -162,7 +179,12 @@ type Fetch struct {
 	pending []byte // the unread rest of the current message
 	summary *FetchSummary
 	err     error // what Read returns once pending is empty, when set
+	matches []Match
 }
+
+// Matches returns what the dialogue's Expect steps matched so far: each
+// arrives after the bytes it matched.
+func (f *Fetch) Matches() []Match { return f.matches }
 
 // Fetch asks the probe server to connect to address on network, send the
 // request in opts, half-close, and stream the reply back. It returns once
@@ -262,22 +284,38 @@ func (f *Fetch) Next() ([]byte, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
-	msg, err := f.recv()
-	if err == nil {
+	var err error
+	for err == nil {
+		var msg *netprobev1.FetchResponse
+		if msg, err = f.recv(); err != nil {
+			break
+		}
 		switch ev := msg.GetEvent().(type) {
 		case *netprobev1.FetchResponse_Data:
 			return ev.Data.GetData(), nil
+		case *netprobev1.FetchResponse_Match:
+			f.matches = append(f.matches, newMatch(ev.Match))
 		case *netprobev1.FetchResponse_Summary:
 			f.finish(ev.Summary)
 			err = f.err
-		default:
-			err = fmt.Errorf("netprobe: fetch: the server sent %T after the connect report", msg.GetEvent())
+		case *netprobev1.FetchResponse_Connect:
+			err = errors.New("netprobe: fetch: the server sent a second connect report")
 		}
+		// An event this client does not know is skipped.
 	}
 	// The call is over: release it without waiting for Close.
 	f.err = err
 	f.cancel()
 	return nil, err
+}
+
+// newMatch copies m out of the buffer it arrived in.
+func newMatch(m *netprobev1.ExpectMatch) Match {
+	groups := make([][]byte, len(m.GetGroups()))
+	for i, g := range m.GetGroups() {
+		groups[i] = bytes.Clone(g)
+	}
+	return Match{Step: int(m.GetStep()), Groups: groups}
 }
 
 func newFetchSummary(s *netprobev1.FetchSummary) *FetchSummary {

@@ -120,6 +120,18 @@ func TestConnect(t *testing.T) {
 			attempts: []string{v4.Addr()},
 		},
 		{
+			name:     "IPv4 preferred: the IPv6 address is not tried",
+			target:   &netprobev1.Target{Host: "dual.test", Port: refused, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4},
+			want:     &wantError{stage: netprobev1.Stage_STAGE_CONNECT, reason: netprobev1.Reason_REASON_REFUSED, errno: "ECONNREFUSED", address: fmt.Sprintf("127.0.0.1:%d", refused)},
+			attempts: []string{fmt.Sprintf("127.0.0.1:%d failed", refused)},
+		},
+		{
+			name:     "IPv4 preferred, the name has only IPv6",
+			target:   &netprobev1.Target{Host: "v6only.test", Port: v6.Port(), IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4},
+			peer:     v6.Addr(),
+			attempts: []string{v6.Addr()},
+		},
+		{
 			name:     "refused",
 			target:   &netprobev1.Target{Host: "127.0.0.1", Port: refused},
 			want:     &wantError{stage: netprobev1.Stage_STAGE_CONNECT, reason: netprobev1.Reason_REASON_REFUSED, errno: "ECONNREFUSED", address: fmt.Sprintf("127.0.0.1:%d", refused)},

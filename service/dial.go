@@ -170,7 +170,21 @@ func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
 	if len(out) == 0 {
 		return nil, noAddress(t.host, network)
 	}
-	return out, nil
+	return preferred(out, t.family), nil
+}
+
+// preferred keeps the addresses of the family a PREFER family asks for,
+// when there are any.
+func preferred(addrs []netip.Addr, family netprobev1.IpFamily) []netip.Addr {
+	if family != netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4 && family != netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6 {
+		return addrs
+	}
+	want4 := family == netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4
+	kept := slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool { return a.Is4() != want4 })
+	if len(kept) == 0 {
+		return addrs
+	}
+	return kept
 }
 
 // noAddress is the error of a name with no address of the family asked

@@ -30,8 +30,12 @@ const (
 func (f *fetch) dialogue() (matched bool, err error) {
 	for i, st := range f.steps {
 		switch {
-		case st.send != nil:
-			n, werr := f.conn.Write(st.send)
+		case st.send != nil || st.template != "":
+			b := st.send
+			if st.template != "" {
+				b = f.expand(st.template)
+			}
+			n, werr := f.conn.Write(b)
 			f.sum.BytesSent += uint64(n)
 			if werr != nil {
 				f.failStep(i, netprobev1.Stage_STAGE_SEND, werr)
@@ -67,9 +71,8 @@ func (f *fetch) dialogue() (matched bool, err error) {
 func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 	r := newPooledReader(f.conn, rawBuffers)
 	for {
-		if loc := re.FindIndex(f.pending); loc != nil {
-			f.pending = f.pending[loc[1]:]
-			return true, nil
+		if loc := re.FindSubmatchIndex(f.pending); loc != nil {
+			return true, f.matched(i, re, loc)
 		}
 		if f.sum.BytesReceived >= f.maxBytes {
 			f.noMatch(i, re, "before the byte cap")
@@ -99,9 +102,8 @@ func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 		switch {
 		case rerr == nil:
 		case errors.Is(rerr, io.EOF):
-			if loc := re.FindIndex(f.pending); loc != nil {
-				f.pending = f.pending[loc[1]:]
-				return true, nil
+			if loc := re.FindSubmatchIndex(f.pending); loc != nil {
+				return true, f.matched(i, re, loc)
 			}
 			f.noMatch(i, re, "before the peer closed")
 			return false, nil
@@ -123,6 +125,47 @@ func (f *fetch) failExpect(i int, re *regexp.Regexp, err error) {
 	}
 	f.sum.Error.Message = noMatchMessage(re, when, f.tail())
 }
+
+// matched records the match loc of re, step i's, in what is pending,
+// tells the caller, and keeps what follows it for the next expect. It
+// returns an error only when the caller's stream failed.
+func (f *fetch) matched(i int, re *regexp.Regexp, loc []int) error {
+	f.lastRe, f.groups = re, make([][]byte, len(loc)/2)
+	for g := range f.groups {
+		if loc[2*g] >= 0 {
+			b := f.pending[loc[2*g]:loc[2*g+1]]
+			f.groups[g] = append([]byte(nil), b[:min(len(b), maxGroupBytes)]...)
+		}
+	}
+	f.pending = f.pending[loc[1]:]
+	if f.stream == nil {
+		return nil
+	}
+	return f.stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Match{
+		Match: &netprobev1.ExpectMatch{Step: uint32(i), Groups: f.groups},
+	}})
+}
+
+// expand is a send_template with the last match's groups in place of its
+// references, as regexp.Expand makes it; with no match before, they are
+// empty.
+func (f *fetch) expand(template string) []byte {
+	if f.lastRe == nil {
+		return noGroups.Expand(nil, []byte(template), nil, []int{0, 0})
+	}
+	// Expand reads the groups through indexes into one source: lay them
+	// end to end.
+	var src []byte
+	idx := make([]int, 0, 2*len(f.groups))
+	for _, g := range f.groups {
+		idx = append(idx, len(src), len(src)+len(g))
+		src = append(src, g...)
+	}
+	return f.lastRe.Expand(nil, []byte(template), src, idx)
+}
+
+// noGroups expands a template before any match: every reference is empty.
+var noGroups = regexp.MustCompile("")
 
 // failStep records the failure of step i.
 func (f *fetch) failStep(i int, stage netprobev1.Stage, err error) {

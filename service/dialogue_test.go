@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -131,6 +132,49 @@ func TestDialogue(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(heard, ""), "EHLO probe\r\nQUIT\r\n") {
 		t.Errorf("the target heard %q", heard)
+	}
+}
+
+// TestSendTemplate answers an IRC server's PING with the PONG it asks for:
+// a send_template made of the previous expect's groups, named and
+// numbered, and the matches reported as they happen.
+func TestSendTemplate(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	heard := make(chan string, 1)
+	irc := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		c.Write([]byte("NOTICE hello\r\nPING :a1b2 now\r\n"))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		heard <- line
+		if line == "PONG a1b2 now $\n" {
+			c.Write([]byte(":irc 001 welcome\r\n"))
+		}
+	})
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.1", Port: irc.Port()},
+		Steps: []*netprobev1.Step{
+			expect(`^PING :(?P<token>\w+) (\w+)( missing)?`),
+			{Action: &netprobev1.Step_SendTemplate{SendTemplate: "PONG ${token} $2$3 $$\n"}},
+			expect(`^:\S+ 001`),
+		},
+	})
+	if got := <-heard; got != "PONG a1b2 now $\n" {
+		t.Errorf("the server heard %q", got)
+	}
+	if e := f.summary.GetError(); e != nil || f.summary.GetEndReason() != netprobev1.EndReason_END_REASON_MATCHED {
+		t.Fatalf("summary %v, want the last expect matched", f.summary)
+	}
+	want := []*netprobev1.ExpectMatch{
+		{Step: 0, Groups: [][]byte{[]byte("PING :a1b2 now"), []byte("a1b2"), []byte("now"), nil}},
+		{Step: 2, Groups: [][]byte{[]byte(":irc 001")}},
+	}
+	if len(f.matches) != 2 || !proto.Equal(f.matches[0], want[0]) || !proto.Equal(f.matches[1], want[1]) {
+		t.Errorf("matches %v, want %v", f.matches, want)
+	}
+	// Each match comes after the data it matched.
+	if len(f.received) == 2 && (f.received[0] < len("NOTICE hello\r\nPING :a1b2 now") || f.received[1] != len(f.bytes())) {
+		t.Errorf("the matches came after %v bytes of %d", f.received, len(f.bytes()))
 	}
 }
 
@@ -259,6 +303,7 @@ func TestDialogueValidation(t *testing.T) {
 		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{send("x")}, Request: &netprobev1.FetchRequest_Payload{Payload: []byte("y")}}, []string{"steps"}},
 		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{expect("(unclosed")}}, []string{"steps[0].expect"}},
 		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{expect(strings.Repeat("a", 1025))}}, []string{"steps[0].expect"}},
+		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{{Action: &netprobev1.Step_SendTemplate{SendTemplate: strings.Repeat("$1", 513)}}}}, []string{"steps[0].send_template"}},
 		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{{Action: &netprobev1.Step_StartTls{}}}}, []string{"steps[0].start_tls"}},
 		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{startTLS(), startTLS()}}, []string{"steps[1].start_tls"}},
 		{&netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: []*netprobev1.Step{{}}}, []string{"steps[0]"}},

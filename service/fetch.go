@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"sync"
 	"syscall"
 	"time"
@@ -168,6 +169,10 @@ type fetch struct {
 	data *netprobev1.FetchData
 	// pending is what a dialogue received since its last expect matched.
 	pending []byte
+	// lastRe and groups are the last expect's expression and what it
+	// matched, each group cut to maxGroupBytes, for a send_template.
+	lastRe *regexp.Regexp
+	groups [][]byte
 }
 
 // exchange sends the request, half-closes and receives, recording the

@@ -29,6 +29,10 @@ type fetched struct {
 	connect *netprobev1.ConnectResponse
 	data    [][]byte
 	summary *netprobev1.FetchSummary
+	// matches are the expect steps' matches, each after the data that
+	// completed it: received tells how many bytes had come before.
+	matches  []*netprobev1.ExpectMatch
+	received []int
 }
 
 func (f *fetched) bytes() []byte { return bytes.Join(f.data, nil) }
@@ -66,6 +70,12 @@ func drain(t *testing.T, stream grpc.ServerStreamingClient[netprobev1.FetchRespo
 				t.Fatalf("data message out of place")
 			}
 			f.data = append(f.data, ev.Data.Data)
+		case *netprobev1.FetchResponse_Match:
+			if f.connect == nil || f.summary != nil {
+				t.Fatalf("match message out of place")
+			}
+			f.matches = append(f.matches, ev.Match)
+			f.received = append(f.received, len(f.bytes()))
 		case *netprobev1.FetchResponse_Summary:
 			if f.connect == nil || f.summary != nil {
 				t.Fatalf("summary message out of place")

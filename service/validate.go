@@ -92,7 +92,7 @@ func validateTarget(v *violations, t *netprobev1.Target) target {
 		v.add("target.network", "unknown network %d: TCP (NETWORK_TCP) or UDP (NETWORK_UDP)", t.GetNetwork())
 	}
 	switch out.family {
-	case netprobev1.IpFamily_IP_FAMILY_UNSPECIFIED:
+	case netprobev1.IpFamily_IP_FAMILY_UNSPECIFIED, netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4, netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6:
 	case netprobev1.IpFamily_IP_FAMILY_IPV4:
 		if out.literal.Is6() {
 			v.add("target.ip_family", "IPv4 asked for, but host %s is an IPv6 address", out.host)
@@ -143,7 +143,7 @@ func (s *Server) validateSource(v *violations, field string, t *target, source s
 	switch {
 	case t.literal.IsValid() && t.literal.Is4() != a.Is4():
 		v.add(field, "%s is not of the family of host %s", a, t.literal)
-	case t.family != netprobev1.IpFamily_IP_FAMILY_UNSPECIFIED && t.family != family:
+	case (t.family == netprobev1.IpFamily_IP_FAMILY_IPV4 || t.family == netprobev1.IpFamily_IP_FAMILY_IPV6) && t.family != family:
 		v.add(field, "%s is not of the family ip_family asks for", a)
 	}
 	// A name is resolved to the source's family alone.
@@ -279,6 +279,8 @@ type step struct {
 	send     []byte
 	expect   *regexp.Regexp
 	startTLS bool
+	// template is a send_template; a send with no bytes is not a step.
+	template string
 }
 
 // Limits of a dialogue.
@@ -286,6 +288,10 @@ const (
 	maxSteps = 64
 	// maxExpectLength caps an expect's regular expression, in bytes.
 	maxExpectLength = 1024
+	// maxTemplateLength caps a send_template, and maxGroupBytes each group
+	// of a match it can use, so that an expansion is at most 512 KiB.
+	maxTemplateLength = 1024
+	maxGroupBytes     = 1024
 )
 
 func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, error) {
@@ -386,6 +392,13 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 				continue
 			}
 			out[i].expect = re
+		case *netprobev1.Step_SendTemplate:
+			if len(a.SendTemplate) > maxTemplateLength {
+				v.add(f+".send_template", "%d bytes is over the cap of %d", len(a.SendTemplate), maxTemplateLength)
+				continue
+			}
+			out[i].template = a.SendTemplate
+			sent += len(a.SendTemplate)
 		case *netprobev1.Step_StartTls:
 			switch {
 			case !a.StartTls:

@@ -91,6 +91,12 @@ const (
 	IpFamily_IP_FAMILY_IPV4 IpFamily = 1
 	// IP_FAMILY_IPV6 resolves and tries IPv6 addresses only.
 	IpFamily_IP_FAMILY_IPV6 IpFamily = 2
+	// IP_FAMILY_PREFER_IPV4 resolves both families and tries the IPv4
+	// addresses, or the IPv6 ones when the name has no IPv4 address:
+	// blackbox_exporter's preferred_ip_protocol "ip4" with its fallback.
+	IpFamily_IP_FAMILY_PREFER_IPV4 IpFamily = 3
+	// IP_FAMILY_PREFER_IPV6 is IP_FAMILY_PREFER_IPV4 the other way round.
+	IpFamily_IP_FAMILY_PREFER_IPV6 IpFamily = 4
 )
 
 // Enum value maps for IpFamily.
@@ -99,11 +105,15 @@ var (
 		0: "IP_FAMILY_UNSPECIFIED",
 		1: "IP_FAMILY_IPV4",
 		2: "IP_FAMILY_IPV6",
+		3: "IP_FAMILY_PREFER_IPV4",
+		4: "IP_FAMILY_PREFER_IPV6",
 	}
 	IpFamily_value = map[string]int32{
 		"IP_FAMILY_UNSPECIFIED": 0,
 		"IP_FAMILY_IPV4":        1,
 		"IP_FAMILY_IPV6":        2,
+		"IP_FAMILY_PREFER_IPV4": 3,
+		"IP_FAMILY_PREFER_IPV6": 4,
 	}
 )
 
@@ -2037,6 +2047,7 @@ type Step struct {
 	//	*Step_Send
 	//	*Step_Expect
 	//	*Step_StartTls
+	//	*Step_SendTemplate
 	Action        isStep_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2106,6 +2117,15 @@ func (x *Step) GetStartTls() bool {
 	return false
 }
 
+func (x *Step) GetSendTemplate() string {
+	if x != nil {
+		if x, ok := x.Action.(*Step_SendTemplate); ok {
+			return x.SendTemplate
+		}
+	}
+	return ""
+}
+
 type isStep_Action interface {
 	isStep_Action()
 }
@@ -2132,11 +2152,79 @@ type Step_StartTls struct {
 	StartTls bool `protobuf:"varint,3,opt,name=start_tls,json=startTls,proto3,oneof"`
 }
 
+type Step_SendTemplate struct {
+	// send_template writes this text after replacing $1, ${1} and ${name}
+	// with the groups of the previous expect's match, as Go's
+	// regexp.Expand does ($$ is a $): blackbox_exporter's "send" after an
+	// "expect". A group that did not match, or no previous expect, is
+	// empty.
+	SendTemplate string `protobuf:"bytes,4,opt,name=send_template,json=sendTemplate,proto3,oneof"`
+}
+
 func (*Step_Send) isStep_Action() {}
 
 func (*Step_Expect) isStep_Action() {}
 
 func (*Step_StartTls) isStep_Action() {}
+
+func (*Step_SendTemplate) isStep_Action() {}
+
+// ExpectMatch is what an expect step matched.
+type ExpectMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// step is the index of the expect step in FetchRequest.steps.
+	Step uint32 `protobuf:"varint,1,opt,name=step,proto3" json:"step,omitempty"`
+	// groups are the match ([0]) and its groups, in the order of the
+	// expression's parentheses; a group that did not match is empty. Each
+	// is at most 1 KiB; a longer one is cut there.
+	Groups        [][]byte `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpectMatch) Reset() {
+	*x = ExpectMatch{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpectMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpectMatch) ProtoMessage() {}
+
+func (x *ExpectMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpectMatch.ProtoReflect.Descriptor instead.
+func (*ExpectMatch) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ExpectMatch) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *ExpectMatch) GetGroups() [][]byte {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
 
 // FetchData is bytes received from the peer.
 type FetchData struct {
@@ -2150,7 +2238,7 @@ type FetchData struct {
 
 func (x *FetchData) Reset() {
 	*x = FetchData{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2162,7 +2250,7 @@ func (x *FetchData) String() string {
 func (*FetchData) ProtoMessage() {}
 
 func (x *FetchData) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2175,7 +2263,7 @@ func (x *FetchData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchData.ProtoReflect.Descriptor instead.
 func (*FetchData) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FetchData) GetData() []byte {
@@ -2215,7 +2303,7 @@ type FetchSummary struct {
 
 func (x *FetchSummary) Reset() {
 	*x = FetchSummary{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2227,7 +2315,7 @@ func (x *FetchSummary) String() string {
 func (*FetchSummary) ProtoMessage() {}
 
 func (x *FetchSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2240,7 +2328,7 @@ func (x *FetchSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchSummary.ProtoReflect.Descriptor instead.
 func (*FetchSummary) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FetchSummary) GetBytesSent() uint64 {
@@ -2310,6 +2398,7 @@ type FetchResponse struct {
 	//	*FetchResponse_Connect
 	//	*FetchResponse_Data
 	//	*FetchResponse_Summary
+	//	*FetchResponse_Match
 	Event         isFetchResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2317,7 +2406,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2418,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2431,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FetchResponse) GetEvent() isFetchResponse_Event {
@@ -2379,6 +2468,15 @@ func (x *FetchResponse) GetSummary() *FetchSummary {
 	return nil
 }
 
+func (x *FetchResponse) GetMatch() *ExpectMatch {
+	if x != nil {
+		if x, ok := x.Event.(*FetchResponse_Match); ok {
+			return x.Match
+		}
+	}
+	return nil
+}
+
 type isFetchResponse_Event interface {
 	isFetchResponse_Event()
 }
@@ -2399,11 +2497,19 @@ type FetchResponse_Summary struct {
 	Summary *FetchSummary `protobuf:"bytes,3,opt,name=summary,proto3,oneof"`
 }
 
+type FetchResponse_Match struct {
+	// match reports an expect step's match, right after the data that
+	// completed it.
+	Match *ExpectMatch `protobuf:"bytes,4,opt,name=match,proto3,oneof"`
+}
+
 func (*FetchResponse_Connect) isFetchResponse_Event() {}
 
 func (*FetchResponse_Data) isFetchResponse_Event() {}
 
 func (*FetchResponse_Summary) isFetchResponse_Event() {}
+
+func (*FetchResponse_Match) isFetchResponse_Event() {}
 
 // ResolveServiceRequest asks for a service lookup. Exactly one of name and
 // port is required.
@@ -2421,7 +2527,7 @@ type ResolveServiceRequest struct {
 
 func (x *ResolveServiceRequest) Reset() {
 	*x = ResolveServiceRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2539,7 @@ func (x *ResolveServiceRequest) String() string {
 func (*ResolveServiceRequest) ProtoMessage() {}
 
 func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2552,7 @@ func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceRequest.ProtoReflect.Descriptor instead.
 func (*ResolveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResolveServiceRequest) GetName() string {
@@ -2492,7 +2598,7 @@ type ResolveServiceResponse struct {
 
 func (x *ResolveServiceResponse) Reset() {
 	*x = ResolveServiceResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2610,7 @@ func (x *ResolveServiceResponse) String() string {
 func (*ResolveServiceResponse) ProtoMessage() {}
 
 func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2623,7 @@ func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceResponse.ProtoReflect.Descriptor instead.
 func (*ResolveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResolveServiceResponse) GetName() string {
@@ -2588,7 +2694,7 @@ type SweepTarget struct {
 
 func (x *SweepTarget) Reset() {
 	*x = SweepTarget{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2600,7 +2706,7 @@ func (x *SweepTarget) String() string {
 func (*SweepTarget) ProtoMessage() {}
 
 func (x *SweepTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2613,7 +2719,7 @@ func (x *SweepTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepTarget.ProtoReflect.Descriptor instead.
 func (*SweepTarget) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SweepTarget) GetTarget() *Target {
@@ -2669,7 +2775,7 @@ type SweepRequest struct {
 
 func (x *SweepRequest) Reset() {
 	*x = SweepRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2787,7 @@ func (x *SweepRequest) String() string {
 func (*SweepRequest) ProtoMessage() {}
 
 func (x *SweepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2800,7 @@ func (x *SweepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepRequest.ProtoReflect.Descriptor instead.
 func (*SweepRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{19}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SweepRequest) GetTargets() []*SweepTarget {
@@ -2744,7 +2850,7 @@ type SweepResponse struct {
 
 func (x *SweepResponse) Reset() {
 	*x = SweepResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2756,7 +2862,7 @@ func (x *SweepResponse) String() string {
 func (*SweepResponse) ProtoMessage() {}
 
 func (x *SweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2769,7 +2875,7 @@ func (x *SweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepResponse.ProtoReflect.Descriptor instead.
 func (*SweepResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{20}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SweepResponse) GetIndex() uint32 {
@@ -2923,12 +3029,16 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x03tls\x18\n" +
 	" \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
 	"\x05steps\x18\v \x03(\v2\x11.netprobe.v1.StepR\x05stepsB\t\n" +
-	"\arequest\"_\n" +
+	"\arequest\"\x86\x01\n" +
 	"\x04Step\x12\x14\n" +
 	"\x04send\x18\x01 \x01(\fH\x00R\x04send\x12\x18\n" +
 	"\x06expect\x18\x02 \x01(\tH\x00R\x06expect\x12\x1d\n" +
-	"\tstart_tls\x18\x03 \x01(\bH\x00R\bstartTlsB\b\n" +
-	"\x06action\"\x1f\n" +
+	"\tstart_tls\x18\x03 \x01(\bH\x00R\bstartTls\x12%\n" +
+	"\rsend_template\x18\x04 \x01(\tH\x00R\fsendTemplateB\b\n" +
+	"\x06action\"9\n" +
+	"\vExpectMatch\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\rR\x04step\x12\x16\n" +
+	"\x06groups\x18\x02 \x03(\fR\x06groups\"\x1f\n" +
 	"\tFetchData\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"\x9f\x03\n" +
 	"\fFetchSummary\x12\x1d\n" +
@@ -2941,11 +3051,12 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"end_reason\x18\x05 \x01(\x0e2\x16.netprobe.v1.EndReasonR\tendReason\x12-\n" +
 	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\x12/\n" +
 	"\btcp_info\x18\a \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\x12(\n" +
-	"\x03tls\x18\b \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\"\xb7\x01\n" +
+	"\x03tls\x18\b \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\"\xe9\x01\n" +
 	"\rFetchResponse\x128\n" +
 	"\aconnect\x18\x01 \x01(\v2\x1c.netprobe.v1.ConnectResponseH\x00R\aconnect\x12,\n" +
 	"\x04data\x18\x02 \x01(\v2\x16.netprobe.v1.FetchDataH\x00R\x04data\x125\n" +
-	"\asummary\x18\x03 \x01(\v2\x19.netprobe.v1.FetchSummaryH\x00R\asummaryB\a\n" +
+	"\asummary\x18\x03 \x01(\v2\x19.netprobe.v1.FetchSummaryH\x00R\asummary\x120\n" +
+	"\x05match\x18\x04 \x01(\v2\x18.netprobe.v1.ExpectMatchH\x00R\x05matchB\a\n" +
 	"\x05event\"[\n" +
 	"\x15ResolveServiceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
@@ -2977,11 +3088,13 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\aNetwork\x12\x17\n" +
 	"\x13NETWORK_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vNETWORK_TCP\x10\x01\x12\x0f\n" +
-	"\vNETWORK_UDP\x10\x02*M\n" +
+	"\vNETWORK_UDP\x10\x02*\x83\x01\n" +
 	"\bIpFamily\x12\x19\n" +
 	"\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n" +
-	"\x0eIP_FAMILY_IPV6\x10\x02*\xfe\x01\n" +
+	"\x0eIP_FAMILY_IPV6\x10\x02\x12\x19\n" +
+	"\x15IP_FAMILY_PREFER_IPV4\x10\x03\x12\x19\n" +
+	"\x15IP_FAMILY_PREFER_IPV6\x10\x04*\xfe\x01\n" +
 	"\x05Stage\x12\x15\n" +
 	"\x11STAGE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STAGE_SERVICE_LOOKUP\x10\x01\x12\x11\n" +
@@ -3072,7 +3185,7 @@ func file_netprobe_v1_probe_proto_rawDescGZIP() []byte {
 }
 
 var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_netprobe_v1_probe_proto_goTypes = []any{
 	(Network)(0),                   // 0: netprobe.v1.Network
 	(IpFamily)(0),                  // 1: netprobe.v1.IpFamily
@@ -3096,89 +3209,91 @@ var file_netprobe_v1_probe_proto_goTypes = []any{
 	(*HttpGet)(nil),                // 19: netprobe.v1.HttpGet
 	(*FetchRequest)(nil),           // 20: netprobe.v1.FetchRequest
 	(*Step)(nil),                   // 21: netprobe.v1.Step
-	(*FetchData)(nil),              // 22: netprobe.v1.FetchData
-	(*FetchSummary)(nil),           // 23: netprobe.v1.FetchSummary
-	(*FetchResponse)(nil),          // 24: netprobe.v1.FetchResponse
-	(*ResolveServiceRequest)(nil),  // 25: netprobe.v1.ResolveServiceRequest
-	(*ResolveServiceResponse)(nil), // 26: netprobe.v1.ResolveServiceResponse
-	(*SweepTarget)(nil),            // 27: netprobe.v1.SweepTarget
-	(*SweepRequest)(nil),           // 28: netprobe.v1.SweepRequest
-	(*SweepResponse)(nil),          // 29: netprobe.v1.SweepResponse
-	(*durationpb.Duration)(nil),    // 30: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 31: google.protobuf.Timestamp
+	(*ExpectMatch)(nil),            // 22: netprobe.v1.ExpectMatch
+	(*FetchData)(nil),              // 23: netprobe.v1.FetchData
+	(*FetchSummary)(nil),           // 24: netprobe.v1.FetchSummary
+	(*FetchResponse)(nil),          // 25: netprobe.v1.FetchResponse
+	(*ResolveServiceRequest)(nil),  // 26: netprobe.v1.ResolveServiceRequest
+	(*ResolveServiceResponse)(nil), // 27: netprobe.v1.ResolveServiceResponse
+	(*SweepTarget)(nil),            // 28: netprobe.v1.SweepTarget
+	(*SweepRequest)(nil),           // 29: netprobe.v1.SweepRequest
+	(*SweepResponse)(nil),          // 30: netprobe.v1.SweepResponse
+	(*durationpb.Duration)(nil),    // 31: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 32: google.protobuf.Timestamp
 }
 var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	0,  // 0: netprobe.v1.Target.network:type_name -> netprobe.v1.Network
 	1,  // 1: netprobe.v1.Target.ip_family:type_name -> netprobe.v1.IpFamily
 	2,  // 2: netprobe.v1.ProbeError.stage:type_name -> netprobe.v1.Stage
 	3,  // 3: netprobe.v1.ProbeError.reason:type_name -> netprobe.v1.Reason
-	30, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
-	30, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
-	30, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
+	31, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
+	31, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
+	31, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
 	10, // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
-	30, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
+	31, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
 	10, // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
 	9,  // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
-	30, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	31, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
 	16, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
 	11, // 13: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
-	30, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
-	30, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
-	30, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
+	31, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
+	31, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
+	31, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
 	12, // 17: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
 	10, // 18: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
 	17, // 19: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
 	15, // 20: netprobe.v1.ConnectResponse.tcp_info:type_name -> netprobe.v1.TcpInfo
-	30, // 21: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
-	30, // 22: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
-	30, // 23: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
+	31, // 21: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
+	31, // 22: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
+	31, // 23: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
 	4,  // 24: netprobe.v1.TlsOptions.min_version:type_name -> netprobe.v1.TlsVersion
 	4,  // 25: netprobe.v1.TlsOptions.max_version:type_name -> netprobe.v1.TlsVersion
-	30, // 26: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
+	31, // 26: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
 	18, // 27: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
-	31, // 28: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	31, // 29: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	32, // 28: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	32, // 29: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
 	9,  // 30: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
-	30, // 31: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
+	31, // 31: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
 	19, // 32: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
-	30, // 33: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
+	31, // 33: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
 	5,  // 34: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
 	16, // 35: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
 	21, // 36: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
-	30, // 37: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	30, // 38: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	31, // 37: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	31, // 38: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
 	6,  // 39: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
 	10, // 40: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
 	15, // 41: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
 	17, // 42: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
 	14, // 43: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	22, // 44: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
-	23, // 45: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
-	7,  // 46: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
-	10, // 47: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
-	9,  // 48: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	30, // 49: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
-	8,  // 50: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
-	16, // 51: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
-	21, // 52: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
-	27, // 53: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	30, // 54: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 55: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	14, // 56: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	23, // 57: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
-	13, // 58: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	20, // 59: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	25, // 60: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	28, // 61: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	14, // 62: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	24, // 63: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	26, // 64: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	29, // 65: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	62, // [62:66] is the sub-list for method output_type
-	58, // [58:62] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	23, // 44: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
+	24, // 45: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
+	22, // 46: netprobe.v1.FetchResponse.match:type_name -> netprobe.v1.ExpectMatch
+	7,  // 47: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
+	10, // 48: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
+	9,  // 49: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
+	31, // 50: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	8,  // 51: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
+	16, // 52: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
+	21, // 53: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
+	28, // 54: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	31, // 55: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 56: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	14, // 57: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	24, // 58: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
+	13, // 59: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	20, // 60: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	26, // 61: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	29, // 62: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	14, // 63: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	25, // 64: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	27, // 65: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	30, // 66: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	63, // [63:67] is the sub-list for method output_type
+	59, // [59:63] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
@@ -3195,11 +3310,13 @@ func file_netprobe_v1_probe_proto_init() {
 		(*Step_Send)(nil),
 		(*Step_Expect)(nil),
 		(*Step_StartTls)(nil),
+		(*Step_SendTemplate)(nil),
 	}
-	file_netprobe_v1_probe_proto_msgTypes[15].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[16].OneofWrappers = []any{
 		(*FetchResponse_Connect)(nil),
 		(*FetchResponse_Data)(nil),
 		(*FetchResponse_Summary)(nil),
+		(*FetchResponse_Match)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3207,7 +3324,7 @@ func file_netprobe_v1_probe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netprobe_v1_probe_proto_rawDesc), len(file_netprobe_v1_probe_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
