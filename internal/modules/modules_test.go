@@ -1,0 +1,333 @@
+package modules_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// TestExampleFiles loads blackbox_exporter's own example files unchanged:
+// their tcp modules are netprobe's, the others are listed as not run.
+func TestExampleFiles(t *testing.T) {
+	for _, tc := range []struct {
+		file     string
+		tcp      []string
+		skipped  map[string]string
+		warnings int
+	}{
+		{
+			file: "testdata/blackbox.yml",
+			tcp:  []string{"irc_banner", "pop3s_banner", "postgresql", "ssh_banner", "ssh_banner_extract", "tcp_connect"},
+			skipped: map[string]string{"http_2xx": "http", "http_post_2xx": "http", "grpc": "grpc", "grpc_plain": "grpc",
+				"icmp": "icmp", "icmp_ttl5": "icmp", "websocket": "websocket", "http_3xx": "http"},
+			warnings: 8,
+		},
+		{
+			file: "testdata/example.yml",
+			tcp:  []string{"imap_starttls", "irc_banner_example", "postgresql", "rabbitmq", "rabbitmq_insecure", "smtp_starttls", "tcp_connect_example", "tls_connect"},
+			// Its 19 modules of other probers, and the two rabbitmq
+			// modules' CA file, which this machine does not have.
+			warnings: 21,
+		},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			set, warnings, err := modules.Load(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := set.Names(); !slices.Equal(got, tc.tcp) {
+				t.Errorf("tcp modules %q, want %q", got, tc.tcp)
+			}
+			if tc.skipped != nil && !cmp.Equal(set.Skipped, tc.skipped) {
+				t.Errorf("skipped %v, want %v", set.Skipped, tc.skipped)
+			}
+			if len(warnings) != tc.warnings {
+				t.Errorf("%d warnings, want %d:\n%s", len(warnings), tc.warnings, strings.Join(warnings, "\n"))
+			}
+		})
+	}
+	set, _, err := modules.Load("testdata/example.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Modules["rabbitmq"].Err; err == nil || !strings.Contains(err.Error(), "module rabbitmq, line 166: ") || !os.IsNotExist(errorsUnwrap(err)) {
+		t.Errorf("rabbitmq's missing CA file: %v", err)
+	}
+}
+
+func errorsUnwrap(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}
+
+func send(b string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_Send{Send: []byte(b)}}
+}
+
+func template(s string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_SendTemplate{SendTemplate: s}}
+}
+
+func expect(re string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: re}}
+}
+
+var startTLS = &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}}
+
+// TestOptions loads a module with each option of the tcp prober, and of
+// netprobe's section, and checks the probe it makes.
+func TestOptions(t *testing.T) {
+	dir := t.TempDir()
+	ca := probetest.NewCA(t)
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := probetest.WriteFiles(t, dir, ca.Issue(t, "prober", false))
+	target := &netprobev1.Target{Host: "mail.test", Port: 25}
+	for _, tc := range []struct {
+		name, yaml string
+		connect    *netprobev1.ConnectRequest
+		fetch      *netprobev1.FetchRequest
+		cert       bool
+	}{
+		{
+			name:    "defaults",
+			yaml:    "prober: tcp",
+			connect: &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6}},
+		},
+		{
+			name: "ip4 with fallback, source address, timeout",
+			yaml: "prober: tcp\ntimeout: 3s\ntcp:\n  preferred_ip_protocol: ip4\n  source_ip_address: 198.18.0.1",
+			connect: &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "mail.test", Port: 25,
+				IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4, SourceAddress: "198.18.0.1"}},
+		},
+		{
+			name:    "ip4 without fallback",
+			yaml:    "prober: tcp\ntcp:\n  preferred_ip_protocol: ip4\n  ip_protocol_fallback: false",
+			connect: &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_IPV4}},
+		},
+		{
+			name:    "ip6 without fallback",
+			yaml:    "prober: tcp\ntcp:\n  preferred_ip_protocol: ip6\n  ip_protocol_fallback: false",
+			connect: &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_IPV6}},
+		},
+		{
+			name: "tls with every tls_config key, alpn and reverse lookup",
+			yaml: `prober: tcp
+tcp:
+  tls: true
+  tls_config:
+    ca_file: ca.pem
+    cert_file: ` + certFile + `
+    key_file: ` + keyFile + `
+    server_name: mail.test
+    insecure_skip_verify: true
+    min_version: TLS12
+    max_version: TLS13
+netprobe:
+  alpn: [smtp]
+  reverse_lookup: true`,
+			connect: &netprobev1.ConnectRequest{
+				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
+				Tls: &netprobev1.TlsOptions{ServerName: "mail.test", InsecureSkipVerify: true, CaBundle: ca.PEM, Alpn: []string{"smtp"},
+					MinVersion: netprobev1.TlsVersion_TLS_VERSION_1_2, MaxVersion: netprobev1.TlsVersion_TLS_VERSION_1_3, ClientIdentity: "module:m"},
+				ReverseLookup: true,
+			},
+			cert: true,
+		},
+		{
+			name: "query_response: expect, send, expect with send, expect_bytes, starttls",
+			yaml: `prober: tcp
+tcp:
+  query_response:
+  - expect: "^220 ([^ ]+)"
+  - send: "EHLO prober\r"
+  - expect: "^250-(STARTTLS)"
+    send: "STARTTLS ${1}\r"
+  - expect_bytes: "2.0"
+  - starttls: true
+netprobe:
+  read_timeout: 2s
+  max_bytes: 4096`,
+			fetch: &netprobev1.FetchRequest{
+				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
+				Tls:    &netprobev1.TlsOptions{},
+				Steps: []*netprobev1.Step{expect("^220 ([^ ]+)"), send("EHLO prober\r\n"), expect("^250-(STARTTLS)"), template("STARTTLS ${1}\r\n"),
+					expect(`\A2\.0`), startTLS, expect("")},
+				MaxBytes: 4096,
+			},
+		},
+		{
+			name: "tls and a banner: TLS first",
+			yaml: "prober: tcp\ntcp:\n  tls: true\n  query_response:\n  - expect: \"^+OK\"",
+			fetch: &netprobev1.FetchRequest{
+				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
+				Tls:    &netprobev1.TlsOptions{},
+				Steps:  []*netprobev1.Step{startTLS, expect("^+OK")},
+			},
+		},
+		{
+			name: "udp",
+			yaml: "prober: udp\nnetprobe:\n  payload: \"ping\\n\"\n  read_timeout: 500ms",
+			fetch: &netprobev1.FetchRequest{
+				Target:  &netprobev1.Target{Host: "mail.test", Port: 25, Network: netprobev1.Network_NETWORK_UDP},
+				Request: &netprobev1.FetchRequest_Payload{Payload: []byte("ping\n")},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text := "modules:\n  m:\n" + indent(tc.yaml, "    ")
+			set, warnings, err := modules.Parse([]byte(text), filepath.Join(dir, "modules.yml"))
+			if err != nil || len(warnings) > 0 {
+				t.Fatalf("%v, warnings %q in\n%s", err, warnings, text)
+			}
+			m := set.Modules["m"]
+			if m.Err != nil {
+				t.Fatal(m.Err)
+			}
+			connect, fetch := m.Request(target, 4*time.Second)
+			if tc.connect != nil {
+				tc.connect.Timeout = connect.GetTimeout()
+			}
+			if tc.fetch != nil {
+				tc.fetch.Timeout, tc.fetch.ReadTimeout = fetch.GetTimeout(), fetch.GetReadTimeout()
+			}
+			if diff := cmp.Diff(tc.connect, connect, protocmp.Transform()); diff != "" {
+				t.Errorf("connect request (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.fetch, fetch, protocmp.Transform()); diff != "" {
+				t.Errorf("fetch request (-want +got):\n%s", diff)
+			}
+			if (m.ClientCert != nil) != tc.cert {
+				t.Errorf("client certificate %v, want one: %v", m.ClientCert != nil, tc.cert)
+			}
+			if got := connect.GetTimeout().AsDuration() + fetch.GetTimeout().AsDuration(); got != 4*time.Second {
+				t.Errorf("timeout %v, want the one asked for", got)
+			}
+		})
+	}
+}
+
+// TestExpectInfo makes probe_expect_info's labels of a match, as
+// blackbox.yml's ssh_banner_extract asks.
+func TestExpectInfo(t *testing.T) {
+	set, _, err := modules.Load("testdata/blackbox.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := set.Modules["ssh_banner_extract"]
+	groups := [][]byte{[]byte("SSH-2.0-OpenSSH_9.2p1 Debian-2\r"), []byte("OpenSSH_9.2p1"), []byte("Debian-2\r")}
+	names, values := m.ExpectInfo(0, groups)
+	if !slices.Equal(names, []string{"ssh_version", "ssh_comments"}) || !slices.Equal(values, []string{"OpenSSH_9.2p1", "Debian-2"}) {
+		t.Errorf("labels %q = %q", names, values)
+	}
+	if names, _ := m.ExpectInfo(1, groups); names != nil {
+		t.Errorf("a step without labels has %q", names)
+	}
+}
+
+// TestInvalid refuses files with what is wrong, the module and the line.
+func TestInvalid(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown key in tcp", "prober: tcp\ntcp:\n  tls: true\n  colour: blue", "module m, line 6: field colour not found"},
+		{"unknown key in a module", "prober: tcp\nretries: 3", "module m, line 4: field retries not found"},
+		{"unknown tls_config key", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    ca_ref: vault", "module m, line 7: field ca_ref not found"},
+		{"unknown netprobe key", "prober: tcp\nnetprobe:\n  speed: 11", "module m, line 5: field speed not found"},
+		{"a string for a bool", "prober: tcp\ntcp:\n  tls: yes please", "module m, line 5: cannot unmarshal"},
+		{"bad duration", "prober: tcp\ntimeout: soon", "module m, line 4: cannot unmarshal"},
+		{"negative timeout", "prober: tcp\ntimeout: -1s", "module m, line 4: timeout -1s is negative"},
+		{"no prober", "timeout: 1s", "module m, line 2: no prober"},
+		{"unknown prober", "prober: smtp", "module m, line 3: unknown prober \"smtp\""},
+		{"bad ip protocol", "prober: tcp\ntcp:\n  preferred_ip_protocol: ip5", "module m, line 5: preferred_ip_protocol \"ip5\""},
+		{"bad source address", "prober: tcp\ntcp:\n  source_ip_address: eth0", "module m, line 5: source_ip_address \"eth0\" is not an IP address"},
+		{"bad regexp", "prober: tcp\ntcp:\n  query_response:\n  - send: x\n  - expect: \"(unclosed\"", "module m, line 7: expect \"(unclosed\""},
+		{"expect and expect_bytes", "prober: tcp\ntcp:\n  query_response:\n  - expect: a\n    expect_bytes: b", "module m, line 7: an entry has expect or expect_bytes, not both"},
+		{"an empty entry", "prober: tcp\ntcp:\n  query_response:\n  - {}", "module m, line 6: an entry expects, sends or starts TLS"},
+		{"labels without expect", "prober: tcp\ntcp:\n  query_response:\n  - send: x\n    labels: [{name: a, value: b}]", "module m, line 7: labels name the groups of an expect"},
+		{"bad label name", "prober: tcp\ntcp:\n  query_response:\n  - expect: (x)\n    labels: [{name: 1a, value: $1}]", "module m, line 7: label name \"1a\""},
+		{"tls and starttls", "prober: tcp\ntcp:\n  tls: true\n  query_response:\n  - starttls: true", "module m, line 5: a module with tls: true"},
+		{"starttls twice", "prober: tcp\ntcp:\n  query_response:\n  - starttls: true\n  - starttls: true", "module m, line 7: TLS starts once"},
+		{"bad tls version", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    min_version: TLS14", "module m, line 7: min_version \"TLS14\""},
+		{"ca and ca_file", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    ca: x\n    ca_file: y", "module m, line 8: ca and ca_file are one or the other"},
+		{"not a certificate", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    ca: not pem", "module m, line 7: no PEM certificate"},
+		{"cert without key", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    cert: x", "module m, line 7: a client certificate needs cert_file and key_file both"},
+		{"udp with a tcp section", "prober: udp\ntcp:\n  tls: true", "module m, line 4: a udp module takes no tcp section"},
+		{"tcp with a payload", "prober: tcp\nnetprobe:\n  payload: x", "module m, line 5: a tcp module sends with query_response"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text := "modules:\n  m:\n" + indent(tc.yaml, "    ")
+			_, _, err := modules.Parse([]byte(text), "")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%v, want an error with %q, for\n%s", err, tc.want, text)
+			}
+		})
+	}
+	for _, text := range []string{"modules: [a, b]", "{{{", "modules:\n  m: 3", "other: 1"} {
+		if _, _, err := modules.Parse([]byte(text), ""); err == nil {
+			t.Errorf("%q loads", text)
+		}
+	}
+	if set, _, err := modules.Parse(nil, ""); err != nil || len(set.Modules) != 0 {
+		t.Errorf("an empty file: %v, %v", set, err)
+	}
+}
+
+// TestDefaults checks the modules of a probed without a file.
+func TestDefaults(t *testing.T) {
+	set := modules.Defaults()
+	want := []string{"ftp_starttls", "imap_starttls", "ldap_starttls", "pop3_starttls", "postgres_starttls", "smtp_starttls", "tcp_connect", "tls_connect", "udp"}
+	if got := set.Names(); !slices.Equal(got, want) {
+		t.Errorf("defaults %q, want %q", got, want)
+	}
+	target := &netprobev1.Target{Host: "mail.test", Port: 25}
+	_, f := set.Modules["smtp_starttls"].Request(target, time.Second)
+	if n := len(f.GetSteps()); n < 2 || !f.GetSteps()[n-2].GetStartTls() || f.GetSteps()[n-1].GetExpect() != "" || f.GetTls() == nil {
+		t.Errorf("smtp_starttls is %v, want the dialogue ending at its handshake", f)
+	}
+	c, _ := set.Modules["tls_connect"].Request(target, time.Second)
+	if c.GetTls() == nil || c.GetTarget().GetIpFamily() != netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6 {
+		t.Errorf("tls_connect is %v", c)
+	}
+}
+
+// FuzzParse feeds the parser what it may not expect: it must refuse or
+// load, never panic, and what it loads must make requests.
+func FuzzParse(f *testing.F) {
+	for _, file := range []string{"testdata/blackbox.yml", "testdata/example.yml"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("modules:\n  m:\n    prober: tcp\n    tcp:\n      query_response:\n      - expect: (x)\n        send: ${1}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		set, _, err := modules.Parse(data, "")
+		if err != nil {
+			return
+		}
+		for _, m := range set.Modules {
+			m.Request(&netprobev1.Target{Host: "h", Port: 1}, time.Second)
+			m.ExpectInfo(0, [][]byte{[]byte("x"), nil})
+		}
+	})
+}
+
+func indent(s, by string) string {
+	return by + strings.ReplaceAll(s, "\n", "\n"+by) + "\n"
+}
