@@ -3,8 +3,10 @@ package client_test
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -579,8 +581,11 @@ func TestConnectTLS(t *testing.T) {
 	t.Parallel()
 	c, _ := start(t)
 	ca := probetest.NewCA(t)
+	var leaf []byte
 	serve := func(changes ...func(*x509.Certificate)) string {
-		cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "target", true, changes...)}}
+		cert := ca.Issue(t, "target", true, changes...)
+		leaf = cert.Certificate[0]
+		cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
 		return probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 			tc := tls.Server(c, cfg)
 			tc.Handshake()
@@ -588,11 +593,12 @@ func TestConnectTLS(t *testing.T) {
 		}).Addr()
 	}
 	good := serve()
+	sum := sha256.Sum256(leaf)
 	expired := serve(func(c *x509.Certificate) { c.NotAfter = time.Now().Add(-time.Hour) })
 	opts := client.ConnectOptions{TLS: &client.TLSOptions{ServerName: "localhost", CABundle: ca.PEM}}
 
 	res, err := c.Connect(probetest.Context(t), "tcp", good, opts)
-	if err != nil || res.TLS == nil || !res.TLS.Verified || res.TLS.Version != "TLS 1.3" || len(res.TLS.Chain) != 1 || res.TLS.Chain[0].Subject != "CN=target" || res.TLS.Chain[0].DNSNames[0] != "localhost" {
+	if err != nil || res.TLS == nil || !res.TLS.Verified || res.TLS.Version != "TLS 1.3" || len(res.TLS.Chain) != 1 || res.TLS.Chain[0].Subject != "CN=target" || res.TLS.Chain[0].DNSNames[0] != "localhost" || res.TLS.Chain[0].SHA256 != hex.EncodeToString(sum[:]) {
 		t.Errorf("Connect with TLS: %+v, %v", res.TLS, err)
 	}
 	res, err = c.Connect(probetest.Context(t), "tcp", expired, opts)

@@ -67,6 +67,8 @@ type Certificate struct {
 	NotBefore, NotAfter time.Time
 	// DaysLeft is the whole days left before NotAfter at the probe.
 	DaysLeft int
+	// SHA256 is the SHA-256 fingerprint of the certificate, in hex.
+	SHA256 string
 }
 
 func newTLSResult(r *netprobev1.TlsResult) *TLSResult {
@@ -92,6 +94,7 @@ func newTLSResult(r *netprobev1.TlsResult) *TLSResult {
 			NotBefore: c.GetNotBefore().AsTime(),
 			NotAfter:  c.GetNotAfter().AsTime(),
 			DaysLeft:  int(c.GetDaysLeft()),
+			SHA256:    c.GetSha256Fingerprint(),
 		})
 	}
 	return out

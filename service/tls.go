@@ -2,8 +2,10 @@ package service
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -288,6 +290,8 @@ func certificate(c *x509.Certificate, now time.Time) *netprobev1.Certificate {
 		NotAfter:  timestamppb.New(c.NotAfter),
 		DaysLeft:  int32(c.NotAfter.Sub(now).Hours() / 24),
 	}
+	sum := sha256.Sum256(c.Raw)
+	out.Sha256Fingerprint = hex.EncodeToString(sum[:])
 	for _, ip := range c.IPAddresses {
 		out.IpAddresses = append(out.IpAddresses, ip.String())
 	}

@@ -1700,9 +1700,12 @@ type Certificate struct {
 	NotAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	// days_left is the whole days from the probe to not_after; negative once
 	// expired.
-	DaysLeft      int32 `protobuf:"varint,8,opt,name=days_left,json=daysLeft,proto3" json:"days_left,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DaysLeft int32 `protobuf:"varint,8,opt,name=days_left,json=daysLeft,proto3" json:"days_left,omitempty"`
+	// sha256_fingerprint is the SHA-256 of the certificate's DER, in lower
+	// case hex.
+	Sha256Fingerprint string `protobuf:"bytes,9,opt,name=sha256_fingerprint,json=sha256Fingerprint,proto3" json:"sha256_fingerprint,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Certificate) Reset() {
@@ -1789,6 +1792,13 @@ func (x *Certificate) GetDaysLeft() int32 {
 		return x.DaysLeft
 	}
 	return 0
+}
+
+func (x *Certificate) GetSha256Fingerprint() string {
+	if x != nil {
+		return x.Sha256Fingerprint
+	}
+	return ""
 }
 
 // HttpGet is an HTTP/1.0 GET request, written the way a hand-written socket
@@ -3002,7 +3012,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"serverName\x12E\n" +
 	"\x11peer_certificates\x18\x06 \x03(\v2\x18.netprobe.v1.CertificateR\x10peerCertificates\x12\x1a\n" +
 	"\bverified\x18\a \x01(\bR\bverified\x12!\n" +
-	"\fverify_error\x18\b \x01(\tR\vverifyError\"\xa8\x02\n" +
+	"\fverify_error\x18\b \x01(\tR\vverifyError\"\xd7\x02\n" +
 	"\vCertificate\x12\x18\n" +
 	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x1b\n" +
@@ -3012,7 +3022,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\n" +
 	"not_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
 	"\tnot_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x1b\n" +
-	"\tdays_left\x18\b \x01(\x05R\bdaysLeft\"1\n" +
+	"\tdays_left\x18\b \x01(\x05R\bdaysLeft\x12-\n" +
+	"\x12sha256_fingerprint\x18\t \x01(\tR\x11sha256Fingerprint\"1\n" +
 	"\aHttpGet\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\"\xf8\x03\n" +
