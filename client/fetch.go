@@ -74,7 +74,7 @@ type FetchOptions struct {
 }
 
 // Step is one step of a Fetch's dialogue: one of Send, SendTemplate,
-// Expect and StartTLS.
+// Expect, ExpectLine and StartTLS.
 type Step struct {
 	// Send is written to the peer.
 	Send []byte
@@ -85,6 +85,9 @@ type Step struct {
 	// Expect is an RE2 regular expression that what comes back must
 	// match, line by line (^ and $ at line boundaries).
 	Expect string
+	// ExpectLine is an RE2 regular expression one line that comes back
+	// must match, on its own and without its terminator.
+	ExpectLine string
 	// StartTLS starts TLS with FetchOptions.TLS.
 	StartTLS bool
 }
@@ -122,11 +125,14 @@ func stepsProto(steps []Step) ([]*netprobev1.Step, error) {
 		if st.Expect != "" {
 			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: st.Expect}})
 		}
+		if st.ExpectLine != "" {
+			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: st.ExpectLine}})
+		}
 		if st.StartTLS {
 			actions = append(actions, &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}})
 		}
 		if len(actions) != 1 {
-			return nil, fmt.Errorf("netprobe: fetch: step %d: set one of Send, SendTemplate, Expect and StartTLS", i)
+			return nil, fmt.Errorf("netprobe: fetch: step %d: set one of Send, SendTemplate, Expect, ExpectLine and StartTLS", i)
 		}
 		out[i] = actions[0]
 	}

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -42,7 +43,7 @@ func (f *fetch) dialogue() (matched bool, err error) {
 				return false, nil
 			}
 		case st.expect != nil:
-			ok, err := f.expect(i, st.expect)
+			ok, err := f.expect(i, st)
 			if err != nil || !ok {
 				return false, err
 			}
@@ -60,19 +61,20 @@ func (f *fetch) dialogue() (matched bool, err error) {
 			}
 			// Bytes the peer sent ahead of the handshake are plaintext
 			// that must not pass for part of the TLS stream.
-			f.conn, f.pending = tc, nil
+			f.conn, f.pending, f.scanned = tc, nil, 0
 		}
 	}
 	return f.steps[len(f.steps)-1].expect != nil, nil
 }
 
-// expect reads until re matches what came since the previous expect. The
-// data read goes to the caller as any reply does.
-func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
+// expect reads until step i's expression matches what came since the
+// previous expect. The data read goes to the caller as any reply does.
+func (f *fetch) expect(i int, st step) (bool, error) {
+	re := st.expect
 	r := newPooledReader(f.conn, rawBuffers)
 	for {
-		if loc := re.FindSubmatchIndex(f.pending); loc != nil {
-			return true, f.matched(i, re, loc)
+		if src, loc, end := f.find(st, false); loc != nil {
+			return true, f.matched(i, re, src, loc, end)
 		}
 		if f.sum.BytesReceived >= f.maxBytes {
 			f.noMatch(i, re, "before the byte cap")
@@ -85,8 +87,9 @@ func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 		chunk, rerr := r.next()
 		if len(chunk) > 0 {
 			if len(f.pending)+len(chunk) > expectWindow {
-				keep := f.pending[max(0, len(f.pending)-expectWindow/2):]
-				f.pending = append(f.pending[:0:0], keep...)
+				drop := max(0, len(f.pending)-expectWindow/2)
+				f.pending = append(f.pending[:0:0], f.pending[drop:]...)
+				f.scanned = max(0, f.scanned-drop)
 			}
 			// What the byte cap cuts off is not matched either.
 			kept := chunk[:min(uint64(len(chunk)), f.maxBytes-f.sum.BytesReceived)]
@@ -102,8 +105,8 @@ func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 		switch {
 		case rerr == nil:
 		case errors.Is(rerr, io.EOF):
-			if loc := re.FindSubmatchIndex(f.pending); loc != nil {
-				return true, f.matched(i, re, loc)
+			if src, loc, end := f.find(st, true); loc != nil {
+				return true, f.matched(i, re, src, loc, end)
 			}
 			f.noMatch(i, re, "before the peer closed")
 			return false, nil
@@ -112,6 +115,36 @@ func (f *fetch) expect(i int, re *regexp.Regexp) (bool, error) {
 			return false, nil
 		}
 	}
+}
+
+// find looks for st's match in what is pending: anywhere in it, or for an
+// expect_line in one whole line at a time (and, when final, in a last
+// line without its terminator). It returns where the match is, its
+// indexes there, and how much of pending it uses up.
+func (f *fetch) find(st step, final bool) (src []byte, loc []int, end int) {
+	if !st.line {
+		if loc = st.expect.FindSubmatchIndex(f.pending); loc == nil {
+			return nil, nil, 0
+		}
+		return f.pending, loc, loc[1]
+	}
+	for f.scanned < len(f.pending) {
+		rest := f.pending[f.scanned:]
+		n := bytes.IndexByte(rest, '\n')
+		next := f.scanned + n + 1
+		if n < 0 {
+			if !final {
+				return nil, nil, 0
+			}
+			n, next = len(rest), len(f.pending)
+		}
+		line := bytes.TrimSuffix(rest[:n], []byte("\r"))
+		f.scanned = next
+		if loc = st.expect.FindSubmatchIndex(line); loc != nil {
+			return line, loc, next
+		}
+	}
+	return nil, nil, 0
 }
 
 // failExpect records an expect that failed with err (a timeout, a
@@ -126,18 +159,18 @@ func (f *fetch) failExpect(i int, re *regexp.Regexp, err error) {
 	f.sum.Error.Message = noMatchMessage(re, when, f.tail())
 }
 
-// matched records the match loc of re, step i's, in what is pending,
-// tells the caller, and keeps what follows it for the next expect. It
-// returns an error only when the caller's stream failed.
-func (f *fetch) matched(i int, re *regexp.Regexp, loc []int) error {
+// matched records the match loc of re, step i's, in src, tells the
+// caller, and keeps what follows end in what is pending for the next
+// expect. It returns an error only when the caller's stream failed.
+func (f *fetch) matched(i int, re *regexp.Regexp, src []byte, loc []int, end int) error {
 	f.lastRe, f.groups = re, make([][]byte, len(loc)/2)
 	for g := range f.groups {
 		if loc[2*g] >= 0 {
-			b := f.pending[loc[2*g]:loc[2*g+1]]
+			b := src[loc[2*g]:loc[2*g+1]]
 			f.groups[g] = append([]byte(nil), b[:min(len(b), maxGroupBytes)]...)
 		}
 	}
-	f.pending = f.pending[loc[1]:]
+	f.pending, f.scanned = f.pending[end:], 0
 	if f.stream == nil {
 		return nil
 	}

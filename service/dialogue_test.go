@@ -178,6 +178,41 @@ func TestSendTemplate(t *testing.T) {
 	}
 }
 
+// TestExpectLine matches line by line, as blackbox_exporter does: a
+// negated class stops at the line's end, the terminator is no part of the
+// line, the lines before are passed over, and a last line without a
+// terminator is tried when the peer closes.
+func TestExpectLine(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("NOTICE hello\r\nPING :x42\r\nmore\r\nlogin: "))
+		c.Close()
+	})
+	expectLine := func(re string) *netprobev1.Step {
+		return &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: re}}
+	}
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()},
+		Steps:  []*netprobev1.Step{expectLine(`PING :([^ ]+)$`), expectLine(`^login: $`)},
+	})
+	want := []*netprobev1.ExpectMatch{
+		{Step: 0, Groups: [][]byte{[]byte("PING :x42"), []byte("x42")}},
+		{Step: 1, Groups: [][]byte{[]byte("login: ")}},
+	}
+	if f.summary.GetError() != nil || len(f.matches) != 2 || !proto.Equal(f.matches[0], want[0]) || !proto.Equal(f.matches[1], want[1]) {
+		t.Errorf("summary %v, matches %v; want %v", f.summary, f.matches, want)
+	}
+	// Over the whole reply, the same class runs on past the line.
+	f = fetch(t, e.Probe, &netprobev1.FetchRequest{
+		Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()},
+		Steps:  []*netprobev1.Step{expect(`PING :([^ ]+)`)},
+	})
+	if len(f.matches) != 1 || string(f.matches[0].GetGroups()[1]) != "x42\r\nmore\r\nlogin:" {
+		t.Errorf("expect's matches %v", f.matches)
+	}
+}
+
 // TestDialogueStartTLS runs a STARTTLS dialogue against a server made
 // here: the handshake after the plaintext part, reported in the summary,
 // and the rest of the dialogue over TLS.

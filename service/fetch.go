@@ -167,8 +167,10 @@ type fetch struct {
 	// msg carries each piece of data to the caller; data is its event.
 	msg  *netprobev1.FetchResponse
 	data *netprobev1.FetchData
-	// pending is what a dialogue received since its last expect matched.
+	// pending is what a dialogue received since its last expect matched;
+	// an expect_line has looked at its lines up to scanned.
 	pending []byte
+	scanned int
 	// lastRe and groups are the last expect's expression and what it
 	// matched, each group cut to maxGroupBytes, for a send_template.
 	lastRe *regexp.Regexp

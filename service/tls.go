@@ -123,7 +123,7 @@ func (s *Server) grantIdentity(ctx context.Context, field string, p *tlsParams) 
 		return v.err()
 	}
 	caller := CallerFrom(ctx)
-	if !s.cfg.Policy.MayUse(caller, p.identity) {
+	if !granted(ctx, p.identity) && !s.cfg.Policy.MayUse(caller, p.identity) {
 		who := "an anonymous caller"
 		if caller != "" {
 			who = "caller " + caller

@@ -276,8 +276,10 @@ type fetchParams struct {
 
 // step is a validated Step.
 type step struct {
-	send     []byte
-	expect   *regexp.Regexp
+	send   []byte
+	expect *regexp.Regexp
+	// line makes expect an expect_line: matched line by line.
+	line     bool
 	startTLS bool
 	// template is a send_template; a send with no bytes is not a step.
 	template string
@@ -382,16 +384,9 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 			out[i].send = a.Send
 			sent += len(a.Send)
 		case *netprobev1.Step_Expect:
-			if len(a.Expect) > maxExpectLength {
-				v.add(f+".expect", "%d bytes is over the cap of %d", len(a.Expect), maxExpectLength)
-				continue
-			}
-			re, err := regexp.Compile("(?m)" + a.Expect)
-			if err != nil {
-				v.add(f+".expect", "not an RE2 regular expression: %v", err)
-				continue
-			}
-			out[i].expect = re
+			out[i].expect = compileExpect(v, f+".expect", a.Expect)
+		case *netprobev1.Step_ExpectLine:
+			out[i].expect, out[i].line = compileExpect(v, f+".expect_line", a.ExpectLine), true
 		case *netprobev1.Step_SendTemplate:
 			if len(a.SendTemplate) > maxTemplateLength {
 				v.add(f+".send_template", "%d bytes is over the cap of %d", len(a.SendTemplate), maxTemplateLength)
@@ -418,6 +413,20 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 		v.add(field+"tls", "with steps, tls is for a start_tls step, and there is none")
 	}
 	return out
+}
+
+// compileExpect compiles an expect's regular expression, multi-line.
+func compileExpect(v *violations, field, expr string) *regexp.Regexp {
+	if len(expr) > maxExpectLength {
+		v.add(field, "%d bytes is over the cap of %d", len(expr), maxExpectLength)
+		return nil
+	}
+	re, err := regexp.Compile("(?m)" + expr)
+	if err != nil {
+		v.add(field, "not an RE2 regular expression: %v", err)
+		return nil
+	}
+	return re
 }
 
 // httpGetRequest renders an HTTP/1.0 GET as a socket client writes it.

@@ -56,6 +56,11 @@ type config struct {
 	MaxResets       int              `default:"${max_stream_resets}" env:"NETPROBE_MAX_STREAM_RESETS" name:"max-stream-resets" group:"Limits" help:"Streams a connection may cancel, or have refused, in a burst; a tenth of that comes back each second. Past it the connection is closed with a GOAWAY (ENHANCE_YOUR_CALM): the HTTP/2 rapid reset attack."`
 	MaxReads        int              `default:"${max_reads_per_caller}" env:"NETPROBE_MAX_READS_PER_CALLER" name:"max-reads-per-caller" group:"Limits" help:"Most requests of one caller read at once for calls that are not probes (health, reflection); more are RESOURCE_EXHAUSTED. Probes are held to --max-in-flight-per-caller before their request is read."`
 	KeepaliveMin    time.Duration    `default:"${keepalive_min_time}" env:"NETPROBE_KEEPALIVE_MIN_TIME" name:"keepalive-min-time" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often is disconnected."`
+	ModulesFile     string           `env:"NETPROBE_MODULES_FILE" type:"path" group:"Prometheus" help:"Serve /probe (blackbox_exporter's multi-target endpoint, on --metrics-addr) with the modules of this file, in blackbox_exporter's format: its tcp modules run, those of its other probers are listed as not run. Reloaded when it changes or on SIGHUP; a file that does not load leaves the modules as they were. Without it: tcp_connect, tls_connect, udp and PROTO_starttls."`
+	CheckModules    string           `type:"path" group:"Prometheus" placeholder:"PATH" help:"Check a module file, say which modules netprobe runs and which it does not, and exit (1 if it does not load)."`
+	ScrapeOffset    time.Duration    `default:"${scrape_timeout_offset}" env:"NETPROBE_SCRAPE_TIMEOUT_OFFSET" name:"scrape-timeout-offset" group:"Prometheus" help:"Taken off a scrape's timeout (X-Prometheus-Scrape-Timeout-Seconds) for its probe's, so that the answer arrives in time."`
+	ScrapeRate      float64          `default:"${scrape_rate}" env:"NETPROBE_SCRAPE_RATE" group:"Prometheus" help:"Probes a second each scraper may start through /probe, on average: its targets divided by its scrape interval (1,500 targets every 15s is 100)."`
+	ScrapeBurst     int              `default:"${scrape_burst}" env:"NETPROBE_SCRAPE_BURST" group:"Prometheus" help:"Probes a scraper may start at once through /probe, above --scrape-rate: Prometheus may scrape all its targets together."`
 	DNSServer       string           `name:"dns-server" env:"NETPROBE_DNS_SERVER" placeholder:"HOST:PORT" group:"Probing" help:"Send every DNS query to this server instead of the ones in /etc/resolv.conf (the hosts file is still read first)."`
 	ServicesFile    string           `default:"/etc/services" env:"NETPROBE_SERVICES_FILE" type:"path" group:"Probing" help:"Services database for service names; when it is missing or lacks a name, a built-in table answers."`
 	LogLevel        string           `default:"info" enum:"debug,info,warn,error" env:"NETPROBE_LOG_LEVEL" group:"Logging" help:"Log level: debug, info, warn or error. Info logs one audit line per probe."`
@@ -85,11 +90,17 @@ var vars = kong.Vars{
 	"max_header_bytes":           strconv.Itoa(server.DefaultMaxHeaderBytes),
 	"max_stream_resets":          strconv.Itoa(server.DefaultMaxStreamResets),
 	"max_reads_per_caller":       strconv.Itoa(server.DefaultMaxReadsPerCaller),
+	"scrape_timeout_offset":      server.DefaultScrapeTimeoutOffset.String(),
+	"scrape_rate":                strconv.Itoa(server.DefaultScrapeRate),
+	"scrape_burst":               strconv.Itoa(server.DefaultScrapeBurst),
 }
 
 func main() {
 	var cfg config
 	kong.Parse(&cfg, kong.Name("probed"), kong.Description(description), kong.UsageOnError(), vars)
+	if cfg.CheckModules != "" {
+		os.Exit(checkModules(cfg, os.Stdout, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, cfg, os.Stderr)
 	stop()
@@ -210,6 +221,10 @@ func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Conf
 		MaxHeaderBytes:          cfg.MaxHeaderBytes,
 		MaxStreamResets:         cfg.MaxResets,
 		MaxReadsPerCaller:       cfg.MaxReads,
+		ModulesFile:             cfg.ModulesFile,
+		ScrapeTimeoutOffset:     cfg.ScrapeOffset,
+		ScrapeRate:              cfg.ScrapeRate,
+		ScrapeBurst:             cfg.ScrapeBurst,
 		DNSServer:               cfg.DNSServer,
 		ServicesFile:            cfg.ServicesFile,
 		Logger:                  logger,
@@ -258,4 +273,19 @@ func listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	return lis, nil
+}
+
+// checkModules is --check-modules: it loads the file as the server would
+// and says what it found. It returns the exit code.
+func checkModules(cfg config, stdout, stderr io.Writer) int {
+	set, warnings, err := server.CheckModules(cfg.CheckModules, cfg.AllowSource)
+	if err != nil {
+		fmt.Fprintf(stderr, "probed: %v\n", err)
+		return 1
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "probed: warning: %s\n", w)
+	}
+	fmt.Fprintf(stdout, "%s: %d modules netprobe runs: %s\n", cfg.CheckModules, len(set.Modules), strings.Join(set.Names(), ", "))
+	return 0
 }

@@ -300,8 +300,8 @@ func (t *tcpYAML) empty() bool {
 		len(t.QueryResponse) == 0 && !t.TLS && t.TLSConfig == (tlsConfigYAML{})
 }
 
-// querySteps turns query_response into steps. An entry may expect, then
-// send (with the expect's groups in place of ${1}; blackbox_exporter ends
+// querySteps turns query_response into steps. An entry may expect (line
+// by line, as blackbox_exporter matches), then send (with the expect's groups in place of ${1}; blackbox_exporter ends
 // each send with a newline), then start TLS. A dialogue that does not end
 // with an expect gets an empty one, which matches at once: the probe ends
 // after its last step, as blackbox_exporter's does.
@@ -327,7 +327,7 @@ func (m *Module) querySteps(qrs []queryResponseYAML, at func(...any) string) err
 				}
 				m.Labels[len(m.Steps)] = labels
 			}
-			m.Steps = append(m.Steps, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: q.Expect}})
+			m.Steps = append(m.Steps, &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: q.Expect}})
 		case q.ExpectBytes != "":
 			m.Steps = append(m.Steps, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: `\A` + regexp.QuoteMeta(q.ExpectBytes)}})
 		case len(q.Labels) > 0:
@@ -353,7 +353,7 @@ func (m *Module) querySteps(qrs []queryResponseYAML, at func(...any) string) err
 	case len(qrs) == 0:
 		// No dialogue, TLS or not, is a Connect.
 		m.Steps = nil
-	case m.Steps[len(m.Steps)-1].GetExpect() == "":
+	case m.Steps[len(m.Steps)-1].GetExpect() == "" && m.Steps[len(m.Steps)-1].GetExpectLine() == "":
 		m.Steps = append(m.Steps, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: ""}})
 	}
 	return nil
@@ -476,8 +476,7 @@ func (m *Module) ExpectInfo(step int, groups [][]byte) (names, values []string) 
 	}
 	for _, l := range labels {
 		names = append(names, l.Name)
-		// A line's terminator is not part of what a label says.
-		values = append(values, strings.TrimRight(string(re.Expand(nil, []byte(l.Value), src, idx)), "\r"))
+		values = append(values, string(re.Expand(nil, []byte(l.Value), src, idx)))
 	}
 	return names, values
 }
@@ -566,8 +565,8 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // IdentityPrefix starts the client identity name of a module's
-// certificate (cert_file and key_file): "module:NAME".
-const IdentityPrefix = "module:"
+// certificate (cert_file and key_file): "module/NAME".
+const IdentityPrefix = "module/"
 
 // Request is the probe of target that the module makes: a Connect when it
 // has no dialogue, a Fetch otherwise; the other is nil. timeout bounds

@@ -87,6 +87,10 @@ func expect(re string) *netprobev1.Step {
 	return &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: re}}
 }
 
+func expectLine(re string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: re}}
+}
+
 var startTLS = &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}}
 
 // TestOptions loads a module with each option of the tcp prober, and of
@@ -145,7 +149,7 @@ netprobe:
 			connect: &netprobev1.ConnectRequest{
 				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
 				Tls: &netprobev1.TlsOptions{ServerName: "mail.test", InsecureSkipVerify: true, CaBundle: ca.PEM, Alpn: []string{"smtp"},
-					MinVersion: netprobev1.TlsVersion_TLS_VERSION_1_2, MaxVersion: netprobev1.TlsVersion_TLS_VERSION_1_3, ClientIdentity: "module:m"},
+					MinVersion: netprobev1.TlsVersion_TLS_VERSION_1_2, MaxVersion: netprobev1.TlsVersion_TLS_VERSION_1_3, ClientIdentity: "module/m"},
 				ReverseLookup: true,
 			},
 			cert: true,
@@ -167,7 +171,7 @@ netprobe:
 			fetch: &netprobev1.FetchRequest{
 				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
 				Tls:    &netprobev1.TlsOptions{},
-				Steps: []*netprobev1.Step{expect("^220 ([^ ]+)"), send("EHLO prober\r\n"), expect("^250-(STARTTLS)"), template("STARTTLS ${1}\r\n"),
+				Steps: []*netprobev1.Step{expectLine("^220 ([^ ]+)"), send("EHLO prober\r\n"), expectLine("^250-(STARTTLS)"), template("STARTTLS ${1}\r\n"),
 					expect(`\A2\.0`), startTLS, expect("")},
 				MaxBytes: 4096,
 			},
@@ -178,7 +182,7 @@ netprobe:
 			fetch: &netprobev1.FetchRequest{
 				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
 				Tls:    &netprobev1.TlsOptions{},
-				Steps:  []*netprobev1.Step{startTLS, expect("^+OK")},
+				Steps:  []*netprobev1.Step{startTLS, expectLine("^+OK")},
 			},
 		},
 		{
@@ -231,7 +235,7 @@ func TestExpectInfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := set.Modules["ssh_banner_extract"]
-	groups := [][]byte{[]byte("SSH-2.0-OpenSSH_9.2p1 Debian-2\r"), []byte("OpenSSH_9.2p1"), []byte("Debian-2\r")}
+	groups := [][]byte{[]byte("SSH-2.0-OpenSSH_9.2p1 Debian-2"), []byte("OpenSSH_9.2p1"), []byte("Debian-2")}
 	names, values := m.ExpectInfo(0, groups)
 	if !slices.Equal(names, []string{"ssh_version", "ssh_comments"}) || !slices.Equal(values, []string{"OpenSSH_9.2p1", "Debian-2"}) {
 		t.Errorf("labels %q = %q", names, values)

@@ -26,7 +26,7 @@ func newTestGuard(logs *bytes.Buffer) *guard {
 			logs.WriteString("logged\n")
 			return h(ctx, req)
 		},
-		rates:    newRateLimiter(1e9, 1e9, m),
+		rates:    newRateLimiter("rate", 1e9, 1e9, m),
 		inflight: newInFlight(10, 10, m),
 		reads:    newReadGate(1, m),
 		logger:   slog.New(slog.NewTextHandler(logs, nil)),

@@ -174,6 +174,8 @@ const maxRateCallers = 4096
 // ever reset: a caller cannot clear its own limit, or anybody else's, by
 // showing up from many addresses.
 type rateLimiter struct {
+	// label names the limit in netprobe_limit_refusals_total.
+	label      string
 	rate       rate.Limit
 	burst      int
 	maxCallers int
@@ -187,8 +189,9 @@ type rateLimiter struct {
 	swept time.Time
 }
 
-func newRateLimiter(perSecond float64, burst int, m *metrics) *rateLimiter {
+func newRateLimiter(label string, perSecond float64, burst int, m *metrics) *rateLimiter {
 	return &rateLimiter{
+		label:      label,
 		rate:       rate.Limit(perSecond),
 		burst:      burst,
 		maxCallers: maxRateCallers,
@@ -229,7 +232,7 @@ func (r *rateLimiter) bucket(key caller) *rate.Limiter {
 func (r *rateLimiter) Limit(ctx context.Context) error {
 	key := callerOf(ctx)
 	if !r.bucket(key).Allow() {
-		r.metrics.limitRefusals.WithLabelValues("rate").Inc()
+		r.metrics.limitRefusals.WithLabelValues(r.label).Inc()
 		return status.Errorf(codes.ResourceExhausted, "%s is over its rate of %g probes a second (burst %d)", key, float64(r.rate), r.burst)
 	}
 	return nil

@@ -23,7 +23,7 @@ func from(ip string) context.Context {
 // its burst stays limited however many others come, while the buckets of
 // callers that have filled up again are the ones forgotten.
 func TestRateLimiterTable(t *testing.T) {
-	r := newRateLimiter(1e-9, 2, newMetrics(prometheus.NewRegistry()))
+	r := newRateLimiter("rate", 1e-9, 2, newMetrics(prometheus.NewRegistry()))
 	r.maxCallers = 100
 	victim := from("192.0.2.1")
 	for range 2 {
@@ -47,7 +47,7 @@ func TestRateLimiterTable(t *testing.T) {
 
 	// Full buckets are the same as new ones: those are forgotten to make
 	// room, and their callers lose nothing.
-	idle := newRateLimiter(1e9, 2, newMetrics(prometheus.NewRegistry()))
+	idle := newRateLimiter("rate", 1e9, 2, newMetrics(prometheus.NewRegistry()))
 	idle.maxCallers = 100
 	for i := range 1000 {
 		ctx := from(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String())

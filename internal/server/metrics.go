@@ -53,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"rule"}),
 		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_limit_refusals_total",
-			Help: "Calls refused with RESOURCE_EXHAUSTED, by limit (in_flight, in_flight_per_caller, rate, reads_per_caller).",
+			Help: "Calls refused with RESOURCE_EXHAUSTED, and scrapes of /probe with 429, by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller).",
 		}, []string{"limit"}),
 		transportRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_transport_refusals_total",
@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 	}
 	// Every known label starts at zero, so that a rate() sees the first.
-	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "reads_per_caller"} {
+	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate", "reads_per_caller"} {
 		m.limitRefusals.WithLabelValues(l)
 	}
 	for _, r := range []string{"unauthenticated", "stream_resets"} {

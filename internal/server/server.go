@@ -119,6 +119,17 @@ type Config struct {
 	// once, for calls that are not probes (health, reflection).
 	MaxReadsPerCaller int
 
+	// ModulesFile is a module file in blackbox_exporter's format, for
+	// /probe; empty serves the default modules. It is read again when it
+	// changes (checked at most once a second) and on Reload.
+	ModulesFile string
+	// ScrapeTimeoutOffset is taken off a scrape's timeout for its probe's.
+	ScrapeTimeoutOffset time.Duration
+	// ScrapeRate and ScrapeBurst are each scraper's bucket of /probe
+	// probes, apart from its gRPC one.
+	ScrapeRate  float64
+	ScrapeBurst int
+
 	// DNSServer, "host:port", receives every DNS query instead of
 	// /etc/resolv.conf's servers.
 	DNSServer string
@@ -162,6 +173,18 @@ func (c *Config) setDefaults() {
 	if c.MaxPayloadBytes == 0 {
 		c.MaxPayloadBytes = service.DefaultMaxPayloadBytes
 	}
+	if c.MaxTimeout == 0 {
+		c.MaxTimeout = service.DefaultMaxTimeout
+	}
+	if c.ScrapeTimeoutOffset == 0 {
+		c.ScrapeTimeoutOffset = DefaultScrapeTimeoutOffset
+	}
+	if c.ScrapeRate == 0 {
+		c.ScrapeRate = DefaultScrapeRate
+	}
+	if c.ScrapeBurst == 0 {
+		c.ScrapeBurst = DefaultScrapeBurst
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -183,7 +206,10 @@ type Server struct {
 	identities identities
 	tokens     *tokens
 	policy     *policy.Policy
-	logger     *slog.Logger
+	// sources are the addresses probes may bind.
+	sources []netip.Prefix
+	scraper *scraper
+	logger  *slog.Logger
 }
 
 // New builds a server from cfg; Serve then serves it.
@@ -225,17 +251,19 @@ func New(cfg Config) (*Server, error) {
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	s.registry.MustRegister(grpcMetrics)
 	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
-	s.rates = newRateLimiter(cfg.Rate, cfg.Burst, m)
-	sources, err := parseSources(cfg.AllowSource)
-	if err != nil {
+	s.rates = newRateLimiter("rate", cfg.Rate, cfg.Burst, m)
+	if s.sources, err = parseSources(cfg.AllowSource); err != nil {
 		return nil, err
 	}
 	if s.identities, err = loadIdentities(cfg.ClientIdentities, s.logger); err != nil {
 		return nil, err
 	}
+	if s.scraper, err = newScraper(s, cfg); err != nil {
+		return nil, err
+	}
 	srv, err := service.New(service.Config{
-		AllowedSources:      sources,
-		ClientIdentities:    s.identities,
+		AllowedSources:      s.sources,
+		ClientIdentities:    moduleIdentities{ids: s.identities, sc: s.scraper},
 		DefaultTimeout:      cfg.DefaultTimeout,
 		MaxTimeout:          cfg.MaxTimeout,
 		MaxPayloadBytes:     cfg.MaxPayloadBytes,
@@ -357,11 +385,14 @@ func (s *Server) PolicyRules() []string { return s.policy.Rules() }
 // Reload reads the certificate files again, the server's and the client
 // identities'; on failure the certificate in use stays.
 func (s *Server) Reload() error {
-	if s.cert == nil && len(s.identities) == 0 {
-		s.logger.Info("nothing to reload", "why", "no certificates")
+	if s.cert == nil && len(s.identities) == 0 && s.cfg.ModulesFile == "" {
+		s.logger.Info("nothing to reload", "why", "no certificates, no module file")
 		return nil
 	}
 	var errs []error
+	if err := s.scraper.reload(); err != nil {
+		errs = append(errs, err)
+	}
 	if s.cert != nil {
 		if err := s.cert.reload(); err != nil {
 			errs = append(errs, err)
@@ -431,10 +462,12 @@ func cutMargin(grace time.Duration) time.Duration {
 // Stop stops the server at once, cancelling every call.
 func (s *Server) Stop() { s.grpc.Stop() }
 
-// MetricsHandler serves the Prometheus metrics at /metrics and the probe
-// service's health at /healthz.
+// MetricsHandler serves the Prometheus metrics at /metrics, the probe
+// service's health at /healthz, and blackbox_exporter's /probe.
 func (s *Server) MetricsHandler() http.Handler {
-	return metricsHandler(s.registry, s.health)
+	mux := metricsHandler(s.registry, s.health)
+	mux.Handle("/probe", s.scraper)
+	return mux
 }
 
 // interceptorLogger adapts slog to go-grpc-middleware's logging interface.
@@ -446,7 +479,7 @@ func interceptorLogger(l *slog.Logger) logging.Logger {
 
 // metricsHandler serves reg at /metrics, and the probe service's health at
 // /healthz.
-func metricsHandler(reg *prometheus.Registry, hs *drainingHealth) http.Handler {
+func metricsHandler(reg *prometheus.Registry, hs *drainingHealth) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	// /healthz mirrors the gRPC health of the probe service for checkers

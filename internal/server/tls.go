@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/netprobe/netprobe/internal/modules"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
@@ -138,6 +139,9 @@ func loadIdentities(specs []string, logger *slog.Logger) (identities, error) {
 		}
 		if _, dup := out[name]; dup {
 			return nil, fmt.Errorf("client identity %s is given twice", name)
+		}
+		if strings.HasPrefix(name, modules.IdentityPrefix) {
+			return nil, fmt.Errorf("client identity %s: names starting %q are the modules' certificates", name, modules.IdentityPrefix)
 		}
 		c, err := loadCertificate(certFile, keyFile, logger)
 		if err != nil {

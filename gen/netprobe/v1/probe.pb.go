@@ -2058,6 +2058,7 @@ type Step struct {
 	//	*Step_Expect
 	//	*Step_StartTls
 	//	*Step_SendTemplate
+	//	*Step_ExpectLine
 	Action        isStep_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2136,6 +2137,15 @@ func (x *Step) GetSendTemplate() string {
 	return ""
 }
 
+func (x *Step) GetExpectLine() string {
+	if x != nil {
+		if x, ok := x.Action.(*Step_ExpectLine); ok {
+			return x.ExpectLine
+		}
+	}
+	return ""
+}
+
 type isStep_Action interface {
 	isStep_Action()
 }
@@ -2171,6 +2181,16 @@ type Step_SendTemplate struct {
 	SendTemplate string `protobuf:"bytes,4,opt,name=send_template,json=sendTemplate,proto3,oneof"`
 }
 
+type Step_ExpectLine struct {
+	// expect_line reads lines until one matches this RE2 regular
+	// expression, as blackbox_exporter's query_response does: each line
+	// on its own, without its terminator (a \n, and a \r before it); the
+	// lines before it are passed over, and a last line without a
+	// terminator is tried when the peer closes. Its groups are the line's.
+	// Failures are as expect's.
+	ExpectLine string `protobuf:"bytes,5,opt,name=expect_line,json=expectLine,proto3,oneof"`
+}
+
 func (*Step_Send) isStep_Action() {}
 
 func (*Step_Expect) isStep_Action() {}
@@ -2178,6 +2198,8 @@ func (*Step_Expect) isStep_Action() {}
 func (*Step_StartTls) isStep_Action() {}
 
 func (*Step_SendTemplate) isStep_Action() {}
+
+func (*Step_ExpectLine) isStep_Action() {}
 
 // ExpectMatch is what an expect step matched.
 type ExpectMatch struct {
@@ -3040,12 +3062,14 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x03tls\x18\n" +
 	" \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
 	"\x05steps\x18\v \x03(\v2\x11.netprobe.v1.StepR\x05stepsB\t\n" +
-	"\arequest\"\x86\x01\n" +
+	"\arequest\"\xa9\x01\n" +
 	"\x04Step\x12\x14\n" +
 	"\x04send\x18\x01 \x01(\fH\x00R\x04send\x12\x18\n" +
 	"\x06expect\x18\x02 \x01(\tH\x00R\x06expect\x12\x1d\n" +
 	"\tstart_tls\x18\x03 \x01(\bH\x00R\bstartTls\x12%\n" +
-	"\rsend_template\x18\x04 \x01(\tH\x00R\fsendTemplateB\b\n" +
+	"\rsend_template\x18\x04 \x01(\tH\x00R\fsendTemplate\x12!\n" +
+	"\vexpect_line\x18\x05 \x01(\tH\x00R\n" +
+	"expectLineB\b\n" +
 	"\x06action\"9\n" +
 	"\vExpectMatch\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\rR\x04step\x12\x16\n" +
@@ -3322,6 +3346,7 @@ func file_netprobe_v1_probe_proto_init() {
 		(*Step_Expect)(nil),
 		(*Step_StartTls)(nil),
 		(*Step_SendTemplate)(nil),
+		(*Step_ExpectLine)(nil),
 	}
 	file_netprobe_v1_probe_proto_msgTypes[16].OneofWrappers = []any{
 		(*FetchResponse_Connect)(nil),

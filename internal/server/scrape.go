@@ -1,0 +1,584 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/service"
+)
+
+// Defaults of the /probe endpoint.
+const (
+	// DefaultScrapeTimeoutOffset is taken off the scrape timeout
+	// Prometheus sends, so that the answer arrives within it.
+	DefaultScrapeTimeoutOffset = 500 * time.Millisecond
+	// DefaultScrapeRate and DefaultScrapeBurst are a scraper's own bucket:
+	// 1,500 targets every 15 s is 100 probes a second, at once at worst.
+	DefaultScrapeRate  = 100
+	DefaultScrapeBurst = 1000
+	// defaultScrapeTimeout is the probe's timeout when the scrape says
+	// none, as blackbox_exporter's is.
+	defaultScrapeTimeout = 120 * time.Second
+	// moduleCheckEvery is how often the module file is looked at for a
+	// change, at most.
+	moduleCheckEvery = time.Second
+)
+
+// scraper serves /probe: blackbox_exporter's multi-target endpoint, one
+// probe a scrape, as Prometheus metrics. It is a caller of the probe
+// service like any other: authenticated, rate-limited, counted in flight
+// and held to the target policy.
+type scraper struct {
+	s      *Server
+	file   string
+	offset time.Duration
+	rates  *rateLimiter
+
+	mu      sync.Mutex
+	set     *modules.Set
+	stamp   time.Time
+	checked time.Time
+}
+
+func newScraper(s *Server, cfg Config) (*scraper, error) {
+	sc := &scraper{s: s, file: cfg.ModulesFile, offset: cfg.ScrapeTimeoutOffset,
+		rates: newRateLimiter("scrape_rate", cfg.ScrapeRate, cfg.ScrapeBurst, s.metrics)}
+	if sc.file == "" {
+		sc.set = modules.Defaults()
+		return sc, nil
+	}
+	set, stamp, err := sc.load()
+	if err != nil {
+		return nil, err
+	}
+	sc.set, sc.stamp, sc.checked = set, stamp, time.Now()
+	return sc, nil
+}
+
+// load reads the module file, logging the modules it will not run, and
+// checks it against the server's configuration.
+func (sc *scraper) load() (*modules.Set, time.Time, error) {
+	fi, err := os.Stat(sc.file)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	set, warnings, err := modules.Load(sc.file)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if err := checkModuleSources(set, sc.s.sources); err != nil {
+		return nil, time.Time{}, fmt.Errorf("%s: %w", sc.file, err)
+	}
+	for _, w := range warnings {
+		sc.s.logger.Warn("module file", "file", sc.file, "warning", w)
+	}
+	return set, fi.ModTime(), nil
+}
+
+// CheckModules loads a module file as a server with allowSource
+// (Config.AllowSource) would, returning its warnings.
+func CheckModules(path string, allowSource []string) (*modules.Set, []string, error) {
+	sources, err := parseSources(allowSource)
+	if err != nil {
+		return nil, nil, err
+	}
+	set, warnings, err := modules.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkModuleSources(set, sources); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return set, warnings, nil
+}
+
+// checkModuleSources checks that every module's source_ip_address is one
+// the server may bind (--allow-source).
+func checkModuleSources(set *modules.Set, sources []netip.Prefix) error {
+	for _, name := range set.Names() {
+		m := set.Modules[name]
+		if m.Source.IsValid() && !slices.ContainsFunc(sources, func(p netip.Prefix) bool { return p.Contains(m.Source) }) {
+			return fmt.Errorf("module %s: source_ip_address %s is not an address this server may bind (probed --allow-source)", name, m.Source)
+		}
+	}
+	return nil
+}
+
+// modules returns the modules, first reloading the file if it changed
+// (looked at once a second at most); a file that no longer loads leaves
+// the modules as they were.
+func (sc *scraper) modules() *modules.Set {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.file == "" || time.Since(sc.checked) < moduleCheckEvery {
+		return sc.set
+	}
+	sc.checked = time.Now()
+	if fi, err := os.Stat(sc.file); err == nil && fi.ModTime().Equal(sc.stamp) {
+		return sc.set
+	}
+	sc.reloadLocked()
+	return sc.set
+}
+
+// reload reads the module file again (SIGHUP), keeping the modules as
+// they were when it does not load.
+func (sc *scraper) reload() error {
+	if sc.file == "" {
+		return nil
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.reloadLocked()
+}
+
+func (sc *scraper) reloadLocked() error {
+	set, stamp, err := sc.load()
+	if err != nil {
+		sc.s.logger.Error("module file not reloaded: keeping the modules as they were", "file", sc.file, "err", err)
+		return err
+	}
+	sc.set, sc.stamp = set, stamp
+	sc.s.logger.Info("reloaded the module file", "file", sc.file, "modules", len(set.Modules))
+	return nil
+}
+
+// Certificate is a module's client certificate ("module/NAME"), or
+// another identity of the server's.
+func (sc *scraper) certificate(ids identities, name string) (*tls.Certificate, bool) {
+	if m, ok := strings.CutPrefix(name, modules.IdentityPrefix); ok {
+		mod := sc.modules().Modules[m]
+		if mod == nil || mod.ClientCert == nil {
+			return nil, false
+		}
+		return mod.ClientCert, true
+	}
+	return ids.Certificate(name)
+}
+
+// moduleIdentities are the server's client identities and its modules'.
+type moduleIdentities struct {
+	ids identities
+	sc  *scraper
+}
+
+func (m moduleIdentities) Certificate(name string) (*tls.Certificate, bool) {
+	return m.sc.certificate(m.ids, name)
+}
+
+// scrapeResult is what a probe of /probe found.
+type scrapeResult struct {
+	connect *netprobev1.ConnectResponse
+	summary *netprobev1.FetchSummary
+	matches []*netprobev1.ExpectMatch
+}
+
+// probeError is the probe's failure, if any.
+func (r *scrapeResult) probeError() *netprobev1.ProbeError {
+	if e := r.connect.GetError(); e != nil {
+		return e
+	}
+	return r.summary.GetError()
+}
+
+// collector is the stream a Fetch of /probe reports to: it keeps the
+// events and drops the data.
+type collector struct {
+	grpc.ServerStream
+	ctx context.Context
+	res *scrapeResult
+}
+
+func (c *collector) Context() context.Context { return c.ctx }
+
+func (c *collector) Send(m *netprobev1.FetchResponse) error {
+	switch ev := m.GetEvent().(type) {
+	case *netprobev1.FetchResponse_Connect:
+		c.res.connect = ev.Connect
+	case *netprobev1.FetchResponse_Match:
+		c.res.matches = append(c.res.matches, ev.Match)
+	case *netprobev1.FetchResponse_Summary:
+		c.res.summary = ev.Summary
+	}
+	return nil
+}
+
+// ServeHTTP answers GET /probe?target=HOST:PORT&module=NAME[&debug=true].
+func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	q := r.URL.Query()
+	name := q.Get("module")
+	if name == "" {
+		name = "tcp_connect"
+	}
+	set := sc.modules()
+	m, ok := set.Modules[name]
+	if !ok {
+		if prober, skipped := set.Skipped[name]; skipped {
+			http.Error(w, fmt.Sprintf("Module %q uses the %s prober, which netprobe does not run", name, prober), http.StatusBadRequest)
+			return
+		}
+		http.Error(w, fmt.Sprintf("Unknown module %q", name), http.StatusBadRequest)
+		return
+	}
+	raw := q.Get("target")
+	if raw == "" {
+		http.Error(w, "Target parameter is missing", http.StatusBadRequest)
+		return
+	}
+	target, err := scrapeTarget(raw)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("target %q: %v", raw, err), http.StatusBadRequest)
+		return
+	}
+	ctx, err := sc.caller(r)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	if err := sc.rates.Limit(ctx); err != nil {
+		http.Error(w, status.Convert(err).Message(), http.StatusTooManyRequests)
+		return
+	}
+	release, err := sc.s.inflight.acquire(ctx)
+	if err != nil {
+		http.Error(w, status.Convert(err).Message(), httpStatus(status.Code(err)))
+		return
+	}
+	defer release()
+
+	timeout := scrapeTimeout(r.Header, sc.offset, m.Timeout, sc.s.cfg.MaxTimeout)
+	// The probe ends by its own timeout; the context is only the caller's
+	// leaving.
+	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
+	defer cancel()
+	var log bytes.Buffer
+	logger := slog.New(slog.DiscardHandler)
+	debug := q.Get("debug") == "true"
+	if debug {
+		logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	logger.Info("beginning probe", "module", name, "target", raw, "timeout", timeout)
+	res, err := sc.probe(ctx, m, target, timeout)
+	duration := time.Since(start)
+	if err != nil {
+		code := status.Code(err)
+		logger.Error("the probe server refused the probe", "code", code, "err", status.Convert(err).Message())
+		if !debug {
+			http.Error(w, status.Convert(err).Message(), httpStatus(code))
+			return
+		}
+	}
+	reg := scrapeMetrics(m, res, duration, logger)
+	if debug {
+		writeDebug(w, &log, reg, res)
+		return
+	}
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP(w, r)
+}
+
+// caller authenticates the scraper as gRPC does a caller: by its bearer
+// token when the server has tokens, else by its address.
+func (sc *scraper) caller(r *http.Request) (context.Context, error) {
+	ctx := r.Context()
+	if sc.s.tokens != nil {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		name, known := sc.s.tokens.lookup(strings.TrimSpace(token))
+		if !ok || !known {
+			sc.s.metrics.transportRefusals.WithLabelValues("unauthenticated").Inc()
+			return nil, errors.New("a valid bearer token is required")
+		}
+		return service.WithCaller(ctx, name), nil
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
+	}
+	return ctx, nil
+}
+
+// probe runs m against target through the probe service.
+func (sc *scraper) probe(ctx context.Context, m *modules.Module, target *netprobev1.Target, timeout time.Duration) (*scrapeResult, error) {
+	res := &scrapeResult{}
+	if m.Err != nil {
+		res.connect = &netprobev1.ConnectResponse{Error: &netprobev1.ProbeError{
+			Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_OTHER, Message: m.Err.Error(),
+		}}
+		return res, nil
+	}
+	if m.ClientCert != nil {
+		ctx = service.WithIdentityGrant(ctx, modules.IdentityPrefix+m.Name)
+	}
+	connect, fetch := m.Request(target, timeout)
+	if connect != nil {
+		resp, err := sc.s.service.Connect(ctx, connect)
+		if err != nil {
+			return res, err
+		}
+		res.connect = resp
+		return res, nil
+	}
+	return res, sc.s.service.Fetch(fetch, &collector{ctx: ctx, res: res})
+}
+
+// scrapeTarget reads /probe's target: HOST:PORT, PORT a number or a
+// service name.
+func scrapeTarget(raw string) (*netprobev1.Target, error) {
+	host, port, err := net.SplitHostPort(raw)
+	if err != nil {
+		return nil, errors.New("want HOST:PORT")
+	}
+	t := &netprobev1.Target{Host: host}
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		t.Port = uint32(n)
+	} else {
+		t.Service = port
+	}
+	return t, nil
+}
+
+// scrapeTimeout is the probe's timeout: the scrape's (its header, less
+// offset), or the module's when shorter, within the server's cap.
+func scrapeTimeout(h http.Header, offset, module, max time.Duration) time.Duration {
+	timeout := defaultScrapeTimeout
+	if v, err := strconv.ParseFloat(h.Get("X-Prometheus-Scrape-Timeout-Seconds"), 64); err == nil && v > 0 && !math.IsInf(v, 0) {
+		timeout = time.Duration(v * float64(time.Second))
+		if timeout > offset {
+			timeout -= offset
+		}
+	}
+	if module > 0 && module < timeout {
+		timeout = module
+	}
+	return min(timeout, max)
+}
+
+// httpStatus is the HTTP status of a refusal.
+func httpStatus(code codes.Code) int {
+	switch code {
+	case codes.InvalidArgument:
+		return http.StatusBadRequest
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	case codes.Unavailable, codes.Canceled, codes.DeadlineExceeded:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// gauge registers a gauge of reg set to v.
+func gauge(reg *prometheus.Registry, name, help string, v float64) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	g.Set(v)
+	reg.MustRegister(g)
+}
+
+// scrapeMetrics are a probe's metrics: blackbox_exporter's, with their
+// names and meanings, and netprobe's own.
+func scrapeMetrics(m *modules.Module, res *scrapeResult, duration time.Duration, logger *slog.Logger) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	pe := res.probeError()
+	success := 0.0
+	if pe == nil && res.connect != nil {
+		success = 1
+	}
+	gauge(reg, "probe_success", "Whether the probe succeeded.", success)
+	gauge(reg, "probe_duration_seconds", "How long the probe took to complete in seconds.", duration.Seconds())
+	c := res.connect
+	if c == nil {
+		return reg
+	}
+	gauge(reg, "probe_dns_lookup_time_seconds", "Returns the time taken for probe dns lookup in seconds.", c.GetResolveDuration().AsDuration().Seconds())
+	ip := peerIP(c)
+	if ip.IsValid() {
+		family := 6.0
+		if ip.Is4() {
+			family = 4
+		}
+		gauge(reg, "probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6.", family)
+		h := fnv.New32a()
+		h.Write([]byte(ip.String()))
+		gauge(reg, "probe_ip_addr_hash", "Specifies the hash of IP address. It's useful to detect if the IP address changes.", float64(h.Sum32()))
+	}
+	phases := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "probe_phase_duration_seconds", Help: "How long each phase of the probe took: resolve, connect, tls, first_byte (from the start) and total.",
+	}, []string{"phase"})
+	reg.MustRegister(phases)
+	phases.WithLabelValues("resolve").Set(c.GetResolveDuration().AsDuration().Seconds())
+	phases.WithLabelValues("connect").Set(c.GetConnectDuration().AsDuration().Seconds())
+	total := c.GetTotalDuration().AsDuration()
+	if s := res.summary; s != nil {
+		total = s.GetTotalDuration().AsDuration()
+		if s.GetTimeToFirstByte() != nil {
+			phases.WithLabelValues("first_byte").Set(s.GetTimeToFirstByte().AsDuration().Seconds())
+		}
+	}
+	phases.WithLabelValues("total").Set(total.Seconds())
+	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "probe_attempts_total", Help: "The probe's connection attempts, by result: connected, abandoned, or the reason of the failure.",
+	}, []string{"result"})
+	reg.MustRegister(attempts)
+	for _, a := range c.GetAttempts() {
+		result := "connected"
+		switch {
+		case a.GetAbandoned():
+			result = "abandoned"
+		case a.GetError() != nil:
+			result = a.GetError().GetReason().String()
+		}
+		attempts.WithLabelValues(result).Inc()
+	}
+	tlsMetrics(reg, res, phases)
+	if len(m.Steps) > 0 && c.GetError() == nil {
+		regex := 0.0
+		if pe.GetStage() == netprobev1.Stage_STAGE_EXPECT && pe.GetReason() == netprobev1.Reason_REASON_NO_MATCH {
+			regex = 1
+		}
+		gauge(reg, "probe_failed_due_to_regex", "Indicates if probe failed due to regex", regex)
+		expectInfo(reg, m, res.matches)
+	}
+	ti := c.GetTcpInfo()
+	if s := res.summary.GetTcpInfo(); s != nil {
+		ti = s
+	}
+	if ti != nil {
+		gauge(reg, "probe_tcp_rtt_seconds", "The kernel's smoothed round-trip time of the connection (TCP_INFO), at its end.", ti.GetRtt().AsDuration().Seconds())
+		gauge(reg, "probe_tcp_retransmits", "The segments the kernel sent again on the connection (TCP_INFO), at its end.", float64(ti.GetTotalRetransmits()))
+	}
+	if pe != nil {
+		info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "probe_failure_info", Help: "Why the probe failed: its stage, reason and errno, as netprobe_probes_total names them.",
+		}, []string{"stage", "reason", "errno"})
+		reg.MustRegister(info)
+		info.WithLabelValues(pe.GetStage().String(), pe.GetReason().String(), pe.GetErrno()).Set(1)
+		logger.Error("probe failed", "stage", pe.GetStage(), "reason", pe.GetReason(), "errno", pe.GetErrno(), "address", pe.GetAddress(), "message", pe.GetMessage())
+	} else {
+		logger.Info("probe succeeded", "peer", c.GetPeerAddress(), "duration", duration)
+	}
+	return reg
+}
+
+// peerIP is the address the probe connected to, or else the first it
+// tried.
+func peerIP(c *netprobev1.ConnectResponse) netip.Addr {
+	addr := c.GetPeerAddress()
+	if addr == "" && len(c.GetAttempts()) > 0 {
+		addr = c.GetAttempts()[0].GetAddress()
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// tlsMetrics are the handshake's: blackbox_exporter's, and the expiry
+// and verification of a chain that did not verify, which it has not.
+func tlsMetrics(reg *prometheus.Registry, res *scrapeResult, phases *prometheus.GaugeVec) {
+	t := res.connect.GetTls()
+	if s := res.summary.GetTls(); s != nil {
+		t = s
+	}
+	if t == nil || t.GetVersion() == "" {
+		return
+	}
+	phases.WithLabelValues("tls").Set(t.GetHandshakeDuration().AsDuration().Seconds())
+	version := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_tls_version_info", Help: "Returns the TLS version used or NaN when unknown"}, []string{"version"})
+	reg.MustRegister(version)
+	version.WithLabelValues(t.GetVersion()).Set(1)
+	verified := 0.0
+	if t.GetVerified() {
+		verified = 1
+	}
+	gauge(reg, "probe_tls_verified", "Whether the peer's chain verified (netprobe reports its expiry either way).", verified)
+	chain := t.GetPeerCertificates()
+	if len(chain) == 0 {
+		return
+	}
+	earliest := chain[0].GetNotAfter().AsTime()
+	for _, c := range chain[1:] {
+		if na := c.GetNotAfter().AsTime(); na.Before(earliest) {
+			earliest = na
+		}
+	}
+	gauge(reg, "probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime", float64(earliest.Unix()))
+	if t.GetVerified() {
+		gauge(reg, "probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp", float64(earliest.Unix()))
+	}
+	leaf := chain[0]
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_ssl_last_chain_info", Help: "Contains SSL leaf certificate information"},
+		[]string{"fingerprint_sha256", "subject", "issuer", "subjectalternative", "serialnumber"})
+	reg.MustRegister(info)
+	info.WithLabelValues(leaf.GetSha256Fingerprint(), leaf.GetSubject(), leaf.GetIssuer(), strings.Join(leaf.GetDnsNames(), ","), leaf.GetSerial()).Set(1)
+}
+
+// expectInfo is probe_expect_info: the labels of the first labelled
+// match.
+func expectInfo(reg *prometheus.Registry, m *modules.Module, matches []*netprobev1.ExpectMatch) {
+	for _, match := range matches {
+		names, values := m.ExpectInfo(int(match.GetStep()), match.GetGroups())
+		if names == nil {
+			continue
+		}
+		info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_expect_info", Help: "Explicit content matched"}, names)
+		reg.MustRegister(info)
+		info.WithLabelValues(values...).Set(1)
+		return
+	}
+}
+
+// writeDebug answers debug=true: the probe's log, its metrics and its
+// report, as text for a person.
+func writeDebug(w http.ResponseWriter, log *bytes.Buffer, reg *prometheus.Registry, res *scrapeResult) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "Logs for the probe:\n%s\n\nMetrics that would have been returned:\n", log)
+	families, _ := reg.Gather()
+	enc := expfmt.NewEncoder(w, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, f := range families {
+		enc.Encode(f)
+	}
+	fmt.Fprintln(w, "\n\nThe probe's report:")
+	opts := protojson.MarshalOptions{Multiline: true}
+	if res.connect != nil {
+		b, _ := opts.Marshal(res.connect)
+		fmt.Fprintf(w, "connect: %s\n", b)
+	}
+	for _, m := range res.matches {
+		b, _ := opts.Marshal(m)
+		fmt.Fprintf(w, "match: %s\n", b)
+	}
+	if res.summary != nil {
+		b, _ := opts.Marshal(res.summary)
+		fmt.Fprintf(w, "summary: %s\n", b)
+	}
+}

@@ -1,0 +1,415 @@
+package server_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/netprobe/netprobe/internal/server"
+)
+
+// scraper is probed's metrics listener, for /probe.
+type scraper struct {
+	url   string
+	token string
+}
+
+func newScraper(t *testing.T, srv *probetest.Server) *scraper {
+	hs := httptest.NewServer(srv.Server.MetricsHandler())
+	t.Cleanup(hs.Close)
+	return &scraper{url: hs.URL}
+}
+
+// get scrapes /probe with the query and headers given, returning the
+// status and the body.
+func (s *scraper) get(t *testing.T, query url.Values, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(probetest.Context(t), "GET", s.url+"/probe?"+query.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// probe scrapes module on target and parses the metrics.
+func (s *scraper) probe(t *testing.T, module, target string) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := s.get(t, url.Values{"module": {module}, "target": {target}}, nil)
+	if code != http.StatusOK {
+		t.Fatalf("scrape of %s %s: %d %s", module, target, code, body)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("%v in\n%s", err, body)
+	}
+	return families
+}
+
+// value is the value of family's metric with labels (all of them), and
+// whether there is one.
+func value(families map[string]*dto.MetricFamily, family string, labels map[string]string) (float64, bool) {
+	f := families[family]
+	for _, m := range f.GetMetric() {
+		if len(m.GetLabel()) != len(labels) {
+			continue
+		}
+		match := true
+		for _, l := range m.GetLabel() {
+			if labels[l.GetName()] != l.GetValue() {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// writeModules writes a module file and returns its path.
+func writeModules(t *testing.T, dir, text string) string {
+	t.Helper()
+	path := filepath.Join(dir, "modules.yml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestScrape scrapes /probe over modules of each kind, against targets
+// that answer, refuse, answer wrong, or present a certificate that does
+// not verify, and checks blackbox_exporter's metrics and netprobe's.
+func TestScrape(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := probetest.NewCA(t)
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := probetest.WriteFiles(t, dir, ca.Issue(t, "scraper", false))
+	path := writeModules(t, dir, fmt.Sprintf(`modules:
+  tcp_connect:
+    prober: tcp
+  ssh_banner_extract:
+    prober: tcp
+    tcp:
+      query_response:
+      - expect: "^SSH-2.0-([^ -]+)(?: (.*))?$"
+        labels:
+        - name: ssh_version
+          value: "${1}"
+        - name: ssh_comments
+          value: "${2}"
+  irc_banner:
+    prober: tcp
+    tcp:
+      query_response:
+      - send: "NICK prober"
+      - expect: "PING :([^ ]+)"
+        send: "PONG ${1}"
+      - expect: "^:[^ ]+ 001"
+  tls_connect:
+    prober: tcp
+    tcp:
+      tls: true
+      tls_config:
+        ca_file: ca.pem
+        server_name: localhost
+  mtls:
+    prober: tcp
+    tcp:
+      tls: true
+      tls_config:
+        ca_file: %s
+        cert_file: %s
+        key_file: %s
+        server_name: localhost
+  http_2xx:
+    prober: http
+`, caFile, certFile, keyFile))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	s := newScraper(t, srv)
+
+	live := probetest.Listen(t, "127.0.0.1:0", nil)
+	closed := fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp", "127.0.0.1:0"))
+	ssh := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		io.WriteString(c, "SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+		probetest.WaitClosed(c)
+	})
+	notSSH := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		io.WriteString(c, "220 mail ESMTP\r\n")
+		c.Close()
+	})
+	irc := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		if l, _ := r.ReadString('\n'); l != "NICK prober\n" {
+			return
+		}
+		io.WriteString(c, "PING :x42\r\n")
+		if l, _ := r.ReadString('\n'); l == "PONG x42\n" {
+			io.WriteString(c, ":irc 001 prober :welcome\r\n")
+		}
+		probetest.WaitClosed(c)
+	})
+	expiredAt := time.Now().Add(-48 * time.Hour).Truncate(time.Second)
+	expired := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		cert := ca.Issue(t, "localhost", true, func(x *x509.Certificate) { x.NotBefore, x.NotAfter = expiredAt.Add(-time.Hour), expiredAt })
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+		tc.Handshake()
+		tc.Close()
+	})
+	mtls := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool})
+		if tc.Handshake() == nil {
+			io.WriteString(tc, "hello\n")
+		}
+		tc.Close()
+	})
+
+	type want struct {
+		family string
+		labels map[string]string
+		value  float64
+	}
+	for _, tc := range []struct {
+		name, module, target string
+		want                 []want
+		absent               []string
+	}{
+		{"live", "tcp_connect", live.Addr(), []want{
+			{"probe_success", nil, 1}, {"probe_ip_protocol", nil, 4}, {"probe_attempts_total", map[string]string{"result": "connected"}, 1},
+		}, []string{"probe_failure_info", "probe_failed_due_to_regex"}},
+		{"refused", "tcp_connect", closed, []want{
+			{"probe_success", nil, 0},
+			{"probe_failure_info", map[string]string{"stage": "STAGE_CONNECT", "reason": "REASON_REFUSED", "errno": "ECONNREFUSED"}, 1},
+			{"probe_attempts_total", map[string]string{"result": "REASON_REFUSED"}, 1},
+		}, nil},
+		{"banner and its labels", "ssh_banner_extract", ssh.Addr(), []want{
+			{"probe_success", nil, 1}, {"probe_failed_due_to_regex", nil, 0},
+			{"probe_expect_info", map[string]string{"ssh_version": "OpenSSH_9.2p1", "ssh_comments": "Debian-2"}, 1},
+		}, []string{"probe_failure_info"}},
+		{"the wrong banner", "ssh_banner_extract", notSSH.Addr(), []want{
+			{"probe_success", nil, 0}, {"probe_failed_due_to_regex", nil, 1},
+			{"probe_failure_info", map[string]string{"stage": "STAGE_EXPECT", "reason": "REASON_NO_MATCH", "errno": ""}, 1},
+		}, []string{"probe_expect_info"}},
+		{"an answer made of a match", "irc_banner", irc.Addr(), []want{{"probe_success", nil, 1}, {"probe_failed_due_to_regex", nil, 0}}, nil},
+		{"expired certificate", "tls_connect", expired.Addr(), []want{
+			{"probe_success", nil, 0},
+			{"probe_failure_info", map[string]string{"stage": "STAGE_TLS_HANDSHAKE", "reason": "REASON_CERTIFICATE_EXPIRED", "errno": ""}, 1},
+			// The expiry of a chain that did not verify, which
+			// blackbox_exporter does not give.
+			{"probe_ssl_earliest_cert_expiry", nil, float64(expiredAt.Unix())},
+			{"probe_tls_verified", nil, 0},
+			{"probe_tls_version_info", map[string]string{"version": "TLS 1.3"}, 1},
+		}, []string{"probe_ssl_last_chain_expiry_timestamp_seconds"}},
+		{"client certificate from the module", "mtls", mtls.Addr(), []want{{"probe_success", nil, 1}, {"probe_tls_verified", nil, 1}}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			families := s.probe(t, tc.module, tc.target)
+			for _, w := range tc.want {
+				if got, ok := value(families, w.family, w.labels); !ok || got != w.value {
+					t.Errorf("%s%v = %v (present: %v), want %v", w.family, w.labels, got, ok, w.value)
+				}
+			}
+			for _, f := range tc.absent {
+				if families[f] != nil {
+					t.Errorf("%s is present: %v", f, families[f])
+				}
+			}
+			if _, ok := value(families, "probe_duration_seconds", nil); !ok {
+				t.Error("no probe_duration_seconds")
+			}
+		})
+	}
+
+	// The module's certificate is the module's: a gRPC caller may not
+	// present it.
+	c := client.New(srv.Conn)
+	_, err := c.Connect(probetest.Context(t), "tcp", mtls.Addr(), client.ConnectOptions{TLS: &client.TLSOptions{ServerName: "localhost", CABundle: ca.PEM, ClientIdentity: "module/mtls"}})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a gRPC caller presenting module/mtls: %v, want PERMISSION_DENIED", err)
+	}
+
+	t.Run("debug", func(t *testing.T) {
+		code, body := s.get(t, url.Values{"module": {"tcp_connect"}, "target": {closed}, "debug": {"true"}}, nil)
+		for _, want := range []string{"Logs for the probe:", "beginning probe", "probe failed", "Metrics that would have been returned:", "probe_success 0", "The probe's report:", "REASON_REFUSED"} {
+			if code != http.StatusOK || !strings.Contains(body, want) {
+				t.Errorf("debug: %d, no %q in\n%s", code, want, body)
+			}
+		}
+	})
+	t.Run("OpenMetrics", func(t *testing.T) {
+		req, _ := http.NewRequestWithContext(probetest.Context(t), "GET", s.url+"/probe?module=tcp_connect&target="+live.Addr(), nil)
+		req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/openmetrics-text") || !strings.HasSuffix(string(body), "# EOF\n") {
+			t.Errorf("Content-Type %q, body\n%s", ct, body)
+		}
+	})
+}
+
+// TestScrapeRefusals plays a scraper the server refuses: an unknown
+// module, another prober's, no target or a malformed one, a target the
+// policy denies, no token, too many scrapes; none of them dials.
+func TestScrapeRefusals(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := writeModules(t, dir, "modules:\n  tcp_connect:\n    prober: tcp\n  http_2xx:\n    prober: http\n")
+	srv := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.2"), probetest.WithTokens(t, map[string]string{"prometheus": "scrape-token-0123456789"}),
+		probetest.WithConfig(func(c *server.Config) { c.ModulesFile, c.ScrapeRate, c.ScrapeBurst = path, 0.001, 3 }))
+	s := newScraper(t, srv)
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	denied := probetest.Listen(t, "127.0.0.2:0", nil)
+
+	for _, tc := range []struct {
+		name  string
+		query url.Values
+		token string
+		code  int
+		body  string
+	}{
+		{"no token", url.Values{"target": {tg.Addr()}}, "", http.StatusUnauthorized, "a valid bearer token is required"},
+		{"a wrong token", url.Values{"target": {tg.Addr()}}, "scrape-token-9876543210", http.StatusUnauthorized, "a valid bearer token is required"},
+		{"unknown module", url.Values{"module": {"nope"}, "target": {tg.Addr()}}, "scrape-token-0123456789", http.StatusBadRequest, `Unknown module "nope"`},
+		{"another prober's module", url.Values{"module": {"http_2xx"}, "target": {tg.Addr()}}, "scrape-token-0123456789", http.StatusBadRequest, "uses the http prober, which netprobe does not run"},
+		{"no target", url.Values{"module": {"tcp_connect"}}, "scrape-token-0123456789", http.StatusBadRequest, "Target parameter is missing"},
+		{"no port", url.Values{"target": {"127.0.0.1"}}, "scrape-token-0123456789", http.StatusBadRequest, "want HOST:PORT"},
+		{"a bad host", url.Values{"target": {"bad host:80"}}, "scrape-token-0123456789", http.StatusBadRequest, "target.host"},
+		{"denied", url.Values{"target": {denied.Addr()}}, "scrape-token-0123456789", http.StatusForbidden, "denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.token = tc.token
+			code, body := s.get(t, tc.query, nil)
+			if code != tc.code || !strings.Contains(body, tc.body) {
+				t.Errorf("%d %q, want %d with %q", code, body, tc.code, tc.body)
+			}
+		})
+	}
+	if !tg.AcceptedNothing() || !denied.AcceptedNothing() {
+		t.Error("a refused scrape dialled")
+	}
+	// The bucket of three: the scrapes that got as far as the service (a
+	// bad host, a denied address) took two; one more goes, the next is
+	// refused.
+	s.token = "scrape-token-0123456789"
+	s.probe(t, "tcp_connect", tg.Addr())
+	if code, body := s.get(t, url.Values{"target": {tg.Addr()}}, nil); code != http.StatusTooManyRequests || !strings.Contains(body, "over its rate") {
+		t.Errorf("past the scrape burst: %d %q", code, body)
+	}
+	// The scrape bucket is not the gRPC one.
+	if _, err := client.New(srv.Conn).Connect(probetest.Context(t), "tcp", tg.Addr(), client.ConnectOptions{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("gRPC without a token: %v", err)
+	}
+}
+
+// TestScrapeReload changes the module file: SIGHUP's reload takes a good
+// file and keeps the modules of a bad one; a change is seen without one.
+func TestScrapeReload(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := writeModules(t, dir, "modules:\n  a:\n    prober: tcp\n")
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	s := newScraper(t, srv)
+	tg := probetest.Listen(t, "127.0.0.1:0", nil)
+	s.probe(t, "a", tg.Addr())
+
+	writeModules(t, dir, "modules:\n  b:\n    prober: tcp\n")
+	if err := srv.Server.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	s.probe(t, "b", tg.Addr())
+	if code, _ := s.get(t, url.Values{"module": {"a"}, "target": {tg.Addr()}}, nil); code != http.StatusBadRequest {
+		t.Errorf("module a after the reload: %d", code)
+	}
+
+	writeModules(t, dir, "modules:\n  c:\n    prober: tcp\n    tcp:\n      colour: red\n")
+	if err := srv.Server.Reload(); err == nil || !strings.Contains(err.Error(), "module c, line 5: field colour not found") {
+		t.Errorf("reloading a bad file: %v", err)
+	}
+	s.probe(t, "b", tg.Addr())
+
+	// A change, seen within a second or so of the last look.
+	writeModules(t, dir, "modules:\n  d:\n    prober: tcp\n")
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(path, later, later); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(probetest.Timeout)
+	for {
+		code, _ := s.get(t, url.Values{"module": {"d"}, "target": {tg.Addr()}}, nil)
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("module d not seen: %d", code)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestScrapeStart refuses to start on a module file that does not load,
+// or whose source address the server may not bind.
+func TestScrapeStart(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ text, want string }{
+		{"modules:\n  m:\n    prober: tcp\n    tcp:\n      tls: maybe\n", "line 5"},
+		{"modules:\n  m:\n    prober: tcp\n    tcp:\n      source_ip_address: 127.0.0.2\n", "module m: source_ip_address 127.0.0.2 is not an address this server may bind"},
+	} {
+		path := writeModules(t, dir, tc.text)
+		if _, err := server.New(server.Config{ModulesFile: path}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v, want %q", err, tc.want)
+		}
+	}
+	path := writeModules(t, dir, "modules:\n  m:\n    prober: tcp\n    tcp:\n      source_ip_address: 127.0.0.2\n")
+	if _, err := server.New(server.Config{ModulesFile: path, AllowSource: []string{"127.0.0.0/8"}}); err != nil {
+		t.Errorf("a source the server may bind: %v", err)
+	}
+}
