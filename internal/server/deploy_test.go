@@ -195,6 +195,18 @@ func TestLimits(t *testing.T) {
 		t.Errorf("a Fetch with no max_bytes: %d bytes, %v; want the cap of 10 and END_REASON_MAX_BYTES", len(got), err)
 	}
 	f.Close()
+	// The Fetch's place is given back once its handler has returned,
+	// which may be after the client has read the summary.
+	deadline := time.Now().Add(probetest.Timeout)
+	for {
+		if n, ok := metricValue(scrape(t, srv)["netprobe_probes_in_flight"], nil); ok && n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Fetch is still counted in flight")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	held := func(c *client.Client) error {
 		f, err := c.Fetch(ctx, "tcp", hold.Addr(), client.FetchOptions{KeepWriteOpen: true, Timeout: probetest.Timeout})
