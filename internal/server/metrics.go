@@ -73,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 }
 
 // observe records a probe that ended: one audit line and the metrics.
-func observe(logger *slog.Logger, m *metrics) func(context.Context, service.Report) {
+func observe(logger *slog.Logger, m *metrics, recent *recentProbes) func(context.Context, service.Report) {
 	return func(ctx context.Context, r service.Report) {
 		outcome, stage, reason := "ok", "", ""
 		switch e := r.Error; {
@@ -131,6 +131,7 @@ func observe(logger *slog.Logger, m *metrics) func(context.Context, service.Repo
 			}
 		}
 		logger.InfoContext(ctx, "probe", attrs...)
+		recent.add(ctx, &r, outcome)
 	}
 }
 

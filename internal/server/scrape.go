@@ -192,6 +192,9 @@ func (m moduleIdentities) Certificate(name string) (*tls.Certificate, bool) {
 	return m.sc.certificate(m.ids, name)
 }
 
+// scrapeKey marks the context of a /probe probe with its module's name.
+type scrapeKey struct{}
+
 // scrapeResult is what a probe of /probe found.
 type scrapeResult struct {
 	connect *netprobev1.ConnectResponse
@@ -332,6 +335,7 @@ func (sc *scraper) probe(ctx context.Context, m *modules.Module, target *netprob
 		}}
 		return res, nil
 	}
+	ctx = context.WithValue(ctx, scrapeKey{}, m.Name)
 	if m.ClientCert != nil {
 		ctx = service.WithIdentityGrant(ctx, modules.IdentityPrefix+m.Name)
 	}

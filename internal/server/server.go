@@ -209,7 +209,9 @@ type Server struct {
 	// sources are the addresses probes may bind.
 	sources []netip.Prefix
 	scraper *scraper
-	logger  *slog.Logger
+	// recent are the last probes, for the page.
+	recent *recentProbes
+	logger *slog.Logger
 }
 
 // New builds a server from cfg; Serve then serves it.
@@ -241,6 +243,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
+	s.recent = newRecentProbes(recentProbesKept)
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.registry)
 	m := s.metrics
@@ -274,7 +277,7 @@ func New(cfg Config) (*Server, error) {
 		Services:            table,
 		Policy:              s.policy,
 		Limiter:             probeLimits{rates: s.rates, inflight: s.inflight},
-		Observe:             observe(s.logger, m),
+		Observe:             observe(s.logger, m, s.recent),
 	})
 	if err != nil {
 		return nil, err
@@ -463,10 +466,13 @@ func cutMargin(grace time.Duration) time.Duration {
 func (s *Server) Stop() { s.grpc.Stop() }
 
 // MetricsHandler serves the Prometheus metrics at /metrics, the probe
-// service's health at /healthz, and blackbox_exporter's /probe.
+// service's health at /healthz, blackbox_exporter's /probe, and a page at
+// / with the recent probes (their reports at /probes/ID).
 func (s *Server) MetricsHandler() http.Handler {
 	mux := metricsHandler(s.registry, s.health)
 	mux.Handle("/probe", s.scraper)
+	mux.HandleFunc("GET /{$}", s.page)
+	mux.HandleFunc("GET /probes/{id}", s.report)
 	return mux
 }
 
