@@ -1,6 +1,7 @@
 // Package deploy_test checks the deployment files: the Kubernetes
-// manifests decode strictly against the Kubernetes API types (an unknown or
-// misspelt field fails), keep their safety settings, and every probed flag
+// manifests decode strictly against the Kubernetes and prometheus-operator
+// API types (an unknown or misspelt field fails), the Prometheus
+// configuration passes promtool, keep their safety settings, and every probed flag
 // they pass, like the systemd unit's, is one probed knows.
 package deploy_test
 
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	monitoringv1alpha1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -119,5 +122,67 @@ func TestSystemd(t *testing.T) {
 		if !strings.Contains(unit, want) {
 			t.Errorf("the unit lacks %q", strings.TrimSpace(want))
 		}
+	}
+}
+
+// TestPrometheusOperator decodes the Probe and ScrapeConfig strictly
+// against prometheus-operator's API types, and checks that they scrape
+// probed's /probe where netprobe.yaml serves it.
+func TestPrometheusOperator(t *testing.T) {
+	data, err := os.ReadFile("kubernetes/prometheus-operator.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{monitoringv1.AddToScheme, monitoringv1alpha1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decoder := serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
+	var probes, scrapes int
+	for i, doc := range bytes.Split(data, []byte("\n---\n")) {
+		obj, _, err := decoder.Decode(doc, nil, nil)
+		if err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		switch o := obj.(type) {
+		case *monitoringv1.Probe:
+			probes++
+			if o.Spec.ProberSpec.URL != "probed.netprobe.svc:7071" || o.Spec.ProberSpec.Path != "/probe" || o.Spec.Module != "tcp_connect" {
+				t.Errorf("Probe %s: prober %+v, module %q", o.Name, o.Spec.ProberSpec, o.Spec.Module)
+			}
+			if o.Spec.Targets.StaticConfig == nil || len(o.Spec.Targets.StaticConfig.Targets) == 0 {
+				t.Errorf("Probe %s has no targets", o.Name)
+			}
+		case *monitoringv1alpha1.ScrapeConfig:
+			scrapes++
+			if o.Spec.MetricsPath == nil || *o.Spec.MetricsPath != "/probe" || len(o.Spec.Params["target"]) != 1 || len(o.Spec.Params["module"]) != 1 {
+				t.Errorf("ScrapeConfig %s: path %v, params %v", o.Name, o.Spec.MetricsPath, o.Spec.Params)
+			}
+			if len(o.Spec.KubernetesSDConfigs) != 1 || o.Spec.KubernetesSDConfigs[0].Role != monitoringv1alpha1.KubernetesRolePod {
+				t.Errorf("ScrapeConfig %s does not find probed's pods", o.Name)
+			}
+		default:
+			t.Errorf("document %d is a %T", i, obj)
+		}
+	}
+	if probes != 1 || scrapes != 1 {
+		t.Errorf("%d Probes and %d ScrapeConfigs, want one of each", probes, scrapes)
+	}
+}
+
+// TestPrometheusConfig checks the plain Prometheus configuration with
+// promtool, as Prometheus would load it.
+func TestPrometheusConfig(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("promtool is not installed (apt-get install prometheus), and CI=true forbids skipping")
+		}
+		t.Skip("promtool is not installed: apt-get install prometheus (Debian's package)")
+	}
+	if out, err := exec.Command(promtool, "check", "config", "--syntax-only", "prometheus/prometheus.yml").CombinedOutput(); err != nil {
+		t.Errorf("promtool: %v\n%s", err, out)
 	}
 }
