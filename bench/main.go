@@ -5,7 +5,8 @@
 //
 // It builds probed, runs it on loopback, and measures: Connect probes per
 // second and latency against a bare dial+close loop; Fetch throughput
-// against a bare user-space relay; memory, goroutines and descriptors with
+// against a bare user-space relay; /probe scrapes a second against
+// blackbox_exporter's (when installed); memory, goroutines and descriptors with
 // 10,000 probes in flight, and after they are cancelled; and the server's
 // allocations per Connect. It exits non-zero if a figure cannot be
 // measured. It is not a gate on speed: machines differ.
@@ -56,7 +57,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "how long each rate is measured")
 	flag.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
 	flag.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
-	flag.StringVar(&o.only, "only", "", "run only this part: connect, fetch or inflight")
+	flag.StringVar(&o.only, "only", "", "run only this part: connect, fetch, scrape or inflight")
 	flag.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
 	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
 	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
@@ -97,7 +98,7 @@ var parts = []struct {
 	name string
 	run  func(context.Context, string, options) ([]row, error)
 }{
-	{"connect", benchConnect}, {"fetch", benchFetch}, {"inflight", benchInflight},
+	{"connect", benchConnect}, {"fetch", benchFetch}, {"scrape", benchScrape}, {"inflight", benchInflight},
 }
 
 func run(ctx context.Context, o options, out io.Writer) error {
