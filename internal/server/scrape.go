@@ -304,7 +304,9 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeDebug(w, &log, reg, res)
 		return
 	}
-	promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP(w, r)
+	// A few hundred bytes are not worth compressing: gzip took a tenth of
+	// a scrape's CPU.
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
 }
 
 // caller authenticates the scraper as gRPC does a caller: by its bearer
@@ -400,58 +402,88 @@ func httpStatus(code codes.Code) int {
 	return http.StatusInternalServerError
 }
 
-// gauge registers a gauge of reg set to v.
-func gauge(reg *prometheus.Registry, name, help string, v float64) {
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
-	g.Set(v)
-	reg.MustRegister(g)
+// The descriptions of a probe's metrics: blackbox_exporter's names, help
+// and labels where it has the metric, netprobe's own after.
+var (
+	descSuccess      = prometheus.NewDesc("probe_success", "Displays whether or not the probe was a success", nil, nil)
+	descDuration     = prometheus.NewDesc("probe_duration_seconds", "Returns how long the probe took to complete in seconds", nil, nil)
+	descDNS          = prometheus.NewDesc("probe_dns_lookup_time_seconds", "Returns the time taken for probe dns lookup in seconds", nil, nil)
+	descIPProtocol   = prometheus.NewDesc("probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6", nil, nil)
+	descIPHash       = prometheus.NewDesc("probe_ip_addr_hash", "Specifies the hash of IP address. It's useful to detect if the IP address changes.", nil, nil)
+	descRegex        = prometheus.NewDesc("probe_failed_due_to_regex", "Indicates if probe failed due to regex", nil, nil)
+	descTLSVersion   = prometheus.NewDesc("probe_tls_version_info", "Returns the TLS version used or NaN when unknown", []string{"version"}, nil)
+	descEarliest     = prometheus.NewDesc("probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime", nil, nil)
+	descLastChain    = prometheus.NewDesc("probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp", nil, nil)
+	descLastInfo     = prometheus.NewDesc("probe_ssl_last_chain_info", "Contains SSL leaf certificate information", []string{"fingerprint_sha256", "subject", "issuer", "subjectalternative", "serialnumber"}, nil)
+	descFailure      = prometheus.NewDesc("probe_failure_info", "Why the probe failed: its stage, reason and errno, as netprobe_probes_total names them.", []string{"stage", "reason", "errno"}, nil)
+	descPhase        = prometheus.NewDesc("probe_phase_duration_seconds", "How long each phase of the probe took: resolve, connect, tls, first_byte (from the start) and total.", []string{"phase"}, nil)
+	descAttempts     = prometheus.NewDesc("probe_attempts_total", "The probe's connection attempts, by result: connected, abandoned, or the reason of the failure.", []string{"result"}, nil)
+	descVerified     = prometheus.NewDesc("probe_tls_verified", "Whether the peer's chain verified (netprobe reports its expiry either way).", nil, nil)
+	descRTT          = prometheus.NewDesc("probe_tcp_rtt_seconds", "The kernel's smoothed round-trip time of the connection (TCP_INFO), at its end.", nil, nil)
+	descRetransmits  = prometheus.NewDesc("probe_tcp_retransmits", "The segments the kernel sent again on the connection (TCP_INFO), at its end.", nil, nil)
+	expectInfoHelp   = "Explicit content matched"
+	expectInfoMetric = "probe_expect_info"
+)
+
+// probeMetrics collects one probe's metrics, made once: the registry of
+// the scrape gathers them.
+type probeMetrics struct {
+	ms []prometheus.Metric
+}
+
+// Describe describes nothing: the metrics are fixed, above, and the
+// registry checks them as it gathers.
+func (p *probeMetrics) Describe(chan<- *prometheus.Desc) {}
+
+func (p *probeMetrics) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range p.ms {
+		ch <- m
+	}
+}
+
+func (p *probeMetrics) gauge(d *prometheus.Desc, v float64, labels ...string) {
+	p.ms = append(p.ms, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
 }
 
 // scrapeMetrics are a probe's metrics: blackbox_exporter's, with their
 // names and meanings, and netprobe's own.
 func scrapeMetrics(m *modules.Module, res *scrapeResult, duration time.Duration, logger *slog.Logger) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
+	p := &probeMetrics{}
+	reg.MustRegister(p)
 	pe := res.probeError()
 	success := 0.0
 	if pe == nil && res.connect != nil {
 		success = 1
 	}
-	gauge(reg, "probe_success", "Whether the probe succeeded.", success)
-	gauge(reg, "probe_duration_seconds", "How long the probe took to complete in seconds.", duration.Seconds())
+	p.gauge(descSuccess, success)
+	p.gauge(descDuration, duration.Seconds())
 	c := res.connect
 	if c == nil {
 		return reg
 	}
-	gauge(reg, "probe_dns_lookup_time_seconds", "Returns the time taken for probe dns lookup in seconds.", c.GetResolveDuration().AsDuration().Seconds())
-	ip := peerIP(c)
-	if ip.IsValid() {
+	p.gauge(descDNS, c.GetResolveDuration().AsDuration().Seconds())
+	if ip := peerIP(c); ip.IsValid() {
 		family := 6.0
 		if ip.Is4() {
 			family = 4
 		}
-		gauge(reg, "probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6.", family)
+		p.gauge(descIPProtocol, family)
 		h := fnv.New32a()
 		h.Write([]byte(ip.String()))
-		gauge(reg, "probe_ip_addr_hash", "Specifies the hash of IP address. It's useful to detect if the IP address changes.", float64(h.Sum32()))
+		p.gauge(descIPHash, float64(h.Sum32()))
 	}
-	phases := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "probe_phase_duration_seconds", Help: "How long each phase of the probe took: resolve, connect, tls, first_byte (from the start) and total.",
-	}, []string{"phase"})
-	reg.MustRegister(phases)
-	phases.WithLabelValues("resolve").Set(c.GetResolveDuration().AsDuration().Seconds())
-	phases.WithLabelValues("connect").Set(c.GetConnectDuration().AsDuration().Seconds())
+	p.gauge(descPhase, c.GetResolveDuration().AsDuration().Seconds(), "resolve")
+	p.gauge(descPhase, c.GetConnectDuration().AsDuration().Seconds(), "connect")
 	total := c.GetTotalDuration().AsDuration()
 	if s := res.summary; s != nil {
 		total = s.GetTotalDuration().AsDuration()
 		if s.GetTimeToFirstByte() != nil {
-			phases.WithLabelValues("first_byte").Set(s.GetTimeToFirstByte().AsDuration().Seconds())
+			p.gauge(descPhase, s.GetTimeToFirstByte().AsDuration().Seconds(), "first_byte")
 		}
 	}
-	phases.WithLabelValues("total").Set(total.Seconds())
-	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "probe_attempts_total", Help: "The probe's connection attempts, by result: connected, abandoned, or the reason of the failure.",
-	}, []string{"result"})
-	reg.MustRegister(attempts)
+	p.gauge(descPhase, total.Seconds(), "total")
+	attempts := map[string]float64{}
 	for _, a := range c.GetAttempts() {
 		result := "connected"
 		switch {
@@ -460,31 +492,30 @@ func scrapeMetrics(m *modules.Module, res *scrapeResult, duration time.Duration,
 		case a.GetError() != nil:
 			result = a.GetError().GetReason().String()
 		}
-		attempts.WithLabelValues(result).Inc()
+		attempts[result]++
 	}
-	tlsMetrics(reg, res, phases)
+	for result, n := range attempts {
+		p.ms = append(p.ms, prometheus.MustNewConstMetric(descAttempts, prometheus.CounterValue, n, result))
+	}
+	p.tls(res)
 	if len(m.Steps) > 0 && c.GetError() == nil {
 		regex := 0.0
 		if pe.GetStage() == netprobev1.Stage_STAGE_EXPECT && pe.GetReason() == netprobev1.Reason_REASON_NO_MATCH {
 			regex = 1
 		}
-		gauge(reg, "probe_failed_due_to_regex", "Indicates if probe failed due to regex", regex)
-		expectInfo(reg, m, res.matches)
+		p.gauge(descRegex, regex)
+		p.expectInfo(m, res.matches)
 	}
 	ti := c.GetTcpInfo()
 	if s := res.summary.GetTcpInfo(); s != nil {
 		ti = s
 	}
 	if ti != nil {
-		gauge(reg, "probe_tcp_rtt_seconds", "The kernel's smoothed round-trip time of the connection (TCP_INFO), at its end.", ti.GetRtt().AsDuration().Seconds())
-		gauge(reg, "probe_tcp_retransmits", "The segments the kernel sent again on the connection (TCP_INFO), at its end.", float64(ti.GetTotalRetransmits()))
+		p.gauge(descRTT, ti.GetRtt().AsDuration().Seconds())
+		p.gauge(descRetransmits, float64(ti.GetTotalRetransmits()))
 	}
 	if pe != nil {
-		info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "probe_failure_info", Help: "Why the probe failed: its stage, reason and errno, as netprobe_probes_total names them.",
-		}, []string{"stage", "reason", "errno"})
-		reg.MustRegister(info)
-		info.WithLabelValues(pe.GetStage().String(), pe.GetReason().String(), pe.GetErrno()).Set(1)
+		p.gauge(descFailure, 1, pe.GetStage().String(), pe.GetReason().String(), pe.GetErrno())
 		logger.Error("probe failed", "stage", pe.GetStage(), "reason", pe.GetReason(), "errno", pe.GetErrno(), "address", pe.GetAddress(), "message", pe.GetMessage())
 	} else {
 		logger.Info("probe succeeded", "peer", c.GetPeerAddress(), "duration", duration)
@@ -506,9 +537,9 @@ func peerIP(c *netprobev1.ConnectResponse) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// tlsMetrics are the handshake's: blackbox_exporter's, and the expiry
+// tls adds the handshake's metrics: blackbox_exporter's, and the expiry
 // and verification of a chain that did not verify, which it has not.
-func tlsMetrics(reg *prometheus.Registry, res *scrapeResult, phases *prometheus.GaugeVec) {
+func (p *probeMetrics) tls(res *scrapeResult) {
 	t := res.connect.GetTls()
 	if s := res.summary.GetTls(); s != nil {
 		t = s
@@ -516,15 +547,13 @@ func tlsMetrics(reg *prometheus.Registry, res *scrapeResult, phases *prometheus.
 	if t == nil || t.GetVersion() == "" {
 		return
 	}
-	phases.WithLabelValues("tls").Set(t.GetHandshakeDuration().AsDuration().Seconds())
-	version := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_tls_version_info", Help: "Returns the TLS version used or NaN when unknown"}, []string{"version"})
-	reg.MustRegister(version)
-	version.WithLabelValues(t.GetVersion()).Set(1)
+	p.gauge(descPhase, t.GetHandshakeDuration().AsDuration().Seconds(), "tls")
+	p.gauge(descTLSVersion, 1, t.GetVersion())
 	verified := 0.0
 	if t.GetVerified() {
 		verified = 1
 	}
-	gauge(reg, "probe_tls_verified", "Whether the peer's chain verified (netprobe reports its expiry either way).", verified)
+	p.gauge(descVerified, verified)
 	chain := t.GetPeerCertificates()
 	if len(chain) == 0 {
 		return
@@ -535,28 +564,23 @@ func tlsMetrics(reg *prometheus.Registry, res *scrapeResult, phases *prometheus.
 			earliest = na
 		}
 	}
-	gauge(reg, "probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime", float64(earliest.Unix()))
+	p.gauge(descEarliest, float64(earliest.Unix()))
 	if t.GetVerified() {
-		gauge(reg, "probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp", float64(earliest.Unix()))
+		p.gauge(descLastChain, float64(earliest.Unix()))
 	}
 	leaf := chain[0]
-	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_ssl_last_chain_info", Help: "Contains SSL leaf certificate information"},
-		[]string{"fingerprint_sha256", "subject", "issuer", "subjectalternative", "serialnumber"})
-	reg.MustRegister(info)
-	info.WithLabelValues(leaf.GetSha256Fingerprint(), leaf.GetSubject(), leaf.GetIssuer(), strings.Join(leaf.GetDnsNames(), ","), leaf.GetSerial()).Set(1)
+	p.gauge(descLastInfo, 1, leaf.GetSha256Fingerprint(), leaf.GetSubject(), leaf.GetIssuer(), strings.Join(leaf.GetDnsNames(), ","), leaf.GetSerial())
 }
 
-// expectInfo is probe_expect_info: the labels of the first labelled
+// expectInfo adds probe_expect_info: the labels of the first labelled
 // match.
-func expectInfo(reg *prometheus.Registry, m *modules.Module, matches []*netprobev1.ExpectMatch) {
+func (p *probeMetrics) expectInfo(m *modules.Module, matches []*netprobev1.ExpectMatch) {
 	for _, match := range matches {
 		names, values := m.ExpectInfo(int(match.GetStep()), match.GetGroups())
 		if names == nil {
 			continue
 		}
-		info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_expect_info", Help: "Explicit content matched"}, names)
-		reg.MustRegister(info)
-		info.WithLabelValues(values...).Set(1)
+		p.gauge(prometheus.NewDesc(expectInfoMetric, expectInfoHelp, names, nil), 1, values...)
 		return
 	}
 }
