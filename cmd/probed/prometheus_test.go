@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -16,13 +18,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/probetest"
 )
 
 // TestPrometheus points a real Prometheus at probed with the scrape
 // configuration of blackbox_exporter's README (its relabelling unchanged,
-// only the exporter's address), over a live target, a refused port, an
-// expired certificate and a banner check, and reads the outcome back
+// only the exporter's address) and blackbox_exporter's own blackbox.yml,
+// unchanged: each of its tcp modules against a server that speaks its
+// protocol, and a refused port and an expired certificate, read back
 // through Prometheus's HTTP API.
 func TestPrometheus(t *testing.T) {
 	prometheus := probetest.Program(t, "prometheus", "apt-get install prometheus (Debian's package)")
@@ -32,43 +36,89 @@ func TestPrometheus(t *testing.T) {
 	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The TLS targets are by name, as blackbox_exporter's are, and the
+	// modules verify the certificate for it: mail.test, IPv4 only.
+	dns := dnstest.Start(t)
+	dns.SetAddrs("mail.test", netip.MustParseAddr("127.0.0.1"))
+	// blackbox.yml as shipped, and after it two of its modules as they
+	// would work: its pop3s_banner expects "^+OK", which RE2 reads as a
+	// start of line, repeated, then "OK", and its postgresql sends the
+	// SSLRequest with the newline every send gets (blackbox_exporter's
+	// issue 1657); netprobe fails the two as blackbox_exporter does, and
+	// says where.
+	shipped, err := os.ReadFile("../../internal/modules/testdata/blackbox.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	modules := filepath.Join(dir, "blackbox.yml")
-	if err := os.WriteFile(modules, []byte(`modules:
-  tcp_connect:
-    prober: tcp
-  tls_connect:
-    prober: tcp
-    tcp:
-      tls: true
-      tls_config:
-        ca_file: ca.pem
-        server_name: localhost
-  ssh_banner:
+	if err := os.WriteFile(modules, append(shipped, `  pop3s_banner_fixed:
     prober: tcp
     tcp:
       query_response:
-      - expect: "^SSH-2.0-"
-      - send: "SSH-2.0-blackbox-ssh-check"
-  http_2xx:
-    prober: http
-`), 0o600); err != nil {
+      - expect: "^\\+OK"
+      tls: true
+  postgresql_fixed:
+    prober: tcp
+    tcp:
+      query_response:
+      - send_bytes: !!binary AAAACATSFi8=
+      - expect_bytes: S
+      - starttls: true
+`...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", "--modules-file="+modules))
+	cmd := exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", "--dns-server="+dns.Addr, "--modules-file="+modules)
+	// pop3s_banner trusts the system's roots: here, the test's CA.
+	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
+	p := probetest.StartProbed(t, cmd)
 
+	forMail := func(c *x509.Certificate) { c.DNSNames = []string{"mail.test"} }
+	good := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "mail.test", true, forMail)}}
+	expiredCert := ca.Issue(t, "mail.test", true, forMail, func(c *x509.Certificate) { c.NotAfter = time.Now().Add(-time.Hour) })
 	live := probetest.Listen(t, "127.0.0.1:0", nil)
 	closed := fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp", "127.0.0.1:0"))
-	expiredCert := ca.Issue(t, "localhost", true, func(c *x509.Certificate) { c.NotAfter = time.Now().Add(-time.Hour) })
-	expired := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
-		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{expiredCert}})
-		tc.Handshake()
-		tc.Close()
-	})
+	pop3s := func(cfg *tls.Config) *probetest.Target {
+		return probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			tc := tls.Server(c, cfg)
+			if tc.Handshake() == nil {
+				io.WriteString(tc, "+OK POP3 ready\r\n")
+			}
+			tc.Close()
+		})
+	}
+	goodPOP3, expired := pop3s(good), pop3s(&tls.Config{Certificates: []tls.Certificate{expiredCert}})
 	ssh := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
-		io.WriteString(c, "SSH-2.0-OpenSSH_9.2p1\r\n")
+		io.WriteString(c, "SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
 		probetest.ReadAll(c)
 		c.Close()
 	})
+	irc := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for _, want := range []string{"NICK prober\n", "USER prober prober prober :prober\n"} {
+			if l, _ := r.ReadString('\n'); l != want {
+				return
+			}
+		}
+		io.WriteString(c, "PING :k7x\r\n")
+		if l, _ := r.ReadString('\n'); l == "PONG k7x\n" {
+			io.WriteString(c, ":irc.test 001 prober :Welcome\r\n")
+		}
+		probetest.ReadAll(c)
+	})
+	postgres := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		req := make([]byte, 8)
+		if _, err := io.ReadFull(c, req); err != nil || string(req) != "\x00\x00\x00\x08\x04\xd2\x16\x2f" {
+			return
+		}
+		io.WriteString(c, "S")
+		tc := tls.Server(c, good)
+		if tc.Handshake() == nil {
+			probetest.ReadAll(tc)
+		}
+	})
+	name := func(tg *probetest.Target) string { return fmt.Sprintf("mail.test:%d", tg.Port()) }
 
 	job := func(module string, targets ...string) string {
 		return fmt.Sprintf(`  - job_name: 'blackbox_%[1]s'
@@ -87,39 +137,54 @@ func TestPrometheus(t *testing.T) {
 `, module, strings.Join(targets, "', '"), p.MetricsAddr)
 	}
 	config := "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n" +
-		job("tcp_connect", live.Addr(), closed) + job("tls_connect", expired.Addr()) + job("ssh_banner", ssh.Addr())
+		job("tcp_connect", live.Addr(), closed) + job("pop3s_banner", name(goodPOP3), name(expired)) +
+		job("ssh_banner", ssh.Addr()) + job("ssh_banner_extract", ssh.Addr()) + job("irc_banner", irc.Addr()) + job("postgresql", name(postgres)) +
+		job("pop3s_banner_fixed", name(goodPOP3)) + job("postgresql_fixed", name(postgres))
 	configFile := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	web := probetest.FreePort(t)
-	cmd := exec.Command(prometheus, "--config.file="+configFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+	prom := exec.Command(prometheus, "--config.file="+configFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+web, "--log.level=warn")
 	var log strings.Builder
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
+	prom.Stdout, prom.Stderr = &log, &log
+	if err := prom.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		prom.Process.Kill()
+		prom.Wait()
 		if t.Failed() {
 			t.Logf("prometheus:\n%s", log.String())
 		}
 	})
 
+	success := func(job, instance string) string {
+		return fmt.Sprintf(`probe_success{job="blackbox_%s",instance=%q}`, job, instance)
+	}
 	for _, tc := range []struct {
 		query string
 		want  float64
 	}{
-		{fmt.Sprintf(`probe_success{job="blackbox_tcp_connect",instance=%q}`, live.Addr()), 1},
-		{fmt.Sprintf(`probe_success{job="blackbox_tcp_connect",instance=%q}`, closed), 0},
+		{success("tcp_connect", live.Addr()), 1},
+		{success("tcp_connect", closed), 0},
 		{fmt.Sprintf(`probe_failure_info{instance=%q,stage="STAGE_CONNECT",reason="REASON_REFUSED",errno="ECONNREFUSED"}`, closed), 1},
-		{fmt.Sprintf(`probe_success{job="blackbox_tls_connect",instance=%q}`, expired.Addr()), 0},
-		{fmt.Sprintf(`probe_failure_info{instance=%q,stage="STAGE_TLS_HANDSHAKE",reason="REASON_CERTIFICATE_EXPIRED"}`, expired.Addr()), 1},
-		{fmt.Sprintf(`probe_ssl_earliest_cert_expiry{instance=%q} < time()`, expired.Addr()), 1},
-		{fmt.Sprintf(`probe_success{job="blackbox_ssh_banner",instance=%q}`, ssh.Addr()), 1},
-		{fmt.Sprintf(`probe_failed_due_to_regex{job="blackbox_ssh_banner",instance=%q}`, ssh.Addr()), 0},
+		{success("pop3s_banner", name(goodPOP3)), 0},
+		{fmt.Sprintf(`probe_failed_due_to_regex{job="blackbox_pop3s_banner",instance=%q}`, name(goodPOP3)), 1},
+		{fmt.Sprintf(`probe_failure_info{job="blackbox_pop3s_banner",instance=%q,stage="STAGE_EXPECT",reason="REASON_NO_MATCH"}`, name(goodPOP3)), 1},
+		{success("pop3s_banner_fixed", name(goodPOP3)), 1},
+		{success("pop3s_banner", name(expired)), 0},
+		{fmt.Sprintf(`probe_failure_info{instance=%q,stage="STAGE_TLS_HANDSHAKE",reason="REASON_CERTIFICATE_EXPIRED"}`, name(expired)), 1},
+		{fmt.Sprintf(`probe_ssl_earliest_cert_expiry{instance=%q} < time()`, name(expired)), 1},
+		{success("ssh_banner", ssh.Addr()), 1},
+		{success("ssh_banner_extract", ssh.Addr()), 1},
+		{fmt.Sprintf(`probe_expect_info{instance=%q,ssh_version="OpenSSH_9.2p1",ssh_comments="Debian-2"}`, ssh.Addr()), 1},
+		{success("irc_banner", irc.Addr()), 1},
+		{success("postgresql", name(postgres)), 0},
+		{fmt.Sprintf(`probe_failure_info{job="blackbox_postgresql",instance=%q,stage="STAGE_TLS_HANDSHAKE"}`, name(postgres)), 1},
+		{success("postgresql_fixed", name(postgres)), 1},
+		{fmt.Sprintf(`probe_tls_version_info{job="blackbox_postgresql_fixed",instance=%q,version="TLS 1.3"}`, name(postgres)), 1},
 	} {
 		if got := waitQuery(t, web, tc.query); got != tc.want {
 			t.Errorf("%s = %v, want %v", tc.query, got, tc.want)

@@ -189,7 +189,10 @@ type queryResponseYAML struct {
 	ExpectBytes string      `yaml:"expect_bytes"`
 	Labels      []labelYAML `yaml:"labels"`
 	Send        string      `yaml:"send"`
-	StartTLS    bool        `yaml:"starttls"`
+	// SendBytes is netprobe's: sent as it is, without send's newline
+	// (blackbox_exporter's issue 1657 proposes it).
+	SendBytes string `yaml:"send_bytes"`
+	StartTLS  bool   `yaml:"starttls"`
 }
 
 type labelYAML struct {
@@ -334,6 +337,10 @@ func (m *Module) querySteps(qrs []queryResponseYAML, at func(...any) string) err
 			return fmt.Errorf("%s: labels name the groups of an expect, and the entry has none", here("labels"))
 		}
 		switch {
+		case q.Send != "" && q.SendBytes != "":
+			return fmt.Errorf("%s: an entry has send or send_bytes, not both", here("send_bytes"))
+		case q.SendBytes != "":
+			m.Steps = append(m.Steps, &netprobev1.Step{Action: &netprobev1.Step_Send{Send: []byte(q.SendBytes)}})
 		case q.Send != "" && q.Expect != "":
 			m.Steps = append(m.Steps, &netprobev1.Step{Action: &netprobev1.Step_SendTemplate{SendTemplate: q.Send + "\n"}})
 		case q.Send != "":
@@ -345,7 +352,7 @@ func (m *Module) querySteps(qrs []queryResponseYAML, at func(...any) string) err
 			}
 			m.Steps = append(m.Steps, &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}})
 		}
-		if q.Expect == "" && q.ExpectBytes == "" && q.Send == "" && !q.StartTLS {
+		if q.Expect == "" && q.ExpectBytes == "" && q.Send == "" && q.SendBytes == "" && !q.StartTLS {
 			return fmt.Errorf("%s: an entry expects, sends or starts TLS", at("tcp", "query_response", i))
 		}
 	}

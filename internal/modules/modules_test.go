@@ -164,6 +164,7 @@ tcp:
   - expect: "^250-(STARTTLS)"
     send: "STARTTLS ${1}\r"
   - expect_bytes: "2.0"
+  - send_bytes: !!binary AAAACATSFi8=
   - starttls: true
 netprobe:
   read_timeout: 2s
@@ -172,7 +173,7 @@ netprobe:
 				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
 				Tls:    &netprobev1.TlsOptions{},
 				Steps: []*netprobev1.Step{expectLine("^220 ([^ ]+)"), send("EHLO prober\r\n"), expectLine("^250-(STARTTLS)"), template("STARTTLS ${1}\r\n"),
-					expect(`\A2\.0`), startTLS, expect("")},
+					expect(`\A2\.0`), send("\x00\x00\x00\x08\x04\xd2\x16\x2f"), startTLS, expect("")},
 				MaxBytes: 4096,
 			},
 		},
@@ -261,6 +262,7 @@ func TestInvalid(t *testing.T) {
 		{"bad source address", "prober: tcp\ntcp:\n  source_ip_address: eth0", "module m, line 5: source_ip_address \"eth0\" is not an IP address"},
 		{"bad regexp", "prober: tcp\ntcp:\n  query_response:\n  - send: x\n  - expect: \"(unclosed\"", "module m, line 7: expect \"(unclosed\""},
 		{"expect and expect_bytes", "prober: tcp\ntcp:\n  query_response:\n  - expect: a\n    expect_bytes: b", "module m, line 7: an entry has expect or expect_bytes, not both"},
+		{"send and send_bytes", "prober: tcp\ntcp:\n  query_response:\n  - send: a\n    send_bytes: b", "module m, line 7: an entry has send or send_bytes, not both"},
 		{"an empty entry", "prober: tcp\ntcp:\n  query_response:\n  - {}", "module m, line 6: an entry expects, sends or starts TLS"},
 		{"labels without expect", "prober: tcp\ntcp:\n  query_response:\n  - send: x\n    labels: [{name: a, value: b}]", "module m, line 7: labels name the groups of an expect"},
 		{"bad label name", "prober: tcp\ntcp:\n  query_response:\n  - expect: (x)\n    labels: [{name: 1a, value: $1}]", "module m, line 7: label name \"1a\""},
