@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/netprobe/netprobe/internal/buildinfo"
 	"github.com/netprobe/netprobe/internal/server"
@@ -56,6 +57,7 @@ type config struct {
 	MaxResets       int              `default:"${max_stream_resets}" env:"NETPROBE_MAX_STREAM_RESETS" name:"max-stream-resets" group:"Limits" help:"Streams a connection may cancel, or have refused, in a burst; a tenth of that comes back each second. Past it the connection is closed with a GOAWAY (ENHANCE_YOUR_CALM): the HTTP/2 rapid reset attack."`
 	MaxReads        int              `default:"${max_reads_per_caller}" env:"NETPROBE_MAX_READS_PER_CALLER" name:"max-reads-per-caller" group:"Limits" help:"Most requests of one caller read at once for calls that are not probes (health, reflection); more are RESOURCE_EXHAUSTED. Probes are held to --max-in-flight-per-caller before their request is read."`
 	KeepaliveMin    time.Duration    `default:"${keepalive_min_time}" env:"NETPROBE_KEEPALIVE_MIN_TIME" name:"keepalive-min-time" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often is disconnected."`
+	WebConfigFile   string           `env:"NETPROBE_WEB_CONFIG_FILE" type:"path" group:"Prometheus" help:"Serve --metrics-addr with this exporter-toolkit web configuration: TLS, client certificates, basic auth users (as Prometheus exporters take it). A scraper of /probe is then its basic auth user, or its client certificate's common name."`
 	ModulesFile     string           `env:"NETPROBE_MODULES_FILE" type:"path" group:"Prometheus" help:"Serve /probe (blackbox_exporter's multi-target endpoint, on --metrics-addr) with the modules of this file, in blackbox_exporter's format: its tcp modules run, those of its other probers are listed as not run. Reloaded when it changes or on SIGHUP; a file that does not load leaves the modules as they were. Without it: tcp_connect, tls_connect, udp and PROTO_starttls."`
 	CheckModules    string           `type:"path" group:"Prometheus" placeholder:"PATH" help:"Check a module file, say which modules netprobe runs and which it does not, and exit (1 if it does not load)."`
 	ScrapeOffset    time.Duration    `default:"${scrape_timeout_offset}" env:"NETPROBE_SCRAPE_TIMEOUT_OFFSET" name:"scrape-timeout-offset" group:"Prometheus" help:"Taken off a scrape's timeout (X-Prometheus-Scrape-Timeout-Seconds) for its probe's, so that the answer arrives in time."`
@@ -146,6 +148,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		defer metricsLis.Close()
 		self = append(self, metricsLis.Addr())
 	}
+	if cfg.WebConfigFile != "" {
+		if err := web.Validate(cfg.WebConfigFile); err != nil {
+			return fmt.Errorf("web config: %w", err)
+		}
+	}
 	srv, err := server.New(cfg.serverConfig(logger, self))
 	if err != nil {
 		return err
@@ -163,8 +170,10 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	attrs := []any{"addr", lis.Addr().String(), "tls", srv.TLS(), "mtls", srv.MutualTLS(), "tokens", srv.Tokens()}
 	if metricsLis != nil {
 		hsrv := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
+		systemd := false
+		flags := &web.FlagConfig{WebListenAddresses: &[]string{}, WebSystemdSocket: &systemd, WebConfigFile: &cfg.WebConfigFile}
 		go func() {
-			if err := hsrv.Serve(metricsLis); !errors.Is(err, http.ErrServerClosed) {
+			if err := web.Serve(metricsLis, hsrv, flags, logger); !errors.Is(err, http.ErrServerClosed) {
 				logger.Error("metrics server failed", "err", err)
 			}
 		}()
@@ -222,6 +231,7 @@ func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Conf
 		MaxStreamResets:         cfg.MaxResets,
 		MaxReadsPerCaller:       cfg.MaxReads,
 		ModulesFile:             cfg.ModulesFile,
+		WebConfigFile:           cfg.WebConfigFile,
 		ScrapeTimeoutOffset:     cfg.ScrapeOffset,
 		ScrapeRate:              cfg.ScrapeRate,
 		ScrapeBurst:             cfg.ScrapeBurst,

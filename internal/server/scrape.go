@@ -59,6 +59,7 @@ type scraper struct {
 	file   string
 	offset time.Duration
 	rates  *rateLimiter
+	web    *webConfig
 
 	mu      sync.Mutex
 	set     *modules.Set
@@ -68,7 +69,7 @@ type scraper struct {
 
 func newScraper(s *Server, cfg Config) (*scraper, error) {
 	sc := &scraper{s: s, file: cfg.ModulesFile, offset: cfg.ScrapeTimeoutOffset,
-		rates: newRateLimiter("scrape_rate", cfg.ScrapeRate, cfg.ScrapeBurst, s.metrics)}
+		rates: newRateLimiter("scrape_rate", cfg.ScrapeRate, cfg.ScrapeBurst, s.metrics), web: &webConfig{path: cfg.WebConfigFile}}
 	if sc.file == "" {
 		sc.set = modules.Defaults()
 		return sc, nil
@@ -309,11 +310,20 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
 }
 
-// caller authenticates the scraper as gRPC does a caller: by its bearer
-// token when the server has tokens, else by its address.
+// caller authenticates the scraper: by its basic auth user when the web
+// configuration has users (exporter-toolkit has checked the password; a
+// bearer token cannot come too); else as gRPC does a caller, by its bearer
+// token when the server has tokens, or else by its verified client
+// certificate's common name; else by its address.
 func (sc *scraper) caller(r *http.Request) (context.Context, error) {
 	ctx := r.Context()
-	if sc.s.tokens != nil {
+	if sc.web.hasUsers() {
+		if user, _, ok := r.BasicAuth(); ok {
+			return service.WithCaller(ctx, user), nil
+		}
+	}
+	switch {
+	case sc.s.tokens != nil:
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		name, known := sc.s.tokens.lookup(strings.TrimSpace(token))
 		if !ok || !known {
@@ -321,6 +331,8 @@ func (sc *scraper) caller(r *http.Request) (context.Context, error) {
 			return nil, errors.New("a valid bearer token is required")
 		}
 		return service.WithCaller(ctx, name), nil
+	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.TLS.VerifiedChains[0][0].Subject.CommonName != "":
+		return service.WithCaller(ctx, r.TLS.VerifiedChains[0][0].Subject.CommonName), nil
 	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})

@@ -123,6 +123,10 @@ type Config struct {
 	// /probe; empty serves the default modules. It is read again when it
 	// changes (checked at most once a second) and on Reload.
 	ModulesFile string
+	// WebConfigFile is the metrics listener's exporter-toolkit web
+	// configuration, which the listener's server applies; its basic auth
+	// users name the scrapers of /probe.
+	WebConfigFile string
 	// ScrapeTimeoutOffset is taken off a scrape's timeout for its probe's.
 	ScrapeTimeoutOffset time.Duration
 	// ScrapeRate and ScrapeBurst are each scraper's bucket of /probe
