@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -385,8 +384,9 @@ func scrapeTarget(raw string) (*netprobev1.Target, error) {
 // offset), or the module's when shorter, within the server's cap.
 func scrapeTimeout(h http.Header, offset, module, max time.Duration) time.Duration {
 	timeout := defaultScrapeTimeout
-	if v, err := strconv.ParseFloat(h.Get("X-Prometheus-Scrape-Timeout-Seconds"), 64); err == nil && v > 0 && !math.IsInf(v, 0) {
-		timeout = time.Duration(v * float64(time.Second))
+	// A value too large for a Duration is clamped before it is one.
+	if v, err := strconv.ParseFloat(h.Get("X-Prometheus-Scrape-Timeout-Seconds"), 64); err == nil && v > 0 {
+		timeout = time.Duration(min(v, defaultScrapeTimeout.Seconds()) * float64(time.Second))
 		if timeout > offset {
 			timeout -= offset
 		}
