@@ -10,7 +10,6 @@ import (
 	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/probetest"
-	"github.com/netprobe/netprobe/internal/services"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -49,11 +48,7 @@ func BenchmarkDial(b *testing.B) {
 // service's own cost per probe, without gRPC.
 func BenchmarkConnectHandler(b *testing.B) {
 	addr := benchTarget(b)
-	tab, err := services.Load("")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv, err := service.New(service.Config{Services: tab})
+	srv, err := service.New(service.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -52,7 +52,8 @@ type Config struct {
 	// it is not the system's: ResolverFor(DNSServer) when Resolver is nil,
 	// and the server DNS errors name.
 	DNSServer string
-	// Services maps service names to ports.
+	// Services maps service names to ports; nil is the built-in table
+	// alone (probed reads /etc/services too).
 	Services *services.Table
 	// Policy decides which addresses probes may reach; nil is
 	// policy.New(), the built-in denials only.
@@ -204,7 +205,11 @@ func New(cfg Config) (*Server, error) {
 		cfg.Policy = policy.New()
 	}
 	if cfg.Services == nil {
-		return nil, fmt.Errorf("config: Services is required")
+		table, err := services.Load("")
+		if err != nil {
+			return nil, err
+		}
+		cfg.Services = table
 	}
 	if cfg.DefaultTimeout < 0 || cfg.MaxTimeout < cfg.DefaultTimeout {
 		return nil, fmt.Errorf("config: need 0 < default timeout (%v) <= max timeout (%v)", cfg.DefaultTimeout, cfg.MaxTimeout)

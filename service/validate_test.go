@@ -14,6 +14,7 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/netprobe/netprobe/service"
 )
 
 // badRequestFields returns the fields a refused call's BadRequest names.
@@ -165,4 +166,17 @@ func TestResolveService(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkError(t, got.Error, &wantError{stage: netprobev1.Stage_STAGE_SERVICE_LOOKUP, reason: netprobev1.Reason_REASON_UNKNOWN_SERVICE, address: "no-such-service"})
+}
+
+// TestNewDefaults builds a server from a zero Config, as a program outside
+// this module can: service names come from the built-in table.
+func TestNewDefaults(t *testing.T) {
+	srv, err := service.New(service.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.ResolveService(probetest.Context(t), &netprobev1.ResolveServiceRequest{Name: "https"})
+	if err != nil || resp.GetPort() != 443 || resp.GetSource() != netprobev1.ServiceSource_SERVICE_SOURCE_BUILTIN {
+		t.Errorf("https: %v, %v; want 443 from the built-in table", resp, err)
+	}
 }
