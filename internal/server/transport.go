@@ -165,16 +165,21 @@ func (c *guardedConn) scanRead(b []byte) {
 }
 
 // discarded takes a token for a stream the client reset or the server
-// refused. Past the last token the connection is closed with a GOAWAY
-// the next time it is read.
+// refused. Past the last token the connection is closed with a GOAWAY:
+// now, or at the end of the write in progress; and its reader reads no
+// more. Waiting for the next read would wait for ever on a client that
+// has sent all its streams and waits for answers.
 func (c *guardedConn) discarded() {
 	c.bmu.Lock()
-	defer c.bmu.Unlock()
 	now := time.Now()
 	c.tokens = min(c.creds.burst, c.tokens+now.Sub(c.last).Seconds()*c.creds.refill)
 	c.last = now
-	if c.tokens--; c.tokens < 0 {
+	c.tokens--
+	over := c.tokens < 0
+	c.bmu.Unlock()
+	if over {
 		c.tooEager.Store(true)
+		c.closeWithGoAway()
 	}
 }
 
