@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -93,15 +94,27 @@ func runChromium(t *testing.T, chromium string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(probetest.Context(t), probetest.Timeout*3)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, chromium, append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir()}, args...)...)
 	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
+	// Chromium, loaded by the tests beside it, once crashed here (SIGSEGV):
+	// a browser that dies of a signal gets one more try.
+	for try := 0; ; try++ {
+		cmd := exec.CommandContext(ctx, chromium, append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+			"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+			"--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir()}, args...)...)
+		out.Reset()
+		errOut.Reset()
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err == nil {
+			return out.String()
+		}
+		if try == 0 && errors.As(err, &exit) && exit.ExitCode() == -1 {
+			t.Logf("chromium died (%v); once more", err)
+			continue
+		}
 		t.Fatalf("chromium %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
 	}
-	return out.String()
 }
 
 func get(t *testing.T, url string) string {
