@@ -238,6 +238,12 @@ func TestAttackBareStreams(t *testing.T) {
 			v.settles(t, base, 4<<20)
 		})
 	}
+	// Every refusal is counted, and few are logged: a flood of streams is
+	// no flood of log lines for the connection's reader to wait on.
+	refusals, _ := metricValue(scrape(t, "http://"+v.MetricsAddr+"/metrics")["netprobe_transport_refusals_total"], map[string]string{"reason": "unauthenticated"})
+	if lines := v.Logged("call refused"); refusals < 500 || lines > 200 {
+		t.Errorf("%v refusals and %d log lines; want hundreds counted and at most 200 logged", refusals, lines)
+	}
 }
 
 // server100 is --max-streams-per-connection's default: the most handlers

@@ -47,6 +47,13 @@ type Probed struct {
 	changed chan struct{}
 }
 
+// Logged counts the lines probed has logged with the message msg so far.
+func (p *Probed) Logged(msg string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logged[msg]
+}
+
 // WaitLog waits until probed has logged a line whose message is msg,
 // and reports whether it did within Timeout.
 func (p *Probed) WaitLog(msg string) bool {

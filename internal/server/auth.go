@@ -119,13 +119,32 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 var healthPrefix = "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
 
 // refused counts and logs a call refused before it ran, and charges its
-// connection for the stream.
+// connection for the stream. It runs on the connection's reading
+// goroutine, and a flood of refused streams must not become a flood of log
+// lines that the reader then waits on (the log waits rather than drops):
+// the lines are limited to refusalLogRate a second, and a line says how
+// many were left out before it. The metric counts every one.
 func (s *Server) refused(p *peer.Peer, method, reason string, err error) {
 	s.metrics.transportRefusals.WithLabelValues(reason).Inc()
+	if p != nil {
+		chargePeer(p)
+	}
+	if !s.refusalLog.Allow() {
+		s.refusalsUnlogged.Add(1)
+		return
+	}
 	attrs := []any{"grpc.method", method, "grpc.code", status.Code(err).String(), "err", err}
 	if p != nil {
 		attrs = append(attrs, "peer", p.Addr.String())
-		chargePeer(p)
+	}
+	if n := s.refusalsUnlogged.Swap(0); n > 0 {
+		attrs = append(attrs, "unlogged_before", n)
 	}
 	s.logger.Warn("call refused", attrs...)
 }
+
+// refusalLogRate and refusalLogBurst limit the log lines of refused calls.
+const (
+	refusalLogRate  = 10
+	refusalLogBurst = 100
+)

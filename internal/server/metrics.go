@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/batchwriter"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -146,4 +147,17 @@ func targetText(t *netprobev1.Target) string {
 		network = "udp"
 	}
 	return network + " " + net.JoinHostPort(t.GetHost(), port)
+}
+
+// registerLogStats exposes what the log's batching writer has done: the
+// lines, the writes they made, and how long probes waited for room.
+func registerLogStats(reg prometheus.Registerer, stats func() batchwriter.Stats) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netprobe_log_lines_total", Help: "Lines written to the log (one audit line a probe, and the rest)."},
+			func() float64 { return float64(stats().Writes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netprobe_log_batches_total", Help: "Writes the log's lines were batched into."},
+			func() float64 { return float64(stats().Batches) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "netprobe_log_wait_seconds_total", Help: "Time spent waiting for the log to take a line, when it could not keep up; no line is dropped."},
+			func() float64 { return stats().Waited.Seconds() }),
+	)
 }

@@ -12,12 +12,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -28,6 +30,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/batchwriter"
 	"github.com/netprobe/netprobe/internal/services"
 	"github.com/netprobe/netprobe/internal/wire"
 	"github.com/netprobe/netprobe/policy"
@@ -144,6 +147,9 @@ type Config struct {
 	// Logger receives the audit lines and the server's own log; nil
 	// discards them.
 	Logger *slog.Logger
+	// LogStats, when set, reports what Logger's writer has done, for the
+	// metrics (probed batches its log).
+	LogStats func() batchwriter.Stats
 }
 
 func (c *Config) setDefaults() {
@@ -215,7 +221,11 @@ type Server struct {
 	scraper *scraper
 	// recent are the last probes, for the page.
 	recent *recentProbes
-	logger *slog.Logger
+	// refusalLog limits the log lines of calls refused as they open;
+	// refusalsUnlogged counts those left out since the last.
+	refusalLog       *rate.Limiter
+	refusalsUnlogged atomic.Uint64
+	logger           *slog.Logger
 }
 
 // New builds a server from cfg; Serve then serves it.
@@ -248,12 +258,16 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	s.recent = newRecentProbes(recentProbesKept)
+	s.refusalLog = rate.NewLimiter(refusalLogRate, refusalLogBurst)
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.registry)
 	m := s.metrics
 	// Every refusal the policy can make starts at zero.
 	for _, rule := range s.policy.Refusals() {
 		m.policyRefusals.WithLabelValues(rule)
+	}
+	if cfg.LogStats != nil {
+		registerLogStats(s.registry, cfg.LogStats)
 	}
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	s.registry.MustRegister(grpcMetrics)
