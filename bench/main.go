@@ -3,8 +3,9 @@
 //
 //	go run ./bench
 //
-// It builds probed, runs it on loopback, and measures: Connect probes per
-// second and latency against a bare dial+close loop; Fetch throughput
+// It builds probed (and ghz, pinned in tools/ghz), runs it on loopback,
+// and measures: Connect probes per second and latency against a bare
+// dial+close loop, from its own client and from ghz; Fetch throughput
 // against a bare user-space relay; /probe scrapes a second against
 // blackbox_exporter's (when installed); memory, goroutines and descriptors with
 // 10,000 probes in flight, and after they are cancelled; and the server's
@@ -50,6 +51,8 @@ type options struct {
 	// part and probed, when set, make this process measure one part with
 	// that probed binary and print its rows as JSON (see run).
 	part, probed string
+	// ghz is the ghz binary for the ghz part.
+	ghz string
 }
 
 func main() {
@@ -57,7 +60,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "how long each rate is measured")
 	flag.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
 	flag.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
-	flag.StringVar(&o.only, "only", "", "run only this part: connect, fetch, scrape or inflight")
+	flag.StringVar(&o.only, "only", "", "run only this part: connect, ghz, fetch, scrape or inflight")
 	flag.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
 	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
 	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
@@ -65,6 +68,7 @@ func main() {
 	flag.StringVar(&o.relayTo, "relay-to", "", "internal: where -relay-from relays to")
 	flag.StringVar(&o.part, "part", "", "internal: measure this part in this process, print its rows as JSON")
 	flag.StringVar(&o.probed, "probed", "", "internal: the probed binary for -part")
+	flag.StringVar(&o.ghz, "ghz", "", "internal: the ghz binary for -part ghz")
 	flag.Parse()
 	if o.rounds < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 1")
@@ -98,7 +102,7 @@ var parts = []struct {
 	name string
 	run  func(context.Context, string, options) ([]row, error)
 }{
-	{"connect", benchConnect}, {"fetch", benchFetch}, {"scrape", benchScrape}, {"inflight", benchInflight},
+	{"connect", benchConnect}, {"ghz", benchGhz}, {"fetch", benchFetch}, {"scrape", benchScrape}, {"inflight", benchInflight},
 }
 
 func run(ctx context.Context, o options, out io.Writer) error {
@@ -110,6 +114,12 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	bin := filepath.Join(dir, "probed")
 	if b, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/netprobe/netprobe/cmd/probed").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build probed: %w\n%s", err, b)
+	}
+	ghz := ""
+	if o.only == "" || o.only == "ghz" {
+		if ghz, err = ghzBuild(ctx, dir); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(out, "netprobe bench: %s, %d CPUs, %s/%s, probed and the load in one process tree over loopback\n\n",
 		runtime.Version(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
@@ -126,7 +136,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		if o.only != "" && o.only != p.name {
 			continue
 		}
-		cmd := exec.CommandContext(ctx, self, "-part", p.name, "-probed", bin,
+		cmd := exec.CommandContext(ctx, self, "-part", p.name, "-probed", bin, "-ghz", ghz,
 			"-duration", o.duration.String(), "-rounds", strconv.Itoa(o.rounds),
 			"-fetch-bytes", strconv.FormatInt(o.fetch, 10), "-inflight", strconv.Itoa(o.inflight))
 		cmd.Stderr = os.Stderr
