@@ -20,12 +20,11 @@ import (
 // the same target, at 1, 16 and 64 in flight, and counts the server's
 // allocations per probe.
 func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := acceptingTarget()
 	if err != nil {
 		return nil, err
 	}
 	defer ln.Close()
-	go probetest.AcceptAndClose(ln)
 	target := ln.Addr().String()
 	s, err := startProbed(bin)
 	if err != nil {
@@ -214,4 +213,15 @@ func runBareDial(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 	return json.NewEncoder(out).Encode(bareFigures{Rate: rate, P50: percentile(lat, 0.5), P99: percentile(lat, 0.99)})
+}
+
+// acceptingTarget is a loopback target that accepts each connection and
+// closes it: what Connect probes and the bare dial loop both reach.
+func acceptingTarget() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go probetest.AcceptAndClose(ln)
+	return ln, nil
 }

@@ -20,12 +20,11 @@ import (
 // bare dial+close loop from a process of its own on the same target. It
 // also reports what the audit log did.
 func benchGhz(ctx context.Context, bin string, o options) ([]row, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := acceptingTarget()
 	if err != nil {
 		return nil, err
 	}
 	defer ln.Close()
-	go probetest.AcceptAndClose(ln)
 	target := ln.Addr().(*net.TCPAddr)
 	dir, err := os.MkdirTemp("", "bench-ghz")
 	if err != nil {

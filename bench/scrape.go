@@ -12,8 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
-
-	"github.com/netprobe/netprobe/internal/probetest"
 )
 
 // blackboxExporter is Debian's name of blackbox_exporter's binary.
@@ -23,12 +21,11 @@ const blackboxExporter = "prometheus-blackbox-exporter"
 // 64 in flight, next to blackbox_exporter's tcp_connect module on the
 // same target in the same run, when it is installed.
 func benchScrape(ctx context.Context, bin string, o options) ([]row, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := acceptingTarget()
 	if err != nil {
 		return nil, err
 	}
 	defer ln.Close()
-	go probetest.AcceptAndClose(ln)
 	target := ln.Addr().String()
 	s, err := startProbed(bin, "--metrics-addr=127.0.0.1:0", "--scrape-rate=1e9", "--scrape-burst=1000000000")
 	if err != nil {

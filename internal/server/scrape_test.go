@@ -80,33 +80,6 @@ func (s *scraper) probe(t *testing.T, module, target string) map[string]*dto.Met
 	return families
 }
 
-// value is the value of family's metric with labels (all of them), and
-// whether there is one.
-func value(families map[string]*dto.MetricFamily, family string, labels map[string]string) (float64, bool) {
-	f := families[family]
-	for _, m := range f.GetMetric() {
-		if len(m.GetLabel()) != len(labels) {
-			continue
-		}
-		match := true
-		for _, l := range m.GetLabel() {
-			if labels[l.GetName()] != l.GetValue() {
-				match = false
-			}
-		}
-		if !match {
-			continue
-		}
-		switch {
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue(), true
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue(), true
-		}
-	}
-	return 0, false
-}
-
 // writeModules writes a module file and returns its path.
 func writeModules(t *testing.T, dir, text string) string {
 	t.Helper()
@@ -250,7 +223,7 @@ func TestScrape(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			families := s.probe(t, tc.module, tc.target)
 			for _, w := range tc.want {
-				if got, ok := value(families, w.family, w.labels); !ok || got != w.value {
+				if got, ok := metricValue(families[w.family], w.labels); !ok || got != w.value {
 					t.Errorf("%s%v = %v (present: %v), want %v", w.family, w.labels, got, ok, w.value)
 				}
 			}
@@ -259,7 +232,7 @@ func TestScrape(t *testing.T) {
 					t.Errorf("%s is present: %v", f, families[f])
 				}
 			}
-			if _, ok := value(families, "probe_duration_seconds", nil); !ok {
+			if _, ok := metricValue(families["probe_duration_seconds"], nil); !ok {
 				t.Error("no probe_duration_seconds")
 			}
 		})
