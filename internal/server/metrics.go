@@ -112,10 +112,11 @@ func observe(logger *slog.Logger, m *metrics, recent *recentProbes) func(context
 		}
 		m.phases.WithLabelValues(r.Method, "total").Observe(r.Duration.Seconds())
 
+		target := targetText(r.Target)
 		attrs := []any{
 			"method", r.Method,
 			"caller", service.CallerFrom(ctx),
-			"target", targetText(r.Target),
+			"target", target,
 			"outcome", outcome,
 			"duration", r.Duration,
 		}
@@ -132,7 +133,7 @@ func observe(logger *slog.Logger, m *metrics, recent *recentProbes) func(context
 			}
 		}
 		logger.InfoContext(ctx, "probe", attrs...)
-		recent.add(ctx, &r, outcome)
+		recent.add(ctx, &r, target, outcome)
 	}
 }
 

@@ -57,9 +57,9 @@ func newRecentProbes(size int) *recentProbes {
 	return &recentProbes{size: size, probes: make([]*recentProbe, 0, size)}
 }
 
-// add records the probe of r.
-func (rp *recentProbes) add(ctx context.Context, r *service.Report, outcome string) {
-	p := &recentProbe{Time: time.Now(), Via: "gRPC " + r.Method, Caller: service.CallerFrom(ctx), Target: targetText(r.Target),
+// add records the probe of r, whose target reads target.
+func (rp *recentProbes) add(ctx context.Context, r *service.Report, target, outcome string) {
+	p := &recentProbe{Time: time.Now(), Via: "gRPC " + r.Method, Caller: service.CallerFrom(ctx), Target: target,
 		Outcome: outcome, Peer: r.Connect.GetPeerAddress(), Total: r.Duration, connect: r.Connect, summary: r.Summary, err: r.Error}
 	if module, ok := ctx.Value(scrapeKey{}).(string); ok {
 		p.Via = "/probe " + module

@@ -15,7 +15,8 @@ import (
 func TestRecentProbes(t *testing.T) {
 	rp := newRecentProbes(3)
 	for port := range uint32(5) {
-		rp.add(context.Background(), &service.Report{Method: "Connect", Target: &netprobev1.Target{Host: "h", Port: port + 1}}, "ok")
+		r := &service.Report{Method: "Connect", Target: &netprobev1.Target{Host: "h", Port: port + 1}}
+		rp.add(context.Background(), r, targetText(r.Target), "ok")
 	}
 	var got []string
 	for _, p := range rp.list() {
@@ -36,7 +37,8 @@ func TestPageEscapes(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := service.WithCaller(context.Background(), `<img src=x onerror=alert(1)>`)
-	s.recent.add(ctx, &service.Report{Method: "Connect", Target: &netprobev1.Target{Host: "<script>alert(1)</script>", Port: 1}}, "ok")
+	r := &service.Report{Method: "Connect", Target: &netprobev1.Target{Host: "<script>alert(1)</script>", Port: 1}}
+	s.recent.add(ctx, r, targetText(r.Target), "ok")
 	rec := httptest.NewRecorder()
 	s.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
 	body := rec.Body.String()
