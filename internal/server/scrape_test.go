@@ -385,4 +385,10 @@ func TestScrapeStart(t *testing.T) {
 	if _, err := server.New(server.Config{ModulesFile: path, AllowSource: []string{"127.0.0.0/8"}}); err != nil {
 		t.Errorf("a source the server may bind: %v", err)
 	}
+	// The modules' certificates have names of their own: an operator's
+	// identity cannot pass for one.
+	certFile, keyFile := probetest.WriteFiles(t, dir, probetest.NewCA(t).Issue(t, "x", false))
+	if _, err := server.New(server.Config{ClientIdentities: []string{"module/m=" + certFile + "," + keyFile}}); err == nil || !strings.Contains(err.Error(), "are the modules' certificates") {
+		t.Errorf("an identity named module/m: %v", err)
+	}
 }
