@@ -71,7 +71,7 @@ func BenchmarkConnectHandler(b *testing.B) {
 // BenchmarkConnect runs Connect through a real gRPC connection on loopback.
 func BenchmarkConnect(b *testing.B) {
 	addr := benchTarget(b)
-	e := probetest.Start(b)
+	e := probetest.Start(b, probetest.Unlimited)
 	req := &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Port: uint32(addr.Port)}}
 	b.ReportAllocs()
 	// 32 goroutines a CPU: 64 in flight on 2 CPUs, as a busy client has.
@@ -155,7 +155,7 @@ func BenchmarkRelay(b *testing.B) {
 // with the client library, to a caller that discards them.
 func BenchmarkFetch(b *testing.B) {
 	src := benchSource(b)
-	e := probetest.Start(b)
+	e := probetest.Start(b, probetest.Unlimited)
 	c, err := client.Dial(e.Addr)
 	if err != nil {
 		b.Fatal(err)
