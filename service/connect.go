@@ -26,26 +26,28 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	conn, resp := s.connect(pctx, t, start)
-	return s.connected(ctx, pctx, req, conn, resp, tp, &t, start)
+	p := &probing{s: s, ctx: ctx, pctx: pctx, start: start, target: t, tls: tp}
+	conn := p.connect()
+	return p.connected(req, conn)
 }
 
 // connected finishes a Connect once the dial is over: the handshake, the
 // reverse lookup, the report. It is a function of its own so that its
-// frame is not on the stack while the dial waits (see dialer).
-func (s *Server) connected(ctx, pctx context.Context, req *netprobev1.ConnectRequest, conn net.Conn, resp *netprobev1.ConnectResponse, tp *tlsParams, t *target, start time.Time) (*netprobev1.ConnectResponse, error) {
+// frame is not on the stack while the dial waits (see doc.go).
+func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn) (*netprobev1.ConnectResponse, error) {
+	resp := p.resp
 	if conn != nil {
 		defer conn.Close()
-		if tp != nil {
-			_, resp.Tls, resp.Error = handshake(pctx, conn, tp, *t, start)
+		if p.tls != nil {
+			_, resp.Tls, resp.Error = handshake(p.pctx, conn, p.tls, p.target, p.start)
 		}
 		if req.GetReverseLookup() {
-			resp.ReverseLookup = s.reverseLookup(pctx, conn.RemoteAddr(), start)
+			resp.ReverseLookup = p.s.reverseLookup(p.pctx, conn.RemoteAddr(), p.start)
 		}
-		resp.TotalDuration = durationpb.New(time.Since(start))
+		resp.TotalDuration = durationpb.New(time.Since(p.start))
 	}
-	s.observe(ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error, Duration: time.Since(start)})
-	if err := callerGone(ctx); err != nil {
+	p.s.observe(p.ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error, Duration: time.Since(p.start)})
+	if err := callerGone(p.ctx); err != nil {
 		return nil, err
 	}
 	if err := refused(resp.Error); err != nil {

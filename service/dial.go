@@ -38,65 +38,89 @@ type attempt struct {
 	socketMade bool
 }
 
+// probing is one probe under way: what its phases share, made once, so
+// that the functions of its phases take it as their receiver instead of a
+// row of parameters, as net's sysDialer does. The phases are functions of
+// their own for the stack's sake (see doc.go). The connect phase fills in
+// targets, resolved and connectStart as it goes, and resp once it is over.
+type probing struct {
+	s *Server
+	// ctx is the caller's; pctx ends with the probe's timeout too.
+	ctx, pctx context.Context
+	start     time.Time
+	target    target
+	tls       *tlsParams
+
+	targets      []netip.AddrPort
+	resolved     time.Duration
+	connectStart time.Time
+	resp         *netprobev1.ConnectResponse
+}
+
 // connect runs the service lookup, resolve and connect phases and reports
-// them. It returns the connection, or nil with resp.Error set.
-func (s *Server) connect(ctx context.Context, t target, start time.Time) (net.Conn, *netprobev1.ConnectResponse) {
+// them in p.resp. It returns the connection, or nil with p.resp.Error set.
+func (p *probing) connect() net.Conn {
+	t := &p.target
 	if t.port == 0 {
-		e, ok := s.cfg.Services.ByName(t.service, t.network)
+		e, ok := p.s.cfg.Services.ByName(t.service, t.network)
 		if !ok {
-			return nil, failed(&netprobev1.ConnectResponse{}, unknownService(t.service, t.network, start), start)
+			p.resp = failed(&netprobev1.ConnectResponse{}, unknownService(t.service, t.network, p.start), p.start)
+			return nil
 		}
 		t.port = e.Port
 	}
-	addrs, err := s.resolve(ctx, t)
-	resolved := time.Since(start)
+	addrs, err := p.s.resolve(p.pctx, *t)
+	p.resolved = time.Since(p.start)
 	if err != nil {
-		resp := &netprobev1.ConnectResponse{Port: uint32(t.port), ResolveDuration: durationpb.New(resolved)}
-		return nil, failed(resp, probeError(netprobev1.Stage_STAGE_RESOLVE, t.host, err, resolved), start)
+		resp := &netprobev1.ConnectResponse{Port: uint32(t.port), ResolveDuration: durationpb.New(p.resolved)}
+		p.resp = failed(resp, probeError(netprobev1.Stage_STAGE_RESOLVE, t.host, err, p.resolved), p.start)
+		return nil
 	}
-	targets := make([]netip.AddrPort, len(addrs))
+	p.targets = make([]netip.AddrPort, len(addrs))
 	for i, a := range addrs {
-		targets[i] = netip.AddrPortFrom(a, t.port)
+		p.targets[i] = netip.AddrPortFrom(a, t.port)
 	}
 
+	ctx := p.pctx
 	if t.source.IsValid() {
 		ctx = context.WithValue(ctx, sourceKey{}, t.source)
 	}
-	connectStart := time.Now()
+	p.connectStart = time.Now()
 	caller := CallerFrom(ctx)
-	check := func(ap netip.AddrPort) error { return s.cfg.Policy.Check(caller, ap) }
-	conn, attempts := dialParallel(ctx, t.network, targets, check)
-	return conn, dialReport(ctx, conn, attempts, targets, resolved, connectStart, start)
+	check := func(ap netip.AddrPort) error { return p.s.cfg.Policy.Check(caller, ap) }
+	conn, attempts := dialParallel(ctx, t.network, p.targets, check)
+	p.resp = p.dialReport(conn, attempts)
+	return conn
 }
 
 // dialReport makes the report of a connect phase that is over. It is made
 // only then, in a function of its own, so that a probe waiting on the
 // network holds no more than it needs to dial: neither the report nor this
-// frame (see dialer).
-func dialReport(ctx context.Context, conn net.Conn, attempts []*attempt, targets []netip.AddrPort, resolved time.Duration, connectStart, start time.Time) *netprobev1.ConnectResponse {
+// frame (see doc.go).
+func (p *probing) dialReport(conn net.Conn, attempts []*attempt) *netprobev1.ConnectResponse {
 	resp := &netprobev1.ConnectResponse{
-		Port:              uint32(targets[0].Port()),
-		ResolvedAddresses: make([]string, len(targets)),
-		ResolveDuration:   durationpb.New(resolved),
-		ConnectDuration:   durationpb.New(time.Since(connectStart)),
+		Port:              uint32(p.targets[0].Port()),
+		ResolvedAddresses: make([]string, len(p.targets)),
+		ResolveDuration:   durationpb.New(p.resolved),
+		ConnectDuration:   durationpb.New(time.Since(p.connectStart)),
 	}
-	for i, ap := range targets {
+	for i, ap := range p.targets {
 		resp.ResolvedAddresses[i] = ap.Addr().String()
 	}
 	var firstErr *netprobev1.ProbeError
-	resp.Attempts, firstErr = reportAttempts(attempts, connectStart, start)
+	resp.Attempts, firstErr = reportAttempts(attempts, p.connectStart, p.start)
 	if conn == nil {
 		if firstErr == nil {
 			// Nothing was tried before the budget ran out (or every try
 			// was cut short by it).
-			firstErr = probeError(netprobev1.Stage_STAGE_CONNECT, targets[0].String(), context.Cause(ctx), time.Since(start))
+			firstErr = probeError(netprobev1.Stage_STAGE_CONNECT, p.targets[0].String(), context.Cause(p.pctx), time.Since(p.start))
 		}
-		return failed(resp, firstErr, start)
+		return failed(resp, firstErr, p.start)
 	}
 	resp.LocalAddress = conn.LocalAddr().String()
 	resp.PeerAddress = conn.RemoteAddr().String()
 	resp.TcpInfo = tcpInfo(conn)
-	resp.TotalDuration = durationpb.New(time.Since(start))
+	resp.TotalDuration = durationpb.New(time.Since(p.start))
 	return resp
 }
 
@@ -208,7 +232,7 @@ func dialParallel(ctx context.Context, network string, addrs []netip.AddrPort, c
 
 // race is dialParallel with both families. It is a function of its own so
 // that the common case, one family, does not carry its frame: a probe
-// waiting on the network holds its whole stack (see dialer).
+// waiting on the network holds its whole stack (see doc.go).
 func race(ctx context.Context, network string, primaries, fallbacks []netip.AddrPort, check func(netip.AddrPort) error) (net.Conn, []*attempt) {
 	type result struct {
 		conn     net.Conn
@@ -330,9 +354,7 @@ type sourceKey struct{}
 type socketMadeKey struct{}
 
 // dialer is shared by every attempt, so that an attempt's frame does not
-// hold a net.Dialer of its own: a probe waiting on the network holds its
-// whole stack, and one frame too many takes it past 8 KiB, which the
-// runtime then doubles (go run ./bench -only inflight measures it).
+// hold a net.Dialer of its own (see doc.go).
 var dialer = net.Dialer{
 	KeepAlive: -1,
 	// The hook runs once the socket exists and before connect(2). It binds

@@ -48,55 +48,55 @@ func bufferPool(size int) *sync.Pool {
 // Fetch implements netprobev1.ProbeServiceServer.
 //
 // It is split in three so that the frames below which the dial waits stay
-// small: a probe waiting on the network holds its whole stack (see
-// dialer).
+// small (see doc.go).
 func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
-	p, err := s.validateFetch(req)
+	fp, err := s.validateFetch(req)
 	if err != nil {
 		return err
 	}
-	if err := s.grantIdentity(stream.Context(), "tls", p.tls); err != nil {
+	if err := s.grantIdentity(stream.Context(), "tls", fp.tls); err != nil {
 		return err
 	}
 	start := time.Now()
 	// Cut ends a Fetch that outlives the shutdown's grace period.
 	cctx, done := s.cuttable(stream.Context())
 	defer done()
-	pctx, cancel := context.WithTimeout(cctx, p.timeout)
+	pctx, cancel := context.WithTimeout(cctx, fp.timeout)
 	defer cancel()
-	conn, cresp := s.openFetch(pctx, p, start)
+	p := &probing{s: s, ctx: stream.Context(), pctx: pctx, start: start, target: fp.target, tls: fp.tls}
+	conn := p.openFetch(fp)
 	if conn != nil {
 		defer conn.Close()
 	}
-	return s.fetchOver(pctx, conn, cresp, p, req, stream, start)
+	return p.fetchOver(conn, fp, req, stream)
 }
 
 // openFetch connects and, when asked, shakes hands over TLS. It returns the
-// connection to exchange over, or nil with cresp.Error set.
-func (s *Server) openFetch(pctx context.Context, p *fetchParams, start time.Time) (net.Conn, *netprobev1.ConnectResponse) {
-	conn, cresp := s.connect(pctx, p.target, start)
+// connection to exchange over, or nil with p.resp.Error set.
+func (p *probing) openFetch(fp *fetchParams) net.Conn {
+	conn := p.connect()
 	// With steps, TLS starts where a start_tls step says.
-	if conn == nil || p.tls == nil || len(p.steps) > 0 {
-		return conn, cresp
+	if conn == nil || fp.tls == nil || len(fp.steps) > 0 {
+		return conn
 	}
-	tc, res, pe := handshake(pctx, conn, p.tls, p.target, start)
-	cresp.Tls, cresp.Error = res, pe
+	tc, res, pe := handshake(p.pctx, conn, fp.tls, fp.target, p.start)
+	p.resp.Tls, p.resp.Error = res, pe
 	if tc == nil {
 		conn.Close()
-		return nil, cresp
+		return nil
 	}
 	// The exchange crosses TLS; closing tc closes the connection.
-	return tc, cresp
+	return tc
 }
 
 // fetchOver reports the connect phase and runs the exchange over conn,
 // when there is one.
-func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev1.ConnectResponse, p *fetchParams, req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse], start time.Time) error {
-	ctx := stream.Context()
+func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
+	ctx, pctx, cresp := p.ctx, p.pctx, p.resp
 	if conn != nil {
 		if req.GetReverseLookup() {
-			cresp.ReverseLookup = s.reverseLookup(pctx, conn.RemoteAddr(), start)
-			cresp.TotalDuration = durationpb.New(time.Since(start))
+			cresp.ReverseLookup = p.s.reverseLookup(pctx, conn.RemoteAddr(), p.start)
+			cresp.TotalDuration = durationpb.New(time.Since(p.start))
 		}
 		// A caller who leaves mid-stream, or a Cut, gets the target
 		// connection closed at once, not when the probe's timeout runs
@@ -111,8 +111,8 @@ func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev
 	markCut(pctx, cresp.Error)
 	report := Report{Method: "Fetch", Target: req.GetTarget(), Connect: cresp, Error: cresp.Error}
 	defer func() {
-		report.Duration = time.Since(start)
-		s.observe(ctx, report)
+		report.Duration = time.Since(p.start)
+		p.s.observe(ctx, report)
 	}()
 	if err := callerGone(ctx); err != nil {
 		return err
@@ -129,7 +129,7 @@ func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev
 		sum.Error = cresp.Error
 	} else {
 		deadline, _ := pctx.Deadline()
-		f := &fetch{fetchParams: p, ctx: pctx, conn: conn, stream: stream, start: start, deadline: deadline, sum: sum}
+		f := &fetch{fetchParams: fp, ctx: pctx, conn: conn, stream: stream, start: p.start, deadline: deadline, sum: sum}
 		if err := f.exchange(); err != nil {
 			return err
 		}
@@ -143,7 +143,7 @@ func (s *Server) fetchOver(pctx context.Context, conn net.Conn, cresp *netprobev
 		markCut(pctx, sum.Error)
 	}
 	report.Error = sum.Error
-	sum.TotalDuration = durationpb.New(time.Since(start))
+	sum.TotalDuration = durationpb.New(time.Since(p.start))
 	return stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: sum}})
 }
 

@@ -277,7 +277,9 @@ func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
 	asked := targetProto(t, job.asked)
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(sw.ctx, job.timeout)
-	conn, resp := sw.s.connect(pctx, t, start)
+	pr := &probing{s: sw.s, ctx: sw.callCtx, pctx: pctx, start: start, target: t}
+	conn := pr.connect()
+	resp := pr.resp
 	var sum *netprobev1.FetchSummary
 	if conn != nil {
 		var tp *tlsParams
