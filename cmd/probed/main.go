@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -37,6 +38,7 @@ type config struct {
 	TLSClientCA     string           `name:"tls-client-ca" env:"NETPROBE_TLS_CLIENT_CA" type:"path" group:"Serving" help:"Require client certificates signed by these CAs (PEM): mutual TLS. The certificate's common name is the caller's identity."`
 	TokensFile      string           `env:"NETPROBE_TOKENS_FILE" type:"path" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
 	ShutdownGrace   time.Duration    `default:"10s" env:"NETPROBE_SHUTDOWN_GRACE" group:"Serving" help:"On SIGINT or SIGTERM, how long in-flight calls get to finish before they are cut off."`
+	PprofAddr       string           `env:"NETPROBE_PPROF_ADDR" group:"Serving" placeholder:"HOST:PORT" help:"Serve Go's profiler (net/http/pprof, /debug/pprof/) on this address, for measuring probed under load; off by default. It shows the process's internals: keep it on loopback."`
 	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address, at /metrics; empty turns them off."`
 	Allow           []string         `sep:";" env:"NETPROBE_ALLOW" placeholder:"RULE" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
 	Deny            []string         `sep:";" env:"NETPROBE_DENY" placeholder:"RULE" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
@@ -161,6 +163,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		defer metricsLis.Close()
 		self = append(self, metricsLis.Addr())
 	}
+	// The profiler's listener is the server's own too: the target policy
+	// denies it to probes.
+	var pprofLis net.Listener
+	if cfg.PprofAddr != "" {
+		if pprofLis, err = net.Listen("tcp", cfg.PprofAddr); err != nil {
+			return fmt.Errorf("pprof: %w", err)
+		}
+		self = append(self, pprofLis.Addr())
+	}
 	if cfg.WebConfigFile != "" {
 		if err := web.Validate(cfg.WebConfigFile); err != nil {
 			return fmt.Errorf("web config: %w", err)
@@ -194,6 +205,10 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		}()
 		defer hsrv.Close()
 		attrs = append(attrs, "metrics_addr", metricsLis.Addr().String())
+	}
+	if pprofLis != nil {
+		defer servePprof(pprofLis, logger)()
+		attrs = append(attrs, "pprof_addr", pprofLis.Addr().String())
 	}
 	logger.Info("serving", attrs...)
 	logger.Info("target policy", "rules", srv.PolicyRules())
@@ -313,4 +328,22 @@ func checkModules(cfg config, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: %d modules netprobe runs: %s\n", cfg.CheckModules, len(set.Modules), strings.Join(set.Names(), ", "))
 	return 0
+}
+
+// servePprof serves net/http/pprof's handlers on lis, on a mux of their
+// own (not the default one, which other packages may add to), until stop.
+func servePprof(lis net.Listener, logger *slog.Logger) (stop func()) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("pprof server failed", "err", err)
+		}
+	}()
+	return func() { srv.Close() }
 }
