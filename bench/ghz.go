@@ -131,7 +131,7 @@ func startProbedLogging(ctx context.Context, bin, logFile string) (addr, metrics
 	}
 	cmd := exec.CommandContext(ctx, bin, "--listen="+addr, "--metrics-addr="+metrics,
 		"--rate=1e9", "--burst=1000000000", "--max-in-flight=1000000", "--max-in-flight-per-caller=1000000",
-		"--max-streams-per-connection=1000000")
+		"--max-streams-per-connection=1000000", "--max-reads-per-caller=1000000")
 	cmd.Stderr = f
 	if err := cmd.Start(); err != nil {
 		f.Close()

@@ -29,7 +29,7 @@ func startProbed(bin string, extra ...string) (*server, error) {
 	args := append([]string{"--listen=127.0.0.1:0",
 		"--rate=1e9", "--burst=1000000000",
 		"--max-in-flight=1000000", "--max-in-flight-per-caller=1000000",
-		"--max-streams-per-connection=1000000",
+		"--max-streams-per-connection=1000000", "--max-reads-per-caller=1000000",
 	}, extra...)
 	p, err := probetest.Launch(exec.Command(bin, args...))
 	if err != nil {
