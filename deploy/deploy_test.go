@@ -7,9 +7,12 @@ package deploy_test
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -185,4 +188,67 @@ func TestPrometheusConfig(t *testing.T) {
 	if out, err := exec.Command(promtool, "check", "config", "--syntax-only", "prometheus/prometheus.yml").CombinedOutput(); err != nil {
 		t.Errorf("promtool: %v\n%s", err, out)
 	}
+}
+
+// TestImage checks the Kubernetes manifest against the image built by
+// deploy/image/build, named by NETPROBE_IMAGE (CI sets it): the manifest
+// runs that image, as its user, and its args are probed's, the image's
+// entrypoint.
+func TestImage(t *testing.T) {
+	image := os.Getenv("NETPROBE_IMAGE")
+	if image == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("NETPROBE_IMAGE is not set, and CI=true forbids skipping: .ci/run builds the image first")
+		}
+		t.Skip("no image: build one with deploy/image/build and set NETPROBE_IMAGE to it")
+	}
+	out, err := exec.Command("podman", "image", "inspect", image).Output()
+	if err != nil {
+		t.Fatalf("podman image inspect %s: %v", image, err)
+	}
+	var inspected []struct {
+		RepoTags []string
+		Config   struct {
+			User       string
+			Entrypoint []string
+		}
+	}
+	if err := json.Unmarshal(out, &inspected); err != nil || len(inspected) != 1 {
+		t.Fatalf("podman image inspect: %v\n%s", err, out)
+	}
+	img := inspected[0]
+
+	data, err := os.ReadFile("kubernetes/netprobe.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme := runtime.NewScheme()
+	if err := appsv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	decoder := serializer.NewCodecFactory(scheme).UniversalDeserializer()
+	var ds *appsv1.DaemonSet
+	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
+		if obj, _, err := decoder.Decode(doc, nil, nil); err == nil {
+			if d, ok := obj.(*appsv1.DaemonSet); ok {
+				ds = d
+			}
+		}
+	}
+	if ds == nil {
+		t.Fatal("no DaemonSet in netprobe.yaml")
+	}
+	pod := ds.Spec.Template.Spec
+	c := pod.Containers[0]
+	if !slices.Contains(img.RepoTags, c.Image) {
+		t.Errorf("the DaemonSet runs %s; the image built is tagged %q", c.Image, img.RepoTags)
+	}
+	sc := pod.SecurityContext
+	if sc == nil || sc.RunAsUser == nil || sc.RunAsGroup == nil || fmt.Sprintf("%d:%d", *sc.RunAsUser, *sc.RunAsGroup) != img.Config.User {
+		t.Errorf("the pod runs as %v; the image's user is %s", sc, img.Config.User)
+	}
+	if strings.Join(img.Config.Entrypoint, " ") != "/probed" || len(c.Command) != 0 {
+		t.Errorf("the image's entrypoint is %q and the container's command %q: the args are probed's only with /probed", img.Config.Entrypoint, c.Command)
+	}
+	checkFlags(t, "DaemonSet args", c.Args, probedFlags(t))
 }
