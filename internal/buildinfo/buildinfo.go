@@ -9,9 +9,16 @@ import "runtime/debug"
 // version an image or release build was stamped with.
 var version string
 
-// Version is the stamped version, or else the module version with the VCS
-// revision when built from a checkout.
+// revision, set at link time beside version, is the commit built.
+var revision string
+
+// Version is the stamped version (with the commit, when stamped too), or
+// else the module version with the VCS revision when built from a
+// checkout.
 func Version() string {
+	if version != "" && revision != "" {
+		return version + " (" + revision + ")"
+	}
 	if version != "" {
 		return version
 	}
