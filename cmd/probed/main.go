@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/netprobe/netprobe/internal/batchwriter"
 	"github.com/netprobe/netprobe/internal/buildinfo"
+	"github.com/netprobe/netprobe/internal/probecli"
 	"github.com/netprobe/netprobe/internal/server"
 	"github.com/netprobe/netprobe/service"
 )
@@ -101,6 +103,11 @@ var vars = kong.Vars{
 }
 
 func main() {
+	// The container image holds one binary for both commands: called as
+	// probe (a link to probed), it is the CLI.
+	if filepath.Base(os.Args[0]) == "probe" {
+		os.Exit(probecli.Main())
+	}
 	var cfg config
 	kong.Parse(&cfg, kong.Name("probed"), kong.Description(description), kong.UsageOnError(), vars)
 	if cfg.CheckModules != "" {

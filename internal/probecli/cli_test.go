@@ -1,4 +1,4 @@
-package main
+package probecli
 
 import (
 	"bufio"
@@ -384,7 +384,7 @@ func TestExitCodeTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, table, _ := strings.Cut(string(doc), "<!-- exit codes: checked by cmd/probe TestExitCodeTable -->\n")
+	_, table, _ := strings.Cut(string(doc), "<!-- exit codes: checked by internal/probecli TestExitCodeTable -->\n")
 	table, _, _ = strings.Cut(table, "<!-- end of exit codes -->")
 	var want strings.Builder
 	want.WriteString("| code | meaning |\n|---|---|\n")
