@@ -32,10 +32,7 @@ func TestPrometheus(t *testing.T) {
 	prometheus := probetest.Program(t, "prometheus", "apt-get install prometheus (Debian's package)")
 	dir := t.TempDir()
 	ca := probetest.NewCA(t)
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := ca.WriteFile(t, dir)
 	// The TLS targets are by name, as blackbox_exporter's are, and the
 	// modules verify the certificate for it: mail.test, IPv4 only.
 	dns := dnstest.Start(t)

@@ -25,10 +25,7 @@ func TestWebConfig(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ca := probetest.NewCA(t)
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := ca.WriteFile(t, dir)
 	certFile, keyFile := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, "probed", true))
 	hash, err := bcrypt.GenerateFromPassword([]byte("scrape-secret"), bcrypt.MinCost)
 	if err != nil {

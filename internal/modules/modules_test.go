@@ -98,9 +98,7 @@ var startTLS = &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true
 func TestOptions(t *testing.T) {
 	dir := t.TempDir()
 	ca := probetest.NewCA(t)
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca.WriteFile(t, dir)
 	certFile, keyFile := probetest.WriteFiles(t, dir, ca.Issue(t, "prober", false))
 	target := &netprobev1.Target{Host: "mail.test", Port: 25}
 	for _, tc := range []struct {

@@ -403,10 +403,7 @@ func TestExitCodeTable(t *testing.T) {
 func TestDialogueFlags(t *testing.T) {
 	w := newWorld(t)
 	ca := probetest.NewCA(t)
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := ca.WriteFile(t, t.TempDir())
 	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}}
 	smtp := smtpServer(t, cfg)
 	only12 := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
@@ -485,10 +482,7 @@ func TestClientCertificate(t *testing.T) {
 	serverCA, clientCA := probetest.NewCA(t), probetest.NewCA(t)
 	dir := t.TempDir()
 	certFile, keyFile := probetest.WriteFiles(t, dir, clientCA.Issue(t, "cli", false))
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, serverCA.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := serverCA.WriteFile(t, dir)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(clientCA.PEM)
 	cfg := &tls.Config{Certificates: []tls.Certificate{serverCA.Issue(t, "localhost", true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}

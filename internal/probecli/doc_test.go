@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -28,10 +27,7 @@ func TestDocExamples(t *testing.T) {
 	echo := port(probetest.Listen(t, "127.0.0.1:0", probetest.Echo))
 	ca := probetest.NewCA(t)
 	dir := t.TempDir()
-	files := map[string]string{"ca.pem": filepath.Join(dir, "ca.pem")}
-	if err := os.WriteFile(files["ca.pem"], ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	files := map[string]string{"ca.pem": ca.WriteFile(t, dir)}
 	files["client.pem"], files["client.key"] = probetest.WriteFiles(t, dir, ca.Issue(t, "client", false))
 	serverCert := []tls.Certificate{ca.Issue(t, "localhost", true)}
 	smtp := smtpServer(t, &tls.Config{Certificates: serverCert})

@@ -620,10 +620,7 @@ func TestSweep(t *testing.T) {
 func TestConnectHandshake(t *testing.T) {
 	t.Parallel()
 	ca := probetest.NewCA(t)
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := ca.WriteFile(t, t.TempDir())
 	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "target", true)}, NextProtos: []string{"h2"}}
 	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		tc := tls.Server(c, cfg)
@@ -659,10 +656,7 @@ func TestConnectHandshake(t *testing.T) {
 func TestFetchHandshake(t *testing.T) {
 	t.Parallel()
 	ca := probetest.NewCA(t)
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := ca.WriteFile(t, t.TempDir())
 	cfg := &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "web", true)}}
 	requests := make(chan string, 1)
 	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {

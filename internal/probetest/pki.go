@@ -81,6 +81,17 @@ func (ca *CA) Issue(t testing.TB, cn string, server bool, changes ...func(*x509.
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
+// WriteFile writes the CA certificate as ca.pem in dir and returns its
+// path, for what takes a CA file.
+func (ca *CA) WriteFile(t testing.TB, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(path, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // WriteFiles writes cert and its key as PEM files in dir and returns their
 // paths.
 func WriteFiles(t testing.TB, dir string, cert tls.Certificate) (certFile, keyFile string) {

@@ -97,10 +97,7 @@ func TestScrape(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ca := probetest.NewCA(t)
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile := ca.WriteFile(t, dir)
 	certFile, keyFile := probetest.WriteFiles(t, dir, ca.Issue(t, "scraper", false))
 	path := writeModules(t, dir, fmt.Sprintf(`modules:
   tcp_connect:
