@@ -1,11 +1,11 @@
 package server
 
 import (
+	"container/list"
 	"context"
 	"net"
 	"net/netip"
 	"sync"
-	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
@@ -163,16 +163,18 @@ func (l *inFlight) takeLocked(key caller) (release func()) {
 }
 
 // maxRateCallers bounds the rate limiter's memory: the callers it keeps a
-// bucket for.
-const maxRateCallers = 4096
+// bucket for (about 200 bytes each).
+const maxRateCallers = 16384
 
 // rateLimiter gives each caller a token bucket: rate probes a second on
-// average, burst at once. A bucket that has filled up again is the same
-// as a new one, so it is forgotten when the table is full; should the
-// table still be full of callers in the middle of their burst, new
-// callers share one bucket until some are forgotten. No caller's bucket is
-// ever reset: a caller cannot clear its own limit, or anybody else's, by
-// showing up from many addresses.
+// average, burst at once. The table of buckets is bounded: when it is
+// full, the caller seen least recently is forgotten to make room for a new
+// one. A caller that keeps calling, even only to be refused, stays in the
+// table and stays limited, however many others come; one that is
+// forgotten has been idle while maxCallers others came, and comes back
+// with a full burst, which is no more than a new address would have. So a
+// new caller always has a bucket of its own: a crowd of callers at a low
+// rate cannot make later ones share theirs.
 type rateLimiter struct {
 	// label names the limit in netprobe_limit_refusals_total.
 	label      string
@@ -182,11 +184,15 @@ type rateLimiter struct {
 	metrics    *metrics
 
 	mu      sync.Mutex
-	callers map[caller]*rate.Limiter
-	// overflow is the bucket new callers share while the table is full.
-	overflow *rate.Limiter
-	// swept is when full buckets were last looked for.
-	swept time.Time
+	callers map[caller]*list.Element
+	// recent orders the buckets by last use, the most recent first; its
+	// values are *callerBucket.
+	recent list.List
+}
+
+type callerBucket struct {
+	key caller
+	lim *rate.Limiter
 }
 
 func newRateLimiter(label string, perSecond float64, burst int, m *metrics) *rateLimiter {
@@ -196,36 +202,26 @@ func newRateLimiter(label string, perSecond float64, burst int, m *metrics) *rat
 		burst:      burst,
 		maxCallers: maxRateCallers,
 		metrics:    m,
-		callers:    map[caller]*rate.Limiter{},
-		overflow:   rate.NewLimiter(rate.Limit(perSecond), burst),
+		callers:    map[caller]*list.Element{},
 	}
 }
 
-// bucket returns key's bucket.
+// bucket returns key's bucket, making it the most recently used.
 func (r *rateLimiter) bucket(key caller) *rate.Limiter {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if lim, ok := r.callers[key]; ok {
-		return lim
+	if e, ok := r.callers[key]; ok {
+		r.recent.MoveToFront(e)
+		return e.Value.(*callerBucket).lim
 	}
 	if len(r.callers) >= r.maxCallers {
-		// Looking for full buckets costs a pass over the table: at most
-		// once a second.
-		if now := time.Now(); now.Sub(r.swept) >= time.Second {
-			r.swept = now
-			for k, lim := range r.callers {
-				if lim.TokensAt(now) >= float64(r.burst) {
-					delete(r.callers, k)
-				}
-			}
-		}
-		if len(r.callers) >= r.maxCallers {
-			return r.overflow
-		}
+		oldest := r.recent.Back()
+		delete(r.callers, oldest.Value.(*callerBucket).key)
+		r.recent.Remove(oldest)
 	}
-	lim := rate.NewLimiter(r.rate, r.burst)
-	r.callers[key] = lim
-	return lim
+	b := &callerBucket{key: key, lim: rate.NewLimiter(r.rate, r.burst)}
+	r.callers[key] = r.recent.PushFront(b)
+	return b.lim
 }
 
 // Limit refuses a probe over the caller's rate with RESOURCE_EXHAUSTED.

@@ -19,9 +19,10 @@ func from(ip string) context.Context {
 }
 
 // TestRateLimiterTable fills the rate limiter's table with callers, as
-// one attacker with many source addresses would: a caller that has spent
-// its burst stays limited however many others come, while the buckets of
-// callers that have filled up again are the ones forgotten.
+// one attacker with many source addresses would, each spending part of its
+// burst at a low rate: a caller that keeps calling stays limited however
+// many others come, and every new caller still gets a burst of its own
+// rather than sharing one with the crowd.
 func TestRateLimiterTable(t *testing.T) {
 	r := newRateLimiter("rate", 1e-9, 2, newMetrics(prometheus.NewRegistry()))
 	r.maxCallers = 100
@@ -31,32 +32,33 @@ func TestRateLimiterTable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	attacker := func(i int) context.Context {
+		return from(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String())
+	}
 	for i := range 1000 {
-		// Each attacker address spends its own burst, so that no bucket
-		// is full.
-		ctx := from(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String())
-		r.Limit(ctx)
-		r.Limit(ctx)
-	}
-	if err := r.Limit(victim); status.Code(err) != codes.ResourceExhausted {
-		t.Errorf("the victim after 1,000 other callers: %v, want still over its rate", err)
-	}
-	if len(r.callers) > r.maxCallers {
-		t.Errorf("%d buckets kept, want at most %d", len(r.callers), r.maxCallers)
-	}
-
-	// Full buckets are the same as new ones: those are forgotten to make
-	// room, and their callers lose nothing.
-	idle := newRateLimiter("rate", 1e9, 2, newMetrics(prometheus.NewRegistry()))
-	idle.maxCallers = 100
-	for i := range 1000 {
-		ctx := from(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}).String())
-		if err := idle.Limit(ctx); err != nil {
-			t.Fatalf("caller %d: %v", i, err)
+		// Each attacker address spends part of its burst, so that no
+		// bucket is full.
+		if err := r.Limit(attacker(i)); err != nil {
+			t.Fatalf("attacker %d, new, was refused: %v (new callers share a bucket)", i, err)
+		}
+		if i%10 == 0 {
+			// The victim keeps calling, and keeps being refused.
+			if err := r.Limit(victim); status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("the victim after %d other callers: %v, want still over its rate", i, err)
+			}
 		}
 	}
-	if len(idle.callers) > idle.maxCallers {
-		t.Errorf("%d buckets kept, want at most %d", len(idle.callers), idle.maxCallers)
+	if len(r.callers) > r.maxCallers || r.recent.Len() != len(r.callers) {
+		t.Errorf("%d buckets kept (%d in the list), want at most %d", len(r.callers), r.recent.Len(), r.maxCallers)
+	}
+	// The callers forgotten were the least recent: the last attackers are
+	// still limited by what they spent.
+	last := attacker(999)
+	if err := r.Limit(last); err != nil {
+		t.Fatalf("the last attacker's second probe: %v", err)
+	}
+	if err := r.Limit(last); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("the last attacker's third probe: %v, want over its rate", err)
 	}
 }
 
