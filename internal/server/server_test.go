@@ -37,25 +37,21 @@ func TestAbandonedFetchDuration(t *testing.T) {
 	f.Close()
 
 	// The probe is observed as the handler ends, after the client has
-	// seen its end: wait for it.
-	deadline := time.Now().Add(probetest.Timeout)
-	for {
+	// seen its end, its count and its phases one after the other: wait
+	// for both.
+	var total *dto.Histogram
+	probetest.Eventually(t, func() bool {
 		families := scrape(t, srv)
-		if n, _ := metricValue(families["netprobe_probes_total"], map[string]string{"method": "Fetch", "outcome": "abandoned"}); n == 1 {
-			for _, m := range families["netprobe_probe_phase_seconds"].GetMetric() {
-				if l := labels(m.GetLabel()); l["method"] == "Fetch" && l["phase"] == "total" {
-					if sum := m.GetHistogram().GetSampleSum(); sum < delay.Seconds() {
-						t.Errorf("total phase %.3fs, want at least the %v the Fetch ran", sum, delay)
-					}
-					return
-				}
+		n, _ := metricValue(families["netprobe_probes_total"], map[string]string{"method": "Fetch", "outcome": "abandoned"})
+		for _, m := range families["netprobe_probe_phase_seconds"].GetMetric() {
+			if l := labels(m.GetLabel()); l["method"] == "Fetch" && l["phase"] == "total" {
+				total = m.GetHistogram()
 			}
-			t.Fatal("no total phase for Fetch")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the Fetch was never counted abandoned")
-		}
-		time.Sleep(10 * time.Millisecond)
+		return n == 1 && total != nil
+	}, func() string { return "the Fetch was never counted abandoned with its total phase" })
+	if sum := total.GetSampleSum(); sum < delay.Seconds() {
+		t.Errorf("total phase %.3fs, want at least the %v the Fetch ran", sum, delay)
 	}
 }
 
