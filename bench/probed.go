@@ -30,6 +30,7 @@ func startProbed(bin string, extra ...string) (*server, error) {
 		"--rate=1e9", "--burst=1000000000",
 		"--max-in-flight=1000000", "--max-in-flight-per-caller=1000000",
 		"--max-streams-per-connection=1000000", "--max-reads-per-caller=1000000",
+		"--max-sweeps-per-caller=1000000", "--max-sweeps=1000000", "--max-connections-per-source=1000000", "--max-connections=1000000",
 	}, extra...)
 	p, err := probetest.Launch(exec.Command(bin, args...))
 	if err != nil {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -112,12 +114,13 @@ func (v *victim) grew(t *testing.T, base footprint) footprint {
 
 var connectMethod = netprobev1.ProbeService_Connect_FullMethodName
 
-// TestAttackPartialMessages opens 200 streams without a token, each
-// sending all but the last byte of a 1 MiB Connect request, then the same
-// on health checks, which need no token. The Connect streams are refused
-// as they open and their data dropped unread; of the health checks, a
-// caller gets --max-reads-per-caller read at once, and the rest are
-// refused before any of their request is read.
+// TestAttackPartialMessages opens 200 streams, each sending all but the
+// last byte of a 1 MiB request. Without a token, on Connect and on health
+// checks (which need none), the connection is cut with a GOAWAY once it
+// has sent more than an unauthenticated connection may. On a connection
+// that has authenticated, a caller gets --max-reads-per-caller health
+// check requests read at once, and the rest are refused before any of
+// their request is read.
 func TestAttackPartialMessages(t *testing.T) {
 	t.Parallel()
 	v := startVictim(t)
@@ -125,30 +128,37 @@ func TestAttackPartialMessages(t *testing.T) {
 	body := bytes.Repeat([]byte{'x'}, 1<<20-1)
 	const streams = 200
 
-	t.Run("Connect", func(t *testing.T) {
-		h := probetest.DialH2(t, v.Addr)
-		for range streams {
-			id, err := h.Open(probetest.Request(connectMethod), false)
-			if err != nil {
-				t.Fatal(err)
+	for _, method := range []string{connectMethod, healthpb.Health_Check_FullMethodName} {
+		t.Run("unauthenticated "+method, func(t *testing.T) {
+			h := probetest.DialH2(t, v.Addr)
+			opened := 0
+			for range streams {
+				id, err := h.Open(probetest.Request(method), false)
+				if err == nil {
+					err = h.Data(id, probetest.Message(1<<20, body), false)
+				}
+				if err != nil {
+					// The server has cut the connection.
+					break
+				}
+				opened++
 			}
-			if err := h.Data(id, probetest.Message(1<<20, body), false); err != nil {
-				t.Fatal(err)
+			select {
+			case <-h.Closed:
+			case <-time.After(probetest.Timeout):
+				t.Fatalf("the connection is still open after %d partial requests; answers %v", opened, h.Statuses())
 			}
-		}
-		if !h.Ping() {
-			t.Fatalf("the connection ended: %v", h.ReadErr)
-		}
-		v.grew(t, base)
-		if got := h.Statuses()[int(codes.Unauthenticated)]; got != streams {
-			t.Errorf("%d streams answered UNAUTHENTICATED, want %d (answers: %v)", got, streams, h.Statuses())
-		}
-		h.Close()
-		v.settles(t, base, 4<<20)
-	})
+			if g := h.GoAwayFrame(); g == nil || g.Code != http2.ErrCodeEnhanceYourCalm || g.Debug != "too much data before authenticating" {
+				t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM, too much data before authenticating", g)
+			}
+			v.grew(t, base)
+			v.settles(t, base, 4<<20)
+		})
+	}
 
-	t.Run("health", func(t *testing.T) {
+	t.Run("authenticated connection, health", func(t *testing.T) {
 		h := probetest.DialH2(t, v.Addr)
+		authenticate(t, h)
 		ids := make([]uint32, streams)
 		for i := range ids {
 			var err error
@@ -179,14 +189,12 @@ func TestAttackPartialMessages(t *testing.T) {
 		// The streams the server reads take the whole request but its last
 		// byte; the others are refused, over the caller's reads
 		// (RESOURCE_EXHAUSTED) or, while a hundred streams are open, by
-		// HTTP/2 (REFUSED_STREAM). Wait for the refusals.
-		deadline := time.Now().Add(probetest.Timeout)
-		for h.Statuses()[int(codes.ResourceExhausted)]+h.Resets()[http2.ErrCodeRefusedStream] < streams-8 {
-			if time.Now().After(deadline) {
-				t.Fatalf("answers %v, resets %v; want %d refused", h.Statuses(), h.Resets(), streams-8)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		// HTTP/2 (REFUSED_STREAM).
+		probetest.Eventually(t, func() bool {
+			return h.Statuses()[int(codes.ResourceExhausted)]+h.Resets()[http2.ErrCodeRefusedStream] >= streams-8
+		}, func() string {
+			return fmt.Sprintf("answers %v, resets %v; want %d refused", h.Statuses(), h.Resets(), streams-8)
+		})
 		wg.Wait()
 		v.grew(t, base)
 		h.Close()
@@ -201,6 +209,261 @@ func TestAttackPartialMessages(t *testing.T) {
 		}
 		v.settles(t, base, 4<<20)
 	})
+}
+
+// authenticate makes one call with alice's token on h, which makes its
+// connection known: a ResolveService with no name, INVALID_ARGUMENT.
+func authenticate(t *testing.T, h *probetest.H2) {
+	t.Helper()
+	token := hpack.HeaderField{Name: "authorization", Value: "Bearer " + aliceToken}
+	id, err := h.Open(probetest.Request(netprobev1.ProbeService_ResolveService_FullMethodName, token), false)
+	if err == nil {
+		err = h.Data(id, probetest.Message(0, nil), true)
+	}
+	if err == nil {
+		err = h.Flush()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	probetest.Eventually(t, func() bool { return h.Ended(id) }, func() string {
+		return fmt.Sprintf("no answer to the authenticated call: %v", h.Statuses())
+	})
+	if got := h.Statuses()[int(codes.InvalidArgument)]; got != 1 {
+		t.Fatalf("the authenticated call: answers %v (%v), want INVALID_ARGUMENT", h.Statuses(), h.Messages())
+	}
+}
+
+// TestAttackSweepRequests opens, with a token, four connections of 50
+// Sweep streams each, every one sending all but the last byte of a 1 MiB
+// request: a caller's Sweeps are admitted before their requests are read,
+// so the server reads --max-sweeps-per-caller of them and refuses the
+// rest, whose requests it never holds.
+func TestAttackSweepRequests(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	base := v.footprint(t)
+	body := bytes.Repeat([]byte{'x'}, 1<<20-1)
+	token := hpack.HeaderField{Name: "authorization", Value: "Bearer " + aliceToken}
+	const conns, streams = 4, 50
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	full, refused := 0, 0
+	var hs []*probetest.H2
+	for range conns {
+		h := probetest.DialH2(t, v.Addr)
+		hs = append(hs, h)
+		ids := make([]uint32, streams)
+		for i := range ids {
+			var err error
+			if ids[i], err = h.Open(probetest.Request(netprobev1.ProbeService_Sweep_FullMethodName, token), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			wg.Go(func() {
+				n, err := h.Send(id, probetest.Message(1<<20, body))
+				if err != nil {
+					t.Errorf("stream %d: %v", id, err)
+				}
+				mu.Lock()
+				if n == 1<<20+4 {
+					full++
+				}
+				mu.Unlock()
+			})
+		}
+	}
+	probetest.Eventually(t, func() bool {
+		refused = 0
+		for _, h := range hs {
+			refused += h.Statuses()[int(codes.ResourceExhausted)]
+		}
+		return refused >= conns*streams-8
+	}, func() string { return fmt.Sprintf("%d Sweeps refused, want %d", refused, conns*streams-8) })
+	wg.Wait()
+	v.grew(t, base)
+	if full > 8 {
+		t.Errorf("the server read %d partial 1 MiB Sweep requests at once, want at most --max-sweeps-per-caller (8)", full)
+	}
+	for _, h := range hs {
+		if m := h.Messages()[int(codes.ResourceExhausted)]; m != "alice has 8 Sweeps running, its maximum" {
+			t.Errorf("refusal %q", m)
+		}
+		h.Close()
+	}
+	v.settles(t, base, 4<<20)
+}
+
+// TestAttackUnauthenticatedHolds plays callers without a token that only
+// hold things: health Watch streams by the hundred from many connections,
+// of which a caller keeps --max-watches-per-caller; connections beyond
+// --max-connections-per-source, reset as they are accepted; and idle
+// connections that send the HTTP/2 preface and nothing else, closed once
+// --auth-timeout has passed, while one that watches health stays.
+func TestAttackUnauthenticatedHolds(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t, "--auth-timeout=1s", "--max-connections-per-source=60")
+	base := v.footprint(t)
+
+	t.Run("watches", func(t *testing.T) {
+		var hs []*probetest.H2
+		for range 10 {
+			h := probetest.DialH2(t, v.Addr)
+			hs = append(hs, h)
+			for range 50 {
+				id, err := h.Open(probetest.Request(healthpb.Health_Watch_FullMethodName), false)
+				if err == nil {
+					err = h.Data(id, probetest.Message(0, nil), true)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := h.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		refused := 0
+		probetest.Eventually(t, func() bool {
+			refused = 0
+			for _, h := range hs {
+				refused += h.Statuses()[int(codes.ResourceExhausted)]
+			}
+			return refused == 500-16
+		}, func() string { return fmt.Sprintf("%d Watch streams refused, want %d", refused, 500-16) })
+		now := v.grew(t, base)
+		if now.goroutines > base.goroutines+16+4*10 {
+			t.Errorf("%v goroutines under attack, %v before; want at most the 16 watches' and the 10 connections' (4 each) more", now.goroutines, base.goroutines)
+		}
+		for _, h := range hs {
+			h.Close()
+		}
+		v.settles(t, base, 4<<20)
+	})
+
+	t.Run("connections", func(t *testing.T) {
+		// Once the connections of the last subtest are gone (the victim's
+		// client has its own, unless the auth timeout has cut it), 60
+		// more may come from this address.
+		open := func() float64 {
+			n, _ := metricValue(scrape(t, "http://"+v.MetricsAddr+"/metrics")["netprobe_grpc_connections"], nil)
+			return n
+		}
+		probetest.Eventually(t, func() bool { return open() <= 1 }, func() string { return fmt.Sprintf("%v connections open, want at most 1", open()) })
+		// The attacker's connections come from an address of their own,
+		// 127.0.0.2, so that the victim's client is not counted with them.
+		dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+		var hs []*probetest.H2
+		reset := 0
+		for range 80 {
+			conn, err := dialer.Dial("tcp", v.Addr)
+			var h *probetest.H2
+			if err == nil {
+				h, err = probetest.NewH2(t, conn)
+			}
+			if errors.Is(err, syscall.ECONNRESET) {
+				reset++
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs = append(hs, h)
+		}
+		// The watcher's connection stays past the auth timeout: its
+		// stream is running.
+		watcher := hs[0]
+		id, err := watcher.Open(probetest.Request(healthpb.Health_Watch_FullMethodName), false)
+		if err == nil {
+			err = watcher.Data(id, probetest.Message(0, nil), true)
+		}
+		if err == nil {
+			err = watcher.Flush()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		probetest.Eventually(t, func() bool { return watcher.Replied(id) }, func() string { return "the watcher got no health status" })
+		start := time.Now()
+		cut := 0
+		for _, h := range hs[1:] {
+			select {
+			case <-h.Closed:
+			case <-time.After(probetest.Timeout):
+				t.Fatal("an idle unauthenticated connection is still open")
+			}
+			switch g := h.GoAwayFrame(); {
+			case g == nil:
+				// Reset as it was accepted, after the preface was sent.
+				reset++
+			case g.Code == http2.ErrCodeEnhanceYourCalm && g.Debug == "no authenticated call in time":
+				cut++
+			default:
+				t.Errorf("GOAWAY %+v", g)
+			}
+		}
+		t.Logf("idle connections closed after %v", time.Since(start))
+		if cut != 59 || reset != 20 {
+			t.Errorf("%d connections cut after the auth timeout and %d reset as they were accepted, want 59 and 20", cut, reset)
+		}
+		if !watcher.Ping() {
+			t.Errorf("the watcher's connection was closed too: %+v", watcher.GoAwayFrame())
+		}
+		m := scrape(t, "http://"+v.MetricsAddr+"/metrics")
+		// The victim's own client, which made a health check only, was
+		// cut too, before the others.
+		for reason, want := range map[string]float64{"unauthenticated_idle": 59 + 1, "connections_per_source": 20} {
+			if n, _ := metricValue(m["netprobe_transport_refusals_total"], map[string]string{"reason": reason}); n != want {
+				t.Errorf("netprobe_transport_refusals_total{reason=%q} = %v, want %v", reason, n, want)
+			}
+		}
+	})
+}
+
+// TestAttackIdleReflection holds 16 reflection streams open on one token,
+// each idle after one answer, as grpcurl sessions left open would: they
+// hold no place among the requests being read (eight of those once made
+// the ninth call fail), and the 17th is refused, over
+// --max-watches-per-caller.
+func TestAttackIdleReflection(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	h := probetest.DialH2(t, v.Addr)
+	token := hpack.HeaderField{Name: "authorization", Value: "Bearer " + aliceToken}
+	// A ServerReflectionRequest with list_services (field 7) set.
+	list := probetest.Message(2, []byte{7<<3 | 2, 0})
+	open := func() uint32 {
+		id, err := h.Open(probetest.Request("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", token), false)
+		if err == nil {
+			err = h.Data(id, list, false)
+		}
+		if err == nil {
+			err = h.Flush()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	for range 16 {
+		id := open()
+		probetest.Eventually(t, func() bool { return h.Replied(id) }, func() string {
+			return fmt.Sprintf("no reflection answer; answers %v %v", h.Statuses(), h.Messages())
+		})
+	}
+	ctx := probetest.Context(t)
+	if _, err := v.client.Health(ctx); err != nil {
+		t.Errorf("a health check while 16 reflection streams idle: %v", err)
+	}
+	id := open()
+	probetest.Eventually(t, func() bool { return h.Ended(id) }, func() string { return "the 17th reflection stream was not refused" })
+	if m := h.Messages()[int(codes.ResourceExhausted)]; m != "alice has 16 streams open (health Watch, reflection), its maximum" {
+		t.Errorf("the 17th reflection stream: answers %v (%v), want RESOURCE_EXHAUSTED", h.Statuses(), h.Messages())
+	}
 }
 
 // TestAttackBareStreams opens 20,000 streams that send nothing, first
@@ -428,7 +691,7 @@ func TestMalformedRequests(t *testing.T) {
 // client to retry them.
 func TestStreamsPerConnection(t *testing.T) {
 	t.Parallel()
-	v := startVictim(t)
+	v := startVictim(t, "--max-watches-per-caller=1000")
 	h := probetest.DialH2(t, v.Addr)
 	for range 150 {
 		id, err := h.Open(probetest.Request(healthpb.Health_Watch_FullMethodName), false)

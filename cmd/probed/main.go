@@ -60,7 +60,14 @@ type config struct {
 	MaxStreams      int              `default:"${max_streams_per_connection}" env:"NETPROBE_MAX_STREAMS_PER_CONNECTION" name:"max-streams-per-connection" group:"Limits" help:"Most calls one client connection runs at once (HTTP/2 MAX_CONCURRENT_STREAMS); more wait in the client."`
 	MaxHeaderBytes  int              `default:"${max_header_bytes}" env:"NETPROBE_MAX_HEADER_BYTES" group:"Limits" help:"Largest header list a call may send, in bytes (HTTP/2 MAX_HEADER_LIST_SIZE); a larger one resets the stream."`
 	MaxResets       int              `default:"${max_stream_resets}" env:"NETPROBE_MAX_STREAM_RESETS" name:"max-stream-resets" group:"Limits" help:"Streams a connection may cancel, or have refused, in a burst; a tenth of that comes back each second. Past it the connection is closed with a GOAWAY (ENHANCE_YOUR_CALM): the HTTP/2 rapid reset attack."`
-	MaxReads        int              `default:"${max_reads_per_caller}" env:"NETPROBE_MAX_READS_PER_CALLER" name:"max-reads-per-caller" group:"Limits" help:"Most requests of one caller read at once for calls that are not probes (health, reflection); more are RESOURCE_EXHAUSTED. Probes are held to --max-in-flight-per-caller before their request is read."`
+	MaxReads        int              `default:"${max_reads_per_caller}" env:"NETPROBE_MAX_READS_PER_CALLER" name:"max-reads-per-caller" group:"Limits" help:"Most health check requests of one caller read at once; more are RESOURCE_EXHAUSTED. Before their request is read, probes are held to --max-in-flight-per-caller, Sweeps to --max-sweeps-per-caller, streams that stay open to --max-watches-per-caller."`
+	MaxWatchesPer   int              `default:"${max_watches_per_caller}" env:"NETPROBE_MAX_WATCHES_PER_CALLER" name:"max-watches-per-caller" group:"Limits" help:"Most streams one caller may hold open that are not probes (health Watch, reflection); more are RESOURCE_EXHAUSTED."`
+	MaxWatches      int              `default:"${max_watches}" env:"NETPROBE_MAX_WATCHES" group:"Limits" help:"Most streams all callers together may hold open that are not probes (health Watch, reflection); more are RESOURCE_EXHAUSTED."`
+	MaxSweepsPer    int              `default:"${max_sweeps_per_caller}" env:"NETPROBE_MAX_SWEEPS_PER_CALLER" name:"max-sweeps-per-caller" group:"Limits" help:"Most Sweeps one caller may run at once (each holds its request, up to --max-payload-bytes plus 64 KiB, while it runs); more are RESOURCE_EXHAUSTED."`
+	MaxSweeps       int              `default:"${max_sweeps}" env:"NETPROBE_MAX_SWEEPS" group:"Limits" help:"Most Sweeps all callers together may run at once; more are RESOURCE_EXHAUSTED."`
+	MaxConns        int              `default:"${max_connections}" env:"NETPROBE_MAX_CONNECTIONS" name:"max-connections" group:"Limits" help:"Most gRPC connections served at once; one more is closed as it is accepted."`
+	MaxConnsPer     int              `default:"${max_connections_per_source}" env:"NETPROBE_MAX_CONNECTIONS_PER_SOURCE" name:"max-connections-per-source" group:"Limits" help:"Most gRPC connections served at once from one IPv4 address or IPv6 /64; one more is closed as it is accepted."`
+	AuthTimeout     time.Duration    `default:"${auth_timeout}" env:"NETPROBE_AUTH_TIMEOUT" group:"Limits" help:"How long a gRPC connection may stay open, with no stream running, without an authenticated call (health checks do not count when --tokens-file is set); then it is closed with a GOAWAY."`
 	KeepaliveMin    time.Duration    `default:"${keepalive_min_time}" env:"NETPROBE_KEEPALIVE_MIN_TIME" name:"keepalive-min-time" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often is disconnected."`
 	WebConfigFile   string           `env:"NETPROBE_WEB_CONFIG_FILE" type:"path" group:"Prometheus" help:"Serve --metrics-addr with this exporter-toolkit web configuration: TLS, client certificates, basic auth users (as Prometheus exporters take it). A scraper of /probe is then its basic auth user, or its client certificate's common name."`
 	ModulesFile     string           `env:"NETPROBE_MODULES_FILE" type:"path" group:"Prometheus" help:"Serve /probe (blackbox_exporter's multi-target endpoint, on --metrics-addr) with the modules of this file, in blackbox_exporter's format: its tcp modules run, those of its other probers are listed as not run. Reloaded when it changes or on SIGHUP; a file that does not load leaves the modules as they were. Without it: tcp_connect, tls_connect, udp and PROTO_starttls."`
@@ -97,6 +104,13 @@ var vars = kong.Vars{
 	"max_header_bytes":           strconv.Itoa(server.DefaultMaxHeaderBytes),
 	"max_stream_resets":          strconv.Itoa(server.DefaultMaxStreamResets),
 	"max_reads_per_caller":       strconv.Itoa(server.DefaultMaxReadsPerCaller),
+	"max_watches_per_caller":     strconv.Itoa(server.DefaultMaxWatchesPerCaller),
+	"max_watches":                strconv.Itoa(server.DefaultMaxWatches),
+	"max_sweeps_per_caller":      strconv.Itoa(server.DefaultMaxSweepsPerCaller),
+	"max_sweeps":                 strconv.Itoa(server.DefaultMaxSweeps),
+	"max_connections":            strconv.Itoa(server.DefaultMaxConnections),
+	"max_connections_per_source": strconv.Itoa(server.DefaultMaxConnectionsPerSource),
+	"auth_timeout":               server.DefaultAuthTimeout.String(),
 	"scrape_timeout_offset":      server.DefaultScrapeTimeoutOffset.String(),
 	"scrape_rate":                strconv.Itoa(server.DefaultScrapeRate),
 	"scrape_burst":               strconv.Itoa(server.DefaultScrapeBurst),
@@ -267,6 +281,13 @@ func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Conf
 		MaxHeaderBytes:          cfg.MaxHeaderBytes,
 		MaxStreamResets:         cfg.MaxResets,
 		MaxReadsPerCaller:       cfg.MaxReads,
+		MaxWatchesPerCaller:     cfg.MaxWatchesPer,
+		MaxWatches:              cfg.MaxWatches,
+		MaxSweepsPerCaller:      cfg.MaxSweepsPer,
+		MaxSweeps:               cfg.MaxSweeps,
+		MaxConnections:          cfg.MaxConns,
+		MaxConnectionsPerSource: cfg.MaxConnsPer,
+		AuthTimeout:             cfg.AuthTimeout,
 		ModulesFile:             cfg.ModulesFile,
 		WebConfigFile:           cfg.WebConfigFile,
 		ScrapeTimeoutOffset:     cfg.ScrapeOffset,

@@ -36,6 +36,8 @@ type H2 struct {
 	messages map[int]string
 	// resets counts the server's RST_STREAM frames, by code.
 	resets map[http2.ErrCode]int
+	// replied counts the bytes of DATA the server sent on each stream.
+	replied map[uint32]int
 	// goAway is the server's GOAWAY, once one came.
 	goAway *GoAway
 	// Flow control towards the server: the windows of the connection and
@@ -65,6 +67,16 @@ func DialH2(t testing.TB, addr string) *H2 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h, err := NewH2(t, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// NewH2 starts a raw HTTP/2 connection on conn, as DialH2 does. It fails
+// if the server refuses the connection before the preface is sent.
+func NewH2(t testing.TB, conn net.Conn) (*H2, error) {
 	h := &H2{
 		conn:       conn,
 		bw:         bufio.NewWriterSize(conn, 64<<10),
@@ -72,6 +84,7 @@ func DialH2(t testing.TB, addr string) *H2 {
 		statuses:   map[int]int{},
 		messages:   map[int]string{},
 		resets:     map[http2.ErrCode]int{},
+		replied:    map[uint32]int{},
 		connWindow: 65535,
 		initWindow: 65535,
 		windows:    map[uint32]int64{},
@@ -85,21 +98,23 @@ func DialH2(t testing.TB, addr string) *H2 {
 	h.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	h.fr.MaxHeaderListSize = 1 << 20
 	h.enc = hpack.NewEncoder(&h.hbuf)
-	if _, err := h.bw.WriteString(http2.ClientPreface); err != nil {
-		t.Fatal(err)
+	_, err := h.bw.WriteString(http2.ClientPreface)
+	if err == nil {
+		err = h.fr.WriteSettings()
 	}
-	if err := h.fr.WriteSettings(); err != nil {
-		t.Fatal(err)
+	if err == nil {
+		err = h.bw.Flush()
 	}
-	if err := h.bw.Flush(); err != nil {
-		t.Fatal(err)
+	if err != nil {
+		conn.Close()
+		return nil, err
 	}
 	go h.read()
 	t.Cleanup(func() {
 		conn.Close()
 		<-h.Closed
 	})
-	return h
+	return h, nil
 }
 
 func (h *H2) read() {
@@ -163,6 +178,10 @@ func (h *H2) read() {
 				h.endLocked(f.StreamID)
 				h.mu.Unlock()
 			}
+		case *http2.DataFrame:
+			h.mu.Lock()
+			h.replied[f.StreamID] += len(f.Data())
+			h.mu.Unlock()
 		case *http2.RSTStreamFrame:
 			h.mu.Lock()
 			h.resets[f.ErrCode]++
@@ -331,6 +350,14 @@ func (h *H2) Ping() bool {
 	case <-h.Closed:
 		return false
 	}
+}
+
+// Replied reports whether the server has sent data on stream id: a
+// response message, on a stream it has not ended.
+func (h *H2) Replied(id uint32) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.replied[id] > 0
 }
 
 // Ended reports whether the server has ended stream id.

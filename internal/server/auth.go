@@ -91,23 +91,37 @@ func bearer(header metadata.MD) (string, bool) {
 // bearer token when tokens are configured (a call without a valid one is
 // UNAUTHENTICATED), else by its verified client certificate, else
 // anonymous. Health checks need no token. A refused stream also counts
-// against its connection's budget of discarded streams.
+// against its connection's budget of discarded streams; a call that was
+// authenticated makes its connection known (see guardedConn).
 //
 // gRPC runs it on the connection's reading goroutine, holding the
 // transport's lock: it must be quick and must not block.
 func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
+	conn := connOf(p)
+	if conn != nil {
+		conn.streamOpened()
+	}
 	name := certSubject(p)
-	if s.tokens != nil && !strings.HasPrefix(info.FullMethodName, healthPrefix) {
-		token, ok := bearer(info.Header)
-		if ok {
-			name, ok = s.tokens.lookup(token)
+	if s.tokens != nil {
+		if strings.HasPrefix(info.FullMethodName, healthPrefix) {
+			// A health check is no authentication: its connection stays
+			// unknown.
+			conn = nil
+		} else {
+			token, ok := bearer(info.Header)
+			if ok {
+				name, ok = s.tokens.lookup(token)
+			}
+			if !ok {
+				err := status.Error(codes.Unauthenticated, "a valid bearer token is required")
+				s.refused(p, info.FullMethodName, "unauthenticated", err)
+				return nil, err
+			}
 		}
-		if !ok {
-			err := status.Error(codes.Unauthenticated, "a valid bearer token is required")
-			s.refused(p, info.FullMethodName, "unauthenticated", err)
-			return nil, err
-		}
+	}
+	if conn != nil {
+		conn.markKnown()
 	}
 	if name != "" {
 		ctx = service.WithCaller(ctx, name)

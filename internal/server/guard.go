@@ -24,11 +24,15 @@ const smallRequestBytes = 64 << 10
 
 // guard admits calls. Authentication comes first, in the tap handle, as a
 // stream opens. Then, before a call's request is read, the guard admits
-// it: a probe within its caller's rate and the in-flight limits, any other
-// call (health, reflection) within the reads its caller may have in
-// progress. So gRPC reads a request only for a call that may run, and a
-// caller can make probed hold no more partial requests than its limits
-// allow. The guard also turns a request that does not decode into
+// it: a probe within its caller's rate and the in-flight limits; a Sweep
+// within the Sweeps its caller may run at once, for as long as it runs
+// (its probes are admitted one by one as it runs them, see
+// service.Limiter); a
+// stream that stays open (health Watch, reflection) within the open
+// streams its caller may have, for as long as it runs; a health check
+// within the reads its caller may have in progress. So gRPC reads a
+// request only for a call that may run, and a caller can make probed hold
+// no more requests, whole or partial, than its limits allow. The guard also turns a request that does not decode into
 // INVALID_ARGUMENT, logs the calls that have no audit line of their own,
 // and turns a panic in a handler into INTERNAL.
 //
@@ -48,7 +52,9 @@ type guard struct {
 	logStream grpc.StreamServerInterceptor
 	rates     *rateLimiter
 	inflight  *inFlight
-	reads     *readGate
+	reads     *gate
+	watches   *gate
+	sweeps    *gate
 	logger    *slog.Logger
 }
 
@@ -176,43 +182,46 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 }
 
 func (g *guard) admitStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	ctx := ss.Context()
 	rs := &readStream{WrappedServerStream: middleware.WrapServerStream(ss)}
+	var release func()
 	switch {
 	case info.FullMethod == netprobev1.ProbeService_Sweep_FullMethodName:
-		// A Sweep's probes are admitted one by one as it runs them
-		// (service.Limiter); the call only has to come before the drain.
 		if g.inflight.isDraining() {
 			return errDraining
 		}
+		release, err = g.sweeps.acquire(ctx)
 	case isProbe(info.FullMethod):
-		release, err := g.admit(ss.Context(), true)
-		if err != nil {
-			return err
-		}
-		defer release()
+		release, err = g.admit(ctx, true)
 	default:
-		rs.reads = g.reads
+		// A stream that is not a probe is small (health Watch,
+		// reflection) but may stay open; so that an idle one holds no
+		// place its caller needs for other calls, it holds a place among
+		// its caller's open streams instead of reads, for as long as it
+		// runs.
+		rs.limit = smallRequestBytes
+		release, err = g.watches.acquire(ctx)
+		if err == nil {
+			defer holdConn(ctx)()
+		}
 	}
-	defer g.recover(ss.Context(), &err)
+	if err != nil {
+		return err
+	}
+	defer release()
+	defer g.recover(ctx, &err)
 	return handler(srv, rs)
 }
 
-// readStream decodes a stream's requests as decode does; when reads is
-// set, each takes a place among its caller's reads while it is read.
+// readStream decodes a stream's requests as decode does, up to limit
+// bytes each (none when 0: gRPC's own cap, which Fetch and Sweep need).
 type readStream struct {
 	*middleware.WrappedServerStream
-	reads *readGate
+	limit int
 }
 
 func (s *readStream) RecvMsg(m any) error {
-	if s.reads != nil {
-		release, err := s.reads.acquire(s.Context())
-		if err != nil {
-			return err
-		}
-		defer release()
-	}
-	return decode(s.ServerStream.RecvMsg, m, 0)
+	return decode(s.ServerStream.RecvMsg, m, s.limit)
 }
 
 // logFailed logs a failed call of a method whose successful calls are

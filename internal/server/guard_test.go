@@ -28,7 +28,8 @@ func newTestGuard(logs *bytes.Buffer) *guard {
 		},
 		rates:    newRateLimiter("rate", 1e9, 1e9, m),
 		inflight: newInFlight(10, 10, m),
-		reads:    newReadGate(1, m),
+		reads:    newGate("requests being read", "reads_per_caller", 1, "", 0, m),
+		watches:  newGate("open streams", "watches_per_caller", 1, "watches", 2, m),
 		logger:   slog.New(slog.NewTextHandler(logs, nil)),
 	}
 }

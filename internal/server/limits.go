@@ -3,7 +3,6 @@ package server
 import (
 	"container/list"
 	"context"
-	"net"
 	"net/netip"
 	"sync"
 
@@ -29,15 +28,7 @@ func callerOf(ctx context.Context) caller {
 		return caller{name: name}
 	}
 	if p, ok := peer.FromContext(ctx); ok {
-		if a, ok := p.Addr.(*net.TCPAddr); ok {
-			ip := a.AddrPort().Addr().Unmap()
-			bits := 32
-			if ip.Is6() {
-				bits = 64
-			}
-			p, _ := ip.Prefix(bits)
-			return caller{peer: p}
-		}
+		return caller{peer: sourceOf(p.Addr)}
 	}
 	return caller{}
 }
@@ -86,12 +77,6 @@ func (l *inFlight) drain() {
 	l.wakeLocked()
 }
 
-func (l *inFlight) isDraining() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.draining
-}
-
 func (l *inFlight) wakeLocked() {
 	if l.freed != nil {
 		close(l.freed)
@@ -116,6 +101,14 @@ func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
 		return nil, status.Errorf(codes.ResourceExhausted, "%s is running its maximum of %d probes at once", key, l.perCaller)
 	}
 	return l.takeLocked(key), nil
+}
+
+// draining reports whether the server is draining: then new calls are
+// refused.
+func (l *inFlight) isDraining() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.draining
 }
 
 // wait takes a place for a probe of the caller of ctx, waiting for one
@@ -259,39 +252,56 @@ func (p probeLimits) WaitProbe(ctx context.Context) (release func(), err error) 
 	return p.inflight.wait(ctx)
 }
 
-// readGate caps the requests of one caller that are being read at once,
-// for the calls that are not probes (health checks and reflection): over
-// the cap a call fails at once with
-// RESOURCE_EXHAUSTED. A request that arrives whole is read in an instant;
-// the cap binds a caller that sends requests slowly or partly, each of
-// which gRPC holds in memory as it arrives.
-type readGate struct {
-	perCaller int
-	metrics   *metrics
+// gate caps the calls of one kind that run at once, per caller and, when
+// total is not 0, in all: over either cap a call fails at once with
+// RESOURCE_EXHAUSTED, and its stream counts against its connection's
+// budget of refused streams. probed has two: the requests being read of
+// calls that are not probes (health checks): a request that arrives whole
+// is read in an instant, so the cap binds a caller that sends requests
+// slowly or partly, each of which gRPC holds in memory as it arrives; and
+// the streams that stay open without being probes (health Watch,
+// reflection), each a goroutine and a request in memory; and the Sweeps,
+// each holding its request, up to the largest message, for as long as it
+// runs (its probes are counted by inFlight).
+type gate struct {
+	// what the gate counts, for the refusal's message; label and
+	// totalLabel name its limits in netprobe_limit_refusals_total.
+	what              string
+	label, totalLabel string
+	perCaller, total  int
+	metrics           *metrics
 
 	mu       sync.Mutex
+	n        int
 	byCaller map[caller]int
 }
 
-func newReadGate(perCaller int, m *metrics) *readGate {
-	return &readGate{perCaller: perCaller, metrics: m, byCaller: map[caller]int{}}
+func newGate(what, label string, perCaller int, totalLabel string, total int, m *metrics) *gate {
+	return &gate{what: what, label: label, totalLabel: totalLabel, perCaller: perCaller, total: total, metrics: m, byCaller: map[caller]int{}}
 }
 
-func (g *readGate) acquire(ctx context.Context) (release func(), err error) {
+func (g *gate) acquire(ctx context.Context) (release func(), err error) {
 	key := callerOf(ctx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.byCaller[key] >= g.perCaller {
-		g.metrics.limitRefusals.WithLabelValues("reads_per_caller").Inc()
+	switch {
+	case g.total > 0 && g.n >= g.total:
+		g.metrics.limitRefusals.WithLabelValues(g.totalLabel).Inc()
+		chargeStream(ctx)
+		return nil, status.Errorf(codes.ResourceExhausted, "the server has its maximum of %d %s; try again later", g.total, g.what)
+	case g.byCaller[key] >= g.perCaller:
+		g.metrics.limitRefusals.WithLabelValues(g.label).Inc()
 		// A caller opening stream after stream only to have them refused
 		// is on its way to a GOAWAY.
 		chargeStream(ctx)
-		return nil, status.Errorf(codes.ResourceExhausted, "%s is sending %d requests at once, its maximum", key, g.perCaller)
+		return nil, status.Errorf(codes.ResourceExhausted, "%s has %d %s, its maximum", key, g.perCaller, g.what)
 	}
+	g.n++
 	g.byCaller[key]++
 	return func() {
 		g.mu.Lock()
 		defer g.mu.Unlock()
+		g.n--
 		if g.byCaller[key]--; g.byCaller[key] == 0 {
 			delete(g.byCaller, key)
 		}

@@ -18,10 +18,12 @@ import (
 // metrics are the probe metrics; the gRPC server's own come from
 // go-grpc-middleware's Prometheus provider.
 type metrics struct {
-	probes         *prometheus.CounterVec
-	phases         *prometheus.HistogramVec
-	bytes          *prometheus.CounterVec
-	inFlight       prometheus.Gauge
+	probes   *prometheus.CounterVec
+	phases   *prometheus.HistogramVec
+	bytes    *prometheus.CounterVec
+	inFlight prometheus.Gauge
+	// connections counts the gRPC connections served.
+	connections    prometheus.Gauge
 	policyRefusals *prometheus.CounterVec
 	limitRefusals  *prometheus.CounterVec
 	// transportRefusals counts calls refused before they ran, and
@@ -48,27 +50,31 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "netprobe_probes_in_flight",
 			Help: "Probes running now.",
 		}),
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "netprobe_grpc_connections",
+			Help: "gRPC connections served now (see --max-connections).",
+		}),
 		policyRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_policy_refusals_total",
 			Help: "Addresses the target policy refused, by rule.",
 		}, []string{"rule"}),
 		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_limit_refusals_total",
-			Help: "Calls refused with RESOURCE_EXHAUSTED, and scrapes of /probe with 429, by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller).",
+			Help: "Calls refused with RESOURCE_EXHAUSTED, and scrapes of /probe with 429, by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller, watches_per_caller, watches, sweeps_per_caller, sweeps).",
 		}, []string{"limit"}),
 		transportRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_transport_refusals_total",
-			Help: "Calls refused as their stream opened (unauthenticated), and connections closed with a GOAWAY (stream_resets: too many streams reset or refused).",
+			Help: "Calls refused as their stream opened (unauthenticated); connections closed as they were accepted (connections, connections_per_source: over the caps); and connections closed with a GOAWAY (stream_resets: too many streams reset or refused; unauthenticated_idle: no authenticated call within the auth timeout; unauthenticated_data: more data than health checks take before authenticating).",
 		}, []string{"reason"}),
 	}
 	// Every known label starts at zero, so that a rate() sees the first.
-	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate", "reads_per_caller"} {
+	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate", "reads_per_caller", "watches_per_caller", "watches", "sweeps_per_caller", "sweeps"} {
 		m.limitRefusals.WithLabelValues(l)
 	}
-	for _, r := range []string{"unauthenticated", "stream_resets"} {
+	for _, r := range []string{"unauthenticated", "stream_resets", "connections", "connections_per_source", "unauthenticated_idle", "unauthenticated_data"} {
 		m.transportRefusals.WithLabelValues(r)
 	}
-	reg.MustRegister(m.probes, m.phases, m.bytes, m.inFlight, m.policyRefusals, m.limitRefusals, m.transportRefusals,
+	reg.MustRegister(m.probes, m.phases, m.bytes, m.inFlight, m.connections, m.policyRefusals, m.limitRefusals, m.transportRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

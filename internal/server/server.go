@@ -54,8 +54,26 @@ const (
 	// have refused in a burst; a tenth of that comes back each second.
 	DefaultMaxStreamResets = 500
 	// DefaultMaxReadsPerCaller caps the requests of one caller read at
-	// once, for calls that are not probes (health, reflection).
+	// once, for health checks.
 	DefaultMaxReadsPerCaller = 8
+	// DefaultMaxWatchesPerCaller and DefaultMaxWatches cap the streams
+	// that stay open without being probes (health Watch, reflection): one
+	// caller's, and all callers'.
+	DefaultMaxWatchesPerCaller = 16
+	DefaultMaxWatches          = 1024
+	// DefaultMaxSweepsPerCaller and DefaultMaxSweeps cap the Sweeps
+	// running at once: one caller's, and all callers'. Each holds its
+	// request, up to the largest message, while it runs.
+	DefaultMaxSweepsPerCaller = 8
+	DefaultMaxSweeps          = 128
+	// DefaultMaxConnections and DefaultMaxConnectionsPerSource cap the
+	// gRPC connections served at once: in all, and from one IPv4 address
+	// or IPv6 /64.
+	DefaultMaxConnections          = 2048
+	DefaultMaxConnectionsPerSource = 256
+	// DefaultAuthTimeout is how long a connection may stay open idle
+	// without an authenticated call.
+	DefaultAuthTimeout = 10 * time.Second
 	// handshakeTimeout bounds a new connection's TLS handshake and HTTP/2
 	// preface.
 	handshakeTimeout = 10 * time.Second
@@ -119,8 +137,26 @@ type Config struct {
 	// it the connection is closed with a GOAWAY.
 	MaxStreamResets int
 	// MaxReadsPerCaller caps the requests of one caller that are read at
-	// once, for calls that are not probes (health, reflection).
+	// once, for health checks.
 	MaxReadsPerCaller int
+	// MaxWatchesPerCaller caps the streams one caller holds open that are
+	// not probes (health Watch, reflection), and MaxWatches those of all
+	// callers.
+	MaxWatchesPerCaller int
+	MaxWatches          int
+	// MaxSweepsPerCaller caps the Sweeps one caller runs at once, and
+	// MaxSweeps those of all callers.
+	MaxSweepsPerCaller int
+	MaxSweeps          int
+	// MaxConnections caps the gRPC connections served at once, and
+	// MaxConnectionsPerSource those from one IPv4 address or IPv6 /64;
+	// a connection over either is closed as it is accepted.
+	MaxConnections          int
+	MaxConnectionsPerSource int
+	// AuthTimeout is how long a connection may stay open without an
+	// authenticated call (health checks do not count when tokens are
+	// required), once no stream of it is running: then it is closed.
+	AuthTimeout time.Duration
 
 	// ModulesFile is a module file in blackbox_exporter's format, for
 	// /probe; empty serves the default modules. It is read again when it
@@ -180,6 +216,27 @@ func (c *Config) setDefaults() {
 	if c.MaxReadsPerCaller == 0 {
 		c.MaxReadsPerCaller = DefaultMaxReadsPerCaller
 	}
+	if c.MaxWatchesPerCaller == 0 {
+		c.MaxWatchesPerCaller = DefaultMaxWatchesPerCaller
+	}
+	if c.MaxWatches == 0 {
+		c.MaxWatches = DefaultMaxWatches
+	}
+	if c.MaxSweepsPerCaller == 0 {
+		c.MaxSweepsPerCaller = DefaultMaxSweepsPerCaller
+	}
+	if c.MaxSweeps == 0 {
+		c.MaxSweeps = DefaultMaxSweeps
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerSource == 0 {
+		c.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+	}
+	if c.AuthTimeout == 0 {
+		c.AuthTimeout = DefaultAuthTimeout
+	}
 	if c.MaxPayloadBytes == 0 {
 		c.MaxPayloadBytes = service.DefaultMaxPayloadBytes
 	}
@@ -209,6 +266,7 @@ type Server struct {
 	registry *prometheus.Registry
 	inflight *inFlight
 	rates    *rateLimiter
+	conns    *connLimiter
 	service  *service.Server
 	metrics  *metrics
 	cert     *certificate
@@ -273,6 +331,9 @@ func New(cfg Config) (*Server, error) {
 	s.registry.MustRegister(grpcMetrics)
 	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
 	s.rates = newRateLimiter("rate", cfg.Rate, cfg.Burst, m)
+	s.conns = newConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource, m.connections, func(reason string) {
+		m.transportRefusals.WithLabelValues(reason).Inc()
+	})
 	if s.sources, err = parseSources(cfg.AllowSource); err != nil {
 		return nil, err
 	}
@@ -350,7 +411,9 @@ func (s *Server) guard() *guard {
 		logStream: logging.StreamServerInterceptor(interceptorLogger(s.logger), logOpts...),
 		rates:     s.rates,
 		inflight:  s.inflight,
-		reads:     newReadGate(s.cfg.MaxReadsPerCaller, s.metrics),
+		reads:     newGate("requests being read", "reads_per_caller", s.cfg.MaxReadsPerCaller, "", 0, s.metrics),
+		watches:   newGate("streams open (health Watch, reflection)", "watches_per_caller", s.cfg.MaxWatchesPerCaller, "watches", s.cfg.MaxWatches, s.metrics),
+		sweeps:    newGate("Sweeps running", "sweeps_per_caller", s.cfg.MaxSweepsPerCaller, "sweeps", s.cfg.MaxSweeps, s.metrics),
 		logger:    s.logger,
 	}
 }
@@ -362,7 +425,8 @@ func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials,
 	resets := float64(s.cfg.MaxStreamResets)
 	opts := []grpc.ServerOption{
 		grpc.Creds(&guardedCreds{TransportCredentials: creds, burst: resets, refill: resets / 10,
-			goaway: func() { s.metrics.transportRefusals.WithLabelValues("stream_resets").Inc() }}),
+			authTimeout: s.cfg.AuthTimeout,
+			cut:         func(reason string) { s.metrics.transportRefusals.WithLabelValues(reason).Inc() }}),
 		grpc.InTapHandle(s.tap),
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), g.unary),
 		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), g.stream),
@@ -382,9 +446,10 @@ func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials,
 	return append(opts, wire.ServerOptions()...)
 }
 
-// Serve serves gRPC on lis until the server stops.
+// Serve serves gRPC on lis until the server stops, within the connection
+// limits.
 func (s *Server) Serve(lis net.Listener) error {
-	err := s.grpc.Serve(lis)
+	err := s.grpc.Serve(s.conns.listener(lis))
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}

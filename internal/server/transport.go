@@ -17,6 +17,7 @@ import (
 // HTTP/2 framing, as far as the connection guard needs it (RFC 9113).
 const (
 	frameHeaderLen = 9
+	frameData      = 0x0
 	frameHeaders   = 0x1
 	frameRSTStream = 0x3
 	frameGoAway    = 0x7
@@ -25,26 +26,54 @@ const (
 	errEnhanceYourCalm = 0xb
 )
 
+// An unauthenticated connection's data: a burst of unknownDataBurst bytes,
+// unknownDataRefill more a second. Health checks, the only calls such a
+// connection may make when tokens are required, take a few dozen bytes
+// each.
+const (
+	unknownDataBurst  = 16 << 10
+	unknownDataRefill = 1 << 10
+)
+
 // clientPreface opens every HTTP/2 connection, before the client's first
 // frame.
 const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-// errTooManyResets ends a connection that cancelled or had refused too many
-// streams.
-var errTooManyResets = errors.New("too many streams reset or refused")
+// Why a connection was cut, in its GOAWAY's debug data.
+var (
+	// errTooManyResets ends a connection that cancelled or had refused
+	// too many streams.
+	errTooManyResets = errors.New("too many streams reset or refused")
+	// errUnauthenticatedIdle ends a connection that made no authenticated
+	// call within the auth timeout.
+	errUnauthenticatedIdle = errors.New("no authenticated call in time")
+	// errUnauthenticatedData ends an unauthenticated connection that
+	// sent more data than health checks take.
+	errUnauthenticatedData = errors.New("too much data before authenticating")
+)
 
 // guardedCreds wraps the server's transport credentials so that every
 // connection is a guardedConn, whatever the security: it watches the
 // client's frames for streams opened and thrown away (rapid reset, CVE-2023-
 // 44487), which gRPC counts nowhere, and closes such a connection with a
 // GOAWAY.
+//
+// It also keeps an unauthenticated connection small and short: until a
+// call on it has been authenticated (see markKnown), it may send only a
+// little data (unknownDataBurst), and it is closed once authTimeout has
+// passed since its last stream opened, unless a stream of it is still
+// running (a health Watch).
 type guardedCreds struct {
 	credentials.TransportCredentials
 	// burst is how many streams a connection may have reset or refused
 	// in a row; refill is how many it earns back a second.
 	burst, refill float64
-	// goaway, when set, is told of each connection closed.
-	goaway func()
+	// authTimeout is how long a connection may stay unauthenticated and
+	// idle.
+	authTimeout time.Duration
+	// cut, when set, is told of each connection closed, by reason:
+	// stream_resets, unauthenticated_idle or unauthenticated_data.
+	cut func(reason string)
 }
 
 func (g *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -52,7 +81,16 @@ func (g *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 	if err != nil {
 		return nil, nil, err
 	}
-	gc := &guardedConn{Conn: conn, creds: g, tokens: g.burst, last: time.Now(), rskip: len(clientPreface)}
+	now := time.Now()
+	gc := &guardedConn{Conn: conn, creds: g, tokens: g.burst, last: now, rskip: len(clientPreface),
+		dataTokens: unknownDataBurst, dataLast: now}
+	gc.lastStream.Store(now.UnixNano())
+	if ti, ok := info.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+		// A verified client certificate has named the caller already.
+		gc.known.Store(true)
+	} else {
+		gc.authTimer = time.AfterFunc(g.authTimeout, gc.checkAuth)
+	}
 	return gc, &connInfo{AuthInfo: info, conn: gc}, nil
 }
 
@@ -83,7 +121,8 @@ func authInfo(info credentials.AuthInfo) credentials.AuthInfo {
 // the server refuses before running it, takes a token; tokens come back at
 // refill a second. A client that runs out gets a GOAWAY
 // (ENHANCE_YOUR_CALM), written between two of the server's frames, and the
-// connection is closed.
+// connection is closed. So does an unauthenticated connection that sends
+// more data than its budget, or stays idle past the auth timeout.
 type guardedConn struct {
 	net.Conn
 	creds *guardedCreds
@@ -95,13 +134,29 @@ type guardedConn struct {
 	rskip   int
 	// readID is the last stream opened in what was read so far.
 	readID uint32
+	// While the connection is not known: the data it sent since the last
+	// read, and its bucket of data.
+	unknownData int
+	dataTokens  float64
+	dataLast    time.Time
+
+	// known is set once a call on the connection has been authenticated.
+	known atomic.Bool
+	// lastStream is when the last stream opened (Unix nanoseconds), and
+	// open counts the streams running that keep the connection in use
+	// (health Watch, reflection), for the auth timeout.
+	lastStream atomic.Int64
+	open       atomic.Int32
+	authTimer  *time.Timer
 
 	// The bucket of streams the client may discard, charged by the
 	// reader and by handlers.
-	bmu      sync.Mutex
-	tokens   float64
-	last     time.Time
-	tooEager atomic.Bool
+	bmu    sync.Mutex
+	tokens float64
+	last   time.Time
+	// cutErr, once set, is why the connection is being closed: its
+	// reader reads no more.
+	cutErr atomic.Pointer[error]
 
 	// lastID is the last stream opened in what was handed to gRPC: the
 	// GOAWAY's last stream.
@@ -121,20 +176,41 @@ type guardedConn struct {
 }
 
 func (c *guardedConn) Read(p []byte) (int, error) {
-	if c.tooEager.Load() {
+	if err := c.cutErr.Load(); err != nil {
 		c.closeWithGoAway()
-		return 0, errTooManyResets
+		return 0, *err
+	}
+	// gRPC has dealt with the frames of the last read, so a stream that
+	// authenticated in them has marked the connection known by now.
+	if c.unknownData > 0 {
+		c.chargeUnknownData()
 	}
 	n, err := c.Conn.Read(p)
 	c.scanRead(p[:n])
-	if c.tooEager.Load() {
+	if cut := c.cutErr.Load(); cut != nil {
 		// What was read with the frame that broke the budget is dropped:
 		// gRPC never sees the streams it opens.
 		c.closeWithGoAway()
-		return 0, errTooManyResets
+		return 0, *cut
 	}
 	c.lastID.Store(c.readID)
 	return n, err
+}
+
+// chargeUnknownData takes the data read since the last read from an
+// unknown connection's bucket, and cuts the connection when it runs out.
+func (c *guardedConn) chargeUnknownData() {
+	n := c.unknownData
+	c.unknownData = 0
+	if c.known.Load() {
+		return
+	}
+	now := time.Now()
+	c.dataTokens = min(unknownDataBurst, c.dataTokens+now.Sub(c.dataLast).Seconds()*unknownDataRefill) - float64(n)
+	c.dataLast = now
+	if c.dataTokens < 0 {
+		c.cut("unauthenticated_data", errUnauthenticatedData)
+	}
 }
 
 // scanRead follows the client's frames through b.
@@ -156,6 +232,10 @@ func (c *guardedConn) scanRead(b []byte) {
 		c.rskip = int(c.rhdr[0])<<16 | int(c.rhdr[1])<<8 | int(c.rhdr[2])
 		id := binary.BigEndian.Uint32(c.rhdr[5:9]) & 0x7fffffff
 		switch c.rhdr[3] {
+		case frameData:
+			if !c.known.Load() {
+				c.unknownData += c.rskip
+			}
 		case frameHeaders:
 			c.readID = max(c.readID, id)
 		case frameRSTStream:
@@ -165,10 +245,7 @@ func (c *guardedConn) scanRead(b []byte) {
 }
 
 // discarded takes a token for a stream the client reset or the server
-// refused. Past the last token the connection is closed with a GOAWAY:
-// now, or at the end of the write in progress; and its reader reads no
-// more. Waiting for the next read would wait for ever on a client that
-// has sent all its streams and waits for answers.
+// refused. Past the last token the connection is cut.
 func (c *guardedConn) discarded() {
 	c.bmu.Lock()
 	now := time.Now()
@@ -178,8 +255,51 @@ func (c *guardedConn) discarded() {
 	over := c.tokens < 0
 	c.bmu.Unlock()
 	if over {
-		c.tooEager.Store(true)
-		c.closeWithGoAway()
+		c.cut("stream_resets", errTooManyResets)
+	}
+}
+
+// cut closes the connection with a GOAWAY (ENHANCE_YOUR_CALM) saying why:
+// now, or at the end of the write in progress; and its reader reads no
+// more. Waiting for the next read would wait for ever on a client that
+// has sent all it means to and waits for answers.
+func (c *guardedConn) cut(reason string, why error) {
+	if !c.cutErr.CompareAndSwap(nil, &why) {
+		return
+	}
+	if c.creds.cut != nil {
+		c.creds.cut(reason)
+	}
+	c.closeWithGoAway()
+}
+
+// markKnown records that a call on the connection was authenticated: from
+// now on its data is charged to callers by the limits, not to the
+// connection, and it may stay open idle.
+func (c *guardedConn) markKnown() {
+	if !c.known.Swap(true) && c.authTimer != nil {
+		c.authTimer.Stop()
+	}
+}
+
+// streamOpened records a stream opening, for the auth timeout.
+func (c *guardedConn) streamOpened() { c.lastStream.Store(time.Now().UnixNano()) }
+
+// checkAuth runs when the auth timeout may have passed: an unknown
+// connection with no stream running and none opened within the timeout is
+// cut.
+func (c *guardedConn) checkAuth() {
+	if c.known.Load() || c.cutErr.Load() != nil {
+		return
+	}
+	idle := time.Since(time.Unix(0, c.lastStream.Load()))
+	switch {
+	case c.open.Load() > 0:
+		c.authTimer.Reset(c.creds.authTimeout)
+	case idle < c.creds.authTimeout:
+		c.authTimer.Reset(c.creds.authTimeout - idle)
+	default:
+		c.cut("unauthenticated_idle", errUnauthenticatedIdle)
 	}
 }
 
@@ -192,9 +312,33 @@ func chargeStream(ctx context.Context) {
 }
 
 func chargePeer(p *peer.Peer) {
-	if ci, ok := p.AuthInfo.(*connInfo); ok {
-		ci.conn.discarded()
+	if c := connOf(p); c != nil {
+		c.discarded()
 	}
+}
+
+// connOf returns the guardedConn a call came on, or nil.
+func connOf(p *peer.Peer) *guardedConn {
+	if p == nil {
+		return nil
+	}
+	if ci, ok := p.AuthInfo.(*connInfo); ok {
+		return ci.conn
+	}
+	return nil
+}
+
+// holdConn records a stream of the connection of ctx running, which keeps
+// an unknown connection from the auth timeout, until the returned func is
+// called.
+func holdConn(ctx context.Context) (done func()) {
+	p, _ := peer.FromContext(ctx)
+	c := connOf(p)
+	if c == nil {
+		return func() {}
+	}
+	c.open.Add(1)
+	return func() { c.open.Add(-1) }
 }
 
 // closeWithGoAway asks for the GOAWAY and the close: at once if the
@@ -203,9 +347,6 @@ func chargePeer(p *peer.Peer) {
 func (c *guardedConn) closeWithGoAway() {
 	if c.goaway.Swap(true) {
 		return
-	}
-	if c.creds.goaway != nil {
-		c.creds.goaway()
 	}
 	if c.wmu.TryLock() {
 		c.goAwayAtBoundaryLocked()
@@ -255,7 +396,10 @@ func (c *guardedConn) goAwayAtBoundaryLocked() {
 		return
 	}
 	c.sent = true
-	debug := errTooManyResets.Error()
+	debug := "closed"
+	if err := c.cutErr.Load(); err != nil {
+		debug = (*err).Error()
+	}
 	n := 8 + len(debug)
 	f := make([]byte, frameHeaderLen+n)
 	f[0], f[1], f[2] = byte(n>>16), byte(n>>8), byte(n)
@@ -278,6 +422,9 @@ const lingerTime = time.Second
 // once with the client's frames unread, the kernel would answer with a
 // reset, and the client could lose the GOAWAY to it.
 func (c *guardedConn) Close() error {
+	if c.authTimer != nil {
+		c.authTimer.Stop()
+	}
 	if !c.goaway.Load() {
 		return c.Conn.Close()
 	}
