@@ -82,7 +82,7 @@ func (g *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 		return nil, nil, err
 	}
 	now := time.Now()
-	gc := &guardedConn{Conn: conn, creds: g, tokens: g.burst, last: now, rskip: len(clientPreface),
+	gc := &guardedConn{Conn: conn, creds: g, tokens: g.burst, last: now, rframes: frameScanner{skip: len(clientPreface)},
 		dataTokens: unknownDataBurst, dataLast: now}
 	gc.lastStream.Store(now.UnixNano())
 	if ti, ok := info.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
@@ -129,9 +129,7 @@ type guardedConn struct {
 
 	// Read side: only the goroutine reading the connection (gRPC's
 	// reader, which also runs the tap handle) touches these.
-	rhdr    [frameHeaderLen]byte
-	rhdrLen int
-	rskip   int
+	rframes frameScanner
 	// readID is the last stream opened in what was read so far.
 	readID uint32
 	// While the connection is not known: the data it sent since the last
@@ -165,9 +163,7 @@ type guardedConn struct {
 	// Write side: wmu is held by the writer (gRPC's) for each write, and
 	// by the reader when it writes the GOAWAY itself.
 	wmu     sync.Mutex
-	whdr    [frameHeaderLen]byte
-	whdrLen int
-	wskip   int
+	wframes frameScanner
 	// goaway is set once the connection is to be closed: the GOAWAY goes
 	// out at the next frame boundary.
 	goaway atomic.Bool
@@ -215,34 +211,59 @@ func (c *guardedConn) chargeUnknownData() {
 
 // scanRead follows the client's frames through b.
 func (c *guardedConn) scanRead(b []byte) {
-	for len(b) > 0 {
-		if c.rskip > 0 {
-			n := min(c.rskip, len(b))
-			c.rskip -= n
-			b = b[n:]
-			continue
-		}
-		n := copy(c.rhdr[c.rhdrLen:], b)
-		c.rhdrLen += n
-		b = b[n:]
-		if c.rhdrLen < frameHeaderLen {
-			return
-		}
-		c.rhdrLen = 0
-		c.rskip = int(c.rhdr[0])<<16 | int(c.rhdr[1])<<8 | int(c.rhdr[2])
-		id := binary.BigEndian.Uint32(c.rhdr[5:9]) & 0x7fffffff
-		switch c.rhdr[3] {
+	c.rframes.scan(b, func(typ byte, length int, id uint32) {
+		switch typ {
 		case frameData:
 			if !c.known.Load() {
-				c.unknownData += c.rskip
+				c.unknownData += length
 			}
 		case frameHeaders:
 			c.readID = max(c.readID, id)
 		case frameRSTStream:
 			c.discarded()
 		}
+	})
+}
+
+// frameScanner follows HTTP/2 frames through the bytes of one direction of
+// a connection, as they pass in pieces of any size, reading only the
+// frame headers. (x/net/http2's Framer reads whole frames from a reader;
+// the guard must pass the bytes on unchanged, as they come, without
+// holding any of them.)
+type frameScanner struct {
+	hdr    [frameHeaderLen]byte
+	hdrLen int
+	// skip is what is left of the current frame's payload (or of the
+	// client preface).
+	skip int
+}
+
+// scan follows the frames through b, calling frame for each frame header
+// completed in it.
+func (f *frameScanner) scan(b []byte, frame func(typ byte, length int, id uint32)) {
+	for len(b) > 0 {
+		if f.skip > 0 {
+			n := min(f.skip, len(b))
+			f.skip -= n
+			b = b[n:]
+			continue
+		}
+		n := copy(f.hdr[f.hdrLen:], b)
+		f.hdrLen += n
+		b = b[n:]
+		if f.hdrLen < frameHeaderLen {
+			return
+		}
+		f.hdrLen = 0
+		f.skip = int(f.hdr[0])<<16 | int(f.hdr[1])<<8 | int(f.hdr[2])
+		if frame != nil {
+			frame(f.hdr[3], f.skip, binary.BigEndian.Uint32(f.hdr[5:9])&0x7fffffff)
+		}
 	}
 }
+
+// atBoundary reports whether the bytes so far end on a frame boundary.
+func (f *frameScanner) atBoundary() bool { return f.hdrLen == 0 && f.skip == 0 }
 
 // discarded takes a token for a stream the client reset or the server
 // refused. Past the last token the connection is cut.
@@ -361,38 +382,18 @@ func (c *guardedConn) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	n, err := c.Conn.Write(p)
-	c.scanWrite(p[:n])
+	c.wframes.scan(p[:n], nil)
 	if c.goaway.Load() {
 		c.goAwayAtBoundaryLocked()
 	}
 	return n, err
 }
 
-// scanWrite follows the server's frames through b, to know where one ends.
-func (c *guardedConn) scanWrite(b []byte) {
-	for len(b) > 0 {
-		if c.wskip > 0 {
-			n := min(c.wskip, len(b))
-			c.wskip -= n
-			b = b[n:]
-			continue
-		}
-		n := copy(c.whdr[c.whdrLen:], b)
-		c.whdrLen += n
-		b = b[n:]
-		if c.whdrLen < frameHeaderLen {
-			return
-		}
-		c.whdrLen = 0
-		c.wskip = int(c.whdr[0])<<16 | int(c.whdr[1])<<8 | int(c.whdr[2])
-	}
-}
-
 // goAwayAtBoundaryLocked writes a GOAWAY naming the last stream the
 // client opened and closes the connection, if the server is between
 // frames.
 func (c *guardedConn) goAwayAtBoundaryLocked() {
-	if c.sent || c.whdrLen != 0 || c.wskip != 0 {
+	if c.sent || !c.wframes.atBoundary() {
 		return
 	}
 	c.sent = true
