@@ -30,7 +30,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 )
@@ -235,14 +234,6 @@ func median[T cmp.Ordered](xs []T) T {
 func ratio(a, b float64) string { return fmt.Sprintf("%.2f", a/b) }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
-
-// counter counts bytes written to it.
-type counter struct{ n atomic.Int64 }
-
-func (c *counter) Write(p []byte) (int, error) {
-	c.n.Add(int64(len(p)))
-	return len(p), nil
-}
 
 func mib(bytes int64, d time.Duration) float64 { return float64(bytes) / (1 << 20) / d.Seconds() }
 

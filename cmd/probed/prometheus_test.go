@@ -195,10 +195,7 @@ func TestPrometheus(t *testing.T) {
 // 1, the query's result is turned into a bool where it compares.
 func waitQuery(t *testing.T, web, query string) float64 {
 	t.Helper()
-	q := query
-	if strings.Contains(q, " < ") {
-		q = strings.Replace(q, " < ", " < bool ", 1)
-	}
+	q := strings.Replace(query, " < ", " < bool ", 1)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if v, ok := instantQuery(t, web, q); ok {

@@ -42,14 +42,14 @@ const requestWindow = 64 << 10
 
 // ServerOptions make a gRPC server use the codec, Pool, the flow-control
 // windows (requestWindow for each stream, window for the connection), and
-// a write buffer of transportBuffer that is shared: a connection holds one
-// only while it writes, not for as long as it is open.
+// a write buffer of transportBuffer that is shared (gRPC's default now): a
+// connection holds one only while it writes, not for as long as it is
+// open.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(ServerCodec{}),
 		experimental.BufferPool(Pool),
 		grpc.WriteBufferSize(transportBuffer),
-		grpc.SharedWriteBuffer(true),
 		grpc.InitialWindowSize(requestWindow),
 		grpc.InitialConnWindowSize(window),
 	}
