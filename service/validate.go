@@ -3,7 +3,6 @@ package service
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -277,21 +276,21 @@ type fetchParams struct {
 // step is a validated Step.
 type step struct {
 	send   []byte
-	expect *regexp.Regexp
+	expect *expectProg
 	// line makes expect an expect_line: matched line by line.
 	line     bool
 	startTLS bool
 	// template is a send_template; a send with no bytes is not a step.
-	template string
+	template *template
 }
 
-// Limits of a dialogue.
+// Limits of a dialogue (and expect.go's, of its expressions).
 const (
 	maxSteps = 64
-	// maxExpectLength caps an expect's regular expression, in bytes.
-	maxExpectLength = 1024
 	// maxTemplateLength caps a send_template, and maxGroupBytes each group
-	// of a match it can use, so that an expansion is at most 512 KiB.
+	// of a match it can use. A template counts against the payload cap
+	// at the most it can expand to: each reference to a group as
+	// maxGroupBytes.
 	maxTemplateLength = 1024
 	maxGroupBytes     = 1024
 )
@@ -357,14 +356,15 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 	if len(req.GetSteps()) > 0 && req.GetRequest() != nil {
 		v.add("steps", "a dialogue is the request: give steps, or a payload or http_get, not both")
 	}
-	p.steps = s.validateSteps(&v, "", req.GetSteps(), udp, req.GetTls() != nil)
+	p.steps = s.validateSteps(&v, "", req.GetSteps(), udp, req.GetTls() != nil, &expects{})
 	return p, v.err()
 }
 
 // validateSteps checks a dialogue: its length, each step, and the
 // transport. field prefixes the violations' fields; tls says whether the
-// request has TLS options, which are then its start_tls's.
-func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.Step, udp, tls bool) []step {
+// request has TLS options, which are then its start_tls's; exps compiles
+// the expressions, the request's others with them.
+func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.Step, udp, tls bool, exps *expects) []step {
 	if len(steps) == 0 {
 		return nil
 	}
@@ -377,6 +377,9 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 	}
 	out := make([]step, len(steps))
 	sent, startTLS := 0, false
+	// prev is the last expect before the step: a template's groups are
+	// its match's.
+	var prev *expectProg
 	for i, st := range steps {
 		f := fmt.Sprintf("%ssteps[%d]", field, i)
 		switch a := st.GetAction().(type) {
@@ -384,16 +387,18 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 			out[i].send = a.Send
 			sent += len(a.Send)
 		case *netprobev1.Step_Expect:
-			out[i].expect = compileExpect(v, f+".expect", a.Expect)
+			out[i].expect = exps.compile(v, f+".expect", a.Expect)
+			prev = out[i].expect
 		case *netprobev1.Step_ExpectLine:
-			out[i].expect, out[i].line = compileExpect(v, f+".expect_line", a.ExpectLine), true
+			out[i].expect, out[i].line = exps.compile(v, f+".expect_line", a.ExpectLine), true
+			prev = out[i].expect
 		case *netprobev1.Step_SendTemplate:
 			if len(a.SendTemplate) > maxTemplateLength {
 				v.add(f+".send_template", "%d bytes is over the cap of %d", len(a.SendTemplate), maxTemplateLength)
 				continue
 			}
-			out[i].template = a.SendTemplate
-			sent += len(a.SendTemplate)
+			out[i].template = compileTemplate(a.SendTemplate, prev)
+			sent += out[i].template.most
 		case *netprobev1.Step_StartTls:
 			switch {
 			case !a.StartTls:
@@ -407,26 +412,12 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 		}
 	}
 	if sent > s.cfg.MaxPayloadBytes {
-		v.add(field+"steps", "the sends add up to %d bytes, over the server's cap of %d", sent, s.cfg.MaxPayloadBytes)
+		v.add(field+"steps", "the sends add up to %d bytes at the most (a send_template counts as its longest expansion, %d bytes for each group it names), over the server's cap of %d", sent, maxGroupBytes, s.cfg.MaxPayloadBytes)
 	}
 	if tls && !startTLS {
 		v.add(field+"tls", "with steps, tls is for a start_tls step, and there is none")
 	}
 	return out
-}
-
-// compileExpect compiles an expect's regular expression, multi-line.
-func compileExpect(v *violations, field, expr string) *regexp.Regexp {
-	if len(expr) > maxExpectLength {
-		v.add(field, "%d bytes is over the cap of %d", len(expr), maxExpectLength)
-		return nil
-	}
-	re, err := regexp.Compile("(?m)" + expr)
-	if err != nil {
-		v.add(field, "not an RE2 regular expression: %v", err)
-		return nil
-	}
-	return re
 }
 
 // httpGetRequest renders an HTTP/1.0 GET as a socket client writes it.
