@@ -170,9 +170,13 @@ type expectProg struct {
 type expects struct {
 	// seen holds each source met, compiled or refused.
 	seen map[string]compiled
-	held int64
-	// over is set once the request passed maxRequestExpectBytes: what is
-	// left is not compiled, as the request is refused.
+	// held counts the programs compiled, parsed the programs of every
+	// expression parsed, refused or not: parsing costs memory too, if
+	// only for a while.
+	held, parsed int64
+	// over is set once the request passed maxRequestExpectBytes, held or
+	// parsed: what is left is not parsed, as the request is refused
+	// already.
 	over bool
 }
 
@@ -219,6 +223,9 @@ func (e *expects) compileNew(source string) compiled {
 	}
 	ncap := 2 * (re.MaxCap() + 1)
 	cost := costOf(sizeOf(re), ncap, source)
+	if e.parsed += cost.prog; e.parsed > maxRequestExpectBytes {
+		e.over = true
+	}
 	if cost.total() > maxExpectCost {
 		return refuse("costs %d bytes compiled (its program and the state matching it needs), over the cap of %d", cost.total(), maxExpectCost)
 	}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -150,13 +152,37 @@ func (s *Server) validateSource(v *violations, field string, t *target, source s
 }
 
 // quote quotes what a caller sent for an error message, cut to its first
-// 64 bytes: the message repeats the caller's words, not all of them.
+// 64 bytes (or fewer, not to cut a character in two): the message
+// repeats the caller's words, not all of them. Printable characters are
+// shown as they are, others escaped.
 func quote(s string) string {
 	const most = 64
 	if len(s) <= most {
 		return strconv.Quote(s)
 	}
-	return strconv.Quote(s[:most]) + fmt.Sprintf("... (%d bytes)", len(s))
+	cut := most
+	for cut > most-utf8.UTFMax && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+}
+
+// badChar names, for an error message, the first character of s that ok
+// does not allow: as itself when printable ('ü'), escaped when not
+// ('\u202e'), or as a byte where s is not UTF-8 (byte 0xfc); "" when ok
+// allows them all. ok is asked of ASCII bytes only: nothing else is
+// allowed.
+func badChar(s string, ok func(byte) bool) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] < utf8.RuneSelf && ok(s[i]) {
+			continue
+		}
+		if r, size := utf8.DecodeRuneInString(s[i:]); r != utf8.RuneError || size > 1 {
+			return fmt.Sprintf("character %q", r)
+		}
+		return fmt.Sprintf("byte 0x%02x, which is not UTF-8,", s[i])
+	}
+	return ""
 }
 
 // maxZoneLength is the longest interface name (IFNAMSIZ less its NUL).
@@ -175,10 +201,8 @@ func checkZone(a netip.Addr) string {
 	case len(zone) > maxZoneLength:
 		return fmt.Sprintf("the zone is longer than %d characters", maxZoneLength)
 	}
-	for _, c := range []byte(zone) {
-		if !isNameChar(c) && c != '.' {
-			return fmt.Sprintf("character %q is not allowed in a zone", c)
-		}
+	if c := badChar(zone, func(c byte) bool { return isNameChar(c) || c == '.' }); c != "" {
+		return c + " is not allowed in a zone"
 	}
 	return ""
 }
@@ -198,10 +222,12 @@ func checkHostName(h string) string {
 		if len(label) > 63 {
 			return "a label is longer than 63 characters"
 		}
-		for _, c := range []byte(label) {
-			if !isNameChar(c) {
-				return fmt.Sprintf("character %q is not allowed", c)
+		if c := badChar(label, isNameChar); c != "" {
+			if strings.IndexFunc(label, func(r rune) bool { return r >= utf8.RuneSelf && unicode.IsLetter(r) }) >= 0 {
+				// An internationalized name is asked for by its ASCII form.
+				return c + " is not allowed: a name with letters beyond ASCII is given in its IDNA form (xn--...)"
 			}
+			return c + " is not allowed"
 		}
 		if label[0] == '-' || label[len(label)-1] == '-' {
 			return "a label starts or ends with '-'"
@@ -221,10 +247,16 @@ func checkServiceName(s string) string {
 	if len(s) > 64 {
 		return "longer than 64 characters"
 	}
-	for _, c := range []byte(s) {
-		if !isNameChar(c) && c != '.' && c != '+' && c != '/' {
-			return fmt.Sprintf("character %q is not allowed", c)
+	if c := badChar(s, func(c byte) bool { return isNameChar(c) || c == '.' || c == '+' || c == '/' }); c != "" {
+		return c + " is not allowed"
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' }) < 0 {
+		// RFC 6335: a name has a letter. A number is a port, as a
+		// /probe target's HOST:PORT makes it when it is one.
+		if n, err := strconv.ParseUint(s, 10, 16); err == nil && n > 0 {
+			return "a number: a port goes in port"
 		}
+		return "a number, and out of the ports' range 1-65535"
 	}
 	return ""
 }
