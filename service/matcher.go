@@ -141,14 +141,8 @@ func (m *matcher) reset() {
 // the context or the deadline ends first.
 func (m *matcher) scan(data []byte, final bool) ([]int, error) {
 	for !m.done && m.pos < len(data) {
-		if m.p.prefix != "" && !m.matched && len(m.seeds) == 0 {
-			// Nothing under way: a match can start only where the
-			// prefix does, and its first byte is never inside a rune.
-			i := bytes.IndexByte(data[m.pos:], m.p.prefix[0])
-			if i < 0 {
-				i = len(data) - m.pos
-			}
-			if i > 0 {
+		if !m.matched && len(m.seeds) == 0 {
+			if i := m.skip(data); i > 0 {
 				m.pos += i
 				m.prev, _ = utf8.DecodeLastRune(data[:m.pos])
 				continue
@@ -169,6 +163,33 @@ func (m *matcher) scan(data []byte, final bool) ([]int, error) {
 		}
 	}
 	return m.finish(), nil
+}
+
+// skip returns how many bytes from m.pos no match can start in, when no
+// thread is under way: those before the first byte of the literal every
+// match starts with, which is never inside a rune; or, when every match
+// starts at a line's start (^ in multi-line mode, the usual expect),
+// those up to the next line's start. The rest of the machine steps over
+// bytes a few times slower than bytes.IndexByte does.
+func (m *matcher) skip(data []byte) int {
+	rest := data[m.pos:]
+	var i int
+	switch {
+	case m.p.prefix != "":
+		i = bytes.IndexByte(rest, m.p.prefix[0])
+	case m.p.cond&syntax.EmptyBeginLine != 0 && m.prev != '\n' && m.prev != endOfText:
+		if i = bytes.IndexByte(rest, '\n'); i >= 0 {
+			// The line starts after its terminator, which is stepped
+			// over as any byte.
+			return i
+		}
+	default:
+		return 0
+	}
+	if i < 0 {
+		return len(rest)
+	}
+	return i
 }
 
 // overdue returns why the scan is to stop: the probe's context ended or
