@@ -39,8 +39,10 @@ const (
 	instBytes = 40 // a syntax.Inst
 	runeBytes = 4
 	// progOverhead is an expectProg and its syntax.Prog, and the
-	// request's map entry for it (the first, its map's table).
+	// request's map entry for it; seenOverhead the map itself, with
+	// room for its first entries.
 	progOverhead = 512
+	seenOverhead = 512
 	// matcherBytes is a matcher.
 	matcherBytes = 320
 )
@@ -197,10 +199,11 @@ func (e *expects) compile(v *violations, field, source string) *expectProg {
 			// One violation says the request is over its cap.
 			return nil
 		}
-		c = e.compileNew(source)
 		if e.seen == nil {
 			e.seen = map[string]compiled{}
+			e.held, e.parsed = seenOverhead, seenOverhead
 		}
+		c = e.compileNew(source)
 		e.seen[source] = c
 	}
 	if c.prog == nil && (!ok || !c.over) {
