@@ -189,3 +189,27 @@ func TestTemplateAsExpand(t *testing.T) {
 		}
 	}
 }
+
+// TestExpectLineSearchedOnce feeds an expect_line a long line a few bytes
+// at a time, and after each chunk writes a line's end over what was
+// searched: the search never finds it, as it goes on from where it
+// stopped, where searching the partial line again on each chunk looked at
+// each byte hundreds of times.
+func TestExpectLineSearchedOnce(t *testing.T) {
+	var v violations
+	st := step{expect: (&expects{}).compile(&v, "expect_line", `^never`), line: true}
+	f := &fetch{fetchParams: &fetchParams{}}
+	m := newMatcher(context.Background(), time.Time{}, st.expect)
+	for range 4096 {
+		f.pending = append(f.pending, "0123456789abcdef"...)
+		if _, loc, _, err := f.find(m, st, false, false); loc != nil || err != nil {
+			t.Fatalf("%v, %v", loc, err)
+		}
+		if f.scanned != 0 {
+			t.Fatalf("a line ended at %d: the search looked back", f.scanned)
+		}
+		for i := range f.searched {
+			f.pending[i] = '\n'
+		}
+	}
+}
