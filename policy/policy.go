@@ -6,9 +6,10 @@
 // name has been resolved, so that a name which resolves (or re-resolves) to
 // a denied address is refused before any packet is sent.
 //
-// IPv6 addresses that carry an IPv4 address (IPv4-mapped, NAT64
-// 64:ff9b::/96, 6to4 2002::/16 and Teredo 2001::/32) may reach that IPv4
-// address through a translator. So a denial matches any form of an
+// IPv6 addresses that carry an IPv4 address (IPv4-mapped, the deprecated
+// IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::/96, 6to4 2002::/16 and Teredo
+// 2001::/32) may reach that IPv4 address through a translator (a kernel's
+// sit tunnel sends ::a.b.c.d to a.b.c.d). So a denial matches any form of an
 // address, its own or the IPv4 address it carries; an allow rule matches
 // only the address that is dialled (an IPv4-mapped address is dialled as
 // its IPv4 address). The embedded forms can only add denials: "allow
@@ -225,14 +226,17 @@ func anyMatch(rules []Rule, subjects []netip.Addr, port uint16) bool {
 
 // Well-known IPv6 prefixes that carry an IPv4 address.
 var (
-	nat64  = netip.MustParsePrefix("64:ff9b::/96")
-	sixTo4 = netip.MustParsePrefix("2002::/16")
-	teredo = netip.MustParsePrefix("2001::/32")
+	// compatible is RFC 4291's deprecated IPv4-compatible addresses,
+	// ::a.b.c.d, of which :: and ::1 are not.
+	compatible = netip.MustParsePrefix("::/96")
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")
+	sixTo4     = netip.MustParsePrefix("2002::/16")
+	teredo     = netip.MustParsePrefix("2001::/32")
 )
 
 // Subjects returns the addresses a policy judges for a: a itself, and the
-// IPv4 address it carries, if any (IPv4-mapped, NAT64, 6to4, or the client
-// address of Teredo).
+// IPv4 address it carries, if any (IPv4-mapped, IPv4-compatible, NAT64,
+// 6to4, or the client address of Teredo).
 func Subjects(a netip.Addr) []netip.Addr {
 	a = a.WithZone("")
 	if !a.Is6() {
@@ -243,6 +247,8 @@ func Subjects(a netip.Addr) []netip.Addr {
 	switch {
 	case a.Is4In6():
 		return []netip.Addr{a, a.Unmap()}
+	case compatible.Contains(a) && !a.IsUnspecified() && !a.IsLoopback():
+		copy(v4[:], b[12:16])
 	case nat64.Contains(a):
 		copy(v4[:], b[12:16])
 	case sixTo4.Contains(a):

@@ -54,6 +54,14 @@ func TestDefaults(t *testing.T) {
 		{"::ffff:169.254.169.254", 80, "built-in: link-local (cloud metadata)"},
 		{"::ffff:127.0.0.1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
 		{"::ffff:10.0.0.1", 80, ""},
+		{"::169.254.169.254", 80, "built-in: link-local (cloud metadata)"}, // IPv4-compatible
+		{"::127.0.0.1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
+		{"::224.0.0.1", 80, "built-in: multicast"},
+		{"::0.0.0.2", 80, "built-in: unspecified address"},
+		{"::10.0.0.1", 80, ""},
+		{"::127.0.0.1", 7071, ""},
+		{"::1", 7070, ""},   // loopback, not 0.0.0.1
+		{"::1:0:0", 80, ""}, // outside ::/96
 		{"64:ff9b::a9fe:a9fe", 80, "built-in: link-local (cloud metadata)"},
 		{"64:ff9b::7f00:1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
 		{"64:ff9b::a00:1", 80, ""},
@@ -86,7 +94,11 @@ func TestSubjects(t *testing.T) {
 		{"64:ff9b::c000:201", "192.0.2.1"},
 		{"2002:c000:201::", "192.0.2.1"},
 		{"2001:0:4136:e378:8000:63bf:3fff:fdfe", "192.0.2.1"},
-		{"::192.0.2.1", ""}, // IPv4-compatible: deprecated, and not routed as IPv4
+		// IPv4-compatible: deprecated, but a kernel's sit tunnel still
+		// routes it to the IPv4 address; :: and ::1 are not.
+		{"::192.0.2.1", "192.0.2.1"},
+		{"::", ""},
+		{"::1", ""},
 	}
 	for _, tt := range tests {
 		a := netip.MustParseAddr(tt.addr)

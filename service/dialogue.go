@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -31,10 +29,10 @@ const (
 func (f *fetch) dialogue() (matched bool, err error) {
 	for i, st := range f.steps {
 		switch {
-		case st.send != nil || st.template != "":
+		case st.send != nil || st.template != nil:
 			b := st.send
-			if st.template != "" {
-				b = f.expand(st.template)
+			if st.template != nil {
+				b = st.template.expand(nil, f.groups)
 			}
 			n, werr := f.conn.Write(b)
 			f.sum.BytesSent += uint64(n)
@@ -61,7 +59,7 @@ func (f *fetch) dialogue() (matched bool, err error) {
 			}
 			// Bytes the peer sent ahead of the handshake are plaintext
 			// that must not pass for part of the TLS stream.
-			f.conn, f.pending, f.scanned = tc, nil, 0
+			f.conn, f.pending, f.scanned, f.searched = tc, nil, 0, 0
 		}
 	}
 	return f.steps[len(f.steps)-1].expect != nil, nil
@@ -69,19 +67,32 @@ func (f *fetch) dialogue() (matched bool, err error) {
 
 // expect reads until step i's expression matches what came since the
 // previous expect. The data read goes to the caller as any reply does.
+//
+// Each chunk is matched as it comes, once (see matcher): an expect costs
+// time in proportion to what the peer sends, however it splits it.
 func (f *fetch) expect(i int, st step) (bool, error) {
-	re := st.expect
+	p := st.expect
+	m := newMatcher(f.ctx, f.deadline, p)
 	r := newPooledReader(f.conn, rawBuffers)
+	eof := false
 	for {
-		if src, loc, end := f.find(st, false); loc != nil {
-			return true, f.matched(i, re, src, loc, end)
-		}
-		if f.sum.BytesReceived >= f.maxBytes {
-			f.noMatch(i, re, "before the byte cap")
+		capped := f.sum.BytesReceived >= f.maxBytes
+		src, loc, end, err := f.find(m, st, eof, capped)
+		switch {
+		case err != nil:
+			f.failExpect(i, p, err)
+			return false, nil
+		case loc != nil:
+			return true, f.matched(i, src, loc, end)
+		case eof:
+			f.noMatch(i, p, "before the peer closed")
+			return false, nil
+		case capped:
+			f.noMatch(i, p, "before the byte cap")
 			return false, nil
 		}
 		if err := f.idleDeadline(); err != nil {
-			f.failExpect(i, re, err)
+			f.failExpect(i, p, err)
 			return false, nil
 		}
 		chunk, rerr := r.next()
@@ -90,6 +101,9 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 				drop := max(0, len(f.pending)-expectWindow/2)
 				f.pending = append(f.pending[:0:0], f.pending[drop:]...)
 				f.scanned = max(0, f.scanned-drop)
+				f.searched = max(0, f.searched-drop)
+				// What is pending starts a text anew.
+				m.reset()
 			}
 			// What the byte cap cuts off is not matched either.
 			kept := chunk[:min(uint64(len(chunk)), f.maxBytes-f.sum.BytesReceived)]
@@ -105,72 +119,77 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 		switch {
 		case rerr == nil:
 		case errors.Is(rerr, io.EOF):
-			if src, loc, end := f.find(st, true); loc != nil {
-				return true, f.matched(i, re, src, loc, end)
-			}
-			f.noMatch(i, re, "before the peer closed")
-			return false, nil
+			eof = true
 		default:
-			f.failExpect(i, re, rerr)
+			f.failExpect(i, p, rerr)
 			return false, nil
 		}
 	}
 }
 
-// find looks for st's match in what is pending: anywhere in it, or for an
-// expect_line in one whole line at a time (and, when final, in a last
-// line without its terminator). It returns where the match is, its
-// indexes there, and how much of pending it uses up.
-func (f *fetch) find(st step, final bool) (src []byte, loc []int, end int) {
+// find looks for st's match in what is pending: anywhere in it, going on
+// from where m stopped, or for an expect_line in one whole line at a time
+// (and, once the peer closed, in a last line without its terminator). It
+// returns where the match is, its indexes there, and how much of pending
+// it uses up; an error when the probe's time ran out while matching.
+func (f *fetch) find(m *matcher, st step, eof, capped bool) (src []byte, loc []int, end int, err error) {
 	if !st.line {
-		if loc = st.expect.FindSubmatchIndex(f.pending); loc == nil {
-			return nil, nil, 0
+		// Nothing more comes once the peer closed or the cap is reached:
+		// the last bytes are all there is of the text.
+		if loc, err = m.scan(f.pending, eof || capped); loc == nil {
+			return nil, nil, 0, err
 		}
-		return f.pending, loc, loc[1]
+		return f.pending, loc, loc[1], nil
 	}
 	for f.scanned < len(f.pending) {
 		rest := f.pending[f.scanned:]
-		n := bytes.IndexByte(rest, '\n')
-		next := f.scanned + n + 1
+		// A long line is searched for its end once, not on every chunk.
+		n := bytes.IndexByte(f.pending[f.searched:], '\n')
 		if n < 0 {
-			if !final {
-				return nil, nil, 0
+			f.searched = len(f.pending)
+			if !eof {
+				return nil, nil, 0, nil
 			}
-			n, next = len(rest), len(f.pending)
+			n = len(rest)
+		} else {
+			n += f.searched - f.scanned
 		}
+		next := min(f.scanned+n+1, len(f.pending))
 		line := bytes.TrimSuffix(rest[:n], []byte("\r"))
-		f.scanned = next
-		if loc = st.expect.FindSubmatchIndex(line); loc != nil {
-			return line, loc, next
+		f.scanned, f.searched = next, next
+		m.reset()
+		if loc, err = m.scan(line, true); loc != nil || err != nil {
+			return line, loc, next, err
 		}
 	}
-	return nil, nil, 0
+	return nil, nil, 0, nil
 }
 
 // failExpect records an expect that failed with err (a timeout, a
 // reset): classified as err is, with a message that quotes what had come
 // without matching.
-func (f *fetch) failExpect(i int, re *regexp.Regexp, err error) {
+func (f *fetch) failExpect(i int, p *expectProg, err error) {
 	f.failStep(i, netprobev1.Stage_STAGE_EXPECT, err)
 	when := "before the timeout"
 	if f.sum.Error.Reason != netprobev1.Reason_REASON_TIMEOUT {
 		when = "before the connection failed (" + f.sum.Error.Message + ")"
 	}
-	f.sum.Error.Message = noMatchMessage(re, when, f.tail())
+	f.sum.Error.Message = noMatchMessage(p, when, f.tail())
 }
 
-// matched records the match loc of re, step i's, in src, tells the
-// caller, and keeps what follows end in what is pending for the next
-// expect. It returns an error only when the caller's stream failed.
-func (f *fetch) matched(i int, re *regexp.Regexp, src []byte, loc []int, end int) error {
-	f.lastRe, f.groups = re, make([][]byte, len(loc)/2)
+// matched records the match loc, step i's, in src, tells the caller, and
+// keeps what follows end in what is pending for the next expect. It
+// returns an error only when the caller's stream failed.
+func (f *fetch) matched(i int, src []byte, loc []int, end int) error {
+	f.groups = make([][]byte, len(loc)/2)
 	for g := range f.groups {
 		if loc[2*g] >= 0 {
+			// Not nil, even when empty: the group took part.
 			b := src[loc[2*g]:loc[2*g+1]]
-			f.groups[g] = append([]byte(nil), b[:min(len(b), maxGroupBytes)]...)
+			f.groups[g] = bytes.Clone(b[:min(len(b), maxGroupBytes)])
 		}
 	}
-	f.pending, f.scanned = f.pending[end:], 0
+	f.pending, f.scanned, f.searched = f.pending[end:], 0, 0
 	if f.stream == nil {
 		return nil
 	}
@@ -178,27 +197,6 @@ func (f *fetch) matched(i int, re *regexp.Regexp, src []byte, loc []int, end int
 		Match: &netprobev1.ExpectMatch{Step: uint32(i), Groups: f.groups},
 	}})
 }
-
-// expand is a send_template with the last match's groups in place of its
-// references, as regexp.Expand makes it; with no match before, they are
-// empty.
-func (f *fetch) expand(template string) []byte {
-	if f.lastRe == nil {
-		return noGroups.Expand(nil, []byte(template), nil, []int{0, 0})
-	}
-	// Expand reads the groups through indexes into one source: lay them
-	// end to end.
-	var src []byte
-	idx := make([]int, 0, 2*len(f.groups))
-	for _, g := range f.groups {
-		idx = append(idx, len(src), len(src)+len(g))
-		src = append(src, g...)
-	}
-	return f.lastRe.Expand(nil, []byte(template), src, idx)
-}
-
-// noGroups expands a template before any match: every reference is empty.
-var noGroups = regexp.MustCompile("")
 
 // failStep records the failure of step i.
 func (f *fetch) failStep(i int, stage netprobev1.Stage, err error) {
@@ -208,21 +206,21 @@ func (f *fetch) failStep(i int, stage netprobev1.Stage, err error) {
 
 // noMatch records an expect that the peer never satisfied, quoting the
 // last of what it sent.
-func (f *fetch) noMatch(i int, re *regexp.Regexp, when string) {
+func (f *fetch) noMatch(i int, p *expectProg, when string) {
 	f.sum.Error = &netprobev1.ProbeError{
 		Stage:   netprobev1.Stage_STAGE_EXPECT,
 		Reason:  netprobev1.Reason_REASON_NO_MATCH,
 		Address: f.conn.RemoteAddr().String(),
-		Message: noMatchMessage(re, when, f.tail()),
+		Message: noMatchMessage(p, when, f.tail()),
 		Elapsed: durationpb.New(time.Since(f.start)),
 		Step:    proto.Uint32(uint32(i)),
 	}
 }
 
-// noMatchMessage says that re found no match before when, quoting tail,
+// noMatchMessage says that p found no match before when, quoting tail,
 // the last bytes received.
-func noMatchMessage(re *regexp.Regexp, when string, tail []byte) string {
-	return fmt.Sprintf("no match for %q %s; the last bytes received: %q", strings.TrimPrefix(re.String(), "(?m)"), when, tail)
+func noMatchMessage(p *expectProg, when string, tail []byte) string {
+	return fmt.Sprintf("no match for %q %s; the last bytes received: %q", p.source, when, tail)
 }
 
 // tail is the last of what came since the previous expect, as much as an

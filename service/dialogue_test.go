@@ -5,10 +5,15 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -358,5 +363,182 @@ func TestDialogueValidation(t *testing.T) {
 	}
 	if !tg.AcceptedNothing() {
 		t.Error("a refused dialogue dialled the target")
+	}
+}
+
+// refusal returns the violations of a refused call, by field.
+func refusal(t *testing.T, err error) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("status = %v, want INVALID_ARGUMENT", err)
+	}
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.FieldViolations {
+				out[v.Field] = v.Description
+			}
+		}
+	}
+	return out
+}
+
+// fetchErr starts a Fetch and returns how its stream ended.
+func fetchErr(t *testing.T, probe netprobev1.ProbeServiceClient, req *netprobev1.FetchRequest) error {
+	t.Helper()
+	stream, err := probe.Fetch(probetest.Context(t), req)
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return err
+		}
+	}
+}
+
+// classes is an expression of few instructions and many runes: \pL eight
+// times, each its own range table, some 50 KiB of program (and little
+// more in matching), so that some twenty of them, each told apart by its
+// own number, pass the request's cap.
+func classes(i int) string {
+	return strings.Repeat(`\pL`, 8) + strconv.Itoa(i)
+}
+
+// TestExpectCostCaps plays the expects that cost too much compiled: one
+// that compiles to megabytes from 990 bytes of source, a Fetch and a
+// Sweep whose many expressions together pass the request's cap (a Sweep
+// of 900 targets, each its own, is the one call that once killed
+// probed), and the same expression in every step or target, which is
+// compiled and counted once. Each refusal names the field and says the
+// cost and the cap, and nothing is dialled.
+func TestExpectCostCaps(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t, probetest.Unlimited)
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("Ünïcodes1\r\n"))
+		c.Close()
+	})
+	// Refused requests are sent here, to show that they dial nothing.
+	never := probetest.Listen(t, "127.0.0.1:0", nil)
+	huge := strings.Repeat(`\pL{1000}`, 110)
+	v := refusal(t, fetchErr(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(never.Port()), Steps: []*netprobev1.Step{send("x"), expect(huge)}}))
+	if d := v["steps[1].expect"]; !regexp.MustCompile(`^costs \d+ bytes compiled .*, over the cap of 65536$`).MatchString(d) || len(v) != 1 {
+		t.Errorf("an expression of 110,000 instructions: %v", v)
+	}
+
+	steps := make([]*netprobev1.Step, 64)
+	for i := range steps {
+		steps[i] = expect(classes(i))
+	}
+	v = refusal(t, fetchErr(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(never.Port()), Steps: steps}))
+	if len(v) != 1 {
+		t.Errorf("64 costly expressions: %v, want the one that passes the request's cap", v)
+	}
+	for field, d := range v {
+		if !regexp.MustCompile(`^steps\[\d\d\]\.expect$`).MatchString(field) || !regexp.MustCompile(`^the request's distinct expressions take \d+ bytes compiled with this one, over the cap of 1048576 a request$`).MatchString(d) {
+			t.Errorf("64 costly expressions: %s: %s", field, d)
+		}
+	}
+	for i := range steps {
+		steps[i] = expect(classes(1))
+	}
+	if f := fetch(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: steps[:1]}); f.summary.GetEndReason() != netprobev1.EndReason_END_REASON_MATCHED {
+		t.Errorf("a costly expression within the caps: %v", f.summary)
+	}
+
+	// 900 targets, each with its own costly expression: refused at the
+	// one that passes the cap, and only there.
+	req := &netprobev1.SweepRequest{}
+	for i := range 900 {
+		st := sweepTarget("127.0.0.1", never.Port())
+		st.Steps = []*netprobev1.Step{expect(classes(i))}
+		req.Targets = append(req.Targets, st)
+	}
+	_, err := sweep(probetest.Context(t), t, e.Probe, req)
+	v = refusal(t, err)
+	if len(v) != 1 {
+		t.Errorf("900 costly targets: %d violations, want 1", len(v))
+	}
+	for field := range v {
+		if !regexp.MustCompile(`^targets\[\d\d\]\.steps\[0\]\.expect$`).MatchString(field) {
+			t.Errorf("900 costly targets: %s: %s", field, v[field])
+		}
+	}
+	// The same expression in every target is one program.
+	for _, st := range req.Targets[:100] {
+		st.Target.Port, st.Steps[0] = tg.Port(), expect(classes(1))
+	}
+	req.Targets = req.Targets[:100]
+	results, err := sweep(probetest.Context(t), t, e.Probe, req)
+	if err != nil || len(results) != 100 {
+		t.Fatalf("100 targets with the same expression: %d results, %v", len(results), err)
+	}
+	for _, r := range results {
+		if r.GetSummary().GetEndReason() != netprobev1.EndReason_END_REASON_MATCHED {
+			t.Errorf("target %d: %v", r.GetIndex(), r.GetSummary())
+		}
+	}
+	if !never.AcceptedNothing() {
+		t.Error("a refused request dialled its target")
+	}
+}
+
+func sendTemplate(s string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_SendTemplate{SendTemplate: s}}
+}
+
+// TestSendTemplateCap plays send_templates that expand past the payload
+// cap: each counts against it at the most it can send (1 KiB for each
+// reference to a group), so 62 templates of ${1} 256 times over, once
+// 3.9 MB sent past a 1 MiB cap, are refused before anything is dialled;
+// templates that fit run, and what the target receives stays within the
+// cap whatever it sends to be echoed.
+func TestSendTemplateCap(t *testing.T) {
+	t.Parallel()
+	const payloadCap = 8 << 10
+	e := probetest.Start(t, probetest.WithMaxPayload(payloadCap))
+	never := probetest.Listen(t, "127.0.0.1:0", nil)
+	steps := []*netprobev1.Step{expect(`(.*)`)}
+	for range 62 {
+		steps = append(steps, sendTemplate(strings.Repeat("${1}", 256)))
+	}
+	v := refusal(t, fetchErr(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(never.Port()), Steps: steps}))
+	if d := v["steps"]; !strings.HasPrefix(d, "the sends add up to 16252928 bytes at the most (a send_template counts as its longest expansion") || len(v) != 1 {
+		t.Errorf("62 templates of 256 references: %v", v)
+	}
+
+	// The target sends a line of 5,000 bytes, and counts what comes back.
+	heard := make(chan int, 1)
+	echo := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte(strings.Repeat("z", 5000) + "\n"))
+		b, _ := probetest.ReadAll(c)
+		c.Close()
+		heard <- len(b)
+	})
+	// A send of 1,000 bytes and seven templates of one reference and a
+	// newline, 1,025 bytes at the most each: 8,175, within the cap.
+	steps = []*netprobev1.Step{send(strings.Repeat("s", 1000)), expect(`^(z+)$`)}
+	for range 7 {
+		steps = append(steps, sendTemplate("${1}\n"))
+	}
+	f := fetch(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(echo.Port()), Steps: steps})
+	if got := <-heard; got != 1000+7*1025 || f.summary.GetBytesSent() != uint64(got) || got > payloadCap {
+		t.Errorf("the target heard %d bytes, the summary says %d sent; want %d, within the cap of %d", got, f.summary.GetBytesSent(), 1000+7*1025, payloadCap)
+	}
+	// One more is over the cap.
+	steps = append(steps, sendTemplate("${1}"))
+	if v := refusal(t, fetchErr(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(never.Port()), Steps: steps})); len(v) != 1 || v["steps"] == "" {
+		t.Errorf("templates over the cap by one reference: %v", v)
+	}
+	// References with no expect before, or to groups the expect lacks,
+	// are nothing, and count as nothing.
+	steps = []*netprobev1.Step{sendTemplate(strings.Repeat("${1}", 255) + "x"), expect(`^z`), sendTemplate(strings.Repeat("$1${name}", 100) + "y\n")}
+	f = fetch(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(echo.Port()), Steps: steps})
+	if got := <-heard; got != 3 || f.summary.GetError() != nil {
+		t.Errorf("the target heard %d bytes, want 3: %v", got, f.summary)
+	}
+	if !never.AcceptedNothing() {
+		t.Error("a refused request dialled its target")
 	}
 }

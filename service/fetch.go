@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"regexp"
 	"sync"
 	"syscall"
 	"time"
@@ -168,12 +167,13 @@ type fetch struct {
 	msg  *netprobev1.FetchResponse
 	data *netprobev1.FetchData
 	// pending is what a dialogue received since its last expect matched;
-	// an expect_line has looked at its lines up to scanned.
-	pending []byte
-	scanned int
-	// lastRe and groups are the last expect's expression and what it
-	// matched, each group cut to maxGroupBytes, for a send_template.
-	lastRe *regexp.Regexp
+	// an expect_line has looked at its lines up to scanned, and for the
+	// end of the next up to searched.
+	pending           []byte
+	scanned, searched int
+	// groups are what the last expect matched, each group cut to
+	// maxGroupBytes, for a send_template; nil for a group that took no
+	// part.
 	groups [][]byte
 }
 

@@ -64,6 +64,12 @@ func TestPolicy(t *testing.T) {
 		_, err := connect(as(t, "ops"), "::ffff:127.0.0.2", port)
 		deniedDetail(t, err, deniedAddr, "127.0.0.2/32")
 	})
+	t.Run("IPv4-compatible", func(t *testing.T) {
+		// ::a.b.c.d is judged by the IPv4 address it carries too: a sit
+		// tunnel would take it there.
+		_, err := connect(as(t, "ops"), "::127.0.0.2", port)
+		deniedDetail(t, err, fmt.Sprintf("[::7f00:2]:%d", port), "127.0.0.2/32")
+	})
 	t.Run("name", func(t *testing.T) {
 		e.DNS.SetAddrs("denied.test", netip.MustParseAddr("127.0.0.2"))
 		_, err := connect(as(t, "ops"), "denied.test", port)

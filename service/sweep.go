@@ -44,6 +44,9 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 	}
 	defaultTimeout := s.validateTimeout(&v, "timeout", req.GetTimeout())
 	jobs := make([]sweepJob, 0, n)
+	// The entries' expressions are compiled once each, and held to one
+	// cap for the whole sweep.
+	exps := &expects{}
 	for i, st := range req.GetTargets() {
 		prefix := fmt.Sprintf("targets[%d].", i)
 		var sub violations
@@ -76,8 +79,8 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 			// Each SRV entry is verified for its own host, not the SRV name.
 			tp.serverName = ""
 		}
-		steps := s.validateSteps(&sub, "", st.GetSteps(), t.network == "udp", st.GetTls() != nil)
-		if len(steps) > 0 && steps[len(steps)-1].expect == nil {
+		steps := s.validateSteps(&sub, "", st.GetSteps(), t.network == "udp", st.GetTls() != nil, exps)
+		if n := len(st.GetSteps()); n > 0 && n <= maxSteps && !isExpect(st.GetSteps()[n-1]) {
 			sub.add("steps", "a sweep's dialogue is a check: its last step is an expect")
 		}
 		for _, fv := range sub {
@@ -94,6 +97,15 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 	// refused.
 	concurrency = min(concurrency, s.cfg.MaxSweepConcurrency, n)
 	return jobs, concurrency, v.err()
+}
+
+// isExpect reports whether st is an expect or an expect_line.
+func isExpect(st *netprobev1.Step) bool {
+	switch st.GetAction().(type) {
+	case *netprobev1.Step_Expect, *netprobev1.Step_ExpectLine:
+		return true
+	}
+	return false
 }
 
 // Sweep implements netprobev1.ProbeServiceServer.

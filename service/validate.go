@@ -3,11 +3,12 @@ package service
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -151,13 +152,37 @@ func (s *Server) validateSource(v *violations, field string, t *target, source s
 }
 
 // quote quotes what a caller sent for an error message, cut to its first
-// 64 bytes: the message repeats the caller's words, not all of them.
+// 64 bytes (or fewer, not to cut a character in two): the message
+// repeats the caller's words, not all of them. Printable characters are
+// shown as they are, others escaped.
 func quote(s string) string {
 	const most = 64
 	if len(s) <= most {
 		return strconv.Quote(s)
 	}
-	return strconv.Quote(s[:most]) + fmt.Sprintf("... (%d bytes)", len(s))
+	cut := most
+	for cut > most-utf8.UTFMax && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+}
+
+// badChar names, for an error message, the first character of s that ok
+// does not allow: as itself when printable ('ü'), escaped when not
+// ('\u202e'), or as a byte where s is not UTF-8 (byte 0xfc); "" when ok
+// allows them all. ok is asked of ASCII bytes only: nothing else is
+// allowed.
+func badChar(s string, ok func(byte) bool) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] < utf8.RuneSelf && ok(s[i]) {
+			continue
+		}
+		if r, size := utf8.DecodeRuneInString(s[i:]); r != utf8.RuneError || size > 1 {
+			return fmt.Sprintf("character %q", r)
+		}
+		return fmt.Sprintf("byte 0x%02x, which is not UTF-8,", s[i])
+	}
+	return ""
 }
 
 // maxZoneLength is the longest interface name (IFNAMSIZ less its NUL).
@@ -176,10 +201,8 @@ func checkZone(a netip.Addr) string {
 	case len(zone) > maxZoneLength:
 		return fmt.Sprintf("the zone is longer than %d characters", maxZoneLength)
 	}
-	for _, c := range []byte(zone) {
-		if !isNameChar(c) && c != '.' {
-			return fmt.Sprintf("character %q is not allowed in a zone", c)
-		}
+	if c := badChar(zone, func(c byte) bool { return isNameChar(c) || c == '.' }); c != "" {
+		return c + " is not allowed in a zone"
 	}
 	return ""
 }
@@ -199,10 +222,12 @@ func checkHostName(h string) string {
 		if len(label) > 63 {
 			return "a label is longer than 63 characters"
 		}
-		for _, c := range []byte(label) {
-			if !isNameChar(c) {
-				return fmt.Sprintf("character %q is not allowed", c)
+		if c := badChar(label, isNameChar); c != "" {
+			if strings.IndexFunc(label, func(r rune) bool { return r >= utf8.RuneSelf && unicode.IsLetter(r) }) >= 0 {
+				// An internationalized name is asked for by its ASCII form.
+				return c + " is not allowed: a name with letters beyond ASCII is given in its IDNA form (xn--...)"
 			}
+			return c + " is not allowed"
 		}
 		if label[0] == '-' || label[len(label)-1] == '-' {
 			return "a label starts or ends with '-'"
@@ -222,10 +247,16 @@ func checkServiceName(s string) string {
 	if len(s) > 64 {
 		return "longer than 64 characters"
 	}
-	for _, c := range []byte(s) {
-		if !isNameChar(c) && c != '.' && c != '+' && c != '/' {
-			return fmt.Sprintf("character %q is not allowed", c)
+	if c := badChar(s, func(c byte) bool { return isNameChar(c) || c == '.' || c == '+' || c == '/' }); c != "" {
+		return c + " is not allowed"
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' }) < 0 {
+		// RFC 6335: a name has a letter. A number is a port, as a
+		// /probe target's HOST:PORT makes it when it is one.
+		if n, err := strconv.ParseUint(s, 10, 16); err == nil && n > 0 {
+			return "a number: a port goes in port"
 		}
+		return "a number, and out of the ports' range 1-65535"
 	}
 	return ""
 }
@@ -277,21 +308,21 @@ type fetchParams struct {
 // step is a validated Step.
 type step struct {
 	send   []byte
-	expect *regexp.Regexp
+	expect *expectProg
 	// line makes expect an expect_line: matched line by line.
 	line     bool
 	startTLS bool
 	// template is a send_template; a send with no bytes is not a step.
-	template string
+	template *template
 }
 
-// Limits of a dialogue.
+// Limits of a dialogue (and expect.go's, of its expressions).
 const (
 	maxSteps = 64
-	// maxExpectLength caps an expect's regular expression, in bytes.
-	maxExpectLength = 1024
 	// maxTemplateLength caps a send_template, and maxGroupBytes each group
-	// of a match it can use, so that an expansion is at most 512 KiB.
+	// of a match it can use. A template counts against the payload cap
+	// at the most it can expand to: each reference to a group as
+	// maxGroupBytes.
 	maxTemplateLength = 1024
 	maxGroupBytes     = 1024
 )
@@ -357,14 +388,15 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 	if len(req.GetSteps()) > 0 && req.GetRequest() != nil {
 		v.add("steps", "a dialogue is the request: give steps, or a payload or http_get, not both")
 	}
-	p.steps = s.validateSteps(&v, "", req.GetSteps(), udp, req.GetTls() != nil)
+	p.steps = s.validateSteps(&v, "", req.GetSteps(), udp, req.GetTls() != nil, &expects{})
 	return p, v.err()
 }
 
 // validateSteps checks a dialogue: its length, each step, and the
 // transport. field prefixes the violations' fields; tls says whether the
-// request has TLS options, which are then its start_tls's.
-func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.Step, udp, tls bool) []step {
+// request has TLS options, which are then its start_tls's; exps compiles
+// the expressions, the request's others with them.
+func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.Step, udp, tls bool, exps *expects) []step {
 	if len(steps) == 0 {
 		return nil
 	}
@@ -377,6 +409,9 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 	}
 	out := make([]step, len(steps))
 	sent, startTLS := 0, false
+	// prev is the last expect before the step: a template's groups are
+	// its match's.
+	var prev *expectProg
 	for i, st := range steps {
 		f := fmt.Sprintf("%ssteps[%d]", field, i)
 		switch a := st.GetAction().(type) {
@@ -384,16 +419,18 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 			out[i].send = a.Send
 			sent += len(a.Send)
 		case *netprobev1.Step_Expect:
-			out[i].expect = compileExpect(v, f+".expect", a.Expect)
+			out[i].expect = exps.compile(v, f+".expect", a.Expect)
+			prev = out[i].expect
 		case *netprobev1.Step_ExpectLine:
-			out[i].expect, out[i].line = compileExpect(v, f+".expect_line", a.ExpectLine), true
+			out[i].expect, out[i].line = exps.compile(v, f+".expect_line", a.ExpectLine), true
+			prev = out[i].expect
 		case *netprobev1.Step_SendTemplate:
 			if len(a.SendTemplate) > maxTemplateLength {
 				v.add(f+".send_template", "%d bytes is over the cap of %d", len(a.SendTemplate), maxTemplateLength)
 				continue
 			}
-			out[i].template = a.SendTemplate
-			sent += len(a.SendTemplate)
+			out[i].template = compileTemplate(a.SendTemplate, prev)
+			sent += out[i].template.most
 		case *netprobev1.Step_StartTls:
 			switch {
 			case !a.StartTls:
@@ -407,26 +444,12 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 		}
 	}
 	if sent > s.cfg.MaxPayloadBytes {
-		v.add(field+"steps", "the sends add up to %d bytes, over the server's cap of %d", sent, s.cfg.MaxPayloadBytes)
+		v.add(field+"steps", "the sends add up to %d bytes at the most (a send_template counts as its longest expansion, %d bytes for each group it names), over the server's cap of %d", sent, maxGroupBytes, s.cfg.MaxPayloadBytes)
 	}
 	if tls && !startTLS {
 		v.add(field+"tls", "with steps, tls is for a start_tls step, and there is none")
 	}
 	return out
-}
-
-// compileExpect compiles an expect's regular expression, multi-line.
-func compileExpect(v *violations, field, expr string) *regexp.Regexp {
-	if len(expr) > maxExpectLength {
-		v.add(field, "%d bytes is over the cap of %d", len(expr), maxExpectLength)
-		return nil
-	}
-	re, err := regexp.Compile("(?m)" + expr)
-	if err != nil {
-		v.add(field, "not an RE2 regular expression: %v", err)
-		return nil
-	}
-	return re
 }
 
 // httpGetRequest renders an HTTP/1.0 GET as a socket client writes it.

@@ -67,6 +67,10 @@ func TestBadRequests(t *testing.T) {
 		{"no port, no service", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 0 })}, []string{"target.port"}},
 		{"port over 65535", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 65536 })}, []string{"target.port"}},
 		{"bad service name", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 0; t.Service = "ht tp" })}, []string{"target.service"}},
+		// /probe makes HOST:PORT's PORT the service when it is not a
+		// port: 65536 was looked up, and UNKNOWN_SERVICE.
+		{"service a port out of range", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 0; t.Service = "65536" })}, []string{"target.service"}},
+		{"service a port", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Port = 0; t.Service = "80" })}, []string{"target.service"}},
 		{"unknown network", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.Network = 7 })}, []string{"target.network"}},
 		{"unknown family", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.IpFamily = 9 })}, []string{"target.ip_family"}},
 		{"IPv6 forced on an IPv4 address", &netprobev1.ConnectRequest{Target: with(func(t *netprobev1.Target) { t.IpFamily = netprobev1.IpFamily_IP_FAMILY_IPV6 })}, []string{"target.ip_family"}},
@@ -120,6 +124,7 @@ func TestBadRequests(t *testing.T) {
 		{"name and port", &netprobev1.ResolveServiceRequest{Name: "http", Port: 80}, []string{"port"}},
 		{"bad protocol", &netprobev1.ResolveServiceRequest{Name: "http", Protocol: "t c p"}, []string{"protocol"}},
 		{"port over 65535", &netprobev1.ResolveServiceRequest{Port: 70000}, []string{"port"}},
+		{"name a port out of range", &netprobev1.ResolveServiceRequest{Name: "65536"}, []string{"name"}},
 	}
 	for _, tt := range resolves {
 		t.Run("ResolveService/"+tt.name, func(t *testing.T) {
@@ -132,6 +137,37 @@ func TestBadRequests(t *testing.T) {
 
 	if !tg.AcceptedNothing() {
 		t.Error("a refused request dialled its target")
+	}
+}
+
+// TestBadRequestMessages checks that a refusal quotes what the caller
+// sent readably and safely: characters beyond ASCII as themselves,
+// control and formatting characters (a right-to-left override) escaped,
+// never cut in two.
+func TestBadRequestMessages(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	for _, tt := range []struct {
+		host, port, service string
+		want                string
+	}{
+		{host: "münchen.test", want: `target.host: "münchen.test" is not an IP address or a valid DNS name: character 'ü' is not allowed: a name with letters beyond ASCII is given in its IDNA form (xn--...)`},
+		{host: "例え.テスト", want: `target.host: "例え.テスト" is not an IP address or a valid DNS name: character '例' is not allowed: a name with letters beyond ASCII is given in its IDNA form (xn--...)`},
+		{host: "evil\u202egnp.test", want: `target.host: "evil\u202egnp.test" is not an IP address or a valid DNS name: character '\u202e' is not allowed`},
+		{host: "fe80::1%eth0\u00a0", want: `target.host: "fe80::1%eth0\u00a0": character '\u00a0' is not allowed in a zone`},
+		{host: strings.Repeat("a", 63) + "ü" + strings.Repeat("b", 10), want: `target.host: "` + strings.Repeat("a", 63) + `"... (75 bytes) is not an IP address or a valid DNS name: a label is longer than 63 characters`},
+		{host: "127.0.0.1", service: "65536", want: `target.service: "65536" is not a valid service name: a number, and out of the ports' range 1-65535`},
+		{host: "127.0.0.1", service: "443", want: `target.service: "443" is not a valid service name: a number: a port goes in port`},
+		{host: "127.0.0.1", service: "htétp", want: `target.service: "htétp" is not a valid service name: character 'é' is not allowed`},
+	} {
+		port := uint32(80)
+		if tt.service != "" {
+			port = 0
+		}
+		_, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: tt.host, Port: port, Service: tt.service}})
+		if got := status.Convert(err).Message(); got != "invalid request: "+tt.want {
+			t.Errorf("%q:\n got %s\nwant invalid request: %s", tt.host+" "+tt.service, got, tt.want)
+		}
 	}
 }
 

@@ -33,6 +33,8 @@ PROTOCOL is tcp (the default) or udp.`,
 			protocol := protocolArg(args, 1)
 			if cmd.Flags().Changed("port") {
 				protocol = protocolArg(args, 0)
+			} else if err := checkUTF8("SERVICE", args[0]); err != nil {
+				return err
 			}
 			if p := strings.ToLower(protocol); p != "" && p != "tcp" && p != "udp" {
 				return fmt.Errorf("PROTOCOL %q: want tcp or udp", protocol)

@@ -148,11 +148,17 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return nil, usagef("target %q: want HOST:PORT ([IPv6]:PORT for an IPv6 address)", addr)
 		}
+		if err := checkUTF8("target", addr); err != nil {
+			return nil, err
+		}
 		out = append(out, client.SweepTarget{Network: network, Address: addr, Expand: expand, Steps: steps})
 	}
 	for _, name := range sf.srv {
 		if name == "" {
 			return nil, usagef("--srv is empty: give a name such as _https._tcp.example.com")
+		}
+		if err := checkUTF8("--srv", name); err != nil {
+			return nil, err
 		}
 		out = append(out, client.SweepTarget{Network: network, Address: name, Expand: client.ExpandSRV, Steps: steps})
 	}

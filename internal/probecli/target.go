@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 )
@@ -65,6 +66,12 @@ func address(host, port string) (string, error) {
 	if host == "" {
 		return "", usagef("HOST is empty")
 	}
+	if err := checkUTF8("HOST", host); err != nil {
+		return "", err
+	}
+	if err := checkUTF8("SERVICE", port); err != nil {
+		return "", err
+	}
 	if n, err := strconv.ParseUint(port, 10, 64); err == nil && (n == 0 || n > 65535) {
 		return "", usagef("PORT %s is out of range 1-65535", port)
 	}
@@ -83,4 +90,14 @@ func positional(min, max int, names string) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// checkUTF8 refuses text the request's string fields cannot carry (a
+// name typed in a Latin-1 terminal, say), which would otherwise fail as
+// the request is encoded, as an internal error.
+func checkUTF8(what, s string) error {
+	if !utf8.ValidString(s) {
+		return usagef("%s %q is not UTF-8", what, s)
+	}
+	return nil
 }

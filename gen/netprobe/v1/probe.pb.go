@@ -2161,7 +2161,12 @@ type Step_Expect struct {
 	// matching at line boundaries, as blackbox_exporter's query_response
 	// does; what follows the match is kept for the next expect. The peer
 	// closing, or the byte cap, first is STAGE_EXPECT / REASON_NO_MATCH;
-	// the timeout is STAGE_EXPECT / REASON_TIMEOUT.
+	// the timeout is STAGE_EXPECT / REASON_TIMEOUT. An expression is at
+	// most 1,024 bytes, and costs at most 64 KiB compiled (its program
+	// and the state matching it needs, as the server counts them); a
+	// request's distinct expressions, a Sweep's targets' included, at
+	// most 1 MiB of programs. Over either is INVALID_ARGUMENT naming the
+	// step. Matching takes each byte once, and stops at the timeout.
 	Expect string `protobuf:"bytes,2,opt,name=expect,proto3,oneof"`
 }
 
@@ -2177,7 +2182,10 @@ type Step_SendTemplate struct {
 	// with the groups of the previous expect's match, as Go's
 	// regexp.Expand does ($$ is a $): blackbox_exporter's "send" after an
 	// "expect". A group that did not match, or no previous expect, is
-	// empty.
+	// empty. At most 1,024 bytes; it counts against the server's payload
+	// cap, with the sends, at the most it can expand to: its text, and
+	// 1,024 bytes (the most of a group) for each reference to a group the
+	// previous expect has.
 	SendTemplate string `protobuf:"bytes,4,opt,name=send_template,json=sendTemplate,proto3,oneof"`
 }
 
@@ -2187,7 +2195,7 @@ type Step_ExpectLine struct {
 	// on its own, without its terminator (a \n, and a \r before it); the
 	// lines before it are passed over, and a last line without a
 	// terminator is tried when the peer closes. Its groups are the line's.
-	// Failures are as expect's.
+	// Failures and limits are as expect's.
 	ExpectLine string `protobuf:"bytes,5,opt,name=expect_line,json=expectLine,proto3,oneof"`
 }
 

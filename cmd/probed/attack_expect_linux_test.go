@@ -1,0 +1,401 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// The attacks on what an expect costs (issue 21: H2, M4, L5's neighbour
+// the port), made on the real binary in its default configuration, with
+// no token, and measured in its process: RSS and heap (footprint), and CPU
+// time (cpuTime).
+
+// startDefault runs probed as it is by default, with GOGC=25 as the
+// victims of attack_linux_test.go are, and returns it with a client.
+func startDefault(t *testing.T) (*victim, netprobev1.ProbeServiceClient) {
+	t.Helper()
+	cmd := exec.Command(probedBin, "--listen=127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "GOGC=25")
+	p := probetest.StartProbed(t, cmd)
+	probe := netprobev1.NewProbeServiceClient(dial(t, p.Addr))
+	// Once served, the heap has grown to where it idles.
+	if _, err := probe.ResolveService(probetest.Context(t), &netprobev1.ResolveServiceRequest{Name: "http"}); err != nil {
+		t.Fatal(err)
+	}
+	return &victim{Probed: p}, probe
+}
+
+// cpuTime returns the CPU time process pid has used, user and system
+// (/proc/PID/stat, in USER_HZ ticks of 10 ms).
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command's name, which is in parentheses:
+	// state is field 3, utime 14 and stime 15.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// violations returns the fields a refusal names, with what it says of
+// each.
+func violations(t *testing.T, err error) map[string]string {
+	t.Helper()
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument {
+		t.Fatalf("status %v, want INVALID_ARGUMENT", err)
+	}
+	out := map[string]string{}
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				out[v.GetField()] = v.GetDescription()
+			}
+		}
+	}
+	return out
+}
+
+func expectStep(re string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: re}}
+}
+
+// costly is the i-th of distinct expressions of 990 bytes that compile to
+// 110,000 instructions, some 14 MB with their state: one of them in each
+// target of a Sweep grew probed's heap to 2.8 GiB in 4 s.
+func costly(i int) string {
+	return strings.Repeat(`\pL{1000}`, 109) + fmt.Sprintf(`\pL{%03d}`, i)
+}
+
+// fetchEnd runs a Fetch to its end: the refusal, or the summary.
+func fetchEnd(ctx context.Context, probe netprobev1.ProbeServiceClient, req *netprobev1.FetchRequest) (*netprobev1.FetchSummary, error) {
+	stream, err := probe.Fetch(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if s := msg.GetSummary(); s != nil {
+			return s, nil
+		}
+	}
+}
+
+// TestAttackExpectSweep sends the one call that once killed probed: a
+// Sweep of 900 targets, each with an expect of its own that compiles to
+// megabytes (1 MB of request). It is refused, naming the first target's
+// expect, saying its cost and the cap, before anything is dialled, and
+// probed grows by less than 64 MiB.
+func TestAttackExpectSweep(t *testing.T) {
+	t.Parallel()
+	v, probe := startDefault(t)
+	never := probetest.Listen(t, "127.0.0.1:0", nil)
+	req := &netprobev1.SweepRequest{}
+	for i := range 900 {
+		req.Targets = append(req.Targets, &netprobev1.SweepTarget{
+			Target: &netprobev1.Target{Host: "127.0.0.1", Port: never.Port()},
+			Steps:  []*netprobev1.Step{expectStep(costly(i))},
+		})
+	}
+	base := v.footprint(t)
+	stream, err := probe.Sweep(probetest.Context(t), req)
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	got := violations(t, err)
+	if d := got["targets[0].steps[0].expect"]; len(got) != 1 || !regexp.MustCompile(`^costs \d{8} bytes compiled .*, over the cap of 65536$`).MatchString(d) {
+		t.Errorf("violations %v, want the first target's expect, over the cap", got)
+	}
+	v.grew(t, base)
+	if !never.AcceptedNothing() {
+		t.Error("the refused sweep dialled its targets")
+	}
+}
+
+// classes is an expression of 50 KiB of program: \pL eight times, each
+// its own range table. Twenty of them, told apart by a number, come to
+// the most a request may hold.
+func classes(i int) string {
+	return strings.Repeat(`\pL`, 8) + strconv.Itoa(i)
+}
+
+// TestAttackExpectFetches sends Fetches of many costly expects, eight at
+// once: 64 steps of the expressions that once held 554 MiB a Fetch are
+// refused; steps that hold as much as a request may (20 distinct
+// expressions of 50 KiB of program) run, held in their first expect by a
+// silent target, and the eight grow probed by less than 64 MiB.
+func TestAttackExpectFetches(t *testing.T) {
+	t.Parallel()
+	v, probe := startDefault(t)
+	silent := probetest.Listen(t, "127.0.0.1:0", nil)
+	target := &netprobev1.Target{Host: "127.0.0.1", Port: silent.Port()}
+	base := v.footprint(t)
+	var refused, held []*netprobev1.Step
+	for i := range 64 {
+		refused = append(refused, expectStep(costly(i)))
+	}
+	for i := range 20 {
+		held = append(held, expectStep(classes(i)))
+	}
+	ctx := probetest.Context(t)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			_, err := fetchEnd(ctx, probe, &netprobev1.FetchRequest{Target: target, Steps: refused})
+			if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "steps[0].expect: costs") {
+				t.Errorf("64 costly steps: %v, want INVALID_ARGUMENT for steps[0]", err)
+			}
+		})
+	}
+	wg.Wait()
+	if !silent.AcceptedNothing() {
+		t.Error("a refused Fetch dialled its target")
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for range 8 {
+		wg.Go(func() {
+			if _, err := fetchEnd(hctx, probe, &netprobev1.FetchRequest{Target: target, Steps: held}); status.Code(err) != codes.Canceled {
+				t.Errorf("a held Fetch ended before it was cancelled: %v", err)
+			}
+		})
+	}
+	for i := 0; i < 8; i++ {
+		select {
+		case <-silent.Accepted:
+		case <-ctx.Done():
+			t.Fatalf("%d of 8 Fetches connected", i)
+		}
+	}
+	// Each connected once it was validated; let the last reach its
+	// expect, then weigh.
+	waitInFlight(t, v, 8)
+	v.grew(t, base)
+	cancel()
+	wg.Wait()
+}
+
+// waitInFlight waits until probed has n probes in flight.
+func waitInFlight(t *testing.T, v *victim, n float64) {
+	t.Helper()
+	for deadline := time.Now().Add(probetest.Timeout); ; time.Sleep(10 * time.Millisecond) {
+		m := scrape(t, "http://"+v.MetricsAddr+"/metrics")
+		if got, _ := metricValue(m["netprobe_probes_in_flight"], nil); got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never %v probes in flight", n)
+		}
+	}
+}
+
+// TestAttackExpectCPU runs eight costly expects at once (.{400}x, the
+// most instructions a thread can wait at within the caps: some 7 µs a
+// byte) against targets that send 64 KiB of "b" and fall silent, or send
+// "b" as fast as they are read: each ends at its 2 s timeout, within
+// 10%, as EXPECT / TIMEOUT, and probed spends at most one CPU-second per
+// second of timeout on each.
+func TestAttackExpectCPU(t *testing.T) {
+	t.Parallel()
+	const timeout = 2 * time.Second
+	for _, tc := range []struct {
+		name  string
+		flood bool
+	}{{"64 KiB then silence", false}, {"a flood", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, probe := startDefault(t)
+			chunk := bytes.Repeat([]byte("b"), 64<<10)
+			tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+				for {
+					if _, err := c.Write(chunk); err != nil || !tc.flood {
+						break
+					}
+				}
+				probetest.WaitClosed(c)
+			})
+			ctx := probetest.Context(t)
+			cpu := cpuTime(t, v.Cmd.Process.Pid)
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Go(func() {
+					start := time.Now()
+					s, err := fetchEnd(ctx, probe, &netprobev1.FetchRequest{
+						Target:  &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()},
+						Steps:   []*netprobev1.Step{expectStep(`.{400}x`)},
+						Timeout: durationpb.New(timeout),
+					})
+					took := time.Since(start)
+					if err != nil || s.GetError().GetStage() != netprobev1.Stage_STAGE_EXPECT || s.GetError().GetReason() != netprobev1.Reason_REASON_TIMEOUT {
+						t.Errorf("summary %v, %v; want EXPECT / TIMEOUT", s.GetError(), err)
+					}
+					if took > timeout*11/10 {
+						t.Errorf("the probe took %v, past its timeout of %v by more than 10%%", took, timeout)
+					}
+				})
+			}
+			wg.Wait()
+			spent := cpuTime(t, v.Cmd.Process.Pid) - cpu
+			t.Logf("8 probes of %v: %v of CPU", timeout, spent)
+			if spent > 8*timeout {
+				t.Errorf("probed spent %v of CPU on 8 probes of %v, more than a second a second each", spent, timeout)
+			}
+		})
+	}
+}
+
+// TestAttackExpectTrickle plays a target that sends a 16-byte line every
+// half millisecond, never what the expect looks for, as the *_starttls
+// modules meet it: the expect matches each byte once, where matching
+// everything pending again on each line cost some 80% of a CPU. The 2 s
+// probe, a Sweep's (whose dialogue sends nothing to the caller, as a
+// module's does not), costs probed less than 0.3 s of CPU, with expect or
+// expect_line.
+func TestAttackExpectTrickle(t *testing.T) {
+	t.Parallel()
+	const timeout = 2 * time.Second
+	for _, tc := range []struct {
+		name string
+		step *netprobev1.Step
+	}{
+		{"expect at a line's start", expectStep(`^220 `)},
+		{"expect anywhere", expectStep(`(220|250) ready`)},
+		{"expect_line", &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: `^220 `}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, probe := startDefault(t)
+			tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+				tick := time.NewTicker(500 * time.Microsecond)
+				defer tick.Stop()
+				for range tick.C {
+					if _, err := c.Write([]byte("220-still here\r\n")); err != nil {
+						return
+					}
+				}
+			})
+			cpu := cpuTime(t, v.Cmd.Process.Pid)
+			stream, err := probe.Sweep(probetest.Context(t), &netprobev1.SweepRequest{
+				Targets: []*netprobev1.SweepTarget{{Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()}, Steps: []*netprobev1.Step{tc.step}}},
+				Timeout: durationpb.New(timeout),
+			})
+			var r *netprobev1.SweepResponse
+			if err == nil {
+				r, err = stream.Recv()
+			}
+			spent := cpuTime(t, v.Cmd.Process.Pid) - cpu
+			s := r.GetSummary()
+			if err != nil || s.GetError().GetReason() != netprobev1.Reason_REASON_TIMEOUT {
+				t.Fatalf("summary %v, %v; want a timeout", s, err)
+			}
+			t.Logf("%d bytes received in %v: %v of CPU", s.GetBytesReceived(), timeout, spent)
+			if s.GetBytesReceived() < 16<<10 {
+				t.Errorf("only %d bytes received: the target did not trickle as it should", s.GetBytesReceived())
+			}
+			if spent > 300*time.Millisecond {
+				t.Errorf("a %v probe of a trickling target cost %v of CPU, want less than 0.3 s", timeout, spent)
+			}
+		})
+	}
+}
+
+// TestScrapePortOutOfRange asks /probe for HOST:65536, whose PORT was
+// looked up as a service name (UNKNOWN_SERVICE): it is a bad request,
+// naming the field.
+func TestScrapePortOutOfRange(t *testing.T) {
+	t.Parallel()
+	v, _ := startDefault(t)
+	code, body := httpGet(t, "http://"+v.MetricsAddr+"/probe?module=tcp_connect&target=127.0.0.1:65536")
+	want := `invalid request: target.service: "65536" is not a valid service name: a number, and out of the ports' range 1-65535`
+	if code != http.StatusBadRequest || strings.TrimSpace(body) != want {
+		t.Errorf("/probe of 127.0.0.1:65536: %d %q, want 400 %q", code, body, want)
+	}
+}
+
+// TestHeldExpectStacks holds 500 Fetches waiting in an expect step, as
+// TestHeldProbeStacks holds idle ones: the expect's frames and its
+// matcher's keep each to one stack of 8 KiB (the matcher's state is on
+// the heap, and matching runs and returns between reads).
+func TestHeldExpectStacks(t *testing.T) {
+	t.Parallel()
+	const n = 500
+	ctx := probetest.Context(t)
+	// The target counts the probes that have sent their line, and are
+	// then in their expect.
+	var waiting atomic.Int64
+	silent := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			waiting.Add(1)
+		}
+		probetest.WaitClosed(c)
+	})
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0",
+		"--max-in-flight=10000", "--max-in-flight-per-caller=10000", "--rate=1e6", "--burst=1000000",
+		"--max-streams-per-connection=10000"))
+	probe := netprobev1.NewProbeServiceClient(dial(t, p.Addr))
+	if _, err := probe.ResolveService(ctx, &netprobev1.ResolveServiceRequest{Name: "http"}); err != nil {
+		t.Fatal(err)
+	}
+	before := scrape(t, "http://"+p.MetricsAddr+"/metrics")
+	hctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	req := &netprobev1.FetchRequest{
+		Target:  &netprobev1.Target{Host: "127.0.0.1", Port: silent.Port()},
+		Steps:   []*netprobev1.Step{{Action: &netprobev1.Step_Send{Send: []byte("EHLO probe\r\n")}}, expectStep(`^250[ -](\S+) (.*)$`)},
+		Timeout: durationpb.New(time.Minute),
+	}
+	for range n {
+		wg.Go(func() {
+			if _, err := fetchEnd(hctx, probe, req); hctx.Err() == nil {
+				t.Errorf("a held Fetch ended before it was cancelled: %v", err)
+			}
+		})
+	}
+	for waiting.Load() < n {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d of %d probes in their expect", waiting.Load(), n)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	after := scrape(t, "http://"+p.MetricsAddr+"/metrics")
+	was, _ := metricValue(before["go_memstats_stack_inuse_bytes"], nil)
+	now, _ := metricValue(after["go_memstats_stack_inuse_bytes"], nil)
+	perProbe := (now - was) / n
+	t.Logf("%d held in an expect: %.1f KiB more stack each", n, perProbe/1024)
+	if perProbe > 11<<10 {
+		t.Errorf("probes held in an expect cost %.1f KiB of stack each, want 8 (a stack past 8 KiB is doubled)", perProbe/1024)
+	}
+}
