@@ -190,10 +190,7 @@ func (f *fetch) matched(i int, src []byte, loc []int, end int) error {
 		}
 	}
 	f.pending, f.scanned, f.searched = f.pending[end:], 0, 0
-	if f.stream == nil {
-		return nil
-	}
-	return f.stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Match{
+	return f.emit(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Match{
 		Match: &netprobev1.ExpectMatch{Step: uint32(i), Groups: f.groups},
 	}})
 }

@@ -44,30 +44,50 @@ func bufferPool(size int) *sync.Pool {
 	}}
 }
 
+// Emit takes one of a Fetch's results, in order: the connect report,
+// pieces of data, expect matches, the summary. It is how a Fetch's results
+// leave the service, whoever asked: the gRPC method sends each on its
+// stream, a Sweep's dialogue keeps none, the exporter turns them into
+// metrics. An error ends the Fetch: the caller is gone. The message is the
+// service's until Emit returns, and may be reused after.
+type Emit func(*netprobev1.FetchResponse) error
+
+// discard is the Emit of a Sweep's dialogue: what the peer sends is
+// counted, not kept.
+func discard(*netprobev1.FetchResponse) error { return nil }
+
 // Fetch implements netprobev1.ProbeServiceServer.
+func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
+	return s.FetchTo(stream.Context(), req, stream.Send)
+}
+
+// FetchTo runs the Fetch req asks for on behalf of the caller of ctx, and
+// hands its results to emit. Like a gRPC method, it returns a status
+// error for a request it refuses, and nil for a probe that ran, failed or
+// not.
 //
 // It is split in three so that the frames below which the dial waits stay
 // small (see doc.go).
-func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
+func (s *Server) FetchTo(ctx context.Context, req *netprobev1.FetchRequest, emit Emit) error {
 	fp, err := s.validateFetch(req)
 	if err != nil {
 		return err
 	}
-	if err := s.grantIdentity(stream.Context(), "tls", fp.tls); err != nil {
+	if err := s.grantIdentity(ctx, "tls", fp.tls); err != nil {
 		return err
 	}
 	start := time.Now()
 	// Cut ends a Fetch that outlives the shutdown's grace period.
-	cctx, done := s.cuttable(stream.Context())
+	cctx, done := s.cuttable(ctx)
 	defer done()
 	pctx, cancel := context.WithTimeout(cctx, fp.timeout)
 	defer cancel()
-	p := &probing{s: s, ctx: stream.Context(), pctx: pctx, start: start, target: fp.target, tls: fp.tls}
+	p := &probing{s: s, ctx: ctx, pctx: pctx, start: start, target: fp.target, tls: fp.tls}
 	conn := p.openFetch(fp)
 	if conn != nil {
 		defer conn.Close()
 	}
-	return p.fetchOver(conn, fp, req, stream)
+	return p.fetchOver(conn, fp, req, emit)
 }
 
 // openFetch connects and, when asked, shakes hands over TLS. It returns the
@@ -90,7 +110,7 @@ func (p *probing) openFetch(fp *fetchParams) net.Conn {
 
 // fetchOver reports the connect phase and runs the exchange over conn,
 // when there is one.
-func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
+func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.FetchRequest, emit Emit) error {
 	ctx, pctx, cresp := p.ctx, p.pctx, p.resp
 	if conn != nil {
 		if req.GetReverseLookup() {
@@ -119,7 +139,7 @@ func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.Fetc
 	if err := refused(cresp.Error); err != nil {
 		return err
 	}
-	if err := stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Connect{Connect: cresp}}); err != nil {
+	if err := emit(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Connect{Connect: cresp}}); err != nil {
 		return err
 	}
 	sum := &netprobev1.FetchSummary{}
@@ -128,7 +148,7 @@ func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.Fetc
 		sum.Error = cresp.Error
 	} else {
 		deadline, _ := pctx.Deadline()
-		f := &fetch{fetchParams: fp, ctx: pctx, conn: conn, stream: stream, start: p.start, deadline: deadline, sum: sum}
+		f := &fetch{fetchParams: fp, ctx: pctx, conn: conn, emit: emit, start: p.start, deadline: deadline, sum: sum}
 		if err := f.exchange(); err != nil {
 			return err
 		}
@@ -143,7 +163,7 @@ func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.Fetc
 	}
 	report.Error = sum.Error
 	sum.TotalDuration = durationpb.New(time.Since(p.start))
-	return stream.Send(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: sum}})
+	return emit(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: sum}})
 }
 
 // markCut gives pe, a failure of a probe that Cut ended, its reason.
@@ -158,8 +178,8 @@ type fetch struct {
 	*fetchParams
 	ctx  context.Context
 	conn net.Conn
-	// stream is where the reply goes; nil drops it (a Sweep's dialogue).
-	stream   grpc.ServerStreamingServer[netprobev1.FetchResponse]
+	// emit is where the reply goes.
+	emit     Emit
 	start    time.Time
 	deadline time.Time
 	sum      *netprobev1.FetchSummary
@@ -304,16 +324,14 @@ func (f *fetch) deliver(chunk []byte) (capped bool, err error) {
 		chunk = chunk[:left]
 	}
 	if f.msg == nil {
-		// One message is reused for every chunk: Send marshals it before
-		// it returns, and nothing on this server keeps messages past that.
+		// One message is reused for every chunk: Emit is done with it
+		// when it returns.
 		f.data = &netprobev1.FetchData{}
 		f.msg = &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: f.data}}
 	}
-	if f.stream != nil {
-		f.data.Data = chunk
-		err = f.stream.Send(f.msg)
-		f.data.Data = nil
-	}
+	f.data.Data = chunk
+	err = f.emit(f.msg)
+	f.data.Data = nil
 	f.sum.BytesReceived += uint64(len(chunk))
 	return f.sum.BytesReceived == f.maxBytes, err
 }

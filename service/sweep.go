@@ -335,9 +335,8 @@ const sweepDialogueBytes = expectWindow
 func (sw *sweep) dialogue(ctx context.Context, conn net.Conn, job sweepJob, t target, tp *tlsParams, start time.Time) *netprobev1.FetchSummary {
 	sum := &netprobev1.FetchSummary{}
 	deadline, _ := ctx.Deadline()
-	f := &fetch{fetchParams: &fetchParams{target: t, maxBytes: sweepDialogueBytes, tls: tp, steps: job.steps}, ctx: ctx, conn: conn, start: start, deadline: deadline, sum: sum}
+	f := &fetch{fetchParams: &fetchParams{target: t, maxBytes: sweepDialogueBytes, tls: tp, steps: job.steps}, ctx: ctx, conn: conn, emit: discard, start: start, deadline: deadline, sum: sum}
 	if err := f.conn.SetDeadline(deadline); err == nil {
-		// Without a stream, deliver only counts.
 		if matched, _ := f.dialogue(); matched {
 			sum.EndReason = netprobev1.EndReason_END_REASON_MATCHED
 		}
