@@ -84,18 +84,3 @@ func refused(pe *netprobev1.ProbeError) error {
 	}
 	return st.Err()
 }
-
-// reverseLookup looks addr's IP up by address, like gethostbyaddr.
-func (s *Server) reverseLookup(ctx context.Context, addr net.Addr, start time.Time) *netprobev1.ReverseLookup {
-	ip := addr.String()
-	if h, _, err := net.SplitHostPort(ip); err == nil {
-		ip = h
-	}
-	begin := time.Now()
-	names, err := s.cfg.Resolver.LookupAddr(ctx, ip)
-	out := &netprobev1.ReverseLookup{Names: names, Duration: durationpb.New(time.Since(begin))}
-	if err != nil {
-		out.Error = probeError(netprobev1.Stage_STAGE_REVERSE_LOOKUP, ip, s.dnsError(err), time.Since(start))
-	}
-	return out
-}

@@ -161,63 +161,6 @@ func reportAttempts(attempts []*attempt, connectStart, start time.Time) ([]*netp
 	return out, firstErr
 }
 
-// resolve returns the addresses to try, in the resolver's preference order
-// (RFC 6724 for Go's resolver).
-func (s *Server) resolve(ctx context.Context, t target) ([]netip.Addr, error) {
-	if t.literal.IsValid() {
-		return []netip.Addr{t.literal}, nil
-	}
-	network := "ip"
-	switch t.family {
-	case netprobev1.IpFamily_IP_FAMILY_IPV4:
-		network = "ip4"
-	case netprobev1.IpFamily_IP_FAMILY_IPV6:
-		network = "ip6"
-	}
-	addrs, err := s.cfg.Resolver.LookupNetIP(ctx, network, t.host)
-	var addrErr *net.AddrError
-	switch {
-	case errors.As(err, &addrErr):
-		// The name has addresses, none of the family asked for: Go says
-		// so with an AddrError when they come from the hosts file.
-		return nil, noAddress(t.host, network)
-	case err != nil:
-		// A *net.DNSError already names the lookup and the host.
-		return nil, s.dnsError(err)
-	}
-	out := make([]netip.Addr, 0, len(addrs))
-	for _, a := range addrs {
-		if a = a.Unmap(); !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
-	if len(out) == 0 {
-		return nil, noAddress(t.host, network)
-	}
-	return preferred(out, t.family), nil
-}
-
-// preferred keeps the addresses of the family a PREFER family asks for,
-// when there are any.
-func preferred(addrs []netip.Addr, family netprobev1.IpFamily) []netip.Addr {
-	if family != netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4 && family != netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6 {
-		return addrs
-	}
-	want4 := family == netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4
-	kept := slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool { return a.Is4() != want4 })
-	if len(kept) == 0 {
-		return addrs
-	}
-	return kept
-}
-
-// noAddress is the error of a name with no address of the family asked
-// for: NO_SUCH_HOST, as for a name that does not exist.
-func noAddress(host, network string) error {
-	family := map[string]string{"ip4": "IPv4 ", "ip6": "IPv6 "}[network]
-	return &net.DNSError{Err: "no " + family + "address", Name: host, IsNotFound: true}
-}
-
 // dialParallel races the first address family against the other, as Happy
 // Eyeballs does: the other family starts after fallbackDelay or as soon as
 // the first has failed, the first connection wins and the rest are

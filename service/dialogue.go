@@ -32,7 +32,7 @@ func (f *fetch) dialogue() (matched bool, err error) {
 		case st.send != nil || st.template != nil:
 			b := st.send
 			if st.template != nil {
-				b = st.template.expand(nil, f.groups)
+				b = st.template.render(nil, f.groups)
 			}
 			n, werr := f.conn.Write(b)
 			f.sum.BytesSent += uint64(n)

@@ -402,9 +402,9 @@ func extractName(s string) (name string, num int, rest string, ok bool) {
 	return name, num, s[i:], true
 }
 
-// expand appends t's expansion to dst with groups, the last match's (nil
+// render appends t, filled in, to dst with groups, the last match's (nil
 // for a group that took no part in it).
-func (t *template) expand(dst []byte, groups [][]byte) []byte {
+func (t *template) render(dst []byte, groups [][]byte) []byte {
 	for _, p := range t.parts {
 		if p.groups == nil {
 			dst = append(dst, p.text...)

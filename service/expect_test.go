@@ -178,10 +178,10 @@ func TestTemplateAsExpand(t *testing.T) {
 		"PONG ${first} $2$3 $$\n", "$1x ${1}x $first_ $10 $01 ${last}$last", "$", "${", "${1", "$-", "a$$$1$", "${first}${2}", "$été", "",
 	} {
 		want := string(re.Expand(nil, []byte(tmpl), src, loc))
-		if got := string(compileTemplate(tmpl, p).expand(nil, groups)); got != want {
+		if got := string(compileTemplate(tmpl, p).render(nil, groups)); got != want {
 			t.Errorf("%q: %q, regexp.Expand makes %q", tmpl, got, want)
 		}
-		if got := string(compileTemplate(tmpl, nil).expand(nil, nil)); got != string(regexp.MustCompile("").Expand(nil, []byte(tmpl), nil, []int{0, 0})) {
+		if got := string(compileTemplate(tmpl, nil).render(nil, nil)); got != string(regexp.MustCompile("").Expand(nil, []byte(tmpl), nil, []int{0, 0})) {
 			t.Errorf("%q with no expect before: %q", tmpl, got)
 		}
 		if most := compileTemplate(tmpl, p).most; most < len(want) {
