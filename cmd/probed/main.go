@@ -325,7 +325,7 @@ func listen(addr string) (net.Listener, error) {
 // checkModules is --check-modules: it loads the file as the server would
 // and says what it found. It returns the exit code.
 func checkModules(cfg config, stdout, stderr io.Writer) int {
-	set, warnings, err := server.CheckModules(cfg.CheckModules, cfg.AllowSource)
+	set, warnings, err := server.CheckModules(cfg.CheckModules, cfg.serverConfig(nil, nil))
 	if err != nil {
 		fmt.Fprintf(stderr, "probed: %v\n", err)
 		return 1

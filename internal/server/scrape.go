@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -59,92 +60,182 @@ type scraper struct {
 	offset time.Duration
 	rates  *rateLimiter
 	web    *webConfig
+	// check validates the modules' requests as the probe service will.
+	check *moduleCheck
 
+	// reloading is held while the module file is read and checked, which
+	// takes seconds for a file of many thousand modules: outside mu, so
+	// that scrapes never wait for it.
+	reloading sync.Mutex
+	// mu guards the modules in use, swapped in whole.
 	mu      sync.Mutex
 	set     *modules.Set
 	stamp   time.Time
 	checked time.Time
+	// failed is the modification time of the last file that did not
+	// load, which is not read again until it changes.
+	failed time.Time
 }
 
 func newScraper(s *Server, cfg Config) (*scraper, error) {
-	sc := &scraper{s: s, file: cfg.ModulesFile, offset: cfg.ScrapeTimeoutOffset,
+	check, err := newModuleCheck(cfg, s.sources)
+	if err != nil {
+		return nil, err
+	}
+	sc := &scraper{s: s, file: cfg.ModulesFile, offset: cfg.ScrapeTimeoutOffset, check: check,
 		rates: newRateLimiter("scrape_rate", cfg.ScrapeRate, cfg.ScrapeBurst, s.metrics), web: &webConfig{path: cfg.WebConfigFile}}
 	if sc.file == "" {
 		sc.set = modules.Defaults()
 		return sc, nil
 	}
-	set, stamp, err := sc.load()
+	set, stamp, warnings, err := sc.check.load(sc.file)
 	if err != nil {
 		return nil, err
 	}
+	sc.logWarnings(warnings)
 	sc.set, sc.stamp, sc.checked = set, stamp, time.Now()
 	return sc, nil
 }
 
-// load reads the module file, logging the modules it will not run, and
-// checks it against the server's configuration.
-func (sc *scraper) load() (*modules.Set, time.Time, error) {
-	fi, err := os.Stat(sc.file)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	set, warnings, err := modules.Load(sc.file)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	if err := checkModuleSources(set, sc.s.sources); err != nil {
-		return nil, time.Time{}, fmt.Errorf("%s: %w", sc.file, err)
-	}
+func (sc *scraper) logWarnings(warnings []string) {
 	for _, w := range warnings {
 		sc.s.logger.Warn("module file", "file", sc.file, "warning", w)
 	}
-	return set, fi.ModTime(), nil
 }
 
-// CheckModules loads a module file as a server with allowSource
-// (Config.AllowSource) would, returning its warnings.
-func CheckModules(path string, allowSource []string) (*modules.Set, []string, error) {
-	sources, err := parseSources(allowSource)
+// moduleCheck loads module files and checks them against a server's
+// configuration: the source addresses it may bind, and every module's
+// request as its probe service validates it, so that a module no scrape
+// could run is refused as the file loads, not answered 400 on every
+// scrape.
+type moduleCheck struct {
+	sources []netip.Prefix
+	// service validates requests; it probes nothing.
+	service            *service.Server
+	offset, maxTimeout time.Duration
+}
+
+func newModuleCheck(cfg Config, sources []netip.Prefix) (*moduleCheck, error) {
+	svc, err := service.New(service.Config{
+		DefaultTimeout: cfg.DefaultTimeout, MaxTimeout: cfg.MaxTimeout, MaxPayloadBytes: cfg.MaxPayloadBytes,
+		MaxFetchBytes: cfg.MaxFetchBytes, AllowedSources: sources,
+	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	return &moduleCheck{sources: sources, service: svc, offset: cfg.ScrapeTimeoutOffset, maxTimeout: cfg.MaxTimeout}, nil
+}
+
+// load reads and checks the module file at path, returning the modules,
+// the file's modification time and the modules it will not run.
+func (c *moduleCheck) load(path string) (*modules.Set, time.Time, []string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, time.Time{}, nil, err
 	}
 	set, warnings, err := modules.Load(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, time.Time{}, nil, err
 	}
-	if err := checkModuleSources(set, sources); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	if err := c.modules(set); err != nil {
+		return nil, time.Time{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return set, warnings, nil
+	return set, fi.ModTime(), warnings, nil
 }
 
-// checkModuleSources checks that every module's source_ip_address is one
-// the server may bind (--allow-source).
-func checkModuleSources(set *modules.Set, sources []netip.Prefix) error {
+// checkTarget stands for the targets of scrapes when a module's request is
+// checked: any name will do.
+var checkTarget = &netprobev1.Target{Host: "localhost", Port: 1}
+
+// modules checks every module of set: its source_ip_address is one the
+// server may bind (--allow-source), and its request is valid.
+func (c *moduleCheck) modules(set *modules.Set) error {
 	for _, name := range set.Names() {
 		m := set.Modules[name]
-		if m.Source.IsValid() && !slices.ContainsFunc(sources, func(p netip.Prefix) bool { return p.Contains(m.Source) }) {
+		if m.Source.IsValid() && !slices.ContainsFunc(c.sources, func(p netip.Prefix) bool { return p.Contains(m.Source) }) {
 			return fmt.Errorf("module %s: source_ip_address %s is not an address this server may bind (probed --allow-source)", name, m.Source)
+		}
+		// A module that names a file it could not read loads, and its
+		// scrapes say why (as blackbox_exporter's do).
+		if m.Err != nil {
+			continue
+		}
+		connect, fetch := m.Request(checkTarget, scrapeTimeout(http.Header{}, c.offset, m.Timeout, c.maxTimeout))
+		var err error
+		if connect != nil {
+			err = c.service.CheckConnect(connect)
+		} else {
+			err = c.service.CheckFetch(fetch)
+		}
+		if err != nil {
+			why := violations(err)
+			if m.ClientCert != nil {
+				why += fmt.Sprintf(" (the module's client certificate is presented as the client identity %s%s)", modules.IdentityPrefix, name)
+			}
+			return fmt.Errorf("module %s cannot be scraped: %s", name, why)
 		}
 	}
 	return nil
 }
 
-// modules returns the modules, first reloading the file if it changed
-// (looked at once a second at most); a file that no longer loads leaves
-// the modules as they were.
+// violations lists the field violations of a refused request.
+func violations(err error) string {
+	var out []string
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				out = append(out, v.GetField()+": "+v.GetDescription())
+			}
+		}
+	}
+	if len(out) == 0 {
+		return status.Convert(err).Message()
+	}
+	return strings.Join(out, "; ")
+}
+
+// CheckModules loads a module file as a server with cfg would, returning
+// its warnings.
+func CheckModules(path string, cfg Config) (*modules.Set, []string, error) {
+	cfg.setDefaults()
+	sources, err := parseSources(cfg.AllowSource)
+	if err != nil {
+		return nil, nil, err
+	}
+	check, err := newModuleCheck(cfg, sources)
+	if err != nil {
+		return nil, nil, err
+	}
+	set, _, warnings, err := check.load(path)
+	return set, warnings, err
+}
+
+// modules returns the modules in use. Once a second at most, it looks at
+// the module file, and if it changed, reloads it in the background: the
+// scrape goes on with the modules as they are, and a file that no longer
+// loads leaves them so.
 func (sc *scraper) modules() *modules.Set {
 	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	if sc.file == "" || time.Since(sc.checked) < moduleCheckEvery {
-		return sc.set
+	set, stamp, failed := sc.set, sc.stamp, sc.failed
+	due := sc.file != "" && time.Since(sc.checked) >= moduleCheckEvery
+	if due {
+		sc.checked = time.Now()
 	}
-	sc.checked = time.Now()
-	if fi, err := os.Stat(sc.file); err == nil && fi.ModTime().Equal(sc.stamp) {
-		return sc.set
+	sc.mu.Unlock()
+	if !due {
+		return set
 	}
-	sc.reloadLocked()
-	return sc.set
+	if fi, err := os.Stat(sc.file); err == nil && (fi.ModTime().Equal(stamp) || fi.ModTime().Equal(failed)) {
+		return set
+	}
+	// Another reload under way will see the change.
+	if sc.reloading.TryLock() {
+		go func() {
+			defer sc.reloading.Unlock()
+			sc.reloadLocked()
+		}()
+	}
+	return set
 }
 
 // reload reads the module file again (SIGHUP), keeping the modules as
@@ -153,18 +244,28 @@ func (sc *scraper) reload() error {
 	if sc.file == "" {
 		return nil
 	}
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
+	sc.reloading.Lock()
+	defer sc.reloading.Unlock()
 	return sc.reloadLocked()
 }
 
+// reloadLocked loads the module file, holding reloading, and swaps the
+// modules in under mu.
 func (sc *scraper) reloadLocked() error {
-	set, stamp, err := sc.load()
+	set, stamp, warnings, err := sc.check.load(sc.file)
 	if err != nil {
 		sc.s.logger.Error("module file not reloaded: keeping the modules as they were", "file", sc.file, "err", err)
+		if fi, statErr := os.Stat(sc.file); statErr == nil {
+			sc.mu.Lock()
+			sc.failed = fi.ModTime()
+			sc.mu.Unlock()
+		}
 		return err
 	}
+	sc.logWarnings(warnings)
+	sc.mu.Lock()
 	sc.set, sc.stamp = set, stamp
+	sc.mu.Unlock()
 	sc.s.logger.Info("reloaded the module file", "file", sc.file, "modules", len(set.Modules))
 	return nil
 }
