@@ -554,8 +554,21 @@ func (p *probeMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// gauge adds a gauge. Label values are made valid UTF-8, which Prometheus
+// requires: they carry what targets sent (an expect's groups, a
+// certificate's names), which may be any bytes.
 func (p *probeMetrics) gauge(d *prometheus.Desc, v float64, labels ...string) {
-	p.ms = append(p.ms, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
+	p.constant(d, prometheus.GaugeValue, v, labels...)
+}
+
+// constant adds a metric of type t, its label values made valid UTF-8
+// (each run of bytes that are not becomes U+FFFD).
+func (p *probeMetrics) constant(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+	valid := make([]string, len(labels))
+	for i, l := range labels {
+		valid[i] = strings.ToValidUTF8(l, "\uFFFD")
+	}
+	p.ms = append(p.ms, prometheus.MustNewConstMetric(d, t, v, valid...))
 }
 
 // scrapeMetrics are a probe's metrics: blackbox_exporter's, with their
@@ -608,7 +621,7 @@ func scrapeMetrics(m *modules.Module, res *scrapeResult, duration time.Duration,
 		attempts[result]++
 	}
 	for result, n := range attempts {
-		p.ms = append(p.ms, prometheus.MustNewConstMetric(descAttempts, prometheus.CounterValue, n, result))
+		p.constant(descAttempts, prometheus.CounterValue, n, result)
 	}
 	p.tls(res)
 	if len(m.Steps) > 0 && c.GetError() == nil {
