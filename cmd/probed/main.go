@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,7 +42,11 @@ type config struct {
 	TokensFile      string           `env:"NETPROBE_TOKENS_FILE" type:"path" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
 	ShutdownGrace   time.Duration    `default:"10s" env:"NETPROBE_SHUTDOWN_GRACE" group:"Serving" help:"On SIGINT or SIGTERM, how long in-flight calls get to finish before they are cut off."`
 	PprofAddr       string           `env:"NETPROBE_PPROF_ADDR" group:"Serving" placeholder:"HOST:PORT" help:"Serve Go's profiler (net/http/pprof, /debug/pprof/) on this address, for measuring probed under load; off by default. It shows the process's internals: keep it on loopback."`
-	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address, at /metrics; empty turns them off."`
+	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address: /metrics, /healthz, blackbox_exporter's /probe and a page at /; empty turns them off."`
+	MetricsConns    int              `default:"${metrics_max_conns}" env:"NETPROBE_METRICS_MAX_CONNECTIONS" name:"metrics-max-connections" group:"Prometheus" help:"Most connections open at once on --metrics-addr; one more is closed as it is accepted."`
+	MetricsConnsSrc int              `default:"${metrics_max_source_conns}" env:"NETPROBE_METRICS_MAX_CONNECTIONS_PER_SOURCE" name:"metrics-max-connections-per-source" group:"Prometheus" help:"Most connections open at once on --metrics-addr from one source (an IPv4 address or IPv6 /64); one more is closed as it is accepted."`
+	MetricsIdle     time.Duration    `default:"${metrics_idle_timeout}" env:"NETPROBE_METRICS_IDLE_TIMEOUT" name:"metrics-idle-timeout" group:"Prometheus" help:"Close a keep-alive connection of --metrics-addr idle this long."`
+	PublicStatus    bool             `env:"NETPROBE_PUBLIC_STATUS" group:"Prometheus" help:"Serve /metrics, the page at / and its reports (/probes/ID) to anyone. Without it, they need the credentials /probe needs (a bearer token with --tokens-file, a user with --web-config-file's basic_auth_users). /healthz needs none either way."`
 	Allow           []string         `sep:";" env:"NETPROBE_ALLOW" placeholder:"RULE" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
 	Deny            []string         `sep:";" env:"NETPROBE_DENY" placeholder:"RULE" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
 	AllowSource     []string         `sep:";" env:"NETPROBE_ALLOW_SOURCE" placeholder:"ADDR" group:"Target policy" help:"Let probes bind this source address, or any of this prefix (repeatable): Target.source_address. None by default: a request that asks for one is INVALID_ARGUMENT."`
@@ -100,6 +105,9 @@ var vars = kong.Vars{
 	"scrape_timeout_offset":      server.DefaultScrapeTimeoutOffset.String(),
 	"scrape_rate":                strconv.Itoa(server.DefaultScrapeRate),
 	"scrape_burst":               strconv.Itoa(server.DefaultScrapeBurst),
+	"metrics_max_conns":          strconv.Itoa(server.DefaultMetricsMaxConns),
+	"metrics_max_source_conns":   strconv.Itoa(server.DefaultMetricsMaxSourceConns),
+	"metrics_idle_timeout":       server.DefaultMetricsIdleTimeout.String(),
 }
 
 func main() {
@@ -201,16 +209,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	attrs := []any{"addr", lis.Addr().String(), "tls", srv.TLS(), "mtls", srv.MutualTLS(), "tokens", srv.Tokens()}
+	var msrv *server.MetricsServer
 	if metricsLis != nil {
-		hsrv := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
-		systemd := false
-		flags := &web.FlagConfig{WebListenAddresses: &[]string{}, WebSystemdSocket: &systemd, WebConfigFile: &cfg.WebConfigFile}
+		msrv = srv.NewMetricsServer(context.WithoutCancel(ctx))
 		go func() {
-			if err := web.Serve(metricsLis, hsrv, flags, logger); !errors.Is(err, http.ErrServerClosed) {
+			if err := msrv.Serve(metricsLis); err != nil {
 				logger.Error("metrics server failed", "err", err)
 			}
 		}()
-		defer hsrv.Close()
+		defer msrv.Stop()
 		attrs = append(attrs, "metrics_addr", metricsLis.Addr().String())
 	}
 	if pprofLis != nil {
@@ -225,7 +232,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	// Scrapes in flight get the grace the gRPC calls get; the metrics
+	// listener answers (health NOT_SERVING, new scrapes 503) until both
+	// are done.
+	var scrapes sync.WaitGroup
+	if msrv != nil {
+		scrapes.Go(func() { msrv.Drain(cfg.ShutdownGrace) })
+	}
 	srv.Drain(cfg.ShutdownGrace)
+	scrapes.Wait()
 	if err := <-served; err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -272,6 +287,10 @@ func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Conf
 		ScrapeTimeoutOffset:     cfg.ScrapeOffset,
 		ScrapeRate:              cfg.ScrapeRate,
 		ScrapeBurst:             cfg.ScrapeBurst,
+		MetricsMaxConns:         cfg.MetricsConns,
+		MetricsMaxSourceConns:   cfg.MetricsConnsSrc,
+		MetricsIdleTimeout:      cfg.MetricsIdle,
+		PublicStatus:            cfg.PublicStatus,
 		DNSServer:               cfg.DNSServer,
 		ServicesFile:            cfg.ServicesFile,
 		Logger:                  logger,

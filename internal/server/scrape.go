@@ -392,6 +392,14 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	logger.Info("beginning probe", "module", name, "target", raw, "timeout", timeout)
 	res, err := sc.probe(ctx, m, target, timeout)
 	duration := time.Since(start)
+	// A probe the drain cut short (MetricsServer.Drain ends the scrape's
+	// context, the service a Fetch) says nothing of its target: 503, not
+	// probe_success 0.
+	if errors.Is(context.Cause(ctx), service.ErrShutdown) || res.probeError().GetReason() == netprobev1.Reason_REASON_SERVER_SHUTDOWN {
+		w.Header().Set("Connection", "close")
+		http.Error(w, service.ErrShutdown.Error()+": the probe was cut short", http.StatusServiceUnavailable)
+		return
+	}
 	if err != nil {
 		code := status.Code(err)
 		logger.Error("the probe server refused the probe", "code", code, "err", status.Convert(err).Message())
@@ -414,7 +422,8 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // configuration has users (exporter-toolkit has checked the password; a
 // bearer token cannot come too); else as gRPC does a caller, by its bearer
 // token when the server has tokens, or else by its verified client
-// certificate's common name; else by its address.
+// certificate's common name; else by its address. It names the caller of
+// every request of the metrics listener that needs one (see guard).
 func (sc *scraper) caller(r *http.Request) (context.Context, error) {
 	ctx := r.Context()
 	if sc.web.hasUsers() {
@@ -434,10 +443,35 @@ func (sc *scraper) caller(r *http.Request) (context.Context, error) {
 	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.TLS.VerifiedChains[0][0].Subject.CommonName != "":
 		return service.WithCaller(ctx, r.TLS.VerifiedChains[0][0].Subject.CommonName), nil
 	}
+	return withPeer(r), nil
+}
+
+// withPeer is the context of r with its peer, which names an anonymous
+// caller for the limits.
+func withPeer(r *http.Request) context.Context {
+	ctx := r.Context()
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
 	}
-	return ctx, nil
+	return ctx
+}
+
+// guard serves h only to a caller /probe would serve, named by the same
+// function (caller): with tokens, one with a valid bearer token; with web
+// configuration users, exporter-toolkit has already checked the password.
+// Config.PublicStatus serves h to anyone.
+func (sc *scraper) guard(h http.Handler) http.Handler {
+	if sc.s.cfg.PublicStatus {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := sc.caller(r); err != nil {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // probe runs m against target through the probe service.
