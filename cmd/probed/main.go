@@ -41,7 +41,8 @@ type config struct {
 	TLSClientCA     string           `name:"tls-client-ca" env:"NETPROBE_TLS_CLIENT_CA" type:"path" group:"Serving" help:"Require client certificates signed by these CAs (PEM): mutual TLS. The certificate's common name is the caller's identity."`
 	TokensFile      string           `env:"NETPROBE_TOKENS_FILE" type:"path" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
 	ShutdownGrace   time.Duration    `default:"10s" env:"NETPROBE_SHUTDOWN_GRACE" group:"Serving" help:"On SIGINT or SIGTERM, how long in-flight calls get to finish before they are cut off."`
-	PprofAddr       string           `env:"NETPROBE_PPROF_ADDR" group:"Serving" placeholder:"HOST:PORT" help:"Serve Go's profiler (net/http/pprof, /debug/pprof/) on this address, for measuring probed under load; off by default. It shows the process's internals: keep it on loopback."`
+	PprofAddr       string           `env:"NETPROBE_PPROF_ADDR" group:"Serving" placeholder:"HOST:PORT" help:"Serve Go's profiler (net/http/pprof, /debug/pprof/) on this loopback address, for measuring probed under load; off by default. A profile, trace or delta profile may ask for ${max_profile_seconds} seconds at most."`
+	PprofAnyAddr    bool             `name:"pprof-allow-non-loopback" env:"NETPROBE_PPROF_ALLOW_NON_LOOPBACK" group:"Serving" help:"Let --pprof-addr be an address other than loopback. The profiler shows the process's memory and can keep its CPU busy, to anyone who reaches it: without this flag probed refuses to start."`
 	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address: /metrics, /healthz, blackbox_exporter's /probe and a page at /; empty turns them off."`
 	MetricsConns    int              `default:"${metrics_max_conns}" env:"NETPROBE_METRICS_MAX_CONNECTIONS" name:"metrics-max-connections" group:"Prometheus" help:"Most connections open at once on --metrics-addr; one more is closed as it is accepted."`
 	MetricsConnsSrc int              `default:"${metrics_max_source_conns}" env:"NETPROBE_METRICS_MAX_CONNECTIONS_PER_SOURCE" name:"metrics-max-connections-per-source" group:"Prometheus" help:"Most connections open at once on --metrics-addr from one source (an IPv4 address or IPv6 /64); one more is closed as it is accepted."`
@@ -108,6 +109,7 @@ var vars = kong.Vars{
 	"metrics_max_conns":          strconv.Itoa(server.DefaultMetricsMaxConns),
 	"metrics_max_source_conns":   strconv.Itoa(server.DefaultMetricsMaxSourceConns),
 	"metrics_idle_timeout":       server.DefaultMetricsIdleTimeout.String(),
+	"max_profile_seconds":        strconv.Itoa(maxProfileSeconds),
 }
 
 func main() {
@@ -182,9 +184,10 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	// denies it to probes.
 	var pprofLis net.Listener
 	if cfg.PprofAddr != "" {
-		if pprofLis, err = net.Listen("tcp", cfg.PprofAddr); err != nil {
-			return fmt.Errorf("pprof: %w", err)
+		if pprofLis, err = listenPprof(cfg.PprofAddr, cfg.PprofAnyAddr); err != nil {
+			return err
 		}
+		defer pprofLis.Close()
 		self = append(self, pprofLis.Addr())
 	}
 	if cfg.WebConfigFile != "" {
@@ -356,6 +359,31 @@ func checkModules(cfg config, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// maxProfileSeconds caps the seconds a CPU profile, a trace or a delta
+// profile may ask for (?seconds=N): the profiler takes one CPU profile or
+// trace at a time, and one asked for a day would hold it for a day.
+const maxProfileSeconds = 60
+
+// listenPprof opens the profiler's listener, on a loopback address unless
+// anyAddr: the profiler shows the process's memory (the tokens it holds
+// among it) and can keep its CPU busy.
+func listenPprof(addr string, anyAddr bool) (net.Listener, error) {
+	refuse := fmt.Errorf("refusing to serve the profiler on %s, which is not a loopback address: anyone who reaches it reads probed's memory; give a loopback address, or --pprof-allow-non-loopback to accept it", addr)
+	if !anyAddr && !isLocal(addr) {
+		return nil, refuse
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("pprof: %w", err)
+	}
+	// A name, localhost included, is judged by the address it gave.
+	if a, ok := lis.Addr().(*net.TCPAddr); !anyAddr && (!ok || !a.IP.IsLoopback()) {
+		lis.Close()
+		return nil, refuse
+	}
+	return lis, nil
+}
+
 // servePprof serves net/http/pprof's handlers on lis, on a mux of their
 // own (not the default one, which other packages may add to), until stop.
 func servePprof(lis net.Listener, logger *slog.Logger) (stop func()) {
@@ -365,11 +393,32 @@ func servePprof(lis net.Listener, logger *slog.Logger) (stop func()) {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           capProfileSeconds(mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		// An answer has this long to be written; net/http/pprof adds the
+		// duration a profile or trace asks for, which capProfileSeconds
+		// bounds.
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  time.Minute,
+	}
 	go func() {
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("pprof server failed", "err", err)
 		}
 	}()
 	return func() { srv.Close() }
+}
+
+// capProfileSeconds refuses, 400, a profile or trace that asks for more
+// than maxProfileSeconds: the value net/http/pprof reads (the form's
+// "seconds"), as a number of seconds.
+func capProfileSeconds(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sec, err := strconv.ParseFloat(r.FormValue("seconds"), 64); err == nil && sec > maxProfileSeconds {
+			http.Error(w, fmt.Sprintf("seconds: a profile or trace takes %d seconds at most (probed's cap)", maxProfileSeconds), http.StatusBadRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
