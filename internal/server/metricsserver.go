@@ -17,10 +17,11 @@ import (
 const (
 	// DefaultMetricsMaxConns caps the listener's open connections,
 	// and DefaultMetricsMaxSourceConns those of one source (an
-	// IPv4 address or IPv6 /64): as many as a caller may run probes at
-	// once, each scrape over a connection of its own.
+	// IPv4 address or IPv6 /64): twice the probes a caller may run at
+	// once, each scrape over a connection of its own, leaving room for
+	// the idle connections of its other jobs (its /metrics, a kubelet).
 	DefaultMetricsMaxConns       = 256
-	DefaultMetricsMaxSourceConns = DefaultMaxInFlightPerCaller
+	DefaultMetricsMaxSourceConns = 2 * DefaultMaxInFlightPerCaller
 	// DefaultMetricsIdleTimeout closes a keep-alive connection idle that
 	// long.
 	DefaultMetricsIdleTimeout = time.Minute
