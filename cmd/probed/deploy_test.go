@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -56,9 +57,11 @@ func TestPlaintextRefused(t *testing.T) {
 }
 
 // scrape reads a Prometheus text exposition with Prometheus's own parser.
+// It shows alice's token, which a probed with tokens wants for /metrics
+// (and one without ignores).
 func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
 	t.Helper()
-	_, body := httpGet(t, url)
+	_, body := httpDo(t, url, http.Header{"Authorization": {"Bearer " + aliceToken}})
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
@@ -206,10 +209,17 @@ func TestDrainGraceOver(t *testing.T) {
 // httpGet returns the status code and body of a GET.
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
+	return httpDo(t, url, nil)
+}
+
+// httpDo returns the status code and body of a GET with header.
+func httpDo(t *testing.T, url string, header http.Header) (int, string) {
+	t.Helper()
 	req, err := http.NewRequestWithContext(probetest.Context(t), http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	maps.Copy(req.Header, header)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -40,8 +41,13 @@ type config struct {
 	TLSClientCA     string           `name:"tls-client-ca" env:"NETPROBE_TLS_CLIENT_CA" type:"path" group:"Serving" help:"Require client certificates signed by these CAs (PEM): mutual TLS. The certificate's common name is the caller's identity."`
 	TokensFile      string           `env:"NETPROBE_TOKENS_FILE" type:"path" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
 	ShutdownGrace   time.Duration    `default:"10s" env:"NETPROBE_SHUTDOWN_GRACE" group:"Serving" help:"On SIGINT or SIGTERM, how long in-flight calls get to finish before they are cut off."`
-	PprofAddr       string           `env:"NETPROBE_PPROF_ADDR" group:"Serving" placeholder:"HOST:PORT" help:"Serve Go's profiler (net/http/pprof, /debug/pprof/) on this address, for measuring probed under load; off by default. It shows the process's internals: keep it on loopback."`
-	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address, at /metrics; empty turns them off."`
+	PprofAddr       string           `env:"NETPROBE_PPROF_ADDR" group:"Serving" placeholder:"HOST:PORT" help:"Serve Go's profiler (net/http/pprof, /debug/pprof/) on this loopback address, for measuring probed under load; off by default. A profile, trace or delta profile may ask for ${max_profile_seconds} seconds at most."`
+	PprofAnyAddr    bool             `name:"pprof-allow-non-loopback" env:"NETPROBE_PPROF_ALLOW_NON_LOOPBACK" group:"Serving" help:"Let --pprof-addr be an address other than loopback. The profiler shows the process's memory and can keep its CPU busy, to anyone who reaches it: without this flag probed refuses to start."`
+	MetricsAddr     string           `default:"localhost:7071" env:"NETPROBE_METRICS_ADDR" group:"Serving" help:"Serve Prometheus metrics over HTTP on this address: /metrics, /healthz, blackbox_exporter's /probe and a page at /; empty turns them off."`
+	MetricsConns    int              `default:"${metrics_max_conns}" env:"NETPROBE_METRICS_MAX_CONNECTIONS" name:"metrics-max-connections" group:"Prometheus" help:"Most connections open at once on --metrics-addr; one more is closed as it is accepted."`
+	MetricsConnsSrc int              `default:"${metrics_max_source_conns}" env:"NETPROBE_METRICS_MAX_CONNECTIONS_PER_SOURCE" name:"metrics-max-connections-per-source" group:"Prometheus" help:"Most connections open at once on --metrics-addr from one source (an IPv4 address or IPv6 /64); one more is closed as it is accepted."`
+	MetricsIdle     time.Duration    `default:"${metrics_idle_timeout}" env:"NETPROBE_METRICS_IDLE_TIMEOUT" name:"metrics-idle-timeout" group:"Prometheus" help:"Close a keep-alive connection of --metrics-addr idle this long."`
+	PublicStatus    bool             `env:"NETPROBE_PUBLIC_STATUS" group:"Prometheus" help:"Serve /metrics, the page at / and its reports (/probes/ID) to anyone. Without it, they need the credentials /probe needs (a bearer token with --tokens-file, a user with --web-config-file's basic_auth_users). /healthz needs none either way."`
 	Allow           []string         `sep:";" env:"NETPROBE_ALLOW" placeholder:"RULE" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
 	Deny            []string         `sep:";" env:"NETPROBE_DENY" placeholder:"RULE" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
 	AllowSource     []string         `sep:";" env:"NETPROBE_ALLOW_SOURCE" placeholder:"ADDR" group:"Target policy" help:"Let probes bind this source address, or any of this prefix (repeatable): Target.source_address. None by default: a request that asks for one is INVALID_ARGUMENT."`
@@ -114,6 +120,10 @@ var vars = kong.Vars{
 	"scrape_timeout_offset":      server.DefaultScrapeTimeoutOffset.String(),
 	"scrape_rate":                strconv.Itoa(server.DefaultScrapeRate),
 	"scrape_burst":               strconv.Itoa(server.DefaultScrapeBurst),
+	"metrics_max_conns":          strconv.Itoa(server.DefaultMetricsMaxConns),
+	"metrics_max_source_conns":   strconv.Itoa(server.DefaultMetricsMaxSourceConns),
+	"metrics_idle_timeout":       server.DefaultMetricsIdleTimeout.String(),
+	"max_profile_seconds":        strconv.Itoa(maxProfileSeconds),
 }
 
 func main() {
@@ -188,9 +198,10 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	// denies it to probes.
 	var pprofLis net.Listener
 	if cfg.PprofAddr != "" {
-		if pprofLis, err = net.Listen("tcp", cfg.PprofAddr); err != nil {
-			return fmt.Errorf("pprof: %w", err)
+		if pprofLis, err = listenPprof(cfg.PprofAddr, cfg.PprofAnyAddr); err != nil {
+			return err
 		}
+		defer pprofLis.Close()
 		self = append(self, pprofLis.Addr())
 	}
 	if cfg.WebConfigFile != "" {
@@ -215,16 +226,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	attrs := []any{"addr", lis.Addr().String(), "tls", srv.TLS(), "mtls", srv.MutualTLS(), "tokens", srv.Tokens()}
+	var msrv *server.MetricsServer
 	if metricsLis != nil {
-		hsrv := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
-		systemd := false
-		flags := &web.FlagConfig{WebListenAddresses: &[]string{}, WebSystemdSocket: &systemd, WebConfigFile: &cfg.WebConfigFile}
+		msrv = srv.NewMetricsServer(context.WithoutCancel(ctx))
 		go func() {
-			if err := web.Serve(metricsLis, hsrv, flags, logger); !errors.Is(err, http.ErrServerClosed) {
+			if err := msrv.Serve(metricsLis); err != nil {
 				logger.Error("metrics server failed", "err", err)
 			}
 		}()
-		defer hsrv.Close()
+		defer msrv.Stop()
 		attrs = append(attrs, "metrics_addr", metricsLis.Addr().String())
 	}
 	if pprofLis != nil {
@@ -239,7 +249,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	// Scrapes in flight get the grace the gRPC calls get; the metrics
+	// listener answers (health NOT_SERVING, new scrapes 503) until both
+	// are done.
+	var scrapes sync.WaitGroup
+	if msrv != nil {
+		scrapes.Go(func() { msrv.Drain(cfg.ShutdownGrace) })
+	}
 	srv.Drain(cfg.ShutdownGrace)
+	scrapes.Wait()
 	if err := <-served; err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -293,6 +311,10 @@ func (cfg config) serverConfig(logger *slog.Logger, self []net.Addr) server.Conf
 		ScrapeTimeoutOffset:     cfg.ScrapeOffset,
 		ScrapeRate:              cfg.ScrapeRate,
 		ScrapeBurst:             cfg.ScrapeBurst,
+		MetricsMaxConns:         cfg.MetricsConns,
+		MetricsMaxSourceConns:   cfg.MetricsConnsSrc,
+		MetricsIdleTimeout:      cfg.MetricsIdle,
+		PublicStatus:            cfg.PublicStatus,
 		DNSServer:               cfg.DNSServer,
 		ServicesFile:            cfg.ServicesFile,
 		Logger:                  logger,
@@ -346,7 +368,7 @@ func listen(addr string) (net.Listener, error) {
 // checkModules is --check-modules: it loads the file as the server would
 // and says what it found. It returns the exit code.
 func checkModules(cfg config, stdout, stderr io.Writer) int {
-	set, warnings, err := server.CheckModules(cfg.CheckModules, cfg.AllowSource)
+	set, warnings, err := server.CheckModules(cfg.CheckModules, cfg.serverConfig(nil, nil))
 	if err != nil {
 		fmt.Fprintf(stderr, "probed: %v\n", err)
 		return 1
@@ -358,6 +380,31 @@ func checkModules(cfg config, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// maxProfileSeconds caps the seconds a CPU profile, a trace or a delta
+// profile may ask for (?seconds=N): the profiler takes one CPU profile or
+// trace at a time, and one asked for a day would hold it for a day.
+const maxProfileSeconds = 60
+
+// listenPprof opens the profiler's listener, on a loopback address unless
+// anyAddr: the profiler shows the process's memory (the tokens it holds
+// among it) and can keep its CPU busy.
+func listenPprof(addr string, anyAddr bool) (net.Listener, error) {
+	refuse := fmt.Errorf("refusing to serve the profiler on %s, which is not a loopback address: anyone who reaches it reads probed's memory; give a loopback address, or --pprof-allow-non-loopback to accept it", addr)
+	if !anyAddr && !isLocal(addr) {
+		return nil, refuse
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("pprof: %w", err)
+	}
+	// A name, localhost included, is judged by the address it gave.
+	if a, ok := lis.Addr().(*net.TCPAddr); !anyAddr && (!ok || !a.IP.IsLoopback()) {
+		lis.Close()
+		return nil, refuse
+	}
+	return lis, nil
+}
+
 // servePprof serves net/http/pprof's handlers on lis, on a mux of their
 // own (not the default one, which other packages may add to), until stop.
 func servePprof(lis net.Listener, logger *slog.Logger) (stop func()) {
@@ -367,11 +414,32 @@ func servePprof(lis net.Listener, logger *slog.Logger) (stop func()) {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           capProfileSeconds(mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		// An answer has this long to be written; net/http/pprof adds the
+		// duration a profile or trace asks for, which capProfileSeconds
+		// bounds.
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  time.Minute,
+	}
 	go func() {
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("pprof server failed", "err", err)
 		}
 	}()
 	return func() { srv.Close() }
+}
+
+// capProfileSeconds refuses, 400, a profile or trace that asks for more
+// than maxProfileSeconds: the value net/http/pprof reads (the form's
+// "seconds"), as a number of seconds.
+func capProfileSeconds(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sec, err := strconv.ParseFloat(r.FormValue("seconds"), 64); err == nil && sec > maxProfileSeconds {
+			http.Error(w, fmt.Sprintf("seconds: a profile or trace takes %d seconds at most (probed's cap)", maxProfileSeconds), http.StatusBadRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -44,7 +44,9 @@ func TestPrometheusDoc(t *testing.T) {
 		if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command(promtool, "check", "config", file).CombinedOutput(); err != nil {
+		// Syntax only: the files a configuration names (a token's) are
+		// the reader's, not this machine's.
+		if out, err := exec.Command(promtool, "check", "config", "--syntax-only", file).CombinedOutput(); err != nil {
 			t.Errorf("promtool check config: %v\n%s\nof\n%s", err, out, text)
 		}
 	}

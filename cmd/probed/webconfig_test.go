@@ -83,6 +83,16 @@ func TestWebConfig(t *testing.T) {
 			if code != tc.code || (code == http.StatusOK && !strings.Contains(body, "\nprobe_success 1\n")) {
 				t.Fatalf("/probe: %d\n%s", code, body)
 			}
+			if tc.config == "basic" && tc.user == "" {
+				// Without a password: health answers (the kubelet's probes
+				// carry none), the page does not.
+				if code, body := do("/healthz"); code != http.StatusOK || body != "SERVING\n" {
+					t.Errorf("/healthz without a password: %d %q, want 200", code, body)
+				}
+				if code, _ := do("/"); code != http.StatusUnauthorized {
+					t.Errorf("the page without a password: %d, want 401", code)
+				}
+			}
 			if tc.caller == "" {
 				return
 			}

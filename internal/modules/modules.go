@@ -323,8 +323,17 @@ func (m *Module) querySteps(qrs []queryResponseYAML, at func(...any) string) err
 			if len(q.Labels) > 0 {
 				labels := make([]Label, len(q.Labels))
 				for j, l := range q.Labels {
-					if !labelName.MatchString(l.Name) {
-						return fmt.Errorf("%s: label name %q is not a Prometheus label name", at("tcp", "query_response", i, "labels", j, "name"), l.Name)
+					// Prometheus keeps names starting with __ for itself,
+					// and a metric has each label once: either would fail
+					// every scrape that matched.
+					where := at("tcp", "query_response", i, "labels", j, "name")
+					switch {
+					case !labelName.MatchString(l.Name):
+						return fmt.Errorf("%s: label name %q is not a Prometheus label name", where, l.Name)
+					case strings.HasPrefix(l.Name, "__"):
+						return fmt.Errorf("%s: label name %q starts with __, which Prometheus reserves", where, l.Name)
+					case slices.ContainsFunc(labels[:j], func(prev Label) bool { return prev.Name == l.Name }):
+						return fmt.Errorf("%s: label name %q comes twice", where, l.Name)
 					}
 					labels[j] = Label(l)
 				}

@@ -264,6 +264,10 @@ func TestInvalid(t *testing.T) {
 		{"an empty entry", "prober: tcp\ntcp:\n  query_response:\n  - {}", "module m, line 6: an entry expects, sends or starts TLS"},
 		{"labels without expect", "prober: tcp\ntcp:\n  query_response:\n  - send: x\n    labels: [{name: a, value: b}]", "module m, line 7: labels name the groups of an expect"},
 		{"bad label name", "prober: tcp\ntcp:\n  query_response:\n  - expect: (x)\n    labels: [{name: 1a, value: $1}]", "module m, line 7: label name \"1a\""},
+		// Either would fail every scrape that matched, in Prometheus's
+		// client: a name it reserves, a metric with a label twice.
+		{"a reserved label name", "prober: tcp\ntcp:\n  query_response:\n  - expect: (x)\n    labels: [{name: __name__, value: $1}]", "module m, line 7: label name \"__name__\" starts with __, which Prometheus reserves"},
+		{"a label twice", "prober: tcp\ntcp:\n  query_response:\n  - expect: (x)\n    labels: [{name: a, value: $1}, {name: a, value: $1}]", "module m, line 7: label name \"a\" comes twice"},
 		{"tls and starttls", "prober: tcp\ntcp:\n  tls: true\n  query_response:\n  - starttls: true", "module m, line 5: a module with tls: true"},
 		{"starttls twice", "prober: tcp\ntcp:\n  query_response:\n  - starttls: true\n  - starttls: true", "module m, line 7: TLS starts once"},
 		{"bad tls version", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    min_version: TLS14", "module m, line 7: min_version \"TLS14\""},

@@ -9,7 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// connLimiter caps the connections a listener serves at once: in all, and
+// connLimiter caps the connections a listener serves at once (the gRPC
+// listener's and the metrics listener's each have one): in all, and
 // from one source (an IPv4 address, or an IPv6 /64, as the limits count
 // anonymous callers). A connection over either cap is closed as soon as
 // it is accepted, before any byte of it is read, and counted by reason.

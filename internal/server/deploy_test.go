@@ -307,7 +307,11 @@ func TestMetrics(t *testing.T) {
 func scrape(t *testing.T, srv *probetest.Server) map[string]*dto.MetricFamily {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	srv.Server.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	// A server with tokens shows its metrics to a caller with one, as it
+	// serves /probe.
+	req.Header.Set("Authorization", "Bearer "+aliceToken)
+	srv.Server.MetricsHandler().ServeHTTP(rec, req)
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(strings.NewReader(rec.Body.String()))
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	_ "embed"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +25,11 @@ import (
 
 // recentProbesKept is how many probes the page lists.
 const recentProbesKept = 100
+
+// pageModulesListed is how many modules the page lists, in the order of
+// their names, and as many of those of other probers: a file may hold
+// thousands. probed --check-modules lists them all.
+const pageModulesListed = 100
 
 // recentProbe is one probe as the page lists it.
 type recentProbe struct {
@@ -143,8 +150,12 @@ type pageData struct {
 	Limits    []string
 	Modules   []pageModule
 	Skipped   []string
-	Probes    []*recentProbe
-	Now       time.Time
+	// ModulesFile is the module file, and ModulesLeft and SkippedLeft how
+	// many modules the page does not list.
+	ModulesFile              string
+	ModulesLeft, SkippedLeft int
+	Probes                   []*recentProbe
+	Now                      time.Time
 }
 
 type pageModule struct {
@@ -171,11 +182,15 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 		d.Listeners = append(d.Listeners, a.Network()+" "+a.String())
 	}
 	set := s.scraper.modules()
-	for _, name := range set.Names() {
+	names := set.Names()
+	d.ModulesFile, d.ModulesLeft = s.cfg.ModulesFile, max(0, len(names)-pageModulesListed)
+	for _, name := range names[:len(names)-d.ModulesLeft] {
 		d.Modules = append(d.Modules, pageModule{Name: name, Prober: set.Modules[name].Prober, What: moduleSummary(set.Modules[name])})
 	}
-	for name, prober := range set.Skipped {
-		d.Skipped = append(d.Skipped, name+" ("+prober+")")
+	skipped := slices.Sorted(maps.Keys(set.Skipped))
+	d.SkippedLeft = max(0, len(skipped)-pageModulesListed)
+	for _, name := range skipped[:len(skipped)-d.SkippedLeft] {
+		d.Skipped = append(d.Skipped, name+" ("+set.Skipped[name]+")")
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := pageTemplate.Execute(w, d); err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -59,92 +60,182 @@ type scraper struct {
 	offset time.Duration
 	rates  *rateLimiter
 	web    *webConfig
+	// check validates the modules' requests as the probe service will.
+	check *moduleCheck
 
+	// reloading is held while the module file is read and checked, which
+	// takes seconds for a file of many thousand modules: outside mu, so
+	// that scrapes never wait for it.
+	reloading sync.Mutex
+	// mu guards the modules in use, swapped in whole.
 	mu      sync.Mutex
 	set     *modules.Set
 	stamp   time.Time
 	checked time.Time
+	// failed is the modification time of the last file that did not
+	// load, which is not read again until it changes.
+	failed time.Time
 }
 
 func newScraper(s *Server, cfg Config) (*scraper, error) {
-	sc := &scraper{s: s, file: cfg.ModulesFile, offset: cfg.ScrapeTimeoutOffset,
+	check, err := newModuleCheck(cfg, s.sources)
+	if err != nil {
+		return nil, err
+	}
+	sc := &scraper{s: s, file: cfg.ModulesFile, offset: cfg.ScrapeTimeoutOffset, check: check,
 		rates: newRateLimiter("scrape_rate", cfg.ScrapeRate, cfg.ScrapeBurst, s.metrics), web: &webConfig{path: cfg.WebConfigFile}}
 	if sc.file == "" {
 		sc.set = modules.Defaults()
 		return sc, nil
 	}
-	set, stamp, err := sc.load()
+	set, stamp, warnings, err := sc.check.load(sc.file)
 	if err != nil {
 		return nil, err
 	}
+	sc.logWarnings(warnings)
 	sc.set, sc.stamp, sc.checked = set, stamp, time.Now()
 	return sc, nil
 }
 
-// load reads the module file, logging the modules it will not run, and
-// checks it against the server's configuration.
-func (sc *scraper) load() (*modules.Set, time.Time, error) {
-	fi, err := os.Stat(sc.file)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	set, warnings, err := modules.Load(sc.file)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	if err := checkModuleSources(set, sc.s.sources); err != nil {
-		return nil, time.Time{}, fmt.Errorf("%s: %w", sc.file, err)
-	}
+func (sc *scraper) logWarnings(warnings []string) {
 	for _, w := range warnings {
 		sc.s.logger.Warn("module file", "file", sc.file, "warning", w)
 	}
-	return set, fi.ModTime(), nil
 }
 
-// CheckModules loads a module file as a server with allowSource
-// (Config.AllowSource) would, returning its warnings.
-func CheckModules(path string, allowSource []string) (*modules.Set, []string, error) {
-	sources, err := parseSources(allowSource)
+// moduleCheck loads module files and checks them against a server's
+// configuration: the source addresses it may bind, and every module's
+// request as its probe service validates it, so that a module no scrape
+// could run is refused as the file loads, not answered 400 on every
+// scrape.
+type moduleCheck struct {
+	sources []netip.Prefix
+	// service validates requests; it probes nothing.
+	service            *service.Server
+	offset, maxTimeout time.Duration
+}
+
+func newModuleCheck(cfg Config, sources []netip.Prefix) (*moduleCheck, error) {
+	svc, err := service.New(service.Config{
+		DefaultTimeout: cfg.DefaultTimeout, MaxTimeout: cfg.MaxTimeout, MaxPayloadBytes: cfg.MaxPayloadBytes,
+		MaxFetchBytes: cfg.MaxFetchBytes, AllowedSources: sources,
+	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	return &moduleCheck{sources: sources, service: svc, offset: cfg.ScrapeTimeoutOffset, maxTimeout: cfg.MaxTimeout}, nil
+}
+
+// load reads and checks the module file at path, returning the modules,
+// the file's modification time and the modules it will not run.
+func (c *moduleCheck) load(path string) (*modules.Set, time.Time, []string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, time.Time{}, nil, err
 	}
 	set, warnings, err := modules.Load(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, time.Time{}, nil, err
 	}
-	if err := checkModuleSources(set, sources); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	if err := c.modules(set); err != nil {
+		return nil, time.Time{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return set, warnings, nil
+	return set, fi.ModTime(), warnings, nil
 }
 
-// checkModuleSources checks that every module's source_ip_address is one
-// the server may bind (--allow-source).
-func checkModuleSources(set *modules.Set, sources []netip.Prefix) error {
+// checkTarget stands for the targets of scrapes when a module's request is
+// checked: any name will do.
+var checkTarget = &netprobev1.Target{Host: "localhost", Port: 1}
+
+// modules checks every module of set: its source_ip_address is one the
+// server may bind (--allow-source), and its request is valid.
+func (c *moduleCheck) modules(set *modules.Set) error {
 	for _, name := range set.Names() {
 		m := set.Modules[name]
-		if m.Source.IsValid() && !slices.ContainsFunc(sources, func(p netip.Prefix) bool { return p.Contains(m.Source) }) {
+		if m.Source.IsValid() && !slices.ContainsFunc(c.sources, func(p netip.Prefix) bool { return p.Contains(m.Source) }) {
 			return fmt.Errorf("module %s: source_ip_address %s is not an address this server may bind (probed --allow-source)", name, m.Source)
+		}
+		// A module that names a file it could not read loads, and its
+		// scrapes say why (as blackbox_exporter's do).
+		if m.Err != nil {
+			continue
+		}
+		connect, fetch := m.Request(checkTarget, scrapeTimeout(http.Header{}, c.offset, m.Timeout, c.maxTimeout))
+		var err error
+		if connect != nil {
+			err = c.service.CheckConnect(connect)
+		} else {
+			err = c.service.CheckFetch(fetch)
+		}
+		if err != nil {
+			why := violations(err)
+			if m.ClientCert != nil {
+				why += fmt.Sprintf(" (the module's client certificate is presented as the client identity %s%s)", modules.IdentityPrefix, name)
+			}
+			return fmt.Errorf("module %s cannot be scraped: %s", name, why)
 		}
 	}
 	return nil
 }
 
-// modules returns the modules, first reloading the file if it changed
-// (looked at once a second at most); a file that no longer loads leaves
-// the modules as they were.
+// violations lists the field violations of a refused request.
+func violations(err error) string {
+	var out []string
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				out = append(out, v.GetField()+": "+v.GetDescription())
+			}
+		}
+	}
+	if len(out) == 0 {
+		return status.Convert(err).Message()
+	}
+	return strings.Join(out, "; ")
+}
+
+// CheckModules loads a module file as a server with cfg would, returning
+// its warnings.
+func CheckModules(path string, cfg Config) (*modules.Set, []string, error) {
+	cfg.setDefaults()
+	sources, err := parseSources(cfg.AllowSource)
+	if err != nil {
+		return nil, nil, err
+	}
+	check, err := newModuleCheck(cfg, sources)
+	if err != nil {
+		return nil, nil, err
+	}
+	set, _, warnings, err := check.load(path)
+	return set, warnings, err
+}
+
+// modules returns the modules in use. Once a second at most, it looks at
+// the module file, and if it changed, reloads it in the background: the
+// scrape goes on with the modules as they are, and a file that no longer
+// loads leaves them so.
 func (sc *scraper) modules() *modules.Set {
 	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	if sc.file == "" || time.Since(sc.checked) < moduleCheckEvery {
-		return sc.set
+	set, stamp, failed := sc.set, sc.stamp, sc.failed
+	due := sc.file != "" && time.Since(sc.checked) >= moduleCheckEvery
+	if due {
+		sc.checked = time.Now()
 	}
-	sc.checked = time.Now()
-	if fi, err := os.Stat(sc.file); err == nil && fi.ModTime().Equal(sc.stamp) {
-		return sc.set
+	sc.mu.Unlock()
+	if !due {
+		return set
 	}
-	sc.reloadLocked()
-	return sc.set
+	if fi, err := os.Stat(sc.file); err == nil && (fi.ModTime().Equal(stamp) || fi.ModTime().Equal(failed)) {
+		return set
+	}
+	// Another reload under way will see the change.
+	if sc.reloading.TryLock() {
+		go func() {
+			defer sc.reloading.Unlock()
+			sc.reloadLocked()
+		}()
+	}
+	return set
 }
 
 // reload reads the module file again (SIGHUP), keeping the modules as
@@ -153,18 +244,28 @@ func (sc *scraper) reload() error {
 	if sc.file == "" {
 		return nil
 	}
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
+	sc.reloading.Lock()
+	defer sc.reloading.Unlock()
 	return sc.reloadLocked()
 }
 
+// reloadLocked loads the module file, holding reloading, and swaps the
+// modules in under mu.
 func (sc *scraper) reloadLocked() error {
-	set, stamp, err := sc.load()
+	set, stamp, warnings, err := sc.check.load(sc.file)
 	if err != nil {
 		sc.s.logger.Error("module file not reloaded: keeping the modules as they were", "file", sc.file, "err", err)
+		if fi, statErr := os.Stat(sc.file); statErr == nil {
+			sc.mu.Lock()
+			sc.failed = fi.ModTime()
+			sc.mu.Unlock()
+		}
 		return err
 	}
+	sc.logWarnings(warnings)
+	sc.mu.Lock()
 	sc.set, sc.stamp = set, stamp
+	sc.mu.Unlock()
 	sc.s.logger.Info("reloaded the module file", "file", sc.file, "modules", len(set.Modules))
 	return nil
 }
@@ -291,6 +392,14 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	logger.Info("beginning probe", "module", name, "target", raw, "timeout", timeout)
 	res, err := sc.probe(ctx, m, target, timeout)
 	duration := time.Since(start)
+	// A probe the drain cut short (MetricsServer.Drain ends the scrape's
+	// context, the service a Fetch) says nothing of its target: 503, not
+	// probe_success 0.
+	if errors.Is(context.Cause(ctx), service.ErrShutdown) || res.probeError().GetReason() == netprobev1.Reason_REASON_SERVER_SHUTDOWN {
+		w.Header().Set("Connection", "close")
+		http.Error(w, service.ErrShutdown.Error()+": the probe was cut short", http.StatusServiceUnavailable)
+		return
+	}
 	if err != nil {
 		code := status.Code(err)
 		logger.Error("the probe server refused the probe", "code", code, "err", status.Convert(err).Message())
@@ -313,7 +422,8 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // configuration has users (exporter-toolkit has checked the password; a
 // bearer token cannot come too); else as gRPC does a caller, by its bearer
 // token when the server has tokens, or else by its verified client
-// certificate's common name; else by its address.
+// certificate's common name; else by its address. It names the caller of
+// every request of the metrics listener that needs one (see guard).
 func (sc *scraper) caller(r *http.Request) (context.Context, error) {
 	ctx := r.Context()
 	if sc.web.hasUsers() {
@@ -333,10 +443,35 @@ func (sc *scraper) caller(r *http.Request) (context.Context, error) {
 	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.TLS.VerifiedChains[0][0].Subject.CommonName != "":
 		return service.WithCaller(ctx, r.TLS.VerifiedChains[0][0].Subject.CommonName), nil
 	}
+	return withPeer(r), nil
+}
+
+// withPeer is the context of r with its peer, which names an anonymous
+// caller for the limits.
+func withPeer(r *http.Request) context.Context {
+	ctx := r.Context()
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
 	}
-	return ctx, nil
+	return ctx
+}
+
+// guard serves h only to a caller /probe would serve, named by the same
+// function (caller): with tokens, one with a valid bearer token; with web
+// configuration users, exporter-toolkit has already checked the password.
+// Config.PublicStatus serves h to anyone.
+func (sc *scraper) guard(h http.Handler) http.Handler {
+	if sc.s.cfg.PublicStatus {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := sc.caller(r); err != nil {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // probe runs m against target through the probe service.
@@ -453,8 +588,21 @@ func (p *probeMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// gauge adds a gauge. Label values are made valid UTF-8, which Prometheus
+// requires: they carry what targets sent (an expect's groups, a
+// certificate's names), which may be any bytes.
 func (p *probeMetrics) gauge(d *prometheus.Desc, v float64, labels ...string) {
-	p.ms = append(p.ms, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
+	p.constant(d, prometheus.GaugeValue, v, labels...)
+}
+
+// constant adds a metric of type t, its label values made valid UTF-8
+// (each run of bytes that are not becomes U+FFFD).
+func (p *probeMetrics) constant(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+	valid := make([]string, len(labels))
+	for i, l := range labels {
+		valid[i] = strings.ToValidUTF8(l, "\uFFFD")
+	}
+	p.ms = append(p.ms, prometheus.MustNewConstMetric(d, t, v, valid...))
 }
 
 // scrapeMetrics are a probe's metrics: blackbox_exporter's, with their
@@ -507,7 +655,7 @@ func scrapeMetrics(m *modules.Module, res *scrapeResult, duration time.Duration,
 		attempts[result]++
 	}
 	for result, n := range attempts {
-		p.ms = append(p.ms, prometheus.MustNewConstMetric(descAttempts, prometheus.CounterValue, n, result))
+		p.constant(descAttempts, prometheus.CounterValue, n, result)
 	}
 	p.tls(res)
 	if len(m.Steps) > 0 && c.GetError() == nil {

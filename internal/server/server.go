@@ -172,6 +172,17 @@ type Config struct {
 	// probes, apart from its gRPC one.
 	ScrapeRate  float64
 	ScrapeBurst int
+	// MetricsMaxConns caps the metrics listener's open connections,
+	// and MetricsMaxSourceConns those of one source address (an
+	// IPv4 address or IPv6 /64); MetricsIdleTimeout closes a keep-alive
+	// connection idle that long (see MetricsServer).
+	MetricsMaxConns       int
+	MetricsMaxSourceConns int
+	MetricsIdleTimeout    time.Duration
+	// PublicStatus serves /metrics, the page and its reports to anyone;
+	// without it they need what /probe needs (a bearer token when there
+	// are tokens).
+	PublicStatus bool
 
 	// DNSServer, "host:port", receives every DNS query instead of
 	// /etc/resolv.conf's servers.
@@ -251,6 +262,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.ScrapeBurst == 0 {
 		c.ScrapeBurst = DefaultScrapeBurst
+	}
+	if c.MetricsMaxConns == 0 {
+		c.MetricsMaxConns = DefaultMetricsMaxConns
+	}
+	if c.MetricsMaxSourceConns == 0 {
+		c.MetricsMaxSourceConns = DefaultMetricsMaxSourceConns
+	}
+	if c.MetricsIdleTimeout == 0 {
+		c.MetricsIdleTimeout = DefaultMetricsIdleTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -550,13 +570,22 @@ func (s *Server) Stop() { s.grpc.Stop() }
 
 // MetricsHandler serves the Prometheus metrics at /metrics, the probe
 // service's health at /healthz, blackbox_exporter's /probe, and a page at
-// / with the recent probes (their reports at /probes/ID).
+// / with the recent probes (their reports at /probes/ID). All but
+// /healthz need the credentials /probe needs, unless
+// Config.PublicStatus; MetricsServer serves it on a listener.
 func (s *Server) MetricsHandler() http.Handler {
-	mux := metricsHandler(s.registry, s.health)
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", s.scraper.guard(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry})))
+	mux.Handle("/healthz", healthHandler(s.health))
 	mux.Handle("/probe", s.scraper)
-	mux.HandleFunc("GET /{$}", s.page)
-	mux.HandleFunc("GET /probes/{id}", s.report)
-	return mux
+	mux.Handle("GET /{$}", s.scraper.guard(http.HandlerFunc(s.page)))
+	mux.Handle("GET /probes/{id}", s.scraper.guard(http.HandlerFunc(s.report)))
+	// No answer of the listener is to be read as another type than it
+	// says: a report repeats what targets sent.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // interceptorLogger adapts slog to go-grpc-middleware's logging interface.
@@ -566,21 +595,18 @@ func interceptorLogger(l *slog.Logger) logging.Logger {
 	})
 }
 
-// metricsHandler serves reg at /metrics, and the probe service's health at
-// /healthz.
-func metricsHandler(reg *prometheus.Registry, hs *drainingHealth) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	// /healthz mirrors the gRPC health of the probe service for checkers
-	// that speak only HTTP, or that cannot reach a TLS gRPC port (the
-	// kubelet's gRPC probes are plaintext): 200 when SERVING, 503 else.
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+// healthHandler mirrors the gRPC health of the probe service for checkers
+// that speak only HTTP, or that cannot reach a TLS gRPC port (the
+// kubelet's gRPC probes are plaintext): 200 when SERVING, 503 else. It
+// needs no credentials, as gRPC health checks need no token.
+func healthHandler(hs *drainingHealth) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		resp, err := hs.Check(r.Context(), &healthpb.HealthCheckRequest{Service: netprobev1.ProbeService_ServiceDesc.ServiceName})
 		st := resp.GetStatus()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if err != nil || st != healthpb.HealthCheckResponse_SERVING {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		fmt.Fprintln(w, st)
 	})
-	return mux
 }

@@ -1,0 +1,277 @@
+// Package settings declares each setting of a command once: a field of a
+// struct whose tags give its flag name, environment twin, default, group
+// and help. Register puts the fields on a pflag.FlagSet, Environ fills the
+// flags not given on the command line from their environment twins,
+// Defaults gives a struct built in code the same defaults, and Markdown
+// renders the table the docs show. So a flag, the server's default for
+// it, its environment variable and its line in the docs cannot drift
+// apart.
+//
+// The tags:
+//
+//	flag:"max-in-flight"   the flag's name; a field without one is not a setting
+//	short:"s"              a one-letter shorthand
+//	env:"NETPROBE_X"       the environment twin, read when the flag is not given
+//	default:"512"          the default, as the flag would be written
+//	sep:";"                what separates the values of a list in its environment twin (default ",")
+//	group:"Limits"         the heading it is listed under
+//	help:"..."             one or more sentences
+//	docs:"..."             the docs table's text, when shorter than help
+//
+// Struct fields without a flag tag are walked into, so that a command's
+// settings can embed a package's Config. The field types are string, bool,
+// int, uint64, float64, time.Duration and []string.
+package settings
+
+import (
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Setting is one setting: a field and its tags.
+type Setting struct {
+	Name, Short, Env, Default, Sep, Group, Help, Docs string
+	field                                             reflect.Value
+}
+
+// Of lists the settings of *cfg, a pointer to a struct, in the order of
+// its fields.
+func Of(cfg any) []Setting {
+	v := reflect.ValueOf(cfg)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		panic(fmt.Sprintf("settings.Of(%T): want a pointer to a struct", cfg))
+	}
+	return walk(nil, v.Elem())
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+func walk(out []Setting, v reflect.Value) []Setting {
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, ok := f.Tag.Lookup("flag")
+		if !ok {
+			if f.Type.Kind() == reflect.Struct && f.Type != durationType {
+				out = walk(out, v.Field(i))
+			}
+			continue
+		}
+		s := Setting{
+			Name:    name,
+			Short:   f.Tag.Get("short"),
+			Env:     f.Tag.Get("env"),
+			Default: f.Tag.Get("default"),
+			Sep:     f.Tag.Get("sep"),
+			Group:   f.Tag.Get("group"),
+			Help:    f.Tag.Get("help"),
+			Docs:    f.Tag.Get("docs"),
+			field:   v.Field(i),
+		}
+		if s.Sep == "" {
+			s.Sep = ","
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Defaults sets each setting of *cfg that is still its type's zero value
+// to its default. A server calls it on the Config it is given, so that
+// one built in code (a test, the CLI's in-process server) has the same
+// defaults as the command's flags.
+func Defaults(cfg any) error {
+	for _, s := range Of(cfg) {
+		if s.Default == "" || !s.field.IsZero() {
+			continue
+		}
+		if err := set(s.field, s.Default, s.Sep); err != nil {
+			return fmt.Errorf("--%s default %q: %w", s.Name, s.Default, err)
+		}
+	}
+	return nil
+}
+
+// Register sets *cfg's settings to their defaults and defines them on fs,
+// bound to the fields.
+func Register(fs *pflag.FlagSet, cfg any) ([]Setting, error) {
+	list := Of(cfg)
+	for _, s := range list {
+		if s.Default != "" {
+			if err := set(s.field, s.Default, s.Sep); err != nil {
+				return nil, fmt.Errorf("--%s default %q: %w", s.Name, s.Default, err)
+			}
+		}
+		usage := s.Help
+		if s.Env != "" {
+			usage += " (env " + s.Env + ")"
+		}
+		p := s.field.Addr().Interface()
+		switch p := p.(type) {
+		case *string:
+			fs.StringVarP(p, s.Name, s.Short, *p, usage)
+		case *bool:
+			fs.BoolVarP(p, s.Name, s.Short, *p, usage)
+		case *int:
+			fs.IntVarP(p, s.Name, s.Short, *p, usage)
+		case *uint64:
+			fs.Uint64VarP(p, s.Name, s.Short, *p, usage)
+		case *float64:
+			fs.Float64VarP(p, s.Name, s.Short, *p, usage)
+		case *time.Duration:
+			fs.DurationVarP(p, s.Name, s.Short, *p, usage)
+		case *[]string:
+			// Every value is one item, commas and all: a policy rule has
+			// commas of its own.
+			fs.StringArrayVarP(p, s.Name, s.Short, *p, usage)
+		default:
+			return nil, fmt.Errorf("--%s: a setting cannot be a %T", s.Name, p)
+		}
+		if s.Group != "" {
+			fs.SetAnnotation(s.Name, groupAnnotation, []string{s.Group})
+		}
+	}
+	return list, nil
+}
+
+// groupAnnotation holds a flag's group, for Usage.
+const groupAnnotation = "settings.group"
+
+// Environ sets each of the settings not given on fs's command line from
+// its environment twin, read with getenv, when that is not empty.
+func Environ(fs *pflag.FlagSet, list []Setting, getenv func(string) string) error {
+	for _, s := range list {
+		if s.Env == "" || fs.Changed(s.Name) {
+			continue
+		}
+		v := getenv(s.Env)
+		if v == "" {
+			continue
+		}
+		values := []string{v}
+		if s.field.Kind() == reflect.Slice {
+			values = strings.Split(v, s.Sep)
+		}
+		for _, v := range values {
+			if err := fs.Set(s.Name, v); err != nil {
+				return fmt.Errorf("%s=%q: %w", s.Env, v, err)
+			}
+		}
+	}
+	return nil
+}
+
+// set parses text into the field v as its flag would.
+func set(v reflect.Value, text, sep string) error {
+	switch p := v.Addr().Interface().(type) {
+	case *string:
+		*p = text
+	case *bool:
+		b, err := strconv.ParseBool(text)
+		if err != nil {
+			return err
+		}
+		*p = b
+	case *int:
+		n, err := strconv.Atoi(text)
+		if err != nil {
+			return err
+		}
+		*p = n
+	case *uint64:
+		n, err := strconv.ParseUint(text, 10, 64)
+		if err != nil {
+			return err
+		}
+		*p = n
+	case *float64:
+		n, err := strconv.ParseFloat(text, 64)
+		if err != nil {
+			return err
+		}
+		*p = n
+	case *time.Duration:
+		d, err := time.ParseDuration(text)
+		if err != nil {
+			return err
+		}
+		*p = d
+	case *[]string:
+		*p = strings.Split(text, sep)
+	default:
+		return fmt.Errorf("a setting cannot be a %T", p)
+	}
+	return nil
+}
+
+// Usage writes fs's flags grouped under their headings, in the order
+// their groups first appear, flags of no group first.
+func Usage(fs *pflag.FlagSet) string {
+	var groups []string
+	sets := map[string]*pflag.FlagSet{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		g := ""
+		if a := f.Annotations[groupAnnotation]; len(a) > 0 {
+			g = a[0]
+		}
+		if sets[g] == nil {
+			sets[g] = pflag.NewFlagSet(g, pflag.ContinueOnError)
+			sets[g].SortFlags = false
+			if g != "" {
+				groups = append(groups, g)
+			}
+		}
+		sets[g].AddFlag(f)
+	})
+	var b strings.Builder
+	if ungrouped := sets[""]; ungrouped != nil {
+		b.WriteString("Flags:\n" + ungrouped.FlagUsages())
+	}
+	for _, g := range groups {
+		b.WriteString("\n" + g + ":\n" + sets[g].FlagUsages())
+	}
+	return b.String()
+}
+
+// Markdown renders the settings as the docs' table, one per group: flag,
+// environment twin, default, and what it does.
+func Markdown(list []Setting) string {
+	var groups []string
+	byGroup := map[string][]Setting{}
+	for _, s := range list {
+		if _, ok := byGroup[s.Group]; !ok {
+			groups = append(groups, s.Group)
+		}
+		byGroup[s.Group] = append(byGroup[s.Group], s)
+	}
+	var b strings.Builder
+	for i, g := range groups {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		if g != "" {
+			fmt.Fprintf(&b, "**%s**\n\n", g)
+		}
+		b.WriteString("| flag | environment | default | what it does |\n|---|---|---|---|\n")
+		for _, s := range byGroup[g] {
+			text := s.Docs
+			if text == "" {
+				text = s.Help
+			}
+			def := ""
+			if s.Default != "" {
+				def = "`" + s.Default + "`"
+			}
+			fmt.Fprintf(&b, "| `--%s` | %s | %s | %s |\n", s.Name, s.Env, def, strings.ReplaceAll(text, "|", `\|`))
+		}
+	}
+	return b.String()
+}
