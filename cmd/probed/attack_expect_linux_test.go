@@ -286,9 +286,9 @@ func TestAttackExpectCPU(t *testing.T) {
 // everything pending again on each line cost some 80% of a CPU. The 2 s
 // probe, a Sweep's (whose dialogue sends nothing to the caller, as a
 // module's does not), costs probed less than 0.3 s of CPU, with expect or
-// expect_line.
+// expect_line. The target's pace needs a CPU when it wants one: the test
+// does not run beside the package's other tests.
 func TestAttackExpectTrickle(t *testing.T) {
-	t.Parallel()
 	const timeout = 2 * time.Second
 	for _, tc := range []struct {
 		name string
