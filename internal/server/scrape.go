@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -311,24 +310,16 @@ func (r *scrapeResult) probeError() *netprobev1.ProbeError {
 	return r.summary.GetError()
 }
 
-// collector is the stream a Fetch of /probe reports to: it keeps the
-// events and drops the data.
-type collector struct {
-	grpc.ServerStream
-	ctx context.Context
-	res *scrapeResult
-}
-
-func (c *collector) Context() context.Context { return c.ctx }
-
-func (c *collector) Send(m *netprobev1.FetchResponse) error {
+// keep is the Emit of a Fetch of /probe: it keeps the connect report, the
+// expects' matches and the summary, and drops the data.
+func (r *scrapeResult) keep(m *netprobev1.FetchResponse) error {
 	switch ev := m.GetEvent().(type) {
 	case *netprobev1.FetchResponse_Connect:
-		c.res.connect = ev.Connect
+		r.connect = ev.Connect
 	case *netprobev1.FetchResponse_Match:
-		c.res.matches = append(c.res.matches, ev.Match)
+		r.matches = append(r.matches, ev.Match)
 	case *netprobev1.FetchResponse_Summary:
-		c.res.summary = ev.Summary
+		r.summary = ev.Summary
 	}
 	return nil
 }
@@ -496,7 +487,7 @@ func (sc *scraper) probe(ctx context.Context, m *modules.Module, target *netprob
 		res.connect = resp
 		return res, nil
 	}
-	return res, sc.s.service.Fetch(fetch, &collector{ctx: ctx, res: res})
+	return res, sc.s.service.FetchTo(ctx, fetch, res.keep)
 }
 
 // scrapeTarget reads /probe's target: HOST:PORT, PORT a number or a
