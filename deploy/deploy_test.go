@@ -158,6 +158,10 @@ func TestPrometheusOperator(t *testing.T) {
 			if o.Spec.Targets.StaticConfig == nil || len(o.Spec.Targets.StaticConfig.Targets) == 0 {
 				t.Errorf("Probe %s has no targets", o.Name)
 			}
+			// The DaemonSet runs with --tokens-file: a scrape needs one.
+			if a := o.Spec.Authorization; a == nil || a.Type != "Bearer" || a.Credentials == nil {
+				t.Errorf("Probe %s sends no bearer token: %+v", o.Name, a)
+			}
 		case *monitoringv1alpha1.ScrapeConfig:
 			scrapes++
 			if o.Spec.MetricsPath == nil || *o.Spec.MetricsPath != "/probe" || len(o.Spec.Params["target"]) != 1 || len(o.Spec.Params["module"]) != 1 {
@@ -165,6 +169,9 @@ func TestPrometheusOperator(t *testing.T) {
 			}
 			if len(o.Spec.KubernetesSDConfigs) != 1 || o.Spec.KubernetesSDConfigs[0].Role != monitoringv1alpha1.KubernetesRolePod {
 				t.Errorf("ScrapeConfig %s does not find probed's pods", o.Name)
+			}
+			if a := o.Spec.Authorization; a == nil || a.Type != "Bearer" || a.Credentials == nil {
+				t.Errorf("ScrapeConfig %s sends no bearer token: %+v", o.Name, a)
 			}
 		default:
 			t.Errorf("document %d is a %T", i, obj)
