@@ -90,7 +90,7 @@ func BenchmarkConnect(b *testing.B) {
 
 // fetchBytes is what each Fetch benchmark operation moves: the server's
 // default cap.
-const fetchBytes = service.DefaultMaxFetchBytes
+var fetchBytes = int64(service.DefaultLimits().MaxFetchBytes)
 
 // benchSource is a loopback listener that sends fetchBytes to each
 // connection, then closes it.
@@ -167,7 +167,7 @@ func BenchmarkFetch(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		n := 0
+		var n int64
 		for {
 			d, err := f.Next()
 			if errors.Is(err, io.EOF) {
@@ -176,7 +176,7 @@ func BenchmarkFetch(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			n += len(d)
+			n += int64(len(d))
 		}
 		f.Close()
 		if n != fetchBytes {

@@ -11,40 +11,44 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/policy"
 )
 
-// Defaults for Config fields left zero.
-const (
-	DefaultTimeout         = 5 * time.Second
-	DefaultMaxTimeout      = 60 * time.Second
-	DefaultMaxPayloadBytes = 1 << 20
-	DefaultMaxFetchBytes   = 64 << 20
-	// DefaultMaxSweepConcurrency caps the probes one Sweep runs at once.
-	DefaultMaxSweepConcurrency = 64
-	// DefaultMaxSweepTargets caps the targets of one Sweep: its entries,
-	// and the addresses and SRV entries they expand to.
-	DefaultMaxSweepTargets = 10000
-)
-
-// Config holds the server's limits, policy and resolvers. Zero fields take
-// the defaults above; a nil Resolver is ResolverFor("").
-type Config struct {
+// Limits are the service's limits. Each field's tags declare it once: its
+// default, which New gives a field left zero, and its flag in probed
+// (see internal/settings).
+type Limits struct {
 	// DefaultTimeout bounds a probe whose request sets no timeout.
-	DefaultTimeout time.Duration
+	DefaultTimeout time.Duration `flag:"default-timeout" env:"NETPROBE_DEFAULT_TIMEOUT" default:"5s" group:"Limits" help:"Probe timeout when a request sets none."`
 	// MaxTimeout is the largest timeout a request may ask for.
-	MaxTimeout time.Duration
+	MaxTimeout time.Duration `flag:"max-timeout" env:"NETPROBE_MAX_TIMEOUT" default:"1m0s" group:"Limits" help:"Largest probe timeout a request may ask for, which bounds a Fetch too; more is INVALID_ARGUMENT."`
 	// MaxPayloadBytes caps a Fetch request's payload.
-	MaxPayloadBytes int
+	MaxPayloadBytes int `flag:"max-payload-bytes" env:"NETPROBE_MAX_PAYLOAD_BYTES" default:"1048576" group:"Limits" help:"Largest Fetch payload a request may carry, in bytes (1 MiB), its sends and send_templates together: more is INVALID_ARGUMENT. A request message is at most this plus 64 KiB (RESOURCE_EXHAUSTED past it), and every method but Fetch and Sweep takes 64 KiB at most."`
 	// MaxFetchBytes caps how much one Fetch receives.
-	MaxFetchBytes uint64
+	MaxFetchBytes uint64 `flag:"max-fetch-bytes" env:"NETPROBE_MAX_FETCH_BYTES" default:"67108864" group:"Limits" help:"Most bytes one Fetch may receive (64 MiB), and the default for requests that set no max_bytes; a larger max_bytes is INVALID_ARGUMENT."`
 	// MaxSweepConcurrency caps the probes one Sweep runs at once; a sweep
 	// asking for more gets this many.
-	MaxSweepConcurrency int
+	MaxSweepConcurrency int `flag:"max-sweep-concurrency" env:"NETPROBE_MAX_SWEEP_CONCURRENCY" default:"64" group:"Limits" help:"Most probes one Sweep runs at once; a Sweep asking for more gets this many (bounded, not refused)."`
 	// MaxSweepTargets caps the targets of one Sweep: more entries are
 	// INVALID_ARGUMENT, and the targets expanded past it are not probed
 	// (REASON_LIMIT).
-	MaxSweepTargets int
+	MaxSweepTargets int `flag:"max-sweep-targets" env:"NETPROBE_MAX_SWEEP_TARGETS" default:"10000" group:"Limits" help:"Most targets one Sweep may probe: more entries are INVALID_ARGUMENT, and the addresses and SRV entries they expand to past it come back STAGE_POLICY / REASON_LIMIT, not probed."`
+}
+
+// DefaultLimits are the limits of a Config that sets none.
+func DefaultLimits() Limits {
+	var l Limits
+	if err := settings.Defaults(&l); err != nil {
+		panic(err) // the tags above are wrong: TestDefaultLimits fails
+	}
+	return l
+}
+
+// Config holds the server's limits, policy and resolvers. Zero limits take
+// their defaults (DefaultLimits); a nil Resolver is ResolverFor("").
+type Config struct {
+	Limits
 	// Resolver resolves host names and reverse-looks-up addresses; nil is
 	// ResolverFor(DNSServer).
 	Resolver *net.Resolver
@@ -180,23 +184,8 @@ var _ netprobev1.ProbeServiceServer = (*Server)(nil)
 
 // New returns a Server with cfg's zero fields set to their defaults.
 func New(cfg Config) (*Server, error) {
-	if cfg.DefaultTimeout == 0 {
-		cfg.DefaultTimeout = DefaultTimeout
-	}
-	if cfg.MaxTimeout == 0 {
-		cfg.MaxTimeout = DefaultMaxTimeout
-	}
-	if cfg.MaxPayloadBytes == 0 {
-		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
-	}
-	if cfg.MaxFetchBytes == 0 {
-		cfg.MaxFetchBytes = DefaultMaxFetchBytes
-	}
-	if cfg.MaxSweepConcurrency == 0 {
-		cfg.MaxSweepConcurrency = DefaultMaxSweepConcurrency
-	}
-	if cfg.MaxSweepTargets == 0 {
-		cfg.MaxSweepTargets = DefaultMaxSweepTargets
+	if err := settings.Defaults(&cfg.Limits); err != nil {
+		return nil, err
 	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = ResolverFor(cfg.DNSServer)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -214,5 +215,21 @@ func TestNewDefaults(t *testing.T) {
 	resp, err := srv.ResolveService(probetest.Context(t), &netprobev1.ResolveServiceRequest{Name: "https"})
 	if err != nil || resp.GetPort() != 443 || resp.GetSource() != netprobev1.ServiceSource_SERVICE_SOURCE_BUILTIN {
 		t.Errorf("https: %v, %v; want 443 from the built-in table", resp, err)
+	}
+}
+
+// TestDefaultLimits pins the limits a Config that sets none gets: they are
+// declared in Limits' tags, which probed's flags and docs read too.
+func TestDefaultLimits(t *testing.T) {
+	want := service.Limits{
+		DefaultTimeout:      5 * time.Second,
+		MaxTimeout:          time.Minute,
+		MaxPayloadBytes:     1 << 20,
+		MaxFetchBytes:       64 << 20,
+		MaxSweepConcurrency: 64,
+		MaxSweepTargets:     10000,
+	}
+	if got := service.DefaultLimits(); got != want {
+		t.Errorf("DefaultLimits() = %+v, want %+v", got, want)
 	}
 }

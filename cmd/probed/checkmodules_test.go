@@ -31,7 +31,7 @@ func TestCheckModulesRefusesUnscrapable(t *testing.T) {
 	const want = `is not an identity's name: character ' ' is not allowed`
 	for _, args := range [][]string{
 		{"--check-modules", file},
-		{"--listen=127.0.0.1:0", "--modules-file=" + file},
+		{"--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", "--modules-file=" + file},
 	} {
 		out, err := exec.CommandContext(probetest.Context(t), probedBin, args...).CombinedOutput()
 		var exit *exec.ExitError

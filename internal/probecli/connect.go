@@ -55,7 +55,7 @@ with a summary like ping's.`,
 			if err != nil {
 				return err
 			}
-			opts := client.ConnectOptions{Timeout: a.timeout, ReverseLookup: reverse, TLS: tlsOpts, Source: source}
+			opts := client.ConnectOptions{Timeout: a.Timeout, ReverseLookup: reverse, TLS: tlsOpts, Source: source}
 			connect := func(ctx context.Context) (*client.ConnectResult, error) {
 				cctx, cancel := a.callContext(ctx)
 				defer cancel()
@@ -74,12 +74,12 @@ with a summary like ping's.`,
 			}
 			res, err := connect(ctx)
 			if res != nil {
-				if a.output == "json" {
+				if a.Output == "json" {
 					if err := writeJSON(a.out, res.Proto()); err != nil {
 						return err
 					}
 				} else {
-					printConnect(a.out, host, res, a.verbose)
+					printConnect(a.out, host, res, a.Verbose)
 				}
 			}
 			return err

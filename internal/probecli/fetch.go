@@ -145,7 +145,7 @@ func (ff *fetchFlags) register(a *app, cmd *cobra.Command) {
 // neither gives one, stdin.
 func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchOptions, error) {
 	opts := client.FetchOptions{
-		Timeout:       a.timeout,
+		Timeout:       a.Timeout,
 		ReadTimeout:   ff.readTimeout,
 		MaxBytes:      ff.maxBytes,
 		ReverseLookup: ff.reverse,
@@ -189,7 +189,7 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 	case ff.data != "":
 		opts.Payload = []byte(ff.data)
 	case ff.dataFile == "-" || (ff.dataFile == "" && !isTerminal(a.in)):
-		b, err := io.ReadAll(io.LimitReader(a.in, int64(a.maxPayload)+1))
+		b, err := io.ReadAll(io.LimitReader(a.in, int64(a.MaxPayload)+1))
 		if err != nil {
 			return opts, fmt.Errorf("read stdin: %w", err)
 		}
@@ -201,8 +201,8 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 		}
 		opts.Payload = b
 	}
-	if len(opts.Payload) > a.maxPayload {
-		return opts, usagef("the request is over the probe server's cap of %d bytes (--max-payload-bytes, as probed's)", a.maxPayload)
+	if len(opts.Payload) > a.MaxPayload {
+		return opts, usagef("the request is over the probe server's cap of %d bytes (--max-payload-bytes, as probed's)", a.MaxPayload)
 	}
 	if len(opts.Payload) == 0 {
 		opts.Payload = nil
@@ -213,12 +213,12 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 // copyReply copies the reply to stdout as it arrives, or writes each
 // message as JSON, and reports how it ended.
 func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
-	if a.output == "json" {
+	if a.Output == "json" {
 		if err := writeJSON(a.out, connectEvent(f.Connect)); err != nil {
 			return err
 		}
 	} else if !ff.quiet {
-		printConnect(a.err, host, f.Connect, a.verbose)
+		printConnect(a.err, host, f.Connect, a.Verbose)
 	}
 	data := &netprobev1.FetchData{}
 	msg := &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: data}}
@@ -228,7 +228,7 @@ func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
 	for {
 		b, err := f.Next()
 		if err != nil {
-			if a.output != "json" && !ff.quiet && last != '\n' && isTerminal(a.out) && isTerminal(a.err) {
+			if a.Output != "json" && !ff.quiet && last != '\n' && isTerminal(a.out) && isTerminal(a.err) {
 				fmt.Fprintln(a.err)
 			}
 			if errors.Is(err, io.EOF) {
@@ -245,7 +245,7 @@ func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
 			_ = a.fetchEnded(f.Summary(), ff.quiet)
 			return err
 		}
-		if a.output == "json" {
+		if a.Output == "json" {
 			data.Data = b
 			err = writeJSON(a.out, msg)
 		} else {
@@ -264,10 +264,10 @@ func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
 func (a *app) fetchEnded(s *client.FetchSummary, quiet bool) error {
 	switch {
 	case s == nil:
-	case a.output == "json":
+	case a.Output == "json":
 		return writeJSON(a.out, &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: s.Proto()}})
 	case !quiet:
-		printTLS(a.err, s.TLS, a.verbose)
+		printTLS(a.err, s.TLS, a.Verbose)
 		printSummary(a.err, s)
 	}
 	return nil
@@ -278,12 +278,12 @@ func (a *app) fetchEnded(s *client.FetchSummary, quiet bool) error {
 func (a *app) fetchFailed(host string, pe *client.ProbeError, quiet bool) {
 	switch {
 	case pe.Connect == nil:
-	case a.output == "json":
+	case a.Output == "json":
 		// The probe's failure is what the exit code reports.
 		_ = writeJSON(a.out, connectEvent(pe.Connect))
 		_ = a.fetchEnded(pe.Summary, quiet)
 	case !quiet:
-		printConnect(a.err, host, pe.Connect, a.verbose)
+		printConnect(a.err, host, pe.Connect, a.Verbose)
 	}
 }
 

@@ -21,7 +21,7 @@ prints the status. It exits 0 when the server is SERVING, 69 otherwise
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			a.ran = true
-			if len(a.servers) > 1 {
+			if len(a.Servers) > 1 {
 				return usagef("health asks one probe server; several --server are for sweep")
 			}
 			c, closeClient, err := a.dialUnchecked()
@@ -29,16 +29,16 @@ prints the status. It exits 0 when the server is SERVING, 69 otherwise
 				return err
 			}
 			defer closeClient()
-			ctx, cancel := context.WithTimeout(cmd.Context(), a.serverTimeout)
+			ctx, cancel := context.WithTimeout(cmd.Context(), a.ServerTimeout)
 			defer cancel()
 			st, err := c.Health(ctx)
 			if status.Code(err) == codes.DeadlineExceeded && cmd.Context().Err() == nil {
-				return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.serverTimeout)
+				return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.ServerTimeout)
 			}
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
+			if a.Output == "json" {
 				if err := writeJSON(a.out, &healthpb.HealthCheckResponse{Status: st}); err != nil {
 					return err
 				}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/server"
+	"github.com/netprobe/netprobe/service"
 )
 
 // inProcess runs the probe service in this process, reached through an
@@ -19,9 +20,8 @@ import (
 // user's to bind), so the calls, limits and errors are the same.
 func (a *app) inProcess() (*client.Client, func(), error) {
 	cfg := server.Config{
-		DNSServer:       a.dnsServer,
-		ServicesFile:    "/etc/services",
-		MaxPayloadBytes: a.maxPayload,
+		DNSServer: a.DNSServer,
+		Limits:    service.Limits{MaxPayloadBytes: a.MaxPayload},
 		// The user's own machine: any source address it lets them bind.
 		AllowSource: []string{"0.0.0.0/0", "::/0"},
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/buildinfo"
+	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -46,49 +47,45 @@ type streams struct {
 	out, err io.Writer
 }
 
+// globals are the flags every command takes. Each is declared once, by
+// its field's tags (see internal/settings).
+type globals struct {
+	// Servers are the --server flags.
+	Servers   []string      `flag:"server" short:"s" env:"NETPROBE_SERVER" help:"probe server to ask, HOST[:PORT] (port 7070 when none) or unix:PATH (commas between several in the environment); none: run the service in this process. sweep takes several, and dns:///NAME:PORT for every address of NAME"`
+	DNSServer string        `flag:"dns-server" env:"NETPROBE_DNS_SERVER" help:"send DNS queries to this host:port instead of /etc/resolv.conf's servers: the in-process service's, and sweep's for dns:/// server names"`
+	Timeout   time.Duration `flag:"timeout" env:"NETPROBE_TIMEOUT" default:"5s" help:"time the probe may take, all stages together"`
+	// ServerTimeout bounds reaching a --server and its health check.
+	ServerTimeout time.Duration `flag:"server-timeout" env:"NETPROBE_SERVER_TIMEOUT" default:"3s" help:"time a --server gets to answer a health check before the probe is asked of it; a server that does not is exit 69"`
+	Verbose       bool          `flag:"verbose" short:"v" help:"print every attempt, the phase timings and the whole certificate chain"`
+	// MaxPayload is the in-process service's payload cap; its default is
+	// the service's.
+	MaxPayload int    `flag:"max-payload-bytes" help:"largest fetch request the probe server takes, as probed's flag of the same name (the in-process service's cap): a larger one is refused before it is sent"`
+	Output     string `flag:"output" short:"o" env:"NETPROBE_OUTPUT" default:"text" help:"output format: text (a line per event) or json (protojson, an object per line)"`
+	TLS        bool   `flag:"tls" env:"NETPROBE_TLS" help:"talk TLS to the --server (implied by --ca-file, --cert-file and --token)"`
+	CAFile     string `flag:"ca-file" env:"NETPROBE_CA_FILE" help:"trust the --server's certificate if these CAs (PEM) signed it, instead of the system's"`
+	CertFile   string `flag:"cert-file" env:"NETPROBE_CERT_FILE" help:"client certificate (PEM) for a --server that wants mutual TLS"`
+	KeyFile    string `flag:"key-file" env:"NETPROBE_KEY_FILE" help:"private key (PEM) of --cert-file"`
+	Token      string `flag:"token" env:"NETPROBE_TOKEN" help:"bearer token for the --server; sent only over TLS"`
+}
+
 // app is one run of the CLI: its global flags and where it writes.
 type app struct {
 	streams
 	getenv func(string) string
+	globals
+	// settings are the global flags, for their environment twins.
+	settings []settings.Setting
 
-	// servers are the --server flags; server is the one a single-server
-	// command asks ("" to run the service in this process).
-	servers   []string
-	server    string
-	dnsServer string
-	timeout   time.Duration
-	// serverTimeout bounds reaching a --server and its health check.
-	serverTimeout time.Duration
-	verbose       bool
-	maxPayload    int
+	// server is the one --server a single-server command asks ("" to run
+	// the service in this process).
+	server string
 	// targetCert and targetKey are the client certificate the in-process
 	// service presents to targets (--cert, --key).
 	targetCert, targetKey string
-	output                string
-	tls                   bool
-	caFile                string
-	certFile              string
-	keyFile               string
-	token                 string
 
 	// ran is set once a command's own code starts: an error before that
 	// came from the command line itself.
 	ran bool
-}
-
-// envFlags are the flags with an environment twin, read when the flag is
-// not given.
-var envFlags = map[string]string{
-	"server":         "NETPROBE_SERVER",
-	"dns-server":     "NETPROBE_DNS_SERVER",
-	"timeout":        "NETPROBE_TIMEOUT",
-	"server-timeout": "NETPROBE_SERVER_TIMEOUT",
-	"output":         "NETPROBE_OUTPUT",
-	"tls":            "NETPROBE_TLS",
-	"ca-file":        "NETPROBE_CA_FILE",
-	"cert-file":      "NETPROBE_CERT_FILE",
-	"key-file":       "NETPROBE_KEY_FILE",
-	"token":          "NETPROBE_TOKEN",
 }
 
 const rootLong = `probe asks a netprobe server to open a connection somewhere, exchange a few
@@ -163,18 +160,12 @@ func (a *app) rootCommand() *cobra.Command {
 		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringArrayVarP(&a.servers, "server", "s", nil, "probe server to ask, HOST[:PORT] (port 7070 when none) or unix:PATH (env NETPROBE_SERVER, commas between several); none: run the service in this process. sweep takes several, and dns:///NAME:PORT for every address of NAME")
-	pf.StringVar(&a.dnsServer, "dns-server", "", "send DNS queries to this host:port instead of /etc/resolv.conf's servers: the in-process service's, and sweep's for dns:/// server names (env NETPROBE_DNS_SERVER)")
-	durationFlag(pf, &a.timeout, "timeout", "", 5*time.Second, "time the probe may take, all stages together (env NETPROBE_TIMEOUT)")
-	durationFlag(pf, &a.serverTimeout, "server-timeout", "", 3*time.Second, "time a --server gets to answer a health check before the probe is asked of it; a server that does not is exit 69 (env NETPROBE_SERVER_TIMEOUT)")
-	pf.BoolVarP(&a.verbose, "verbose", "v", false, "print every attempt, the phase timings and the whole certificate chain")
-	pf.IntVar(&a.maxPayload, "max-payload-bytes", service.DefaultMaxPayloadBytes, "largest fetch request the probe server takes, as probed's flag of the same name (the in-process service's cap): a larger one is refused before it is sent")
-	pf.StringVarP(&a.output, "output", "o", "text", "output format: text (a line per event) or json (protojson, an object per line) (env NETPROBE_OUTPUT)")
-	pf.BoolVar(&a.tls, "tls", false, "talk TLS to the --server (implied by --ca-file, --cert-file and --token) (env NETPROBE_TLS)")
-	pf.StringVar(&a.caFile, "ca-file", "", "trust the --server's certificate if these CAs (PEM) signed it, instead of the system's (env NETPROBE_CA_FILE)")
-	pf.StringVar(&a.certFile, "cert-file", "", "client certificate (PEM) for a --server that wants mutual TLS (env NETPROBE_CERT_FILE)")
-	pf.StringVar(&a.keyFile, "key-file", "", "private key (PEM) of --cert-file (env NETPROBE_KEY_FILE)")
-	pf.StringVar(&a.token, "token", "", "bearer token for the --server; sent only over TLS (env NETPROBE_TOKEN)")
+	pf.SortFlags = false
+	a.MaxPayload = service.DefaultLimits().MaxPayloadBytes
+	var err error
+	if a.settings, err = settings.Register(pf, &a.globals); err != nil {
+		panic(err) // the tags of globals are wrong: every test fails
+	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(a.connectCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
 	// Cobra's completion command prints its help, and exits 0, for a shell
@@ -194,48 +185,32 @@ func (a *app) rootCommand() *cobra.Command {
 // readEnv fills flags not given on the command line from their
 // environment twins, then checks the global flags.
 func (a *app) readEnv(flags *pflag.FlagSet) error {
-	for name, env := range envFlags {
-		f := flags.Lookup(name)
-		if f == nil || f.Changed {
-			continue
-		}
-		v := a.getenv(env)
-		if v == "" {
-			continue
-		}
-		values := []string{v}
-		if name == "server" {
-			values = strings.Split(v, ",")
-		}
-		for _, v := range values {
-			if err := flags.Set(name, v); err != nil {
-				return fmt.Errorf("%s=%q: %w", env, v, err)
-			}
-		}
+	if err := settings.Environ(flags, a.settings, a.getenv); err != nil {
+		return err
 	}
-	for i, s := range a.servers {
-		a.servers[i] = withDefaultPort(s)
+	for i, s := range a.Servers {
+		a.Servers[i] = withDefaultPort(s)
 	}
-	if len(a.servers) > 0 {
-		a.server = a.servers[0]
+	if len(a.Servers) > 0 {
+		a.server = a.Servers[0]
 	}
-	if a.output != "text" && a.output != "json" {
-		return fmt.Errorf("--output %q: want text or json", a.output)
+	if a.Output != "text" && a.Output != "json" {
+		return fmt.Errorf("--output %q: want text or json", a.Output)
 	}
-	if a.dnsServer != "" && len(a.servers) > 0 && !slices.ContainsFunc(a.servers, func(s string) bool { return strings.HasPrefix(s, "dns:///") }) {
+	if a.DNSServer != "" && len(a.Servers) > 0 && !slices.ContainsFunc(a.Servers, func(s string) bool { return strings.HasPrefix(s, "dns:///") }) {
 		return errors.New("--dns-server applies to the in-process service and to dns:/// server names; the server given with --server resolves with its own")
 	}
-	if a.server == "" && (a.tls || a.caFile != "" || a.certFile != "" || a.keyFile != "" || a.token != "") {
+	if a.server == "" && (a.TLS || a.CAFile != "" || a.CertFile != "" || a.KeyFile != "" || a.Token != "") {
 		return errors.New("--tls, --ca-file, --cert-file, --key-file and --token are for a --server; the in-process service needs none")
 	}
-	if (a.certFile == "") != (a.keyFile == "") {
+	if (a.CertFile == "") != (a.KeyFile == "") {
 		return errors.New("--cert-file and --key-file go together")
 	}
-	if a.timeout <= 0 {
-		return fmt.Errorf("--timeout %v: must be positive", a.timeout)
+	if a.Timeout <= 0 {
+		return fmt.Errorf("--timeout %v: must be positive", a.Timeout)
 	}
-	if a.serverTimeout <= 0 {
-		return fmt.Errorf("--server-timeout %v: must be positive", a.serverTimeout)
+	if a.ServerTimeout <= 0 {
+		return fmt.Errorf("--server-timeout %v: must be positive", a.ServerTimeout)
 	}
 	return nil
 }
@@ -260,7 +235,7 @@ func withDefaultPort(server string) string {
 func (a *app) command(body func(ctx context.Context, c *client.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		a.ran = true
-		if len(a.servers) > 1 {
+		if len(a.Servers) > 1 {
 			return usagef("%s asks one probe server; several --server are for sweep", cmd.Name())
 		}
 		c, closeClient, err := a.dial(cmd.Context())
@@ -276,7 +251,7 @@ func (a *app) command(body func(ctx context.Context, c *client.Client, args []st
 // and the call gets --server-timeout on top, so that a server that stops
 // answering is noticed.
 func (a *app) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, a.timeout+a.serverTimeout)
+	return context.WithTimeout(ctx, a.Timeout+a.ServerTimeout)
 }
 
 // dial connects to the probe server, or starts one in this process. A
@@ -314,12 +289,12 @@ func (a *app) dialUnchecked() (*client.Client, func(), error) {
 
 // checkServer asks c's health within --server-timeout.
 func (a *app) checkServer(ctx context.Context, c *client.Client) error {
-	hctx, cancel := context.WithTimeout(ctx, a.serverTimeout)
+	hctx, cancel := context.WithTimeout(ctx, a.ServerTimeout)
 	defer cancel()
 	st, err := c.Health(hctx)
 	switch {
 	case status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil:
-		return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.serverTimeout)
+		return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.ServerTimeout)
 	case err != nil:
 		return err
 	case st != healthpb.HealthCheckResponse_SERVING:
@@ -330,30 +305,30 @@ func (a *app) checkServer(ctx context.Context, c *client.Client) error {
 
 // dialOptions turns the TLS and token flags into the client's options.
 func (a *app) dialOptions() ([]client.DialOption, error) {
-	if !a.tls && a.caFile == "" && a.certFile == "" && a.token == "" {
+	if !a.TLS && a.CAFile == "" && a.CertFile == "" && a.Token == "" {
 		return nil, nil
 	}
 	cfg := &tls.Config{}
-	if a.caFile != "" {
-		pem, err := os.ReadFile(a.caFile)
+	if a.CAFile != "" {
+		pem, err := os.ReadFile(a.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("--ca-file: %w", err)
 		}
 		cfg.RootCAs = x509.NewCertPool()
 		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca-file: no certificate in %s", a.caFile)
+			return nil, fmt.Errorf("--ca-file: no certificate in %s", a.CAFile)
 		}
 	}
-	if a.certFile != "" {
-		cert, err := tls.LoadX509KeyPair(a.certFile, a.keyFile)
+	if a.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(a.CertFile, a.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("--cert-file: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
 	opts := []client.DialOption{client.WithTLS(cfg)}
-	if a.token != "" {
-		opts = append(opts, client.WithBearerToken(a.token))
+	if a.Token != "" {
+		opts = append(opts, client.WithBearerToken(a.Token))
 	}
 	return opts, nil
 }

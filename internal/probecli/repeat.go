@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/settings"
 )
 
 // repeatFlags ask for a probe again and again, as ping and tcping do.
@@ -22,7 +23,7 @@ type repeatFlags struct {
 func (r *repeatFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.IntVarP(&r.count, "count", "c", 1, "probe this many times, a line each, then print a summary; 0 repeats until interrupted")
-	durationFlag(f, &r.interval, "interval", "i", time.Second, "time between the starts of two probes, with --count")
+	settings.DurationVar(f, &r.interval, "interval", "i", time.Second, "time between the starts of two probes, with --count")
 }
 
 // repeating reports whether the flags ask for more than one probe.
@@ -81,11 +82,11 @@ func (a *app) repeat(ctx context.Context, rf repeatFlags, target string, probe f
 			times = append(times, o.took)
 		}
 		switch {
-		case a.output == "json" && o.json != nil:
+		case a.Output == "json" && o.json != nil:
 			if err := writeJSON(a.out, o.json); err != nil {
 				return err
 			}
-		case a.output == "json":
+		case a.Output == "json":
 		case o.err != nil:
 			fmt.Fprintf(a.out, "probe %d: %v\n", sent, o.err)
 		default:
@@ -103,7 +104,7 @@ func (a *app) repeat(ctx context.Context, rf repeatFlags, target string, probe f
 		summary += fmt.Sprintf("; time min/avg/max/mdev = %s/%s/%s/%s", ms(lo), ms(avg), ms(hi), ms(mdev))
 	}
 	w := a.out
-	if a.output == "json" {
+	if a.Output == "json" {
 		w = a.err
 	}
 	fmt.Fprintln(w, summary)

@@ -52,7 +52,7 @@ PROTOCOL is tcp (the default) or udp.`,
 				svc, err = c.ResolveService(ctx, protocolArg(args, 1), args[0])
 			}
 			if svc != nil {
-				if a.output == "json" {
+				if a.Output == "json" {
 					if err := writeJSON(a.out, svc.Proto()); err != nil {
 						return err
 					}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -98,7 +99,7 @@ stderr.`,
 	f.BoolVar(&sf.expand, "expand", false, "probe each address of a host name on its own, not the first that connects")
 	f.BoolVar(&sf.udp, "udp", false, "connect with UDP (which only shows the route) instead of TCP")
 	f.IntVar(&sf.concurrency, "concurrency", 16, "probes each server runs at once (it may cap this)")
-	durationFlag(f, &sf.deadline, "deadline", "", 0, "time the whole sweep may take; what is left then comes back abandoned (default: none, each probe bounded by --timeout)")
+	settings.DurationVar(f, &sf.deadline, "deadline", "", 0, "time the whole sweep may take; what is left then comes back abandoned (default: none, each probe bounded by --timeout)")
 	sf.dialogue.register(cmd)
 	return cmd
 }
@@ -178,7 +179,7 @@ type vantage struct {
 // vantages dials every --server, expanding dns:/// names to each of their
 // addresses; with none, the service runs in this process.
 func (a *app) vantages(ctx context.Context) ([]vantage, error) {
-	if len(a.servers) == 0 {
+	if len(a.Servers) == 0 {
 		c, closeFn, err := a.inProcess()
 		if err != nil {
 			return nil, err
@@ -190,11 +191,11 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 		return nil, usageError{err}
 	}
 	resolver := net.DefaultResolver
-	if a.dnsServer != "" {
-		resolver = service.ResolverFor(a.dnsServer)
+	if a.DNSServer != "" {
+		resolver = service.ResolverFor(a.DNSServer)
 	}
 	var addrs []string
-	for _, s := range a.servers {
+	for _, s := range a.Servers {
 		name, ok := strings.CutPrefix(s, "dns:///")
 		if !ok {
 			addrs = append(addrs, s)
@@ -221,7 +222,7 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 	// --keepalive-min-time allows.
 	opts = append(opts, client.WithGRPCOptions(
 		grpc.WithReadBufferSize(32<<10),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: a.serverTimeout, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: a.ServerTimeout, PermitWithoutStream: true}),
 	))
 	var out []vantage
 	for _, addr := range addrs {
@@ -281,8 +282,8 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 		clients[i] = vantages[v].client
 	}
 	total := len(targets) * len(vantages)
-	progress := isTerminal(a.err) && a.output != "json"
-	for fr := range client.SweepFleet(ctx, clients, targets, client.SweepOptions{Concurrency: concurrency, Timeout: a.timeout}) {
+	progress := isTerminal(a.err) && a.Output != "json"
+	for fr := range client.SweepFleet(ctx, clients, targets, client.SweepOptions{Concurrency: concurrency, Timeout: a.Timeout}) {
 		server := asked[fr.Server]
 		name := vantages[server].name
 		if fr.Err != nil {
@@ -306,7 +307,7 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 		rows[key].cells[server] = outcomeCell(r)
 		done++
 		switch {
-		case a.output == "json":
+		case a.Output == "json":
 			writeSweepJSON(a.out, name, r)
 		case progress:
 			// Expanded entries can make more results than entries.
@@ -356,7 +357,7 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 		}
 		lines = append(lines, r)
 	}
-	if a.output != "json" {
+	if a.Output != "json" {
 		a.printMatrix(vantages, lines)
 	}
 	for _, f := range failures {
@@ -476,7 +477,7 @@ func paint(c cell, text string) string {
 // sweepError writes, with -o json, a line for a server that could not be
 // asked: {"server": ..., "error": {"code": ..., "message": ...}}.
 func (a *app) sweepError(server string, err error) {
-	if a.output != "json" {
+	if a.Output != "json" {
 		return
 	}
 	st := status.Convert(err)

@@ -15,16 +15,6 @@ import (
 
 // Defaults and bounds of the metrics listener.
 const (
-	// DefaultMetricsMaxConns caps the listener's open connections,
-	// and DefaultMetricsMaxSourceConns those of one source (an
-	// IPv4 address or IPv6 /64): twice the probes a caller may run at
-	// once, each scrape over a connection of its own, leaving room for
-	// the idle connections of its other jobs (its /metrics, a kubelet).
-	DefaultMetricsMaxConns       = 256
-	DefaultMetricsMaxSourceConns = 2 * DefaultMaxInFlightPerCaller
-	// DefaultMetricsIdleTimeout closes a keep-alive connection idle that
-	// long.
-	DefaultMetricsIdleTimeout = time.Minute
 	// metricsReadHeaderTimeout bounds a request's headers, and a TLS
 	// handshake before them.
 	metricsReadHeaderTimeout = 10 * time.Second

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/netprobe/netprobe/service"
 )
 
 const testTimeout = 10 * time.Second
@@ -78,7 +80,7 @@ func TestMetricsLongestScrape(t *testing.T) {
 	if err := os.WriteFile(modules, []byte("modules:\n  wait:\n    prober: tcp\n    tcp:\n      query_response:\n      - expect: ^ready$\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{MaxTimeout: 2 * time.Second, DefaultTimeout: time.Second, ModulesFile: modules})
+	s, err := New(Config{Limits: service.Limits{MaxTimeout: 2 * time.Second, DefaultTimeout: time.Second}, ModulesFile: modules})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,18 +29,12 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/service"
 )
 
-// Defaults of the /probe endpoint.
+// Bounds of the /probe endpoint.
 const (
-	// DefaultScrapeTimeoutOffset is taken off the scrape timeout
-	// Prometheus sends, so that the answer arrives within it.
-	DefaultScrapeTimeoutOffset = 500 * time.Millisecond
-	// DefaultScrapeRate and DefaultScrapeBurst are a scraper's own bucket:
-	// 1,500 targets every 15 s is 100 probes a second, at once at worst.
-	DefaultScrapeRate  = 100
-	DefaultScrapeBurst = 1000
 	// defaultScrapeTimeout is the probe's timeout when the scrape says
 	// none, as blackbox_exporter's is.
 	defaultScrapeTimeout = 120 * time.Second
@@ -116,8 +110,7 @@ type moduleCheck struct {
 
 func newModuleCheck(cfg Config, sources []netip.Prefix) (*moduleCheck, error) {
 	svc, err := service.New(service.Config{
-		DefaultTimeout: cfg.DefaultTimeout, MaxTimeout: cfg.MaxTimeout, MaxPayloadBytes: cfg.MaxPayloadBytes,
-		MaxFetchBytes: cfg.MaxFetchBytes, AllowedSources: sources,
+		Limits: cfg.Limits, AllowedSources: sources,
 	})
 	if err != nil {
 		return nil, err
@@ -196,7 +189,9 @@ func violations(err error) string {
 // CheckModules loads a module file as a server with cfg would, returning
 // its warnings.
 func CheckModules(path string, cfg Config) (*modules.Set, []string, error) {
-	cfg.setDefaults()
+	if err := settings.Defaults(&cfg); err != nil {
+		return nil, nil, err
+	}
 	sources, err := parseSources(cfg.AllowSource)
 	if err != nil {
 		return nil, nil, err

@@ -32,164 +32,125 @@ import (
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/batchwriter"
 	"github.com/netprobe/netprobe/internal/services"
+	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/internal/wire"
 	"github.com/netprobe/netprobe/policy"
 	"github.com/netprobe/netprobe/service"
 )
 
-// Defaults for Config fields left zero.
-const (
-	DefaultMaxInFlight          = 512
-	DefaultMaxInFlightPerCaller = 64
-	DefaultRate                 = 50
-	DefaultBurst                = 100
-	DefaultKeepaliveMinTime     = 10 * time.Second
-	// DefaultMaxStreamsPerConnection caps the calls one connection runs at
-	// once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
-	DefaultMaxStreamsPerConnection = 100
-	// DefaultMaxHeaderBytes caps a call's header list (HTTP/2
-	// SETTINGS_MAX_HEADER_LIST_SIZE).
-	DefaultMaxHeaderBytes = 16 << 10
-	// DefaultMaxStreamResets is how many streams a connection may reset or
-	// have refused in a burst; a tenth of that comes back each second.
-	DefaultMaxStreamResets = 500
-	// DefaultMaxReadsPerCaller caps the requests of one caller read at
-	// once, for health checks.
-	DefaultMaxReadsPerCaller = 8
-	// DefaultMaxWatchesPerCaller and DefaultMaxWatches cap the streams
-	// that stay open without being probes (health Watch, reflection): one
-	// caller's, and all callers'.
-	DefaultMaxWatchesPerCaller = 16
-	DefaultMaxWatches          = 1024
-	// DefaultMaxSweepsPerCaller and DefaultMaxSweeps cap the Sweeps
-	// running at once: one caller's, and all callers'. Each holds its
-	// request, up to the largest message, while it runs.
-	DefaultMaxSweepsPerCaller = 8
-	DefaultMaxSweeps          = 128
-	// DefaultMaxConnections and DefaultMaxConnectionsPerSource cap the
-	// gRPC connections served at once: in all, and from one IPv4 address
-	// or IPv6 /64.
-	DefaultMaxConnections          = 2048
-	DefaultMaxConnectionsPerSource = 256
-	// DefaultAuthTimeout is how long a connection may stay open idle
-	// without an authenticated call.
-	DefaultAuthTimeout = 10 * time.Second
-	// handshakeTimeout bounds a new connection's TLS handshake and HTTP/2
-	// preface.
-	handshakeTimeout = 10 * time.Second
-)
+// handshakeTimeout bounds a new connection's TLS handshake and HTTP/2
+// preface.
+const handshakeTimeout = 10 * time.Second
 
-// Config is what a server is built from. Zero fields take the defaults
-// above, or service's for the probe limits.
+// Config is what a server is built from. Each setting is declared once,
+// here, by its field's tags (see internal/settings): probed's flag, its
+// environment twin, its default (which New gives a field left zero) and
+// its help. The fields without a flag are given in code.
 type Config struct {
 	// TLSCert and TLSKey are the files of the server's certificate and
 	// key (PEM); empty serves plaintext. They are read again when they
 	// change (checked at most once a second) and on Reload.
-	TLSCert, TLSKey string
+	TLSCert string `flag:"tls-cert" env:"NETPROBE_TLS_CERT" group:"Serving" help:"Serve TLS with this certificate (PEM); reloaded when the file changes or on SIGHUP."`
+	TLSKey  string `flag:"tls-key" env:"NETPROBE_TLS_KEY" group:"Serving" help:"The private key (PEM) of --tls-cert."`
 	// TLSClientCA, when set, requires client certificates signed by these
 	// CAs (PEM); the certificate's common name names the caller.
-	TLSClientCA string
-	// ClientIdentities are client certificates probes may present to their
-	// targets, as "NAME=CERT,KEY" (PEM files); the policy grants them to
-	// callers. They are read again when they change and on Reload.
-	ClientIdentities []string
+	TLSClientCA string `flag:"tls-client-ca" env:"NETPROBE_TLS_CLIENT_CA" group:"Serving" help:"Require client certificates signed by these CAs (PEM): mutual TLS. The certificate's common name is the caller's identity."`
 	// TokensFile, when set, requires a bearer token from it ("NAME TOKEN"
 	// lines) on every call but health checks; NAME names the caller.
-	TokensFile string
+	TokensFile string `flag:"tokens-file" env:"NETPROBE_TOKENS_FILE" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
 
+	// PolicyFile is a file of target policy lines.
+	PolicyFile string `flag:"policy-file" env:"NETPROBE_POLICY_FILE" group:"Target policy" help:"Read rules from this file: \"allow RULE\", \"deny RULE\", \"caller NAME allow RULE\", and the client identities callers may present: \"identity ID\" (anyone), \"caller NAME identity ID\"."`
 	// PolicyRules are target policy lines ("allow RULE", "deny RULE",
 	// "caller NAME allow RULE"), added after PolicyFile's.
 	PolicyRules []string
-	// PolicyFile is a file of target policy lines.
-	PolicyFile string
 	// AllowSource lists the addresses, or prefixes, a probe may bind as its
 	// source (Target.source_address); none by default.
-	AllowSource []string
+	AllowSource []string `flag:"allow-source" env:"NETPROBE_ALLOW_SOURCE" sep:";" group:"Target policy" help:"Let probes bind this source address, or any of this prefix (repeatable; ; between them in the environment): Target.source_address. None by default: a request that asks for one is INVALID_ARGUMENT."`
 	// Self lists the addresses the server answers on (its gRPC and metrics
 	// listeners), which the target policy denies to every probe.
 	Self []net.Addr
 
-	// DefaultTimeout, MaxTimeout, MaxPayloadBytes, MaxFetchBytes,
-	// MaxSweepConcurrency and MaxSweepTargets are the service's limits
-	// (see service.Config).
-	DefaultTimeout      time.Duration
-	MaxTimeout          time.Duration
-	MaxPayloadBytes     int
-	MaxFetchBytes       uint64
-	MaxSweepConcurrency int
-	MaxSweepTargets     int
+	// ClientIdentities are client certificates probes may present to their
+	// targets, as "NAME=CERT,KEY" (PEM files); the policy grants them to
+	// callers. They are read again when they change and on Reload.
+	ClientIdentities []string `flag:"client-identity" env:"NETPROBE_CLIENT_IDENTITY" sep:";" group:"Probing" help:"A client certificate and key (PEM files), NAME=CERT,KEY, that probes may present to their targets as NAME (TlsOptions.client_identity), to callers the policy grants it (\"identity NAME\", \"caller CALLER identity NAME\"); repeatable, reloaded like --tls-cert."`
+	// DNSServer, "host:port", receives every DNS query instead of
+	// /etc/resolv.conf's servers.
+	DNSServer string `flag:"dns-server" env:"NETPROBE_DNS_SERVER" group:"Probing" help:"Send every DNS query to this HOST:PORT instead of the servers of /etc/resolv.conf (the hosts file is still read first)."`
+	// ServicesFile is the services database; empty uses the built-in
+	// table alone.
+	ServicesFile string `flag:"services-file" env:"NETPROBE_SERVICES_FILE" default:"/etc/services" group:"Probing" help:"Services database for service names; when it is missing or lacks a name, a built-in table answers."`
+
+	// Limits are the probe service's.
+	service.Limits
 	// MaxInFlight caps the probes running at once, server-wide, and
 	// MaxInFlightPerCaller those of one caller.
-	MaxInFlight          int
-	MaxInFlightPerCaller int
+	MaxInFlight          int `flag:"max-in-flight" env:"NETPROBE_MAX_IN_FLIGHT" default:"512" group:"Limits" help:"Most probes running at once, server-wide (each probe of a Sweep counts); more are RESOURCE_EXHAUSTED at once, never queued, and a Sweep's probes wait for a place within its time."`
+	MaxInFlightPerCaller int `flag:"max-in-flight-per-caller" env:"NETPROBE_MAX_IN_FLIGHT_PER_CALLER" default:"64" group:"Limits" help:"Most probes one caller may run at once (a caller is a token or certificate name, or else a peer's IPv4 address or IPv6 /64); more as --max-in-flight."`
 	// Rate is how many probes a second a caller may start on average, and
 	// Burst how many at once.
-	Rate  float64
-	Burst int
-	// KeepaliveMinTime is the shortest interval a client may ping at.
-	KeepaliveMinTime time.Duration
-	// MaxStreamsPerConnection caps the calls one connection runs at once.
-	MaxStreamsPerConnection int
-	// MaxHeaderBytes caps a call's header list.
-	MaxHeaderBytes int
-	// MaxStreamResets is how many streams a connection may reset, or have
-	// refused, in a burst, earning back a tenth of it each second; past
-	// it the connection is closed with a GOAWAY.
-	MaxStreamResets int
+	Rate  float64 `flag:"rate" env:"NETPROBE_RATE" default:"50" group:"Limits" help:"Probes a second each caller may start, on average (each probe of a Sweep is charged); more are RESOURCE_EXHAUSTED, and a Sweep's probes wait, those whose turn comes too late coming back abandoned."`
+	Burst int     `flag:"burst" env:"NETPROBE_BURST" default:"100" group:"Limits" help:"Probes a caller may start at once, above --rate."`
+	// MaxSweepsPerCaller caps the Sweeps one caller runs at once, and
+	// MaxSweeps those of all callers.
+	MaxSweepsPerCaller int `flag:"max-sweeps-per-caller" env:"NETPROBE_MAX_SWEEPS_PER_CALLER" default:"8" group:"Limits" help:"Most Sweeps one caller may run at once, admitted before their request is read (each holds its request, up to --max-payload-bytes plus 64 KiB, while it runs); more are RESOURCE_EXHAUSTED."`
+	MaxSweeps          int `flag:"max-sweeps" env:"NETPROBE_MAX_SWEEPS" default:"128" group:"Limits" help:"Most Sweeps all callers together may run at once; more are RESOURCE_EXHAUSTED."`
 	// MaxReadsPerCaller caps the requests of one caller that are read at
 	// once, for health checks.
-	MaxReadsPerCaller int
+	MaxReadsPerCaller int `flag:"max-reads-per-caller" env:"NETPROBE_MAX_READS_PER_CALLER" default:"8" group:"Limits" help:"Most health check requests of one caller read at once; more are RESOURCE_EXHAUSTED. Before their request is read, probes are held to --max-in-flight-per-caller, Sweeps to --max-sweeps-per-caller, streams that stay open to --max-watches-per-caller."`
 	// MaxWatchesPerCaller caps the streams one caller holds open that are
 	// not probes (health Watch, reflection), and MaxWatches those of all
 	// callers.
-	MaxWatchesPerCaller int
-	MaxWatches          int
-	// MaxSweepsPerCaller caps the Sweeps one caller runs at once, and
-	// MaxSweeps those of all callers.
-	MaxSweepsPerCaller int
-	MaxSweeps          int
+	MaxWatchesPerCaller int `flag:"max-watches-per-caller" env:"NETPROBE_MAX_WATCHES_PER_CALLER" default:"16" group:"Limits" help:"Most streams one caller may hold open that are not probes: health Watch, reflection (an idle grpcurl session holds one); more are RESOURCE_EXHAUSTED."`
+	MaxWatches          int `flag:"max-watches" env:"NETPROBE_MAX_WATCHES" default:"1024" group:"Limits" help:"Most streams all callers together may hold open that are not probes; more are RESOURCE_EXHAUSTED."`
 	// MaxConnections caps the gRPC connections served at once, and
 	// MaxConnectionsPerSource those from one IPv4 address or IPv6 /64;
 	// a connection over either is closed as it is accepted.
-	MaxConnections          int
-	MaxConnectionsPerSource int
+	MaxConnections          int `flag:"max-connections" env:"NETPROBE_MAX_CONNECTIONS" default:"2048" group:"Limits" help:"Most gRPC connections served at once; one more is reset as it is accepted, before any of it is read."`
+	MaxConnectionsPerSource int `flag:"max-connections-per-source" env:"NETPROBE_MAX_CONNECTIONS_PER_SOURCE" default:"256" group:"Limits" help:"Most gRPC connections served at once from one IPv4 address or IPv6 /64; one more is reset as it is accepted."`
 	// AuthTimeout is how long a connection may stay open without an
 	// authenticated call (health checks do not count when tokens are
 	// required), once no stream of it is running: then it is closed.
-	AuthTimeout time.Duration
+	AuthTimeout time.Duration `flag:"auth-timeout" env:"NETPROBE_AUTH_TIMEOUT" default:"10s" group:"Limits" help:"How long a gRPC connection may stay open, with no stream running, without an authenticated call (with --tokens-file, health checks do not authenticate; without it, any call does); then it gets a GOAWAY and is closed. Until then it may send 16 KiB of request data, and 1 KiB a second more."`
+	// MaxStreamsPerConnection caps the calls one connection runs at once.
+	MaxStreamsPerConnection int `flag:"max-streams-per-connection" env:"NETPROBE_MAX_STREAMS_PER_CONNECTION" default:"100" group:"Limits" help:"Most calls one client connection runs at once (HTTP/2 MAX_CONCURRENT_STREAMS); more are refused (REFUSED_STREAM), and gRPC clients wait instead."`
+	// MaxHeaderBytes caps a call's header list.
+	MaxHeaderBytes int `flag:"max-header-bytes" env:"NETPROBE_MAX_HEADER_BYTES" default:"16384" group:"Limits" help:"Largest header list a call may send, in bytes (HTTP/2 MAX_HEADER_LIST_SIZE); a larger one resets the stream, its headers not decoded."`
+	// MaxStreamResets is how many streams a connection may reset, or have
+	// refused, in a burst, earning back a tenth of it each second; past
+	// it the connection is closed with a GOAWAY.
+	MaxStreamResets int `flag:"max-stream-resets" env:"NETPROBE_MAX_STREAM_RESETS" default:"500" group:"Limits" help:"Streams a connection may cancel, or have refused, in a burst; a tenth of that comes back each second. Past it the connection gets a GOAWAY (ENHANCE_YOUR_CALM) and is closed: the HTTP/2 rapid reset attack."`
+	// KeepaliveMinTime is the shortest interval a client may ping at.
+	KeepaliveMinTime time.Duration `flag:"keepalive-min-time" env:"NETPROBE_KEEPALIVE_MIN_TIME" default:"10s" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often gets a GOAWAY (too_many_pings)."`
 
-	// ModulesFile is a module file in blackbox_exporter's format, for
-	// /probe; empty serves the default modules. It is read again when it
-	// changes (checked at most once a second) and on Reload.
-	ModulesFile string
 	// WebConfigFile is the metrics listener's exporter-toolkit web
 	// configuration, which the listener's server applies; its basic auth
 	// users name the scrapers of /probe.
-	WebConfigFile string
+	WebConfigFile string `flag:"web-config-file" env:"NETPROBE_WEB_CONFIG_FILE" group:"Prometheus" help:"Serve --metrics-addr with this exporter-toolkit web configuration: TLS, client certificates, basic auth users (as Prometheus exporters take it). A scraper of /probe is then its basic auth user, or its client certificate's common name."`
+	// ModulesFile is a module file in blackbox_exporter's format, for
+	// /probe; empty serves the default modules. It is read again when it
+	// changes (checked at most once a second) and on Reload.
+	ModulesFile string `flag:"modules-file" env:"NETPROBE_MODULES_FILE" group:"Prometheus" help:"Serve /probe (blackbox_exporter's multi-target endpoint, on --metrics-addr) with the modules of this file, in blackbox_exporter's format: its tcp modules run, those of its other probers are listed as not run. Reloaded when it changes or on SIGHUP; a file that does not load leaves the modules as they were. Without it: tcp_connect, tls_connect, udp and PROTO_starttls."`
 	// ScrapeTimeoutOffset is taken off a scrape's timeout for its probe's.
-	ScrapeTimeoutOffset time.Duration
+	ScrapeTimeoutOffset time.Duration `flag:"scrape-timeout-offset" env:"NETPROBE_SCRAPE_TIMEOUT_OFFSET" default:"500ms" group:"Prometheus" help:"Taken off a scrape's timeout (X-Prometheus-Scrape-Timeout-Seconds) for its probe's, so that the answer arrives in time."`
 	// ScrapeRate and ScrapeBurst are each scraper's bucket of /probe
 	// probes, apart from its gRPC one.
-	ScrapeRate  float64
-	ScrapeBurst int
-	// MetricsMaxConns caps the metrics listener's open connections,
-	// and MetricsMaxSourceConns those of one source address (an
-	// IPv4 address or IPv6 /64); MetricsIdleTimeout closes a keep-alive
-	// connection idle that long (see MetricsServer).
-	MetricsMaxConns       int
-	MetricsMaxSourceConns int
-	MetricsIdleTimeout    time.Duration
+	ScrapeRate  float64 `flag:"scrape-rate" env:"NETPROBE_SCRAPE_RATE" default:"100" group:"Prometheus" help:"Probes a second each scraper may start through /probe, on average: its targets divided by its scrape interval (1,500 targets every 15s is 100); more are 429."`
+	ScrapeBurst int     `flag:"scrape-burst" env:"NETPROBE_SCRAPE_BURST" default:"1000" group:"Prometheus" help:"Probes a scraper may start at once through /probe, above --scrape-rate: Prometheus may scrape all its targets together."`
+	// MetricsMaxConns caps the metrics listener's open connections, and
+	// MetricsMaxSourceConns those of one source address (an IPv4 address
+	// or IPv6 /64): twice the probes a caller may run at once, each scrape
+	// over a connection of its own, leaving room for the idle connections
+	// of its other jobs (its /metrics, a kubelet). MetricsIdleTimeout
+	// closes a keep-alive connection idle that long (see MetricsServer).
+	MetricsMaxConns       int           `flag:"metrics-max-connections" env:"NETPROBE_METRICS_MAX_CONNECTIONS" default:"256" group:"Prometheus" help:"Most connections open at once on --metrics-addr; one more is closed as it is accepted."`
+	MetricsMaxSourceConns int           `flag:"metrics-max-connections-per-source" env:"NETPROBE_METRICS_MAX_CONNECTIONS_PER_SOURCE" default:"128" group:"Prometheus" help:"Most connections open at once on --metrics-addr from one source (an IPv4 address or IPv6 /64); one more is closed as it is accepted."`
+	MetricsIdleTimeout    time.Duration `flag:"metrics-idle-timeout" env:"NETPROBE_METRICS_IDLE_TIMEOUT" default:"1m0s" group:"Prometheus" help:"Close a keep-alive connection of --metrics-addr idle this long."`
 	// PublicStatus serves /metrics, the page and its reports to anyone;
 	// without it they need what /probe needs (a bearer token when there
 	// are tokens).
-	PublicStatus bool
-
-	// DNSServer, "host:port", receives every DNS query instead of
-	// /etc/resolv.conf's servers.
-	DNSServer string
-	// ServicesFile is the services database; empty uses the built-in
-	// table alone.
-	ServicesFile string
+	PublicStatus bool `flag:"public-status" env:"NETPROBE_PUBLIC_STATUS" group:"Prometheus" help:"Serve /metrics, the page at / and its reports (/probes/ID) to anyone. Without it, they need the credentials /probe needs (a bearer token with --tokens-file, a user with --web-config-file's basic_auth_users). /healthz needs none either way."`
 
 	// Logger receives the audit lines and the server's own log; nil
 	// discards them.
@@ -197,84 +158,6 @@ type Config struct {
 	// LogStats, when set, reports what Logger's writer has done, for the
 	// metrics (probed batches its log).
 	LogStats func() batchwriter.Stats
-}
-
-func (c *Config) setDefaults() {
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = DefaultMaxInFlight
-	}
-	if c.MaxInFlightPerCaller == 0 {
-		c.MaxInFlightPerCaller = DefaultMaxInFlightPerCaller
-	}
-	if c.Rate == 0 {
-		c.Rate = DefaultRate
-	}
-	if c.Burst == 0 {
-		c.Burst = DefaultBurst
-	}
-	if c.KeepaliveMinTime == 0 {
-		c.KeepaliveMinTime = DefaultKeepaliveMinTime
-	}
-	if c.MaxStreamsPerConnection == 0 {
-		c.MaxStreamsPerConnection = DefaultMaxStreamsPerConnection
-	}
-	if c.MaxHeaderBytes == 0 {
-		c.MaxHeaderBytes = DefaultMaxHeaderBytes
-	}
-	if c.MaxStreamResets == 0 {
-		c.MaxStreamResets = DefaultMaxStreamResets
-	}
-	if c.MaxReadsPerCaller == 0 {
-		c.MaxReadsPerCaller = DefaultMaxReadsPerCaller
-	}
-	if c.MaxWatchesPerCaller == 0 {
-		c.MaxWatchesPerCaller = DefaultMaxWatchesPerCaller
-	}
-	if c.MaxWatches == 0 {
-		c.MaxWatches = DefaultMaxWatches
-	}
-	if c.MaxSweepsPerCaller == 0 {
-		c.MaxSweepsPerCaller = DefaultMaxSweepsPerCaller
-	}
-	if c.MaxSweeps == 0 {
-		c.MaxSweeps = DefaultMaxSweeps
-	}
-	if c.MaxConnections == 0 {
-		c.MaxConnections = DefaultMaxConnections
-	}
-	if c.MaxConnectionsPerSource == 0 {
-		c.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
-	}
-	if c.AuthTimeout == 0 {
-		c.AuthTimeout = DefaultAuthTimeout
-	}
-	if c.MaxPayloadBytes == 0 {
-		c.MaxPayloadBytes = service.DefaultMaxPayloadBytes
-	}
-	if c.MaxTimeout == 0 {
-		c.MaxTimeout = service.DefaultMaxTimeout
-	}
-	if c.ScrapeTimeoutOffset == 0 {
-		c.ScrapeTimeoutOffset = DefaultScrapeTimeoutOffset
-	}
-	if c.ScrapeRate == 0 {
-		c.ScrapeRate = DefaultScrapeRate
-	}
-	if c.ScrapeBurst == 0 {
-		c.ScrapeBurst = DefaultScrapeBurst
-	}
-	if c.MetricsMaxConns == 0 {
-		c.MetricsMaxConns = DefaultMetricsMaxConns
-	}
-	if c.MetricsMaxSourceConns == 0 {
-		c.MetricsMaxSourceConns = DefaultMetricsMaxSourceConns
-	}
-	if c.MetricsIdleTimeout == 0 {
-		c.MetricsIdleTimeout = DefaultMetricsIdleTimeout
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
 }
 
 // Server is a gRPC server serving netprobe.v1.ProbeService, health and
@@ -308,7 +191,12 @@ type Server struct {
 
 // New builds a server from cfg; Serve then serves it.
 func New(cfg Config) (*Server, error) {
-	cfg.setDefaults()
+	if err := settings.Defaults(&cfg); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	s := &Server{cfg: cfg, logger: cfg.Logger}
 	table, err := services.Load(cfg.ServicesFile)
 	if err != nil {
@@ -364,19 +252,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	srv, err := service.New(service.Config{
-		AllowedSources:      s.sources,
-		ClientIdentities:    moduleIdentities{ids: s.identities, sc: s.scraper},
-		DefaultTimeout:      cfg.DefaultTimeout,
-		MaxTimeout:          cfg.MaxTimeout,
-		MaxPayloadBytes:     cfg.MaxPayloadBytes,
-		MaxFetchBytes:       cfg.MaxFetchBytes,
-		MaxSweepConcurrency: cfg.MaxSweepConcurrency,
-		MaxSweepTargets:     cfg.MaxSweepTargets,
-		DNSServer:           cfg.DNSServer,
-		Services:            table,
-		Policy:              s.policy,
-		Limiter:             probeLimits{rates: s.rates, inflight: s.inflight},
-		Observe:             observe(s.logger, m, s.recent),
+		AllowedSources:   s.sources,
+		ClientIdentities: moduleIdentities{ids: s.identities, sc: s.scraper},
+		Limits:           cfg.Limits,
+		DNSServer:        cfg.DNSServer,
+		Services:         table,
+		Policy:           s.policy,
+		Limiter:          probeLimits{rates: s.rates, inflight: s.inflight},
+		Observe:          observe(s.logger, m, s.recent),
 	})
 	if err != nil {
 		return nil, err

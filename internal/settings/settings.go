@@ -13,7 +13,8 @@
 //	short:"s"              a one-letter shorthand
 //	env:"NETPROBE_X"       the environment twin, read when the flag is not given
 //	default:"512"          the default, as the flag would be written
-//	sep:";"                what separates the values of a list in its environment twin (default ",")
+//	sep:";"                what separates a list's values in one flag and in its environment
+//	                       twin; without it, each flag is one value and the twin takes commas
 //	group:"Limits"         the heading it is listed under
 //	help:"..."             one or more sentences
 //	docs:"..."             the docs table's text, when shorter than help
@@ -35,8 +36,12 @@ import (
 
 // Setting is one setting: a field and its tags.
 type Setting struct {
-	Name, Short, Env, Default, Sep, Group, Help, Docs string
-	field                                             reflect.Value
+	Name, Short, Env, Default, Group, Help, Docs string
+	// Sep separates a list's values in its environment twin, and, when
+	// the tag gives it (split), in one flag too.
+	Sep   string
+	split bool
+	field reflect.Value
 }
 
 // Of lists the settings of *cfg, a pointer to a struct, in the order of
@@ -76,7 +81,7 @@ func walk(out []Setting, v reflect.Value) []Setting {
 			Docs:    f.Tag.Get("docs"),
 			field:   v.Field(i),
 		}
-		if s.Sep == "" {
+		if s.split = s.Sep != ""; !s.split {
 			s.Sep = ","
 		}
 		out = append(out, s)
@@ -127,10 +132,13 @@ func Register(fs *pflag.FlagSet, cfg any) ([]Setting, error) {
 		case *float64:
 			fs.Float64VarP(p, s.Name, s.Short, *p, usage)
 		case *time.Duration:
-			fs.DurationVarP(p, s.Name, s.Short, *p, usage)
+			fs.VarP((*Duration)(p), s.Name, s.Short, usage)
 		case *[]string:
-			// Every value is one item, commas and all: a policy rule has
-			// commas of its own.
+			if s.split {
+				fs.VarP(&listValue{p: p, sep: s.Sep}, s.Name, s.Short, usage)
+				break
+			}
+			// Every value is one item, commas and all.
 			fs.StringArrayVarP(p, s.Name, s.Short, *p, usage)
 		default:
 			return nil, fmt.Errorf("--%s: a setting cannot be a %T", s.Name, p)
@@ -199,11 +207,7 @@ func set(v reflect.Value, text, sep string) error {
 		}
 		*p = n
 	case *time.Duration:
-		d, err := time.ParseDuration(text)
-		if err != nil {
-			return err
-		}
-		*p = d
+		return (*Duration)(p).Set(text)
 	case *[]string:
 		*p = strings.Split(text, sep)
 	default:
@@ -236,7 +240,10 @@ func Usage(fs *pflag.FlagSet) string {
 		b.WriteString("Flags:\n" + ungrouped.FlagUsages())
 	}
 	for _, g := range groups {
-		b.WriteString("\n" + g + ":\n" + sets[g].FlagUsages())
+		if b.Len() > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(g + ":\n" + sets[g].FlagUsages())
 	}
 	return b.String()
 }
@@ -275,3 +282,51 @@ func Markdown(list []Setting) string {
 	}
 	return b.String()
 }
+
+// Duration is a flag value of a duration that says what it wanted when
+// given a bare number: "5" is "5s" to somebody used to ping.
+type Duration time.Duration
+
+var _ pflag.Value = (*Duration)(nil)
+
+func (d *Duration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		if _, ferr := strconv.ParseFloat(s, 64); ferr == nil {
+			return fmt.Errorf("%q has no unit: did you mean %ss (or %sms)?", s, s, s)
+		}
+		return fmt.Errorf("%q is not a duration such as 500ms, 5s or 1m", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d *Duration) String() string { return time.Duration(*d).String() }
+func (d *Duration) Type() string   { return "duration" }
+
+// DurationVar defines a duration flag on fs, for a setting declared in
+// code rather than by tags.
+func DurationVar(fs *pflag.FlagSet, p *time.Duration, name, short string, value time.Duration, usage string) {
+	*p = value
+	fs.VarP((*Duration)(p), name, short, usage)
+}
+
+// listValue is the flag value of a list whose values one flag may give
+// several of, split by sep: its default is replaced by the first flag,
+// as pflag's own lists do.
+type listValue struct {
+	p       *[]string
+	sep     string
+	changed bool
+}
+
+func (l *listValue) Set(v string) error {
+	if !l.changed {
+		*l.p, l.changed = nil, true
+	}
+	*l.p = append(*l.p, strings.Split(v, l.sep)...)
+	return nil
+}
+
+func (l *listValue) String() string { return strings.Join(*l.p, l.sep) }
+func (l *listValue) Type() string   { return "list" }

@@ -14,13 +14,13 @@ type limits struct {
 	Timeout     time.Duration `flag:"timeout" env:"T_TIMEOUT" default:"5s" group:"Limits" help:"A probe's timeout." docs:"probe timeout"`
 	Rate        float64       `flag:"rate" default:"50" group:"Limits" help:"Probes a second | on average."`
 	Bytes       uint64        `flag:"bytes" default:"67108864" group:"Limits" help:"Bytes."`
-	internal    int
 }
 
 type config struct {
 	Listen      string   `flag:"listen" short:"l" env:"T_LISTEN" default:"localhost:7070" help:"Where to serve."`
 	Verbose     bool     `flag:"verbose" env:"T_VERBOSE" help:"Say more."`
 	Allow       []string `flag:"allow" env:"T_ALLOW" sep:";" group:"Policy" help:"Allow a rule."`
+	Servers     []string `flag:"servers" env:"T_SERVERS" group:"Policy" help:"Servers."`
 	Limits      limits
 	NotASetting string
 }
@@ -47,8 +47,12 @@ func TestRegister(t *testing.T) {
 		want config
 	}{
 		{"defaults", nil, nil, config{Listen: "localhost:7070", Limits: limits{MaxInFlight: 512, Timeout: 5 * time.Second, Rate: 50, Bytes: 64 << 20}}},
-		{"flags", []string{"-l", ":1", "--verbose", "--allow", "10.0.0.0/8,192.0.2.0/24 port 80", "--allow", "::1", "--max-in-flight", "3", "--timeout", "1m"}, nil,
-			config{Listen: ":1", Verbose: true, Allow: []string{"10.0.0.0/8,192.0.2.0/24 port 80", "::1"}, Limits: limits{MaxInFlight: 3, Timeout: time.Minute, Rate: 50, Bytes: 64 << 20}}},
+		{"flags", []string{"-l", ":1", "--verbose", "--allow", "10.0.0.0/8,192.0.2.0/24 port 80", "--allow", "::1;192.0.2.9", "--max-in-flight", "3", "--timeout", "1m"}, nil,
+			config{Listen: ":1", Verbose: true, Allow: []string{"10.0.0.0/8,192.0.2.0/24 port 80", "::1", "192.0.2.9"}, Limits: limits{MaxInFlight: 3, Timeout: time.Minute, Rate: 50, Bytes: 64 << 20}}},
+		{"one value a flag", []string{"--servers", "a,b", "--servers", "c;d"}, map[string]string{"T_SERVERS": "x"},
+			config{Listen: "localhost:7070", Servers: []string{"a,b", "c;d"}, Limits: limits{MaxInFlight: 512, Timeout: 5 * time.Second, Rate: 50, Bytes: 64 << 20}}},
+		{"one value a flag, several in the twin", nil, map[string]string{"T_SERVERS": "a,b"},
+			config{Listen: "localhost:7070", Servers: []string{"a", "b"}, Limits: limits{MaxInFlight: 512, Timeout: 5 * time.Second, Rate: 50, Bytes: 64 << 20}}},
 		{"environment", nil, map[string]string{"T_LISTEN": ":2", "T_VERBOSE": "true", "T_ALLOW": "10.0.0.0/8,::1;192.0.2.1", "T_MAX_IN_FLIGHT": "7", "T_TIMEOUT": "2s"},
 			config{Listen: ":2", Verbose: true, Allow: []string{"10.0.0.0/8,::1", "192.0.2.1"}, Limits: limits{MaxInFlight: 7, Timeout: 2 * time.Second, Rate: 50, Bytes: 64 << 20}}},
 		{"a flag beats its twin", []string{"--listen", ":3", "--allow", "a"}, map[string]string{"T_LISTEN": ":4", "T_ALLOW": "b;c"},
@@ -59,7 +63,7 @@ func TestRegister(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tc.want, *got, cmp.AllowUnexported(limits{})); diff != "" {
+			if diff := cmp.Diff(tc.want, *got); diff != "" {
 				t.Errorf("(-want +got)\n%s", diff)
 			}
 		})
@@ -96,7 +100,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := config{Listen: "localhost:7070", Limits: limits{MaxInFlight: 9, Timeout: 5 * time.Second, Rate: 50, Bytes: 64 << 20}}
-	if diff := cmp.Diff(want, c, cmp.AllowUnexported(limits{})); diff != "" {
+	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("(-want +got)\n%s", diff)
 	}
 }
@@ -107,6 +111,7 @@ func TestMarkdown(t *testing.T) {
 		"| `--verbose` | T_VERBOSE |  | Say more. |\n" +
 		"\n**Policy**\n\n| flag | environment | default | what it does |\n|---|---|---|---|\n" +
 		"| `--allow` | T_ALLOW |  | Allow a rule. |\n" +
+		"| `--servers` | T_SERVERS |  | Servers. |\n" +
 		"\n**Limits**\n\n| flag | environment | default | what it does |\n|---|---|---|---|\n" +
 		"| `--max-in-flight` | T_MAX_IN_FLIGHT | `512` | Most probes at once. |\n" +
 		"| `--timeout` | T_TIMEOUT | `5s` | probe timeout |\n" +
@@ -124,7 +129,7 @@ func TestUsage(t *testing.T) {
 		t.Fatal(err)
 	}
 	u := Usage(fs)
-	for _, want := range []string{"Flags:\n  -l, --listen string", "(env T_LISTEN)", "\nPolicy:\n      --allow stringArray", "\nLimits:\n      --max-in-flight int"} {
+	for _, want := range []string{"Flags:\n  -l, --listen string", "(env T_LISTEN)", "\nPolicy:\n      --allow list", "\nLimits:\n      --max-in-flight int"} {
 		if !strings.Contains(u, want) {
 			t.Errorf("usage lacks %q:\n%s", want, u)
 		}
