@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
+	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -98,16 +99,13 @@ func bearer(header metadata.MD) (string, bool) {
 // transport's lock: it must be quick and must not block.
 func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
-	conn := connOf(p)
-	if conn != nil {
-		conn.streamOpened()
-	}
 	name := certSubject(p)
+	authenticated := true
 	if s.tokens != nil {
 		if strings.HasPrefix(info.FullMethodName, healthPrefix) {
 			// A health check is no authentication: its connection stays
 			// unknown.
-			conn = nil
+			authenticated = false
 		} else {
 			token, ok := bearer(info.Header)
 			if ok {
@@ -120,9 +118,7 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 			}
 		}
 	}
-	if conn != nil {
-		conn.markKnown()
-	}
+	connguard.StreamOpened(p, authenticated)
 	if name != "" {
 		ctx = service.WithCaller(ctx, name)
 	}
@@ -140,9 +136,7 @@ var healthPrefix = "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
 // many were left out before it. The metric counts every one.
 func (s *Server) refused(p *peer.Peer, method, reason string, err error) {
 	s.metrics.transportRefusals.WithLabelValues(reason).Inc()
-	if p != nil {
-		chargePeer(p)
-	}
+	connguard.RefusedPeer(p)
 	if !s.refusalLog.Allow() {
 		s.refusalsUnlogged.Add(1)
 		return

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/wire"
 )
 
@@ -202,7 +203,7 @@ func (g *guard) admitStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		rs.limit = smallRequestBytes
 		release, err = g.watches.acquire(ctx)
 		if err == nil {
-			defer holdConn(ctx)()
+			defer connguard.Hold(ctx)()
 		}
 	}
 	if err != nil {

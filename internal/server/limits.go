@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -287,13 +288,11 @@ func (g *gate) acquire(ctx context.Context) (release func(), err error) {
 	switch {
 	case g.total > 0 && g.n >= g.total:
 		g.metrics.limitRefusals.WithLabelValues(g.totalLabel).Inc()
-		chargeStream(ctx)
+		connguard.Refused(ctx)
 		return nil, status.Errorf(codes.ResourceExhausted, "the server has its maximum of %d %s; try again later", g.total, g.what)
 	case g.byCaller[key] >= g.perCaller:
 		g.metrics.limitRefusals.WithLabelValues(g.label).Inc()
-		// A caller opening stream after stream only to have them refused
-		// is on its way to a GOAWAY.
-		chargeStream(ctx)
+		connguard.Refused(ctx)
 		return nil, status.Errorf(codes.ResourceExhausted, "%s has %d %s, its maximum", key, g.perCaller, g.what)
 	}
 	g.n++

@@ -31,6 +31,7 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/batchwriter"
+	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/services"
 	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/internal/wire"
@@ -327,9 +328,9 @@ func (s *Server) guard() *guard {
 func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials, grpcMetrics *grpcprom.ServerMetrics) []grpc.ServerOption {
 	resets := float64(s.cfg.MaxStreamResets)
 	opts := []grpc.ServerOption{
-		grpc.Creds(&guardedCreds{TransportCredentials: creds, burst: resets, refill: resets / 10,
-			authTimeout: s.cfg.AuthTimeout,
-			cut:         func(reason string) { s.metrics.transportRefusals.WithLabelValues(reason).Inc() }}),
+		grpc.Creds(connguard.Creds(creds, connguard.Options{Burst: resets, Refill: resets / 10,
+			AuthTimeout: s.cfg.AuthTimeout,
+			Cut:         func(reason string) { s.metrics.transportRefusals.WithLabelValues(reason).Inc() }})),
 		grpc.InTapHandle(s.tap),
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), g.unary),
 		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), g.stream),

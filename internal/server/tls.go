@@ -10,9 +10,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/netprobe/netprobe/internal/modules"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/netprobe/netprobe/internal/connguard"
+	"github.com/netprobe/netprobe/internal/modules"
 )
 
 // certificate holds the server's certificate and loads it again when its
@@ -113,7 +115,7 @@ func certSubject(p *peer.Peer) string {
 	if p == nil {
 		return ""
 	}
-	info, ok := authInfo(p.AuthInfo).(credentials.TLSInfo)
+	info, ok := connguard.AuthInfo(p.AuthInfo).(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
 		return ""
 	}

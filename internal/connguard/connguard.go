@@ -1,4 +1,10 @@
-package server
+// Package connguard watches the HTTP/2 connections of a gRPC server from
+// below gRPC, as transport credentials: it follows the frames both ways,
+// reading only their headers, and closes with a GOAWAY a connection that
+// throws streams away (the HTTP/2 rapid reset attack), or that stays
+// unauthenticated too long or sends too much before it authenticates. gRPC
+// counts none of this, and sees nothing of a connection it closes.
+package connguard
 
 import (
 	"context"
@@ -65,15 +71,25 @@ var (
 // running (a health Watch).
 type guardedCreds struct {
 	credentials.TransportCredentials
-	// burst is how many streams a connection may have reset or refused
-	// in a row; refill is how many it earns back a second.
-	burst, refill float64
-	// authTimeout is how long a connection may stay unauthenticated and
+	Options
+}
+
+// Options are a guard's limits.
+type Options struct {
+	// Burst is how many streams a connection may have reset or refused
+	// in a row; Refill is how many it earns back a second.
+	Burst, Refill float64
+	// AuthTimeout is how long a connection may stay unauthenticated and
 	// idle.
-	authTimeout time.Duration
-	// cut, when set, is told of each connection closed, by reason:
+	AuthTimeout time.Duration
+	// Cut, when set, is told of each connection closed, by reason:
 	// stream_resets, unauthenticated_idle or unauthenticated_data.
-	cut func(reason string)
+	Cut func(reason string)
+}
+
+// Creds returns creds with every connection guarded.
+func Creds(creds credentials.TransportCredentials, opts Options) credentials.TransportCredentials {
+	return &guardedCreds{TransportCredentials: creds, Options: opts}
 }
 
 func (g *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -82,14 +98,14 @@ func (g *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 		return nil, nil, err
 	}
 	now := time.Now()
-	gc := &guardedConn{Conn: conn, creds: g, tokens: g.burst, last: now, rframes: frameScanner{skip: len(clientPreface)},
+	gc := &guardedConn{Conn: conn, creds: g, tokens: g.Burst, last: now, rframes: frameScanner{skip: len(clientPreface)},
 		dataTokens: unknownDataBurst, dataLast: now}
 	gc.lastStream.Store(now.UnixNano())
 	if ti, ok := info.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
 		// A verified client certificate has named the caller already.
 		gc.known.Store(true)
 	} else {
-		gc.authTimer = time.AfterFunc(g.authTimeout, gc.checkAuth)
+		gc.authTimer = time.AfterFunc(g.AuthTimeout, gc.checkAuth)
 	}
 	return gc, &connInfo{AuthInfo: info, conn: gc}, nil
 }
@@ -107,8 +123,8 @@ type connInfo struct {
 	conn *guardedConn
 }
 
-// authInfo returns the AuthInfo the credentials made, under the guard's.
-func authInfo(info credentials.AuthInfo) credentials.AuthInfo {
+// AuthInfo returns the AuthInfo the credentials made, under the guard's.
+func AuthInfo(info credentials.AuthInfo) credentials.AuthInfo {
 	if ci, ok := info.(*connInfo); ok {
 		return ci.AuthInfo
 	}
@@ -270,7 +286,7 @@ func (f *frameScanner) atBoundary() bool { return f.hdrLen == 0 && f.skip == 0 }
 func (c *guardedConn) discarded() {
 	c.bmu.Lock()
 	now := time.Now()
-	c.tokens = min(c.creds.burst, c.tokens+now.Sub(c.last).Seconds()*c.creds.refill)
+	c.tokens = min(c.creds.Burst, c.tokens+now.Sub(c.last).Seconds()*c.creds.Refill)
 	c.last = now
 	c.tokens--
 	over := c.tokens < 0
@@ -288,8 +304,8 @@ func (c *guardedConn) cut(reason string, why error) {
 	if !c.cutErr.CompareAndSwap(nil, &why) {
 		return
 	}
-	if c.creds.cut != nil {
-		c.creds.cut(reason)
+	if c.creds.Cut != nil {
+		c.creds.Cut(reason)
 	}
 	c.closeWithGoAway()
 }
@@ -303,9 +319,6 @@ func (c *guardedConn) markKnown() {
 	}
 }
 
-// streamOpened records a stream opening, for the auth timeout.
-func (c *guardedConn) streamOpened() { c.lastStream.Store(time.Now().UnixNano()) }
-
 // checkAuth runs when the auth timeout may have passed: an unknown
 // connection with no stream running and none opened within the timeout is
 // cut.
@@ -316,25 +329,43 @@ func (c *guardedConn) checkAuth() {
 	idle := time.Since(time.Unix(0, c.lastStream.Load()))
 	switch {
 	case c.open.Load() > 0:
-		c.authTimer.Reset(c.creds.authTimeout)
-	case idle < c.creds.authTimeout:
-		c.authTimer.Reset(c.creds.authTimeout - idle)
+		c.authTimer.Reset(c.creds.AuthTimeout)
+	case idle < c.creds.AuthTimeout:
+		c.authTimer.Reset(c.creds.AuthTimeout - idle)
 	default:
 		c.cut("unauthenticated_idle", errUnauthenticatedIdle)
 	}
 }
 
-// chargeStream charges the connection of the call ctx belongs to for a
-// stream the server refused.
-func chargeStream(ctx context.Context) {
-	if p, ok := peer.FromContext(ctx); ok {
-		chargePeer(p)
+// Refused charges the connection of the call ctx belongs to for a stream
+// the server refused: a client opening stream after stream only to have
+// them refused is on its way to a GOAWAY.
+func Refused(ctx context.Context) {
+	p, _ := peer.FromContext(ctx)
+	RefusedPeer(p)
+}
+
+// RefusedPeer is Refused, for a call refused before it had a context of
+// its own (gRPC's tap handle).
+func RefusedPeer(p *peer.Peer) {
+	if c := connOf(p); c != nil {
+		c.discarded()
 	}
 }
 
-func chargePeer(p *peer.Peer) {
-	if c := connOf(p); c != nil {
-		c.discarded()
+// StreamOpened records that a stream of p's connection opened (and keeps
+// it from the auth timeout a while); authenticated records that its call
+// was authenticated, which makes the connection known: from then on its
+// data is charged to callers by the limits, not to the connection, and it
+// may stay open idle.
+func StreamOpened(p *peer.Peer, authenticated bool) {
+	c := connOf(p)
+	if c == nil {
+		return
+	}
+	c.lastStream.Store(time.Now().UnixNano())
+	if authenticated {
+		c.markKnown()
 	}
 }
 
@@ -349,10 +380,10 @@ func connOf(p *peer.Peer) *guardedConn {
 	return nil
 }
 
-// holdConn records a stream of the connection of ctx running, which keeps
-// an unknown connection from the auth timeout, until the returned func is
+// Hold records a stream of the connection of ctx running, which keeps an
+// unknown connection from the auth timeout, until the returned func is
 // called.
-func holdConn(ctx context.Context) (done func()) {
+func Hold(ctx context.Context) (done func()) {
 	p, _ := peer.FromContext(ctx)
 	c := connOf(p)
 	if c == nil {
