@@ -45,6 +45,20 @@ type Probed struct {
 	// replaced when it grows.
 	logged  map[string]int
 	changed chan struct{}
+	// audit are the last auditKept audit lines ("probe"), decoded.
+	audit []map[string]any
+}
+
+// auditKept bounds the audit lines a Probed keeps: the bench makes
+// hundreds of thousands.
+const auditKept = 10000
+
+// Audit returns the audit lines ("probe") probed has logged so far, the
+// last 10,000 at most, each as its JSON fields.
+func (p *Probed) Audit() []map[string]any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.audit)
 }
 
 // Logged counts the lines probed has logged with the message msg so far.
@@ -109,6 +123,14 @@ func Launch(cmd *exec.Cmd) (*Probed, error) {
 				close(serving)
 			}
 			p.mu.Lock()
+			if line.Msg == "probe" {
+				var fields map[string]any
+				json.Unmarshal(sc.Bytes(), &fields)
+				if len(p.audit) == auditKept {
+					p.audit = p.audit[1:]
+				}
+				p.audit = append(p.audit, fields)
+			}
 			p.logged[line.Msg]++
 			close(p.changed)
 			p.changed = make(chan struct{})

@@ -1,91 +1,18 @@
 package server
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"fmt"
-	"os"
 	"strings"
 
-	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
+	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/service"
 )
-
-// tokens are the bearer tokens callers may present, by name. Only their
-// hashes are kept, and a token is compared with every one of them in
-// constant time, so that timing tells nothing about which came close.
-type tokens struct {
-	names  []string
-	hashes [][sha256.Size]byte
-}
-
-// loadTokens reads a tokens file: one "NAME TOKEN" a line; blank lines and
-// lines starting with # are skipped.
-func loadTokens(path string) (*tokens, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("tokens: %w", err)
-	}
-	defer f.Close()
-	t := &tokens{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		fields := strings.Fields(line)
-		if len(fields) != 2 {
-			return nil, fmt.Errorf("tokens: %s line %d: want NAME TOKEN", path, n)
-		}
-		if len(fields[1]) < 16 {
-			return nil, fmt.Errorf("tokens: %s line %d: token for %s is shorter than 16 characters", path, n, fields[0])
-		}
-		t.names = append(t.names, fields[0])
-		t.hashes = append(t.hashes, sha256.Sum256([]byte(fields[1])))
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("tokens: %w", err)
-	}
-	if len(t.names) == 0 {
-		return nil, fmt.Errorf("tokens: %s holds no token", path)
-	}
-	return t, nil
-}
-
-// lookup returns the name of token, if it is one of ours.
-func (t *tokens) lookup(token string) (string, bool) {
-	h := sha256.Sum256([]byte(token))
-	found := -1
-	for i := range t.hashes {
-		if subtle.ConstantTimeCompare(h[:], t.hashes[i][:]) == 1 {
-			found = i
-		}
-	}
-	if found < 0 {
-		return "", false
-	}
-	return t.names[found], true
-}
-
-// bearer returns the token of an "authorization: Bearer TOKEN" header.
-func bearer(header metadata.MD) (string, bool) {
-	v := header.Get("authorization")
-	if len(v) != 1 {
-		return "", false
-	}
-	scheme, token, ok := strings.Cut(v[0], " ")
-	return token, ok && strings.EqualFold(scheme, "bearer") && token != ""
-}
 
 // tap authenticates each call as its stream opens, before gRPC reads any
 // of its request or starts a handler for it: the caller is named by its
@@ -99,26 +26,19 @@ func bearer(header metadata.MD) (string, bool) {
 // transport's lock: it must be quick and must not block.
 func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
-	name := certSubject(p)
-	authenticated := true
-	if s.tokens != nil {
-		if strings.HasPrefix(info.FullMethodName, healthPrefix) {
-			// A health check is no authentication: its connection stays
-			// unknown.
-			authenticated = false
-		} else {
-			token, ok := bearer(info.Header)
-			if ok {
-				name, ok = s.tokens.lookup(token)
-			}
-			if !ok {
-				err := status.Error(codes.Unauthenticated, "a valid bearer token is required")
-				s.refused(p, info.FullMethodName, "unauthenticated", err)
-				return nil, err
-			}
-		}
+	health := strings.HasPrefix(info.FullMethodName, healthPrefix)
+	name, err := s.admission.Identify(admission.Credentials{
+		Authorization: info.Header.Get("authorization"),
+		TLS:           tlsState(p),
+		TokenOptional: health,
+	})
+	if err != nil {
+		s.refused(p, info.FullMethodName, err)
+		return nil, err
 	}
-	connguard.StreamOpened(p, authenticated)
+	// With tokens, a health check is no authentication: its connection
+	// stays unknown.
+	connguard.StreamOpened(p, !(health && s.admission.Tokens()))
 	if name != "" {
 		ctx = service.WithCaller(ctx, name)
 	}
@@ -128,14 +48,13 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 // healthPrefix starts the method names of the health service.
 var healthPrefix = "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
 
-// refused counts and logs a call refused before it ran, and charges its
-// connection for the stream. It runs on the connection's reading
-// goroutine, and a flood of refused streams must not become a flood of log
-// lines that the reader then waits on (the log waits rather than drops):
-// the lines are limited to refusalLogRate a second, and a line says how
-// many were left out before it. The metric counts every one.
-func (s *Server) refused(p *peer.Peer, method, reason string, err error) {
-	s.metrics.transportRefusals.WithLabelValues(reason).Inc()
+// refused logs a call refused before it ran (admission has counted it),
+// and charges its connection for the stream. It runs on the connection's
+// reading goroutine, and a flood of refused streams must not become a
+// flood of log lines that the reader then waits on (the log waits rather
+// than drops): the lines are limited to refusalLogRate a second, and a
+// line says how many were left out before it.
+func (s *Server) refused(p *peer.Peer, method string, err error) {
 	connguard.RefusedPeer(p)
 	if !s.refusalLog.Allow() {
 		s.refusalsUnlogged.Add(1)

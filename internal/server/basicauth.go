@@ -6,20 +6,12 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+
+	"github.com/netprobe/netprobe/internal/admission"
 )
 
-// The budget of basic auth attempts each source has (an IPv4 address or
-// IPv6 /64): exporter-toolkit checks a password it has not seen with
-// bcrypt, 50 to 100 ms of CPU each, and a flood of wrong ones would
-// otherwise cost a core.
-const (
-	// basicAuthBurst attempts at once, then one every
-	// 1/basicAuthRate seconds.
-	basicAuthBurst = 5
-	basicAuthRate  = 0.2
-	// knownCredentialsKept bounds the credentials remembered as good.
-	knownCredentialsKept = 64
-)
+// knownCredentialsKept bounds the credentials remembered as good.
+const knownCredentialsKept = 64
 
 // basicAuthGuard stands in front of exporter-toolkit's basic auth, which
 // runs bcrypt on every password it has not seen: a request carrying
@@ -31,16 +23,15 @@ const (
 // charged, so that a Prometheus behind the same address as an attacker
 // keeps scraping.
 type basicAuthGuard struct {
-	web   *webConfig
-	rates *rateLimiter
+	web       *webConfig
+	admission *admission.Admission
 
 	mu    sync.Mutex
 	known map[[sha256.Size]byte]struct{}
 }
 
-func newBasicAuthGuard(web *webConfig, m *metrics) *basicAuthGuard {
-	return &basicAuthGuard{web: web, rates: newRateLimiter("basic_auth", basicAuthRate, basicAuthBurst, m),
-		known: map[[sha256.Size]byte]struct{}{}}
+func newBasicAuthGuard(web *webConfig, a *admission.Admission) *basicAuthGuard {
+	return &basicAuthGuard{web: web, admission: a, known: map[[sha256.Size]byte]struct{}{}}
 }
 
 // passedKey marks the context of a request the guard let through with a
@@ -58,8 +49,8 @@ func (g *basicAuthGuard) wrap(next http.Handler) http.Handler {
 		}
 		key := sha256.Sum256([]byte(strconv.Quote(user) + ":" + pass))
 		if !g.isKnown(key) {
-			if err := g.rates.Limit(withPeer(r)); err != nil {
-				w.Header().Set("Retry-After", strconv.Itoa(int(1/basicAuthRate)))
+			if _, err := g.admission.Admit(admission.PeerOf(r), admission.Guess); err != nil {
+				w.Header().Set("Retry-After", strconv.Itoa(int(1/admission.BasicAuthRate)))
 				http.Error(w, "too many basic auth attempts from this address; try again later", http.StatusTooManyRequests)
 				return
 			}

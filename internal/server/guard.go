@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/wire"
 )
@@ -51,11 +52,7 @@ const smallRequestBytes = 64 << 10
 type guard struct {
 	logUnary  grpc.UnaryServerInterceptor
 	logStream grpc.StreamServerInterceptor
-	rates     *rateLimiter
-	inflight  *inFlight
-	reads     *gate
-	watches   *gate
-	sweeps    *gate
+	admission *admission.Admission
 	logger    *slog.Logger
 }
 
@@ -120,15 +117,24 @@ func (g *guard) admitBeforeRead(method string, handler grpc.MethodHandler) grpc.
 
 // admit takes a call's place within the limits before its request is
 // read: a probe's within the rate and in-flight limits, for the whole
-// call; any other call's among the reads its caller may have in progress.
+// call; any other unary call's among the reads its caller may have in
+// progress.
 func (g *guard) admit(ctx context.Context, probe bool) (release func(), err error) {
-	if !probe {
-		return g.reads.acquire(ctx)
+	if probe {
+		return g.admission.Admit(ctx, admission.Probe)
 	}
-	if err := g.rates.Limit(ctx); err != nil {
-		return nil, err
+	return g.refusing(ctx, admission.Read)
+}
+
+// refusing admits a call that is not a probe, charging its connection for
+// a refusal: a client opening stream after stream only to have them
+// refused is on its way to a GOAWAY.
+func (g *guard) refusing(ctx context.Context, k admission.Kind) (release func(), err error) {
+	release, err = g.admission.Admit(ctx, k)
+	if err != nil {
+		connguard.Refused(ctx)
 	}
-	return g.inflight.acquire(ctx)
+	return release, err
 }
 
 // decode reads a request with dec. A request that is not a valid message
@@ -188,10 +194,7 @@ func (g *guard) admitStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	var release func()
 	switch {
 	case info.FullMethod == netprobev1.ProbeService_Sweep_FullMethodName:
-		if g.inflight.isDraining() {
-			return errDraining
-		}
-		release, err = g.sweeps.acquire(ctx)
+		release, err = g.refusing(ctx, admission.Sweep)
 	case isProbe(info.FullMethod):
 		release, err = g.admit(ctx, true)
 	default:
@@ -201,7 +204,7 @@ func (g *guard) admitStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		// its caller's open streams instead of reads, for as long as it
 		// runs.
 		rs.limit = smallRequestBytes
-		release, err = g.watches.acquire(ctx)
+		release, err = g.refusing(ctx, admission.Watch)
 		if err == nil {
 			defer connguard.Hold(ctx)()
 		}
@@ -231,7 +234,7 @@ func (g *guard) logFailed(ctx context.Context, method string, err error) {
 	st := status.Convert(err)
 	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
 	g.logger.Log(ctx, slog.Level(logging.DefaultServerCodeToLevel(st.Code())), "finished call",
-		"grpc.service", service, "grpc.method", name, "grpc.code", st.Code().String(), "grpc.error", st.Message(), "caller", callerOf(ctx).String())
+		"grpc.service", service, "grpc.method", name, "grpc.code", st.Code().String(), "grpc.error", st.Message(), "caller", admission.CallerOf(ctx).String())
 }
 
 // recover, deferred, turns a panic into INTERNAL and logs its stack.

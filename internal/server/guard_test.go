@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
@@ -16,29 +17,33 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/wire"
 )
 
-func newTestGuard(logs *bytes.Buffer) *guard {
+func newTestGuard(t *testing.T, logs *bytes.Buffer) (*guard, *metrics) {
 	m := newMetrics(prometheus.NewRegistry())
+	a, err := admission.New("", admission.Limits{MaxInFlight: 10, MaxInFlightPerCaller: 10, Rate: 1e9, Burst: 1e9,
+		MaxReadsPerCaller: 1, MaxWatchesPerCaller: 1, MaxWatches: 2, MaxSweepsPerCaller: 1, MaxSweeps: 1},
+		admission.Metrics{Refusals: m.limitRefusals, InFlight: m.inFlight})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &guard{
 		logUnary: func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			logs.WriteString("logged\n")
 			return h(ctx, req)
 		},
-		rates:    newRateLimiter("rate", 1e9, 1e9, m),
-		inflight: newInFlight(10, 10, m),
-		reads:    newGate("requests being read", "reads_per_caller", 1, "", 0, m),
-		watches:  newGate("open streams", "watches_per_caller", 1, "watches", 2, m),
-		logger:   slog.New(slog.NewTextHandler(logs, nil)),
-	}
+		admission: a,
+		logger:    slog.New(slog.NewTextHandler(logs, nil)),
+	}, m
 }
 
 // TestGuardRecovers checks that a panicking handler becomes INTERNAL, is
 // logged with its stack, and gives its in-flight place back.
 func TestGuardRecovers(t *testing.T) {
 	var logs bytes.Buffer
-	g := newTestGuard(&logs)
+	g, m := newTestGuard(t, &logs)
 	method := netprobev1.ProbeService_Connect_FullMethodName
 	handler := g.admitBeforeRead(method, func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 		if err := dec(&netprobev1.ConnectRequest{}); err != nil {
@@ -55,8 +60,9 @@ func TestGuardRecovers(t *testing.T) {
 	if !strings.Contains(logs.String(), "panic in handler") || !strings.Contains(logs.String(), "boom") || !strings.Contains(logs.String(), "TestGuardRecovers") {
 		t.Errorf("log does not name the panic and its stack:\n%s", logs.String())
 	}
-	if g.inflight.total != 0 {
-		t.Errorf("%d still in flight after the panic", g.inflight.total)
+	var inFlight dto.Metric
+	if err := m.inFlight.Write(&inFlight); err != nil || inFlight.GetGauge().GetValue() != 0 {
+		t.Errorf("%v still in flight after the panic (%v)", inFlight.GetGauge().GetValue(), err)
 	}
 }
 

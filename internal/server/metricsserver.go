@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/exporter-toolkit/web"
 
+	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -56,7 +57,7 @@ type MetricsServer struct {
 // NewMetricsServer builds the metrics listener's server; ctx is the
 // parent of its requests' contexts.
 func (s *Server) NewMetricsServer(ctx context.Context) *MetricsServer {
-	m := &MetricsServer{s: s, handler: s.MetricsHandler(), auth: newBasicAuthGuard(s.scraper.web, s.metrics)}
+	m := &MetricsServer{s: s, handler: s.MetricsHandler(), auth: newBasicAuthGuard(s.scraper.web, s.admission)}
 	m.ctx, m.cut = context.WithCancelCause(ctx)
 	m.http = &http.Server{
 		Handler:           markPassed(m.handler),
@@ -79,10 +80,10 @@ func (s *Server) NewMetricsServer(ctx context.Context) *MetricsServer {
 func (m *MetricsServer) Serve(lis net.Listener) error {
 	systemd := false
 	flags := &web.FlagConfig{WebListenAddresses: &[]string{}, WebSystemdSocket: &systemd, WebConfigFile: &m.s.cfg.WebConfigFile}
-	limits := newConnLimiter(m.s.cfg.MetricsMaxConns, m.s.cfg.MetricsMaxSourceConns, m.s.metrics.metricsConnections, func(reason string) {
+	limits := admission.NewConnLimiter(m.s.cfg.MetricsMaxConns, m.s.cfg.MetricsMaxSourceConns, m.s.metrics.metricsConnections, func(reason string) {
 		m.s.metrics.limitRefusals.WithLabelValues("metrics_" + reason).Inc()
 	})
-	if err := web.Serve(limits.listener(lis), m.http, flags, m.s.logger); !errors.Is(err, http.ErrServerClosed) {
+	if err := web.Serve(limits.Listener(lis), m.http, flags, m.s.logger); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

@@ -23,11 +23,11 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/modules"
 	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/service"
@@ -51,7 +51,6 @@ type scraper struct {
 	s      *Server
 	file   string
 	offset time.Duration
-	rates  *rateLimiter
 	web    *webConfig
 	// check validates the modules' requests as the probe service will.
 	check *moduleCheck
@@ -76,7 +75,7 @@ func newScraper(s *Server, cfg Config) (*scraper, error) {
 		return nil, err
 	}
 	sc := &scraper{s: s, file: cfg.ModulesFile, offset: cfg.ScrapeTimeoutOffset, check: check,
-		rates: newRateLimiter("scrape_rate", cfg.ScrapeRate, cfg.ScrapeBurst, s.metrics), web: &webConfig{path: cfg.WebConfigFile}}
+		web: &webConfig{path: cfg.WebConfigFile}}
 	if sc.file == "" {
 		sc.set = modules.Defaults()
 		return sc, nil
@@ -350,14 +349,10 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, err := sc.caller(r)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", "Bearer")
-		http.Error(w, err.Error(), http.StatusUnauthorized)
+		http.Error(w, status.Convert(err).Message(), http.StatusUnauthorized)
 		return
 	}
-	if err := sc.rates.Limit(ctx); err != nil {
-		http.Error(w, status.Convert(err).Message(), http.StatusTooManyRequests)
-		return
-	}
-	release, err := sc.s.inflight.acquire(ctx)
+	release, err := sc.s.admission.Admit(ctx, admission.Scrape)
 	if err != nil {
 		http.Error(w, status.Convert(err).Message(), httpStatus(status.Code(err)))
 		return
@@ -404,42 +399,25 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
 }
 
-// caller authenticates the scraper: by its basic auth user when the web
-// configuration has users (exporter-toolkit has checked the password; a
-// bearer token cannot come too); else as gRPC does a caller, by its bearer
-// token when the server has tokens, or else by its verified client
-// certificate's common name; else by its address. It names the caller of
-// every request of the metrics listener that needs one (see guard).
+// caller names the scraper as every way in names its caller
+// (admission.Identify): by its basic auth user when the web configuration
+// has users (exporter-toolkit has checked the password); else by its
+// bearer token when the server has tokens; else by its verified client
+// certificate; else by its address. It names the caller of every request
+// of the metrics listener that needs one (see guard).
 func (sc *scraper) caller(r *http.Request) (context.Context, error) {
-	ctx := r.Context()
+	c := admission.Credentials{Authorization: r.Header.Values("Authorization"), TLS: r.TLS}
 	if sc.web.hasUsers() {
-		if user, _, ok := r.BasicAuth(); ok {
-			return service.WithCaller(ctx, user), nil
-		}
+		c.BasicUser, _, _ = r.BasicAuth()
 	}
+	name, err := sc.s.admission.Identify(c)
 	switch {
-	case sc.s.tokens != nil:
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		name, known := sc.s.tokens.lookup(strings.TrimSpace(token))
-		if !ok || !known {
-			sc.s.metrics.transportRefusals.WithLabelValues("unauthenticated").Inc()
-			return nil, errors.New("a valid bearer token is required")
-		}
-		return service.WithCaller(ctx, name), nil
-	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.TLS.VerifiedChains[0][0].Subject.CommonName != "":
-		return service.WithCaller(ctx, r.TLS.VerifiedChains[0][0].Subject.CommonName), nil
+	case err != nil:
+		return nil, err
+	case name != "":
+		return service.WithCaller(r.Context(), name), nil
 	}
-	return withPeer(r), nil
-}
-
-// withPeer is the context of r with its peer, which names an anonymous
-// caller for the limits.
-func withPeer(r *http.Request) context.Context {
-	ctx := r.Context()
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		ctx = peer.NewContext(ctx, &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)})
-	}
-	return ctx
+	return admission.PeerOf(r), nil
 }
 
 // guard serves h only to a caller /probe would serve, named by the same
@@ -453,7 +431,7 @@ func (sc *scraper) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := sc.caller(r); err != nil {
 			w.Header().Set("WWW-Authenticate", "Bearer")
-			http.Error(w, err.Error(), http.StatusUnauthorized)
+			http.Error(w, status.Convert(err).Message(), http.StatusUnauthorized)
 			return
 		}
 		h.ServeHTTP(w, r)

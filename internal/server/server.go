@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/batchwriter"
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/services"
@@ -168,15 +169,15 @@ type Server struct {
 	grpc     *grpc.Server
 	health   *drainingHealth
 	registry *prometheus.Registry
-	inflight *inFlight
-	rates    *rateLimiter
-	conns    *connLimiter
-	service  *service.Server
-	metrics  *metrics
-	cert     *certificate
+	// admission names callers and charges their limits; conns holds the
+	// gRPC listener's connections to theirs.
+	admission *admission.Admission
+	conns     *admission.ConnLimiter
+	service   *service.Server
+	metrics   *metrics
+	cert      *certificate
 	// identities are the client certificates probes may present.
 	identities identities
-	tokens     *tokens
 	policy     *policy.Policy
 	// sources are the addresses probes may bind.
 	sources []netip.Prefix
@@ -202,11 +203,6 @@ func New(cfg Config) (*Server, error) {
 	table, err := services.Load(cfg.ServicesFile)
 	if err != nil {
 		return nil, err
-	}
-	if cfg.TokensFile != "" {
-		if s.tokens, err = loadTokens(cfg.TokensFile); err != nil {
-			return nil, err
-		}
 	}
 	creds := insecure.NewCredentials()
 	switch {
@@ -238,9 +234,17 @@ func New(cfg Config) (*Server, error) {
 	}
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	s.registry.MustRegister(grpcMetrics)
-	s.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, m)
-	s.rates = newRateLimiter("rate", cfg.Rate, cfg.Burst, m)
-	s.conns = newConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource, m.connections, func(reason string) {
+	s.admission, err = admission.New(cfg.TokensFile, admission.Limits{
+		MaxInFlight: cfg.MaxInFlight, MaxInFlightPerCaller: cfg.MaxInFlightPerCaller,
+		Rate: cfg.Rate, Burst: cfg.Burst, ScrapeRate: cfg.ScrapeRate, ScrapeBurst: cfg.ScrapeBurst,
+		MaxSweeps: cfg.MaxSweeps, MaxSweepsPerCaller: cfg.MaxSweepsPerCaller,
+		MaxWatches: cfg.MaxWatches, MaxWatchesPerCaller: cfg.MaxWatchesPerCaller,
+		MaxReadsPerCaller: cfg.MaxReadsPerCaller,
+	}, admission.Metrics{Refusals: m.limitRefusals, Unauthenticated: m.transportRefusals.WithLabelValues("unauthenticated"), InFlight: m.inFlight})
+	if err != nil {
+		return nil, err
+	}
+	s.conns = admission.NewConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource, m.connections, func(reason string) {
 		m.transportRefusals.WithLabelValues(reason).Inc()
 	})
 	if s.sources, err = parseSources(cfg.AllowSource); err != nil {
@@ -259,7 +263,7 @@ func New(cfg Config) (*Server, error) {
 		DNSServer:        cfg.DNSServer,
 		Services:         table,
 		Policy:           s.policy,
-		Limiter:          probeLimits{rates: s.rates, inflight: s.inflight},
+		Limiter:          s.admission,
 		Observe:          observe(s.logger, m, s.recent),
 	})
 	if err != nil {
@@ -313,11 +317,7 @@ func (s *Server) guard() *guard {
 	return &guard{
 		logUnary:  logging.UnaryServerInterceptor(interceptorLogger(s.logger), logOpts...),
 		logStream: logging.StreamServerInterceptor(interceptorLogger(s.logger), logOpts...),
-		rates:     s.rates,
-		inflight:  s.inflight,
-		reads:     newGate("requests being read", "reads_per_caller", s.cfg.MaxReadsPerCaller, "", 0, s.metrics),
-		watches:   newGate("streams open (health Watch, reflection)", "watches_per_caller", s.cfg.MaxWatchesPerCaller, "watches", s.cfg.MaxWatches, s.metrics),
-		sweeps:    newGate("Sweeps running", "sweeps_per_caller", s.cfg.MaxSweepsPerCaller, "sweeps", s.cfg.MaxSweeps, s.metrics),
+		admission: s.admission,
 		logger:    s.logger,
 	}
 }
@@ -353,7 +353,7 @@ func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials,
 // Serve serves gRPC on lis until the server stops, within the connection
 // limits.
 func (s *Server) Serve(lis net.Listener) error {
-	err := s.grpc.Serve(s.conns.listener(lis))
+	err := s.grpc.Serve(s.conns.Listener(lis))
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}
@@ -366,7 +366,7 @@ func (s *Server) TLS() bool       { return s.cert != nil }
 func (s *Server) MutualTLS() bool { return s.cfg.TLSClientCA != "" }
 
 // Tokens reports whether callers need a bearer token.
-func (s *Server) Tokens() bool { return s.tokens != nil }
+func (s *Server) Tokens() bool { return s.admission.Tokens() }
 
 // PolicyRules lists the target policy's rules, in the order they are
 // judged.
@@ -409,7 +409,7 @@ func (s *Server) Reload() error {
 // cancelled. It returns once the server has stopped.
 func (s *Server) Drain(grace time.Duration) {
 	s.logger.Info("draining", "grace", grace)
-	s.inflight.drain()
+	s.admission.Drain()
 	s.service.Drain()
 	s.health.drain()
 	stopped := make(chan struct{})

@@ -109,21 +109,16 @@ func serverTLS(cert *certificate, clientCAFile string) (credentials.TransportCre
 	return credentials.NewTLS(cfg), nil
 }
 
-// certSubject is the peer's verified client certificate subject: its
-// common name, or the whole subject when it has none; "" without one.
-func certSubject(p *peer.Peer) string {
+// tlsState is the TLS state of p's connection, or nil.
+func tlsState(p *peer.Peer) *tls.ConnectionState {
 	if p == nil {
-		return ""
+		return nil
 	}
 	info, ok := connguard.AuthInfo(p.AuthInfo).(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return ""
+	if !ok {
+		return nil
 	}
-	subject := info.State.VerifiedChains[0][0].Subject
-	if subject.CommonName != "" {
-		return subject.CommonName
-	}
-	return subject.String()
+	return &info.State
 }
 
 // identities are the client certificates probes may present, by name,

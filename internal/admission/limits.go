@@ -1,50 +1,15 @@
-package server
+package admission
 
 import (
 	"container/list"
 	"context"
-	"net/netip"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-
-	"github.com/netprobe/netprobe/internal/connguard"
-	"github.com/netprobe/netprobe/service"
 )
-
-// caller is who a limit counts against: the authenticated caller, or for
-// an anonymous one the peer's IPv4 address or IPv6 /64 (a host commonly
-// has a whole /64 to pick addresses from). It is a value, not a string,
-// so that counting a probe allocates nothing.
-type caller struct {
-	name string
-	peer netip.Prefix
-}
-
-func callerOf(ctx context.Context) caller {
-	if name := service.CallerFrom(ctx); name != "" {
-		return caller{name: name}
-	}
-	if p, ok := peer.FromContext(ctx); ok {
-		return caller{peer: sourceOf(p.Addr)}
-	}
-	return caller{}
-}
-
-func (c caller) String() string {
-	switch {
-	case c.name != "":
-		return c.name
-	case c.peer.IsValid() && c.peer.Addr().Is4():
-		return "peer " + c.peer.Addr().String()
-	case c.peer.IsValid():
-		return "peer " + c.peer.String()
-	}
-	return "anonymous"
-}
 
 // inFlight caps the probes running at once, server-wide and per caller.
 // A call over either cap fails at once with RESOURCE_EXHAUSTED: queueing
@@ -53,19 +18,20 @@ func (c caller) String() string {
 // refuses every new probe with UNAVAILABLE.
 type inFlight struct {
 	max, perCaller int
-	metrics        *metrics
+	refused        func(limit string)
+	gauge          prometheus.Gauge
 
 	mu       sync.Mutex
 	draining bool
 	total    int
-	byCaller map[caller]int
+	byCaller map[Caller]int
 	// freed, when not nil, is closed when a place is given back, for the
 	// probes waiting for one.
 	freed chan struct{}
 }
 
-func newInFlight(max, perCaller int, m *metrics) *inFlight {
-	return &inFlight{max: max, perCaller: perCaller, metrics: m, byCaller: map[caller]int{}}
+func newInFlight(max, perCaller int, refused func(string), gauge prometheus.Gauge) *inFlight {
+	return &inFlight{max: max, perCaller: perCaller, refused: refused, gauge: gauge, byCaller: map[Caller]int{}}
 }
 
 var errDraining = status.Error(codes.Unavailable, "the server is shutting down")
@@ -88,17 +54,17 @@ func (l *inFlight) wakeLocked() {
 // acquire takes a place for a probe of the caller of ctx, or fails at
 // once.
 func (l *inFlight) acquire(ctx context.Context) (release func(), err error) {
-	key := callerOf(ctx)
+	key := CallerOf(ctx)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
 	case l.draining:
 		return nil, errDraining
 	case l.total >= l.max:
-		l.metrics.limitRefusals.WithLabelValues("in_flight").Inc()
+		l.refused("in_flight")
 		return nil, status.Errorf(codes.ResourceExhausted, "the server is running its maximum of %d probes; try again later", l.max)
 	case l.byCaller[key] >= l.perCaller:
-		l.metrics.limitRefusals.WithLabelValues("in_flight_per_caller").Inc()
+		l.refused("in_flight_per_caller")
 		return nil, status.Errorf(codes.ResourceExhausted, "%s is running its maximum of %d probes at once", key, l.perCaller)
 	}
 	return l.takeLocked(key), nil
@@ -115,7 +81,7 @@ func (l *inFlight) isDraining() bool {
 // wait takes a place for a probe of the caller of ctx, waiting for one
 // while ctx lasts.
 func (l *inFlight) wait(ctx context.Context) (release func(), err error) {
-	key := callerOf(ctx)
+	key := CallerOf(ctx)
 	for {
 		l.mu.Lock()
 		switch {
@@ -140,10 +106,10 @@ func (l *inFlight) wait(ctx context.Context) (release func(), err error) {
 	}
 }
 
-func (l *inFlight) takeLocked(key caller) (release func()) {
+func (l *inFlight) takeLocked(key Caller) (release func()) {
 	l.total++
 	l.byCaller[key]++
-	l.metrics.inFlight.Inc()
+	l.gauge.Inc()
 	return func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -151,7 +117,7 @@ func (l *inFlight) takeLocked(key caller) (release func()) {
 		if l.byCaller[key]--; l.byCaller[key] == 0 {
 			delete(l.byCaller, key)
 		}
-		l.metrics.inFlight.Dec()
+		l.gauge.Dec()
 		l.wakeLocked()
 	}
 }
@@ -175,33 +141,33 @@ type rateLimiter struct {
 	rate       rate.Limit
 	burst      int
 	maxCallers int
-	metrics    *metrics
+	refused    func(limit string)
 
 	mu      sync.Mutex
-	callers map[caller]*list.Element
+	callers map[Caller]*list.Element
 	// recent orders the buckets by last use, the most recent first; its
 	// values are *callerBucket.
 	recent list.List
 }
 
 type callerBucket struct {
-	key caller
+	key Caller
 	lim *rate.Limiter
 }
 
-func newRateLimiter(label string, perSecond float64, burst int, m *metrics) *rateLimiter {
+func newRateLimiter(label string, perSecond float64, burst int, refused func(string)) *rateLimiter {
 	return &rateLimiter{
 		label:      label,
 		rate:       rate.Limit(perSecond),
 		burst:      burst,
 		maxCallers: maxRateCallers,
-		metrics:    m,
-		callers:    map[caller]*list.Element{},
+		refused:    refused,
+		callers:    map[Caller]*list.Element{},
 	}
 }
 
 // bucket returns key's bucket, making it the most recently used.
-func (r *rateLimiter) bucket(key caller) *rate.Limiter {
+func (r *rateLimiter) bucket(key Caller) *rate.Limiter {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e, ok := r.callers[key]; ok {
@@ -220,9 +186,9 @@ func (r *rateLimiter) bucket(key caller) *rate.Limiter {
 
 // Limit refuses a probe over the caller's rate with RESOURCE_EXHAUSTED.
 func (r *rateLimiter) Limit(ctx context.Context) error {
-	key := callerOf(ctx)
+	key := CallerOf(ctx)
 	if !r.bucket(key).Allow() {
-		r.metrics.limitRefusals.WithLabelValues(r.label).Inc()
+		r.refused(r.label)
 		return status.Errorf(codes.ResourceExhausted, "%s is over its rate of %g probes a second (burst %d)", key, float64(r.rate), r.burst)
 	}
 	return nil
@@ -231,32 +197,16 @@ func (r *rateLimiter) Limit(ctx context.Context) error {
 // wait takes a token from the caller's bucket, waiting for one while ctx
 // lasts.
 func (r *rateLimiter) wait(ctx context.Context) error {
-	if err := r.bucket(callerOf(ctx)).Wait(ctx); err != nil {
+	if err := r.bucket(CallerOf(ctx)).Wait(ctx); err != nil {
 		// The token will not come in time: as if the deadline had passed.
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	}
 	return nil
 }
 
-// probeLimits holds a Sweep's probes to the caller's rate and the
-// in-flight limits, waiting for their turn: the service's Limiter.
-type probeLimits struct {
-	rates    *rateLimiter
-	inflight *inFlight
-}
-
-// WaitProbe implements service.Limiter.
-func (p probeLimits) WaitProbe(ctx context.Context) (release func(), err error) {
-	if err := p.rates.wait(ctx); err != nil {
-		return nil, err
-	}
-	return p.inflight.wait(ctx)
-}
-
 // gate caps the calls of one kind that run at once, per caller and, when
 // total is not 0, in all: over either cap a call fails at once with
-// RESOURCE_EXHAUSTED, and its stream counts against its connection's
-// budget of refused streams. probed has two: the requests being read of
+// RESOURCE_EXHAUSTED. probed has two: the requests being read of
 // calls that are not probes (health checks): a request that arrives whole
 // is read in an instant, so the cap binds a caller that sends requests
 // slowly or partly, each of which gRPC holds in memory as it arrives; and
@@ -270,29 +220,27 @@ type gate struct {
 	what              string
 	label, totalLabel string
 	perCaller, total  int
-	metrics           *metrics
+	refused           func(limit string)
 
 	mu       sync.Mutex
 	n        int
-	byCaller map[caller]int
+	byCaller map[Caller]int
 }
 
-func newGate(what, label string, perCaller int, totalLabel string, total int, m *metrics) *gate {
-	return &gate{what: what, label: label, totalLabel: totalLabel, perCaller: perCaller, total: total, metrics: m, byCaller: map[caller]int{}}
+func newGate(what, label string, perCaller int, totalLabel string, total int, refused func(string)) *gate {
+	return &gate{what: what, label: label, totalLabel: totalLabel, perCaller: perCaller, total: total, refused: refused, byCaller: map[Caller]int{}}
 }
 
 func (g *gate) acquire(ctx context.Context) (release func(), err error) {
-	key := callerOf(ctx)
+	key := CallerOf(ctx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
 	case g.total > 0 && g.n >= g.total:
-		g.metrics.limitRefusals.WithLabelValues(g.totalLabel).Inc()
-		connguard.Refused(ctx)
+		g.refused(g.totalLabel)
 		return nil, status.Errorf(codes.ResourceExhausted, "the server has its maximum of %d %s; try again later", g.total, g.what)
 	case g.byCaller[key] >= g.perCaller:
-		g.metrics.limitRefusals.WithLabelValues(g.label).Inc()
-		connguard.Refused(ctx)
+		g.refused(g.label)
 		return nil, status.Errorf(codes.ResourceExhausted, "%s has %d %s, its maximum", key, g.perCaller, g.what)
 	}
 	g.n++

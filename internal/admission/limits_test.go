@@ -1,4 +1,4 @@
-package server
+package admission
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -24,7 +23,7 @@ func from(ip string) context.Context {
 // many others come, and every new caller still gets a burst of its own
 // rather than sharing one with the crowd.
 func TestRateLimiterTable(t *testing.T) {
-	r := newRateLimiter("rate", 1e-9, 2, newMetrics(prometheus.NewRegistry()))
+	r := newRateLimiter("rate", 1e-9, 2, func(string) {})
 	r.maxCallers = 100
 	victim := from("192.0.2.1")
 	for range 2 {
@@ -69,14 +68,14 @@ func TestCallerOf(t *testing.T) {
 		{"2001:db8:1:2::1", "2001:db8:1:2:ffff::9"},
 		{"::ffff:192.0.2.1", "192.0.2.1"},
 	} {
-		if callerOf(from(tc.a)) != callerOf(from(tc.b)) {
+		if CallerOf(from(tc.a)) != CallerOf(from(tc.b)) {
 			t.Errorf("%s and %s are different callers, want one", tc.a, tc.b)
 		}
 	}
-	if callerOf(from("2001:db8:1:2::1")) == callerOf(from("2001:db8:1:3::1")) {
+	if CallerOf(from("2001:db8:1:2::1")) == CallerOf(from("2001:db8:1:3::1")) {
 		t.Error("two /64s are one caller, want two")
 	}
-	if got := callerOf(from("2001:db8:1:2::1")).String(); got != "peer 2001:db8:1:2::/64" {
+	if got := CallerOf(from("2001:db8:1:2::1")).String(); got != "peer 2001:db8:1:2::/64" {
 		t.Errorf("String = %q", got)
 	}
 }

@@ -1,4 +1,4 @@
-package server
+package admission
 
 import (
 	"errors"
@@ -9,14 +9,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// connLimiter caps the connections a listener serves at once (the gRPC
+// ConnLimiter caps the connections a listener serves at once (the gRPC
 // listener's and the metrics listener's each have one): in all, and
 // from one source (an IPv4 address, or an IPv6 /64, as the limits count
 // anonymous callers). A connection over either cap is closed as soon as
 // it is accepted, before any byte of it is read, and counted by reason.
 // Without it a client could open connections until probed ran out of file
 // descriptors, and then its probes failed with EMFILE.
-type connLimiter struct {
+type ConnLimiter struct {
 	max, perSource int
 	// refused is told of each connection closed, by reason
 	// ("connections" or "connections_per_source").
@@ -29,18 +29,21 @@ type connLimiter struct {
 	bySource map[netip.Prefix]int
 }
 
-func newConnLimiter(max, perSource int, open prometheus.Gauge, refused func(string)) *connLimiter {
-	return &connLimiter{max: max, perSource: perSource, open: open, refused: refused, bySource: map[netip.Prefix]int{}}
+// NewConnLimiter caps connections at max in all and perSource from one
+// source; open counts those served, refused is told of each closed, by
+// reason.
+func NewConnLimiter(max, perSource int, open prometheus.Gauge, refused func(string)) *ConnLimiter {
+	return &ConnLimiter{max: max, perSource: perSource, open: open, refused: refused, bySource: map[netip.Prefix]int{}}
 }
 
-// listener returns lis with its connections held to the caps.
-func (l *connLimiter) listener(lis net.Listener) net.Listener {
+// Listener returns lis with its connections held to the caps.
+func (l *ConnLimiter) Listener(lis net.Listener) net.Listener {
 	return &limitedListener{Listener: lis, l: l}
 }
 
 // take counts a connection from source, or reports why it may not be
 // served.
-func (l *connLimiter) take(source netip.Prefix) (reason string, ok bool) {
+func (l *ConnLimiter) take(source netip.Prefix) (reason string, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -55,7 +58,7 @@ func (l *connLimiter) take(source netip.Prefix) (reason string, ok bool) {
 	return "", true
 }
 
-func (l *connLimiter) release(source netip.Prefix) {
+func (l *ConnLimiter) release(source netip.Prefix) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
@@ -67,7 +70,7 @@ func (l *connLimiter) release(source netip.Prefix) {
 
 type limitedListener struct {
 	net.Listener
-	l *connLimiter
+	l *ConnLimiter
 }
 
 func (ll *limitedListener) Accept() (net.Conn, error) {
@@ -94,7 +97,7 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 // limitedConn gives its place back when it is closed, once.
 type limitedConn struct {
 	net.Conn
-	l      *connLimiter
+	l      *ConnLimiter
 	source netip.Prefix
 	once   sync.Once
 }

@@ -1,0 +1,146 @@
+package admission
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Credentials are what a call presents to name its caller, however it
+// came in: gRPC's metadata and connection, or an HTTP request.
+type Credentials struct {
+	// Authorization holds the values of the call's authorization header
+	// (gRPC metadata, or HTTP's Authorization).
+	Authorization []string
+	// BasicUser is the HTTP basic auth user that exporter-toolkit has
+	// verified against the metrics listener's web configuration: set only
+	// when that has users, so that a name a request merely claims is no
+	// identity.
+	BasicUser string
+	// TLS is the connection's TLS state, or nil: a verified client
+	// certificate names its caller.
+	TLS *tls.ConnectionState
+	// TokenOptional says that the call needs no token even when tokens
+	// are required: a health check.
+	TokenOptional bool
+}
+
+// ErrUnauthenticated refuses a call that needed a valid bearer token and
+// had none: UNAUTHENTICATED in gRPC, 401 in HTTP.
+var ErrUnauthenticated = status.Error(codes.Unauthenticated, "a valid bearer token is required")
+
+// Identify names the caller of a call presenting c, the same way for every
+// way in: the basic auth user, when there is one; else, when tokens are
+// required and the call needs one, the name of its bearer token (one
+// "authorization: Bearer TOKEN", the scheme in any case, or
+// ErrUnauthenticated); else its verified client certificate's common name,
+// or its whole subject when it has none; else "", an anonymous caller,
+// which the limits count by its address.
+func (a *Admission) Identify(c Credentials) (string, error) {
+	if c.BasicUser != "" {
+		return c.BasicUser, nil
+	}
+	if a.tokens != nil && !c.TokenOptional {
+		token, ok := bearer(c.Authorization)
+		if ok {
+			if name, known := a.tokens.lookup(token); known {
+				return name, nil
+			}
+		}
+		a.unauthenticated()
+		return "", ErrUnauthenticated
+	}
+	return certSubject(c.TLS), nil
+}
+
+// Tokens reports whether callers need a bearer token.
+func (a *Admission) Tokens() bool { return a.tokens != nil }
+
+// bearer returns the token of the one "Bearer TOKEN" value of an
+// authorization header: the scheme in any case (RFC 9110), spaces around
+// the token dropped.
+func bearer(values []string) (string, bool) {
+	if len(values) != 1 {
+		return "", false
+	}
+	scheme, token, ok := strings.Cut(strings.TrimSpace(values[0]), " ")
+	token = strings.TrimSpace(token)
+	return token, ok && strings.EqualFold(scheme, "bearer") && token != ""
+}
+
+// certSubject is a verified client certificate's subject: its common
+// name, or the whole subject when it has none; "" without one.
+func certSubject(cs *tls.ConnectionState) string {
+	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	subject := cs.VerifiedChains[0][0].Subject
+	if subject.CommonName != "" {
+		return subject.CommonName
+	}
+	return subject.String()
+}
+
+// tokens are the bearer tokens callers may present, by name. Only their
+// hashes are kept, and a token is compared with every one of them in
+// constant time, so that timing tells nothing about which came close.
+type tokens struct {
+	names  []string
+	hashes [][sha256.Size]byte
+}
+
+// loadTokens reads a tokens file: one "NAME TOKEN" a line; blank lines and
+// lines starting with # are skipped.
+func loadTokens(path string) (*tokens, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	defer f.Close()
+	t := &tokens{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) != 2 {
+			return nil, fmt.Errorf("tokens: %s line %d: want NAME TOKEN", path, n)
+		}
+		if len(fields[1]) < 16 {
+			return nil, fmt.Errorf("tokens: %s line %d: token for %s is shorter than 16 characters", path, n, fields[0])
+		}
+		t.names = append(t.names, fields[0])
+		t.hashes = append(t.hashes, sha256.Sum256([]byte(fields[1])))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	if len(t.names) == 0 {
+		return nil, fmt.Errorf("tokens: %s holds no token", path)
+	}
+	return t, nil
+}
+
+// lookup returns the name of token, if it is one of ours.
+func (t *tokens) lookup(token string) (string, bool) {
+	h := sha256.Sum256([]byte(token))
+	found := -1
+	for i := range t.hashes {
+		if subtle.ConstantTimeCompare(h[:], t.hashes[i][:]) == 1 {
+			found = i
+		}
+	}
+	if found < 0 {
+		return "", false
+	}
+	return t.names[found], true
+}
