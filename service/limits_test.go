@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -109,11 +110,9 @@ func TestNoDescriptorLeak(t *testing.T) {
 	}
 
 	// Closing is asynchronous on both ends: wait for the count to settle.
-	deadline := time.Now().Add(probetest.Timeout)
-	for n := openDescriptors(t); n > base; n = openDescriptors(t) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d descriptors open after the burst, %d before", n, base)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var n int
+	probetest.Eventually(t, func() bool {
+		n = openDescriptors(t)
+		return n <= base
+	}, func() string { return fmt.Sprintf("%d descriptors open after the burst, %d before", n, base) })
 }

@@ -201,24 +201,20 @@ func TestAttackExpectFetches(t *testing.T) {
 	}
 	// Each connected once it was validated; let the last reach its
 	// expect, then weigh.
-	waitInFlight(t, v, 8)
+	waitInFlight(t, v.Probed, 8)
 	v.grew(t, base)
 	cancel()
 	wg.Wait()
 }
 
-// waitInFlight waits until probed has n probes in flight.
-func waitInFlight(t *testing.T, v *victim, n float64) {
+// waitInFlight waits until p has n probes in flight.
+func waitInFlight(t *testing.T, p *probetest.Probed, n float64) {
 	t.Helper()
-	for deadline := time.Now().Add(probetest.Timeout); ; time.Sleep(10 * time.Millisecond) {
-		m := scrape(t, "http://"+v.MetricsAddr+"/metrics")
-		if got, _ := metricValue(m["netprobe_probes_in_flight"], nil); got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never %v probes in flight", n)
-		}
-	}
+	var got float64
+	probetest.Eventually(t, func() bool {
+		got, _ = metricValue(scrape(t, "http://"+p.MetricsAddr+"/metrics")["netprobe_probes_in_flight"], nil)
+		return got == n
+	}, func() string { return fmt.Sprintf("%v probes in flight, want %v", got, n) })
 }
 
 // TestAttackExpectCPU runs eight costly expects at once (.{400}x, the
@@ -388,13 +384,9 @@ func TestHeldExpectStacks(t *testing.T) {
 			}
 		})
 	}
-	for waiting.Load() < n {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%d of %d probes in their expect", waiting.Load(), n)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	probetest.Eventually(t, func() bool { return waiting.Load() >= n }, func() string {
+		return fmt.Sprintf("%d of %d probes in their expect", waiting.Load(), n)
+	})
 	after := scrape(t, "http://"+p.MetricsAddr+"/metrics")
 	was, _ := metricValue(before["go_memstats_stack_inuse_bytes"], nil)
 	now, _ := metricValue(after["go_memstats_stack_inuse_bytes"], nil)

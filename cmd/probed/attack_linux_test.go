@@ -88,17 +88,11 @@ func (f footprint) String() string {
 // own time.)
 func (v *victim) settles(t *testing.T, base footprint, slack int64) {
 	t.Helper()
-	deadline := time.Now().Add(probetest.Timeout)
-	for {
-		now := v.footprint(t)
-		if now.heap <= base.heap+slack && now.goroutines <= base.goroutines+2 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the attack: %v; before it: %v", now, base)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var now footprint
+	probetest.Eventually(t, func() bool {
+		now = v.footprint(t)
+		return now.heap <= base.heap+slack && now.goroutines <= base.goroutines+2
+	}, func() string { return fmt.Sprintf("after the attack: %v; before it: %v", now, base) })
 }
 
 // grew checks that the process grew by less than maxGrowth since base.
@@ -542,13 +536,7 @@ func TestAttackHeaderBomb(t *testing.T) {
 	if !h.Ping() {
 		t.Fatalf("the connection ended: %v", h.ReadErr)
 	}
-	deadline := time.Now().Add(probetest.Timeout)
-	for !h.Ended(id) {
-		if time.Now().After(deadline) {
-			t.Fatal("the stream was never ended")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	probetest.Eventually(t, func() bool { return h.Ended(id) }, func() string { return "the stream was never ended" })
 	if got := h.Resets()[http2.ErrCodeFrameSize]; got != 1 {
 		t.Errorf("resets %v, want the stream reset with FRAME_SIZE_ERROR", h.Resets())
 	}
@@ -662,14 +650,10 @@ func TestMalformedRequests(t *testing.T) {
 		}
 	}
 	h.Flush()
-	deadline := time.Now().Add(probetest.Timeout)
 	want := map[int]int{int(codes.InvalidArgument): 2, int(codes.Unauthenticated): 1}
-	for fmt.Sprint(h.Statuses()) != fmt.Sprint(want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("answers %v (%v), want %v", h.Statuses(), h.Messages(), want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	probetest.Eventually(t, func() bool { return fmt.Sprint(h.Statuses()) == fmt.Sprint(want) }, func() string {
+		return fmt.Sprintf("answers %v (%v), want %v", h.Statuses(), h.Messages(), want)
+	})
 	families := scrape(t, "http://"+v.MetricsAddr+"/metrics")
 	if n, _ := metricValue(families["grpc_server_handled_total"], map[string]string{"grpc_method": "Connect", "grpc_code": "InvalidArgument"}); n != 2 {
 		t.Errorf("grpc_server_handled_total{Connect, InvalidArgument} = %v, want 2", n)
@@ -705,13 +689,9 @@ func TestStreamsPerConnection(t *testing.T) {
 	if !h.Ping() {
 		t.Fatalf("the connection ended: %v", h.ReadErr)
 	}
-	deadline := time.Now().Add(probetest.Timeout)
-	for h.Resets()[http2.ErrCodeRefusedStream] < 50 {
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	probetest.Eventually(t, func() bool { return h.Resets()[http2.ErrCodeRefusedStream] >= 50 }, func() string {
+		return fmt.Sprintf("resets %v, answers %v; want 50 REFUSED_STREAM and the 100 others watching", h.Resets(), h.Statuses())
+	})
 	if got := h.Resets(); got[http2.ErrCodeRefusedStream] != 50 || len(h.Statuses()) != 0 {
 		t.Errorf("resets %v, answers %v; want 50 REFUSED_STREAM and the 100 others watching", got, h.Statuses())
 	}
@@ -830,17 +810,7 @@ func TestDrainSweep(t *testing.T) {
 	}()
 	// Once its first four probes hold their sockets, the Sweep is under
 	// way.
-	deadline := time.Now().Add(probetest.Timeout)
-	for {
-		m := scrape(t, "http://"+p.MetricsAddr+"/metrics")
-		if n, _ := metricValue(m["netprobe_probes_in_flight"], nil); n == 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the Sweep never had 4 probes in flight")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitInFlight(t, p, 4)
 	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -240,16 +240,7 @@ func TestDrainCutsScrapes(t *testing.T) {
 	waitAccepted(t, silent, 1)
 	connect := startScrape(t, base+url.Values{"module": {"connect"}, "target": {fmt.Sprintf("127.0.0.1:%d", port)}}.Encode(), timeout)
 	// The Connect is under way once two probes are in flight.
-	deadline := time.Now().Add(probetest.Timeout)
-	for {
-		if n, _ := metricValue(scrape(t, "http://"+p.MetricsAddr+"/metrics")["netprobe_probes_in_flight"], nil); n == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the two probes are not in flight")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitInFlight(t, p, 2)
 	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/probetest"
 )
@@ -73,23 +75,19 @@ func TestHeldProbeStacks(t *testing.T) {
 					}
 				})
 			}
-			var held map[string]float64
-			for deadline := time.Now().Add(probetest.Timeout); ; {
-				after := scrape(t, "http://"+p.MetricsAddr+"/metrics")
-				inFlight, _ := metricValue(after["netprobe_probes_in_flight"], nil)
-				if inFlight == n {
-					held = map[string]float64{}
-					for _, f := range []string{"go_memstats_stack_inuse_bytes", "go_goroutines"} {
-						was, _ := metricValue(before[f], nil)
-						now, _ := metricValue(after[f], nil)
-						held[f] = now - was
-					}
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%v of %d probes in flight after %v", inFlight, n, probetest.Timeout)
-				}
-				time.Sleep(20 * time.Millisecond)
+			// The scrape that sees them all in flight is the one weighed.
+			var after map[string]*dto.MetricFamily
+			var inFlight float64
+			probetest.Eventually(t, func() bool {
+				after = scrape(t, "http://"+p.MetricsAddr+"/metrics")
+				inFlight, _ = metricValue(after["netprobe_probes_in_flight"], nil)
+				return inFlight == n
+			}, func() string { return fmt.Sprintf("%v of %d probes in flight", inFlight, n) })
+			held := map[string]float64{}
+			for _, f := range []string{"go_memstats_stack_inuse_bytes", "go_goroutines"} {
+				was, _ := metricValue(before[f], nil)
+				now, _ := metricValue(after[f], nil)
+				held[f] = now - was
 			}
 			perProbe := held["go_memstats_stack_inuse_bytes"] / n
 			t.Logf("%d held: %.0f more goroutines, %.1f KiB more stack each", n, held["go_goroutines"], perProbe/1024)

@@ -303,8 +303,8 @@ func TestSweepCLI(t *testing.T) {
 // waitInFlight waits until the world's probed runs a probe.
 func waitInFlight(t *testing.T, w *world) {
 	t.Helper()
-	deadline := time.Now().Add(probetest.Timeout)
-	for {
+	one := regexp.MustCompile(`(?m)^netprobe_probes_in_flight 1$`)
+	probetest.Eventually(t, func() bool {
 		req, err := http.NewRequestWithContext(probetest.Context(t), http.MethodGet, "http://"+w.metrics+"/metrics", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -318,14 +318,8 @@ func waitInFlight(t *testing.T, w *world) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if regexp.MustCompile(`(?m)^netprobe_probes_in_flight 1$`).Match(body) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the probe server never had a probe in flight")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return one.Match(body)
+	}, func() string { return "the probe server never had a probe in flight" })
 }
 
 // TestCertificateLine checks the certificate's line: its names when it has
