@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -205,6 +204,45 @@ func TestAttackPartialMessages(t *testing.T) {
 	})
 }
 
+// TestAttackUnauthenticatedHeaders sends, without a token, health checks
+// that need none, each with 8 KB of header: an unauthenticated
+// connection's budget counts every byte, headers too, and the connection
+// is cut once it has sent more than health checks take. (Only DATA
+// counted once: 80 MB/s of headers went through.)
+func TestAttackUnauthenticatedHeaders(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	h := probetest.DialH2(t, v.Addr)
+	pad := hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("p", 8<<10), Sensitive: true}
+	sent := 0
+	for range 1000 {
+		id, err := h.Open(probetest.Request(healthpb.Health_Check_FullMethodName, pad), false)
+		if err == nil {
+			err = h.Data(id, probetest.Message(0, nil), true)
+		}
+		if err == nil {
+			err = h.Flush()
+		}
+		if err != nil {
+			break
+		}
+		sent++
+	}
+	select {
+	case <-h.Closed:
+	case <-time.After(probetest.Timeout):
+		t.Fatalf("the connection is still open after %d health checks of 8 KB of headers", sent)
+	}
+	if g := h.GoAwayFrame(); g == nil || g.Code != http2.ErrCodeEnhanceYourCalm || g.Debug != "too much data before authenticating" {
+		t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM, too much data before authenticating", g)
+	}
+	// The budget is 16 KiB and one read's worth (gRPC reads 32 KiB at a
+	// time) before the check: a handful of checks, not a thousand.
+	if answered := h.Statuses()[int(codes.OK)]; answered > 8 {
+		t.Errorf("%d health checks of 8 KB answered before the cut, want a handful", answered)
+	}
+}
+
 // authenticate makes one call with alice's token on h, which makes its
 // connection known: a ResolveService with no name, INVALID_ARGUMENT.
 func authenticate(t *testing.T, h *probetest.H2) {
@@ -294,10 +332,12 @@ func TestAttackSweepRequests(t *testing.T) {
 
 // TestAttackUnauthenticatedHolds plays callers without a token that only
 // hold things: health Watch streams by the hundred from many connections,
-// of which a caller keeps --max-watches-per-caller; connections beyond
-// --max-connections-per-source, reset as they are accepted; and idle
-// connections that send the HTTP/2 preface and nothing else, closed once
-// --auth-timeout has passed, while one that watches health stays.
+// of which a caller keeps --max-watches-per-caller; and idle connections
+// that send the HTTP/2 preface and nothing else, beyond
+// --max-connections-per-source, each taking the place of the oldest
+// unauthenticated one, and closed once --auth-timeout has passed, while
+// one that watches health stays, and an authenticated caller's connection
+// from the same address is never evicted.
 func TestAttackUnauthenticatedHolds(t *testing.T) {
 	t.Parallel()
 	v := startVictim(t, "--auth-timeout=1s", "--max-connections-per-source=60")
@@ -345,28 +385,31 @@ func TestAttackUnauthenticatedHolds(t *testing.T) {
 		// counted with these.
 		v := startVictim(t, "--auth-timeout=1s", "--max-connections-per-source=60")
 		// The attacker's connections come from an address of their own,
-		// 127.0.0.2, so that the victim's client is not counted with them.
+		// 127.0.0.2, so that the victim's client is not counted with them;
+		// a caller that authenticated comes from there too.
 		dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-		var hs []*probetest.H2
-		reset := 0
-		for range 80 {
+		open := func() *probetest.H2 {
 			conn, err := dialer.Dial("tcp", v.Addr)
-			var h *probetest.H2
-			if err == nil {
-				h, err = probetest.NewH2(t, conn)
-			}
-			if errors.Is(err, syscall.ECONNRESET) {
-				reset++
-				continue
-			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			hs = append(hs, h)
+			h, err := probetest.NewH2(t, conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return h
 		}
-		// The watcher's connection stays past the auth timeout: its
+		caller := open()
+		authenticate(t, caller)
+		// 80 idle connections: once the source's 60 places are taken, each
+		// new one takes the place of the oldest unauthenticated one.
+		var flood []*probetest.H2
+		for range 80 {
+			flood = append(flood, open())
+		}
+		// The watcher, the newest, stays past the auth timeout: its
 		// stream is running.
-		watcher := hs[0]
+		watcher := open()
 		id, err := watcher.Open(probetest.Request(healthpb.Health_Watch_FullMethodName), false)
 		if err == nil {
 			err = watcher.Data(id, probetest.Message(0, nil), true)
@@ -379,17 +422,20 @@ func TestAttackUnauthenticatedHolds(t *testing.T) {
 		}
 		probetest.Eventually(t, func() bool { return watcher.Replied(id) }, func() string { return "the watcher got no health status" })
 		start := time.Now()
-		cut := 0
-		for _, h := range hs[1:] {
+		cut, evicted := 0, 0
+		for i, h := range flood {
 			select {
 			case <-h.Closed:
 			case <-time.After(probetest.Timeout):
-				t.Fatal("an idle unauthenticated connection is still open")
+				t.Fatalf("idle unauthenticated connection %d is still open", i)
 			}
 			switch g := h.GoAwayFrame(); {
 			case g == nil:
-				// Reset as it was accepted, after the preface was sent.
-				reset++
+				// Reset to make room for a newer one.
+				evicted++
+				if i >= 22 {
+					t.Errorf("connection %d of 80 was evicted, want the 22 oldest", i)
+				}
 			case g.Code == http2.ErrCodeEnhanceYourCalm && g.Debug == "no authenticated call in time":
 				cut++
 			default:
@@ -397,16 +443,21 @@ func TestAttackUnauthenticatedHolds(t *testing.T) {
 			}
 		}
 		t.Logf("idle connections closed after %v", time.Since(start))
-		if cut != 59 || reset != 20 {
-			t.Errorf("%d connections cut after the auth timeout and %d reset as they were accepted, want 59 and 20", cut, reset)
+		// 59 places for the flood beside the caller's, then the
+		// watcher's: 22 evicted, 58 cut.
+		if cut != 58 || evicted != 22 {
+			t.Errorf("%d connections cut after the auth timeout and %d evicted, want 58 and 22", cut, evicted)
 		}
 		if !watcher.Ping() {
 			t.Errorf("the watcher's connection was closed too: %+v", watcher.GoAwayFrame())
 		}
+		if !caller.Ping() {
+			t.Errorf("the authenticated caller's connection was closed: %+v", caller.GoAwayFrame())
+		}
 		m := scrape(t, "http://"+v.MetricsAddr+"/metrics")
 		// The victim's own client, which made a health check only, was
 		// cut too, before the others.
-		for reason, want := range map[string]float64{"unauthenticated_idle": 59 + 1, "connections_per_source": 20} {
+		for reason, want := range map[string]float64{"unauthenticated_idle": 58 + 1, "evicted": 22, "connections_per_source": 0} {
 			if n, _ := metricValue(m["netprobe_transport_refusals_total"], map[string]string{"reason": reason}); n != want {
 				t.Errorf("netprobe_transport_refusals_total{reason=%q} = %v, want %v", reason, n, want)
 			}

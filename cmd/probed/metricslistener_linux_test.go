@@ -69,12 +69,14 @@ func healthy(conns []net.Conn) []net.Conn {
 }
 
 // TestMetricsConnectionCaps floods the metrics listener with connections
-// from two sources, under a cap of 64 connections, 48 from one source:
-// the first source holds 48 and the second the 16 left, every other one
-// is closed as it is accepted, gRPC serves meanwhile, and the idle
-// timeout closes the keep-alive connections, giving their places back.
-// (Before, 5,000 connections were held open and, with 1,024 file
-// descriptors, probes and scrapes failed.)
+// that send nothing, from two sources, under a cap of 64 connections, 48
+// from one source: each new connection takes the place of the oldest
+// that waits (of its own source when that is full), so the newest 64 are
+// served, 48 of the second source's and the last 16 of the first's; gRPC
+// serves meanwhile; and the idle timeout closes the keep-alive
+// connections, giving their places back. (Before, 5,000 connections were
+// held open and, with 1,024 file descriptors, probes and scrapes failed;
+// then the first 64 held their places against everyone after them.)
 func TestMetricsConnectionCaps(t *testing.T) {
 	t.Parallel()
 	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0",
@@ -85,8 +87,8 @@ func TestMetricsConnectionCaps(t *testing.T) {
 	a := dialFrom(t, "127.0.0.1", p.MetricsAddr, 100)
 	b := dialFrom(t, "127.0.0.2", p.MetricsAddr, 100)
 	heldA, heldB := healthy(a), healthy(b)
-	if len(heldA) != 48 || len(heldB) != 16 {
-		t.Errorf("connections answered: %d from 127.0.0.1, %d from 127.0.0.2; want 48 (its cap) and 16 (the rest of the total)", len(heldA), len(heldB))
+	if len(heldA) != 16 || len(heldB) != 48 || heldA[0] != a[84] || heldB[0] != b[52] {
+		t.Errorf("connections answered: %d from 127.0.0.1, %d from 127.0.0.2; want the newest: 16 and 48 (its cap)", len(heldA), len(heldB))
 	}
 	live := probetest.Listen(t, "127.0.0.1:0", nil)
 	if _, err := client.New(dial(t, p.Addr)).Connect(probetest.Context(t), "tcp", live.Addr(), client.ConnectOptions{}); err != nil {
@@ -98,7 +100,7 @@ func TestMetricsConnectionCaps(t *testing.T) {
 		}
 	}
 	m := scrape(t, "http://"+p.MetricsAddr+"/metrics")
-	for limit, want := range map[string]float64{"metrics_connections_per_source": 52, "metrics_connections": 84} {
+	for limit, want := range map[string]float64{"metrics_evicted": 136, "metrics_connections_per_source": 0, "metrics_connections": 0} {
 		if got, _ := metricValue(m["netprobe_limit_refusals_total"], map[string]string{"limit": limit}); got != want {
 			t.Errorf("netprobe_limit_refusals_total{limit=%q} = %v, want %v", limit, got, want)
 		}

@@ -23,7 +23,6 @@ import (
 // HTTP/2 framing, as far as the connection guard needs it (RFC 9113).
 const (
 	frameHeaderLen = 9
-	frameData      = 0x0
 	frameHeaders   = 0x1
 	frameRSTStream = 0x3
 	frameGoAway    = 0x7
@@ -32,10 +31,10 @@ const (
 	errEnhanceYourCalm = 0xb
 )
 
-// An unauthenticated connection's data: a burst of unknownDataBurst bytes,
-// unknownDataRefill more a second. Health checks, the only calls such a
-// connection may make when tokens are required, take a few dozen bytes
-// each.
+// An unauthenticated connection's bytes, frames of every kind: a burst of
+// unknownDataBurst, unknownDataRefill more a second. Health checks, the
+// only calls such a connection may make when tokens are required, take a
+// few dozen bytes each.
 const (
 	unknownDataBurst  = 16 << 10
 	unknownDataRefill = 1 << 10
@@ -98,12 +97,12 @@ func (g *guardedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 		return nil, nil, err
 	}
 	now := time.Now()
-	gc := &guardedConn{Conn: conn, creds: g, tokens: g.Burst, last: now, rframes: frameScanner{skip: len(clientPreface)},
+	gc := &guardedConn{Conn: conn, raw: raw, creds: g, tokens: g.Burst, last: now, rframes: frameScanner{skip: len(clientPreface)},
 		dataTokens: unknownDataBurst, dataLast: now}
 	gc.lastStream.Store(now.UnixNano())
 	if ti, ok := info.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
 		// A verified client certificate has named the caller already.
-		gc.known.Store(true)
+		gc.markKnown()
 	} else {
 		gc.authTimer = time.AfterFunc(g.AuthTimeout, gc.checkAuth)
 	}
@@ -141,6 +140,8 @@ func AuthInfo(info credentials.AuthInfo) credentials.AuthInfo {
 // more data than its budget, or stays idle past the auth timeout.
 type guardedConn struct {
 	net.Conn
+	// raw is the connection as the listener gave it, under TLS if any.
+	raw   net.Conn
 	creds *guardedCreds
 
 	// Read side: only the goroutine reading the connection (gRPC's
@@ -198,6 +199,11 @@ func (c *guardedConn) Read(p []byte) (int, error) {
 		c.chargeUnknownData()
 	}
 	n, err := c.Conn.Read(p)
+	if !c.known.Load() {
+		// Every byte counts, headers and control frames too: a health
+		// check's few dozen bytes each fit the budget many times over.
+		c.unknownData += n
+	}
 	c.scanRead(p[:n])
 	if cut := c.cutErr.Load(); cut != nil {
 		// What was read with the frame that broke the budget is dropped:
@@ -229,10 +235,6 @@ func (c *guardedConn) chargeUnknownData() {
 func (c *guardedConn) scanRead(b []byte) {
 	c.rframes.scan(b, func(typ byte, length int, id uint32) {
 		switch typ {
-		case frameData:
-			if !c.known.Load() {
-				c.unknownData += length
-			}
 		case frameHeaders:
 			c.readID = max(c.readID, id)
 		case frameRSTStream:
@@ -314,8 +316,16 @@ func (c *guardedConn) cut(reason string, why error) {
 // now on its data is charged to callers by the limits, not to the
 // connection, and it may stay open idle.
 func (c *guardedConn) markKnown() {
-	if !c.known.Swap(true) && c.authTimer != nil {
+	if c.known.Swap(true) {
+		return
+	}
+	if c.authTimer != nil {
 		c.authTimer.Stop()
+	}
+	// A listener that makes room by closing connections that have
+	// nothing to lose (admission.ConnLimiter) keeps this one now.
+	if e, ok := c.raw.(interface{ SetEvictable(bool) }); ok {
+		e.SetEvictable(false)
 	}
 }
 

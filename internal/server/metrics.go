@@ -62,11 +62,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"rule"}),
 		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_limit_refusals_total",
-			Help: "Calls refused with RESOURCE_EXHAUSTED, scrapes of /probe with 429, and on the metrics listener basic auth attempts (429) and connections (closed as accepted), by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller, watches_per_caller, watches, sweeps_per_caller, sweeps, basic_auth, metrics_connections, metrics_connections_per_source).",
+			Help: "Calls refused with RESOURCE_EXHAUSTED, scrapes of /probe with 429, and on the metrics listener basic auth attempts (429) and connections (closed as accepted, or evicted to make room), by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller, watches_per_caller, watches, sweeps_per_caller, sweeps, basic_auth, metrics_connections, metrics_connections_per_source, metrics_evicted).",
 		}, []string{"limit"}),
 		transportRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_transport_refusals_total",
-			Help: "Calls refused as their stream opened (unauthenticated); connections closed as they were accepted (connections, connections_per_source: over the caps); and connections closed with a GOAWAY (stream_resets: too many streams reset or refused; unauthenticated_idle: no authenticated call within the auth timeout; unauthenticated_data: more data than health checks take before authenticating).",
+			Help: "Calls refused for want of a valid token, gRPC and HTTP (unauthenticated); connections closed as they were accepted (connections, connections_per_source: over the caps, with none to evict), or to make room for a new one (evicted: unauthenticated ones, the oldest first); and connections closed with a GOAWAY (stream_resets: too many streams reset or refused; unauthenticated_idle: no authenticated call within the auth timeout; unauthenticated_data: more data than health checks take before authenticating).",
 		}, []string{"reason"}),
 		metricsConnections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "netprobe_metrics_connections",
@@ -75,10 +75,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	// Every known label starts at zero, so that a rate() sees the first.
 	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate", "reads_per_caller", "watches_per_caller", "watches",
-		"sweeps_per_caller", "sweeps", "basic_auth", "metrics_connections", "metrics_connections_per_source"} {
+		"sweeps_per_caller", "sweeps", "basic_auth", "metrics_connections", "metrics_connections_per_source", "metrics_evicted"} {
 		m.limitRefusals.WithLabelValues(l)
 	}
-	for _, r := range []string{"unauthenticated", "stream_resets", "connections", "connections_per_source", "unauthenticated_idle", "unauthenticated_data"} {
+	for _, r := range []string{"unauthenticated", "stream_resets", "connections", "connections_per_source", "evicted", "unauthenticated_idle", "unauthenticated_data"} {
 		m.transportRefusals.WithLabelValues(r)
 	}
 	reg.MustRegister(m.probes, m.phases, m.bytes, m.inFlight, m.connections, m.policyRefusals, m.limitRefusals, m.transportRefusals, m.metricsConnections,

@@ -71,6 +71,17 @@ func (s *Server) NewMetricsServer(ctx context.Context) *MetricsServer {
 		MaxHeaderBytes: metricsMaxHeaderBytes,
 		BaseContext:    func(net.Listener) context.Context { return m.ctx },
 		ConnContext:    m.connContext,
+		// A keep-alive connection waiting idle between requests may be
+		// closed to make room for a new one when the connection caps are
+		// full (admission.ConnLimiter); one serving a request may not.
+		ConnState: func(c net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateActive:
+				admission.SetEvictable(c, false)
+			case http.StateIdle:
+				admission.SetEvictable(c, true)
+			}
+		},
 	}
 	return m
 }
