@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -311,7 +312,6 @@ func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
 		}
 		conn.Close()
 	}
-	cancel()
 	elapsed := time.Since(start)
 	resp.TotalDuration = durationpb.New(elapsed)
 	failure := resp.Error
@@ -321,6 +321,8 @@ func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
 			failure = sum.Error
 		}
 	}
+	markCut(pctx, failure)
+	cancel()
 	sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Summary: sum, Error: failure, Duration: elapsed})
 	// A probe that failed as the sweep ended was cut short by it; one that
 	// worked is a result whenever it came.
@@ -335,6 +337,14 @@ const sweepDialogueBytes = expectWindow
 func (sw *sweep) dialogue(ctx context.Context, conn net.Conn, job sweepJob, t target, tp *tlsParams, start time.Time) *netprobev1.FetchSummary {
 	sum := &netprobev1.FetchSummary{}
 	deadline, _ := ctx.Deadline()
+	// A Cut, or a caller who left, ends the dialogue at once: the deadline
+	// alone would let it wait out its timeout, past the drain's grace.
+	stop := context.AfterFunc(ctx, func() {
+		if !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			conn.Close()
+		}
+	})
+	defer stop()
 	f := &fetch{fetchParams: &fetchParams{target: t, maxBytes: sweepDialogueBytes, tls: tp, steps: job.steps}, ctx: ctx, conn: conn, emit: discard, start: start, deadline: deadline, sum: sum}
 	if err := f.conn.SetDeadline(deadline); err == nil {
 		if matched, _ := f.dialogue(); matched {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -888,6 +889,102 @@ func TestDrainSweep(t *testing.T) {
 	case <-time.After(probetest.Timeout):
 		t.Fatal("probed did not exit")
 	}
+}
+
+// TestSweepDialogueEnds runs Sweeps whose entries expect what a silent
+// target never sends, with a probe timeout far past the test's: a caller
+// who leaves has their probes' connections closed at once, and SIGTERM
+// ends the probes running as the grace period ends, reported abandoned
+// with SERVER_SHUTDOWN in the audit, and probed exits within its grace.
+// (The dialogue waited out its timeout, past the grace.)
+func TestSweepDialogueEnds(t *testing.T) {
+	t.Parallel()
+	// The target holds every connection, saying nothing, until the test
+	// ends.
+	hold := make(chan struct{})
+	silent := probetest.Listen(t, "127.0.0.1:0", func(net.Conn) { <-hold })
+	t.Cleanup(func() { close(hold) })
+	targets := make([]client.SweepTarget, 4)
+	for i := range targets {
+		targets[i] = client.SweepTarget{Network: "tcp", Address: silent.Addr(), Steps: []client.Step{client.Expect("^220 ")}}
+	}
+	opts := client.SweepOptions{Concurrency: 4, Timeout: time.Minute}
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--shutdown-grace=2s"))
+	c, err := client.Dial(p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	t.Run("caller leaves", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(probetest.Context(t))
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range c.Sweep(ctx, targets, opts) {
+			}
+		}()
+		waitInFlight(t, p, 4)
+		cancel()
+		<-done
+		// The probes end as their caller left, not at their timeout, nor
+		// at the next of their reads' idle deadlines (some seconds on).
+		var n float64
+		probetest.EventuallyWithin(t, time.Second, func() bool {
+			n, _ = metricValue(scrape(t, "http://"+p.MetricsAddr+"/metrics")["netprobe_probes_in_flight"], nil)
+			return n == 0
+		}, func() string { return fmt.Sprintf("%v probes in flight a second after their caller left, want 0", n) })
+	})
+
+	t.Run("drain", func(t *testing.T) {
+		results := map[int]*client.SweepResult{}
+		var sweepErr error
+		swept := make(chan struct{})
+		go func() {
+			defer close(swept)
+			for r, err := range c.Sweep(probetest.Context(t), targets, opts) {
+				if err != nil {
+					sweepErr = err
+					return
+				}
+				results[r.Index] = r
+			}
+		}()
+		waitInFlight(t, p, 4)
+		signalled := time.Now()
+		if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		<-swept
+		if sweepErr != nil {
+			t.Errorf("the Sweep ended with %v, want a clean end", sweepErr)
+		}
+		for i := range targets {
+			if r := results[i]; r == nil || !r.Abandoned {
+				t.Errorf("target %d: %+v, want abandoned", i, r)
+			}
+		}
+		select {
+		case err := <-p.Exited:
+			if err != nil {
+				t.Errorf("probed exited with %v, want 0", err)
+			}
+		case <-time.After(probetest.Timeout):
+			t.Fatal("probed did not exit")
+		}
+		if took := time.Since(signalled); took > 4*time.Second {
+			t.Errorf("probed took %v to exit, past its 2 s grace", took)
+		}
+		cut := 0
+		for _, line := range p.Audit() {
+			if line["method"] == "Sweep" && line["reason"] == "REASON_SERVER_SHUTDOWN" {
+				cut++
+			}
+		}
+		if cut != len(targets) {
+			t.Errorf("%d probes audited SERVER_SHUTDOWN, want %d", cut, len(targets))
+		}
+	})
 }
 
 // TestDrainSweepStartsNothing sends SIGTERM during a Sweep whose probes
