@@ -220,6 +220,28 @@ func TestBasicAuthFlood(t *testing.T) {
 	if !strings.Contains(string(b), fmt.Sprintf("netprobe_limit_refusals_total{limit=\"basic_auth\"} %d\n", codes[http.StatusTooManyRequests])) {
 		t.Errorf("no netprobe_limit_refusals_total{limit=\"basic_auth\"} %d in\n%s", codes[http.StatusTooManyRequests], b)
 	}
+
+	// Many sources, each within its own budget: all of them together get
+	// a handful of hashes a second, not each its five. (Before, 40
+	// addresses of 5 guesses cost 200 bcrypts, 11.6 s of CPU.)
+	codes = map[int]int{}
+	before = processCPU(t, pid)
+	for i := range 40 {
+		for range 5 {
+			codes[get(fmt.Sprintf("127.0.1.%d", i+1), "guess")]++
+		}
+	}
+	spent = processCPU(t, pid) - before
+	t.Logf("40 addresses of 5 wrong passwords: %v, probed's CPU %v", codes, spent)
+	if checked := codes[http.StatusUnauthorized]; checked > 20 || checked+codes[http.StatusTooManyRequests] != 200 {
+		t.Errorf("200 wrong passwords from 40 addresses answered %v; want at most 20 checked (401), the rest refused unchecked (429)", codes)
+	}
+	if spent > 30*hashCost {
+		t.Errorf("200 wrong passwords from 40 addresses cost probed %v of CPU, more than 30 bcrypts (%v each)", spent, hashCost)
+	}
+	if code := get("127.0.0.1", "scrape-secret"); code != http.StatusOK {
+		t.Errorf("the right password, known, after the flood: %d, want 200", code)
+	}
 }
 
 // TestDrainCutsScrapes sends SIGTERM with two scrapes whose probes never

@@ -12,6 +12,9 @@ import (
 	"context"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Limits are what a caller may do at once; see server.Config, which
@@ -46,7 +49,11 @@ type Admission struct {
 	rates    *rateLimiter
 	scrapes  *rateLimiter
 	guesses  *rateLimiter
-	reads    *gate
+	// allGuesses is every source's guesses together: a source's budget
+	// alone lets many sources (an IPv6 /48 holds 65,536 /64s) hash as
+	// much as they like.
+	allGuesses *rate.Limiter
+	reads      *gate
 	watches  *gate
 	sweeps   *gate
 }
@@ -65,6 +72,7 @@ func New(tokensFile string, l Limits, m Metrics) (*Admission, error) {
 	a.rates = newRateLimiter("rate", l.Rate, l.Burst, a.refused)
 	a.scrapes = newRateLimiter("scrape_rate", l.ScrapeRate, l.ScrapeBurst, a.refused)
 	a.guesses = newRateLimiter("basic_auth", BasicAuthRate, basicAuthBurst, a.refused)
+	a.allGuesses = rate.NewLimiter(allGuessesRate, allGuessesBurst)
 	a.reads = newGate("requests being read", "reads_per_caller", l.MaxReadsPerCaller, "", 0, a.refused)
 	a.watches = newGate("streams open (health Watch, reflection)", "watches_per_caller", l.MaxWatchesPerCaller, "watches", l.MaxWatches, a.refused)
 	a.sweeps = newGate("Sweeps running", "sweeps_per_caller", l.MaxSweepsPerCaller, "sweeps", l.MaxSweeps, a.refused)
@@ -77,13 +85,16 @@ var Labels = []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate"
 	"watches_per_caller", "watches", "sweeps_per_caller", "sweeps", "basic_auth"}
 
 // The budget of basic auth attempts each source has (an IPv4 address or
-// IPv6 /64): exporter-toolkit checks a password it has not seen with
-// bcrypt, 50 to 100 ms of CPU each, and a flood of wrong ones would
-// otherwise cost a core. basicAuthBurst attempts at once, then one every
-// 1/BasicAuthRate seconds.
+// IPv6 /64), and all sources together: exporter-toolkit checks a password
+// it has not seen with bcrypt, 50 to 100 ms of CPU each, and a flood of
+// wrong ones would otherwise cost a core. basicAuthBurst attempts at
+// once, then one every 1/BasicAuthRate seconds, for each source; at most
+// allGuessesRate a second for all of them, a tenth of a CPU.
 const (
-	basicAuthBurst = 5
-	BasicAuthRate  = 0.2
+	basicAuthBurst  = 5
+	BasicAuthRate   = 0.2
+	allGuessesRate  = 1
+	allGuessesBurst = 10
 )
 
 func (a *Admission) refused(limit string) { a.metrics.Refusals.WithLabelValues(limit).Inc() }
@@ -146,7 +157,14 @@ func (a *Admission) Admit(ctx context.Context, k Kind) (release func(), err erro
 	case Watch:
 		return a.watches.acquire(ctx)
 	case Guess:
-		return func() {}, a.guesses.Limit(ctx)
+		if err := a.guesses.Limit(ctx); err != nil {
+			return nil, err
+		}
+		if !a.allGuesses.Allow() {
+			a.refused("basic_auth")
+			return nil, status.Error(codes.ResourceExhausted, "too many basic auth attempts from everywhere; try again later")
+		}
+		return func() {}, nil
 	default:
 		return a.reads.acquire(ctx)
 	}
