@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -270,7 +271,7 @@ func authenticate(t *testing.T, h *probetest.H2) {
 // TestAttackSweepRequests opens, with a token, four connections of 50
 // Sweep streams each, every one sending all but the last byte of a 1 MiB
 // request: a caller's Sweeps are admitted before their requests are read,
-// so the server reads --max-sweeps-per-caller of them and refuses the
+// so the server reads --max-sweeps-per-caller (4) of them and refuses the
 // rest, whose requests it never holds.
 func TestAttackSweepRequests(t *testing.T) {
 	t.Parallel()
@@ -315,19 +316,78 @@ func TestAttackSweepRequests(t *testing.T) {
 		for _, h := range hs {
 			refused += h.Statuses()[int(codes.ResourceExhausted)]
 		}
-		return refused >= conns*streams-8
-	}, func() string { return fmt.Sprintf("%d Sweeps refused, want %d", refused, conns*streams-8) })
+		return refused >= conns*streams-4
+	}, func() string { return fmt.Sprintf("%d Sweeps refused, want %d", refused, conns*streams-4) })
 	wg.Wait()
 	v.grew(t, base)
-	if full > 8 {
-		t.Errorf("the server read %d partial 1 MiB Sweep requests at once, want at most --max-sweeps-per-caller (8)", full)
+	if full > 4 {
+		t.Errorf("the server read %d partial 1 MiB Sweep requests at once, want at most --max-sweeps-per-caller (4)", full)
 	}
 	for _, h := range hs {
-		if m := h.Messages()[int(codes.ResourceExhausted)]; m != "alice has 8 Sweeps running, its maximum" {
+		if m := h.Messages()[int(codes.ResourceExhausted)]; m != "alice has 4 Sweeps running, its maximum" {
 			t.Errorf("refusal %q", m)
 		}
 		h.Close()
 	}
+	v.settles(t, base, 4<<20)
+}
+
+// TestAttackSweepDecoding sends, with a token, four Sweeps of 8,000
+// targets whose entries each hold 22 empty sends and an expect: a request
+// of 1 MB that would decode into 45 MB. Each is refused before it is
+// decoded, over the messages a request may hold. (Four of them once
+// grew probed by 190 MiB, and 32 by 5.7 GiB.)
+func TestAttackSweepDecoding(t *testing.T) {
+	t.Parallel()
+	v := startVictim(t)
+	base := v.footprint(t)
+	req := &netprobev1.SweepRequest{}
+	for range 8000 {
+		st := &netprobev1.SweepTarget{Target: &netprobev1.Target{Host: "192.0.2.1", Port: 25}}
+		for range 22 {
+			st.Steps = append(st.Steps, &netprobev1.Step{Action: &netprobev1.Step_Send{}})
+		}
+		st.Steps = append(st.Steps, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: "x"}})
+		req.Targets = append(req.Targets, st)
+	}
+	body, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := hpack.HeaderField{Name: "authorization", Value: "Bearer " + aliceToken}
+	h := probetest.DialH2(t, v.Addr)
+	var wg sync.WaitGroup
+	for range 4 {
+		id, err := h.Open(probetest.Request(netprobev1.ProbeService_Sweep_FullMethodName, token), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			_, err := h.Send(id, probetest.Message(uint32(len(body)), body))
+			if err == nil {
+				// The request is whole: gRPC reads on to its end.
+				err = h.Data(id, nil, true)
+			}
+			if err == nil {
+				err = h.Flush()
+			}
+			if err != nil {
+				t.Errorf("stream %d: %v", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	probetest.Eventually(t, func() bool { return h.Statuses()[int(codes.ResourceExhausted)] == 4 }, func() string {
+		return fmt.Sprintf("answers %v (%v), want 4 RESOURCE_EXHAUSTED", h.Statuses(), h.Messages())
+	})
+	if m := h.Messages()[int(codes.ResourceExhausted)]; !strings.Contains(m, "more messages than this server decodes") {
+		t.Errorf("refusal %q", m)
+	}
+	v.grew(t, base)
+	h.Close()
 	v.settles(t, base, 4<<20)
 }
 

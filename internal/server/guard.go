@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"runtime/debug"
 	"slices"
@@ -140,13 +141,17 @@ func (g *guard) refusing(ctx context.Context, k admission.Kind) (release func(),
 // decode reads a request with dec. A request that is not a valid message
 // is the caller's error, INVALID_ARGUMENT (the server's codec reports it
 // through wire.DecodeError, since gRPC would answer INTERNAL); one over
-// limit bytes (none when limit is 0) is RESOURCE_EXHAUSTED, as gRPC
-// answers a message over its own cap.
+// limit bytes (none when limit is 0), or that would decode into more
+// messages than the codec decodes, is RESOURCE_EXHAUSTED, as gRPC answers
+// a message over its own cap.
 func decode(dec func(any) error, m any, limit int) error {
 	if err := dec(m); err != nil {
 		return err
 	}
-	if err := wire.DecodeError(m); err != nil {
+	switch err := wire.DecodeError(m); {
+	case errors.Is(err, wire.ErrTooManyMessages):
+		return status.Errorf(codes.ResourceExhausted, "the request holds more messages than this server decodes (%d, nested ones included)", wire.MaxRequestMessages)
+	case err != nil:
 		return status.Errorf(codes.InvalidArgument, "the request is not a valid message: %v", err)
 	}
 	if pm, ok := m.(proto.Message); ok && limit > 0 {

@@ -134,15 +134,32 @@ type ServerCodec struct{ Codec }
 // failed to fill, until DecodeError takes it.
 var decodeErrors sync.Map
 
-// Unmarshal implements encoding.CodecV2.
+// Unmarshal implements encoding.CodecV2. A request that would decode into
+// more than MaxRequestMessages messages is not decoded at all:
+// ErrTooManyMessages.
 func (c ServerCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	err := c.Codec.Unmarshal(data, v)
-	if m, ok := v.(proto.Message); ok && err != nil {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return c.Codec.Unmarshal(data, v)
+	}
+	var b []byte
+	if len(data) == 1 {
+		// A message that came in one buffer is read where it lies.
+		b = data[0].ReadOnlyData()
+	} else {
+		buf := data.MaterializeToBuffer(Pool)
+		defer buf.Free()
+		b = buf.ReadOnlyData()
+	}
+	_, err := countMessages(b, m.ProtoReflect().Descriptor(), MaxRequestMessages)
+	if err == nil {
+		err = proto.Unmarshal(b, m)
+	}
+	if err != nil {
 		proto.Reset(m)
 		decodeErrors.Store(v, err)
-		return nil
 	}
-	return err
+	return nil
 }
 
 // DecodeError returns, once, why ServerCodec could not unmarshal into v;
