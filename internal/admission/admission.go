@@ -54,8 +54,8 @@ type Admission struct {
 	// much as they like.
 	allGuesses *rate.Limiter
 	reads      *gate
-	watches  *gate
-	sweeps   *gate
+	watches    *gate
+	sweeps     *gate
 }
 
 // New returns the admission of callers named by the tokens of tokensFile
