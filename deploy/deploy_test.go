@@ -121,7 +121,7 @@ func TestSystemd(t *testing.T) {
 		t.Fatal("no ExecStart")
 	}
 	checkFlags(t, "ExecStart", strings.Fields(m[2]), probedFlags(t))
-	for _, want := range []string{"DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n"} {
+	for _, want := range []string{"User=probed", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n"} {
 		if !strings.Contains(unit, want) {
 			t.Errorf("the unit lacks %q", strings.TrimSpace(want))
 		}

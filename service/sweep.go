@@ -239,13 +239,18 @@ func (sw *sweep) over() bool {
 // probe's result. It has the first probe's place (release); each further
 // target of an expanded entry waits for one of its own.
 func (sw *sweep) entry(job sweepJob, release func()) {
+	start := time.Now()
 	targets, perr := sw.s.expand(sw.ctx, job)
 	if perr != nil {
 		release()
+		// An entry whose expansion failed is a probe that failed at its
+		// lookup: audited and counted like one.
+		resp := &netprobev1.ConnectResponse{Error: perr}
+		sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: job.asked, Connect: resp, Error: perr, Duration: time.Since(start)})
 		sw.results <- &netprobev1.SweepResponse{
 			Index:     job.index,
 			Target:    job.asked,
-			Connect:   &netprobev1.ConnectResponse{Error: perr},
+			Connect:   resp,
 			Abandoned: sw.over(),
 		}
 		return

@@ -1,12 +1,16 @@
 package service_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,7 +161,10 @@ func TestSweepCancel(t *testing.T) {
 // result.
 func TestSweepExpand(t *testing.T) {
 	t.Parallel()
-	e := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.3"))
+	var audit lockedBuffer
+	e := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.3"), probetest.WithConfig(func(c *server.Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&audit, nil))
+	}))
 	up := probetest.Listen(t, "127.0.0.1:0", nil)
 	port := up.Port()
 	e.DNS.SetAddrs("two.test", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"))
@@ -194,6 +201,29 @@ func TestSweepExpand(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("results\n%v\nwant\n%v", got, want)
 	}
+	// Every result is a probe, audited once: the entry whose expansion
+	// failed too.
+	if n := strings.Count(audit.String(), `"msg":"probe","method":"Sweep"`); n != len(want) {
+		t.Errorf("%d audit lines, want %d:\n%s", n, len(want), audit.String())
+	}
+}
+
+// lockedBuffer is a buffer a log written from many goroutines can share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestSweepValidation(t *testing.T) {

@@ -81,6 +81,11 @@ func TestOneAdmission(t *testing.T) {
 		noCN := clientCA.Issue(t, "", false, func(c *x509.Certificate) {
 			c.Subject = pkix.Name{Organization: []string{"netprobe"}, OrganizationalUnit: []string{"ops"}}
 		})
+		// It would come before the serving line, which StartProbed waits
+		// for.
+		if p.Logged(metricsOpenWarning) != 0 {
+			t.Error("probed warned that the metrics listener is open, when its web configuration wants client certificates")
+		}
 		for _, tc := range []struct {
 			name  string
 			creds credentials
@@ -94,6 +99,24 @@ func TestOneAdmission(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) { ways.check(t, tc.creds, tc.want) })
 		}
 	})
+}
+
+// metricsOpenWarning is what probed logs when mutual TLS guards gRPC and
+// nothing guards the metrics listener.
+const metricsOpenWarning = "the metrics listener (/probe, /metrics, the page) is open to whoever reaches it: --tls-client-ca guards gRPC only; give it client certificates or users in --web-config-file, or require --tokens-file"
+
+// TestMutualTLSAloneWarns starts probed with mutual TLS on gRPC and no
+// web configuration: it says at start that the metrics listener is open,
+// which a user reading "mutual TLS" would not expect.
+func TestMutualTLSAloneWarns(t *testing.T) {
+	t.Parallel()
+	ca := probetest.NewCA(t)
+	certFile, keyFile := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, "probed", true))
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--tls-cert="+certFile, "--tls-key="+keyFile,
+		"--tls-client-ca="+ca.WriteFile(t, t.TempDir())))
+	if !p.WaitLog(metricsOpenWarning) {
+		t.Error("no warning that the metrics listener is open")
+	}
 }
 
 // ways are the two ways into one probed.

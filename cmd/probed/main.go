@@ -228,6 +228,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		defer servePprof(pprofLis, logger)()
 		attrs = append(attrs, "pprof_addr", pprofLis.Addr().String())
 	}
+	if metricsLis != nil && cfg.TLSClientCA != "" && cfg.TokensFile == "" && cfg.WebConfigFile == "" {
+		// Mutual TLS reads as if it closed probed to strangers: it closes
+		// the gRPC port only.
+		logger.Warn("the metrics listener (/probe, /metrics, the page) is open to whoever reaches it: --tls-client-ca guards gRPC only; give it client certificates or users in --web-config-file, or require --tokens-file", "metrics_addr", metricsLis.Addr().String())
+	}
 	logger.Info("serving", attrs...)
 	logger.Info("target policy", "rules", srv.PolicyRules())
 

@@ -104,7 +104,7 @@ type Config struct {
 	// MaxWatchesPerCaller caps the streams one caller holds open that are
 	// not probes (health Watch, reflection), and MaxWatches those of all
 	// callers.
-	MaxWatchesPerCaller int `flag:"max-watches-per-caller" env:"NETPROBE_MAX_WATCHES_PER_CALLER" default:"16" group:"Limits" help:"Most streams one caller may hold open that are not probes: health Watch, reflection (an idle grpcurl session holds one); more are RESOURCE_EXHAUSTED."`
+	MaxWatchesPerCaller int `flag:"max-watches-per-caller" env:"NETPROBE_MAX_WATCHES_PER_CALLER" default:"16" group:"Limits" help:"Most streams one caller may hold open that are not probes: health Watch, reflection (a grpcurl holds a reflection stream for as long as it runs, and a grpcurl watching health two); more are RESOURCE_EXHAUSTED."`
 	MaxWatches          int `flag:"max-watches" env:"NETPROBE_MAX_WATCHES" default:"1024" group:"Limits" help:"Most streams all callers together may hold open that are not probes; more are RESOURCE_EXHAUSTED."`
 	// MaxConnections caps the gRPC connections served at once, and
 	// MaxConnectionsPerSource those from one IPv4 address or IPv6 /64;
