@@ -941,14 +941,7 @@ func TestDrainSweep(t *testing.T) {
 	if started != 4 {
 		t.Errorf("%d probes started, want the 4 running at SIGTERM", started)
 	}
-	select {
-	case err := <-p.Exited:
-		if err != nil {
-			t.Errorf("probed exited with %v, want 0", err)
-		}
-	case <-time.After(probetest.Timeout):
-		t.Fatal("probed did not exit")
-	}
+	waitExit(t, p)
 }
 
 // TestSweepDialogueEnds runs Sweeps whose entries expect what a silent
@@ -1024,14 +1017,7 @@ func TestSweepDialogueEnds(t *testing.T) {
 				t.Errorf("target %d: %+v, want abandoned", i, r)
 			}
 		}
-		select {
-		case err := <-p.Exited:
-			if err != nil {
-				t.Errorf("probed exited with %v, want 0", err)
-			}
-		case <-time.After(probetest.Timeout):
-			t.Fatal("probed did not exit")
-		}
+		waitExit(t, p)
 		if took := time.Since(signalled); took > 4*time.Second {
 			t.Errorf("probed took %v to exit, past its 2 s grace", took)
 		}
@@ -1095,12 +1081,5 @@ func TestDrainSweepStartsNothing(t *testing.T) {
 	if started > 8 || started+abandoned < 100 {
 		t.Errorf("%d probes started, %d abandoned; want at most 8 started and the rest abandoned", started, abandoned)
 	}
-	select {
-	case err := <-p.Exited:
-		if err != nil {
-			t.Errorf("probed exited with %v, want 0", err)
-		}
-	case <-time.After(probetest.Timeout):
-		t.Fatal("probed did not exit")
-	}
+	waitExit(t, p)
 }

@@ -156,14 +156,7 @@ func TestDrain(t *testing.T) {
 	if err != nil || string(rest) != "last\n" || f.Summary().EndReason != client.EndEOF {
 		t.Errorf("the in-flight Fetch: %q, %v; want the rest and a clean end", rest, err)
 	}
-	select {
-	case err := <-p.Exited:
-		if err != nil {
-			t.Errorf("probed exited with %v, want 0", err)
-		}
-	case <-time.After(probetest.Timeout):
-		t.Fatal("probed did not exit")
-	}
+	waitExit(t, p)
 }
 
 // TestDrainGraceOver sends SIGTERM during a Fetch that outlasts the grace
@@ -196,14 +189,7 @@ func TestDrainGraceOver(t *testing.T) {
 	if _, err := io.ReadAll(f); !errors.As(err, &pe) || pe.Stage != client.StageReceive || pe.Reason != client.ReasonServerShutdown || f.Summary() == nil || f.Summary().EndReason != client.EndError {
 		t.Errorf("the cut Fetch ended with %v, summary %v; want RECEIVE / SERVER_SHUTDOWN in the summary", err, f.Summary())
 	}
-	select {
-	case err := <-p.Exited:
-		if err != nil {
-			t.Errorf("probed exited with %v, want 0", err)
-		}
-	case <-time.After(probetest.Timeout):
-		t.Fatal("probed did not exit")
-	}
+	waitExit(t, p)
 }
 
 // httpGet returns the status code and body of a GET.
