@@ -138,14 +138,7 @@ func TestAttackPartialMessages(t *testing.T) {
 				}
 				opened++
 			}
-			select {
-			case <-h.Closed:
-			case <-time.After(probetest.Timeout):
-				t.Fatalf("the connection is still open after %d partial requests; answers %v", opened, h.Statuses())
-			}
-			if g := h.GoAwayFrame(); g == nil || g.Code != http2.ErrCodeEnhanceYourCalm || g.Debug != "too much data before authenticating" {
-				t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM, too much data before authenticating", g)
-			}
+			expectCut(t, h, "too much data before authenticating", fmt.Sprintf("%d partial requests", opened))
 			v.grew(t, base)
 			v.settles(t, base, 4<<20)
 		})
@@ -230,18 +223,25 @@ func TestAttackUnauthenticatedHeaders(t *testing.T) {
 		}
 		sent++
 	}
-	select {
-	case <-h.Closed:
-	case <-time.After(probetest.Timeout):
-		t.Fatalf("the connection is still open after %d health checks of 8 KB of headers", sent)
-	}
-	if g := h.GoAwayFrame(); g == nil || g.Code != http2.ErrCodeEnhanceYourCalm || g.Debug != "too much data before authenticating" {
-		t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM, too much data before authenticating", g)
-	}
+	expectCut(t, h, "too much data before authenticating", fmt.Sprintf("%d health checks of 8 KB of headers", sent))
 	// The budget is 16 KiB and one read's worth (gRPC reads 32 KiB at a
 	// time) before the check: a handful of checks, not a thousand.
 	if answered := h.Statuses()[int(codes.OK)]; answered > 8 {
 		t.Errorf("%d health checks of 8 KB answered before the cut, want a handful", answered)
+	}
+}
+
+// expectCut waits for the server to close h, after what (the attack),
+// with a GOAWAY (ENHANCE_YOUR_CALM) whose debug data says why.
+func expectCut(t *testing.T, h *probetest.H2, why, what string) {
+	t.Helper()
+	select {
+	case <-h.Closed:
+	case <-time.After(probetest.Timeout):
+		t.Fatalf("the connection is still open after %s; answers %v", what, h.Statuses())
+	}
+	if g := h.GoAwayFrame(); g == nil || g.Code != http2.ErrCodeEnhanceYourCalm || g.Debug != why {
+		t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM, %s", g, why)
 	}
 }
 
