@@ -62,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"rule"}),
 		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_limit_refusals_total",
-			Help: "Calls refused with RESOURCE_EXHAUSTED, scrapes of /probe with 429, and on the metrics listener basic auth attempts (429) and connections (closed as accepted), by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller, watches_per_caller, watches, sweeps_per_caller, sweeps, basic_auth, metrics_connections, metrics_connections_per_source).",
+			Help: "Calls refused with RESOURCE_EXHAUSTED, scrapes of /probe with 429, on the metrics listener basic auth attempts (429) and connections (closed as accepted), and expects held to their deadline by the budget of matching (match_steps_per_caller: the caller's --expect-rate; match_steps: all callers'), by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller, watches_per_caller, watches, sweeps_per_caller, sweeps, basic_auth, metrics_connections, metrics_connections_per_source, match_steps_per_caller, match_steps).",
 		}, []string{"limit"}),
 		transportRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_transport_refusals_total",
@@ -75,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	// Every known label starts at zero, so that a rate() sees the first.
 	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate", "reads_per_caller", "watches_per_caller", "watches",
-		"sweeps_per_caller", "sweeps", "basic_auth", "metrics_connections", "metrics_connections_per_source"} {
+		"sweeps_per_caller", "sweeps", "basic_auth", "metrics_connections", "metrics_connections_per_source", "match_steps_per_caller", "match_steps"} {
 		m.limitRefusals.WithLabelValues(l)
 	}
 	for _, r := range []string{"unauthenticated", "stream_resets", "connections", "connections_per_source", "unauthenticated_idle", "unauthenticated_data"} {
