@@ -125,8 +125,8 @@ func (b *budget) spend(steps int) error {
 		return nil
 	}
 	if err := b.limiter.Spend(b.ctx, steps); err != nil {
-		// Spend gives up only when the context ends, or will before
-		// the budget comes.
+		// Spend fails only once the context has ended: its cause is
+		// the expect's.
 		if over := b.overdue(); over != nil {
 			return over
 		}

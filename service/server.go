@@ -106,9 +106,9 @@ type Limiter interface {
 	WaitProbe(ctx context.Context) (release func(), err error)
 	// Spend charges steps of an expect's matching (instructions its
 	// matcher visited) to the caller of ctx, a probe's context, waiting
-	// while the caller is over its budget. It fails only once ctx ends,
-	// or when it will end before the budget comes: then the expect ends
-	// as its probe's time does.
+	// while the caller is over its budget. It fails only once ctx ends
+	// (when the budget will not come before ctx's deadline, it waits for
+	// the deadline), so that the expect ends as its probe's time does.
 	Spend(ctx context.Context, steps int) error
 }
 
