@@ -7,10 +7,12 @@
 // a denied address is refused before any packet is sent.
 //
 // IPv6 addresses that carry an IPv4 address (IPv4-mapped, the deprecated
-// IPv4-compatible ::a.b.c.d, NAT64 64:ff9b::/96, 6to4 2002::/16 and Teredo
-// 2001::/32) may reach that IPv4 address through a translator (a kernel's
-// sit tunnel sends ::a.b.c.d to a.b.c.d). So a denial matches any form of an
-// address, its own or the IPv4 address it carries; an allow rule matches
+// IPv4-compatible ::a.b.c.d, SIIT's IPv4-translated ::ffff:0:a.b.c.d,
+// NAT64 64:ff9b::/96, local-use NAT64 64:ff9b:1::/48, 6to4 2002::/16 and
+// Teredo 2001::/32) may reach that IPv4 address through a translator (a
+// kernel's sit tunnel sends ::a.b.c.d to a.b.c.d). So a denial matches any
+// form of an address, its own or the IPv4 address it carries (every
+// reading of it, for local-use NAT64); an allow rule matches
 // only the address that is dialled (an IPv4-mapped address is dialled as
 // its IPv4 address). The embedded forms can only add denials: "allow
 // 127.0.0.1" does not let a caller through 64:ff9b::7f00:1, whose other 96
@@ -229,14 +231,37 @@ var (
 	// compatible is RFC 4291's deprecated IPv4-compatible addresses,
 	// ::a.b.c.d, of which :: and ::1 are not.
 	compatible = netip.MustParsePrefix("::/96")
+	// translated is RFC 7915's (SIIT) IPv4-translated addresses,
+	// ::ffff:0:a.b.c.d.
+	translated = netip.MustParsePrefix("::ffff:0:0:0/96")
 	nat64      = netip.MustParsePrefix("64:ff9b::/96")
+	// localNAT64 is RFC 8215's local-use prefix, which a network's
+	// translator uses at a length of its operator's choosing: see
+	// localNAT64Readings.
+	localNAT64 = netip.MustParsePrefix("64:ff9b:1::/48")
 	sixTo4     = netip.MustParsePrefix("2002::/16")
 	teredo     = netip.MustParsePrefix("2001::/32")
 )
 
+// localNAT64Readings are the byte positions of the IPv4 address under
+// each RFC 6052 prefix length a translator may use inside 64:ff9b:1::/48
+// (/48, /56, /64 and /96; the shorter ones do not fit in it). Below /96
+// the address skips byte 8, the "u" octet (bits 64-71). probed cannot
+// know which length its network's translator uses, so an address there
+// is judged by all four readings: a denial of any one denies it. The
+// price is that most addresses a local-use translator serves read as
+// 0.0.0.0/8 under another length and are denied as unspecified.
+var localNAT64Readings = [...][4]int{
+	{6, 7, 9, 10},    // /48
+	{7, 9, 10, 11},   // /56
+	{9, 10, 11, 12},  // /64
+	{12, 13, 14, 15}, // /96
+}
+
 // Subjects returns the addresses a policy judges for a: a itself, and the
-// IPv4 address it carries, if any (IPv4-mapped, IPv4-compatible, NAT64,
-// 6to4, or the client address of Teredo).
+// IPv4 addresses it carries, if any (IPv4-mapped, IPv4-compatible,
+// IPv4-translated, NAT64, each reading of local-use NAT64, 6to4, or the
+// client address of Teredo).
 func Subjects(a netip.Addr) []netip.Addr {
 	a = a.WithZone("")
 	if !a.Is6() {
@@ -247,10 +272,19 @@ func Subjects(a netip.Addr) []netip.Addr {
 	switch {
 	case a.Is4In6():
 		return []netip.Addr{a, a.Unmap()}
-	case compatible.Contains(a) && !a.IsUnspecified() && !a.IsLoopback():
+	case compatible.Contains(a) && !a.IsUnspecified() && !a.IsLoopback(),
+		translated.Contains(a),
+		nat64.Contains(a):
 		copy(v4[:], b[12:16])
-	case nat64.Contains(a):
-		copy(v4[:], b[12:16])
+	case localNAT64.Contains(a):
+		out := []netip.Addr{a}
+		for _, at := range localNAT64Readings {
+			v4 := netip.AddrFrom4([4]byte{b[at[0]], b[at[1]], b[at[2]], b[at[3]]})
+			if !slices.Contains(out, v4) {
+				out = append(out, v4)
+			}
+		}
+		return out
 	case sixTo4.Contains(a):
 		copy(v4[:], b[2:6])
 	case teredo.Contains(a):

@@ -65,7 +65,27 @@ func TestDefaults(t *testing.T) {
 		{"64:ff9b::a9fe:a9fe", 80, "built-in: link-local (cloud metadata)"},
 		{"64:ff9b::7f00:1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
 		{"64:ff9b::a00:1", 80, ""},
-		{"64:ff9b:1::a9fe:a9fe", 80, ""}, // local-use NAT64: the embedding is the operator's
+		{"64:ff9b:0:ffff:ffff:ffff:a9fe:a9fe", 80, ""}, // outside 64:ff9b::/96
+		// Local-use NAT64, read at every RFC 6052 length that fits in
+		// 64:ff9b:1::/48 (the IPv4 address at bytes 6,7,9,10 for /48;
+		// 7,9,10,11 for /56; 9-12 for /64; 12-15 for /96).
+		{"64:ff9b:1::a9fe:a9fe", 80, "built-in: unspecified address"},                       // /48 and /56 read 0.0.0.0, /96 169.254.169.254
+		{"64:ff9b:1:abcd:ef01:2345:a9fe:a9fe", 80, "built-in: link-local (cloud metadata)"}, // only /96 denied
+		{"64:ff9b:1:1234:a9:fea9:fe00:1", 80, "built-in: link-local (cloud metadata)"},      // only /64 denied
+		{"64:ff9b:1:12a9:fe:a9fe:a00:1", 80, "built-in: link-local (cloud metadata)"},       // only /56 denied
+		{"64:ff9b:1:a9fe:a9:fe01:a00:1", 80, "built-in: link-local (cloud metadata)"},       // /48 (and /64) denied
+		{"64:ff9b:1:abcd:ef01:2345:7f00:1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
+		{"64:ff9b:1:abcd:ef01:2345:a00:1", 80, ""},                // 171.205.1.35, 205.1.35.69, 1.35.69.10, 10.0.0.1
+		{"64:ff9b:1::a00:1", 80, "built-in: unspecified address"}, // the price: 0.0.0.0 under /48
+		{"64:ff9b:2::a9fe:a9fe", 80, ""},                          // outside 64:ff9b:1::/48
+		// SIIT's IPv4-translated form, ::ffff:0:0:0/96.
+		{"::ffff:0:a9fe:a9fe", 80, "built-in: link-local (cloud metadata)"},
+		{"::ffff:0:7f00:1", 7070, "built-in: the probe server itself (127.0.0.1:7070)"},
+		{"::ffff:0:e000:1", 80, "built-in: multicast"},
+		{"::ffff:0:a00:1", 80, ""},
+		{"::ffff:1:a9fe:a9fe", 80, ""},   // outside ::ffff:0:0:0/96
+		{"::fffe:0:a9fe:a9fe", 80, ""},   // outside ::ffff:0:0:0/96
+		{"::1:ffff:0:a9fe:a9fe", 80, ""}, // outside ::ffff:0:0:0/96
 		{"2002:a9fe:a9fe::1", 80, "built-in: link-local (cloud metadata)"},
 		{"2002:e000:1::", 80, "built-in: multicast"},
 		{"2002:a00:1::1", 80, ""},
@@ -87,24 +107,33 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestSubjects(t *testing.T) {
-	tests := []struct{ addr, v4 string }{
-		{"192.0.2.1", ""},
-		{"2001:db8::1", ""},
-		{"::ffff:192.0.2.1", "192.0.2.1"},
-		{"64:ff9b::c000:201", "192.0.2.1"},
-		{"2002:c000:201::", "192.0.2.1"},
-		{"2001:0:4136:e378:8000:63bf:3fff:fdfe", "192.0.2.1"},
+	tests := []struct {
+		addr string
+		v4   []string
+	}{
+		{"192.0.2.1", nil},
+		{"2001:db8::1", nil},
+		{"::ffff:192.0.2.1", []string{"192.0.2.1"}},
+		{"64:ff9b::c000:201", []string{"192.0.2.1"}},
+		{"2002:c000:201::", []string{"192.0.2.1"}},
+		{"2001:0:4136:e378:8000:63bf:3fff:fdfe", []string{"192.0.2.1"}},
 		// IPv4-compatible: deprecated, but a kernel's sit tunnel still
 		// routes it to the IPv4 address; :: and ::1 are not.
-		{"::192.0.2.1", "192.0.2.1"},
-		{"::", ""},
-		{"::1", ""},
+		{"::192.0.2.1", []string{"192.0.2.1"}},
+		{"::", nil},
+		{"::1", nil},
+		// SIIT's IPv4-translated form.
+		{"::ffff:0:c000:201", []string{"192.0.2.1"}},
+		// Local-use NAT64: the /48, /56, /64 and /96 readings, each once.
+		{"64:ff9b:1:c000:2:100::", []string{"192.0.2.1", "0.2.1.0", "2.1.0.0", "0.0.0.0"}},
+		{"64:ff9b:1::c000:201", []string{"0.0.0.0", "0.0.0.192", "192.0.2.1"}},
+		{"64:ff9b:1:102:304:506:708:90a", []string{"1.2.4.5", "2.4.5.6", "4.5.6.7", "7.8.9.10"}},
 	}
 	for _, tt := range tests {
 		a := netip.MustParseAddr(tt.addr)
 		want := []netip.Addr{a}
-		if tt.v4 != "" {
-			want = append(want, netip.MustParseAddr(tt.v4))
+		for _, v4 := range tt.v4 {
+			want = append(want, netip.MustParseAddr(v4))
 		}
 		if got := Subjects(a); !cmp.Equal(got, want, cmp.Comparer(func(x, y netip.Addr) bool { return x == y })) {
 			t.Errorf("Subjects(%s) = %v, want %v", a, got, want)
@@ -180,6 +209,9 @@ func TestEmbeddedForms(t *testing.T) {
 		{"IPv4", "127.0.0.1", true},
 		{"IPv4-mapped", "::ffff:127.0.0.1", true},
 		{"NAT64", "64:ff9b::7f00:1", false},
+		{"local-use NAT64 /96", "64:ff9b:1:abcd:ef01:2345:7f00:1", false},
+		{"local-use NAT64 /48", "64:ff9b:1:7f00:1:100::", false},
+		{"IPv4-translated", "::ffff:0:7f00:1", false},
 		{"6to4", "2002:7f00:1:abcd::1", false},
 		{"Teredo", "2001:0:dead:beef::80ff:fffe", false},
 	}
@@ -215,7 +247,7 @@ func TestEmbeddedForms(t *testing.T) {
 		})
 	}
 	// An allow rule lifts a built-in denial only for the address dialled.
-	for addr, allowed := range map[string]bool{"169.254.169.254": true, "::ffff:169.254.169.254": true, "64:ff9b::a9fe:a9fe": false, "2002:a9fe:a9fe::1": false} {
+	for addr, allowed := range map[string]bool{"169.254.169.254": true, "::ffff:169.254.169.254": true, "64:ff9b::a9fe:a9fe": false, "2002:a9fe:a9fe::1": false, "64:ff9b:1:abcd:ef01:2345:a9fe:a9fe": false, "::ffff:0:a9fe:a9fe": false} {
 		ap := netip.AddrPortFrom(netip.MustParseAddr(addr), 80)
 		if err := metadata.Check("", ap); (err == nil) != allowed {
 			t.Errorf("allow 169.254.169.254, %s: %v; want allowed %v", ap, err, allowed)

@@ -69,10 +69,14 @@ func (f *fetch) dialogue() (matched bool, err error) {
 // previous expect. The data read goes to the caller as any reply does.
 //
 // Each chunk is matched as it comes, once (see matcher): an expect costs
-// time in proportion to what the peer sends, however it splits it.
+// time in proportion to what the peer sends, however it splits it, and
+// that time is charged to the caller (the probe's budget).
 func (f *fetch) expect(i int, st step) (bool, error) {
 	p := st.expect
-	m := newMatcher(f.ctx, f.deadline, p)
+	if f.budget.ctx == nil {
+		f.budget = budget{ctx: f.ctx, deadline: f.deadline, limiter: limiterOf(f.ctx)}
+	}
+	m := newMatcher(&f.budget, p)
 	r := newPooledReader(f.conn, rawBuffers)
 	eof := false
 	for {

@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/modules"
@@ -62,7 +61,7 @@ func checkCost(t *testing.T, sources []string, text []byte) {
 	for _, p := range progs {
 		var m *matcher
 		run := heldBy(func() any {
-			m = newMatcher(context.Background(), time.Time{}, p)
+			m = newMatcher(&budget{ctx: context.Background()}, p)
 			m.scan(text, false)
 			return m
 		})
@@ -199,7 +198,7 @@ func TestExpectLineSearchedOnce(t *testing.T) {
 	var v violations
 	st := step{expect: (&expects{}).compile(&v, "expect_line", `^never`), line: true}
 	f := &fetch{fetchParams: &fetchParams{}}
-	m := newMatcher(context.Background(), time.Time{}, st.expect)
+	m := newMatcher(&budget{ctx: context.Background()}, st.expect)
 	for range 4096 {
 		f.pending = append(f.pending, "0123456789abcdef"...)
 		if _, loc, _, err := f.find(m, st, false, false); loc != nil || err != nil {

@@ -195,6 +195,8 @@ type fetch struct {
 	// maxGroupBytes, for a send_template; nil for a group that took no
 	// part.
 	groups [][]byte
+	// budget is what the expects' matching spends, set by the first.
+	budget budget
 }
 
 // exchange sends the request, half-closes and receives, recording the

@@ -3,6 +3,7 @@ package service
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"regexp/syntax"
 	"time"
@@ -20,17 +21,18 @@ import (
 // come so far (the end of the data is the end of the text to ^, $, \b),
 // without spending the threads, which may still go on to another.
 //
-// It checks its context and deadline as it goes: a probe's deadline ends
-// a scan, however costly the expression, as it ends a read.
+// It counts its work as it goes, in steps (instructions visited), and
+// charges it to its probe's budget: the probe's deadline ends a scan,
+// however costly the expression, as it ends a read, and the caller's
+// budget of steps (Limiter.Spend) holds it to its share of the CPU.
 //
 // Its memory is what expectCost's run part counts, allocated at once:
 // queues sized by the program, and the captures of two threads for each
 // instruction that consumes a rune or matches (a thread waits at one),
 // which is the most there can be: one in the queue, one among the seeds.
 type matcher struct {
-	p        *expectProg
-	ctx      context.Context
-	deadline time.Time
+	p *expectProg
+	b *budget
 
 	// pos is where the data scanned ends; prev is the rune before it, or
 	// -1 at the start.
@@ -58,8 +60,6 @@ type matcher struct {
 	// startcap and capbuf are the captures a closure starts from, found
 	// those of the match finish finds.
 	startcap, capbuf, found []int
-	// work counts the steps taken since the deadline was last checked.
-	work int
 }
 
 // queue is a sparse set of instructions, with their threads, in priority
@@ -89,14 +89,68 @@ type job struct {
 // endOfText is the rune past the end.
 const endOfText rune = -1
 
-// checkEvery is how many steps a scan takes between looks at the clock:
-// some hundred microseconds at the most a step can cost.
+// checkEvery is how many steps a scan takes between looks at the clock
+// and charges to the caller's budget: some hundred microseconds at the
+// most a step can cost.
 const checkEvery = 4096
 
-func newMatcher(ctx context.Context, deadline time.Time, p *expectProg) *matcher {
+// budget is what a probe's matching may spend: its context and deadline,
+// which end a scan however costly the expression, and its caller's
+// budget of steps (Limiter.Spend), charged checkEvery steps at a time.
+// One budget serves every expect of a probe, so that cheap expects add up
+// to a charge as one costly expect does.
+type budget struct {
+	ctx      context.Context
+	deadline time.Time
+	// limiter charges the steps; nil charges nothing.
+	limiter Limiter
+	// work counts the steps taken since the last charge.
+	work int
+}
+
+// spend counts steps taken. Every checkEvery of them it looks at the
+// clock and charges them to the caller, waiting while the caller is over
+// its budget. It fails when the probe's context ends or its deadline
+// passes first, with the error a read would have: so an expect that its
+// budget cannot pay for in time ends as a timeout.
+func (b *budget) spend(steps int) error {
+	if b.work += steps; b.work < checkEvery {
+		return nil
+	}
+	steps, b.work = b.work, 0
+	if err := b.overdue(); err != nil {
+		return err
+	}
+	if b.limiter == nil {
+		return nil
+	}
+	if err := b.limiter.Spend(b.ctx, steps); err != nil {
+		// Spend fails only once the context has ended: its cause is
+		// the expect's.
+		if over := b.overdue(); over != nil {
+			return over
+		}
+		return fmt.Errorf("match: %w", err)
+	}
+	return nil
+}
+
+// overdue returns why matching is to stop: the probe's context ended or
+// its deadline passed.
+func (b *budget) overdue() error {
+	if err := b.ctx.Err(); err != nil {
+		return context.Cause(b.ctx)
+	}
+	if !b.deadline.IsZero() && !time.Now().Before(b.deadline) {
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+func newMatcher(b *budget, p *expectProg) *matcher {
 	n, threads := len(p.prog.Inst), 2*p.threads
 	m := &matcher{
-		p: p, ctx: ctx, deadline: deadline,
+		p: p, b: b,
 		q:        queue{sparse: make([]uint32, n), dense: make([]entry, 0, n)},
 		seeds:    make([]entry, 0, p.threads),
 		caps:     make([]int, threads*p.ncap),
@@ -155,11 +209,8 @@ func (m *matcher) scan(data []byte, final bool) ([]int, error) {
 			}
 			r, w = utf8.DecodeRune(data[m.pos:])
 		}
-		if m.work += m.step(r, w); m.work >= checkEvery {
-			m.work = 0
-			if err := m.overdue(); err != nil {
-				return nil, err
-			}
+		if err := m.b.spend(m.step(r, w)); err != nil {
+			return nil, err
 		}
 	}
 	return m.finish(), nil
@@ -190,18 +241,6 @@ func (m *matcher) skip(data []byte) int {
 		return len(rest)
 	}
 	return i
-}
-
-// overdue returns why the scan is to stop: the probe's context ended or
-// its deadline passed.
-func (m *matcher) overdue() error {
-	if err := m.ctx.Err(); err != nil {
-		return context.Cause(m.ctx)
-	}
-	if !m.deadline.IsZero() && !time.Now().Before(m.deadline) {
-		return os.ErrDeadlineExceeded
-	}
-	return nil
 }
 
 // step consumes r, of w bytes, at m.pos: the seeds' closures first, then

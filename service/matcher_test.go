@@ -60,7 +60,7 @@ func checkMatcher(t *testing.T, pattern string, text, splits []byte) {
 		return
 	}
 	re := regexp.MustCompile("(?m)" + pattern)
-	m := newMatcher(context.Background(), time.Time{}, p)
+	m := newMatcher(&budget{ctx: context.Background()}, p)
 	end := 0
 	for k := 0; ; k++ {
 		if len(splits) > 0 {
@@ -116,7 +116,7 @@ func TestMatcherLinear(t *testing.T) {
 	var v violations
 	for _, pattern := range []string{`^250 (never)`, `(250|421) never`} {
 		p := (&expects{}).compile(&v, "expect", pattern)
-		m := newMatcher(context.Background(), time.Time{}, p)
+		m := newMatcher(&budget{ctx: context.Background()}, p)
 		line, bait := []byte("220-still here\r\n"), []byte("250 never\r\n")
 		var data []byte
 		for len(data) < expectWindow {
@@ -145,7 +145,7 @@ func TestMatcherDeadline(t *testing.T) {
 		t.Fatal(v.err())
 	}
 	text := []byte(strings.Repeat("b", 1<<20))
-	m := newMatcher(context.Background(), time.Now().Add(-time.Second), p)
+	m := newMatcher(&budget{ctx: context.Background(), deadline: time.Now().Add(-time.Second)}, p)
 	if _, err := m.scan(text, true); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("past its deadline: %v, want a deadline error", err)
 	}
@@ -155,7 +155,7 @@ func TestMatcherDeadline(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	cause := errors.New("the caller left")
 	cancel(cause)
-	m = newMatcher(ctx, time.Time{}, p)
+	m = newMatcher(&budget{ctx: ctx}, p)
 	if _, err := m.scan(text, true); !errors.Is(err, cause) {
 		t.Errorf("with its context cancelled: %v, want %v", err, cause)
 	}

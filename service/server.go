@@ -70,7 +70,8 @@ type Config struct {
 	AllowedSources []netip.Prefix
 	// Limiter, when set, holds each probe of a Sweep to the server's
 	// limits (Connect and Fetch are one probe a call, which the server
-	// admits before the handler runs).
+	// admits before the handler runs), and the expects of every Fetch and
+	// Sweep to their caller's budget of matching.
 	Limiter Limiter
 	// Observe, when set, is told of every probe (a Connect, a Fetch, each
 	// probe of a Sweep) once it ends, for audit logs and metrics. It may be
@@ -103,6 +104,21 @@ type Limiter interface {
 	// longer than ctx lasts, and returns the function that gives its place
 	// back. It fails when ctx ends first or the server is draining.
 	WaitProbe(ctx context.Context) (release func(), err error)
+	// Spend charges steps of an expect's matching (instructions its
+	// matcher visited) to the caller of ctx, a probe's context, waiting
+	// while the caller is over its budget. It fails only once ctx ends
+	// (when the budget will not come before ctx's deadline, it waits for
+	// the deadline), so that the expect ends as its probe's time does.
+	Spend(ctx context.Context, steps int) error
+}
+
+type limiterKey struct{}
+
+// limiterOf is the Limiter that the probes of ctx charge their matching
+// to, set by cuttable; nil when there is none.
+func limiterOf(ctx context.Context) Limiter {
+	l, _ := ctx.Value(limiterKey{}).(Limiter)
+	return l
 }
 
 func (s *Server) observe(ctx context.Context, r Report) {
@@ -161,9 +177,14 @@ func (s *Server) Cut() {
 	clear(s.cuts)
 }
 
-// cuttable returns a context of ctx that Cut cancels, and the function to
-// call once the call is over.
+// cuttable returns the context a Fetch or a Sweep runs its probes in: a
+// context of ctx that Cut cancels, which carries the Limiter their expects
+// charge their matching to (limiterOf). The function returned is to be
+// called once the call is over.
 func (s *Server) cuttable(ctx context.Context) (context.Context, func()) {
+	if s.cfg.Limiter != nil {
+		ctx = context.WithValue(ctx, limiterKey{}, s.cfg.Limiter)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	s.mu.Lock()
 	if s.cutting {

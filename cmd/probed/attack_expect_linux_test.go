@@ -6,11 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -222,10 +225,11 @@ func waitInFlight(t *testing.T, p *probetest.Probed, n float64) {
 // byte) against targets that send 64 KiB of "b" and fall silent, or send
 // "b" as fast as they are read: each ends at its 2 s timeout, within
 // 10%, as EXPECT / TIMEOUT, and probed spends at most one CPU-second per
-// second of timeout on each. It takes both CPUs of a small machine for the
-// timeout, by design: it does not run beside the package's other tests,
-// and a probe's time is the one probed reports (a client starved of CPU
-// sees the end late).
+// second of timeout on each. (They are one caller's, held together to its
+// budget of matching: TestAttackExpectBudget.) Without that budget it
+// takes both CPUs of a small machine for the timeout: it does not run
+// beside the package's other tests, and a probe's time is the one probed
+// reports (a client starved of CPU sees the end late).
 func TestAttackExpectCPU(t *testing.T) {
 	const timeout = 2 * time.Second
 	for _, tc := range []struct {
@@ -394,5 +398,129 @@ func TestHeldExpectStacks(t *testing.T) {
 	t.Logf("%d held in an expect: %.1f KiB more stack each", n, perProbe/1024)
 	if perProbe > 11<<10 {
 		t.Errorf("probes held in an expect cost %.1f KiB of stack each, want 8 (a stack past 8 KiB is doubled)", perProbe/1024)
+	}
+}
+
+// TestAttackExpectBudget plays one caller that spends the CPU on costly
+// expects that pass the cost cap (issue 21, F4): alice runs one Sweep of
+// 64 probes at once, each expecting \pL{330}z (330 steps, some 8 µs, a
+// byte) of a target that sends 64 KiB of "b" and falls silent, with a 2 s
+// timeout, which without a budget wanted 64 x 0.5 s of CPU and took both
+// CPUs of a small machine for the 2 s (bob's Connect waited 6.4 s in the
+// attack pass, with 2,000 probes of 10 s). Held to --expect-rate (8
+// million steps a second, a quarter of a CPU at the most; a second's worth
+// at once), alice's probes end as EXPECT / TIMEOUT, probed spends about
+// that budget's CPU over the attack, and bob's Connects, made while it
+// lasts, stay fast. It takes a CPU of a small machine when the budget is
+// gone: it does not run beside the package's other tests.
+func TestAttackExpectBudget(t *testing.T) {
+	const (
+		timeout = 2 * time.Second
+		probes  = 64
+	)
+	v := startVictim(t)
+	var connected atomic.Int64
+	chunk := bytes.Repeat([]byte("b"), 64<<10)
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		connected.Add(1)
+		c.Write(chunk)
+		probetest.WaitClosed(c)
+	})
+	up := probetest.Listen(t, "127.0.0.1:0", nil)
+	ctx := probetest.Context(t)
+	alice := netprobev1.NewProbeServiceClient(dial(t, v.Addr))
+	actx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+aliceToken)
+	bob := netprobev1.NewProbeServiceClient(dial(t, v.Addr))
+	bctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+bobToken)
+	connect := &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Port: up.Port()}}
+	if _, err := bob.Connect(bctx, connect); err != nil {
+		t.Fatal(err)
+	}
+
+	req := &netprobev1.SweepRequest{Concurrency: probes, Timeout: durationpb.New(timeout)}
+	for range probes {
+		req.Targets = append(req.Targets, &netprobev1.SweepTarget{
+			Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()},
+			Steps:  []*netprobev1.Step{expectStep(`\pL{330}z`)},
+		})
+	}
+	cpu := cpuTime(t, v.Cmd.Process.Pid)
+	start := time.Now()
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		stream, err := alice.Sweep(actx, req)
+		if err != nil {
+			t.Errorf("Sweep: %v", err)
+			return
+		}
+		for n := 0; ; n++ {
+			r, err := stream.Recv()
+			if errors.Is(err, io.EOF) && n == probes {
+				return
+			}
+			if err != nil {
+				t.Errorf("after %d results: %v", n, err)
+				return
+			}
+			if e := r.GetSummary().GetError(); e.GetStage() != netprobev1.Stage_STAGE_EXPECT || e.GetReason() != netprobev1.Reason_REASON_TIMEOUT {
+				t.Errorf("alice's probe: %v, want EXPECT / TIMEOUT", e)
+			}
+		}
+	}()
+	// Once every probe of alice has its 64 KiB, bob starts a Connect
+	// every 20 ms (within his rate), each whether the one before has
+	// ended or not, until the attack is over: a slow spell is as many
+	// slow Connects as it lasts ticks.
+	probetest.Eventually(t, func() bool { return connected.Load() == probes }, func() string {
+		return fmt.Sprintf("%d of alice's %d probes connected", connected.Load(), probes)
+	})
+	var (
+		mu        sync.Mutex
+		latencies []time.Duration
+		wg        sync.WaitGroup
+	)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for attacking := true; attacking; {
+		select {
+		case <-swept:
+			attacking = false
+		case <-tick.C:
+			wg.Go(func() {
+				began := time.Now()
+				if resp, err := bob.Connect(bctx, connect); err != nil || resp.GetError() != nil {
+					t.Errorf("bob's Connect: %v, %v", resp.GetError(), err)
+				}
+				mu.Lock()
+				latencies = append(latencies, time.Since(began))
+				mu.Unlock()
+			})
+		}
+	}
+	elapsed := time.Since(start)
+	wg.Wait()
+	spent := cpuTime(t, v.Cmd.Process.Pid) - cpu
+	slices.Sort(latencies)
+	if len(latencies) < 10 {
+		t.Fatalf("bob connected %d times while the attack lasted %v", len(latencies), elapsed)
+	}
+	p50, p90 := latencies[len(latencies)/2], latencies[len(latencies)*9/10]
+	t.Logf("an attack of %v: %v of probed's CPU; bob's %d Connects: p50 %v, p90 %v, max %v", elapsed.Round(time.Millisecond), spent, len(latencies), p50, p90, latencies[len(latencies)-1])
+	if p50 > 100*time.Millisecond {
+		t.Errorf("bob's Connects took %v (p50) while alice's expects ran, want well under 100 ms", p50)
+	}
+	// The budget is a second's worth at once, then a quarter of a CPU a
+	// second at 28 ns a step, the most a step costs here: some 0.8 s of
+	// CPU, with the sweep's reads and bob's calls, for an attack of 2 s,
+	// where without it probed took both CPUs (4 to 5 s). It counts steps,
+	// not time, so a slower machine spends more: the bound is twice the
+	// budget.
+	if bound := (time.Second + elapsed) / 2; spent > bound {
+		t.Errorf("probed spent %v of CPU in the %v of the attack, want at most %v", spent, elapsed.Round(time.Millisecond), bound)
+	}
+	refused, _ := metricValue(scrape(t, "http://"+v.MetricsAddr+"/metrics")["netprobe_limit_refusals_total"], map[string]string{"limit": "match_steps_per_caller"})
+	if refused < 1 {
+		t.Errorf("netprobe_limit_refusals_total{limit=match_steps_per_caller} = %v, want alice's expects counted", refused)
 	}
 }

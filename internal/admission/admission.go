@@ -1,15 +1,17 @@
 // Package admission decides who is calling and whether the call may run.
 // One function names the caller from whatever it presents (a bearer token,
 // a verified client certificate, a basic auth user, or else its address:
-// Identify), and one path charges the limits (Admit, WaitProbe): the
-// caller's rate, the probes in flight, the Sweeps, the streams that stay
-// open, the requests being read. gRPC, /probe, the status page and
-// whatever comes next all go through them, so that they agree on who is
-// calling and on what it may do.
+// Identify), and one path charges the limits (Admit, WaitProbe, Spend):
+// the caller's rate, the probes in flight, the Sweeps, the streams that
+// stay open, the requests being read, the CPU its expects spend matching.
+// gRPC, /probe, the status page and whatever comes next all go through
+// them, so that they agree on who is calling and on what it may do.
 package admission
 
 import (
 	"context"
+	"fmt"
+	"runtime"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -28,7 +30,14 @@ type Limits struct {
 	MaxSweeps, MaxSweepsPerCaller     int
 	MaxWatches, MaxWatchesPerCaller   int
 	MaxReadsPerCaller                 int
+	// ExpectRate is the steps of expect matching a caller may spend a
+	// second (Spend), at least MinExpectRate.
+	ExpectRate int
 }
+
+// MinExpectRate is the least ExpectRate: a second's worth of steps is what
+// a caller may spend at once, and a charge is of some thousands.
+const MinExpectRate = 1 << 16
 
 // Metrics are where admission counts what it refuses.
 type Metrics struct {
@@ -56,11 +65,15 @@ type Admission struct {
 	reads      *gate
 	watches    *gate
 	sweeps     *gate
+	matching   *matching
 }
 
 // New returns the admission of callers named by the tokens of tokensFile
 // (none when empty: then no call needs a token), held to l, counted in m.
 func New(tokensFile string, l Limits, m Metrics) (*Admission, error) {
+	if l.ExpectRate < MinExpectRate {
+		return nil, fmt.Errorf("expect rate %d: want at least %d steps a second", l.ExpectRate, MinExpectRate)
+	}
 	a := &Admission{metrics: m}
 	if tokensFile != "" {
 		var err error
@@ -76,13 +89,14 @@ func New(tokensFile string, l Limits, m Metrics) (*Admission, error) {
 	a.reads = newGate("requests being read", "reads_per_caller", l.MaxReadsPerCaller, "", 0, a.refused)
 	a.watches = newGate("streams open (health Watch, reflection)", "watches_per_caller", l.MaxWatchesPerCaller, "watches", l.MaxWatches, a.refused)
 	a.sweeps = newGate("Sweeps running", "sweeps_per_caller", l.MaxSweepsPerCaller, "sweeps", l.MaxSweeps, a.refused)
+	a.matching = newMatching(l.ExpectRate, runtime.GOMAXPROCS(0), a.refused)
 	return a, nil
 }
 
 // Labels are every limit admission refuses by, for Refusals to start at
 // zero.
 var Labels = []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate", "reads_per_caller",
-	"watches_per_caller", "watches", "sweeps_per_caller", "sweeps", "basic_auth"}
+	"watches_per_caller", "watches", "sweeps_per_caller", "sweeps", "basic_auth", "match_steps_per_caller", "match_steps"}
 
 // The budget of basic auth attempts each source has (an IPv4 address or
 // IPv6 /64), and all sources together: exporter-toolkit checks a password
@@ -178,6 +192,14 @@ func (a *Admission) WaitProbe(ctx context.Context) (release func(), err error) {
 	}
 	return a.inflight.wait(ctx)
 }
+
+// Spend charges steps of an expect's matching to the caller of ctx, a
+// probe's context, waiting while the caller, or all callers together, are
+// over their budget: service.Limiter. When the steps cannot come before
+// ctx's deadline it waits for the deadline instead, and counts the
+// refusal (match_steps_per_caller, or match_steps when all callers are
+// over theirs). It fails once ctx ends.
+func (a *Admission) Spend(ctx context.Context, steps int) error { return a.matching.spend(ctx, steps) }
 
 // Drain refuses every call Admit and WaitProbe are asked for from now on,
 // and wakes the probes waiting.

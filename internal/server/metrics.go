@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/batchwriter"
 	"github.com/netprobe/netprobe/service"
 )
@@ -62,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"rule"}),
 		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_limit_refusals_total",
-			Help: "Calls refused with RESOURCE_EXHAUSTED, scrapes of /probe with 429, and on the metrics listener basic auth attempts (429) and connections (closed as accepted, or evicted to make room), by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller, watches_per_caller, watches, sweeps_per_caller, sweeps, basic_auth, metrics_connections, metrics_connections_per_source, metrics_evicted).",
+			Help: "Calls refused with RESOURCE_EXHAUSTED, scrapes of /probe with 429, on the metrics listener basic auth attempts (429) and connections (closed as accepted, or evicted to make room), and expects held to their deadline by the budget of matching (match_steps_per_caller: the caller's --expect-rate; match_steps: all callers'), by limit (in_flight, in_flight_per_caller, rate, scrape_rate, reads_per_caller, watches_per_caller, watches, sweeps_per_caller, sweeps, basic_auth, match_steps_per_caller, match_steps, metrics_connections, metrics_connections_per_source, metrics_evicted).",
 		}, []string{"limit"}),
 		transportRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_transport_refusals_total",
@@ -74,8 +76,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	// Every known label starts at zero, so that a rate() sees the first.
-	for _, l := range []string{"in_flight", "in_flight_per_caller", "rate", "scrape_rate", "reads_per_caller", "watches_per_caller", "watches",
-		"sweeps_per_caller", "sweeps", "basic_auth", "metrics_connections", "metrics_connections_per_source", "metrics_evicted"} {
+	for _, l := range append(slices.Clone(admission.Labels), "metrics_connections", "metrics_connections_per_source", "metrics_evicted") {
 		m.limitRefusals.WithLabelValues(l)
 	}
 	for _, r := range []string{"unauthenticated", "stream_resets", "connections", "connections_per_source", "evicted", "unauthenticated_idle", "unauthenticated_data"} {

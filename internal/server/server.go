@@ -98,6 +98,14 @@ type Config struct {
 	// MaxSweeps those of all callers.
 	MaxSweepsPerCaller int `flag:"max-sweeps-per-caller" env:"NETPROBE_MAX_SWEEPS_PER_CALLER" default:"4" group:"Limits" help:"Most Sweeps one caller may run at once, admitted before their request is read (each holds its request while it runs: up to --max-payload-bytes plus 64 KiB on the wire, and 32,768 messages, some 5 MB, decoded); more are RESOURCE_EXHAUSTED."`
 	MaxSweeps          int `flag:"max-sweeps" env:"NETPROBE_MAX_SWEEPS" default:"32" group:"Limits" help:"Most Sweeps all callers together may run at once; more are RESOURCE_EXHAUSTED."`
+	// ExpectRate is the work each caller's expects may do a second, in
+	// matcher steps (an instruction visited for a byte received: 10 to 30
+	// ns of CPU each, measured). The default, 8 million, is a quarter of a
+	// CPU at the most, and over 100 times what a Fetch reading 64 KiB of
+	// SMTP replies through `^250 ` spends; an ordinary expect on a banner
+	// spends less than the 4,096 steps a charge is made of, and is never
+	// slowed.
+	ExpectRate int `flag:"expect-rate" env:"NETPROBE_EXPECT_RATE" default:"8000000" group:"Limits" help:"Work a second each caller's expects may do matching, in steps (an instruction of the expression visited for a byte received, 10 to 30 ns of CPU each: 8000000 is a quarter of a CPU at the most), with a second's worth at once; all callers together get 2 x GOMAXPROCS times this (half the CPUs). An expect over it waits, and one whose budget cannot come within its probe's time ends REASON_TIMEOUT. An expect on a banner spends under 4,096 steps and is never held. At least 65536."`
 	// MaxReadsPerCaller caps the requests of one caller that are read at
 	// once, for health checks.
 	MaxReadsPerCaller int `flag:"max-reads-per-caller" env:"NETPROBE_MAX_READS_PER_CALLER" default:"8" group:"Limits" help:"Most health check requests of one caller read at once; more are RESOURCE_EXHAUSTED. Before their request is read, probes are held to --max-in-flight-per-caller, Sweeps to --max-sweeps-per-caller, streams that stay open to --max-watches-per-caller."`
@@ -239,7 +247,7 @@ func New(cfg Config) (*Server, error) {
 		Rate: cfg.Rate, Burst: cfg.Burst, ScrapeRate: cfg.ScrapeRate, ScrapeBurst: cfg.ScrapeBurst,
 		MaxSweeps: cfg.MaxSweeps, MaxSweepsPerCaller: cfg.MaxSweepsPerCaller,
 		MaxWatches: cfg.MaxWatches, MaxWatchesPerCaller: cfg.MaxWatchesPerCaller,
-		MaxReadsPerCaller: cfg.MaxReadsPerCaller,
+		MaxReadsPerCaller: cfg.MaxReadsPerCaller, ExpectRate: cfg.ExpectRate,
 	}, admission.Metrics{Refusals: m.limitRefusals, Unauthenticated: m.transportRefusals.WithLabelValues("unauthenticated"), InFlight: m.inFlight})
 	if err != nil {
 		return nil, err
