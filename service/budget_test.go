@@ -25,7 +25,7 @@ import (
 // to its NO_MATCH as ever.
 func TestExpectBudget(t *testing.T) {
 	t.Parallel()
-	e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ExpectRate = admission.MinExpectRate }))
+	e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Admission.ExpectRate = admission.MinExpectRate }))
 	sender := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		c.Write([]byte(strings.Repeat("b", 4<<10)))
 		c.Close()

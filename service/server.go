@@ -36,6 +36,9 @@ type Limits struct {
 	MaxSweepTargets int `flag:"max-sweep-targets" env:"NETPROBE_MAX_SWEEP_TARGETS" default:"10000" group:"Limits" help:"Most targets one Sweep may probe: more entries are INVALID_ARGUMENT, and the addresses and SRV entries they expand to past it come back STAGE_POLICY / REASON_LIMIT, not probed."`
 }
 
+// Limits are the server's limits, its Config's with their defaults.
+func (s *Server) Limits() Limits { return s.cfg.Limits }
+
 // DefaultLimits are the limits of a Config that sets none.
 func DefaultLimits() Limits {
 	var l Limits
@@ -160,6 +163,14 @@ func (s *Server) isDraining() bool {
 	default:
 		return false
 	}
+}
+
+// CutMargin is how long before a drain's grace period ends the probes
+// still running are to be Cut, to send what they have: a quarter of the
+// grace, at most 2 s. The gRPC server and the metrics listener cut theirs
+// alike.
+func CutMargin(grace time.Duration) time.Duration {
+	return min(grace/4, 2*time.Second)
 }
 
 // Cut ends the Fetches and Sweeps still running, as the shutdown's grace

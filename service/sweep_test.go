@@ -256,7 +256,7 @@ func TestSweepLimits(t *testing.T) {
 	up := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Close() })
 
 	t.Run("rate", func(t *testing.T) {
-		e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Rate, c.Burst = 1e-9, 3 }))
+		e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Admission.Rate, c.Admission.Burst = 1e-9, 3 }))
 		req := &netprobev1.SweepRequest{Concurrency: 1}
 		for range 5 {
 			req.Targets = append(req.Targets, sweepTarget("127.0.0.1", up.Port()))

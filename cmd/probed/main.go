@@ -27,6 +27,7 @@ import (
 
 	"github.com/netprobe/netprobe/internal/batchwriter"
 	"github.com/netprobe/netprobe/internal/buildinfo"
+	"github.com/netprobe/netprobe/internal/exporter"
 	"github.com/netprobe/netprobe/internal/probecli"
 	"github.com/netprobe/netprobe/internal/server"
 	"github.com/netprobe/netprobe/internal/settings"
@@ -191,8 +192,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		defer pprofLis.Close()
 		self = append(self, pprofLis.Addr())
 	}
-	if cfg.WebConfigFile != "" {
-		if err := web.Validate(cfg.WebConfigFile); err != nil {
+	if cfg.Exporter.WebConfigFile != "" {
+		if err := web.Validate(cfg.Exporter.WebConfigFile); err != nil {
 			return fmt.Errorf("web config: %w", err)
 		}
 	}
@@ -213,7 +214,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	attrs := []any{"addr", lis.Addr().String(), "tls", srv.TLS(), "mtls", srv.MutualTLS(), "tokens", srv.Tokens()}
-	var msrv *server.MetricsServer
+	var msrv *exporter.Server
 	if metricsLis != nil {
 		msrv = srv.NewMetricsServer(context.WithoutCancel(ctx))
 		go func() {
@@ -228,7 +229,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		defer servePprof(pprofLis, logger)()
 		attrs = append(attrs, "pprof_addr", pprofLis.Addr().String())
 	}
-	if metricsLis != nil && cfg.TLSClientCA != "" && cfg.TokensFile == "" && cfg.WebConfigFile == "" {
+	if metricsLis != nil && cfg.TLSClientCA != "" && cfg.Admission.TokensFile == "" && cfg.Exporter.WebConfigFile == "" {
 		// Mutual TLS reads as if it closed probed to strangers: it closes
 		// the gRPC port only.
 		logger.Warn("the metrics listener (/probe, /metrics, the page) is open to whoever reaches it: --tls-client-ca guards gRPC only; give it client certificates or users in --web-config-file, or require --tokens-file", "metrics_addr", metricsLis.Addr().String())

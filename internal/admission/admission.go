@@ -19,20 +19,44 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Limits are what a caller may do at once; see server.Config, which
-// declares them.
-type Limits struct {
-	MaxInFlight, MaxInFlightPerCaller int
-	Rate                              float64
-	Burst                             int
-	ScrapeRate                        float64
-	ScrapeBurst                       int
-	MaxSweeps, MaxSweepsPerCaller     int
-	MaxWatches, MaxWatchesPerCaller   int
-	MaxReadsPerCaller                 int
-	// ExpectRate is the steps of expect matching a caller may spend a
-	// second (Spend), at least MinExpectRate.
-	ExpectRate int
+// Config is who may call and what a caller may do at once. Each setting
+// is declared once, by its field's tags (see internal/settings).
+type Config struct {
+	// TokensFile, when set, requires a bearer token from it ("NAME TOKEN"
+	// lines) on every call but health checks; NAME names the caller.
+	TokensFile string `flag:"tokens-file" env:"NETPROBE_TOKENS_FILE" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
+	// MaxInFlight caps the probes running at once, server-wide, and
+	// MaxInFlightPerCaller those of one caller.
+	MaxInFlight          int `flag:"max-in-flight" env:"NETPROBE_MAX_IN_FLIGHT" default:"512" group:"Limits" help:"Most probes running at once, server-wide (each probe of a Sweep counts); more are RESOURCE_EXHAUSTED at once, never queued, and a Sweep's probes wait for a place within its time."`
+	MaxInFlightPerCaller int `flag:"max-in-flight-per-caller" env:"NETPROBE_MAX_IN_FLIGHT_PER_CALLER" default:"64" group:"Limits" help:"Most probes one caller may run at once (a caller is a token or certificate name, or else a peer's IPv4 address or IPv6 /64); more as --max-in-flight."`
+	// Rate is how many probes a second a caller may start on average, and
+	// Burst how many at once.
+	Rate  float64 `flag:"rate" env:"NETPROBE_RATE" default:"50" group:"Limits" help:"Probes a second each caller may start, on average (each probe of a Sweep is charged); more are RESOURCE_EXHAUSTED, and a Sweep's probes wait, those whose turn comes too late coming back abandoned."`
+	Burst int     `flag:"burst" env:"NETPROBE_BURST" default:"100" group:"Limits" help:"Probes a caller may start at once, above --rate."`
+	// MaxSweepsPerCaller caps the Sweeps one caller runs at once, and
+	// MaxSweeps those of all callers.
+	MaxSweepsPerCaller int `flag:"max-sweeps-per-caller" env:"NETPROBE_MAX_SWEEPS_PER_CALLER" default:"4" group:"Limits" help:"Most Sweeps one caller may run at once, admitted before their request is read (each holds its request while it runs: up to --max-payload-bytes plus 64 KiB on the wire, and 32,768 messages, some 5 MB, decoded); more are RESOURCE_EXHAUSTED."`
+	MaxSweeps          int `flag:"max-sweeps" env:"NETPROBE_MAX_SWEEPS" default:"32" group:"Limits" help:"Most Sweeps all callers together may run at once; more are RESOURCE_EXHAUSTED."`
+	// ExpectRate is the work each caller's expects may do a second, in
+	// matcher steps (an instruction visited for a byte received: 10 to 30
+	// ns of CPU each, measured). The default, 8 million, is a quarter of a
+	// CPU at the most, and over 100 times what a Fetch reading 64 KiB of
+	// SMTP replies through `^250 ` spends; an ordinary expect on a banner
+	// spends less than the 4,096 steps a charge is made of, and is never
+	// slowed.
+	ExpectRate int `flag:"expect-rate" env:"NETPROBE_EXPECT_RATE" default:"8000000" group:"Limits" help:"Work a second each caller's expects may do matching, in steps (an instruction of the expression visited for a byte received, 10 to 30 ns of CPU each: 8000000 is a quarter of a CPU at the most), with a second's worth at once; all callers together get 2 x GOMAXPROCS times this (half the CPUs). An expect over it waits, and one whose budget cannot come within its probe's time ends REASON_TIMEOUT. An expect on a banner spends under 4,096 steps and is never held. At least 65536."`
+	// MaxReadsPerCaller caps the requests of one caller that are read at
+	// once, for health checks.
+	MaxReadsPerCaller int `flag:"max-reads-per-caller" env:"NETPROBE_MAX_READS_PER_CALLER" default:"8" group:"Limits" help:"Most health check requests of one caller read at once; more are RESOURCE_EXHAUSTED. Before their request is read, probes are held to --max-in-flight-per-caller, Sweeps to --max-sweeps-per-caller, streams that stay open to --max-watches-per-caller."`
+	// MaxWatchesPerCaller caps the streams one caller holds open that are
+	// not probes (health Watch, reflection), and MaxWatches those of all
+	// callers.
+	MaxWatchesPerCaller int `flag:"max-watches-per-caller" env:"NETPROBE_MAX_WATCHES_PER_CALLER" default:"16" group:"Limits" help:"Most streams one caller may hold open that are not probes: health Watch, reflection (a grpcurl holds a reflection stream for as long as it runs, and a grpcurl watching health two); more are RESOURCE_EXHAUSTED."`
+	MaxWatches          int `flag:"max-watches" env:"NETPROBE_MAX_WATCHES" default:"1024" group:"Limits" help:"Most streams all callers together may hold open that are not probes; more are RESOURCE_EXHAUSTED."`
+	// ScrapeRate and ScrapeBurst are each scraper's bucket of /probe
+	// probes, apart from its gRPC one.
+	ScrapeRate  float64 `flag:"scrape-rate" env:"NETPROBE_SCRAPE_RATE" default:"100" group:"Prometheus" help:"Probes a second each scraper may start through /probe, on average: its targets divided by its scrape interval (1,500 targets every 15s is 100); more are 429."`
+	ScrapeBurst int     `flag:"scrape-burst" env:"NETPROBE_SCRAPE_BURST" default:"1000" group:"Prometheus" help:"Probes a scraper may start at once through /probe, above --scrape-rate: Prometheus may scrape all its targets together."`
 }
 
 // MinExpectRate is the least ExpectRate: a second's worth of steps is what
@@ -68,28 +92,29 @@ type Admission struct {
 	matching   *matching
 }
 
-// New returns the admission of callers named by the tokens of tokensFile
-// (none when empty: then no call needs a token), held to l, counted in m.
-func New(tokensFile string, l Limits, m Metrics) (*Admission, error) {
-	if l.ExpectRate < MinExpectRate {
-		return nil, fmt.Errorf("expect rate %d: want at least %d steps a second", l.ExpectRate, MinExpectRate)
+// New returns the admission of callers named by the tokens of
+// cfg.TokensFile (none when empty: then no call needs a token), held to
+// cfg's limits, counted in m.
+func New(cfg Config, m Metrics) (*Admission, error) {
+	if cfg.ExpectRate < MinExpectRate {
+		return nil, fmt.Errorf("expect rate %d: want at least %d steps a second", cfg.ExpectRate, MinExpectRate)
 	}
 	a := &Admission{metrics: m}
-	if tokensFile != "" {
+	if cfg.TokensFile != "" {
 		var err error
-		if a.tokens, err = loadTokens(tokensFile); err != nil {
+		if a.tokens, err = loadTokens(cfg.TokensFile); err != nil {
 			return nil, err
 		}
 	}
-	a.inflight = newInFlight(l.MaxInFlight, l.MaxInFlightPerCaller, a.refused, m.InFlight)
-	a.rates = newRateLimiter("rate", l.Rate, l.Burst, a.refused)
-	a.scrapes = newRateLimiter("scrape_rate", l.ScrapeRate, l.ScrapeBurst, a.refused)
+	a.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, a.refused, m.InFlight)
+	a.rates = newRateLimiter("rate", cfg.Rate, cfg.Burst, a.refused)
+	a.scrapes = newRateLimiter("scrape_rate", cfg.ScrapeRate, cfg.ScrapeBurst, a.refused)
 	a.guesses = newRateLimiter("basic_auth", BasicAuthRate, basicAuthBurst, a.refused)
 	a.allGuesses = rate.NewLimiter(allGuessesRate, allGuessesBurst)
-	a.reads = newGate("requests being read", "reads_per_caller", l.MaxReadsPerCaller, "", 0, a.refused)
-	a.watches = newGate("streams open (health Watch, reflection)", "watches_per_caller", l.MaxWatchesPerCaller, "watches", l.MaxWatches, a.refused)
-	a.sweeps = newGate("Sweeps running", "sweeps_per_caller", l.MaxSweepsPerCaller, "sweeps", l.MaxSweeps, a.refused)
-	a.matching = newMatching(l.ExpectRate, runtime.GOMAXPROCS(0), a.refused)
+	a.reads = newGate("requests being read", "reads_per_caller", cfg.MaxReadsPerCaller, "", 0, a.refused)
+	a.watches = newGate("streams open (health Watch, reflection)", "watches_per_caller", cfg.MaxWatchesPerCaller, "watches", cfg.MaxWatches, a.refused)
+	a.sweeps = newGate("Sweeps running", "sweeps_per_caller", cfg.MaxSweepsPerCaller, "sweeps", cfg.MaxSweeps, a.refused)
+	a.matching = newMatching(cfg.ExpectRate, runtime.GOMAXPROCS(0), a.refused)
 	return a, nil
 }
 

@@ -89,7 +89,7 @@ func TestMatchingCeiling(t *testing.T) {
 func TestExpectRateMinimum(t *testing.T) {
 	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"limit"})
 	for _, rate := range []int{0, MinExpectRate - 1} {
-		if _, err := New("", Limits{ExpectRate: rate}, Metrics{Refusals: refusals}); err == nil {
+		if _, err := New(Config{ExpectRate: rate}, Metrics{Refusals: refusals}); err == nil {
 			t.Errorf("expect rate %d: accepted, want refused", rate)
 		}
 	}

@@ -431,7 +431,7 @@ func TestServerErrors(t *testing.T) {
 	}
 
 	// A caller allowed one probe, ever: the second is refused.
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Rate, c.Burst = 1e-9, 1 }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Admission.Rate, c.Admission.Burst = 1e-9, 1 }))
 	target := probetest.Listen(t, "127.0.0.1:0", nil)
 	host, port, _ := net.SplitHostPort(target.Addr())
 	if r = probe(probetest.Context(t), nil, "connect", "--server", srv.Addr, host, port); r.code != exitOK {

@@ -84,7 +84,7 @@ func WithTokens(t testing.TB, tokens map[string]string) Option {
 	if err := os.WriteFile(path, []byte(text.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return func(c *server.Config) { c.TokensFile = path }
+	return func(c *server.Config) { c.Admission.TokensFile = path }
 }
 
 // WithConfig changes the server's configuration with f.
@@ -93,8 +93,8 @@ func WithConfig(f func(*server.Config)) Option { return Option(f) }
 // Unlimited lifts the rate and in-flight limits out of the way of tests
 // that run many probes quickly.
 func Unlimited(c *server.Config) {
-	c.Rate, c.Burst = 1e9, 1e9
-	c.MaxInFlight, c.MaxInFlightPerCaller = 1e6, 1e6
+	c.Admission.Rate, c.Admission.Burst = 1e9, 1e9
+	c.Admission.MaxInFlight, c.Admission.MaxInFlightPerCaller = 1e6, 1e6
 }
 
 // Start runs a probe server until the test ends.

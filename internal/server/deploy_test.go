@@ -172,7 +172,7 @@ func TestLimits(t *testing.T) {
 	ca := probetest.NewCA(t)
 	certFile, keyFile := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, "probed", true))
 	srv := probetest.Start(t, withTLS(certFile, keyFile), probetest.WithTokens(t, tokens), probetest.WithConfig(func(c *server.Config) {
-		c.MaxInFlight, c.MaxInFlightPerCaller, c.Rate, c.Burst, c.MaxFetchBytes = 3, 2, 1000, 1000, 10
+		c.Admission.MaxInFlight, c.Admission.MaxInFlightPerCaller, c.Admission.Rate, c.Admission.Burst, c.MaxFetchBytes = 3, 2, 1000, 1000, 10
 	}))
 	hold := probetest.Listen(t, "127.0.0.1:0", nil)
 	dial := func(token string) *client.Client {
@@ -236,7 +236,7 @@ func TestLimits(t *testing.T) {
 // TestRateLimit starts probes faster than a caller's rate allows.
 func TestRateLimit(t *testing.T) {
 	t.Parallel()
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Rate, c.Burst = 0.001, 2 }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Admission.Rate, c.Admission.Burst = 0.001, 2 }))
 	c := client.New(srv.Conn)
 	for i, want := range []codes.Code{codes.OK, codes.OK, codes.ResourceExhausted} {
 		_, err := c.ResolveService(probetest.Context(t), "tcp", "https")
@@ -311,7 +311,7 @@ func scrape(t *testing.T, srv *probetest.Server) map[string]*dto.MetricFamily {
 	// A server with tokens shows its metrics to a caller with one, as it
 	// serves /probe.
 	req.Header.Set("Authorization", "Bearer "+aliceToken)
-	srv.Server.MetricsHandler().ServeHTTP(rec, req)
+	srv.Server.NewMetricsServer(t.Context()).Handler().ServeHTTP(rec, req)
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(strings.NewReader(rec.Body.String()))
 	if err != nil {

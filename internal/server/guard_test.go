@@ -23,7 +23,7 @@ import (
 
 func newTestGuard(t *testing.T, logs *bytes.Buffer) (*guard, *metrics) {
 	m := newMetrics(prometheus.NewRegistry())
-	a, err := admission.New("", admission.Limits{MaxInFlight: 10, MaxInFlightPerCaller: 10, Rate: 1e9, Burst: 1e9,
+	a, err := admission.New(admission.Config{MaxInFlight: 10, MaxInFlightPerCaller: 10, Rate: 1e9, Burst: 1e9,
 		MaxReadsPerCaller: 1, MaxWatchesPerCaller: 1, MaxWatches: 2, MaxSweepsPerCaller: 1, MaxSweeps: 1, ExpectRate: admission.MinExpectRate},
 		admission.Metrics{Refusals: m.limitRefusals, InFlight: m.inFlight})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/netprobe/netprobe/internal/exporter"
 	"github.com/netprobe/netprobe/internal/probetest"
 	"github.com/netprobe/netprobe/internal/server"
 )
@@ -38,7 +39,7 @@ func TestScrapeModulesThatCannotRun(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeModules(t, t.TempDir(), tc.text)
-			if _, err := server.New(server.Config{ModulesFile: path}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if _, err := server.New(server.Config{Exporter: exporter.Config{ModulesFile: path}}); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("%v\nwant %q", err, tc.want)
 			}
 			if _, _, err := server.CheckModules(path, server.Config{}); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -49,7 +50,7 @@ func TestScrapeModulesThatCannotRun(t *testing.T) {
 	// The longest name that can be an identity loads, and a reload to a
 	// file that cannot run keeps it.
 	path := writeModules(t, dir, withCert(longest))
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
 	writeModules(t, dir, withCert("my module"))
 	if err := srv.Server.Reload(); err == nil || !strings.Contains(err.Error(), "module my module cannot be scraped") {
 		t.Errorf("reloading a module that cannot run: %v", err)

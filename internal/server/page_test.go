@@ -25,9 +25,9 @@ func TestPageListsModulesBounded(t *testing.T) {
 		fmt.Fprintf(&text, "  http_%04d:\n    prober: http\n", i)
 	}
 	path := writeModules(t, t.TempDir(), text.String())
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
 	rec := httptest.NewRecorder()
-	srv.Server.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	srv.Server.NewMetricsServer(t.Context()).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
 	page := rec.Body.String()
 	_, modules, _ := strings.Cut(page, `<table id="modules">`)
 	modules, _, _ = strings.Cut(modules, "</table>")

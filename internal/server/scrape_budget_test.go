@@ -22,7 +22,7 @@ import (
 func TestScrapeExpectBudget(t *testing.T) {
 	t.Parallel()
 	path := writeModules(t, t.TempDir(), "modules:\n  costly:\n    prober: tcp\n    timeout: 1s\n    tcp:\n      query_response:\n      - expect: \"\\\\pL{330}z\"\n")
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile, c.ExpectRate = path, admission.MinExpectRate }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile, c.Admission.ExpectRate = path, admission.MinExpectRate }))
 	sender := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		c.Write([]byte(strings.Repeat("b", 4<<10)))
 		c.Close()

@@ -23,7 +23,7 @@ func TestScrapeDuringSlowReload(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := writeModules(t, dir, "modules:\n  a:\n    prober: tcp\n")
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
 	s := newScraper(t, srv)
 	tg := probetest.Listen(t, "127.0.0.1:0", nil)
 	s.probe(t, "a", tg.Addr())

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/netprobe/netprobe/client"
+	"github.com/netprobe/netprobe/internal/exporter"
 	"github.com/netprobe/netprobe/internal/probetest"
 	"github.com/netprobe/netprobe/internal/server"
 )
@@ -34,7 +35,7 @@ type scraper struct {
 }
 
 func newScraper(t *testing.T, srv *probetest.Server) *scraper {
-	hs := httptest.NewServer(srv.Server.MetricsHandler())
+	hs := httptest.NewServer(srv.Server.NewMetricsServer(t.Context()).Handler())
 	t.Cleanup(hs.Close)
 	return &scraper{url: hs.URL}
 }
@@ -139,7 +140,7 @@ func TestScrape(t *testing.T) {
   http_2xx:
     prober: http
 `, caFile, certFile, keyFile))
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
 	s := newScraper(t, srv)
 
 	live := probetest.Listen(t, "127.0.0.1:0", nil)
@@ -274,7 +275,9 @@ func TestScrapeRefusals(t *testing.T) {
 	dir := t.TempDir()
 	path := writeModules(t, dir, "modules:\n  tcp_connect:\n    prober: tcp\n  http_2xx:\n    prober: http\n")
 	srv := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.2"), probetest.WithTokens(t, map[string]string{"prometheus": "scrape-token-0123456789"}),
-		probetest.WithConfig(func(c *server.Config) { c.ModulesFile, c.ScrapeRate, c.ScrapeBurst = path, 0.001, 3 }))
+		probetest.WithConfig(func(c *server.Config) {
+			c.Exporter.ModulesFile, c.Admission.ScrapeRate, c.Admission.ScrapeBurst = path, 0.001, 3
+		}))
 	s := newScraper(t, srv)
 	tg := probetest.Listen(t, "127.0.0.1:0", nil)
 	denied := probetest.Listen(t, "127.0.0.2:0", nil)
@@ -326,7 +329,7 @@ func TestScrapeReload(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := writeModules(t, dir, "modules:\n  a:\n    prober: tcp\n")
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
 	s := newScraper(t, srv)
 	tg := probetest.Listen(t, "127.0.0.1:0", nil)
 	s.probe(t, "a", tg.Addr())
@@ -374,12 +377,12 @@ func TestScrapeStart(t *testing.T) {
 		{"modules:\n  m:\n    prober: tcp\n    tcp:\n      source_ip_address: 127.0.0.2\n", "module m: source_ip_address 127.0.0.2 is not an address this server may bind"},
 	} {
 		path := writeModules(t, dir, tc.text)
-		if _, err := server.New(server.Config{ModulesFile: path}); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := server.New(server.Config{Exporter: exporter.Config{ModulesFile: path}}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v, want %q", err, tc.want)
 		}
 	}
 	path := writeModules(t, dir, "modules:\n  m:\n    prober: tcp\n    tcp:\n      source_ip_address: 127.0.0.2\n")
-	if _, err := server.New(server.Config{ModulesFile: path, AllowSource: []string{"127.0.0.0/8"}}); err != nil {
+	if _, err := server.New(server.Config{Exporter: exporter.Config{ModulesFile: path}, AllowSource: []string{"127.0.0.0/8"}}); err != nil {
 		t.Errorf("a source the server may bind: %v", err)
 	}
 	// The modules' certificates have names of their own: an operator's

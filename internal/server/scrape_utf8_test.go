@@ -38,7 +38,7 @@ func TestScrapeInvalidUTF8(t *testing.T) {
         - name: ssh_comments
           value: "${2}"
 `)
-	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.ModulesFile = path }))
+	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
 	s := newScraper(t, srv)
 	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		io.WriteString(c, "SSH-2.0-\xff\xfe x\xc3\r\n")
@@ -93,9 +93,9 @@ func FuzzScrapeMetrics(f *testing.F) {
 		f.Fatal(err)
 	}
 	srv := probetest.Start(f, probetest.WithConfig(probetest.Unlimited), probetest.WithConfig(func(c *server.Config) {
-		c.ModulesFile, c.ScrapeRate, c.ScrapeBurst = path, 1e9, 1e9
+		c.Exporter.ModulesFile, c.Admission.ScrapeRate, c.Admission.ScrapeBurst = path, 1e9, 1e9
 	}))
-	hs := httptest.NewServer(srv.Server.MetricsHandler())
+	hs := httptest.NewServer(srv.Server.NewMetricsServer(f.Context()).Handler())
 	f.Cleanup(hs.Close)
 	// The target sends what the iteration sets, then closes.
 	var sends atomic.Pointer[[]byte]

@@ -1,7 +1,9 @@
-// Package server assembles netprobe's gRPC server: the probe service with
-// its limits, authentication, target policy, metrics, audit log, health
-// and reflection. probed, the CLI's in-process mode and the tests all build
-// their server here, so that each of them runs what production runs.
+// Package server assembles probed: its gRPC server (the probe service with
+// the guard that admits its calls, authentication, the target policy,
+// health, reflection, TLS and the drain), and beside it, from the same
+// parts, the metrics listener (see exporter). probed, the CLI's
+// in-process mode and the tests all build their server here, so that each
+// of them runs what production runs.
 package server
 
 import (
@@ -10,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -18,7 +19,6 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,10 +31,15 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/admission"
+	"github.com/netprobe/netprobe/internal/audit"
 	"github.com/netprobe/netprobe/internal/batchwriter"
+	"github.com/netprobe/netprobe/internal/buildinfo"
 	"github.com/netprobe/netprobe/internal/connguard"
+	"github.com/netprobe/netprobe/internal/exporter"
+	"github.com/netprobe/netprobe/internal/modules"
 	"github.com/netprobe/netprobe/internal/services"
 	"github.com/netprobe/netprobe/internal/settings"
+	"github.com/netprobe/netprobe/internal/statuspage"
 	"github.com/netprobe/netprobe/internal/wire"
 	"github.com/netprobe/netprobe/policy"
 	"github.com/netprobe/netprobe/service"
@@ -57,9 +62,6 @@ type Config struct {
 	// TLSClientCA, when set, requires client certificates signed by these
 	// CAs (PEM); the certificate's common name names the caller.
 	TLSClientCA string `flag:"tls-client-ca" env:"NETPROBE_TLS_CLIENT_CA" group:"Serving" help:"Require client certificates signed by these CAs (PEM): mutual TLS. The certificate's common name is the caller's identity."`
-	// TokensFile, when set, requires a bearer token from it ("NAME TOKEN"
-	// lines) on every call but health checks; NAME names the caller.
-	TokensFile string `flag:"tokens-file" env:"NETPROBE_TOKENS_FILE" group:"Serving" help:"Require a bearer token from this file (one \"NAME TOKEN\" a line) on every call but health checks. NAME is the caller's identity."`
 
 	// PolicyFile is a file of target policy lines.
 	PolicyFile string `flag:"policy-file" env:"NETPROBE_POLICY_FILE" group:"Target policy" help:"Read rules from this file: \"allow RULE\", \"deny RULE\", \"caller NAME allow RULE\", and the client identities callers may present: \"identity ID\" (anyone), \"caller NAME identity ID\"."`
@@ -86,34 +88,6 @@ type Config struct {
 
 	// Limits are the probe service's.
 	service.Limits
-	// MaxInFlight caps the probes running at once, server-wide, and
-	// MaxInFlightPerCaller those of one caller.
-	MaxInFlight          int `flag:"max-in-flight" env:"NETPROBE_MAX_IN_FLIGHT" default:"512" group:"Limits" help:"Most probes running at once, server-wide (each probe of a Sweep counts); more are RESOURCE_EXHAUSTED at once, never queued, and a Sweep's probes wait for a place within its time."`
-	MaxInFlightPerCaller int `flag:"max-in-flight-per-caller" env:"NETPROBE_MAX_IN_FLIGHT_PER_CALLER" default:"64" group:"Limits" help:"Most probes one caller may run at once (a caller is a token or certificate name, or else a peer's IPv4 address or IPv6 /64); more as --max-in-flight."`
-	// Rate is how many probes a second a caller may start on average, and
-	// Burst how many at once.
-	Rate  float64 `flag:"rate" env:"NETPROBE_RATE" default:"50" group:"Limits" help:"Probes a second each caller may start, on average (each probe of a Sweep is charged); more are RESOURCE_EXHAUSTED, and a Sweep's probes wait, those whose turn comes too late coming back abandoned."`
-	Burst int     `flag:"burst" env:"NETPROBE_BURST" default:"100" group:"Limits" help:"Probes a caller may start at once, above --rate."`
-	// MaxSweepsPerCaller caps the Sweeps one caller runs at once, and
-	// MaxSweeps those of all callers.
-	MaxSweepsPerCaller int `flag:"max-sweeps-per-caller" env:"NETPROBE_MAX_SWEEPS_PER_CALLER" default:"4" group:"Limits" help:"Most Sweeps one caller may run at once, admitted before their request is read (each holds its request while it runs: up to --max-payload-bytes plus 64 KiB on the wire, and 32,768 messages, some 5 MB, decoded); more are RESOURCE_EXHAUSTED."`
-	MaxSweeps          int `flag:"max-sweeps" env:"NETPROBE_MAX_SWEEPS" default:"32" group:"Limits" help:"Most Sweeps all callers together may run at once; more are RESOURCE_EXHAUSTED."`
-	// ExpectRate is the work each caller's expects may do a second, in
-	// matcher steps (an instruction visited for a byte received: 10 to 30
-	// ns of CPU each, measured). The default, 8 million, is a quarter of a
-	// CPU at the most, and over 100 times what a Fetch reading 64 KiB of
-	// SMTP replies through `^250 ` spends; an ordinary expect on a banner
-	// spends less than the 4,096 steps a charge is made of, and is never
-	// slowed.
-	ExpectRate int `flag:"expect-rate" env:"NETPROBE_EXPECT_RATE" default:"8000000" group:"Limits" help:"Work a second each caller's expects may do matching, in steps (an instruction of the expression visited for a byte received, 10 to 30 ns of CPU each: 8000000 is a quarter of a CPU at the most), with a second's worth at once; all callers together get 2 x GOMAXPROCS times this (half the CPUs). An expect over it waits, and one whose budget cannot come within its probe's time ends REASON_TIMEOUT. An expect on a banner spends under 4,096 steps and is never held. At least 65536."`
-	// MaxReadsPerCaller caps the requests of one caller that are read at
-	// once, for health checks.
-	MaxReadsPerCaller int `flag:"max-reads-per-caller" env:"NETPROBE_MAX_READS_PER_CALLER" default:"8" group:"Limits" help:"Most health check requests of one caller read at once; more are RESOURCE_EXHAUSTED. Before their request is read, probes are held to --max-in-flight-per-caller, Sweeps to --max-sweeps-per-caller, streams that stay open to --max-watches-per-caller."`
-	// MaxWatchesPerCaller caps the streams one caller holds open that are
-	// not probes (health Watch, reflection), and MaxWatches those of all
-	// callers.
-	MaxWatchesPerCaller int `flag:"max-watches-per-caller" env:"NETPROBE_MAX_WATCHES_PER_CALLER" default:"16" group:"Limits" help:"Most streams one caller may hold open that are not probes: health Watch, reflection (a grpcurl holds a reflection stream for as long as it runs, and a grpcurl watching health two); more are RESOURCE_EXHAUSTED."`
-	MaxWatches          int `flag:"max-watches" env:"NETPROBE_MAX_WATCHES" default:"1024" group:"Limits" help:"Most streams all callers together may hold open that are not probes; more are RESOURCE_EXHAUSTED."`
 	// MaxConnections caps the gRPC connections served at once, and
 	// MaxConnectionsPerSource those from one IPv4 address or IPv6 /64;
 	// a connection over either is closed as it is accepted.
@@ -134,33 +108,10 @@ type Config struct {
 	// KeepaliveMinTime is the shortest interval a client may ping at.
 	KeepaliveMinTime time.Duration `flag:"keepalive-min-time" env:"NETPROBE_KEEPALIVE_MIN_TIME" default:"10s" group:"Limits" help:"Shortest interval between client keepalive pings; a client pinging more often gets a GOAWAY (too_many_pings)."`
 
-	// WebConfigFile is the metrics listener's exporter-toolkit web
-	// configuration, which the listener's server applies; its basic auth
-	// users name the scrapers of /probe.
-	WebConfigFile string `flag:"web-config-file" env:"NETPROBE_WEB_CONFIG_FILE" group:"Prometheus" help:"Serve --metrics-addr with this exporter-toolkit web configuration: TLS, client certificates, basic auth users (as Prometheus exporters take it). A scraper of /probe is then its basic auth user, or its client certificate's common name."`
-	// ModulesFile is a module file in blackbox_exporter's format, for
-	// /probe; empty serves the default modules. It is read again when it
-	// changes (checked at most once a second) and on Reload.
-	ModulesFile string `flag:"modules-file" env:"NETPROBE_MODULES_FILE" group:"Prometheus" help:"Serve /probe (blackbox_exporter's multi-target endpoint, on --metrics-addr) with the modules of this file, in blackbox_exporter's format: its tcp modules run, those of its other probers are listed as not run. Reloaded when it changes or on SIGHUP; a file that does not load leaves the modules as they were. Without it: tcp_connect, tls_connect, udp and PROTO_starttls."`
-	// ScrapeTimeoutOffset is taken off a scrape's timeout for its probe's.
-	ScrapeTimeoutOffset time.Duration `flag:"scrape-timeout-offset" env:"NETPROBE_SCRAPE_TIMEOUT_OFFSET" default:"500ms" group:"Prometheus" help:"Taken off a scrape's timeout (X-Prometheus-Scrape-Timeout-Seconds) for its probe's, so that the answer arrives in time."`
-	// ScrapeRate and ScrapeBurst are each scraper's bucket of /probe
-	// probes, apart from its gRPC one.
-	ScrapeRate  float64 `flag:"scrape-rate" env:"NETPROBE_SCRAPE_RATE" default:"100" group:"Prometheus" help:"Probes a second each scraper may start through /probe, on average: its targets divided by its scrape interval (1,500 targets every 15s is 100); more are 429."`
-	ScrapeBurst int     `flag:"scrape-burst" env:"NETPROBE_SCRAPE_BURST" default:"1000" group:"Prometheus" help:"Probes a scraper may start at once through /probe, above --scrape-rate: Prometheus may scrape all its targets together."`
-	// MetricsMaxConns caps the metrics listener's open connections, and
-	// MetricsMaxSourceConns those of one source address (an IPv4 address
-	// or IPv6 /64): twice the probes a caller may run at once, each scrape
-	// over a connection of its own, leaving room for the idle connections
-	// of its other jobs (its /metrics, a kubelet). MetricsIdleTimeout
-	// closes a keep-alive connection idle that long (see MetricsServer).
-	MetricsMaxConns       int           `flag:"metrics-max-connections" env:"NETPROBE_METRICS_MAX_CONNECTIONS" default:"256" group:"Prometheus" help:"Most connections open at once on --metrics-addr; one more is closed as it is accepted."`
-	MetricsMaxSourceConns int           `flag:"metrics-max-connections-per-source" env:"NETPROBE_METRICS_MAX_CONNECTIONS_PER_SOURCE" default:"128" group:"Prometheus" help:"Most connections open at once on --metrics-addr from one source (an IPv4 address or IPv6 /64); one more is closed as it is accepted."`
-	MetricsIdleTimeout    time.Duration `flag:"metrics-idle-timeout" env:"NETPROBE_METRICS_IDLE_TIMEOUT" default:"1m0s" group:"Prometheus" help:"Close a keep-alive connection of --metrics-addr idle this long."`
-	// PublicStatus serves /metrics, the page and its reports to anyone;
-	// without it they need what /probe needs (a bearer token when there
-	// are tokens).
-	PublicStatus bool `flag:"public-status" env:"NETPROBE_PUBLIC_STATUS" group:"Prometheus" help:"Serve /metrics, the page at / and its reports (/probes/ID) to anyone. Without it, they need the credentials /probe needs (a bearer token with --tokens-file, a user with --web-config-file's basic_auth_users). /healthz needs none either way."`
+	// Exporter is the metrics listener's (/probe, /metrics, the page).
+	Exporter exporter.Config
+	// Admission is who may call, and how much.
+	Admission admission.Config
 
 	// Logger receives the audit lines and the server's own log; nil
 	// discards them.
@@ -183,15 +134,15 @@ type Server struct {
 	conns     *admission.ConnLimiter
 	service   *service.Server
 	metrics   *metrics
-	cert      *certificate
+	// audit records the probes; modules are /probe's.
+	audit   *audit.Recorder
+	modules *modules.Store
+	cert    *certificate
 	// identities are the client certificates probes may present.
 	identities identities
 	policy     *policy.Policy
 	// sources are the addresses probes may bind.
 	sources []netip.Prefix
-	scraper *scraper
-	// recent are the last probes, for the page.
-	recent *recentProbes
 	// refusalLog limits the log lines of calls refused as they open;
 	// refusalsUnlogged counts those left out since the last.
 	refusalLog       *rate.Limiter
@@ -228,27 +179,17 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.recent = newRecentProbes(recentProbesKept)
 	s.refusalLog = rate.NewLimiter(refusalLogRate, refusalLogBurst)
 	s.registry = prometheus.NewRegistry()
 	s.metrics = newMetrics(s.registry)
 	m := s.metrics
-	// Every refusal the policy can make starts at zero.
-	for _, rule := range s.policy.Refusals() {
-		m.policyRefusals.WithLabelValues(rule)
-	}
+	s.audit = audit.New(s.logger, s.registry, s.policy.Refusals())
 	if cfg.LogStats != nil {
 		registerLogStats(s.registry, cfg.LogStats)
 	}
 	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	s.registry.MustRegister(grpcMetrics)
-	s.admission, err = admission.New(cfg.TokensFile, admission.Limits{
-		MaxInFlight: cfg.MaxInFlight, MaxInFlightPerCaller: cfg.MaxInFlightPerCaller,
-		Rate: cfg.Rate, Burst: cfg.Burst, ScrapeRate: cfg.ScrapeRate, ScrapeBurst: cfg.ScrapeBurst,
-		MaxSweeps: cfg.MaxSweeps, MaxSweepsPerCaller: cfg.MaxSweepsPerCaller,
-		MaxWatches: cfg.MaxWatches, MaxWatchesPerCaller: cfg.MaxWatchesPerCaller,
-		MaxReadsPerCaller: cfg.MaxReadsPerCaller, ExpectRate: cfg.ExpectRate,
-	}, admission.Metrics{Refusals: m.limitRefusals, Unauthenticated: m.transportRefusals.WithLabelValues("unauthenticated"), InFlight: m.inFlight})
+	s.admission, err = admission.New(cfg.Admission, admission.Metrics{Refusals: m.limitRefusals, Unauthenticated: m.transportRefusals.WithLabelValues("unauthenticated"), InFlight: m.inFlight})
 	if err != nil {
 		return nil, err
 	}
@@ -261,18 +202,22 @@ func New(cfg Config) (*Server, error) {
 	if s.identities, err = loadIdentities(cfg.ClientIdentities, s.logger); err != nil {
 		return nil, err
 	}
-	if s.scraper, err = newScraper(s, cfg); err != nil {
+	check, err := exporter.ModuleCheck(cfg.Exporter, cfg.Limits, s.sources)
+	if err != nil {
+		return nil, err
+	}
+	if s.modules, err = modules.Open(cfg.Exporter.ModulesFile, check, s.logger); err != nil {
 		return nil, err
 	}
 	srv, err := service.New(service.Config{
 		AllowedSources:   s.sources,
-		ClientIdentities: moduleIdentities{ids: s.identities, sc: s.scraper},
+		ClientIdentities: clientIdentities{ids: s.identities, modules: s.modules},
 		Limits:           cfg.Limits,
 		DNSServer:        cfg.DNSServer,
 		Services:         table,
 		Policy:           s.policy,
 		Limiter:          s.admission,
-		Observe:          observe(s.logger, m, s.recent),
+		Observe:          s.audit.Observe,
 	})
 	if err != nil {
 		return nil, err
@@ -383,12 +328,12 @@ func (s *Server) PolicyRules() []string { return s.policy.Rules() }
 // Reload reads the certificate files again, the server's and the client
 // identities'; on failure the certificate in use stays.
 func (s *Server) Reload() error {
-	if s.cert == nil && len(s.identities) == 0 && s.cfg.ModulesFile == "" {
+	if s.cert == nil && len(s.identities) == 0 && s.modules.File() == "" {
 		s.logger.Info("nothing to reload", "why", "no certificates, no module file")
 		return nil
 	}
 	var errs []error
-	if err := s.scraper.reload(); err != nil {
+	if err := s.modules.Reload(); err != nil {
 		errs = append(errs, err)
 	}
 	if s.cert != nil {
@@ -425,7 +370,7 @@ func (s *Server) Drain(grace time.Duration) {
 		s.grpc.GracefulStop()
 		close(stopped)
 	}()
-	margin := cutMargin(grace)
+	margin := service.CutMargin(grace)
 	cut := time.NewTimer(grace - margin)
 	defer cut.Stop()
 	select {
@@ -450,34 +395,48 @@ func (s *Server) Drain(grace time.Duration) {
 	s.logger.Info("stopped")
 }
 
-// cutMargin is how long before the grace period ends the running Fetches
-// and Sweeps are cut, to send what they have: a quarter of the grace, at
-// most 2 s.
-func cutMargin(grace time.Duration) time.Duration {
-	return min(grace/4, 2*time.Second)
-}
-
 // Stop stops the server at once, cancelling every call.
 func (s *Server) Stop() { s.grpc.Stop() }
 
-// MetricsHandler serves the Prometheus metrics at /metrics, the probe
-// service's health at /healthz, blackbox_exporter's /probe, and a page at
-// / with the recent probes (their reports at /probes/ID). All but
-// /healthz need the credentials /probe needs, unless
-// Config.PublicStatus; MetricsServer serves it on a listener.
-func (s *Server) MetricsHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", s.scraper.guard(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry})))
-	mux.Handle("/healthz", healthHandler(s.health))
-	mux.Handle("/probe", s.scraper)
-	mux.Handle("GET /{$}", s.scraper.guard(http.HandlerFunc(s.page)))
-	mux.Handle("GET /probes/{id}", s.scraper.guard(http.HandlerFunc(s.report)))
-	// No answer of the listener is to be read as another type than it
-	// says: a report repeats what targets sent.
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		mux.ServeHTTP(w, r)
+// NewMetricsServer builds the metrics listener's server from the same
+// parts as the gRPC server's: its admission, probe service, metrics,
+// health and audit; ctx is the parent of its requests' contexts.
+func (s *Server) NewMetricsServer(ctx context.Context) *exporter.Server {
+	page := statuspage.New(s.audit, s.status, s.logger)
+	return exporter.New(ctx, s.cfg.Exporter, exporter.Deps{
+		Admission: s.admission, Prober: s.service, Modules: s.modules, Limits: s.service.Limits(),
+		Gatherer: s.registry, Health: s.healthOf, Page: page,
+		Connections: s.metrics.metricsConnections,
+		Refused:     func(limit string) { s.metrics.limitRefusals.WithLabelValues(limit).Inc() },
+		Logger:      s.logger,
 	})
+}
+
+// healthOf is the probe service's health, as gRPC health reports it.
+func (s *Server) healthOf(ctx context.Context) healthpb.HealthCheckResponse_ServingStatus {
+	resp, err := s.health.Check(ctx, &healthpb.HealthCheckRequest{Service: netprobev1.ProbeService_ServiceDesc.ServiceName})
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN
+	}
+	return resp.GetStatus()
+}
+
+// status is what the page shows of the server.
+func (s *Server) status() statuspage.Status {
+	st := statuspage.Status{
+		Version: buildinfo.Version(), Health: s.healthOf(context.Background()).String(),
+		TLS: s.TLS(), MutualTLS: s.MutualTLS(), Tokens: s.Tokens(), Policy: s.PolicyRules(),
+		Modules: s.modules.Set(), ModulesFile: s.modules.File(),
+	}
+	for _, a := range s.cfg.Self {
+		st.Listeners = append(st.Listeners, a.Network()+" "+a.String())
+	}
+	for _, setting := range settings.Of(&s.cfg) {
+		if setting.Group == "Limits" {
+			st.Limits = append(st.Limits, "--"+setting.Name+" "+setting.Value())
+		}
+	}
+	return st
 }
 
 // interceptorLogger adapts slog to go-grpc-middleware's logging interface.
@@ -487,18 +446,20 @@ func interceptorLogger(l *slog.Logger) logging.Logger {
 	})
 }
 
-// healthHandler mirrors the gRPC health of the probe service for checkers
-// that speak only HTTP, or that cannot reach a TLS gRPC port (the
-// kubelet's gRPC probes are plaintext): 200 when SERVING, 503 else. It
-// needs no credentials, as gRPC health checks need no token.
-func healthHandler(hs *drainingHealth) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		resp, err := hs.Check(r.Context(), &healthpb.HealthCheckRequest{Service: netprobev1.ProbeService_ServiceDesc.ServiceName})
-		st := resp.GetStatus()
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err != nil || st != healthpb.HealthCheckResponse_SERVING {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		fmt.Fprintln(w, st)
-	})
+// CheckModules loads a module file as a server with cfg would, returning
+// its warnings.
+func CheckModules(path string, cfg Config) (*modules.Set, []string, error) {
+	if err := settings.Defaults(&cfg); err != nil {
+		return nil, nil, err
+	}
+	sources, err := parseSources(cfg.AllowSource)
+	if err != nil {
+		return nil, nil, err
+	}
+	check, err := exporter.ModuleCheck(cfg.Exporter, cfg.Limits, sources)
+	if err != nil {
+		return nil, nil, err
+	}
+	set, _, warnings, err := modules.LoadChecked(path, check)
+	return set, warnings, err
 }

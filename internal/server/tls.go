@@ -158,3 +158,17 @@ func (ids identities) Certificate(name string) (*tls.Certificate, bool) {
 	cert, _ := c.get(nil)
 	return cert, true
 }
+
+// clientIdentities are the client certificates probes may present: the
+// server's (--client-identity), and its modules' ("module/NAME").
+type clientIdentities struct {
+	ids     identities
+	modules *modules.Store
+}
+
+func (c clientIdentities) Certificate(name string) (*tls.Certificate, bool) {
+	if strings.HasPrefix(name, modules.IdentityPrefix) {
+		return c.modules.Certificate(name)
+	}
+	return c.ids.Certificate(name)
+}

@@ -89,6 +89,16 @@ func walk(out []Setting, v reflect.Value) []Setting {
 	return out
 }
 
+// Value is the setting's value now, as its flag would be written.
+func (s Setting) Value() string {
+	switch v := s.field.Interface().(type) {
+	case []string:
+		return strings.Join(v, s.Sep)
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
 // Defaults sets each setting of *cfg that is still its type's zero value
 // to its default. A server calls it on the Config it is given, so that
 // one built in code (a test, the CLI's in-process server) has the same

@@ -103,6 +103,16 @@ func TestDefaults(t *testing.T) {
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("(-want +got)\n%s", diff)
 	}
+	c.Allow = []string{"a", "b"}
+	values := map[string]string{}
+	for _, s := range Of(&c) {
+		values[s.Name] = s.Value()
+	}
+	for name, want := range map[string]string{"listen": "localhost:7070", "timeout": "5s", "max-in-flight": "9", "allow": "a;b", "verbose": "false"} {
+		if values[name] != want {
+			t.Errorf("--%s's value %q, want %q", name, values[name], want)
+		}
+	}
 }
 
 func TestMarkdown(t *testing.T) {

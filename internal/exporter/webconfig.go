@@ -1,4 +1,4 @@
-package server
+package exporter
 
 import (
 	"os"
@@ -31,7 +31,7 @@ func (w *webConfig) hasUsers() bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if time.Since(w.checked) < moduleCheckEvery {
+	if time.Since(w.checked) < webConfigCheckEvery {
 		return w.basicAuth
 	}
 	w.checked = time.Now()

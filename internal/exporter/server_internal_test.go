@@ -1,10 +1,11 @@
-package server
+package exporter
 
 import (
 	"bufio"
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -13,21 +14,70 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/netprobe/netprobe/internal/admission"
+	"github.com/netprobe/netprobe/internal/audit"
+	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/internal/settings"
+	"github.com/netprobe/netprobe/internal/statuspage"
 	"github.com/netprobe/netprobe/service"
 )
 
 const testTimeout = 10 * time.Second
 
-// serveMetrics serves s's metrics listener on loopback for the length of
-// the test, after change has its way with the server, and returns its
-// address.
-func serveMetrics(t *testing.T, s *Server, change func(*MetricsServer)) string {
+// newServer builds a metrics listener's server as probed would, with cfg
+// and the probe service's limits, on a service of its own.
+func newServer(t *testing.T, cfg Config, limits service.Limits) *Server {
+	t.Helper()
+	if err := settings.Defaults(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refusals"}, []string{"limit"})
+	var ac admission.Config
+	if err := settings.Defaults(&ac); err != nil {
+		t.Fatal(err)
+	}
+	a, err := admission.New(ac, admission.Metrics{Refusals: refusals, InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "in_flight"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := service.New(service.Config{Limits: limits, Limiter: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check, err := ModuleCheck(cfg, svc.Limits(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, err := modules.Open(cfg.ModulesFile, check, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := audit.New(slog.New(slog.DiscardHandler), reg, nil)
+	page := statuspage.New(rec, func() statuspage.Status { return statuspage.Status{Modules: mods.Set()} }, slog.New(slog.DiscardHandler))
+	return New(t.Context(), cfg, Deps{
+		Admission: a, Prober: svc, Modules: mods, Limits: svc.Limits(), Gatherer: reg,
+		Health: func(context.Context) healthpb.HealthCheckResponse_ServingStatus {
+			return healthpb.HealthCheckResponse_SERVING
+		},
+		Page:        page,
+		Connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "connections"}),
+		Refused:     func(limit string) { refusals.WithLabelValues(limit).Inc() },
+		Logger:      slog.New(slog.DiscardHandler),
+	})
+}
+
+// serveMetrics serves m on loopback for the length of the test, after
+// change has its way with it, and returns its address.
+func serveMetrics(t *testing.T, m *Server, change func(*Server)) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := s.NewMetricsServer(t.Context())
 	change(m)
 	served := make(chan error, 1)
 	go func() { served <- m.Serve(lis) }()
@@ -45,11 +95,7 @@ func serveMetrics(t *testing.T, s *Server, change func(*MetricsServer)) string {
 // passes (the server's, scaled down from 10 s to 200 ms), unanswered.
 func TestMetricsReadHeaderTimeout(t *testing.T) {
 	t.Parallel()
-	s, err := New(Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serveMetrics(t, s, func(m *MetricsServer) { m.http.ReadHeaderTimeout /= 50 })
+	addr := serveMetrics(t, newServer(t, Config{}, service.Limits{}), func(m *Server) { m.http.ReadHeaderTimeout /= 50 })
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -80,11 +126,8 @@ func TestMetricsLongestScrape(t *testing.T) {
 	if err := os.WriteFile(modules, []byte("modules:\n  wait:\n    prober: tcp\n    tcp:\n      query_response:\n      - expect: ^ready$\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Limits: service.Limits{MaxTimeout: 2 * time.Second, DefaultTimeout: time.Second}, ModulesFile: modules})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serveMetrics(t, s, func(*MetricsServer) {})
+	s := newServer(t, Config{ModulesFile: modules}, service.Limits{MaxTimeout: 2 * time.Second, DefaultTimeout: time.Second})
+	addr := serveMetrics(t, s, func(*Server) {})
 	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/probe?module=wait&target="+silent.Addr().String(), nil)
@@ -118,12 +161,9 @@ func TestMetricsDrain(t *testing.T) {
 	if err := os.WriteFile(modules, []byte("modules:\n  wait:\n    prober: tcp\n    tcp:\n      query_response:\n      - expect: ^ready$\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{ModulesFile: modules})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m *MetricsServer
-	addr := serveMetrics(t, s, func(ms *MetricsServer) { m = ms })
+	s := newServer(t, Config{ModulesFile: modules}, service.Limits{})
+	var m *Server
+	addr := serveMetrics(t, s, func(ms *Server) { m = ms })
 	get := func(path string) (int, string, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
 		defer cancel()
@@ -196,11 +236,7 @@ func TestMetricsDrain(t *testing.T) {
 // refused (431) unread past the cap of 64 KiB.
 func TestMetricsHeaderBytes(t *testing.T) {
 	t.Parallel()
-	s, err := New(Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := serveMetrics(t, s, func(*MetricsServer) {})
+	addr := serveMetrics(t, newServer(t, Config{}, service.Limits{}), func(*Server) {})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,162 @@
+// Package statuspage is probed at a glance, for a person in a browser: its
+// health, listeners, policy, limits and modules, and the last probes from
+// every way in, each linked to its report. It is served on the metrics
+// listener (see exporter), server-rendered, with no script.
+package statuspage
+
+import (
+	_ "embed"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/netprobe/netprobe/internal/audit"
+	"github.com/netprobe/netprobe/internal/modules"
+)
+
+// modulesListed is how many modules the page lists, in the order of their
+// names, and as many of those of other probers: a file may hold
+// thousands. probed --check-modules lists them all.
+const modulesListed = 100
+
+//go:embed page.html
+var pageHTML string
+
+var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
+	"ms": func(d time.Duration) string {
+		if d == 0 {
+			return ""
+		}
+		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
+	},
+	"clock": func(t time.Time) string { return t.UTC().Format("15:04:05.000") },
+}).Parse(pageHTML))
+
+// Status is what the page shows of the server besides its probes.
+type Status struct {
+	Version, Health string
+	// Listeners are the addresses served, as "network address".
+	Listeners []string
+	// TLS, MutualTLS and Tokens say how gRPC callers are authenticated.
+	TLS, MutualTLS, Tokens bool
+	// Policy are the target policy's rules, in the order they are judged;
+	// Limits say what a caller may do, a line each.
+	Policy, Limits []string
+	// Modules are /probe's, from ModulesFile ("" for the defaults).
+	Modules     *modules.Set
+	ModulesFile string
+}
+
+// Page serves the page at / and the probes' reports at /probes/ID.
+type Page struct {
+	probes *audit.Recorder
+	status func() Status
+	logger *slog.Logger
+}
+
+// New returns the page of the probes probes recorded, with status as it is
+// when the page is asked for.
+func New(probes *audit.Recorder, status func() Status, logger *slog.Logger) *Page {
+	return &Page{probes: probes, status: status, logger: logger}
+}
+
+// Routes puts the page on mux, each route through guard: "GET /" and
+// "GET /probes/{id}".
+func (pg *Page) Routes(mux *http.ServeMux, guard func(http.Handler) http.Handler) {
+	mux.Handle("GET /{$}", guard(http.HandlerFunc(pg.page)))
+	mux.Handle("GET /probes/{id}", guard(http.HandlerFunc(pg.report)))
+}
+
+// data is what the page shows.
+type data struct {
+	Status
+	Modules []module
+	Skipped []string
+	// ModulesLeft and SkippedLeft are how many modules the page does not
+	// list.
+	ModulesLeft, SkippedLeft int
+	Probes                   []*audit.Probe
+	Now                      time.Time
+}
+
+type module struct {
+	Name, Prober, What string
+}
+
+// page serves /.
+func (pg *Page) page(w http.ResponseWriter, r *http.Request) {
+	d := data{Status: pg.status(), Probes: pg.probes.Recent(), Now: time.Now()}
+	set := d.Status.Modules
+	names := set.Names()
+	d.ModulesLeft = max(0, len(names)-modulesListed)
+	for _, name := range names[:len(names)-d.ModulesLeft] {
+		d.Modules = append(d.Modules, module{Name: name, Prober: set.Modules[name].Prober, What: moduleSummary(set.Modules[name])})
+	}
+	skipped := slices.Sorted(maps.Keys(set.Skipped))
+	d.SkippedLeft = max(0, len(skipped)-modulesListed)
+	for _, name := range skipped[:len(skipped)-d.SkippedLeft] {
+		d.Skipped = append(d.Skipped, name+" ("+set.Skipped[name]+")")
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := pageTemplate.Execute(w, d); err != nil {
+		pg.logger.Error("page", "err", err)
+	}
+}
+
+// moduleSummary says in a few words what a module does.
+func moduleSummary(m *modules.Module) string {
+	var parts []string
+	if m.Err != nil {
+		return "cannot run: " + m.Err.Error()
+	}
+	if m.Prober == "udp" {
+		parts = append(parts, fmt.Sprintf("a datagram of %d bytes, then the answer", len(m.Payload)))
+	}
+	if m.TLS != nil {
+		parts = append(parts, "TLS")
+	}
+	if n := len(m.Steps); n > 0 {
+		parts = append(parts, fmt.Sprintf("a dialogue of %d steps", n))
+	}
+	if m.Timeout > 0 {
+		parts = append(parts, "timeout "+m.Timeout.String())
+	}
+	if len(parts) == 0 {
+		return "connect"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// report serves /probes/ID: a recent probe's report, as the API's JSON.
+func (pg *Page) report(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	p := pg.probes.Lookup(id)
+	if err != nil || p == nil {
+		http.Error(w, "no such probe among the recent ones", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	opts := protojson.MarshalOptions{Multiline: true}
+	var parts []string
+	if p.ConnectResponse != nil {
+		b, _ := opts.Marshal(p.ConnectResponse)
+		parts = append(parts, `"connect": `+string(b))
+	}
+	if p.Summary != nil {
+		b, _ := opts.Marshal(p.Summary)
+		parts = append(parts, `"summary": `+string(b))
+	}
+	if p.Error != nil {
+		b, _ := opts.Marshal(p.Error)
+		parts = append(parts, `"error": `+string(b))
+	}
+	fmt.Fprintf(w, "{\n%s\n}\n", strings.Join(parts, ",\n"))
+}
