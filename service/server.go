@@ -64,7 +64,7 @@ type Config struct {
 	Services *services.Table
 	// Policy decides which addresses probes may reach; nil is
 	// policy.New(), the built-in denials only.
-	Policy *policy.Policy
+	Policy Policy
 	// ClientIdentities are the client certificates probes may present,
 	// as the Policy grants them; nil is none.
 	ClientIdentities ClientIdentities
@@ -80,6 +80,17 @@ type Config struct {
 	// probe of a Sweep) once it ends, for audit logs and metrics. It may be
 	// called from several goroutines at once.
 	Observe func(context.Context, Report)
+}
+
+// Policy decides which addresses probes may reach, and which client
+// identities callers may present: a *policy.Policy, or one that is swapped
+// for another as its file changes.
+type Policy interface {
+	// Check refuses caller's probe of ap with a *policy.Refusal, or lets
+	// it through (nil).
+	Check(caller string, ap netip.AddrPort) error
+	// MayUse reports whether caller may present the client identity id.
+	MayUse(caller, id string) bool
 }
 
 // Report is what one Connect or Fetch did.

@@ -201,7 +201,13 @@ func httpGet(t *testing.T, url string) (int, string) {
 // httpDo returns the status code and body of a GET with header.
 func httpDo(t *testing.T, url string, header http.Header) (int, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(probetest.Context(t), http.MethodGet, url, nil)
+	return httpSend(t, http.MethodGet, url, header)
+}
+
+// httpSend returns the status code and body of a bodiless request.
+func httpSend(t *testing.T, method, url string, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(probetest.Context(t), method, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/spf13/cobra"
 
 	"github.com/netprobe/netprobe/internal/batchwriter"
@@ -192,11 +191,6 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		defer pprofLis.Close()
 		self = append(self, pprofLis.Addr())
 	}
-	if cfg.Exporter.WebConfigFile != "" {
-		if err := web.Validate(cfg.Exporter.WebConfigFile); err != nil {
-			return fmt.Errorf("web config: %w", err)
-		}
-	}
 	scfg := cfg.serverConfig(logger, self)
 	scfg.LogStats = sink.Stats
 	srv, err := server.New(scfg)
@@ -211,12 +205,17 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	defer signal.Stop(hup)
 	go reloadOnHUP(ctx, hup, srv, logger)
 
+	var msrv *exporter.Server
+	if metricsLis != nil {
+		// Its web configuration is checked before anything is served.
+		if msrv, err = srv.NewMetricsServer(context.WithoutCancel(ctx)); err != nil {
+			return err
+		}
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	attrs := []any{"addr", lis.Addr().String(), "tls", srv.TLS(), "mtls", srv.MutualTLS(), "tokens", srv.Tokens()}
-	var msrv *exporter.Server
-	if metricsLis != nil {
-		msrv = srv.NewMetricsServer(context.WithoutCancel(ctx))
+	if msrv != nil {
 		go func() {
 			if err := msrv.Serve(metricsLis); err != nil {
 				logger.Error("metrics server failed", "err", err)

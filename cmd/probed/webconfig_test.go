@@ -121,7 +121,7 @@ func TestWebConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", "--web-config-file="+bad).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "web config") {
+	if err == nil || !strings.Contains(string(out), "web-config-file: "+bad+": missing one of key or key_file") {
 		t.Errorf("a bad web config: %v\n%s", err, out)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -76,12 +77,15 @@ type Metrics struct {
 
 // Admission is the one way in: it names callers and charges their limits.
 type Admission struct {
-	tokens   *tokens
-	metrics  Metrics
-	inflight *inFlight
-	rates    *rateLimiter
-	scrapes  *rateLimiter
-	guesses  *rateLimiter
+	// tokensFile's tokens are in use; they are swapped whole as it is
+	// reloaded (ReloadTokens).
+	tokensFile string
+	tokens     atomic.Pointer[tokens]
+	metrics    Metrics
+	inflight   *inFlight
+	rates      *rateLimiter
+	scrapes    *rateLimiter
+	guesses    *rateLimiter
 	// allGuesses is every source's guesses together: a source's budget
 	// alone lets many sources (an IPv6 /48 holds 65,536 /64s) hash as
 	// much as they like.
@@ -99,12 +103,9 @@ func New(cfg Config, m Metrics) (*Admission, error) {
 	if cfg.ExpectRate < MinExpectRate {
 		return nil, fmt.Errorf("expect rate %d: want at least %d steps a second", cfg.ExpectRate, MinExpectRate)
 	}
-	a := &Admission{metrics: m}
-	if cfg.TokensFile != "" {
-		var err error
-		if a.tokens, err = loadTokens(cfg.TokensFile); err != nil {
-			return nil, err
-		}
+	a := &Admission{metrics: m, tokensFile: cfg.TokensFile}
+	if err := a.ReloadTokens(); err != nil {
+		return nil, err
 	}
 	a.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, a.refused, m.InFlight)
 	a.rates = newRateLimiter("rate", cfg.Rate, cfg.Burst, a.refused)

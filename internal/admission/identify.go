@@ -47,10 +47,10 @@ func (a *Admission) Identify(c Credentials) (string, error) {
 	if c.BasicUser != "" {
 		return c.BasicUser, nil
 	}
-	if a.tokens != nil && !c.TokenOptional {
+	if t := a.tokens.Load(); t != nil && !c.TokenOptional {
 		token, ok := bearer(c.Authorization)
 		if ok {
-			if name, known := a.tokens.lookup(token); known {
+			if name, known := t.lookup(token); known {
 				return name, nil
 			}
 		}
@@ -61,7 +61,22 @@ func (a *Admission) Identify(c Credentials) (string, error) {
 }
 
 // Tokens reports whether callers need a bearer token.
-func (a *Admission) Tokens() bool { return a.tokens != nil }
+func (a *Admission) Tokens() bool { return a.tokens.Load() != nil }
+
+// ReloadTokens reads the tokens file again, and puts its tokens in use
+// whole; on failure the tokens in use stay. Without a tokens file it does
+// nothing.
+func (a *Admission) ReloadTokens() error {
+	if a.tokensFile == "" {
+		return nil
+	}
+	t, err := loadTokens(a.tokensFile)
+	if err != nil {
+		return err
+	}
+	a.tokens.Store(t)
+	return nil
+}
 
 // bearer returns the token of the one "Bearer TOKEN" value of an
 // authorization header: the scheme in any case (RFC 9110), spaces around

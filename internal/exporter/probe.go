@@ -22,15 +22,9 @@ import (
 	"github.com/netprobe/netprobe/service"
 )
 
-// Bounds of the /probe endpoint.
-const (
-	// defaultScrapeTimeout is the probe's timeout when the scrape says
-	// none, as blackbox_exporter's is.
-	defaultScrapeTimeout = 120 * time.Second
-	// webConfigCheckEvery is how often the web configuration is looked at
-	// for a change, at most.
-	webConfigCheckEvery = time.Second
-)
+// defaultScrapeTimeout is the probe's timeout when the scrape says none,
+// as blackbox_exporter's is.
+const defaultScrapeTimeout = 120 * time.Second
 
 // scraper serves /probe: blackbox_exporter's multi-target endpoint, one
 // probe a scrape, as Prometheus metrics. It is a caller of the probe
@@ -194,6 +188,12 @@ func (sc *scraper) guard(h http.Handler) http.Handler {
 	if sc.public {
 		return h
 	}
+	return sc.require(h)
+}
+
+// require serves h only to a caller /probe would serve, whatever
+// Config.PublicStatus says: for what acts rather than shows.
+func (sc *scraper) require(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := sc.caller(r); err != nil {
 			w.Header().Set("WWW-Authenticate", "Bearer")

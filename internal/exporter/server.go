@@ -86,6 +86,8 @@ type Deps struct {
 	Gatherer prometheus.Gatherer
 	Health   func(context.Context) healthpb.HealthCheckResponse_ServingStatus
 	Page     *statuspage.Page
+	// Reload loads every file probed reads again, for POST /-/reload.
+	Reload func() error
 	// Connections counts the listener's open connections, and Refused
 	// the connections it refuses or evicts, by limit.
 	Connections prometheus.Gauge
@@ -106,7 +108,10 @@ type Server struct {
 	logger *slog.Logger
 	// handler is what exporter-toolkit's handler serves.
 	handler http.Handler
-	auth    *basicAuthGuard
+	web     *webConfig
+	// reloading is held while POST /-/reload runs.
+	reloading sync.Mutex
+	auth      *basicAuthGuard
 	// ctx is every request's; cut ends it, with service.ErrShutdown, as
 	// the drain's grace period ends.
 	ctx   context.Context
@@ -124,7 +129,7 @@ type Server struct {
 // requests' contexts.
 func New(ctx context.Context, cfg Config, deps Deps) *Server {
 	web := &webConfig{path: cfg.WebConfigFile}
-	m := &Server{cfg: cfg, deps: deps, logger: deps.Logger, auth: newBasicAuthGuard(web, deps.Admission)}
+	m := &Server{cfg: cfg, deps: deps, logger: deps.Logger, web: web, auth: newBasicAuthGuard(web, deps.Admission)}
 	sc := &scraper{admission: deps.Admission, prober: deps.Prober, modules: deps.Modules, web: web, offset: cfg.ScrapeTimeoutOffset,
 		maxTimeout: deps.Limits.MaxTimeout, public: cfg.PublicStatus, logger: deps.Logger}
 	m.handler = m.routes(sc)
@@ -160,14 +165,16 @@ func New(ctx context.Context, cfg Config, deps Deps) *Server {
 // the limits it is held to: for tests, and for serving it some other way.
 func (m *Server) Handler() http.Handler { return m.handler }
 
-// routes are the listener's: /metrics, /healthz, /probe, and the page at
-// / with the recent probes' reports at /probes/ID. All but /healthz need
-// the credentials /probe needs, unless Config.PublicStatus.
+// routes are the listener's: /metrics, /healthz, /probe, POST /-/reload,
+// and the page at / with the recent probes' reports at /probes/ID. All
+// but /healthz need the credentials /probe needs, unless
+// Config.PublicStatus (which /probe and /-/reload need either way).
 func (m *Server) routes(sc *scraper) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", sc.guard(promhttp.HandlerFor(m.deps.Gatherer, promhttp.HandlerOpts{})))
 	mux.Handle("/healthz", healthHandler(m.deps.Health))
 	mux.Handle("/probe", sc)
+	mux.Handle("POST /-/reload", sc.require(http.HandlerFunc(m.reload)))
 	m.deps.Page.Routes(mux, sc.guard)
 	// No answer of the listener is to be read as another type than it
 	// says: a report repeats what targets sent.
@@ -175,6 +182,24 @@ func (m *Server) routes(sc *scraper) http.Handler {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// reload serves POST /-/reload, as blackbox_exporter and Prometheus do:
+// every file probed reads is loaded again; 200 when all of them loaded,
+// 500 with why the others did not (what they held stays in use).
+func (m *Server) reload(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	// One at a time: a module file of thousands of modules takes seconds.
+	if !m.reloading.TryLock() {
+		http.Error(w, "a reload is under way; try again later", http.StatusTooManyRequests)
+		return
+	}
+	defer m.reloading.Unlock()
+	if err := m.deps.Reload(); err != nil {
+		http.Error(w, "failed to reload config: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	fmt.Fprintln(w, "reloaded")
 }
 
 // healthHandler mirrors the gRPC health of the probe service for checkers

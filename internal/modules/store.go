@@ -4,20 +4,15 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
-	"time"
 )
 
-// checkEvery is how often a Store looks at its file for a change, at most.
-const checkEvery = time.Second
-
-// Store is the modules in use: a module file's, checked as they load and
-// read again when the file changes (looked at once a second at most, as
-// they are asked for) or on Reload; a file that does not load, or whose
-// modules do not pass the check, leaves the modules as they were. Without
-// a file, the defaults.
+// Store is the modules in use: a module file's, checked as they load, and
+// loaded again on Reload (which probed's files, internal/reload, call
+// when the file changes); a file that does not load, or whose modules do
+// not pass the check, leaves the modules as they were. Without a file, the
+// defaults.
 type Store struct {
 	file   string
 	check  func(*Set) error
@@ -28,13 +23,8 @@ type Store struct {
 	// that readers never wait for it.
 	reloading sync.Mutex
 	// mu guards the modules in use, swapped in whole.
-	mu      sync.Mutex
-	set     *Set
-	stamp   time.Time
-	checked time.Time
-	// failed is the modification time of the last file that did not
-	// load, which is not read again until it changes.
-	failed time.Time
+	mu  sync.Mutex
+	set *Set
 }
 
 // Open loads the modules of file, each checked by check; "" is the
@@ -45,31 +35,26 @@ func Open(file string, check func(*Set) error, logger *slog.Logger) (*Store, err
 		st.set = Defaults()
 		return st, nil
 	}
-	set, stamp, warnings, err := LoadChecked(file, check)
+	set, warnings, err := LoadChecked(file, check)
 	if err != nil {
 		return nil, err
 	}
 	st.logWarnings(warnings)
-	st.set, st.stamp, st.checked = set, stamp, time.Now()
+	st.set = set
 	return st, nil
 }
 
 // LoadChecked loads the module file at path and checks its modules with
-// check, returning them, the file's modification time and the modules it
-// will not run.
-func LoadChecked(path string, check func(*Set) error) (*Set, time.Time, []string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, time.Time{}, nil, err
-	}
+// check, returning them and the modules it will not run.
+func LoadChecked(path string, check func(*Set) error) (*Set, []string, error) {
 	set, warnings, err := Load(path)
 	if err != nil {
-		return nil, time.Time{}, nil, err
+		return nil, nil, err
 	}
 	if err := check(set); err != nil {
-		return nil, time.Time{}, nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return set, fi.ModTime(), warnings, nil
+	return set, warnings, nil
 }
 
 // File is the module file, "" for the defaults.
@@ -81,32 +66,11 @@ func (st *Store) logWarnings(warnings []string) {
 	}
 }
 
-// Set returns the modules in use. Once a second at most, it looks at
-// the module file, and if it changed, reloads it in the background: the
-// scrape goes on with the modules as they are, and a file that no longer
-// loads leaves them so.
+// Set returns the modules in use.
 func (st *Store) Set() *Set {
 	st.mu.Lock()
-	set, stamp, failed := st.set, st.stamp, st.failed
-	due := st.file != "" && time.Since(st.checked) >= checkEvery
-	if due {
-		st.checked = time.Now()
-	}
-	st.mu.Unlock()
-	if !due {
-		return set
-	}
-	if fi, err := os.Stat(st.file); err == nil && (fi.ModTime().Equal(stamp) || fi.ModTime().Equal(failed)) {
-		return set
-	}
-	// Another reload under way will see the change.
-	if st.reloading.TryLock() {
-		go func() {
-			defer st.reloading.Unlock()
-			st.reloadLocked()
-		}()
-	}
-	return set
+	defer st.mu.Unlock()
+	return st.set
 }
 
 // Reload reads the module file again (SIGHUP), keeping the modules as
@@ -123,21 +87,14 @@ func (st *Store) Reload() error {
 // reloadLocked loads the module file, holding reloading, and swaps the
 // modules in under mu.
 func (st *Store) reloadLocked() error {
-	set, stamp, warnings, err := LoadChecked(st.file, st.check)
+	set, warnings, err := LoadChecked(st.file, st.check)
 	if err != nil {
-		st.logger.Error("module file not reloaded: keeping the modules as they were", "file", st.file, "err", err)
-		if fi, statErr := os.Stat(st.file); statErr == nil {
-			st.mu.Lock()
-			st.failed = fi.ModTime()
-			st.mu.Unlock()
-		}
 		return err
 	}
 	st.logWarnings(warnings)
 	st.mu.Lock()
-	st.set, st.stamp = set, stamp
+	st.set = set
 	st.mu.Unlock()
-	st.logger.Info("reloaded the module file", "file", st.file, "modules", len(set.Modules))
 	return nil
 }
 

@@ -44,6 +44,17 @@ type Server struct {
 	Server *server.Server
 }
 
+// Metrics returns the handler of the server's metrics listener (/probe,
+// /metrics, the page), built as probed builds it.
+func (s *Server) Metrics(t testing.TB) http.Handler {
+	t.Helper()
+	ms, err := s.Server.NewMetricsServer(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms.Handler()
+}
+
 // An Option changes the server's configuration before it starts.
 type Option func(*server.Config)
 

@@ -311,7 +311,7 @@ func scrape(t *testing.T, srv *probetest.Server) map[string]*dto.MetricFamily {
 	// A server with tokens shows its metrics to a caller with one, as it
 	// serves /probe.
 	req.Header.Set("Authorization", "Bearer "+aliceToken)
-	srv.Server.NewMetricsServer(t.Context()).Handler().ServeHTTP(rec, req)
+	srv.Metrics(t).ServeHTTP(rec, req)
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(strings.NewReader(rec.Body.String()))
 	if err != nil {

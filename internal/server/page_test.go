@@ -27,7 +27,7 @@ func TestPageListsModulesBounded(t *testing.T) {
 	path := writeModules(t, t.TempDir(), text.String())
 	srv := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
 	rec := httptest.NewRecorder()
-	srv.Server.NewMetricsServer(t.Context()).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	srv.Metrics(t).ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
 	page := rec.Body.String()
 	_, modules, _ := strings.Cut(page, `<table id="modules">`)
 	modules, _, _ = strings.Cut(modules, "</table>")

@@ -35,7 +35,7 @@ type scraper struct {
 }
 
 func newScraper(t *testing.T, srv *probetest.Server) *scraper {
-	hs := httptest.NewServer(srv.Server.NewMetricsServer(t.Context()).Handler())
+	hs := httptest.NewServer(srv.Metrics(t))
 	t.Cleanup(hs.Close)
 	return &scraper{url: hs.URL}
 }

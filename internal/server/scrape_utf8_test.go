@@ -95,7 +95,7 @@ func FuzzScrapeMetrics(f *testing.F) {
 	srv := probetest.Start(f, probetest.WithConfig(probetest.Unlimited), probetest.WithConfig(func(c *server.Config) {
 		c.Exporter.ModulesFile, c.Admission.ScrapeRate, c.Admission.ScrapeBurst = path, 1e9, 1e9
 	}))
-	hs := httptest.NewServer(srv.Server.NewMetricsServer(f.Context()).Handler())
+	hs := httptest.NewServer(srv.Metrics(f))
 	f.Cleanup(hs.Close)
 	// The target sends what the iteration sets, then closes.
 	var sends atomic.Pointer[[]byte]

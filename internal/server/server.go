@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +39,7 @@ import (
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/exporter"
 	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/internal/reload"
 	"github.com/netprobe/netprobe/internal/services"
 	"github.com/netprobe/netprobe/internal/settings"
 	"github.com/netprobe/netprobe/internal/statuspage"
@@ -138,9 +141,13 @@ type Server struct {
 	audit   *audit.Recorder
 	modules *modules.Store
 	cert    *certificate
+	// files are the files the server reads, kept current.
+	files *reload.Files
 	// identities are the client certificates probes may present.
 	identities identities
-	policy     *policy.Policy
+	// policy is the target policy in use, swapped whole as its file
+	// changes.
+	policy atomic.Pointer[policy.Policy]
 	// sources are the addresses probes may bind.
 	sources []netip.Prefix
 	// refusalLog limits the log lines of calls refused as they open;
@@ -163,10 +170,17 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.refusalLog = rate.NewLimiter(refusalLogRate, refusalLogBurst)
+	s.registry = prometheus.NewRegistry()
+	s.metrics = newMetrics(s.registry)
+	m := s.metrics
+	// Every file probed reads is loaded, and kept current, one way.
+	s.files = reload.New(s.registry, s.logger)
 	creds := insecure.NewCredentials()
 	switch {
 	case cfg.TLSCert != "" || cfg.TLSKey != "":
-		if s.cert, err = loadCertificate(cfg.TLSCert, cfg.TLSKey, s.logger); err != nil {
+		s.cert = &certificate{certFile: cfg.TLSCert, keyFile: cfg.TLSKey}
+		if err := s.files.Add(s.cert.file("tls-cert")); err != nil {
 			return nil, err
 		}
 		if creds, err = serverTLS(s.cert, cfg.TLSClientCA); err != nil {
@@ -175,15 +189,13 @@ func New(cfg Config) (*Server, error) {
 	case cfg.TLSClientCA != "":
 		return nil, errors.New("a client CA needs a server certificate and key")
 	}
-	if s.policy, err = targetPolicy(cfg); err != nil {
+	if err := s.reloadPolicy(); err != nil {
 		return nil, err
 	}
-
-	s.refusalLog = rate.NewLimiter(refusalLogRate, refusalLogBurst)
-	s.registry = prometheus.NewRegistry()
-	s.metrics = newMetrics(s.registry)
-	m := s.metrics
-	s.audit = audit.New(s.logger, s.registry, s.policy.Refusals())
+	if cfg.PolicyFile != "" {
+		s.files.Keep(reload.File{Name: "policy-file", Paths: []string{cfg.PolicyFile}, Load: s.reloadPolicy})
+	}
+	s.audit = audit.New(s.logger, s.registry, s.policy.Load().Refusals())
 	if cfg.LogStats != nil {
 		registerLogStats(s.registry, cfg.LogStats)
 	}
@@ -193,14 +205,22 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Admission.TokensFile != "" {
+		s.files.Keep(reload.File{Name: "tokens-file", Paths: []string{cfg.Admission.TokensFile}, Load: s.admission.ReloadTokens})
+	}
 	s.conns = admission.NewConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource, m.connections, func(reason string) {
 		m.transportRefusals.WithLabelValues(reason).Inc()
 	})
 	if s.sources, err = parseSources(cfg.AllowSource); err != nil {
 		return nil, err
 	}
-	if s.identities, err = loadIdentities(cfg.ClientIdentities, s.logger); err != nil {
+	if s.identities, err = parseIdentities(cfg.ClientIdentities); err != nil {
 		return nil, err
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.identities)) {
+		if err := s.files.Add(s.identities[name].file("client-identity " + name)); err != nil {
+			return nil, err
+		}
 	}
 	check, err := exporter.ModuleCheck(cfg.Exporter, cfg.Limits, s.sources)
 	if err != nil {
@@ -209,13 +229,16 @@ func New(cfg Config) (*Server, error) {
 	if s.modules, err = modules.Open(cfg.Exporter.ModulesFile, check, s.logger); err != nil {
 		return nil, err
 	}
+	if f := s.modules.File(); f != "" {
+		s.files.Keep(reload.File{Name: "modules-file", Paths: []string{f}, Load: s.modules.Reload})
+	}
 	srv, err := service.New(service.Config{
 		AllowedSources:   s.sources,
 		ClientIdentities: clientIdentities{ids: s.identities, modules: s.modules},
 		Limits:           cfg.Limits,
 		DNSServer:        cfg.DNSServer,
 		Services:         table,
-		Policy:           s.policy,
+		Policy:           livePolicy{&s.policy},
 		Limiter:          s.admission,
 		Observe:          s.audit.Observe,
 	})
@@ -304,8 +327,12 @@ func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials,
 }
 
 // Serve serves gRPC on lis until the server stops, within the connection
-// limits.
+// limits, and keeps the files it reads current meanwhile.
 func (s *Server) Serve(lis net.Listener) error {
+	// The server's own life, not a request's: the watch ends with it.
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go s.files.Watch(ctx)
 	err := s.grpc.Serve(s.conns.Listener(lis))
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
@@ -323,35 +350,44 @@ func (s *Server) Tokens() bool { return s.admission.Tokens() }
 
 // PolicyRules lists the target policy's rules, in the order they are
 // judged.
-func (s *Server) PolicyRules() []string { return s.policy.Rules() }
+func (s *Server) PolicyRules() []string { return s.policy.Load().Rules() }
 
-// Reload reads the certificate files again, the server's and the client
-// identities'; on failure the certificate in use stays.
+// reloadPolicy builds the target policy again, from the policy file and
+// the rules, and puts it in use whole; on failure the policy in use
+// stays.
+func (s *Server) reloadPolicy() error {
+	p, err := targetPolicy(s.cfg)
+	if err != nil {
+		return err
+	}
+	s.policy.Store(p)
+	return nil
+}
+
+// livePolicy is the target policy in use, whichever it is when asked: the
+// service's Policy.
+type livePolicy struct {
+	p *atomic.Pointer[policy.Policy]
+}
+
+func (l livePolicy) Check(caller string, ap netip.AddrPort) error {
+	return l.p.Load().Check(caller, ap)
+}
+
+func (l livePolicy) MayUse(caller, id string) bool { return l.p.Load().MayUse(caller, id) }
+
+// Reload loads every file probed reads again (SIGHUP, POST /-/reload),
+// and returns why those that failed did; what they held stays in use.
 func (s *Server) Reload() error {
-	if s.cert == nil && len(s.identities) == 0 && s.modules.File() == "" {
-		s.logger.Info("nothing to reload", "why", "no certificates, no module file")
+	if len(s.files.States()) == 0 {
+		s.logger.Info("nothing to reload", "why", "no file given")
 		return nil
 	}
-	var errs []error
-	if err := s.modules.Reload(); err != nil {
-		errs = append(errs, err)
-	}
-	if s.cert != nil {
-		if err := s.cert.reload(); err != nil {
-			errs = append(errs, err)
-		} else {
-			s.logger.Info("reloaded the TLS certificate", "file", s.cert.certFile)
-		}
-	}
-	for name, c := range s.identities {
-		if err := c.reload(); err != nil {
-			errs = append(errs, fmt.Errorf("client identity %s: %w", name, err))
-		} else {
-			s.logger.Info("reloaded a client identity", "identity", name, "file", c.certFile)
-		}
-	}
-	return errors.Join(errs...)
+	return s.files.Reload()
 }
+
+// Files are where the files probed reads stand.
+func (s *Server) Files() []reload.State { return s.files.States() }
 
 // Drain shuts the server down: new probes are refused from now on, and
 // Sweeps start no new probe; health turns NOT_SERVING (telling load
@@ -400,16 +436,23 @@ func (s *Server) Stop() { s.grpc.Stop() }
 
 // NewMetricsServer builds the metrics listener's server from the same
 // parts as the gRPC server's: its admission, probe service, metrics,
-// health and audit; ctx is the parent of its requests' contexts.
-func (s *Server) NewMetricsServer(ctx context.Context) *exporter.Server {
+// health, audit and files; its web configuration joins the files. ctx is
+// the parent of its requests' contexts.
+func (s *Server) NewMetricsServer(ctx context.Context) (*exporter.Server, error) {
 	page := statuspage.New(s.audit, s.status, s.logger)
-	return exporter.New(ctx, s.cfg.Exporter, exporter.Deps{
+	m := exporter.New(ctx, s.cfg.Exporter, exporter.Deps{
 		Admission: s.admission, Prober: s.service, Modules: s.modules, Limits: s.service.Limits(),
-		Gatherer: s.registry, Health: s.healthOf, Page: page,
+		Gatherer: s.registry, Health: s.healthOf, Page: page, Reload: s.Reload,
 		Connections: s.metrics.metricsConnections,
 		Refused:     func(limit string) { s.metrics.limitRefusals.WithLabelValues(limit).Inc() },
 		Logger:      s.logger,
 	})
+	if f, ok := m.WebConfigFile(); ok {
+		if err := s.files.Add(f); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
 }
 
 // healthOf is the probe service's health, as gRPC health reports it.
@@ -460,6 +503,5 @@ func CheckModules(path string, cfg Config) (*modules.Set, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	set, _, warnings, err := modules.LoadChecked(path, check)
-	return set, warnings, err
+	return modules.LoadChecked(path, check)
 }

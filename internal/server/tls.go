@@ -4,90 +4,45 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
-	"sync"
-	"time"
+	"sync/atomic"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/internal/reload"
 )
 
-// certificate holds the server's certificate and loads it again when its
-// files change (checked at most once a second, on a handshake) or when
-// asked to (SIGHUP), so that a renewed certificate takes effect without a
+// certificate is a certificate and its key, loaded again (reload) when
+// their files change, on SIGHUP or on POST /-/reload (see
+// internal/reload), so that a renewed certificate takes effect without a
 // restart.
 type certificate struct {
 	certFile, keyFile string
-	logger            *slog.Logger
-
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	stamp   [2]time.Time // the files' modification times when loaded
-	checked time.Time
+	cert              atomic.Pointer[tls.Certificate]
 }
 
-func loadCertificate(certFile, keyFile string, logger *slog.Logger) (*certificate, error) {
-	c := &certificate{certFile: certFile, keyFile: keyFile, logger: logger}
-	if err := c.reload(); err != nil {
-		return nil, err
-	}
-	return c, nil
+// file is c as probed's files keep it current, named name.
+func (c *certificate) file(name string) reload.File {
+	return reload.File{Name: name, Paths: []string{c.certFile, c.keyFile}, Load: c.reload}
 }
 
 // reload reads the files; on failure the certificate in use stays.
 func (c *certificate) reload() error {
-	stamp, err := c.stamps()
-	if err != nil {
-		return err
-	}
 	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return fmt.Errorf("%s, %s: %w", c.certFile, c.keyFile, err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.cert, c.stamp = &cert, stamp
+	c.cert.Store(&cert)
 	return nil
 }
 
-func (c *certificate) stamps() ([2]time.Time, error) {
-	var stamp [2]time.Time
-	for i, f := range []string{c.certFile, c.keyFile} {
-		fi, err := os.Stat(f)
-		if err != nil {
-			return stamp, fmt.Errorf("tls: %w", err)
-		}
-		stamp[i] = fi.ModTime()
-	}
-	return stamp, nil
-}
-
-// get returns the certificate, reloading it first if the files changed.
+// get returns the certificate in use.
 func (c *certificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	c.mu.Lock()
-	due := time.Since(c.checked) > time.Second
-	if due {
-		c.checked = time.Now()
-	}
-	stamp := c.stamp
-	c.mu.Unlock()
-	if due {
-		if now, err := c.stamps(); err == nil && now != stamp {
-			if err := c.reload(); err != nil {
-				c.logger.Error("reloading the TLS certificate failed; keeping the old one", "err", err)
-			} else {
-				c.logger.Info("reloaded the TLS certificate", "file", c.certFile)
-			}
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cert, nil
+	return c.cert.Load(), nil
 }
 
 // serverTLS returns the transport credentials for TLS with cert, requiring
@@ -125,8 +80,9 @@ func tlsState(p *peer.Peer) *tls.ConnectionState {
 // each reloaded as the server's own is.
 type identities map[string]*certificate
 
-// loadIdentities reads --client-identity values: NAME=CERT,KEY.
-func loadIdentities(specs []string, logger *slog.Logger) (identities, error) {
+// parseIdentities reads --client-identity values, NAME=CERT,KEY; probed's
+// files load them (see New).
+func parseIdentities(specs []string) (identities, error) {
 	out := identities{}
 	for _, spec := range specs {
 		name, files, ok := strings.Cut(spec, "=")
@@ -140,11 +96,7 @@ func loadIdentities(specs []string, logger *slog.Logger) (identities, error) {
 		if strings.HasPrefix(name, modules.IdentityPrefix) {
 			return nil, fmt.Errorf("client identity %s: names starting %q are the modules' certificates", name, modules.IdentityPrefix)
 		}
-		c, err := loadCertificate(certFile, keyFile, logger)
-		if err != nil {
-			return nil, fmt.Errorf("client identity %s: %w", name, err)
-		}
-		out[name] = c
+		out[name] = &certificate{certFile: certFile, keyFile: keyFile}
 	}
 	return out, nil
 }
@@ -155,8 +107,7 @@ func (ids identities) Certificate(name string) (*tls.Certificate, bool) {
 	if !ok {
 		return nil, false
 	}
-	cert, _ := c.get(nil)
-	return cert, true
+	return c.cert.Load(), true
 }
 
 // clientIdentities are the client certificates probes may present: the
