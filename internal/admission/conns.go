@@ -131,6 +131,8 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 			return lc, nil
 		}
 		ll.l.refused(reason)
+		// It never counted: closing it gives no place back.
+		lc.released = true
 		lc.reset()
 	}
 }
