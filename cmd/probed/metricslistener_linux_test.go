@@ -276,3 +276,45 @@ func TestDrainCutsScrapes(t *testing.T) {
 	}
 	waitExit(t, p)
 }
+
+// TestMetricsUnsentBody plays a client that announces a body and never
+// sends it, on every route, with and without credentials: no route reads
+// a body, so each is answered at once and its connection closed, instead
+// of waiting out the read timeout (70 s by default) to discard the body
+// with the connection busy and so beyond eviction: two sources could
+// otherwise hold every place of the metrics listener.
+func TestMetricsUnsentBody(t *testing.T) {
+	t.Parallel()
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0",
+		"--tokens-file="+tokensFile(t)))
+	for _, tc := range []struct {
+		name, request string
+		want          int
+	}{
+		{"reload, no token", "POST /-/reload HTTP/1.1\r\nHost: probed\r\nContent-Length: 100000\r\n\r\n", http.StatusUnauthorized},
+		{"reload, a token", "POST /-/reload HTTP/1.1\r\nHost: probed\r\nAuthorization: Bearer " + aliceToken + "\r\nContent-Length: 100000\r\n\r\n", http.StatusOK},
+		{"a chunked probe", "GET /probe?target=127.0.0.1:1 HTTP/1.1\r\nHost: probed\r\nTransfer-Encoding: chunked\r\n\r\n", http.StatusUnauthorized},
+		{"health", "GET /healthz HTTP/1.1\r\nHost: probed\r\nContent-Length: 10\r\n\r\n", http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialFrom(t, "127.0.0.1", p.MetricsAddr, 1)[0]
+			c.SetDeadline(time.Now().Add(probetest.Timeout))
+			if _, err := io.WriteString(c, tc.request); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want || !resp.Close {
+				t.Errorf("%d, closing %v; want %d and the connection closed", resp.StatusCode, resp.Close, tc.want)
+			}
+			if n, err := br.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+				t.Errorf("after the answer: %d bytes, %v; want the connection closed (EOF)", n, err)
+			}
+		})
+	}
+}

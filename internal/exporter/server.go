@@ -243,13 +243,24 @@ func (m *Server) connContext(ctx context.Context, _ net.Conn) context.Context {
 }
 
 // wrap is the handling every request gets first: a count of the requests
-// in flight for the drain, 503 for a scrape that arrives while draining,
-// /healthz without credentials, and the basic auth guard.
+// in flight for the drain, the close of a connection whose request has a
+// body, 503 for a scrape that arrives while draining, /healthz without
+// credentials, and the basic auth guard.
 func (m *Server) wrap(next http.Handler) http.Handler {
 	guarded := m.auth.wrap(next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		draining := m.begin()
 		defer m.end()
+		if r.ContentLength != 0 {
+			// No route reads a body. A request that announced one is
+			// answered without it, and its connection closed: otherwise
+			// the server would wait, up to the read timeout, to discard a
+			// body the client need never send, with the connection busy,
+			// which no new one may evict. The deadline makes that wait
+			// fail at once.
+			w.Header().Set("Connection", "close")
+			http.NewResponseController(w).SetReadDeadline(time.Now())
+		}
 		switch {
 		case draining && r.URL.Path == "/probe":
 			w.Header().Set("Connection", "close")
