@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -1082,4 +1084,105 @@ func TestDrainSweepStartsNothing(t *testing.T) {
 		t.Errorf("%d probes started, %d abandoned; want at most 8 started and the rest abandoned", started, abandoned)
 	}
 	waitExit(t, p)
+}
+
+// TestAttackTokenlessHolds plays an attacker against a probed without
+// tokens, where any call makes a connection known: it fills its source's
+// places with connections that each made one health check and then sit
+// idle. A new connection still gets served, taking the place of the
+// oldest idle one; only connections with a call running keep theirs.
+func TestAttackTokenlessHolds(t *testing.T) {
+	t.Parallel()
+	const places = 8
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0",
+		fmt.Sprintf("--max-connections-per-source=%d", places)))
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	// open opens a connection, or returns nil when it was reset as it
+	// opened: refused.
+	open := func() *probetest.H2 {
+		conn, err := dialer.Dial("tcp", p.Addr)
+		if errors.Is(err, syscall.ECONNRESET) {
+			return nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := probetest.NewH2(t, conn)
+		if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	// call opens a health call (Check, or Watch, which runs until the
+	// client ends it) and waits for its answer.
+	call := func(h *probetest.H2, method string) bool {
+		if h == nil {
+			return false
+		}
+		id, err := h.Open(probetest.Request(method), false)
+		if err == nil {
+			err = h.Data(id, probetest.Message(0, nil), true)
+		}
+		if err == nil {
+			err = h.Flush()
+		}
+		if err != nil {
+			return false
+		}
+		deadline := time.After(probetest.Timeout)
+		for !h.Replied(id) {
+			select {
+			case <-h.Closed:
+				return false
+			case <-deadline:
+				t.Fatalf("no answer to %s", method)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		return true
+	}
+	var idle []*probetest.H2
+	for range places {
+		h := open()
+		if !call(h, healthpb.Health_Check_FullMethodName) {
+			t.Fatal("a health check within the cap failed")
+		}
+		idle = append(idle, h)
+	}
+	newcomer := open()
+	if !call(newcomer, healthpb.Health_Check_FullMethodName) {
+		t.Fatal("a new connection was refused: idle known connections held every place")
+	}
+	select {
+	case <-idle[0].Closed:
+	case <-time.After(probetest.Timeout):
+		t.Fatal("the oldest idle connection was not evicted")
+	}
+	for i, h := range idle[1:] {
+		if !h.Ping() {
+			t.Errorf("idle connection %d was closed, want only the oldest", i+1)
+		}
+	}
+
+	// Connections with a call running keep their places: the source's
+	// places all watching, a new connection is refused.
+	var watching []*probetest.H2
+	for range places {
+		h := open()
+		if !call(h, healthpb.Health_Watch_FullMethodName) {
+			t.Fatal("a Watch within the cap failed")
+		}
+		watching = append(watching, h)
+	}
+	if late := open(); call(late, healthpb.Health_Check_FullMethodName) {
+		t.Error("a connection was served beyond the cap while every place had a call running")
+	}
+	for i, h := range watching {
+		if !h.Ping() {
+			t.Errorf("watching connection %d was closed", i)
+		}
+	}
 }

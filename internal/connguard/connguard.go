@@ -84,6 +84,12 @@ type Options struct {
 	// Cut, when set, is told of each connection closed, by reason:
 	// stream_resets, unauthenticated_idle or unauthenticated_data.
 	Cut func(reason string)
+	// EvictIdle keeps a connection evictable (see
+	// admission.ConnLimiter) whenever no call runs on it, known or not:
+	// for a server that authenticates no one, where any call makes a
+	// connection known, so that being known cannot hold a place. Else a
+	// known connection is never evicted.
+	EvictIdle bool
 }
 
 // Creds returns creds with every connection guarded.
@@ -158,10 +164,12 @@ type guardedConn struct {
 	// known is set once a call on the connection has been authenticated.
 	known atomic.Bool
 	// lastStream is when the last stream opened (Unix nanoseconds), and
-	// open counts the streams running that keep the connection in use
-	// (health Watch, reflection), for the auth timeout.
+	// open counts the calls running (see Hold), for the auth timeout and
+	// EvictIdle; hmu orders open's changes with the evictability they
+	// set.
 	lastStream atomic.Int64
 	open       atomic.Int32
+	hmu        sync.Mutex
 	authTimer  *time.Timer
 
 	// The bucket of streams the client may discard, charged by the
@@ -323,9 +331,18 @@ func (c *guardedConn) markKnown() {
 		c.authTimer.Stop()
 	}
 	// A listener that makes room by closing connections that have
-	// nothing to lose (admission.ConnLimiter) keeps this one now.
+	// nothing to lose (admission.ConnLimiter) keeps this one now, unless
+	// knowing it proves nothing.
+	if !c.creds.EvictIdle {
+		c.setEvictable(false)
+	}
+}
+
+// setEvictable tells the listener's connection whether it may be closed
+// to make room for a new one, when its listener makes room so.
+func (c *guardedConn) setEvictable(evictable bool) {
 	if e, ok := c.raw.(interface{ SetEvictable(bool) }); ok {
-		e.SetEvictable(false)
+		e.SetEvictable(evictable)
 	}
 }
 
@@ -390,17 +407,33 @@ func connOf(p *peer.Peer) *guardedConn {
 	return nil
 }
 
-// Hold records a stream of the connection of ctx running, which keeps an
-// unknown connection from the auth timeout, until the returned func is
-// called.
+// Hold records a call of the connection of ctx running, until the
+// returned func is called: it keeps an unknown connection from the auth
+// timeout, and, with EvictIdle, any connection from eviction.
 func Hold(ctx context.Context) (done func()) {
 	p, _ := peer.FromContext(ctx)
 	c := connOf(p)
 	if c == nil {
 		return func() {}
 	}
-	c.open.Add(1)
-	return func() { c.open.Add(-1) }
+	c.hold(1)
+	return func() { c.hold(-1) }
+}
+
+// hold counts a call starting (1) or ending (-1).
+func (c *guardedConn) hold(d int32) {
+	if !c.creds.EvictIdle {
+		c.open.Add(d)
+		return
+	}
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	switch n := c.open.Add(d); {
+	case d > 0 && n == 1:
+		c.setEvictable(false)
+	case d < 0 && n == 0:
+		c.setEvictable(true)
+	}
 }
 
 // closeWithGoAway asks for the GOAWAY and the close: at once if the

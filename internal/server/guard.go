@@ -163,6 +163,7 @@ func decode(dec func(any) error, m any, limit int) error {
 }
 
 func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	defer connguard.Hold(ctx)()
 	if audited(info.FullMethod) {
 		resp, err := g.recoverUnary(ctx, req, handler)
 		if err != nil {
@@ -181,6 +182,7 @@ func (g *guard) recoverUnary(ctx context.Context, req any, handler grpc.UnaryHan
 }
 
 func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	defer connguard.Hold(ss.Context())()
 	if audited(info.FullMethod) {
 		err := g.admitStream(srv, ss, info, handler)
 		if err != nil {
@@ -210,9 +212,6 @@ func (g *guard) admitStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		// runs.
 		rs.limit = smallRequestBytes
 		release, err = g.refusing(ctx, admission.Watch)
-		if err == nil {
-			defer connguard.Hold(ctx)()
-		}
 	}
 	if err != nil {
 		return err

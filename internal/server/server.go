@@ -306,7 +306,10 @@ func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials,
 	opts := []grpc.ServerOption{
 		grpc.Creds(connguard.Creds(creds, connguard.Options{Burst: resets, Refill: resets / 10,
 			AuthTimeout: s.cfg.AuthTimeout,
-			Cut:         func(reason string) { s.metrics.transportRefusals.WithLabelValues(reason).Inc() }})),
+			// Without tokens or client certificates, any call makes a
+			// connection known: only a running call may keep its place.
+			EvictIdle: !s.admission.Tokens() && s.cfg.TLSClientCA == "",
+			Cut:       func(reason string) { s.metrics.transportRefusals.WithLabelValues(reason).Inc() }})),
 		grpc.InTapHandle(s.tap),
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), g.unary),
 		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), g.stream),
