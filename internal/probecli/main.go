@@ -132,7 +132,11 @@ func run(ctx context.Context, args []string, std streams, getenv func(string) st
 	default:
 		fmt.Fprintf(std.err, "probe: %s: %s: %s\n", a.serverName(), st.Code(), st.Message())
 	}
-	if code == exitUsage {
+	// Only a command line the CLI could not run sends the user to --help:
+	// a request the server refused (INVALID_ARGUMENT among them) says why
+	// itself.
+	var usage usageError
+	if errors.As(err, &usage) {
 		fmt.Fprintf(std.err, "Run \"%s --help\" for usage.\n", cmd.CommandPath())
 	}
 	return code

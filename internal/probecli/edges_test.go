@@ -1,0 +1,76 @@
+package probecli
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// The rough edges a new user found (issue 23), each run through the built
+// binary.
+
+// runBin runs the built probe with args, stdin (nil: /dev/null) and the
+// environment variables env besides the test's own, and returns what it
+// did.
+func runBin(t *testing.T, stdin io.Reader, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.CommandContext(probetest.Context(t), probeBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &stdout, &stderr
+	cmd.Env = append(os.Environ(), env...)
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("probe %s: %v", strings.Join(args, " "), err)
+	}
+	return result{cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()}
+}
+
+// check reports a run that did not exit with code and print exactly
+// stdout and stderr.
+func (r result) check(t *testing.T, what string, code int, stdout, stderr string) {
+	t.Helper()
+	if r.code != code || r.stdout != stdout || r.stderr != stderr {
+		t.Errorf("%s: exit %d, stdout %q, stderr\n%q\nwant exit %d, stdout %q, stderr\n%q", what, r.code, r.stdout, r.stderr, code, stdout, stderr)
+	}
+}
+
+// TestRefusalsHaveNoUsageHint checks that a request the probe server
+// refuses says why and exits as its code says, without sending the user to
+// --help, which only a command line the CLI cannot run does.
+func TestRefusalsHaveNoUsageHint(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := probetest.NewCA(t)
+	certFile, keyFile := probetest.WriteFiles(t, dir, ca.Issue(t, "ops", false))
+	// A client identity no caller is granted.
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--client-identity=ops="+certFile+","+keyFile))
+	// One probe for each caller, ever.
+	once := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--rate=1e-9", "--burst=1"))
+	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
+	server := "NETPROBE_SERVER=" + p.Addr
+
+	runBin(t, nil, []string{server}, "connect", "--timeout", "1m30s", "127.0.0.1", up).check(t, "INVALID_ARGUMENT", exitUsage, "",
+		"probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s\n")
+	// How the server names an anonymous caller is its business: the
+	// message is one line, the server's.
+	r := runBin(t, nil, []string{server}, "connect", "--identity", "ops", "127.0.0.1", up)
+	if prefix := "probe: probe server " + p.Addr + ": PermissionDenied: "; r.code != exitRejected || r.stdout != "" || !strings.HasPrefix(r.stderr, prefix) ||
+		!strings.Contains(r.stderr, " may not present client identity ops ") || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("PERMISSION_DENIED: exit %d, stdout %q, stderr %q; want %d and one line %q...", r.code, r.stdout, r.stderr, exitRejected, prefix)
+	}
+	if r := runBin(t, nil, []string{"NETPROBE_SERVER=" + once.Addr}, "connect", "127.0.0.1", up); r.code != exitOK {
+		t.Fatalf("the one probe allowed: exit %d, stderr %q", r.code, r.stderr)
+	}
+	runBin(t, nil, []string{"NETPROBE_SERVER=" + once.Addr}, "connect", "127.0.0.1", up).check(t, "RESOURCE_EXHAUSTED", exitRejected, "",
+		"probe: probe server "+once.Addr+": ResourceExhausted: peer 127.0.0.1 is over its rate of 1e-09 probes a second (burst 1)\n")
+	// A command line the CLI cannot run still gets the hint.
+	runBin(t, nil, []string{server}, "connect", "--frob", "127.0.0.1", up).check(t, "an unknown flag", exitUsage, "",
+		"probe: unknown flag: --frob\nRun \"probe connect --help\" for usage.\n")
+}
