@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netprobe/netprobe/internal/probetest"
 )
@@ -73,4 +76,45 @@ func TestRefusalsHaveNoUsageHint(t *testing.T) {
 	// A command line the CLI cannot run still gets the hint.
 	runBin(t, nil, []string{server}, "connect", "--frob", "127.0.0.1", up).check(t, "an unknown flag", exitUsage, "",
 		"probe: unknown flag: --frob\nRun \"probe connect --help\" for usage.\n")
+}
+
+// TestNoStdin runs probe fetch -n in a shell loop that reads its list
+// from stdin: each probe sends nothing and the loop keeps its list, where
+// a probe reading stdin would send the rest of the list to the target and
+// end the loop. -n with --data-file - is a usage error.
+func TestNoStdin(t *testing.T) {
+	t.Parallel()
+	received := make(chan string, 10)
+	tg := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		c.Write([]byte("hello\n"))
+		b, _ := probetest.ReadAll(c)
+		received <- string(b)
+		c.Close()
+	}))
+	list := filepath.Join(t.TempDir(), "list")
+	if err := os.WriteFile(list, []byte("a.test\nb.test\nc.test\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script := `while read host; do "$PROBE" fetch -n -q 127.0.0.1 "$PORT"; echo "$host"; done < "$LIST"`
+	cmd := exec.CommandContext(probetest.Context(t), "sh", "-c", script)
+	cmd.Env = append(os.Environ(), "PROBE="+probeBin, "PORT="+tg, "LIST="+list)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if want := "hello\na.test\nhello\nb.test\nhello\nc.test\n"; err != nil || string(out) != want || stderr.Len() != 0 {
+		t.Errorf("the loop: %v, stdout %q, stderr %q; want %q", err, out, stderr.String(), want)
+	}
+	for i := range 3 {
+		select {
+		case got := <-received:
+			if got != "" {
+				t.Errorf("probe %d sent %q, want nothing", i+1, got)
+			}
+		case <-time.After(probetest.Timeout):
+			t.Fatalf("the target saw %d probes, want 3", i)
+		}
+	}
+
+	runBin(t, strings.NewReader("x"), nil, "fetch", "-n", "--data-file", "-", "127.0.0.1", tg).check(t, "-n --data-file -", exitUsage, "",
+		"probe: --data-file - reads the request from stdin, and -n says to read nothing from it: give one or the other\nRun \"probe fetch --help\" for usage.\n")
 }
