@@ -3,11 +3,13 @@ package probecli
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -117,4 +119,59 @@ func TestNoStdin(t *testing.T) {
 
 	runBin(t, strings.NewReader("x"), nil, "fetch", "-n", "--data-file", "-", "127.0.0.1", tg).check(t, "-n --data-file -", exitUsage, "",
 		"probe: --data-file - reads the request from stdin, and -n says to read nothing from it: give one or the other\nRun \"probe fetch --help\" for usage.\n")
+}
+
+// TestMatrixWidths prints a matrix whose cells hold µs times: the columns
+// line up on a terminal, where µ takes one column and two bytes.
+func TestMatrixWidths(t *testing.T) {
+	var out bytes.Buffer
+	a := &app{streams: streams{out: &out}, getenv: func(string) string { return "" }}
+	a.printMatrix([]vantage{{name: "probed-a:7070"}, {name: "b:7070"}}, []*row{
+		{label: "db.internal:5432", cells: []cell{{text: "ok 95µs", ok: true}, {text: "ok 1.25ms", ok: true}}},
+		{label: "10.0.0.1:22", cells: []cell{{text: "ok 999µs", ok: true}, {text: "REFUSED"}}},
+		{label: "[2001:db8::5]:443", cells: []cell{{text: "TIMEOUT"}, {text: "ok 12µs", ok: true}}},
+	})
+	want := "" +
+		"target             probed-a:7070  b:7070\n" +
+		"db.internal:5432   ok 95µs        ok 1.25ms\n" +
+		"10.0.0.1:22        ok 999µs       REFUSED\n" +
+		"[2001:db8::5]:443  TIMEOUT        ok 12µs\n"
+	if out.String() != want {
+		t.Errorf("the matrix\n%s\nwant\n%s", out.String(), want)
+	}
+}
+
+// TestSweepColumns sweeps from two probed processes with the built binary:
+// each server's column starts where its header does, counted in the
+// columns a terminal shows, whatever the times' units.
+func TestSweepColumns(t *testing.T) {
+	t.Parallel()
+	var servers []string
+	for range 2 {
+		servers = append(servers, probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0")).Addr)
+	}
+	up := port(probetest.Listen(t, "127.0.0.1:0", nil))
+	closed := closedPort(t, "tcp")
+	r := runBin(t, nil, nil, "sweep", "-s", servers[0], "-s", servers[1], "127.0.0.1:"+up, "127.0.0.1:"+closed)
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	want := []string{
+		fmt.Sprintf(`^target +%s  %s$`, regexp.QuoteMeta(servers[0]), regexp.QuoteMeta(servers[1])),
+		fmt.Sprintf(`^127\.0\.0\.1:%s  ok \S+ +ok \S+$`, up),
+		fmt.Sprintf(`^127\.0\.0\.1:%s  REFUSED +REFUSED$`, closed),
+	}
+	if r.code != exitSweepFailed || len(lines) != len(want) || r.stderr != "probe: sweep: 2 of 4 probes failed (2 targets, 2 servers)\n" {
+		t.Fatalf("exit %d, stdout\n%s\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	header := []rune(lines[0])
+	second := len(header) - len(servers[1])
+	for i, l := range lines {
+		if !regexp.MustCompile(want[i]).MatchString(l) {
+			t.Errorf("line %d %q does not match %q", i, l, want[i])
+		}
+		// The second server's column starts after two spaces, where its
+		// header does.
+		if rs := []rune(l); len(rs) <= second || rs[second-1] != ' ' || rs[second-2] != ' ' || rs[second] == ' ' {
+			t.Errorf("line %d %q: the second server's column does not start at column %d, as in %q", i, l, second, lines[0])
+		}
+	}
 }

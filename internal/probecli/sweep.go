@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -410,12 +411,12 @@ func (a *app) printMatrix(vantages []vantage, rows []*row) {
 	widths := make([]int, len(vantages)+1)
 	widths[0] = len("target")
 	for i, v := range vantages {
-		widths[i+1] = len(v.name)
+		widths[i+1] = width(v.name)
 	}
 	for _, r := range rows {
-		widths[0] = max(widths[0], len(r.label))
+		widths[0] = max(widths[0], width(r.label))
 		for i, c := range r.cells {
-			widths[i+1] = max(widths[i+1], len(c.text))
+			widths[i+1] = max(widths[i+1], width(c.text))
 		}
 	}
 	var b strings.Builder
@@ -426,7 +427,7 @@ func (a *app) printMatrix(vantages []vantage, rows []*row) {
 			}
 			pad := ""
 			if i < len(texts)-1 {
-				pad = strings.Repeat(" ", widths[i]-len(t))
+				pad = strings.Repeat(" ", widths[i]-width(t))
 			}
 			b.WriteString(paint(i, t) + pad)
 		}
@@ -452,6 +453,10 @@ func (a *app) printMatrix(vantages []vantage, rows []*row) {
 	}
 	fmt.Fprint(a.out, b.String())
 }
+
+// width is the columns s takes on a terminal: one a rune. The matrix
+// holds ASCII but for the µ of microseconds, two bytes in one column.
+func width(s string) int { return utf8.RuneCountInString(s) }
 
 // outcomeCell is a result as a cell: "ok 1.2ms", a reason, or abandoned.
 func outcomeCell(r *client.SweepResult) cell {
