@@ -175,3 +175,25 @@ func TestSweepColumns(t *testing.T) {
 		}
 	}
 }
+
+// TestIPv6WithoutBrackets gives targets as people type them from a URL or
+// a log: an IPv6 address, a colon and a port, without the brackets. The
+// usage error says how to write it; what is an address without a port
+// gets the usual words.
+func TestIPv6WithoutBrackets(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"connect", "::1:8000"}, `probe: target "::1:8000" has no port: an IPv6 address and a port are written [::1]:8000` + "\nRun \"probe connect --help\" for usage.\n"},
+		{[]string{"connect", "fe80::1%eth0:22"}, `probe: target "fe80::1%eth0:22" has no port: an IPv6 address and a port are written [fe80::1%eth0]:22` + "\nRun \"probe connect --help\" for usage.\n"},
+		{[]string{"fetch", "2001:db8::1:https", "/"}, `probe: target "2001:db8::1:https" has no port: an IPv6 address and a port are written [2001:db8::1]:https` + "\nRun \"probe fetch --help\" for usage.\n"},
+		{[]string{"sweep", "127.0.0.1:80", "::1:8000"}, `probe: target "::1:8000": an IPv6 address and a port are written [::1]:8000` + "\nRun \"probe sweep --help\" for usage.\n"},
+		// An address ending in hex digits is an address.
+		{[]string{"connect", "::1:beef"}, `probe: target "::1:beef" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)` + "\nRun \"probe connect --help\" for usage.\n"},
+		{[]string{"connect", "2001:db8::1"}, `probe: target "2001:db8::1" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)` + "\nRun \"probe connect --help\" for usage.\n"},
+	} {
+		runBin(t, nil, nil, tc.args...).check(t, strings.Join(tc.args, " "), exitUsage, "", tc.want)
+	}
+}

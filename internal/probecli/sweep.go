@@ -148,6 +148,9 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 	var out []client.SweepTarget
 	for _, addr := range addrs {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
+			if b, ok := bracketed(addr); ok {
+				return nil, usagef("target %q: an IPv6 address and a port are written %s", addr, b)
+			}
 			return nil, usagef("target %q: want HOST:PORT ([IPv6]:PORT for an IPv6 address)", addr)
 		}
 		if err := checkUTF8("target", addr); err != nil {
