@@ -197,3 +197,19 @@ func TestIPv6WithoutBrackets(t *testing.T) {
 		runBin(t, nil, nil, tc.args...).check(t, strings.Join(tc.args, " "), exitUsage, "", tc.want)
 	}
 }
+
+// TestResolvePortNumber asks resolve for a number where a service name
+// goes: the usage error gives the command that looks a port up.
+func TestResolvePortNumber(t *testing.T) {
+	t.Parallel()
+	runBin(t, nil, nil, "resolve", "53").check(t, "resolve 53", exitUsage, "",
+		"probe: SERVICE \"53\" is a port number: to look port 53 up, run probe resolve --port 53\nRun \"probe resolve --help\" for usage.\n")
+	runBin(t, nil, nil, "resolve", "53", "udp").check(t, "resolve 53 udp", exitUsage, "",
+		"probe: SERVICE \"53\" is a port number: to look port 53 up, run probe resolve --port 53 udp\nRun \"probe resolve --help\" for usage.\n")
+	runBin(t, nil, nil, "resolve", "0").check(t, "resolve 0", exitUsage, "",
+		"probe: SERVICE \"0\" is a number, and out of the ports' range 1-65535\nRun \"probe resolve --help\" for usage.\n")
+	// What it suggests works.
+	if r := runBin(t, nil, nil, "resolve", "--port", "53", "udp"); r.code != exitOK || !regexp.MustCompile(`^domain 53/udp from the (system|built-in) table\n$`).MatchString(r.stdout) || r.stderr != "" {
+		t.Errorf("resolve --port 53 udp: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}

@@ -332,7 +332,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"resolve"}, nil, "probe: want SERVICE [PROTOCOL] or --port N [PROTOCOL], got 0 arguments", "probe resolve"},
 		{[]string{"resolve", "--port", "0"}, nil, "probe: --port 0: want 1-65535", "probe resolve"},
 		{[]string{"resolve", "\xff"}, nil, `probe: SERVICE "\xff" is not UTF-8`, "probe resolve"},
-		{[]string{"resolve", "65536"}, nil, `probe: invalid request: name: "65536" is not a valid service name: a number, and out of the ports' range 1-65535`, ""},
+		{[]string{"resolve", "65536"}, nil, `probe: SERVICE "65536" is a number, and out of the ports' range 1-65535`, "probe resolve"},
 		{[]string{"resolve", "https", "t*p"}, nil, `probe: PROTOCOL "t*p": want tcp or udp`, "probe resolve"},
 		{[]string{"resolve", "http", "sctp"}, nil, `probe: PROTOCOL "sctp": want tcp or udp`, "probe resolve"},
 		{[]string{"connect", "--timeout", "5", "127.0.0.1", p}, nil, `probe: invalid argument "5" for "--timeout" flag: "5" has no unit: did you mean 5s (or 5ms)?`, "probe connect"},
