@@ -2,6 +2,8 @@ package probecli
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -211,5 +213,66 @@ func TestResolvePortNumber(t *testing.T) {
 	// What it suggests works.
 	if r := runBin(t, nil, nil, "resolve", "--port", "53", "udp"); r.code != exitOK || !regexp.MustCompile(`^domain 53/udp from the (system|built-in) table\n$`).MatchString(r.stdout) || r.stderr != "" {
 		t.Errorf("resolve --port 53 udp: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestCertificateExpiry connects with the built binary to TLS servers
+// whose certificates expired a day and two hours ago, or expire in three
+// days and five hours: the certificate's line says so in words, never as
+// a negative count of days left.
+func TestCertificateExpiry(t *testing.T) {
+	t.Parallel()
+	ca := probetest.NewCA(t)
+	caFile := ca.WriteFile(t, t.TempDir())
+	now := time.Now()
+	for _, tc := range []struct {
+		notAfter time.Time
+		want     string
+	}{
+		{now.Add(-25 * time.Hour), "expired 1 day ago (" + now.Add(-25*time.Hour).UTC().Format("2006-01-02") + ")"},
+		{now.Add(-150 * time.Minute), "expired 2 hours ago (" + now.Add(-150*time.Minute).UTC().Format("2006-01-02 15:04") + " UTC)"},
+		{now.Add(330 * time.Minute), "expires in 5 hours (" + now.Add(330*time.Minute).UTC().Format("2006-01-02 15:04") + " UTC)"},
+		{now.Add(73 * time.Hour), "expires in 3 days (" + now.Add(73*time.Hour).UTC().Format("2006-01-02") + ")"},
+	} {
+		cert := ca.Issue(t, "target", true, func(c *x509.Certificate) {
+			c.NotBefore, c.NotAfter = now.Add(-72*time.Hour), tc.notAfter
+		})
+		cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+		tg := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			tc := tls.Server(c, cfg)
+			tc.Handshake()
+			tc.Close()
+		}))
+		r := runBin(t, nil, nil, "connect", "--inspect", "--trust", caFile, "--sni", "localhost", "127.0.0.1", tg)
+		lines := strings.Split(r.stdout, "\n")
+		want := "certificate CN=target for localhost 127.0.0.1, issued by CN=netprobe test CA, " + tc.want + ", chain of 1"
+		if r.code != exitOK || len(lines) != 4 || lines[2] != want || r.stderr != "" {
+			t.Errorf("exit %d, stdout\n%s\nstderr %q\nwant exit 0 and the third line\n%s", r.code, r.stdout, r.stderr, want)
+		}
+	}
+}
+
+// TestExpiry words the time to a certificate's end, or since it, at the
+// edges of each unit.
+func TestExpiry(t *testing.T) {
+	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		left time.Duration
+		want string
+	}{
+		{49 * time.Hour, "expires in 2 days (2025-01-03)"},
+		{24 * time.Hour, "expires in 1 day (2025-01-02)"},
+		{24*time.Hour - time.Second, "expires in 23 hours (2025-01-02 11:59 UTC)"},
+		{time.Hour, "expires in 1 hour (2025-01-01 13:00 UTC)"},
+		{59 * time.Minute, "expires in 59 minutes (2025-01-01 12:59 UTC)"},
+		{30 * time.Second, "expires in less than a minute (2025-01-01 12:00 UTC)"},
+		{0, "expired less than a minute ago (2025-01-01 12:00 UTC)"},
+		{-time.Minute, "expired 1 minute ago (2025-01-01 11:59 UTC)"},
+		{-25 * time.Hour, "expired 1 day ago (2024-12-31)"},
+		{-400 * 24 * time.Hour, "expired 400 days ago (2023-11-28)"},
+	} {
+		if got := expiry(now.Add(tc.left), now); got != tc.want {
+			t.Errorf("%v left: %q, want %q", tc.left, got, tc.want)
+		}
 	}
 }

@@ -640,7 +640,7 @@ func TestConnectHandshake(t *testing.T) {
 	want := []string{
 		`^connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+ in \S+ \(total \S+\), rtt \S+$`,
 		`^TLS 1\.3 TLS_\w+, ALPN h2 in \S+; verified for localhost$`,
-		`^certificate CN=target for localhost 127\.0\.0\.1, issued by CN=netprobe test CA, expires \d{4}-\d\d-\d\d \(0 days left\), chain of 1$`,
+		`^certificate CN=target for localhost 127\.0\.0\.1, issued by CN=netprobe test CA, expires in \d+ minutes \(\d{4}-\d\d-\d\d \d\d:\d\d UTC\), chain of 1$`,
 	}
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != exitOK || len(lines) != len(want) {
