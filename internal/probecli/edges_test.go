@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -274,5 +275,35 @@ func TestExpiry(t *testing.T) {
 		if got := expiry(now.Add(tc.left), now); got != tc.want {
 			t.Errorf("%v left: %q, want %q", tc.left, got, tc.want)
 		}
+	}
+}
+
+// TestFamilyMissing asks with -6 for a name that has only IPv4 addresses,
+// and with -4 for one that has only IPv6, in-process and through probed,
+// with the built binary and a DNS server on loopback: the error says the
+// name lacks that family, where the resolver's "no such host" read as if
+// it did not exist. A name that does not exist still says so.
+func TestFamilyMissing(t *testing.T) {
+	w := newWorld(t)
+	w.dns.SetAddrs("v4only.test", netip.MustParseAddr("127.0.0.1"))
+	w.dns.SetAddrs("v6only.test", netip.MustParseAddr("::1"))
+	noAAAA := "probe: resolve v4only.test: v4only.test has no IPv6 address (AAAA), only IPv4 (A): -6 asks for IPv6 only (stage RESOLVE, reason NO_SUCH_HOST)\n"
+	noA := "probe: resolve v6only.test: v6only.test has no IPv4 address (A), only IPv6 (AAAA): -4 asks for IPv4 only (stage RESOLVE, reason NO_SUCH_HOST)\n"
+	for _, mode := range w.modes() {
+		t.Run(mode.name, func(t *testing.T) {
+			for _, tc := range []struct {
+				args []string
+				want string
+			}{
+				{[]string{"connect", "-6", "v4only.test", "80"}, noAAAA},
+				{[]string{"connect", "-6", "v4only.test", "http"}, noAAAA},
+				{[]string{"connect", "-4", "v6only.test:80"}, noA},
+				{[]string{"fetch", "-q", "-n", "-6", "v4only.test", "80"}, noAAAA},
+				{[]string{"connect", "-6", "nosuch.test", "80"}, "probe: resolve nosuch.test: no such host (stage RESOLVE, reason NO_SUCH_HOST)\n"},
+			} {
+				args := append(tc.args, mode.flags...)
+				runBin(t, nil, nil, args...).check(t, strings.Join(args, " "), exitResolve, "", tc.want)
+			}
+		})
 	}
 }

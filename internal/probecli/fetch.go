@@ -90,7 +90,7 @@ each without the reply, and ends with a summary like ping's.`,
 				if errors.As(err, &pe) {
 					a.fetchFailed(host, pe, ff.quiet)
 				}
-				return err
+				return a.explainFamily(ctx, c, ff.targetFlags, host, err)
 			}
 			defer f.Close()
 			return a.copyReply(host, f, ff)
