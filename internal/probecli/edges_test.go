@@ -307,3 +307,60 @@ func TestFamilyMissing(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalToken asks, with --token and the built binary, a probed that
+// requires tokens and serves plaintext on loopback, and one on a Unix
+// socket, as probed does by default: the token goes without TLS and the
+// call is answered as the in-process service answers it.
+func TestLocalToken(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const token = "cli-0123456789abcdef"
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte("cli "+token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "probed.sock")
+	loopback := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--tokens-file="+tokens))
+	probetest.StartProbed(t, exec.Command(probedBin, "--listen=unix:"+sock, "--tokens-file="+tokens))
+	want := runBin(t, nil, nil, "resolve", "https")
+	if want.code != exitOK || want.stdout == "" {
+		t.Fatalf("in-process: exit %d, stderr %q", want.code, want.stderr)
+	}
+	for _, server := range []string{loopback.Addr, "unix:" + sock} {
+		runBin(t, nil, nil, "--server", server, "--token", token, "resolve", "https").check(t, server+" with the token", exitOK, want.stdout, "")
+		runBin(t, nil, []string{"NETPROBE_TOKEN=" + token}, "--server", server, "resolve", "https").check(t, server+" with NETPROBE_TOKEN", exitOK, want.stdout, "")
+		if r := runBin(t, nil, nil, "--server", server, "resolve", "https"); r.code != exitRejected || !strings.HasPrefix(r.stderr, "probe: probe server "+server+": Unauthenticated: ") {
+			t.Errorf("%s without the token: exit %d, stderr %q", server, r.code, r.stderr)
+		}
+	}
+	// sweep judges each server on its own.
+	up := "127.0.0.1:" + port(probetest.Listen(t, "127.0.0.1:0", nil))
+	if r := runBin(t, nil, nil, "sweep", "-s", loopback.Addr, "-s", "unix:"+sock, "--token", token, up); r.code != exitOK || r.stderr != "probe: sweep: all 2 probes connected (1 target, 2 servers)\n" {
+		t.Errorf("sweep with the token: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestLocalServer checks which --server a token goes to without TLS: a
+// Unix socket, a loopback address, localhost; nothing else.
+func TestLocalServer(t *testing.T) {
+	for server, want := range map[string]bool{
+		"unix:/run/probed.sock":      true,
+		"127.0.0.1:7070":             true,
+		"127.1.2.3:7070":             true,
+		"[::1]:7070":                 true,
+		"localhost:7070":             true,
+		"probed.internal:7070":       false,
+		"10.0.0.1:7070":              false,
+		"[2001:db8::1]:7070":         false,
+		"127.0.0.1.example.com:7070": false,
+		"localhost.example.com:7070": false,
+		"dns:///localhost:7070":      false,
+		"[::ffff:127.0.0.1]:7070":    false,
+		"127.0.0.1":                  false,
+	} {
+		if got := localServer(server); got != want {
+			t.Errorf("localServer(%q) = %v, want %v", server, got, want)
+		}
+	}
+}

@@ -190,10 +190,6 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 		}
 		return []vantage{{name: "in-process", client: c, close: closeFn}}, nil
 	}
-	opts, err := a.dialOptions()
-	if err != nil {
-		return nil, usageError{err}
-	}
 	resolver := net.DefaultResolver
 	if a.DNSServer != "" {
 		resolver = service.ResolverFor(a.DNSServer)
@@ -224,14 +220,23 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 	// Fetch's bulk data. A sweep has no deadline unless asked: keepalive
 	// pings notice a server that stops answering, no sooner than probed's
 	// --keepalive-min-time allows.
-	opts = append(opts, client.WithGRPCOptions(
+	grpcOpts := client.WithGRPCOptions(
 		grpc.WithReadBufferSize(32<<10),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: a.ServerTimeout, PermitWithoutStream: true}),
-	))
+	)
 	var out []vantage
 	for _, addr := range addrs {
-		c, err := client.Dial(addr, opts...)
+		// A token goes to a local server without TLS: each server is
+		// judged on its own.
+		opts, err := a.dialOptions(addr)
+		var c *client.Client
+		if err == nil {
+			c, err = client.Dial(addr, append(opts, grpcOpts)...)
+		}
 		if err != nil {
+			for _, v := range out {
+				v.close()
+			}
 			return nil, usageError{err}
 		}
 		out = append(out, vantage{name: addr, client: c, close: func() { c.Close() }})
