@@ -1,6 +1,7 @@
 package probecli
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -362,5 +363,57 @@ func TestLocalServer(t *testing.T) {
 		if got := localServer(server); got != want {
 			t.Errorf("localServer(%q) = %v, want %v", server, got, want)
 		}
+	}
+}
+
+// TestStartTLSRefused runs probe fetch --starttls with the built binary,
+// in both modes, against servers on loopback that refuse and then keep the
+// connection open: it fails at once (exit 8, stage EXPECT, NO_MATCH)
+// quoting the refusal, long before its 30 s timeout, with what the server
+// said on stdout.
+func TestStartTLSRefused(t *testing.T) {
+	w := newWorld(t)
+	hold := func(say func(c net.Conn, r *bufio.Reader) bool) string {
+		return port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+			c.SetDeadline(time.Now().Add(probetest.Timeout))
+			if say(c, bufio.NewReader(c)) {
+				probetest.ReadAll(c)
+			}
+			c.Close()
+		}))
+	}
+	smtp := hold(func(c net.Conn, r *bufio.Reader) bool {
+		fmt.Fprint(c, "220 mail.test ESMTP\r\n")
+		if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, "EHLO ") {
+			return false
+		}
+		fmt.Fprint(c, "250-mail.test\r\n250 STARTTLS\r\n")
+		if l, _ := r.ReadString('\n'); l != "STARTTLS\r\n" {
+			return false
+		}
+		_, err := fmt.Fprint(c, "454 4.7.0 TLS not available due to local problem\r\n")
+		return err == nil
+	})
+	pop3 := hold(func(c net.Conn, _ *bufio.Reader) bool {
+		_, err := fmt.Fprint(c, "-ERR [SYS/TEMP] too many connections\r\n")
+		return err == nil
+	})
+	for _, mode := range w.modes() {
+		t.Run(mode.name, func(t *testing.T) {
+			args := append([]string{"fetch", "-q", "--timeout", "30s", "--starttls", "smtp", "127.0.0.1", smtp}, mode.flags...)
+			runBin(t, nil, nil, args...).check(t, "SMTP STARTTLS refused", exitExpect,
+				"220 mail.test ESMTP\r\n250-mail.test\r\n250 STARTTLS\r\n454 4.7.0 TLS not available due to local problem\r\n",
+				`probe: expect 127.0.0.1:`+smtp+`: no match for "^220 ": the target refused with "454 4.7.0 TLS not available due to local problem\r\n" (stage EXPECT, reason NO_MATCH, step 4)`+"\n")
+			args = append([]string{"fetch", "-q", "--timeout", "30s", "--starttls", "pop3", "127.0.0.1", pop3}, mode.flags...)
+			runBin(t, nil, nil, args...).check(t, "POP3 greeting refused", exitExpect,
+				"-ERR [SYS/TEMP] too many connections\r\n",
+				`probe: expect 127.0.0.1:`+pop3+`: no match for "^\\+OK": the target refused with "-ERR [SYS/TEMP] too many connections\r\n" (stage EXPECT, reason NO_MATCH, step 0)`+"\n")
+			// Again and again, each probe fails so.
+			args = append([]string{"fetch", "-c", "2", "-i", "10ms", "--timeout", "30s", "--starttls", "pop3", "127.0.0.1", pop3}, mode.flags...)
+			line := `expect 127.0.0.1:` + pop3 + `: no match for "^\\+OK": the target refused with "-ERR [SYS/TEMP] too many connections\r\n" (stage EXPECT, reason NO_MATCH, step 0)`
+			runBin(t, nil, nil, args...).check(t, "--count 2", exitExpect,
+				"probe 1: "+line+"\nprobe 2: "+line+"\n--- 127.0.0.1:"+pop3+": 2 probes, 2 failed, 100% loss\n",
+				"probe: 2 of 2 probes failed, the last: "+line+"\n")
+		})
 	}
 }

@@ -93,7 +93,7 @@ each without the reply, and ends with a summary like ping's.`,
 				return a.explainFamily(ctx, c, ff.targetFlags, host, err)
 			}
 			defer f.Close()
-			return a.copyReply(host, f, ff)
+			return a.copyReply(host, ff.dialogue.watch(f), ff)
 		}),
 	}
 	ff.register(a, cmd)
@@ -109,7 +109,13 @@ func (a *app) fetchOnce(ctx context.Context, c *client.Client, ff fetchFlags, ad
 		return outcome{err: err}
 	}
 	defer f.Close()
-	_, err = io.Copy(io.Discard, f)
+	wf := ff.dialogue.watch(f)
+	for err == nil {
+		_, err = wf.Next()
+	}
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
 	s := f.Summary()
 	if err == nil && ff.failEmpty && s.BytesReceived == 0 && s.EndReason == client.EndEOF {
 		err = errEmptyReply
@@ -224,7 +230,7 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 
 // copyReply copies the reply to stdout as it arrives, or writes each
 // message as JSON, and reports how it ended.
-func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
+func (a *app) copyReply(host string, f *watchedFetch, ff fetchFlags) error {
 	if a.Output == "json" {
 		if err := writeJSON(a.out, connectEvent(f.Connect)); err != nil {
 			return err
