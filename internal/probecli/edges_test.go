@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -416,4 +417,36 @@ func TestStartTLSRefused(t *testing.T) {
 				"probe: 2 of 2 probes failed, the last: "+line+"\n")
 		})
 	}
+}
+
+// TestServerShutdownExit runs probe fetch with the built binary through a
+// probed that is told to stop (SIGTERM, a grace of 300 ms) while the
+// fetch reads: the fetch is cut short, and probe says so and exits 69, as
+// for a probe server that cannot answer.
+func TestServerShutdownExit(t *testing.T) {
+	t.Parallel()
+	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Write([]byte("first\n")) })
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--shutdown-grace=300ms"))
+	cmd := exec.CommandContext(probetest.Context(t), probeBin, "fetch", "-q", "--server", p.Addr, "--keep-write-open", "--timeout", "30s", tg.Addr())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The reply has begun: the fetch is running.
+	first := make([]byte, len("first\n"))
+	if _, err := io.ReadFull(stdout, first); err != nil || string(first) != "first\n" {
+		t.Fatalf("stdout began %q, %v", first, err)
+	}
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(stdout)
+	cmd.Wait()
+	want := "probe: receive " + tg.Addr() + ": cut short: the probe server is shutting down (stage RECEIVE, reason SERVER_SHUTDOWN)\n"
+	result{cmd.ProcessState.ExitCode(), string(first) + string(rest), stderr.String()}.check(t, "a fetch cut by a shutdown", exitUnavailable, "first\n", want)
 }
