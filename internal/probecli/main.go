@@ -62,11 +62,11 @@ type globals struct {
 	// the service's.
 	MaxPayload int    `flag:"max-payload-bytes" help:"largest fetch request the probe server takes, as probed's flag of the same name (the in-process service's cap): a larger one is refused before it is sent"`
 	Output     string `flag:"output" short:"o" env:"NETPROBE_OUTPUT" default:"text" help:"output format: text (a line per event) or json (protojson, an object per line)"`
-	TLS        bool   `flag:"tls" env:"NETPROBE_TLS" help:"talk TLS to the --server (implied by --ca-file, --cert-file, and --token but to a local --server)"`
+	TLS        bool   `flag:"tls" env:"NETPROBE_TLS" help:"talk TLS to the --server (implied by --ca-file and --cert-file, and by --token but for a local --server)"`
 	CAFile     string `flag:"ca-file" env:"NETPROBE_CA_FILE" help:"trust the --server's certificate if these CAs (PEM) signed it, instead of the system's"`
 	CertFile   string `flag:"cert-file" env:"NETPROBE_CERT_FILE" help:"client certificate (PEM) for a --server that wants mutual TLS"`
 	KeyFile    string `flag:"key-file" env:"NETPROBE_KEY_FILE" help:"private key (PEM) of --cert-file"`
-	Token      string `flag:"token" env:"NETPROBE_TOKEN" help:"bearer token for the --server. It implies TLS, but to a --server on a loopback address (127.0.0.0/8, ::1, localhost) or unix:PATH, where probed serves plaintext by default, it goes in plaintext unless --tls, --ca-file or --cert-file asks for TLS (the connection must then reach a local peer, or fails before it is sent). Elsewhere a token needs TLS"`
+	Token      string `flag:"token" env:"NETPROBE_TOKEN" help:"bearer token for the --server. It implies TLS, except to a --server on a loopback address (127.0.0.0/8, ::1, localhost) or unix:PATH, where probed serves plaintext by default: there it goes without TLS, unless --tls, --ca-file or --cert-file asks for it, and a connection that reaches anything but a local peer fails before the token is sent. Elsewhere a token needs TLS"`
 }
 
 // app is one run of the CLI: its global flags and where it writes.
