@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials/local"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -35,6 +36,7 @@ func New(cc grpc.ClientConnInterface) *Client {
 // dialConfig collects the DialOptions.
 type dialConfig struct {
 	tls   *tls.Config
+	local bool
 	token string
 	extra []grpc.DialOption
 }
@@ -53,8 +55,21 @@ func WithTLS(cfg *tls.Config) DialOption {
 	}
 }
 
+// WithInsecureLocalTransport makes Dial talk to the probe server without
+// TLS, and only to a local peer: every connection's peer must be a
+// loopback address (127.0.0.0/8, ::1) or a Unix socket, or its handshake
+// fails before a byte is sent (gRPC's local credentials, which check the
+// address the connection reached, whatever name led there). With it,
+// WithBearerToken sends its token without TLS, which is safe only where
+// the token crosses no network: probed on localhost or a Unix socket, which
+// it serves in plaintext by default. It and WithTLS exclude each other.
+func WithInsecureLocalTransport() DialOption {
+	return func(c *dialConfig) { c.local = true }
+}
+
 // WithBearerToken sends "authorization: Bearer token" with every call. It
-// needs WithTLS: a token must not cross the network in the clear.
+// needs WithTLS, or WithInsecureLocalTransport for a local probe server: a
+// token must not cross the network in the clear.
 func WithBearerToken(token string) DialOption {
 	return func(c *dialConfig) { c.token = token }
 }
@@ -80,15 +95,23 @@ func Dial(target string, opts ...DialOption) (*Client, error) {
 		o(&cfg)
 	}
 	creds := insecure.NewCredentials()
-	if cfg.tls != nil {
+	switch {
+	case cfg.tls != nil && cfg.local:
+		return nil, errors.New("netprobe: WithTLS and WithInsecureLocalTransport exclude each other")
+	case cfg.tls != nil:
 		creds = credentials.NewTLS(cfg.tls)
+	case cfg.local:
+		creds = local.NewCredentials()
 	}
 	gopts := append(wire.DialOptions(), grpc.WithTransportCredentials(creds))
 	if cfg.token != "" {
-		if cfg.tls == nil {
-			return nil, errors.New("netprobe: a bearer token needs TLS (WithTLS)")
+		if cfg.tls == nil && !cfg.local {
+			return nil, errors.New("netprobe: a bearer token needs TLS (WithTLS), or a local probe server (WithInsecureLocalTransport)")
 		}
-		gopts = append(gopts, grpc.WithPerRPCCredentials(bearer(cfg.token)))
+		// Over local credentials a loopback TCP connection has no
+		// transport security, to gRPC's eyes: the peer check stands in
+		// for it.
+		gopts = append(gopts, grpc.WithPerRPCCredentials(bearer{token: cfg.token, needTLS: !cfg.local}))
 	}
 	cc, err := grpc.NewClient(target, append(gopts, cfg.extra...)...)
 	if err != nil {
@@ -118,11 +141,15 @@ func (c *Client) Health(ctx context.Context) (healthpb.HealthCheckResponse_Servi
 	return resp.GetStatus(), nil
 }
 
-// bearer sends a bearer token with each call.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+// bearer sends a bearer token with each call: only over TLS when needTLS,
+// else over local credentials.
+type bearer struct {
+	token   string
+	needTLS bool
 }
 
-func (bearer) RequireTransportSecurity() bool { return true }
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return b.needTLS }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -535,6 +536,112 @@ func TestDialTLSAndToken(t *testing.T) {
 		c.Close()
 		t.Error("Dial with a token but no TLS succeeded; the token would go out in the clear")
 	}
+}
+
+// TestDialLocalToken sends a bearer token without TLS to probe servers on
+// loopback and on a Unix socket, with WithInsecureLocalTransport, and plays
+// a name that leads off the machine: the connection is refused before a
+// byte leaves, token or not.
+func TestDialLocalToken(t *testing.T) {
+	t.Parallel()
+	const token = "local-0123456789abcdef"
+	tokens := probetest.WithTokens(t, map[string]string{"alice": token})
+	srv := probetest.Start(t, tokens)
+	// A server of the same tokens on a Unix socket.
+	var cfg server.Config
+	tokens(&cfg)
+	unixSrv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "probed.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- unixSrv.Serve(lis) }()
+	t.Cleanup(func() {
+		unixSrv.Stop()
+		<-served
+	})
+
+	tests := []struct {
+		name   string
+		target string
+		opts   []client.DialOption
+		want   codes.Code
+	}{
+		{"loopback with the token", srv.Addr, []client.DialOption{client.WithInsecureLocalTransport(), client.WithBearerToken(token)}, codes.OK},
+		{"loopback without it", srv.Addr, []client.DialOption{client.WithInsecureLocalTransport()}, codes.Unauthenticated},
+		{"loopback with a wrong one", srv.Addr, []client.DialOption{client.WithInsecureLocalTransport(), client.WithBearerToken("guess-0123456789abcdef")}, codes.Unauthenticated},
+		{"Unix socket with the token", "unix:" + sock, []client.DialOption{client.WithInsecureLocalTransport(), client.WithBearerToken(token)}, codes.OK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := client.Dial(tt.target, tt.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_, err = c.ResolveService(probetest.Context(t), "tcp", "https")
+			if got := status.Code(err); got != tt.want {
+				t.Errorf("code %v, want %v: %v", got, tt.want, err)
+			}
+		})
+	}
+
+	// A peer that is not local: a listener on loopback, reached through a
+	// connection that says it went to 192.0.2.1 (as a name that resolves
+	// off the machine would). The handshake refuses it, and the listener
+	// receives nothing: no preface, no token.
+	received := make(chan []byte, 1)
+	far := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		b, _ := probetest.ReadAll(c)
+		received <- b
+		c.Close()
+	})
+	c, err := client.Dial("passthrough:///far.example:7070", client.WithInsecureLocalTransport(), client.WithBearerToken(token),
+		client.WithGRPCOptions(grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", far.Addr())
+			if err != nil {
+				return nil, err
+			}
+			return farConn{conn}, nil
+		})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.ResolveService(probetest.Context(t), "tcp", "https")
+	c.Close()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "local credentials rejected connection to non-local address") {
+		t.Errorf("a peer off the machine: %v, want Unavailable and the local credentials' refusal", err)
+	}
+	select {
+	case b := <-received:
+		if len(b) != 0 {
+			t.Errorf("the peer off the machine received %d bytes: %q", len(b), b)
+		}
+	case <-time.After(probetest.Timeout):
+		t.Error("the connection to the peer off the machine was not closed")
+	}
+
+	for name, opts := range map[string][]client.DialOption{
+		"a token without TLS or a local transport": {client.WithBearerToken(token)},
+		"TLS and a local transport":                {client.WithTLS(nil), client.WithInsecureLocalTransport()},
+	} {
+		if c, err := client.Dial(srv.Addr, opts...); err == nil {
+			c.Close()
+			t.Errorf("Dial with %s succeeded", name)
+		}
+	}
+}
+
+// farConn is a connection that says its peer is 192.0.2.1:7070.
+type farConn struct{ net.Conn }
+
+func (farConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 7070}
 }
 
 // TestSweep checks that each probe is a result, expanded entries included,

@@ -73,6 +73,7 @@ with a summary like ping's.`,
 				})
 			}
 			res, err := connect(ctx)
+			err = a.explainFamily(ctx, c, tf, host, err)
 			if res != nil {
 				if a.Output == "json" {
 					if err := writeJSON(a.out, res.Proto()); err != nil {

@@ -1,6 +1,7 @@
 package probecli
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -17,9 +18,9 @@ import (
 // console examples, in-process, and checks what they print against what
 // the examples show. The ports the examples name are served here: 8000 by
 // an HTTP server saying hello, 6379 by an echo server, 2525 by an SMTP
-// server with STARTTLS and 8443 by a TLS server that wants a client
-// certificate, whose CA is ca.pem (client.pem and client.key are a client
-// certificate it trusts); the numbers that
+// server with STARTTLS, 2526 by one that refuses it, and 8443 by a TLS
+// server that wants a client certificate, whose CA is ca.pem (client.pem
+// and client.key are a client certificate it trusts); the numbers that
 // vary from run to run (times, ports, column widths) are not compared, and
 // a line "..." stands for any lines.
 func TestDocExamples(t *testing.T) {
@@ -39,7 +40,20 @@ func TestDocExamples(t *testing.T) {
 		}
 		tc.Close()
 	}))
-	ports := map[string]string{"8000": web, "6379": echo, "2525": smtp, "8443": greeter}
+	// Refuses STARTTLS, and waits for the client to leave.
+	noTLS := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		r := bufio.NewReader(c)
+		fmt.Fprint(c, "220 mail.test ESMTP\r\n")
+		if l, _ := r.ReadString('\n'); strings.HasPrefix(l, "EHLO") {
+			fmt.Fprint(c, "250-mail.test\r\n250 STARTTLS\r\n")
+			if l, _ := r.ReadString('\n'); l == "STARTTLS\r\n" {
+				fmt.Fprint(c, "454 4.7.0 TLS not available due to local problem\r\n")
+				probetest.ReadAll(c)
+			}
+		}
+		c.Close()
+	}))
+	ports := map[string]string{"8000": web, "6379": echo, "2525": smtp, "2526": noTLS, "8443": greeter}
 	examples := 0
 	for _, doc := range []string{"../../README.md", "../../docs/cli.md"} {
 		text, err := os.ReadFile(doc)
@@ -160,14 +174,18 @@ var (
 	durations = regexp.MustCompile(`\d+(\.\d+)?(ns|µs|ms|s)\b`)
 	portNums  = regexp.MustCompile(`:\d+\b`)
 	spaces    = regexp.MustCompile(` +`)
+	// Which services table answers depends on the machine's
+	// /etc/services.
+	tables = regexp.MustCompile(`from the (system|built-in) table`)
 )
 
-// normalize drops what varies from run to run: times, ports and the
-// padding of columns.
+// normalize drops what varies from run to run or machine to machine:
+// times, ports, the padding of columns and the services table.
 func normalize(s string) string {
 	s = strings.ReplaceAll(s, "\r\n", "\n")
 	s = durations.ReplaceAllString(s, "#")
 	s = portNums.ReplaceAllString(s, ":#")
+	s = tables.ReplaceAllString(s, "from the # table")
 	return spaces.ReplaceAllString(s, " ")
 }
 

@@ -43,7 +43,7 @@ var exitCodes = []struct {
 	{exitNoService, "no such service: the SERVICE given for PORT, or to resolve (stage SERVICE_LOOKUP)"},
 	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},
 	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
-	{exitExpect, "the target did not answer as --expect said (stage EXPECT; curl's 8, a weird server reply)"},
+	{exitExpect, "the target did not answer as --expect said, or refused --starttls (stage EXPECT;\n       curl's 8, a weird server reply)"},
 	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; a summary\n       line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
 	{exitTLS, "the TLS handshake failed: no version or cipher in common, an alert (stage\n       TLS_HANDSHAKE; curl's 35)"},
@@ -51,7 +51,7 @@ var exitCodes = []struct {
 	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
 	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},
 	{exitCertificate, "the target's certificate did not verify: expired, not yet valid, unknown\n       authority, another name (stage TLS_HANDSHAKE; curl's 60)"},
-	{exitUnavailable, "the probe server could not be reached or did not answer in time, or is not SERVING"},
+	{exitUnavailable, "the probe server could not be reached or did not answer in time, is not SERVING,\n       or cut the probe short as it shut down (reason SERVER_SHUTDOWN)"},
 	{exitRejected, "the probe server refused or failed the call (target policy, authentication,\n       limits, internal error)"},
 	{exitInterrupted, "interrupted (SIGINT, SIGTERM)"},
 }

@@ -28,6 +28,7 @@ type fetchFlags struct {
 	quiet         bool
 	keepWriteOpen bool
 	failEmpty     bool
+	noStdin       bool
 	dialogue      dialogueFlags
 }
 
@@ -40,9 +41,14 @@ func (a *app) fetchCommand() *cobra.Command {
 (unless --keep-write-open), and copies the target's reply to stdout as it
 arrives, like a classic socket client. The request is an HTTP/1.0 GET of
 PATH (with a Host header naming HOST, or --sni, unless HOST is an address),
-or the raw bytes of --data or --data-file, or else whatever stdin holds
-when it is not a terminal (printf 'PING\r\n' | probe fetch ...), or
-nothing, to read a banner.
+or the raw bytes of --data or --data-file, or the dialogue of --send,
+--expect and --starttls.
+
+Stdin is the request only when none of those is given, -n is not, and
+stdin is not a terminal (printf 'PING\r\n' | probe fetch ...); else
+nothing is sent, to read a banner. In a loop that reads its list from
+stdin (while read h; do probe fetch -n "$h" 22; done < hosts), -n keeps
+probe from reading the rest of the list, as ssh -n does.
 
 Events (where it connected, the timings, how the reply ended) go to stderr,
 one line each, unless --quiet. With -o json, stdout instead carries the
@@ -84,10 +90,10 @@ each without the reply, and ends with a summary like ping's.`,
 				if errors.As(err, &pe) {
 					a.fetchFailed(host, pe, ff.quiet)
 				}
-				return err
+				return a.explainFamily(ctx, c, ff.targetFlags, host, err)
 			}
 			defer f.Close()
-			return a.copyReply(host, f, ff)
+			return a.copyReply(host, ff.dialogue.watch(f), ff)
 		}),
 	}
 	ff.register(a, cmd)
@@ -103,7 +109,13 @@ func (a *app) fetchOnce(ctx context.Context, c *client.Client, ff fetchFlags, ad
 		return outcome{err: err}
 	}
 	defer f.Close()
-	_, err = io.Copy(io.Discard, f)
+	wf := ff.dialogue.watch(f)
+	for err == nil {
+		_, err = wf.Next()
+	}
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
 	s := f.Summary()
 	if err == nil && ff.failEmpty && s.BytesReceived == 0 && s.EndReason == client.EndEOF {
 		err = errEmptyReply
@@ -137,6 +149,7 @@ func (ff *fetchFlags) register(a *app, cmd *cobra.Command) {
 	f.BoolVarP(&ff.quiet, "quiet", "q", false, "print only the reply and errors, no event lines")
 	f.BoolVar(&ff.keepWriteOpen, "keep-write-open", false, "do not half-close after the request: for targets that hang up when the client does")
 	f.BoolVar(&ff.failEmpty, "fail-empty", false, "fail (exit 52, as curl) when the target closes without sending a byte")
+	f.BoolVarP(&ff.noStdin, "no-stdin", "n", false, "read nothing from stdin, as ssh -n: without PATH, --data, --data-file or a dialogue, send nothing")
 	ff.repeat.register(cmd)
 	cmd.MarkFlagsMutuallyExclusive("data", "data-file")
 }
@@ -166,6 +179,9 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 		return opts, err
 	}
 	hasData := ff.data != "" || ff.dataFile != ""
+	if ff.noStdin && ff.dataFile == "-" {
+		return opts, usagef("--data-file - reads the request from stdin, and -n says to read nothing from it: give one or the other")
+	}
 	if len(opts.Steps) > 0 {
 		if hasData || len(rest) == 1 {
 			return opts, usagef("--send, --expect and --starttls are the request: give them, or a PATH, --data or --data-file")
@@ -188,7 +204,9 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 		opts.HTTPGet = &client.HTTPGet{Path: rest[0], Host: hostHeader}
 	case ff.data != "":
 		opts.Payload = []byte(ff.data)
-	case ff.dataFile == "-" || (ff.dataFile == "" && !isTerminal(a.in)):
+	// Stdin is the request when asked for, or else when nothing else is
+	// and it is neither refused (-n) nor a terminal.
+	case ff.dataFile == "-" || (ff.dataFile == "" && !ff.noStdin && !isTerminal(a.in)):
 		b, err := io.ReadAll(io.LimitReader(a.in, int64(a.MaxPayload)+1))
 		if err != nil {
 			return opts, fmt.Errorf("read stdin: %w", err)
@@ -212,7 +230,7 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 
 // copyReply copies the reply to stdout as it arrives, or writes each
 // message as JSON, and reports how it ended.
-func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
+func (a *app) copyReply(host string, f *watchedFetch, ff fetchFlags) error {
 	if a.Output == "json" {
 		if err := writeJSON(a.out, connectEvent(f.Connect)); err != nil {
 			return err

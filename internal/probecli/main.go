@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -61,11 +62,11 @@ type globals struct {
 	// the service's.
 	MaxPayload int    `flag:"max-payload-bytes" help:"largest fetch request the probe server takes, as probed's flag of the same name (the in-process service's cap): a larger one is refused before it is sent"`
 	Output     string `flag:"output" short:"o" env:"NETPROBE_OUTPUT" default:"text" help:"output format: text (a line per event) or json (protojson, an object per line)"`
-	TLS        bool   `flag:"tls" env:"NETPROBE_TLS" help:"talk TLS to the --server (implied by --ca-file, --cert-file and --token)"`
+	TLS        bool   `flag:"tls" env:"NETPROBE_TLS" help:"talk TLS to the --server (implied by --ca-file and --cert-file, and by --token but for a local --server)"`
 	CAFile     string `flag:"ca-file" env:"NETPROBE_CA_FILE" help:"trust the --server's certificate if these CAs (PEM) signed it, instead of the system's"`
 	CertFile   string `flag:"cert-file" env:"NETPROBE_CERT_FILE" help:"client certificate (PEM) for a --server that wants mutual TLS"`
 	KeyFile    string `flag:"key-file" env:"NETPROBE_KEY_FILE" help:"private key (PEM) of --cert-file"`
-	Token      string `flag:"token" env:"NETPROBE_TOKEN" help:"bearer token for the --server; sent only over TLS"`
+	Token      string `flag:"token" env:"NETPROBE_TOKEN" help:"bearer token for the --server. It implies TLS, except to a --server on a loopback address (127.0.0.0/8, ::1, localhost) or unix:PATH, where probed serves plaintext by default: there it goes without TLS, unless --tls, --ca-file or --cert-file asks for it, and a connection that reaches anything but a local peer fails before the token is sent. Elsewhere a token needs TLS"`
 }
 
 // app is one run of the CLI: its global flags and where it writes.
@@ -132,7 +133,11 @@ func run(ctx context.Context, args []string, std streams, getenv func(string) st
 	default:
 		fmt.Fprintf(std.err, "probe: %s: %s: %s\n", a.serverName(), st.Code(), st.Message())
 	}
-	if code == exitUsage {
+	// Only a command line the CLI could not run sends the user to --help:
+	// a request the server refused (INVALID_ARGUMENT among them) says why
+	// itself.
+	var usage usageError
+	if errors.As(err, &usage) {
 		fmt.Fprintf(std.err, "Run \"%s --help\" for usage.\n", cmd.CommandPath())
 	}
 	return code
@@ -276,7 +281,7 @@ func (a *app) dialUnchecked() (*client.Client, func(), error) {
 	if a.server == "" {
 		return a.inProcess()
 	}
-	opts, err := a.dialOptions()
+	opts, err := a.dialOptions(a.server)
 	if err != nil {
 		return nil, nil, usageError{err}
 	}
@@ -303,10 +308,18 @@ func (a *app) checkServer(ctx context.Context, c *client.Client) error {
 	return nil
 }
 
-// dialOptions turns the TLS and token flags into the client's options.
-func (a *app) dialOptions() ([]client.DialOption, error) {
-	if !a.TLS && a.CAFile == "" && a.CertFile == "" && a.Token == "" {
+// dialOptions turns the TLS and token flags into the client's options
+// for server.
+func (a *app) dialOptions(server string) ([]client.DialOption, error) {
+	askedTLS := a.TLS || a.CAFile != "" || a.CertFile != ""
+	switch {
+	case !askedTLS && a.Token == "":
 		return nil, nil
+	case !askedTLS && localServer(server):
+		// probed serves plaintext on loopback and Unix sockets by
+		// default, and takes tokens there: the token crosses no network,
+		// which the client checks on each connection.
+		return []client.DialOption{client.WithInsecureLocalTransport(), client.WithBearerToken(a.Token)}, nil
 	}
 	cfg := &tls.Config{}
 	if a.CAFile != "" {
@@ -331,6 +344,22 @@ func (a *app) dialOptions() ([]client.DialOption, error) {
 		opts = append(opts, client.WithBearerToken(a.Token))
 	}
 	return opts, nil
+}
+
+// localServer says whether a --server is on this machine by its name: a
+// Unix socket, a loopback address or localhost. The client's local
+// transport checks where each connection really goes.
+func localServer(server string) bool {
+	if strings.HasPrefix(server, "unix:") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(server)
+	if err != nil {
+		return false
+	}
+	// An IPv4-mapped loopback address is not one to the local transport.
+	addr, err := netip.ParseAddr(host)
+	return host == "localhost" || err == nil && addr.IsLoopback() && !addr.Is4In6()
 }
 
 func (a *app) serverName() string {

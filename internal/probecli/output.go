@@ -119,7 +119,7 @@ func printTLS(w io.Writer, t *client.TLSResult, verbose bool) {
 		if verbose {
 			what = fmt.Sprintf("certificate %d of %d:", i+1, len(t.Chain))
 		}
-		fmt.Fprintf(w, "%s %s%s, issued by %s, expires %s (%d days left)", what, c.Subject, forNames(c), c.Issuer, c.NotAfter.Format("2006-01-02"), c.DaysLeft)
+		fmt.Fprintf(w, "%s %s%s, issued by %s, %s", what, c.Subject, forNames(c), c.Issuer, expiry(c.NotAfter, time.Now()))
 		if !verbose {
 			fmt.Fprintf(w, ", chain of %d", len(t.Chain))
 		} else {
@@ -127,6 +127,27 @@ func printTLS(w io.Writer, t *client.TLSResult, verbose bool) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// expiry says when a certificate that is valid until notAfter expires, or
+// expired, seen from now: "expires in 3 days (2025-01-04)", "expired 1 day
+// ago (...)"; under a day in hours, under an hour in minutes, then with
+// the time of day (UTC) beside the date.
+func expiry(notAfter, now time.Time) string {
+	left := notAfter.Sub(now)
+	span, when := "less than a minute", notAfter.UTC().Format("2006-01-02 15:04 UTC")
+	switch d := left.Abs(); {
+	case d >= 24*time.Hour:
+		span, when = plural(int(d/(24*time.Hour)), "day"), notAfter.UTC().Format("2006-01-02")
+	case d >= time.Hour:
+		span = plural(int(d/time.Hour), "hour")
+	case d >= time.Minute:
+		span = plural(int(d/time.Minute), "minute")
+	}
+	if left > 0 {
+		return fmt.Sprintf("expires in %s (%s)", span, when)
+	}
+	return fmt.Sprintf("expired %s ago (%s)", span, when)
 }
 
 // forNames is " for NAMES" of a certificate's names, or nothing when it

@@ -3,6 +3,7 @@ package probecli
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -38,6 +39,14 @@ PROTOCOL is tcp (the default) or udp.`,
 			}
 			if p := strings.ToLower(protocol); p != "" && p != "tcp" && p != "udp" {
 				return fmt.Errorf("PROTOCOL %q: want tcp or udp", protocol)
+			}
+			// A number is a port, which --port looks up: say so, with the
+			// command to type.
+			if n, err := strconv.ParseUint(protocolArg(args, 0), 10, 64); err == nil && !cmd.Flags().Changed("port") {
+				if n == 0 || n > 65535 {
+					return fmt.Errorf("SERVICE %q is a number, and out of the ports' range 1-65535", args[0])
+				}
+				return fmt.Errorf("SERVICE %q is a port number: to look port %d up, run %s", args[0], n, strings.TrimSpace(fmt.Sprintf("probe resolve --port %d %s", n, protocol)))
 			}
 			return nil
 		},

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -147,6 +148,9 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 	var out []client.SweepTarget
 	for _, addr := range addrs {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
+			if b, ok := bracketed(addr); ok {
+				return nil, usagef("target %q: an IPv6 address and a port are written %s", addr, b)
+			}
 			return nil, usagef("target %q: want HOST:PORT ([IPv6]:PORT for an IPv6 address)", addr)
 		}
 		if err := checkUTF8("target", addr); err != nil {
@@ -186,10 +190,6 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 		}
 		return []vantage{{name: "in-process", client: c, close: closeFn}}, nil
 	}
-	opts, err := a.dialOptions()
-	if err != nil {
-		return nil, usageError{err}
-	}
 	resolver := net.DefaultResolver
 	if a.DNSServer != "" {
 		resolver = service.ResolverFor(a.DNSServer)
@@ -220,14 +220,23 @@ func (a *app) vantages(ctx context.Context) ([]vantage, error) {
 	// Fetch's bulk data. A sweep has no deadline unless asked: keepalive
 	// pings notice a server that stops answering, no sooner than probed's
 	// --keepalive-min-time allows.
-	opts = append(opts, client.WithGRPCOptions(
+	grpcOpts := client.WithGRPCOptions(
 		grpc.WithReadBufferSize(32<<10),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: a.ServerTimeout, PermitWithoutStream: true}),
-	))
+	)
 	var out []vantage
 	for _, addr := range addrs {
-		c, err := client.Dial(addr, opts...)
+		// A token goes to a local server without TLS: each server is
+		// judged on its own.
+		opts, err := a.dialOptions(addr)
+		var c *client.Client
+		if err == nil {
+			c, err = client.Dial(addr, append(opts, grpcOpts)...)
+		}
 		if err != nil {
+			for _, v := range out {
+				v.close()
+			}
 			return nil, usageError{err}
 		}
 		out = append(out, vantage{name: addr, client: c, close: func() { c.Close() }})
@@ -410,12 +419,12 @@ func (a *app) printMatrix(vantages []vantage, rows []*row) {
 	widths := make([]int, len(vantages)+1)
 	widths[0] = len("target")
 	for i, v := range vantages {
-		widths[i+1] = len(v.name)
+		widths[i+1] = width(v.name)
 	}
 	for _, r := range rows {
-		widths[0] = max(widths[0], len(r.label))
+		widths[0] = max(widths[0], width(r.label))
 		for i, c := range r.cells {
-			widths[i+1] = max(widths[i+1], len(c.text))
+			widths[i+1] = max(widths[i+1], width(c.text))
 		}
 	}
 	var b strings.Builder
@@ -426,7 +435,7 @@ func (a *app) printMatrix(vantages []vantage, rows []*row) {
 			}
 			pad := ""
 			if i < len(texts)-1 {
-				pad = strings.Repeat(" ", widths[i]-len(t))
+				pad = strings.Repeat(" ", widths[i]-width(t))
 			}
 			b.WriteString(paint(i, t) + pad)
 		}
@@ -452,6 +461,10 @@ func (a *app) printMatrix(vantages []vantage, rows []*row) {
 	}
 	fmt.Fprint(a.out, b.String())
 }
+
+// width is the columns s takes on a terminal: one a rune. The matrix
+// holds ASCII but for the µ of microseconds, two bytes in one column.
+func width(s string) int { return utf8.RuneCountInString(s) }
 
 // outcomeCell is a result as a cell: "ok 1.2ms", a reason, or abandoned.
 func outcomeCell(r *client.SweepResult) cell {

@@ -3,6 +3,7 @@ package probecli
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -54,10 +55,37 @@ func splitTarget(args []string) (host, port string, rest []string, err error) {
 		}
 		return h, p, args[1:], nil
 	}
+	// An IPv6 address with its port after a colon, unbracketed, reads as
+	// an address of its own: with no PORT after it, or a PATH where PORT
+	// would be, say how to write it.
+	if b, ok := bracketed(args[0]); ok && (len(args) < 2 || strings.HasPrefix(args[1], "/")) {
+		return "", "", nil, usagef("target %q has no port: an IPv6 address and a port are written %s", args[0], b)
+	}
 	if len(args) < 2 {
 		return "", "", nil, usagef("target %q has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)", args[0])
 	}
 	return strings.TrimSuffix(strings.TrimPrefix(args[0], "["), "]"), args[1], args[2:], nil
+}
+
+// bracketed reads s as an IPv6 address followed by a colon and a port
+// ("::1:8000", "2001:db8::1:https"), and returns it as [IPV6]:PORT. The
+// last part is taken for a port when it is a port number, or when s as a
+// whole is no address (a service name cannot end one).
+func bracketed(s string) (string, bool) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return "", false
+	}
+	host, port := s[:i], s[i+1:]
+	if addr, err := netip.ParseAddr(host); err != nil || !addr.Is6() || port == "" {
+		return "", false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	_, whole := netip.ParseAddr(s)
+	if (err != nil || n == 0) && whole == nil {
+		return "", false
+	}
+	return net.JoinHostPort(host, port), true
 }
 
 // address joins HOST and PORT|SERVICE, refusing a port number out of range
