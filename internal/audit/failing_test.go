@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -141,4 +142,46 @@ func TestFailingBounded(t *testing.T) {
 	if p := a.Lookup(outage.ID); p != nil {
 		t.Errorf("the outage's first failure is still there: %+v", p)
 	}
+}
+
+// TestFailingConcurrent has probes of a few targets fail and succeed from
+// many goroutines while the page reads, with room for fewer targets than
+// fail: under the race detector, and the list never holds more than its
+// room, nor a target twice.
+func TestFailingConcurrent(t *testing.T) {
+	a := New(slog.New(slog.DiscardHandler), prometheus.NewRegistry(), nil)
+	a.failing = newFailing(8)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				r := refusedReport(fmt.Sprintf("h%d", (g+i)%16))
+				if i%3 == 0 {
+					r.Error = nil
+				}
+				a.Observe(context.Background(), r)
+			}
+		})
+	}
+	for range 50 {
+		now, _ := a.Failing()
+		seen := map[string]bool{}
+		for _, f := range now {
+			if seen[f.Last.Target] {
+				t.Fatalf("%s twice", f.Last.Target)
+			}
+			seen[f.Last.Target] = true
+			a.Lookup(f.Last.ID)
+		}
+		if len(now) > 8 {
+			t.Fatalf("%d failing, room for 8", len(now))
+		}
+	}
+	wg.Wait()
+}
+
+// refusedReport is a Connect to host:1 that was refused.
+func refusedReport(host string) service.Report {
+	return service.Report{Method: "Connect", Target: &netprobev1.Target{Host: host, Port: 1},
+		Error: &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_CONNECT, Reason: netprobev1.Reason_REASON_REFUSED}}
 }
