@@ -1,7 +1,8 @@
 // Package audit records what every probe did, whichever way it came in:
 // one log line a probe (caller, target, outcome, where it connected, the
-// failure's stage and reason), the probe metrics, and a ring of the last
-// probes, which the status page lists.
+// failure's stage and reason), the probe metrics, a ring of the last
+// probes, and the targets failing now (failing.go), which the status page
+// lists.
 package audit
 
 import (
@@ -31,6 +32,7 @@ type Recorder struct {
 	bytes          *prometheus.CounterVec
 	policyRefusals *prometheus.CounterVec
 	ring
+	failing failing
 }
 
 // New returns a Recorder that logs to logger and registers its metrics on
@@ -38,8 +40,9 @@ type Recorder struct {
 // starts its count at zero.
 func New(logger *slog.Logger, reg prometheus.Registerer, refusals []string) *Recorder {
 	a := &Recorder{
-		logger: logger,
-		ring:   ring{size: Kept, probes: make([]*Probe, 0, Kept)},
+		logger:  logger,
+		ring:    ring{size: Kept, probes: make([]*Probe, 0, Kept)},
+		failing: newFailing(FailingKept),
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netprobe_probes_total",
 			Help: "Probes that ended, by method and outcome (ok, failed, denied, abandoned), with the failed stage and reason.",
@@ -125,7 +128,7 @@ func (a *Recorder) Observe(ctx context.Context, r service.Report) {
 		}
 	}
 	a.logger.InfoContext(ctx, "probe", attrs...)
-	a.add(ctx, &r, target, outcome)
+	a.failing.note(a.add(ctx, &r, target, outcome))
 }
 
 // targetText is a target as "network host:port" (or host:service).
@@ -143,9 +146,12 @@ func targetText(t *netprobev1.Target) string {
 
 // Probe is a probe that ended, as the page lists it.
 type Probe struct {
-	ID      uint64
-	Time    time.Time
-	Via     string
+	ID   uint64
+	Time time.Time
+	Via  string
+	// Caller is who asked: the name authentication gave it (a token's
+	// name, a client certificate's identity, a web configuration user),
+	// or "anonymous from ADDR", its peer's address.
 	Caller  string
 	Target  string
 	Outcome string
@@ -180,16 +186,17 @@ func WithVia(ctx context.Context, via string) context.Context {
 	return context.WithValue(ctx, viaKey{}, via)
 }
 
-// add records the probe of r, whose target reads target.
-func (rp *ring) add(ctx context.Context, r *service.Report, target, outcome string) {
+// add records the probe of r, whose target reads target, and returns it.
+func (rp *ring) add(ctx context.Context, r *service.Report, target, outcome string) *Probe {
 	p := &Probe{Time: time.Now(), Via: "gRPC " + r.Method, Caller: service.CallerFrom(ctx), Target: target,
 		Outcome: outcome, Peer: r.Connect.GetPeerAddress(), Total: r.Duration, ConnectResponse: r.Connect, Summary: r.Summary, Error: r.Error}
 	if via, ok := ctx.Value(viaKey{}).(string); ok {
 		p.Via = via
 	}
 	if p.Caller == "" {
+		p.Caller = "anonymous"
 		if pr, ok := peer.FromContext(ctx); ok {
-			p.Caller = pr.Addr.String()
+			p.Caller += " from " + pr.Addr.String()
 		}
 	}
 	if e := r.Error; e != nil {
@@ -212,10 +219,11 @@ func (rp *ring) add(ctx context.Context, r *service.Report, target, outcome stri
 	p.ID = rp.next
 	if len(rp.probes) < rp.size {
 		rp.probes = append(rp.probes, p)
-		return
+		return p
 	}
 	rp.probes[rp.start] = p
 	rp.start = (rp.start + 1) % rp.size
+	return p
 }
 
 // Recent returns the probes kept, newest first.
@@ -229,8 +237,17 @@ func (rp *ring) Recent() []*Probe {
 	return out
 }
 
-// Lookup returns the probe with id, if it is still kept.
-func (rp *ring) Lookup(id uint64) *Probe {
+// Lookup returns the probe with id while the ring keeps it, or else, cut
+// to its error, while it is the latest failure of a target failing now.
+func (a *Recorder) Lookup(id uint64) *Probe {
+	if p := a.ring.lookup(id); p != nil {
+		return p
+	}
+	return a.failing.lookup(id)
+}
+
+// lookup returns the probe with id, if the ring still keeps it.
+func (rp *ring) lookup(id uint64) *Probe {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
 	for _, p := range rp.probes {

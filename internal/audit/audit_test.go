@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/peer"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/service"
@@ -47,5 +49,28 @@ func TestObserve(t *testing.T) {
 	}
 	if p := a.Recent()[0]; p.Via != "/probe tcp_connect" || p.Caller != "alice" || p.Stage != "CONNECT" || p.Reason != "REFUSED" {
 		t.Errorf("recent probe %+v", p)
+	}
+}
+
+// TestCallerNamed names a probe's caller as authentication named it, or an
+// anonymous one by its address.
+func TestCallerNamed(t *testing.T) {
+	from := &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv6loopback, Port: 4242}}
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		want string
+	}{
+		{"a token's name", peer.NewContext(service.WithCaller(context.Background(), "alice"), from), "alice"},
+		{"anonymous, from its peer", peer.NewContext(context.Background(), from), "anonymous from [::1]:4242"},
+		{"anonymous, no peer", context.Background(), "anonymous"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := New(slog.New(slog.DiscardHandler), prometheus.NewRegistry(), nil)
+			a.Observe(tc.ctx, service.Report{Method: "Connect", Target: &netprobev1.Target{Host: "h", Port: 1}})
+			if got := a.Recent()[0].Caller; got != tc.want {
+				t.Errorf("caller %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -1,7 +1,9 @@
-// Package statuspage is probed at a glance, for a person in a browser: its
-// health, listeners, policy, limits and modules, and the last probes from
-// every way in, each linked to its report. It is served on the metrics
-// listener (see exporter), server-rendered, with no script.
+// Package statuspage is probed at a glance, for a person in a browser:
+// first what is failing now, then the last probes from every way in, each
+// linked to its report, then its health, listeners, policy, limits,
+// modules and the state of the files it read. It is served on the metrics
+// listener (see exporter), server-rendered, with no script; it fits a
+// window 1280 px wide and a phone's.
 package statuspage
 
 import (
@@ -27,18 +29,51 @@ import (
 // thousands. probed --check-modules lists them all.
 const modulesListed = 100
 
+// failingListed is how many failing targets the page lists, the newest
+// runs of failures first; the Recorder keeps audit.FailingKept.
+const failingListed = 100
+
 //go:embed page.html
 var pageHTML string
 
 var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
-	"ms": func(d time.Duration) string {
-		if d == 0 {
-			return ""
-		}
-		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
-	},
-	"clock": func(t time.Time) string { return t.UTC().Format("15:04:05.000") },
+	"ms":     ms,
+	"clock":  func(t time.Time) string { return t.UTC().Format("15:04:05.000") },
+	"when":   when,
+	"age":    func(now, t time.Time) string { return now.Sub(t).Round(time.Second).String() },
+	"phases": phases,
 }).Parse(pageHTML))
+
+// ms is d in milliseconds, or "" for none.
+func ms(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
+}
+
+// when is t in UTC to the second, with its date unless it is now's.
+func when(now, t time.Time) string {
+	now, t = now.UTC(), t.UTC()
+	if y, m, d := t.Date(); y == now.Year() && m == now.Month() && d == now.Day() {
+		return t.Format("15:04:05")
+	}
+	return t.Format("2006-01-02 15:04:05")
+}
+
+// phases says how long a probe's phases took, in milliseconds.
+func phases(p *audit.Probe) string {
+	var parts []string
+	for _, ph := range []struct {
+		name string
+		d    time.Duration
+	}{{"resolve", p.Resolve}, {"connect", p.Connect}, {"tls", p.TLS}, {"first byte", p.FirstByte}} {
+		if ph.d != 0 {
+			parts = append(parts, ph.name+" "+ms(ph.d))
+		}
+	}
+	return strings.Join(parts, " · ")
+}
 
 // Status is what the page shows of the server besides its probes.
 type Status struct {
@@ -53,6 +88,20 @@ type Status struct {
 	// Modules are /probe's, from ModulesFile ("" for the defaults).
 	Modules     *modules.Set
 	ModulesFile string
+	// Files are the files probed read, as it last loaded each.
+	Files []FileState
+}
+
+// FileState is a file probed reads (its policy, tokens, modules, TLS
+// certificates, ...) as it last loaded it.
+type FileState struct {
+	// Name says what the file is, such as "modules"; Path is where it is.
+	Name, Path string
+	// Loaded is when probed last tried to load it.
+	Loaded time.Time
+	// OK is whether that load succeeded; Err says why not.
+	OK  bool
+	Err string
 }
 
 // Page serves the page at / and the probes' reports at /probes/ID.
@@ -83,8 +132,14 @@ type data struct {
 	// ModulesLeft and SkippedLeft are how many modules the page does not
 	// list.
 	ModulesLeft, SkippedLeft int
-	Probes                   []*audit.Probe
-	Now                      time.Time
+	// Failing are the targets failing now, at most failingListed of them;
+	// FailingLeft is how many more there are, Forgotten how many the
+	// Recorder forgot to stay within its bound.
+	Failing     []audit.Failing
+	FailingLeft int
+	Forgotten   uint64
+	Probes      []*audit.Probe
+	Now         time.Time
 }
 
 type module struct {
@@ -94,6 +149,9 @@ type module struct {
 // page serves /.
 func (pg *Page) page(w http.ResponseWriter, r *http.Request) {
 	d := data{Status: pg.status(), Probes: pg.probes.Recent(), Now: time.Now()}
+	d.Failing, d.Forgotten = pg.probes.Failing()
+	d.FailingLeft = max(0, len(d.Failing)-failingListed)
+	d.Failing = d.Failing[:len(d.Failing)-d.FailingLeft]
 	set := d.Status.Modules
 	names := set.Names()
 	d.ModulesLeft = max(0, len(names)-modulesListed)
@@ -135,7 +193,8 @@ func moduleSummary(m *modules.Module) string {
 	return strings.Join(parts, ", ")
 }
 
-// report serves /probes/ID: a recent probe's report, as the API's JSON.
+// report serves /probes/ID: a recent probe's report, as the API's JSON, or
+// the latest failure of a target failing now, cut to its error.
 func (pg *Page) report(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 	p := pg.probes.Lookup(id)
