@@ -82,6 +82,10 @@ func TestReload(t *testing.T) {
 	if code, body := scrapeModule("plain", live.Addr(), alice); code != 200 || !strings.Contains(body, "probe_success 1") {
 		t.Errorf("module plain after a failed reload: %d\n%s", code, body)
 	}
+	if _, page := httpDo(t, base+"/", alice); !strings.Contains(page, `<td data-label="file">modules-file</td>`) ||
+		!strings.Contains(page, "the last reload failed; the last load stays in use</span> <span class=\"sub\">"+modules) {
+		t.Errorf("the page does not show the module file's failed reload:\n%s", page)
+	}
 
 	// Mended with a new module, the file loads by itself: no call needed.
 	if err := os.WriteFile(modules, []byte("modules:\n  plain:\n    prober: tcp\n  hello:\n    prober: tcp\n    tcp:\n      query_response:\n      - send: hello\n"), 0o600); err != nil {

@@ -477,6 +477,9 @@ func (s *Server) status() statuspage.Status {
 	for _, a := range s.cfg.Self {
 		st.Listeners = append(st.Listeners, a.Network()+" "+a.String())
 	}
+	for _, f := range s.files.States() {
+		st.Files = append(st.Files, statuspage.FileState{Name: f.Name, Path: f.Path, Loaded: f.Loaded, OK: f.OK, Err: f.Err})
+	}
 	for _, setting := range settings.Of(&s.cfg) {
 		if setting.Group == "Limits" {
 			st.Limits = append(st.Limits, "--"+setting.Name+" "+setting.Value())

@@ -95,11 +95,12 @@ type Status struct {
 // FileState is a file probed reads (its policy, tokens, modules, TLS
 // certificates, ...) as it last loaded it.
 type FileState struct {
-	// Name says what the file is, such as "modules"; Path is where it is.
+	// Name says what the file is, the flag that gives it, such as
+	// "modules-file"; Path is where it is.
 	Name, Path string
-	// Loaded is when probed last tried to load it.
+	// Loaded is when it last loaded: what it held then is in use.
 	Loaded time.Time
-	// OK is whether that load succeeded; Err says why not.
+	// OK is whether the last try to load it succeeded; Err says why not.
 	OK  bool
 	Err string
 }

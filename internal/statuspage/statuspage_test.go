@@ -178,7 +178,7 @@ func TestPageFiles(t *testing.T) {
 	}}, "/").Body.String()
 	for _, want := range []string{
 		`<td data-label="file">policy</td>`, `<code>/etc/netprobe/policy.yml</code>`, `2026-01-02 03:04:05`, `<span class="good">loaded</span>`,
-		`<span class="bad">not loaded</span> <span class="sub">line 3: mapping values are not allowed</span>`,
+		`<span class="bad">the last reload failed; the last load stays in use</span> <span class="sub">line 3: mapping values are not allowed</span>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the page lacks %s", want)
