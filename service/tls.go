@@ -124,11 +124,11 @@ func (s *Server) grantIdentity(ctx context.Context, field string, p *tlsParams) 
 	}
 	caller := CallerFrom(ctx)
 	if !granted(ctx, p.identity) && !s.cfg.Policy.MayUse(caller, p.identity) {
-		who := "an anonymous caller"
-		if caller != "" {
-			who = "caller " + caller
+		if caller == "" {
+			// An anonymous caller has no name a caller line could give.
+			return status.Errorf(codes.PermissionDenied, "an anonymous caller may not present client identity %s (a policy line \"identity %s\" grants it to anyone)", p.identity, p.identity)
 		}
-		return status.Errorf(codes.PermissionDenied, "%s may not present client identity %s (a policy line \"caller %s identity %s\" grants it)", who, p.identity, caller, p.identity)
+		return status.Errorf(codes.PermissionDenied, "caller %s may not present client identity %s (a policy line \"caller %s identity %s\" grants it)", caller, p.identity, caller, p.identity)
 	}
 	p.clientCert = cert
 	return nil

@@ -54,6 +54,8 @@ const description = `probed answers network probes over gRPC: netprobe.v1.ProbeS
 
 A probe that ran and failed is a result: the call returns OK and the response carries a ProbeError with the stage and reason. gRPC errors mean the call itself was refused (INVALID_ARGUMENT, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAUTHENTICATED) or abandoned.
 
+Every file probed reads (certificates, policy, tokens, modules, web config) is read again when it changes, on SIGHUP and on POST /-/reload to the metrics listener; one that no longer loads leaves what it held in use.
+
 Every flag has an environment twin, read when the flag is not given.`
 
 func main() {

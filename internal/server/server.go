@@ -60,7 +60,7 @@ type Config struct {
 	// TLSCert and TLSKey are the files of the server's certificate and
 	// key (PEM); empty serves plaintext. They are read again when they
 	// change (checked at most once a second) and on Reload.
-	TLSCert string `flag:"tls-cert" env:"NETPROBE_TLS_CERT" group:"Serving" help:"Serve TLS with this certificate (PEM); reloaded when the file changes or on SIGHUP."`
+	TLSCert string `flag:"tls-cert" env:"NETPROBE_TLS_CERT" group:"Serving" help:"Serve TLS with this certificate (PEM)."`
 	TLSKey  string `flag:"tls-key" env:"NETPROBE_TLS_KEY" group:"Serving" help:"The private key (PEM) of --tls-cert."`
 	// TLSClientCA, when set, requires client certificates signed by these
 	// CAs (PEM); the certificate's common name names the caller.
