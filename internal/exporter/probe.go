@@ -99,7 +99,7 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 
-	timeout := scrapeTimeout(r.Header, sc.offset, m.Timeout, sc.maxTimeout)
+	timeout, why := scrapeTimeout(r.Header, sc.offset, m.Timeout, sc.maxTimeout)
 	// The probe ends by its own timeout; the context is only the caller's
 	// leaving.
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
@@ -111,7 +111,7 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	logger.Info("beginning probe", "module", name, "target", raw, "timeout", timeout)
-	res := probemetrics.New(m)
+	res := probemetrics.New(m, debug)
 	err = sc.probe(ctx, res, m, raw, timeout, logger)
 	duration := time.Since(start)
 	// A probe the drain cut short (MetricsServer.Drain ends the scrape's
@@ -131,7 +131,7 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reg := res.Registry(duration, logger)
 	if debug {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		res.WriteDebug(w, log.Bytes(), reg)
+		res.WriteDebug(w, log.Bytes(), why, reg)
 		return
 	}
 	// A few hundred bytes are not worth compressing: gzip took a tenth of
@@ -270,20 +270,36 @@ func targetFailure(err error) *netprobev1.ProbeError {
 }
 
 // scrapeTimeout is the probe's timeout: the scrape's (its header, less
-// offset), or the module's when shorter, within the server's cap.
-func scrapeTimeout(h http.Header, offset, module, max time.Duration) time.Duration {
+// offset), or the module's when shorter, within the server's cap; and
+// why, for debug=true.
+func scrapeTimeout(h http.Header, offset, module, max time.Duration) (time.Duration, string) {
 	timeout := defaultScrapeTimeout
+	header := h.Get("X-Prometheus-Scrape-Timeout-Seconds")
+	why := fmt.Sprintf("no X-Prometheus-Scrape-Timeout-Seconds header: %v, as blackbox_exporter's", timeout)
 	// A value too large for a Duration is clamped before it is one.
-	if v, err := strconv.ParseFloat(h.Get("X-Prometheus-Scrape-Timeout-Seconds"), 64); err == nil && v > 0 {
+	if v, err := strconv.ParseFloat(header, 64); err == nil && v > 0 {
 		timeout = time.Duration(min(v, defaultScrapeTimeout.Seconds()) * float64(time.Second))
+		why = fmt.Sprintf("the scrape's X-Prometheus-Scrape-Timeout-Seconds %q, %v at most", header, defaultScrapeTimeout)
 		if timeout > offset {
 			timeout -= offset
+			why += fmt.Sprintf(", less --scrape-timeout-offset %v: %v", offset, timeout)
+		} else {
+			why += fmt.Sprintf(", too short to take --scrape-timeout-offset %v from: %v", offset, timeout)
 		}
+	} else if header != "" {
+		why = fmt.Sprintf("X-Prometheus-Scrape-Timeout-Seconds %q is not a positive number of seconds: %v", header, timeout)
 	}
-	if module > 0 && module < timeout {
+	switch {
+	case module > 0 && module < timeout:
 		timeout = module
+		why += fmt.Sprintf("; the module's timeout %v is shorter", module)
+	case module > 0:
+		why += fmt.Sprintf("; the module's timeout %v is not shorter", module)
 	}
-	return min(timeout, max)
+	if max < timeout {
+		return max, why + fmt.Sprintf("; --max-timeout %v caps it", max)
+	}
+	return timeout, why + fmt.Sprintf("; within --max-timeout %v", max)
 }
 
 // httpStatus is the HTTP status of a refusal.

@@ -1,7 +1,8 @@
 // Package probemetrics turns what a probe of /probe found into what the
 // scrape answers: blackbox_exporter's metrics, with its names, labels,
 // types and values, netprobe's own beside them (Additions), and the page
-// debug=true asks for.
+// debug=true asks for (the probe's dialogue as text, its module, its
+// metrics and its report).
 package probemetrics
 
 import (
@@ -25,11 +26,18 @@ type Result struct {
 	connect *netprobev1.ConnectResponse
 	summary *netprobev1.FetchSummary
 	matches []*netprobev1.ExpectMatch
+	// dialogue is kept for debug=true only.
+	dialogue *dialogue
 }
 
-// New begins the result of a probe of m.
-func New(m *modules.Module) *Result {
-	return &Result{module: m}
+// New begins the result of a probe of m. With debug, it keeps what the
+// probe sent and received, to show it (bounded: see debugShown).
+func New(m *modules.Module, debug bool) *Result {
+	r := &Result{module: m}
+	if debug {
+		r.dialogue = &dialogue{steps: m.Steps, received: make([]clipped, len(m.Steps)+1), matched: map[int]*netprobev1.ExpectMatch{}}
+	}
+	return r
 }
 
 // Addressed says the target was HOST:PORT, with HOST host.
@@ -48,13 +56,16 @@ func (r *Result) Connected(c *netprobev1.ConnectResponse) {
 }
 
 // Keep is the Emit of a Fetch: it keeps the connect report, the expects'
-// matches and the summary, and drops the data.
+// matches and the summary, and with debug the bytes received.
 func (r *Result) Keep(m *netprobev1.FetchResponse) error {
 	switch ev := m.GetEvent().(type) {
 	case *netprobev1.FetchResponse_Connect:
 		r.connect = ev.Connect
 	case *netprobev1.FetchResponse_Match:
 		r.matches = append(r.matches, ev.Match)
+		r.dialogue.match(ev.Match)
+	case *netprobev1.FetchResponse_Data:
+		r.dialogue.receive(ev.Data.GetData())
 	case *netprobev1.FetchResponse_Summary:
 		r.summary = ev.Summary
 	}

@@ -131,6 +131,15 @@ func TestScrape(t *testing.T) {
       tls_config:
         ca_file: ca.pem
         server_name: localhost
+  tls_banner:
+    prober: tcp
+    tcp:
+      tls: true
+      tls_config:
+        ca_file: ca.pem
+        server_name: localhost
+      query_response:
+      - expect: "^hello"
   mtls:
     prober: tcp
     tcp:
@@ -157,6 +166,10 @@ func TestScrape(t *testing.T) {
 		io.WriteString(c, "220 mail ESMTP\r\n")
 		c.Close()
 	})
+	flood := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		io.WriteString(c, strings.Repeat("a", 8<<10))
+		c.Close()
+	})
 	irc := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		defer c.Close()
 		r := bufio.NewReader(c)
@@ -174,6 +187,13 @@ func TestScrape(t *testing.T) {
 		cert := ca.Issue(t, "localhost", true, func(x *x509.Certificate) { x.NotBefore, x.NotAfter = expiredAt.Add(-time.Hour), expiredAt })
 		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
 		tc.Handshake()
+		tc.Close()
+	})
+	tlsHello := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}})
+		if tc.Handshake() == nil {
+			io.WriteString(tc, "hello\n")
+		}
 		tc.Close()
 	})
 	mtls := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
@@ -284,14 +304,66 @@ func TestScrape(t *testing.T) {
 		t.Errorf("a gRPC caller presenting module/mtls: %v, want PERMISSION_DENIED", err)
 	}
 
-	t.Run("debug", func(t *testing.T) {
-		code, body := s.get(t, url.Values{"module": {"tcp_connect"}, "target": {closed}, "debug": {"true"}}, nil)
-		for _, want := range []string{"Logs for the probe:", "beginning probe", "probe failed", "Metrics that would have been returned:", "probe_success 0", "The probe's report:", "REASON_REFUSED"} {
-			if code != http.StatusOK || !strings.Contains(body, want) {
-				t.Errorf("debug: %d, no %q in\n%s", code, want, body)
+	// debug=true shows, as text a person reads: the log, the timeout and
+	// why, each step's bytes sent and received, each expect's expression
+	// and its groups, the module, the metrics and the report.
+	for _, tc := range []struct {
+		name, module, target string
+		want                 []string
+	}{
+		{"a refused connection", "tcp_connect", closed, []string{
+			"Logs for the probe:", "beginning probe", "probe failed",
+			`Timeout: the scrape's X-Prometheus-Scrape-Timeout-Seconds "4", 2m0s at most, less --scrape-timeout-offset 500ms: 3.5s; within --max-timeout`,
+			"no connection: STAGE_CONNECT REASON_REFUSED",
+			"Metrics that would have been returned:", "probe_success 0",
+			"Module configuration, as netprobe runs it:\nname: tcp_connect\nprober: tcp\nip_family: IP_FAMILY_PREFER_IPV6\n",
+			"The probe's report:", "REASON_REFUSED",
+		}},
+		{"a dialogue", "irc_banner", irc.Addr(), []string{
+			"connected to " + irc.Addr(),
+			`step 0 send "NICK prober\n" (done)`,
+			`step 1 expect_line "PING :([^ ]+)"` + "\n" + `    received "PING :x42\r\n"` + "\n" + `    matched [0] "PING :x42" [1] "x42"`,
+			`step 2 send_template "PONG ${1}\n": "PONG x42\n" (done)`,
+			`step 3 expect_line "^:[^ ]+ 001"` + "\n" + `    received ":irc 001 prober :welcome\r\n"`,
+			`matched [0] ":irc 001"`,
+			"bytes sent and", "probe succeeded",
+			"steps:\n  - send: |\n      NICK prober\n  - expect_line: PING :([^ ]+)\n",
+		}},
+		{"an expect that fails, and labels", "ssh_banner_extract", notSSH.Addr(), []string{
+			`step 0 expect_line "^SSH-2.0-([^ -]+)(?: (.*))?$"` + "\n" + `    received "220 mail ESMTP\r\n"` + "\n" + `    failed: STAGE_EXPECT REASON_NO_MATCH`,
+			"  - expect_line: '^SSH-2.0-([^ -]+)(?: (.*))?$'\n    labels:\n      ssh_comments: ${2}\n      ssh_version: ${1}\n",
+		}},
+		// What the debug page shows of a step is bounded: a target that
+		// sends 8 KiB has its first 1 KiB shown, the rest counted.
+		{"a flood", "ssh_banner_extract", flood.Addr(), []string{
+			`    received "` + strings.Repeat("a", 1024) + `" and 7168 bytes more` + "\n",
+		}},
+		{"a handshake that fails", "tls_connect", expired.Addr(), []string{
+			"  TLS handshake: TLS 1.3, verified false\n  failed: STAGE_TLS_HANDSHAKE REASON_CERTIFICATE_EXPIRED",
+			"tls:\n  ca: 1 certificates\n  insecure_skip_verify: false\n  server_name: localhost\n",
+		}},
+		{"a dialogue over TLS", "tls_banner", tlsHello.Addr(), []string{
+			"step 0 start_tls: TLS 1.3, verified true (done)",
+			`step 1 expect_line "^hello"` + "\n" + `    received "hello\n"` + "\n" + `    matched [0] "hello"`,
+			"steps:\n  - start_tls: true\n  - expect_line: ^hello\n",
+		}},
+	} {
+		t.Run("debug: "+tc.name, func(t *testing.T) {
+			code, body := s.get(t, url.Values{"module": {tc.module}, "target": {tc.target}, "debug": {"true"}}, http.Header{"X-Prometheus-Scrape-Timeout-Seconds": {"4"}})
+			for _, want := range tc.want {
+				if code != http.StatusOK || !strings.Contains(body, want) {
+					t.Errorf("debug: %d, no %q in\n%s", code, want, body)
+				}
 			}
-		}
-	})
+			if len(body) > 16<<10 {
+				t.Errorf("debug answered %d bytes", len(body))
+			}
+			// Groups are text, not protojson's base64.
+			if strings.Contains(body, "groups") {
+				t.Errorf("debug shows the matches' groups as protojson:\n%s", body)
+			}
+		})
+	}
 	t.Run("OpenMetrics", func(t *testing.T) {
 		req, _ := http.NewRequestWithContext(probetest.Context(t), "GET", s.url+"/probe?module=tcp_connect&target="+live.Addr(), nil)
 		req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
