@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -331,19 +330,6 @@ func TestAttackExpectTrickle(t *testing.T) {
 				t.Errorf("a %v probe of a trickling target cost %v of CPU, want less than 0.3 s", timeout, spent)
 			}
 		})
-	}
-}
-
-// TestScrapePortOutOfRange asks /probe for HOST:65536, whose PORT was
-// looked up as a service name (UNKNOWN_SERVICE): it is a bad request,
-// naming the field.
-func TestScrapePortOutOfRange(t *testing.T) {
-	t.Parallel()
-	v, _ := startDefault(t)
-	code, body := httpGet(t, "http://"+v.MetricsAddr+"/probe?module=tcp_connect&target=127.0.0.1:65536")
-	want := `invalid request: target.service: "65536" is not a valid service name: a number, and out of the ports' range 1-65535`
-	if code != http.StatusBadRequest || strings.TrimSpace(body) != want {
-		t.Errorf("/probe of 127.0.0.1:65536: %d %q, want 400 %q", code, body, want)
 	}
 }
 

@@ -27,9 +27,15 @@ import (
 // only the exporter's address) and blackbox_exporter's own blackbox.yml,
 // unchanged: each of its tcp modules against a server that speaks its
 // protocol, and a refused port and an expired certificate, read back
-// through Prometheus's HTTP API.
+// through Prometheus's HTTP API. Beside it, Debian's blackbox_exporter
+// with Debian's blackbox.yml, unchanged, and probed get the targets that
+// cannot be probed (no port, one the policy denies, a name that does not
+// resolve): both answer probe_success 0, so that Prometheus has the
+// series, and the usual alert on probe_success == 0 fires, for both.
 func TestPrometheus(t *testing.T) {
 	prometheus := probetest.Program(t, "prometheus", "apt-get install prometheus (Debian's package)")
+	bbe := probetest.Program(t, "prometheus-blackbox-exporter", "apt-get install prometheus-blackbox-exporter (Debian's package)")
+	blackbox := startBlackbox(t, bbe, "/etc/prometheus/blackbox.yml")
 	dir := t.TempDir()
 	ca := probetest.NewCA(t)
 	caFile := ca.WriteFile(t, dir)
@@ -64,7 +70,7 @@ func TestPrometheus(t *testing.T) {
 `...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", "--dns-server="+dns.Addr, "--modules-file="+modules)
+	cmd := exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0", "--dns-server="+dns.Addr, "--modules-file="+modules, "--deny=127.0.0.2")
 	// pop3s_banner trusts the system's roots: here, the test's CA.
 	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
 	p := probetest.StartProbed(t, cmd)
@@ -117,26 +123,34 @@ func TestPrometheus(t *testing.T) {
 	})
 	name := func(tg *probetest.Target) string { return fmt.Sprintf("mail.test:%d", tg.Port()) }
 
-	job := func(module string, targets ...string) string {
-		return fmt.Sprintf(`  - job_name: 'blackbox_%[1]s'
+	exporterJob := func(job, exporter, module string, targets ...string) string {
+		return fmt.Sprintf(`  - job_name: '%[1]s'
     metrics_path: /probe
     params:
-      module: [%[1]s]
+      module: [%[2]s]
     static_configs:
-      - targets: ['%[2]s']
+      - targets: ['%[3]s']
     relabel_configs:
       - source_labels: [__address__]
         target_label: __param_target
       - source_labels: [__param_target]
         target_label: instance
       - target_label: __address__
-        replacement: %[3]s
-`, module, strings.Join(targets, "', '"), p.MetricsAddr)
+        replacement: %[4]s
+`, job, module, strings.Join(targets, "', '"), exporter)
 	}
+	job := func(module string, targets ...string) string {
+		return exporterJob("blackbox_"+module, p.MetricsAddr, module, targets...)
+	}
+	portless := "127.0.0.1"
+	denied := fmt.Sprintf("127.0.0.2:%d", probetest.ClosedPort(t, "tcp", "127.0.0.2:0"))
+	unresolvable := "nowhere.invalid:80"
 	config := "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n" +
 		job("tcp_connect", live.Addr(), closed) + job("pop3s_banner", name(goodPOP3), name(expired)) +
 		job("ssh_banner", ssh.Addr()) + job("ssh_banner_extract", ssh.Addr()) + job("irc_banner", irc.Addr()) + job("postgresql", name(postgres)) +
-		job("pop3s_banner_fixed", name(goodPOP3)) + job("postgresql_fixed", name(postgres))
+		job("pop3s_banner_fixed", name(goodPOP3)) + job("postgresql_fixed", name(postgres)) +
+		exporterJob("probed_failing", p.MetricsAddr, "tcp_connect", portless, denied, unresolvable) +
+		exporterJob("blackbox_exporter_failing", blackbox, "tcp_connect", portless, denied, unresolvable)
 	configFile := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
@@ -182,9 +196,31 @@ func TestPrometheus(t *testing.T) {
 		{fmt.Sprintf(`probe_failure_info{job="blackbox_postgresql",instance=%q,stage="STAGE_TLS_HANDSHAKE"}`, name(postgres)), 1},
 		{success("postgresql_fixed", name(postgres)), 1},
 		{fmt.Sprintf(`probe_tls_version_info{job="blackbox_postgresql_fixed",instance=%q,version="TLS 1.3"}`, name(postgres)), 1},
+		// Targets that cannot be probed: probe_success 0 from both
+		// exporters, and netprobe's stage.
+		{`min(up{job="probed_failing"})`, 1},
+		{`min(up{job="blackbox_exporter_failing"})`, 1},
+		{fmt.Sprintf(`probe_success{job="probed_failing",instance=%q}`, portless), 0},
+		{fmt.Sprintf(`probe_success{job="blackbox_exporter_failing",instance=%q}`, portless), 0},
+		{fmt.Sprintf(`probe_failure_info{job="probed_failing",instance=%q,stage="STAGE_SERVICE_LOOKUP"}`, portless), 1},
+		{fmt.Sprintf(`probe_success{job="probed_failing",instance=%q}`, denied), 0},
+		{fmt.Sprintf(`probe_success{job="blackbox_exporter_failing",instance=%q}`, denied), 0},
+		{fmt.Sprintf(`probe_failure_info{job="probed_failing",instance=%q,stage="STAGE_POLICY",reason="REASON_DENIED"}`, denied), 1},
+		{fmt.Sprintf(`probe_success{job="probed_failing",instance=%q}`, unresolvable), 0},
+		{fmt.Sprintf(`probe_success{job="blackbox_exporter_failing",instance=%q}`, unresolvable), 0},
+		{fmt.Sprintf(`probe_failure_info{job="probed_failing",instance=%q,stage="STAGE_RESOLVE",reason="REASON_NO_SUCH_HOST"}`, unresolvable), 1},
 	} {
 		if got := waitQuery(t, web, tc.query); got != tc.want {
 			t.Errorf("%s = %v, want %v", tc.query, got, tc.want)
+		}
+	}
+	// And blackbox_exporter's address metrics, value for value.
+	for _, target := range []string{denied, unresolvable} {
+		for _, metric := range []string{"probe_ip_protocol", "probe_ip_addr_hash"} {
+			q := func(job string) string { return fmt.Sprintf(`%s{job=%q,instance=%q}`, metric, job, target) }
+			if got, want := waitQuery(t, web, q("probed_failing")), waitQuery(t, web, q("blackbox_exporter_failing")); got != want {
+				t.Errorf("%s: probed %v, blackbox_exporter %v", q("probed_failing"), got, want)
+			}
 		}
 	}
 }

@@ -53,7 +53,8 @@ func (c *moduleCheck) modules(set *modules.Set) error {
 		if m.Err != nil {
 			continue
 		}
-		connect, fetch := m.Request(checkTarget, scrapeTimeout(http.Header{}, c.offset, m.Timeout, c.maxTimeout))
+		timeout, _ := scrapeTimeout(http.Header{}, c.offset, m.Timeout, c.maxTimeout)
+		connect, fetch := m.Request(checkTarget, timeout)
 		var err error
 		if connect != nil {
 			err = c.service.CheckConnect(connect)

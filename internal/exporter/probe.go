@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/audit"
 	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/internal/probemetrics"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -49,39 +51,22 @@ type Prober interface {
 	FetchTo(context.Context, *netprobev1.FetchRequest, service.Emit) error
 }
 
-// scrapeResult is what a probe of /probe found.
-type scrapeResult struct {
-	connect *netprobev1.ConnectResponse
-	summary *netprobev1.FetchSummary
-	matches []*netprobev1.ExpectMatch
-}
-
-// probeError is the probe's failure, if any.
-func (r *scrapeResult) probeError() *netprobev1.ProbeError {
-	if e := r.connect.GetError(); e != nil {
-		return e
-	}
-	return r.summary.GetError()
-}
-
-// keep is the Emit of a Fetch of /probe: it keeps the connect report, the
-// expects' matches and the summary, and drops the data.
-func (r *scrapeResult) keep(m *netprobev1.FetchResponse) error {
-	switch ev := m.GetEvent().(type) {
-	case *netprobev1.FetchResponse_Connect:
-		r.connect = ev.Connect
-	case *netprobev1.FetchResponse_Match:
-		r.matches = append(r.matches, ev.Match)
-	case *netprobev1.FetchResponse_Summary:
-		r.summary = ev.Summary
-	}
-	return nil
-}
-
 // ServeHTTP answers GET /probe?target=HOST:PORT&module=NAME[&debug=true].
+// As blackbox_exporter's does, it answers 200 with probe_success 0 for
+// everything that is the target's fault: no port, a host that is not one,
+// a name that does not resolve, an address the target policy denies (and
+// nothing is dialled). Only what is wrong with the scrape itself is an
+// HTTP error: its credentials (401), its module (400), no target (400),
+// its caller's limits (429), the server's drain (503).
 func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	q := r.URL.Query()
+	ctx, err := sc.caller(r)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		http.Error(w, status.Convert(err).Message(), http.StatusUnauthorized)
+		return
+	}
 	name := q.Get("module")
 	if name == "" {
 		name = "tcp_connect"
@@ -101,17 +86,6 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Target parameter is missing", http.StatusBadRequest)
 		return
 	}
-	target, err := scrapeTarget(raw)
-	if err != nil {
-		http.Error(w, fmt.Sprintf("target %q: %v", raw, err), http.StatusBadRequest)
-		return
-	}
-	ctx, err := sc.caller(r)
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", "Bearer")
-		http.Error(w, status.Convert(err).Message(), http.StatusUnauthorized)
-		return
-	}
 	release, err := sc.admission.Admit(ctx, admission.Scrape)
 	if err != nil {
 		http.Error(w, status.Convert(err).Message(), httpStatus(status.Code(err)))
@@ -119,7 +93,7 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 
-	timeout := scrapeTimeout(r.Header, sc.offset, m.Timeout, sc.maxTimeout)
+	timeout, why := scrapeTimeout(r.Header, sc.offset, m.Timeout, sc.maxTimeout)
 	// The probe ends by its own timeout; the context is only the caller's
 	// leaving.
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
@@ -131,27 +105,27 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	logger.Info("beginning probe", "module", name, "target", raw, "timeout", timeout)
-	res, err := sc.probe(ctx, m, target, timeout)
+	res := probemetrics.New(m, debug)
+	err = sc.probe(ctx, res, m, raw, timeout, logger)
 	duration := time.Since(start)
 	// A probe the drain cut short (MetricsServer.Drain ends the scrape's
 	// context, the service a Fetch) says nothing of its target: 503, not
 	// probe_success 0.
-	if errors.Is(context.Cause(ctx), service.ErrShutdown) || res.probeError().GetReason() == netprobev1.Reason_REASON_SERVER_SHUTDOWN {
+	if errors.Is(context.Cause(ctx), service.ErrShutdown) || res.Error().GetReason() == netprobev1.Reason_REASON_SERVER_SHUTDOWN {
 		w.Header().Set("Connection", "close")
 		http.Error(w, service.ErrShutdown.Error()+": the probe was cut short", http.StatusServiceUnavailable)
 		return
 	}
 	if err != nil {
 		code := status.Code(err)
-		logger.Error("the probe server refused the probe", "code", code, "err", status.Convert(err).Message())
-		if !debug {
-			http.Error(w, status.Convert(err).Message(), httpStatus(code))
-			return
-		}
+		logger.Error("the probe service refused the scrape", "code", code, "err", status.Convert(err).Message())
+		http.Error(w, status.Convert(err).Message(), httpStatus(code))
+		return
 	}
-	reg := scrapeMetrics(m, res, duration, logger)
+	reg := res.Registry(duration, logger)
 	if debug {
-		writeDebug(w, &log, reg, res)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		res.WriteDebug(w, log.Bytes(), why, reg)
 		return
 	}
 	// A few hundred bytes are not worth compressing: gzip took a tenth of
@@ -204,14 +178,35 @@ func (sc *scraper) require(h http.Handler) http.Handler {
 	})
 }
 
-// probe runs m against target through the probe service.
-func (sc *scraper) probe(ctx context.Context, m *modules.Module, target *netprobev1.Target, timeout time.Duration) (*scrapeResult, error) {
-	res := &scrapeResult{}
+// probe runs m against the target raw names, through the probe service,
+// into res. A target that cannot be probed (not HOST:PORT, a host that is
+// not one, an address the policy denies) is a probe that failed; the
+// error returned is the probe service's refusal of the scrape itself (the
+// caller's limits, the drain).
+func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modules.Module, raw string, timeout time.Duration, logger *slog.Logger) error {
+	host, port, err := net.SplitHostPort(raw)
+	if err != nil {
+		// blackbox_exporter, too, fails the probe before resolving
+		// anything.
+		res.Fail(&netprobev1.ProbeError{
+			Stage: netprobev1.Stage_STAGE_SERVICE_LOOKUP, Reason: netprobev1.Reason_REASON_UNKNOWN_SERVICE, Address: raw,
+			Message: fmt.Sprintf("target %q is not HOST:PORT: %v", raw, err),
+		})
+		logger.Error("the target is not HOST:PORT: nothing was dialled", "err", err)
+		return nil
+	}
+	res.Addressed(host)
 	if m.Err != nil {
-		res.connect = &netprobev1.ConnectResponse{Error: &netprobev1.ProbeError{
-			Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_OTHER, Message: m.Err.Error(),
-		}}
-		return res, nil
+		res.Fail(&netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_OTHER, Message: m.Err.Error()})
+		logger.Error("the module cannot run: nothing was dialled", "err", m.Err)
+		return nil
+	}
+	target := &netprobev1.Target{Host: host}
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		target.Port = uint32(n)
+	} else {
+		// A number over 65535 is a service name the probe service refuses.
+		target.Service = port
 	}
 	ctx = audit.WithVia(ctx, "/probe "+m.Name)
 	if m.ClientCert != nil {
@@ -219,47 +214,92 @@ func (sc *scraper) probe(ctx context.Context, m *modules.Module, target *netprob
 	}
 	connect, fetch := m.Request(target, timeout)
 	if connect != nil {
-		resp, err := sc.prober.Connect(ctx, connect)
-		if err != nil {
-			return res, err
+		var resp *netprobev1.ConnectResponse
+		if resp, err = sc.prober.Connect(ctx, connect); err == nil {
+			res.Connected(resp)
 		}
-		res.connect = resp
-		return res, nil
+	} else {
+		err = sc.prober.FetchTo(ctx, fetch, res.Keep)
 	}
-	return res, sc.prober.FetchTo(ctx, fetch, res.keep)
+	if pe := targetFailure(err); pe != nil {
+		res.Fail(pe)
+		logger.Error("the probe service refused the target: nothing was dialled", "stage", pe.GetStage(), "reason", pe.GetReason(), "rule", pe.GetRule(), "why", pe.GetMessage())
+		return nil
+	}
+	return err
 }
 
-// scrapeTarget reads /probe's target: HOST:PORT, PORT a number or a
-// service name.
-func scrapeTarget(raw string) (*netprobev1.Target, error) {
-	host, port, err := net.SplitHostPort(raw)
-	if err != nil {
-		return nil, errors.New("want HOST:PORT")
+// targetFailure is the ProbeError of a probe the probe service refused
+// for its target, or nil for a refusal of the scrape itself (its
+// caller's limits, the drain) or none. A target the policy denies, or
+// whose source or client identity a rule refuses, is PERMISSION_DENIED
+// (STAGE_POLICY); a target the service cannot take is INVALID_ARGUMENT,
+// whose fields say which part: its host (STAGE_RESOLVE, as a name that
+// does not exist), its port or service (STAGE_SERVICE_LOOKUP). The proto
+// has no stage for a bad request: these are where blackbox_exporter's
+// probe fails on such a target, and where the probe service would.
+func targetFailure(err error) *netprobev1.ProbeError {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.PermissionDenied:
+		for _, d := range st.Details() {
+			if pe, ok := d.(*netprobev1.ProbeError); ok {
+				return pe
+			}
+		}
+		return &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_POLICY, Reason: netprobev1.Reason_REASON_DENIED, Message: st.Message()}
+	case codes.InvalidArgument:
+		pe := &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_OTHER, Message: st.Message()}
+		for _, d := range st.Details() {
+			br, ok := d.(*errdetails.BadRequest)
+			if !ok || len(br.GetFieldViolations()) == 0 {
+				continue
+			}
+			switch br.GetFieldViolations()[0].GetField() {
+			case "target.host", "target.ip_family":
+				pe.Stage, pe.Reason = netprobev1.Stage_STAGE_RESOLVE, netprobev1.Reason_REASON_NO_SUCH_HOST
+			case "target.port", "target.service":
+				pe.Stage, pe.Reason = netprobev1.Stage_STAGE_SERVICE_LOOKUP, netprobev1.Reason_REASON_UNKNOWN_SERVICE
+			case "target.source_address":
+				pe.Stage, pe.Reason = netprobev1.Stage_STAGE_POLICY, netprobev1.Reason_REASON_DENIED
+			}
+		}
+		return pe
 	}
-	t := &netprobev1.Target{Host: host}
-	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
-		t.Port = uint32(n)
-	} else {
-		t.Service = port
-	}
-	return t, nil
+	return nil
 }
 
 // scrapeTimeout is the probe's timeout: the scrape's (its header, less
-// offset), or the module's when shorter, within the server's cap.
-func scrapeTimeout(h http.Header, offset, module, max time.Duration) time.Duration {
+// offset), or the module's when shorter, within the server's cap; and
+// why, for debug=true.
+func scrapeTimeout(h http.Header, offset, module, max time.Duration) (time.Duration, string) {
 	timeout := defaultScrapeTimeout
+	header := h.Get("X-Prometheus-Scrape-Timeout-Seconds")
+	why := fmt.Sprintf("no X-Prometheus-Scrape-Timeout-Seconds header: %v, as blackbox_exporter's", timeout)
 	// A value too large for a Duration is clamped before it is one.
-	if v, err := strconv.ParseFloat(h.Get("X-Prometheus-Scrape-Timeout-Seconds"), 64); err == nil && v > 0 {
+	if v, err := strconv.ParseFloat(header, 64); err == nil && v > 0 {
 		timeout = time.Duration(min(v, defaultScrapeTimeout.Seconds()) * float64(time.Second))
+		why = fmt.Sprintf("the scrape's X-Prometheus-Scrape-Timeout-Seconds %q, %v at most", header, defaultScrapeTimeout)
 		if timeout > offset {
 			timeout -= offset
+			why += fmt.Sprintf(", less --scrape-timeout-offset %v: %v", offset, timeout)
+		} else {
+			why += fmt.Sprintf(", too short to take --scrape-timeout-offset %v from: %v", offset, timeout)
 		}
+	} else if header != "" {
+		why = fmt.Sprintf("X-Prometheus-Scrape-Timeout-Seconds %q is not a positive number of seconds: %v", header, timeout)
 	}
-	if module > 0 && module < timeout {
+	switch {
+	case module > 0 && module < timeout:
 		timeout = module
+		why += fmt.Sprintf("; the module's timeout %v is shorter", module)
+	case module > 0:
+		why += fmt.Sprintf("; the module's timeout %v is not shorter", module)
 	}
-	return min(timeout, max)
+	if max < timeout {
+		return max, why + fmt.Sprintf("; --max-timeout %v caps it", max)
+	}
+	return timeout, why + fmt.Sprintf("; within --max-timeout %v", max)
 }
 
 // httpStatus is the HTTP status of a refusal.
@@ -278,6 +318,3 @@ func httpStatus(code codes.Code) int {
 	}
 	return http.StatusInternalServerError
 }
-
-// The descriptions of a probe's metrics: blackbox_exporter's names, help
-// and labels where it has the metric, netprobe's own after.

@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -30,8 +31,25 @@ func TestScrapeTimeout(t *testing.T) {
 		if tc.header != "" {
 			h.Set("X-Prometheus-Scrape-Timeout-Seconds", tc.header)
 		}
-		if got := scrapeTimeout(h, offset, tc.module, max); got != tc.want {
-			t.Errorf("header %q, module %v: %v, want %v", tc.header, tc.module, got, tc.want)
+		if got, why := scrapeTimeout(h, offset, tc.module, max); got != tc.want {
+			t.Errorf("header %q, module %v: %v (%s), want %v", tc.header, tc.module, got, why, tc.want)
 		}
+	}
+	// debug=true says why.
+	h := http.Header{"X-Prometheus-Scrape-Timeout-Seconds": {"10"}}
+	for _, tc := range []struct {
+		module, max time.Duration
+		want        string
+	}{
+		{0, max, `the scrape's X-Prometheus-Scrape-Timeout-Seconds "10", 2m0s at most, less --scrape-timeout-offset 500ms: 9.5s; within --max-timeout 1m0s`},
+		{3 * time.Second, max, `less --scrape-timeout-offset 500ms: 9.5s; the module's timeout 3s is shorter; within --max-timeout 1m0s`},
+		{0, 2 * time.Second, `--max-timeout 2s caps it`},
+	} {
+		if _, why := scrapeTimeout(h, offset, tc.module, tc.max); !strings.Contains(why, tc.want) {
+			t.Errorf("module %v, max %v: %q, want %q", tc.module, tc.max, why, tc.want)
+		}
+	}
+	if _, why := scrapeTimeout(http.Header{"X-Prometheus-Scrape-Timeout-Seconds": {"ten"}}, offset, 0, max); !strings.Contains(why, `"ten" is not a positive number of seconds: 2m0s`) {
+		t.Errorf("an unreadable header: %q", why)
 	}
 }

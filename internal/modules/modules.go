@@ -479,9 +479,24 @@ func Defaults() *Set {
 // ExpectInfo is the probe_expect_info labels of step's match: names and
 // the values made of the groups, or nothing when the step has no labels.
 func (m *Module) ExpectInfo(step int, groups [][]byte) (names, values []string) {
-	labels, re := m.Labels[step], m.expects[step]
-	if len(labels) == 0 || re == nil {
+	labels := m.Labels[step]
+	if len(labels) == 0 || m.expects[step] == nil {
 		return nil, nil
+	}
+	for _, l := range labels {
+		names = append(names, l.Name)
+		values = append(values, string(m.Expand(step, l.Value, groups)))
+	}
+	return names, values
+}
+
+// Expand is template with the groups of step's match in place of $1,
+// ${1} and ${name}, as the probe service expands the send_template that
+// follows the expect; empty when step is not one of the module's expects.
+func (m *Module) Expand(step int, template string, groups [][]byte) []byte {
+	re := m.expects[step]
+	if re == nil {
+		return nil
 	}
 	// Expand reads the groups through indexes into one source.
 	var src []byte
@@ -490,11 +505,7 @@ func (m *Module) ExpectInfo(step int, groups [][]byte) (names, values []string) 
 		idx = append(idx, len(src), len(src)+len(g))
 		src = append(src, g...)
 	}
-	for _, l := range labels {
-		names = append(names, l.Name)
-		values = append(values, string(re.Expand(nil, []byte(l.Value), src, idx)))
-	}
-	return names, values
+	return re.Expand(nil, []byte(template), src, idx)
 }
 
 // lineOf finds the line of the node at path (map keys and sequence

@@ -6,12 +6,15 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -128,6 +131,15 @@ func TestScrape(t *testing.T) {
       tls_config:
         ca_file: ca.pem
         server_name: localhost
+  tls_banner:
+    prober: tcp
+    tcp:
+      tls: true
+      tls_config:
+        ca_file: ca.pem
+        server_name: localhost
+      query_response:
+      - expect: "^hello"
   mtls:
     prober: tcp
     tcp:
@@ -144,6 +156,7 @@ func TestScrape(t *testing.T) {
 	s := newScraper(t, srv)
 
 	live := probetest.Listen(t, "127.0.0.1:0", nil)
+	live6 := probetest.Listen(t, "[::1]:0", nil)
 	closed := fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp", "127.0.0.1:0"))
 	ssh := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		io.WriteString(c, "SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
@@ -151,6 +164,10 @@ func TestScrape(t *testing.T) {
 	})
 	notSSH := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		io.WriteString(c, "220 mail ESMTP\r\n")
+		c.Close()
+	})
+	flood := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		io.WriteString(c, strings.Repeat("a", 8<<10))
 		c.Close()
 	})
 	irc := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
@@ -172,6 +189,13 @@ func TestScrape(t *testing.T) {
 		tc.Handshake()
 		tc.Close()
 	})
+	tlsHello := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}})
+		if tc.Handshake() == nil {
+			io.WriteString(tc, "hello\n")
+		}
+		tc.Close()
+	})
 	mtls := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
 		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "localhost", true)}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool})
 		if tc.Handshake() == nil {
@@ -190,14 +214,27 @@ func TestScrape(t *testing.T) {
 		want                 []want
 		absent               []string
 	}{
+		// probe_ip_addr_hash is blackbox_exporter's: Debian's 0.23 gives
+		// 3668918509 for 127.0.0.1 and 1751717746 for ::1 (FNV-1a of the
+		// address's 4 or 16 bytes).
 		{"live", "tcp_connect", live.Addr(), []want{
-			{"probe_success", nil, 1}, {"probe_ip_protocol", nil, 4}, {"probe_attempts_total", map[string]string{"result": "connected"}, 1},
-		}, []string{"probe_failure_info", "probe_failed_due_to_regex"}},
+			{"probe_success", nil, 1}, {"probe_ip_protocol", nil, 4}, {"probe_ip_addr_hash", nil, 3668918509},
+			{"probe_attempts", map[string]string{"result": "connected"}, 1}, {"probe_failed_due_to_regex", nil, 0},
+		}, []string{"probe_failure_info", "probe_attempts_total"}},
+		{"live over IPv6", "tcp_connect", live6.Addr(), []want{
+			{"probe_success", nil, 1}, {"probe_ip_protocol", nil, 6}, {"probe_ip_addr_hash", nil, 1751717746},
+		}, []string{"probe_failure_info"}},
 		{"refused", "tcp_connect", closed, []want{
-			{"probe_success", nil, 0},
+			{"probe_success", nil, 0}, {"probe_ip_protocol", nil, 4}, {"probe_ip_addr_hash", nil, 3668918509},
 			{"probe_failure_info", map[string]string{"stage": "STAGE_CONNECT", "reason": "REASON_REFUSED", "errno": "ECONNREFUSED"}, 1},
-			{"probe_attempts_total", map[string]string{"result": "REASON_REFUSED"}, 1},
+			{"probe_attempts", map[string]string{"result": "REASON_REFUSED"}, 1},
 		}, nil},
+		// A name that does not resolve has blackbox_exporter's address
+		// metrics, at 0.
+		{"unresolvable", "tcp_connect", "nowhere.test:22", []want{
+			{"probe_success", nil, 0}, {"probe_ip_protocol", nil, 0}, {"probe_ip_addr_hash", nil, 0},
+			{"probe_failure_info", map[string]string{"stage": "STAGE_RESOLVE", "reason": "REASON_NO_SUCH_HOST", "errno": ""}, 1},
+		}, []string{"probe_attempts"}},
 		{"banner and its labels", "ssh_banner_extract", ssh.Addr(), []want{
 			{"probe_success", nil, 1}, {"probe_failed_due_to_regex", nil, 0},
 			{"probe_expect_info", map[string]string{"ssh_version": "OpenSSH_9.2p1", "ssh_comments": "Debian-2"}, 1},
@@ -216,7 +253,11 @@ func TestScrape(t *testing.T) {
 			{"probe_tls_verified", nil, 0},
 			{"probe_tls_version_info", map[string]string{"version": "TLS 1.3"}, 1},
 		}, []string{"probe_ssl_last_chain_expiry_timestamp_seconds"}},
-		{"client certificate from the module", "mtls", mtls.Addr(), []want{{"probe_success", nil, 1}, {"probe_tls_verified", nil, 1}}, nil},
+		{"client certificate from the module", "mtls", mtls.Addr(), []want{
+			{"probe_success", nil, 1}, {"probe_tls_verified", nil, 1},
+			{"probe_ssl_last_chain_info", map[string]string{"subject": "CN=localhost", "issuer": "CN=netprobe test CA", "subjectalternative": "localhost"}, 1},
+			{"probe_netprobe_leaf_certificate_info", map[string]string{"ipaddresses": "127.0.0.1"}, 1},
+		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			families := s.probe(t, tc.module, tc.target)
@@ -233,6 +274,25 @@ func TestScrape(t *testing.T) {
 			if _, ok := metricValue(families["probe_duration_seconds"], nil); !ok {
 				t.Error("no probe_duration_seconds")
 			}
+			// Each is of one probe, a scrape's: a gauge, as
+			// blackbox_exporter's are.
+			for name, f := range families {
+				if f.GetType() != dto.MetricType_GAUGE {
+					t.Errorf("%s is a %v", name, f.GetType())
+				}
+			}
+			// blackbox_exporter's label set, and netprobe's other facts
+			// beside it.
+			for _, m := range families["probe_ssl_last_chain_info"].GetMetric() {
+				if got := slices.Sorted(maps.Keys(labels(m.GetLabel()))); !slices.Equal(got, []string{"fingerprint_sha256", "issuer", "subject", "subjectalternative"}) {
+					t.Errorf("probe_ssl_last_chain_info has labels %v", got)
+				}
+			}
+			for _, m := range families["probe_netprobe_leaf_certificate_info"].GetMetric() {
+				if labels(m.GetLabel())["serialnumber"] == "" {
+					t.Errorf("probe_netprobe_leaf_certificate_info without a serial number: %v", m)
+				}
+			}
 		})
 	}
 
@@ -244,14 +304,66 @@ func TestScrape(t *testing.T) {
 		t.Errorf("a gRPC caller presenting module/mtls: %v, want PERMISSION_DENIED", err)
 	}
 
-	t.Run("debug", func(t *testing.T) {
-		code, body := s.get(t, url.Values{"module": {"tcp_connect"}, "target": {closed}, "debug": {"true"}}, nil)
-		for _, want := range []string{"Logs for the probe:", "beginning probe", "probe failed", "Metrics that would have been returned:", "probe_success 0", "The probe's report:", "REASON_REFUSED"} {
-			if code != http.StatusOK || !strings.Contains(body, want) {
-				t.Errorf("debug: %d, no %q in\n%s", code, want, body)
+	// debug=true shows, as text a person reads: the log, the timeout and
+	// why, each step's bytes sent and received, each expect's expression
+	// and its groups, the module, the metrics and the report.
+	for _, tc := range []struct {
+		name, module, target string
+		want                 []string
+	}{
+		{"a refused connection", "tcp_connect", closed, []string{
+			"Logs for the probe:", "beginning probe", "probe failed",
+			`Timeout: the scrape's X-Prometheus-Scrape-Timeout-Seconds "4", 2m0s at most, less --scrape-timeout-offset 500ms: 3.5s; within --max-timeout`,
+			"no connection: STAGE_CONNECT REASON_REFUSED",
+			"Metrics that would have been returned:", "probe_success 0",
+			"Module configuration, as netprobe runs it:\nname: tcp_connect\nprober: tcp\nip_family: IP_FAMILY_PREFER_IPV6\n",
+			"The probe's report:", "REASON_REFUSED",
+		}},
+		{"a dialogue", "irc_banner", irc.Addr(), []string{
+			"connected to " + irc.Addr(),
+			`step 0 send "NICK prober\n" (done)`,
+			`step 1 expect_line "PING :([^ ]+)"` + "\n" + `    received "PING :x42\r\n"` + "\n" + `    matched [0] "PING :x42" [1] "x42"`,
+			`step 2 send_template "PONG ${1}\n": "PONG x42\n" (done)`,
+			`step 3 expect_line "^:[^ ]+ 001"` + "\n" + `    received ":irc 001 prober :welcome\r\n"`,
+			`matched [0] ":irc 001"`,
+			"bytes sent and", "probe succeeded",
+			"steps:\n  - send: |\n      NICK prober\n  - expect_line: PING :([^ ]+)\n",
+		}},
+		{"an expect that fails, and labels", "ssh_banner_extract", notSSH.Addr(), []string{
+			`step 0 expect_line "^SSH-2.0-([^ -]+)(?: (.*))?$"` + "\n" + `    received "220 mail ESMTP\r\n"` + "\n" + `    failed: STAGE_EXPECT REASON_NO_MATCH`,
+			"  - expect_line: '^SSH-2.0-([^ -]+)(?: (.*))?$'\n    labels:\n      ssh_comments: ${2}\n      ssh_version: ${1}\n",
+		}},
+		// What the debug page shows of a step is bounded: a target that
+		// sends 8 KiB has its first 1 KiB shown, the rest counted.
+		{"a flood", "ssh_banner_extract", flood.Addr(), []string{
+			`    received "` + strings.Repeat("a", 1024) + `" and 7168 bytes more` + "\n",
+		}},
+		{"a handshake that fails", "tls_connect", expired.Addr(), []string{
+			"  TLS handshake: TLS 1.3, verified false\n  failed: STAGE_TLS_HANDSHAKE REASON_CERTIFICATE_EXPIRED",
+			"tls:\n  ca: 1 certificates\n  insecure_skip_verify: false\n  server_name: localhost\n",
+		}},
+		{"a dialogue over TLS", "tls_banner", tlsHello.Addr(), []string{
+			"step 0 start_tls: TLS 1.3, verified true (done)",
+			`step 1 expect_line "^hello"` + "\n" + `    received "hello\n"` + "\n" + `    matched [0] "hello"`,
+			"steps:\n  - start_tls: true\n  - expect_line: ^hello\n",
+		}},
+	} {
+		t.Run("debug: "+tc.name, func(t *testing.T) {
+			code, body := s.get(t, url.Values{"module": {tc.module}, "target": {tc.target}, "debug": {"true"}}, http.Header{"X-Prometheus-Scrape-Timeout-Seconds": {"4"}})
+			for _, want := range tc.want {
+				if code != http.StatusOK || !strings.Contains(body, want) {
+					t.Errorf("debug: %d, no %q in\n%s", code, want, body)
+				}
 			}
-		}
-	})
+			if len(body) > 16<<10 {
+				t.Errorf("debug answered %d bytes", len(body))
+			}
+			// Groups are text, not protojson's base64.
+			if strings.Contains(body, "groups") {
+				t.Errorf("debug shows the matches' groups as protojson:\n%s", body)
+			}
+		})
+	}
 	t.Run("OpenMetrics", func(t *testing.T) {
 		req, _ := http.NewRequestWithContext(probetest.Context(t), "GET", s.url+"/probe?module=tcp_connect&target="+live.Addr(), nil)
 		req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
@@ -267,20 +379,20 @@ func TestScrape(t *testing.T) {
 	})
 }
 
-// TestScrapeRefusals plays a scraper the server refuses: an unknown
-// module, another prober's, no target or a malformed one, a target the
-// policy denies, no token, too many scrapes; none of them dials.
+// TestScrapeRefusals plays a scraper the server refuses for what is wrong
+// with the scrape itself: no token or a wrong one (401, before anything
+// else, even a module's name, is looked at), an unknown module, another
+// prober's, no target (400), too many scrapes (429). None of them dials.
 func TestScrapeRefusals(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := writeModules(t, dir, "modules:\n  tcp_connect:\n    prober: tcp\n  http_2xx:\n    prober: http\n")
-	srv := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.2"), probetest.WithTokens(t, map[string]string{"prometheus": "scrape-token-0123456789"}),
+	srv := probetest.Start(t, probetest.WithTokens(t, map[string]string{"prometheus": "scrape-token-0123456789"}),
 		probetest.WithConfig(func(c *server.Config) {
 			c.Exporter.ModulesFile, c.Admission.ScrapeRate, c.Admission.ScrapeBurst = path, 0.001, 3
 		}))
 	s := newScraper(t, srv)
 	tg := probetest.Listen(t, "127.0.0.1:0", nil)
-	denied := probetest.Listen(t, "127.0.0.2:0", nil)
 
 	for _, tc := range []struct {
 		name  string
@@ -291,12 +403,10 @@ func TestScrapeRefusals(t *testing.T) {
 	}{
 		{"no token", url.Values{"target": {tg.Addr()}}, "", http.StatusUnauthorized, "a valid bearer token is required"},
 		{"a wrong token", url.Values{"target": {tg.Addr()}}, "scrape-token-9876543210", http.StatusUnauthorized, "a valid bearer token is required"},
+		{"no token, unknown module", url.Values{"module": {"nope"}, "target": {"127.0.0.1"}}, "", http.StatusUnauthorized, "a valid bearer token is required"},
 		{"unknown module", url.Values{"module": {"nope"}, "target": {tg.Addr()}}, "scrape-token-0123456789", http.StatusBadRequest, `Unknown module "nope"`},
 		{"another prober's module", url.Values{"module": {"http_2xx"}, "target": {tg.Addr()}}, "scrape-token-0123456789", http.StatusBadRequest, "uses the http prober, which netprobe does not run"},
 		{"no target", url.Values{"module": {"tcp_connect"}}, "scrape-token-0123456789", http.StatusBadRequest, "Target parameter is missing"},
-		{"no port", url.Values{"target": {"127.0.0.1"}}, "scrape-token-0123456789", http.StatusBadRequest, "want HOST:PORT"},
-		{"a bad host", url.Values{"target": {"bad host:80"}}, "scrape-token-0123456789", http.StatusBadRequest, "target.host"},
-		{"denied", url.Values{"target": {denied.Addr()}}, "scrape-token-0123456789", http.StatusForbidden, "denied"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.token = tc.token
@@ -306,13 +416,15 @@ func TestScrapeRefusals(t *testing.T) {
 			}
 		})
 	}
-	if !tg.AcceptedNothing() || !denied.AcceptedNothing() {
+	if !tg.AcceptedNothing() {
 		t.Error("a refused scrape dialled")
 	}
-	// The bucket of three: the scrapes that got as far as the service (a
-	// bad host, a denied address) took two; one more goes, the next is
-	// refused.
+	// The bucket of three: the refusals above took none of it, and a
+	// scrape of a target that cannot be probed takes its share as any
+	// probe does; the fourth is refused.
 	s.token = "scrape-token-0123456789"
+	s.probe(t, "tcp_connect", tg.Addr())
+	s.probe(t, "tcp_connect", "127.0.0.1")
 	s.probe(t, "tcp_connect", tg.Addr())
 	if code, body := s.get(t, url.Values{"target": {tg.Addr()}}, nil); code != http.StatusTooManyRequests || !strings.Contains(body, "over its rate") {
 		t.Errorf("past the scrape burst: %d %q", code, body)
@@ -320,6 +432,85 @@ func TestScrapeRefusals(t *testing.T) {
 	// The scrape bucket is not the gRPC one.
 	if _, err := client.New(srv.Conn).Connect(probetest.Context(t), "tcp", tg.Addr(), client.ConnectOptions{}); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("gRPC without a token: %v", err)
+	}
+}
+
+// TestScrapeTargetFailures scrapes targets that cannot be probed: each is
+// a probe that failed, as blackbox_exporter answers it (200,
+// probe_success 0, so that Prometheus has the series and the alert on
+// probe_success == 0 fires), with the stage that failed in
+// probe_failure_info, blackbox_exporter's address metrics where it has
+// them, and the reason in debug=true's log. Nothing is dialled: the
+// targets the policy denies listen, and accept nothing.
+func TestScrapeTargetFailures(t *testing.T) {
+	t.Parallel()
+	path := writeModules(t, t.TempDir(), "modules:\n  tcp_connect:\n    prober: tcp\n  ip4_only:\n    prober: tcp\n    tcp:\n      preferred_ip_protocol: ip4\n      ip_protocol_fallback: false\n")
+	srv := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.2", "caller prometheus allow 127.0.0.1"),
+		probetest.WithTokens(t, map[string]string{"prometheus": "scrape-token-0123456789"}),
+		probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path }))
+	s := newScraper(t, srv)
+	s.token = "scrape-token-0123456789"
+	denied := probetest.Listen(t, "127.0.0.2:0", nil)
+	notTheCallers := probetest.Listen(t, "127.0.0.3:0", nil)
+	srv.DNS.SetAddrs("denied.test", netip.MustParseAddr("127.0.0.2"))
+	deniedByName := fmt.Sprintf("denied.test:%d", denied.Port())
+
+	// Debian's blackbox_exporter 0.23 gives these their address metrics
+	// once the target is HOST:PORT, and none before.
+	noAddress := []string{"probe_ip_protocol", "probe_ip_addr_hash", "probe_dns_lookup_time_seconds"}
+	for _, tc := range []struct {
+		name, module, target string
+		stage, reason        string
+		// family and hash are probe_ip_protocol's and probe_ip_addr_hash's.
+		family, hash float64
+		absent       []string
+		log          string
+	}{
+		{"no port", "tcp_connect", "127.0.0.1", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 0, 0, noAddress, `target \"127.0.0.1\" is not HOST:PORT: address 127.0.0.1: missing port in address`},
+		{"an IPv6 address without brackets", "tcp_connect", "::1:8000", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 0, 0, noAddress, "too many colons"},
+		{"an unclosed bracket", "tcp_connect", "[::1:80", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 0, 0, noAddress, "missing ']'"},
+		{"a port out of range", "tcp_connect", "127.0.0.1:65536", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 4, 3668918509, nil, "out of the ports' range 1-65535"},
+		{"a port far out of range", "tcp_connect", "127.0.0.1:99999999999999999999", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 4, 3668918509, nil, "target.service"},
+		{"port 0", "tcp_connect", "127.0.0.1:0", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 4, 3668918509, nil, "a port (1-65535) or a service name is required"},
+		{"a service name with a space", "tcp_connect", "127.0.0.1:ht tp", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 4, 3668918509, nil, "is not a valid service name"},
+		{"an unknown service", "tcp_connect", "127.0.0.1:no-such-service", "STAGE_SERVICE_LOOKUP", "REASON_UNKNOWN_SERVICE", 4, 3668918509, nil, "unknown service no-such-service/tcp"},
+		{"no host", "tcp_connect", ":80", "STAGE_RESOLVE", "REASON_NO_SUCH_HOST", 0, 0, nil, "target.host: is required"},
+		{"a host that is not one", "tcp_connect", "bad host:80", "STAGE_RESOLVE", "REASON_NO_SUCH_HOST", 0, 0, nil, "is not an IP address or a valid DNS name"},
+		{"a host far too long", "tcp_connect", strings.Repeat("a", 300) + ":80", "STAGE_RESOLVE", "REASON_NO_SUCH_HOST", 0, 0, nil, "is not an IP address or a valid DNS name"},
+		{"a zone where none applies", "tcp_connect", "[::1%lo]:80", "STAGE_RESOLVE", "REASON_NO_SUCH_HOST", 0, 0, nil, "a zone applies to link-local addresses only"},
+		{"an IPv6 address to an IPv4 module", "ip4_only", "[::1]:80", "STAGE_RESOLVE", "REASON_NO_SUCH_HOST", 0, 0, nil, "IPv4 asked for, but host ::1 is an IPv6 address"},
+		{"a name that does not resolve", "tcp_connect", "nowhere.test:80", "STAGE_RESOLVE", "REASON_NO_SUCH_HOST", 0, 0, nil, "nowhere.test"},
+		{"denied", "tcp_connect", denied.Addr(), "STAGE_POLICY", "REASON_DENIED", 4, 3618585652, nil, "rule=127.0.0.2 "},
+		{"denied by name", "tcp_connect", deniedByName, "STAGE_POLICY", "REASON_DENIED", 4, 3618585652, nil, "rule=127.0.0.2 "},
+		{"outside the caller's rules", "tcp_connect", notTheCallers.Addr(), "STAGE_POLICY", "REASON_DENIED", 4, 3635363271, nil, "denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			families := s.probe(t, tc.module, tc.target)
+			want := map[string]string{"stage": tc.stage, "reason": tc.reason}
+			if v, ok := metricValue(families["probe_failure_info"], want); !ok || v != 1 {
+				t.Errorf("probe_failure_info%v = %v (present %v): %v", want, v, ok, families["probe_failure_info"])
+			}
+			for name, want := range map[string]float64{"probe_success": 0, "probe_failed_due_to_regex": 0, "probe_ip_protocol": tc.family, "probe_ip_addr_hash": tc.hash} {
+				if slices.Contains(tc.absent, name) {
+					continue
+				}
+				if v, ok := metricValue(families[name], nil); !ok || v != want {
+					t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+				}
+			}
+			for _, name := range tc.absent {
+				if families[name] != nil {
+					t.Errorf("%s is present: %v", name, families[name])
+				}
+			}
+			code, body := s.get(t, url.Values{"module": {tc.module}, "target": {tc.target}, "debug": {"true"}}, nil)
+			if logs, _, _ := strings.Cut(body, "Timeout:"); code != http.StatusOK || !strings.Contains(logs, tc.log) {
+				t.Errorf("debug=true: %d, no %q in its log:\n%s", code, tc.log, body)
+			}
+		})
+	}
+	if !denied.AcceptedNothing() || !notTheCallers.AcceptedNothing() {
+		t.Error("a target the policy denies was dialled")
 	}
 }
 

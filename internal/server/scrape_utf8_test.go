@@ -55,7 +55,10 @@ func TestScrapeInvalidUTF8(t *testing.T) {
 // modules whose metrics carry what the target sent (the groups of an
 // expect, in probe_expect_info's labels), through the real /probe handler
 // and a real target socket. Whatever the bytes, the scrape answers 200
-// with metrics Prometheus's parser reads, every label value valid UTF-8.
+// with metrics Prometheus's parser reads, every label value valid UTF-8;
+// and debug=true (module's high bit) answers 200 with a page of valid
+// UTF-8 that shows what was received as escaped text, at most 1 KiB of it
+// a step.
 func FuzzScrapeMetrics(f *testing.F) {
 	path := filepath.Join(f.TempDir(), "modules.yml")
 	if err := os.WriteFile(path, []byte(`modules:
@@ -113,11 +116,16 @@ func FuzzScrapeMetrics(f *testing.F) {
 	} {
 		for i := range modules {
 			f.Add(uint8(i), []byte(seed))
+			f.Add(uint8(i)|0x80, []byte(seed))
 		}
 	}
 	f.Fuzz(func(t *testing.T, module uint8, data []byte) {
 		sends.Store(&data)
-		q := url.Values{"module": {modules[int(module)%len(modules)]}, "target": {tg.Addr()}}
+		q := url.Values{"module": {modules[int(module&0x7f)%len(modules)]}, "target": {tg.Addr()}}
+		debug := module&0x80 != 0
+		if debug {
+			q.Set("debug", "true")
+		}
 		resp, err := http.Get(hs.URL + "/probe?" + q.Encode())
 		if err != nil {
 			t.Fatalf("the scrape got no answer: %v", err)
@@ -126,6 +134,21 @@ func FuzzScrapeMetrics(f *testing.F) {
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK {
 			t.Fatalf("%d, %v\n%s", resp.StatusCode, err, body)
+		}
+		if debug {
+			if !utf8.Valid(body) || !strings.Contains(string(body), "Dialogue") {
+				t.Fatalf("debug=true answered\n%q", body)
+			}
+			// Each step shows 1 KiB of what it received, quoted: no
+			// line of the dialogue is much longer.
+			_, dialogue, _ := strings.Cut(string(body), "Dialogue")
+			dialogue, _, _ = strings.Cut(dialogue, "Metrics that would have been returned")
+			for _, line := range strings.Split(dialogue, "\n") {
+				if len(line) > 5<<10 {
+					t.Fatalf("a line of the dialogue of %d bytes:\n%s", len(line), line)
+				}
+			}
+			return
 		}
 		parser := expfmt.NewTextParser(model.UTF8Validation)
 		families, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))

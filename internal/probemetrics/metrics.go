@@ -1,0 +1,269 @@
+package probemetrics
+
+import (
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// blackbox_exporter's metrics: its names, help and labels (those of
+// Debian's 0.23, which cmd/probed's TestSeriesParity scrapes beside
+// probed).
+var (
+	descSuccess    = prometheus.NewDesc("probe_success", "Displays whether or not the probe was a success", nil, nil)
+	descDuration   = prometheus.NewDesc("probe_duration_seconds", "Returns how long the probe took to complete in seconds", nil, nil)
+	descDNS        = prometheus.NewDesc("probe_dns_lookup_time_seconds", "Returns the time taken for probe dns lookup in seconds", nil, nil)
+	descIPProtocol = prometheus.NewDesc("probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6", nil, nil)
+	descIPHash     = prometheus.NewDesc("probe_ip_addr_hash", "Specifies the hash of IP address. It's useful to detect if the IP address changes.", nil, nil)
+	descRegex      = prometheus.NewDesc("probe_failed_due_to_regex", "Indicates if probe failed due to regex", nil, nil)
+	descTLSVersion = prometheus.NewDesc("probe_tls_version_info", "Returns the TLS version used or NaN when unknown", []string{"version"}, nil)
+	descEarliest   = prometheus.NewDesc("probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime", nil, nil)
+	descLastChain  = prometheus.NewDesc("probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp", nil, nil)
+	descLastInfo   = prometheus.NewDesc("probe_ssl_last_chain_info", "Contains SSL leaf certificate information", []string{"fingerprint_sha256", "issuer", "subject", "subjectalternative"}, nil)
+	expectInfoHelp = "Explicit content matched"
+)
+
+// expectInfoMetric is blackbox_exporter's probe_expect_info, whose labels
+// each module names.
+const expectInfoMetric = "probe_expect_info"
+
+// Addition is a metric of netprobe's /probe that blackbox_exporter's
+// /probe does not give: netprobe's own, or one of blackbox_exporter's
+// that netprobe gives in more cases (Also). docs/prometheus.md's table of
+// them is made from Additions, and cmd/probed's TestSeriesParity accepts
+// these, and nothing else, beyond blackbox_exporter's series.
+type Addition struct {
+	Name   string
+	Labels []string
+	// Doc says what it is, in docs/prometheus.md's words.
+	Doc string
+	// Also marks a metric of blackbox_exporter's, which netprobe gives in
+	// more cases than it does (Doc says which).
+	Also bool
+	desc *prometheus.Desc
+}
+
+func addition(name, help, doc string, labels ...string) *Addition {
+	return &Addition{Name: name, Labels: labels, Doc: doc, desc: prometheus.NewDesc(name, help, labels, nil)}
+}
+
+// netprobe's own metrics.
+var (
+	failureInfo = addition("probe_failure_info", "Why the probe failed: its stage, reason and errno, as netprobe_probes_total names them.",
+		"1 on failure: which stage failed and why, named as in `netprobe_probes_total` (`STAGE_CONNECT`, `REASON_REFUSED`, `ECONNREFUSED`); see [errors](errors.md), and [section 2](#2-prometheus) for a target that cannot be probed at all",
+		"stage", "reason", "errno")
+	phaseDuration = addition("probe_phase_duration_seconds", "How long each phase of the probe took: resolve, connect, tls, first_byte (from the start) and total.",
+		"`resolve`, `connect`, `tls`, `first_byte` and `total`, for TCP too", "phase")
+	attempts = addition("probe_attempts", "The probe's connection attempts, by result: connected, abandoned, or the reason of the failure.",
+		"the connection attempts of this probe (a gauge: each scrape is a probe of its own): `connected`, `abandoned`, or the reason of the failure", "result")
+	tlsVerified = addition("probe_tls_verified", "Whether the peer's chain verified (netprobe reports its expiry either way).",
+		"whether the peer's chain verified")
+	tcpRTT = addition("probe_tcp_rtt_seconds", "The kernel's smoothed round-trip time of the connection (TCP_INFO), at its end.",
+		"the kernel's smoothed round-trip time (TCP_INFO) at the end of the connection (Linux)")
+	tcpRetransmits = addition("probe_tcp_retransmits", "The segments the kernel sent again on the connection (TCP_INFO), at its end.",
+		"the segments the kernel sent again on the connection (TCP_INFO, Linux)")
+	leafCertificate = addition("probe_netprobe_leaf_certificate_info", "The leaf certificate's facts that probe_ssl_last_chain_info has not; fingerprint_sha256 joins the two.",
+		"the leaf certificate's serial number (hexadecimal) and IP addresses, which `probe_ssl_last_chain_info` has not; `fingerprint_sha256` joins the two",
+		"fingerprint_sha256", "serialnumber", "ipaddresses")
+)
+
+// Additions are the metrics netprobe's /probe gives beyond
+// blackbox_exporter's.
+var Additions = []*Addition{
+	failureInfo, phaseDuration, attempts, tlsVerified, tcpRTT, tcpRetransmits, leafCertificate,
+	{Name: "probe_ssl_earliest_cert_expiry", Also: true, Doc: "also when the chain did not verify (an expired certificate, an unknown authority), which blackbox_exporter does not give"},
+	{Name: "probe_tls_version_info", Labels: []string{"version"}, Also: true, Doc: "also when the chain did not verify"},
+	{Name: "probe_ssl_last_chain_info", Labels: []string{"fingerprint_sha256", "issuer", "subject", "subjectalternative"}, Also: true, Doc: "also when the chain did not verify: the leaf the peer sent"},
+}
+
+// Markdown is the table of Additions in docs/prometheus.md.
+func Markdown() string {
+	var b strings.Builder
+	b.WriteString("| metric | |\n|---|---|\n")
+	for _, a := range Additions {
+		name := a.Name
+		if len(a.Labels) > 0 {
+			name += "{" + strings.Join(a.Labels, ",") + "}"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s |\n", name, a.Doc)
+	}
+	return b.String()
+}
+
+// probeMetrics collects one probe's metrics, made once: the registry of
+// the scrape gathers them.
+type probeMetrics struct {
+	ms []prometheus.Metric
+}
+
+// Describe describes nothing: the metrics are fixed, above, and the
+// registry checks them as it gathers.
+func (p *probeMetrics) Describe(chan<- *prometheus.Desc) {}
+
+func (p *probeMetrics) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range p.ms {
+		ch <- m
+	}
+}
+
+// gauge adds a gauge, its label values made valid UTF-8 (each run of
+// bytes that are not becomes U+FFFD), which Prometheus requires: they
+// carry what targets sent (an expect's groups, a certificate's names),
+// which may be any bytes.
+func (p *probeMetrics) gauge(d *prometheus.Desc, v float64, labels ...string) {
+	valid := make([]string, len(labels))
+	for i, l := range labels {
+		valid[i] = strings.ToValidUTF8(l, "\uFFFD")
+	}
+	p.ms = append(p.ms, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, valid...))
+}
+
+// Registry gathers the probe's metrics: blackbox_exporter's, in the cases
+// its tcp prober gives them, and netprobe's own. duration is the whole
+// scrape's; logger gets the verdict.
+func (r *Result) Registry(duration time.Duration, logger *slog.Logger) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	p := &probeMetrics{}
+	reg.MustRegister(p)
+	pe := r.Error()
+	p.gauge(descSuccess, b2f(r.Succeeded()))
+	p.gauge(descDuration, duration.Seconds())
+	if r.module.Prober == "tcp" {
+		// blackbox_exporter's tcp prober has it from the start: 1 only
+		// when the peer closed without what an expect looked for.
+		p.gauge(descRegex, b2f(pe.GetStage() == netprobev1.Stage_STAGE_EXPECT && pe.GetReason() == netprobev1.Reason_REASON_NO_MATCH))
+	}
+	if r.addressed {
+		// Once it has HOST and PORT, blackbox_exporter resolves HOST, and
+		// has these even when it resolved nothing (0).
+		p.gauge(descDNS, r.connect.GetResolveDuration().AsDuration().Seconds())
+		family, hash := 0.0, 0.0
+		if ip := r.address(); ip.IsValid() {
+			family, hash = 6, ipHash(ip)
+			if ip.Is4() {
+				family = 4
+			}
+		}
+		p.gauge(descIPProtocol, family)
+		p.gauge(descIPHash, hash)
+	}
+	if pe != nil {
+		p.gauge(failureInfo.desc, 1, pe.GetStage().String(), pe.GetReason().String(), pe.GetErrno())
+		logger.Error("probe failed", "stage", pe.GetStage(), "reason", pe.GetReason(), "errno", pe.GetErrno(), "address", pe.GetAddress(), "message", pe.GetMessage())
+	} else {
+		logger.Info("probe succeeded", "peer", r.connect.GetPeerAddress(), "duration", duration)
+	}
+	if r.connect != nil {
+		p.connection(r)
+	}
+	return reg
+}
+
+// connection adds the metrics of a probe that got as far as the probe
+// service's report.
+func (p *probeMetrics) connection(r *Result) {
+	c := r.connect
+	p.gauge(phaseDuration.desc, c.GetResolveDuration().AsDuration().Seconds(), "resolve")
+	p.gauge(phaseDuration.desc, c.GetConnectDuration().AsDuration().Seconds(), "connect")
+	total := c.GetTotalDuration().AsDuration()
+	if s := r.summary; s != nil {
+		total = s.GetTotalDuration().AsDuration()
+		if s.GetTimeToFirstByte() != nil {
+			p.gauge(phaseDuration.desc, s.GetTimeToFirstByte().AsDuration().Seconds(), "first_byte")
+		}
+	}
+	p.gauge(phaseDuration.desc, total.Seconds(), "total")
+	results := map[string]float64{}
+	for _, a := range c.GetAttempts() {
+		result := "connected"
+		switch {
+		case a.GetAbandoned():
+			result = "abandoned"
+		case a.GetError() != nil:
+			result = a.GetError().GetReason().String()
+		}
+		results[result]++
+	}
+	for result, n := range results {
+		p.gauge(attempts.desc, n, result)
+	}
+	p.tls(r)
+	p.expectInfo(r)
+	ti := c.GetTcpInfo()
+	if s := r.summary.GetTcpInfo(); s != nil {
+		ti = s
+	}
+	if ti != nil {
+		p.gauge(tcpRTT.desc, ti.GetRtt().AsDuration().Seconds())
+		p.gauge(tcpRetransmits.desc, float64(ti.GetTotalRetransmits()))
+	}
+}
+
+// ipHash is blackbox_exporter's probe_ip_addr_hash: FNV-1a, 32 bits, of
+// the address's bytes, 4 of an IPv4 address and 16 of an IPv6 one (as
+// Debian's 0.23 gives it for 127.0.0.1 and ::1).
+func ipHash(ip netip.Addr) float64 {
+	h := fnv.New32a()
+	h.Write(ip.AsSlice())
+	return float64(h.Sum32())
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// tls adds the handshake's metrics: blackbox_exporter's, and netprobe's
+// (whether the chain verified, the leaf's other facts), also when the
+// chain did not verify, where blackbox_exporter gives none.
+func (p *probeMetrics) tls(r *Result) {
+	t := r.connect.GetTls()
+	if s := r.summary.GetTls(); s != nil {
+		t = s
+	}
+	if t == nil || t.GetVersion() == "" {
+		return
+	}
+	p.gauge(phaseDuration.desc, t.GetHandshakeDuration().AsDuration().Seconds(), "tls")
+	p.gauge(descTLSVersion, 1, t.GetVersion())
+	p.gauge(tlsVerified.desc, b2f(t.GetVerified()))
+	chain := t.GetPeerCertificates()
+	if len(chain) == 0 {
+		return
+	}
+	earliest := chain[0].GetNotAfter().AsTime()
+	for _, c := range chain[1:] {
+		if na := c.GetNotAfter().AsTime(); na.Before(earliest) {
+			earliest = na
+		}
+	}
+	p.gauge(descEarliest, float64(earliest.Unix()))
+	if t.GetVerified() {
+		p.gauge(descLastChain, float64(earliest.Unix()))
+	}
+	leaf := chain[0]
+	p.gauge(descLastInfo, 1, leaf.GetSha256Fingerprint(), leaf.GetIssuer(), leaf.GetSubject(), strings.Join(leaf.GetDnsNames(), ","))
+	p.gauge(leafCertificate.desc, 1, leaf.GetSha256Fingerprint(), leaf.GetSerial(), strings.Join(leaf.GetIpAddresses(), ","))
+}
+
+// expectInfo adds probe_expect_info: the labels of the first labelled
+// match.
+func (p *probeMetrics) expectInfo(r *Result) {
+	for _, match := range r.matches {
+		names, values := r.module.ExpectInfo(int(match.GetStep()), match.GetGroups())
+		if names == nil {
+			continue
+		}
+		p.gauge(prometheus.NewDesc(expectInfoMetric, expectInfoHelp, names, nil), 1, values...)
+		return
+	}
+}
