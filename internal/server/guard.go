@@ -240,7 +240,7 @@ func (g *guard) logFailed(ctx context.Context, method string, err error) {
 	st := status.Convert(err)
 	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
 	g.logger.Log(ctx, slog.Level(logging.DefaultServerCodeToLevel(st.Code())), "finished call",
-		"grpc.service", service, "grpc.method", name, "grpc.code", st.Code().String(), "grpc.error", st.Message(), "caller", admission.CallerOf(ctx).String())
+		"grpc.service", service, "grpc.method", name, "grpc.code", st.Code().String(), "grpc.error", loggedError(st.Message()), "caller", admission.CallerOf(ctx).String())
 }
 
 // recover, deferred, turns a panic into INTERNAL and logs its stack.
