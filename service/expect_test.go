@@ -51,7 +51,7 @@ func checkCost(t *testing.T, sources []string, text []byte) {
 		}
 		return &e
 	})
-	if len(v) > 0 {
+	if len(v.list) > 0 {
 		// A refused request is let go at once.
 		return
 	}
@@ -141,7 +141,7 @@ func TestExpectsOfModules(t *testing.T) {
 		var v violations
 		exps := &expects{}
 		s.validateSteps(&v, "", steps, false, true, exps)
-		for _, fv := range v {
+		for _, fv := range v.list {
 			if strings.Contains(fv.Field, "expect") || fv.Field == "steps" {
 				t.Errorf("%s: %s", fv.Field, fv.Description)
 			}

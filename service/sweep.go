@@ -84,10 +84,7 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 		if n := len(st.GetSteps()); n > 0 && n <= maxSteps && !isExpect(st.GetSteps()[n-1]) {
 			sub.add("steps", "a sweep's dialogue is a check: its last step is an expect")
 		}
-		for _, fv := range sub {
-			fv.Field = prefix + fv.Field
-			v = append(v, fv)
-		}
+		v.merge(prefix, &sub)
 		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, steps: steps, asked: asked})
 	}
 	concurrency := int(req.GetConcurrency())

@@ -24,6 +24,11 @@ import (
 // maxCABundleBytes caps a request's ca_bundle.
 const maxCABundleBytes = 1 << 20
 
+// maxALPNProtocols caps the protocols a request's alpn may offer: clients
+// offer two or three (h2, http/1.1), and the ALPN registry holds a few
+// dozen in all.
+const maxALPNProtocols = 16
+
 // tlsParams is a validated TlsOptions.
 type tlsParams struct {
 	serverName string
@@ -81,12 +86,18 @@ func validateTLS(v *violations, field string, opts *netprobev1.TlsOptions, t tar
 	}
 	if p.serverName != "" {
 		if msg := checkHostName(p.serverName); msg != "" {
-			v.add(field+".server_name", "%q is not a valid DNS name: %s", p.serverName, msg)
+			v.add(field+".server_name", "%s is not a valid DNS name: %s", quote(p.serverName), msg)
 		}
 	}
-	for i, proto := range p.alpn {
-		if proto == "" || len(proto) > 255 {
-			v.add(fmt.Sprintf("%s.alpn[%d]", field, i), "an ALPN protocol is 1 to 255 bytes")
+	if len(p.alpn) > maxALPNProtocols {
+		// Refused before its entries are looked at: a request is allowed
+		// 65,536 of them (wire.MaxRequestElements).
+		v.add(field+".alpn", "%d protocols is over the cap of %d", len(p.alpn), maxALPNProtocols)
+	} else {
+		for i, proto := range p.alpn {
+			if proto == "" || len(proto) > 255 {
+				v.add(fmt.Sprintf("%s.alpn[%d]", field, i), "an ALPN protocol is 1 to 255 bytes")
+			}
 		}
 	}
 	if b := opts.GetCaBundle(); len(b) > 0 {

@@ -19,25 +19,63 @@ import (
 )
 
 // violations collects what is wrong with a request, so one answer names
-// every bad field.
-type violations []*errdetails.BadRequest_FieldViolation
+// the bad fields: the first maxViolations of them, and how many more. A
+// request of 60,000 bad ALPN names once made as many violations, and a
+// 29 MB answer and log line.
+type violations struct {
+	list []*errdetails.BadRequest_FieldViolation
+	// more counts the violations past maxViolations, not kept.
+	more int
+}
+
+// Bounds of a refusal: it names at most maxViolations fields, each
+// description cut to maxViolationBytes (quote cuts what it repeats of the
+// caller's words shorter still), so that an INVALID_ARGUMENT answer, and
+// its log line, is a few KiB whatever the request.
+const (
+	maxViolations     = 20
+	maxViolationBytes = 200
+)
 
 func (v *violations) add(field, format string, args ...any) {
-	*v = append(*v, &errdetails.BadRequest_FieldViolation{Field: field, Description: fmt.Sprintf(format, args...)})
+	if len(v.list) >= maxViolations {
+		v.more++
+		return
+	}
+	d := fmt.Sprintf(format, args...)
+	if len(d) > maxViolationBytes {
+		cut := maxViolationBytes
+		for cut > 0 && !utf8.RuneStart(d[cut]) {
+			cut--
+		}
+		d = d[:cut] + "..."
+	}
+	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: field, Description: d})
+}
+
+// merge adds sub's violations, their fields under prefix.
+func (v *violations) merge(prefix string, sub *violations) {
+	for _, fv := range sub.list {
+		v.add(prefix+fv.Field, "%s", fv.Description)
+	}
+	v.more += sub.more
 }
 
 // err returns nil when nothing was added, else INVALID_ARGUMENT with a
 // BadRequest detail.
-func (v violations) err() error {
-	if len(v) == 0 {
+func (v *violations) err() error {
+	if len(v.list) == 0 {
 		return nil
 	}
-	msgs := make([]string, len(v))
-	for i, fv := range v {
+	msgs := make([]string, len(v.list), len(v.list)+1)
+	for i, fv := range v.list {
 		msgs[i] = fv.Field + ": " + fv.Description
 	}
+	if v.more > 0 {
+		msgs = append(msgs, fmt.Sprintf("and %d more", v.more))
+	}
 	st := status.New(codes.InvalidArgument, "invalid request: "+strings.Join(msgs, "; "))
-	st, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: v})
+	st, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: v.list})
 	if err != nil {
 		return status.Error(codes.Internal, "build error details: "+err.Error())
 	}
@@ -151,20 +189,24 @@ func (s *Server) validateSource(v *violations, field string, t *target, source s
 	t.source, t.family = a, family
 }
 
-// quote quotes what a caller sent for an error message, cut to its first
-// 64 bytes (or fewer, not to cut a character in two): the message
-// repeats the caller's words, not all of them. Printable characters are
-// shown as they are, others escaped.
+// quote quotes what a caller sent for an error message, cut to what
+// quotes in 64 bytes (or fewer, not to cut a character or an escape in
+// two): the message repeats the caller's words, not all of them.
+// Printable characters are shown as they are, others escaped, which makes
+// 64 bytes of control characters four times as long: the cut is made on
+// what is shown, not on what was sent.
 func quote(s string) string {
 	const most = 64
-	if len(s) <= most {
-		return strconv.Quote(s)
+	shown, cut := 0, 0
+	for cut < len(s) {
+		_, size := utf8.DecodeRuneInString(s[cut:])
+		w := len(strconv.Quote(s[cut:cut+size])) - 2
+		if shown+w > most {
+			return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+		}
+		shown, cut = shown+w, cut+size
 	}
-	cut := most
-	for cut > most-utf8.UTFMax && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
+	return strconv.Quote(s)
 }
 
 // badChar names, for an error message, the first character of s that ok

@@ -337,7 +337,7 @@ func TestAttackSweepRequests(t *testing.T) {
 // TestAttackSweepDecoding sends, with a token, four Sweeps of 8,000
 // targets whose entries each hold 22 empty sends and an expect: a request
 // of 1 MB that would decode into 45 MB. Each is refused before it is
-// decoded, over the messages a request may hold. (Four of them once
+// decoded, over the elements a request may hold. (Four of them once
 // grew probed by 190 MiB, and 32 by 5.7 GiB.)
 func TestAttackSweepDecoding(t *testing.T) {
 	t.Parallel()
@@ -385,7 +385,7 @@ func TestAttackSweepDecoding(t *testing.T) {
 	probetest.Eventually(t, func() bool { return h.Statuses()[int(codes.ResourceExhausted)] == 4 }, func() string {
 		return fmt.Sprintf("answers %v (%v), want 4 RESOURCE_EXHAUSTED", h.Statuses(), h.Messages())
 	})
-	if m := h.Messages()[int(codes.ResourceExhausted)]; !strings.Contains(m, "more messages than this server decodes") {
+	if m := h.Messages()[int(codes.ResourceExhausted)]; !strings.Contains(m, "more elements than this server decodes") {
 		t.Errorf("refusal %q", m)
 	}
 	v.grew(t, base)

@@ -36,7 +36,7 @@ type Config struct {
 	Burst int     `flag:"burst" env:"NETPROBE_BURST" default:"100" group:"Limits" help:"Probes a caller may start at once, above --rate."`
 	// MaxSweepsPerCaller caps the Sweeps one caller runs at once, and
 	// MaxSweeps those of all callers.
-	MaxSweepsPerCaller int `flag:"max-sweeps-per-caller" env:"NETPROBE_MAX_SWEEPS_PER_CALLER" default:"4" group:"Limits" help:"Most Sweeps one caller may run at once, admitted before their request is read (each holds its request while it runs: up to --max-payload-bytes plus 64 KiB on the wire, and 32,768 messages, some 5 MB, decoded); more are RESOURCE_EXHAUSTED."`
+	MaxSweepsPerCaller int `flag:"max-sweeps-per-caller" env:"NETPROBE_MAX_SWEEPS_PER_CALLER" default:"4" group:"Limits" help:"Most Sweeps one caller may run at once, admitted before their request is read (each holds its request while it runs: up to --max-payload-bytes plus 64 KiB on the wire, and 65,536 elements, messages and entries of repeated fields, at most 10 MB, decoded); more are RESOURCE_EXHAUSTED."`
 	MaxSweeps          int `flag:"max-sweeps" env:"NETPROBE_MAX_SWEEPS" default:"32" group:"Limits" help:"Most Sweeps all callers together may run at once; more are RESOURCE_EXHAUSTED."`
 	// ExpectRate is the work each caller's expects may do a second, in
 	// matcher steps (an instruction visited for a byte received: 10 to 30

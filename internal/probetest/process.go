@@ -47,6 +47,17 @@ type Probed struct {
 	changed chan struct{}
 	// audit are the last auditKept audit lines ("probe"), decoded.
 	audit []map[string]any
+	// longest is the length of the longest log line so far.
+	longest int
+}
+
+// LongestLine returns the length of the longest line probed has logged so
+// far. (A line over 1 MiB ends the reading of the log: no line after it
+// is counted.)
+func (p *Probed) LongestLine() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.longest
 }
 
 // auditKept bounds the audit lines a Probed keeps: the bench makes
@@ -132,6 +143,7 @@ func Launch(cmd *exec.Cmd) (*Probed, error) {
 				p.audit = append(p.audit, fields)
 			}
 			p.logged[line.Msg]++
+			p.longest = max(p.longest, len(sc.Bytes()))
 			close(p.changed)
 			p.changed = make(chan struct{})
 			p.mu.Unlock()

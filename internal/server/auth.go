@@ -60,7 +60,7 @@ func (s *Server) refused(p *peer.Peer, method string, err error) {
 		s.refusalsUnlogged.Add(1)
 		return
 	}
-	attrs := []any{"grpc.method", method, "grpc.code", status.Code(err).String(), "err", err}
+	attrs := []any{"grpc.method", method, "grpc.code", status.Code(err).String(), "err", loggedError(err.Error())}
 	if p != nil {
 		attrs = append(attrs, "peer", p.Addr.String())
 	}

@@ -142,15 +142,16 @@ func (g *guard) refusing(ctx context.Context, k admission.Kind) (release func(),
 // is the caller's error, INVALID_ARGUMENT (the server's codec reports it
 // through wire.DecodeError, since gRPC would answer INTERNAL); one over
 // limit bytes (none when limit is 0), or that would decode into more
-// messages than the codec decodes, is RESOURCE_EXHAUSTED, as gRPC answers
+// elements than the codec decodes, is RESOURCE_EXHAUSTED, as gRPC answers
 // a message over its own cap.
 func decode(dec func(any) error, m any, limit int) error {
 	if err := dec(m); err != nil {
 		return err
 	}
+	var over *wire.TooManyElementsError
 	switch err := wire.DecodeError(m); {
-	case errors.Is(err, wire.ErrTooManyMessages):
-		return status.Errorf(codes.ResourceExhausted, "the request holds more messages than this server decodes (%d, nested ones included)", wire.MaxRequestMessages)
+	case errors.As(err, &over):
+		return status.Errorf(codes.ResourceExhausted, "the request holds more elements than this server decodes (%d messages and entries of repeated fields, nested ones included): the cap is passed at %s", wire.MaxRequestElements, over.Field)
 	case err != nil:
 		return status.Errorf(codes.InvalidArgument, "the request is not a valid message: %v", err)
 	}
@@ -238,7 +239,7 @@ func (g *guard) logFailed(ctx context.Context, method string, err error) {
 	st := status.Convert(err)
 	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
 	g.logger.Log(ctx, slog.Level(logging.DefaultServerCodeToLevel(st.Code())), "finished call",
-		"grpc.service", service, "grpc.method", name, "grpc.code", st.Code().String(), "grpc.error", st.Message(), "caller", admission.CallerOf(ctx).String())
+		"grpc.service", service, "grpc.method", name, "grpc.code", st.Code().String(), "grpc.error", loggedError(st.Message()), "caller", admission.CallerOf(ctx).String())
 }
 
 // recover, deferred, turns a panic into INTERNAL and logs its stack.

@@ -93,9 +93,12 @@ func TestDecode(t *testing.T) {
 		{"over gRPC's cap", fail(status.Error(codes.ResourceExhausted, "grpc: received message larger than max")), 0, codes.ResourceExhausted},
 		{"cancelled while read", fail(status.Error(codes.Canceled, "context canceled")), 0, codes.Canceled},
 		{"over the method's cap", unmarshal(wireBig), 64, codes.ResourceExhausted},
-		// A Target (field 1) given 40,000 times, empty: 80 KB that decode
-		// into 40,000 messages (merged, but each made first).
-		{"more messages than the codec decodes", unmarshal(bytes.Repeat([]byte{1<<3 | 2, 0}, 40000)), 0, codes.ResourceExhausted},
+		// A Target (field 1) given 70,000 times, empty: 140 KB that decode
+		// into 70,000 messages (merged, but each made first).
+		{"more messages than the codec decodes", unmarshal(bytes.Repeat([]byte{1<<3 | 2, 0}, 70000)), 0, codes.ResourceExhausted},
+		// TLS options (field 4) whose alpn (field 2) holds 70,000 empty
+		// strings: 140 KB that decode into 70,000 strings.
+		{"more strings than the codec decodes", unmarshal(append([]byte{4<<3 | 2, 0xe0, 0xc5, 0x08}, bytes.Repeat([]byte{2<<3 | 2, 0}, 70000)...)), 0, codes.ResourceExhausted},
 		{"within the method's cap", unmarshal(wireBig), 200, codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

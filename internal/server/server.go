@@ -17,6 +17,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -488,11 +489,36 @@ func (s *Server) status() statuspage.Status {
 	return st
 }
 
-// interceptorLogger adapts slog to go-grpc-middleware's logging interface.
+// interceptorLogger adapts slog to go-grpc-middleware's logging interface,
+// cutting the error a call ended with to maxLoggedError.
 func interceptorLogger(l *slog.Logger) logging.Logger {
 	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		for i := 0; i+1 < len(fields); i += 2 {
+			if k, _ := fields[i].(string); k == "grpc.error" {
+				if s, ok := fields[i+1].(string); ok {
+					fields[i+1] = loggedError(s)
+				}
+			}
+		}
 		l.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
+}
+
+// maxLoggedError caps the error text of a log line: an error can repeat
+// what a caller sent, and an INVALID_ARGUMENT answer of 29 MB was once
+// logged whole, on every call.
+const maxLoggedError = 4 << 10
+
+// loggedError is s cut to maxLoggedError bytes, saying how long it was.
+func loggedError(s string) string {
+	if len(s) <= maxLoggedError {
+		return s
+	}
+	cut := maxLoggedError
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("... (%d bytes)", len(s))
 }
 
 // CheckModules loads a module file as a server with cfg would, returning

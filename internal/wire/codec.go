@@ -135,8 +135,8 @@ type ServerCodec struct{ Codec }
 var decodeErrors sync.Map
 
 // Unmarshal implements encoding.CodecV2. A request that would decode into
-// more than MaxRequestMessages messages is not decoded at all:
-// ErrTooManyMessages.
+// more than MaxRequestElements elements is not decoded at all:
+// ErrTooManyElements.
 func (c ServerCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(proto.Message)
 	if !ok {
@@ -151,7 +151,7 @@ func (c ServerCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		defer buf.Free()
 		b = buf.ReadOnlyData()
 	}
-	_, err := countMessages(b, m.ProtoReflect().Descriptor(), MaxRequestMessages)
+	_, err := countElements(b, m.ProtoReflect().Descriptor(), MaxRequestElements)
 	if err == nil {
 		err = proto.Unmarshal(b, m)
 	}

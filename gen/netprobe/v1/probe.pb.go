@@ -1469,7 +1469,7 @@ type TlsOptions struct {
 	// SNI is sent).
 	ServerName string `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
 	// alpn lists the application protocols to offer, such as "h2" and
-	// "http/1.1".
+	// "http/1.1": at most 16, each 1 to 255 bytes.
 	Alpn []string `protobuf:"bytes,2,rep,name=alpn,proto3" json:"alpn,omitempty"`
 	// ca_bundle holds PEM certificates to trust instead of the system's
 	// roots (at most 1 MiB).
