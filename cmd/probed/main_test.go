@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -22,6 +23,10 @@ import (
 // The binaries built for these tests: probed, and grpcurl at the version
 // pinned in tools/go.mod.
 var probedBin, grpcurlBin string
+
+// update has the tests that generate docs (the fault matrix's table, the
+// flag tables) rewrite them instead of checking them.
+var update = flag.Bool("update", false, "rewrite the generated docs instead of checking them")
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))

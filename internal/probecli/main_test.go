@@ -16,12 +16,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -684,31 +682,6 @@ func TestFetchHandshake(t *testing.T) {
 	if req := <-requests; req != "GET / HTTP/1.0\r\nHost: localhost\r\n\r\n" {
 		t.Errorf("the server read %q", req)
 	}
-}
-
-// openPTY opens a pseudo-terminal pair: the controlling side, and the
-// terminal a child process writes to.
-func openPTY(t *testing.T) (control, term *os.File) {
-	t.Helper()
-	control, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { control.Close() })
-	fd := int(control.Fd())
-	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
-		t.Fatal(err)
-	}
-	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	term, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { term.Close() })
-	return control, term
 }
 
 // TestSweepTerminal runs probe sweep with its output on terminals: the

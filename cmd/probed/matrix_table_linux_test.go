@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -9,8 +8,6 @@ import (
 
 	"github.com/netprobe/netprobe/client"
 )
-
-var update = flag.Bool("update", false, "rewrite docs/fault-matrix.md's table from the matrix")
 
 // docs/fault-matrix.md's table stands between these lines.
 const (
