@@ -99,6 +99,9 @@ type Report struct {
 	Method string
 	// Target is the target as the request gave it.
 	Target *netprobev1.Target
+	// Given, when set, is the target as its caller wrote it, which could
+	// not be made a Target (a /probe target that is not HOST:PORT).
+	Given string
 	// Connect is the report of the connect phase.
 	Connect *netprobev1.ConnectResponse
 	// Summary is a Fetch's summary, once it got as far as the exchange.

@@ -108,6 +108,9 @@ func (a *Recorder) Observe(ctx context.Context, r service.Report) {
 	a.phases.WithLabelValues(r.Method, "total").Observe(r.Duration.Seconds())
 
 	target := targetText(r.Target)
+	if r.Given != "" {
+		target = r.Given
+	}
 	attrs := []any{
 		"method", r.Method,
 		"caller", service.CallerFrom(ctx),

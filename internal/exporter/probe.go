@@ -42,7 +42,10 @@ type scraper struct {
 	offset, maxTimeout time.Duration
 	// public serves what guard guards to anyone.
 	public bool
-	logger *slog.Logger
+	// observe records a probe that failed before the probe service saw
+	// it, as the service's Config.Observe records those it runs.
+	observe func(context.Context, service.Report)
+	logger  *slog.Logger
 }
 
 // Prober runs the probes of /probe: the probe service.
@@ -184,11 +187,12 @@ func (sc *scraper) require(h http.Handler) http.Handler {
 // error returned is the probe service's refusal of the scrape itself (the
 // caller's limits, the drain).
 func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modules.Module, raw string, timeout time.Duration, logger *slog.Logger) error {
+	ctx = audit.WithVia(ctx, "/probe "+m.Name)
 	host, port, err := net.SplitHostPort(raw)
 	if err != nil {
 		// blackbox_exporter, too, fails the probe before resolving
 		// anything.
-		res.Fail(&netprobev1.ProbeError{
+		sc.failed(ctx, res, m, raw, nil, timeout, &netprobev1.ProbeError{
 			Stage: netprobev1.Stage_STAGE_SERVICE_LOOKUP, Reason: netprobev1.Reason_REASON_UNKNOWN_SERVICE, Address: raw,
 			Message: fmt.Sprintf("target %q is not HOST:PORT: %v", raw, err),
 		})
@@ -196,11 +200,6 @@ func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modul
 		return nil
 	}
 	res.Addressed(host)
-	if m.Err != nil {
-		res.Fail(&netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_OTHER, Message: m.Err.Error()})
-		logger.Error("the module cannot run: nothing was dialled", "err", m.Err)
-		return nil
-	}
 	target := &netprobev1.Target{Host: host}
 	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
 		target.Port = uint32(n)
@@ -208,7 +207,11 @@ func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modul
 		// A number over 65535 is a service name the probe service refuses.
 		target.Service = port
 	}
-	ctx = audit.WithVia(ctx, "/probe "+m.Name)
+	if m.Err != nil {
+		sc.failed(ctx, res, m, "", target, timeout, &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_OTHER, Message: m.Err.Error()})
+		logger.Error("the module cannot run: nothing was dialled", "err", m.Err)
+		return nil
+	}
 	if m.ClientCert != nil {
 		ctx = service.WithIdentityGrant(ctx, modules.IdentityPrefix+m.Name)
 	}
@@ -222,11 +225,29 @@ func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modul
 		err = sc.prober.FetchTo(ctx, fetch, res.Keep)
 	}
 	if pe := targetFailure(err); pe != nil {
-		res.Fail(pe)
+		if status.Code(err) == codes.PermissionDenied {
+			// The probe service recorded the refusal itself.
+			res.Fail(pe)
+		} else {
+			sc.failed(ctx, res, m, "", target, timeout, pe)
+		}
 		logger.Error("the probe service refused the target: nothing was dialled", "stage", pe.GetStage(), "reason", pe.GetReason(), "rule", pe.GetRule(), "why", pe.GetMessage())
 		return nil
 	}
 	return err
+}
+
+// failed fails a probe of m that never reached the probe service, whose
+// target cannot be probed, and records it as the service records its
+// own (the audit line, the metrics, the page's failing targets). Its
+// target is target, or given when it could not be made one.
+func (sc *scraper) failed(ctx context.Context, res *probemetrics.Result, m *modules.Module, given string, target *netprobev1.Target, timeout time.Duration, pe *netprobev1.ProbeError) {
+	res.Fail(pe)
+	method := "Fetch"
+	if connect, _ := m.Request(&netprobev1.Target{}, timeout); connect != nil {
+		method = "Connect"
+	}
+	sc.observe(ctx, service.Report{Method: method, Target: target, Given: given, Error: pe})
 }
 
 // targetFailure is the ProbeError of a probe the probe service refused

@@ -88,6 +88,10 @@ type Deps struct {
 	Page     *statuspage.Page
 	// Reload loads every file probed reads again, for POST /-/reload.
 	Reload func() error
+	// Observe records a probe of /probe that failed before it reached
+	// Prober (a target that cannot be probed), as the probe service
+	// records the probes it runs.
+	Observe func(context.Context, service.Report)
 	// Connections counts the listener's open connections, and Refused
 	// the connections it refuses or evicts, by limit.
 	Connections prometheus.Gauge
@@ -131,7 +135,7 @@ func New(ctx context.Context, cfg Config, deps Deps) *Server {
 	web := &webConfig{path: cfg.WebConfigFile}
 	m := &Server{cfg: cfg, deps: deps, logger: deps.Logger, web: web, auth: newBasicAuthGuard(web, deps.Admission)}
 	sc := &scraper{admission: deps.Admission, prober: deps.Prober, modules: deps.Modules, web: web, offset: cfg.ScrapeTimeoutOffset,
-		maxTimeout: deps.Limits.MaxTimeout, public: cfg.PublicStatus, logger: deps.Logger}
+		maxTimeout: deps.Limits.MaxTimeout, public: cfg.PublicStatus, observe: deps.Observe, logger: deps.Logger}
 	m.handler = m.routes(sc)
 	m.ctx, m.cut = context.WithCancelCause(ctx)
 	m.http = &http.Server{

@@ -47,7 +47,19 @@ func newScraper(t *testing.T, srv *probetest.Server) *scraper {
 // status and the body.
 func (s *scraper) get(t *testing.T, query url.Values, header http.Header) (int, string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(probetest.Context(t), "GET", s.url+"/probe?"+query.Encode(), nil)
+	return s.do(t, "/probe?"+query.Encode(), header)
+}
+
+// page gets the status page.
+func (s *scraper) page(t *testing.T) (int, string) {
+	t.Helper()
+	return s.do(t, "/", nil)
+}
+
+// do gets path with the headers given and the scraper's token.
+func (s *scraper) do(t *testing.T, path string, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(probetest.Context(t), "GET", s.url+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -511,6 +523,13 @@ func TestScrapeTargetFailures(t *testing.T) {
 	}
 	if !denied.AcceptedNothing() || !notTheCallers.AcceptedNothing() {
 		t.Error("a target the policy denies was dialled")
+	}
+	// Each is failing now on the page, those the probe service never saw
+	// too, as given.
+	_, page := s.page(t)
+	if !strings.Contains(page, `Failing now: <span id="failing-count" class="bad">17</span>`) ||
+		!strings.Contains(page, "<td data-label=\"target\"><code>::1:8000</code></td>") {
+		t.Errorf("the page does not list the 17 failing targets:\n%s", page)
 	}
 }
 

@@ -446,7 +446,7 @@ func (s *Server) NewMetricsServer(ctx context.Context) (*exporter.Server, error)
 	page := statuspage.New(s.audit, s.status, s.logger)
 	m := exporter.New(ctx, s.cfg.Exporter, exporter.Deps{
 		Admission: s.admission, Prober: s.service, Modules: s.modules, Limits: s.service.Limits(),
-		Gatherer: s.registry, Health: s.healthOf, Page: page, Reload: s.Reload,
+		Gatherer: s.registry, Health: s.healthOf, Page: page, Reload: s.Reload, Observe: s.audit.Observe,
 		Connections: s.metrics.metricsConnections,
 		Refused:     func(limit string) { s.metrics.limitRefusals.WithLabelValues(limit).Inc() },
 		Logger:      s.logger,
