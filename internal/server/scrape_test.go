@@ -602,3 +602,20 @@ func TestScrapeStart(t *testing.T) {
 		t.Errorf("an identity named module/m: %v", err)
 	}
 }
+
+// TestScrapeDefaultModule scrapes without a module: tcp_connect runs, the
+// built-in one or the module file's; a file without one answers 400.
+func TestScrapeDefaultModule(t *testing.T) {
+	t.Parallel()
+	live := probetest.Listen(t, "127.0.0.1:0", nil)
+	query := url.Values{"target": {live.Addr()}}
+	s := newScraper(t, probetest.Start(t))
+	if code, body := s.get(t, query, nil); code != http.StatusOK || !strings.Contains(body, "probe_success 1") {
+		t.Errorf("no module, no module file: %d\n%s", code, body)
+	}
+	path := writeModules(t, t.TempDir(), "modules:\n  other:\n    prober: tcp\n")
+	s = newScraper(t, probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Exporter.ModulesFile = path })))
+	if code, body := s.get(t, query, nil); code != http.StatusBadRequest || body != "Unknown module \"tcp_connect\"\n" {
+		t.Errorf("no module, a module file without tcp_connect: %d %q", code, body)
+	}
+}
