@@ -80,11 +80,11 @@ var tlsAlerts = map[uint8]netprobev1.Reason{
 	70: netprobev1.Reason_REASON_PROTOCOL_VERSION, // protocol_version
 }
 
-// peerAlert returns the TLS alert the peer sent, if err is one. crypto/tls
+// PeerAlert returns the TLS alert the peer sent, if err is one. crypto/tls
 // reports it as a *net.OpError with Op "remote error" whose Err is the
 // alert, of an unexported uint8 type: its number is read by kind, not from
 // the message.
-func peerAlert(err error) (uint8, bool) {
+func PeerAlert(err error) (uint8, bool) {
 	var op *net.OpError
 	if !errors.As(err, &op) || op.Op != "remote error" {
 		return 0, false
@@ -118,7 +118,7 @@ func classifyTLS(err error) (netprobev1.Reason, bool) {
 	case errors.As(err, &hostname):
 		return netprobev1.Reason_REASON_HOSTNAME_MISMATCH, true
 	}
-	if alert, ok := peerAlert(err); ok {
+	if alert, ok := PeerAlert(err); ok {
 		if r, ok := tlsAlerts[alert]; ok {
 			return r, true
 		}

@@ -17,7 +17,7 @@ import (
 // TestDocExamples runs the probe commands of README.md's and docs/cli.md's
 // console examples, in-process, and checks what they print against what
 // the examples show. The ports the examples name are served here: 8000 by
-// an HTTP server saying hello, 6379 by an echo server, 2525 by an SMTP
+// an HTTP server saying hello, 6379 by a Redis answering PING, 2525 by an SMTP
 // server with STARTTLS, 2526 by one that refuses it, and 8443 by a TLS
 // server that wants a client certificate, whose CA is ca.pem (client.pem
 // and client.key are a client certificate it trusts); the numbers that
@@ -25,7 +25,20 @@ import (
 // a line "..." stands for any lines.
 func TestDocExamples(t *testing.T) {
 	web := webServer(t)
-	echo := port(probetest.Listen(t, "127.0.0.1:0", probetest.Echo))
+	// Answers each PING as Redis does, until the client half-closes.
+	redis := port(probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				break
+			}
+			if l == "PING\r\n" {
+				fmt.Fprint(c, "+PONG\r\n")
+			}
+		}
+		c.Close()
+	}))
 	ca := probetest.NewCA(t)
 	dir := t.TempDir()
 	files := map[string]string{"ca.pem": ca.WriteFile(t, dir)}
@@ -53,7 +66,7 @@ func TestDocExamples(t *testing.T) {
 		}
 		c.Close()
 	}))
-	ports := map[string]string{"8000": web, "6379": echo, "2525": smtp, "2526": noTLS, "8443": greeter}
+	ports := map[string]string{"8000": web, "6379": redis, "2525": smtp, "2526": noTLS, "8443": greeter}
 	examples := 0
 	for _, doc := range []string{"../../README.md", "../../docs/cli.md"} {
 		text, err := os.ReadFile(doc)

@@ -445,3 +445,37 @@ func TestServerShutdownExit(t *testing.T) {
 	want := "probe: receive " + tg.Addr() + ": cut short: the probe server is shutting down (stage RECEIVE, reason SERVER_SHUTDOWN)\n"
 	result{cmd.ProcessState.ExitCode(), string(first) + string(rest), stderr.String()}.check(t, "a fetch cut by a shutdown", exitUnavailable, "first\n", want)
 }
+
+// TestServerTLSMismatch asks a probed that serves TLS without TLS, and one
+// that wants a client certificate without one: gRPC says only that the
+// server did not answer; the CLI says which, and what to give.
+func TestServerTLSMismatch(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := probetest.NewCA(t)
+	caFile := ca.WriteFile(t, dir)
+	certFile, keyFile := probetest.WriteFiles(t, dir, ca.Issue(t, "localhost", true))
+	const token = "cli-0123456789abcdef"
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte("cli "+token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tlsTokens := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--tls-cert="+certFile, "--tls-key="+keyFile, "--tokens-file="+tokens))
+	mtls := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--tls-cert="+certFile, "--tls-key="+keyFile, "--tls-client-ca="+caFile))
+	for _, args := range [][]string{
+		{"--server", tlsTokens.Addr, "--token", token, "resolve", "https"},
+		{"--server", tlsTokens.Addr, "health"},
+	} {
+		runBin(t, nil, nil, args...).check(t, strings.Join(args, " "), exitUnavailable, "",
+			"probe: probe server "+tlsTokens.Addr+" serves TLS, and this was plaintext: give --tls, and --ca-file when its certificate is not signed by a CA this machine trusts\n")
+	}
+	for _, args := range [][]string{
+		{"--server", mtls.Addr, "--ca-file", caFile, "resolve", "https"},
+		{"--server", mtls.Addr, "--ca-file", caFile, "health"},
+	} {
+		runBin(t, nil, nil, args...).check(t, strings.Join(args, " "), exitRejected, "",
+			"probe: probe server "+mtls.Addr+" requires a client certificate: give --cert-file and --key-file\n")
+	}
+	// With what it asks for, each answers.
+	runBin(t, nil, nil, "--server", tlsTokens.Addr, "--ca-file", caFile, "--token", token, "health").check(t, "TLS and the token", exitOK, "SERVING\n", "")
+}

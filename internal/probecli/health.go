@@ -36,7 +36,7 @@ prints the status. It exits 0 when the server is SERVING, 69 otherwise
 				return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.ServerTimeout)
 			}
 			if err != nil {
-				return err
+				return a.diagnose(cmd.Context(), err)
 			}
 			if a.Output == "json" {
 				if err := writeJSON(a.out, &healthpb.HealthCheckResponse{Status: st}); err != nil {

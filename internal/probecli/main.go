@@ -301,7 +301,7 @@ func (a *app) checkServer(ctx context.Context, c *client.Client) error {
 	case status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil:
 		return status.Errorf(codes.Unavailable, "no answer within --server-timeout %v", a.ServerTimeout)
 	case err != nil:
-		return err
+		return a.diagnose(ctx, err)
 	case st != healthpb.HealthCheckResponse_SERVING:
 		return exitError{exitUnavailable, fmt.Sprintf("%s is %s", a.serverName(), st)}
 	}
@@ -321,6 +321,20 @@ func (a *app) dialOptions(server string) ([]client.DialOption, error) {
 		// which the client checks on each connection.
 		return []client.DialOption{client.WithInsecureLocalTransport(), client.WithBearerToken(a.Token)}, nil
 	}
+	cfg, err := a.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	opts := []client.DialOption{client.WithTLS(cfg)}
+	if a.Token != "" {
+		opts = append(opts, client.WithBearerToken(a.Token))
+	}
+	return opts, nil
+}
+
+// tlsConfig is the TLS configuration the flags give for talking to a
+// probe server: --ca-file's CAs, --cert-file's certificate.
+func (a *app) tlsConfig() (*tls.Config, error) {
 	cfg := &tls.Config{}
 	if a.CAFile != "" {
 		pem, err := os.ReadFile(a.CAFile)
@@ -339,11 +353,7 @@ func (a *app) dialOptions(server string) ([]client.DialOption, error) {
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	opts := []client.DialOption{client.WithTLS(cfg)}
-	if a.Token != "" {
-		opts = append(opts, client.WithBearerToken(a.Token))
-	}
-	return opts, nil
+	return cfg, nil
 }
 
 // localServer says whether a --server is on this machine by its name: a
