@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -146,17 +145,4 @@ func (p *Policy) Load(r io.Reader) error {
 		}
 	}
 	return sc.Err()
-}
-
-// LoadFile adds the lines of a policy file.
-func (p *Policy) LoadFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("policy: %w", err)
-	}
-	defer f.Close()
-	if err := p.Load(f); err != nil {
-		return fmt.Errorf("policy: %s: %w", path, err)
-	}
-	return nil
 }

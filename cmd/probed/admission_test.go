@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -37,7 +38,8 @@ type credentials struct {
 // name the same caller and give the same verdict, the odd cases included:
 // the bearer scheme in any case, spaces around the token, a token that is
 // not one, two authorization headers, basic auth credentials nobody
-// configured, and client certificates with and without a common name.
+// configured, and client certificates with and without a common name, with
+// an empty subject and with two common names (both refused).
 func TestOneAdmission(t *testing.T) {
 	t.Parallel()
 	target := probetest.Listen(t, "127.0.0.1:0", nil)
@@ -81,6 +83,15 @@ func TestOneAdmission(t *testing.T) {
 		noCN := clientCA.Issue(t, "", false, func(c *x509.Certificate) {
 			c.Subject = pkix.Name{Organization: []string{"netprobe"}, OrganizationalUnit: []string{"ops"}}
 		})
+		// Both are signed by the CA, and verify: what they name is wrong.
+		nobody := clientCA.Issue(t, "", false, func(c *x509.Certificate) {
+			c.Subject = pkix.Name{}
+			c.DNSNames = []string{"nobody.test"}
+		})
+		twoCNs := clientCA.Issue(t, "", false, func(c *x509.Certificate) {
+			c.Subject = pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+				{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "team-a"}, {Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "team-b"}}}
+		})
 		// It would come before the serving line, which StartProbed waits
 		// for.
 		if p.Logged(metricsOpenWarning) != 0 {
@@ -93,6 +104,8 @@ func TestOneAdmission(t *testing.T) {
 		}{
 			{"a common name", credentials{cert: &carol}, verdict{true, "carol"}},
 			{"no common name: the whole subject", credentials{cert: &noCN}, verdict{true, "OU=ops,O=netprobe"}},
+			{"an empty subject: no one", credentials{cert: &nobody}, verdict{}},
+			{"two common names: a guess", credentials{cert: &twoCNs}, verdict{}},
 			{"a name claimed by basic auth, no users configured", credentials{cert: &carol, authorization: []string{basic("mallory")}}, verdict{true, "carol"}},
 			{"a bearer token nobody asked for", credentials{cert: &carol, authorization: []string{"Bearer " + aliceToken}}, verdict{true, "carol"}},
 		} {

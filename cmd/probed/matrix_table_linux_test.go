@@ -11,7 +11,7 @@ import (
 
 // docs/fault-matrix.md's table stands between these lines.
 const (
-	tableBegin = "<!-- fault matrix: made from cmd/probed/matrix_test.go by `go test ./cmd/probed -run TestMatrixTable -update` -->\n"
+	tableBegin = "<!-- fault matrix: made from cmd/probed/matrix_linux_test.go by `go test ./cmd/probed -run TestMatrixTable -update` -->\n"
 	tableEnd   = "<!-- end of fault matrix -->\n"
 )
 

@@ -87,6 +87,35 @@ func TestReload(t *testing.T) {
 		t.Errorf("the page does not show the module file's failed reload:\n%s", page)
 	}
 
+	// A FIFO in its place (a writer that never comes) is refused at once,
+	// as often as asked: it once held every reload after it for good.
+	fifo := modules + ".fifo"
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := modules + ".link"
+	if err := os.Symlink(fifo, link); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := os.ReadFile(modules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(link, modules); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if code, body := httpSend(t, "POST", base+"/-/reload", alice); code != http.StatusInternalServerError || !strings.Contains(body, "modules-file: "+modules+": not a regular file but a FIFO") {
+			t.Errorf("POST /-/reload of a FIFO: %d %q", code, body)
+		}
+	}
+	if err := os.Remove(modules); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(modules, kept, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	// Mended with a new module, the file loads by itself: no call needed.
 	if err := os.WriteFile(modules, []byte("modules:\n  plain:\n    prober: tcp\n  hello:\n    prober: tcp\n    tcp:\n      query_response:\n      - send: hello\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -105,7 +105,8 @@ func New(cfg Config, m Metrics) (*Admission, error) {
 	}
 	a := &Admission{metrics: m, tokensFile: cfg.TokensFile}
 	if err := a.ReloadTokens(); err != nil {
-		return nil, err
+		// Named as probed's files name their errors (internal/reload).
+		return nil, fmt.Errorf("tokens-file: %w", err)
 	}
 	a.inflight = newInFlight(cfg.MaxInFlight, cfg.MaxInFlightPerCaller, a.refused, m.InFlight)
 	a.rates = newRateLimiter("rate", cfg.Rate, cfg.Burst, a.refused)

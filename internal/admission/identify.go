@@ -2,15 +2,18 @@ package admission
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"encoding/asn1"
 	"fmt"
-	"os"
 	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/netprobe/netprobe/internal/reload"
 )
 
 // Credentials are what a call presents to name its caller, however it
@@ -57,7 +60,7 @@ func (a *Admission) Identify(c Credentials) (string, error) {
 		a.unauthenticated()
 		return "", ErrUnauthenticated
 	}
-	return certSubject(c.TLS), nil
+	return certSubject(c.TLS)
 }
 
 // Tokens reports whether callers need a bearer token.
@@ -91,17 +94,34 @@ func bearer(values []string) (string, bool) {
 }
 
 // certSubject is a verified client certificate's subject: its common
-// name, or the whole subject when it has none; "" without one.
-func certSubject(cs *tls.ConnectionState) string {
+// name, or the whole subject when it has none; "" without a certificate.
+// A certificate with an empty subject names no one, and one with several
+// common names is ambiguous (Go reads the last, other tools the first):
+// either is refused rather than served as anonymous or as a guess.
+func certSubject(cs *tls.ConnectionState) (string, error) {
 	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
-		return ""
+		return "", nil
 	}
 	subject := cs.VerifiedChains[0][0].Subject
-	if subject.CommonName != "" {
-		return subject.CommonName
+	cns := 0
+	for _, n := range subject.Names {
+		if n.Type.Equal(oidCommonName) {
+			cns++
+		}
 	}
-	return subject.String()
+	switch {
+	case cns > 1:
+		return "", status.Errorf(codes.Unauthenticated, "the client certificate has %d common names: one names its holder", cns)
+	case subject.CommonName != "":
+		return subject.CommonName, nil
+	case len(subject.Names) == 0:
+		return "", status.Error(codes.Unauthenticated, "the client certificate names no one: its subject is empty")
+	}
+	return subject.String(), nil
 }
+
+// oidCommonName is the common name's attribute type (X.520).
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
 // tokens are the bearer tokens callers may present, by name. Only their
 // hashes are kept, and a token is compared with every one of them in
@@ -114,13 +134,12 @@ type tokens struct {
 // loadTokens reads a tokens file: one "NAME TOKEN" a line; blank lines and
 // lines starting with # are skipped.
 func loadTokens(path string) (*tokens, error) {
-	f, err := os.Open(path)
+	b, err := reload.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("tokens: %w", err)
+		return nil, err
 	}
-	defer f.Close()
 	t := &tokens{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -128,19 +147,19 @@ func loadTokens(path string) (*tokens, error) {
 		}
 		fields := strings.Fields(line)
 		if len(fields) != 2 {
-			return nil, fmt.Errorf("tokens: %s line %d: want NAME TOKEN", path, n)
+			return nil, fmt.Errorf("%s: line %d: want NAME TOKEN", path, n)
 		}
 		if len(fields[1]) < 16 {
-			return nil, fmt.Errorf("tokens: %s line %d: token for %s is shorter than 16 characters", path, n, fields[0])
+			return nil, fmt.Errorf("%s: line %d: the token of %s is shorter than 16 characters", path, n, fields[0])
 		}
 		t.names = append(t.names, fields[0])
 		t.hashes = append(t.hashes, sha256.Sum256([]byte(fields[1])))
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("tokens: %w", err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if len(t.names) == 0 {
-		return nil, fmt.Errorf("tokens: %s holds no token", path)
+		return nil, fmt.Errorf("%s: no token", path)
 	}
 	return t, nil
 }

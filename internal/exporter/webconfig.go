@@ -2,7 +2,6 @@ package exporter
 
 import (
 	"fmt"
-	"os"
 	"sync/atomic"
 
 	"github.com/prometheus/exporter-toolkit/web"
@@ -28,7 +27,7 @@ func (w *webConfig) load() error {
 	if err := web.Validate(w.path); err != nil {
 		return fmt.Errorf("%s: %w", w.path, err)
 	}
-	b, err := os.ReadFile(w.path)
+	b, err := reload.ReadFile(w.path)
 	if err != nil {
 		return err
 	}

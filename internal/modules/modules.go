@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/reload"
 	"github.com/netprobe/netprobe/starttls"
 )
 
@@ -96,7 +96,7 @@ type Label struct {
 
 // Load reads and checks the module file at path.
 func Load(path string) (*Set, []string, error) {
-	b, err := os.ReadFile(path)
+	b, err := reload.ReadFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -403,7 +403,7 @@ func (c *tlsConfigYAML) options(file string, at func(...any) string) (*netprobev
 		case path == "":
 			return []byte(inline), nil
 		}
-		b, err := os.ReadFile(resolve(file, path))
+		b, err := reload.ReadFile(resolve(file, path))
 		if err != nil {
 			return nil, unreadable{fmt.Errorf("%s: %w", here(key+"_file"), err)}
 		}

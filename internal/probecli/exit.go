@@ -51,8 +51,8 @@ var exitCodes = []struct {
 	{exitSend, "sending or half-closing failed (stages SEND, SHUTDOWN; curl's 55)"},
 	{exitReceive, "receiving failed (stage RECEIVE; curl's 56)"},
 	{exitCertificate, "the target's certificate did not verify: expired, not yet valid, unknown\n       authority, another name (stage TLS_HANDSHAKE; curl's 60)"},
-	{exitUnavailable, "the probe server could not be reached or did not answer in time, is not SERVING,\n       or cut the probe short as it shut down (reason SERVER_SHUTDOWN)"},
-	{exitRejected, "the probe server refused or failed the call (target policy, authentication,\n       limits, internal error)"},
+	{exitUnavailable, "the probe server could not be reached (or serves TLS, and the call was plaintext)\n       or did not answer in time, is not SERVING, or cut the probe short as it\n       shut down (reason SERVER_SHUTDOWN)"},
+	{exitRejected, "the probe server refused or failed the call (target policy, authentication:\n       a token, or a client certificate it requires; limits, internal error)"},
 	{exitInterrupted, "interrupted (SIGINT, SIGTERM)"},
 }
 

@@ -110,9 +110,18 @@ func (fs *Files) Keep(f File) {
 	fs.files = append(fs.files, x)
 }
 
-// load loads x and records how it went.
+// load loads x and records how it went. Each of its paths must be a
+// regular file within MaxFileBytes, whoever reads it.
 func (fs *Files) load(x *file) error {
-	err := x.Load()
+	var err error
+	for _, p := range x.Paths {
+		if err = check(p); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = x.Load()
+	}
 	now := time.Now()
 	fs.mu.Lock()
 	defer fs.mu.Unlock()

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 
+	"github.com/netprobe/netprobe/internal/reload"
 	"github.com/netprobe/netprobe/policy"
 )
 
@@ -27,13 +29,17 @@ func targetPolicy(cfg Config) (*policy.Policy, error) {
 		}
 	}
 	if cfg.PolicyFile != "" {
-		if err := p.LoadFile(cfg.PolicyFile); err != nil {
+		b, err := reload.ReadFile(cfg.PolicyFile)
+		if err != nil {
 			return nil, err
+		}
+		if err := p.Load(bytes.NewReader(b)); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.PolicyFile, err)
 		}
 	}
 	for _, line := range cfg.PolicyRules {
 		if err := p.AddLine(line); err != nil {
-			return nil, fmt.Errorf("policy: %w", err)
+			return nil, fmt.Errorf("--allow/--deny: %w", err)
 		}
 	}
 	return p, nil

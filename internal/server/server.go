@@ -190,11 +190,13 @@ func New(cfg Config) (*Server, error) {
 	case cfg.TLSClientCA != "":
 		return nil, errors.New("a client CA needs a server certificate and key")
 	}
-	if err := s.reloadPolicy(); err != nil {
-		return nil, err
-	}
 	if cfg.PolicyFile != "" {
-		s.files.Keep(reload.File{Name: "policy-file", Paths: []string{cfg.PolicyFile}, Load: s.reloadPolicy})
+		err = s.files.Add(reload.File{Name: "policy-file", Paths: []string{cfg.PolicyFile}, Load: s.reloadPolicy})
+	} else {
+		err = s.reloadPolicy()
+	}
+	if err != nil {
+		return nil, err
 	}
 	s.audit = audit.New(s.logger, s.registry, s.policy.Load().Refusals())
 	if cfg.LogStats != nil {
@@ -228,7 +230,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if s.modules, err = modules.Open(cfg.Exporter.ModulesFile, check, s.logger); err != nil {
-		return nil, err
+		// Named as probed's files name their errors (internal/reload).
+		return nil, fmt.Errorf("modules-file: %w", err)
 	}
 	if f := s.modules.File(); f != "" {
 		s.files.Keep(reload.File{Name: "modules-file", Paths: []string{f}, Load: s.modules.Reload})

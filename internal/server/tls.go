@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"os"
 	"strings"
 	"sync/atomic"
 
@@ -50,7 +49,7 @@ func (c *certificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 func serverTLS(cert *certificate, clientCAFile string) (credentials.TransportCredentials, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: cert.get}
 	if clientCAFile != "" {
-		pem, err := os.ReadFile(clientCAFile)
+		pem, err := reload.ReadFile(clientCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("tls: client CA: %w", err)
 		}
