@@ -74,7 +74,8 @@ type FetchOptions struct {
 }
 
 // Step is one step of a Fetch's dialogue: one of Send, SendTemplate,
-// Expect, ExpectLine and StartTLS.
+// Expect, ExpectLine and StartTLS, and for an Expect or ExpectLine its
+// Refusal.
 type Step struct {
 	// Send is written to the peer.
 	Send []byte
@@ -90,6 +91,15 @@ type Step struct {
 	ExpectLine string
 	// StartTLS starts TLS with FetchOptions.TLS.
 	StartTLS bool
+	// Refusal, on an Expect or ExpectLine, is an RE2 regular expression
+	// of the replies by which the peer refuses there: when one comes
+	// before what the step expects, the step fails at once (StageExpect,
+	// ReasonNoMatch, the message quoting it), where it would wait until
+	// the peer closes or the timeout. It is read as the step's own
+	// expression, on a line for an ExpectLine; for an Expect, whose $
+	// matches where what has come so far ends, a refusal of a whole line
+	// ends with \n. The probe server refuses it on any other step.
+	Refusal string
 }
 
 // Match is what an Expect step matched.
@@ -135,6 +145,7 @@ func stepsProto(steps []Step) ([]*netprobev1.Step, error) {
 			return nil, fmt.Errorf("netprobe: fetch: step %d: set one of Send, SendTemplate, Expect, ExpectLine and StartTLS", i)
 		}
 		out[i] = actions[0]
+		out[i].Refusal = st.Refusal
 	}
 	return out, nil
 }

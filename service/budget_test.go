@@ -22,7 +22,8 @@ import (
 // the probe came (a Fetch, an expect_line, each probe of a Sweep), where
 // without the budget it matches the 4 KiB at once and finds no match.
 // A cheap expect over the same bytes costs nothing to speak of, and comes
-// to its NO_MATCH as ever.
+// to its NO_MATCH as ever; with a costly refusal beside it, the refusal's
+// matching is charged as an expect's is.
 func TestExpectBudget(t *testing.T) {
 	t.Parallel()
 	e := probetest.Start(t, probetest.WithConfig(func(c *server.Config) { c.Admission.ExpectRate = admission.MinExpectRate }))
@@ -33,15 +34,16 @@ func TestExpectBudget(t *testing.T) {
 	const costly = `\pL{330}z`
 	timedOut := &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: netprobev1.Reason_REASON_TIMEOUT, address: sender.Addr()}
 	noMatch := &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: netprobev1.Reason_REASON_NO_MATCH, address: sender.Addr()}
-	expectLine := &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: costly}}
 	for _, tc := range []struct {
 		name  string
 		steps []*netprobev1.Step
 		want  *wantError
 	}{
 		{"a costly expect", []*netprobev1.Step{expect(costly)}, timedOut},
-		{"a costly expect_line", []*netprobev1.Step{expectLine}, timedOut},
+		{"a costly expect_line", []*netprobev1.Step{expectLine(costly)}, timedOut},
 		{"a cheap expect", []*netprobev1.Step{expect(`^z`)}, noMatch},
+		{"a cheap expect with a costly refusal", []*netprobev1.Step{refusing(expect(`^z`), costly)}, timedOut},
+		{"a cheap expect_line with a costly refusal", []*netprobev1.Step{refusing(expectLine(`^z`), costly)}, timedOut},
 	} {
 		t.Run("Fetch/"+tc.name, func(t *testing.T) {
 			t.Parallel()

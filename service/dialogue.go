@@ -18,8 +18,10 @@ const (
 	// the oldest half is dropped. A match is line-oriented, so only a line
 	// longer than that is missed.
 	expectWindow = 64 << 10
-	// quotedBytes is how much of what the peer sent a NO_MATCH quotes.
-	quotedBytes = 64
+	// quotedBytes is how much of what the peer sent a NO_MATCH quotes;
+	// quotedRefusalBytes how much of a refusal: a reply line, whole.
+	quotedBytes        = 64
+	quotedRefusalBytes = 128
 )
 
 // dialogue runs the request's steps. It reports whether the last step was
@@ -66,25 +68,34 @@ func (f *fetch) dialogue() (matched bool, err error) {
 }
 
 // expect reads until step i's expression matches what came since the
-// previous expect. The data read goes to the caller as any reply does.
+// previous expect, or its refusal does first. The data read goes to the
+// caller as any reply does.
 //
 // Each chunk is matched as it comes, once (see matcher): an expect costs
 // time in proportion to what the peer sends, however it splits it, and
-// that time is charged to the caller (the probe's budget).
+// that time is charged to the caller (the probe's budget), its refusal's
+// with it.
 func (f *fetch) expect(i int, st step) (bool, error) {
 	p := st.expect
 	if f.budget.ctx == nil {
 		f.budget = budget{ctx: f.ctx, deadline: f.deadline, limiter: limiterOf(f.ctx)}
 	}
 	m := newMatcher(&f.budget, p)
+	var rm *matcher
+	if st.refusal != nil {
+		rm = newMatcher(&f.budget, st.refusal)
+	}
 	r := newPooledReader(f.conn, rawBuffers)
 	eof := false
 	for {
 		capped := f.sum.BytesReceived >= f.maxBytes
-		src, loc, end, err := f.find(m, st, eof, capped)
+		src, loc, end, refused, err := f.find(m, rm, st, eof, capped)
 		switch {
 		case err != nil:
 			f.failExpect(i, p, err)
+			return false, nil
+		case refused:
+			f.refused(i, p, src, loc, st.line)
 			return false, nil
 		case loc != nil:
 			return true, f.matched(i, src, loc, end)
@@ -108,6 +119,9 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 				f.searched = max(0, f.searched-drop)
 				// What is pending starts a text anew.
 				m.reset()
+				if rm != nil {
+					rm.reset()
+				}
 			}
 			// What the byte cap cuts off is not matched either.
 			kept := chunk[:min(uint64(len(chunk)), f.maxBytes-f.sum.BytesReceived)]
@@ -136,14 +150,31 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 // (and, once the peer closed, in a last line without its terminator). It
 // returns where the match is, its indexes there, and how much of pending
 // it uses up; an error when the probe's time ran out while matching.
-func (f *fetch) find(m *matcher, st step, eof, capped bool) (src []byte, loc []int, end int, err error) {
+//
+// rm, when st has a refusal, looks for it as m looks for the expect: a
+// line the expect does not match is tried on it; in what is pending, it
+// wins a match that starts before the expect's. Then refused is set, and
+// the match is the refusal's.
+func (f *fetch) find(m, rm *matcher, st step, eof, capped bool) (src []byte, loc []int, end int, refused bool, err error) {
 	if !st.line {
 		// Nothing more comes once the peer closed or the cap is reached:
 		// the last bytes are all there is of the text.
-		if loc, err = m.scan(f.pending, eof || capped); loc == nil {
-			return nil, nil, 0, err
+		if loc, err = m.scan(f.pending, eof || capped); err != nil {
+			return nil, nil, 0, false, err
 		}
-		return f.pending, loc, loc[1], nil
+		if rm != nil {
+			rloc, err := rm.scan(f.pending, eof || capped)
+			if err != nil {
+				return nil, nil, 0, false, err
+			}
+			if rloc != nil && (loc == nil || rloc[0] < loc[0]) {
+				return f.pending, rloc, rloc[1], true, nil
+			}
+		}
+		if loc == nil {
+			return nil, nil, 0, false, nil
+		}
+		return f.pending, loc, loc[1], false, nil
 	}
 	for f.scanned < len(f.pending) {
 		rest := f.pending[f.scanned:]
@@ -152,7 +183,7 @@ func (f *fetch) find(m *matcher, st step, eof, capped bool) (src []byte, loc []i
 		if n < 0 {
 			f.searched = len(f.pending)
 			if !eof {
-				return nil, nil, 0, nil
+				return nil, nil, 0, false, nil
 			}
 			n = len(rest)
 		} else {
@@ -163,10 +194,16 @@ func (f *fetch) find(m *matcher, st step, eof, capped bool) (src []byte, loc []i
 		f.scanned, f.searched = next, next
 		m.reset()
 		if loc, err = m.scan(line, true); loc != nil || err != nil {
-			return line, loc, next, err
+			return line, loc, next, false, err
+		}
+		if rm != nil {
+			rm.reset()
+			if loc, err = rm.scan(line, true); loc != nil || err != nil {
+				return line, loc, next, loc != nil, err
+			}
 		}
 	}
-	return nil, nil, 0, nil
+	return nil, nil, 0, false, nil
 }
 
 // failExpect records an expect that failed with err (a timeout, a
@@ -197,6 +234,24 @@ func (f *fetch) matched(i int, src []byte, loc []int, end int) error {
 	return f.emit(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Match{
 		Match: &netprobev1.ExpectMatch{Step: uint32(i), Groups: f.groups},
 	}})
+}
+
+// refused records step i failed by its refusal, whose match is loc in
+// src, quoting the reply: for an expect_line its line, for an expect what
+// the refusal matched.
+func (f *fetch) refused(i int, p *expectProg, src []byte, loc []int, line bool) {
+	reply := src
+	if !line {
+		reply = src[loc[0]:loc[1]]
+	}
+	f.sum.Error = &netprobev1.ProbeError{
+		Stage:   netprobev1.Stage_STAGE_EXPECT,
+		Reason:  netprobev1.Reason_REASON_NO_MATCH,
+		Address: f.conn.RemoteAddr().String(),
+		Message: fmt.Sprintf("no match for %q: the target refused with %q", p.source, reply[:min(len(reply), quotedRefusalBytes)]),
+		Elapsed: durationpb.New(time.Since(f.start)),
+		Step:    proto.Uint32(uint32(i)),
+	}
 }
 
 // failStep records the failure of step i.

@@ -112,7 +112,7 @@ func FuzzExpectCost(f *testing.F) {
 
 // TestExpectsOfModules checks that the caps accept every expect of
 // blackbox_exporter's example configurations, of the built-in modules
-// and of the STARTTLS dialogues.
+// and of the STARTTLS dialogues, the dialogues' refusals with them.
 func TestExpectsOfModules(t *testing.T) {
 	s, err := New(Config{})
 	if err != nil {
@@ -142,7 +142,7 @@ func TestExpectsOfModules(t *testing.T) {
 		exps := &expects{}
 		s.validateSteps(&v, "", steps, false, true, exps)
 		for _, fv := range v.list {
-			if strings.Contains(fv.Field, "expect") || fv.Field == "steps" {
+			if strings.Contains(fv.Field, "expect") || strings.HasSuffix(fv.Field, ".refusal") || fv.Field == "steps" {
 				t.Errorf("%s: %s", fv.Field, fv.Description)
 			}
 		}
@@ -201,7 +201,7 @@ func TestExpectLineSearchedOnce(t *testing.T) {
 	m := newMatcher(&budget{ctx: context.Background()}, st.expect)
 	for range 4096 {
 		f.pending = append(f.pending, "0123456789abcdef"...)
-		if _, loc, _, err := f.find(m, st, false, false); loc != nil || err != nil {
+		if _, loc, _, _, err := f.find(m, nil, st, false, false); loc != nil || err != nil {
 			t.Fatalf("%v, %v", loc, err)
 		}
 		if f.scanned != 0 {

@@ -1,199 +1,255 @@
-package service
+package service_test
 
 import (
-	"errors"
+	"net"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/mem"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
-	"github.com/netprobe/netprobe/internal/wire"
+	"github.com/netprobe/netprobe/internal/probetest"
 )
 
-// maxRefusalBytes bounds each half of an INVALID_ARGUMENT answer, its
-// message and its BadRequest detail: maxViolations fields and
-// maxViolationBytes of description each, with room for the fields'
-// names.
-const maxRefusalBytes = 6 << 10
+// codeRefusal is the STARTTLS dialogues' refusal of SMTP and FTP: a whole
+// reply line of a 4xx or 5xx code.
+const codeRefusal = `^[45]\d\d [^\n]*\n`
 
-// validate decodes b, a request of the kind of m, as the server does
-// (wire.ServerCodec), and validates it as its method would; ok is false
-// when b is not decoded, which the server refuses before validation with
-// an answer of its own, the same whatever the bytes.
-func validate(t *testing.T, s *Server, m proto.Message, b []byte) (err error, ok bool) {
-	t.Helper()
-	if err := (wire.ServerCodec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, m); err != nil {
-		t.Fatal(err)
-	}
-	if wire.DecodeError(m) != nil {
-		return nil, false
-	}
-	switch req := m.(type) {
-	case *netprobev1.ConnectRequest:
-		_, _, _, err = s.validateConnect(req)
-	case *netprobev1.FetchRequest:
-		_, err = s.validateFetch(req)
-	case *netprobev1.SweepRequest:
-		_, _, err = s.validateSweep(req)
-	default:
-		t.Fatalf("no validation of %T", m)
-	}
-	return err, true
+func refusing(st *netprobev1.Step, refusal string) *netprobev1.Step {
+	st.Refusal = refusal
+	return st
 }
 
-// refusalSize checks that err, when not nil, is INVALID_ARGUMENT whose
-// message and detail are each within maxRefusalBytes, and returns its
-// violations.
-func refusalSize(t *testing.T, err error) []*errdetails.BadRequest_FieldViolation {
-	t.Helper()
-	if err == nil {
-		return nil
-	}
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.InvalidArgument {
-		t.Fatalf("refusal %v, want INVALID_ARGUMENT", err)
-	}
-	var fvs []*errdetails.BadRequest_FieldViolation
-	detail := 0
-	for _, d := range st.Proto().GetDetails() {
-		detail += proto.Size(d)
-	}
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			fvs = append(fvs, br.GetFieldViolations()...)
+func expectLine(re string) *netprobev1.Step {
+	return &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: re}}
+}
+
+// holding is a target that sends each of writes in turn, a write each,
+// gap apart, and then holds the connection until the probe leaves: a
+// probe that waited for its expect would end at its timeout.
+func holding(t *testing.T, gap time.Duration, writes ...string) *probetest.Target {
+	return probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+		for i, w := range writes {
+			if i > 0 && gap > 0 {
+				// The peer's pace, as a slow or hostile one sends.
+				time.Sleep(gap)
+			}
+			if _, err := c.Write([]byte(w)); err != nil {
+				return
+			}
 		}
-	}
-	if len(st.Message()) > maxRefusalBytes || detail > maxRefusalBytes || len(fvs) > maxViolations {
-		t.Fatalf("refusal of %d bytes, detail of %d bytes with %d violations; want at most %d bytes each, %d violations", len(st.Message()), detail, len(fvs), maxRefusalBytes, maxViolations)
-	}
-	return fvs
+		probetest.ReadAll(c)
+	})
 }
 
-// The requests of the attacks, scaled to within the codec's cap on
-// elements (those beyond it are refused by the codec: see wire's
-// TestServerCodecElementCap).
-func manyALPN(n int) *netprobev1.TlsOptions { return &netprobev1.TlsOptions{Alpn: make([]string, n)} }
-
-var tlsTarget = &netprobev1.Target{Host: "192.0.2.1", Port: 443}
-
-// badSweep is a Sweep of n targets each wrong in several ways.
-func badSweep(n int) *netprobev1.SweepRequest {
-	req := &netprobev1.SweepRequest{}
-	for range n {
-		req.Targets = append(req.Targets, &netprobev1.SweepTarget{
-			Target: &netprobev1.Target{Host: strings.Repeat("\x01", 300), Port: 70000, SourceAddress: strings.Repeat("\u202e", 100)},
-			Tls:    &netprobev1.TlsOptions{ServerName: strings.Repeat("-", 1000), Alpn: []string{"", strings.Repeat("x", 300)}},
-			Steps:  []*netprobev1.Step{{Action: &netprobev1.Step_Expect{Expect: "(" + strings.Repeat("\\pL", 300)}}},
+// TestRefusal runs expects with refusals against targets that refuse, go
+// ahead, or both, and then hold the connection open, with a timeout
+// longer than the test's: a refusal fails its step at once (EXPECT /
+// NO_MATCH, the step named, the message quoting it), what the expect
+// matches first goes on, and a reply that is not yet a refusal is waited
+// on as ever.
+func TestRefusal(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	banner := strings.Repeat("220-a line of a long banner\r\n", 4000)
+	tests := []struct {
+		name    string
+		writes  []string
+		steps   []*netprobev1.Step
+		timeout time.Duration
+		// close makes the target close after its writes; gap is the
+		// time between them.
+		close bool
+		gap   time.Duration
+		// want is the error's reason (none: the expect matched), step
+		// its step, message its message.
+		want    netprobev1.Reason
+		step    uint32
+		message string
+	}{
+		{name: "refused at once", writes: []string{"454 4.7.0 TLS not available\r\n"},
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, message: `no match for "^220 ": the target refused with "454 4.7.0 TLS not available\r\n"`},
+		{name: "refused at the third step", writes: []string{"220 mail.test\r\n", "454 no\r\n"},
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal), send("STARTTLS\r\n"), refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, step: 2, message: `no match for "^220 ": the target refused with "454 no\r\n"`},
+		{name: "the go-ahead, then a refusal, in one write", writes: []string{"220 mail.test\r\n554 changed my mind\r\n"},
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)}},
+		{name: "a refusal, then the go-ahead, in one write", writes: []string{"554 no\r\n220 yes\r\n"},
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, message: `no match for "^220 ": the target refused with "554 no\r\n"`},
+		{name: "the go-ahead and a refusal at the same place: the go-ahead", writes: []string{"a001 OK or NO\r\n"},
+			steps: []*netprobev1.Step{refusing(expect(`^a001 OK`), `^a001`)}},
+		{name: "a reply of two lines in three writes", writes: []string{"502-5.5.1 Unrecognized command.\r\n502 5.5", ".1", " Try HELP.\r\n"},
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, message: `no match for "^220 ": the target refused with "502 5.5.1 Try HELP.\r\n"`},
+		// The refusal comes apart from the banner, so that it is read
+		// once what is pending has passed the window that an expect keeps,
+		// and the oldest half is dropped.
+		{name: "a refusal after 116 KB of banner, past what an expect keeps", writes: []string{banner, "554 go away\r\n"}, gap: 20 * time.Millisecond,
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, message: `no match for "^220 ": the target refused with "554 go away\r\n"`},
+		{name: "a refusal that closes", writes: []string{"421 too busy\r\n"}, close: true,
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, message: `no match for "^220 ": the target refused with "421 too busy\r\n"`},
+		{name: "a long refusal is quoted to 128 bytes", writes: []string{"554 x" + strings.Repeat("é", 100) + "\r\n"},
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, message: `no match for "^220 ": the target refused with "554 x` + strings.Repeat("é", 61) + `\xc3"`},
+		{name: "a binary refusal", writes: []string{"N"},
+			steps: []*netprobev1.Step{send("\x00\x00\x00\x08\x04\xd2\x16\x2f"), refusing(expect(`^S`), `^N`)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, step: 1, message: `no match for "^S": the target refused with "N"`},
+		{name: "expect_line: the line refused, quoted without its terminator", writes: []string{"* OK ready\r\n", "a001 NO STARTTLS not available\r\n"},
+			steps: []*netprobev1.Step{refusing(expectLine(`^a001 OK`), `^a001 (?:NO|BAD)`)},
+			want:  netprobev1.Reason_REASON_NO_MATCH, message: `no match for "^a001 OK": the target refused with "a001 NO STARTTLS not available"`},
+		{name: "expect_line: a line both match goes ahead", writes: []string{"a001 OK or NO\r\n"},
+			steps: []*netprobev1.Step{refusing(expectLine(`^a001 OK`), `NO`)}},
+		{name: "expect_line: a refusal after the go-ahead is not looked for", writes: []string{"a001 OK\r\na001 NO\r\n"},
+			steps: []*netprobev1.Step{refusing(expectLine(`^a001 OK`), `NO`)}},
+		// The peer dribbles what is all but a refusal, a write a byte:
+		// never its line's end, so the step waits for its timeout.
+		{name: "almost a refusal, a byte at a time", writes: strings.Split("454 4.7.0 TLS not available", ""), gap: time.Millisecond, timeout: 500 * time.Millisecond,
+			steps: []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal)},
+			want:  netprobev1.Reason_REASON_TIMEOUT, message: `no match for "^220 " before the timeout; the last bytes received: "454 4.7.0 TLS not available"`},
+		{name: "expect_line: almost a refusal, a byte at a time", writes: strings.Split("a001 NO STARTTLS", ""), gap: time.Millisecond, timeout: 500 * time.Millisecond,
+			steps: []*netprobev1.Step{refusing(expectLine(`^a001 OK`), `^a001 NO.*$`)},
+			want:  netprobev1.Reason_REASON_TIMEOUT, message: `no match for "^a001 OK" before the timeout; the last bytes received: "a001 NO STARTTLS"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var tg *probetest.Target
+			if tt.close {
+				tg = probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+					c.Write([]byte(strings.Join(tt.writes, "")))
+					c.Close()
+				})
+			} else {
+				tg = holding(t, tt.gap, tt.writes...)
+			}
+			// Longer than the test may take: a step that waits for it
+			// fails the test.
+			timeout := time.Minute
+			if tt.timeout != 0 {
+				timeout = tt.timeout
+			}
+			f := fetch(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(tg.Port()), Steps: tt.steps, Timeout: durationpb.New(timeout)})
+			pe := f.summary.GetError()
+			if tt.want == netprobev1.Reason_REASON_UNSPECIFIED {
+				if pe != nil || f.summary.GetEndReason() != netprobev1.EndReason_END_REASON_MATCHED {
+					t.Errorf("summary %v, want the expect matched", f.summary)
+				}
+				return
+			}
+			checkError(t, pe, &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: tt.want, address: tg.Addr()})
+			if pe.GetStep() != tt.step || pe.GetMessage() != tt.message {
+				t.Errorf("step %d, message %q; want step %d, %q", pe.GetStep(), pe.GetMessage(), tt.step, tt.message)
+			}
+			if got, want := string(f.bytes()), strings.Join(tt.writes, ""); got != want {
+				t.Errorf("delivered %d bytes, want the %d sent", len(got), len(want))
+			}
 		})
 	}
-	return req
 }
 
-// TestRefusalBounded plays requests that are wrong in many places, or in
-// one place many times: each is refused naming the field at fault, in an
-// answer of a few KiB (the alpn bomb's was 29 MB).
-func TestRefusalBounded(t *testing.T) {
-	s, err := New(Config{})
-	if err != nil {
-		t.Fatal(err)
+// TestRefusalSweep runs a Sweep whose targets' steps refuse, go ahead and
+// refuse at a later step: each probe ends as a Fetch would, at once.
+func TestRefusalSweep(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	refuser := holding(t, 0, "220 mail.test\r\n", "454 TLS not available\r\n")
+	greeter := holding(t, 0, "220 mail.test\r\n", "220 go ahead\r\n")
+	req := &netprobev1.SweepRequest{Timeout: durationpb.New(time.Minute)}
+	for _, tg := range []*probetest.Target{refuser, greeter, refuser} {
+		st := sweepTarget("127.0.0.1", tg.Port())
+		st.Steps = []*netprobev1.Step{refusing(expect(`^220 `), codeRefusal), send("STARTTLS\r\n"), refusing(expect(`^220 `), codeRefusal)}
+		req.Targets = append(req.Targets, st)
 	}
+	results, err := sweep(probetest.Context(t), t, e.Probe, req)
+	if err != nil || len(results) != 3 {
+		t.Fatalf("Sweep: %d results, %v", len(results), err)
+	}
+	for _, r := range results {
+		pe := r.GetSummary().GetError()
+		if r.GetIndex() == 1 {
+			if pe != nil || r.GetSummary().GetEndReason() != netprobev1.EndReason_END_REASON_MATCHED {
+				t.Errorf("target 1: %v, want matched", r.GetSummary())
+			}
+			continue
+		}
+		checkError(t, pe, &wantError{stage: netprobev1.Stage_STAGE_EXPECT, reason: netprobev1.Reason_REASON_NO_MATCH, address: refuser.Addr()})
+		if want := `no match for "^220 ": the target refused with "454 TLS not available\r\n"`; pe.GetStep() != 2 || pe.GetMessage() != want {
+			t.Errorf("target %d: step %d, message %q; want step 2, %q", r.GetIndex(), pe.GetStep(), pe.GetMessage(), want)
+		}
+	}
+}
+
+// TestRefusalValidation plays refusals the service must not run: on a
+// step that waits for nothing, unparsable, too long, too costly alone or
+// with the step's expect, and many that together pass the request's cap
+// of programs, in a Fetch and across a Sweep's targets. Each is
+// INVALID_ARGUMENT naming the step's refusal, and nothing is dialled.
+func TestRefusalValidation(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t, probetest.Unlimited)
+	never := probetest.Listen(t, "127.0.0.1:0", nil)
+	manyRefusals := make([]*netprobev1.Step, 64)
+	for i := range manyRefusals {
+		manyRefusals[i] = refusing(expect(`^220 `), classes(i))
+	}
+	const (
+		notOnStep   = `^only an expect or expect_line step has a refusal$`
+		overCost    = `^costs \d+ bytes compiled .*, over the cap of 65536$`
+		overStep    = `^costs \d+ bytes compiled with the step's expect .*, over the cap of 65536 a step$`
+		overRequest = `^the request's distinct expressions take \d+ bytes compiled with this one, over the cap of 1048576 a request$`
+	)
 	for _, tc := range []struct {
-		name string
-		req  proto.Message
-		// field is a violation the refusal names, and says it of.
-		field, says string
-		// more is how many violations the message says it left out,
-		// 0 for none.
-		more bool
+		name  string
+		steps []*netprobev1.Step
+		// field and description match the one violation.
+		field, description string
 	}{
-		{"Fetch, 60,000 empty ALPN names", &netprobev1.FetchRequest{Target: tlsTarget, Tls: manyALPN(60000)}, "tls.alpn", "60000 protocols is over the cap of 16", false},
-		{"Connect, 30,000 empty ALPN names", &netprobev1.ConnectRequest{Target: tlsTarget, Tls: manyALPN(30000)}, "tls.alpn", "30000 protocols is over the cap of 16", false},
-		{"Sweep, 60,000 empty ALPN names", &netprobev1.SweepRequest{Targets: []*netprobev1.SweepTarget{{Target: tlsTarget, Tls: manyALPN(60000)}}}, "targets[0].tls.alpn", "60000 protocols is over the cap of 16", false},
-		{"Sweep, 8,000 targets of 4 empty ALPN names", &netprobev1.SweepRequest{Targets: func() (out []*netprobev1.SweepTarget) {
-			for range 8000 {
-				out = append(out, &netprobev1.SweepTarget{Target: tlsTarget, Tls: manyALPN(4)})
-			}
-			return out
-		}()}, "targets[0].tls.alpn[0]", "an ALPN protocol is 1 to 255 bytes", true},
-		{"17 ALPN names", &netprobev1.FetchRequest{Target: tlsTarget, Tls: &netprobev1.TlsOptions{Alpn: strings.Split(strings.Repeat("h2,", 17)[:3*17-1], ",")}}, "tls.alpn", "17 protocols is over the cap of 16", false},
-		{"16 bad ALPN names", &netprobev1.FetchRequest{Target: tlsTarget, Tls: &netprobev1.TlsOptions{Alpn: make([]string, 16)}}, "tls.alpn[15]", "an ALPN protocol is 1 to 255 bytes", false},
-		{"a server name of 1 MB", &netprobev1.FetchRequest{Target: tlsTarget, Tls: &netprobev1.TlsOptions{ServerName: strings.Repeat("\x00", 1<<20)}}, "tls.server_name", "\"\\x00\\x00", false},
-		{"64 bad expects of 1 KiB", &netprobev1.FetchRequest{Target: tlsTarget, Steps: func() (out []*netprobev1.Step) {
-			for range 64 {
-				out = append(out, &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: "[" + strings.Repeat("a", 1023)}})
-			}
-			return out
-		}()}, "steps[0].expect", "not an RE2 regular expression", true},
-		{"Sweep of 3,000 targets wrong everywhere", badSweep(3000), "targets[0].target.host", "is not an IP address or a valid DNS name", true},
+		{"on a send", []*netprobev1.Step{refusing(send("EHLO x\r\n"), codeRefusal)}, `^steps\[0\]\.refusal$`, notOnStep},
+		{"on a send_template", []*netprobev1.Step{expect(`^220 `), refusing(sendTemplate("$1"), codeRefusal)}, `^steps\[1\]\.refusal$`, notOnStep},
+		{"on a start_tls", []*netprobev1.Step{expect(`^220 `), refusing(startTLS(), codeRefusal)}, `^steps\[1\]\.refusal$`, notOnStep},
+		{"unparsable", []*netprobev1.Step{refusing(expect(`^220 `), `(unclosed`)}, `^steps\[0\]\.refusal$`, `^not an RE2 regular expression: `},
+		{"1,025 bytes", []*netprobev1.Step{refusing(expect(`^220 `), strings.Repeat("a", 1025))}, `^steps\[0\]\.refusal$`, `^1025 bytes is over the cap of 1024$`},
+		{"110,000 instructions", []*netprobev1.Step{refusing(expect(`^220 `), strings.Repeat(`\pL{1000}`, 110))}, `^steps\[0\]\.refusal$`, overCost},
+		{"within the cap alone, not with the expect", []*netprobev1.Step{refusing(expect(classes(0)), classes(1))}, `^steps\[0\]\.refusal$`, overStep},
+		{"64 costly refusals", manyRefusals, `^steps\[\d\d\]\.refusal$`, overRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := proto.Marshal(tc.req)
-			if err != nil {
-				t.Fatal(err)
+			v := refusal(t, fetchErr(t, e.Probe, &netprobev1.FetchRequest{Target: tcpTarget(never.Port()), Steps: tc.steps}))
+			if len(v) != 1 {
+				t.Fatalf("violations %v, want one", v)
 			}
-			err, ok := validate(t, s, tc.req.ProtoReflect().New().Interface(), b)
-			if !ok {
-				t.Fatalf("%d bytes not decoded", len(b))
+			for field, d := range v {
+				if !regexp.MustCompile(tc.field).MatchString(field) || !regexp.MustCompile(tc.description).MatchString(d) {
+					t.Errorf("%s: %s; want %s: %s", field, d, tc.field, tc.description)
+				}
 			}
-			fvs := refusalSize(t, err)
-			found := false
-			for _, fv := range fvs {
-				found = found || fv.GetField() == tc.field && strings.Contains(fv.GetDescription(), tc.says)
-			}
-			msg := status.Convert(err).Message()
-			if !found || !strings.Contains(msg, tc.field+": ") {
-				t.Errorf("%d bytes: refusal %.300q, want %s: %q", len(b), msg, tc.field, tc.says)
-			}
-			if more := strings.HasSuffix(msg, " more"); more != tc.more {
-				t.Errorf("%d bytes: refusal ends %q, want \"and N more\": %v", len(b), msg[max(0, len(msg)-40):], tc.more)
-			}
-			t.Logf("%d bytes: %d violations, message of %d bytes", len(b), len(fvs), len(msg))
 		})
 	}
-}
-
-// FuzzRefusal checks, for any request the server decodes, that what
-// validation answers is within maxRefusalBytes: the first byte picks
-// Connect, Fetch or Sweep, the rest is the request.
-func FuzzRefusal(f *testing.F) {
-	s, err := New(Config{})
-	if err != nil {
-		f.Fatal(err)
-	}
-	kinds := []proto.Message{&netprobev1.ConnectRequest{}, &netprobev1.FetchRequest{}, &netprobev1.SweepRequest{}}
-	for _, m := range []proto.Message{
-		&netprobev1.ConnectRequest{Target: tlsTarget, Tls: manyALPN(300)},
-		&netprobev1.FetchRequest{Target: tlsTarget, Tls: &netprobev1.TlsOptions{Alpn: []string{"h2", "", "http/1.1"}, ServerName: "\x00-"}},
-		badSweep(30),
-	} {
-		b, err := proto.Marshal(m)
-		if err != nil {
-			f.Fatal(err)
+	t.Run("a Sweep of 900 targets, each a refusal of its own", func(t *testing.T) {
+		req := &netprobev1.SweepRequest{}
+		for i := range 900 {
+			st := sweepTarget("127.0.0.1", never.Port())
+			st.Steps = []*netprobev1.Step{refusing(expect(`^220 `), classes(i))}
+			req.Targets = append(req.Targets, st)
 		}
-		for i, k := range kinds {
-			if k.ProtoReflect().Descriptor() == m.ProtoReflect().Descriptor() {
-				f.Add(append([]byte{byte(i)}, b...))
+		_, err := sweep(probetest.Context(t), t, e.Probe, req)
+		v := refusal(t, err)
+		if len(v) != 1 {
+			t.Fatalf("violations %v, want one", v)
+		}
+		for field, d := range v {
+			if !regexp.MustCompile(`^targets\[\d\d\]\.steps\[0\]\.refusal$`).MatchString(field) || !regexp.MustCompile(overRequest).MatchString(d) {
+				t.Errorf("%s: %s", field, d)
 			}
 		}
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if len(b) == 0 {
-			return
-		}
-		m := kinds[int(b[0])%len(kinds)].ProtoReflect().New().Interface()
-		err, ok := validate(t, s, m, b[1:])
-		if !ok {
-			return
-		}
-		var st interface{ GRPCStatus() *status.Status }
-		if err != nil && !errors.As(err, &st) {
-			t.Fatalf("validation failed with %v, not a status", err)
-		}
-		refusalSize(t, err)
 	})
+	if !never.AcceptedNothing() {
+		t.Error("a refused request dialled its target")
+	}
 }

@@ -351,6 +351,8 @@ type fetchParams struct {
 type step struct {
 	send   []byte
 	expect *expectProg
+	// refusal, on an expect, fails the step when it matches first.
+	refusal *expectProg
 	// line makes expect an expect_line: matched line by line.
 	line     bool
 	startTLS bool
@@ -484,6 +486,9 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 		default:
 			v.add(f, "a step sends, expects or starts TLS")
 		}
+		if r := st.GetRefusal(); r != "" {
+			out[i].refusal = validateRefusal(v, f, r, out[i].expect, st, exps)
+		}
 	}
 	if sent > s.cfg.MaxPayloadBytes {
 		v.add(field+"steps", "the sends add up to %d bytes at the most (a send_template counts as its longest expansion, %d bytes for each group it names), over the server's cap of %d", sent, maxGroupBytes, s.cfg.MaxPayloadBytes)
@@ -492,6 +497,28 @@ func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.
 		v.add(field+"tls", "with steps, tls is for a start_tls step, and there is none")
 	}
 	return out
+}
+
+// validateRefusal compiles the refusal of st, step f, whose expect
+// compiled to p (nil when it did not, or st is no expect). A waiting step
+// matches with both expressions at once: together they are held to what
+// one may cost, so that a probe holds no more while it waits.
+func validateRefusal(v *violations, f, source string, p *expectProg, st *netprobev1.Step, exps *expects) *expectProg {
+	switch st.GetAction().(type) {
+	case *netprobev1.Step_Expect, *netprobev1.Step_ExpectLine:
+	default:
+		v.add(f+".refusal", "only an expect or expect_line step has a refusal")
+		return nil
+	}
+	r := exps.compile(v, f+".refusal", source)
+	if r == nil || p == nil {
+		return r
+	}
+	if cost := p.cost.total() + r.cost.total(); cost > maxExpectCost {
+		v.add(f+".refusal", "costs %d bytes compiled with the step's expect (their programs and the state matching them needs), over the cap of %d a step", cost, maxExpectCost)
+		return nil
+	}
+	return r
 }
 
 // httpGetRequest renders an HTTP/1.0 GET as a socket client writes it.

@@ -3,9 +3,9 @@ package starttls_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -99,45 +99,14 @@ func TestDialogues(t *testing.T) {
 			if s.GetError() != nil || !s.GetTls().GetVerified() || s.GetEndReason() != netprobev1.EndReason_END_REASON_EOF || !bytes.HasSuffix(f.data, []byte("secret\n")) {
 				t.Errorf("summary %v, data %q; want a verified handshake and the secret", s, f.data)
 			}
-			// A Watch of the same events sees no refusal.
-			w := d.Watch()
-			for _, msg := range f.events {
-				if m := msg.GetMatch(); m != nil {
-					w.Matched(int(m.GetStep()))
-				} else if _, reply, refused := w.Received(msg.GetData().GetData()); refused {
-					t.Errorf("a Watch saw a refusal: %q", reply)
-				}
-			}
 		})
 	}
 }
 
-// TestRefused runs the SMTP dialogue against a server without TLS: the
-// expect after STARTTLS does not match.
-func TestRefused(t *testing.T) {
-	e := probetest.Start(t)
-	tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
-		r := bufio.NewReader(c)
-		io.WriteString(c, "220 mail.test ESMTP\r\n")
-		if line(r, "EHLO") && say(c, "250 mail.test\r\n") && line(r, "STARTTLS") {
-			io.WriteString(c, "454 TLS not available\r\n")
-		}
-		c.Close()
-	})
-	d, _ := starttls.Lookup("smtp")
-	f := fetch(t, e, &netprobev1.FetchRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()}, Steps: d.Steps})
-	if pe := f.summary.GetError(); pe.GetStage() != netprobev1.Stage_STAGE_EXPECT || pe.GetReason() != netprobev1.Reason_REASON_NO_MATCH || pe.GetStep() != 4 {
-		t.Errorf("error %v, want EXPECT / NO_MATCH at step 4", pe)
-	}
-	if _, ok := starttls.Lookup("gopher"); ok {
-		t.Error("a dialogue for gopher")
-	}
-}
-
 // refusers play servers that refuse, at each step where a protocol can,
-// and then keep the connection open until the client leaves: the
-// service's expect would wait for its go-ahead until the timeout. step is
-// the expect step that refusal answers, reply the refusal.
+// and then keep the connection open until the client leaves: an expect
+// without its refusal would wait for its go-ahead until the timeout. step
+// is the expect step that refusal answers, reply what the refusal quotes.
 var refusers = []struct {
 	name, protocol string
 	serve          func(c net.Conn, r *bufio.Reader) bool
@@ -190,11 +159,13 @@ var refusers = []struct {
 	}, 1, "\x78\x0d\x0a\x01\x34"},
 }
 
-// TestWatchRefusals runs each protocol's dialogue through the service
-// against a server that refuses, step by step, and keeps the connection
-// open: a Watch fed the Fetch's data and matches as they arrive tells the
-// refusal, its step and the reply, long before the 30 s timeout.
-func TestWatchRefusals(t *testing.T) {
+// TestRefusals runs each protocol's dialogue through the service against
+// a server that refuses, step by step, and keeps the connection open: the
+// step fails at once, EXPECT / NO_MATCH, quoting the refusal, where
+// without its refusal it would wait for the 60 s timeout (longer than the
+// test may take). Every expect of every dialogue has a refusal, and each
+// protocol a server here that plays it.
+func TestRefusals(t *testing.T) {
 	e := probetest.Start(t)
 	protocols := map[string]bool{}
 	for _, tc := range refusers {
@@ -209,138 +180,37 @@ func TestWatchRefusals(t *testing.T) {
 				}
 				c.Close()
 			})
-			ctx, cancel := context.WithCancel(probetest.Context(t))
-			defer cancel()
-			stream, err := e.Probe.Fetch(ctx, &netprobev1.FetchRequest{
+			f := fetch(t, e, &netprobev1.FetchRequest{
 				Target:  &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()},
 				Steps:   d.Steps,
-				Timeout: durationpb.New(30 * time.Second),
+				Timeout: durationpb.New(time.Minute),
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			w := d.Watch()
-			for {
-				msg, err := stream.Recv()
-				if err != nil {
-					t.Fatalf("the stream ended without a refusal seen: %v", err)
-				}
-				switch ev := msg.GetEvent().(type) {
-				case *netprobev1.FetchResponse_Match:
-					w.Matched(int(ev.Match.GetStep()))
-				case *netprobev1.FetchResponse_Summary:
-					t.Fatalf("the fetch ended without a refusal seen: %v", ev.Summary)
-				case *netprobev1.FetchResponse_Data:
-					if step, reply, refused := w.Received(ev.Data.GetData()); refused {
-						if step != tc.step || string(reply) != tc.reply {
-							t.Errorf("refused at step %d with %q, want step %d and %q", step, reply, tc.step, tc.reply)
-						}
-						return
-					}
-				}
+			pe := f.summary.GetError()
+			want := fmt.Sprintf("no match for %q: the target refused with %q", d.Steps[tc.step].GetExpect(), tc.reply)
+			if pe.GetStage() != netprobev1.Stage_STAGE_EXPECT || pe.GetReason() != netprobev1.Reason_REASON_NO_MATCH || pe.GetStep() != uint32(tc.step) || pe.GetMessage() != want {
+				t.Errorf("error %v; want EXPECT / NO_MATCH at step %d, %q", pe, tc.step, want)
 			}
 		})
 	}
 	for _, name := range starttls.Names() {
-		if d, _ := starttls.Lookup(name); !protocols[name] || len(d.Refusals) == 0 {
-			t.Errorf("%s: no refusal of it is played here, or it knows none", name)
+		if !protocols[name] {
+			t.Errorf("%s: no refusal of it is played here", name)
 		}
-	}
-}
-
-// TestWatchOrder gives a Watch a go-ahead and a refusal in one piece: the
-// first of them is what the server said.
-func TestWatchOrder(t *testing.T) {
-	d, _ := starttls.Lookup("smtp")
-	for _, tc := range []struct {
-		text    string
-		refused bool
-	}{
-		{"220 mail.test ESMTP\r\n554 changed my mind\r\n", false},
-		{"554 no\r\n220 yes\r\n", true},
-		{"554 no", false}, // not a whole line yet
-	} {
-		if _, _, refused := d.Watch().Received([]byte(tc.text)); refused != tc.refused {
-			t.Errorf("%q: refused %v, want %v", tc.text, refused, tc.refused)
-		}
-	}
-}
-
-// TestWatchWindow plays servers whose greeting runs on past what a Watch
-// keeps (16 KiB of text, 256 bytes of a binary protocol), a byte at a
-// time: the Watch stops, holding no more, and leaves the refusal after it
-// to the expect's own limits; within the window it tells it.
-func TestWatchWindow(t *testing.T) {
-	for _, tc := range []struct {
-		name, protocol string
-		junk, refusal  string
-		refused        bool
-	}{
-		{"100 lines", "smtp", strings.Repeat("220-a line of a long banner\r\n", 100), "554 go away\r\n", true},
-		{"2,000 lines", "smtp", strings.Repeat("220-a line of a long banner\r\n", 2000), "554 go away\r\n", false},
-		{"one line of 16,000 bytes", "smtp", "220-" + strings.Repeat("x", 16000-6) + "\r\n", "554 go away\r\n", true},
-		{"one line of 17,000 bytes", "smtp", "220-" + strings.Repeat("x", 17000-6) + "\r\n", "554 go away\r\n", false},
-		{"LDAP, 200 bytes first", "ldap", strings.Repeat("\x00", 200), "\x78\x07\x0a\x01\x02", true},
-		{"LDAP, 300 bytes first", "ldap", strings.Repeat("\x00", 300), "\x78\x07\x0a\x01\x02", false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			d, _ := starttls.Lookup(tc.protocol)
-			w := d.Watch()
-			for i := range len(tc.junk) {
-				if _, _, refused := w.Received([]byte(tc.junk[i : i+1])); refused {
-					t.Fatalf("refused at byte %d of the junk", i)
-				}
+		d, _ := starttls.Lookup(name)
+		for i, st := range d.Steps {
+			if st.GetExpect() != "" && st.GetRefusal() == "" {
+				t.Errorf("%s: step %d expects %q and has no refusal", name, i, st.GetExpect())
 			}
-			if _, _, refused := w.Received([]byte(tc.refusal)); refused != tc.refused {
-				t.Errorf("%d bytes, then a refusal: refused %v, want %v", len(tc.junk), refused, tc.refused)
-			}
-		})
-	}
-}
-
-// TestWatchWindowPerExpect fills most of the window before one expect
-// matches and most of it again before the next: each expect has a window
-// of its own, as what the service matches it against starts after the
-// previous match.
-func TestWatchWindowPerExpect(t *testing.T) {
-	d, _ := starttls.Lookup("smtp")
-	w := d.Watch()
-	for _, piece := range []string{strings.Repeat("220-welcome\r\n", 1000), "220 mail.test ESMTP\r\n"} {
-		if _, _, refused := w.Received([]byte(piece)); refused {
-			t.Fatalf("refused at %q", piece[:20])
 		}
 	}
-	w.Matched(0)
-	for _, piece := range []string{strings.Repeat("250-EXTENSION\r\n", 800), "502 5.5.2 Error: command not recognized\r\n"} {
-		if step, reply, refused := w.Received([]byte(piece)); refused != (piece[0] == '5') || refused && (step != 2 || string(reply) != piece) {
-			t.Errorf("%q...: refused %v at step %d with %q", piece[:20], refused, step, reply)
-		}
-	}
-}
-
-// BenchmarkWatchDribble feeds a Watch a banner of 16,000 bytes a byte at a
-// time, as a target that dribbles sends it, then a refusal: the cost of
-// each byte received.
-func BenchmarkWatchDribble(b *testing.B) {
-	d, _ := starttls.Lookup("smtp")
-	banner := []byte(strings.Repeat("220-"+strings.Repeat("x", 96)+"\r\n", 157))
-	b.SetBytes(int64(len(banner)))
-	for b.Loop() {
-		w := d.Watch()
-		for i := range banner {
-			w.Received(banner[i : i+1])
-		}
-		if _, _, refused := w.Received([]byte("554 go away\r\n")); !refused {
-			b.Fatal("no refusal")
-		}
+	if _, ok := starttls.Lookup("gopher"); ok {
+		t.Error("a dialogue for gopher")
 	}
 }
 
 type fetched struct {
 	data    []byte
 	summary *netprobev1.FetchSummary
-	// events are the data and matches, in order.
-	events []*netprobev1.FetchResponse
 }
 
 func fetch(t *testing.T, e *probetest.Server, req *netprobev1.FetchRequest) fetched {
@@ -359,9 +229,6 @@ func fetch(t *testing.T, e *probetest.Server, req *netprobev1.FetchRequest) fetc
 			t.Fatal(err)
 		}
 		f.data = append(f.data, msg.GetData().GetData()...)
-		if msg.GetData() != nil || msg.GetMatch() != nil {
-			f.events = append(f.events, msg)
-		}
 		if s := msg.GetSummary(); s != nil {
 			f.summary = s
 		}

@@ -285,7 +285,8 @@ func TestAttackExpectCPU(t *testing.T) {
 // everything pending again on each line cost some 80% of a CPU. The 2 s
 // probe, a Sweep's (whose dialogue sends nothing to the caller, as a
 // module's does not), costs probed less than 0.3 s of CPU, with expect or
-// expect_line. The target's pace needs a CPU when it wants one: the test
+// expect_line, and with the refusal the STARTTLS dialogues give an
+// expect, which matches each byte once too. The target's pace needs a CPU when it wants one: the test
 // does not run beside the package's other tests.
 func TestAttackExpectTrickle(t *testing.T) {
 	const timeout = 2 * time.Second
@@ -296,6 +297,8 @@ func TestAttackExpectTrickle(t *testing.T) {
 		{"expect at a line's start", expectStep(`^220 `)},
 		{"expect anywhere", expectStep(`(220|250) ready`)},
 		{"expect_line", &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: `^220 `}}},
+		{"expect with a refusal", &netprobev1.Step{Action: &netprobev1.Step_Expect{Expect: `^220 `}, Refusal: `^[45]\d\d [^\n]*\n`}},
+		{"expect_line with a refusal", &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: `^220 `}, Refusal: `^[45]\d\d `}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v, probe := startDefault(t)

@@ -21,6 +21,7 @@ import (
 	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/netlab"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/netprobe/netprobe/starttls"
 )
 
 // The fault matrix: each row is a network condition, made for real on a
@@ -750,7 +751,7 @@ var matrix = []row{
 		condition: "SMTP with STARTTLS, then EHLO over TLS and `expect ^250 `",
 		note:      "the dialogue of `probe fetch --starttls smtp --send 'EHLO netprobe\\r\\n' --expect '^250 '`",
 		want:      ok,
-		probe:     withCA(portSMTPTLS, smtpStartTLS(tlsName, 0)),
+		probe:     withCA(portSMTPTLS, smtpStartTLS(tlsName)),
 		check: func(t *testing.T, _ *lab, p probed) {
 			if p.summary.EndReason != client.EndMatched || p.summary.TLS == nil || !p.summary.TLS.Verified {
 				t.Errorf("summary %+v; want a verified TLS handshake and a match", p.summary)
@@ -760,14 +761,13 @@ var matrix = []row{
 	{
 		name:      "starttls refused",
 		condition: "SMTP: the server refuses STARTTLS (454) and waits for the next command",
-		note:      "the step that expected `^220 ` fails; the message quotes the refusal",
-		want:      fail(client.StageExpect, client.ReasonTimeout, ""),
-		timeout:   time.Second,
-		probe:     withCA(portSMTPNoTLS, smtpStartTLS(tlsName, time.Second)),
+		note:      "at once, by the step's refusal: the step that expected `^220 ` fails, quoting the 454",
+		want:      fail(client.StageExpect, client.ReasonNoMatch, ""),
+		probe:     withCA(portSMTPNoTLS, smtpStartTLS(tlsName)),
 		check: func(t *testing.T, _ *lab, p probed) {
 			var pe *client.ProbeError
-			if !errors.As(p.err, &pe) || pe.Step != 4 || !strings.Contains(pe.Message, "454 TLS not available") {
-				t.Errorf("step %d, message %q; want step 4 quoting the refusal", pe.Step, pe.Message)
+			if want := `no match for "^220 ": the target refused with "454 TLS not available\r\n"`; !errors.As(p.err, &pe) || pe.Step != 4 || pe.Message != want {
+				t.Errorf("%v; want step 4, %q", p.err, want)
 			}
 		},
 	},
@@ -775,7 +775,7 @@ var matrix = []row{
 		name:      "starttls wrong name",
 		condition: "SMTP with STARTTLS: the certificate is for another name",
 		want:      fail(client.StageTLSHandshake, client.ReasonHostnameMismatch, ""),
-		probe:     withCA(portSMTPTLS, smtpStartTLS("mail.test", 0)),
+		probe:     withCA(portSMTPTLS, smtpStartTLS("mail.test")),
 	},
 	{
 		name:      "client certificate",
@@ -851,17 +851,16 @@ var matrix = []row{
 }
 
 // smtpStartTLS is `--starttls smtp --send 'EHLO netprobe\r\n' --expect
-// '^250 '`, verifying the
-// certificate for serverName, within timeout (0: the default).
-func smtpStartTLS(serverName string, timeout time.Duration) client.FetchOptions {
+// '^250 '`, verifying the certificate for serverName.
+func smtpStartTLS(serverName string) client.FetchOptions {
+	d, _ := starttls.Lookup("smtp")
+	var steps []client.Step
+	for _, st := range d.Steps {
+		steps = append(steps, client.Step{Send: st.GetSend(), Expect: st.GetExpect(), Refusal: st.GetRefusal(), StartTLS: st.GetStartTls()})
+	}
 	return client.FetchOptions{
-		Timeout: timeout,
-		TLS:     &client.TLSOptions{ServerName: serverName},
-		Steps: []client.Step{
-			client.Expect("^220 "), client.Send("EHLO netprobe\r\n"), client.Expect("^250 "),
-			client.Send("STARTTLS\r\n"), client.Expect("^220 "), client.StartTLS(),
-			client.Send("EHLO netprobe\r\n"), client.Expect("^250 "),
-		},
+		TLS:   &client.TLSOptions{ServerName: serverName},
+		Steps: append(steps, client.Send("EHLO netprobe\r\n"), client.Expect("^250 ")),
 	}
 }
 

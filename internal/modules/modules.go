@@ -460,7 +460,8 @@ func resolve(file, path string) string {
 }
 
 // Defaults are the modules of a probed without a file: tcp_connect,
-// tls_connect, udp, and PROTO_starttls for each STARTTLS dialogue.
+// tls_connect, udp, and PROTO_starttls for each STARTTLS dialogue, whose
+// expects carry the refusals that fail the probe at once.
 func Defaults() *Set {
 	set := &Set{Modules: map[string]*Module{
 		"tcp_connect": {Name: "tcp_connect", Prober: "tcp", Family: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},

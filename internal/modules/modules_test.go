@@ -295,7 +295,8 @@ func TestInvalid(t *testing.T) {
 	}
 }
 
-// TestDefaults checks the modules of a probed without a file.
+// TestDefaults checks the modules of a probed without a file: the
+// STARTTLS ones are the dialogues, with their refusals.
 func TestDefaults(t *testing.T) {
 	set := modules.Defaults()
 	want := []string{"ftp_starttls", "imap_starttls", "ldap_starttls", "pop3_starttls", "postgres_starttls", "smtp_starttls", "tcp_connect", "tls_connect", "udp"}
@@ -306,6 +307,12 @@ func TestDefaults(t *testing.T) {
 	_, f := set.Modules["smtp_starttls"].Request(target, time.Second)
 	if n := len(f.GetSteps()); n < 2 || !f.GetSteps()[n-2].GetStartTls() || f.GetSteps()[n-1].GetExpect() != "" || f.GetTls() == nil {
 		t.Errorf("smtp_starttls is %v, want the dialogue ending at its handshake", f)
+	}
+	// Each expect before the handshake fails at once on a refusal.
+	for i, st := range f.GetSteps()[:len(f.GetSteps())-1] {
+		if st.GetExpect() != "" && st.GetRefusal() == "" {
+			t.Errorf("smtp_starttls: step %d expects %q with no refusal", i, st.GetExpect())
+		}
 	}
 	c, _ := set.Modules["tls_connect"].Request(target, time.Second)
 	if c.GetTls() == nil || c.GetTarget().GetIpFamily() != netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6 {

@@ -42,74 +42,13 @@ func (d *dialogueFlags) steps() ([]client.Step, error) {
 	return append(out, d.ordered...), nil
 }
 
-// quotedRefusal bounds how much of a refusal the error quotes.
-const quotedRefusal = 128
-
-// watchedFetch reads a Fetch whose dialogue starts with --starttls's,
-// and watches its replies for one by which the target refuses (SMTP's 454,
-// IMAP's NO, POP3's -ERR, PostgreSQL's N, ...). The service's expect would
-// wait for its go-ahead until the target closes or --timeout, since a
-// dialogue's steps cannot fail on another reply; the CLI reads the same
-// bytes, and ends the fetch at once, failed as the expect would have
-// (stage EXPECT, reason NO_MATCH), quoting the refusal. Without
-// --starttls it is the Fetch as it is.
-type watchedFetch struct {
-	*client.Fetch
-	dialogue starttls.Dialogue
-	watch    *starttls.Watch
-	// matched counts the Fetch's matches the watch has been told of.
-	matched int
-	// err is the refusal, returned by the Next after the one that
-	// delivered it.
-	err error
-}
-
-// watch wraps f, watching it when the dialogue is a --starttls one.
-func (d *dialogueFlags) watch(f *client.Fetch) *watchedFetch {
-	w := &watchedFetch{Fetch: f}
-	if dl, ok := starttls.Lookup(d.starttls); ok {
-		w.dialogue, w.watch = dl, dl.Watch()
-	}
-	return w
-}
-
-// Next is the Fetch's Next, but for a refusal, which it returns as the
-// failure after the bytes that hold it, abandoning the Fetch.
-func (w *watchedFetch) Next() ([]byte, error) {
-	if w.err != nil {
-		w.Close()
-		return nil, w.err
-	}
-	b, err := w.Fetch.Next()
-	if err != nil || w.watch == nil {
-		return b, err
-	}
-	// A match comes after the bytes it matched, before those that follow.
-	for _, m := range w.Matches()[w.matched:] {
-		w.watch.Matched(m.Step)
-	}
-	w.matched = len(w.Matches())
-	if step, reply, refused := w.watch.Received(b); refused {
-		w.err = &client.ProbeError{
-			Stage:   client.StageExpect,
-			Reason:  client.ReasonNoMatch,
-			Address: w.Connect.RemoteAddr.String(),
-			Message: fmt.Sprintf("no match for %q: the target refused with %q", w.dialogue.Steps[step].GetExpect(), reply[:min(len(reply), quotedRefusal)]),
-			Step:    step,
-			Connect: w.Connect,
-		}
-		w.watch = nil
-	}
-	return b, nil
-}
-
 // clientStep is a starttls step as the client has it.
 func clientStep(st *netprobev1.Step) client.Step {
 	switch a := st.GetAction().(type) {
 	case *netprobev1.Step_Send:
 		return client.Step{Send: a.Send}
 	case *netprobev1.Step_Expect:
-		return client.Step{Expect: a.Expect}
+		return client.Step{Expect: a.Expect, Refusal: st.GetRefusal()}
 	}
 	return client.StartTLS()
 }

@@ -362,11 +362,12 @@ func TestLocalServer(t *testing.T) {
 	}
 }
 
-// TestStartTLSRefused runs probe fetch --starttls with the built binary,
-// in both modes, against servers on loopback that refuse and then keep the
-// connection open: it fails at once (exit 8, stage EXPECT, NO_MATCH)
-// quoting the refusal, long before its 30 s timeout, with what the server
-// said on stdout.
+// TestStartTLSRefused runs probe fetch and probe sweep --starttls with the
+// built binary, in both modes, against servers on loopback that refuse and
+// then keep the connection open: the fetch fails at once (exit 8, stage
+// EXPECT, NO_MATCH) quoting the refusal, long before its 30 s timeout
+// (which the test's 10 s would not wait for), with what the server said on
+// stdout; the sweep's cells are NO_MATCH, as soon.
 func TestStartTLSRefused(t *testing.T) {
 	w := newWorld(t)
 	hold := func(say func(c net.Conn, r *bufio.Reader) bool) string {
@@ -394,6 +395,10 @@ func TestStartTLSRefused(t *testing.T) {
 		_, err := fmt.Fprint(c, "-ERR [SYS/TEMP] too many connections\r\n")
 		return err == nil
 	})
+	busy := hold(func(c net.Conn, _ *bufio.Reader) bool {
+		_, err := fmt.Fprint(c, "421 4.3.2 Too many connections, try later\r\n")
+		return err == nil
+	})
 	for _, mode := range w.modes() {
 		t.Run(mode.name, func(t *testing.T) {
 			args := append([]string{"fetch", "-q", "--timeout", "30s", "--starttls", "smtp", "127.0.0.1", smtp}, mode.flags...)
@@ -410,6 +415,17 @@ func TestStartTLSRefused(t *testing.T) {
 			runBin(t, nil, nil, args...).check(t, "--count 2", exitExpect,
 				"probe 1: "+line+"\nprobe 2: "+line+"\n--- 127.0.0.1:"+pop3+": 2 probes, 2 failed, 100% loss\n",
 				"probe: 2 of 2 probes failed, the last: "+line+"\n")
+			// A sweep: refused at STARTTLS, and at the greeting.
+			server := "in-process"
+			if mode.name == "probed" {
+				server = w.probed
+			}
+			at := []string{"127.0.0.1:" + smtp, "127.0.0.1:" + busy}
+			args = append([]string{"sweep", "--timeout", "30s", "--starttls", "smtp", "--send", `EHLO probe\r\n`, "--expect", "^250 ", at[0], at[1]}, mode.flags...)
+			width := max(len(at[0]), len(at[1]))
+			runBin(t, nil, nil, args...).check(t, "sweep --starttls smtp", exitSweepFailed,
+				fmt.Sprintf("%-*s  %s\n%-*s  NO_MATCH\n%-*s  NO_MATCH\n", width, "target", server, width, at[0], width, at[1]),
+				"probe: sweep: 2 of 2 probes failed (2 targets, 1 server)\n")
 		})
 	}
 }

@@ -93,7 +93,7 @@ each without the reply, and ends with a summary like ping's.`,
 				return a.explainFamily(ctx, c, ff.targetFlags, host, err)
 			}
 			defer f.Close()
-			return a.copyReply(host, ff.dialogue.watch(f), ff)
+			return a.copyReply(host, f, ff)
 		}),
 	}
 	ff.register(a, cmd)
@@ -109,9 +109,8 @@ func (a *app) fetchOnce(ctx context.Context, c *client.Client, ff fetchFlags, ad
 		return outcome{err: err}
 	}
 	defer f.Close()
-	wf := ff.dialogue.watch(f)
 	for err == nil {
-		_, err = wf.Next()
+		_, err = f.Next()
 	}
 	if errors.Is(err, io.EOF) {
 		err = nil
@@ -230,7 +229,7 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 
 // copyReply copies the reply to stdout as it arrives, or writes each
 // message as JSON, and reports how it ended.
-func (a *app) copyReply(host string, f *watchedFetch, ff fetchFlags) error {
+func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
 	if a.Output == "json" {
 		if err := writeJSON(a.out, connectEvent(f.Connect)); err != nil {
 			return err

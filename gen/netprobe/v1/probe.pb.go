@@ -2059,7 +2059,27 @@ type Step struct {
 	//	*Step_StartTls
 	//	*Step_SendTemplate
 	//	*Step_ExpectLine
-	Action        isStep_Action `protobuf_oneof:"action"`
+	Action isStep_Action `protobuf_oneof:"action"`
+	// refusal is how the peer says no where an expect or expect_line step
+	// waits for its yes: an RE2 regular expression, read as the step's own
+	// (^ and $ at line boundaries), that fails the step at once when it
+	// matches, where the expect would wait for its match until the peer
+	// closes, the byte cap or the timeout. For an expect_line it is tried on
+	// each line, without its terminator, that the expect does not match; for
+	// an expect, on what came since the previous expect, as the expect is,
+	// and it wins when its match starts before the expect's (the expect wins
+	// a tie). $ matches where the bytes received so far end, so a refusal of
+	// a whole line in an expect ends with \n, as `^[45]\d\d [^\n]*\n` does.
+	// It fails the step with STAGE_EXPECT / REASON_NO_MATCH, its message
+	// quoting the reply (escaped, at most 128 bytes): for an expect_line
+	// its line, for an expect what the refusal matched. Empty, the default,
+	// for none. It is held to an expect's limits: at most 1,024 bytes, and
+	// counted among the request's distinct expressions (1 MiB of programs);
+	// the step's expect and refusal together cost at most 64 KiB compiled,
+	// as one expression may; its matching is charged as the expect's is.
+	// On a step that is not an expect or expect_line, or over a limit, it is
+	// INVALID_ARGUMENT naming the step's refusal.
+	Refusal       string `protobuf:"bytes,6,opt,name=refusal,proto3" json:"refusal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2142,6 +2162,13 @@ func (x *Step) GetExpectLine() string {
 		if x, ok := x.Action.(*Step_ExpectLine); ok {
 			return x.ExpectLine
 		}
+	}
+	return ""
+}
+
+func (x *Step) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
 	}
 	return ""
 }
@@ -3070,14 +3097,15 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x03tls\x18\n" +
 	" \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
 	"\x05steps\x18\v \x03(\v2\x11.netprobe.v1.StepR\x05stepsB\t\n" +
-	"\arequest\"\xa9\x01\n" +
+	"\arequest\"\xc3\x01\n" +
 	"\x04Step\x12\x14\n" +
 	"\x04send\x18\x01 \x01(\fH\x00R\x04send\x12\x18\n" +
 	"\x06expect\x18\x02 \x01(\tH\x00R\x06expect\x12\x1d\n" +
 	"\tstart_tls\x18\x03 \x01(\bH\x00R\bstartTls\x12%\n" +
 	"\rsend_template\x18\x04 \x01(\tH\x00R\fsendTemplate\x12!\n" +
 	"\vexpect_line\x18\x05 \x01(\tH\x00R\n" +
-	"expectLineB\b\n" +
+	"expectLine\x12\x18\n" +
+	"\arefusal\x18\x06 \x01(\tR\arefusalB\b\n" +
 	"\x06action\"9\n" +
 	"\vExpectMatch\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\rR\x04step\x12\x16\n" +
