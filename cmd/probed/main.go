@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -22,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/spf13/cobra"
 
 	"github.com/netprobe/netprobe/internal/batchwriter"
@@ -193,6 +195,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 		defer pprofLis.Close()
 		self = append(self, pprofLis.Addr())
 	}
+	setMemoryLimit(logger)
 	scfg := cfg.serverConfig(logger, self)
 	scfg.LogStats = sink.Stats
 	srv, err := server.New(scfg)
@@ -359,6 +362,27 @@ func listenPprof(addr string, anyAddr bool) (net.Listener, error) {
 
 // servePprof serves net/http/pprof's handlers on lis, on a mux of their
 // own (not the default one, which other packages may add to), until stop.
+// memoryLimitRatio is the share of its cgroup's memory limit that
+// probed's Go heap is held to, leaving the rest to stacks and the runtime.
+const memoryLimitRatio = 0.9
+
+// setMemoryLimit holds the Go heap within the memory limit of probed's
+// cgroup (a container's, a systemd unit's MemoryMax), unless GOMEMLIMIT
+// says otherwise. Without it the collector lets garbage grow to the live
+// heap's size again: 512 Fetches in flight, some 150 MB live, took probed
+// past a 512 MiB limit, where it was killed.
+func setMemoryLimit(logger *slog.Logger) {
+	limit, err := memlimit.Set(memlimit.WithRatio(memoryLimitRatio), memlimit.WithProvider(memlimit.FromCgroup))
+	switch {
+	case err == nil && limit < math.MaxInt64:
+		logger.Info("memory limit", "gomemlimit_bytes", limit)
+	case errors.Is(err, memlimit.ErrNoCgroup) || errors.Is(err, memlimit.ErrCgroupsNotSupported):
+		// Nothing to hold to.
+	case err != nil:
+		logger.Warn("no memory limit taken from the cgroup", "err", err)
+	}
+}
+
 func servePprof(lis net.Listener, logger *slog.Logger) (stop func()) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
