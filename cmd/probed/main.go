@@ -93,9 +93,9 @@ func command(ctx context.Context, args []string, getenv func(string) string, std
 			return nil
 		},
 	}
-	// The version alone, which deploy/image/check compares with the image's
-	// labels.
-	cmd.SetVersionTemplate("{{.Version}}\n")
+	// As probe says its own (deploy/image/check compares both with the
+	// image's labels).
+	cmd.SetVersionTemplate("probed version {{.Version}}\n")
 	fs := cmd.Flags()
 	fs.SortFlags = false
 	list, err := settings.Register(fs, &cfg)
@@ -208,7 +208,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go reloadOnHUP(ctx, hup, srv, logger)
+	go reloadOnHUP(ctx, hup, srv)
 
 	var msrv *exporter.Server
 	if metricsLis != nil {
@@ -291,15 +291,14 @@ func isLocal(listen string) bool {
 }
 
 // reloadOnHUP reloads the server's files on each SIGHUP until ctx ends.
-func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, srv *server.Server, logger *slog.Logger) {
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, srv *server.Server) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if err := srv.Reload(); err != nil {
-				logger.Error("SIGHUP: reloading failed; keeping what was loaded", "err", err)
-			}
+			// Each file that fails is logged as it fails.
+			_ = srv.Reload()
 		}
 	}
 }

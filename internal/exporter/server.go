@@ -229,7 +229,9 @@ func (m *Server) Serve(lis net.Listener) error {
 	limits := admission.NewConnLimiter(m.cfg.MetricsMaxConns, m.cfg.MetricsMaxSourceConns, m.deps.Connections, func(reason string) {
 		m.deps.Refused("metrics_" + reason)
 	})
-	if err := web.Serve(limits.Listener(lis), m.http, flags, m.logger); !errors.Is(err, http.ErrServerClosed) {
+	// exporter-toolkit logs what it serves ("TLS is disabled."): of this
+	// listener, not the gRPC one.
+	if err := web.Serve(limits.Listener(lis), m.http, flags, m.logger.With("listener", "metrics")); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

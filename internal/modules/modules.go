@@ -552,7 +552,16 @@ func nameModules(err error, root *yaml.Node) error {
 	msgs := make([]string, len(te.Errors))
 	for i, e := range te.Errors {
 		msgs[i] = e
-		var line int
+		var (
+			line        int
+			field, kind string
+		)
+		// yaml.v3 names the Go type a key was not found in, which says
+		// nothing to whoever wrote the file.
+		if _, scanErr := fmt.Sscanf(e, "line %d: field %s not found in type %s", &line, &field, &kind); scanErr == nil {
+			e = fmt.Sprintf("line %d: unknown key %q", line, field)
+			msgs[i] = e
+		}
 		if _, scanErr := fmt.Sscanf(e, "line %d:", &line); scanErr == nil {
 			if name := moduleAt(root, line); name != "" {
 				msgs[i] = "module " + name + ", " + e

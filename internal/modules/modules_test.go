@@ -247,10 +247,10 @@ func TestExpectInfo(t *testing.T) {
 // TestInvalid refuses files with what is wrong, the module and the line.
 func TestInvalid(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown key in tcp", "prober: tcp\ntcp:\n  tls: true\n  colour: blue", "module m, line 6: field colour not found"},
-		{"unknown key in a module", "prober: tcp\nretries: 3", "module m, line 4: field retries not found"},
-		{"unknown tls_config key", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    ca_ref: vault", "module m, line 7: field ca_ref not found"},
-		{"unknown netprobe key", "prober: tcp\nnetprobe:\n  speed: 11", "module m, line 5: field speed not found"},
+		{"unknown key in tcp", "prober: tcp\ntcp:\n  tls: true\n  colour: blue", "module m, line 6: unknown key \"colour\""},
+		{"unknown key in a module", "prober: tcp\nretries: 3", "module m, line 4: unknown key \"retries\""},
+		{"unknown tls_config key", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    ca_ref: vault", "module m, line 7: unknown key \"ca_ref\""},
+		{"unknown netprobe key", "prober: tcp\nnetprobe:\n  speed: 11", "module m, line 5: unknown key \"speed\""},
 		{"a string for a bool", "prober: tcp\ntcp:\n  tls: yes please", "module m, line 5: cannot unmarshal"},
 		{"bad duration", "prober: tcp\ntimeout: soon", "module m, line 4: cannot unmarshal"},
 		{"negative timeout", "prober: tcp\ntimeout: -1s", "module m, line 4: timeout -1s is negative"},

@@ -190,10 +190,6 @@ func TestVerbose(t *testing.T) {
 	if r.code != exitOK || !regexp.MustCompile(want).MatchString(r.stdout) {
 		t.Errorf("-v: exit %d, stdout %q", r.code, r.stdout)
 	}
-	out, err := exec.CommandContext(probetest.Context(t), probeBin, "--version").Output()
-	if err != nil || !strings.HasPrefix(string(out), "probe version ") {
-		t.Errorf("--version: %q, %v", out, err)
-	}
 }
 
 // TestProbeServerAnswers checks a --server that does not answer: one that

@@ -138,6 +138,9 @@ func (h *handshakeFlags) options() (*client.TLSOptions, error) {
 	if h.a.targetCert != "" && h.a.server != "" {
 		return nil, usagef("--cert and --key are for the in-process service; a --server holds its own client identities: --identity NAME")
 	}
+	if h.identity != "" && h.a.server == "" {
+		return nil, usagef("--identity names a client identity of a --server's; without one, give the certificate itself: --cert FILE --key FILE")
+	}
 	if !h.handshake && h.sni == "" && len(h.alpn) == 0 && h.trust == "" && !h.inspect && h.min == "" && h.max == "" && h.identity == "" && h.a.targetCert == "" {
 		return nil, nil
 	}

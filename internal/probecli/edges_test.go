@@ -68,6 +68,9 @@ func TestRefusalsHaveNoUsageHint(t *testing.T) {
 
 	runBin(t, nil, []string{server}, "connect", "--timeout", "1m30s", "127.0.0.1", up).check(t, "INVALID_ARGUMENT", exitUsage, "",
 		"probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s\n")
+	// In-process there is no server to hold identities: a usage error.
+	runBin(t, nil, nil, "connect", "--identity", "ops", "127.0.0.1", up).check(t, "--identity without --server", exitUsage, "",
+		"probe: --identity names a client identity of a --server's; without one, give the certificate itself: --cert FILE --key FILE\nRun \"probe connect --help\" for usage.\n")
 	runBin(t, nil, []string{server}, "connect", "--identity", "ops", "127.0.0.1", up).check(t, "PERMISSION_DENIED", exitRejected, "",
 		"probe: probe server "+p.Addr+": PermissionDenied: an anonymous caller may not present client identity ops (a policy line \"identity ops\" grants it to anyone)\n")
 	if r := runBin(t, nil, []string{"NETPROBE_SERVER=" + once.Addr}, "connect", "127.0.0.1", up); r.code != exitOK {
@@ -494,4 +497,21 @@ func TestServerTLSMismatch(t *testing.T) {
 	}
 	// With what it asks for, each answers.
 	runBin(t, nil, nil, "--server", tlsTokens.Addr, "--ca-file", caFile, "--token", token, "health").check(t, "TLS and the token", exitOK, "SERVING\n", "")
+}
+
+// TestSweepServerDown asks a probe server that is down: sweep says so as
+// the other commands do.
+func TestSweepServerDown(t *testing.T) {
+	t.Parallel()
+	down := "127.0.0.1:" + closedPort(t, "tcp")
+	up := "127.0.0.1:" + port(probetest.Listen(t, "127.0.0.1:0", nil))
+	r := runBin(t, nil, nil, "sweep", "-s", down, up)
+	want := "probe: probe server " + down + ": Unavailable: connection error: desc = \"transport: Error while dialing: dial tcp " + down + ": connect: connection refused\"\n" +
+		"probe: sweep: 1 of 1 probe failed (1 target, 1 server)\n"
+	if r.code != exitSweepFailed || r.stderr != want {
+		t.Errorf("exit %d, stderr %q; want %d, %q", r.code, r.stderr, exitSweepFailed, want)
+	}
+	if direct := runBin(t, nil, nil, "--server", down, "connect", up); !strings.HasPrefix(want, direct.stderr) {
+		t.Errorf("connect says %q, sweep %q", direct.stderr, want)
+	}
 }

@@ -283,7 +283,7 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 	)
 	// Servers that do not answer a health check are not asked.
 	asked := a.checkVantages(ctx, vantages, func(i int, err error) {
-		failures = append(failures, fmt.Sprintf("%s: %v", vantages[i].name, err))
+		failures = append(failures, serverFailure(vantages[i].name, err))
 		a.sweepError(vantages[i].name, err)
 	})
 	clients := make([]*client.Client, len(asked))
@@ -300,7 +300,7 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 				rejected = fr.Err
 			}
 			if cmdCtx.Err() == nil {
-				failures = append(failures, fmt.Sprintf("%s: %v", name, fr.Err))
+				failures = append(failures, serverFailure(name, fr.Err))
 				a.sweepError(name, fr.Err)
 			}
 			continue
@@ -512,4 +512,13 @@ func writeSweepJSON(w io.Writer, server string, r *client.SweepResult) {
 func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// serverFailure says why a probe server failed a sweep, as the other
+// commands say it of theirs.
+func serverFailure(name string, err error) string {
+	if st, ok := status.FromError(err); ok {
+		return fmt.Sprintf("probe server %s: %s: %s", name, st.Code(), st.Message())
+	}
+	return fmt.Sprintf("probe server %s: %v", name, err)
 }
