@@ -68,7 +68,7 @@ func TestPrometheusDoc(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err = exec.Command(probedBin, "--check-modules", bad).CombinedOutput()
-	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 || !strings.Contains(string(out), "module m, line 5: field colour not found") {
+	if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 || !strings.Contains(string(out), "module m, line 5: unknown key \"colour\"") {
 		t.Errorf("--check-modules of a bad file: %v\n%s", err, out)
 	}
 }

@@ -554,7 +554,7 @@ func TestScrapeReload(t *testing.T) {
 	}
 
 	writeModules(t, dir, "modules:\n  c:\n    prober: tcp\n    tcp:\n      colour: red\n")
-	if err := srv.Server.Reload(); err == nil || !strings.Contains(err.Error(), "module c, line 5: field colour not found") {
+	if err := srv.Server.Reload(); err == nil || !strings.Contains(err.Error(), "module c, line 5: unknown key \"colour\"") {
 		t.Errorf("reloading a bad file: %v", err)
 	}
 	s.probe(t, "b", tg.Addr())
