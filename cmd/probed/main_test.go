@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -140,5 +141,24 @@ func TestServeAndDrain(t *testing.T) {
 		}
 	case <-time.After(probetest.Timeout):
 		t.Fatal("probed did not exit after SIGTERM")
+	}
+}
+
+// TestHelp reads probed --help as a new user would: it names every RPC,
+// says how files reload, and lists each group of flags.
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	out, err := exec.CommandContext(probetest.Context(t), probedBin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("probed --help: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"netprobe.v1.ProbeService (Connect, Fetch, ResolveService, Sweep)",
+		"on SIGHUP and on POST /-/reload",
+		"Serving:", "Target policy:", "Probing:", "Limits:", "Prometheus:", "Logging:",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("probed --help lacks %q:\n%s", want, out)
+		}
 	}
 }
