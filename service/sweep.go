@@ -115,11 +115,26 @@ func isExpect(st *netprobev1.Step) bool {
 // drains, or when it cuts the sweep short, what is left is reported as
 // abandoned, and the stream ends OK.
 func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreamingServer[netprobev1.SweepResponse]) error {
+	return s.SweepTo(stream.Context(), req, stream.Send)
+}
+
+// ValidateSweep checks req as Sweep does before it probes anything: the
+// INVALID_ARGUMENT a Sweep of req would be, or nil.
+func (s *Server) ValidateSweep(req *netprobev1.SweepRequest) error {
+	_, _, err := s.validateSweep(req)
+	return err
+}
+
+// SweepTo runs a Sweep for the caller of ctx, its results leaving through
+// send, in order of finish: how a Sweep's results leave the service,
+// whoever asked (the gRPC method sends each on its stream, a fleet's
+// fan-out marks each with its vantage). Once send fails, the results
+// left are dropped: the caller is gone, and ctx ends the sweep.
+func (s *Server) SweepTo(ctx context.Context, req *netprobev1.SweepRequest, send func(*netprobev1.SweepResponse) error) error {
 	jobs, concurrency, err := s.validateSweep(req)
 	if err != nil {
 		return err
 	}
-	ctx := stream.Context()
 	for i, job := range jobs {
 		if err := s.grantIdentity(ctx, fmt.Sprintf("targets[%d].tls", i), job.tls); err != nil {
 			return err
@@ -146,7 +161,7 @@ func (s *Server) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreaming
 	var sendErr error
 	for r := range sw.results {
 		if sendErr == nil {
-			sendErr = stream.Send(r)
+			sendErr = send(r)
 		}
 	}
 	if err := callerGone(ctx); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -86,7 +87,7 @@ func TestGrpcurl(t *testing.T) {
 			}
 		}
 		out, _, code = grpcurl(t, p.Addr, "list", "netprobe.v1.ProbeService")
-		want := []string{"netprobe.v1.ProbeService.Connect", "netprobe.v1.ProbeService.Fetch", "netprobe.v1.ProbeService.ResolveService", "netprobe.v1.ProbeService.Sweep"}
+		want := []string{"netprobe.v1.ProbeService.Connect", "netprobe.v1.ProbeService.Describe", "netprobe.v1.ProbeService.Fetch", "netprobe.v1.ProbeService.ResolveService", "netprobe.v1.ProbeService.Sweep"}
 		if got := strings.Fields(out); code != 0 || !cmp.Equal(got, want) {
 			t.Errorf("list netprobe.v1.ProbeService: exit %d, %q; want %q", code, got, want)
 		}
@@ -211,6 +212,16 @@ func TestGrpcurl(t *testing.T) {
 		}
 		if code != 0 || len(results) != 2 || outcomes[0] != netprobev1.Reason_REASON_UNSPECIFIED || outcomes[1] != netprobev1.Reason_REASON_REFUSED {
 			t.Errorf("Sweep: exit %d, results %v (stderr %q)", code, results, errOut)
+		}
+	})
+
+	t.Run("Describe", func(t *testing.T) {
+		out, _, code := grpcurl(t, p.Addr, "netprobe.v1.ProbeService/Describe")
+		var resp netprobev1.DescribeResponse
+		decodeAll(t, out, func() proto.Message { return &resp })
+		host, _ := os.Hostname()
+		if code != 0 || resp.GetNode() != host || len(resp.GetInstance()) != 16 || resp.GetMaxTimeout().AsDuration() != time.Minute || resp.GetMaxFanout() != 0 {
+			t.Errorf("Describe: exit %d, %v; want node %s, no fan-out", code, &resp, host)
 		}
 	})
 

@@ -52,7 +52,7 @@ type config struct {
 	LogFormat    string `flag:"log-format" env:"NETPROBE_LOG_FORMAT" default:"text" group:"Logging" help:"Log format: text or json (both on stderr)."`
 }
 
-const description = `probed answers network probes over gRPC: netprobe.v1.ProbeService (Connect, Fetch, ResolveService, Sweep), grpc.health.v1.Health and server reflection, so "grpcurl -plaintext localhost:7070 list" works with no proto files at hand.
+const description = `probed answers network probes over gRPC: netprobe.v1.ProbeService (Connect, Fetch, ResolveService, Sweep, Describe), grpc.health.v1.Health and server reflection, so "grpcurl -plaintext localhost:7070 list" works with no proto files at hand.
 
 A probe that ran and failed is a result: the call returns OK and the response carries a ProbeError with the stage and reason. gRPC errors mean the call itself was refused (INVALID_ARGUMENT, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAUTHENTICATED) or abandoned.
 

@@ -153,9 +153,9 @@ func TestHelp(t *testing.T) {
 		t.Fatalf("probed --help: %v\n%s", err, out)
 	}
 	for _, want := range []string{
-		"netprobe.v1.ProbeService (Connect, Fetch, ResolveService, Sweep)",
+		"netprobe.v1.ProbeService (Connect, Fetch, ResolveService, Sweep, Describe)",
 		"on SIGHUP and on POST /-/reload",
-		"Serving:", "Target policy:", "Probing:", "Limits:", "Prometheus:", "Logging:",
+		"Serving:", "Target policy:", "Probing:", "Limits:", "Fleet:", "Prometheus:", "Logging:",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("probed --help lacks %q:\n%s", want, out)

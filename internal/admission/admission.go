@@ -58,6 +58,9 @@ type Config struct {
 	// probes, apart from its gRPC one.
 	ScrapeRate  float64 `flag:"scrape-rate" env:"NETPROBE_SCRAPE_RATE" default:"100" group:"Prometheus" help:"Probes a second each scraper may start through /probe, on average: its targets divided by its scrape interval (1,500 targets every 15s is 100); more are 429."`
 	ScrapeBurst int     `flag:"scrape-burst" env:"NETPROBE_SCRAPE_BURST" default:"1000" group:"Prometheus" help:"Probes a scraper may start at once through /probe, above --scrape-rate: Prometheus may scrape all its targets together."`
+	// Peers are the callers that are this node's peers in a fleet: the
+	// caller one names when it forwards a call is the call's caller.
+	Peers []string `flag:"peer" env:"NETPROBE_PEER" sep:";" group:"Fleet" help:"A caller (a token's name, a certificate's identity) that is a peer of this node, repeatable: the caller its forwarded Sweep names is the call's caller here, held to that caller's policy and limits. A name forwarded by anyone else is PERMISSION_DENIED."`
 }
 
 // MinExpectRate is the least ExpectRate: a second's worth of steps is what
@@ -80,12 +83,14 @@ type Admission struct {
 	// tokensFile's tokens are in use; they are swapped whole as it is
 	// reloaded (ReloadTokens).
 	tokensFile string
-	tokens     atomic.Pointer[tokens]
-	metrics    Metrics
-	inflight   *inFlight
-	rates      *rateLimiter
-	scrapes    *rateLimiter
-	guesses    *rateLimiter
+	// peers are the callers whose forwarded caller names are honoured.
+	peers    []string
+	tokens   atomic.Pointer[tokens]
+	metrics  Metrics
+	inflight *inFlight
+	rates    *rateLimiter
+	scrapes  *rateLimiter
+	guesses  *rateLimiter
 	// allGuesses is every source's guesses together: a source's budget
 	// alone lets many sources (an IPv6 /48 holds 65,536 /64s) hash as
 	// much as they like.
@@ -103,7 +108,7 @@ func New(cfg Config, m Metrics) (*Admission, error) {
 	if cfg.ExpectRate < MinExpectRate {
 		return nil, fmt.Errorf("expect rate %d: want at least %d steps a second", cfg.ExpectRate, MinExpectRate)
 	}
-	a := &Admission{metrics: m, tokensFile: cfg.TokensFile}
+	a := &Admission{metrics: m, tokensFile: cfg.TokensFile, peers: cfg.Peers}
 	if err := a.ReloadTokens(); err != nil {
 		// Named as probed's files name their errors (internal/reload).
 		return nil, fmt.Errorf("tokens-file: %w", err)

@@ -8,7 +8,10 @@ import (
 	"crypto/tls"
 	"encoding/asn1"
 	"fmt"
+	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -33,7 +36,14 @@ type Credentials struct {
 	// TokenOptional says that the call needs no token even when tokens
 	// are required: a health check.
 	TokenOptional bool
+	// OnBehalfOf are the names a call forwarded by a peer of a fleet gives
+	// its original caller (fleet.CallerHeader): one, honoured from a peer
+	// (Config.Peers) alone.
+	OnBehalfOf []string
 }
+
+// maxForwardedName bounds the name a peer forwards.
+const maxForwardedName = 256
 
 // ErrUnauthenticated refuses a call that needed a valid bearer token and
 // had none: UNAUTHENTICATED in gRPC, 401 in HTTP.
@@ -45,8 +55,34 @@ var ErrUnauthenticated = status.Error(codes.Unauthenticated, "a valid bearer tok
 // "authorization: Bearer TOKEN", the scheme in any case, or
 // ErrUnauthenticated); else its verified client certificate's common name,
 // or its whole subject when it has none; else "", an anonymous caller,
-// which the limits count by its address.
+// which the limits count by its address. A call a peer of a fleet
+// forwards (OnBehalfOf) is the original caller's, as the peer names it;
+// such a name from anyone but a peer (Config.Peers) is PERMISSION_DENIED.
 func (a *Admission) Identify(c Credentials) (string, error) {
+	name, err := a.identify(c)
+	if err != nil || len(c.OnBehalfOf) == 0 {
+		return name, err
+	}
+	switch fwd := c.OnBehalfOf[0]; {
+	case name == "" || !slices.Contains(a.peers, name):
+		return "", status.Errorf(codes.PermissionDenied, "only a peer of this node (probed --peer) may name the caller it forwards a call for; %s is not one", describeCaller(name))
+	case len(c.OnBehalfOf) > 1 || fwd == "" || len(fwd) > maxForwardedName || !utf8.ValidString(fwd) || strings.ContainsFunc(fwd, unicode.IsControl):
+		return "", status.Errorf(codes.PermissionDenied, "peer %s forwarded no valid caller name: one of at most %d bytes of text", name, maxForwardedName)
+	default:
+		return fwd, nil
+	}
+}
+
+// describeCaller names a caller in a refusal.
+func describeCaller(name string) string {
+	if name == "" {
+		return "an anonymous caller"
+	}
+	return "caller " + name
+}
+
+// identify names the caller c's own credentials name.
+func (a *Admission) identify(c Credentials) (string, error) {
 	if c.BasicUser != "" {
 		return c.BasicUser, nil
 	}

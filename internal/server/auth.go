@@ -11,6 +11,7 @@ import (
 
 	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/connguard"
+	"github.com/netprobe/netprobe/internal/fleet"
 	"github.com/netprobe/netprobe/service"
 )
 
@@ -27,14 +28,19 @@ import (
 func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
 	health := strings.HasPrefix(info.FullMethodName, healthPrefix)
+	forwarded := info.Header.Get(fleet.CallerHeader)
 	name, err := s.admission.Identify(admission.Credentials{
 		Authorization: info.Header.Get("authorization"),
 		TLS:           tlsState(p),
 		TokenOptional: health,
+		OnBehalfOf:    forwarded,
 	})
 	if err != nil {
 		s.refused(p, info.FullMethodName, err)
 		return nil, err
+	}
+	if len(forwarded) > 0 {
+		ctx = fleet.WithForwarded(ctx)
 	}
 	// With tokens, a health check is no authentication: its connection
 	// stays unknown.

@@ -39,6 +39,7 @@ import (
 	"github.com/netprobe/netprobe/internal/buildinfo"
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/exporter"
+	"github.com/netprobe/netprobe/internal/fleet"
 	"github.com/netprobe/netprobe/internal/modules"
 	"github.com/netprobe/netprobe/internal/reload"
 	"github.com/netprobe/netprobe/internal/services"
@@ -114,6 +115,9 @@ type Config struct {
 
 	// Exporter is the metrics listener's (/probe, /metrics, the page).
 	Exporter exporter.Config
+	// Fleet is this node's part in a fleet: its name and labels, its
+	// peers, the fan-out.
+	Fleet fleet.Config
 	// Admission is who may call, and how much.
 	Admission admission.Config
 
@@ -138,6 +142,8 @@ type Server struct {
 	conns     *admission.ConnLimiter
 	service   *service.Server
 	metrics   *metrics
+	// fleet is this node and its peers.
+	fleet *fleet.Fleet
 	// audit records the probes; modules are /probe's.
 	audit   *audit.Recorder
 	modules *modules.Store
@@ -250,10 +256,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.service = srv
+	if s.fleet, err = fleet.New(cfg.Fleet, service.ResolverFor(cfg.DNSServer), s.logger); err != nil {
+		return nil, err
+	}
 
 	g := s.guard()
 	s.grpc = grpc.NewServer(s.serverOptions(g, creds, grpcMetrics)...)
-	s.grpc.RegisterService(g.wrap(&netprobev1.ProbeService_ServiceDesc), srv)
+	s.grpc.RegisterService(g.wrap(&netprobev1.ProbeService_ServiceDesc), fleet.NewService(srv, s.fleet))
 	s.health = &drainingHealth{Server: health.NewServer()}
 	s.grpc.RegisterService(g.wrap(&healthpb.Health_ServiceDesc), s.health)
 	reflection.Register(s.grpc)
@@ -340,6 +349,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go s.files.Watch(ctx)
+	go s.fleet.Run(ctx)
 	err := s.grpc.Serve(s.conns.Listener(lis))
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil

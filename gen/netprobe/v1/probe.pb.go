@@ -2835,7 +2835,18 @@ type SweepRequest struct {
 	Concurrency uint32 `protobuf:"varint,2,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
 	// timeout bounds each probe whose target sets none; unset is the
 	// server's default timeout.
-	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// vantages, when set, runs the sweep from the nodes of the fleet it
+	// selects instead of this server alone: the server that takes the call
+	// (the entry) sends it to each selected node, itself included when
+	// selected, and streams every node's results, each with its vantage;
+	// a node that fails as a whole gives one response with vantage_error,
+	// and the last response carries the fanout counts. A node's failure
+	// never fails the call. With no node selected the call is
+	// FAILED_PRECONDITION naming the selector; on a server without peers
+	// (probed --peers) it is FAILED_PRECONDITION saying so. A sweep a node
+	// receives from its peer never fans out again.
+	Vantages      *VantageSelector `protobuf:"bytes,4,opt,name=vantages,proto3" json:"vantages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2891,6 +2902,274 @@ func (x *SweepRequest) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *SweepRequest) GetVantages() *VantageSelector {
+	if x != nil {
+		return x.Vantages
+	}
+	return nil
+}
+
+// VantageSelector chooses nodes of a fleet. The conditions given must all
+// hold: all, or nodes by name, and labels.
+type VantageSelector struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// all selects every node the entry knows, itself included.
+	All bool `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
+	// nodes selects the nodes of these names (DescribeResponse.node).
+	Nodes []string `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// labels selects the nodes whose labels hold every one of these pairs.
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// limit is the most nodes asked, the first by name; unset is 50. The
+	// server refuses more than its own cap (probed --max-fanout, 500 by
+	// default) with INVALID_ARGUMENT.
+	Limit         uint32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VantageSelector) Reset() {
+	*x = VantageSelector{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VantageSelector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VantageSelector) ProtoMessage() {}
+
+func (x *VantageSelector) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VantageSelector.ProtoReflect.Descriptor instead.
+func (*VantageSelector) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *VantageSelector) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *VantageSelector) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *VantageSelector) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *VantageSelector) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// Vantage is the node a result came from.
+type Vantage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the node's name.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// labels are the node's labels.
+	Labels map[string]string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// address is where the entry reached it ("" for the entry itself).
+	Address       string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Vantage) Reset() {
+	*x = Vantage{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Vantage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Vantage) ProtoMessage() {}
+
+func (x *Vantage) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Vantage.ProtoReflect.Descriptor instead.
+func (*Vantage) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Vantage) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Vantage) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Vantage) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+// VantageError is why a node gave no results, or no more.
+type VantageError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is the gRPC status code's canonical name: UNAVAILABLE for a node
+	// that could not be reached or went away, DEADLINE_EXCEEDED for one cut
+	// at the call's deadline, PERMISSION_DENIED, RESOURCE_EXHAUSTED, ...
+	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	// message says why, as the node or the entry put it.
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VantageError) Reset() {
+	*x = VantageError{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VantageError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VantageError) ProtoMessage() {}
+
+func (x *VantageError) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VantageError.ProtoReflect.Descriptor instead.
+func (*VantageError) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *VantageError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *VantageError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// FanoutSummary counts the nodes of a fanned-out sweep.
+type FanoutSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// asked is how many nodes were sent the sweep.
+	Asked uint32 `protobuf:"varint,1,opt,name=asked,proto3" json:"asked,omitempty"`
+	// answered is how many ended their sweep.
+	Answered uint32 `protobuf:"varint,2,opt,name=answered,proto3" json:"answered,omitempty"`
+	// failed is how many failed as a whole (each has given a vantage_error).
+	Failed        uint32 `protobuf:"varint,3,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FanoutSummary) Reset() {
+	*x = FanoutSummary{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FanoutSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FanoutSummary) ProtoMessage() {}
+
+func (x *FanoutSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FanoutSummary.ProtoReflect.Descriptor instead.
+func (*FanoutSummary) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FanoutSummary) GetAsked() uint32 {
+	if x != nil {
+		return x.Asked
+	}
+	return 0
+}
+
+func (x *FanoutSummary) GetAnswered() uint32 {
+	if x != nil {
+		return x.Answered
+	}
+	return 0
+}
+
+func (x *FanoutSummary) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
 // SweepResponse is one probe of a sweep.
 type SweepResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2910,14 +3189,24 @@ type SweepResponse struct {
 	Abandoned bool `protobuf:"varint,4,opt,name=abandoned,proto3" json:"abandoned,omitempty"`
 	// summary is how an entry's dialogue went (SweepTarget.steps), once the
 	// probe connected: bytes, END_REASON_MATCHED, or its error.
-	Summary       *FetchSummary `protobuf:"bytes,5,opt,name=summary,proto3" json:"summary,omitempty"`
+	Summary *FetchSummary `protobuf:"bytes,5,opt,name=summary,proto3" json:"summary,omitempty"`
+	// vantage, in a fanned-out sweep (SweepRequest.vantages), is the node
+	// this result, or vantage_error, came from.
+	Vantage *Vantage `protobuf:"bytes,6,opt,name=vantage,proto3" json:"vantage,omitempty"`
+	// vantage_error, in a fanned-out sweep, says that vantage failed as a
+	// whole; the response has no probe result.
+	VantageError *VantageError `protobuf:"bytes,7,opt,name=vantage_error,json=vantageError,proto3" json:"vantage_error,omitempty"`
+	// fanout, in the last response of a fanned-out sweep and in it alone,
+	// counts the nodes asked, answered and failed; that response has no
+	// probe result.
+	Fanout        *FanoutSummary `protobuf:"bytes,8,opt,name=fanout,proto3" json:"fanout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SweepResponse) Reset() {
 	*x = SweepResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2929,7 +3218,7 @@ func (x *SweepResponse) String() string {
 func (*SweepResponse) ProtoMessage() {}
 
 func (x *SweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2942,7 +3231,7 @@ func (x *SweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepResponse.ProtoReflect.Descriptor instead.
 func (*SweepResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{21}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SweepResponse) GetIndex() uint32 {
@@ -2978,6 +3267,166 @@ func (x *SweepResponse) GetSummary() *FetchSummary {
 		return x.Summary
 	}
 	return nil
+}
+
+func (x *SweepResponse) GetVantage() *Vantage {
+	if x != nil {
+		return x.Vantage
+	}
+	return nil
+}
+
+func (x *SweepResponse) GetVantageError() *VantageError {
+	if x != nil {
+		return x.VantageError
+	}
+	return nil
+}
+
+func (x *SweepResponse) GetFanout() *FanoutSummary {
+	if x != nil {
+		return x.Fanout
+	}
+	return nil
+}
+
+// DescribeRequest is the input of Describe.
+type DescribeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DescribeRequest) Reset() {
+	*x = DescribeRequest{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeRequest) ProtoMessage() {}
+
+func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
+func (*DescribeRequest) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{26}
+}
+
+// DescribeResponse is who a probe server is.
+type DescribeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is its node name (probed --node-name; the host name by default).
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// labels are its labels (probed --label KEY=VALUE): zone, region, rack.
+	Labels map[string]string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// version is probed's version.
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// instance is a random name of this process, for as long as it runs: a
+	// node knows itself among the peers it discovers by it.
+	Instance string `protobuf:"bytes,4,opt,name=instance,proto3" json:"instance,omitempty"`
+	// max_timeout is the longest timeout a probe may ask for.
+	MaxTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=max_timeout,json=maxTimeout,proto3" json:"max_timeout,omitempty"`
+	// max_sweep_targets is the most targets a Sweep may probe.
+	MaxSweepTargets uint32 `protobuf:"varint,6,opt,name=max_sweep_targets,json=maxSweepTargets,proto3" json:"max_sweep_targets,omitempty"`
+	// max_fanout is the most nodes one fanned-out sweep may ask; 0 on a
+	// server without peers.
+	MaxFanout     uint32 `protobuf:"varint,7,opt,name=max_fanout,json=maxFanout,proto3" json:"max_fanout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DescribeResponse) Reset() {
+	*x = DescribeResponse{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeResponse) ProtoMessage() {}
+
+func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
+func (*DescribeResponse) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DescribeResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DescribeResponse) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *DescribeResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *DescribeResponse) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *DescribeResponse) GetMaxTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.MaxTimeout
+	}
+	return nil
+}
+
+func (x *DescribeResponse) GetMaxSweepTargets() uint32 {
+	if x != nil {
+		return x.MaxSweepTargets
+	}
+	return 0
+}
+
+func (x *DescribeResponse) GetMaxFanout() uint32 {
+	if x != nil {
+		return x.MaxFanout
+	}
+	return 0
 }
 
 var File_netprobe_v1_probe_proto protoreflect.FileDescriptor
@@ -3145,17 +3594,57 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
 	"\x06expand\x18\x03 \x01(\x0e2\x13.netprobe.v1.ExpandR\x06expand\x12)\n" +
 	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
-	"\x05steps\x18\x05 \x03(\v2\x11.netprobe.v1.StepR\x05steps\"\x99\x01\n" +
+	"\x05steps\x18\x05 \x03(\v2\x11.netprobe.v1.StepR\x05steps\"\xd3\x01\n" +
 	"\fSweepRequest\x122\n" +
 	"\atargets\x18\x01 \x03(\v2\x18.netprobe.v1.SweepTargetR\atargets\x12 \n" +
 	"\vconcurrency\x18\x02 \x01(\rR\vconcurrency\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xdd\x01\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x128\n" +
+	"\bvantages\x18\x04 \x01(\v2\x1c.netprobe.v1.VantageSelectorR\bvantages\"\xcc\x01\n" +
+	"\x0fVantageSelector\x12\x10\n" +
+	"\x03all\x18\x01 \x01(\bR\x03all\x12\x14\n" +
+	"\x05nodes\x18\x02 \x03(\tR\x05nodes\x12@\n" +
+	"\x06labels\x18\x03 \x03(\v2(.netprobe.v1.VantageSelector.LabelsEntryR\x06labels\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x01\n" +
+	"\aVantage\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x128\n" +
+	"\x06labels\x18\x02 \x03(\v2 .netprobe.v1.Vantage.LabelsEntryR\x06labels\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
+	"\fVantageError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"Y\n" +
+	"\rFanoutSummary\x12\x14\n" +
+	"\x05asked\x18\x01 \x01(\rR\x05asked\x12\x1a\n" +
+	"\banswered\x18\x02 \x01(\rR\banswered\x12\x16\n" +
+	"\x06failed\x18\x03 \x01(\rR\x06failed\"\x81\x03\n" +
 	"\rSweepResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12+\n" +
 	"\x06target\x18\x02 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x126\n" +
 	"\aconnect\x18\x03 \x01(\v2\x1c.netprobe.v1.ConnectResponseR\aconnect\x12\x1c\n" +
 	"\tabandoned\x18\x04 \x01(\bR\tabandoned\x123\n" +
-	"\asummary\x18\x05 \x01(\v2\x19.netprobe.v1.FetchSummaryR\asummary*D\n" +
+	"\asummary\x18\x05 \x01(\v2\x19.netprobe.v1.FetchSummaryR\asummary\x12.\n" +
+	"\avantage\x18\x06 \x01(\v2\x14.netprobe.v1.VantageR\avantage\x12>\n" +
+	"\rvantage_error\x18\a \x01(\v2\x19.netprobe.v1.VantageErrorR\fvantageError\x122\n" +
+	"\x06fanout\x18\b \x01(\v2\x1a.netprobe.v1.FanoutSummaryR\x06fanout\"\x11\n" +
+	"\x0fDescribeRequest\"\xe1\x02\n" +
+	"\x10DescribeResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12A\n" +
+	"\x06labels\x18\x02 \x03(\v2).netprobe.v1.DescribeResponse.LabelsEntryR\x06labels\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1a\n" +
+	"\binstance\x18\x04 \x01(\tR\binstance\x12:\n" +
+	"\vmax_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"maxTimeout\x12*\n" +
+	"\x11max_sweep_targets\x18\x06 \x01(\rR\x0fmaxSweepTargets\x12\x1d\n" +
+	"\n" +
+	"max_fanout\x18\a \x01(\rR\tmaxFanout\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*D\n" +
 	"\aNetwork\x12\x17\n" +
 	"\x13NETWORK_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vNETWORK_TCP\x10\x01\x12\x0f\n" +
@@ -3234,12 +3723,13 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x12EXPAND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EXPAND_ADDRESSES\x10\x01\x12\x0e\n" +
 	"\n" +
-	"EXPAND_SRV\x10\x022\xb3\x02\n" +
+	"EXPAND_SRV\x10\x022\xfc\x02\n" +
 	"\fProbeService\x12D\n" +
 	"\aConnect\x12\x1b.netprobe.v1.ConnectRequest\x1a\x1c.netprobe.v1.ConnectResponse\x12@\n" +
 	"\x05Fetch\x12\x19.netprobe.v1.FetchRequest\x1a\x1a.netprobe.v1.FetchResponse0\x01\x12Y\n" +
 	"\x0eResolveService\x12\".netprobe.v1.ResolveServiceRequest\x1a#.netprobe.v1.ResolveServiceResponse\x12@\n" +
-	"\x05Sweep\x12\x19.netprobe.v1.SweepRequest\x1a\x1a.netprobe.v1.SweepResponse0\x01B\xa3\x01\n" +
+	"\x05Sweep\x12\x19.netprobe.v1.SweepRequest\x1a\x1a.netprobe.v1.SweepResponse0\x01\x12G\n" +
+	"\bDescribe\x12\x1c.netprobe.v1.DescribeRequest\x1a\x1d.netprobe.v1.DescribeResponseB\xa3\x01\n" +
 	"\x0fcom.netprobe.v1B\n" +
 	"ProbeProtoP\x01Z7github.com/netprobe/netprobe/gen/netprobe/v1;netprobev1\xa2\x02\x03NXX\xaa\x02\vNetprobe.V1\xca\x02\vNetprobe\\V1\xe2\x02\x17Netprobe\\V1\\GPBMetadata\xea\x02\fNetprobe::V1b\x06proto3"
 
@@ -3256,7 +3746,7 @@ func file_netprobe_v1_probe_proto_rawDescGZIP() []byte {
 }
 
 var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_netprobe_v1_probe_proto_goTypes = []any{
 	(Network)(0),                   // 0: netprobe.v1.Network
 	(IpFamily)(0),                  // 1: netprobe.v1.IpFamily
@@ -3288,50 +3778,59 @@ var file_netprobe_v1_probe_proto_goTypes = []any{
 	(*ResolveServiceResponse)(nil), // 27: netprobe.v1.ResolveServiceResponse
 	(*SweepTarget)(nil),            // 28: netprobe.v1.SweepTarget
 	(*SweepRequest)(nil),           // 29: netprobe.v1.SweepRequest
-	(*SweepResponse)(nil),          // 30: netprobe.v1.SweepResponse
-	(*durationpb.Duration)(nil),    // 31: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 32: google.protobuf.Timestamp
+	(*VantageSelector)(nil),        // 30: netprobe.v1.VantageSelector
+	(*Vantage)(nil),                // 31: netprobe.v1.Vantage
+	(*VantageError)(nil),           // 32: netprobe.v1.VantageError
+	(*FanoutSummary)(nil),          // 33: netprobe.v1.FanoutSummary
+	(*SweepResponse)(nil),          // 34: netprobe.v1.SweepResponse
+	(*DescribeRequest)(nil),        // 35: netprobe.v1.DescribeRequest
+	(*DescribeResponse)(nil),       // 36: netprobe.v1.DescribeResponse
+	nil,                            // 37: netprobe.v1.VantageSelector.LabelsEntry
+	nil,                            // 38: netprobe.v1.Vantage.LabelsEntry
+	nil,                            // 39: netprobe.v1.DescribeResponse.LabelsEntry
+	(*durationpb.Duration)(nil),    // 40: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 41: google.protobuf.Timestamp
 }
 var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	0,  // 0: netprobe.v1.Target.network:type_name -> netprobe.v1.Network
 	1,  // 1: netprobe.v1.Target.ip_family:type_name -> netprobe.v1.IpFamily
 	2,  // 2: netprobe.v1.ProbeError.stage:type_name -> netprobe.v1.Stage
 	3,  // 3: netprobe.v1.ProbeError.reason:type_name -> netprobe.v1.Reason
-	31, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
-	31, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
-	31, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
+	40, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
+	40, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
+	40, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
 	10, // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
-	31, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
+	40, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
 	10, // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
 	9,  // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
-	31, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
 	16, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
 	11, // 13: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
-	31, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
-	31, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
-	31, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
+	40, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
+	40, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
+	40, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
 	12, // 17: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
 	10, // 18: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
 	17, // 19: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
 	15, // 20: netprobe.v1.ConnectResponse.tcp_info:type_name -> netprobe.v1.TcpInfo
-	31, // 21: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
-	31, // 22: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
-	31, // 23: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
+	40, // 21: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
+	40, // 22: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
+	40, // 23: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
 	4,  // 24: netprobe.v1.TlsOptions.min_version:type_name -> netprobe.v1.TlsVersion
 	4,  // 25: netprobe.v1.TlsOptions.max_version:type_name -> netprobe.v1.TlsVersion
-	31, // 26: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
+	40, // 26: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
 	18, // 27: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
-	32, // 28: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	32, // 29: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	41, // 28: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	41, // 29: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
 	9,  // 30: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
-	31, // 31: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 31: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
 	19, // 32: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
-	31, // 33: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
+	40, // 33: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
 	5,  // 34: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
 	16, // 35: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
 	21, // 36: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
-	31, // 37: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	31, // 38: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	40, // 37: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	40, // 38: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
 	6,  // 39: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
 	10, // 40: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
 	15, // 41: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
@@ -3343,28 +3842,38 @@ var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	7,  // 47: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
 	10, // 48: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
 	9,  // 49: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	31, // 50: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	40, // 50: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
 	8,  // 51: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
 	16, // 52: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
 	21, // 53: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
 	28, // 54: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	31, // 55: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 56: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	14, // 57: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	24, // 58: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
-	13, // 59: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	20, // 60: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	26, // 61: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	29, // 62: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	14, // 63: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	25, // 64: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	27, // 65: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	30, // 66: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	63, // [63:67] is the sub-list for method output_type
-	59, // [59:63] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	40, // 55: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	30, // 56: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
+	37, // 57: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
+	38, // 58: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
+	9,  // 59: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	14, // 60: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	24, // 61: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
+	31, // 62: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
+	32, // 63: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
+	33, // 64: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
+	39, // 65: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
+	40, // 66: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
+	13, // 67: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	20, // 68: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	26, // 69: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	29, // 70: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	35, // 71: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
+	14, // 72: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	25, // 73: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	27, // 74: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	34, // 75: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	36, // 76: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
+	72, // [72:77] is the sub-list for method output_type
+	67, // [67:72] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
@@ -3396,7 +3905,7 @@ func file_netprobe_v1_probe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netprobe_v1_probe_proto_rawDesc), len(file_netprobe_v1_probe_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   22,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	ProbeService_Fetch_FullMethodName          = "/netprobe.v1.ProbeService/Fetch"
 	ProbeService_ResolveService_FullMethodName = "/netprobe.v1.ProbeService/ResolveService"
 	ProbeService_Sweep_FullMethodName          = "/netprobe.v1.ProbeService/Sweep"
+	ProbeService_Describe_FullMethodName       = "/netprobe.v1.ProbeService/Describe"
 )
 
 // ProbeServiceClient is the client API for ProbeService service.
@@ -58,6 +59,10 @@ type ProbeServiceClient interface {
 	// fails the call; when the call's deadline nears, what is left is
 	// reported as abandoned before the stream ends.
 	Sweep(ctx context.Context, in *SweepRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SweepResponse], error)
+	// Describe says who this probe server is: its node name and labels, its
+	// version and limits. Peers of a fleet read it to learn each other's
+	// names and labels; a person asks it to know which node answered.
+	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
 }
 
 type probeServiceClient struct {
@@ -126,6 +131,16 @@ func (c *probeServiceClient) Sweep(ctx context.Context, in *SweepRequest, opts .
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProbeService_SweepClient = grpc.ServerStreamingClient[SweepResponse]
 
+func (c *probeServiceClient) Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DescribeResponse)
+	err := c.cc.Invoke(ctx, ProbeService_Describe_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProbeServiceServer is the server API for ProbeService service.
 // All implementations must embed UnimplementedProbeServiceServer
 // for forward compatibility.
@@ -156,6 +171,10 @@ type ProbeServiceServer interface {
 	// fails the call; when the call's deadline nears, what is left is
 	// reported as abandoned before the stream ends.
 	Sweep(*SweepRequest, grpc.ServerStreamingServer[SweepResponse]) error
+	// Describe says who this probe server is: its node name and labels, its
+	// version and limits. Peers of a fleet read it to learn each other's
+	// names and labels; a person asks it to know which node answered.
+	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
 	mustEmbedUnimplementedProbeServiceServer()
 }
 
@@ -177,6 +196,9 @@ func (UnimplementedProbeServiceServer) ResolveService(context.Context, *ResolveS
 }
 func (UnimplementedProbeServiceServer) Sweep(*SweepRequest, grpc.ServerStreamingServer[SweepResponse]) error {
 	return status.Error(codes.Unimplemented, "method Sweep not implemented")
+}
+func (UnimplementedProbeServiceServer) Describe(context.Context, *DescribeRequest) (*DescribeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Describe not implemented")
 }
 func (UnimplementedProbeServiceServer) mustEmbedUnimplementedProbeServiceServer() {}
 func (UnimplementedProbeServiceServer) testEmbeddedByValue()                      {}
@@ -257,6 +279,24 @@ func _ProbeService_Sweep_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ProbeService_SweepServer = grpc.ServerStreamingServer[SweepResponse]
 
+func _ProbeService_Describe_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProbeServiceServer).Describe(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ProbeService_Describe_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProbeServiceServer).Describe(ctx, req.(*DescribeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ProbeService_ServiceDesc is the grpc.ServiceDesc for ProbeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -271,6 +311,10 @@ var ProbeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResolveService",
 			Handler:    _ProbeService_ResolveService_Handler,
+		},
+		{
+			MethodName: "Describe",
+			Handler:    _ProbeService_Describe_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

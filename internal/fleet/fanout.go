@@ -1,0 +1,281 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// defaultFanout is how many nodes a selector without a limit asks.
+const defaultFanout = 50
+
+// Fleet is this node and its peers.
+type Fleet struct {
+	cfg    Config
+	node   *Node
+	peers  *Peers
+	logger *slog.Logger
+}
+
+// New is the node cfg describes, with its peers found through resolver.
+func New(cfg Config, resolver *net.Resolver, logger *slog.Logger) (*Fleet, error) {
+	node, err := NewNode(cfg)
+	if err != nil {
+		return nil, err
+	}
+	peers, err := NewPeers(cfg, resolver, node.Instance, logger)
+	if err != nil {
+		return nil, err
+	}
+	return &Fleet{cfg: cfg, node: node, peers: peers, logger: logger}, nil
+}
+
+// Node is this node.
+func (f *Fleet) Node() *Node { return f.node }
+
+// Peers are its peers.
+func (f *Fleet) Peers() *Peers { return f.peers }
+
+// MaxFanout is the most nodes a fan-out may ask: 0 without peers.
+func (f *Fleet) MaxFanout() int {
+	if !f.peers.Configured() {
+		return 0
+	}
+	return f.cfg.MaxFanout
+}
+
+// Run keeps the peers current until ctx ends.
+func (f *Fleet) Run(ctx context.Context) { f.peers.Run(ctx) }
+
+// Local runs a sweep on this node, its results leaving through send: the
+// probe service's SweepTo.
+type Local func(ctx context.Context, req *netprobev1.SweepRequest, send func(*netprobev1.SweepResponse) error) error
+
+// vantage is one node a fan-out asks.
+type vantage struct {
+	Peer
+	// local is true for this node, which runs its part itself.
+	local bool
+}
+
+// Sweep runs req, whose vantages are set, from the nodes they select:
+// this one through local, the others by a Sweep of their own, which
+// names caller to them; every result leaves through send with its
+// vantage, then the counts. A node that fails as a whole is one
+// vantage_error; only a selector that cannot be, or no node selected,
+// fails the call.
+func (f *Fleet) Sweep(ctx context.Context, req *netprobev1.SweepRequest, caller string, send func(*netprobev1.SweepResponse) error, local Local) error {
+	chosen, err := f.choose(req)
+	if err != nil {
+		return err
+	}
+	fwd := proto.CloneOf(req)
+	// Depth 1: what a node is sent never fans out again.
+	fwd.Vantages = nil
+	nctx, cancel := nodeContext(ctx)
+	defer cancel()
+
+	var (
+		mu       sync.Mutex
+		sendErr  error
+		answered int
+		failed   int
+	)
+	out := func(v *netprobev1.Vantage) func(*netprobev1.SweepResponse) error {
+		return func(r *netprobev1.SweepResponse) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if sendErr == nil {
+				r.Vantage = v
+				sendErr = send(r)
+			}
+			return sendErr
+		}
+	}
+	var wg sync.WaitGroup
+	for _, v := range chosen {
+		wg.Go(func() {
+			pv := &netprobev1.Vantage{Node: v.Node, Labels: maps.Clone(v.Labels)}
+			var err error
+			if v.local {
+				err = local(nctx, fwd, out(pv))
+			} else {
+				pv.Address = v.Addr.String()
+				err = f.remote(nctx, v.Peer, caller, fwd, out(pv))
+			}
+			if err != nil && ctx.Err() == nil {
+				verr := vantageError(err, nctx)
+				f.logger.Warn("fan-out: a node failed", "node", v.Node, "addr", pv.Address, "code", verr.Code, "err", verr.Message)
+				if verr.Code == codeName(codes.Unavailable) {
+					f.peers.Failed()
+				}
+				out(pv)(&netprobev1.SweepResponse{VantageError: verr})
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed++
+			} else {
+				answered++
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	if sendErr != nil {
+		return sendErr
+	}
+	return send(&netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{
+		Asked: uint32(len(chosen)), Answered: uint32(answered), Failed: uint32(failed)}})
+}
+
+// choose picks the nodes req's selector names, this one among them when
+// it is selected, or says why it cannot.
+func (f *Fleet) choose(req *netprobev1.SweepRequest) ([]vantage, error) {
+	sel := req.GetVantages()
+	if !sel.GetAll() && len(sel.GetNodes()) == 0 && len(sel.GetLabels()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "vantages: select all, nodes or labels")
+	}
+	limit := int(sel.GetLimit())
+	switch {
+	case limit == 0:
+		limit = min(defaultFanout, f.cfg.MaxFanout)
+	case limit > f.cfg.MaxFanout:
+		return nil, status.Errorf(codes.InvalidArgument, "vantages.limit: %d is over the server's maximum of %d (--max-fanout)", limit, f.cfg.MaxFanout)
+	}
+	if !f.peers.Configured() {
+		return nil, status.Error(codes.FailedPrecondition, "vantages: this server has no peers (probed --peers), so it cannot fan a sweep out")
+	}
+	var all []vantage
+	self := false
+	for _, p := range f.peers.All() {
+		if p.Self {
+			if self {
+				continue // this node, under a second address
+			}
+			self = true
+		}
+		if p.Node == "" {
+			// Never heard from: it is only "all" that selects it, by its
+			// address.
+			if !sel.GetAll() || len(sel.GetLabels()) > 0 {
+				continue
+			}
+			p.Node = p.Addr.String()
+		}
+		all = append(all, vantage{Peer: p, local: p.Self})
+	}
+	if !self {
+		all = append(all, vantage{Peer: Peer{Node: f.node.Name, Labels: f.node.Labels, Self: true, Up: true}, local: true})
+	}
+	var chosen []vantage
+	for _, v := range all {
+		if Matches(sel, v.Node, v.Labels) {
+			chosen = append(chosen, v)
+		}
+	}
+	slices.SortStableFunc(chosen, func(a, b vantage) int { return strings.Compare(a.Node, b.Node) })
+	if len(chosen) == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "vantages: no node matches %s", describeSelector(sel))
+	}
+	chosen = chosen[:min(len(chosen), limit)]
+	if probes := len(chosen) * len(req.GetTargets()); probes > f.cfg.MaxFanoutProbes {
+		return nil, status.Errorf(codes.ResourceExhausted, "vantages: %d nodes times %d targets is %d probes, over the server's maximum of %d (--max-fanout-probes)",
+			len(chosen), len(req.GetTargets()), probes, f.cfg.MaxFanoutProbes)
+	}
+	return chosen, nil
+}
+
+// describeSelector is sel as a message says it.
+func describeSelector(sel *netprobev1.VantageSelector) string {
+	var parts []string
+	if sel.GetAll() {
+		parts = append(parts, "all")
+	}
+	if len(sel.GetNodes()) > 0 {
+		parts = append(parts, "nodes "+strings.Join(sel.GetNodes(), ","))
+	}
+	for _, k := range slices.Sorted(maps.Keys(sel.GetLabels())) {
+		parts = append(parts, k+"="+sel.GetLabels()[k])
+	}
+	return strings.Join(parts, " and ")
+}
+
+// remote runs fwd on peer p, naming caller to it, each result leaving
+// through out.
+func (f *Fleet) remote(ctx context.Context, p Peer, caller string, fwd *netprobev1.SweepRequest, out func(*netprobev1.SweepResponse) error) error {
+	conn := f.peers.conn(p.Addr)
+	if conn == nil {
+		return status.Error(codes.Unavailable, "the peer is gone from --peers")
+	}
+	stream, err := netprobev1.NewProbeServiceClient(conn).Sweep(f.peers.outgoing(ctx, caller), fwd)
+	if err != nil {
+		return err
+	}
+	for {
+		r, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := out(r); err != nil {
+			return err
+		}
+	}
+}
+
+// nodeContext is ctx for the nodes of a fan-out: its deadline a margin
+// before the call's, so that what the nodes send, a node cut for being
+// late included, reaches the caller in time.
+func nodeContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	left := time.Until(d)
+	return context.WithDeadline(ctx, d.Add(-min(left/4, max(left/10, 250*time.Millisecond))))
+}
+
+// vantageError is a node's failure as its response says it: the status
+// the node or its connection gave, DEADLINE_EXCEEDED when it was cut at
+// nctx's deadline.
+func vantageError(err error, nctx context.Context) *netprobev1.VantageError {
+	if errors.Is(nctx.Err(), context.DeadlineExceeded) {
+		d, _ := nctx.Deadline()
+		return &netprobev1.VantageError{Code: codeName(codes.DeadlineExceeded),
+			Message: fmt.Sprintf("the node had not finished by %s, the call's deadline less a margin; its results so far are above", d.UTC().Format(time.RFC3339Nano))}
+	}
+	st := status.Convert(err)
+	return &netprobev1.VantageError{Code: codeName(st.Code()), Message: st.Message()}
+}
+
+// codeName is c's canonical name, as grpcurl and the gRPC docs write it:
+// DEADLINE_EXCEEDED, not Go's DeadlineExceeded.
+func codeName(c codes.Code) string {
+	var b strings.Builder
+	for i, r := range c.String() {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String())
+}

@@ -1,0 +1,292 @@
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/reload"
+	"github.com/netprobe/netprobe/internal/wire"
+)
+
+// describeTimeout bounds asking a peer who it is.
+const describeTimeout = 5 * time.Second
+
+// A source is one --peers value: a name whose addresses are the peers
+// (dns:///NAME:PORT), or one peer (HOST:PORT, HOST resolved too).
+type source struct {
+	host string
+	port uint16
+}
+
+func parseSource(s string) (source, error) {
+	hostport := strings.TrimPrefix(s, "dns:///")
+	host, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return source{}, fmt.Errorf("--peers %q: want dns:///NAME:PORT or HOST:PORT: %w", s, err)
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || port == 0 || host == "" {
+		return source{}, fmt.Errorf("--peers %q: want dns:///NAME:PORT or HOST:PORT, PORT a number 1-65535", s)
+	}
+	return source{host: host, port: uint16(port)}, nil
+}
+
+// Peer is what a node knows of one of its peers.
+type Peer struct {
+	// Addr is where the peer is reached.
+	Addr netip.AddrPort
+	// Node and Labels are who it said it is (Describe); empty until it has.
+	Node   string
+	Labels map[string]string
+	// Self is true when the peer is this node itself.
+	Self bool
+	// Up is whether it answered when last asked, at LastContact; Err is
+	// why not.
+	Up          bool
+	LastContact time.Time
+	Err         string
+}
+
+type peer struct {
+	Peer
+	conn *grpc.ClientConn
+}
+
+// Peers are a node's peers, found from Config.Peers and asked who they
+// are, again every Config.PeersRefresh and after one fails.
+type Peers struct {
+	sources  []source
+	refresh  time.Duration
+	resolver *net.Resolver
+	creds    credentials.TransportCredentials
+	token    string
+	self     string // this node's instance
+	logger   *slog.Logger
+	kick     chan struct{}
+
+	mu    sync.Mutex
+	peers map[netip.AddrPort]*peer
+}
+
+// NewPeers is the peers cfg names, found with resolver, for the node of
+// instance self. It reads the peer token and CA files now.
+func NewPeers(cfg Config, resolver *net.Resolver, self string, logger *slog.Logger) (*Peers, error) {
+	p := &Peers{refresh: cfg.PeersRefresh, resolver: resolver, self: self, logger: logger,
+		kick: make(chan struct{}, 1), peers: map[netip.AddrPort]*peer{}, creds: insecure.NewCredentials()}
+	for _, s := range cfg.Peers {
+		src, err := parseSource(s)
+		if err != nil {
+			return nil, err
+		}
+		p.sources = append(p.sources, src)
+	}
+	if cfg.PeerCAFile != "" {
+		pem, err := reload.ReadFile(cfg.PeerCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--peer-ca-file: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--peer-ca-file: no certificate in %s", cfg.PeerCAFile)
+		}
+		p.creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+	}
+	if cfg.PeerTokenFile != "" {
+		if cfg.PeerCAFile == "" {
+			return nil, errors.New("--peer-token-file: a token goes to peers over TLS only: give --peer-ca-file")
+		}
+		b, err := reload.ReadFile(cfg.PeerTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--peer-token-file: %w", err)
+		}
+		if p.token = strings.TrimSpace(string(b)); p.token == "" || strings.ContainsAny(p.token, " \t\r\n") {
+			return nil, fmt.Errorf("--peer-token-file: %s holds no token (one word)", cfg.PeerTokenFile)
+		}
+	}
+	return p, nil
+}
+
+// Configured says whether there are peers to fan out to.
+func (p *Peers) Configured() bool { return len(p.sources) > 0 }
+
+// Run keeps the peers current until ctx ends.
+func (p *Peers) Run(ctx context.Context) {
+	if !p.Configured() {
+		return
+	}
+	for {
+		p.Refresh(ctx)
+		wait := p.refresh
+		if p.anyDown() {
+			// A peer starting up, or away a moment, is looked at again
+			// soon rather than a refresh later.
+			wait = min(wait, downRetry)
+		}
+		tick := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			p.mu.Lock()
+			for _, x := range p.peers {
+				x.conn.Close()
+			}
+			p.peers = map[netip.AddrPort]*peer{}
+			p.mu.Unlock()
+			return
+		case <-tick.C:
+		case <-p.kick:
+		}
+		tick.Stop()
+	}
+}
+
+// downRetry is how soon a peer that did not answer is asked again.
+const downRetry = 2 * time.Second
+
+// anyDown says whether a peer did not answer when last asked.
+func (p *Peers) anyDown() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, x := range p.peers {
+		if !x.Up {
+			return true
+		}
+	}
+	return false
+}
+
+// Failed asks for the peers to be looked at again soon: one failed.
+func (p *Peers) Failed() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Refresh resolves the peers' names, connects to new addresses, forgets
+// those gone, and asks each peer who it is.
+func (p *Peers) Refresh(ctx context.Context) {
+	addrs := map[netip.AddrPort]bool{}
+	for _, src := range p.sources {
+		ips, err := p.resolver.LookupNetIP(ctx, "ip", src.host)
+		if err != nil {
+			p.logger.Warn("peers: cannot resolve", "name", src.host, "err", err)
+			continue
+		}
+		for _, ip := range ips {
+			addrs[netip.AddrPortFrom(ip.Unmap(), src.port)] = true
+		}
+	}
+	p.mu.Lock()
+	for a, x := range p.peers {
+		if !addrs[a] {
+			x.conn.Close()
+			delete(p.peers, a)
+			p.logger.Info("peer gone", "addr", a, "node", x.Node)
+		}
+	}
+	var all []*peer
+	for a := range addrs {
+		x := p.peers[a]
+		if x == nil {
+			conn, err := grpc.NewClient("passthrough:///"+a.String(), append(wire.DialOptions(), grpc.WithTransportCredentials(p.creds))...)
+			if err != nil {
+				p.logger.Error("peer: cannot make a client", "addr", a, "err", err)
+				continue
+			}
+			x = &peer{Peer: Peer{Addr: a}, conn: conn}
+			p.peers[a] = x
+		}
+		all = append(all, x)
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, x := range all {
+		wg.Go(func() { p.describe(ctx, x) })
+	}
+	wg.Wait()
+}
+
+// describe asks x who it is.
+func (p *Peers) describe(ctx context.Context, x *peer) {
+	ctx, cancel := context.WithTimeout(p.outgoing(ctx, ""), describeTimeout)
+	defer cancel()
+	d, err := netprobev1.NewProbeServiceClient(x.conn).Describe(ctx, &netprobev1.DescribeRequest{})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	x.LastContact = time.Now()
+	if err != nil {
+		if x.Up || x.Err == "" {
+			p.logger.Warn("peer does not answer", "addr", x.Addr, "node", x.Node, "err", err)
+		}
+		x.Up, x.Err = false, err.Error()
+		return
+	}
+	if !x.Up {
+		p.logger.Info("peer up", "addr", x.Addr, "node", d.GetNode(), "self", d.GetInstance() == p.self)
+	}
+	x.Up, x.Err = true, ""
+	x.Node, x.Labels, x.Self = d.GetNode(), d.GetLabels(), d.GetInstance() == p.self
+}
+
+// outgoing is ctx for a call to a peer: with this node's token and the
+// name of the caller it forwards, if any. Without a token the peer could
+// not tell this node from anyone: it is sent no name, and knows the call
+// as this node's, by its address.
+func (p *Peers) outgoing(ctx context.Context, caller string) context.Context {
+	if p.token == "" {
+		return ctx
+	}
+	kv := []string{"authorization", "Bearer " + p.token}
+	if caller != "" {
+		kv = append(kv, CallerHeader, caller)
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
+}
+
+// All are the peers as last seen, by node name then address.
+func (p *Peers) All() []Peer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Peer, 0, len(p.peers))
+	for _, x := range p.peers {
+		out = append(out, x.Peer)
+	}
+	slices.SortFunc(out, func(a, b Peer) int {
+		if c := strings.Compare(a.Node, b.Node); c != 0 {
+			return c
+		}
+		return a.Addr.Compare(b.Addr)
+	})
+	return out
+}
+
+// conn is the connection to the peer at a, if it is still one.
+func (p *Peers) conn(a netip.AddrPort) *grpc.ClientConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if x := p.peers[a]; x != nil {
+		return x.conn
+	}
+	return nil
+}
+
+// CallerHeader is the metadata in which a node forwarding a Sweep names
+// the caller it forwards for; only a peer's is honoured.
+const CallerHeader = "netprobe-caller"
