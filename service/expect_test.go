@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"math"
 	"regexp"
 	"runtime"
 	"strings"
@@ -16,16 +17,23 @@ import (
 // heldBy returns how many bytes of heap what keep returns holds, once
 // collected.
 func heldBy(keep func() any) int64 {
-	var before, after runtime.MemStats
-	// Twice: what the first frees can free more (sync.Pool's caches).
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	kept := keep()
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	runtime.KeepAlive(kept)
-	return int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	// The heap is the process's: what other goroutines allocate meanwhile
+	// (a server a test before this one left behind) counts too. The least
+	// of three tries is the nearest to keep's own.
+	least := int64(math.MaxInt64)
+	for range 3 {
+		var before, after runtime.MemStats
+		// Twice: what the first frees can free more (sync.Pool's caches).
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		kept := keep()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		runtime.KeepAlive(kept)
+		least = min(least, int64(after.HeapAlloc)-int64(before.HeapAlloc))
+	}
+	return least
 }
 
 // checkCost compiles the expressions of a request, then runs each over

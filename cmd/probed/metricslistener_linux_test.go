@@ -86,6 +86,12 @@ func TestMetricsConnectionCaps(t *testing.T) {
 	// idle timeout) until all are open.
 	a := dialFrom(t, "127.0.0.1", p.MetricsAddr, 100)
 	b := dialFrom(t, "127.0.0.2", p.MetricsAddr, 100)
+	// A dial returns once the kernel has the connection, before probed
+	// accepts it. The last of b's to be evicted goes as the last is
+	// accepted: then every one has been.
+	if err := probetest.WaitClosed(b[len(b)-49]); err != nil {
+		t.Fatalf("the 49th newest connection from 127.0.0.2 was not evicted: %v", err)
+	}
 	heldA, heldB := healthy(a), healthy(b)
 	if len(heldA) != 16 || len(heldB) != 48 || heldA[0] != a[84] || heldB[0] != b[52] {
 		t.Errorf("connections answered: %d from 127.0.0.1, %d from 127.0.0.2; want the newest: 16 and 48 (its cap)", len(heldA), len(heldB))
