@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -62,15 +63,24 @@ func TestKubernetes(t *testing.T) {
 	}
 	decoder := serializer.NewCodecFactory(scheme, serializer.EnableStrict).UniversalDeserializer()
 	kinds := map[string]int{}
-	var ds *appsv1.DaemonSet
+	var (
+		ds  *appsv1.DaemonSet
+		svc *corev1.Service
+		np  *networkingv1.NetworkPolicy
+	)
 	for i, doc := range bytes.Split(data, []byte("\n---\n")) {
 		obj, gvk, err := decoder.Decode(doc, nil, nil)
 		if err != nil {
 			t.Fatalf("document %d: %v", i, err)
 		}
 		kinds[gvk.Kind]++
-		if d, ok := obj.(*appsv1.DaemonSet); ok {
-			ds = d
+		switch o := obj.(type) {
+		case *appsv1.DaemonSet:
+			ds = o
+		case *corev1.Service:
+			svc = o
+		case *networkingv1.NetworkPolicy:
+			np = o
 		}
 		if svc, ok := obj.(*corev1.Service); ok && svc.Spec.ClusterIP != corev1.ClusterIPNone {
 			t.Errorf("Service %s is not headless: dns:/// discovery needs every pod's address", svc.Name)
@@ -108,6 +118,81 @@ func TestKubernetes(t *testing.T) {
 		t.Error("readiness is not wired to probed's health (/healthz)")
 	}
 	checkFlags(t, "DaemonSet args", c.Args, probedFlags(t))
+	checkFleet(t, pod, svc, np)
+	// docs/fleet.md quotes the manifest's fleet settings: they must be
+	// there, as quoted.
+	doc, err := os.ReadFile("../docs/fleet.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(doc), "## Kubernetes")
+	blocks := strings.Split(rest, "```yaml\n")[1:]
+	if len(blocks) < 2 {
+		t.Errorf("docs/fleet.md's Kubernetes section quotes %d blocks of the manifest, want its env and its flags", len(blocks))
+	}
+	for _, block := range blocks {
+		quoted, _, _ := strings.Cut(block, "```")
+		if !strings.Contains(string(data), quoted) {
+			t.Errorf("docs/fleet.md quotes what netprobe.yaml does not hold:\n%s", quoted)
+		}
+	}
+}
+
+// checkFleet checks the DaemonSet makes its pods one fleet: each named by
+// its Kubernetes node (the downward API), its peers the pods of the
+// headless Service, reached with a peer token mounted from a Secret, the
+// token's name listed as a peer, and the NetworkPolicy letting the pods
+// reach each other's gRPC port.
+func checkFleet(t *testing.T, pod corev1.PodSpec, svc *corev1.Service, np *networkingv1.NetworkPolicy) {
+	t.Helper()
+	c := pod.Containers[0]
+	flag := func(name string) string {
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if flag("node-name") != "$(NODE_NAME)" || len(c.Env) == 0 || c.Env[0].Name != "NODE_NAME" ||
+		c.Env[0].ValueFrom == nil || c.Env[0].ValueFrom.FieldRef == nil || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Error("--node-name is not the Kubernetes node's name, NODE_NAME from the downward API's spec.nodeName")
+	}
+	if svc == nil || len(svc.Spec.Ports) == 0 {
+		t.Fatal("no Service with ports")
+	}
+	want := fmt.Sprintf("dns:///%s.%s.svc.cluster.local:%d", svc.Name, svc.Namespace, svc.Spec.Ports[0].Port)
+	if got := flag("peers"); got != want {
+		t.Errorf("--peers=%s, want the headless Service's pods, %s", got, want)
+	}
+	if flag("peer") == "" || flag("peer-ca-file") == "" {
+		t.Error("no --peer naming the nodes' own caller, or no --peer-ca-file: the nodes do not trust each other")
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		if dir := filepath.Dir(flag("peer-token-file")); m.MountPath == dir {
+			for _, v := range pod.Volumes {
+				mounted = mounted || v.Name == m.Name && v.Secret != nil
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("--peer-token-file=%s is not in a Secret mounted there", flag("peer-token-file"))
+	}
+	reach := false
+	for _, rule := range np.Spec.Ingress {
+		for _, from := range rule.From {
+			if from.PodSelector == nil || from.NamespaceSelector != nil || from.PodSelector.MatchLabels["app.kubernetes.io/name"] != "probed" {
+				continue
+			}
+			for _, p := range rule.Ports {
+				reach = reach || p.Port != nil && p.Port.IntValue() == 7070
+			}
+		}
+	}
+	if !reach {
+		t.Error("the NetworkPolicy does not let the probed pods reach each other's gRPC port")
+	}
 }
 
 func TestSystemd(t *testing.T) {
