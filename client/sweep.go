@@ -3,11 +3,13 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,6 +56,77 @@ type SweepOptions struct {
 	// Timeout bounds each probe of an entry that sets none; zero is the
 	// server's default.
 	Timeout time.Duration
+	// From, when set, runs the sweep from the nodes of the server's fleet
+	// it selects (see docs/fleet.md): each result then has its Vantage,
+	// a node that failed as a whole is a result with VantageErr, and the
+	// last result has the Fanout counts.
+	From *Vantages
+}
+
+// Vantages select nodes of a fleet: all of them, or those of these names,
+// and those whose labels hold these pairs; Limit of them at most (zero is
+// the server's default, 50).
+type Vantages struct {
+	All    bool
+	Nodes  []string
+	Labels map[string]string
+	Limit  int
+}
+
+// ParseVantages reads a selector as the CLI's --from takes it: "all",
+// "node=a,b" (nodes by name), "KEY=VALUE" (a label), several joined by
+// commas ("node=a,b,zone=eu-1").
+func ParseVantages(s string) (*Vantages, error) {
+	v := &Vantages{Labels: map[string]string{}}
+	inNodes := false
+	for item := range strings.SplitSeq(s, ",") {
+		k, val, isPair := strings.Cut(item, "=")
+		switch {
+		case item == "all":
+			v.All, inNodes = true, false
+		case isPair && k == "node" && val != "":
+			v.Nodes, inNodes = append(v.Nodes, val), true
+		case isPair && k != "" && val != "":
+			if _, dup := v.Labels[k]; dup {
+				return nil, fmt.Errorf("vantages %q: label %s given twice", s, k)
+			}
+			v.Labels[k], inNodes = val, false
+		case !isPair && item != "" && inNodes:
+			v.Nodes = append(v.Nodes, item)
+		default:
+			return nil, fmt.Errorf("vantages %q: %q is not all, node=NAME[,NAME...] or KEY=VALUE", s, item)
+		}
+	}
+	return v, nil
+}
+
+func (v *Vantages) proto() *netprobev1.VantageSelector {
+	if v == nil {
+		return nil
+	}
+	return &netprobev1.VantageSelector{All: v.All, Nodes: v.Nodes, Labels: v.Labels, Limit: uint32(v.Limit)}
+}
+
+// Vantage is the node of a fleet a result came from.
+type Vantage struct {
+	Node   string
+	Labels map[string]string
+	// Addr is where the server asked reached it; "" for that server.
+	Addr string
+}
+
+// VantageError is why a node of a fleet gave no results, or no more.
+type VantageError struct {
+	// Code is the gRPC status code's canonical name (UNAVAILABLE,
+	// DEADLINE_EXCEEDED, ...), and Message says why.
+	Code, Message string
+}
+
+func (e *VantageError) Error() string { return e.Code + ": " + e.Message }
+
+// FanoutSummary counts the nodes of a sweep run from a fleet.
+type FanoutSummary struct {
+	Asked, Answered, Failed int
 }
 
 // SweepResult is the result of one probe of a sweep.
@@ -73,6 +146,14 @@ type SweepResult struct {
 	// Abandoned is true when the sweep ran out of time or was cancelled
 	// before this probe finished.
 	Abandoned bool
+	// Vantage, in a sweep From a fleet, is the node this came from.
+	Vantage *Vantage
+	// VantageErr, in a sweep From a fleet, says Vantage failed as a whole:
+	// the result holds no probe.
+	VantageErr *VantageError
+	// Fanout, in the last result of a sweep From a fleet and in it alone,
+	// counts the nodes; the result holds no probe.
+	Fanout *FanoutSummary
 
 	proto *netprobev1.SweepResponse
 }
@@ -87,7 +168,7 @@ func (r *SweepResult) Proto() *netprobev1.SweepResponse { return r.proto }
 // Abandoned.
 func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOptions) iter.Seq2[*SweepResult, error] {
 	return func(yield func(*SweepResult, error) bool) {
-		req := &netprobev1.SweepRequest{Concurrency: uint32(opts.Concurrency)}
+		req := &netprobev1.SweepRequest{Concurrency: uint32(opts.Concurrency), Vantages: opts.From.proto()}
 		if opts.Timeout != 0 {
 			req.Timeout = durationpb.New(opts.Timeout)
 		}
@@ -157,6 +238,17 @@ func newSweepResult(resp *netprobev1.SweepResponse) *SweepResult {
 		Target:    net.JoinHostPort(t.GetHost(), port),
 		Abandoned: resp.GetAbandoned(),
 		proto:     resp,
+	}
+	if v := resp.GetVantage(); v != nil {
+		r.Vantage = &Vantage{Node: v.GetNode(), Labels: v.GetLabels(), Addr: v.GetAddress()}
+	}
+	if e := resp.GetVantageError(); e != nil {
+		r.VantageErr = &VantageError{Code: e.GetCode(), Message: e.GetMessage()}
+		return r
+	}
+	if f := resp.GetFanout(); f != nil {
+		r.Fanout = &FanoutSummary{Asked: int(f.GetAsked()), Answered: int(f.GetAnswered()), Failed: int(f.GetFailed())}
+		return r
 	}
 	if c := resp.GetConnect(); c != nil {
 		r.Connect = newConnectResult(c)

@@ -8,7 +8,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -322,5 +325,57 @@ func TestFanoutTrust(t *testing.T) {
 	fwd := sweepAll(as(nodeToken, fleet.CallerHeader, "bob"), t, dialTLS(nodes[1]), req)
 	if rs := fwd.results[""]; fwd.err != nil || len(fwd.results) != 1 || len(rs) != 2 || fwd.fanout != nil {
 		t.Errorf("a forwarded sweep with vantages: results by node %v, fanout %v, ended %v; want n2's 2 results alone, unmarked", nodesOf(fwd.results), fwd.fanout, fwd.err)
+	}
+}
+
+// TestFanoutCLI runs probe sweep --from through the binary (probed called
+// as probe) against a fleet of three: a column per node, a line per target
+// saying from how many nodes it was reached, and --quorum deciding the
+// exit code, a node down included.
+func TestFanoutCLI(t *testing.T) {
+	t.Parallel()
+	nodes := startFleet(t, 3, 30, func(i int) []string { return []string{fmt.Sprintf("--label=zone=z%d", i%2)} })
+	probe := filepath.Join(t.TempDir(), "probe")
+	if err := os.Symlink(probedBin, probe); err != nil {
+		t.Fatal(err)
+	}
+	live := "127.0.0.1:" + fmt.Sprint(probetest.Listen(t, "127.0.0.1:0", nil).Port())
+	run := func(args ...string) (int, string, string) {
+		cmd := exec.CommandContext(probetest.Context(t), probe, append([]string{"sweep", "-s", nodes[0].Addr}, args...)...)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := 0
+		if exit, ok := err.(*exec.ExitError); ok {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return code, stdout.String(), stderr.String()
+	}
+	matrix := regexp.MustCompile(`^target +n1 +n3\n127\.0\.0\.1:\d+ +ok \S+ +ok \S+\n$`)
+	if code, out, errOut := run("--from", "zone=z1", "--quorum", "2", live); code != 0 || !matrix.MatchString(out) ||
+		errOut != "probe: "+live+" reachable from 2 of 2 nodes\n" {
+		t.Errorf("--from zone=z1 --quorum 2: exit %d\n%s%s", code, out, errOut)
+	}
+	nodes[2].Stop()
+	for _, tc := range []struct {
+		quorum string
+		code   int
+		last   string
+	}{
+		{"2", 0, "probe: 1 of 3 nodes failed as a whole\n"},
+		{"3", 10, "probe: sweep: " + live + " reached from fewer than 3 nodes (--quorum)\n"},
+	} {
+		code, out, errOut := run("--from", "all", "--quorum", tc.quorum, live)
+		lines := strings.Split(errOut, "\n")
+		if code != tc.code || !regexp.MustCompile(`\n127\.0\.0\.1:\d+ +ok \S+ +ok \S+ +UNAVAILABLE\n$`).MatchString(out) ||
+			!strings.HasPrefix(errOut, "probe: node n3: UNAVAILABLE: ") || len(lines) < 3 ||
+			!strings.Contains(errOut, "probe: "+live+" reachable from 2 of 3 nodes\n") || !strings.HasSuffix(errOut, tc.last) {
+			t.Errorf("--from all --quorum %s, n3 down: exit %d, want %d\n%s%s", tc.quorum, code, tc.code, out, errOut)
+		}
+	}
+	if code, _, errOut := run("--quorum", "2", live); code != 2 || !strings.HasPrefix(errOut, "probe: --quorum counts the nodes of --from: give --from\n") {
+		t.Errorf("--quorum without --from: exit %d, %q", code, errOut)
 	}
 }

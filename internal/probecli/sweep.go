@@ -34,6 +34,8 @@ type sweepFlags struct {
 	concurrency int
 	deadline    time.Duration
 	dialogue    dialogueFlags
+	from        string
+	quorum      int
 }
 
 func (a *app) sweepCommand() *cobra.Command {
@@ -55,6 +57,11 @@ bounds the whole sweep, after which what is left comes back abandoned.
 Interrupted (Ctrl-C), it prints every row, what had no answer yet as
 interrupted, and exits 130.
 
+With --from, the one --server asks the nodes of its fleet (probed --peers)
+that the selector names, and the matrix has a column per node, then a line
+per target: "reachable from 9 of 10 nodes". --quorum N makes the exit code 0
+when every target is reached from at least N nodes.
+
 With -o json it prints one object per result as it comes:
 {"server": "...", "result": SweepResponse}, and for a server that could not
 be asked {"server": "...", "error": {"code": ..., "message": ...}}. The exit
@@ -62,7 +69,8 @@ code is 0 when every cell connected, else 10, after a summary line on
 stderr.`,
 		Example: `  probe sweep 10.0.0.1:22 10.0.0.2:22 db.internal:5432 '[2001:db8::5]:443'
   probe sweep --file targets.txt -s dns:///probed.internal:7070
-  probe sweep --srv _https._tcp.example.com --expand -o json --deadline 2m`,
+  probe sweep --srv _https._tcp.example.com --expand -o json --deadline 2m
+  probe sweep -s probed.internal --from all --quorum 9 db.internal:5432`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a.ran = true
@@ -81,6 +89,21 @@ stderr.`,
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, sf.deadline)
 				defer cancel()
+			}
+			switch {
+			case sf.quorum < 0:
+				return usagef("--quorum %d: want 1 or more nodes", sf.quorum)
+			case sf.quorum > 0 && sf.from == "":
+				return usagef("--quorum counts the nodes of --from: give --from")
+			case sf.from != "":
+				from, err := client.ParseVantages(sf.from)
+				if err != nil {
+					return usagef("--from: %v", err)
+				}
+				if len(a.Servers) != 1 || strings.HasPrefix(a.Servers[0], "dns:///") {
+					return usagef("--from asks one --server to probe from its fleet: give exactly one, HOST[:PORT]")
+				}
+				return a.sweepFrom(ctx, from, targets, sf.concurrency, sf.quorum)
 			}
 			vantages, err := a.vantages(ctx)
 			if err != nil {
@@ -101,6 +124,8 @@ stderr.`,
 	f.BoolVar(&sf.udp, "udp", false, "connect with UDP (which only shows the route) instead of TCP")
 	f.IntVar(&sf.concurrency, "concurrency", 16, "probes each server runs at once (it may cap this)")
 	settings.DurationVar(f, &sf.deadline, "deadline", "", 0, "time the whole sweep may take; what is left then comes back abandoned (default: none, each probe bounded by --timeout)")
+	f.StringVar(&sf.from, "from", "", `probe from the nodes of --server's fleet this selects: "all", "node=a,b", "zone=eu-1" (a label), or several joined by commas; a column per node`)
+	f.IntVar(&sf.quorum, "quorum", 0, "with --from: exit 0 only when every target is reached from at least this many nodes (default: from every node asked)")
 	sf.dialogue.register(cmd)
 	return cmd
 }
