@@ -213,6 +213,22 @@ func TestFanout(t *testing.T) {
 		}
 	})
 
+	t.Run("the page", func(t *testing.T) {
+		_, page := httpGet(t, "http://"+nodes[0].MetricsAddr+"/")
+		for _, want := range []string{
+			`This node: <b>n1</b> <code>zone=z1</code>`,
+			`<td data-label="node">n1 <span class="sub">(this node)</span></td>`,
+			`<td data-label="node">n2</td>`, `<td data-label="address"><code>` + nodes[2].Addr + `</code></td>`,
+		} {
+			if !strings.Contains(page, want) {
+				t.Errorf("the page lacks %s", want)
+			}
+		}
+		if strings.Count(page, `<span class="good">up</span>`) != 3 {
+			t.Errorf("the page does not show the 3 nodes up:\n%s", page)
+		}
+	})
+
 	t.Run("through grpcurl", func(t *testing.T) {
 		req := fmt.Sprintf(`{"targets":[{"target":{"host":"127.0.0.1","port":%d}}],"vantages":{"labels":{"zone":"z1"}}}`, live.Port())
 		out, errOut, code := grpcurl(t, "-d", req, nodes[1].Addr, "netprobe.v1.ProbeService/Sweep")
@@ -244,6 +260,18 @@ func TestFanout(t *testing.T) {
 		if f := got.fanout; f.GetAsked() != 3 || f.GetAnswered() != 2 || f.GetFailed() != 1 {
 			t.Errorf("fanout %v, want 3 asked, 2 answered, 1 failed", f)
 		}
+		m := scrape(t, "http://"+nodes[0].MetricsAddr+"/metrics")
+		if n, _ := metricValue(m["netprobe_fanout_node_failures_total"], map[string]string{"node": "n3", "code": "UNAVAILABLE"}); n != 1 {
+			t.Errorf("netprobe_fanout_node_failures_total{node=n3,code=UNAVAILABLE} = %v, want 1", n)
+		}
+		if n, _ := metricValue(m["netprobe_fanout_sweeps_total"], nil); n != 6 {
+			t.Errorf("netprobe_fanout_sweeps_total = %v, want the 6 fan-outs this test made of n1 (refused calls are none)", n)
+		}
+		// Asked again at once after the failure, n3 is down.
+		probetest.Eventually(t, func() bool {
+			down, _ := metricValue(scrape(t, "http://"+nodes[0].MetricsAddr+"/metrics")["netprobe_fleet_peers"], map[string]string{"state": "down"})
+			return down == 1
+		}, func() string { return "netprobe_fleet_peers{state=down} did not come to 1" })
 	})
 }
 

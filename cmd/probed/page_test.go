@@ -98,7 +98,7 @@ func TestPage(t *testing.T) {
 	for _, h := range find(doc, func(n *html.Node) bool { return n.Data == "h2" }) {
 		sections = append(sections, text(h))
 	}
-	if want := []string{"Failing now", "Recent probes", "Serving", "Target policy", "Limits", "Modules", "Config state"}; !slices.Equal(sections, want) {
+	if want := []string{"Failing now", "Recent probes", "Serving", "Fleet", "Target policy", "Limits", "Modules", "Config state"}; !slices.Equal(sections, want) {
 		t.Errorf("the page's sections: %q, want %q", sections, want)
 	}
 	if tables := find(doc, func(n *html.Node) bool { return n.Data == "table" }); len(tables) == 0 || attr(tables[0], "id") != "failing" {

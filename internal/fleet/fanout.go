@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -25,23 +26,27 @@ const defaultFanout = 50
 
 // Fleet is this node and its peers.
 type Fleet struct {
-	cfg    Config
-	node   *Node
-	peers  *Peers
-	logger *slog.Logger
+	cfg     Config
+	node    *Node
+	peers   *Peers
+	metrics *metrics
+	logger  *slog.Logger
 }
 
-// New is the node cfg describes, with its peers found through resolver.
-func New(cfg Config, resolver *net.Resolver, logger *slog.Logger) (*Fleet, error) {
+// New is the node cfg describes, with its peers found through resolver;
+// its metrics are registered on reg.
+func New(cfg Config, resolver *net.Resolver, reg prometheus.Registerer, logger *slog.Logger) (*Fleet, error) {
 	node, err := NewNode(cfg)
 	if err != nil {
 		return nil, err
 	}
+	m := newMetrics(reg)
 	peers, err := NewPeers(cfg, resolver, node.Instance, logger)
 	if err != nil {
 		return nil, err
 	}
-	return &Fleet{cfg: cfg, node: node, peers: peers, logger: logger}, nil
+	peers.gauge = m.peers
+	return &Fleet{cfg: cfg, node: node, peers: peers, metrics: m, logger: logger}, nil
 }
 
 // Node is this node.
@@ -88,6 +93,7 @@ func (f *Fleet) Sweep(ctx context.Context, req *netprobev1.SweepRequest, caller 
 	fwd.Vantages = nil
 	nctx, cancel := nodeContext(ctx)
 	defer cancel()
+	f.metrics.fanouts.Inc()
 
 	var (
 		mu       sync.Mutex
@@ -119,6 +125,7 @@ func (f *Fleet) Sweep(ctx context.Context, req *netprobev1.SweepRequest, caller 
 			}
 			if err != nil && ctx.Err() == nil {
 				verr := vantageError(err, nctx)
+				f.metrics.nodeFailures.WithLabelValues(v.Node, verr.Code).Inc()
 				f.logger.Warn("fan-out: a node failed", "node", v.Node, "addr", pv.Address, "code", verr.Code, "err", verr.Message)
 				if verr.Code == codeName(codes.Unavailable) {
 					f.peers.Failed()

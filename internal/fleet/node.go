@@ -18,6 +18,7 @@ import (
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/buildinfo"
+	"github.com/netprobe/netprobe/internal/statuspage"
 )
 
 // Config is a node's part in a fleet. Each setting is declared once, by
@@ -130,4 +131,22 @@ func Matches(sel *netprobev1.VantageSelector, name string, labels map[string]str
 		}
 	}
 	return true
+}
+
+// LabelList is labels as "KEY=VALUE", sorted by key.
+func LabelList(labels map[string]string) []string {
+	out := make([]string, 0, len(labels))
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		out = append(out, k+"="+labels[k])
+	}
+	return out
+}
+
+// PageState is this node and its peers as the status page shows them.
+func (f *Fleet) PageState() (node string, labels []string, peers []statuspage.PeerState) {
+	for _, p := range f.peers.All() {
+		peers = append(peers, statuspage.PeerState{Node: p.Node, Addr: p.Addr.String(), Labels: LabelList(p.Labels),
+			Self: p.Self, Up: p.Up, LastContact: p.LastContact, Err: p.Err})
+	}
+	return f.node.Name, LabelList(f.node.Labels), peers
 }

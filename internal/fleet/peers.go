@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -80,6 +81,8 @@ type Peers struct {
 	self     string // this node's instance
 	logger   *slog.Logger
 	kick     chan struct{}
+	// gauge counts the peers by state, when set.
+	gauge *prometheus.GaugeVec
 
 	mu    sync.Mutex
 	peers map[netip.AddrPort]*peer
@@ -221,6 +224,18 @@ func (p *Peers) Refresh(ctx context.Context) {
 		wg.Go(func() { p.describe(ctx, x) })
 	}
 	wg.Wait()
+	if p.gauge != nil {
+		up := 0
+		for _, x := range all {
+			p.mu.Lock()
+			if x.Up {
+				up++
+			}
+			p.mu.Unlock()
+		}
+		p.gauge.WithLabelValues("up").Set(float64(up))
+		p.gauge.WithLabelValues("down").Set(float64(len(all) - up))
+	}
 }
 
 // describe asks x who it is.

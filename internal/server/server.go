@@ -220,7 +220,7 @@ func New(cfg Config) (*Server, error) {
 	s.conns = admission.NewConnLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource, m.connections, func(reason string) {
 		m.transportRefusals.WithLabelValues(reason).Inc()
 	})
-	if s.sources, err = parseSources(cfg.AllowSource); err != nil {
+	if s.sources, err = policy.ParseSources(cfg.AllowSource); err != nil {
 		return nil, err
 	}
 	if s.identities, err = parseIdentities(cfg.ClientIdentities); err != nil {
@@ -256,7 +256,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.service = srv
-	if s.fleet, err = fleet.New(cfg.Fleet, service.ResolverFor(cfg.DNSServer), s.logger); err != nil {
+	if s.fleet, err = fleet.New(cfg.Fleet, service.ResolverFor(cfg.DNSServer), s.registry, s.logger); err != nil {
 		return nil, err
 	}
 
@@ -269,23 +269,6 @@ func New(cfg Config) (*Server, error) {
 	grpcMetrics.InitializeMetrics(s.grpc)
 	s.health.SetServingStatus(netprobev1.ProbeService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s, nil
-}
-
-// parseSources parses --allow-source values: addresses or prefixes.
-func parseSources(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range list {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			return nil, fmt.Errorf("allow source %q: want an IP address or a prefix", s)
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
 }
 
 // streamWorkers is the size of the gRPC server's handler pool; calls
@@ -494,6 +477,7 @@ func (s *Server) status() statuspage.Status {
 	for _, f := range s.files.States() {
 		st.Files = append(st.Files, statuspage.FileState{Name: f.Name, Path: f.Path, Loaded: f.Loaded, OK: f.OK, Err: f.Err})
 	}
+	st.Node, st.Labels, st.Peers = s.fleet.PageState()
 	for _, setting := range settings.Of(&s.cfg) {
 		if setting.Group == "Limits" {
 			st.Limits = append(st.Limits, "--"+setting.Name+" "+setting.Value())
@@ -540,7 +524,7 @@ func CheckModules(path string, cfg Config) (*modules.Set, []string, error) {
 	if err := settings.Defaults(&cfg); err != nil {
 		return nil, nil, err
 	}
-	sources, err := parseSources(cfg.AllowSource)
+	sources, err := policy.ParseSources(cfg.AllowSource)
 	if err != nil {
 		return nil, nil, err
 	}

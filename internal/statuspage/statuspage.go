@@ -90,6 +90,25 @@ type Status struct {
 	ModulesFile string
 	// Files are the files probed read, as it last loaded each.
 	Files []FileState
+	// Node and Labels ("KEY=VALUE", sorted) are this node's in a fleet;
+	// Peers its peers, as it last saw them (none without --peers).
+	Node   string
+	Labels []string
+	Peers  []PeerState
+}
+
+// PeerState is a peer of this node as it last saw it.
+type PeerState struct {
+	// Node is the name it gave ("" until it answered), Addr where it is,
+	// Labels its labels, "KEY=VALUE" sorted.
+	Node, Addr string
+	Labels     []string
+	// Self is true for this node, under one of its addresses.
+	Self bool
+	// Up is whether it answered at LastContact; Err is why not.
+	Up          bool
+	LastContact time.Time
+	Err         string
 }
 
 // FileState is a file probed reads (its policy, tokens, modules, TLS
@@ -125,6 +144,10 @@ func (pg *Page) Routes(mux *http.ServeMux, guard func(http.Handler) http.Handler
 	mux.Handle("GET /probes/{id}", guard(http.HandlerFunc(pg.report)))
 }
 
+// peersListed bounds the peers the page lists: a fleet may have
+// thousands.
+const peersListed = 200
+
 // data is what the page shows.
 type data struct {
 	Status
@@ -139,6 +162,8 @@ type data struct {
 	Failing     []audit.Failing
 	FailingLeft int
 	Forgotten   uint64
+	// PeersLeft is how many peers the page does not list.
+	PeersLeft int
 	Probes      []*audit.Probe
 	Now         time.Time
 }
@@ -153,6 +178,8 @@ func (pg *Page) page(w http.ResponseWriter, r *http.Request) {
 	d.Failing, d.Forgotten = pg.probes.Failing()
 	d.FailingLeft = max(0, len(d.Failing)-failingListed)
 	d.Failing = d.Failing[:len(d.Failing)-d.FailingLeft]
+	d.PeersLeft = max(0, len(d.Peers)-peersListed)
+	d.Peers = d.Peers[:len(d.Peers)-d.PeersLeft]
 	set := d.Status.Modules
 	names := set.Names()
 	d.ModulesLeft = max(0, len(names)-modulesListed)
