@@ -164,8 +164,8 @@ type data struct {
 	Forgotten   uint64
 	// PeersLeft is how many peers the page does not list.
 	PeersLeft int
-	Probes      []*audit.Probe
-	Now         time.Time
+	Probes    []*audit.Probe
+	Now       time.Time
 }
 
 type module struct {
