@@ -407,3 +407,49 @@ func TestFanoutCLI(t *testing.T) {
 		t.Errorf("--quorum without --from: exit %d, %q", code, errOut)
 	}
 }
+
+// TestFanoutMutualTLS runs a fleet that knows callers by their client
+// certificates: each node presents its own, of identity "node", which
+// every node lists as a peer. alice's fan-out runs on each node as
+// alice's (its audit line says so); mallory's certificate names no peer,
+// and she cannot name alice.
+func TestFanoutMutualTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := probetest.NewCA(t)
+	caFile := ca.WriteFile(t, dir)
+	nodeCert, nodeKey := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, "node", false))
+	live := probetest.Listen(t, "127.0.0.1:0", nil)
+	nodes := startFleet(t, 2, 40, func(i int) []string {
+		certFile, keyFile := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, fmt.Sprintf("n%d", i), true, func(c *x509.Certificate) {
+			c.IPAddresses = append(c.IPAddresses, net.IPv4(127, 0, 0, byte(40+i)))
+		}))
+		return []string{"--tls-cert=" + certFile, "--tls-key=" + keyFile, "--tls-client-ca=" + caFile, "--peer=node",
+			"--peer-cert-file=" + nodeCert, "--peer-key-file=" + nodeKey, "--peer-ca-file=" + caFile}
+	})
+	dialAs := func(nd *node, cn string) *grpc.ClientConn {
+		conn, err := grpc.NewClient(nd.Addr, grpc.WithTransportCredentials(grpccreds.NewTLS(&tls.Config{
+			RootCAs: ca.Pool, Certificates: []tls.Certificate{ca.Issue(t, cn, false)}})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	target := &netprobev1.SweepTarget{Target: &netprobev1.Target{Host: "127.0.0.1", Port: live.Port()}}
+	before := len(nodes[1].Audit())
+	got := sweepAll(probetest.Context(t), t, dialAs(nodes[0], "alice"), &netprobev1.SweepRequest{
+		Targets: []*netprobev1.SweepTarget{target}, Vantages: &netprobev1.VantageSelector{All: true}})
+	if names := nodesOf(got.results); got.err != nil || !slices.Equal(names, []string{"n1", "n2"}) || len(got.errors) != 0 {
+		t.Fatalf("alice's fan-out: results from %v, node errors %v, ended %v", names, got.errors, got.err)
+	}
+	probetest.Eventually(t, func() bool { return len(nodes[1].Audit()) > before }, func() string { return "n2 logged no probe" })
+	if line := nodes[1].Audit()[len(nodes[1].Audit())-1]; line["caller"] != "alice" {
+		t.Errorf("n2's audit line names caller %v, want alice: %v", line["caller"], line)
+	}
+	ctx := metadata.AppendToOutgoingContext(probetest.Context(t), fleet.CallerHeader, "alice")
+	_, err := netprobev1.NewProbeServiceClient(dialAs(nodes[1], "mallory")).Connect(ctx, &netprobev1.ConnectRequest{Target: target.Target})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("mallory naming alice: %v, want PERMISSION_DENIED", err)
+	}
+}

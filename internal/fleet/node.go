@@ -39,6 +39,10 @@ type Config struct {
 	MaxFanoutProbes int `flag:"max-fanout-probes" env:"NETPROBE_MAX_FANOUT_PROBES" default:"100000" group:"Fleet" help:"Most probes one fanned-out Sweep may run in all, its nodes times its targets; more is RESOURCE_EXHAUSTED before any node is asked."`
 	// PeerTokenFile holds the token this node shows its peers.
 	PeerTokenFile string `flag:"peer-token-file" env:"NETPROBE_PEER_TOKEN_FILE" group:"Fleet" help:"A file holding the bearer token this node presents to its peers when it fans a Sweep out: a token of their --tokens-file, whose name they list in --peer. Over TLS only (--peer-ca-file)."`
+	// PeerCertFile and PeerKeyFile are the client certificate this node
+	// presents to its peers, in place of or beside a token.
+	PeerCertFile string `flag:"peer-cert-file" env:"NETPROBE_PEER_CERT_FILE" group:"Fleet" help:"A client certificate (PEM) this node presents to its peers when it fans a Sweep out, for peers that require one (--tls-client-ca); its identity must be one they list in --peer. Over TLS only (--peer-ca-file)."`
+	PeerKeyFile  string `flag:"peer-key-file" env:"NETPROBE_PEER_KEY_FILE" group:"Fleet" help:"The private key (PEM) of --peer-cert-file."`
 	// PeerCAFile, when set, makes the node talk to its peers over TLS,
 	// trusting these CAs.
 	PeerCAFile string `flag:"peer-ca-file" env:"NETPROBE_PEER_CA_FILE" group:"Fleet" help:"Talk to peers over TLS, trusting the CAs of this file (PEM); without it, plaintext."`

@@ -78,6 +78,9 @@ type Peers struct {
 	resolver *net.Resolver
 	creds    credentials.TransportCredentials
 	token    string
+	// named says whether the peers can tell this node from anyone (a
+	// token, or a client certificate): only then does it name callers.
+	named bool
 	self     string // this node's instance
 	logger   *slog.Logger
 	kick     chan struct{}
@@ -109,7 +112,14 @@ func NewPeers(cfg Config, resolver *net.Resolver, self string, logger *slog.Logg
 		if !roots.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("--peer-ca-file: no certificate in %s", cfg.PeerCAFile)
 		}
-		p.creds = credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+		tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		if tc.Certificates, err = peerCertificate(cfg); err != nil {
+			return nil, err
+		}
+		p.named = len(tc.Certificates) > 0
+		p.creds = credentials.NewTLS(tc)
+	} else if cfg.PeerCertFile != "" || cfg.PeerKeyFile != "" {
+		return nil, errors.New("--peer-cert-file: a certificate goes to peers over TLS only: give --peer-ca-file")
 	}
 	if cfg.PeerTokenFile != "" {
 		if cfg.PeerCAFile == "" {
@@ -122,8 +132,25 @@ func NewPeers(cfg Config, resolver *net.Resolver, self string, logger *slog.Logg
 		if p.token = strings.TrimSpace(string(b)); p.token == "" || strings.ContainsAny(p.token, " \t\r\n") {
 			return nil, fmt.Errorf("--peer-token-file: %s holds no token (one word)", cfg.PeerTokenFile)
 		}
+		p.named = true
 	}
 	return p, nil
+}
+
+// peerCertificate is the client certificate of --peer-cert-file and
+// --peer-key-file, if any.
+func peerCertificate(cfg Config) ([]tls.Certificate, error) {
+	switch {
+	case cfg.PeerCertFile == "" && cfg.PeerKeyFile == "":
+		return nil, nil
+	case cfg.PeerCertFile == "" || cfg.PeerKeyFile == "":
+		return nil, errors.New("--peer-cert-file and --peer-key-file go together")
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.PeerCertFile, cfg.PeerKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--peer-cert-file: %w", err)
+	}
+	return []tls.Certificate{cert}, nil
 }
 
 // Configured says whether there are peers to fan out to.
@@ -260,16 +287,16 @@ func (p *Peers) describe(ctx context.Context, x *peer) {
 	x.Node, x.Labels, x.Self = d.GetNode(), d.GetLabels(), d.GetInstance() == p.self
 }
 
-// outgoing is ctx for a call to a peer: with this node's token and the
-// name of the caller it forwards, if any. Without a token the peer could
-// not tell this node from anyone: it is sent no name, and knows the call
-// as this node's, by its address.
+// outgoing is ctx for a call to a peer: with this node's token, if any,
+// and the name of the caller it forwards, if any. Without a token or a
+// client certificate the peer could not tell this node from anyone: it is
+// sent no name, and knows the call as this node's, by its address.
 func (p *Peers) outgoing(ctx context.Context, caller string) context.Context {
-	if p.token == "" {
-		return ctx
+	var kv []string
+	if p.token != "" {
+		kv = append(kv, "authorization", "Bearer "+p.token)
 	}
-	kv := []string{"authorization", "Bearer " + p.token}
-	if caller != "" {
+	if caller != "" && p.named {
 		kv = append(kv, CallerHeader, caller)
 	}
 	return metadata.AppendToOutgoingContext(ctx, kv...)
