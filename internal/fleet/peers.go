@@ -80,10 +80,10 @@ type Peers struct {
 	token    string
 	// named says whether the peers can tell this node from anyone (a
 	// token, or a client certificate): only then does it name callers.
-	named bool
-	self     string // this node's instance
-	logger   *slog.Logger
-	kick     chan struct{}
+	named  bool
+	self   string // this node's instance
+	logger *slog.Logger
+	kick   chan struct{}
 	// gauge counts the peers by state, when set.
 	gauge *prometheus.GaugeVec
 
