@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,8 +36,10 @@ const defaultScrapeTimeout = 120 * time.Second
 type scraper struct {
 	admission *admission.Admission
 	prober    Prober
-	modules   *modules.Store
-	web       *webConfig
+	// fleet runs the probes of from=; nil serves none.
+	fleet   Fleet
+	modules *modules.Store
+	web     *webConfig
 	// offset is taken off a scrape's timeout; maxTimeout is the longest
 	// a probe may take.
 	offset, maxTimeout time.Duration
@@ -54,7 +57,8 @@ type Prober interface {
 	FetchTo(context.Context, *netprobev1.FetchRequest, service.Emit) error
 }
 
-// ServeHTTP answers GET /probe?target=HOST:PORT&module=NAME[&debug=true].
+// ServeHTTP answers GET /probe?target=HOST:PORT&module=NAME[&debug=true]
+// (with &from=SELECTOR, from the fleet's nodes: see fanOut).
 // As blackbox_exporter's does, it answers 200 with probe_success 0 for
 // everything that is the target's fault: no port, a host that is not one,
 // a name that does not resolve, an address the target policy denies (and
@@ -87,6 +91,10 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	raw := q.Get("target")
 	if raw == "" {
 		http.Error(w, "Target parameter is missing", http.StatusBadRequest)
+		return
+	}
+	if q.Has("from") {
+		sc.fanOut(ctx, w, r, m, raw, start)
 		return
 	}
 	release, err := sc.admission.Admit(ctx, admission.Scrape)
@@ -188,6 +196,39 @@ func (sc *scraper) require(h http.Handler) http.Handler {
 // caller's limits, the drain).
 func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modules.Module, raw string, timeout time.Duration, logger *slog.Logger) error {
 	ctx = audit.WithVia(ctx, "/probe "+m.Name)
+	target := sc.target(ctx, res, m, raw, timeout, logger)
+	if target == nil {
+		return nil
+	}
+	var err error
+	if m.ClientCert != nil {
+		ctx = service.WithIdentityGrant(ctx, modules.IdentityPrefix+m.Name)
+	}
+	connect, fetch := m.Request(target, timeout)
+	if connect != nil {
+		var resp *netprobev1.ConnectResponse
+		if resp, err = sc.prober.Connect(ctx, connect); err == nil {
+			res.Connected(resp)
+		}
+	} else {
+		err = sc.prober.FetchTo(ctx, fetch, res.Keep)
+	}
+	if pe := targetFailure(err); pe != nil {
+		if status.Code(err) == codes.PermissionDenied {
+			// The probe service recorded the refusal itself.
+			res.Fail(pe)
+		} else {
+			sc.failed(ctx, res, m, "", target, timeout, pe)
+		}
+		logger.Error("the probe service refused the target: nothing was dialled", "stage", pe.GetStage(), "reason", pe.GetReason(), "rule", pe.GetRule(), "why", pe.GetMessage())
+		return nil
+	}
+	return err
+}
+
+// target is the target raw names, to probe with m; or nil when it cannot
+// be probed (not HOST:PORT, or m cannot run), which fails res.
+func (sc *scraper) target(ctx context.Context, res *probemetrics.Result, m *modules.Module, raw string, timeout time.Duration, logger *slog.Logger) *netprobev1.Target {
 	host, port, err := net.SplitHostPort(raw)
 	if err != nil {
 		// blackbox_exporter, too, fails the probe before resolving
@@ -212,29 +253,7 @@ func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modul
 		logger.Error("the module cannot run: nothing was dialled", "err", m.Err)
 		return nil
 	}
-	if m.ClientCert != nil {
-		ctx = service.WithIdentityGrant(ctx, modules.IdentityPrefix+m.Name)
-	}
-	connect, fetch := m.Request(target, timeout)
-	if connect != nil {
-		var resp *netprobev1.ConnectResponse
-		if resp, err = sc.prober.Connect(ctx, connect); err == nil {
-			res.Connected(resp)
-		}
-	} else {
-		err = sc.prober.FetchTo(ctx, fetch, res.Keep)
-	}
-	if pe := targetFailure(err); pe != nil {
-		if status.Code(err) == codes.PermissionDenied {
-			// The probe service recorded the refusal itself.
-			res.Fail(pe)
-		} else {
-			sc.failed(ctx, res, m, "", target, timeout, pe)
-		}
-		logger.Error("the probe service refused the target: nothing was dialled", "stage", pe.GetStage(), "reason", pe.GetReason(), "rule", pe.GetRule(), "why", pe.GetMessage())
-		return nil
-	}
-	return err
+	return target
 }
 
 // failed fails a probe of m that never reached the probe service, whose
@@ -276,7 +295,8 @@ func targetFailure(err error) *netprobev1.ProbeError {
 			if !ok || len(br.GetFieldViolations()) == 0 {
 				continue
 			}
-			switch br.GetFieldViolations()[0].GetField() {
+			// A Sweep's fields are its entry's (/probe's from=).
+			switch strings.TrimPrefix(br.GetFieldViolations()[0].GetField(), "targets[0].") {
 			case "target.host", "target.ip_family":
 				pe.Stage, pe.Reason = netprobev1.Stage_STAGE_RESOLVE, netprobev1.Reason_REASON_NO_SUCH_HOST
 			case "target.port", "target.service":
@@ -326,7 +346,7 @@ func scrapeTimeout(h http.Header, offset, module, max time.Duration) (time.Durat
 // httpStatus is the HTTP status of a refusal.
 func httpStatus(code codes.Code) int {
 	switch code {
-	case codes.InvalidArgument:
+	case codes.InvalidArgument, codes.FailedPrecondition:
 		return http.StatusBadRequest
 	case codes.PermissionDenied:
 		return http.StatusForbidden

@@ -79,6 +79,8 @@ type Deps struct {
 	// Prober runs /probe's probes, with Modules' modules.
 	Prober  Prober
 	Modules *modules.Store
+	// Fleet runs /probe's probes from the nodes of from=SELECTOR.
+	Fleet Fleet
 	// Limits are the probe service's: a scrape takes MaxTimeout at most.
 	Limits service.Limits
 	// Gatherer is served at /metrics, Health at /healthz, Page at / and
@@ -134,7 +136,7 @@ type Server struct {
 func New(ctx context.Context, cfg Config, deps Deps) *Server {
 	web := &webConfig{path: cfg.WebConfigFile}
 	m := &Server{cfg: cfg, deps: deps, logger: deps.Logger, web: web, auth: newBasicAuthGuard(web, deps.Admission)}
-	sc := &scraper{admission: deps.Admission, prober: deps.Prober, modules: deps.Modules, web: web, offset: cfg.ScrapeTimeoutOffset,
+	sc := &scraper{admission: deps.Admission, prober: deps.Prober, fleet: deps.Fleet, modules: deps.Modules, web: web, offset: cfg.ScrapeTimeoutOffset,
 		maxTimeout: deps.Limits.MaxTimeout, public: cfg.PublicStatus, observe: deps.Observe, logger: deps.Logger}
 	m.handler = m.routes(sc)
 	m.ctx, m.cut = context.WithCancelCause(ctx)

@@ -35,13 +35,20 @@ func (s *Service) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreamin
 	if req.GetVantages() == nil || Forwarded(ctx) {
 		return s.Server.Sweep(req, stream)
 	}
+	return s.FanOut(ctx, req, stream.Send)
+}
+
+// FanOut runs req, whose vantages are set, from the nodes they select,
+// for the caller of ctx, every response leaving through send: a Sweep's
+// fan-out, whichever way the caller came in (gRPC, /probe's from=).
+func (s *Service) FanOut(ctx context.Context, req *netprobev1.SweepRequest, send func(*netprobev1.SweepResponse) error) error {
 	if err := s.Server.ValidateSweep(req); err != nil {
 		return err
 	}
 	// The nodes charge the caller as the limits here know it: its name,
 	// or an anonymous caller's address.
 	caller := admission.CallerOf(ctx).String()
-	return s.fleet.Sweep(ctx, req, caller, stream.Send, s.Server.SweepTo)
+	return s.fleet.Sweep(ctx, req, caller, send, s.Server.SweepTo)
 }
 
 type forwardedKey struct{}

@@ -72,12 +72,24 @@ var (
 	leafCertificate = addition("probe_netprobe_leaf_certificate_info", "The leaf certificate's facts that probe_ssl_last_chain_info has not; fingerprint_sha256 joins the two.",
 		"the leaf certificate's serial number (hexadecimal) and IP addresses, which `probe_ssl_last_chain_info` has not; `fingerprint_sha256` joins the two",
 		"fingerprint_sha256", "serialnumber", "ipaddresses")
+	// A fan-out's (from=): see Fanout.
+	fanoutAsked = addition("probe_fanout_nodes_asked", "The nodes of the fleet the probe was sent to (from=).",
+		"with `from=`: the nodes of the fleet the probe was sent to ([section 7](#7-from-every-node-of-a-fleet))")
+	fanoutSucceeded = addition("probe_fanout_nodes_succeeded", "The nodes whose probe succeeded (from=).",
+		"with `from=`: the nodes whose probe succeeded (their `probe_success{vantage}` is 1): alert on `probe_fanout_nodes_succeeded < N` for a quorum of N")
+	fanoutFailed = addition("probe_fanout_nodes_failed", "The nodes that failed as a whole, with no probe to report (from=).",
+		"with `from=`: the nodes that failed as a whole (unreachable, late, refusing the caller): they have no `probe_success{vantage}`")
+	nodeFailure = addition("probe_fanout_node_failure_info", "Why a node of the fan-out failed as a whole: the gRPC code it or its connection gave (from=).",
+		"with `from=`: 1 for each node that failed as a whole, with the gRPC code it or its connection gave (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `PERMISSION_DENIED`, ...)",
+		"vantage", "code")
 )
 
 // Additions are the metrics netprobe's /probe gives beyond
 // blackbox_exporter's.
 var Additions = []*Addition{
 	failureInfo, phaseDuration, attempts, tlsVerified, tcpRTT, tcpRetransmits, leafCertificate,
+	fanoutAsked, fanoutSucceeded, fanoutFailed, nodeFailure,
+	{Name: "probe_*", Labels: []string{"vantage"}, Doc: "with `from=`: every metric of a node's probe, as one probe gives it, labelled with the node's name"},
 	{Name: "probe_ssl_earliest_cert_expiry", Also: true, Doc: "also when the chain did not verify (an expired certificate, an unknown authority), which blackbox_exporter does not give"},
 	{Name: "probe_tls_version_info", Labels: []string{"version"}, Also: true, Doc: "also when the chain did not verify"},
 	{Name: "probe_ssl_last_chain_info", Labels: []string{"fingerprint_sha256", "issuer", "subject", "subjectalternative"}, Also: true, Doc: "also when the chain did not verify: the leaf the peer sent"},
@@ -130,8 +142,13 @@ func (p *probeMetrics) gauge(d *prometheus.Desc, v float64, labels ...string) {
 // scrape's; logger gets the verdict.
 func (r *Result) Registry(duration time.Duration, logger *slog.Logger) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(r.metrics(duration, logger))
+	return reg
+}
+
+// metrics are the probe's metrics, as Registry gathers them.
+func (r *Result) metrics(duration time.Duration, logger *slog.Logger) *probeMetrics {
 	p := &probeMetrics{}
-	reg.MustRegister(p)
 	pe := r.Error()
 	p.gauge(descSuccess, b2f(r.Succeeded()))
 	p.gauge(descDuration, duration.Seconds())
@@ -163,7 +180,7 @@ func (r *Result) Registry(duration time.Duration, logger *slog.Logger) *promethe
 	if r.connect != nil {
 		p.connection(r)
 	}
-	return reg
+	return p
 }
 
 // connection adds the metrics of a probe that got as far as the probe

@@ -441,7 +441,7 @@ func (s *Server) Stop() { s.grpc.Stop() }
 func (s *Server) NewMetricsServer(ctx context.Context) (*exporter.Server, error) {
 	page := statuspage.New(s.audit, s.status, s.logger)
 	m := exporter.New(ctx, s.cfg.Exporter, exporter.Deps{
-		Admission: s.admission, Prober: s.service, Modules: s.modules, Limits: s.service.Limits(),
+		Admission: s.admission, Prober: s.service, Fleet: fleet.NewService(s.service, s.fleet), Modules: s.modules, Limits: s.service.Limits(),
 		Gatherer: s.registry, Health: s.healthOf, Page: page, Reload: s.Reload, Observe: s.audit.Observe,
 		Connections: s.metrics.metricsConnections,
 		Refused:     func(limit string) { s.metrics.limitRefusals.WithLabelValues(limit).Inc() },

@@ -1,0 +1,136 @@
+package probemetrics
+
+import (
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/modules"
+)
+
+// vantageLabel is the label of a node's series in a fan-out's scrape.
+const vantageLabel = "vantage"
+
+// Fanout is what a probe of a module from a fleet's nodes found (/probe's
+// from=): each node's result, the nodes that failed as a whole, the
+// counts; or, when the target could not be probed anywhere, that.
+type Fanout struct {
+	module *modules.Module
+	// whole is the target as given here: its host, and its failure when
+	// it failed before any node was asked.
+	whole *Result
+	// nodes are the nodes' results, by vantage label; failures the nodes
+	// that failed as a whole.
+	nodes    map[string]*Result
+	failures map[string]*netprobev1.VantageError
+	// addrs are the vantage labels given so far, with the address of the
+	// node each names: two nodes of one name are told apart by it.
+	addrs   map[string]string
+	summary *netprobev1.FanoutSummary
+}
+
+// NewFanout begins the result of a probe of m from a fleet's nodes.
+func NewFanout(m *modules.Module) *Fanout {
+	return &Fanout{module: m, whole: New(m, false), nodes: map[string]*Result{}, failures: map[string]*netprobev1.VantageError{}, addrs: map[string]string{}}
+}
+
+// Whole is the probe as this node sees it before asking any: Addressed
+// gives its host to every node's result; Fail fails the target before
+// any node is asked (one that is not HOST:PORT, that no node could take,
+// a module that cannot run), and the scrape answers it as one probe that
+// failed, with no node's series.
+func (f *Fanout) Whole() *Result { return f.whole }
+
+// Keep is the send of the fan-out's Sweep: it keeps each node's first
+// result (the Sweep has one entry, which a node probes once), each node's
+// failure and the counts. Nothing a node sends grows it past one result
+// and one failure a node.
+func (f *Fanout) Keep(r *netprobev1.SweepResponse) error {
+	if s := r.GetFanout(); s != nil {
+		f.summary = s
+		return nil
+	}
+	label := f.label(r.GetVantage())
+	if e := r.GetVantageError(); e != nil {
+		f.failures[label] = e
+		return nil
+	}
+	if _, seen := f.nodes[label]; seen {
+		return nil
+	}
+	res := New(f.module, false)
+	res.Addressed(f.whole.host)
+	res.swept(r)
+	f.nodes[label] = res
+	return nil
+}
+
+// label is the vantage label of v's series: the node's name, made valid
+// UTF-8, or, for a second node of a name already given (a fleet whose
+// nodes share a --node-name), NAME@ADDRESS, so that no two nodes' series
+// are one.
+func (f *Fanout) label(v *netprobev1.Vantage) string {
+	name := strings.ToValidUTF8(v.GetNode(), "\uFFFD")
+	if addr, taken := f.addrs[name]; taken && addr != v.GetAddress() {
+		name += "@" + strings.ToValidUTF8(v.GetAddress(), "\uFFFD")
+	}
+	f.addrs[name] = v.GetAddress()
+	return name
+}
+
+// Registry gathers the fan-out's metrics: each node's as one probe gives
+// them, with its vantage label; probe_fanout_node_failure_info for each
+// node that failed as a whole; the counts; and probe_success, 1 only when
+// every node asked succeeded, with probe_duration_seconds, the whole
+// scrape's, without a vantage. duration is the whole scrape's.
+func (f *Fanout) Registry(duration time.Duration, logger *slog.Logger) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	p := &probeMetrics{}
+	reg.MustRegister(p)
+	unprobed := f.whole.Error() != nil
+	if unprobed {
+		reg.MustRegister(f.whole.metrics(duration, logger))
+	}
+	succeeded := 0
+	for label, res := range f.nodes {
+		if res.Succeeded() {
+			succeeded++
+		}
+		prometheus.WrapRegistererWith(prometheus.Labels{vantageLabel: label}, reg).MustRegister(res.metrics(res.duration(), logger.With(vantageLabel, label)))
+	}
+	for label, e := range f.failures {
+		p.gauge(nodeFailure.desc, 1, label, e.GetCode())
+		logger.Error("a node failed as a whole", vantageLabel, label, "code", e.GetCode(), "message", e.GetMessage())
+	}
+	asked, failed := int(f.summary.GetAsked()), int(f.summary.GetFailed())
+	if !unprobed {
+		p.gauge(descSuccess, b2f(asked > 0 && succeeded == asked && failed == 0))
+		p.gauge(descDuration, duration.Seconds())
+	}
+	p.gauge(fanoutAsked.desc, float64(asked))
+	p.gauge(fanoutSucceeded.desc, float64(succeeded))
+	p.gauge(fanoutFailed.desc, float64(failed))
+	return reg
+}
+
+// swept records a fanned-out Sweep's result of the probe. A probe the
+// node's sweep gave up before it started (its caller's turn within the
+// node's limits did not come in time) failed for a limit there.
+func (r *Result) swept(s *netprobev1.SweepResponse) {
+	r.connect, r.summary = s.GetConnect(), s.GetSummary()
+	if r.connect == nil {
+		r.failure = &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_POLICY, Reason: netprobev1.Reason_REASON_LIMIT,
+			Message: "the node's sweep ended before the probe started: its turn within the node's limits did not come in time"}
+	}
+}
+
+// duration is how long a node's probe took, as the node measured it.
+func (r *Result) duration() time.Duration {
+	if s := r.summary; s != nil {
+		return s.GetTotalDuration().AsDuration()
+	}
+	return r.connect.GetTotalDuration().AsDuration()
+}

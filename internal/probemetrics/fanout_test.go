@@ -1,0 +1,81 @@
+package probemetrics
+
+import (
+	"log/slog"
+	"maps"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/modules"
+)
+
+// TestFanoutNodes feeds a fan-out's result what its nodes could send,
+// misconfigured or hostile: two nodes of one name, a node that sends a
+// result many times, a name that is not UTF-8. Each node's series stay
+// its own, one a node, and the scrape gathers.
+func TestFanoutNodes(t *testing.T) {
+	m := &modules.Module{Name: "tcp_connect", Prober: "tcp"}
+	ok := func(node, addr string) *netprobev1.SweepResponse {
+		return &netprobev1.SweepResponse{Vantage: &netprobev1.Vantage{Node: node, Address: addr},
+			Connect: &netprobev1.ConnectResponse{PeerAddress: "127.0.0.1:80", TotalDuration: durationpb.New(time.Millisecond)}}
+	}
+	refused := func(node, addr string) *netprobev1.SweepResponse {
+		r := ok(node, addr)
+		r.Connect.Error = &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_CONNECT, Reason: netprobev1.Reason_REASON_REFUSED}
+		return r
+	}
+	for _, tc := range []struct {
+		name string
+		sent []*netprobev1.SweepResponse
+		want map[string]float64
+	}{
+		{"two nodes of one name", []*netprobev1.SweepResponse{ok("n1", ""), refused("n1", "10.0.0.2:7070")},
+			map[string]float64{`{}`: 0, `{vantage="n1"}`: 1, `{vantage="n1@10.0.0.2:7070"}`: 0}},
+		{"a node that sends again", []*netprobev1.SweepResponse{ok("n2", "10.0.0.2:7070"), refused("n2", "10.0.0.2:7070"), refused("n2", "10.0.0.2:7070")},
+			map[string]float64{`{}`: 1, `{vantage="n2"}`: 1}},
+		{"a name that is not UTF-8", []*netprobev1.SweepResponse{ok("n\xff", "10.0.0.3:7070")},
+			map[string]float64{`{}`: 1, "{vantage=\"n\uFFFD\"}": 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFanout(m)
+			f.Whole().Addressed("127.0.0.1")
+			nodes := map[string]bool{}
+			for _, r := range tc.sent {
+				f.Keep(r)
+				nodes[r.GetVantage().GetNode()+r.GetVantage().GetAddress()] = true
+			}
+			f.Keep(&netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{Asked: uint32(len(nodes)), Answered: uint32(len(nodes))}})
+			families, err := f.Registry(time.Second, slog.New(slog.DiscardHandler)).Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]float64{}
+			for _, fam := range families {
+				if fam.GetName() != "probe_success" {
+					continue
+				}
+				for _, s := range fam.GetMetric() {
+					got[labelsOf(s)] = s.GetGauge().GetValue()
+				}
+			}
+			if !maps.Equal(got, tc.want) {
+				t.Errorf("probe_success %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func labelsOf(m *dto.Metric) string {
+	s := "{"
+	for i, l := range m.GetLabel() {
+		if i > 0 {
+			s += ","
+		}
+		s += l.GetName() + "=\"" + l.GetValue() + "\""
+	}
+	return s + "}"
+}
