@@ -41,7 +41,7 @@ func (s *Service) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreamin
 	// The nodes charge the caller as the limits here know it: its name,
 	// or an anonymous caller's address.
 	caller := admission.CallerOf(ctx).String()
-	return s.fleet.Sweep(ctx, req, caller, stream.Send, s.Server.SweepTo)
+	return s.fleet.Sweep(ctx, req, caller, stream.Send, s.Server)
 }
 
 type forwardedKey struct{}
