@@ -8,9 +8,11 @@
 // dial+close loop, from its own client and from ghz; Fetch throughput
 // against a bare user-space relay; /probe scrapes a second against
 // blackbox_exporter's (when installed); memory, goroutines and descriptors with
-// 10,000 probes in flight, and after they are cancelled; and the server's
-// allocations per Connect. It exits non-zero if a figure cannot be
-// measured. It is not a gate on speed: machines differ.
+// 10,000 probes in flight, and after they are cancelled; the server's
+// allocations per Connect; and a Sweep fanned out from 50, then 200, probed,
+// each in a network namespace of its own (root only), against the nodes' own
+// sweeps. It exits non-zero if a figure cannot be measured. It is not a gate
+// on speed: machines differ.
 package main
 
 import (
@@ -52,6 +54,8 @@ type options struct {
 	part, probed string
 	// ghz is the ghz binary for the ghz part.
 	ghz string
+	// nodes are the fleet sizes the fanout part runs, one after another.
+	nodes string
 }
 
 func main() {
@@ -59,7 +63,8 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "how long each rate is measured")
 	flag.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
 	flag.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
-	flag.StringVar(&o.only, "only", "", "run only this part: connect, ghz, fetch, scrape or inflight")
+	flag.StringVar(&o.only, "only", "", "run only this part: connect, ghz, fetch, scrape, inflight or fanout")
+	flag.StringVar(&o.nodes, "nodes", "50,200", "fleet sizes the fanout part runs, comma-separated: as many probed, each in a network namespace of its own (2-250; needs root)")
 	flag.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
 	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
 	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
@@ -102,6 +107,7 @@ var parts = []struct {
 	run  func(context.Context, string, options) ([]row, error)
 }{
 	{"connect", benchConnect}, {"ghz", benchGhz}, {"fetch", benchFetch}, {"scrape", benchScrape}, {"inflight", benchInflight},
+	{"fanout", benchFanout},
 }
 
 func run(ctx context.Context, o options, out io.Writer) error {
@@ -137,7 +143,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 		cmd := exec.CommandContext(ctx, self, "-part", p.name, "-probed", bin, "-ghz", ghz,
 			"-duration", o.duration.String(), "-rounds", strconv.Itoa(o.rounds),
-			"-fetch-bytes", strconv.FormatInt(o.fetch, 10), "-inflight", strconv.Itoa(o.inflight))
+			"-fetch-bytes", strconv.FormatInt(o.fetch, 10), "-inflight", strconv.Itoa(o.inflight), "-nodes", o.nodes)
 		cmd.Stderr = os.Stderr
 		b, err := cmd.Output()
 		if err != nil {

@@ -22,16 +22,19 @@ type server struct {
 	client *client.Client
 }
 
-// startProbed runs probed with its limits raised out of the way of the
-// load (the defaults would rightly refuse one caller this much), and its
-// default logging: one audit line per probe.
+// unlimited are probed's limits raised out of the way of the load: the
+// defaults would rightly refuse one caller this much.
+var unlimited = []string{
+	"--rate=1e9", "--burst=1000000000",
+	"--max-in-flight=1000000", "--max-in-flight-per-caller=1000000",
+	"--max-streams-per-connection=1000000", "--max-reads-per-caller=1000000",
+	"--max-sweeps-per-caller=1000000", "--max-sweeps=1000000", "--max-connections-per-source=1000000", "--max-connections=1000000",
+}
+
+// startProbed runs probed on loopback, unlimited, with its default
+// logging: one audit line per probe.
 func startProbed(bin string, extra ...string) (*server, error) {
-	args := append([]string{"--listen=127.0.0.1:0",
-		"--rate=1e9", "--burst=1000000000",
-		"--max-in-flight=1000000", "--max-in-flight-per-caller=1000000",
-		"--max-streams-per-connection=1000000", "--max-reads-per-caller=1000000",
-		"--max-sweeps-per-caller=1000000", "--max-sweeps=1000000", "--max-connections-per-source=1000000", "--max-connections=1000000",
-	}, extra...)
+	args := append(append([]string{"--listen=127.0.0.1:0"}, unlimited...), extra...)
 	p, err := probetest.Launch(exec.Command(bin, args...))
 	if err != nil {
 		return nil, err

@@ -226,6 +226,15 @@ func (s *Server) cuttable(ctx context.Context) (context.Context, func()) {
 	}
 }
 
+// Cuttable is ctx, ended by Cut (its cause ErrShutdown) as a drain's
+// grace ends, as the server's own Fetches and Sweeps are; done is to be
+// called once the work it bounds is over. A fleet's fan-out ends the
+// nodes it still waits for by it, to send what it has before the drain
+// stops the call.
+func (s *Server) Cuttable(ctx context.Context) (cut context.Context, done func()) {
+	return s.cuttable(ctx)
+}
+
 var _ netprobev1.ProbeServiceServer = (*Server)(nil)
 
 // New returns a Server with cfg's zero fields set to their defaults.

@@ -92,19 +92,28 @@ func sweepAll(ctx context.Context, t *testing.T, conn *grpc.ClientConn, req *net
 			out.err = err
 			return out
 		}
-		switch {
-		case r.GetFanout() != nil:
-			if out.fanout != nil {
-				t.Errorf("a second fanout summary: %v", r)
-			}
-			out.fanout = r.GetFanout()
-		case out.fanout != nil:
-			t.Errorf("a response after the fanout summary: %v", r)
-		case r.GetVantageError() != nil:
-			out.errors[r.GetVantage().GetNode()] = r.GetVantageError()
-		default:
-			out.results[r.GetVantage().GetNode()] = append(out.results[r.GetVantage().GetNode()], r)
+		out.add(t, r)
+	}
+}
+
+// add files r under its node, or as the counts.
+func (s *sweepOf) add(t *testing.T, r *netprobev1.SweepResponse) {
+	t.Helper()
+	switch {
+	case r.GetFanout() != nil:
+		if s.fanout != nil {
+			t.Errorf("a second fanout summary: %v", r)
 		}
+		s.fanout = r.GetFanout()
+	case s.fanout != nil:
+		t.Errorf("a response after the fanout summary: %v", r)
+	case r.GetVantageError() != nil:
+		if e := s.errors[r.GetVantage().GetNode()]; e != nil {
+			t.Errorf("a second vantage error of %s: %v, after %v", r.GetVantage().GetNode(), r, e)
+		}
+		s.errors[r.GetVantage().GetNode()] = r.GetVantageError()
+	default:
+		s.results[r.GetVantage().GetNode()] = append(s.results[r.GetVantage().GetNode()], r)
 	}
 }
 

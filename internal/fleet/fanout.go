@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/service"
 )
 
 // defaultFanout is how many nodes a selector without a limit asks.
@@ -66,9 +67,16 @@ func (f *Fleet) MaxFanout() int {
 // Run keeps the peers current until ctx ends.
 func (f *Fleet) Run(ctx context.Context) { f.peers.Run(ctx) }
 
-// Local runs a sweep on this node, its results leaving through send: the
-// probe service's SweepTo.
-type Local func(ctx context.Context, req *netprobev1.SweepRequest, send func(*netprobev1.SweepResponse) error) error
+// Local is this node's probe service, as a fan-out uses it.
+type Local interface {
+	// SweepTo runs a sweep on this node, its results leaving through
+	// send.
+	SweepTo(ctx context.Context, req *netprobev1.SweepRequest, send func(*netprobev1.SweepResponse) error) error
+	// Cuttable is ctx, ended with the cause service.ErrShutdown when the
+	// node's drain cuts its own sweeps short; done is called once the
+	// fan-out is over.
+	Cuttable(ctx context.Context) (cut context.Context, done func())
+}
 
 // vantage is one node a fan-out asks.
 type vantage struct {
@@ -94,6 +102,12 @@ func (f *Fleet) Sweep(ctx context.Context, req *netprobev1.SweepRequest, caller 
 	nctx, cancel := nodeContext(ctx)
 	defer cancel()
 	f.metrics.fanouts.Inc()
+	// A drain of this node cuts the other nodes still sending as it cuts
+	// this node's own sweep (which sees to its cut itself): each is then
+	// UNAVAILABLE after what it sent, and the call ends with the counts
+	// before the drain stops it.
+	rctx, done := local.Cuttable(nctx)
+	defer done()
 
 	var (
 		mu       sync.Mutex
@@ -117,17 +131,20 @@ func (f *Fleet) Sweep(ctx context.Context, req *netprobev1.SweepRequest, caller 
 		wg.Go(func() {
 			pv := &netprobev1.Vantage{Node: v.Node, Labels: maps.Clone(v.Labels)}
 			var err error
+			vctx := nctx
 			if v.local {
-				err = local(nctx, fwd, out(pv))
+				err = local.SweepTo(vctx, fwd, out(pv))
 			} else {
+				vctx = rctx
 				pv.Address = v.Addr.String()
-				err = f.remote(nctx, v.Peer, caller, fwd, out(pv))
+				err = f.remote(vctx, v.Peer, caller, fwd, out(pv))
 			}
 			if err != nil && ctx.Err() == nil {
-				verr := vantageError(err, nctx)
+				verr := vantageError(err, vctx)
 				f.metrics.nodeFailures.WithLabelValues(v.Node, verr.Code).Inc()
 				f.logger.Warn("fan-out: a node failed", "node", v.Node, "addr", pv.Address, "code", verr.Code, "err", verr.Message)
-				if verr.Code == codeName(codes.Unavailable) {
+				if verr.Code == codeName(codes.Unavailable) && vctx.Err() == nil {
+					// Not cut by this node's drain: the node itself failed.
 					f.peers.Failed()
 				}
 				out(pv)(&netprobev1.SweepResponse{VantageError: verr})
@@ -263,12 +280,16 @@ func nodeContext(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // vantageError is a node's failure as its response says it: the status
 // the node or its connection gave, DEADLINE_EXCEEDED when it was cut at
-// nctx's deadline.
-func vantageError(err error, nctx context.Context) *netprobev1.VantageError {
-	if errors.Is(nctx.Err(), context.DeadlineExceeded) {
-		d, _ := nctx.Deadline()
+// vctx's deadline, UNAVAILABLE when this node's drain cut it.
+func vantageError(err error, vctx context.Context) *netprobev1.VantageError {
+	switch cause := context.Cause(vctx); {
+	case errors.Is(cause, context.DeadlineExceeded):
+		d, _ := vctx.Deadline()
 		return &netprobev1.VantageError{Code: codeName(codes.DeadlineExceeded),
 			Message: fmt.Sprintf("the node had not finished by %s, the call's deadline less a margin; its results so far are above", d.UTC().Format(time.RFC3339Nano))}
+	case errors.Is(cause, service.ErrShutdown):
+		return &netprobev1.VantageError{Code: codeName(codes.Unavailable),
+			Message: "the node had not finished when the server that took the call, draining, cut its calls short; its results so far are above"}
 	}
 	st := status.Convert(err)
 	return &netprobev1.VantageError{Code: codeName(st.Code()), Message: st.Message()}

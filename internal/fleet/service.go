@@ -48,7 +48,7 @@ func (s *Service) FanOut(ctx context.Context, req *netprobev1.SweepRequest, send
 	// The nodes charge the caller as the limits here know it: its name,
 	// or an anonymous caller's address.
 	caller := admission.CallerOf(ctx).String()
-	return s.fleet.Sweep(ctx, req, caller, send, s.Server.SweepTo)
+	return s.fleet.Sweep(ctx, req, caller, send, s.Server)
 }
 
 type forwardedKey struct{}
