@@ -59,33 +59,32 @@ func TestAPIDocExamples(t *testing.T) {
 				env = lan
 			}
 			examples++
-			args, ok := env.args(ex.command)
-			if !ok {
-				t.Errorf("%s: %q is no grpcurl command this test can run", doc, ex.command)
-				continue
-			}
-			cmd := env.command(grpcurlBin, args...)
-			var out bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			err := cmd.Run()
-			var exit *exec.ExitError
-			if err != nil && !errors.As(err, &exit) {
-				t.Fatalf("%s: $ %s: %v", doc, ex.command, err)
-			}
-			refused := strings.HasPrefix(ex.output, "ERROR:")
-			got := out.String()
-			switch {
-			case refused != (err != nil):
-				t.Errorf("%s: $ %s\nexited with %v; the example shows %s\nprinted\n%s", doc, ex.command, err, ex.output, got)
-			case ex.output == "" && got == "":
-				t.Errorf("%s: $ %s\nprinted nothing", doc, ex.command)
-			case ex.output != "" && !env.matches(got, ex.output, strings.HasSuffix(ex.command, "/Sweep")):
-				t.Errorf("%s: $ %s\nprinted\n%s\nbut the example shows\n%s", doc, ex.command, got, ex.output)
-			}
+			env.run(t, doc, ex)
 		}
 	}
 	if examples < 13 {
 		t.Errorf("%d grpcurl examples found, want docs/api.md's 11 and README.md's 2", examples)
+	}
+}
+
+// TestFleetDoc runs docs/fleet.md's grpcurl examples as TestAPIDocExamples
+// runs api.md's, against the fleet they show (fleetExamples): Describe of
+// n1, and a Sweep from all three nodes, n3 down. The fan-out's responses
+// are matched one to one, in the order the API defines (see matches).
+func TestFleetDoc(t *testing.T) {
+	t.Parallel()
+	const doc = "../../docs/fleet.md"
+	text, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples := grpcurlExamples(string(text))
+	if len(examples) != 2 {
+		t.Errorf("%d grpcurl examples found in %s, want its Describe and its fan-out Sweep", len(examples), doc)
+	}
+	env := fleetExamples(t)
+	for _, ex := range examples {
+		env.run(t, doc, ex)
 	}
 }
 
@@ -95,17 +94,22 @@ type grpcurlExample struct {
 	command, output string
 }
 
-// grpcurlExamples returns the grpcurl commands of text's ```sh blocks:
-// those after a "$ " prompt with the lines after them up to the next
-// prompt as their output, and bare "grpcurl ..." lines with none. A
-// command goes on while a line ends in a backslash or a single quote is
-// open.
+// exampleBlock starts a block of commands: ```sh (api.md's, README.md's)
+// or ```console (fleet.md's; README.md's, of the CLI, holds no grpcurl).
+var exampleBlock = regexp.MustCompile("```(sh|console)\n")
+
+// grpcurlExamples returns the grpcurl commands of text's ```sh and
+// ```console blocks: those after a "$ " prompt with the lines after them
+// up to the next prompt as their output, and bare "grpcurl ..." lines with
+// none. A command goes on while a line ends in a backslash or a single
+// quote is open. Other commands ("$ probe ...") and their output are not
+// grpcurl's: they are left out.
 func grpcurlExamples(text string) []grpcurlExample {
 	var out []grpcurlExample
-	for _, part := range strings.Split(text, "```sh\n")[1:] {
+	for _, part := range exampleBlock.Split(text, -1)[1:] {
 		body, _, _ := strings.Cut(part, "```")
 		lines := strings.SplitAfter(body, "\n")
-		prompted := false // whether the last command had a prompt
+		prompted := false // whether the last command was a grpcurl one after a prompt
 		for i := 0; i < len(lines); i++ {
 			cmd, prompt := strings.CutPrefix(lines[i], "$ ")
 			if !prompt && !strings.HasPrefix(cmd, "grpcurl ") {
@@ -118,8 +122,11 @@ func grpcurlExamples(text string) []grpcurlExample {
 				i++
 				cmd += lines[i]
 			}
-			out = append(out, grpcurlExample{command: strings.TrimSpace(cmd)})
-			prompted = prompt
+			grpcurl := strings.HasPrefix(cmd, "grpcurl ")
+			if grpcurl {
+				out = append(out, grpcurlExample{command: strings.TrimSpace(cmd)})
+			}
+			prompted = prompt && grpcurl
 		}
 	}
 	return out
@@ -132,6 +139,9 @@ type exampleEnv struct {
 	addr string
 	// ports maps a port an example names to the one that serves it here.
 	ports map[string]string
+	// addrs maps an IP address an example names, in an "ip:port", to the
+	// one that serves it here.
+	addrs map[string]string
 	// command runs a program where the probed is.
 	command func(name string, args ...string) *exec.Cmd
 }
@@ -231,14 +241,22 @@ func tokenize(s string) []token {
 
 var (
 	duration = regexp.MustCompile(`^\d+(\.\d+)?s$`)
-	// addrPort finds the port of an "ip:port" or "[ip]:port".
+	// addrPort finds the IP address and port of an "ip:port", or the port
+	// of an "[ip]:port".
 	addrPort = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+|\]):(\d+)\b`)
+	// instance is the shape of Describe's instance, random per process.
+	instance = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	// version is the shape of Describe's version, as buildinfo.Version
+	// gives it: "(devel)" from a checkout, a module or stamped version,
+	// each perhaps with a revision after it.
+	version = regexp.MustCompile(`^(\(devel\)|unknown|v\d+\.\d+\.\d+\S*)( \S+)?$`)
 )
 
-// normalize drops from toks what varies from run to run: durations, and
-// the ports of addresses other than those the examples name; ports maps
-// each port served here to the one the examples name.
-func normalize(toks []token, ports map[string]string) []token {
+// normalize drops from toks what varies from run to run: durations, the
+// ports of addresses other than those the examples name, and Describe's
+// instance and version, kept only by their shape; ports and addrs map
+// each port and IP address served here to the one the examples name.
+func normalize(toks []token, ports, addrs map[string]string) []token {
 	port := func(p string) string {
 		if q, ok := ports[p]; ok {
 			return q
@@ -246,16 +264,31 @@ func normalize(toks []token, ports map[string]string) []token {
 		return "#"
 	}
 	out := slices.Clone(toks)
+	// key is the name of the field whose value is out[i], or "".
+	key := func(i int) string {
+		if i >= 2 && out[i-2].quoted && out[i-1].text == ":" && !out[i-1].quoted {
+			return out[i-2].text
+		}
+		return ""
+	}
 	for i, tk := range out {
 		switch {
 		case tk.quoted && duration.MatchString(tk.text):
 			out[i].text = "#s"
+		case tk.quoted && key(i) == "instance" && instance.MatchString(tk.text):
+			out[i].text = "#instance"
+		case tk.quoted && key(i) == "version" && version.MatchString(tk.text):
+			out[i].text = "#version"
 		case tk.quoted:
 			out[i].text = addrPort.ReplaceAllStringFunc(tk.text, func(m string) string {
 				sub := addrPort.FindStringSubmatch(m)
-				return sub[1] + ":" + port(sub[2])
+				ip := sub[1]
+				if a, ok := addrs[ip]; ok {
+					ip = a
+				}
+				return ip + ":" + port(sub[2])
 			})
-		case i >= 2 && out[i-2].quoted && out[i-2].text == "port" && out[i-1].text == ":":
+		case key(i) == "port":
 			// A port field is a target's port, to be mapped, or a
 			// service's, to be kept.
 			if q, ok := ports[tk.text]; ok {
@@ -266,18 +299,62 @@ func normalize(toks []token, ports map[string]string) []token {
 	return out
 }
 
+// run runs ex, an example of doc, in env, and reports where grpcurl's
+// exit or output is not what ex shows.
+func (env *exampleEnv) run(t *testing.T, doc string, ex grpcurlExample) {
+	t.Helper()
+	args, ok := env.args(ex.command)
+	if !ok {
+		t.Errorf("%s: %q is no grpcurl command this test can run", doc, ex.command)
+		return
+	}
+	cmd := env.command(grpcurlBin, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("%s: $ %s: %v", doc, ex.command, err)
+	}
+	refused := strings.HasPrefix(ex.output, "ERROR:")
+	got := out.String()
+	switch {
+	case refused != (err != nil):
+		t.Errorf("%s: $ %s\nexited with %v; the example shows %s\nprinted\n%s", doc, ex.command, err, ex.output, got)
+	case ex.output == "" && got == "":
+		t.Errorf("%s: $ %s\nprinted nothing", doc, ex.command)
+	case ex.output != "" && !env.matches(got, ex.output, strings.HasSuffix(ex.command, "/Sweep")):
+		t.Errorf("%s: $ %s\nprinted\n%s\nbut the example shows\n%s", doc, ex.command, got, ex.output)
+	}
+}
+
 // matches reports whether grpcurl's output got is what the example want
-// shows. A Sweep's results come as they finish: they are put in the order
-// of their index first, as the example lists them.
+// shows. A Sweep's responses come as they finish: the example's must be
+// its responses one to one, in any order but the one the API defines
+// (sentBefore).
 func (env *exampleEnv) matches(got, want string, sweep bool) bool {
-	fromReal, fromDoc := map[string]string{}, map[string]string{}
+	portsFromReal, portsFromDoc := map[string]string{}, map[string]string{}
 	for doc, real := range env.ports {
-		fromReal[real], fromDoc[doc] = doc, doc
+		portsFromReal[real], portsFromDoc[doc] = doc, doc
 	}
-	g, w := normalize(tokenize(got), fromReal), normalize(tokenize(want), fromDoc)
-	if sweep {
-		g = byIndex(g)
+	addrsFromReal := map[string]string{}
+	for doc, real := range env.addrs {
+		addrsFromReal[real] = doc
 	}
+	g, w := normalize(tokenize(got), portsFromReal, addrsFromReal), normalize(tokenize(want), portsFromDoc, nil)
+	if !sweep {
+		return matchTokens(g, w)
+	}
+	gs, ok := objects(g)
+	ws, wok := objects(w)
+	return ok && wok && matchResponses(gs, ws)
+}
+
+// matchTokens reports whether g, grpcurl's output, is what w, an
+// example's, shows: the same tokens, where "..." in w stands for any
+// balanced run of tokens and a string ending in "..." for any string with
+// that beginning.
+func matchTokens(g, w []token) bool {
 	type pos struct{ w, g int }
 	memo := map[pos]bool{}
 	var match func(i, j int) bool
@@ -312,43 +389,123 @@ func (env *exampleEnv) matches(got, want string, sweep bool) bool {
 	return match(0, 0)
 }
 
-// byIndex orders the top-level objects of toks by their "index" (0 when
-// absent, as proto3 JSON leaves it out).
-func byIndex(toks []token) []token {
-	type object struct {
-		index int
-		toks  []token
-	}
-	var objs []object
+// objects splits toks into its top-level objects; ok is false when a
+// token stands outside them (a "..." for responses left out).
+func objects(toks []token) (objs [][]token, ok bool) {
 	depth, start := 0, 0
 	for k, tk := range toks {
+		if tk.quoted {
+			if depth == 0 {
+				return nil, false
+			}
+			continue
+		}
 		switch tk.text {
 		case "{", "[":
+			if depth == 0 && tk.text != "{" {
+				return nil, false
+			}
 			depth++
 		case "}", "]":
 			depth--
 			if depth == 0 {
-				o := object{toks: toks[start : k+1]}
-				for m := 1; m+2 < len(o.toks); m++ {
-					if o.toks[m].quoted && o.toks[m].text == "index" {
-						o.index, _ = strconv.Atoi(o.toks[m+2].text)
-						break
-					}
-				}
-				objs = append(objs, o)
+				objs = append(objs, toks[start:k+1])
 				start = k + 1
+			}
+		default:
+			if depth == 0 {
+				return nil, false
 			}
 		}
 	}
-	if start != len(toks) {
-		return toks
+	return objs, depth == 0 && start == len(toks)
+}
+
+// field is the tokens of the value of obj's top-level field key (obj the
+// tokens of a JSON object), or nil when it has none.
+func field(obj []token, key string) []token {
+	depth, start := 0, -1
+	for k, tk := range obj {
+		if !tk.quoted {
+			switch tk.text {
+			case "{", "[":
+				depth++
+			case "}", "]":
+				depth--
+			}
+		}
+		switch {
+		case start >= 0 && (depth == 0 || depth == 1 && !tk.quoted && tk.text == ","):
+			return obj[start:k]
+		case start < 0 && depth == 1 && tk.quoted && tk.text == key && k+1 < len(obj) && !obj[k+1].quoted && obj[k+1].text == ":":
+			start = k + 2
+		}
 	}
-	slices.SortStableFunc(objs, func(a, b object) int { return a.index - b.index })
-	var out []token
-	for _, o := range objs {
-		out = append(out, o.toks...)
+	return nil
+}
+
+// sentBefore reports whether the API sends Sweep response a before b:
+// the fanout summary after every other response, and a node's vantage
+// error after that node's results. (Results come as they finish, and the
+// nodes' interleave.)
+func sentBefore(a, b []token) bool {
+	switch {
+	case field(b, "fanout") != nil:
+		return field(a, "fanout") == nil
+	case field(b, "vantageError") != nil:
+		node := func(r []token) string {
+			if n := field(field(r, "vantage"), "node"); len(n) == 1 {
+				return n[0].text
+			}
+			return ""
+		}
+		return field(a, "vantageError") == nil && node(a) == node(b)
 	}
-	return out
+	return false
+}
+
+// matchResponses reports whether the example's responses w are grpcurl's
+// responses g one to one, each matching its own (matchTokens), with the
+// API's order kept: in g, and in w wherever two shown responses are of an
+// order the API defines.
+func matchResponses(g, w [][]token) bool {
+	if len(g) != len(w) {
+		return false
+	}
+	for a := range g {
+		for b := range a {
+			if sentBefore(g[a], g[b]) {
+				return false // the server broke the order
+			}
+		}
+	}
+	ok := make([][]bool, len(w))
+	for i := range w {
+		ok[i] = make([]bool, len(g))
+		for k := range g {
+			ok[i][k] = matchTokens(g[k], w[i])
+		}
+	}
+	used := make([]bool, len(g))
+	pick := make([]int, len(w)) // pick[i] is the response w[i] shows
+	var assign func(i int) bool
+	assign = func(i int) bool {
+		if i == len(w) {
+			return true
+		}
+		for k := range g {
+			if used[k] || !ok[i][k] || slices.ContainsFunc(pick[:i], func(j int) bool { return sentBefore(g[k], g[j]) }) {
+				continue
+			}
+			used[k], pick[i] = true, k
+			if assign(i + 1) {
+				return true
+			}
+			used[k] = false
+		}
+		return false
+	}
+	return assign(0)
 }
 
 // loopbackExamples serves the examples' loopback targets and a probed that
@@ -433,4 +590,97 @@ func lanExamples(t *testing.T) *exampleEnv {
 	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+caFile)
 	p := probetest.StartProbed(t, cmd)
 	return &exampleEnv{addr: p.Addr, ports: map[string]string{"443": "443"}, command: prober.Command}
+}
+
+// fleetExamples runs the fleet of docs/fleet.md's examples: nodes n1, n2
+// and n3 labelled zone=z1, z0 and z1, at 127.0.0.71 to .73 for the doc's
+// 10.0.0.11 to .13 and on one port for its 7070, found through a DNS
+// server that names db.internal too, a listener on loopback for the doc's
+// port 5432. n3 is stopped once every node has heard from every node, so
+// that the fan-out's UNAVAILABLE is real; the examples ask n1.
+func fleetExamples(t *testing.T) *exampleEnv {
+	dns := dnstest.Start(t)
+	db := probetest.Listen(t, "127.0.0.1:0", nil)
+	dns.SetAddrs("db.internal", netip.MustParseAddr("127.0.0.1"))
+	nodes := startFleetOn(t, dns, 3, 70, func(i int) []string { return []string{fmt.Sprintf("--label=zone=z%d", i%2)} })
+	nodes[2].Stop()
+	_, port, err := net.SplitHostPort(nodes[0].Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &exampleEnv{
+		addr:    nodes[0].Addr,
+		ports:   map[string]string{"5432": strconv.Itoa(int(db.Port())), "7070": port},
+		addrs:   map[string]string{},
+		command: exec.Command,
+	}
+	for i, nd := range nodes {
+		env.addrs[fmt.Sprintf("10.0.0.%d", 11+i)] = nd.addr.String()
+	}
+	return env
+}
+
+// TestMatchResponses checks how a Sweep example's responses are held to
+// grpcurl's: one to one, in any order but the API's.
+func TestMatchResponses(t *testing.T) {
+	const (
+		a1    = `{"connect": {"port": 1}, "vantage": {"node": "a"}}`
+		a2    = `{"connect": {"port": 2}, "vantage": {"node": "a"}}`
+		b1    = `{"connect": {"port": 1}, "vantage": {"node": "b"}}`
+		aErr  = `{"vantage": {"node": "a"}, "vantageError": {"code": "UNAVAILABLE"}}`
+		bErr  = `{"vantage": {"node": "b"}, "vantageError": {"code": "UNAVAILABLE"}}`
+		count = `{"fanout": {"asked": 2}}`
+	)
+	lines := func(rs ...string) string { return strings.Join(rs, "\n") + "\n" }
+	env := &exampleEnv{}
+	for _, tc := range []struct {
+		name      string
+		got, want string
+		match     bool
+	}{
+		{"the same", lines(a1, b1, count), lines(a1, b1, count), true},
+		{"nodes interleaved otherwise", lines(a1, b1, count), lines(b1, a1, count), true},
+		{"a node's results in another order", lines(a2, a1, count), lines(a1, a2, count), true},
+		{"another node's error before a result", lines(a1, bErr, count), lines(bErr, a1, count), true},
+		{"elided", lines(a1, aErr), lines(`{"connect": {...}, "vantage": {"node": "a"}}`, `{"vantage": {...}, "vantageError": {"code": "..."}}`), true},
+		{"the counts shown first", lines(a1, b1, count), lines(count, a1, b1), false},
+		{"a node's error shown before its result", lines(a1, aErr, count), lines(aErr, a1, count), false},
+		{"the server's counts not last", lines(a1, count, b1), lines(a1, b1, count), false},
+		{"the server's error before its node's result", lines(aErr, a1), lines(a1, aErr), false},
+		{"a response left out", lines(a1, b1, count), lines(a1, count), false},
+		{"a response shown twice", lines(a1, b1, count), lines(a1, a1, count), false},
+		{"a response too many", lines(a1, count), lines(a1, b1, count), false},
+		{"responses elided as a whole", lines(a1, b1, count), lines(a1, "...", count), false},
+		{"a different value", lines(a1, b1, count), lines(a1, b1, `{"fanout": {"asked": 3}}`), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := env.matches(tc.got, tc.want, true); got != tc.match {
+				t.Errorf("matches(%s, %s) = %v, want %v", tc.got, tc.want, got, tc.match)
+			}
+		})
+	}
+}
+
+// TestGrpcurlExamples checks which commands of a doc are taken as grpcurl
+// examples, and which lines as their output.
+func TestGrpcurlExamples(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		want       []grpcurlExample
+	}{
+		{"sh, with a prompt", "```sh\n$ grpcurl a\n{\n}\n\n$ grpcurl b\nx\n```\n",
+			[]grpcurlExample{{"grpcurl a", "{\n}\n\n"}, {"grpcurl b", "x\n"}}},
+		{"sh, bare", "```sh\ngrpcurl a\ngrpcurl b\n```\n", []grpcurlExample{{"grpcurl a", ""}, {"grpcurl b", ""}}},
+		{"console", "```console\n$ grpcurl -d '{\n  \"a\": 1}' \\\n    h m\nout\n```\n",
+			[]grpcurlExample{{"grpcurl -d '{\n  \"a\": 1}' \\\n    h m", "out\n"}}},
+		{"other commands and their output left out", "```console\n$ probe connect h\nconnected\n$ grpcurl a\nout\n$ printf 'x' | probe fetch h\nx\n```\n",
+			[]grpcurlExample{{"grpcurl a", "out\n"}}},
+		{"other blocks left out", "```yaml\n$ grpcurl a\n```\ntext\n$ grpcurl b\n```go\ngrpcurl c\n```\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := grpcurlExamples(tc.text); !slices.Equal(got, tc.want) {
+				t.Errorf("%q\ngave %q\nwant %q", tc.text, got, tc.want)
+			}
+		})
+	}
 }

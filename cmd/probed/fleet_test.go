@@ -43,7 +43,13 @@ type node struct {
 // heard from every node.
 func startFleet(t *testing.T, n, base int, args func(i int) []string) []*node {
 	t.Helper()
-	dns := dnstest.Start(t)
+	return startFleetOn(t, dnstest.Start(t), n, base, args)
+}
+
+// startFleetOn is startFleet with the nodes' DNS server dns, which may
+// serve the names of their targets too.
+func startFleetOn(t *testing.T, dns *dnstest.Server, n, base int, args func(i int) []string) []*node {
+	t.Helper()
 	port := probetest.FreePort(t)
 	_, p, _ := net.SplitHostPort(port)
 	var addrs []netip.Addr
