@@ -2909,19 +2909,23 @@ func (x *SweepRequest) GetVantages() *VantageSelector {
 	return nil
 }
 
-// VantageSelector chooses nodes of a fleet. The conditions given must all
-// hold: all, or nodes by name, and labels.
+// VantageSelector chooses nodes of a fleet: all of them, or those named,
+// those holding labels, or those named that hold the labels.
 type VantageSelector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// all selects every node the entry knows, itself included.
+	// all selects every node the entry knows, itself included. It goes
+	// alone: with nodes or labels it is INVALID_ARGUMENT.
 	All bool `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
-	// nodes selects the nodes of these names (DescribeResponse.node).
+	// nodes selects the nodes of any of these names (DescribeResponse.node).
 	Nodes []string `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	// labels selects the nodes whose labels hold every one of these pairs.
+	// labels selects the nodes whose labels hold every one of these pairs;
+	// keys and values are written as probed's --label has them. With nodes,
+	// a node must be named and hold the labels.
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// limit is the most nodes asked, the first by name; unset is 50. The
-	// server refuses more than its own cap (probed --max-fanout, 500 by
-	// default) with INVALID_ARGUMENT.
+	// limit is the most nodes asked: the entry itself first when it is
+	// selected, then the others by name; unset is 50. The server refuses
+	// more than its own cap (probed --max-fanout, 500 by default) with
+	// INVALID_ARGUMENT. FanoutSummary.skipped counts the nodes left out.
 	Limit         uint32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3114,7 +3118,10 @@ type FanoutSummary struct {
 	// answered is how many ended their sweep.
 	Answered uint32 `protobuf:"varint,2,opt,name=answered,proto3" json:"answered,omitempty"`
 	// failed is how many failed as a whole (each has given a vantage_error).
-	Failed        uint32 `protobuf:"varint,3,opt,name=failed,proto3" json:"failed,omitempty"`
+	Failed uint32 `protobuf:"varint,3,opt,name=failed,proto3" json:"failed,omitempty"`
+	// skipped is how many more nodes the selector matched than its limit
+	// let the entry ask: they were not sent the sweep.
+	Skipped       uint32 `protobuf:"varint,4,opt,name=skipped,proto3" json:"skipped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3166,6 +3173,13 @@ func (x *FanoutSummary) GetAnswered() uint32 {
 func (x *FanoutSummary) GetFailed() uint32 {
 	if x != nil {
 		return x.Failed
+	}
+	return 0
+}
+
+func (x *FanoutSummary) GetSkipped() uint32 {
+	if x != nil {
+		return x.Skipped
 	}
 	return 0
 }
@@ -3617,11 +3631,12 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
 	"\fVantageError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"Y\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"s\n" +
 	"\rFanoutSummary\x12\x14\n" +
 	"\x05asked\x18\x01 \x01(\rR\x05asked\x12\x1a\n" +
 	"\banswered\x18\x02 \x01(\rR\banswered\x12\x16\n" +
-	"\x06failed\x18\x03 \x01(\rR\x06failed\"\x81\x03\n" +
+	"\x06failed\x18\x03 \x01(\rR\x06failed\x12\x18\n" +
+	"\askipped\x18\x04 \x01(\rR\askipped\"\x81\x03\n" +
 	"\rSweepResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12+\n" +
 	"\x06target\x18\x02 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x126\n" +
