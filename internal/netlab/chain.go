@@ -170,8 +170,11 @@ const (
 )
 
 // Filter makes router number hop (1 for the first router) apply f to the
-// TCP segments it would forward to the target on port, both families. Its
-// firewall goes with its namespace.
+// TCP segments for the target's port that come in, both families. It is
+// an ingress filter, as a router's access list is: it acts before the
+// router looks at the TTL, so that the router does not answer time
+// exceeded for them either, and a trace's last hop to answer is the one
+// before it. Its firewall goes with its namespace.
 func (c *Chain) Filter(t testing.TB, hop int, port uint16, f Filter) {
 	t.Helper()
 	r := c.router(t, hop)
@@ -180,8 +183,8 @@ func (c *Chain) Filter(t testing.TB, hop int, port uint16, f Filter) {
 		v4, v6 = "reject with icmp type admin-prohibited", "reject with icmpv6 type admin-prohibited"
 	}
 	r.NFT(t, fmt.Sprintf(`table inet netlab_chain {
-	chain forward {
-		type filter hook forward priority 0;
+	chain ingress {
+		type filter hook prerouting priority 0;
 		ip daddr %s tcp dport %d %s
 		ip6 daddr %s tcp dport %d %s
 	}
