@@ -106,7 +106,10 @@ func (tr *tracer) record(hop *netprobev1.Hop, a answer) {
 	if hop.Answer != netprobev1.HopAnswer_HOP_ANSWER_NONE {
 		return
 	}
-	hop.Answer, hop.Address = a.kind, a.from.String()
+	hop.Answer = a.kind
+	if a.from.IsValid() { // an ICMP error may not name its sender
+		hop.Address = a.from.String()
+	}
 	hop.IcmpType, hop.IcmpCode = uint32(a.icmpType), uint32(a.icmpCode)
 	if a.errno != 0 {
 		hop.Reason, hop.Errno = classify(a.errno)
