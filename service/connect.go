@@ -14,7 +14,7 @@ import (
 
 // Connect implements netprobev1.ProbeServiceServer.
 func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*netprobev1.ConnectResponse, error) {
-	t, timeout, tp, err := s.validateConnect(req)
+	t, timeout, tp, trace, err := s.validateConnect(req)
 	if err != nil {
 		return nil, err
 	}
@@ -28,24 +28,20 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 
 	p := &probing{s: s, ctx: ctx, pctx: pctx, start: start, target: t, tls: tp}
 	conn := p.connect()
-	return p.connected(req, conn)
+	return p.connected(req, conn, trace)
 }
 
 // connected finishes a Connect once the dial is over: the handshake, the
-// reverse lookup, the report. It is a function of its own so that its
-// frame is not on the stack while the dial waits (see doc.go).
-func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn) (*netprobev1.ConnectResponse, error) {
+// reverse lookup, the trace, the report. It is a function of its own so
+// that its frame is not on the stack while the dial waits (see doc.go).
+func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn, trace *traceParams) (*netprobev1.ConnectResponse, error) {
 	resp := p.resp
 	if conn != nil {
-		defer conn.Close()
-		if p.tls != nil {
-			_, resp.Tls, resp.Error = handshake(p.pctx, conn, p.tls, p.target, p.start)
-		}
-		if req.GetReverseLookup() {
-			resp.ReverseLookup = p.s.reverseLookup(p.pctx, conn.RemoteAddr(), p.start)
-		}
-		resp.TotalDuration = durationpb.New(time.Since(p.start))
+		p.finish(req, conn)
 	}
+	// The trace comes after the connection is closed: the target does
+	// not hold it open while the trace runs.
+	resp.Path = p.tracePath(trace, resp)
 	p.s.observe(p.ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error, Duration: time.Since(p.start)})
 	if err := callerGone(p.ctx); err != nil {
 		return nil, err
@@ -54,6 +50,20 @@ func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn) (*net
 		return nil, err
 	}
 	return resp, nil
+}
+
+// finish runs what follows a connection, the handshake and the reverse
+// lookup, and closes it.
+func (p *probing) finish(req *netprobev1.ConnectRequest, conn net.Conn) {
+	defer conn.Close()
+	resp := p.resp
+	if p.tls != nil {
+		_, resp.Tls, resp.Error = handshake(p.pctx, conn, p.tls, p.target, p.start)
+	}
+	if req.GetReverseLookup() {
+		resp.ReverseLookup = p.s.reverseLookup(p.pctx, conn.RemoteAddr(), p.start)
+	}
+	resp.TotalDuration = durationpb.New(time.Since(p.start))
 }
 
 // callerGone returns the status for a caller who cancelled or whose

@@ -323,13 +323,64 @@ func (s *Server) validateTimeout(v *violations, field string, d *durationpb.Dura
 	return t
 }
 
-func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (target, time.Duration, *tlsParams, error) {
+func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (target, time.Duration, *tlsParams, *traceParams, error) {
 	var v violations
 	t := validateTarget(&v, req.GetTarget())
 	s.validateSource(&v, "target.source_address", &t, req.GetTarget().GetSourceAddress())
 	timeout := s.validateTimeout(&v, "timeout", req.GetTimeout())
 	tp := validateTLS(&v, "tls", req.GetTls(), t)
-	return t, timeout, tp, v.err()
+	tr := s.validateTrace(&v, "trace", req.GetTrace(), t)
+	return t, timeout, tp, tr, v.err()
+}
+
+// traceParams are validated TraceOptions.
+type traceParams struct {
+	always          bool
+	maxHops, perHop int
+	timeout         time.Duration
+}
+
+// Limits of a trace (TraceOptions), as the API documents them.
+const (
+	defaultTraceHops    = 30
+	maxTraceHops        = 64
+	maxProbesPerHop     = 10
+	defaultTraceTimeout = 10 * time.Second
+)
+
+// validateTrace checks a request's trace options; nil when it asks for no
+// trace.
+func (s *Server) validateTrace(v *violations, field string, o *netprobev1.TraceOptions, t target) *traceParams {
+	if o == nil {
+		return nil
+	}
+	tr := &traceParams{maxHops: defaultTraceHops, perHop: 1, timeout: min(defaultTraceTimeout, s.cfg.MaxTimeout)}
+	if t.network == "udp" {
+		v.add(field, "a trace follows TCP targets only")
+	}
+	switch o.GetWhen() {
+	case netprobev1.TraceWhen_TRACE_WHEN_UNSPECIFIED, netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE:
+	case netprobev1.TraceWhen_TRACE_WHEN_ALWAYS:
+		tr.always = true
+	default:
+		v.add(field+".when", "unknown value %d: TRACE_WHEN_ON_FAILURE or TRACE_WHEN_ALWAYS", o.GetWhen())
+	}
+	switch n := o.GetMaxHops(); {
+	case n > maxTraceHops:
+		v.add(field+".max_hops", "%d is over the maximum of %d", n, maxTraceHops)
+	case n > 0:
+		tr.maxHops = int(n)
+	}
+	switch n := o.GetProbesPerHop(); {
+	case n > maxProbesPerHop:
+		v.add(field+".probes_per_hop", "%d is over the maximum of %d", n, maxProbesPerHop)
+	case n > 0:
+		tr.perHop = int(n)
+	}
+	if o.GetTimeout() != nil {
+		tr.timeout = s.validateTimeout(v, field+".timeout", o.GetTimeout())
+	}
+	return tr
 }
 
 // fetchParams is a validated FetchRequest.

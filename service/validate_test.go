@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"bytes"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,17 @@ func TestBadRequests(t *testing.T) {
 		{"negative timeout", &netprobev1.ConnectRequest{Target: good(), Timeout: &durationpb.Duration{Seconds: -1}}, []string{"timeout"}},
 		{"timeout over the maximum", &netprobev1.ConnectRequest{Target: good(), Timeout: &durationpb.Duration{Seconds: 3600}}, []string{"timeout"}},
 		{"several at once", &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "a b", Port: 70000}}, []string{"target.host", "target.port"}},
+		{"trace of 65 hops", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{MaxHops: 65}}, []string{"trace.max_hops"}},
+		{"trace of 2^32-1 hops", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{MaxHops: math.MaxUint32}}, []string{"trace.max_hops"}},
+		{"trace of 11 probes a hop", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{ProbesPerHop: 11}}, []string{"trace.probes_per_hop"}},
+		{"trace of 2^32-1 probes a hop", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{ProbesPerHop: math.MaxUint32}}, []string{"trace.probes_per_hop"}},
+		{"trace with a negative timeout", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{Timeout: &durationpb.Duration{Seconds: -1}}}, []string{"trace.timeout"}},
+		{"trace with a zero timeout", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{Timeout: &durationpb.Duration{}}}, []string{"trace.timeout"}},
+		{"trace with a timeout over the maximum", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{Timeout: &durationpb.Duration{Seconds: 3600}}}, []string{"trace.timeout"}},
+		{"trace with a timeout out of range", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{Timeout: &durationpb.Duration{Seconds: math.MaxInt64}}}, []string{"trace.timeout"}},
+		{"trace with an unknown when", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{When: 3}}, []string{"trace.when"}},
+		{"trace of a UDP target", &netprobev1.ConnectRequest{Target: udp, Trace: &netprobev1.TraceOptions{}}, []string{"trace"}},
+		{"trace, every limit at once", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{MaxHops: 1000, ProbesPerHop: 1000, Timeout: &durationpb.Duration{Seconds: -5}}}, []string{"trace.max_hops", "trace.probes_per_hop", "trace.timeout"}},
 	}
 	for _, tt := range connects {
 		t.Run("Connect/"+tt.name, func(t *testing.T) {

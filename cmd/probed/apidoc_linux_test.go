@@ -35,7 +35,9 @@ import (
 // _https._tcp.example.test by a DNS server whose SRV points to a listener;
 // the source_address example runs on a LAN of namespaces where 192.0.2.1
 // and 192.0.2.10 are real hosts and 192.0.2.10:443 a TLS 1.3 server that
-// wants the client certificate "billing". (The file is Linux-only because
+// wants the client certificate "billing"; the trace examples run on a
+// chain of namespaces, client - r1 - r2 - r3 - 198.18.4.1, from a probed
+// with no privilege. (The file is Linux-only because
 // the examples show Linux's tcp_info.) The output is compared token by
 // token: the same keys, structure and values, except durations and the
 // ports that vary from run to run; "..." in an example stands for any
@@ -43,7 +45,7 @@ import (
 // with that beginning.
 func TestAPIDocExamples(t *testing.T) {
 	loop := loopbackExamples(t)
-	var lan *exampleEnv // made only when an example needs it
+	var lan, chain *exampleEnv // made only when an example needs them
 	examples := 0
 	for _, doc := range []string{"../../docs/api.md", "../../README.md"} {
 		text, err := os.ReadFile(doc)
@@ -52,18 +54,24 @@ func TestAPIDocExamples(t *testing.T) {
 		}
 		for _, ex := range grpcurlExamples(string(text)) {
 			env := loop
-			if strings.Contains(ex.command, "192.0.2.") {
+			switch {
+			case strings.Contains(ex.command, "192.0.2."):
 				if lan == nil {
 					lan = lanExamples(t)
 				}
 				env = lan
+			case strings.Contains(ex.command, "198.18."):
+				if chain == nil {
+					chain = chainExamples(t)
+				}
+				env = chain
 			}
 			examples++
 			env.run(t, doc, ex)
 		}
 	}
-	if examples < 13 {
-		t.Errorf("%d grpcurl examples found, want docs/api.md's 11 and README.md's 2", examples)
+	if examples < 15 {
+		t.Errorf("%d grpcurl examples found, want docs/api.md's 13 and README.md's 2", examples)
 	}
 }
 
@@ -683,4 +691,16 @@ func TestGrpcurlExamples(t *testing.T) {
 			}
 		})
 	}
+}
+
+// chainExamples builds the trace examples' network: a netlab chain of three
+// routers from the probed's host to 198.18.4.1, which serves port 80, and
+// whose port 443 r2 refuses (administratively prohibited). The probed runs
+// as uid 65532 with no capability, as TestTrace's does.
+func chainExamples(t *testing.T) *exampleEnv {
+	c := netlab.NewChain(t, 3)
+	probetest.NewTarget(t, c.Target.Listen(t, netip.AddrPortFrom(c.Target.V4, 80).String()), func(conn net.Conn) { conn.Close() })
+	c.Filter(t, 2, 443, netlab.Reject)
+	p := startUnprivileged(t, c.Client)
+	return &exampleEnv{addr: p.Addr, ports: map[string]string{"80": "80", "443": "443"}, command: c.Client.Command}
 }

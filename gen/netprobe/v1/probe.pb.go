@@ -407,6 +407,219 @@ func (Reason) EnumDescriptor() ([]byte, []int) {
 	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{3}
 }
 
+// TraceWhen says when a probe traces the path to its target.
+type TraceWhen int32
+
+const (
+	// TRACE_WHEN_UNSPECIFIED means TRACE_WHEN_ON_FAILURE.
+	TraceWhen_TRACE_WHEN_UNSPECIFIED TraceWhen = 0
+	// TRACE_WHEN_ON_FAILURE traces only when the probe failed on the way to
+	// its target or at it (STAGE_CONNECT, STAGE_TLS_HANDSHAKE).
+	TraceWhen_TRACE_WHEN_ON_FAILURE TraceWhen = 1
+	// TRACE_WHEN_ALWAYS traces after every probe that had an address.
+	TraceWhen_TRACE_WHEN_ALWAYS TraceWhen = 2
+)
+
+// Enum value maps for TraceWhen.
+var (
+	TraceWhen_name = map[int32]string{
+		0: "TRACE_WHEN_UNSPECIFIED",
+		1: "TRACE_WHEN_ON_FAILURE",
+		2: "TRACE_WHEN_ALWAYS",
+	}
+	TraceWhen_value = map[string]int32{
+		"TRACE_WHEN_UNSPECIFIED": 0,
+		"TRACE_WHEN_ON_FAILURE":  1,
+		"TRACE_WHEN_ALWAYS":      2,
+	}
+)
+
+func (x TraceWhen) Enum() *TraceWhen {
+	p := new(TraceWhen)
+	*p = x
+	return p
+}
+
+func (x TraceWhen) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TraceWhen) Descriptor() protoreflect.EnumDescriptor {
+	return file_netprobe_v1_probe_proto_enumTypes[4].Descriptor()
+}
+
+func (TraceWhen) Type() protoreflect.EnumType {
+	return &file_netprobe_v1_probe_proto_enumTypes[4]
+}
+
+func (x TraceWhen) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TraceWhen.Descriptor instead.
+func (TraceWhen) EnumDescriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
+}
+
+// PathEnd says why a trace stopped where it did.
+type PathEnd int32
+
+const (
+	// PATH_END_UNSPECIFIED is never set on a Path.
+	PathEnd_PATH_END_UNSPECIFIED PathEnd = 0
+	// PATH_END_REACHED means the target answered: a SYN-ACK, or a RST from
+	// a closed port. The last hop is the target.
+	PathEnd_PATH_END_REACHED PathEnd = 1
+	// PATH_END_UNREACHABLE means a router (or the target's host) answered
+	// with an ICMP destination unreachable: the last hop says which and
+	// why.
+	PathEnd_PATH_END_UNREACHABLE PathEnd = 2
+	// PATH_END_SILENCE means 5 TTLs in a row had no answer at all: past the
+	// last hop that answered, packets go nowhere that says so (a firewall
+	// that drops them, a link that is down).
+	PathEnd_PATH_END_SILENCE PathEnd = 3
+	// PATH_END_MAX_HOPS means every TTL up to max_hops was tried without
+	// reaching the target.
+	PathEnd_PATH_END_MAX_HOPS PathEnd = 4
+	// PATH_END_TIMEOUT means the trace's timeout, or the margin before the
+	// caller's deadline, ended it first; hops are those it had tried.
+	PathEnd_PATH_END_TIMEOUT PathEnd = 5
+	// PATH_END_SERVER_SHUTDOWN means the probe server cut the trace short as
+	// its shutdown's grace period ended.
+	PathEnd_PATH_END_SERVER_SHUTDOWN PathEnd = 6
+	// PATH_END_ERROR means a local failure stopped the trace: making,
+	// binding or connecting its socket (error says what).
+	PathEnd_PATH_END_ERROR PathEnd = 7
+	// PATH_END_UNSUPPORTED means the probe server's system cannot trace
+	// without privilege: it lacks IP_RECVERR, which only Linux has (error
+	// says so). There are no hops: never a made-up path.
+	PathEnd_PATH_END_UNSUPPORTED PathEnd = 8
+)
+
+// Enum value maps for PathEnd.
+var (
+	PathEnd_name = map[int32]string{
+		0: "PATH_END_UNSPECIFIED",
+		1: "PATH_END_REACHED",
+		2: "PATH_END_UNREACHABLE",
+		3: "PATH_END_SILENCE",
+		4: "PATH_END_MAX_HOPS",
+		5: "PATH_END_TIMEOUT",
+		6: "PATH_END_SERVER_SHUTDOWN",
+		7: "PATH_END_ERROR",
+		8: "PATH_END_UNSUPPORTED",
+	}
+	PathEnd_value = map[string]int32{
+		"PATH_END_UNSPECIFIED":     0,
+		"PATH_END_REACHED":         1,
+		"PATH_END_UNREACHABLE":     2,
+		"PATH_END_SILENCE":         3,
+		"PATH_END_MAX_HOPS":        4,
+		"PATH_END_TIMEOUT":         5,
+		"PATH_END_SERVER_SHUTDOWN": 6,
+		"PATH_END_ERROR":           7,
+		"PATH_END_UNSUPPORTED":     8,
+	}
+)
+
+func (x PathEnd) Enum() *PathEnd {
+	p := new(PathEnd)
+	*p = x
+	return p
+}
+
+func (x PathEnd) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathEnd) Descriptor() protoreflect.EnumDescriptor {
+	return file_netprobe_v1_probe_proto_enumTypes[5].Descriptor()
+}
+
+func (PathEnd) Type() protoreflect.EnumType {
+	return &file_netprobe_v1_probe_proto_enumTypes[5]
+}
+
+func (x PathEnd) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathEnd.Descriptor instead.
+func (PathEnd) EnumDescriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
+}
+
+// HopAnswer is what answered the probes of one TTL.
+type HopAnswer int32
+
+const (
+	// HOP_ANSWER_UNSPECIFIED is never set on a Hop.
+	HopAnswer_HOP_ANSWER_UNSPECIFIED HopAnswer = 0
+	// HOP_ANSWER_NONE means no probe of the TTL was answered within 1s.
+	HopAnswer_HOP_ANSWER_NONE HopAnswer = 1
+	// HOP_ANSWER_TIME_EXCEEDED means a router answered that the TTL ran out
+	// there: ICMP type 11 (ICMPv6 type 3).
+	HopAnswer_HOP_ANSWER_TIME_EXCEEDED HopAnswer = 2
+	// HOP_ANSWER_UNREACHABLE means a router (or the target's host) answered
+	// that it cannot deliver: ICMP type 3 (ICMPv6 type 1), with the code
+	// saying why (network, host, administratively prohibited, ...), or
+	// another ICMP error that ends the connection as well, such as a
+	// parameter problem, which icmp_type names.
+	HopAnswer_HOP_ANSWER_UNREACHABLE HopAnswer = 3
+	// HOP_ANSWER_SYN_ACK means the target accepted the connection.
+	HopAnswer_HOP_ANSWER_SYN_ACK HopAnswer = 4
+	// HOP_ANSWER_RST means the target refused the connection: nothing
+	// listens on the port, but the path reaches it.
+	HopAnswer_HOP_ANSWER_RST HopAnswer = 5
+)
+
+// Enum value maps for HopAnswer.
+var (
+	HopAnswer_name = map[int32]string{
+		0: "HOP_ANSWER_UNSPECIFIED",
+		1: "HOP_ANSWER_NONE",
+		2: "HOP_ANSWER_TIME_EXCEEDED",
+		3: "HOP_ANSWER_UNREACHABLE",
+		4: "HOP_ANSWER_SYN_ACK",
+		5: "HOP_ANSWER_RST",
+	}
+	HopAnswer_value = map[string]int32{
+		"HOP_ANSWER_UNSPECIFIED":   0,
+		"HOP_ANSWER_NONE":          1,
+		"HOP_ANSWER_TIME_EXCEEDED": 2,
+		"HOP_ANSWER_UNREACHABLE":   3,
+		"HOP_ANSWER_SYN_ACK":       4,
+		"HOP_ANSWER_RST":           5,
+	}
+)
+
+func (x HopAnswer) Enum() *HopAnswer {
+	p := new(HopAnswer)
+	*p = x
+	return p
+}
+
+func (x HopAnswer) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HopAnswer) Descriptor() protoreflect.EnumDescriptor {
+	return file_netprobe_v1_probe_proto_enumTypes[6].Descriptor()
+}
+
+func (HopAnswer) Type() protoreflect.EnumType {
+	return &file_netprobe_v1_probe_proto_enumTypes[6]
+}
+
+func (x HopAnswer) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HopAnswer.Descriptor instead.
+func (HopAnswer) EnumDescriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+}
+
 // TlsVersion is a version of TLS.
 type TlsVersion int32
 
@@ -452,11 +665,11 @@ func (x TlsVersion) String() string {
 }
 
 func (TlsVersion) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[4].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[7].Descriptor()
 }
 
 func (TlsVersion) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[4]
+	return &file_netprobe_v1_probe_proto_enumTypes[7]
 }
 
 func (x TlsVersion) Number() protoreflect.EnumNumber {
@@ -465,7 +678,7 @@ func (x TlsVersion) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TlsVersion.Descriptor instead.
 func (TlsVersion) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
 }
 
 // Framing says how the received bytes are cut into FetchData messages.
@@ -511,11 +724,11 @@ func (x Framing) String() string {
 }
 
 func (Framing) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[5].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[8].Descriptor()
 }
 
 func (Framing) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[5]
+	return &file_netprobe_v1_probe_proto_enumTypes[8]
 }
 
 func (x Framing) Number() protoreflect.EnumNumber {
@@ -524,7 +737,7 @@ func (x Framing) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Framing.Descriptor instead.
 func (Framing) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
 }
 
 // EndReason says why a fetch stopped receiving.
@@ -579,11 +792,11 @@ func (x EndReason) String() string {
 }
 
 func (EndReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[6].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[9].Descriptor()
 }
 
 func (EndReason) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[6]
+	return &file_netprobe_v1_probe_proto_enumTypes[9]
 }
 
 func (x EndReason) Number() protoreflect.EnumNumber {
@@ -592,7 +805,7 @@ func (x EndReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EndReason.Descriptor instead.
 func (EndReason) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
 }
 
 // ServiceSource says which services database answered.
@@ -634,11 +847,11 @@ func (x ServiceSource) String() string {
 }
 
 func (ServiceSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[7].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[10].Descriptor()
 }
 
 func (ServiceSource) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[7]
+	return &file_netprobe_v1_probe_proto_enumTypes[10]
 }
 
 func (x ServiceSource) Number() protoreflect.EnumNumber {
@@ -647,7 +860,7 @@ func (x ServiceSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ServiceSource.Descriptor instead.
 func (ServiceSource) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
 }
 
 // Expand says how one SweepTarget becomes the targets that are probed.
@@ -691,11 +904,11 @@ func (x Expand) String() string {
 }
 
 func (Expand) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[8].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[11].Descriptor()
 }
 
 func (Expand) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[8]
+	return &file_netprobe_v1_probe_proto_enumTypes[11]
 }
 
 func (x Expand) Number() protoreflect.EnumNumber {
@@ -704,7 +917,7 @@ func (x Expand) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Expand.Descriptor instead.
 func (Expand) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
 }
 
 // Target names what to probe.
@@ -1086,7 +1299,11 @@ type ConnectRequest struct {
 	// the probe.
 	ReverseLookup bool `protobuf:"varint,3,opt,name=reverse_lookup,json=reverseLookup,proto3" json:"reverse_lookup,omitempty"`
 	// tls, when set, makes the probe a TLS handshake after connecting.
-	Tls           *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
+	Tls *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
+	// trace, when set, also traces the network path to the target's address,
+	// after the probe (see TraceOptions); the response's path reports it.
+	// Only TCP targets are traced.
+	Trace         *TraceOptions `protobuf:"bytes,5,opt,name=trace,proto3" json:"trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1149,6 +1366,13 @@ func (x *ConnectRequest) GetTls() *TlsOptions {
 	return nil
 }
 
+func (x *ConnectRequest) GetTrace() *TraceOptions {
+	if x != nil {
+		return x.Trace
+	}
+	return nil
+}
+
 // ConnectResponse reports a connection probe.
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1185,7 +1409,13 @@ type ConnectResponse struct {
 	// tcp_info is the kernel's view of the TCP connection right after it
 	// was made (TCP_INFO); absent for UDP and where the server's system does
 	// not give it (only Linux does).
-	TcpInfo       *TcpInfo `protobuf:"bytes,12,opt,name=tcp_info,json=tcpInfo,proto3" json:"tcp_info,omitempty"`
+	TcpInfo *TcpInfo `protobuf:"bytes,12,opt,name=tcp_info,json=tcpInfo,proto3" json:"tcp_info,omitempty"`
+	// path is the network path to the address probed, when the request's
+	// trace asked for one and the probe got as far as an address: the one
+	// connected to, or the one whose failure error reports (STAGE_CONNECT,
+	// STAGE_TLS_HANDSHAKE). A failed probe then carries both its error and
+	// the path. Absent when no trace was asked for or made.
+	Path          *Path `protobuf:"bytes,13,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1304,6 +1534,369 @@ func (x *ConnectResponse) GetTcpInfo() *TcpInfo {
 	return nil
 }
 
+func (x *ConnectResponse) GetPath() *Path {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+// TraceOptions asks for the network path to a probe's target, hop by hop,
+// as traceroute finds it: TCP SYNs to the target's address and port with
+// a TTL (IPv6 hop limit) of 1, 2, 3 and so on, each answered by the router
+// where its TTL ran out (ICMP time exceeded), by one that cannot forward
+// it (ICMP destination unreachable), or by the target itself (SYN-ACK or
+// RST). The probe server needs no privilege for it, but it needs Linux:
+// elsewhere the path says PATH_END_UNSUPPORTED. Every probe of a trace
+// goes out from one local port, so that routers that balance flows over
+// several paths (ECMP) send them all one way (Paris traceroute). The trace
+// runs after the probe, on a budget of its own.
+type TraceOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// when says when to trace; unspecified means TRACE_WHEN_ON_FAILURE.
+	When TraceWhen `protobuf:"varint,1,opt,name=when,proto3,enum=netprobe.v1.TraceWhen" json:"when,omitempty"`
+	// max_hops is the highest TTL tried, 1 to 64; 0 means 30. The trace
+	// stops earlier once the target answers, a router answers unreachable,
+	// or 5 TTLs in a row are not answered at all (what lies beyond is
+	// silent).
+	MaxHops uint32 `protobuf:"varint,2,opt,name=max_hops,json=maxHops,proto3" json:"max_hops,omitempty"`
+	// probes_per_hop is how many probes each TTL is sent, one after the
+	// other, 1 to 10; 0 means 1. More show the loss at each hop, as mtr
+	// does. A probe not answered within 1s is lost.
+	ProbesPerHop uint32 `protobuf:"varint,3,opt,name=probes_per_hop,json=probesPerHop,proto3" json:"probes_per_hop,omitempty"`
+	// timeout bounds the trace, apart from the probe's own timeout: unset
+	// means 10s (or the server's maximum, if that is less), and more than
+	// the server's maximum (probed --max-timeout) is refused. The trace also
+	// ends, with what it found, a margin before the caller's RPC deadline.
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TraceOptions) Reset() {
+	*x = TraceOptions{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TraceOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TraceOptions) ProtoMessage() {}
+
+func (x *TraceOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TraceOptions.ProtoReflect.Descriptor instead.
+func (*TraceOptions) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TraceOptions) GetWhen() TraceWhen {
+	if x != nil {
+		return x.When
+	}
+	return TraceWhen_TRACE_WHEN_UNSPECIFIED
+}
+
+func (x *TraceOptions) GetMaxHops() uint32 {
+	if x != nil {
+		return x.MaxHops
+	}
+	return 0
+}
+
+func (x *TraceOptions) GetProbesPerHop() uint32 {
+	if x != nil {
+		return x.ProbesPerHop
+	}
+	return 0
+}
+
+func (x *TraceOptions) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// Hop is one TTL of a trace.
+type Hop struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ttl is the TTL (IPv6 hop limit) the hop's probes were sent with.
+	Ttl uint32 `protobuf:"varint,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// address is the IP address that answered; empty when none did. When
+	// the probes of a hop drew answers from several addresses, it is the
+	// first one's.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// answer is what answered: the first answer when there were several.
+	Answer HopAnswer `protobuf:"varint,3,opt,name=answer,proto3,enum=netprobe.v1.HopAnswer" json:"answer,omitempty"`
+	// icmp_type is the ICMP (or ICMPv6) type of the answer, for
+	// HOP_ANSWER_TIME_EXCEEDED and HOP_ANSWER_UNREACHABLE: 11 (ICMPv6 3) for
+	// time exceeded, 3 (ICMPv6 1) for destination unreachable.
+	IcmpType uint32 `protobuf:"varint,4,opt,name=icmp_type,json=icmpType,proto3" json:"icmp_type,omitempty"`
+	// icmp_code is the ICMP (or ICMPv6) code of the answer: why a
+	// destination is unreachable, such as 0 for no route to the network, or
+	// 13 (ICMPv6 1) for communication administratively prohibited.
+	IcmpCode uint32 `protobuf:"varint,5,opt,name=icmp_code,json=icmpCode,proto3" json:"icmp_code,omitempty"`
+	// reason is what the answer makes of the connection, for
+	// HOP_ANSWER_UNREACHABLE and HOP_ANSWER_RST, as a ProbeError's reason
+	// would say it: REASON_NETWORK_UNREACHABLE, REASON_HOST_UNREACHABLE,
+	// REASON_PROHIBITED, REASON_REFUSED.
+	Reason Reason `protobuf:"varint,6,opt,name=reason,proto3,enum=netprobe.v1.Reason" json:"reason,omitempty"`
+	// errno is the symbolic errno the kernel made of that answer, such as
+	// "EHOSTUNREACH"; empty when reason is.
+	Errno string `protobuf:"bytes,7,opt,name=errno,proto3" json:"errno,omitempty"`
+	// rtts are the round-trip times of the probes answered, in the order
+	// they were sent.
+	Rtts []*durationpb.Duration `protobuf:"bytes,8,rep,name=rtts,proto3" json:"rtts,omitempty"`
+	// sent is how many probes went out with this TTL. A probe cut short by
+	// the trace's end is not counted.
+	Sent uint32 `protobuf:"varint,9,opt,name=sent,proto3" json:"sent,omitempty"`
+	// answered is how many of them were answered; sent less answered were
+	// lost.
+	Answered      uint32 `protobuf:"varint,10,opt,name=answered,proto3" json:"answered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hop) Reset() {
+	*x = Hop{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hop) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hop) ProtoMessage() {}
+
+func (x *Hop) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hop.ProtoReflect.Descriptor instead.
+func (*Hop) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Hop) GetTtl() uint32 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *Hop) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Hop) GetAnswer() HopAnswer {
+	if x != nil {
+		return x.Answer
+	}
+	return HopAnswer_HOP_ANSWER_UNSPECIFIED
+}
+
+func (x *Hop) GetIcmpType() uint32 {
+	if x != nil {
+		return x.IcmpType
+	}
+	return 0
+}
+
+func (x *Hop) GetIcmpCode() uint32 {
+	if x != nil {
+		return x.IcmpCode
+	}
+	return 0
+}
+
+func (x *Hop) GetReason() Reason {
+	if x != nil {
+		return x.Reason
+	}
+	return Reason_REASON_UNSPECIFIED
+}
+
+func (x *Hop) GetErrno() string {
+	if x != nil {
+		return x.Errno
+	}
+	return ""
+}
+
+func (x *Hop) GetRtts() []*durationpb.Duration {
+	if x != nil {
+		return x.Rtts
+	}
+	return nil
+}
+
+func (x *Hop) GetSent() uint32 {
+	if x != nil {
+		return x.Sent
+	}
+	return 0
+}
+
+func (x *Hop) GetAnswered() uint32 {
+	if x != nil {
+		return x.Answered
+	}
+	return 0
+}
+
+// Path is the network path that a trace found to a target's address.
+type Path struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// destination is the address traced, "ip:port".
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// source is the local end of the trace's flow, "ip:port" as the first
+	// probe had it: not the probe's own connection, whose port differed.
+	Source string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// hops are the TTLs tried, in order from 1.
+	Hops []*Hop `protobuf:"bytes,3,rep,name=hops,proto3" json:"hops,omitempty"`
+	// reached is true when the target answered (end PATH_END_REACHED).
+	Reached bool `protobuf:"varint,4,opt,name=reached,proto3" json:"reached,omitempty"`
+	// flow_held is true when every probe went out with the same addresses
+	// and ports (and, for IPv6, flow label 0), so that routers that balance
+	// by flow sent them all one way (Paris traceroute); false when a probe
+	// could not have the flow's local port (another socket took it) and
+	// went from another, so that hops may belong to different paths.
+	FlowHeld bool `protobuf:"varint,5,opt,name=flow_held,json=flowHeld,proto3" json:"flow_held,omitempty"`
+	// end says why the trace stopped where it did.
+	End PathEnd `protobuf:"varint,6,opt,name=end,proto3,enum=netprobe.v1.PathEnd" json:"end,omitempty"`
+	// duration is the time the trace took: how much of its timeout it used.
+	Duration *durationpb.Duration `protobuf:"bytes,7,opt,name=duration,proto3" json:"duration,omitempty"`
+	// timeout is the trace's budget, as the request's trace.timeout (or its
+	// default) made it.
+	Timeout *durationpb.Duration `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// error is the local failure that ended the trace (PATH_END_ERROR), or
+	// what the system lacks for one (PATH_END_UNSUPPORTED); absent
+	// otherwise.
+	Error         *ProbeError `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Path) Reset() {
+	*x = Path{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Path) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Path) ProtoMessage() {}
+
+func (x *Path) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Path.ProtoReflect.Descriptor instead.
+func (*Path) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Path) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *Path) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Path) GetHops() []*Hop {
+	if x != nil {
+		return x.Hops
+	}
+	return nil
+}
+
+func (x *Path) GetReached() bool {
+	if x != nil {
+		return x.Reached
+	}
+	return false
+}
+
+func (x *Path) GetFlowHeld() bool {
+	if x != nil {
+		return x.FlowHeld
+	}
+	return false
+}
+
+func (x *Path) GetEnd() PathEnd {
+	if x != nil {
+		return x.End
+	}
+	return PathEnd_PATH_END_UNSPECIFIED
+}
+
+func (x *Path) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *Path) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *Path) GetError() *ProbeError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 // TcpInfo is what the kernel knows of a TCP connection (Linux's
 // TCP_INFO).
 type TcpInfo struct {
@@ -1341,7 +1934,7 @@ type TcpInfo struct {
 
 func (x *TcpInfo) Reset() {
 	*x = TcpInfo{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1946,7 @@ func (x *TcpInfo) String() string {
 func (*TcpInfo) ProtoMessage() {}
 
 func (x *TcpInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1959,7 @@ func (x *TcpInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpInfo.ProtoReflect.Descriptor instead.
 func (*TcpInfo) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TcpInfo) GetRtt() *durationpb.Duration {
@@ -1495,7 +2088,7 @@ type TlsOptions struct {
 
 func (x *TlsOptions) Reset() {
 	*x = TlsOptions{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +2100,7 @@ func (x *TlsOptions) String() string {
 func (*TlsOptions) ProtoMessage() {}
 
 func (x *TlsOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +2113,7 @@ func (x *TlsOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsOptions.ProtoReflect.Descriptor instead.
 func (*TlsOptions) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TlsOptions) GetServerName() string {
@@ -1597,7 +2190,7 @@ type TlsResult struct {
 
 func (x *TlsResult) Reset() {
 	*x = TlsResult{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2202,7 @@ func (x *TlsResult) String() string {
 func (*TlsResult) ProtoMessage() {}
 
 func (x *TlsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2215,7 @@ func (x *TlsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsResult.ProtoReflect.Descriptor instead.
 func (*TlsResult) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TlsResult) GetHandshakeDuration() *durationpb.Duration {
@@ -1710,7 +2303,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +2315,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +2328,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Certificate) GetSubject() string {
@@ -1818,7 +2411,7 @@ type HttpGet struct {
 
 func (x *HttpGet) Reset() {
 	*x = HttpGet{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +2423,7 @@ func (x *HttpGet) String() string {
 func (*HttpGet) ProtoMessage() {}
 
 func (x *HttpGet) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +2436,7 @@ func (x *HttpGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpGet.ProtoReflect.Descriptor instead.
 func (*HttpGet) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HttpGet) GetPath() string {
@@ -1912,7 +2505,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2517,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2530,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FetchRequest) GetTarget() *Target {
@@ -2086,7 +2679,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2691,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2704,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Step) GetAction() isStep_Action {
@@ -2251,7 +2844,7 @@ type ExpectMatch struct {
 
 func (x *ExpectMatch) Reset() {
 	*x = ExpectMatch{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2856,7 @@ func (x *ExpectMatch) String() string {
 func (*ExpectMatch) ProtoMessage() {}
 
 func (x *ExpectMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2869,7 @@ func (x *ExpectMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpectMatch.ProtoReflect.Descriptor instead.
 func (*ExpectMatch) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExpectMatch) GetStep() uint32 {
@@ -2305,7 +2898,7 @@ type FetchData struct {
 
 func (x *FetchData) Reset() {
 	*x = FetchData{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2910,7 @@ func (x *FetchData) String() string {
 func (*FetchData) ProtoMessage() {}
 
 func (x *FetchData) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2923,7 @@ func (x *FetchData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchData.ProtoReflect.Descriptor instead.
 func (*FetchData) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FetchData) GetData() []byte {
@@ -2370,7 +2963,7 @@ type FetchSummary struct {
 
 func (x *FetchSummary) Reset() {
 	*x = FetchSummary{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2975,7 @@ func (x *FetchSummary) String() string {
 func (*FetchSummary) ProtoMessage() {}
 
 func (x *FetchSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2988,7 @@ func (x *FetchSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchSummary.ProtoReflect.Descriptor instead.
 func (*FetchSummary) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FetchSummary) GetBytesSent() uint64 {
@@ -2473,7 +3066,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +3078,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +3091,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FetchResponse) GetEvent() isFetchResponse_Event {
@@ -2594,7 +3187,7 @@ type ResolveServiceRequest struct {
 
 func (x *ResolveServiceRequest) Reset() {
 	*x = ResolveServiceRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +3199,7 @@ func (x *ResolveServiceRequest) String() string {
 func (*ResolveServiceRequest) ProtoMessage() {}
 
 func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +3212,7 @@ func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceRequest.ProtoReflect.Descriptor instead.
 func (*ResolveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResolveServiceRequest) GetName() string {
@@ -2665,7 +3258,7 @@ type ResolveServiceResponse struct {
 
 func (x *ResolveServiceResponse) Reset() {
 	*x = ResolveServiceResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2677,7 +3270,7 @@ func (x *ResolveServiceResponse) String() string {
 func (*ResolveServiceResponse) ProtoMessage() {}
 
 func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2690,7 +3283,7 @@ func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceResponse.ProtoReflect.Descriptor instead.
 func (*ResolveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ResolveServiceResponse) GetName() string {
@@ -2761,7 +3354,7 @@ type SweepTarget struct {
 
 func (x *SweepTarget) Reset() {
 	*x = SweepTarget{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +3366,7 @@ func (x *SweepTarget) String() string {
 func (*SweepTarget) ProtoMessage() {}
 
 func (x *SweepTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +3379,7 @@ func (x *SweepTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepTarget.ProtoReflect.Descriptor instead.
 func (*SweepTarget) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{19}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SweepTarget) GetTarget() *Target {
@@ -2853,7 +3446,7 @@ type SweepRequest struct {
 
 func (x *SweepRequest) Reset() {
 	*x = SweepRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +3458,7 @@ func (x *SweepRequest) String() string {
 func (*SweepRequest) ProtoMessage() {}
 
 func (x *SweepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +3471,7 @@ func (x *SweepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepRequest.ProtoReflect.Descriptor instead.
 func (*SweepRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{20}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SweepRequest) GetTargets() []*SweepTarget {
@@ -2933,7 +3526,7 @@ type VantageSelector struct {
 
 func (x *VantageSelector) Reset() {
 	*x = VantageSelector{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2945,7 +3538,7 @@ func (x *VantageSelector) String() string {
 func (*VantageSelector) ProtoMessage() {}
 
 func (x *VantageSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2958,7 +3551,7 @@ func (x *VantageSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VantageSelector.ProtoReflect.Descriptor instead.
 func (*VantageSelector) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{21}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VantageSelector) GetAll() bool {
@@ -3004,7 +3597,7 @@ type Vantage struct {
 
 func (x *Vantage) Reset() {
 	*x = Vantage{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3609,7 @@ func (x *Vantage) String() string {
 func (*Vantage) ProtoMessage() {}
 
 func (x *Vantage) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3622,7 @@ func (x *Vantage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vantage.ProtoReflect.Descriptor instead.
 func (*Vantage) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{22}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Vantage) GetNode() string {
@@ -3068,7 +3661,7 @@ type VantageError struct {
 
 func (x *VantageError) Reset() {
 	*x = VantageError{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3080,7 +3673,7 @@ func (x *VantageError) String() string {
 func (*VantageError) ProtoMessage() {}
 
 func (x *VantageError) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3093,7 +3686,7 @@ func (x *VantageError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VantageError.ProtoReflect.Descriptor instead.
 func (*VantageError) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{23}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *VantageError) GetCode() string {
@@ -3128,7 +3721,7 @@ type FanoutSummary struct {
 
 func (x *FanoutSummary) Reset() {
 	*x = FanoutSummary{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3140,7 +3733,7 @@ func (x *FanoutSummary) String() string {
 func (*FanoutSummary) ProtoMessage() {}
 
 func (x *FanoutSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3153,7 +3746,7 @@ func (x *FanoutSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FanoutSummary.ProtoReflect.Descriptor instead.
 func (*FanoutSummary) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{24}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FanoutSummary) GetAsked() uint32 {
@@ -3220,7 +3813,7 @@ type SweepResponse struct {
 
 func (x *SweepResponse) Reset() {
 	*x = SweepResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3232,7 +3825,7 @@ func (x *SweepResponse) String() string {
 func (*SweepResponse) ProtoMessage() {}
 
 func (x *SweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3245,7 +3838,7 @@ func (x *SweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepResponse.ProtoReflect.Descriptor instead.
 func (*SweepResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{25}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SweepResponse) GetIndex() uint32 {
@@ -3313,7 +3906,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3918,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3931,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{26}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{29}
 }
 
 // DescribeResponse is who a probe server is.
@@ -3366,7 +3959,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3378,7 +3971,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3391,7 +3984,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{27}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DescribeResponse) GetNode() string {
@@ -3475,12 +4068,13 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\rReverseLookup\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x125\n" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12-\n" +
-	"\x05error\x18\x03 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xc4\x01\n" +
+	"\x05error\x18\x03 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xf5\x01\n" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12%\n" +
 	"\x0ereverse_lookup\x18\x03 \x01(\bR\rreverseLookup\x12)\n" +
-	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\"\xed\x04\n" +
+	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12/\n" +
+	"\x05trace\x18\x05 \x01(\v2\x19.netprobe.v1.TraceOptionsR\x05trace\"\x94\x05\n" +
 	"\x0fConnectResponse\x12#\n" +
 	"\rlocal_address\x18\x01 \x01(\tR\flocalAddress\x12!\n" +
 	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12-\n" +
@@ -3494,7 +4088,35 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x05error\x18\n" +
 	" \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\x12(\n" +
 	"\x03tls\x18\v \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\x12/\n" +
-	"\btcp_info\x18\f \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\"\xf5\x03\n" +
+	"\btcp_info\x18\f \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\x12%\n" +
+	"\x04path\x18\r \x01(\v2\x11.netprobe.v1.PathR\x04path\"\xb0\x01\n" +
+	"\fTraceOptions\x12*\n" +
+	"\x04when\x18\x01 \x01(\x0e2\x16.netprobe.v1.TraceWhenR\x04when\x12\x19\n" +
+	"\bmax_hops\x18\x02 \x01(\rR\amaxHops\x12$\n" +
+	"\x0eprobes_per_hop\x18\x03 \x01(\rR\fprobesPerHop\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xbd\x02\n" +
+	"\x03Hop\x12\x10\n" +
+	"\x03ttl\x18\x01 \x01(\rR\x03ttl\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12.\n" +
+	"\x06answer\x18\x03 \x01(\x0e2\x16.netprobe.v1.HopAnswerR\x06answer\x12\x1b\n" +
+	"\ticmp_type\x18\x04 \x01(\rR\bicmpType\x12\x1b\n" +
+	"\ticmp_code\x18\x05 \x01(\rR\bicmpCode\x12+\n" +
+	"\x06reason\x18\x06 \x01(\x0e2\x13.netprobe.v1.ReasonR\x06reason\x12\x14\n" +
+	"\x05errno\x18\a \x01(\tR\x05errno\x12-\n" +
+	"\x04rtts\x18\b \x03(\v2\x19.google.protobuf.DurationR\x04rtts\x12\x12\n" +
+	"\x04sent\x18\t \x01(\rR\x04sent\x12\x1a\n" +
+	"\banswered\x18\n" +
+	" \x01(\rR\banswered\"\xe0\x02\n" +
+	"\x04Path\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12$\n" +
+	"\x04hops\x18\x03 \x03(\v2\x10.netprobe.v1.HopR\x04hops\x12\x18\n" +
+	"\areached\x18\x04 \x01(\bR\areached\x12\x1b\n" +
+	"\tflow_held\x18\x05 \x01(\bR\bflowHeld\x12&\n" +
+	"\x03end\x18\x06 \x01(\x0e2\x14.netprobe.v1.PathEndR\x03end\x125\n" +
+	"\bduration\x18\a \x01(\v2\x19.google.protobuf.DurationR\bduration\x123\n" +
+	"\atimeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12-\n" +
+	"\x05error\x18\t \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xf5\x03\n" +
 	"\aTcpInfo\x12+\n" +
 	"\x03rtt\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03rtt\x122\n" +
 	"\artt_var\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06rttVar\x122\n" +
@@ -3710,7 +4332,28 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\fREASON_LIMIT\x10\x14\x12\x1a\n" +
 	"\x16REASON_SERVER_SHUTDOWN\x10\x15\x12\x13\n" +
 	"\x0fREASON_NO_MATCH\x10\x16\x12\x12\n" +
-	"\x0eREASON_NOT_TLS\x10\x17*}\n" +
+	"\x0eREASON_NOT_TLS\x10\x17*Y\n" +
+	"\tTraceWhen\x12\x1a\n" +
+	"\x16TRACE_WHEN_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15TRACE_WHEN_ON_FAILURE\x10\x01\x12\x15\n" +
+	"\x11TRACE_WHEN_ALWAYS\x10\x02*\xe2\x01\n" +
+	"\aPathEnd\x12\x18\n" +
+	"\x14PATH_END_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10PATH_END_REACHED\x10\x01\x12\x18\n" +
+	"\x14PATH_END_UNREACHABLE\x10\x02\x12\x14\n" +
+	"\x10PATH_END_SILENCE\x10\x03\x12\x15\n" +
+	"\x11PATH_END_MAX_HOPS\x10\x04\x12\x14\n" +
+	"\x10PATH_END_TIMEOUT\x10\x05\x12\x1c\n" +
+	"\x18PATH_END_SERVER_SHUTDOWN\x10\x06\x12\x12\n" +
+	"\x0ePATH_END_ERROR\x10\a\x12\x18\n" +
+	"\x14PATH_END_UNSUPPORTED\x10\b*\xa2\x01\n" +
+	"\tHopAnswer\x12\x1a\n" +
+	"\x16HOP_ANSWER_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fHOP_ANSWER_NONE\x10\x01\x12\x1c\n" +
+	"\x18HOP_ANSWER_TIME_EXCEEDED\x10\x02\x12\x1a\n" +
+	"\x16HOP_ANSWER_UNREACHABLE\x10\x03\x12\x16\n" +
+	"\x12HOP_ANSWER_SYN_ACK\x10\x04\x12\x12\n" +
+	"\x0eHOP_ANSWER_RST\x10\x05*}\n" +
 	"\n" +
 	"TlsVersion\x12\x1b\n" +
 	"\x17TLS_VERSION_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -3760,135 +4403,153 @@ func file_netprobe_v1_probe_proto_rawDescGZIP() []byte {
 	return file_netprobe_v1_probe_proto_rawDescData
 }
 
-var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_netprobe_v1_probe_proto_goTypes = []any{
 	(Network)(0),                   // 0: netprobe.v1.Network
 	(IpFamily)(0),                  // 1: netprobe.v1.IpFamily
 	(Stage)(0),                     // 2: netprobe.v1.Stage
 	(Reason)(0),                    // 3: netprobe.v1.Reason
-	(TlsVersion)(0),                // 4: netprobe.v1.TlsVersion
-	(Framing)(0),                   // 5: netprobe.v1.Framing
-	(EndReason)(0),                 // 6: netprobe.v1.EndReason
-	(ServiceSource)(0),             // 7: netprobe.v1.ServiceSource
-	(Expand)(0),                    // 8: netprobe.v1.Expand
-	(*Target)(nil),                 // 9: netprobe.v1.Target
-	(*ProbeError)(nil),             // 10: netprobe.v1.ProbeError
-	(*DialAttempt)(nil),            // 11: netprobe.v1.DialAttempt
-	(*ReverseLookup)(nil),          // 12: netprobe.v1.ReverseLookup
-	(*ConnectRequest)(nil),         // 13: netprobe.v1.ConnectRequest
-	(*ConnectResponse)(nil),        // 14: netprobe.v1.ConnectResponse
-	(*TcpInfo)(nil),                // 15: netprobe.v1.TcpInfo
-	(*TlsOptions)(nil),             // 16: netprobe.v1.TlsOptions
-	(*TlsResult)(nil),              // 17: netprobe.v1.TlsResult
-	(*Certificate)(nil),            // 18: netprobe.v1.Certificate
-	(*HttpGet)(nil),                // 19: netprobe.v1.HttpGet
-	(*FetchRequest)(nil),           // 20: netprobe.v1.FetchRequest
-	(*Step)(nil),                   // 21: netprobe.v1.Step
-	(*ExpectMatch)(nil),            // 22: netprobe.v1.ExpectMatch
-	(*FetchData)(nil),              // 23: netprobe.v1.FetchData
-	(*FetchSummary)(nil),           // 24: netprobe.v1.FetchSummary
-	(*FetchResponse)(nil),          // 25: netprobe.v1.FetchResponse
-	(*ResolveServiceRequest)(nil),  // 26: netprobe.v1.ResolveServiceRequest
-	(*ResolveServiceResponse)(nil), // 27: netprobe.v1.ResolveServiceResponse
-	(*SweepTarget)(nil),            // 28: netprobe.v1.SweepTarget
-	(*SweepRequest)(nil),           // 29: netprobe.v1.SweepRequest
-	(*VantageSelector)(nil),        // 30: netprobe.v1.VantageSelector
-	(*Vantage)(nil),                // 31: netprobe.v1.Vantage
-	(*VantageError)(nil),           // 32: netprobe.v1.VantageError
-	(*FanoutSummary)(nil),          // 33: netprobe.v1.FanoutSummary
-	(*SweepResponse)(nil),          // 34: netprobe.v1.SweepResponse
-	(*DescribeRequest)(nil),        // 35: netprobe.v1.DescribeRequest
-	(*DescribeResponse)(nil),       // 36: netprobe.v1.DescribeResponse
-	nil,                            // 37: netprobe.v1.VantageSelector.LabelsEntry
-	nil,                            // 38: netprobe.v1.Vantage.LabelsEntry
-	nil,                            // 39: netprobe.v1.DescribeResponse.LabelsEntry
-	(*durationpb.Duration)(nil),    // 40: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 41: google.protobuf.Timestamp
+	(TraceWhen)(0),                 // 4: netprobe.v1.TraceWhen
+	(PathEnd)(0),                   // 5: netprobe.v1.PathEnd
+	(HopAnswer)(0),                 // 6: netprobe.v1.HopAnswer
+	(TlsVersion)(0),                // 7: netprobe.v1.TlsVersion
+	(Framing)(0),                   // 8: netprobe.v1.Framing
+	(EndReason)(0),                 // 9: netprobe.v1.EndReason
+	(ServiceSource)(0),             // 10: netprobe.v1.ServiceSource
+	(Expand)(0),                    // 11: netprobe.v1.Expand
+	(*Target)(nil),                 // 12: netprobe.v1.Target
+	(*ProbeError)(nil),             // 13: netprobe.v1.ProbeError
+	(*DialAttempt)(nil),            // 14: netprobe.v1.DialAttempt
+	(*ReverseLookup)(nil),          // 15: netprobe.v1.ReverseLookup
+	(*ConnectRequest)(nil),         // 16: netprobe.v1.ConnectRequest
+	(*ConnectResponse)(nil),        // 17: netprobe.v1.ConnectResponse
+	(*TraceOptions)(nil),           // 18: netprobe.v1.TraceOptions
+	(*Hop)(nil),                    // 19: netprobe.v1.Hop
+	(*Path)(nil),                   // 20: netprobe.v1.Path
+	(*TcpInfo)(nil),                // 21: netprobe.v1.TcpInfo
+	(*TlsOptions)(nil),             // 22: netprobe.v1.TlsOptions
+	(*TlsResult)(nil),              // 23: netprobe.v1.TlsResult
+	(*Certificate)(nil),            // 24: netprobe.v1.Certificate
+	(*HttpGet)(nil),                // 25: netprobe.v1.HttpGet
+	(*FetchRequest)(nil),           // 26: netprobe.v1.FetchRequest
+	(*Step)(nil),                   // 27: netprobe.v1.Step
+	(*ExpectMatch)(nil),            // 28: netprobe.v1.ExpectMatch
+	(*FetchData)(nil),              // 29: netprobe.v1.FetchData
+	(*FetchSummary)(nil),           // 30: netprobe.v1.FetchSummary
+	(*FetchResponse)(nil),          // 31: netprobe.v1.FetchResponse
+	(*ResolveServiceRequest)(nil),  // 32: netprobe.v1.ResolveServiceRequest
+	(*ResolveServiceResponse)(nil), // 33: netprobe.v1.ResolveServiceResponse
+	(*SweepTarget)(nil),            // 34: netprobe.v1.SweepTarget
+	(*SweepRequest)(nil),           // 35: netprobe.v1.SweepRequest
+	(*VantageSelector)(nil),        // 36: netprobe.v1.VantageSelector
+	(*Vantage)(nil),                // 37: netprobe.v1.Vantage
+	(*VantageError)(nil),           // 38: netprobe.v1.VantageError
+	(*FanoutSummary)(nil),          // 39: netprobe.v1.FanoutSummary
+	(*SweepResponse)(nil),          // 40: netprobe.v1.SweepResponse
+	(*DescribeRequest)(nil),        // 41: netprobe.v1.DescribeRequest
+	(*DescribeResponse)(nil),       // 42: netprobe.v1.DescribeResponse
+	nil,                            // 43: netprobe.v1.VantageSelector.LabelsEntry
+	nil,                            // 44: netprobe.v1.Vantage.LabelsEntry
+	nil,                            // 45: netprobe.v1.DescribeResponse.LabelsEntry
+	(*durationpb.Duration)(nil),    // 46: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 47: google.protobuf.Timestamp
 }
 var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	0,  // 0: netprobe.v1.Target.network:type_name -> netprobe.v1.Network
 	1,  // 1: netprobe.v1.Target.ip_family:type_name -> netprobe.v1.IpFamily
 	2,  // 2: netprobe.v1.ProbeError.stage:type_name -> netprobe.v1.Stage
 	3,  // 3: netprobe.v1.ProbeError.reason:type_name -> netprobe.v1.Reason
-	40, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
-	40, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
-	40, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
-	10, // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
-	40, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
-	10, // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
-	9,  // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
-	40, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
-	16, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
-	11, // 13: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
-	40, // 14: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
-	40, // 15: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
-	40, // 16: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
-	12, // 17: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
-	10, // 18: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
-	17, // 19: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
-	15, // 20: netprobe.v1.ConnectResponse.tcp_info:type_name -> netprobe.v1.TcpInfo
-	40, // 21: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
-	40, // 22: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
-	40, // 23: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
-	4,  // 24: netprobe.v1.TlsOptions.min_version:type_name -> netprobe.v1.TlsVersion
-	4,  // 25: netprobe.v1.TlsOptions.max_version:type_name -> netprobe.v1.TlsVersion
-	40, // 26: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
-	18, // 27: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
-	41, // 28: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	41, // 29: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	9,  // 30: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
-	40, // 31: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
-	19, // 32: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
-	40, // 33: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
-	5,  // 34: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
-	16, // 35: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
-	21, // 36: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
-	40, // 37: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	40, // 38: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
-	6,  // 39: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
-	10, // 40: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
-	15, // 41: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
-	17, // 42: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
-	14, // 43: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	23, // 44: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
-	24, // 45: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
-	22, // 46: netprobe.v1.FetchResponse.match:type_name -> netprobe.v1.ExpectMatch
-	7,  // 47: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
-	10, // 48: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
-	9,  // 49: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	40, // 50: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
-	8,  // 51: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
-	16, // 52: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
-	21, // 53: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
-	28, // 54: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	40, // 55: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	30, // 56: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
-	37, // 57: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
-	38, // 58: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
-	9,  // 59: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	14, // 60: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	24, // 61: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
-	31, // 62: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
-	32, // 63: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
-	33, // 64: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
-	39, // 65: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
-	40, // 66: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
-	13, // 67: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	20, // 68: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	26, // 69: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	29, // 70: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	35, // 71: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
-	14, // 72: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	25, // 73: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	27, // 74: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	34, // 75: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	36, // 76: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
-	72, // [72:77] is the sub-list for method output_type
-	67, // [67:72] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	46, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
+	46, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
+	46, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
+	13, // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
+	46, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
+	13, // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
+	12, // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
+	46, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	22, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
+	18, // 13: netprobe.v1.ConnectRequest.trace:type_name -> netprobe.v1.TraceOptions
+	14, // 14: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
+	46, // 15: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
+	46, // 16: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
+	46, // 17: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
+	15, // 18: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
+	13, // 19: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
+	23, // 20: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
+	21, // 21: netprobe.v1.ConnectResponse.tcp_info:type_name -> netprobe.v1.TcpInfo
+	20, // 22: netprobe.v1.ConnectResponse.path:type_name -> netprobe.v1.Path
+	4,  // 23: netprobe.v1.TraceOptions.when:type_name -> netprobe.v1.TraceWhen
+	46, // 24: netprobe.v1.TraceOptions.timeout:type_name -> google.protobuf.Duration
+	6,  // 25: netprobe.v1.Hop.answer:type_name -> netprobe.v1.HopAnswer
+	3,  // 26: netprobe.v1.Hop.reason:type_name -> netprobe.v1.Reason
+	46, // 27: netprobe.v1.Hop.rtts:type_name -> google.protobuf.Duration
+	19, // 28: netprobe.v1.Path.hops:type_name -> netprobe.v1.Hop
+	5,  // 29: netprobe.v1.Path.end:type_name -> netprobe.v1.PathEnd
+	46, // 30: netprobe.v1.Path.duration:type_name -> google.protobuf.Duration
+	46, // 31: netprobe.v1.Path.timeout:type_name -> google.protobuf.Duration
+	13, // 32: netprobe.v1.Path.error:type_name -> netprobe.v1.ProbeError
+	46, // 33: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
+	46, // 34: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
+	46, // 35: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
+	7,  // 36: netprobe.v1.TlsOptions.min_version:type_name -> netprobe.v1.TlsVersion
+	7,  // 37: netprobe.v1.TlsOptions.max_version:type_name -> netprobe.v1.TlsVersion
+	46, // 38: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
+	24, // 39: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
+	47, // 40: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	47, // 41: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	12, // 42: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
+	46, // 43: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
+	25, // 44: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
+	46, // 45: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
+	8,  // 46: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
+	22, // 47: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
+	27, // 48: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
+	46, // 49: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	46, // 50: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	9,  // 51: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
+	13, // 52: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
+	21, // 53: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
+	23, // 54: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
+	17, // 55: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	29, // 56: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
+	30, // 57: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
+	28, // 58: netprobe.v1.FetchResponse.match:type_name -> netprobe.v1.ExpectMatch
+	10, // 59: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
+	13, // 60: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
+	12, // 61: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
+	46, // 62: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	11, // 63: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
+	22, // 64: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
+	27, // 65: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
+	34, // 66: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	46, // 67: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	36, // 68: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
+	43, // 69: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
+	44, // 70: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
+	12, // 71: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	17, // 72: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	30, // 73: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
+	37, // 74: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
+	38, // 75: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
+	39, // 76: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
+	45, // 77: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
+	46, // 78: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
+	16, // 79: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	26, // 80: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	32, // 81: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	35, // 82: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	41, // 83: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
+	17, // 84: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	31, // 85: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	33, // 86: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	40, // 87: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	42, // 88: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
+	84, // [84:89] is the sub-list for method output_type
+	79, // [79:84] is the sub-list for method input_type
+	79, // [79:79] is the sub-list for extension type_name
+	79, // [79:79] is the sub-list for extension extendee
+	0,  // [0:79] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
@@ -3897,18 +4558,18 @@ func file_netprobe_v1_probe_proto_init() {
 		return
 	}
 	file_netprobe_v1_probe_proto_msgTypes[1].OneofWrappers = []any{}
-	file_netprobe_v1_probe_proto_msgTypes[11].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[14].OneofWrappers = []any{
 		(*FetchRequest_Payload)(nil),
 		(*FetchRequest_HttpGet)(nil),
 	}
-	file_netprobe_v1_probe_proto_msgTypes[12].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[15].OneofWrappers = []any{
 		(*Step_Send)(nil),
 		(*Step_Expect)(nil),
 		(*Step_StartTls)(nil),
 		(*Step_SendTemplate)(nil),
 		(*Step_ExpectLine)(nil),
 	}
-	file_netprobe_v1_probe_proto_msgTypes[16].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[19].OneofWrappers = []any{
 		(*FetchResponse_Connect)(nil),
 		(*FetchResponse_Data)(nil),
 		(*FetchResponse_Summary)(nil),
@@ -3919,8 +4580,8 @@ func file_netprobe_v1_probe_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netprobe_v1_probe_proto_rawDesc), len(file_netprobe_v1_probe_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   31,
+			NumEnums:      12,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,74 @@
+package service
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+)
+
+// tracer follows the path to one address, TTL by TTL (trace_linux.go; other
+// systems cannot, trace_other.go).
+type tracer struct {
+	dst netip.AddrPort
+	// src is the source address the probe asked for; the kernel chooses
+	// when it is not valid.
+	src             netip.Addr
+	maxHops, perHop int
+	start           time.Time
+}
+
+// tracePath traces the path to the address the probe reached, or failed
+// to reach, when the request asks for it then; nil when it does not, or
+// the probe had no such address (it failed before one: service lookup,
+// resolution, the policy, the local socket).
+func (p *probing) tracePath(tp *traceParams, resp *netprobev1.ConnectResponse) *netprobev1.Path {
+	if tp == nil || (resp.Error == nil && !tp.always) {
+		return nil
+	}
+	var dst netip.AddrPort
+	var err error
+	switch pe := resp.Error; {
+	case resp.PeerAddress != "":
+		dst, err = netip.ParseAddrPort(resp.PeerAddress)
+	case pe.GetStage() == netprobev1.Stage_STAGE_CONNECT:
+		dst, err = netip.ParseAddrPort(pe.GetAddress())
+	default:
+		return nil
+	}
+	// The address was dialled, so the policy let it through; it is asked
+	// again all the same, as a connect that ran out of time before it began
+	// reports the first address, dialled or not.
+	if err != nil || p.s.cfg.Policy.Check(CallerFrom(p.ctx), dst) != nil {
+		return nil
+	}
+	// The trace runs on the caller's context, not the probe's, whose time
+	// may be over: on a budget of its own, cut by a shutdown as Fetches
+	// are, and ending a margin before the caller's deadline (as a Sweep
+	// does) so that what it found is sent before the deadline is there.
+	ctx, done := p.s.cuttable(p.ctx)
+	defer done()
+	deadline := time.Now().Add(tp.timeout)
+	if d, ok := p.ctx.Deadline(); ok {
+		deadline = minTime(deadline, d.Add(-sweepMargin(time.Until(d), 1)))
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+
+	tr := &tracer{dst: dst, src: p.target.source, maxHops: tp.maxHops, perHop: tp.perHop, start: time.Now()}
+	path := tr.run(ctx)
+	path.Destination = dst.String()
+	path.Duration = durationpb.New(time.Since(tr.start))
+	path.Timeout = durationpb.New(tp.timeout)
+	return path
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,255 @@
+package service_test
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// TestTraceLoopback traces paths of one hop, to a target on loopback: the
+// target itself answers the first TTL, with its SYN-ACK or, from a closed
+// port, its RST. (The paths of several hops, and what routers answer, are
+// cmd/probed's TestTrace, across namespaces.)
+func TestTraceLoopback(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	open4 := probetest.Listen(t, "127.0.0.1:0", nil)
+	open6 := probetest.Listen(t, "[::1]:0", nil)
+	closed := probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")
+	always := &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS}
+
+	synAck := func(addr string, probes uint32) *netprobev1.Hop {
+		return &netprobev1.Hop{Ttl: 1, Address: addr, Answer: netprobev1.HopAnswer_HOP_ANSWER_SYN_ACK, Sent: probes, Answered: probes}
+	}
+	for _, tc := range []struct {
+		name   string
+		host   string
+		port   uint32
+		trace  *netprobev1.TraceOptions
+		failed bool
+		// want is the path, without its durations, source and rtts;
+		// nil is none.
+		want *netprobev1.Path
+	}{
+		{"IPv4, always", "127.0.0.1", open4.Port(), always, false, &netprobev1.Path{
+			Hops: []*netprobev1.Hop{synAck("127.0.0.1", 1)}, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+		}},
+		{"IPv6, always", "::1", open6.Port(), always, false, &netprobev1.Path{
+			Hops: []*netprobev1.Hop{synAck("::1", 1)}, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+		}},
+		// Each probe of the hop connects from the same port: the one
+		// before must be gone without a TIME_WAIT.
+		{"three probes a hop, one port", "127.0.0.1", open4.Port(), &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS, ProbesPerHop: 3}, false, &netprobev1.Path{
+			Hops: []*netprobev1.Hop{synAck("127.0.0.1", 3)}, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+		}},
+		{"success, on failure", "127.0.0.1", open4.Port(), &netprobev1.TraceOptions{}, false, nil},
+		{"closed port, on failure", "127.0.0.1", closed, &netprobev1.TraceOptions{}, true, &netprobev1.Path{
+			Hops: []*netprobev1.Hop{{
+				Ttl: 1, Address: "127.0.0.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_RST,
+				Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED", Sent: 1, Answered: 1,
+			}},
+			Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+				Target: &netprobev1.Target{Host: tc.host, Port: tc.port},
+				Trace:  tc.trace,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (resp.Error != nil) != tc.failed {
+				t.Fatalf("error %v, want failed %v", resp.Error, tc.failed)
+			}
+			path := resp.GetPath()
+			if tc.want == nil {
+				if path != nil {
+					t.Fatalf("path %v, want none", path)
+				}
+				return
+			}
+			checkPathTimes(t, path, 10*time.Second)
+			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.host), uint16(tc.port))
+			if path.Destination != dst.String() {
+				t.Errorf("destination %s, want %s", path.Destination, dst)
+			}
+			if src, err := netip.ParseAddrPort(path.Source); err != nil || src.Addr() != dst.Addr() || src.Port() == 0 {
+				t.Errorf("source %q, want %s and a port", path.Source, dst.Addr())
+			}
+			tc.want.Destination, tc.want.Source = path.Destination, path.Source
+			if diff := cmp.Diff(tc.want, path, protocmp.Transform(), ignorePathTimes()); diff != "" {
+				t.Errorf("path (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestTraceBudget checks that a trace into silence ends with its budget,
+// and before the caller's deadline with the margin to send what it found.
+func TestTraceBudget(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	// Every SYN to the blackhole is dropped: no TTL is ever answered, and
+	// the silence would last five hops of a second each.
+	hole := blackhole(t, "127.0.0.1")
+	for _, tc := range []struct {
+		name string
+		// budget is the trace's; deadline the caller's, from the call's
+		// start.
+		budget, deadline time.Duration
+	}{
+		{"the trace's own budget", 1500 * time.Millisecond, 10 * time.Second},
+		{"the caller's deadline", 10 * time.Second, 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(probetest.Context(t), tc.deadline)
+			defer cancel()
+			start := time.Now()
+			resp, err := e.Probe.Connect(ctx, &netprobev1.ConnectRequest{
+				Target:  &netprobev1.Target{Host: "127.0.0.1", Port: uint32(hole)},
+				Timeout: durationpb.New(200 * time.Millisecond),
+				Trace:   &netprobev1.TraceOptions{Timeout: durationpb.New(tc.budget)},
+			})
+			took := time.Since(start)
+			if err != nil {
+				t.Fatalf("%v after %v: the trace's margin before the deadline did not hold", err, took)
+			}
+			if got := resp.GetError().GetReason(); got != netprobev1.Reason_REASON_TIMEOUT {
+				t.Errorf("probe error %v, want a timeout", resp.GetError())
+			}
+			path := resp.GetPath()
+			if path.GetEnd() != netprobev1.PathEnd_PATH_END_TIMEOUT {
+				t.Fatalf("path %v, want its end PATH_END_TIMEOUT", path)
+			}
+			// The bound is generous: the trace ends as its context does,
+			// and is measured a moment after.
+			limit := min(tc.budget, tc.deadline) + 250*time.Millisecond
+			if d := path.GetDuration().AsDuration(); d > limit {
+				t.Errorf("the trace took %v, over its limit of %v", d, limit)
+			}
+			if path.GetTimeout().AsDuration() != tc.budget {
+				t.Errorf("path timeout %v, want %v", path.GetTimeout().AsDuration(), tc.budget)
+			}
+			// Every probe the trace counted went unanswered; one cut short
+			// by the end is not counted.
+			for _, h := range path.GetHops() {
+				if h.Answer != netprobev1.HopAnswer_HOP_ANSWER_NONE || h.Sent != 1 || h.Answered != 0 {
+					t.Errorf("hop %v, want one probe sent and lost", h)
+				}
+			}
+		})
+	}
+}
+
+// checkPathTimes checks a path's budget and the time it took, and that
+// every answered probe has a round-trip time.
+func checkPathTimes(t *testing.T, path *netprobev1.Path, budget time.Duration) {
+	t.Helper()
+	if got := path.GetTimeout().AsDuration(); got != budget {
+		t.Errorf("path timeout %v, want %v", got, budget)
+	}
+	if d := path.GetDuration().AsDuration(); d <= 0 || d > budget {
+		t.Errorf("path duration %v, want within (0, %v]", d, budget)
+	}
+	for _, h := range path.GetHops() {
+		if len(h.Rtts) != int(h.Answered) {
+			t.Errorf("hop %d: %d rtts for %d answers", h.Ttl, len(h.Rtts), h.Answered)
+		}
+		for _, r := range h.Rtts {
+			if r.AsDuration() <= 0 {
+				t.Errorf("hop %d: rtt %v", h.Ttl, r.AsDuration())
+			}
+		}
+	}
+}
+
+// ignorePathTimes leaves out of a comparison of paths what varies from
+// run to run: the durations and round-trip times.
+func ignorePathTimes() cmp.Option {
+	return cmp.Options{
+		protocmp.IgnoreFields(&netprobev1.Path{}, "duration", "timeout"),
+		protocmp.IgnoreFields(&netprobev1.Hop{}, "rtts"),
+	}
+}
+
+// TestTraceRefusalMessages checks what a refused trace says: the field,
+// the value and the limit. Zeros are no refusal: they ask for the
+// defaults.
+func TestTraceRefusalMessages(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	closed := probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")
+	for _, tc := range []struct {
+		trace *netprobev1.TraceOptions
+		want  string
+	}{
+		{&netprobev1.TraceOptions{MaxHops: 65}, "trace.max_hops: 65 is over the maximum of 64"},
+		{&netprobev1.TraceOptions{ProbesPerHop: 4000000000}, "trace.probes_per_hop: 4000000000 is over the maximum of 10"},
+		{&netprobev1.TraceOptions{Timeout: durationpb.New(-time.Second)}, "trace.timeout: must be positive, got -1s"},
+		{&netprobev1.TraceOptions{Timeout: durationpb.New(time.Hour)}, "trace.timeout: 1h0m0s is over the server's maximum of 1m0s"},
+		{&netprobev1.TraceOptions{MaxHops: 0, ProbesPerHop: 0}, ""},
+	} {
+		resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+			Target: &netprobev1.Target{Host: "127.0.0.1", Port: closed},
+			Trace:  tc.trace,
+		})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v: %v, want the defaults", tc.trace, err)
+		case tc.want == "" && resp.GetPath().GetEnd() != netprobev1.PathEnd_PATH_END_REACHED:
+			t.Errorf("%v: path %v, want the closed port reached", tc.trace, resp.GetPath())
+		case tc.want != "" && status.Convert(err).Message() != "invalid request: "+tc.want:
+			t.Errorf("%v: %v, want invalid request: %s", tc.trace, err, tc.want)
+		}
+	}
+}
+
+// TestTracePolicy plays a caller who reaches for a denied address through
+// a trace: a probe whose time ends before it dials reports its first
+// address, which the policy never saw; the trace must not go there.
+func TestTracePolicy(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t, probetest.WithPolicy("deny 127.0.0.1"))
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		want    netprobev1.Stage
+	}{
+		{"denied at the dial", time.Second, netprobev1.Stage_STAGE_POLICY},
+		// 1ns is over before the dial begins.
+		{"time over before the dial", time.Nanosecond, netprobev1.Stage_STAGE_CONNECT},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+				Target:  &netprobev1.Target{Host: "127.0.0.1", Port: 9},
+				Timeout: durationpb.New(tc.timeout),
+				Trace:   &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS},
+			})
+			stage := resp.GetError().GetStage()
+			if st, ok := status.FromError(err); ok && st.Code() == codes.PermissionDenied {
+				stage = netprobev1.Stage_STAGE_POLICY
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if stage != tc.want {
+				t.Errorf("error %v / %v, want stage %v", err, resp.GetError(), tc.want)
+			}
+			if resp.GetPath() != nil {
+				t.Errorf("path %v to a denied address", resp.GetPath())
+			}
+		})
+	}
+}
