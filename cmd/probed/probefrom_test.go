@@ -154,6 +154,33 @@ func TestProbeFrom(t *testing.T) {
 		})
 	}
 
+	t.Run("a limit", func(t *testing.T) {
+		code, body := httpDo(t, "http://"+entry+"/probe?"+url.Values{"module": {"tcp_connect"}, "target": {live.Addr()}, "from": {"all"}, "limit": {"1"}}.Encode(), nil)
+		if code != http.StatusOK {
+			t.Fatalf("%d %s", code, body)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		got, err := parser.TextToMetricFamilies(strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]map[string]float64{
+			"probe_success":              {`{}`: 1, `{vantage="n1"}`: 1},
+			"probe_fanout_nodes_asked":   {`{}`: 1},
+			"probe_fanout_nodes_skipped": {`{}`: 2},
+		} {
+			if s := seriesOf(got[name]); !maps.Equal(s, want) {
+				t.Errorf("%s: %v, want %v (the entry first, the other two skipped)", name, s, want)
+			}
+		}
+		for _, limit := range []string{"0", "-1", "many", "99999999999"} {
+			code, body := httpDo(t, "http://"+entry+"/probe?"+url.Values{"module": {"tcp_connect"}, "target": {live.Addr()}, "from": {"all"}, "limit": {limit}}.Encode(), nil)
+			if want := fmt.Sprintf("limit %q: want the most nodes to ask, 1 or more", limit); code != http.StatusBadRequest || !strings.HasPrefix(body, want) {
+				t.Errorf("limit=%s: %d %q, want 400 %q", limit, code, body, want)
+			}
+		}
+	})
+
 	lone := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--metrics-addr=127.0.0.1:0"))
 	for _, tc := range []struct {
 		name, addr, module, from string
@@ -170,6 +197,8 @@ func TestProbeFrom(t *testing.T) {
 		{"a module with expect labels", entry, "extract", "all", false, `Module "extract" cannot run from a fleet's nodes (from=): a Sweep's dialogue reports no matches`},
 		{"debug", entry, "tcp_connect", "all", true, "debug=true shows one probe's dialogue"},
 		{"a server without peers", lone.MetricsAddr, "tcp_connect", "all", false, "vantages: this server has no peers (probed --peers), so it cannot fan a sweep out"},
+		{"all with a name", entry, "tcp_connect", "all,node=n2", false, "vantages.all: all selects every node, and goes alone"},
+		{"a name no node could have", entry, "tcp_connect", "node=né", false, `vantages.nodes[0]: "né": only letters, digits and - _ . /`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := url.Values{"module": {tc.module}, "target": {live.Addr()}, "from": {tc.from}}

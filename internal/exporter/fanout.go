@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -46,7 +47,7 @@ type Fleet interface {
 // (400), and a module a Sweep entry cannot carry (400, unsweepable).
 func (sc *scraper) fanOut(ctx context.Context, w http.ResponseWriter, r *http.Request, m *modules.Module, raw string, start time.Time) {
 	q := r.URL.Query()
-	sel, err := selector(q.Get("from"))
+	sel, err := selector(q.Get("from"), q.Get("limit"))
 	switch {
 	case err != nil:
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -121,8 +122,9 @@ func (sc *scraper) fanOutProbe(ctx context.Context, fo *probemetrics.Fanout, m *
 	return sc.fleet.FanOut(ctx, req, fo.Keep)
 }
 
-// selector reads from=, as probe sweep --from reads its selector.
-func selector(from string) (*netprobev1.VantageSelector, error) {
+// selector reads from=, as probe sweep --from reads its selector, and
+// limit=, the most nodes asked ("" for the server's default).
+func selector(from, limit string) (*netprobev1.VantageSelector, error) {
 	if len(from) > maxSelectorBytes {
 		return nil, fmt.Errorf("from: %d bytes, over the most a selector may have, %d", len(from), maxSelectorBytes)
 	}
@@ -130,7 +132,15 @@ func selector(from string) (*netprobev1.VantageSelector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("from: %w", err)
 	}
-	return &netprobev1.VantageSelector{All: v.All, Nodes: v.Nodes, Labels: v.Labels}, nil
+	sel := &netprobev1.VantageSelector{All: v.All, Nodes: v.Nodes, Labels: v.Labels}
+	if limit != "" {
+		n, err := strconv.ParseUint(limit, 10, 32)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("limit %q: want the most nodes to ask, 1 or more", limit[:min(len(limit), 32)])
+		}
+		sel.Limit = uint32(n)
+	}
+	return sel, nil
 }
 
 // unsweepable says why m cannot run on other nodes as a Sweep entry (a

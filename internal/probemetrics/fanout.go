@@ -113,6 +113,7 @@ func (f *Fanout) Registry(duration time.Duration, logger *slog.Logger) *promethe
 	p.gauge(fanoutAsked.desc, float64(asked))
 	p.gauge(fanoutSucceeded.desc, float64(succeeded))
 	p.gauge(fanoutFailed.desc, float64(failed))
+	p.gauge(fanoutSkipped.desc, float64(f.summary.GetSkipped()))
 	return reg
 }
 

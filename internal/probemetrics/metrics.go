@@ -79,6 +79,8 @@ var (
 		"with `from=`: the nodes whose probe succeeded (their `probe_success{vantage}` is 1): alert on `probe_fanout_nodes_succeeded < N` for a quorum of N")
 	fanoutFailed = addition("probe_fanout_nodes_failed", "The nodes that failed as a whole, with no probe to report (from=).",
 		"with `from=`: the nodes that failed as a whole (unreachable, late, refusing the caller): they have no `probe_success{vantage}`")
+	fanoutSkipped = addition("probe_fanout_nodes_skipped", "The nodes the selector chose past its limit, not asked (from=, limit=).",
+		"with `from=`: the nodes the selector chose past its limit (`limit=`, 50 by default), which were not asked")
 	nodeFailure = addition("probe_fanout_node_failure_info", "Why a node of the fan-out failed as a whole: the gRPC code it or its connection gave (from=).",
 		"with `from=`: 1 for each node that failed as a whole, with the gRPC code it or its connection gave (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `PERMISSION_DENIED`, ...)",
 		"vantage", "code")
@@ -88,7 +90,7 @@ var (
 // blackbox_exporter's.
 var Additions = []*Addition{
 	failureInfo, phaseDuration, attempts, tlsVerified, tcpRTT, tcpRetransmits, leafCertificate,
-	fanoutAsked, fanoutSucceeded, fanoutFailed, nodeFailure,
+	fanoutAsked, fanoutSucceeded, fanoutFailed, fanoutSkipped, nodeFailure,
 	{Name: "probe_*", Labels: []string{"vantage"}, Doc: "with `from=`: every metric of a node's probe, as one probe gives it, labelled with the node's name"},
 	{Name: "probe_ssl_earliest_cert_expiry", Also: true, Doc: "also when the chain did not verify (an expired certificate, an unknown authority), which blackbox_exporter does not give"},
 	{Name: "probe_tls_version_info", Labels: []string{"version"}, Also: true, Doc: "also when the chain did not verify"},
