@@ -428,6 +428,11 @@ func TestFanoutCLI(t *testing.T) {
 // every node lists as a peer. alice's fan-out runs on each node as
 // alice's (its audit line says so); mallory's certificate names no peer,
 // and she cannot name alice.
+// TestFanoutMutualTLS runs a fleet whose nodes know each other by client
+// certificates, and whose server certificates name the fleet, not the
+// nodes' addresses (--peer-server-name, as a headless Service's name):
+// a caller's fan-out runs on each node as that caller, whatever script
+// its name is in; a caller that is not a peer cannot name another.
 func TestFanoutMutualTLS(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -436,15 +441,16 @@ func TestFanoutMutualTLS(t *testing.T) {
 	nodeCert, nodeKey := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, "node", false))
 	live := probetest.Listen(t, "127.0.0.1:0", nil)
 	nodes := startFleet(t, 2, 40, func(i int) []string {
-		certFile, keyFile := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, fmt.Sprintf("n%d", i), true, func(c *x509.Certificate) {
-			c.IPAddresses = append(c.IPAddresses, net.IPv4(127, 0, 0, byte(40+i)))
+		// The fleet's name alone: not the nodes' addresses.
+		certFile, keyFile := probetest.WriteFiles(t, t.TempDir(), ca.Issue(t, "fleet.test", true, func(c *x509.Certificate) {
+			c.IPAddresses, c.DNSNames = nil, []string{"fleet.test"}
 		}))
 		return []string{"--tls-cert=" + certFile, "--tls-key=" + keyFile, "--tls-client-ca=" + caFile, "--peer=node",
-			"--peer-cert-file=" + nodeCert, "--peer-key-file=" + nodeKey, "--peer-ca-file=" + caFile}
+			"--peer-cert-file=" + nodeCert, "--peer-key-file=" + nodeKey, "--peer-ca-file=" + caFile, "--peer-server-name=fleet.test"}
 	})
 	dialAs := func(nd *node, cn string) *grpc.ClientConn {
 		conn, err := grpc.NewClient(nd.Addr, grpc.WithTransportCredentials(grpccreds.NewTLS(&tls.Config{
-			RootCAs: ca.Pool, Certificates: []tls.Certificate{ca.Issue(t, cn, false)}})))
+			RootCAs: ca.Pool, ServerName: "fleet.test", Certificates: []tls.Certificate{ca.Issue(t, cn, false)}})))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -452,15 +458,17 @@ func TestFanoutMutualTLS(t *testing.T) {
 		return conn
 	}
 	target := &netprobev1.SweepTarget{Target: &netprobev1.Target{Host: "127.0.0.1", Port: live.Port()}}
-	before := len(nodes[1].Audit())
-	got := sweepAll(probetest.Context(t), t, dialAs(nodes[0], "alice"), &netprobev1.SweepRequest{
-		Targets: []*netprobev1.SweepTarget{target}, Vantages: &netprobev1.VantageSelector{All: true}})
-	if names := nodesOf(got.results); got.err != nil || !slices.Equal(names, []string{"n1", "n2"}) || len(got.errors) != 0 {
-		t.Fatalf("alice's fan-out: results from %v, node errors %v, ended %v", names, got.errors, got.err)
-	}
-	probetest.Eventually(t, func() bool { return len(nodes[1].Audit()) > before }, func() string { return "n2 logged no probe" })
-	if line := nodes[1].Audit()[len(nodes[1].Audit())-1]; line["caller"] != "alice" {
-		t.Errorf("n2's audit line names caller %v, want alice: %v", line["caller"], line)
+	for _, caller := range []string{"alice", "josé", "名前"} {
+		before := len(nodes[1].Audit())
+		got := sweepAll(probetest.Context(t), t, dialAs(nodes[0], caller), &netprobev1.SweepRequest{
+			Targets: []*netprobev1.SweepTarget{target}, Vantages: &netprobev1.VantageSelector{All: true}})
+		if names := nodesOf(got.results); got.err != nil || !slices.Equal(names, []string{"n1", "n2"}) || len(got.errors) != 0 {
+			t.Fatalf("%s's fan-out: results from %v, node errors %v, ended %v", caller, names, got.errors, got.err)
+		}
+		probetest.Eventually(t, func() bool { return len(nodes[1].Audit()) > before }, func() string { return "n2 logged no probe" })
+		if line := nodes[1].Audit()[len(nodes[1].Audit())-1]; line["caller"] != caller {
+			t.Errorf("n2's audit line names caller %v, want %s: %v", line["caller"], caller, line)
+		}
 	}
 	ctx := metadata.AppendToOutgoingContext(probetest.Context(t), fleet.CallerHeader, "alice")
 	_, err := netprobev1.NewProbeServiceClient(dialAs(nodes[1], "mallory")).Connect(ctx, &netprobev1.ConnectRequest{Target: target.Target})

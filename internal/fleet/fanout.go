@@ -92,7 +92,7 @@ type vantage struct {
 // vantage_error; only a selector that cannot be, or no node selected,
 // fails the call.
 func (f *Fleet) Sweep(ctx context.Context, req *netprobev1.SweepRequest, caller string, send func(*netprobev1.SweepResponse) error, local Local) error {
-	chosen, err := f.choose(req)
+	chosen, skipped, err := f.choose(req)
 	if err != nil {
 		return err
 	}
@@ -166,39 +166,42 @@ func (f *Fleet) Sweep(ctx context.Context, req *netprobev1.SweepRequest, caller 
 		return sendErr
 	}
 	return send(&netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{
-		Asked: uint32(len(chosen)), Answered: uint32(answered), Failed: uint32(failed)}})
+		Asked: uint32(len(chosen)), Answered: uint32(answered), Failed: uint32(failed), Skipped: uint32(skipped)}})
 }
 
 // choose picks the nodes req's selector names, this one among them when
-// it is selected, or says why it cannot.
-func (f *Fleet) choose(req *netprobev1.SweepRequest) ([]vantage, error) {
+// it is selected, or says why it cannot; skipped are the nodes it matched
+// past its limit.
+func (f *Fleet) choose(req *netprobev1.SweepRequest) (chosen []vantage, skipped int, err error) {
 	sel := req.GetVantages()
-	if !sel.GetAll() && len(sel.GetNodes()) == 0 && len(sel.GetLabels()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "vantages: select all, nodes or labels")
+	if err := f.checkSelector(sel); err != nil {
+		return nil, 0, err
 	}
 	limit := int(sel.GetLimit())
 	switch {
 	case limit == 0:
 		limit = min(defaultFanout, f.cfg.MaxFanout)
 	case limit > f.cfg.MaxFanout:
-		return nil, status.Errorf(codes.InvalidArgument, "vantages.limit: %d is over the server's maximum of %d (--max-fanout)", limit, f.cfg.MaxFanout)
+		return nil, 0, status.Errorf(codes.InvalidArgument, "vantages.limit: %d is over the server's maximum of %d (--max-fanout)", limit, f.cfg.MaxFanout)
 	}
 	if !f.peers.Configured() {
-		return nil, status.Error(codes.FailedPrecondition, "vantages: this server has no peers (probed --peers), so it cannot fan a sweep out")
+		return nil, 0, status.Error(codes.FailedPrecondition, "vantages: this server has no peers (probed --peers), so it cannot fan a sweep out")
 	}
 	var all []vantage
 	self := false
+	instances := map[string]bool{}
 	for _, p := range f.peers.All() {
-		if p.Self {
-			if self {
-				continue // this node, under a second address
+		if p.Instance != "" {
+			if instances[p.Instance] {
+				continue // a node under a second address
 			}
-			self = true
+			instances[p.Instance] = true
 		}
+		self = self || p.Self
 		if p.Node == "" {
 			// Never heard from: it is only "all" that selects it, by its
 			// address.
-			if !sel.GetAll() || len(sel.GetLabels()) > 0 {
+			if !sel.GetAll() {
 				continue
 			}
 			p.Node = p.Addr.String()
@@ -208,32 +211,78 @@ func (f *Fleet) choose(req *netprobev1.SweepRequest) ([]vantage, error) {
 	if !self {
 		all = append(all, vantage{Peer: Peer{Node: f.node.Name, Labels: f.node.Labels, Self: true, Up: true}, local: true})
 	}
-	var chosen []vantage
 	for _, v := range all {
 		if Matches(sel, v.Node, v.Labels) {
 			chosen = append(chosen, v)
 		}
 	}
-	slices.SortStableFunc(chosen, func(a, b vantage) int { return strings.Compare(a.Node, b.Node) })
+	// This node first, then by name: a limit never leaves out the node
+	// that was asked.
+	slices.SortStableFunc(chosen, func(a, b vantage) int {
+		if a.local != b.local {
+			if a.local {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Node, b.Node)
+	})
 	if len(chosen) == 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "vantages: no node matches %s", describeSelector(sel))
+		return nil, 0, status.Errorf(codes.FailedPrecondition, "vantages: no node matches %s", describeSelector(sel))
 	}
+	skipped = max(len(chosen)-limit, 0)
 	chosen = chosen[:min(len(chosen), limit)]
 	if probes := len(chosen) * len(req.GetTargets()); probes > f.cfg.MaxFanoutProbes {
-		return nil, status.Errorf(codes.ResourceExhausted, "vantages: %d nodes times %d targets is %d probes, over the server's maximum of %d (--max-fanout-probes)",
-			len(chosen), len(req.GetTargets()), probes, f.cfg.MaxFanoutProbes)
+		return nil, 0, status.Errorf(codes.ResourceExhausted, "vantages: %d %s times %d %s is %d probes, over the server's maximum of %d (--max-fanout-probes)",
+			len(chosen), plural(len(chosen), "node", "nodes"), len(req.GetTargets()), plural(len(req.GetTargets()), "target", "targets"), probes, f.cfg.MaxFanoutProbes)
 	}
-	return chosen, nil
+	return chosen, skipped, nil
 }
 
-// describeSelector is sel as a message says it.
+// checkSelector refuses a selector that selects nothing, or names nodes
+// or labels no node could have (as --node-name and --label have them),
+// or more of them than a fan-out may ask.
+func (f *Fleet) checkSelector(sel *netprobev1.VantageSelector) error {
+	switch {
+	case !sel.GetAll() && len(sel.GetNodes()) == 0 && len(sel.GetLabels()) == 0:
+		return status.Error(codes.InvalidArgument, "vantages: select all, nodes or labels")
+	case sel.GetAll() && (len(sel.GetNodes()) > 0 || len(sel.GetLabels()) > 0):
+		return status.Error(codes.InvalidArgument, "vantages.all: all selects every node, and goes alone; give nodes or labels without it")
+	case len(sel.GetNodes()) > f.cfg.MaxFanout:
+		return status.Errorf(codes.InvalidArgument, "vantages.nodes: %d names, over the server's maximum of %d nodes a fan-out asks (--max-fanout)", len(sel.GetNodes()), f.cfg.MaxFanout)
+	case len(sel.GetLabels()) > maxLabels:
+		return status.Errorf(codes.InvalidArgument, "vantages.labels: %d pairs, over the %d labels a node may have", len(sel.GetLabels()), maxLabels)
+	}
+	for i, n := range sel.GetNodes() {
+		if err := checkLabelText(fmt.Sprintf("vantages.nodes[%d]:", i), n); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	for k, v := range sel.GetLabels() {
+		if err := checkLabelText("vantages.labels: key", k); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		if err := checkLabelText("vantages.labels["+k+"]: value", v); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	return nil
+}
+
+// describeSelector is sel as a message says it: a checked selector, its
+// names cut to the first few.
 func describeSelector(sel *netprobev1.VantageSelector) string {
 	var parts []string
 	if sel.GetAll() {
 		parts = append(parts, "all")
 	}
-	if len(sel.GetNodes()) > 0 {
-		parts = append(parts, "nodes "+strings.Join(sel.GetNodes(), ","))
+	if nodes := sel.GetNodes(); len(nodes) > 0 {
+		const shown = 5
+		names := strings.Join(nodes[:min(len(nodes), shown)], ",")
+		if len(nodes) > shown {
+			names += fmt.Sprintf(" and %d more", len(nodes)-shown)
+		}
+		parts = append(parts, "nodes "+names)
 	}
 	for _, k := range slices.Sorted(maps.Keys(sel.GetLabels())) {
 		parts = append(parts, k+"="+sel.GetLabels()[k])
@@ -241,17 +290,31 @@ func describeSelector(sel *netprobev1.VantageSelector) string {
 	return strings.Join(parts, " and ")
 }
 
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
 // remote runs fwd on peer p, naming caller to it, each result leaving
-// through out.
+// through out. What the peer sends is checked before it leaves: a node
+// that sends what no node's own sweep can (a vantage, the counts, a
+// target the request has not, more results than a target gives) is cut
+// there, INTERNAL, rather than allowed to speak for the entry, or to
+// flood the caller.
 func (f *Fleet) remote(ctx context.Context, p Peer, caller string, fwd *netprobev1.SweepRequest, out func(*netprobev1.SweepResponse) error) error {
 	conn := f.peers.conn(p.Addr)
 	if conn == nil {
 		return status.Error(codes.Unavailable, "the peer is gone from --peers")
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stream, err := netprobev1.NewProbeServiceClient(conn).Sweep(f.peers.outgoing(ctx, caller), fwd)
 	if err != nil {
 		return err
 	}
+	given := make([]int, len(fwd.GetTargets()))
 	for {
 		r, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -260,10 +323,41 @@ func (f *Fleet) remote(ctx context.Context, p Peer, caller string, fwd *netprobe
 		if err != nil {
 			return err
 		}
+		if err := checkForwarded(fwd, r, given); err != nil {
+			return err
+		}
 		if err := out(r); err != nil {
 			return err
 		}
 	}
+}
+
+// maxExpanded is the most targets an expanded entry can give: the
+// addresses or SRV records of one DNS answer, at most 64 KiB over TCP of
+// records of at least 16 bytes.
+const maxExpanded = 4096
+
+// checkForwarded refuses r, a peer's response to fwd, when no node's own
+// sweep could send it; given counts the results so far by index.
+func checkForwarded(fwd *netprobev1.SweepRequest, r *netprobev1.SweepResponse, given []int) error {
+	broke := func(format string, args ...any) error {
+		return status.Errorf(codes.Internal, "the node broke the protocol: "+format+"; its results stop here", args...)
+	}
+	switch {
+	case r.GetVantage() != nil || r.GetVantageError() != nil || r.GetFanout() != nil:
+		return broke("it sent a vantage, a vantage_error or fanout counts, which only an entry sends")
+	case int(r.GetIndex()) >= len(given):
+		return broke("it sent a result for target %d of a sweep of %d", r.GetIndex(), len(given))
+	}
+	given[r.GetIndex()]++
+	most := 1
+	if fwd.GetTargets()[r.GetIndex()].GetExpand() != netprobev1.Expand_EXPAND_UNSPECIFIED {
+		most = maxExpanded
+	}
+	if given[r.GetIndex()] > most {
+		return broke("it sent more than %d %s for target %d", most, plural(most, "result", "results"), r.GetIndex())
+	}
+	return nil
 }
 
 // nodeContext is ctx for the nodes of a fan-out: its deadline a margin
@@ -292,7 +386,11 @@ func vantageError(err error, vctx context.Context) *netprobev1.VantageError {
 			Message: "the node had not finished when the server that took the call, draining, cut its calls short; its results so far are above"}
 	}
 	st := status.Convert(err)
-	return &netprobev1.VantageError{Code: codeName(st.Code()), Message: st.Message()}
+	msg := st.Message()
+	if st.Code() == codes.Unauthenticated {
+		msg += " (the node took no credential of this node's: its --tokens-file must hold the token of this node's --peer-token-file, or its --tls-client-ca the CA of --peer-cert-file)"
+	}
+	return &netprobev1.VantageError{Code: codeName(st.Code()), Message: msg}
 }
 
 // codeName is c's canonical name, as grpcurl and the gRPC docs write it:

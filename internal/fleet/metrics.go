@@ -13,7 +13,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "netprobe_fleet_peers",
-			Help: "The peers of this node (--peers), by state: up (answered when last asked who it is) or down.",
+			Help: "The peers of this node (--peers, this node among them when they name it), by state: up (answered when last asked who it is) or down.",
 		}, []string{"state"}),
 		fanouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "netprobe_fanout_sweeps_total",

@@ -38,7 +38,7 @@ type Config struct {
 	// targets.
 	MaxFanoutProbes int `flag:"max-fanout-probes" env:"NETPROBE_MAX_FANOUT_PROBES" default:"100000" group:"Fleet" help:"Most probes one fanned-out Sweep may run in all, its nodes times its targets; more is RESOURCE_EXHAUSTED before any node is asked."`
 	// PeerTokenFile holds the token this node shows its peers.
-	PeerTokenFile string `flag:"peer-token-file" env:"NETPROBE_PEER_TOKEN_FILE" group:"Fleet" help:"A file holding the bearer token this node presents to its peers when it fans a Sweep out: a token of their --tokens-file, whose name they list in --peer. Over TLS only (--peer-ca-file)."`
+	PeerTokenFile string `flag:"peer-token-file" env:"NETPROBE_PEER_TOKEN_FILE" group:"Fleet" help:"A file holding the bearer token this node presents to its peers when it fans a Sweep out: the token alone (not NAME TOKEN), one of their --tokens-file whose name they list in --peer. Over TLS only (--peer-ca-file)."`
 	// PeerCertFile and PeerKeyFile are the client certificate this node
 	// presents to its peers, in place of or beside a token.
 	PeerCertFile string `flag:"peer-cert-file" env:"NETPROBE_PEER_CERT_FILE" group:"Fleet" help:"A client certificate (PEM) this node presents to its peers when it fans a Sweep out, for peers that require one (--tls-client-ca); its identity must be one they list in --peer. Over TLS only (--peer-ca-file)."`
@@ -46,6 +46,9 @@ type Config struct {
 	// PeerCAFile, when set, makes the node talk to its peers over TLS,
 	// trusting these CAs.
 	PeerCAFile string `flag:"peer-ca-file" env:"NETPROBE_PEER_CA_FILE" group:"Fleet" help:"Talk to peers over TLS, trusting the CAs of this file (PEM); without it, plaintext."`
+	// PeerServerName is the name peers' certificates are checked
+	// against, when not their addresses.
+	PeerServerName string `flag:"peer-server-name" env:"NETPROBE_PEER_SERVER_NAME" group:"Fleet" help:"The name every peer's certificate is checked against, such as the headless Service's (probed.netprobe.svc.cluster.local); without it, the address the peer is reached at, an IP its certificate must then hold. With --peer-ca-file."`
 }
 
 // Node is who this probed is.
@@ -70,6 +73,9 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	if err := checkLabelText("--node-name", n.Name); err != nil {
 		return nil, err
+	}
+	if len(cfg.Labels) > maxLabels {
+		return nil, fmt.Errorf("--label: %d given, at most %d", len(cfg.Labels), maxLabels)
 	}
 	for _, l := range cfg.Labels {
 		k, v, ok := strings.Cut(l, "=")
@@ -103,7 +109,12 @@ const maxLabelText = 63
 // the CLI as it is.
 func checkLabelText(what, s string) error {
 	if s == "" || len(s) > maxLabelText {
-		return fmt.Errorf("%s %q: want 1 to %d characters", what, s, maxLabelText)
+		// Only the start of a long one: a refusal is small.
+		shown := s[:min(len(s), maxLabelText)]
+		if len(shown) < len(s) {
+			shown += "..."
+		}
+		return fmt.Errorf("%s %q: want 1 to %d characters", what, shown, maxLabelText)
 	}
 	for _, r := range s {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./", r)) {

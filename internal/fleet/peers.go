@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -57,10 +58,14 @@ type Peer struct {
 	// Node and Labels are who it said it is (Describe); empty until it has.
 	Node   string
 	Labels map[string]string
+	// Instance is the peer's process (DescribeResponse.instance): two
+	// addresses of one instance, such as a pod's IPv4 and IPv6, are one
+	// node.
+	Instance string
 	// Self is true when the peer is this node itself.
 	Self bool
-	// Up is whether it answered when last asked, at LastContact; Err is
-	// why not.
+	// Up is whether it answered when last asked; Err is why not.
+	// LastContact is when it last answered.
 	Up          bool
 	LastContact time.Time
 	Err         string
@@ -113,7 +118,9 @@ func NewPeers(cfg Config, resolver *net.Resolver, self string, logger *slog.Logg
 		if !roots.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("--peer-ca-file: no certificate in %s", cfg.PeerCAFile)
 		}
-		tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		// A peer is dialled at an address DNS gave: its certificate is
+		// checked against that IP unless the fleet shares a name.
+		tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: cfg.PeerServerName}
 		if tc.Certificates, err = peerCertificate(cfg); err != nil {
 			return nil, err
 		}
@@ -121,6 +128,8 @@ func NewPeers(cfg Config, resolver *net.Resolver, self string, logger *slog.Logg
 		p.creds = credentials.NewTLS(tc)
 	} else if cfg.PeerCertFile != "" || cfg.PeerKeyFile != "" {
 		return nil, errors.New("--peer-cert-file: a certificate goes to peers over TLS only: give --peer-ca-file")
+	} else if cfg.PeerServerName != "" {
+		return nil, errors.New("--peer-server-name: peers' certificates are checked over TLS only: give --peer-ca-file")
 	}
 	if cfg.PeerTokenFile != "" {
 		if cfg.PeerCAFile == "" {
@@ -131,7 +140,7 @@ func NewPeers(cfg Config, resolver *net.Resolver, self string, logger *slog.Logg
 			return nil, fmt.Errorf("--peer-token-file: %w", err)
 		}
 		if p.token = strings.TrimSpace(string(b)); p.token == "" || strings.ContainsAny(p.token, " \t\r\n") {
-			return nil, fmt.Errorf("--peer-token-file: %s holds no token (one word)", cfg.PeerTokenFile)
+			return nil, fmt.Errorf("--peer-token-file: %s must hold the token alone, one word (not NAME TOKEN, as --tokens-file has it)", cfg.PeerTokenFile)
 		}
 		p.named = true
 	}
@@ -189,6 +198,16 @@ func (p *Peers) Run(ctx context.Context) {
 
 // downRetry is how soon a peer that did not answer is asked again.
 const downRetry = 2 * time.Second
+
+// peerKeepalive is how long a connection to a peer may carry a call
+// without a frame from it before it is pinged, and peerKeepaliveTimeout how
+// long the ping may go unanswered before the connection, and the calls on
+// it, are given up. The time is over the 10 s that a peer allows by default
+// (--keepalive-min-time).
+const (
+	peerKeepalive        = 15 * time.Second
+	peerKeepaliveTimeout = 5 * time.Second
+)
 
 // peerReadBuffer is the read buffer of a connection to a peer.
 const peerReadBuffer = 32 << 10
@@ -251,7 +270,11 @@ func (p *Peers) Refresh(ctx context.Context) {
 				// for Fetch's chunks: a peer sends small results, and an
 				// entry holds a connection to every node (bench: 200 nodes,
 				// the entry idle 94 -> 53 MiB, fanning out 168 -> 59 MiB).
-				grpc.WithReadBufferSize(peerReadBuffer))...)
+				grpc.WithReadBufferSize(peerReadBuffer),
+				// A peer that stops answering (frozen, or cut off without a
+				// reset) fails the fan-outs it is in within peerKeepalive
+				// and its timeout, even when the caller set no deadline.
+				grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: peerKeepalive, Timeout: peerKeepaliveTimeout}))...)
 			if err != nil {
 				p.logger.Error("peer: cannot make a client", "addr", a, "err", err)
 				continue
@@ -286,9 +309,14 @@ func (p *Peers) describe(ctx context.Context, x *peer) {
 	ctx, cancel := context.WithTimeout(p.outgoing(ctx, ""), describeTimeout)
 	defer cancel()
 	d, err := netprobev1.NewProbeServiceClient(x.conn).Describe(ctx, &netprobev1.DescribeRequest{})
+	if err == nil {
+		// What a peer says of itself becomes columns, metric labels and
+		// log lines here: it is held to what --node-name and --label
+		// allow, as this node's own name is.
+		err = checkDescribed(d)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	x.LastContact = time.Now()
 	if err != nil {
 		if x.Up || x.Err == "" {
 			p.logger.Warn("peer does not answer", "addr", x.Addr, "node", x.Node, "err", err)
@@ -296,11 +324,63 @@ func (p *Peers) describe(ctx context.Context, x *peer) {
 		x.Up, x.Err = false, err.Error()
 		return
 	}
+	// A peer is this node only when it is reached at one of this
+	// machine's addresses: anyone may read the instance (Describe), and
+	// a peer claiming it could otherwise hide itself, or speak for this
+	// node.
+	self := d.GetInstance() == p.self && isLocal(x.Addr.Addr())
 	if !x.Up {
-		p.logger.Info("peer up", "addr", x.Addr, "node", d.GetNode(), "self", d.GetInstance() == p.self)
+		p.logger.Info("peer up", "addr", x.Addr, "node", d.GetNode(), "self", self)
+		for _, y := range p.peers {
+			if y != x && y.Up && y.Node == d.GetNode() && y.Instance != d.GetInstance() {
+				p.logger.Warn("two peers have one node name: results name them by address as well; give each its own --node-name",
+					"node", d.GetNode(), "addr", x.Addr, "other", y.Addr)
+			}
+		}
 	}
-	x.Up, x.Err = true, ""
-	x.Node, x.Labels, x.Self = d.GetNode(), d.GetLabels(), d.GetInstance() == p.self
+	x.Up, x.Err, x.LastContact = true, "", time.Now()
+	x.Node, x.Labels, x.Instance, x.Self = d.GetNode(), d.GetLabels(), d.GetInstance(), self
+}
+
+// isLocal says whether a is an address of this machine: a loopback
+// address, or one of its interfaces'.
+func isLocal(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a.Unmap() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// maxLabels is the most labels a node may have, its own (--label) or a
+// peer's as it describes itself.
+const maxLabels = 32
+
+// checkDescribed refuses a peer's Describe answer whose name or labels
+// this node would refuse of itself.
+func checkDescribed(d *netprobev1.DescribeResponse) error {
+	if err := checkLabelText("its node name", d.GetNode()); err != nil {
+		return fmt.Errorf("the peer describes itself amiss: %w", err)
+	}
+	if n := len(d.GetLabels()); n > maxLabels {
+		return fmt.Errorf("the peer describes itself amiss: %d labels, over %d", n, maxLabels)
+	}
+	for k, v := range d.GetLabels() {
+		if err := errors.Join(checkLabelText("a label key", k), checkLabelText("a label value", v)); err != nil {
+			return fmt.Errorf("the peer describes itself amiss: %w", err)
+		}
+	}
+	return nil
 }
 
 // outgoing is ctx for a call to a peer: with this node's token, if any,
@@ -346,5 +426,8 @@ func (p *Peers) conn(a netip.AddrPort) *grpc.ClientConn {
 }
 
 // CallerHeader is the metadata in which a node forwarding a Sweep names
-// the caller it forwards for; only a peer's is honoured.
-const CallerHeader = "netprobe-caller"
+// the caller it forwards for; only a peer's is honoured. It is binary
+// metadata (gRPC sends it in base64) because a caller's name is text of
+// any script, a token's name or a certificate's, and gRPC refuses other
+// than printable ASCII in a text header.
+const CallerHeader = "netprobe-caller-bin"

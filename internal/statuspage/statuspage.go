@@ -105,7 +105,8 @@ type PeerState struct {
 	Labels     []string
 	// Self is true for this node, under one of its addresses.
 	Self bool
-	// Up is whether it answered at LastContact; Err is why not.
+	// Up is whether it answered when last asked, Err why not;
+	// LastContact is when it last answered.
 	Up          bool
 	LastContact time.Time
 	Err         string
