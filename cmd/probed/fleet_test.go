@@ -206,7 +206,7 @@ func TestFanout(t *testing.T) {
 		{"a limit over --max-fanout", &netprobev1.SweepRequest{Targets: targets, Vantages: &netprobev1.VantageSelector{All: true, Limit: 11}},
 			codes.InvalidArgument, "vantages.limit: 11 is over the server's maximum of 10 (--max-fanout)"},
 		{"no node matches", &netprobev1.SweepRequest{Targets: targets, Vantages: &netprobev1.VantageSelector{Labels: map[string]string{"zone": "mars"}}},
-			codes.FailedPrecondition, "vantages: no node matches zone=mars"},
+			codes.FailedPrecondition, "vantages: no node matches zone=mars; the nodes known are n1 (zone=z1), n2 (zone=z0), n3 (zone=z1)"},
 		{"nodes times targets over --max-fanout-probes", &netprobev1.SweepRequest{Targets: append(slices.Clone(targets), targets...), Vantages: &netprobev1.VantageSelector{All: true}},
 			codes.ResourceExhausted, "vantages: 3 nodes times 4 targets is 12 probes, over the server's maximum of 9 (--max-fanout-probes)"},
 		{"a bad target", &netprobev1.SweepRequest{Targets: []*netprobev1.SweepTarget{{Target: &netprobev1.Target{Host: "bad host", Port: 1}}}, Vantages: &netprobev1.VantageSelector{All: true}},

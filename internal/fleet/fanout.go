@@ -228,7 +228,7 @@ func (f *Fleet) choose(req *netprobev1.SweepRequest) (chosen []vantage, skipped 
 		return strings.Compare(a.Node, b.Node)
 	})
 	if len(chosen) == 0 {
-		return nil, 0, status.Errorf(codes.FailedPrecondition, "vantages: no node matches %s", describeSelector(sel))
+		return nil, 0, status.Errorf(codes.FailedPrecondition, "vantages: no node matches %s; %s", describeSelector(sel), describeKnown(all))
 	}
 	skipped = max(len(chosen)-limit, 0)
 	chosen = chosen[:min(len(chosen), limit)]
@@ -288,6 +288,30 @@ func describeSelector(sel *netprobev1.VantageSelector) string {
 		parts = append(parts, k+"="+sel.GetLabels()[k])
 	}
 	return strings.Join(parts, " and ")
+}
+
+// describeKnown names the nodes a selector could have chosen, for a
+// refusal: the first few, each with its labels.
+func describeKnown(all []vantage) string {
+	const shown = 5
+	slices.SortFunc(all, func(a, b vantage) int { return strings.Compare(a.Node, b.Node) })
+	var names []string
+	for _, v := range all[:min(len(all), shown)] {
+		name := v.Node
+		if len(v.Labels) > 0 {
+			labels := strings.Join(LabelList(v.Labels), ",")
+			if len(labels) > 80 {
+				labels = labels[:80] + "..."
+			}
+			name += " (" + labels + ")"
+		}
+		names = append(names, name)
+	}
+	known := "the nodes known are " + strings.Join(names, ", ")
+	if len(all) > shown {
+		known += fmt.Sprintf(" and %d more", len(all)-shown)
+	}
+	return known
 }
 
 func plural(n int, one, many string) string {
