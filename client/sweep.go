@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -102,6 +103,13 @@ func ParseVantages(s string) (*Vantages, error) {
 	return v, nil
 }
 
+func (v *Vantages) limit() int {
+	if v == nil {
+		return 0
+	}
+	return v.Limit
+}
+
 func (v *Vantages) proto() *netprobev1.VantageSelector {
 	if v == nil {
 		return nil
@@ -129,7 +137,7 @@ func VantageNames(vantages []Vantage) []string {
 	names := make([]string, len(vantages))
 	addrs := map[string]map[string]bool{}
 	for i, v := range vantages {
-		names[i] = printable(v.Node)
+		names[i] = Printable(v.Node)
 		if addrs[names[i]] == nil {
 			addrs[names[i]] = map[string]bool{}
 		}
@@ -137,15 +145,17 @@ func VantageNames(vantages []Vantage) []string {
 	}
 	for i, v := range vantages {
 		if len(addrs[names[i]]) > 1 && v.Addr != "" {
-			names[i] += "@" + printable(v.Addr)
+			names[i] += "@" + Printable(v.Addr)
 		}
 	}
 	return names
 }
 
-// printable is s with U+FFFD for each byte that is not UTF-8 and each
-// rune that does not print (but a space).
-func printable(s string) string {
+// Printable is s with U+FFFD for each byte that is not UTF-8 and each rune
+// that does not print (but a space): what a server or a fleet's node says
+// (a name, a message), made safe for a terminal, which would obey its
+// escape codes.
+func Printable(s string) string {
 	return strings.Map(func(r rune) rune {
 		if !unicode.IsPrint(r) {
 			return utf8.RuneError
@@ -221,7 +231,8 @@ type SweepResult struct {
 	proto *netprobev1.SweepResponse
 }
 
-// Proto returns the result as the server sent it.
+// Proto returns the result as the server sent it; for a node's broken
+// result, the VantageErr that stands for it.
 func (r *SweepResult) Proto() *netprobev1.SweepResponse { return r.proto }
 
 // Sweep probes many targets in one call and yields each result as it
@@ -233,6 +244,10 @@ func (r *SweepResult) Proto() *netprobev1.SweepResponse { return r.proto }
 // Abandoned.
 func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOptions) iter.Seq2[*SweepResult, error] {
 	return func(yield func(*SweepResult, error) bool) {
+		if l := opts.From.limit(); l < 0 || uint64(l) > math.MaxUint32 {
+			yield(nil, fmt.Errorf("sweep: vantages' limit %d: want 0 (the server's default) to %d", l, uint32(math.MaxUint32)))
+			return
+		}
 		req := &netprobev1.SweepRequest{Concurrency: uint32(opts.Concurrency), Vantages: opts.From.proto()}
 		if opts.Timeout != 0 {
 			req.Timeout = durationpb.New(opts.Timeout)
@@ -276,8 +291,9 @@ func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOpt
 				// One node's broken result is that node's failure, not
 				// the call's: the others' results stand.
 				broken[[2]string{r.Vantage.Node, r.Vantage.Addr}] = true
-				r = &SweepResult{Vantage: r.Vantage, proto: resp,
-					VantageErr: &VantageError{Code: "INTERNAL", Message: bad.Error() + "; what else the node sends is dropped", protocol: true}}
+				verr := &netprobev1.VantageError{Code: "INTERNAL", Message: bad.Error() + "; what else the node sends is dropped"}
+				r = &SweepResult{Vantage: r.Vantage, VantageErr: &VantageError{Code: verr.Code, Message: verr.Message, protocol: true},
+					proto: &netprobev1.SweepResponse{Vantage: resp.GetVantage(), VantageError: verr}}
 			}
 			if !yield(r, nil) {
 				return

@@ -1,13 +1,14 @@
 package client_test
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
+	gocmp "github.com/google/go-cmp/cmp"
 
 	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -106,11 +107,16 @@ func TestSweepBrokenServer(t *testing.T) {
 				case r.VantageErr != nil:
 					got = append(got, node+": "+r.VantageErr.Error())
 					protocol = protocol || errors.Is(r.VantageErr, client.ErrProtocol)
+					// What -o json prints is the failure, not the broken
+					// result.
+					if p := r.Proto(); p.GetVantageError().GetMessage() != r.VantageErr.Message || p.GetIndex() != 0 || p.GetConnect() != nil {
+						t.Errorf("Proto() of %s's failure: %v", node, p)
+					}
 				default:
 					got = append(got, fmt.Sprintf("%s %d", node, r.Index))
 				}
 			}
-			if diff := cmp.Diff(tc.want, got); diff != "" {
+			if diff := gocmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("yielded (-want +got):\n%s", diff)
 			}
 			if wantProtocol := strings.Contains(strings.Join(tc.want, "\n"), "protocol error"); protocol != wantProtocol {
@@ -153,5 +159,43 @@ func TestVantageNames(t *testing.T) {
 				t.Errorf("reversed: names %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// TestSweepLimit checks that a selector's limit reaches the server as it
+// was given, and that one the wire cannot carry (a uint32) is refused
+// before anything is sent, not wrapped around to a small one.
+func TestSweepLimit(t *testing.T) {
+	t.Parallel()
+	srv := probetest.ServeSweeps(t, &netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{}})
+	c, err := client.Dial(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	targets := []client.SweepTarget{{Network: "tcp", Address: "127.0.0.1:80"}}
+	for _, tc := range []struct {
+		name  string
+		limit int
+		err   string
+	}{
+		{"unset", 0, ""},
+		{"seven", 7, ""},
+		{"the most", 1<<32 - 1, ""},
+		{"one past the most", 1 << 32, "sweep: vantages' limit 4294967296: want 0 (the server's default) to 4294967295"},
+		{"negative", -1, "sweep: vantages' limit -1: want 0 (the server's default) to 4294967295"},
+	} {
+		before := len(srv.Requests())
+		var got error
+		for _, err := range c.Sweep(probetest.Context(t), targets, client.SweepOptions{From: &client.Vantages{All: true, Limit: tc.limit}}) {
+			got = cmp.Or(got, err)
+		}
+		reqs := srv.Requests()
+		switch {
+		case tc.err == "" && (got != nil || len(reqs) != before+1 || reqs[before].GetVantages().GetLimit() != uint32(tc.limit)):
+			t.Errorf("%s: %v, requests %v; want limit %d sent", tc.name, got, reqs[before:], tc.limit)
+		case tc.err != "" && (got == nil || got.Error() != tc.err || len(reqs) != before):
+			t.Errorf("%s: %v, %d requests sent; want %q and none", tc.name, got, len(reqs)-before, tc.err)
+		}
 	}
 }
