@@ -21,6 +21,7 @@ import (
 
 	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/spf13/pflag"
 )
 
 // The rough edges a new user found (issue 23), each run through the built
@@ -533,5 +534,24 @@ func TestPlurals(t *testing.T) {
 		if tc.got != tc.want {
 			t.Errorf("%q, want %q", tc.got, tc.want)
 		}
+	}
+}
+
+// TestHelpDefaultsOnce checks every flag of every command for a default
+// said twice, as --deadline's was: "(default: none, ...) (default 0s)".
+func TestHelpDefaultsOnce(t *testing.T) {
+	t.Parallel()
+	root := (&app{getenv: func(string) string { return "" }}).rootCommand()
+	for _, cmd := range append(root.Commands(), root) {
+		flags := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+		flags.AddFlagSet(cmd.Flags())
+		flags.AddFlagSet(cmd.PersistentFlags())
+		flags.VisitAll(func(f *pflag.Flag) {
+			fs := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+			fs.AddFlag(f)
+			if usage := fs.FlagUsages(); strings.Count(usage, "(default") > 1 {
+				t.Errorf("%s: a default said twice:\n%s", cmd.CommandPath(), usage)
+			}
+		})
 	}
 }
