@@ -84,7 +84,6 @@ func (a *app) sweepFrom(ctx context.Context, from *client.Vantages, targets []cl
 		cells[k][n] = outcomeCell(r)
 	}
 
-	// The columns, in the order of their names.
 	vantages := make([]client.Vantage, len(nodes))
 	for i, n := range nodes {
 		vantages[i] = client.Vantage{Node: n.name, Addr: n.addr}
@@ -93,7 +92,11 @@ func (a *app) sweepFrom(ctx context.Context, from *client.Vantages, targets []cl
 	for i, name := range client.VantageNames(vantages) {
 		names[nodes[i]] = name
 	}
-	slices.SortFunc(nodes, func(x, y fleetNode) int { return cmp.Compare(names[x], names[y]) })
+	// The columns, in the order of their names (and, were two names one,
+	// of what they stand for).
+	slices.SortFunc(nodes, func(x, y fleetNode) int {
+		return cmp.Or(cmp.Compare(names[x], names[y]), cmp.Compare(x.addr, y.addr), cmp.Compare(x.name, y.name))
+	})
 
 	expanded := map[int]bool{}
 	for _, k := range order {
