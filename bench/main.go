@@ -59,23 +59,12 @@ type options struct {
 }
 
 func main() {
-	var o options
-	flag.DurationVar(&o.duration, "duration", 3*time.Second, "how long each rate is measured")
-	flag.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
-	flag.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
-	flag.StringVar(&o.only, "only", "", "run only this part: connect, ghz, fetch, scrape, inflight or fanout")
-	flag.StringVar(&o.nodes, "nodes", "50,200", "fleet sizes the fanout part runs, comma-separated: as many probed, each in a network namespace of its own (2-250; needs root)")
-	flag.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
-	flag.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
-	flag.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
-	flag.StringVar(&o.relayFrom, "relay-from", "", "internal: relay from this ADDR to -relay-to through user space, print how long it took")
-	flag.StringVar(&o.relayTo, "relay-to", "", "internal: where -relay-from relays to")
-	flag.StringVar(&o.part, "part", "", "internal: measure this part in this process, print its rows as JSON")
-	flag.StringVar(&o.probed, "probed", "", "internal: the probed binary for -part")
-	flag.StringVar(&o.ghz, "ghz", "", "internal: the ghz binary for -part ghz")
-	flag.Parse()
-	if o.rounds < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -rounds must be at least 1")
+	o, err := parseOptions(os.Args[1:], os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -88,7 +77,7 @@ func main() {
 	case o.part != "":
 		run = runPart
 	}
-	err := run(ctx, o, os.Stdout)
+	err = run(ctx, o, os.Stdout)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -96,18 +85,102 @@ func main() {
 	}
 }
 
+// parseOptions reads the command line into options, and checks them:
+// -only must name a part, so that a typo is not an empty table.
+func parseOptions(args []string, output io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.DurationVar(&o.duration, "duration", 3*time.Second, "how long each rate is measured")
+	fs.Int64Var(&o.fetch, "fetch-bytes", 1<<30, "bytes relayed in the throughput test")
+	fs.IntVar(&o.inflight, "inflight", 10000, "probes held in flight in the memory test")
+	fs.StringVar(&o.only, "only", "", "run only this part: "+partNames())
+	fs.StringVar(&o.nodes, "nodes", "50,200", "fleet sizes the fanout part runs, comma-separated: as many probed, each in a network namespace of its own (2-250; needs root)")
+	fs.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
+	fs.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
+	fs.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
+	fs.StringVar(&o.relayFrom, "relay-from", "", "internal: relay from this ADDR to -relay-to through user space, print how long it took")
+	fs.StringVar(&o.relayTo, "relay-to", "", "internal: where -relay-from relays to")
+	fs.StringVar(&o.part, "part", "", "internal: measure this part in this process, print its rows as JSON")
+	fs.StringVar(&o.probed, "probed", "", "internal: the probed binary for -part")
+	fs.StringVar(&o.ghz, "ghz", "", "internal: the ghz binary for -part ghz")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("unexpected arguments %q: every option is a flag", fs.Args())
+	case o.rounds < 1:
+		return o, errors.New("-rounds must be at least 1")
+	case o.only != "" && !slices.ContainsFunc(parts, func(p part) bool { return p.name == o.only }):
+		return o, fmt.Errorf("-only %q: no such part; the parts are %s", o.only, partNames())
+	}
+	return o, nil
+}
+
+// partNames lists the parts' names, for -only.
+func partNames() string {
+	var names []string
+	for _, p := range parts {
+		names = append(names, p.name)
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
 // row is one line of the report.
 type row struct {
 	Figure, Netprobe, Baseline, Ratio, Note string
 }
 
-// parts are what the bench measures, in order.
-var parts = []struct {
+// part is one thing the bench measures.
+type part struct {
 	name string
-	run  func(context.Context, string, options) ([]row, error)
-}{
-	{"connect", benchConnect}, {"ghz", benchGhz}, {"fetch", benchFetch}, {"scrape", benchScrape}, {"inflight", benchInflight},
-	{"fanout", benchFanout},
+	// network is where its probed and its load talk, as the report's
+	// header says it.
+	network string
+	run     func(context.Context, string, options) ([]row, error)
+}
+
+// The networks the parts run over.
+const (
+	overLoopback = "over loopback"
+	overLAN      = "over a LAN of network namespaces, a probed in each"
+)
+
+// parts are what the bench measures, in order.
+var parts = []part{
+	{"connect", overLoopback, benchConnect}, {"ghz", overLoopback, benchGhz}, {"fetch", overLoopback, benchFetch},
+	{"scrape", overLoopback, benchScrape}, {"inflight", overLoopback, benchInflight},
+	{"fanout", overLAN, benchFanout},
+}
+
+// header is the report's first line, saying where the parts that run
+// (o.only's, or all) measure: "connect, ghz, ... over loopback; fanout
+// over a LAN ...".
+func header(o options) string {
+	var (
+		where    []string
+		names    []string
+		previous string
+	)
+	flush := func() {
+		if len(names) > 0 {
+			where = append(where, strings.Join(names, ", ")+" "+previous)
+		}
+	}
+	for _, p := range parts {
+		if o.only != "" && o.only != p.name {
+			continue
+		}
+		if p.network != previous {
+			flush()
+			names, previous = nil, p.network
+		}
+		names = append(names, p.name)
+	}
+	flush()
+	return fmt.Sprintf("netprobe bench: %s, %d CPUs, %s/%s, probed and the load in one process tree: %s",
+		runtime.Version(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, strings.Join(where, "; "))
 }
 
 func run(ctx context.Context, o options, out io.Writer) error {
@@ -126,8 +199,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			return err
 		}
 	}
-	fmt.Fprintf(out, "netprobe bench: %s, %d CPUs, %s/%s, probed and the load in one process tree over loopback\n\n",
-		runtime.Version(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(out, "%s\n\n", header(o))
 
 	// Each part runs in a process of its own, so that what one part
 	// leaves in the load's process (its heap, its goroutines) cannot weigh

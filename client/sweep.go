@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -100,6 +103,13 @@ func ParseVantages(s string) (*Vantages, error) {
 	return v, nil
 }
 
+func (v *Vantages) limit() int {
+	if v == nil {
+		return 0
+	}
+	return v.Limit
+}
+
 func (v *Vantages) proto() *netprobev1.VantageSelector {
 	if v == nil {
 		return nil
@@ -115,27 +125,88 @@ type Vantage struct {
 	Addr string
 }
 
+// VantageNames names each of vantages for people and metric labels: by
+// its node's name, and, where several share a name (a fleet whose nodes
+// kept the default --node-name, the host name), as NAME@ADDRESS, but for
+// the server asked itself (Addr ""), which keeps NAME. A name depends on
+// the set alone, not on its order, so that a column or a series keeps its
+// name from one call to the next. Names and addresses are made printable:
+// valid UTF-8, and U+FFFD for what a terminal would act on (control and
+// format characters), since a node names itself.
+func VantageNames(vantages []Vantage) []string {
+	names := make([]string, len(vantages))
+	addrs := map[string]map[string]bool{}
+	for i, v := range vantages {
+		names[i] = Printable(v.Node)
+		if addrs[names[i]] == nil {
+			addrs[names[i]] = map[string]bool{}
+		}
+		addrs[names[i]][v.Addr] = true
+	}
+	for i, v := range vantages {
+		if len(addrs[names[i]]) > 1 && v.Addr != "" {
+			names[i] += "@" + Printable(v.Addr)
+		}
+	}
+	return names
+}
+
+// Printable is s with U+FFFD for each byte that is not UTF-8 and each rune
+// that does not print (but a space): what a server or a fleet's node says
+// (a name, a message), made safe for a terminal, which would obey its
+// escape codes.
+func Printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return utf8.RuneError
+		}
+		return r
+	}, strings.ToValidUTF8(s, string(utf8.RuneError)))
+}
+
 // VantageError is why a node of a fleet gave no results, or no more.
 type VantageError struct {
 	// Code is the gRPC status code's canonical name (UNAVAILABLE,
 	// DEADLINE_EXCEEDED, ...), and Message says why.
 	Code, Message string
+	// protocol is set when the client, not the server, found the node's
+	// results broken: errors.Is(e, ErrProtocol).
+	protocol bool
 }
 
 func (e *VantageError) Error() string { return e.Code + ": " + e.Message }
 
-// FanoutSummary counts the nodes of a sweep run from a fleet.
+// Unwrap is ErrProtocol for a node whose results broke the API, else nil.
+func (e *VantageError) Unwrap() error {
+	if e.protocol {
+		return ErrProtocol
+	}
+	return nil
+}
+
+// ErrProtocol is what a server's answer that breaks the API is: a result
+// for an entry the sweep does not have, a result with no report that is
+// not abandoned, a fan-out's result that names no node. Sweep checks every
+// result, so that what it yields can be trusted to index the targets.
+var ErrProtocol = errors.New("protocol error")
+
+// FanoutSummary counts the nodes of a sweep run from a fleet: those sent
+// the sweep (Asked), those that ended it (Answered), those that failed as
+// a whole (Failed), and those the selector matched past its limit, not
+// asked (Skipped).
 type FanoutSummary struct {
-	Asked, Answered, Failed int
+	Asked, Answered, Failed, Skipped int
 }
 
 // SweepResult is the result of one probe of a sweep.
 type SweepResult struct {
-	// Index is the position of the entry in the targets given to Sweep.
+	// Index is the position of the entry in the targets given to Sweep:
+	// Sweep yields no result whose Index is not one.
 	Index int
 	// Target is the "host:port" probed, after any expansion.
 	Target string
-	// Connect is the report; nil for a probe the sweep never started.
+	// Connect is the report; nil for a probe the sweep never started,
+	// which is Abandoned.
 	Connect *ConnectResult
 	// Summary is how the entry's dialogue went (SweepTarget.Steps), once
 	// connected; nil without one.
@@ -149,7 +220,9 @@ type SweepResult struct {
 	// Vantage, in a sweep From a fleet, is the node this came from.
 	Vantage *Vantage
 	// VantageErr, in a sweep From a fleet, says Vantage failed as a whole:
-	// the result holds no probe.
+	// the result holds no probe. A node whose results break the API
+	// (errors.Is(VantageErr, ErrProtocol)) has this in place of the first
+	// broken one, and nothing of it follows.
 	VantageErr *VantageError
 	// Fanout, in the last result of a sweep From a fleet and in it alone,
 	// counts the nodes; the result holds no probe.
@@ -158,16 +231,23 @@ type SweepResult struct {
 	proto *netprobev1.SweepResponse
 }
 
-// Proto returns the result as the server sent it.
+// Proto returns the result as the server sent it; for a node's broken
+// result, the VantageErr that stands for it.
 func (r *SweepResult) Proto() *netprobev1.SweepResponse { return r.proto }
 
 // Sweep probes many targets in one call and yields each result as it
 // finishes. A failed probe is a result (its Err set), never an error; the
-// sequence yields an error, and stops, only when the call itself fails.
-// The ctx deadline bounds the whole sweep: what it cuts short comes back
+// sequence yields an error, and stops, only when the call itself fails,
+// or the server's answer breaks the API (ErrProtocol; from a fleet, a
+// node's broken result is a VantageErr of that node instead). The ctx
+// deadline bounds the whole sweep: what it cuts short comes back
 // Abandoned.
 func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOptions) iter.Seq2[*SweepResult, error] {
 	return func(yield func(*SweepResult, error) bool) {
+		if l := opts.From.limit(); l < 0 || uint64(l) > math.MaxUint32 {
+			yield(nil, fmt.Errorf("sweep: vantages' limit %d: want 0 (the server's default) to %d", l, uint32(math.MaxUint32)))
+			return
+		}
 		req := &netprobev1.SweepRequest{Concurrency: uint32(opts.Concurrency), Vantages: opts.From.proto()}
 		if opts.Timeout != 0 {
 			req.Timeout = durationpb.New(opts.Timeout)
@@ -187,6 +267,9 @@ func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOpt
 			yield(nil, err)
 			return
 		}
+		// broken are the nodes of a fleet whose results broke the API:
+		// what they send next is dropped.
+		broken := map[[2]string]bool{}
 		for {
 			resp, err := stream.Recv()
 			if errors.Is(err, io.EOF) {
@@ -196,11 +279,47 @@ func (c *Client) Sweep(ctx context.Context, targets []SweepTarget, opts SweepOpt
 				yield(nil, err)
 				return
 			}
-			if !yield(newSweepResult(resp), nil) {
+			r := newSweepResult(resp)
+			bad := r.check(len(targets), opts.From != nil)
+			switch {
+			case bad != nil && (opts.From == nil || r.Vantage == nil):
+				yield(nil, bad)
+				return
+			case r.Vantage != nil && broken[[2]string{r.Vantage.Node, r.Vantage.Addr}]:
+				continue
+			case bad != nil:
+				// One node's broken result is that node's failure, not
+				// the call's: the others' results stand.
+				broken[[2]string{r.Vantage.Node, r.Vantage.Addr}] = true
+				verr := &netprobev1.VantageError{Code: "INTERNAL", Message: bad.Error() + "; what else the node sends is dropped"}
+				r = &SweepResult{Vantage: r.Vantage, VantageErr: &VantageError{Code: verr.Code, Message: verr.Message, protocol: true},
+					proto: &netprobev1.SweepResponse{Vantage: resp.GetVantage(), VantageError: verr}}
+			}
+			if !yield(r, nil) {
 				return
 			}
 		}
 	}
+}
+
+// check says how r breaks the API of a sweep of n entries (from a fleet
+// when fanout), or nil when it does not.
+func (r *SweepResult) check(n int, fanout bool) error {
+	switch {
+	case !fanout && (r.Vantage != nil || r.VantageErr != nil || r.Fanout != nil):
+		return fmt.Errorf("sweep: %w: a fleet's result, to a sweep that asked for none", ErrProtocol)
+	case r.Fanout != nil:
+		return nil
+	case r.Vantage == nil && fanout:
+		return fmt.Errorf("sweep: %w: a result from a fleet that names no node", ErrProtocol)
+	case r.VantageErr != nil:
+		return nil
+	case r.proto.GetIndex() >= uint32(n):
+		return fmt.Errorf("sweep: %w: a result for entry %d, of a sweep of %d", ErrProtocol, r.proto.GetIndex(), n)
+	case r.Connect == nil && !r.Abandoned:
+		return fmt.Errorf("sweep: %w: a result for entry %d with no report, and not abandoned", ErrProtocol, r.Index)
+	}
+	return nil
 }
 
 func sweepTarget(st SweepTarget) (*netprobev1.SweepTarget, error) {
@@ -247,7 +366,7 @@ func newSweepResult(resp *netprobev1.SweepResponse) *SweepResult {
 		return r
 	}
 	if f := resp.GetFanout(); f != nil {
-		r.Fanout = &FanoutSummary{Asked: int(f.GetAsked()), Answered: int(f.GetAnswered()), Failed: int(f.GetFailed())}
+		r.Fanout = &FanoutSummary{Asked: int(f.GetAsked()), Answered: int(f.GetAnswered()), Failed: int(f.GetFailed()), Skipped: int(f.GetSkipped())}
 		return r
 	}
 	if c := resp.GetConnect(); c != nil {

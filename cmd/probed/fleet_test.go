@@ -8,9 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -50,24 +48,9 @@ func startFleet(t *testing.T, n, base int, args func(i int) []string) []*node {
 // serve the names of their targets too.
 func startFleetOn(t *testing.T, dns *dnstest.Server, n, base int, args func(i int) []string) []*node {
 	t.Helper()
-	port := probetest.FreePort(t)
-	_, p, _ := net.SplitHostPort(port)
-	var addrs []netip.Addr
-	for i := 1; i <= n; i++ {
-		addrs = append(addrs, netip.AddrFrom4([4]byte{127, 0, 0, byte(base + i)}))
-	}
-	dns.SetAddrs("fleet.test", addrs...)
 	var nodes []*node
-	for i := 1; i <= n; i++ {
-		a := []string{"--listen=" + net.JoinHostPort(addrs[i-1].String(), p), "--dns-server=" + dns.Addr,
-			fmt.Sprintf("--node-name=n%d", i), "--peers=dns:///fleet.test:" + p}
-		nodes = append(nodes, &node{Probed: probetest.StartProbed(t, exec.Command(probedBin, append(a, args(i)...)...)),
-			name: fmt.Sprintf("n%d", i), addr: addrs[i-1]})
-	}
-	for _, nd := range nodes {
-		probetest.Eventually(t, func() bool { return nd.Logged("peer up") >= n }, func() string {
-			return fmt.Sprintf("%s heard from %d of %d nodes", nd.name, nd.Logged("peer up"), n)
-		})
+	for _, nd := range probetest.StartFleet(t, probedBin, dns, n, base, args) {
+		nodes = append(nodes, &node{Probed: nd.Probed, name: nd.Name, addr: nd.Addr})
 	}
 	return nodes
 }
@@ -378,24 +361,8 @@ func TestFanoutTrust(t *testing.T) {
 func TestFanoutCLI(t *testing.T) {
 	t.Parallel()
 	nodes := startFleet(t, 3, 30, func(i int) []string { return []string{fmt.Sprintf("--label=zone=z%d", i%2)} })
-	probe := filepath.Join(t.TempDir(), "probe")
-	if err := os.Symlink(probedBin, probe); err != nil {
-		t.Fatal(err)
-	}
 	live := "127.0.0.1:" + fmt.Sprint(probetest.Listen(t, "127.0.0.1:0", nil).Port())
-	run := func(args ...string) (int, string, string) {
-		cmd := exec.CommandContext(probetest.Context(t), probe, append([]string{"sweep", "-s", nodes[0].Addr}, args...)...)
-		var stdout, stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		code := 0
-		if exit, ok := err.(*exec.ExitError); ok {
-			code = exit.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return code, stdout.String(), stderr.String()
-	}
+	run := func(args ...string) (int, string, string) { return sweepCLI(t, nodes[0].Addr, args...) }
 	matrix := regexp.MustCompile(`^target +n1 +n3\n127\.0\.0\.1:\d+ +ok \S+ +ok \S+\n$`)
 	if code, out, errOut := run("--from", "zone=z1", "--quorum", "2", live); code != 0 || !matrix.MatchString(out) ||
 		errOut != "probe: "+live+" reachable from 2 of 2 nodes\n" {

@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/netprobe/netprobe/client"
 	"github.com/netprobe/netprobe/internal/probetest"
+	"github.com/spf13/pflag"
 )
 
 // The rough edges a new user found (issue 23), each run through the built
@@ -513,5 +515,43 @@ func TestSweepServerDown(t *testing.T) {
 	}
 	if direct := runBin(t, nil, nil, "--server", down, "connect", up); !strings.HasPrefix(want, direct.stderr) {
 		t.Errorf("connect says %q, sweep %q", direct.stderr, want)
+	}
+}
+
+// TestPlurals checks the CLI's counts of one: "1 byte", "1 retransmit",
+// never "1 bytes".
+func TestPlurals(t *testing.T) {
+	t.Parallel()
+	var summary strings.Builder
+	printSummary(&summary, &client.FetchSummary{BytesSent: 1, BytesReceived: 1, EndReason: client.EndEOF, TotalDuration: time.Millisecond,
+		TCPInfo: &client.TCPInfo{RTT: time.Millisecond, TotalRetransmits: 1}})
+	for _, tc := range []struct{ got, want string }{
+		{summary.String(), "sent 1 byte, received 1; the target closed after 1ms, rtt 1ms, 1 retransmit\n"},
+		{rtt(&client.TCPInfo{RTT: time.Millisecond, TotalRetransmits: 2}), ", rtt 1ms, 2 retransmits"},
+		{plural(uint64(1), "byte"), "1 byte"},
+		{plural(0, "node"), "0 nodes"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%q, want %q", tc.got, tc.want)
+		}
+	}
+}
+
+// TestHelpDefaultsOnce checks every flag of every command for a default
+// said twice, as --deadline's was: "(default: none, ...) (default 0s)".
+func TestHelpDefaultsOnce(t *testing.T) {
+	t.Parallel()
+	root := (&app{getenv: func(string) string { return "" }}).rootCommand()
+	for _, cmd := range append(root.Commands(), root) {
+		flags := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+		flags.AddFlagSet(cmd.Flags())
+		flags.AddFlagSet(cmd.PersistentFlags())
+		flags.VisitAll(func(f *pflag.Flag) {
+			fs := pflag.NewFlagSet(cmd.Name(), pflag.ContinueOnError)
+			fs.AddFlag(f)
+			if usage := fs.FlagUsages(); strings.Count(usage, "(default") > 1 {
+				t.Errorf("%s: a default said twice:\n%s", cmd.CommandPath(), usage)
+			}
+		})
 	}
 }

@@ -44,7 +44,7 @@ var exitCodes = []struct {
 	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},
 	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
 	{exitExpect, "the target did not answer as --expect said, or refused --starttls (stage EXPECT;\n       curl's 8, a weird server reply)"},
-	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; a summary\n       line says how many"},
+	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; with --from,\n       a node failed as a whole (without --quorum) or a target was reached from\n       fewer than --quorum nodes; a summary line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
 	{exitTLS, "the TLS handshake failed: no version or cipher in common, an alert (stage\n       TLS_HANDSHAKE; curl's 35)"},
 	{exitEmpty, "fetch --fail-empty: the target sent nothing before it closed (curl's 52)"},

@@ -219,7 +219,7 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 		opts.Payload = b
 	}
 	if len(opts.Payload) > a.MaxPayload {
-		return opts, usagef("the request is over the probe server's cap of %d bytes (--max-payload-bytes, as probed's)", a.MaxPayload)
+		return opts, usagef("the request is over the probe server's cap of %s (--max-payload-bytes, as probed's)", plural(a.MaxPayload, "byte"))
 	}
 	if len(opts.Payload) == 0 {
 		opts.Payload = nil

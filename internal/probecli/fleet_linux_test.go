@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,5 +185,126 @@ table inet firewall {
 	}
 	if ok != 900 || timeouts != 100 || stderr.String() != "probe: sweep: 100 of 1000 probes failed (1000 targets, 1 server)\n" {
 		t.Errorf("%d ok, %d timed out; stderr %q", ok, timeouts, stderr.String())
+	}
+}
+
+// TestDocFleetExamples runs docs/cli.md's examples of a fleet (--from), as
+// TestDocExamples runs the others, against the fleet they show: n1, n2 and
+// n3, labelled zone=z1, z0 and z1, three probed on 127.0.0.161 to .163
+// for the doc's 10.0.0.11 to .13, finding each other through a DNS server
+// on loopback that names db.internal too, whose port 5432 is a listener
+// on loopback; n3 is stopped once every node has heard from every node,
+// so that its UNAVAILABLE is real. An example whose last line is "probe:
+// sweep: ..." must exit 10, the others 0.
+func TestDocFleetExamples(t *testing.T) {
+	t.Parallel()
+	dns := dnstest.Start(t)
+	db := probetest.Listen(t, "127.0.0.1:0", nil)
+	dns.SetAddrs("db.internal", netip.MustParseAddr("127.0.0.1"))
+	nodes := probetest.StartFleet(t, probedBin, dns, 3, 160, func(i int) []string { return []string{fmt.Sprintf("--label=zone=z%d", i%2)} })
+	nodes[2].Stop()
+	servers := map[string]string{}
+	for i, nd := range nodes {
+		servers[fmt.Sprintf("10.0.0.%d", 11+i)] = nd.Probed.Addr
+	}
+	text, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples := 0
+	for _, block := range consoleBlocks(string(text)) {
+		for _, ex := range block {
+			_, args, ok := parseCommand(ex.command)
+			if !ok || !slices.Contains(args, "--from") {
+				continue
+			}
+			examples++
+			for i, a := range args {
+				args[i] = withPorts(a, map[string]string{"5432": port(db)})
+				if s, ok := servers[a]; ok {
+					args[i] = s
+				}
+			}
+			r := probe(probetest.Context(t), nil, args...)
+			if got, want := normalize(r.stdout+r.stderr), normalize(ex.output); !matches(got, want) {
+				t.Errorf("$ %s\nprinted\n%s\nwant\n%s", ex.command, r.stdout+r.stderr, ex.output)
+			}
+			lines := strings.Split(strings.TrimSpace(ex.output), "\n")
+			if want := exitCodeOf(lines[len(lines)-1]); r.code != want {
+				t.Errorf("$ %s: exit %d, want %d", ex.command, r.code, want)
+			}
+		}
+	}
+	if examples < 2 {
+		t.Errorf("%d fleet examples found in docs/cli.md, want its two", examples)
+	}
+}
+
+// exitCodeOf is the exit code of a fleet example whose output ends with
+// last.
+func exitCodeOf(last string) int {
+	if strings.HasPrefix(last, "probe: sweep: ") {
+		return exitSweepFailed
+	}
+	return exitOK
+}
+
+// TestServerNameOfSeveral checks what docs/cli.md says of -s NAME with
+// --from when NAME has several addresses, as a headless Service's name
+// does: the CLI talks to the first address that takes the connection, in
+// the order of the name's records, and that node is the entry (its
+// results have no address); with that node down, the next. The probe
+// binary runs in a mount namespace of its own whose /etc/hosts lists the
+// name's addresses.
+func TestServerNameOfSeveral(t *testing.T) {
+	t.Parallel()
+	netlab.Require(t)
+	dns := dnstest.Start(t)
+	nodes := probetest.StartFleet(t, probedBin, dns, 3, 170, func(int) []string { return nil })
+	_, port, _ := net.SplitHostPort(nodes[0].Probed.Addr)
+	live := probetest.Listen(t, "127.0.0.1:0", nil).Addr()
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	// entry runs the sweep with the name's records in order, and returns
+	// the node whose results have no address.
+	entry := func(order ...int) (string, string) {
+		t.Helper()
+		var b strings.Builder
+		for _, i := range order {
+			fmt.Fprintf(&b, "%s fleet.example\n", nodes[i].Addr)
+		}
+		if err := os.WriteFile(hosts, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.CommandContext(probetest.Context(t), "unshare", "--mount", "sh", "-c", `mount --bind "$1" /etc/hosts && exec "$2" sweep -s "fleet.example:$3" --from all -o json "$4"`,
+			"sh", hosts, probeBin, port, live)
+		out, err := cmd.Output()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		var self []string
+		for l := range strings.Lines(string(out)) {
+			var line struct {
+				Result struct {
+					Vantage *struct{ Node, Address string }
+				}
+			}
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatalf("%q: %v", l, err)
+			}
+			if v := line.Result.Vantage; v != nil && v.Address == "" {
+				self = append(self, v.Node)
+			}
+		}
+		return strings.Join(self, ","), string(out)
+	}
+	for _, order := range [][]int{{0, 1, 2}, {2, 1, 0}, {1, 0, 2}} {
+		if got, out := entry(order...); got != nodes[order[0]].Name {
+			t.Errorf("records %v: the entry was %q, want %s\n%s", order, got, nodes[order[0]].Name, out)
+		}
+	}
+	nodes[1].Stop()
+	if got, out := entry(1, 0, 2); got != "n1" {
+		t.Errorf("records n2 (down), n1, n3: the entry was %q, want n1\n%s", got, out)
 	}
 }

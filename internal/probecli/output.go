@@ -168,14 +168,14 @@ func rtt(ti *client.TCPInfo) string {
 	}
 	s := ", rtt " + ms(ti.RTT)
 	if ti.TotalRetransmits > 0 {
-		s += fmt.Sprintf(", %d retransmits", ti.TotalRetransmits)
+		s += ", " + plural(ti.TotalRetransmits, "retransmit")
 	}
 	return s
 }
 
 // printSummary writes the end of a fetch.
 func printSummary(w io.Writer, s *client.FetchSummary) {
-	fmt.Fprintf(w, "sent %d bytes, received %d", s.BytesSent, s.BytesReceived)
+	fmt.Fprintf(w, "sent %s, received %d", plural(s.BytesSent, "byte"), s.BytesReceived)
 	if s.TimeToFirstByte > 0 {
 		fmt.Fprintf(w, " (first byte at %s)", ms(s.TimeToFirstByte))
 	}

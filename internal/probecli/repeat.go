@@ -141,7 +141,7 @@ func stats(ds []time.Duration) (lo, avg, hi, mdev time.Duration) {
 }
 
 // plural is "1 probe", "2 probes".
-func plural(n int, noun string) string {
+func plural[N ~int | ~uint32 | ~uint64](n N, noun string) string {
 	if n == 1 {
 		return fmt.Sprintf("%d %s", n, noun)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -36,6 +37,7 @@ type sweepFlags struct {
 	dialogue    dialogueFlags
 	from        string
 	quorum      int
+	limit       int
 }
 
 func (a *app) sweepCommand() *cobra.Command {
@@ -58,9 +60,14 @@ Interrupted (Ctrl-C), it prints every row, what had no answer yet as
 interrupted, and exits 130.
 
 With --from, the one --server asks the nodes of its fleet (probed --peers)
-that the selector names, and the matrix has a column per node, then a line
-per target: "reachable from 9 of 10 nodes". --quorum N makes the exit code 0
-when every target is reached from at least N nodes.
+that the selector names, at most --limit of them (the server's default is
+50: a line says when more matched), and the matrix has a column per node,
+then a line per target: "reachable from 9 of 10 nodes". Nodes that share a
+name are told apart as NAME@ADDRESS (the --server itself keeps NAME).
+Without --quorum the exit code is 0 only when every node asked answered and
+reached every target; --quorum N makes it 0 when every target is reached
+from at least N nodes. A node whose results break the API makes it 10
+either way. Without --deadline the sweep waits for every node asked.
 
 With -o json it prints one object per result as it comes:
 {"server": "...", "result": SweepResponse}, and for a server that could not
@@ -70,7 +77,7 @@ stderr.`,
 		Example: `  probe sweep 10.0.0.1:22 10.0.0.2:22 db.internal:5432 '[2001:db8::5]:443'
   probe sweep --file targets.txt -s dns:///probed.internal:7070
   probe sweep --srv _https._tcp.example.com --expand -o json --deadline 2m
-  probe sweep -s probed.internal --from all --quorum 9 db.internal:5432`,
+  probe sweep -s probed.internal --from zone=eu-1 --quorum 2 db.internal:5432`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a.ran = true
@@ -90,11 +97,16 @@ stderr.`,
 				ctx, cancel = context.WithTimeout(ctx, sf.deadline)
 				defer cancel()
 			}
+			quorum, limit := cmd.Flags().Changed("quorum"), cmd.Flags().Changed("limit")
 			switch {
-			case sf.quorum < 0:
-				return usagef("--quorum %d: want 1 or more nodes", sf.quorum)
-			case sf.quorum > 0 && sf.from == "":
+			case quorum && sf.quorum < 1:
+				return usagef("--quorum %d: want 1 or more nodes (without --quorum, every node asked must reach every target)", sf.quorum)
+			case limit && (sf.limit < 1 || uint64(sf.limit) > math.MaxUint32):
+				return usagef("--limit %d: want 1 or more nodes (without --limit, the server's default: 50)", sf.limit)
+			case quorum && sf.from == "":
 				return usagef("--quorum counts the nodes of --from: give --from")
+			case limit && sf.from == "":
+				return usagef("--limit counts the nodes of --from: give --from")
 			case sf.from != "":
 				from, err := client.ParseVantages(sf.from)
 				if err != nil {
@@ -103,6 +115,7 @@ stderr.`,
 				if len(a.Servers) != 1 || strings.HasPrefix(a.Servers[0], "dns:///") {
 					return usagef("--from asks one --server to probe from its fleet: give exactly one, HOST[:PORT]")
 				}
+				from.Limit = sf.limit
 				return a.sweepFrom(ctx, from, targets, sf.concurrency, sf.quorum)
 			}
 			vantages, err := a.vantages(ctx)
@@ -124,8 +137,9 @@ stderr.`,
 	f.BoolVar(&sf.udp, "udp", false, "connect with UDP (which only shows the route) instead of TCP")
 	f.IntVar(&sf.concurrency, "concurrency", 16, "probes each server runs at once (it may cap this)")
 	settings.DurationVar(f, &sf.deadline, "deadline", "", 0, "time the whole sweep may take; what is left then comes back abandoned (default: none, each probe bounded by --timeout)")
-	f.StringVar(&sf.from, "from", "", `probe from the nodes of --server's fleet this selects: "all", "node=a,b", "zone=eu-1" (a label), or several joined by commas; a column per node`)
-	f.IntVar(&sf.quorum, "quorum", 0, "with --from: exit 0 only when every target is reached from at least this many nodes (default: from every node asked)")
+	f.StringVar(&sf.from, "from", "", `probe from the nodes of --server's fleet this selects: "all", "node=a,b", "zone=eu-1" (a label), or several joined by commas; a column per node. Without --deadline the sweep waits for every node asked: the server cuts one that falls silent after about 20 s`)
+	f.IntVar(&sf.quorum, "quorum", 0, "with --from: exit 0 only when every target is reached from at least this many nodes (default: every node asked must answer and reach every target)")
+	f.IntVar(&sf.limit, "limit", 0, "with --from: ask at most this many of the nodes it selects, the --server first when selected, then the others by name (default: the server's, 50; probed's --max-fanout caps it, 500 by default)")
 	sf.dialogue.register(cmd)
 	return cmd
 }

@@ -2,11 +2,11 @@ package probemetrics
 
 import (
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/modules"
 )
@@ -22,19 +22,17 @@ type Fanout struct {
 	// whole is the target as given here: its host, and its failure when
 	// it failed before any node was asked.
 	whole *Result
-	// nodes are the nodes' results, by vantage label; failures the nodes
-	// that failed as a whole.
-	nodes    map[string]*Result
-	failures map[string]*netprobev1.VantageError
-	// addrs are the vantage labels given so far, with the address of the
-	// node each names: two nodes of one name are told apart by it.
-	addrs   map[string]string
-	summary *netprobev1.FanoutSummary
+	// nodes are the nodes' results, by node; failures the nodes that
+	// failed as a whole. A node is its name and address, so that two
+	// nodes of one name stay two.
+	nodes    map[node]*Result
+	failures map[node]*netprobev1.VantageError
+	summary  *netprobev1.FanoutSummary
 }
 
 // NewFanout begins the result of a probe of m from a fleet's nodes.
 func NewFanout(m *modules.Module) *Fanout {
-	return &Fanout{module: m, whole: New(m, false), nodes: map[string]*Result{}, failures: map[string]*netprobev1.VantageError{}, addrs: map[string]string{}}
+	return &Fanout{module: m, whole: New(m, false), nodes: map[node]*Result{}, failures: map[node]*netprobev1.VantageError{}}
 }
 
 // Whole is the probe as this node sees it before asking any: Addressed
@@ -53,33 +51,52 @@ func (f *Fanout) Keep(r *netprobev1.SweepResponse) error {
 		f.summary = s
 		return nil
 	}
-	label := f.label(r.GetVantage())
+	n := node{r.GetVantage().GetNode(), r.GetVantage().GetAddress()}
 	if e := r.GetVantageError(); e != nil {
-		f.failures[label] = e
+		f.failures[n] = e
 		return nil
 	}
-	if _, seen := f.nodes[label]; seen {
+	if _, seen := f.nodes[n]; seen {
 		return nil
 	}
 	res := New(f.module, false)
 	res.Addressed(f.whole.host)
 	res.swept(r)
-	f.nodes[label] = res
+	f.nodes[n] = res
 	return nil
 }
 
-// label is the vantage label of v's series: the node's name, made valid
-// UTF-8, or, for a second node of a name already given (a fleet whose
-// nodes share a --node-name), NAME@ADDRESS, so that no two nodes' series
-// are one.
-func (f *Fanout) label(v *netprobev1.Vantage) string {
-	name := strings.ToValidUTF8(v.GetNode(), "\uFFFD")
-	if addr, taken := f.addrs[name]; taken && addr != v.GetAddress() {
-		name += "@" + strings.ToValidUTF8(v.GetAddress(), "\uFFFD")
+// labels are the vantage labels of the nodes' series, named as the CLI
+// names its columns (client.VantageNames): NAME, or NAME@ADDRESS for
+// nodes that share a name (a fleet whose nodes kept the host name), the
+// same whichever answered first, so that no two nodes' series are one
+// and a node's series keep their label from one scrape to the next.
+func (f *Fanout) labels() map[node]string {
+	var (
+		nodes    []node
+		vantages []client.Vantage
+	)
+	for n := range f.nodes {
+		nodes = append(nodes, n)
 	}
-	f.addrs[name] = v.GetAddress()
-	return name
+	for n := range f.failures {
+		if _, ok := f.nodes[n]; !ok {
+			nodes = append(nodes, n)
+		}
+	}
+	for _, n := range nodes {
+		vantages = append(vantages, client.Vantage{Node: n.name, Addr: n.addr})
+	}
+	out := map[node]string{}
+	for i, name := range client.VantageNames(vantages) {
+		out[nodes[i]] = name
+	}
+	return out
 }
+
+// node is a node of a fan-out: its name, and the address the entry
+// reached it at ("" for the entry).
+type node struct{ name, addr string }
 
 // Registry gathers the fan-out's metrics: each node's as one probe gives
 // them, with its vantage label; probe_fanout_node_failure_info for each
@@ -95,13 +112,16 @@ func (f *Fanout) Registry(duration time.Duration, logger *slog.Logger) *promethe
 		reg.MustRegister(f.whole.metrics(duration, logger))
 	}
 	succeeded := 0
-	for label, res := range f.nodes {
+	labels := f.labels()
+	for n, res := range f.nodes {
+		label := labels[n]
 		if res.Succeeded() {
 			succeeded++
 		}
 		prometheus.WrapRegistererWith(prometheus.Labels{vantageLabel: label}, reg).MustRegister(res.metrics(res.duration(), logger.With(vantageLabel, label)))
 	}
-	for label, e := range f.failures {
+	for n, e := range f.failures {
+		label := labels[n]
 		p.gauge(nodeFailure.desc, 1, label, e.GetCode())
 		logger.Error("a node failed as a whole", vantageLabel, label, "code", e.GetCode(), "message", e.GetMessage())
 	}

@@ -14,9 +14,11 @@ import (
 )
 
 // TestFanoutNodes feeds a fan-out's result what its nodes could send,
-// misconfigured or hostile: two nodes of one name, a node that sends a
-// result many times, a name that is not UTF-8. Each node's series stay
-// its own, one a node, and the scrape gathers.
+// misconfigured or hostile: two nodes of one name, the entry among them or
+// not, a node that sends a result many times, a name that is not UTF-8 or
+// holds escape codes. Each node's series stay its own, one a node, labelled
+// as client.VantageNames names it whichever node answered first, and the
+// scrape gathers.
 func TestFanoutNodes(t *testing.T) {
 	m := &modules.Module{Name: "tcp_connect", Prober: "tcp"}
 	ok := func(node, addr string) *netprobev1.SweepResponse {
@@ -35,10 +37,14 @@ func TestFanoutNodes(t *testing.T) {
 	}{
 		{"two nodes of one name", []*netprobev1.SweepResponse{ok("n1", ""), refused("n1", "10.0.0.2:7070")},
 			map[string]float64{`{}`: 0, `{vantage="n1"}`: 1, `{vantage="n1@10.0.0.2:7070"}`: 0}},
+		{"two peers of one name, the later first", []*netprobev1.SweepResponse{refused("vm", "10.0.0.3:7070"), ok("vm", "10.0.0.2:7070")},
+			map[string]float64{`{}`: 0, `{vantage="vm@10.0.0.2:7070"}`: 1, `{vantage="vm@10.0.0.3:7070"}`: 0}},
 		{"a node that sends again", []*netprobev1.SweepResponse{ok("n2", "10.0.0.2:7070"), refused("n2", "10.0.0.2:7070"), refused("n2", "10.0.0.2:7070")},
 			map[string]float64{`{}`: 1, `{vantage="n2"}`: 1}},
 		{"a name that is not UTF-8", []*netprobev1.SweepResponse{ok("n\xff", "10.0.0.3:7070")},
 			map[string]float64{`{}`: 1, "{vantage=\"n\uFFFD\"}": 1}},
+		{"a name with escape codes", []*netprobev1.SweepResponse{ok("\x1b[2Jn1", "10.0.0.3:7070")},
+			map[string]float64{`{}`: 1, "{vantage=\"\uFFFD[2Jn1\"}": 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := NewFanout(m)

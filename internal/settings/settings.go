@@ -311,8 +311,17 @@ func (d *Duration) Set(s string) error {
 	return nil
 }
 
-func (d *Duration) String() string { return time.Duration(*d).String() }
-func (d *Duration) Type() string   { return "duration" }
+// String is the duration as a flag would be written; zero is "0", which
+// pflag's help knows for a zero default and leaves out, where "0s" would
+// add "(default 0s)" after a help that says what none means.
+func (d *Duration) String() string {
+	if *d == 0 {
+		return "0"
+	}
+	return time.Duration(*d).String()
+}
+
+func (d *Duration) Type() string { return "duration" }
 
 // DurationVar defines a duration flag on fs, for a setting declared in
 // code rather than by tags.

@@ -145,3 +145,33 @@ func TestUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestZeroDurationDefault checks that a duration whose default is zero,
+// declared by a tag or by DurationVar, shows no "(default 0s)" in the
+// help, which says itself what none means; other defaults show once.
+func TestZeroDurationDefault(t *testing.T) {
+	var c struct {
+		Grace time.Duration `flag:"grace" help:"time to wait (default: none)"`
+		Wait  time.Duration `flag:"wait" default:"2s" help:"time to wait"`
+	}
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	if _, err := Register(fs, &c); err != nil {
+		t.Fatal(err)
+	}
+	var deadline time.Duration
+	DurationVar(fs, &deadline, "deadline", "", 0, "time the whole run may take (default: none)")
+	var interval time.Duration
+	DurationVar(fs, &interval, "interval", "i", time.Second, "time between two runs")
+	usage := fs.FlagUsages()
+	for _, want := range []string{"(default: none)\n", "time to wait (default 2s)\n", "(default: none)\n", "time between two runs (default 1s)\n"} {
+		if !strings.Contains(usage, want) {
+			t.Errorf("usage has no %q:\n%s", want, usage)
+		}
+	}
+	if n := strings.Count(usage, "(default"); n != 4 {
+		t.Errorf("%d defaults in the usage, want one a flag:\n%s", n, usage)
+	}
+	if err := fs.Parse([]string{"--deadline", fs.Lookup("deadline").Value.String()}); err != nil || deadline != 0 {
+		t.Errorf("the zero default does not parse back: %v, %v", deadline, err)
+	}
+}
