@@ -67,7 +67,7 @@ func TestFanoutHostilePeer(t *testing.T) {
 	t.Parallel()
 	port := probetest.FreePort(t)
 	_, p, _ := net.SplitHostPort(port)
-	at := func(i int) string { return fmt.Sprintf("127.0.0.%d:%s", 80+i, p) }
+	at := func(i int) string { return fmt.Sprintf("127.0.0.%d:%s", 180+i, p) }
 	result := func(index uint32) *netprobev1.SweepResponse {
 		return &netprobev1.SweepResponse{Index: index, Target: &netprobev1.Target{Host: "127.0.0.1", Port: 1}, Connect: &netprobev1.ConnectResponse{}}
 	}
