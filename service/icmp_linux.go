@@ -72,6 +72,11 @@ func (e *echo) run(ctx context.Context) echoReport {
 			// send's failure.
 			connectErr = os.NewSyscallError("connect", unix.Connect(int(s), sockaddr(netip.AddrPortFrom(e.dst, 0))))
 		}
+		if connectErr == nil {
+			// Connected, the socket is bound: to its source address,
+			// and a datagram socket to its identifier.
+			rep.local, w.id = e.bound(int(s), w)
+		}
 	}); err != nil {
 		setupErr = err
 	}
@@ -83,6 +88,7 @@ func (e *echo) run(ctx context.Context) echoReport {
 		rep.err = e.fail(netprobev1.Stage_STAGE_SEND, connectErr)
 		return rep
 	}
+	rep.result.Id, rep.result.Sequence = uint32(w.id), uint32(w.seq)
 
 	// ctx ends the waits: a deadline in the past wakes them at once.
 	stop := context.AfterFunc(ctx, func() { f.SetDeadline(time.Unix(1, 0)) })
@@ -106,9 +112,6 @@ func (e *echo) run(ctx context.Context) echoReport {
 	err = rc.Write(func(s uintptr) bool {
 		sent = time.Now()
 		_, sendErr = unix.Write(int(s), msg)
-		if sendErr == nil {
-			rep.local, w.id = e.bound(int(s), w)
-		}
 		return sendErr != unix.EAGAIN
 	})
 	switch {
@@ -119,7 +122,6 @@ func (e *echo) run(ctx context.Context) echoReport {
 		rep.err = e.fail(netprobev1.Stage_STAGE_SEND, os.NewSyscallError("send", sendErr))
 		return rep
 	}
-	rep.result.Id, rep.result.Sequence = uint32(w.id), uint32(w.seq)
 	rep.result.SetupDuration = durationpb.New(sent.Sub(setup))
 
 	// Room for a raw IPv4 socket's IP header, at its longest, and a byte
@@ -225,8 +227,9 @@ func (e *echo) setup(s int, raw bool) error {
 	return nil
 }
 
-// bound returns the local address the echo went out from, and its
-// identifier: a datagram socket's is its port, which the kernel chose.
+// bound returns the local address of a connected echo socket, and the
+// echo's identifier: a datagram socket's is its port, which the kernel
+// chose.
 func (e *echo) bound(s int, w *echoWait) (netip.Addr, uint16) {
 	sa, err := unix.Getsockname(s)
 	if err != nil {

@@ -29,7 +29,8 @@ const (
 // namespace: one as uid 65532 with no capability, whose group
 // net.ipv4.ping_group_range allows datagram ICMP sockets, and one as
 // root, whose group it does not, so that it falls back to a raw socket.
-// Each fault is made for real: a TTL that runs out at r2, a target that
+// Each fault is made for real: an echo over the links' MTU, fragmented
+// or not allowed to be, a TTL that runs out at r2, a target that
 // drops the echoes, r2 rejecting them, a target that answers with forged
 // replies, and r1 without a route to the target.
 func TestICMP(t *testing.T) {
@@ -127,6 +128,20 @@ func TestICMP(t *testing.T) {
 						r := resp.GetIcmp()
 						if r.GetReplyAddress() != f.target.String() || r.GetReplyTtl() != 61 || r.GetRtt().AsDuration() <= 0 {
 							t.Errorf("reply %v, want one from %s with TTL 61 and an rtt", r, f.target)
+						}
+					})
+					// The chain's links have an MTU of 1,500 bytes: 1,473 bytes
+					// of data are over it in both families.
+					t.Run("fragmented", func(t *testing.T) {
+						resp := echo(t, p, f, 5*time.Second, &netprobev1.IcmpOptions{PayloadBytes: 1473})
+						if resp.GetError() != nil || resp.GetIcmp().GetReplyAddress() != f.target.String() {
+							t.Errorf("error %v, reply %v: want the fragments' reply", resp.GetError(), resp.GetIcmp())
+						}
+					})
+					t.Run("over the MTU, don't fragment", func(t *testing.T) {
+						resp := echo(t, p, f, 5*time.Second, &netprobev1.IcmpOptions{PayloadBytes: 1473, DontFragment: true})
+						if pe := resp.GetError(); pe.GetStage() != netprobev1.Stage_STAGE_SEND || pe.GetReason() != netprobev1.Reason_REASON_OTHER || pe.GetErrno() != "EMSGSIZE" || pe.GetAddress() != f.target.String() {
+							t.Errorf("error %v, want STAGE_SEND with EMSGSIZE", pe)
 						}
 					})
 					t.Run("TTL out at r2", func(t *testing.T) {
@@ -252,8 +267,8 @@ func TestICMPSocketDenied(t *testing.T) {
 			t.Fatal(err)
 		}
 		pe := resp.GetError()
-		if pe.GetStage() != netprobev1.Stage_STAGE_SOCKET || pe.GetErrno() != "EACCES" || pe.GetAddress() != addr {
-			t.Errorf("%s: error %v, want STAGE_SOCKET with EACCES", addr, pe)
+		if pe.GetStage() != netprobev1.Stage_STAGE_SOCKET || pe.GetReason() != netprobev1.Reason_REASON_PROHIBITED || pe.GetErrno() != "EACCES" || pe.GetAddress() != addr {
+			t.Errorf("%s: error %v, want STAGE_SOCKET, REASON_PROHIBITED with EACCES", addr, pe)
 		}
 		for _, want := range []string{`net.ipv4.ping_group_range ("1 0" here)`, "gid 65532", "CAP_NET_RAW"} {
 			if !strings.Contains(pe.GetMessage(), want) {

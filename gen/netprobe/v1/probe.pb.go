@@ -302,7 +302,9 @@ const (
 	Reason_REASON_OTHER Reason = 11
 	// REASON_PROHIBITED means a policy forbade the packets: an ICMPv6
 	// administratively-prohibited answer or a prohibit route (EACCES), or the
-	// probe server's own firewall refusing a send (EPERM). IPv4's ICMP
+	// probe server's own firewall refusing a send (EPERM); or, at
+	// STAGE_SOCKET, its system allowing it no ICMP socket for an echo
+	// (EACCES, see NETWORK_ICMP). IPv4's ICMP
 	// administratively prohibited comes back as REASON_HOST_UNREACHABLE:
 	// Linux gives it that errno.
 	Reason_REASON_PROHIBITED Reason = 12
