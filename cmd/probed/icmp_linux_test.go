@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -157,6 +158,33 @@ func TestICMP(t *testing.T) {
 						if d := resp.GetError().GetElapsed().AsDuration(); d < 500*time.Millisecond || d > 750*time.Millisecond {
 							t.Errorf("timed out after %v, want 500ms", d)
 						}
+					})
+					t.Run("another echo's errors", func(t *testing.T) {
+						// While this echo waits for a reply that never comes,
+						// echoes of TTL 2 to the same target draw time exceeded
+						// from r2: a raw socket is told of every error for its
+						// target, and only those for its own echo count.
+						ctx, cancel := context.WithCancel(probetest.Context(t))
+						others := make(chan error, 1)
+						go func() {
+							var err error
+							for err == nil && ctx.Err() == nil {
+								_, err = p.probe.Connect(ctx, &netprobev1.ConnectRequest{
+									Target: &netprobev1.Target{Host: f.target.String(), Network: netprobev1.Network_NETWORK_ICMP},
+									Icmp:   &netprobev1.IcmpOptions{Ttl: ttl(2)},
+								})
+							}
+							if ctx.Err() != nil {
+								err = nil // cancelled once the echo was over
+							}
+							others <- err
+						}()
+						resp := echo(t, p, f, time.Second, &netprobev1.IcmpOptions{PayloadBytes: echoDropped})
+						cancel()
+						if err := <-others; err != nil {
+							t.Fatal(err)
+						}
+						failed(t, resp, netprobev1.Reason_REASON_TIMEOUT, "", nil)
 					})
 					t.Run("rejected at r2", func(t *testing.T) {
 						resp := echo(t, p, f, 5*time.Second, &netprobev1.IcmpOptions{PayloadBytes: echoRejected})
