@@ -167,12 +167,20 @@ func TestICMP(t *testing.T) {
 						ctx, cancel := context.WithCancel(probetest.Context(t))
 						others := make(chan error, 1)
 						go func() {
+							// 20 a second, within probed's rate for a caller,
+							// which the four families and sockets share.
+							tick := time.NewTicker(50 * time.Millisecond)
+							defer tick.Stop()
 							var err error
 							for err == nil && ctx.Err() == nil {
 								_, err = p.probe.Connect(ctx, &netprobev1.ConnectRequest{
 									Target: &netprobev1.Target{Host: f.target.String(), Network: netprobev1.Network_NETWORK_ICMP},
 									Icmp:   &netprobev1.IcmpOptions{Ttl: ttl(2)},
 								})
+								select {
+								case <-tick.C:
+								case <-ctx.Done():
+								}
 							}
 							if ctx.Err() != nil {
 								err = nil // cancelled once the echo was over
