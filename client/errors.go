@@ -28,6 +28,7 @@ const (
 	StagePolicy        = netprobev1.Stage_STAGE_POLICY
 	StageTLSHandshake  = netprobev1.Stage_STAGE_TLS_HANDSHAKE
 	StageExpect        = netprobev1.Stage_STAGE_EXPECT
+	StageEcho          = netprobev1.Stage_STAGE_ECHO
 )
 
 // Reason says why a stage failed.

@@ -98,6 +98,12 @@ func TestKubernetes(t *testing.T) {
 	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
 		t.Error("the pod may run as root")
 	}
+	// ICMP echoes need datagram ICMP sockets for the pod's group, as no
+	// capability is left for a raw one.
+	if psc := pod.SecurityContext; psc == nil || psc.RunAsGroup == nil ||
+		!slices.Contains(psc.Sysctls, corev1.Sysctl{Name: "net.ipv4.ping_group_range", Value: fmt.Sprintf("%d %d", *psc.RunAsGroup, *psc.RunAsGroup)}) {
+		t.Error("net.ipv4.ping_group_range does not allow the pod's group ICMP datagram sockets")
+	}
 	if len(pod.Containers) != 1 {
 		t.Fatalf("%d containers, want 1", len(pod.Containers))
 	}

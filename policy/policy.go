@@ -159,6 +159,10 @@ type Denied struct {
 }
 
 func (d *Denied) Error() string {
+	if d.Addr.Port() == 0 {
+		// An ICMP echo's: it has no port.
+		return fmt.Sprintf("%s is denied by the target policy: %s", d.Addr.Addr(), d.Rule)
+	}
 	return fmt.Sprintf("%s is denied by the target policy: %s", d.Addr, d.Rule)
 }
 

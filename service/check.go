@@ -8,7 +8,7 @@ import netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 // modules), so that a request no call could ever run is refused when it
 // is loaded rather than on every call.
 func (s *Server) CheckConnect(req *netprobev1.ConnectRequest) error {
-	_, _, _, _, err := s.validateConnect(req)
+	_, err := s.validateConnect(req)
 	return err
 }
 

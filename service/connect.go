@@ -14,21 +14,21 @@ import (
 
 // Connect implements netprobev1.ProbeServiceServer.
 func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*netprobev1.ConnectResponse, error) {
-	t, timeout, tp, trace, err := s.validateConnect(req)
+	cp, err := s.validateConnect(req)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.grantIdentity(ctx, "tls", tp); err != nil {
+	if err := s.grantIdentity(ctx, "tls", cp.tls); err != nil {
 		return nil, err
 	}
 	start := time.Now()
 	// The caller's deadline caps the probe's: whichever comes first ends it.
-	pctx, cancel := context.WithTimeout(ctx, timeout)
+	pctx, cancel := context.WithTimeout(ctx, cp.timeout)
 	defer cancel()
 
-	p := &probing{s: s, ctx: ctx, pctx: pctx, start: start, target: t, tls: tp}
+	p := &probing{s: s, ctx: ctx, pctx: pctx, start: start, target: cp.target, tls: cp.tls, icmp: cp.icmp}
 	conn := p.connect()
-	return p.connected(req, conn, trace)
+	return p.connected(req, conn, cp.trace)
 }
 
 // connected finishes a Connect once the dial is over: the handshake, the
@@ -38,6 +38,10 @@ func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn, trace
 	resp := p.resp
 	if conn != nil {
 		p.finish(req, conn)
+	}
+	if from := resp.GetIcmp().GetReplyAddress(); from != "" && req.GetReverseLookup() {
+		resp.ReverseLookup = p.s.reverseLookup(p.pctx, &net.IPAddr{IP: net.ParseIP(from)}, p.start)
+		resp.TotalDuration = durationpb.New(time.Since(p.start))
 	}
 	// The trace comes after the connection is closed: the target does
 	// not hold it open while the trace runs.

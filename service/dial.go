@@ -50,6 +50,9 @@ type probing struct {
 	start     time.Time
 	target    target
 	tls       *tlsParams
+	// icmp is set for an ICMP echo (network "icmp"), which connect sends
+	// instead of dialling.
+	icmp *icmpParams
 
 	targets      []netip.AddrPort
 	resolved     time.Duration
@@ -61,6 +64,10 @@ type probing struct {
 // them in p.resp. It returns the connection, or nil with p.resp.Error set.
 func (p *probing) connect() net.Conn {
 	t := &p.target
+	if t.network == "icmp" {
+		p.echo()
+		return nil
+	}
 	if t.port == 0 {
 		e, ok := p.s.cfg.Services.ByName(t.service, t.network)
 		if !ok {

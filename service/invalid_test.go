@@ -35,7 +35,7 @@ func validate(t *testing.T, s *Server, m proto.Message, b []byte) (err error, ok
 	}
 	switch req := m.(type) {
 	case *netprobev1.ConnectRequest:
-		_, _, _, _, err = s.validateConnect(req)
+		_, err = s.validateConnect(req)
 	case *netprobev1.FetchRequest:
 		_, err = s.validateFetch(req)
 	case *netprobev1.SweepRequest:

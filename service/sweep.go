@@ -29,6 +29,8 @@ type sweepJob struct {
 	tls     *tlsParams
 	// steps are the entry's dialogue, if any.
 	steps []step
+	// icmp are the options of an ICMP entry's echoes.
+	icmp *icmpParams
 	// asked is the target as the request gave it.
 	asked *netprobev1.Target
 }
@@ -53,7 +55,11 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 		var sub violations
 		asked := st.GetTarget()
 		checked := asked
-		if st.GetExpand() == netprobev1.Expand_EXPAND_SRV && asked != nil {
+		icmp := asked.GetNetwork() == netprobev1.Network_NETWORK_ICMP
+		if st.GetExpand() == netprobev1.Expand_EXPAND_SRV && icmp {
+			sub.add("expand", "an SRV name brings ports, and an ICMP echo has none")
+		}
+		if st.GetExpand() == netprobev1.Expand_EXPAND_SRV && asked != nil && !icmp {
 			if asked.GetPort() != 0 || asked.GetService() != "" {
 				sub.add("target.port", "an SRV name brings its own ports: leave port and service unset")
 			}
@@ -80,12 +86,16 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 			// Each SRV entry is verified for its own host, not the SRV name.
 			tp.serverName = ""
 		}
-		steps := s.validateSteps(&sub, "", st.GetSteps(), t.network == "udp", st.GetTls() != nil, exps)
+		if icmp && tp != nil {
+			sub.add("tls", "an ICMP echo has no TLS handshake")
+		}
+		ip := validateICMP(&sub, "icmp", st.GetIcmp(), t)
+		steps := s.validateSteps(&sub, "", st.GetSteps(), t.network != "tcp", st.GetTls() != nil, exps)
 		if n := len(st.GetSteps()); n > 0 && n <= maxSteps && !isExpect(st.GetSteps()[n-1]) {
 			sub.add("steps", "a sweep's dialogue is a check: its last step is an expect")
 		}
 		v.merge(prefix, &sub)
-		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, steps: steps, asked: asked})
+		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, steps: steps, icmp: ip, asked: asked})
 	}
 	concurrency := int(req.GetConcurrency())
 	if concurrency == 0 {
@@ -307,7 +317,7 @@ func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
 	asked := targetProto(t, job.asked)
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(sw.ctx, job.timeout)
-	pr := &probing{s: sw.s, ctx: sw.callCtx, pctx: pctx, start: start, target: t}
+	pr := &probing{s: sw.s, ctx: sw.callCtx, pctx: pctx, start: start, target: t, icmp: job.icmp}
 	conn := pr.connect()
 	resp := pr.resp
 	var sum *netprobev1.FetchSummary

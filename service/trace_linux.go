@@ -298,45 +298,81 @@ func (tr *tracer) inspect(s int) (a answer, done bool, err error) {
 	}
 }
 
-// readErrQueue takes an ICMP error off the socket's error queue: its type,
-// code and errno (sock_extended_err) and the address of the router that
-// sent it (SO_EE_OFFENDER). ok is false when there is none.
+// readErrQueue takes an ICMP error off the socket's error queue, as an
+// answer; ok is false when there is none.
 func readErrQueue(s int) (a answer, ok bool) {
+	e, _, ok := recvICMPError(s, nil)
+	if !ok {
+		return answer{}, false
+	}
+	a = answer{
+		kind:     netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE,
+		from:     e.from,
+		icmpType: e.icmpType,
+		icmpCode: e.icmpCode,
+		errno:    e.errno,
+	}
+	// Any ICMP error but time exceeded ends the connection as an
+	// unreachable does: type 3 (ICMPv6's 1), or rarer ones, such as a
+	// parameter problem, that icmp_type names.
+	if e.timeExceeded() {
+		a.kind, a.errno = netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED, 0
+	}
+	return a, true
+}
+
+// icmpError is an ICMP error the kernel queued on a socket with
+// IP_RECVERR (IPV6_RECVERR): from sock_extended_err, its type and code,
+// the errno the kernel made of it, and the address of its sender
+// (SO_EE_OFFENDER).
+type icmpError struct {
+	v6                 bool
+	from               netip.Addr
+	icmpType, icmpCode uint8
+	errno              syscall.Errno
+}
+
+// timeExceeded reports whether e is ICMP time exceeded: type 11, ICMPv6's
+// type 3.
+func (e icmpError) timeExceeded() bool {
+	return !e.v6 && e.icmpType == 11 || e.v6 && e.icmpType == 3
+}
+
+// recvICMPError takes the next error off the socket's error queue, without
+// waiting, into data the start of the packet it answers (the payload of
+// the packet sent, from its transport header on), n bytes of it. ok is
+// false when the queue is empty; an error that no ICMP message brought
+// (a local one) is taken and passed over.
+func recvICMPError(s int, data []byte) (e icmpError, n int, ok bool) {
 	var oob [128]byte
-	_, oobn, _, _, err := unix.Recvmsg(s, nil, oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
-	if err != nil {
-		return answer{}, false
-	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil {
-		return answer{}, false
-	}
-	for _, m := range msgs {
-		v4 := m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR
-		v6 := m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_RECVERR
-		if !v4 && !v6 || len(m.Data) < sizeofSockExtendedErr {
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(s, data, oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			return icmpError{}, 0, false
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
 			continue
 		}
-		ee := (*unix.SockExtendedErr)(unsafe.Pointer(&m.Data[0]))
-		if ee.Origin != unix.SO_EE_ORIGIN_ICMP && ee.Origin != unix.SO_EE_ORIGIN_ICMP6 {
-			continue
+		for _, m := range msgs {
+			v4 := m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR
+			v6 := m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_RECVERR
+			if !v4 && !v6 || len(m.Data) < sizeofSockExtendedErr {
+				continue
+			}
+			ee := (*unix.SockExtendedErr)(unsafe.Pointer(&m.Data[0]))
+			if ee.Origin != unix.SO_EE_ORIGIN_ICMP && ee.Origin != unix.SO_EE_ORIGIN_ICMP6 {
+				continue
+			}
+			return icmpError{
+				v6:       ee.Origin == unix.SO_EE_ORIGIN_ICMP6,
+				from:     offender(m.Data[sizeofSockExtendedErr:]),
+				icmpType: ee.Type,
+				icmpCode: ee.Code,
+				errno:    syscall.Errno(ee.Errno),
+			}, n, true
 		}
-		a := answer{
-			kind:     netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE,
-			from:     offender(m.Data[sizeofSockExtendedErr:]),
-			icmpType: ee.Type,
-			icmpCode: ee.Code,
-			errno:    syscall.Errno(ee.Errno),
-		}
-		// ICMP time exceeded is type 11, ICMPv6's type 3. Any other error
-		// ends the connection as an unreachable does: type 3 (ICMPv6's 1),
-		// or rarer ones, such as a parameter problem, that icmp_type names.
-		if ee.Origin == unix.SO_EE_ORIGIN_ICMP && ee.Type == 11 || ee.Origin == unix.SO_EE_ORIGIN_ICMP6 && ee.Type == 3 {
-			a.kind, a.errno = netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED, 0
-		}
-		return a, true
 	}
-	return answer{}, false
 }
 
 // sizeofSockExtendedErr is the size of a struct sock_extended_err, which

@@ -89,7 +89,7 @@ type target struct {
 	port    uint16     // 0 until the service is looked up
 	service string
 	source  netip.Addr // valid when a source address is asked for
-	network string     // "tcp" or "udp"
+	network string     // "tcp", "udp" or "icmp"
 	family  netprobev1.IpFamily
 }
 
@@ -127,8 +127,10 @@ func validateTarget(v *violations, t *netprobev1.Target) target {
 		out.network = "tcp"
 	case netprobev1.Network_NETWORK_UDP:
 		out.network = "udp"
+	case netprobev1.Network_NETWORK_ICMP:
+		out.network = "icmp"
 	default:
-		v.add("target.network", "unknown network %d: TCP (NETWORK_TCP) or UDP (NETWORK_UDP)", t.GetNetwork())
+		v.add("target.network", "unknown network %d: TCP (NETWORK_TCP), UDP (NETWORK_UDP) or ICMP (NETWORK_ICMP)", t.GetNetwork())
 	}
 	switch out.family {
 	case netprobev1.IpFamily_IP_FAMILY_UNSPECIFIED, netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4, netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6:
@@ -144,6 +146,16 @@ func validateTarget(v *violations, t *netprobev1.Target) target {
 		v.add("target.ip_family", "unknown IP family %d", out.family)
 	}
 	switch p := t.GetPort(); {
+	case out.network == "icmp":
+		// An echo goes to an address, not a port: a port given is a
+		// mistake to say, not one to ignore.
+		if p != 0 {
+			v.add("target.port", "an ICMP echo has no port")
+		}
+		if out.service != "" {
+			v.add("target.service", "an ICMP echo has no service")
+			out.service = ""
+		}
 	case p > 65535:
 		v.add("target.port", "%d is out of range 1-65535", p)
 	case p == 0 && out.service == "":
@@ -323,14 +335,27 @@ func (s *Server) validateTimeout(v *violations, field string, d *durationpb.Dura
 	return t
 }
 
-func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (target, time.Duration, *tlsParams, *traceParams, error) {
+func (s *Server) validateConnect(req *netprobev1.ConnectRequest) (connectParams, error) {
 	var v violations
 	t := validateTarget(&v, req.GetTarget())
 	s.validateSource(&v, "target.source_address", &t, req.GetTarget().GetSourceAddress())
 	timeout := s.validateTimeout(&v, "timeout", req.GetTimeout())
 	tp := validateTLS(&v, "tls", req.GetTls(), t)
 	tr := s.validateTrace(&v, "trace", req.GetTrace(), t)
-	return t, timeout, tp, tr, v.err()
+	ip := validateICMP(&v, "icmp", req.GetIcmp(), t)
+	if t.network == "icmp" && tp != nil {
+		v.add("tls", "an ICMP echo has no TLS handshake")
+	}
+	return connectParams{target: t, timeout: timeout, tls: tp, trace: tr, icmp: ip}, v.err()
+}
+
+// connectParams is a validated ConnectRequest.
+type connectParams struct {
+	target  target
+	timeout time.Duration
+	tls     *tlsParams
+	trace   *traceParams
+	icmp    *icmpParams
 }
 
 // traceParams are validated TraceOptions.
@@ -355,7 +380,7 @@ func (s *Server) validateTrace(v *violations, field string, o *netprobev1.TraceO
 		return nil
 	}
 	tr := &traceParams{maxHops: defaultTraceHops, perHop: 1, timeout: min(defaultTraceTimeout, s.cfg.MaxTimeout)}
-	if t.network == "udp" {
+	if t.network != "tcp" {
 		v.add(field, "a trace follows TCP targets only")
 	}
 	switch o.GetWhen() {
@@ -433,6 +458,9 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 	}
 	s.validateSource(&v, "target.source_address", &p.target, req.GetTarget().GetSourceAddress())
 	p.tls = validateTLS(&v, "tls", req.GetTls(), p.target)
+	if p.target.network == "icmp" {
+		v.add("target.network", "a fetch needs TCP or UDP: an ICMP echo is a Connect")
+	}
 	udp := p.target.network == "udp"
 	switch r := req.GetRequest().(type) {
 	case *netprobev1.FetchRequest_Payload:
@@ -488,9 +516,10 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 }
 
 // validateSteps checks a dialogue: its length, each step, and the
-// transport. field prefixes the violations' fields; tls says whether the
-// request has TLS options, which are then its start_tls's; exps compiles
-// the expressions, the request's others with them.
+// transport (udp is true for any but TCP). field prefixes the violations'
+// fields; tls says whether the request has TLS options, which are then
+// its start_tls's; exps compiles the expressions, the request's others
+// with them.
 func (s *Server) validateSteps(v *violations, field string, steps []*netprobev1.Step, udp, tls bool, exps *expects) []step {
 	if len(steps) == 0 {
 		return nil

@@ -35,7 +35,7 @@ import (
 // _https._tcp.example.test by a DNS server whose SRV points to a listener;
 // the source_address example runs on a LAN of namespaces where 192.0.2.1
 // and 192.0.2.10 are real hosts and 192.0.2.10:443 a TLS 1.3 server that
-// wants the client certificate "billing"; the trace examples run on a
+// wants the client certificate "billing"; the trace and ICMP examples run on a
 // chain of namespaces, client - r1 - r2 - r3 - 198.18.4.1, from a probed
 // with no privilege. (The file is Linux-only because
 // the examples show Linux's tcp_info.) The output is compared token by
@@ -70,8 +70,8 @@ func TestAPIDocExamples(t *testing.T) {
 			env.run(t, doc, ex)
 		}
 	}
-	if examples < 15 {
-		t.Errorf("%d grpcurl examples found, want docs/api.md's 13 and README.md's 2", examples)
+	if examples < 17 {
+		t.Errorf("%d grpcurl examples found, want docs/api.md's 15 and README.md's 2", examples)
 	}
 }
 
@@ -693,12 +693,14 @@ func TestGrpcurlExamples(t *testing.T) {
 	}
 }
 
-// chainExamples builds the trace examples' network: a netlab chain of three
-// routers from the probed's host to 198.18.4.1, which serves port 80, and
-// whose port 443 r2 refuses (administratively prohibited). The probed runs
-// as uid 65532 with no capability, as TestTrace's does.
+// chainExamples builds the trace and ICMP examples' network: a netlab chain
+// of three routers from the probed's host to 198.18.4.1, which serves port
+// 80, and whose port 443 r2 refuses (administratively prohibited). The
+// probed runs as uid 65532 with no capability, as TestTrace's does, in a
+// namespace whose ping_group_range lets it have ICMP datagram sockets.
 func chainExamples(t *testing.T) *exampleEnv {
 	c := netlab.NewChain(t, 3)
+	c.Client.Sysctl(t, "net.ipv4.ping_group_range", "65532 65532")
 	probetest.NewTarget(t, c.Target.Listen(t, netip.AddrPortFrom(c.Target.V4, 80).String()), func(conn net.Conn) { conn.Close() })
 	c.Filter(t, 2, 443, netlab.Reject)
 	p := startUnprivileged(t, c.Client)

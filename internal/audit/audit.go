@@ -134,17 +134,21 @@ func (a *Recorder) Observe(ctx context.Context, r service.Report) {
 	a.failing.note(a.add(ctx, &r, target, outcome))
 }
 
-// targetText is a target as "network host:port" (or host:service).
+// targetText is a target as "network host:port" (or host:service), or
+// "icmp host".
 func targetText(t *netprobev1.Target) string {
 	port := t.GetService()
 	if port == "" {
 		port = strconv.FormatUint(uint64(t.GetPort()), 10)
 	}
-	network := "tcp"
-	if t.GetNetwork() == netprobev1.Network_NETWORK_UDP {
-		network = "udp"
+	switch t.GetNetwork() {
+	case netprobev1.Network_NETWORK_UDP:
+		return "udp " + net.JoinHostPort(t.GetHost(), port)
+	case netprobev1.Network_NETWORK_ICMP:
+		// An echo has no port.
+		return "icmp " + t.GetHost()
 	}
-	return network + " " + net.JoinHostPort(t.GetHost(), port)
+	return "tcp " + net.JoinHostPort(t.GetHost(), port)
 }
 
 // Probe is a probe that ended, as the page lists it.

@@ -74,3 +74,20 @@ func TestCallerNamed(t *testing.T) {
 		})
 	}
 }
+
+// TestTargetText names each network's target as the page and the audit
+// lines show it: an ICMP echo's has no port.
+func TestTargetText(t *testing.T) {
+	for _, tc := range []struct {
+		target *netprobev1.Target
+		want   string
+	}{
+		{&netprobev1.Target{Host: "h", Port: 80}, "tcp h:80"},
+		{&netprobev1.Target{Host: "::1", Service: "domain", Network: netprobev1.Network_NETWORK_UDP}, "udp [::1]:domain"},
+		{&netprobev1.Target{Host: "192.0.2.1", Network: netprobev1.Network_NETWORK_ICMP}, "icmp 192.0.2.1"},
+	} {
+		if got := targetText(tc.target); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.target, got, tc.want)
+		}
+	}
+}

@@ -192,6 +192,33 @@ func (c *Chain) Filter(t testing.TB, hop int, port uint16, f Filter) {
 `, c.Target.V4, port, v4, c.Target.V6, port, v6))
 }
 
+// FilterEcho makes node number node apply f to the ICMP echo requests
+// for the target with payload bytes of data that come in, both families:
+// router 1 to n as Filter does, at its ingress, or the target itself
+// (node n+1), before it answers them. The size stands for Filter's port:
+// an echo of another size passes.
+func (c *Chain) FilterEcho(t testing.TB, node, payload int, f Filter) {
+	t.Helper()
+	h := c.Target
+	if node != len(c.Routers)+1 {
+		h = c.router(t, node)
+	}
+	v4, v6 := "drop", "drop"
+	if f == Reject {
+		v4, v6 = "reject with icmp type admin-prohibited", "reject with icmpv6 type admin-prohibited"
+	}
+	// IPv4's length counts its header of 20 bytes and the ICMP header's 8;
+	// IPv6's counts what follows its own header.
+	h.NFT(t, fmt.Sprintf(`table inet netlab_chain {
+	chain ingress {
+		type filter hook prerouting priority 0;
+		ip daddr %s ip length %d icmp type echo-request %s
+		ip6 daddr %s ip6 length %d icmpv6 type echo-request %s
+	}
+}
+`, c.Target.V4, 28+payload, v4, c.Target.V6, 8+payload, v6))
+}
+
 // NoRoute takes router number hop's routes to the target's link away, both
 // families: it then answers what it would forward there with an ICMP
 // network unreachable (ICMPv6 no route to destination).

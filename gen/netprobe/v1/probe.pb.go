@@ -37,6 +37,17 @@ const (
 	// NETWORK_UDP is UDP datagrams. A UDP "connect" sends nothing: only a Fetch
 	// that sends a payload shows whether anything answers.
 	Network_NETWORK_UDP Network = 2
+	// NETWORK_ICMP is an ICMP echo (ICMPv6 for an IPv6 address), as ping
+	// sends: Connect and Sweep only, with no port or service, and no TLS,
+	// steps or trace. blackbox_exporter's "icmp4" and "icmp6" are this with
+	// ip_family IP_FAMILY_IPV4 or IP_FAMILY_IPV6. The probe server sends it
+	// from an unprivileged ICMP datagram socket where the system allows its
+	// group one (Linux's net.ipv4.ping_group_range, which covers ICMPv6
+	// too), else from a raw socket where it has CAP_NET_RAW; with neither,
+	// the probe fails at STAGE_SOCKET with errno EACCES and a message that
+	// names both. Only Linux probe servers send echoes: elsewhere the probe
+	// fails at STAGE_SOCKET saying so.
+	Network_NETWORK_ICMP Network = 3
 )
 
 // Enum value maps for Network.
@@ -45,11 +56,13 @@ var (
 		0: "NETWORK_UNSPECIFIED",
 		1: "NETWORK_TCP",
 		2: "NETWORK_UDP",
+		3: "NETWORK_ICMP",
 	}
 	Network_value = map[string]int32{
 		"NETWORK_UNSPECIFIED": 0,
 		"NETWORK_TCP":         1,
 		"NETWORK_UDP":         2,
+		"NETWORK_ICMP":        3,
 	}
 )
 
@@ -159,7 +172,7 @@ const (
 	// STAGE_CONNECT is the TCP handshake (or, for UDP, binding the socket to
 	// its peer).
 	Stage_STAGE_CONNECT Stage = 4
-	// STAGE_SEND is writing the request.
+	// STAGE_SEND is writing the request, or sending an ICMP echo request.
 	Stage_STAGE_SEND Stage = 5
 	// STAGE_SHUTDOWN is half-closing the write side after the request, which
 	// surfaces a send the peer never took.
@@ -180,6 +193,12 @@ const (
 	// STAGE_EXPECT is waiting for what a FetchRequest step expects the peer
 	// to send; ProbeError.step says which step.
 	Stage_STAGE_EXPECT Stage = 11
+	// STAGE_ECHO is waiting for the reply to an ICMP echo request
+	// (NETWORK_ICMP): the timeout (REASON_TIMEOUT), or an ICMP error that
+	// came back instead (REASON_NETWORK_UNREACHABLE, REASON_HOST_UNREACHABLE,
+	// REASON_PROHIBITED, ...), which ProbeError.icmp describes. A failure to
+	// send the echo is STAGE_SEND.
+	Stage_STAGE_ECHO Stage = 12
 )
 
 // Enum value maps for Stage.
@@ -197,6 +216,7 @@ var (
 		9:  "STAGE_POLICY",
 		10: "STAGE_TLS_HANDSHAKE",
 		11: "STAGE_EXPECT",
+		12: "STAGE_ECHO",
 	}
 	Stage_value = map[string]int32{
 		"STAGE_UNSPECIFIED":    0,
@@ -211,6 +231,7 @@ var (
 		"STAGE_POLICY":         9,
 		"STAGE_TLS_HANDSHAKE":  10,
 		"STAGE_EXPECT":         11,
+		"STAGE_ECHO":           12,
 	}
 )
 
@@ -281,7 +302,9 @@ const (
 	Reason_REASON_OTHER Reason = 11
 	// REASON_PROHIBITED means a policy forbade the packets: an ICMPv6
 	// administratively-prohibited answer or a prohibit route (EACCES), or the
-	// probe server's own firewall refusing a send (EPERM). IPv4's ICMP
+	// probe server's own firewall refusing a send (EPERM); or, at
+	// STAGE_SOCKET, its system allowing it no ICMP socket for an echo
+	// (EACCES, see NETWORK_ICMP). IPv4's ICMP
 	// administratively prohibited comes back as REASON_HOST_UNREACHABLE:
 	// Linux gives it that errno.
 	Reason_REASON_PROHIBITED Reason = 12
@@ -407,6 +430,60 @@ func (Reason) EnumDescriptor() ([]byte, []int) {
 	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{3}
 }
 
+// IcmpSocket is the kind of socket an ICMP echo went out from.
+type IcmpSocket int32
+
+const (
+	// ICMP_SOCKET_UNSPECIFIED means no socket was made.
+	IcmpSocket_ICMP_SOCKET_UNSPECIFIED IcmpSocket = 0
+	// ICMP_SOCKET_DATAGRAM is an unprivileged ICMP datagram socket
+	// (SOCK_DGRAM, IPPROTO_ICMP): the system chooses the echo's identifier.
+	IcmpSocket_ICMP_SOCKET_DATAGRAM IcmpSocket = 1
+	// ICMP_SOCKET_RAW is a raw socket, which needs CAP_NET_RAW.
+	IcmpSocket_ICMP_SOCKET_RAW IcmpSocket = 2
+)
+
+// Enum value maps for IcmpSocket.
+var (
+	IcmpSocket_name = map[int32]string{
+		0: "ICMP_SOCKET_UNSPECIFIED",
+		1: "ICMP_SOCKET_DATAGRAM",
+		2: "ICMP_SOCKET_RAW",
+	}
+	IcmpSocket_value = map[string]int32{
+		"ICMP_SOCKET_UNSPECIFIED": 0,
+		"ICMP_SOCKET_DATAGRAM":    1,
+		"ICMP_SOCKET_RAW":         2,
+	}
+)
+
+func (x IcmpSocket) Enum() *IcmpSocket {
+	p := new(IcmpSocket)
+	*p = x
+	return p
+}
+
+func (x IcmpSocket) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (IcmpSocket) Descriptor() protoreflect.EnumDescriptor {
+	return file_netprobe_v1_probe_proto_enumTypes[4].Descriptor()
+}
+
+func (IcmpSocket) Type() protoreflect.EnumType {
+	return &file_netprobe_v1_probe_proto_enumTypes[4]
+}
+
+func (x IcmpSocket) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use IcmpSocket.Descriptor instead.
+func (IcmpSocket) EnumDescriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
+}
+
 // TraceWhen says when a probe traces the path to its target.
 type TraceWhen int32
 
@@ -445,11 +522,11 @@ func (x TraceWhen) String() string {
 }
 
 func (TraceWhen) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[4].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[5].Descriptor()
 }
 
 func (TraceWhen) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[4]
+	return &file_netprobe_v1_probe_proto_enumTypes[5]
 }
 
 func (x TraceWhen) Number() protoreflect.EnumNumber {
@@ -458,7 +535,7 @@ func (x TraceWhen) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TraceWhen.Descriptor instead.
 func (TraceWhen) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
 }
 
 // PathEnd says why a trace stopped where it did.
@@ -533,11 +610,11 @@ func (x PathEnd) String() string {
 }
 
 func (PathEnd) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[5].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[6].Descriptor()
 }
 
 func (PathEnd) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[5]
+	return &file_netprobe_v1_probe_proto_enumTypes[6]
 }
 
 func (x PathEnd) Number() protoreflect.EnumNumber {
@@ -546,7 +623,7 @@ func (x PathEnd) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PathEnd.Descriptor instead.
 func (PathEnd) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
 }
 
 // HopAnswer is what answered the probes of one TTL.
@@ -604,11 +681,11 @@ func (x HopAnswer) String() string {
 }
 
 func (HopAnswer) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[6].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[7].Descriptor()
 }
 
 func (HopAnswer) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[6]
+	return &file_netprobe_v1_probe_proto_enumTypes[7]
 }
 
 func (x HopAnswer) Number() protoreflect.EnumNumber {
@@ -617,7 +694,7 @@ func (x HopAnswer) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HopAnswer.Descriptor instead.
 func (HopAnswer) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
 }
 
 // TlsVersion is a version of TLS.
@@ -665,11 +742,11 @@ func (x TlsVersion) String() string {
 }
 
 func (TlsVersion) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[7].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[8].Descriptor()
 }
 
 func (TlsVersion) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[7]
+	return &file_netprobe_v1_probe_proto_enumTypes[8]
 }
 
 func (x TlsVersion) Number() protoreflect.EnumNumber {
@@ -678,7 +755,7 @@ func (x TlsVersion) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TlsVersion.Descriptor instead.
 func (TlsVersion) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
 }
 
 // Framing says how the received bytes are cut into FetchData messages.
@@ -724,11 +801,11 @@ func (x Framing) String() string {
 }
 
 func (Framing) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[8].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[9].Descriptor()
 }
 
 func (Framing) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[8]
+	return &file_netprobe_v1_probe_proto_enumTypes[9]
 }
 
 func (x Framing) Number() protoreflect.EnumNumber {
@@ -737,7 +814,7 @@ func (x Framing) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Framing.Descriptor instead.
 func (Framing) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
 }
 
 // EndReason says why a fetch stopped receiving.
@@ -792,11 +869,11 @@ func (x EndReason) String() string {
 }
 
 func (EndReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[9].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[10].Descriptor()
 }
 
 func (EndReason) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[9]
+	return &file_netprobe_v1_probe_proto_enumTypes[10]
 }
 
 func (x EndReason) Number() protoreflect.EnumNumber {
@@ -805,7 +882,7 @@ func (x EndReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EndReason.Descriptor instead.
 func (EndReason) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
 }
 
 // ServiceSource says which services database answered.
@@ -847,11 +924,11 @@ func (x ServiceSource) String() string {
 }
 
 func (ServiceSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[10].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[11].Descriptor()
 }
 
 func (ServiceSource) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[10]
+	return &file_netprobe_v1_probe_proto_enumTypes[11]
 }
 
 func (x ServiceSource) Number() protoreflect.EnumNumber {
@@ -860,7 +937,7 @@ func (x ServiceSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ServiceSource.Descriptor instead.
 func (ServiceSource) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
 }
 
 // Expand says how one SweepTarget becomes the targets that are probed.
@@ -904,11 +981,11 @@ func (x Expand) String() string {
 }
 
 func (Expand) Descriptor() protoreflect.EnumDescriptor {
-	return file_netprobe_v1_probe_proto_enumTypes[11].Descriptor()
+	return file_netprobe_v1_probe_proto_enumTypes[12].Descriptor()
 }
 
 func (Expand) Type() protoreflect.EnumType {
-	return &file_netprobe_v1_probe_proto_enumTypes[11]
+	return &file_netprobe_v1_probe_proto_enumTypes[12]
 }
 
 func (x Expand) Number() protoreflect.EnumNumber {
@@ -917,7 +994,7 @@ func (x Expand) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Expand.Descriptor instead.
 func (Expand) EnumDescriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
 }
 
 // Target names what to probe.
@@ -928,6 +1005,7 @@ type Target struct {
 	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
 	// port is the port to contact, 1 to 65535. Either port or service is
 	// required; when both are given, port wins and service is not looked up.
+	// An ICMP target (NETWORK_ICMP) has neither.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	// service is a service name such as "http" or "domain", looked up like
 	// ResolveService does with the protocol of network. Used when port is 0.
@@ -1030,7 +1108,8 @@ type ProbeError struct {
 	// probe itself).
 	Errno string `protobuf:"bytes,3,opt,name=errno,proto3" json:"errno,omitempty"`
 	// address is what was being contacted: "ip:port" for a connection, the
-	// host name for a resolution, the service name for a service lookup.
+	// IP address for an ICMP echo, the host name for a resolution, the
+	// service name for a service lookup.
 	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
 	// message is a human-readable description. Do not parse it: stage, reason
 	// and errno carry the same facts.
@@ -1044,7 +1123,11 @@ type ProbeError struct {
 	// step is the index in FetchRequest.steps of the step that failed, when
 	// one did: an expect (STAGE_EXPECT), a send (STAGE_SEND) or a start_tls
 	// (STAGE_TLS_HANDSHAKE).
-	Step          *uint32 `protobuf:"varint,8,opt,name=step,proto3,oneof" json:"step,omitempty"`
+	Step *uint32 `protobuf:"varint,8,opt,name=step,proto3,oneof" json:"step,omitempty"`
+	// icmp is the ICMP error that came back in answer to the probe's
+	// packet, when one did: an ICMP echo's (STAGE_ECHO) destination
+	// unreachable or time exceeded, with the router that sent it.
+	Icmp          *IcmpError `protobuf:"bytes,9,opt,name=icmp,proto3" json:"icmp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1135,6 +1218,82 @@ func (x *ProbeError) GetStep() uint32 {
 	return 0
 }
 
+func (x *ProbeError) GetIcmp() *IcmpError {
+	if x != nil {
+		return x.Icmp
+	}
+	return nil
+}
+
+// IcmpError is an ICMP (or ICMPv6) error message that came back in answer
+// to a packet the probe sent.
+type IcmpError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// address is the IP address that sent it: a router on the way, or the
+	// target's host; empty when the message named none.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// icmp_type is its ICMP (or ICMPv6) type: 3 (ICMPv6 1) for destination
+	// unreachable, 11 (ICMPv6 3) for time exceeded.
+	IcmpType uint32 `protobuf:"varint,2,opt,name=icmp_type,json=icmpType,proto3" json:"icmp_type,omitempty"`
+	// icmp_code is its ICMP (or ICMPv6) code: why a destination is
+	// unreachable, such as 0 for no route to the network, 1 for the host,
+	// or 13 (ICMPv6 1) for communication administratively prohibited.
+	IcmpCode      uint32 `protobuf:"varint,3,opt,name=icmp_code,json=icmpCode,proto3" json:"icmp_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IcmpError) Reset() {
+	*x = IcmpError{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IcmpError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IcmpError) ProtoMessage() {}
+
+func (x *IcmpError) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IcmpError.ProtoReflect.Descriptor instead.
+func (*IcmpError) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *IcmpError) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *IcmpError) GetIcmpType() uint32 {
+	if x != nil {
+		return x.IcmpType
+	}
+	return 0
+}
+
+func (x *IcmpError) GetIcmpCode() uint32 {
+	if x != nil {
+		return x.IcmpCode
+	}
+	return 0
+}
+
 // DialAttempt is one connection attempt to one resolved address.
 type DialAttempt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1157,7 +1316,7 @@ type DialAttempt struct {
 
 func (x *DialAttempt) Reset() {
 	*x = DialAttempt{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[2]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1328,7 @@ func (x *DialAttempt) String() string {
 func (*DialAttempt) ProtoMessage() {}
 
 func (x *DialAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[2]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1341,7 @@ func (x *DialAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DialAttempt.ProtoReflect.Descriptor instead.
 func (*DialAttempt) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{2}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DialAttempt) GetAddress() string {
@@ -1236,7 +1395,7 @@ type ReverseLookup struct {
 
 func (x *ReverseLookup) Reset() {
 	*x = ReverseLookup{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[3]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1407,7 @@ func (x *ReverseLookup) String() string {
 func (*ReverseLookup) ProtoMessage() {}
 
 func (x *ReverseLookup) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[3]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1420,7 @@ func (x *ReverseLookup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReverseLookup.ProtoReflect.Descriptor instead.
 func (*ReverseLookup) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{3}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReverseLookup) GetNames() []string {
@@ -1295,22 +1454,25 @@ type ConnectRequest struct {
 	// is refused. The caller's own RPC deadline always wins.
 	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// reverse_lookup also looks up the peer address by address (PTR) once
-	// connected. Its failure is reported in reverse_lookup and does not fail
-	// the probe.
+	// connected (for an ICMP echo, the address its reply came from). Its
+	// failure is reported in reverse_lookup and does not fail the probe.
 	ReverseLookup bool `protobuf:"varint,3,opt,name=reverse_lookup,json=reverseLookup,proto3" json:"reverse_lookup,omitempty"`
 	// tls, when set, makes the probe a TLS handshake after connecting.
 	Tls *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
 	// trace, when set, also traces the network path to the target's address,
 	// after the probe (see TraceOptions); the response's path reports it.
 	// Only TCP targets are traced.
-	Trace         *TraceOptions `protobuf:"bytes,5,opt,name=trace,proto3" json:"trace,omitempty"`
+	Trace *TraceOptions `protobuf:"bytes,5,opt,name=trace,proto3" json:"trace,omitempty"`
+	// icmp are the options of an ICMP echo (network NETWORK_ICMP); set with
+	// another network, it is INVALID_ARGUMENT. Unset takes the defaults.
+	Icmp          *IcmpOptions `protobuf:"bytes,6,opt,name=icmp,proto3" json:"icmp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[4]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1484,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[4]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1497,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{4}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConnectRequest) GetTarget() *Target {
@@ -1371,6 +1533,205 @@ func (x *ConnectRequest) GetTrace() *TraceOptions {
 		return x.Trace
 	}
 	return nil
+}
+
+func (x *ConnectRequest) GetIcmp() *IcmpOptions {
+	if x != nil {
+		return x.Icmp
+	}
+	return nil
+}
+
+// IcmpOptions shape an ICMP echo request, as blackbox_exporter's icmp
+// module does (its payload_size, dont_fragment and ttl; its
+// source_ip_address is Target.source_address).
+type IcmpOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// payload_bytes is the size of the echo's data, 0 to 8,972 (a 9,000-byte
+	// IPv4 packet, a jumbo frame's); 0 means 56, as ping sends. Over the cap
+	// is INVALID_ARGUMENT. The data is random, and a reply counts only when
+	// it carries the same data back.
+	PayloadBytes uint32 `protobuf:"varint,1,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
+	// dont_fragment, when true, sends the echo unfragmented: with IPv4's DF
+	// bit set (IP_PMTUDISC_DO), and for IPv6 without fragmenting it at the
+	// source (IPV6_DONTFRAG). An echo larger than the path's MTU then fails:
+	// at STAGE_SEND with errno EMSGSIZE when the probe server knows the MTU,
+	// else at STAGE_ECHO with the router's ICMP "fragmentation needed"
+	// (packet too big). When false, IPv4's DF bit is clear.
+	DontFragment bool `protobuf:"varint,2,opt,name=dont_fragment,json=dontFragment,proto3" json:"dont_fragment,omitempty"`
+	// ttl is the echo's TTL (IPv6 hop limit), 1 to 255; unset means the
+	// system's default (64 on Linux). 0 is INVALID_ARGUMENT: such a packet
+	// goes nowhere.
+	Ttl           *uint32 `protobuf:"varint,3,opt,name=ttl,proto3,oneof" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IcmpOptions) Reset() {
+	*x = IcmpOptions{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IcmpOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IcmpOptions) ProtoMessage() {}
+
+func (x *IcmpOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IcmpOptions.ProtoReflect.Descriptor instead.
+func (*IcmpOptions) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *IcmpOptions) GetPayloadBytes() uint32 {
+	if x != nil {
+		return x.PayloadBytes
+	}
+	return 0
+}
+
+func (x *IcmpOptions) GetDontFragment() bool {
+	if x != nil {
+		return x.DontFragment
+	}
+	return false
+}
+
+func (x *IcmpOptions) GetTtl() uint32 {
+	if x != nil && x.Ttl != nil {
+		return *x.Ttl
+	}
+	return 0
+}
+
+// IcmpResult reports an ICMP echo: the request sent and the reply, when
+// one came.
+type IcmpResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// socket is the kind of socket the echo went out from.
+	Socket IcmpSocket `protobuf:"varint,1,opt,name=socket,proto3,enum=netprobe.v1.IcmpSocket" json:"socket,omitempty"`
+	// id is the echo's identifier, and sequence its sequence number; a
+	// reply counts only when it has both, and the echo's data.
+	Id uint32 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// sequence is the echo's sequence number.
+	Sequence uint32 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// payload_bytes is the size of the echo's data.
+	PayloadBytes uint32 `protobuf:"varint,4,opt,name=payload_bytes,json=payloadBytes,proto3" json:"payload_bytes,omitempty"`
+	// setup_duration is the time spent making the socket and sending the
+	// echo: blackbox_exporter's "setup" phase.
+	SetupDuration *durationpb.Duration `protobuf:"bytes,5,opt,name=setup_duration,json=setupDuration,proto3" json:"setup_duration,omitempty"`
+	// reply_address is the IP address the echo reply came from; empty when
+	// none came.
+	ReplyAddress string `protobuf:"bytes,6,opt,name=reply_address,json=replyAddress,proto3" json:"reply_address,omitempty"`
+	// rtt is the time from sending the echo to its reply: blackbox_exporter's
+	// "rtt" phase. Unset when no reply came.
+	Rtt *durationpb.Duration `protobuf:"bytes,7,opt,name=rtt,proto3" json:"rtt,omitempty"`
+	// reply_ttl is the reply's TTL (IPv6 hop limit) as it arrived
+	// (IP_RECVTTL, IPV6_RECVHOPLIMIT): the sender's initial TTL less the
+	// routers on the way back. 0 when no reply came.
+	ReplyTtl      uint32 `protobuf:"varint,8,opt,name=reply_ttl,json=replyTtl,proto3" json:"reply_ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IcmpResult) Reset() {
+	*x = IcmpResult{}
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IcmpResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IcmpResult) ProtoMessage() {}
+
+func (x *IcmpResult) ProtoReflect() protoreflect.Message {
+	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IcmpResult.ProtoReflect.Descriptor instead.
+func (*IcmpResult) Descriptor() ([]byte, []int) {
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *IcmpResult) GetSocket() IcmpSocket {
+	if x != nil {
+		return x.Socket
+	}
+	return IcmpSocket_ICMP_SOCKET_UNSPECIFIED
+}
+
+func (x *IcmpResult) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *IcmpResult) GetSequence() uint32 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *IcmpResult) GetPayloadBytes() uint32 {
+	if x != nil {
+		return x.PayloadBytes
+	}
+	return 0
+}
+
+func (x *IcmpResult) GetSetupDuration() *durationpb.Duration {
+	if x != nil {
+		return x.SetupDuration
+	}
+	return nil
+}
+
+func (x *IcmpResult) GetReplyAddress() string {
+	if x != nil {
+		return x.ReplyAddress
+	}
+	return ""
+}
+
+func (x *IcmpResult) GetRtt() *durationpb.Duration {
+	if x != nil {
+		return x.Rtt
+	}
+	return nil
+}
+
+func (x *IcmpResult) GetReplyTtl() uint32 {
+	if x != nil {
+		return x.ReplyTtl
+	}
+	return 0
 }
 
 // ConnectResponse reports a connection probe.
@@ -1415,14 +1776,21 @@ type ConnectResponse struct {
 	// connected to, or the one whose failure error reports (STAGE_CONNECT,
 	// STAGE_TLS_HANDSHAKE). A failed probe then carries both its error and
 	// the path. Absent when no trace was asked for or made.
-	Path          *Path `protobuf:"bytes,13,opt,name=path,proto3" json:"path,omitempty"`
+	Path *Path `protobuf:"bytes,13,opt,name=path,proto3" json:"path,omitempty"`
+	// icmp is the ICMP echo of a NETWORK_ICMP target, once an address was
+	// chosen and allowed: the first the host resolves to, in the order
+	// ip_family gives. For such a target, local_address and peer_address
+	// are IP addresses with no port (the source of the echo, and the
+	// address it was sent to); connect_duration, attempts and tcp_info are
+	// unset.
+	Icmp          *IcmpResult `protobuf:"bytes,14,opt,name=icmp,proto3" json:"icmp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[5]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1802,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[5]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1815,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{5}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ConnectResponse) GetLocalAddress() string {
@@ -1541,6 +1909,13 @@ func (x *ConnectResponse) GetPath() *Path {
 	return nil
 }
 
+func (x *ConnectResponse) GetIcmp() *IcmpResult {
+	if x != nil {
+		return x.Icmp
+	}
+	return nil
+}
+
 // TraceOptions asks for the network path to a probe's target, hop by hop,
 // as traceroute finds it: TCP SYNs to the target's address and port with
 // a TTL (IPv6 hop limit) of 1, 2, 3 and so on, each answered by the router
@@ -1575,7 +1950,7 @@ type TraceOptions struct {
 
 func (x *TraceOptions) Reset() {
 	*x = TraceOptions{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1962,7 @@ func (x *TraceOptions) String() string {
 func (*TraceOptions) ProtoMessage() {}
 
 func (x *TraceOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[6]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1975,7 @@ func (x *TraceOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceOptions.ProtoReflect.Descriptor instead.
 func (*TraceOptions) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{6}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TraceOptions) GetWhen() TraceWhen {
@@ -1673,7 +2048,7 @@ type Hop struct {
 
 func (x *Hop) Reset() {
 	*x = Hop{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +2060,7 @@ func (x *Hop) String() string {
 func (*Hop) ProtoMessage() {}
 
 func (x *Hop) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[7]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +2073,7 @@ func (x *Hop) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hop.ProtoReflect.Descriptor instead.
 func (*Hop) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{7}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Hop) GetTtl() uint32 {
@@ -1806,7 +2181,7 @@ type Path struct {
 
 func (x *Path) Reset() {
 	*x = Path{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +2193,7 @@ func (x *Path) String() string {
 func (*Path) ProtoMessage() {}
 
 func (x *Path) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[8]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +2206,7 @@ func (x *Path) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Path.ProtoReflect.Descriptor instead.
 func (*Path) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{8}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Path) GetDestination() string {
@@ -1934,7 +2309,7 @@ type TcpInfo struct {
 
 func (x *TcpInfo) Reset() {
 	*x = TcpInfo{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2321,7 @@ func (x *TcpInfo) String() string {
 func (*TcpInfo) ProtoMessage() {}
 
 func (x *TcpInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[9]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2334,7 @@ func (x *TcpInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpInfo.ProtoReflect.Descriptor instead.
 func (*TcpInfo) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{9}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TcpInfo) GetRtt() *durationpb.Duration {
@@ -2088,7 +2463,7 @@ type TlsOptions struct {
 
 func (x *TlsOptions) Reset() {
 	*x = TlsOptions{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2475,7 @@ func (x *TlsOptions) String() string {
 func (*TlsOptions) ProtoMessage() {}
 
 func (x *TlsOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[10]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2488,7 @@ func (x *TlsOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsOptions.ProtoReflect.Descriptor instead.
 func (*TlsOptions) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{10}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TlsOptions) GetServerName() string {
@@ -2190,7 +2565,7 @@ type TlsResult struct {
 
 func (x *TlsResult) Reset() {
 	*x = TlsResult{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2577,7 @@ func (x *TlsResult) String() string {
 func (*TlsResult) ProtoMessage() {}
 
 func (x *TlsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[11]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2590,7 @@ func (x *TlsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsResult.ProtoReflect.Descriptor instead.
 func (*TlsResult) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{11}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TlsResult) GetHandshakeDuration() *durationpb.Duration {
@@ -2303,7 +2678,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2690,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[12]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2703,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{12}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Certificate) GetSubject() string {
@@ -2411,7 +2786,7 @@ type HttpGet struct {
 
 func (x *HttpGet) Reset() {
 	*x = HttpGet{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2798,7 @@ func (x *HttpGet) String() string {
 func (*HttpGet) ProtoMessage() {}
 
 func (x *HttpGet) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[13]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2811,7 @@ func (x *HttpGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpGet.ProtoReflect.Descriptor instead.
 func (*HttpGet) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{13}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HttpGet) GetPath() string {
@@ -2505,7 +2880,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2892,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[14]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2905,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{14}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FetchRequest) GetTarget() *Target {
@@ -2679,7 +3054,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +3066,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[15]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +3079,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{15}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Step) GetAction() isStep_Action {
@@ -2844,7 +3219,7 @@ type ExpectMatch struct {
 
 func (x *ExpectMatch) Reset() {
 	*x = ExpectMatch{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2856,7 +3231,7 @@ func (x *ExpectMatch) String() string {
 func (*ExpectMatch) ProtoMessage() {}
 
 func (x *ExpectMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[16]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2869,7 +3244,7 @@ func (x *ExpectMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpectMatch.ProtoReflect.Descriptor instead.
 func (*ExpectMatch) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{16}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExpectMatch) GetStep() uint32 {
@@ -2898,7 +3273,7 @@ type FetchData struct {
 
 func (x *FetchData) Reset() {
 	*x = FetchData{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +3285,7 @@ func (x *FetchData) String() string {
 func (*FetchData) ProtoMessage() {}
 
 func (x *FetchData) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[17]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +3298,7 @@ func (x *FetchData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchData.ProtoReflect.Descriptor instead.
 func (*FetchData) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{17}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FetchData) GetData() []byte {
@@ -2963,7 +3338,7 @@ type FetchSummary struct {
 
 func (x *FetchSummary) Reset() {
 	*x = FetchSummary{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2975,7 +3350,7 @@ func (x *FetchSummary) String() string {
 func (*FetchSummary) ProtoMessage() {}
 
 func (x *FetchSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[18]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2988,7 +3363,7 @@ func (x *FetchSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchSummary.ProtoReflect.Descriptor instead.
 func (*FetchSummary) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{18}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FetchSummary) GetBytesSent() uint64 {
@@ -3066,7 +3441,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3078,7 +3453,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[19]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3091,7 +3466,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{19}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FetchResponse) GetEvent() isFetchResponse_Event {
@@ -3187,7 +3562,7 @@ type ResolveServiceRequest struct {
 
 func (x *ResolveServiceRequest) Reset() {
 	*x = ResolveServiceRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3199,7 +3574,7 @@ func (x *ResolveServiceRequest) String() string {
 func (*ResolveServiceRequest) ProtoMessage() {}
 
 func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[20]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3212,7 +3587,7 @@ func (x *ResolveServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceRequest.ProtoReflect.Descriptor instead.
 func (*ResolveServiceRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{20}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ResolveServiceRequest) GetName() string {
@@ -3258,7 +3633,7 @@ type ResolveServiceResponse struct {
 
 func (x *ResolveServiceResponse) Reset() {
 	*x = ResolveServiceResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3270,7 +3645,7 @@ func (x *ResolveServiceResponse) String() string {
 func (*ResolveServiceResponse) ProtoMessage() {}
 
 func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[21]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3283,7 +3658,7 @@ func (x *ResolveServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveServiceResponse.ProtoReflect.Descriptor instead.
 func (*ResolveServiceResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{21}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ResolveServiceResponse) GetName() string {
@@ -3347,14 +3722,17 @@ type SweepTarget struct {
 	// answers as it should: the last must be an expect, whose match ends the
 	// probe. What the peer sends is not streamed back; the response's
 	// summary says how the dialogue went (at most 64 KiB is read).
-	Steps         []*Step `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	Steps []*Step `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	// icmp are the options of each probe's ICMP echo, when the target's
+	// network is NETWORK_ICMP, as ConnectRequest.icmp.
+	Icmp          *IcmpOptions `protobuf:"bytes,6,opt,name=icmp,proto3" json:"icmp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SweepTarget) Reset() {
 	*x = SweepTarget{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +3744,7 @@ func (x *SweepTarget) String() string {
 func (*SweepTarget) ProtoMessage() {}
 
 func (x *SweepTarget) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[22]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +3757,7 @@ func (x *SweepTarget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepTarget.ProtoReflect.Descriptor instead.
 func (*SweepTarget) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{22}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SweepTarget) GetTarget() *Target {
@@ -3417,6 +3795,13 @@ func (x *SweepTarget) GetSteps() []*Step {
 	return nil
 }
 
+func (x *SweepTarget) GetIcmp() *IcmpOptions {
+	if x != nil {
+		return x.Icmp
+	}
+	return nil
+}
+
 // SweepRequest is the input of Sweep.
 type SweepRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3446,7 +3831,7 @@ type SweepRequest struct {
 
 func (x *SweepRequest) Reset() {
 	*x = SweepRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3458,7 +3843,7 @@ func (x *SweepRequest) String() string {
 func (*SweepRequest) ProtoMessage() {}
 
 func (x *SweepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[23]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3471,7 +3856,7 @@ func (x *SweepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepRequest.ProtoReflect.Descriptor instead.
 func (*SweepRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{23}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SweepRequest) GetTargets() []*SweepTarget {
@@ -3526,7 +3911,7 @@ type VantageSelector struct {
 
 func (x *VantageSelector) Reset() {
 	*x = VantageSelector{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3538,7 +3923,7 @@ func (x *VantageSelector) String() string {
 func (*VantageSelector) ProtoMessage() {}
 
 func (x *VantageSelector) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[24]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3551,7 +3936,7 @@ func (x *VantageSelector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VantageSelector.ProtoReflect.Descriptor instead.
 func (*VantageSelector) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{24}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VantageSelector) GetAll() bool {
@@ -3597,7 +3982,7 @@ type Vantage struct {
 
 func (x *Vantage) Reset() {
 	*x = Vantage{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3609,7 +3994,7 @@ func (x *Vantage) String() string {
 func (*Vantage) ProtoMessage() {}
 
 func (x *Vantage) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[25]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3622,7 +4007,7 @@ func (x *Vantage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vantage.ProtoReflect.Descriptor instead.
 func (*Vantage) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{25}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Vantage) GetNode() string {
@@ -3661,7 +4046,7 @@ type VantageError struct {
 
 func (x *VantageError) Reset() {
 	*x = VantageError{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +4058,7 @@ func (x *VantageError) String() string {
 func (*VantageError) ProtoMessage() {}
 
 func (x *VantageError) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[26]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +4071,7 @@ func (x *VantageError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VantageError.ProtoReflect.Descriptor instead.
 func (*VantageError) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{26}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VantageError) GetCode() string {
@@ -3721,7 +4106,7 @@ type FanoutSummary struct {
 
 func (x *FanoutSummary) Reset() {
 	*x = FanoutSummary{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3733,7 +4118,7 @@ func (x *FanoutSummary) String() string {
 func (*FanoutSummary) ProtoMessage() {}
 
 func (x *FanoutSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[27]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3746,7 +4131,7 @@ func (x *FanoutSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FanoutSummary.ProtoReflect.Descriptor instead.
 func (*FanoutSummary) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{27}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FanoutSummary) GetAsked() uint32 {
@@ -3813,7 +4198,7 @@ type SweepResponse struct {
 
 func (x *SweepResponse) Reset() {
 	*x = SweepResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[28]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3825,7 +4210,7 @@ func (x *SweepResponse) String() string {
 func (*SweepResponse) ProtoMessage() {}
 
 func (x *SweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[28]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3838,7 +4223,7 @@ func (x *SweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepResponse.ProtoReflect.Descriptor instead.
 func (*SweepResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{28}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SweepResponse) GetIndex() uint32 {
@@ -3906,7 +4291,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[29]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3918,7 +4303,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[29]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3931,7 +4316,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{29}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{32}
 }
 
 // DescribeResponse is who a probe server is.
@@ -3959,7 +4344,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_netprobe_v1_probe_proto_msgTypes[30]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3971,7 +4356,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netprobe_v1_probe_proto_msgTypes[30]
+	mi := &file_netprobe_v1_probe_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3984,7 +4369,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{30}
+	return file_netprobe_v1_probe_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DescribeResponse) GetNode() string {
@@ -4047,7 +4432,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\aservice\x18\x03 \x01(\tR\aservice\x12.\n" +
 	"\anetwork\x18\x04 \x01(\x0e2\x14.netprobe.v1.NetworkR\anetwork\x122\n" +
 	"\tip_family\x18\x05 \x01(\x0e2\x15.netprobe.v1.IpFamilyR\bipFamily\x12%\n" +
-	"\x0esource_address\x18\x06 \x01(\tR\rsourceAddress\"\x98\x02\n" +
+	"\x0esource_address\x18\x06 \x01(\tR\rsourceAddress\"\xc4\x02\n" +
 	"\n" +
 	"ProbeError\x12(\n" +
 	"\x05stage\x18\x01 \x01(\x0e2\x12.netprobe.v1.StageR\x05stage\x12+\n" +
@@ -4057,8 +4442,13 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x123\n" +
 	"\aelapsed\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12\x12\n" +
 	"\x04rule\x18\a \x01(\tR\x04rule\x12\x17\n" +
-	"\x04step\x18\b \x01(\rH\x00R\x04step\x88\x01\x01B\a\n" +
-	"\x05_step\"\xdc\x01\n" +
+	"\x04step\x18\b \x01(\rH\x00R\x04step\x88\x01\x01\x12*\n" +
+	"\x04icmp\x18\t \x01(\v2\x16.netprobe.v1.IcmpErrorR\x04icmpB\a\n" +
+	"\x05_step\"_\n" +
+	"\tIcmpError\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1b\n" +
+	"\ticmp_type\x18\x02 \x01(\rR\bicmpType\x12\x1b\n" +
+	"\ticmp_code\x18\x03 \x01(\rR\bicmpCode\"\xdc\x01\n" +
 	"\vDialAttempt\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12/\n" +
 	"\x05start\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05start\x125\n" +
@@ -4068,13 +4458,29 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\rReverseLookup\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x125\n" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12-\n" +
-	"\x05error\x18\x03 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xf5\x01\n" +
+	"\x05error\x18\x03 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xa3\x02\n" +
 	"\x0eConnectRequest\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12%\n" +
 	"\x0ereverse_lookup\x18\x03 \x01(\bR\rreverseLookup\x12)\n" +
 	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12/\n" +
-	"\x05trace\x18\x05 \x01(\v2\x19.netprobe.v1.TraceOptionsR\x05trace\"\x94\x05\n" +
+	"\x05trace\x18\x05 \x01(\v2\x19.netprobe.v1.TraceOptionsR\x05trace\x12,\n" +
+	"\x04icmp\x18\x06 \x01(\v2\x18.netprobe.v1.IcmpOptionsR\x04icmp\"v\n" +
+	"\vIcmpOptions\x12#\n" +
+	"\rpayload_bytes\x18\x01 \x01(\rR\fpayloadBytes\x12#\n" +
+	"\rdont_fragment\x18\x02 \x01(\bR\fdontFragment\x12\x15\n" +
+	"\x03ttl\x18\x03 \x01(\rH\x00R\x03ttl\x88\x01\x01B\x06\n" +
+	"\x04_ttl\"\xbf\x02\n" +
+	"\n" +
+	"IcmpResult\x12/\n" +
+	"\x06socket\x18\x01 \x01(\x0e2\x17.netprobe.v1.IcmpSocketR\x06socket\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
+	"\bsequence\x18\x03 \x01(\rR\bsequence\x12#\n" +
+	"\rpayload_bytes\x18\x04 \x01(\rR\fpayloadBytes\x12@\n" +
+	"\x0esetup_duration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\rsetupDuration\x12#\n" +
+	"\rreply_address\x18\x06 \x01(\tR\freplyAddress\x12+\n" +
+	"\x03rtt\x18\a \x01(\v2\x19.google.protobuf.DurationR\x03rtt\x12\x1b\n" +
+	"\treply_ttl\x18\b \x01(\rR\breplyTtl\"\xc1\x05\n" +
 	"\x0fConnectResponse\x12#\n" +
 	"\rlocal_address\x18\x01 \x01(\tR\flocalAddress\x12!\n" +
 	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12-\n" +
@@ -4089,7 +4495,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	" \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\x12(\n" +
 	"\x03tls\x18\v \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\x12/\n" +
 	"\btcp_info\x18\f \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\x12%\n" +
-	"\x04path\x18\r \x01(\v2\x11.netprobe.v1.PathR\x04path\"\xb0\x01\n" +
+	"\x04path\x18\r \x01(\v2\x11.netprobe.v1.PathR\x04path\x12+\n" +
+	"\x04icmp\x18\x0e \x01(\v2\x17.netprobe.v1.IcmpResultR\x04icmp\"\xb0\x01\n" +
 	"\fTraceOptions\x12*\n" +
 	"\x04when\x18\x01 \x01(\x0e2\x16.netprobe.v1.TraceWhenR\x04when\x12\x19\n" +
 	"\bmax_hops\x18\x02 \x01(\rR\amaxHops\x12$\n" +
@@ -4224,13 +4631,14 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x18\n" +
 	"\aaliases\x18\x04 \x03(\tR\aaliases\x122\n" +
 	"\x06source\x18\x05 \x01(\x0e2\x1a.netprobe.v1.ServiceSourceR\x06source\x12-\n" +
-	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xf0\x01\n" +
+	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\x9e\x02\n" +
 	"\vSweepTarget\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
 	"\x06expand\x18\x03 \x01(\x0e2\x13.netprobe.v1.ExpandR\x06expand\x12)\n" +
 	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
-	"\x05steps\x18\x05 \x03(\v2\x11.netprobe.v1.StepR\x05steps\"\xd3\x01\n" +
+	"\x05steps\x18\x05 \x03(\v2\x11.netprobe.v1.StepR\x05steps\x12,\n" +
+	"\x04icmp\x18\x06 \x01(\v2\x18.netprobe.v1.IcmpOptionsR\x04icmp\"\xd3\x01\n" +
 	"\fSweepRequest\x122\n" +
 	"\atargets\x18\x01 \x03(\v2\x18.netprobe.v1.SweepTargetR\atargets\x12 \n" +
 	"\vconcurrency\x18\x02 \x01(\rR\vconcurrency\x123\n" +
@@ -4281,17 +4689,18 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"max_fanout\x18\a \x01(\rR\tmaxFanout\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*D\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*V\n" +
 	"\aNetwork\x12\x17\n" +
 	"\x13NETWORK_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vNETWORK_TCP\x10\x01\x12\x0f\n" +
-	"\vNETWORK_UDP\x10\x02*\x83\x01\n" +
+	"\vNETWORK_UDP\x10\x02\x12\x10\n" +
+	"\fNETWORK_ICMP\x10\x03*\x83\x01\n" +
 	"\bIpFamily\x12\x19\n" +
 	"\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n" +
 	"\x0eIP_FAMILY_IPV6\x10\x02\x12\x19\n" +
 	"\x15IP_FAMILY_PREFER_IPV4\x10\x03\x12\x19\n" +
-	"\x15IP_FAMILY_PREFER_IPV6\x10\x04*\xfe\x01\n" +
+	"\x15IP_FAMILY_PREFER_IPV6\x10\x04*\x8e\x02\n" +
 	"\x05Stage\x12\x15\n" +
 	"\x11STAGE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STAGE_SERVICE_LOOKUP\x10\x01\x12\x11\n" +
@@ -4306,7 +4715,9 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\fSTAGE_POLICY\x10\t\x12\x17\n" +
 	"\x13STAGE_TLS_HANDSHAKE\x10\n" +
 	"\x12\x10\n" +
-	"\fSTAGE_EXPECT\x10\v*\xf6\x04\n" +
+	"\fSTAGE_EXPECT\x10\v\x12\x0e\n" +
+	"\n" +
+	"STAGE_ECHO\x10\f*\xf6\x04\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_TIMEOUT\x10\x01\x12\x12\n" +
@@ -4332,7 +4743,12 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\fREASON_LIMIT\x10\x14\x12\x1a\n" +
 	"\x16REASON_SERVER_SHUTDOWN\x10\x15\x12\x13\n" +
 	"\x0fREASON_NO_MATCH\x10\x16\x12\x12\n" +
-	"\x0eREASON_NOT_TLS\x10\x17*Y\n" +
+	"\x0eREASON_NOT_TLS\x10\x17*X\n" +
+	"\n" +
+	"IcmpSocket\x12\x1b\n" +
+	"\x17ICMP_SOCKET_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ICMP_SOCKET_DATAGRAM\x10\x01\x12\x13\n" +
+	"\x0fICMP_SOCKET_RAW\x10\x02*Y\n" +
 	"\tTraceWhen\x12\x1a\n" +
 	"\x16TRACE_WHEN_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15TRACE_WHEN_ON_FAILURE\x10\x01\x12\x15\n" +
@@ -4403,153 +4819,164 @@ func file_netprobe_v1_probe_proto_rawDescGZIP() []byte {
 	return file_netprobe_v1_probe_proto_rawDescData
 }
 
-var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_netprobe_v1_probe_proto_enumTypes = make([]protoimpl.EnumInfo, 13)
+var file_netprobe_v1_probe_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_netprobe_v1_probe_proto_goTypes = []any{
 	(Network)(0),                   // 0: netprobe.v1.Network
 	(IpFamily)(0),                  // 1: netprobe.v1.IpFamily
 	(Stage)(0),                     // 2: netprobe.v1.Stage
 	(Reason)(0),                    // 3: netprobe.v1.Reason
-	(TraceWhen)(0),                 // 4: netprobe.v1.TraceWhen
-	(PathEnd)(0),                   // 5: netprobe.v1.PathEnd
-	(HopAnswer)(0),                 // 6: netprobe.v1.HopAnswer
-	(TlsVersion)(0),                // 7: netprobe.v1.TlsVersion
-	(Framing)(0),                   // 8: netprobe.v1.Framing
-	(EndReason)(0),                 // 9: netprobe.v1.EndReason
-	(ServiceSource)(0),             // 10: netprobe.v1.ServiceSource
-	(Expand)(0),                    // 11: netprobe.v1.Expand
-	(*Target)(nil),                 // 12: netprobe.v1.Target
-	(*ProbeError)(nil),             // 13: netprobe.v1.ProbeError
-	(*DialAttempt)(nil),            // 14: netprobe.v1.DialAttempt
-	(*ReverseLookup)(nil),          // 15: netprobe.v1.ReverseLookup
-	(*ConnectRequest)(nil),         // 16: netprobe.v1.ConnectRequest
-	(*ConnectResponse)(nil),        // 17: netprobe.v1.ConnectResponse
-	(*TraceOptions)(nil),           // 18: netprobe.v1.TraceOptions
-	(*Hop)(nil),                    // 19: netprobe.v1.Hop
-	(*Path)(nil),                   // 20: netprobe.v1.Path
-	(*TcpInfo)(nil),                // 21: netprobe.v1.TcpInfo
-	(*TlsOptions)(nil),             // 22: netprobe.v1.TlsOptions
-	(*TlsResult)(nil),              // 23: netprobe.v1.TlsResult
-	(*Certificate)(nil),            // 24: netprobe.v1.Certificate
-	(*HttpGet)(nil),                // 25: netprobe.v1.HttpGet
-	(*FetchRequest)(nil),           // 26: netprobe.v1.FetchRequest
-	(*Step)(nil),                   // 27: netprobe.v1.Step
-	(*ExpectMatch)(nil),            // 28: netprobe.v1.ExpectMatch
-	(*FetchData)(nil),              // 29: netprobe.v1.FetchData
-	(*FetchSummary)(nil),           // 30: netprobe.v1.FetchSummary
-	(*FetchResponse)(nil),          // 31: netprobe.v1.FetchResponse
-	(*ResolveServiceRequest)(nil),  // 32: netprobe.v1.ResolveServiceRequest
-	(*ResolveServiceResponse)(nil), // 33: netprobe.v1.ResolveServiceResponse
-	(*SweepTarget)(nil),            // 34: netprobe.v1.SweepTarget
-	(*SweepRequest)(nil),           // 35: netprobe.v1.SweepRequest
-	(*VantageSelector)(nil),        // 36: netprobe.v1.VantageSelector
-	(*Vantage)(nil),                // 37: netprobe.v1.Vantage
-	(*VantageError)(nil),           // 38: netprobe.v1.VantageError
-	(*FanoutSummary)(nil),          // 39: netprobe.v1.FanoutSummary
-	(*SweepResponse)(nil),          // 40: netprobe.v1.SweepResponse
-	(*DescribeRequest)(nil),        // 41: netprobe.v1.DescribeRequest
-	(*DescribeResponse)(nil),       // 42: netprobe.v1.DescribeResponse
-	nil,                            // 43: netprobe.v1.VantageSelector.LabelsEntry
-	nil,                            // 44: netprobe.v1.Vantage.LabelsEntry
-	nil,                            // 45: netprobe.v1.DescribeResponse.LabelsEntry
-	(*durationpb.Duration)(nil),    // 46: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 47: google.protobuf.Timestamp
+	(IcmpSocket)(0),                // 4: netprobe.v1.IcmpSocket
+	(TraceWhen)(0),                 // 5: netprobe.v1.TraceWhen
+	(PathEnd)(0),                   // 6: netprobe.v1.PathEnd
+	(HopAnswer)(0),                 // 7: netprobe.v1.HopAnswer
+	(TlsVersion)(0),                // 8: netprobe.v1.TlsVersion
+	(Framing)(0),                   // 9: netprobe.v1.Framing
+	(EndReason)(0),                 // 10: netprobe.v1.EndReason
+	(ServiceSource)(0),             // 11: netprobe.v1.ServiceSource
+	(Expand)(0),                    // 12: netprobe.v1.Expand
+	(*Target)(nil),                 // 13: netprobe.v1.Target
+	(*ProbeError)(nil),             // 14: netprobe.v1.ProbeError
+	(*IcmpError)(nil),              // 15: netprobe.v1.IcmpError
+	(*DialAttempt)(nil),            // 16: netprobe.v1.DialAttempt
+	(*ReverseLookup)(nil),          // 17: netprobe.v1.ReverseLookup
+	(*ConnectRequest)(nil),         // 18: netprobe.v1.ConnectRequest
+	(*IcmpOptions)(nil),            // 19: netprobe.v1.IcmpOptions
+	(*IcmpResult)(nil),             // 20: netprobe.v1.IcmpResult
+	(*ConnectResponse)(nil),        // 21: netprobe.v1.ConnectResponse
+	(*TraceOptions)(nil),           // 22: netprobe.v1.TraceOptions
+	(*Hop)(nil),                    // 23: netprobe.v1.Hop
+	(*Path)(nil),                   // 24: netprobe.v1.Path
+	(*TcpInfo)(nil),                // 25: netprobe.v1.TcpInfo
+	(*TlsOptions)(nil),             // 26: netprobe.v1.TlsOptions
+	(*TlsResult)(nil),              // 27: netprobe.v1.TlsResult
+	(*Certificate)(nil),            // 28: netprobe.v1.Certificate
+	(*HttpGet)(nil),                // 29: netprobe.v1.HttpGet
+	(*FetchRequest)(nil),           // 30: netprobe.v1.FetchRequest
+	(*Step)(nil),                   // 31: netprobe.v1.Step
+	(*ExpectMatch)(nil),            // 32: netprobe.v1.ExpectMatch
+	(*FetchData)(nil),              // 33: netprobe.v1.FetchData
+	(*FetchSummary)(nil),           // 34: netprobe.v1.FetchSummary
+	(*FetchResponse)(nil),          // 35: netprobe.v1.FetchResponse
+	(*ResolveServiceRequest)(nil),  // 36: netprobe.v1.ResolveServiceRequest
+	(*ResolveServiceResponse)(nil), // 37: netprobe.v1.ResolveServiceResponse
+	(*SweepTarget)(nil),            // 38: netprobe.v1.SweepTarget
+	(*SweepRequest)(nil),           // 39: netprobe.v1.SweepRequest
+	(*VantageSelector)(nil),        // 40: netprobe.v1.VantageSelector
+	(*Vantage)(nil),                // 41: netprobe.v1.Vantage
+	(*VantageError)(nil),           // 42: netprobe.v1.VantageError
+	(*FanoutSummary)(nil),          // 43: netprobe.v1.FanoutSummary
+	(*SweepResponse)(nil),          // 44: netprobe.v1.SweepResponse
+	(*DescribeRequest)(nil),        // 45: netprobe.v1.DescribeRequest
+	(*DescribeResponse)(nil),       // 46: netprobe.v1.DescribeResponse
+	nil,                            // 47: netprobe.v1.VantageSelector.LabelsEntry
+	nil,                            // 48: netprobe.v1.Vantage.LabelsEntry
+	nil,                            // 49: netprobe.v1.DescribeResponse.LabelsEntry
+	(*durationpb.Duration)(nil),    // 50: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 51: google.protobuf.Timestamp
 }
 var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	0,  // 0: netprobe.v1.Target.network:type_name -> netprobe.v1.Network
 	1,  // 1: netprobe.v1.Target.ip_family:type_name -> netprobe.v1.IpFamily
 	2,  // 2: netprobe.v1.ProbeError.stage:type_name -> netprobe.v1.Stage
 	3,  // 3: netprobe.v1.ProbeError.reason:type_name -> netprobe.v1.Reason
-	46, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
-	46, // 5: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
-	46, // 6: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
-	13, // 7: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
-	46, // 8: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
-	13, // 9: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
-	12, // 10: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
-	46, // 11: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
-	22, // 12: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
-	18, // 13: netprobe.v1.ConnectRequest.trace:type_name -> netprobe.v1.TraceOptions
-	14, // 14: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
-	46, // 15: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
-	46, // 16: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
-	46, // 17: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
-	15, // 18: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
-	13, // 19: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
-	23, // 20: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
-	21, // 21: netprobe.v1.ConnectResponse.tcp_info:type_name -> netprobe.v1.TcpInfo
-	20, // 22: netprobe.v1.ConnectResponse.path:type_name -> netprobe.v1.Path
-	4,  // 23: netprobe.v1.TraceOptions.when:type_name -> netprobe.v1.TraceWhen
-	46, // 24: netprobe.v1.TraceOptions.timeout:type_name -> google.protobuf.Duration
-	6,  // 25: netprobe.v1.Hop.answer:type_name -> netprobe.v1.HopAnswer
-	3,  // 26: netprobe.v1.Hop.reason:type_name -> netprobe.v1.Reason
-	46, // 27: netprobe.v1.Hop.rtts:type_name -> google.protobuf.Duration
-	19, // 28: netprobe.v1.Path.hops:type_name -> netprobe.v1.Hop
-	5,  // 29: netprobe.v1.Path.end:type_name -> netprobe.v1.PathEnd
-	46, // 30: netprobe.v1.Path.duration:type_name -> google.protobuf.Duration
-	46, // 31: netprobe.v1.Path.timeout:type_name -> google.protobuf.Duration
-	13, // 32: netprobe.v1.Path.error:type_name -> netprobe.v1.ProbeError
-	46, // 33: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
-	46, // 34: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
-	46, // 35: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
-	7,  // 36: netprobe.v1.TlsOptions.min_version:type_name -> netprobe.v1.TlsVersion
-	7,  // 37: netprobe.v1.TlsOptions.max_version:type_name -> netprobe.v1.TlsVersion
-	46, // 38: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
-	24, // 39: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
-	47, // 40: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	47, // 41: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	12, // 42: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
-	46, // 43: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
-	25, // 44: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
-	46, // 45: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
-	8,  // 46: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
-	22, // 47: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
-	27, // 48: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
-	46, // 49: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	46, // 50: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
-	9,  // 51: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
-	13, // 52: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
-	21, // 53: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
-	23, // 54: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
-	17, // 55: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	29, // 56: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
-	30, // 57: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
-	28, // 58: netprobe.v1.FetchResponse.match:type_name -> netprobe.v1.ExpectMatch
-	10, // 59: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
-	13, // 60: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
-	12, // 61: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	46, // 62: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
-	11, // 63: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
-	22, // 64: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
-	27, // 65: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
-	34, // 66: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	46, // 67: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	36, // 68: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
-	43, // 69: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
-	44, // 70: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
-	12, // 71: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	17, // 72: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	30, // 73: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
-	37, // 74: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
-	38, // 75: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
-	39, // 76: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
-	45, // 77: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
-	46, // 78: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
-	16, // 79: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	26, // 80: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	32, // 81: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	35, // 82: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	41, // 83: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
-	17, // 84: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	31, // 85: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	33, // 86: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	40, // 87: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	42, // 88: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
-	84, // [84:89] is the sub-list for method output_type
-	79, // [79:84] is the sub-list for method input_type
-	79, // [79:79] is the sub-list for extension type_name
-	79, // [79:79] is the sub-list for extension extendee
-	0,  // [0:79] is the sub-list for field type_name
+	50, // 4: netprobe.v1.ProbeError.elapsed:type_name -> google.protobuf.Duration
+	15, // 5: netprobe.v1.ProbeError.icmp:type_name -> netprobe.v1.IcmpError
+	50, // 6: netprobe.v1.DialAttempt.start:type_name -> google.protobuf.Duration
+	50, // 7: netprobe.v1.DialAttempt.duration:type_name -> google.protobuf.Duration
+	14, // 8: netprobe.v1.DialAttempt.error:type_name -> netprobe.v1.ProbeError
+	50, // 9: netprobe.v1.ReverseLookup.duration:type_name -> google.protobuf.Duration
+	14, // 10: netprobe.v1.ReverseLookup.error:type_name -> netprobe.v1.ProbeError
+	13, // 11: netprobe.v1.ConnectRequest.target:type_name -> netprobe.v1.Target
+	50, // 12: netprobe.v1.ConnectRequest.timeout:type_name -> google.protobuf.Duration
+	26, // 13: netprobe.v1.ConnectRequest.tls:type_name -> netprobe.v1.TlsOptions
+	22, // 14: netprobe.v1.ConnectRequest.trace:type_name -> netprobe.v1.TraceOptions
+	19, // 15: netprobe.v1.ConnectRequest.icmp:type_name -> netprobe.v1.IcmpOptions
+	4,  // 16: netprobe.v1.IcmpResult.socket:type_name -> netprobe.v1.IcmpSocket
+	50, // 17: netprobe.v1.IcmpResult.setup_duration:type_name -> google.protobuf.Duration
+	50, // 18: netprobe.v1.IcmpResult.rtt:type_name -> google.protobuf.Duration
+	16, // 19: netprobe.v1.ConnectResponse.attempts:type_name -> netprobe.v1.DialAttempt
+	50, // 20: netprobe.v1.ConnectResponse.resolve_duration:type_name -> google.protobuf.Duration
+	50, // 21: netprobe.v1.ConnectResponse.connect_duration:type_name -> google.protobuf.Duration
+	50, // 22: netprobe.v1.ConnectResponse.total_duration:type_name -> google.protobuf.Duration
+	17, // 23: netprobe.v1.ConnectResponse.reverse_lookup:type_name -> netprobe.v1.ReverseLookup
+	14, // 24: netprobe.v1.ConnectResponse.error:type_name -> netprobe.v1.ProbeError
+	27, // 25: netprobe.v1.ConnectResponse.tls:type_name -> netprobe.v1.TlsResult
+	25, // 26: netprobe.v1.ConnectResponse.tcp_info:type_name -> netprobe.v1.TcpInfo
+	24, // 27: netprobe.v1.ConnectResponse.path:type_name -> netprobe.v1.Path
+	20, // 28: netprobe.v1.ConnectResponse.icmp:type_name -> netprobe.v1.IcmpResult
+	5,  // 29: netprobe.v1.TraceOptions.when:type_name -> netprobe.v1.TraceWhen
+	50, // 30: netprobe.v1.TraceOptions.timeout:type_name -> google.protobuf.Duration
+	7,  // 31: netprobe.v1.Hop.answer:type_name -> netprobe.v1.HopAnswer
+	3,  // 32: netprobe.v1.Hop.reason:type_name -> netprobe.v1.Reason
+	50, // 33: netprobe.v1.Hop.rtts:type_name -> google.protobuf.Duration
+	23, // 34: netprobe.v1.Path.hops:type_name -> netprobe.v1.Hop
+	6,  // 35: netprobe.v1.Path.end:type_name -> netprobe.v1.PathEnd
+	50, // 36: netprobe.v1.Path.duration:type_name -> google.protobuf.Duration
+	50, // 37: netprobe.v1.Path.timeout:type_name -> google.protobuf.Duration
+	14, // 38: netprobe.v1.Path.error:type_name -> netprobe.v1.ProbeError
+	50, // 39: netprobe.v1.TcpInfo.rtt:type_name -> google.protobuf.Duration
+	50, // 40: netprobe.v1.TcpInfo.rtt_var:type_name -> google.protobuf.Duration
+	50, // 41: netprobe.v1.TcpInfo.min_rtt:type_name -> google.protobuf.Duration
+	8,  // 42: netprobe.v1.TlsOptions.min_version:type_name -> netprobe.v1.TlsVersion
+	8,  // 43: netprobe.v1.TlsOptions.max_version:type_name -> netprobe.v1.TlsVersion
+	50, // 44: netprobe.v1.TlsResult.handshake_duration:type_name -> google.protobuf.Duration
+	28, // 45: netprobe.v1.TlsResult.peer_certificates:type_name -> netprobe.v1.Certificate
+	51, // 46: netprobe.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	51, // 47: netprobe.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	13, // 48: netprobe.v1.FetchRequest.target:type_name -> netprobe.v1.Target
+	50, // 49: netprobe.v1.FetchRequest.timeout:type_name -> google.protobuf.Duration
+	29, // 50: netprobe.v1.FetchRequest.http_get:type_name -> netprobe.v1.HttpGet
+	50, // 51: netprobe.v1.FetchRequest.read_timeout:type_name -> google.protobuf.Duration
+	9,  // 52: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
+	26, // 53: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
+	31, // 54: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
+	50, // 55: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	50, // 56: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	10, // 57: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
+	14, // 58: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
+	25, // 59: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
+	27, // 60: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
+	21, // 61: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	33, // 62: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
+	34, // 63: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
+	32, // 64: netprobe.v1.FetchResponse.match:type_name -> netprobe.v1.ExpectMatch
+	11, // 65: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
+	14, // 66: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
+	13, // 67: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
+	50, // 68: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	12, // 69: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
+	26, // 70: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
+	31, // 71: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
+	19, // 72: netprobe.v1.SweepTarget.icmp:type_name -> netprobe.v1.IcmpOptions
+	38, // 73: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	50, // 74: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 75: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
+	47, // 76: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
+	48, // 77: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
+	13, // 78: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	21, // 79: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	34, // 80: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
+	41, // 81: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
+	42, // 82: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
+	43, // 83: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
+	49, // 84: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
+	50, // 85: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
+	18, // 86: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	30, // 87: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	36, // 88: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	39, // 89: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	45, // 90: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
+	21, // 91: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	35, // 92: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	37, // 93: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	44, // 94: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	46, // 95: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
+	91, // [91:96] is the sub-list for method output_type
+	86, // [86:91] is the sub-list for method input_type
+	86, // [86:86] is the sub-list for extension type_name
+	86, // [86:86] is the sub-list for extension extendee
+	0,  // [0:86] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
@@ -4558,18 +4985,19 @@ func file_netprobe_v1_probe_proto_init() {
 		return
 	}
 	file_netprobe_v1_probe_proto_msgTypes[1].OneofWrappers = []any{}
-	file_netprobe_v1_probe_proto_msgTypes[14].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[6].OneofWrappers = []any{}
+	file_netprobe_v1_probe_proto_msgTypes[17].OneofWrappers = []any{
 		(*FetchRequest_Payload)(nil),
 		(*FetchRequest_HttpGet)(nil),
 	}
-	file_netprobe_v1_probe_proto_msgTypes[15].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[18].OneofWrappers = []any{
 		(*Step_Send)(nil),
 		(*Step_Expect)(nil),
 		(*Step_StartTls)(nil),
 		(*Step_SendTemplate)(nil),
 		(*Step_ExpectLine)(nil),
 	}
-	file_netprobe_v1_probe_proto_msgTypes[19].OneofWrappers = []any{
+	file_netprobe_v1_probe_proto_msgTypes[22].OneofWrappers = []any{
 		(*FetchResponse_Connect)(nil),
 		(*FetchResponse_Data)(nil),
 		(*FetchResponse_Summary)(nil),
@@ -4580,8 +5008,8 @@ func file_netprobe_v1_probe_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netprobe_v1_probe_proto_rawDesc), len(file_netprobe_v1_probe_proto_rawDesc)),
-			NumEnums:      12,
-			NumMessages:   34,
+			NumEnums:      13,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
