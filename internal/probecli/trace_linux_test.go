@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -62,6 +63,7 @@ func probeOn(t *testing.T, host *netlab.Host, args ...string) result {
 // and -o json carrying the path. What each prints is compared as the doc
 // tests compare it: times and ports aside.
 func TestTraceChain(t *testing.T) {
+	t.Parallel()
 	c := traceChain(t)
 	p := probetest.StartProbed(t, c.Client.Command(probedBin, "--listen=127.0.0.1:0"))
 	hopsTo := func(port string) string {
@@ -166,4 +168,36 @@ func TestTraceChain(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestDocTraceExamples runs docs/cli.md's examples of a trace three
+// routers away (those onChain) in the chain they describe, traceChain's,
+// with the probe binary on its client, as TestDocExamples runs the others.
+func TestDocTraceExamples(t *testing.T) {
+	t.Parallel()
+	c := traceChain(t)
+	text, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples := 0
+	for _, block := range consoleBlocks(string(text)) {
+		for _, ex := range block {
+			_, args, ok := parseCommand(ex.command)
+			if !ok || !onChain(args) {
+				continue
+			}
+			examples++
+			t.Run(ex.command, func(t *testing.T) {
+				t.Parallel()
+				r := probeOn(t, c.Client, args...)
+				if got, want := normalize(r.stdout+r.stderr), normalize(ex.output); !matches(got, want) {
+					t.Errorf("$ %s\nprinted\n%s%s\nwant\n%s", ex.command, r.stdout, r.stderr, ex.output)
+				}
+			})
+		}
+	}
+	if examples < 3 {
+		t.Errorf("%d chain examples found in docs/cli.md, want its three", examples)
+	}
 }
