@@ -258,9 +258,9 @@ func hopText(p *client.Path, h client.Hop) string {
 		var words string
 		switch {
 		case !v6 && h.ICMPType == 3:
-			words = "unreachable: " + lookup(icmp4Unreachable, h.ICMPCode)
+			words = "unreachable: " + codeWords(icmp4Unreachable, h.ICMPCode)
 		case v6 && h.ICMPType == 1:
-			words = "unreachable: " + lookup(icmp6Unreachable, h.ICMPCode)
+			words = "unreachable: " + codeWords(icmp6Unreachable, h.ICMPCode)
 		case !v6 && h.ICMPType == 12, v6 && h.ICMPType == 4:
 			words = "parameter problem"
 		case v6 && h.ICMPType == 2:
@@ -273,7 +273,8 @@ func hopText(p *client.Path, h client.Hop) string {
 	return h.Answer.String()
 }
 
-func lookup(words []string, code int) string {
+// codeWords is the words for code in words, or the code by number.
+func codeWords(words []string, code int) string {
 	if code >= 0 && code < len(words) {
 		return words[code]
 	}
