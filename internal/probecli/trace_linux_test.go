@@ -201,3 +201,19 @@ func TestDocTraceExamples(t *testing.T) {
 		t.Errorf("%d chain examples found in docs/cli.md, want its three", examples)
 	}
 }
+
+// TestTraceRepeat checks connect --trace with --count: each failed
+// probe's line is followed by where its path stopped; on loopback a closed
+// port's path is one hop, the target's RST.
+func TestTraceRepeat(t *testing.T) {
+	t.Parallel()
+	closed := closedPort(t, "tcp")
+	r := probe(probetest.Context(t), nil, "connect", "--trace", "--count", "2", "--interval", "10ms", "127.0.0.1", closed)
+	refused := "connect 127.0.0.1:" + closed + ": connection refused (stage CONNECT, reason REFUSED, errno ECONNREFUSED)"
+	where := "REFUSED at CONNECT; reached 127.0.0.1:" + closed + " at hop 1 (RST: the port is closed)"
+	want := "probe 1: " + refused + "\nprobe 1: " + where + "\nprobe 2: " + refused + "\nprobe 2: " + where + "\n" +
+		"--- 127.0.0.1:" + closed + ": 2 probes, 2 failed, 100% loss\n"
+	if r.code != exitConnect || r.stdout != want {
+		t.Errorf("exit %d, stdout\n%s\nwant exit %d and\n%s", r.code, r.stdout, exitConnect, want)
+	}
+}
