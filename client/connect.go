@@ -24,6 +24,10 @@ type ConnectOptions struct {
 	// Source, when set, is the local address to connect from; the probe
 	// server must allow it (probed --allow-source).
 	Source netip.Addr
+	// Trace, when set, also traces the network path to the address the
+	// probe reached or failed at: when it failed, or always (see
+	// TraceOptions). ConnectResult.Path reports it.
+	Trace *TraceOptions
 }
 
 // ConnectResult is the report of a connect phase.
@@ -49,6 +53,10 @@ type ConnectResult struct {
 	// TCPInfo is the kernel's view of the connection right after it was
 	// made, where the server's system gives it (Linux).
 	TCPInfo *TCPInfo
+	// Path is the network path to the address probed, when
+	// ConnectOptions.Trace asked for one and the probe got as far as an
+	// address. A failed probe's ProbeError.Connect carries it too.
+	Path *Path
 
 	proto *netprobev1.ConnectResponse
 }
@@ -123,7 +131,7 @@ func (c *Client) Connect(ctx context.Context, network, address string, opts Conn
 		return nil, err
 	}
 	t.SourceAddress = sourceAddress(opts.Source)
-	req := &netprobev1.ConnectRequest{Target: t, ReverseLookup: opts.ReverseLookup, Tls: opts.TLS.proto()}
+	req := &netprobev1.ConnectRequest{Target: t, ReverseLookup: opts.ReverseLookup, Tls: opts.TLS.proto(), Trace: opts.Trace.proto()}
 	if opts.Timeout != 0 {
 		req.Timeout = durationpb.New(opts.Timeout)
 	}
@@ -149,6 +157,7 @@ func newConnectResult(resp *netprobev1.ConnectResponse) *ConnectResult {
 		TotalDuration:   resp.GetTotalDuration().AsDuration(),
 		TLS:             newTLSResult(resp.GetTls()),
 		TCPInfo:         newTCPInfo(resp.GetTcpInfo()),
+		Path:            newPath(resp.GetPath()),
 		proto:           resp,
 	}
 	for _, a := range resp.GetResolvedAddresses() {

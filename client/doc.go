@@ -18,4 +18,9 @@
 // fails part-way, Read returns the bytes that did arrive and then the
 // *ProbeError instead of io.EOF, so a failure is never taken for the end of
 // the reply.
+//
+// ConnectOptions.Trace also asks for the network path to the address
+// probed, hop by hop as traceroute finds it, when the probe fails or
+// always: ConnectResult.Path (and a failed probe's ProbeError.Connect.Path)
+// says which routers answered, what, and why the trace stopped.
 package client

@@ -3,6 +3,7 @@ package probecli
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ func (a *app) connectCommand() *cobra.Command {
 	var (
 		tf      targetFlags
 		reverse bool
+		trace   bool
 		hs      handshakeFlags
 		rf      repeatFlags
 	)
@@ -28,13 +30,28 @@ connected and how long each phase took. The connection is closed at once.
 
 The target is HOST PORT, HOST:PORT, [IPV6]:PORT or [IPV6] PORT. With
 --count it probes again and again, --interval apart, a line each, and ends
-with a summary like ping's.`,
+with a summary like ping's.
+
+With --trace, a probe that fails on the way to its target or at it (stages
+CONNECT, TLS_HANDSHAKE) is followed by a trace of the path to the address it
+failed at, as probe trace makes one (30 hops at most, a probe each, within
+10s): its hops are printed, and after the error a line says where the path
+stopped: "TIMEOUT at CONNECT; last hop that answered: 198.18.2.1 (hop 2);
+nothing beyond it". With -o json the response's "path" is the trace.`,
 		Example: `  probe connect localhost 22
   probe connect '[::1]:6379'
   probe connect -6 example.com https -o json
   probe connect --count 0 --interval 500ms db.internal:5432
+  probe connect --trace --timeout 2s db.internal 5432
   probe --server probed.internal connect db.internal 5432`,
 		Args: positional(1, 2, "HOST PORT|SERVICE or HOST:PORT"),
+		// Checked before a --server is dialled.
+		PreRunE: func(*cobra.Command, []string) error {
+			if trace && tf.udp {
+				return errors.New("--trace follows TCP targets only: leave out --udp")
+			}
+			return nil
+		},
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
 			host, port, rest, err := splitTarget(args)
 			if err != nil {
@@ -56,10 +73,17 @@ with a summary like ping's.`,
 				return err
 			}
 			opts := client.ConnectOptions{Timeout: a.Timeout, ReverseLookup: reverse, TLS: tlsOpts, Source: source}
+			callTimeout := a.Timeout + a.ServerTimeout
+			if trace {
+				// The service's defaults; the call waits for them too.
+				opts.Trace = &client.TraceOptions{}
+				callTimeout += defaultTraceTimeout
+			}
 			connect := func(ctx context.Context) (*client.ConnectResult, error) {
-				cctx, cancel := a.callContext(ctx)
+				cctx, cancel := context.WithTimeout(ctx, callTimeout)
 				defer cancel()
-				return c.Connect(cctx, tf.network(), addr, opts)
+				res, err := c.Connect(cctx, tf.network(), addr, opts)
+				return res, withPath(err)
 			}
 			if rf.repeating() {
 				return a.repeat(ctx, rf, addr, func(ctx context.Context) outcome {
@@ -81,6 +105,9 @@ with a summary like ping's.`,
 					}
 				} else {
 					printConnect(a.out, host, res, a.Verbose)
+					if res.Path != nil {
+						printHops(a.out, res.Path)
+					}
 				}
 			}
 			return err
@@ -88,6 +115,7 @@ with a summary like ping's.`,
 	}
 	tf.register(cmd)
 	cmd.Flags().BoolVarP(&reverse, "reverse", "r", false, "look the peer address up by address (PTR) once connected")
+	cmd.Flags().BoolVar(&trace, "trace", false, "when the probe fails, trace the path to the address it failed at and say where it stopped (as probe trace, with its defaults)")
 	hs.register(a, cmd)
 	rf.register(cmd)
 	return cmd

@@ -37,8 +37,8 @@ var exitCodes = []struct {
 	code int
 	text string
 }{
-	{exitOK, "success: the probe ran and the target answered"},
-	{exitOther, "any other failure"},
+	{exitOK, "success: the probe ran and the target answered; trace: the path reached the\n       target (its SYN-ACK, or its RST)"},
+	{exitOther, "any other failure; trace: the connect reached the target but the trace did\n       not (--max-hops, --timeout). A trace that did not reach it after a failed\n       connect exits as the connect's failure does (7, 28, ...)"},
 	{exitUsage, "bad usage: an unknown command or flag, wrong arguments, conflicting flags, a bad\n       value (a PORT out of range, a PROTOCOL other than tcp and udp, a request the\n       server finds invalid)"},
 	{exitNoService, "no such service: the SERVICE given for PORT, or to resolve (stage SERVICE_LOOKUP)"},
 	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},

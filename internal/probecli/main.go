@@ -133,6 +133,11 @@ func run(ctx context.Context, args []string, std streams, getenv func(string) st
 	default:
 		fmt.Fprintf(std.err, "probe: %s: %s: %s\n", a.serverName(), st.Code(), st.Message())
 	}
+	// A probe traced on failure says where its path stopped.
+	var traced tracedError
+	if errors.As(err, &traced) {
+		fmt.Fprintf(std.err, "probe: %s\n", traced.where())
+	}
 	// Only a command line the CLI could not run sends the user to --help:
 	// a request the server refused (INVALID_ARGUMENT among them) says why
 	// itself.
@@ -158,7 +163,7 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		// With no subcommand, say so as a usage error.
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return errors.New("a command is required: connect, fetch, resolve, health or sweep")
+			return errors.New("a command is required: connect, trace, fetch, resolve, health or sweep")
 		},
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return a.readEnv(cmd.Flags())
@@ -172,7 +177,7 @@ func (a *app) rootCommand() *cobra.Command {
 		panic(err) // the tags of globals are wrong: every test fails
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.connectCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
+	root.AddCommand(a.connectCommand(), a.traceCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
 	// Cobra's completion command prints its help, and exits 0, for a shell
 	// it has no script for: that is a usage error.
 	root.InitDefaultCompletionCmd()

@@ -307,7 +307,7 @@ func TestUsage(t *testing.T) {
 		help string // the command named in the hint; "" for none, when the server refused the request
 	}{
 		{[]string{"frob"}, nil, `probe: unknown command "frob" for "probe"`, "probe"},
-		{nil, nil, "probe: a command is required: connect, fetch, resolve, health or sweep", "probe"},
+		{nil, nil, "probe: a command is required: connect, trace, fetch, resolve, health or sweep", "probe"},
 		{[]string{"connect", "127.0.0.1"}, nil, `probe: target "127.0.0.1" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe connect"},
 		{[]string{"connect", "[::1]"}, nil, `probe: target "[::1]" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe connect"},
 		{[]string{"connect", "127.0.0.1:"}, nil, `probe: target "127.0.0.1:": PORT is empty: give a port number or a service name`, "probe connect"},
@@ -327,6 +327,9 @@ func TestUsage(t *testing.T) {
 		{[]string{"connect", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s", ""},
 		{[]string{"connect", "127.0.0.1", p}, map[string]string{"NETPROBE_TIMEOUT": "soon"}, `probe: NETPROBE_TIMEOUT="soon": invalid argument "soon" for "--timeout" flag: "soon" is not a duration such as 500ms, 5s or 1m`, "probe connect"},
 		{[]string{"connect", "--frob", "127.0.0.1", p}, nil, "probe: unknown flag: --frob", "probe connect"},
+		{[]string{"trace", "127.0.0.1"}, nil, `probe: target "127.0.0.1" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe trace"},
+		// probe trace's --timeout is the trace's budget, which the server caps.
+		{[]string{"trace", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: trace.timeout: 1m30s is over the server's maximum of 1m0s", ""},
 		{[]string{"resolve"}, nil, "probe: want SERVICE [PROTOCOL] or --port N [PROTOCOL], got 0 arguments", "probe resolve"},
 		{[]string{"resolve", "--port", "0"}, nil, "probe: --port 0: want 1-65535", "probe resolve"},
 		{[]string{"resolve", "\xff"}, nil, `probe: SERVICE "\xff" is not UTF-8`, "probe resolve"},

@@ -89,6 +89,10 @@ func (a *app) repeat(ctx context.Context, rf repeatFlags, target string, probe f
 		case a.Output == "json":
 		case o.err != nil:
 			fmt.Fprintf(a.out, "probe %d: %v\n", sent, o.err)
+			var traced tracedError
+			if errors.As(o.err, &traced) {
+				fmt.Fprintf(a.out, "probe %d: %s\n", sent, traced.where())
+			}
 		default:
 			fmt.Fprintf(a.out, "probe %d: %s\n", sent, o.line)
 		}

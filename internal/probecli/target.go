@@ -17,10 +17,16 @@ type targetFlags struct {
 }
 
 func (t *targetFlags) register(cmd *cobra.Command) {
+	t.registerFamily(cmd)
+	cmd.Flags().BoolVar(&t.udp, "udp", false, "use UDP instead of TCP")
+}
+
+// registerFamily registers -4 and -6 alone, for a command that is TCP's
+// only.
+func (t *targetFlags) registerFamily(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVarP(&t.ipv4, "ipv4", "4", false, "use IPv4 addresses only")
 	f.BoolVarP(&t.ipv6, "ipv6", "6", false, "use IPv6 addresses only")
-	f.BoolVar(&t.udp, "udp", false, "use UDP instead of TCP")
 	cmd.MarkFlagsMutuallyExclusive("ipv4", "ipv6")
 }
 

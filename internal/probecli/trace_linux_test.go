@@ -1,0 +1,219 @@
+package probecli
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/netlab"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// The chain's target ports, one per behaviour, as cmd/probed's TestTrace
+// has them.
+const (
+	chainPortOpen     = 80
+	chainPortDropped  = 82 // r2 drops the SYNs
+	chainPortRejected = 83 // r2 answers them administratively prohibited
+)
+
+// traceChain is a chain client - r1 - r2 - r3 - target whose target
+// serves chainPortOpen, and whose r2 drops chainPortDropped's SYNs and
+// rejects chainPortRejected's, both families.
+func traceChain(t *testing.T) *netlab.Chain {
+	t.Helper()
+	c := netlab.NewChain(t, 3)
+	for _, ip := range []netip.Addr{c.Target.V4, c.Target.V6} {
+		for _, p := range []uint16{chainPortOpen, chainPortDropped, chainPortRejected} {
+			probetest.NewTarget(t, c.Target.Listen(t, netip.AddrPortFrom(ip, p).String()), func(conn net.Conn) { conn.Close() })
+		}
+	}
+	c.Filter(t, 2, chainPortDropped, netlab.Drop)
+	c.Filter(t, 2, chainPortRejected, netlab.Reject)
+	return c
+}
+
+// probeOn runs the probe binary on host with args.
+func probeOn(t *testing.T, host *netlab.Host, args ...string) result {
+	t.Helper()
+	cmd := host.Command(probeBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("probe %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return result{cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()}
+}
+
+// TestTraceChain runs probe trace and probe connect --trace across a
+// chain of namespaces, with the service in the CLI's process and in a
+// probed beside it: a complete path, a drop at r2 (the last hop that
+// answered, then silence), a reject at r2 (the unreachable in words, both
+// families), several probes a hop (the loss column, none and all lost),
+// and -o json carrying the path. What each prints is compared as the doc
+// tests compare it: times and ports aside.
+func TestTraceChain(t *testing.T) {
+	t.Parallel()
+	c := traceChain(t)
+	p := probetest.StartProbed(t, c.Client.Command(probedBin, "--listen=127.0.0.1:0"))
+	hopsTo := func(port string) string {
+		return "trace to 198.18.4.1:" + port + " from 198.18.1.2:#\n" +
+			" 1 198.18.1.1 # time exceeded\n" +
+			" 2 198.18.2.1 # time exceeded\n" +
+			" 3 198.18.3.1 # time exceeded\n"
+	}
+	prohibited := "unreachable: communication administratively prohibited"
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string // stdout, then stderr, as normalize leaves them
+	}{
+		{"complete", []string{"trace", "198.18.4.1", "80"}, exitOK, hopsTo("80") +
+			" 4 198.18.4.1 # SYN-ACK\n" +
+			"reached 198.18.4.1:80 at hop 4 (SYN-ACK); the trace took # of #, every probe on one flow (Paris)\n"},
+		{"complete IPv6", []string{"trace", "-6", "2001:db8:4::1", "80"}, exitOK,
+			"trace to [2001:db8:4::1]:80 from [2001:db8:1::2]:#\n" +
+				" 1 2001:db8:1::1 # time exceeded\n" +
+				" 2 2001:db8:2::1 # time exceeded\n" +
+				" 3 2001:db8:3::1 # time exceeded\n" +
+				" 4 2001:db8:4::1 # SYN-ACK\n" +
+				"reached [2001:db8:4::1]:80 at hop 4 (SYN-ACK); the trace took # of #, every probe on one flow (Paris)\n"},
+		{"connect --trace, connected", []string{"connect", "--trace", "198.18.4.1", "80"}, exitOK,
+			"connected to 198.18.4.1:80 from 198.18.1.2:# in # (total #), rtt #\n"},
+		{"connect --trace, dropped at r2", []string{"connect", "--trace", "--timeout", "1s", "198.18.4.1", "82"}, exitTimeout,
+			"trace to 198.18.4.1:82 from 198.18.1.2:#\n" +
+				" 1 198.18.1.1 # time exceeded\n" +
+				" 2 * no answer\n 3 * no answer\n 4 * no answer\n 5 * no answer\n 6 * no answer\n" +
+				"probe: connect 198.18.4.1:82: timed out (stage CONNECT, reason TIMEOUT)\n" +
+				"probe: TIMEOUT at CONNECT; last hop that answered: 198.18.1.1 (hop 1); nothing beyond it\n"},
+		{"dropped at r2", []string{"trace", "--timeout", "8s", "198.18.4.1", "82"}, exitTimeout,
+			"trace to 198.18.4.1:82 from 198.18.1.2:#\n" +
+				" 1 198.18.1.1 # time exceeded\n" +
+				" 2 * no answer\n 3 * no answer\n 4 * no answer\n 5 * no answer\n 6 * no answer\n" +
+				"not reached: last hop that answered: 198.18.1.1 (hop 1); nothing beyond it; the trace took # of #, every probe on one flow (Paris)\n" +
+				"probe: connect 198.18.4.1:82: timed out (stage CONNECT, reason TIMEOUT)\n"},
+		{"rejected at r2", []string{"trace", "198.18.4.1", "83"}, exitConnect,
+			"trace to 198.18.4.1:83 from 198.18.1.2:#\n" +
+				" 1 198.18.1.1 # time exceeded\n" +
+				" 2 198.18.2.1 # " + prohibited + " (ICMP 3/13)\n" +
+				"not reached: 198.18.2.1 (hop 2) answered " + prohibited + " (ICMP 3/13); the trace took # of #, every probe on one flow (Paris)\n" +
+				"probe: connect 198.18.4.1:83: no route to host (stage CONNECT, reason HOST_UNREACHABLE, errno EHOSTUNREACH)\n"},
+		{"rejected at r2, IPv6", []string{"connect", "--trace", "2001:db8:4::1", "83"}, exitConnect,
+			"trace to [2001:db8:4::1]:83 from [2001:db8:1::2]:#\n" +
+				" 1 2001:db8:1::1 # time exceeded\n" +
+				" 2 2001:db8:2::1 # " + prohibited + " (ICMPv6 1/1)\n" +
+				"probe: connect [2001:db8:4::1]:83: permission denied (stage CONNECT, reason PROHIBITED, errno EACCES)\n" +
+				"probe: PROHIBITED at CONNECT; 2001:db8:2::1 (hop 2) answered " + prohibited + " (ICMPv6 1/1)\n"},
+		{"three probes a hop", []string{"trace", "--probes", "3", "198.18.4.1:80"}, exitOK,
+			"trace to 198.18.4.1:80 from 198.18.1.2:#\n" +
+				" 1 198.18.1.1 # # # lost 0 of 3 (0%) time exceeded\n" +
+				" 2 198.18.2.1 # # # lost 0 of 3 (0%) time exceeded\n" +
+				" 3 198.18.3.1 # # # lost 0 of 3 (0%) time exceeded\n" +
+				" 4 198.18.4.1 # # # lost 0 of 3 (0%) SYN-ACK\n" +
+				"reached 198.18.4.1:80 at hop 4 (SYN-ACK); the trace took # of #, every probe on one flow (Paris)\n"},
+		// The budget ends the trace in the silence: hop 2's three probes
+		// are lost, and what it had begun of hop 3 is not counted.
+		{"three probes a hop, dropped at r2", []string{"trace", "--probes", "3", "--timeout", "3500ms", "198.18.4.1:82"}, exitTimeout,
+			"trace to 198.18.4.1:82 from 198.18.1.2:#\n" +
+				" 1 198.18.1.1 # # # lost 0 of 3 (0%) time exceeded\n" +
+				" 2 * lost 3 of 3 (100%) no answer\n" +
+				"...\n" +
+				"not reached: last hop that answered: 198.18.1.1 (hop 1); the trace's # ran out; the trace took # of #, every probe on one flow (Paris)\n" +
+				"probe: connect 198.18.4.1:82: timed out (stage CONNECT, reason TIMEOUT)\n"},
+	} {
+		for _, mode := range []struct {
+			name  string
+			flags []string
+		}{{"in-process", nil}, {"probed", []string{"--server", p.Addr}}} {
+			t.Run(tc.name+"/"+mode.name, func(t *testing.T) {
+				t.Parallel()
+				r := probeOn(t, c.Client, append(mode.flags, tc.args...)...)
+				if got, want := normalize(r.stdout+r.stderr), normalize(tc.want); r.code != tc.code || !matches(got, want) {
+					t.Errorf("exit %d, printed\n%s%s\nwant exit %d and\n%s", r.code, r.stdout, r.stderr, tc.code, tc.want)
+				}
+			})
+		}
+	}
+
+	t.Run("json", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name string
+			args []string
+			code int
+			hops int
+			end  netprobev1.PathEnd
+		}{
+			{"trace", []string{"trace", "-o", "json", "198.18.4.1", "80"}, exitOK, 4, netprobev1.PathEnd_PATH_END_REACHED},
+			{"connect --trace", []string{"connect", "-o", "json", "--trace", "198.18.4.1", "83"}, exitConnect, 2, netprobev1.PathEnd_PATH_END_UNREACHABLE},
+		} {
+			r := probeOn(t, c.Client, tc.args...)
+			var resp netprobev1.ConnectResponse
+			if err := protojson.Unmarshal([]byte(r.stdout), &resp); err != nil {
+				t.Fatalf("%s: %v\n%s", tc.name, err, r.stdout)
+			}
+			if path := resp.GetPath(); r.code != tc.code || len(path.GetHops()) != tc.hops || path.GetEnd() != tc.end || path.GetDestination() != "198.18.4.1:"+tc.args[len(tc.args)-1] {
+				t.Errorf("%s: exit %d, path %v; want exit %d, %d hops to the target's address, %v", tc.name, r.code, path, tc.code, tc.hops, tc.end)
+			}
+		}
+	})
+}
+
+// TestDocTraceExamples runs docs/cli.md's examples of a trace three
+// routers away (those onChain) in the chain they describe, traceChain's,
+// with the probe binary on its client, as TestDocExamples runs the others.
+func TestDocTraceExamples(t *testing.T) {
+	t.Parallel()
+	c := traceChain(t)
+	text, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples := 0
+	for _, block := range consoleBlocks(string(text)) {
+		for _, ex := range block {
+			_, args, ok := parseCommand(ex.command)
+			if !ok || !onChain(args) {
+				continue
+			}
+			examples++
+			t.Run(ex.command, func(t *testing.T) {
+				t.Parallel()
+				r := probeOn(t, c.Client, args...)
+				if got, want := normalize(r.stdout+r.stderr), normalize(ex.output); !matches(got, want) {
+					t.Errorf("$ %s\nprinted\n%s%s\nwant\n%s", ex.command, r.stdout, r.stderr, ex.output)
+				}
+			})
+		}
+	}
+	if examples < 3 {
+		t.Errorf("%d chain examples found in docs/cli.md, want its three", examples)
+	}
+}
+
+// TestTraceRepeat checks connect --trace with --count: each failed
+// probe's line is followed by where its path stopped; on loopback a closed
+// port's path is one hop, the target's RST.
+func TestTraceRepeat(t *testing.T) {
+	t.Parallel()
+	closed := closedPort(t, "tcp")
+	r := probe(probetest.Context(t), nil, "connect", "--trace", "--count", "2", "--interval", "10ms", "127.0.0.1", closed)
+	refused := "connect 127.0.0.1:" + closed + ": connection refused (stage CONNECT, reason REFUSED, errno ECONNREFUSED)"
+	where := "REFUSED at CONNECT; reached 127.0.0.1:" + closed + " at hop 1 (RST: the port is closed)"
+	want := "probe 1: " + refused + "\nprobe 1: " + where + "\nprobe 2: " + refused + "\nprobe 2: " + where + "\n" +
+		"--- 127.0.0.1:" + closed + ": 2 probes, 2 failed, 100% loss\n"
+	if r.code != exitConnect || r.stdout != want {
+		t.Errorf("exit %d, stdout\n%s\nwant exit %d and\n%s", r.code, r.stdout, exitConnect, want)
+	}
+}
