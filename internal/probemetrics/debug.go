@@ -221,6 +221,7 @@ type moduleYAML struct {
 	IPFamily string           `yaml:"ip_family,omitempty"`
 	Source   string           `yaml:"source_ip_address,omitempty"`
 	TLS      map[string]any   `yaml:"tls,omitempty"`
+	ICMP     map[string]any   `yaml:"icmp,omitempty"`
 	Steps    []map[string]any `yaml:"steps,omitempty"`
 	Netprobe map[string]any   `yaml:"netprobe,omitempty"`
 	Error    string           `yaml:"error,omitempty"`
@@ -253,6 +254,12 @@ func moduleView(r *Result) *moduleYAML {
 		}
 		if len(m.ALPN) > 0 {
 			out.TLS["alpn"] = m.ALPN
+		}
+	}
+	if o := m.ICMP; o != nil {
+		out.ICMP = map[string]any{"payload_bytes": o.GetPayloadBytes(), "dont_fragment": o.GetDontFragment(), "ttl": "the system's default"}
+		if o.Ttl != nil {
+			out.ICMP["ttl"] = o.GetTtl()
 		}
 	}
 	for i, st := range m.Steps {
