@@ -63,7 +63,10 @@ func TestAdditionsTable(t *testing.T) {
 // connects (IPv4 and IPv6) and is refused, TLS with a test CA that
 // verifies and a certificate that has expired, an SSH banner and a banner
 // that is not one, a name that does not resolve, a target without a port,
-// a port out of range and a host that is not one. Every series
+// a port out of range and a host that is not one; and ICMP echoes
+// (blackbox.yml's icmp and icmp_ttl5, and one of every option) of
+// loopback in both families, of a name, and of targets that fail before
+// any echo. Every series
 // blackbox_exporter gives, probed gives, with its type, help, labels and
 // value (but for times); every series probed gives beyond them is one of
 // probemetrics.Additions, with its labels.
@@ -89,6 +92,19 @@ func TestSeriesParity(t *testing.T) {
       query_response:
       - expect: "^SSH-2.0-"
       - send: "SSH-2.0-blackbox-ssh-check"
+  icmp:
+    prober: icmp
+  icmp_ttl5:
+    prober: icmp
+    icmp:
+      ttl: 5
+  icmp_ip4:
+    prober: icmp
+    icmp:
+      preferred_ip_protocol: ip4
+      ip_protocol_fallback: false
+      payload_size: 1000
+      dont_fragment: true
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -123,24 +139,43 @@ func TestSeriesParity(t *testing.T) {
 		c.Close()
 	})
 
-	for _, tc := range []struct{ name, module, target string }{
-		{"connects", "tcp_connect", live.Addr()},
-		{"connects over IPv6", "tcp_connect", live6.Addr()},
-		{"refused", "tcp_connect", closed},
-		{"TLS that verifies", "tls_connect", goodTLS.Addr()},
-		{"an expired certificate", "tls_connect", expiredTLS.Addr()},
-		{"an SSH banner", "ssh_banner", ssh.Addr()},
-		{"not an SSH banner", "ssh_banner", notSSH.Addr()},
-		{"a name that does not resolve", "tcp_connect", "nowhere.invalid:22"},
-		{"no port", "tcp_connect", "127.0.0.1"},
-		{"a port out of range", "tcp_connect", "127.0.0.1:65536"},
-		{"a host that is not one", "tcp_connect", "bad host:22"},
+	for _, tc := range []struct {
+		name, module, target string
+		success              float64
+	}{
+		{"connects", "tcp_connect", live.Addr(), 1},
+		{"connects over IPv6", "tcp_connect", live6.Addr(), 1},
+		{"refused", "tcp_connect", closed, 0},
+		{"TLS that verifies", "tls_connect", goodTLS.Addr(), 1},
+		{"an expired certificate", "tls_connect", expiredTLS.Addr(), 0},
+		{"an SSH banner", "ssh_banner", ssh.Addr(), 1},
+		{"not an SSH banner", "ssh_banner", notSSH.Addr(), 0},
+		{"a name that does not resolve", "tcp_connect", "nowhere.invalid:22", 0},
+		{"no port", "tcp_connect", "127.0.0.1", 0},
+		{"a port out of range", "tcp_connect", "127.0.0.1:65536", 0},
+		{"a host that is not one", "tcp_connect", "bad host:22", 0},
+		// An echo's target is a host; loopback answers.
+		{"an echo", "icmp", "127.0.0.1", 1},
+		{"an echo over IPv6", "icmp", "::1", 1},
+		{"an echo with a TTL", "icmp_ttl5", "127.0.0.1", 1},
+		{"an echo, unfragmented", "icmp_ip4", "127.0.0.1", 1},
+		{"an echo of a name", "icmp_ip4", "localhost", 1},
+		{"an echo of a name that does not resolve", "icmp", "nowhere.invalid", 0},
+		{"an echo of an address of the other family", "icmp_ip4", "::1", 0},
+		{"an echo of HOST:PORT", "icmp", "127.0.0.1:22", 0},
+		{"an echo of a host that is not one", "icmp", "bad host", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if strings.HasPrefix(tc.module, "icmp") {
+				probetest.RequireEcho(t)
+			}
 			want := scrapeProbe(t, blackbox, tc.module, tc.target)
 			got := scrapeProbe(t, p.MetricsAddr, tc.module, tc.target)
 			for _, diff := range seriesDiff(want, got) {
 				t.Error(diff)
+			}
+			if v := seriesOf(want["probe_success"])["{}"]; v != tc.success {
+				t.Errorf("blackbox_exporter's probe_success is %v, want %v", v, tc.success)
 			}
 		})
 	}
@@ -193,7 +228,7 @@ func scrapeProbe(t *testing.T, addr, module, target string) map[string]*dto.Metr
 }
 
 // timed are the metrics whose values are times each probe measures anew.
-var timed = []string{"probe_duration_seconds", "probe_dns_lookup_time_seconds"}
+var timed = []string{"probe_duration_seconds", "probe_dns_lookup_time_seconds", "probe_icmp_duration_seconds"}
 
 // seriesDiff lists what differs between blackbox_exporter's metrics
 // (want) and probed's (got), but for probemetrics.Additions.

@@ -66,7 +66,15 @@ func TestProbeFrom(t *testing.T) {
         labels:
         - name: who
           value: "${1}"
-`)}
+  icmp:
+    prober: icmp
+    icmp:
+      ttl: 5
+  icmp_sourced:
+    prober: icmp
+    icmp:
+      source_ip_address: 127.0.0.1
+`), "--allow-source=127.0.0.1"}
 	})
 	live := probetest.Listen(t, "127.0.0.1:0", nil)
 	hello := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
@@ -129,6 +137,20 @@ func TestProbeFrom(t *testing.T) {
 			"probe_fanout_nodes_asked":     {`{}`: 0},
 			"probe_fanout_nodes_succeeded": {`{}`: 0},
 		}},
+		// An icmp module's echo goes from each node, with its options.
+		{"an echo", "icmp", "127.0.0.1", "node=n1,n3", map[string]map[string]float64{
+			"probe_success":                {`{}`: 1, `{vantage="n1"}`: 1, `{vantage="n3"}`: 1},
+			"probe_icmp_reply_hop_limit":   {`{vantage="n1"}`: 64, `{vantage="n3"}`: 64},
+			"probe_ip_protocol":            {`{vantage="n1"}`: 4, `{vantage="n3"}`: 4},
+			"probe_fanout_nodes_asked":     {`{}`: 2},
+			"probe_fanout_nodes_succeeded": {`{}`: 2},
+			"probe_failure_info":           nil,
+		}},
+		{"an echo of HOST:PORT", "icmp", "127.0.0.1:80", "all", map[string]map[string]float64{
+			"probe_success":            {`{}`: 0},
+			"probe_failure_info":       {`{errno="",reason="REASON_NO_SUCH_HOST",stage="STAGE_RESOLVE"}`: 1},
+			"probe_fanout_nodes_asked": {`{}`: 0},
+		}},
 		{"a host that is not one", "tcp_connect", "bad host:80", "all", map[string]map[string]float64{
 			"probe_success":            {`{}`: 0},
 			"probe_failure_info":       {`{errno="",reason="REASON_NO_SUCH_HOST",stage="STAGE_RESOLVE"}`: 1},
@@ -136,6 +158,9 @@ func TestProbeFrom(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.module == "icmp" {
+				probetest.RequireEcho(t)
+			}
 			start := time.Now()
 			code, body, got := scrapeFrom(t, entry, tc.module, tc.target, tc.from)
 			if code != http.StatusOK {
@@ -195,6 +220,7 @@ func TestProbeFrom(t *testing.T) {
 		{"no such node", entry, "tcp_connect", "node=n9", false, "vantages: no node matches nodes n9"},
 		{"a udp module", entry, "udp", "all", false, `Module "udp" cannot run from a fleet's nodes (from=): a Sweep entry sends no datagram`},
 		{"a module with expect labels", entry, "extract", "all", false, `Module "extract" cannot run from a fleet's nodes (from=): a Sweep's dialogue reports no matches`},
+		{"an echo from this node's address", entry, "icmp_sourced", "all", false, `Module "icmp_sourced" cannot run from a fleet's nodes (from=): its source_ip_address is an address of this node`},
 		{"debug", entry, "tcp_connect", "all", true, "debug=true shows one probe's dialogue"},
 		{"a server without peers", lone.MetricsAddr, "tcp_connect", "all", false, "vantages: this server has no peers (probed --peers), so it cannot fan a sweep out"},
 		{"all with a name", entry, "tcp_connect", "all,node=n2", false, "vantages.all: all selects every node, and goes alone"},

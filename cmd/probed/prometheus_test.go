@@ -244,7 +244,12 @@ func waitQuery(t *testing.T, web, query string) float64 {
 
 // instantQuery runs query at Prometheus's API and returns its one value.
 func instantQuery(t *testing.T, web, query string) (float64, bool) {
-	resp, err := http.Get("http://" + web + "/api/v1/query?query=" + url.QueryEscape(query))
+	return instantQueryVia(t, http.DefaultClient, web, query)
+}
+
+// instantQueryVia is instantQuery through client.
+func instantQueryVia(t *testing.T, client *http.Client, web, query string) (float64, bool) {
+	resp, err := client.Get("http://" + web + "/api/v1/query?query=" + url.QueryEscape(query))
 	if err != nil {
 		return 0, false
 	}

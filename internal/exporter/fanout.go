@@ -144,8 +144,8 @@ func selector(from, limit string) (*netprobev1.VantageSelector, error) {
 }
 
 // unsweepable says why m cannot run on other nodes as a Sweep entry (a
-// connect, a TLS handshake, a dialogue that ends with an expect, sent to
-// each node as it is), or "" when it can.
+// connect, a TLS handshake, a dialogue that ends with an expect, an ICMP
+// echo, sent to each node as it is), or "" when it can.
 func unsweepable(m *modules.Module) string {
 	switch {
 	case m.Prober == "udp":
@@ -165,11 +165,11 @@ func unsweepable(m *modules.Module) string {
 }
 
 // sweepEntry is m's probe of target as a Sweep entry: a Connect's
-// target and TLS options, or a dialogue's steps too.
+// target and TLS or ICMP options, or a dialogue's steps too.
 func sweepEntry(m *modules.Module, target *netprobev1.Target, timeout time.Duration) *netprobev1.SweepTarget {
 	connect, fetch := m.Request(target, timeout)
 	if connect != nil {
-		return &netprobev1.SweepTarget{Target: connect.GetTarget(), Timeout: connect.GetTimeout(), Tls: connect.GetTls()}
+		return &netprobev1.SweepTarget{Target: connect.GetTarget(), Timeout: connect.GetTimeout(), Tls: connect.GetTls(), Icmp: connect.GetIcmp()}
 	}
 	return &netprobev1.SweepTarget{Target: fetch.GetTarget(), Timeout: fetch.GetTimeout(), Tls: fetch.GetTls(), Steps: fetch.GetSteps()}
 }

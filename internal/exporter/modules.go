@@ -72,13 +72,22 @@ func (c *moduleCheck) modules(set *modules.Set) error {
 	return nil
 }
 
-// violations lists the field violations of a refused request.
+// moduleKeys are the module file's names of the request's fields that
+// differ from them, for the errors of the module check.
+var moduleKeys = map[string]string{"icmp.payload_bytes": "icmp.payload_size"}
+
+// violations lists the field violations of a refused request, named as
+// the module file names them.
 func violations(err error) string {
 	var out []string
 	for _, d := range status.Convert(err).Details() {
 		if br, ok := d.(*errdetails.BadRequest); ok {
 			for _, v := range br.GetFieldViolations() {
-				out = append(out, v.GetField()+": "+v.GetDescription())
+				field := v.GetField()
+				if key, ok := moduleKeys[field]; ok {
+					field = key
+				}
+				out = append(out, field+": "+v.GetDescription())
 			}
 		}
 	}

@@ -227,8 +227,14 @@ func (sc *scraper) probe(ctx context.Context, res *probemetrics.Result, m *modul
 }
 
 // target is the target raw names, to probe with m; or nil when it cannot
-// be probed (not HOST:PORT, or m cannot run), which fails res.
+// be probed (not HOST:PORT, or m cannot run), which fails res. An icmp
+// module's target is a host, as blackbox_exporter's is: it resolves raw
+// as it is, and a HOST:PORT fails there, a name that does not resolve.
 func (sc *scraper) target(ctx context.Context, res *probemetrics.Result, m *modules.Module, raw string, timeout time.Duration, logger *slog.Logger) *netprobev1.Target {
+	if m.Prober == "icmp" {
+		res.Addressed(raw)
+		return sc.runnable(ctx, res, m, &netprobev1.Target{Host: raw}, timeout, logger)
+	}
 	host, port, err := net.SplitHostPort(raw)
 	if err != nil {
 		// blackbox_exporter, too, fails the probe before resolving
@@ -248,6 +254,11 @@ func (sc *scraper) target(ctx context.Context, res *probemetrics.Result, m *modu
 		// A number over 65535 is a service name the probe service refuses.
 		target.Service = port
 	}
+	return sc.runnable(ctx, res, m, target, timeout, logger)
+}
+
+// runnable is target, or nil when m cannot run, which fails res.
+func (sc *scraper) runnable(ctx context.Context, res *probemetrics.Result, m *modules.Module, target *netprobev1.Target, timeout time.Duration, logger *slog.Logger) *netprobev1.Target {
 	if m.Err != nil {
 		sc.failed(ctx, res, m, "", target, timeout, &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_OTHER, Message: m.Err.Error()})
 		logger.Error("the module cannot run: nothing was dialled", "err", m.Err)

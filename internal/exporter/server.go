@@ -54,7 +54,7 @@ type Config struct {
 	// ModulesFile is a module file in blackbox_exporter's format; empty
 	// serves the default modules. It is read again when it changes
 	// (looked at once a second at most) and on Reload.
-	ModulesFile string `flag:"modules-file" env:"NETPROBE_MODULES_FILE" group:"Prometheus" help:"Serve /probe (blackbox_exporter's multi-target endpoint, on --metrics-addr) with the modules of this file, in blackbox_exporter's format: its tcp modules run, those of its other probers are listed as not run. Reloaded when it changes or on SIGHUP; a file that does not load leaves the modules as they were. Without it: tcp_connect, tls_connect, udp and PROTO_starttls."`
+	ModulesFile string `flag:"modules-file" env:"NETPROBE_MODULES_FILE" group:"Prometheus" help:"Serve /probe (blackbox_exporter's multi-target endpoint, on --metrics-addr) with the modules of this file, in blackbox_exporter's format: its tcp and icmp modules run, those of its other probers are listed as not run. Reloaded when it changes or on SIGHUP; a file that does not load leaves the modules as they were. Without it: tcp_connect, tls_connect, udp and PROTO_starttls."`
 	// ScrapeTimeoutOffset is taken off a scrape's timeout for its probe's.
 	ScrapeTimeoutOffset time.Duration `flag:"scrape-timeout-offset" env:"NETPROBE_SCRAPE_TIMEOUT_OFFSET" default:"500ms" group:"Prometheus" help:"Taken off a scrape's timeout (X-Prometheus-Scrape-Timeout-Seconds) for its probe's, so that the answer arrives in time."`
 	// MetricsMaxConns caps the listener's open connections, and

@@ -1,10 +1,10 @@
 // Package modules reads probe modules in blackbox_exporter's format: the
 // file probed takes with --modules-file and scrapes of /probe name. Its
-// tcp modules become netprobe probes with every option of
-// blackbox_exporter's tcp prober; a "netprobe:" section adds netprobe's own
-// options, and the udp prober is netprobe's. Modules of blackbox_exporter's
-// other probers (http, dns, icmp, grpc, unix, websocket) are listed as not
-// run, so that an existing blackbox.yml loads as it is.
+// tcp and icmp modules become netprobe probes with every option of
+// blackbox_exporter's tcp and icmp probers; a "netprobe:" section adds
+// netprobe's own options, and the udp prober is netprobe's. Modules of
+// blackbox_exporter's other probers (http, dns, grpc, unix, websocket) are
+// listed as not run, so that an existing blackbox.yml loads as it is.
 package modules
 
 import (
@@ -50,7 +50,7 @@ func (s *Set) Names() []string {
 // Module is one module netprobe runs.
 type Module struct {
 	Name string
-	// Prober is "tcp" or "udp".
+	// Prober is "tcp", "udp" or "icmp".
 	Prober string
 	// Timeout bounds the probe; zero leaves it to the scrape's timeout.
 	Timeout time.Duration
@@ -75,6 +75,9 @@ type Module struct {
 	MaxBytes      uint64
 	ReverseLookup bool
 	Payload       []byte
+	// ICMP is an icmp module's echo: its payload size, don't-fragment
+	// and TTL.
+	ICMP *netprobev1.IcmpOptions
 
 	// Err is why the module cannot run, such as a tls_config file that
 	// could not be read; its scrapes fail saying so.
@@ -108,7 +111,7 @@ func Load(path string) (*Set, []string, error) {
 }
 
 // The probers of blackbox_exporter that netprobe does not run.
-var otherProbers = []string{"http", "dns", "icmp", "grpc", "unix", "websocket"}
+var otherProbers = []string{"http", "dns", "grpc", "unix", "websocket"}
 
 // Parse reads a module file; file resolves its relative file names (of
 // ca_file, cert_file, key_file) as blackbox_exporter does, against the
@@ -134,7 +137,7 @@ func Parse(data []byte, file string) (*Set, []string, error) {
 			return fmt.Sprintf("module %s, line %d", name, lineOf(&root, append([]any{"modules", name}, path...)...))
 		}
 		switch {
-		case m.Prober == "tcp" || m.Prober == "udp":
+		case m.Prober == "tcp" || m.Prober == "udp" || m.Prober == "icmp":
 			mod, err := m.module(name, file, at)
 			if err != nil {
 				return nil, nil, err
@@ -149,7 +152,7 @@ func Parse(data []byte, file string) (*Set, []string, error) {
 		case m.Prober == "":
 			return nil, nil, fmt.Errorf("%s: no prober", at())
 		default:
-			return nil, nil, fmt.Errorf("%s: unknown prober %q: netprobe runs tcp and udp", at("prober"), m.Prober)
+			return nil, nil, fmt.Errorf("%s: unknown prober %q: netprobe runs tcp, udp and icmp", at("prober"), m.Prober)
 		}
 	}
 	return set, warnings, nil
@@ -169,7 +172,7 @@ type moduleYAML struct {
 	Netprobe  netprobeYAML  `yaml:"netprobe"`
 	HTTP      yaml.Node     `yaml:"http"`
 	DNS       yaml.Node     `yaml:"dns"`
-	ICMP      yaml.Node     `yaml:"icmp"`
+	ICMP      icmpYAML      `yaml:"icmp"`
 	GRPC      yaml.Node     `yaml:"grpc"`
 	Unix      yaml.Node     `yaml:"unix"`
 	Websocket yaml.Node     `yaml:"websocket"`
@@ -183,6 +186,32 @@ type tcpYAML struct {
 	TLS                 bool                `yaml:"tls"`
 	TLSConfig           tlsConfigYAML       `yaml:"tls_config"`
 }
+
+// icmpYAML is blackbox_exporter's icmp prober's section. The pointers
+// tell a key left out, which takes blackbox_exporter's default, from one
+// set to 0.
+type icmpYAML struct {
+	PreferredIPProtocol string `yaml:"preferred_ip_protocol"`
+	IPProtocolFallback  *bool  `yaml:"ip_protocol_fallback"`
+	SourceIPAddress     string `yaml:"source_ip_address"`
+	PayloadSize         *int   `yaml:"payload_size"`
+	DontFragment        bool   `yaml:"dont_fragment"`
+	TTL                 *int   `yaml:"ttl"`
+}
+
+// blackbox_exporter's icmp prober's defaults.
+const (
+	// bbePayload is the size of the data it sends when payload_size is
+	// 0 or left out: "Prometheus Blackbox Exporter".
+	bbePayload = 28
+	// bbeTTL is the TTL it sets when ttl is left out; ttl 0 leaves the
+	// system's.
+	bbeTTL = 64
+	// maxEchoData fills an IPv4 packet, less its IP and ICMP headers. The
+	// probe service's cap is lower (IcmpOptions.payload_bytes), and the
+	// module check applies it.
+	maxEchoData = 65535 - 20 - 8
+)
 
 type queryResponseYAML struct {
 	Expect      string      `yaml:"expect"`
@@ -245,39 +274,31 @@ func (m *moduleYAML) module(name, file string, at func(...any) string) (*Module,
 	if m.Timeout < 0 {
 		return nil, fmt.Errorf("%s: timeout %v is negative", at("timeout"), m.Timeout)
 	}
-	if m.Prober == "udp" {
+	if m.Prober != "icmp" && m.ICMP != (icmpYAML{}) {
+		return nil, fmt.Errorf("%s: a %s module takes no icmp section", at("icmp"), m.Prober)
+	}
+	switch m.Prober {
+	case "udp":
 		if !t.empty() {
 			return nil, fmt.Errorf("%s: a udp module takes no tcp section: its datagram is netprobe.payload", at("tcp"))
 		}
 		out.Payload = []byte(m.Netprobe.Payload)
 		return out, nil
+	case "icmp":
+		if !t.empty() {
+			return nil, fmt.Errorf("%s: an icmp module takes no tcp section: its options are in its icmp section", at("tcp"))
+		}
+		return out, m.icmp(out, at)
 	}
 	if m.Netprobe.Payload != "" {
 		return nil, fmt.Errorf("%s: a tcp module sends with query_response, not netprobe.payload", at("netprobe", "payload"))
 	}
-	fallback := t.IPProtocolFallback == nil || *t.IPProtocolFallback
-	switch {
-	case t.PreferredIPProtocol == "ip4" && fallback:
-		out.Family = netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4
-	case t.PreferredIPProtocol == "ip4":
-		out.Family = netprobev1.IpFamily_IP_FAMILY_IPV4
-	case t.PreferredIPProtocol != "" && t.PreferredIPProtocol != "ip6":
-		return nil, fmt.Errorf("%s: preferred_ip_protocol %q: want ip4 or ip6", at("tcp", "preferred_ip_protocol"), t.PreferredIPProtocol)
-	case fallback:
-		out.Family = netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6
-	default:
-		out.Family = netprobev1.IpFamily_IP_FAMILY_IPV6
-	}
-	if t.SourceIPAddress != "" {
-		a, err := netip.ParseAddr(t.SourceIPAddress)
-		if err != nil {
-			return nil, fmt.Errorf("%s: source_ip_address %q is not an IP address", at("tcp", "source_ip_address"), t.SourceIPAddress)
-		}
-		out.Source = a.Unmap()
+	var err error
+	if out.Family, out.Source, err = addressing("tcp", t.PreferredIPProtocol, t.IPProtocolFallback, t.SourceIPAddress, at); err != nil {
+		return nil, err
 	}
 	startTLS := slices.ContainsFunc(t.QueryResponse, func(q queryResponseYAML) bool { return q.StartTLS })
 	if t.TLS || startTLS || len(out.ALPN) > 0 {
-		var err error
 		out.TLS, out.ClientCert, err = t.TLSConfig.options(file, at)
 		var u unreadable
 		switch {
@@ -296,6 +317,78 @@ func (m *moduleYAML) module(name, file string, at func(...any) string) (*Module,
 		out.Steps = append(out.Steps, &netprobev1.Step{Action: &netprobev1.Step_StartTls{StartTls: true}})
 	}
 	return out, out.querySteps(t.QueryResponse, at)
+}
+
+// addressing reads the preferred_ip_protocol, ip_protocol_fallback and
+// source_ip_address of the prober's section.
+func addressing(prober, preferred string, fallbackSet *bool, source string, at func(...any) string) (netprobev1.IpFamily, netip.Addr, error) {
+	var family netprobev1.IpFamily
+	fallback := fallbackSet == nil || *fallbackSet
+	switch {
+	case preferred == "ip4" && fallback:
+		family = netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4
+	case preferred == "ip4":
+		family = netprobev1.IpFamily_IP_FAMILY_IPV4
+	case preferred != "" && preferred != "ip6":
+		// blackbox_exporter takes any other value for ip4: a typo would
+		// probe the other family than meant.
+		return 0, netip.Addr{}, fmt.Errorf("%s: preferred_ip_protocol %q: want ip4 or ip6", at(prober, "preferred_ip_protocol"), preferred)
+	case fallback:
+		family = netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6
+	default:
+		family = netprobev1.IpFamily_IP_FAMILY_IPV6
+	}
+	if source == "" {
+		return family, netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(source)
+	if err != nil {
+		return 0, netip.Addr{}, fmt.Errorf("%s: source_ip_address %q is not an IP address", at(prober, "source_ip_address"), source)
+	}
+	return family, a.Unmap(), nil
+}
+
+// icmp checks an icmp module's section and netprobe section into out. An
+// echo carries payload_size bytes of data, 28 when it is 0 or left out;
+// its TTL is ttl, 64 when left out, the system's when 0; as
+// blackbox_exporter's. The caps on them are the probe service's, which
+// the module check applies (see exporter.ModuleCheck).
+func (m *moduleYAML) icmp(out *Module, at func(...any) string) error {
+	c := &m.ICMP
+	for _, o := range []struct {
+		key string
+		set bool
+	}{
+		{"alpn", len(m.Netprobe.ALPN) > 0}, {"read_timeout", m.Netprobe.ReadTimeout != 0},
+		{"max_bytes", m.Netprobe.MaxBytes != 0}, {"payload", m.Netprobe.Payload != ""},
+	} {
+		if o.set {
+			return fmt.Errorf("%s: an icmp module takes no netprobe.%s: an echo has no TLS and reads one reply", at("netprobe", o.key), o.key)
+		}
+	}
+	var err error
+	if out.Family, out.Source, err = addressing("icmp", c.PreferredIPProtocol, c.IPProtocolFallback, c.SourceIPAddress, at); err != nil {
+		return err
+	}
+	out.ICMP = &netprobev1.IcmpOptions{PayloadBytes: bbePayload, DontFragment: c.DontFragment}
+	switch n := c.PayloadSize; {
+	case n == nil || *n == 0:
+	case *n < 0:
+		return fmt.Errorf("%s: payload_size %d is negative", at("icmp", "payload_size"), *n)
+	case *n > maxEchoData:
+		return fmt.Errorf("%s: payload_size %d is over %d, the most data an echo can carry", at("icmp", "payload_size"), *n, maxEchoData)
+	default:
+		out.ICMP.PayloadBytes = uint32(*n)
+	}
+	switch n := c.TTL; {
+	case n == nil:
+		out.ICMP.Ttl = proto.Uint32(bbeTTL)
+	case *n < 0 || *n > 255:
+		return fmt.Errorf("%s: ttl %d is out of range 0-255 (0 leaves the system's default)", at("icmp", "ttl"), *n)
+	case *n > 0:
+		out.ICMP.Ttl = proto.Uint32(uint32(*n))
+	}
+	return nil
 }
 
 func (t *tcpYAML) empty() bool {
@@ -622,6 +715,11 @@ func (m *Module) Request(target *netprobev1.Target, timeout time.Duration) (*net
 		}
 	}
 	d := durationpb.New(timeout)
+	if m.Prober == "icmp" {
+		// An echo's target is a host, without a port.
+		t := &netprobev1.Target{Host: target.GetHost(), Network: netprobev1.Network_NETWORK_ICMP, IpFamily: m.Family, SourceAddress: t.GetSourceAddress()}
+		return &netprobev1.ConnectRequest{Target: t, Timeout: d, Icmp: proto.CloneOf(m.ICMP), ReverseLookup: m.ReverseLookup}, nil
+	}
 	if m.Prober == "udp" {
 		t.Network = netprobev1.Network_NETWORK_UDP
 		f := &netprobev1.FetchRequest{Target: t, Timeout: d, MaxBytes: m.MaxBytes, Request: &netprobev1.FetchRequest_Payload{Payload: m.Payload}}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -17,27 +18,28 @@ import (
 )
 
 // TestExampleFiles loads blackbox_exporter's own example files unchanged:
-// their tcp modules are netprobe's, the others are listed as not run.
+// their tcp and icmp modules are netprobe's, the others are listed as not
+// run.
 func TestExampleFiles(t *testing.T) {
 	for _, tc := range []struct {
 		file     string
-		tcp      []string
+		run      []string
 		skipped  map[string]string
 		warnings int
 	}{
 		{
 			file: "testdata/blackbox.yml",
-			tcp:  []string{"irc_banner", "pop3s_banner", "postgresql", "ssh_banner", "ssh_banner_extract", "tcp_connect"},
+			run:  []string{"icmp", "icmp_ttl5", "irc_banner", "pop3s_banner", "postgresql", "ssh_banner", "ssh_banner_extract", "tcp_connect"},
 			skipped: map[string]string{"http_2xx": "http", "http_post_2xx": "http", "grpc": "grpc", "grpc_plain": "grpc",
-				"icmp": "icmp", "icmp_ttl5": "icmp", "websocket": "websocket", "http_3xx": "http"},
-			warnings: 8,
+				"websocket": "websocket", "http_3xx": "http"},
+			warnings: 6,
 		},
 		{
 			file: "testdata/example.yml",
-			tcp:  []string{"imap_starttls", "irc_banner_example", "postgresql", "rabbitmq", "rabbitmq_insecure", "smtp_starttls", "tcp_connect_example", "tls_connect"},
-			// Its 19 modules of other probers, and the two rabbitmq
+			run:  []string{"icmp_example", "imap_starttls", "irc_banner_example", "postgresql", "rabbitmq", "rabbitmq_insecure", "smtp_starttls", "tcp_connect_example", "tls_connect"},
+			// Its 18 modules of other probers, and the two rabbitmq
 			// modules' CA file, which this machine does not have.
-			warnings: 21,
+			warnings: 20,
 		},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
@@ -45,8 +47,8 @@ func TestExampleFiles(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := set.Names(); !slices.Equal(got, tc.tcp) {
-				t.Errorf("tcp modules %q, want %q", got, tc.tcp)
+			if got := set.Names(); !slices.Equal(got, tc.run) {
+				t.Errorf("modules run %q, want %q", got, tc.run)
 			}
 			if tc.skipped != nil && !cmp.Equal(set.Skipped, tc.skipped) {
 				t.Errorf("skipped %v, want %v", set.Skipped, tc.skipped)
@@ -185,6 +187,36 @@ netprobe:
 			},
 		},
 		{
+			name:    "icmp: blackbox_exporter's defaults",
+			yaml:    "prober: icmp",
+			connect: icmpRequest(netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6, "", &netprobev1.IcmpOptions{PayloadBytes: 28, Ttl: proto.Uint32(64)}),
+		},
+		{
+			name: "icmp with every option",
+			yaml: `prober: icmp
+icmp:
+  preferred_ip_protocol: ip4
+  ip_protocol_fallback: false
+  source_ip_address: 198.18.0.1
+  payload_size: 1472
+  dont_fragment: true
+  ttl: 5
+netprobe:
+  reverse_lookup: true`,
+			connect: func() *netprobev1.ConnectRequest {
+				r := icmpRequest(netprobev1.IpFamily_IP_FAMILY_IPV4, "198.18.0.1", &netprobev1.IcmpOptions{PayloadBytes: 1472, DontFragment: true, Ttl: proto.Uint32(5)})
+				r.ReverseLookup = true
+				return r
+			}(),
+		},
+		{
+			// blackbox_exporter's 0 is its default size, and the system's
+			// TTL.
+			name:    "icmp with payload_size 0 and ttl 0",
+			yaml:    "prober: icmp\nicmp:\n  preferred_ip_protocol: ip6\n  payload_size: 0\n  ttl: 0",
+			connect: icmpRequest(netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6, "", &netprobev1.IcmpOptions{PayloadBytes: 28}),
+		},
+		{
 			name: "udp",
 			yaml: "prober: udp\nnetprobe:\n  payload: \"ping\\n\"\n  read_timeout: 500ms",
 			fetch: &netprobev1.FetchRequest{
@@ -223,6 +255,15 @@ netprobe:
 				t.Errorf("timeout %v, want the one asked for", got)
 			}
 		})
+	}
+}
+
+// icmpRequest is an icmp module's request of mail.test: an echo, with no
+// port.
+func icmpRequest(family netprobev1.IpFamily, source string, o *netprobev1.IcmpOptions) *netprobev1.ConnectRequest {
+	return &netprobev1.ConnectRequest{
+		Target: &netprobev1.Target{Host: "mail.test", Network: netprobev1.Network_NETWORK_ICMP, IpFamily: family, SourceAddress: source},
+		Icmp:   o,
 	}
 }
 
@@ -276,6 +317,26 @@ func TestInvalid(t *testing.T) {
 		{"cert without key", "prober: tcp\ntcp:\n  tls: true\n  tls_config:\n    cert: x", "module m, line 7: a client certificate needs cert_file and key_file both"},
 		{"udp with a tcp section", "prober: udp\ntcp:\n  tls: true", "module m, line 4: a udp module takes no tcp section"},
 		{"tcp with a payload", "prober: tcp\nnetprobe:\n  payload: x", "module m, line 5: a tcp module sends with query_response"},
+		// icmp: what blackbox_exporter would take and do otherwise than
+		// asked (any preferred_ip_protocol but ip6 is ip4 there; a
+		// negative payload_size panics), or what an echo cannot do.
+		{"icmp: unknown key", "prober: icmp\nicmp:\n  ttl: 5\n  hops: 3", "module m, line 6: unknown key \"hops\""},
+		{"icmp: unknown ip protocol", "prober: icmp\nicmp:\n  preferred_ip_protocol: icmp4", "module m, line 5: preferred_ip_protocol \"icmp4\": want ip4 or ip6"},
+		{"icmp: bad source address", "prober: icmp\nicmp:\n  source_ip_address: 300.1.1.1", "module m, line 5: source_ip_address \"300.1.1.1\" is not an IP address"},
+		{"icmp: negative payload_size", "prober: icmp\nicmp:\n  payload_size: -1", "module m, line 5: payload_size -1 is negative"},
+		{"icmp: payload_size over an IPv4 packet", "prober: icmp\nicmp:\n  payload_size: 99999999999", "module m, line 5: payload_size 99999999999 is over 65507"},
+		{"icmp: payload_size not a number", "prober: icmp\nicmp:\n  payload_size: 1k", "module m, line 5: cannot unmarshal"},
+		{"icmp: ttl 300", "prober: icmp\nicmp:\n  ttl: 300", "module m, line 5: ttl 300 is out of range 0-255"},
+		{"icmp: ttl 256", "prober: icmp\nicmp:\n  ttl: 256", "module m, line 5: ttl 256 is out of range 0-255"},
+		{"icmp: negative ttl", "prober: icmp\nicmp:\n  ttl: -1", "module m, line 5: ttl -1 is out of range 0-255"},
+		{"icmp: dont_fragment not a bool", "prober: icmp\nicmp:\n  dont_fragment: maybe", "module m, line 5: cannot unmarshal"},
+		{"icmp with a tcp section", "prober: icmp\ntcp:\n  tls: true", "module m, line 4: an icmp module takes no tcp section"},
+		{"tcp with an icmp section", "prober: tcp\nicmp:\n  ttl: 5", "module m, line 4: a tcp module takes no icmp section"},
+		{"udp with an icmp section", "prober: udp\nicmp:\n  ttl: 5", "module m, line 4: a udp module takes no icmp section"},
+		{"icmp with alpn", "prober: icmp\nnetprobe:\n  alpn: [h2]", "module m, line 5: an icmp module takes no netprobe.alpn"},
+		{"icmp with a payload", "prober: icmp\nnetprobe:\n  payload: x", "module m, line 5: an icmp module takes no netprobe.payload"},
+		{"icmp with read_timeout", "prober: icmp\nnetprobe:\n  read_timeout: 1s", "module m, line 5: an icmp module takes no netprobe.read_timeout"},
+		{"icmp with max_bytes", "prober: icmp\nnetprobe:\n  max_bytes: 10", "module m, line 5: an icmp module takes no netprobe.max_bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			text := "modules:\n  m:\n" + indent(tc.yaml, "    ")

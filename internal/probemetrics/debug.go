@@ -125,6 +125,23 @@ func (r *Result) WriteDebug(w io.Writer, log []byte, timeout string, reg *promet
 	}
 }
 
+// writeEcho writes an ICMP echo and its reply, or why none came: an ICMP
+// error in answer names its sender, type and code.
+func (r *Result) writeEcho(w io.Writer) {
+	c := r.connect
+	e := c.GetIcmp()
+	fmt.Fprintf(w, "  echo of %d bytes (id %d, sequence %d) to %s from %s, from a %s\n",
+		e.GetPayloadBytes(), e.GetId(), e.GetSequence(), c.GetPeerAddress(), c.GetLocalAddress(), e.GetSocket())
+	if pe := c.GetError(); pe != nil {
+		if ie := pe.GetIcmp(); ie != nil {
+			fmt.Fprintf(w, "  ICMP error from %s: type %d, code %d\n", ie.GetAddress(), ie.GetIcmpType(), ie.GetIcmpCode())
+		}
+		fmt.Fprintf(w, "  failed: %s %s: %s\n", pe.GetStage(), pe.GetReason(), pe.GetMessage())
+		return
+	}
+	fmt.Fprintf(w, "  reply from %s after %v, TTL %d\n", e.GetReplyAddress(), e.GetRtt().AsDuration(), e.GetReplyTtl())
+}
+
 // writeDialogue writes each step of the module, and what it sent,
 // received and matched, as Go-quoted text.
 func (r *Result) writeDialogue(w io.Writer) {
@@ -140,6 +157,10 @@ func (r *Result) writeDialogue(w io.Writer) {
 		return
 	case c.GetPeerAddress() == "":
 		fmt.Fprintf(w, "  no connection: %s %s: %s\n", pe.GetStage(), pe.GetReason(), pe.GetMessage())
+		return
+	}
+	if e := c.GetIcmp(); e != nil {
+		r.writeEcho(w)
 		return
 	}
 	fmt.Fprintf(w, "  connected to %s from %s\n", c.GetPeerAddress(), c.GetLocalAddress())
@@ -221,6 +242,7 @@ type moduleYAML struct {
 	IPFamily string           `yaml:"ip_family,omitempty"`
 	Source   string           `yaml:"source_ip_address,omitempty"`
 	TLS      map[string]any   `yaml:"tls,omitempty"`
+	ICMP     map[string]any   `yaml:"icmp,omitempty"`
 	Steps    []map[string]any `yaml:"steps,omitempty"`
 	Netprobe map[string]any   `yaml:"netprobe,omitempty"`
 	Error    string           `yaml:"error,omitempty"`
@@ -253,6 +275,12 @@ func moduleView(r *Result) *moduleYAML {
 		}
 		if len(m.ALPN) > 0 {
 			out.TLS["alpn"] = m.ALPN
+		}
+	}
+	if o := m.ICMP; o != nil {
+		out.ICMP = map[string]any{"payload_bytes": o.GetPayloadBytes(), "dont_fragment": o.GetDontFragment(), "ttl": "the system's default"}
+		if o.Ttl != nil {
+			out.ICMP["ttl"] = o.GetTtl()
 		}
 	}
 	for i, st := range m.Steps {

@@ -28,6 +28,9 @@ var (
 	descLastChain  = prometheus.NewDesc("probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp", nil, nil)
 	descLastInfo   = prometheus.NewDesc("probe_ssl_last_chain_info", "Contains SSL leaf certificate information", []string{"fingerprint_sha256", "issuer", "subject", "subjectalternative"}, nil)
 	expectInfoHelp = "Explicit content matched"
+	// The icmp prober's.
+	descICMPDuration = prometheus.NewDesc("probe_icmp_duration_seconds", "Duration of icmp request by phase", []string{"phase"}, nil)
+	descICMPHopLimit = prometheus.NewDesc("probe_icmp_reply_hop_limit", "Replied packet hop limit (TTL for ipv4)", nil, nil)
 )
 
 // expectInfoMetric is blackbox_exporter's probe_expect_info, whose labels
@@ -140,7 +143,7 @@ func (p *probeMetrics) gauge(d *prometheus.Desc, v float64, labels ...string) {
 }
 
 // Registry gathers the probe's metrics: blackbox_exporter's, in the cases
-// its tcp prober gives them, and netprobe's own. duration is the whole
+// its tcp or icmp prober gives them, and netprobe's own. duration is the whole
 // scrape's; logger gets the verdict.
 func (r *Result) Registry(duration time.Duration, logger *slog.Logger) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
@@ -179,10 +182,32 @@ func (r *Result) metrics(duration time.Duration, logger *slog.Logger) *probeMetr
 	} else {
 		logger.Info("probe succeeded", "peer", r.connect.GetPeerAddress(), "duration", duration)
 	}
-	if r.connect != nil {
+	switch {
+	case r.module.Prober == "icmp":
+		p.echo(r)
+	case r.connect != nil:
 		p.connection(r)
 	}
 	return p
+}
+
+// echo adds an icmp module's metrics, as blackbox_exporter's icmp prober
+// gives them: the three phases always, 0 for those the probe did not get
+// to (resolve, when resolving failed), and the reply's hop limit when it
+// succeeded. netprobe's phase and attempt metrics, a connection's, are
+// not given.
+func (p *probeMetrics) echo(r *Result) {
+	c := r.connect
+	resolve := 0.0
+	if c != nil && r.Error().GetStage() != netprobev1.Stage_STAGE_RESOLVE {
+		resolve = c.GetResolveDuration().AsDuration().Seconds()
+	}
+	p.gauge(descICMPDuration, resolve, "resolve")
+	p.gauge(descICMPDuration, c.GetIcmp().GetSetupDuration().AsDuration().Seconds(), "setup")
+	p.gauge(descICMPDuration, c.GetIcmp().GetRtt().AsDuration().Seconds(), "rtt")
+	if r.Succeeded() {
+		p.gauge(descICMPHopLimit, float64(c.GetIcmp().GetReplyTtl()))
+	}
 }
 
 // connection adds the metrics of a probe that got as far as the probe

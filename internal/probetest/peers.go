@@ -4,7 +4,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"testing"
+
+	"golang.org/x/net/icmp"
 )
 
 // Program finds a program a test runs as a real peer (Prometheus, a
@@ -34,4 +37,27 @@ func FreePort(t testing.TB) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// RequireEcho skips t unless probed, run by this test's user, can send
+// ICMP echoes: on Linux, with an ICMP datagram socket
+// (net.ipv4.ping_group_range allows the user's group) or a raw one
+// (root). Under CI, whose tests run as root, it fails t instead.
+func RequireEcho(t testing.TB) {
+	t.Helper()
+	why := "probed sends ICMP echoes on Linux only"
+	if runtime.GOOS == "linux" {
+		for _, network := range []string{"udp4", "ip4:icmp"} {
+			c, err := icmp.ListenPacket(network, "127.0.0.1")
+			if err == nil {
+				c.Close()
+				return
+			}
+		}
+		why = "this user may have no ICMP socket: neither net.ipv4.ping_group_range nor root allows one"
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s, and CI=true forbids skipping", why)
+	}
+	t.Skipf("%s; skipped outside CI", why)
 }

@@ -36,6 +36,12 @@ func TestScrapeModulesThatCannotRun(t *testing.T) {
 			"module big cannot be scraped: max_bytes: 1000000000000 is over the server's cap of 67108864"},
 		{"a datagram over the payload cap", "modules:\n  loud:\n    prober: udp\n    netprobe:\n      payload: \"" + strings.Repeat("x", 2<<20) + "\"\n",
 			"module loud cannot be scraped: payload: 2097152 bytes is over the server's cap of 1048576"},
+		// A jumbo frame's echo is the most; an IPv4 packet's is refused
+		// as the file is read, with the module's key.
+		{"an echo over the payload cap", "modules:\n  jumbo:\n    prober: icmp\n    icmp:\n      payload_size: 8973\n",
+			"module jumbo cannot be scraped: icmp.payload_size: 8973 bytes is over the cap of 8972"},
+		{"an echo from an address the server may not bind", "modules:\n  sourced:\n    prober: icmp\n    icmp:\n      source_ip_address: 127.0.0.1\n",
+			"module sourced: source_ip_address 127.0.0.1 is not an address this server may bind (probed --allow-source)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeModules(t, t.TempDir(), tc.text)
@@ -46,6 +52,10 @@ func TestScrapeModulesThatCannotRun(t *testing.T) {
 				t.Errorf("CheckModules: %v\nwant %q", err, tc.want)
 			}
 		})
+	}
+	// The largest echo loads.
+	if _, _, err := server.CheckModules(writeModules(t, t.TempDir(), "modules:\n  jumbo:\n    prober: icmp\n    icmp:\n      payload_size: 8972\n"), server.Config{}); err != nil {
+		t.Errorf("an echo of 8972 bytes: %v", err)
 	}
 	// The longest name that can be an identity loads, and a reload to a
 	// file that cannot run keeps it.

@@ -204,8 +204,17 @@ func moduleSummary(m *modules.Module) string {
 	if m.Err != nil {
 		return "cannot run: " + m.Err.Error()
 	}
-	if m.Prober == "udp" {
+	switch {
+	case m.Prober == "udp":
 		parts = append(parts, fmt.Sprintf("a datagram of %d bytes, then the answer", len(m.Payload)))
+	case m.ICMP != nil:
+		parts = append(parts, fmt.Sprintf("an ICMP echo of %d bytes", m.ICMP.GetPayloadBytes()))
+		if m.ICMP.Ttl != nil {
+			parts = append(parts, fmt.Sprintf("TTL %d", m.ICMP.GetTtl()))
+		}
+		if m.ICMP.GetDontFragment() {
+			parts = append(parts, "not fragmented")
+		}
 	}
 	if m.TLS != nil {
 		parts = append(parts, "TLS")

@@ -1,0 +1,38 @@
+package exporter
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/modules"
+)
+
+// TestSweepEntryOfAnEcho sends an icmp module to a fleet's nodes as it
+// runs here: a Sweep entry of the echo's target, without a port, and
+// every option of its icmp section, which the nodes would otherwise send
+// with their defaults.
+func TestSweepEntryOfAnEcho(t *testing.T) {
+	set, _, err := modules.Parse([]byte("modules:\n  ping:\n    prober: icmp\n    icmp:\n      preferred_ip_protocol: ip4\n      payload_size: 1400\n      dont_fragment: true\n      ttl: 5\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := set.Modules["ping"]
+	if why := unsweepable(m); why != "" {
+		t.Fatalf("unsweepable: %s", why)
+	}
+	ttl := uint32(5)
+	want := &netprobev1.SweepTarget{
+		Target:  &netprobev1.Target{Host: "db.test", Network: netprobev1.Network_NETWORK_ICMP, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV4},
+		Timeout: durationpb.New(2 * time.Second),
+		Icmp:    &netprobev1.IcmpOptions{PayloadBytes: 1400, DontFragment: true, Ttl: &ttl},
+	}
+	got := sweepEntry(m, &netprobev1.Target{Host: "db.test"}, 2*time.Second)
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Errorf("entry (-want +got):\n%s", diff)
+	}
+}
