@@ -286,8 +286,8 @@ func TestTraceUDPLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { silent.Close() })
-	closed4 := probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")
-	closed6 := probetest.ClosedPort(t, "tcp6", "[::1]:0")
+	closed4 := closedUDPPort(t, "127.0.0.1:0")
+	closed6 := closedUDPPort(t, "[::1]:0")
 	always := &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS}
 	portUnreachable := func(addr string, icmpType, icmpCode uint32) *netprobev1.Hop {
 		return &netprobev1.Hop{
@@ -373,6 +373,17 @@ func TestTraceUDPLoopback(t *testing.T) {
 			}
 		})
 	}
+}
+
+// closedUDPPort returns a UDP port on addr's loopback with nothing on it.
+func closedUDPPort(t *testing.T, addr string) uint32 {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return uint32(pc.LocalAddr().(*net.UDPAddr).Port)
 }
 
 // TestTraceUDPRefusals plays a caller who asks a UDP trace for more than
