@@ -28,6 +28,9 @@ type ConnectOptions struct {
 	// probe reached or failed at: when it failed, or always (see
 	// TraceOptions). ConnectResult.Path reports it.
 	Trace *TraceOptions
+	// ICMP shapes the echo of an ICMP probe (network "icmp", "icmp4",
+	// "icmp6"); nil takes the defaults.
+	ICMP *ICMPOptions
 }
 
 // ConnectResult is the report of a connect phase.
@@ -57,6 +60,8 @@ type ConnectResult struct {
 	// ConnectOptions.Trace asked for one and the probe got as far as an
 	// address. A failed probe's ProbeError.Connect carries it too.
 	Path *Path
+	// ICMP is the echo of an ICMP probe, once it had an address.
+	ICMP *ICMPResult
 
 	proto *netprobev1.ConnectResponse
 }
@@ -121,7 +126,9 @@ type ReverseLookup struct {
 
 // Connect asks the probe server to connect to address on network, as
 // net.Dial would, and to report what happened. The server closes the
-// connection right away.
+// connection right away. On network "icmp", "icmp4" or "icmp6" it sends
+// an ICMP echo to address, a host with no port, instead (as ping does):
+// ConnectResult.ICMP reports it.
 //
 // A probe that ran and failed returns the report so far together with a
 // *ProbeError; any other error is the call's own (a gRPC status error).
@@ -131,7 +138,7 @@ func (c *Client) Connect(ctx context.Context, network, address string, opts Conn
 		return nil, err
 	}
 	t.SourceAddress = sourceAddress(opts.Source)
-	req := &netprobev1.ConnectRequest{Target: t, ReverseLookup: opts.ReverseLookup, Tls: opts.TLS.proto(), Trace: opts.Trace.proto()}
+	req := &netprobev1.ConnectRequest{Target: t, ReverseLookup: opts.ReverseLookup, Tls: opts.TLS.proto(), Trace: opts.Trace.proto(), Icmp: opts.ICMP.proto()}
 	if opts.Timeout != 0 {
 		req.Timeout = durationpb.New(opts.Timeout)
 	}
@@ -158,6 +165,7 @@ func newConnectResult(resp *netprobev1.ConnectResponse) *ConnectResult {
 		TLS:             newTLSResult(resp.GetTls()),
 		TCPInfo:         newTCPInfo(resp.GetTcpInfo()),
 		Path:            newPath(resp.GetPath()),
+		ICMP:            newICMPResult(resp.GetIcmp()),
 		proto:           resp,
 	}
 	for _, a := range resp.GetResolvedAddresses() {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"syscall"
 	"time"
@@ -105,6 +106,18 @@ type ProbeError struct {
 	// Summary is a failed Fetch's summary (bytes sent and received, time to
 	// first byte); nil unless the failure came after connecting.
 	Summary *FetchSummary
+	// ICMP is the ICMP error that came back in answer to the probe's
+	// packet (an ICMP echo's unreachable), when one did.
+	ICMP *ICMPError
+}
+
+// ICMPError is an ICMP (ICMPv6) error message that answered a probe's
+// packet.
+type ICMPError struct {
+	// From is the address that sent it; the zero Addr when unknown.
+	From netip.Addr
+	// Type and Code are its ICMP (ICMPv6) type and code.
+	Type, Code int
 }
 
 // newProbeError converts the proto; nil for nil.
@@ -121,7 +134,16 @@ func newProbeError(pe *netprobev1.ProbeError) *ProbeError {
 		Elapsed: pe.GetElapsed().AsDuration(),
 		Rule:    pe.GetRule(),
 		Step:    stepIndex(pe),
+		ICMP:    newICMPError(pe.GetIcmp()),
 	}
+}
+
+func newICMPError(ie *netprobev1.IcmpError) *ICMPError {
+	if ie == nil {
+		return nil
+	}
+	from, _ := netip.ParseAddr(ie.GetAddress())
+	return &ICMPError{From: from, Type: int(ie.GetIcmpType()), Code: int(ie.GetIcmpCode())}
 }
 
 // Error reads like a net error, then gives the codes: "connect

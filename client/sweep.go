@@ -49,6 +49,10 @@ type SweepTarget struct {
 	// Steps, when set, are a dialogue each probe runs once connected, to
 	// check the service's answer; the last must be an Expect.
 	Steps []Step
+	// Trace, when set, traces the path of each probe of the entry, as
+	// ConnectOptions.Trace does: the result's Connect.Path. A sweep runs
+	// 16 traces at most.
+	Trace *TraceOptions
 }
 
 // SweepOptions tunes a sweep.
@@ -323,7 +327,7 @@ func (r *SweepResult) check(n int, fanout bool) error {
 }
 
 func sweepTarget(st SweepTarget) (*netprobev1.SweepTarget, error) {
-	out := &netprobev1.SweepTarget{Expand: st.Expand, Tls: st.TLS.proto()}
+	out := &netprobev1.SweepTarget{Expand: st.Expand, Tls: st.TLS.proto(), Trace: st.Trace.proto()}
 	if st.Timeout != 0 {
 		out.Timeout = durationpb.New(st.Timeout)
 	}

@@ -11,12 +11,13 @@ import (
 
 // Limits of an ICMP echo (IcmpOptions), as the API documents them.
 const (
-	// defaultEchoPayload is ping's.
-	defaultEchoPayload = 56
-	// maxEchoPayload fills a 9,000-byte IPv4 packet (a jumbo frame), less
-	// its IP and ICMP headers: enough to test a jumbo path's MTU, and one
-	// packet a probe where 65,507 bytes would be 45 fragments.
-	maxEchoPayload = 9000 - 20 - 8
+	// DefaultEchoPayloadBytes is ping's.
+	DefaultEchoPayloadBytes = 56
+	// MaxEchoPayloadBytes, the cap of IcmpOptions.payload_bytes, fills a
+	// 9,000-byte IPv4 packet (a jumbo frame), less its IP and ICMP
+	// headers: enough to test a jumbo path's MTU, and one packet a probe
+	// where 65,507 bytes would be 45 fragments.
+	MaxEchoPayloadBytes = 9000 - 20 - 8
 )
 
 // icmpParams are validated IcmpOptions.
@@ -36,10 +37,10 @@ func validateICMP(v *violations, field string, o *netprobev1.IcmpOptions, t targ
 		}
 		return nil
 	}
-	p := &icmpParams{payload: defaultEchoPayload, dontFragment: o.GetDontFragment()}
+	p := &icmpParams{payload: DefaultEchoPayloadBytes, dontFragment: o.GetDontFragment()}
 	switch n := o.GetPayloadBytes(); {
-	case n > maxEchoPayload:
-		v.add(field+".payload_bytes", "%d bytes is over the cap of %d", n, maxEchoPayload)
+	case n > MaxEchoPayloadBytes:
+		v.add(field+".payload_bytes", "%d bytes is over the cap of %d", n, MaxEchoPayloadBytes)
 	case n > 0:
 		p.payload = int(n)
 	}

@@ -20,6 +20,14 @@ import (
 // defaultSweepConcurrency is a sweep's concurrency when it asks for none.
 const defaultSweepConcurrency = 16
 
+// maxSweepTraces is how many traces a sweep runs at most. A trace sends
+// up to maxTraceHops x maxProbesPerHop SYNs and may take its timeout;
+// the in-flight limits bound how many run at once (a trace holds its
+// probe's place), and this, how many one call sends in all: at most
+// 10,240 SYNs, where a sweep of MaxSweepTargets traced entries would be
+// millions.
+const maxSweepTraces = 16
+
 // sweepJob is a validated SweepTarget.
 type sweepJob struct {
 	index   uint32
@@ -31,6 +39,8 @@ type sweepJob struct {
 	steps []step
 	// icmp are the options of an ICMP entry's echoes.
 	icmp *icmpParams
+	// trace, when set, traces the path of the entry's probes.
+	trace *traceParams
 	// asked is the target as the request gave it.
 	asked *netprobev1.Target
 }
@@ -90,12 +100,13 @@ func (s *Server) validateSweep(req *netprobev1.SweepRequest) ([]sweepJob, int, e
 			sub.add("tls", "an ICMP echo has no TLS handshake")
 		}
 		ip := validateICMP(&sub, "icmp", st.GetIcmp(), t)
+		tr := s.validateTrace(&sub, "trace", st.GetTrace(), t)
 		steps := s.validateSteps(&sub, "", st.GetSteps(), t.network != "tcp", st.GetTls() != nil, exps)
 		if n := len(st.GetSteps()); n > 0 && n <= maxSteps && !isExpect(st.GetSteps()[n-1]) {
 			sub.add("steps", "a sweep's dialogue is a check: its last step is an expect")
 		}
 		v.merge(prefix, &sub)
-		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, steps: steps, icmp: ip, asked: asked})
+		jobs = append(jobs, sweepJob{index: uint32(i), target: t, timeout: timeout, expand: st.GetExpand(), tls: tp, steps: steps, icmp: ip, trace: tr, asked: asked})
 	}
 	concurrency := int(req.GetConcurrency())
 	if concurrency == 0 {
@@ -166,6 +177,7 @@ func (s *Server) SweepTo(ctx context.Context, req *netprobev1.SweepRequest, send
 		results: make(chan *netprobev1.SweepResponse, concurrency),
 	}
 	sw.extra.Store(int64(s.cfg.MaxSweepTargets - len(jobs)))
+	sw.traces.Store(maxSweepTraces)
 	go sw.run(jobs, concurrency)
 
 	var sendErr error
@@ -198,6 +210,9 @@ type sweep struct {
 	// extra is how many more targets expansions may add, under
 	// MaxSweepTargets.
 	extra atomic.Int64
+	// traces is how many more traces the sweep may run, under
+	// maxSweepTraces.
+	traces atomic.Int64
 }
 
 // run starts the entries, concurrency at a time and each once it has its
@@ -350,10 +365,42 @@ func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
 	}
 	markCut(pctx, failure)
 	cancel()
+	// The trace comes after the connection is closed, with the probe's
+	// place still held.
+	resp.Path = sw.trace(pr, job.trace, resp, failure)
 	sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Summary: sum, Error: failure, Duration: elapsed})
 	// A probe that failed as the sweep ended was cut short by it; one that
 	// worked is a result whenever it came.
 	return &netprobev1.SweepResponse{Index: job.index, Target: asked, Connect: resp, Summary: sum, Abandoned: failure != nil && sw.over()}
+}
+
+// trace traces a probe's path when its entry asks for it then, as
+// Connect's are (a dialogue's failure counts as the probe's), within the
+// sweep's budget and its cap of traces.
+func (sw *sweep) trace(pr *probing, tp *traceParams, resp *netprobev1.ConnectResponse, failure *netprobev1.ProbeError) *netprobev1.Path {
+	dst, ok := traceDestination(resp)
+	if tp == nil || failure == nil && !tp.always || !ok {
+		return nil
+	}
+	if sw.traces.Add(-1) < 0 {
+		return &netprobev1.Path{
+			Destination: dst.String(),
+			End:         netprobev1.PathEnd_PATH_END_ERROR,
+			Error: &netprobev1.ProbeError{
+				Stage:   netprobev1.Stage_STAGE_POLICY,
+				Reason:  netprobev1.Reason_REASON_LIMIT,
+				Message: fmt.Sprintf("not traced: a sweep runs at most %d traces", maxSweepTraces),
+			},
+		}
+	}
+	if failure != nil && !tp.always {
+		// tracePath traces on resp.Error only: a failed dialogue is a
+		// failure too.
+		copied := *tp
+		copied.always = true
+		tp = &copied
+	}
+	return pr.tracePath(sw.ctx, tp, resp)
 }
 
 // sweepDialogueBytes caps what a sweep's dialogue reads.

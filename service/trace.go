@@ -26,35 +26,27 @@ type tracer struct {
 // tracePath traces the path to the address the probe reached, or failed
 // to reach, when the request asks for it then; nil when it does not, or
 // the probe had no such address (it failed before one: service lookup,
-// resolution, the policy, the local socket).
-func (p *probing) tracePath(tp *traceParams, resp *netprobev1.ConnectResponse) *netprobev1.Path {
+// resolution, the policy, the local socket). The trace ends with parent:
+// the call's context for a Connect, the sweep's budget for a Sweep's.
+func (p *probing) tracePath(parent context.Context, tp *traceParams, resp *netprobev1.ConnectResponse) *netprobev1.Path {
 	if tp == nil || (resp.Error == nil && !tp.always) {
 		return nil
 	}
-	var dst netip.AddrPort
-	var err error
-	switch pe := resp.Error; {
-	case resp.PeerAddress != "":
-		dst, err = netip.ParseAddrPort(resp.PeerAddress)
-	case pe.GetStage() == netprobev1.Stage_STAGE_CONNECT:
-		dst, err = netip.ParseAddrPort(pe.GetAddress())
-	default:
-		return nil
-	}
+	dst, ok := traceDestination(resp)
 	// The address was dialled, so the policy let it through; it is asked
 	// again all the same, as a connect that ran out of time before it began
 	// reports the first address, dialled or not.
-	if err != nil || p.s.cfg.Policy.Check(CallerFrom(p.ctx), dst) != nil {
+	if !ok || p.s.cfg.Policy.Check(CallerFrom(p.ctx), dst) != nil {
 		return nil
 	}
 	// The trace runs on the caller's context, not the probe's, whose time
 	// may be over: on a budget of its own, cut by a shutdown as Fetches
 	// are, and ending a margin before the caller's deadline (as a Sweep
 	// does) so that what it found is sent before the deadline is there.
-	ctx, done := p.s.cuttable(p.ctx)
+	ctx, done := p.s.cuttable(parent)
 	defer done()
 	deadline := time.Now().Add(tp.timeout)
-	if d, ok := p.ctx.Deadline(); ok {
+	if d, ok := parent.Deadline(); ok {
 		deadline = minTime(deadline, d.Add(-sweepMargin(time.Until(d), 1)))
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
@@ -66,6 +58,22 @@ func (p *probing) tracePath(tp *traceParams, resp *netprobev1.ConnectResponse) *
 	path.Duration = durationpb.New(time.Since(tr.start))
 	path.Timeout = durationpb.New(tp.timeout)
 	return path
+}
+
+// traceDestination is the address a probe reached or failed to reach,
+// which a trace follows; false when it got to none.
+func traceDestination(resp *netprobev1.ConnectResponse) (netip.AddrPort, bool) {
+	var dst netip.AddrPort
+	var err error
+	switch pe := resp.Error; {
+	case resp.PeerAddress != "":
+		dst, err = netip.ParseAddrPort(resp.PeerAddress)
+	case pe.GetStage() == netprobev1.Stage_STAGE_CONNECT:
+		dst, err = netip.ParseAddrPort(pe.GetAddress())
+	default:
+		return dst, false
+	}
+	return dst, err == nil
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -37,12 +37,12 @@ var exitCodes = []struct {
 	code int
 	text string
 }{
-	{exitOK, "success: the probe ran and the target answered; trace: the path reached the\n       target (its SYN-ACK, or its RST)"},
+	{exitOK, "success: the probe ran and the target answered; trace: the path reached the\n       target (its SYN-ACK, or its RST); ping: any echo was answered (as ping's 0)"},
 	{exitOther, "any other failure; trace: the connect reached the target but the trace did\n       not (--max-hops, --timeout). A trace that did not reach it after a failed\n       connect exits as the connect's failure does (7, 28, ...)"},
 	{exitUsage, "bad usage: an unknown command or flag, wrong arguments, conflicting flags, a bad\n       value (a PORT out of range, a PROTOCOL other than tcp and udp, a request the\n       server finds invalid)"},
 	{exitNoService, "no such service: the SERVICE given for PORT, or to resolve (stage SERVICE_LOOKUP)"},
 	{exitResolve, "the host name did not resolve (stage RESOLVE; curl's 6)"},
-	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT; curl's 7)"},
+	{exitConnect, "the connection failed: refused, unreachable, no socket (stages SOCKET, CONNECT;\n       curl's 7); ping: no echo was answered, the last for an ICMP unreachable\n       (stage ECHO) or a socket the system denies"},
 	{exitExpect, "the target did not answer as --expect said, or refused --starttls (stage EXPECT;\n       curl's 8, a weird server reply)"},
 	{exitSweepFailed, "sweep: some probe failed, or a probe server could not be asked; with --from,\n       a node failed as a whole (without --quorum) or a target was reached from\n       fewer than --quorum nodes; a summary line says how many"},
 	{exitTimeout, "a stage timed out (reason TIMEOUT; curl's 28)"},
@@ -131,7 +131,7 @@ func probeExitCode(pe *client.ProbeError) int {
 		return exitNoService
 	case client.StageResolve:
 		return exitResolve
-	case client.StageSocket, client.StageConnect:
+	case client.StageSocket, client.StageConnect, client.StageEcho:
 		return exitConnect
 	case client.StageSend, client.StageShutdown:
 		return exitSend

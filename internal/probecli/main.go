@@ -163,7 +163,7 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		// With no subcommand, say so as a usage error.
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return errors.New("a command is required: connect, trace, fetch, resolve, health or sweep")
+			return errors.New("a command is required: connect, trace, ping, fetch, resolve, health or sweep")
 		},
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return a.readEnv(cmd.Flags())
@@ -177,7 +177,7 @@ func (a *app) rootCommand() *cobra.Command {
 		panic(err) // the tags of globals are wrong: every test fails
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.connectCommand(), a.traceCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
+	root.AddCommand(a.connectCommand(), a.traceCommand(), a.pingCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
 	// Cobra's completion command prints its help, and exits 0, for a shell
 	// it has no script for: that is a usage error.
 	root.InitDefaultCompletionCmd()

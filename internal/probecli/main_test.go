@@ -307,7 +307,7 @@ func TestUsage(t *testing.T) {
 		help string // the command named in the hint; "" for none, when the server refused the request
 	}{
 		{[]string{"frob"}, nil, `probe: unknown command "frob" for "probe"`, "probe"},
-		{nil, nil, "probe: a command is required: connect, trace, fetch, resolve, health or sweep", "probe"},
+		{nil, nil, "probe: a command is required: connect, trace, ping, fetch, resolve, health or sweep", "probe"},
 		{[]string{"connect", "127.0.0.1"}, nil, `probe: target "127.0.0.1" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe connect"},
 		{[]string{"connect", "[::1]"}, nil, `probe: target "[::1]" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe connect"},
 		{[]string{"connect", "127.0.0.1:"}, nil, `probe: target "127.0.0.1:": PORT is empty: give a port number or a service name`, "probe connect"},

@@ -38,12 +38,44 @@ type outcome struct {
 	// json is the report, for -o json.
 	json proto.Message
 	err  error
+	// stop ends the run after this probe: the next would fail as it did.
+	stop bool
+}
+
+// repeatStyle is how a repeated run prints and ends: as connect's and
+// fetch's ("probe 3: ..." and their summary), or as ping's.
+type repeatStyle struct {
+	// label begins the line of probe n (from 1).
+	label func(n int) string
+	// summary is the run's last lines, without the final newline.
+	summary func(target string, sent, failed int, times []time.Duration) string
+	// anyAnswer makes the run a success when any probe was, as ping's
+	// exit status is; else it fails when any probe failed.
+	anyAnswer bool
+}
+
+// probeStyle is connect's and fetch's.
+var probeStyle = repeatStyle{
+	label: func(n int) string { return fmt.Sprintf("probe %d: ", n) },
+	summary: func(target string, sent, failed int, times []time.Duration) string {
+		summary := fmt.Sprintf("--- %s: %s, %d failed, %.0f%% loss", target, plural(sent, "probe"), failed, percent(failed, sent))
+		if len(times) > 0 {
+			lo, avg, hi, mdev := stats(times)
+			summary += fmt.Sprintf("; time min/avg/max/mdev = %s/%s/%s/%s", ms(lo), ms(avg), ms(hi), ms(mdev))
+		}
+		return summary
+	},
 }
 
 // repeat runs probe rf.count times (forever for 0), rf.interval apart,
 // prints a line for each and a summary at the end (also when
 // interrupted). It fails as the last failed probe did, if any did.
 func (a *app) repeat(ctx context.Context, rf repeatFlags, target string, probe func(context.Context) outcome) error {
+	return a.repeatAs(ctx, rf, target, probeStyle, probe)
+}
+
+// repeatAs is repeat, printed and ended in style.
+func (a *app) repeatAs(ctx context.Context, rf repeatFlags, target string, style repeatStyle, probe func(context.Context) outcome) error {
 	if rf.count < 0 {
 		return usagef("--count %d: want 0 (until interrupted) or more", rf.count)
 	}
@@ -88,31 +120,26 @@ func (a *app) repeat(ctx context.Context, rf repeatFlags, target string, probe f
 			}
 		case a.Output == "json":
 		case o.err != nil:
-			fmt.Fprintf(a.out, "probe %d: %v\n", sent, o.err)
+			fmt.Fprintf(a.out, "%s%v\n", style.label(sent), o.err)
 			var traced tracedError
 			if errors.As(o.err, &traced) {
-				fmt.Fprintf(a.out, "probe %d: %s\n", sent, traced.where())
+				fmt.Fprintf(a.out, "%s%s\n", style.label(sent), traced.where())
 			}
 		default:
-			fmt.Fprintf(a.out, "probe %d: %s\n", sent, o.line)
+			fmt.Fprintf(a.out, "%s%s\n", style.label(sent), o.line)
 		}
-		if o.err != nil && !isProbeError(o.err) {
-			// The probe server refused or failed the call: no point in
-			// asking again.
+		if o.stop || o.err != nil && !isProbeError(o.err) {
+			// The probe server refused or failed the call, or cannot
+			// probe at all: no point in asking again.
 			break
 		}
-	}
-	summary := fmt.Sprintf("--- %s: %s, %d failed, %.0f%% loss", target, plural(sent, "probe"), failed, percent(failed, sent))
-	if len(times) > 0 {
-		lo, avg, hi, mdev := stats(times)
-		summary += fmt.Sprintf("; time min/avg/max/mdev = %s/%s/%s/%s", ms(lo), ms(avg), ms(hi), ms(mdev))
 	}
 	w := a.out
 	if a.Output == "json" {
 		w = a.err
 	}
-	fmt.Fprintln(w, summary)
-	if lastErr == nil {
+	fmt.Fprintln(w, style.summary(target, sent, failed, times))
+	if lastErr == nil || style.anyAnswer && failed < sent {
 		return nil
 	}
 	var pe *client.ProbeError

@@ -38,6 +38,7 @@ type sweepFlags struct {
 	from        string
 	quorum      int
 	limit       int
+	trace       bool
 }
 
 func (a *app) sweepCommand() *cobra.Command {
@@ -69,6 +70,13 @@ reached every target; --quorum N makes it 0 when every target is reached
 from at least N nodes. A node whose results break the API makes it 10
 either way. Without --deadline the sweep waits for every node asked.
 
+With --trace, a probe that fails on the way to its target or at it is
+followed by a trace of the path to the address it failed at, as connect
+--trace makes one (a sweep runs 16 at most): after the matrix, a line for
+each says where its path stopped, "198.18.4.1:82: TIMEOUT at CONNECT; last
+hop that answered: 198.18.1.1 (hop 1); nothing beyond it". With -o json each
+result's "connect" carries its "path".
+
 With -o json it prints one object per result as it comes:
 {"server": "...", "result": SweepResponse}, and for a server that could not
 be asked {"server": "...", "error": {"code": ..., "message": ...}}. The exit
@@ -86,6 +94,9 @@ stderr.`,
 			}
 			if sf.deadline < 0 {
 				return usagef("--deadline %v: must be positive, or 0 for none", sf.deadline)
+			}
+			if sf.trace && sf.udp {
+				return usagef("--trace follows TCP targets only: leave out --udp")
 			}
 			targets, err := sf.targets(args)
 			if err != nil {
@@ -135,6 +146,7 @@ stderr.`,
 	f.StringArrayVar(&sf.srv, "srv", nil, "sweep the targets of this SRV name, such as _https._tcp.example.com (repeatable)")
 	f.BoolVar(&sf.expand, "expand", false, "probe each address of a host name on its own, not the first that connects")
 	f.BoolVar(&sf.udp, "udp", false, "connect with UDP (which only shows the route) instead of TCP")
+	f.BoolVar(&sf.trace, "trace", false, "when a probe fails, trace the path to the address it failed at and say where it stopped (as connect --trace; 16 traces a sweep at most)")
 	f.IntVar(&sf.concurrency, "concurrency", 16, "probes each server runs at once (it may cap this)")
 	settings.DurationVar(f, &sf.deadline, "deadline", "", 0, "time the whole sweep may take; what is left then comes back abandoned (default: none, each probe bounded by --timeout)")
 	f.StringVar(&sf.from, "from", "", `probe from the nodes of --server's fleet this selects: "all", "node=a,b", "zone=eu-1" (a label), or several joined by commas; a column per node. Without --deadline the sweep waits for every node asked: the server cuts one that falls silent after about 20 s`)
@@ -184,6 +196,11 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 	if len(steps) > 0 && steps[len(steps)-1].Expect == "" {
 		return nil, usagef("a sweep's dialogue is a check: end it with an --expect")
 	}
+	var trace *client.TraceOptions
+	if sf.trace {
+		// The service's defaults.
+		trace = &client.TraceOptions{}
+	}
 	var out []client.SweepTarget
 	for _, addr := range addrs {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -195,7 +212,7 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 		if err := checkUTF8("target", addr); err != nil {
 			return nil, err
 		}
-		out = append(out, client.SweepTarget{Network: network, Address: addr, Expand: expand, Steps: steps})
+		out = append(out, client.SweepTarget{Network: network, Address: addr, Expand: expand, Steps: steps, Trace: trace})
 	}
 	for _, name := range sf.srv {
 		if name == "" {
@@ -204,7 +221,7 @@ func (sf *sweepFlags) targets(args []string) ([]client.SweepTarget, error) {
 		if err := checkUTF8("--srv", name); err != nil {
 			return nil, err
 		}
-		out = append(out, client.SweepTarget{Network: network, Address: name, Expand: client.ExpandSRV, Steps: steps})
+		out = append(out, client.SweepTarget{Network: network, Address: name, Expand: client.ExpandSRV, Steps: steps, Trace: trace})
 	}
 	if len(out) == 0 {
 		return nil, usagef("no targets: give HOST:PORT arguments, --file or --srv")
@@ -289,6 +306,12 @@ type cell struct {
 	ok   bool
 }
 
+// indexed is a line about a sweep's entry index.
+type indexed struct {
+	index int
+	text  string
+}
+
 // row is a line of the matrix: an entry, or one target an expanded entry
 // stood for.
 type row struct {
@@ -317,6 +340,9 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 	}
 	var (
 		failures []string
+		// wheres say where the paths of failed probes stopped (--trace),
+		// by entry.
+		wheres   []indexed
 		rejected error
 		done     int
 	)
@@ -353,6 +379,13 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 			}
 		}
 		rows[key].cells[server] = outcomeCell(r)
+		if r.Err != nil && r.Connect != nil && r.Connect.Path != nil {
+			who := r.Target
+			if len(vantages) > 1 {
+				who += " from " + name
+			}
+			wheres = append(wheres, indexed{r.Index, fmt.Sprintf("%s: %s", who, tracedError{pe: r.Err, path: r.Connect.Path}.where())})
+		}
 		done++
 		switch {
 		case a.Output == "json":
@@ -407,6 +440,10 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 	}
 	if a.Output != "json" {
 		a.printMatrix(vantages, lines)
+		slices.SortStableFunc(wheres, func(x, y indexed) int { return x.index - y.index })
+		for _, w := range wheres {
+			fmt.Fprintf(a.err, "probe: %s\n", w.text)
+		}
 	}
 	for _, f := range failures {
 		fmt.Fprintf(a.err, "probe: %s\n", f)

@@ -267,22 +267,27 @@ func hopText(p *client.Path, h client.Hop) string {
 		}
 		return "time exceeded"
 	case client.HopAnswerUnreachable:
-		var words string
-		switch {
-		case !v6 && h.ICMPType == 3:
-			words = "unreachable: " + codeWords(icmp4Unreachable, h.ICMPCode)
-		case v6 && h.ICMPType == 1:
-			words = "unreachable: " + codeWords(icmp6Unreachable, h.ICMPCode)
-		case !v6 && h.ICMPType == 12, v6 && h.ICMPType == 4:
-			words = "parameter problem"
-		case v6 && h.ICMPType == 2:
-			words = "packet too big"
-		default:
-			words = "an ICMP error"
-		}
-		return words + " " + code
+		return icmpErrorWords(v6, h.ICMPType, h.ICMPCode) + " " + code
 	}
 	return h.Answer.String()
+}
+
+// icmpErrorWords names an ICMP (v6: ICMPv6) error that is not a time
+// exceeded: "unreachable: communication administratively prohibited".
+func icmpErrorWords(v6 bool, icmpType, icmpCode int) string {
+	switch {
+	case !v6 && icmpType == 3:
+		return "unreachable: " + codeWords(icmp4Unreachable, icmpCode)
+	case v6 && icmpType == 1:
+		return "unreachable: " + codeWords(icmp6Unreachable, icmpCode)
+	case !v6 && icmpType == 12, v6 && icmpType == 4:
+		return "parameter problem"
+	case v6 && icmpType == 2:
+		return "packet too big"
+	case !v6 && icmpType == 11, v6 && icmpType == 3:
+		return "time exceeded"
+	}
+	return "an ICMP error"
 }
 
 // codeWords is the words for code in words, or the code by number.

@@ -3750,7 +3750,16 @@ type SweepTarget struct {
 	Steps []*Step `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
 	// icmp are the options of each probe's ICMP echo, when the target's
 	// network is NETWORK_ICMP, as ConnectRequest.icmp.
-	Icmp          *IcmpOptions `protobuf:"bytes,6,opt,name=icmp,proto3" json:"icmp,omitempty"`
+	Icmp *IcmpOptions `protobuf:"bytes,6,opt,name=icmp,proto3" json:"icmp,omitempty"`
+	// trace, when set, also traces the network path to the address each
+	// probe of this entry reached or failed at, as ConnectRequest.trace does
+	// (TCP and UDP targets; checked as it is, naming targets[i].trace): the
+	// response's connect.path reports it. A trace holds its probe's place
+	// within the server's in-flight limits until it ends, and a sweep runs
+	// at most 16 traces: a probe past them that would be traced has a path
+	// that ends PATH_END_ERROR with REASON_LIMIT saying so. Each trace ends
+	// within its own timeout and the sweep's budget.
+	Trace         *TraceOptions `protobuf:"bytes,7,opt,name=trace,proto3" json:"trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3823,6 +3832,13 @@ func (x *SweepTarget) GetSteps() []*Step {
 func (x *SweepTarget) GetIcmp() *IcmpOptions {
 	if x != nil {
 		return x.Icmp
+	}
+	return nil
+}
+
+func (x *SweepTarget) GetTrace() *TraceOptions {
+	if x != nil {
+		return x.Trace
 	}
 	return nil
 }
@@ -4656,14 +4672,15 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x18\n" +
 	"\aaliases\x18\x04 \x03(\tR\aaliases\x122\n" +
 	"\x06source\x18\x05 \x01(\x0e2\x1a.netprobe.v1.ServiceSourceR\x06source\x12-\n" +
-	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\x9e\x02\n" +
+	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\"\xcf\x02\n" +
 	"\vSweepTarget\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
 	"\x06expand\x18\x03 \x01(\x0e2\x13.netprobe.v1.ExpandR\x06expand\x12)\n" +
 	"\x03tls\x18\x04 \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
 	"\x05steps\x18\x05 \x03(\v2\x11.netprobe.v1.StepR\x05steps\x12,\n" +
-	"\x04icmp\x18\x06 \x01(\v2\x18.netprobe.v1.IcmpOptionsR\x04icmp\"\xd3\x01\n" +
+	"\x04icmp\x18\x06 \x01(\v2\x18.netprobe.v1.IcmpOptionsR\x04icmp\x12/\n" +
+	"\x05trace\x18\a \x01(\v2\x19.netprobe.v1.TraceOptionsR\x05trace\"\xd3\x01\n" +
 	"\fSweepRequest\x122\n" +
 	"\atargets\x18\x01 \x03(\v2\x18.netprobe.v1.SweepTargetR\atargets\x12 \n" +
 	"\vconcurrency\x18\x02 \x01(\rR\vconcurrency\x123\n" +
@@ -4976,34 +4993,35 @@ var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	26, // 70: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
 	31, // 71: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
 	19, // 72: netprobe.v1.SweepTarget.icmp:type_name -> netprobe.v1.IcmpOptions
-	38, // 73: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	50, // 74: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	40, // 75: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
-	47, // 76: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
-	48, // 77: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
-	13, // 78: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	21, // 79: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	34, // 80: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
-	41, // 81: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
-	42, // 82: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
-	43, // 83: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
-	49, // 84: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
-	50, // 85: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
-	18, // 86: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	30, // 87: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	36, // 88: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	39, // 89: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	45, // 90: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
-	21, // 91: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	35, // 92: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	37, // 93: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	44, // 94: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	46, // 95: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
-	91, // [91:96] is the sub-list for method output_type
-	86, // [86:91] is the sub-list for method input_type
-	86, // [86:86] is the sub-list for extension type_name
-	86, // [86:86] is the sub-list for extension extendee
-	0,  // [0:86] is the sub-list for field type_name
+	22, // 73: netprobe.v1.SweepTarget.trace:type_name -> netprobe.v1.TraceOptions
+	38, // 74: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	50, // 75: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 76: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
+	47, // 77: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
+	48, // 78: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
+	13, // 79: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	21, // 80: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	34, // 81: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
+	41, // 82: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
+	42, // 83: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
+	43, // 84: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
+	49, // 85: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
+	50, // 86: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
+	18, // 87: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	30, // 88: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	36, // 89: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	39, // 90: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	45, // 91: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
+	21, // 92: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	35, // 93: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	37, // 94: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	44, // 95: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	46, // 96: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
+	92, // [92:97] is the sub-list for method output_type
+	87, // [87:92] is the sub-list for method input_type
+	87, // [87:87] is the sub-list for extension type_name
+	87, // [87:87] is the sub-list for extension extendee
+	0,  // [0:87] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
