@@ -143,7 +143,32 @@ func TestTraceMetrics(t *testing.T) {
 		}
 	}
 
+	// stops runs the rows of chainStops: each scrape's probe_success and
+	// where its path stopped, as debug=true says it, the hops' addresses
+	// named.
+	names := strings.NewReplacer(r(1).String()+" (", "r1 (", r(2).String()+" (", "r2 (", r(3).String()+" (", "r3 (", target.String()+" (", "target (")
+	stops := func(t *testing.T, last bool) {
+		for _, row := range chainStops {
+			if row.last != last {
+				continue
+			}
+			t.Run(row.name, func(t *testing.T) {
+				t.Parallel()
+				debug := get(t, fmt.Sprintf("/probe?module=%s&target=%s&debug=true", row.module, netip.AddrPortFrom(target, uint16(row.port))))
+				if want := fmt.Sprintf("\nprobe_success %d\n", row.success); !strings.Contains(debug, want) {
+					t.Errorf("debug=true lacks %q:\n%s", want, debug)
+				}
+				_, stopped, _ := strings.Cut(debug, "\n  stopped after ")
+				stopped, _, _ = strings.Cut(stopped, "\n")
+				if got := names.Replace(stopped); got != row.stopped {
+					t.Errorf("stopped after %q, want %q:\n%s", got, row.stopped, debug)
+				}
+			})
+		}
+	}
+
 	t.Run("scrapes", func(t *testing.T) {
+		t.Run("where it stopped", func(t *testing.T) { stops(t, false) })
 		t.Run("dropped at r2, on failure", func(t *testing.T) {
 			t.Parallel()
 			// r1 answers; five silent TTLs after it end the trace.
@@ -193,6 +218,76 @@ func TestTraceMetrics(t *testing.T) {
 		if !strings.Contains(page, want) {
 			t.Errorf("the page lacks %q", want)
 		}
+	}
+	// Last, as it breaks the chain for every port.
+	t.Run("no route at r1", func(t *testing.T) {
+		c.NoRoute(t, 1)
+		stops(t, true)
+	})
+}
+
+// chainStop is a row of docs/fault-matrix.md's table of where a path
+// stopped: a fault made in the chain client - r1 - r2 - r3 - target, and
+// what a scrape of a module with netprobe.trace says of it.
+type chainStop struct {
+	name, condition string
+	module          string
+	port            int
+	// last says the fault breaks the chain for every port: its row runs
+	// after the others.
+	last    bool
+	success int
+	// stopped is where the path stopped (audit.StoppedAfter's words),
+	// with the hops' addresses named r1, r2, r3 and target.
+	stopped string
+}
+
+var chainStops = []chainStop{
+	{name: "dropped at r2", condition: "r2 drops the SYNs (nft `drop`)", module: "traced", port: tracePortDropped,
+		stopped: "r1 (hop 1); nothing beyond it"},
+	{name: "rejected at r2", condition: "r2 rejects the SYNs with ICMP admin-prohibited", module: "traced", port: tracePortRejected,
+		stopped: "r2 (hop 2), which answered unreachable (ICMP type 3, code 13)"},
+	{name: "closed port", condition: "nothing listens on the target's port", module: "traced", port: tracePortClosed,
+		stopped: "target (hop 4): the target answered RST"},
+	{name: "reached", condition: "the target accepts (`when: always` traces a success too)", module: "traced_always", port: tracePortOpen, success: 1,
+		stopped: "target (hop 4): the target answered SYN-ACK"},
+	{name: "no route at r1", condition: "r1 has no route to the target", module: "traced", port: tracePortOpen, last: true,
+		stopped: "r1 (hop 1), which answered unreachable (ICMP type 3, code 0)"},
+}
+
+// docs/fault-matrix.md's table of where paths stopped stands between
+// these lines.
+const (
+	stopsBegin = "<!-- where it stopped: made from cmd/probed/trace_metrics_linux_test.go by `go test ./cmd/probed -run TestChainStopsTable -update` -->\n"
+	stopsEnd   = "<!-- end of where it stopped -->\n"
+)
+
+// TestChainStopsTable checks that docs/fault-matrix.md's table of where
+// paths stopped is chainStops, which TestTraceMetrics runs.
+func TestChainStopsTable(t *testing.T) {
+	const doc = "../../docs/fault-matrix.md"
+	b, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, rest, ok1 := strings.Cut(string(b), stopsBegin)
+	old, after, ok2 := strings.Cut(rest, stopsEnd)
+	if !ok1 || !ok2 {
+		t.Fatalf("%s has no table between %q and %q", doc, stopsBegin, stopsEnd)
+	}
+	var want strings.Builder
+	want.WriteString("| condition | probe_success | where it stopped |\n|---|---|---|\n")
+	for _, r := range chainStops {
+		fmt.Fprintf(&want, "| %s | %d | %s |\n", r.condition, r.success, r.stopped)
+	}
+	switch {
+	case old == want.String():
+	case *update:
+		if err := os.WriteFile(doc, []byte(before+stopsBegin+want.String()+stopsEnd+after), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Errorf("docs/fault-matrix.md's table of where paths stopped differs from the tests'; run go test ./cmd/probed -run TestChainStopsTable -update\ndocs:\n%s\ntests:\n%s", old, want.String())
 	}
 }
 

@@ -32,7 +32,7 @@ func StoppedAfter(path *netprobev1.Path) string {
 	}
 	switch path.GetEnd() {
 	case netprobev1.PathEnd_PATH_END_REACHED:
-		return fmt.Sprintf("%s, the target, which answered %s", where, answerWords(last))
+		return fmt.Sprintf("%s: the target answered %s", where, answerWords(last))
 	case netprobev1.PathEnd_PATH_END_UNREACHABLE:
 		return fmt.Sprintf("%s, which answered %s", where, answerWords(last))
 	case netprobev1.PathEnd_PATH_END_SILENCE:

@@ -38,7 +38,7 @@ func TestStoppedAfter(t *testing.T) {
 		{"dropped at r2", dropped, "198.18.1.1 (hop 1); nothing beyond it"},
 		{"rejected at r2", rejected, "198.18.2.1 (hop 2), which answered unreachable (ICMP type 3, code 13)"},
 		{"reached, refused", &netprobev1.Path{Hops: []*netprobev1.Hop{r1, {Ttl: 2, Address: "2001:db8::4", Answer: netprobev1.HopAnswer_HOP_ANSWER_RST, Sent: 1, Answered: 1}},
-			Reached: true, End: netprobev1.PathEnd_PATH_END_REACHED}, "2001:db8::4 (hop 2), the target, which answered RST"},
+			Reached: true, End: netprobev1.PathEnd_PATH_END_REACHED}, "2001:db8::4 (hop 2): the target answered RST"},
 		{"no hop answered", &netprobev1.Path{Hops: []*netprobev1.Hop{silent(1), silent(2)}, End: netprobev1.PathEnd_PATH_END_SILENCE}, "no hop answered, of 2 tried"},
 		{"max hops", &netprobev1.Path{Hops: []*netprobev1.Hop{r1, r1}, End: netprobev1.PathEnd_PATH_END_MAX_HOPS}, "198.18.1.1 (hop 1); nothing reached the target within 2 hops"},
 		{"out of time", &netprobev1.Path{Hops: []*netprobev1.Hop{r1, silent(2)}, End: netprobev1.PathEnd_PATH_END_TIMEOUT}, "198.18.1.1 (hop 1); the trace ran out of time"},
