@@ -195,6 +195,18 @@ func TestPageFailingPath(t *testing.T) {
 	}
 }
 
+// TestPageModuleTrace says which modules trace the path, and how.
+func TestPageModuleTrace(t *testing.T) {
+	set, _, err := modules.Parse([]byte("modules:\n  traced:\n    prober: tcp\n    timeout: 2s\n    netprobe:\n      trace: {when: always, max_hops: 12, probes_per_hop: 3}\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := serve(t, newRecorder(), Status{Modules: set}, "/").Body.String()
+	if want := "timeout 2s, traced always (12 hops at most, 3 probes a hop, within 5s)"; !strings.Contains(page, want) {
+		t.Errorf("the page lacks %q:\n%s", want, page)
+	}
+}
+
 // TestPageFiles shows each file's state, and "none" when probed reported
 // none.
 func TestPageFiles(t *testing.T) {
