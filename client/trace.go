@@ -11,9 +11,10 @@ import (
 
 // TraceOptions asks Connect to trace the network path to the address it
 // reached, or failed to reach, hop by hop as traceroute does: TCP SYNs
-// with a TTL (IPv6 hop limit) of 1, 2, 3 and so on, every one from the
-// same local port (Paris traceroute). The trace runs after the probe, on
-// a budget of its own. Only TCP targets are traced; the probe server must
+// (for a UDP target, empty datagrams, as traceroute -U sends) with a TTL
+// (IPv6 hop limit) of 1, 2, 3 and so on, every one from the same local
+// port (Paris traceroute). The trace runs after the probe, on a budget of
+// its own. TCP and UDP targets are traced; the probe server must
 // run on Linux (elsewhere the Path ends PathEndUnsupported, with no hops).
 // The zero value traces a probe that failed, with the server's defaults.
 type TraceOptions struct {
@@ -87,6 +88,11 @@ const (
 	HopAnswerUnreachable  = netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE
 	HopAnswerSYNACK       = netprobev1.HopAnswer_HOP_ANSWER_SYN_ACK
 	HopAnswerRST          = netprobev1.HopAnswer_HOP_ANSWER_RST
+	// HopAnswerPortUnreachable is a UDP target's ICMP port unreachable:
+	// reached, with nothing on the port.
+	HopAnswerPortUnreachable = netprobev1.HopAnswer_HOP_ANSWER_PORT_UNREACHABLE
+	// HopAnswerDatagram is a UDP target's reply datagram.
+	HopAnswerDatagram = netprobev1.HopAnswer_HOP_ANSWER_DATAGRAM
 )
 
 // Path is the network path a trace found to a target's address.
@@ -122,10 +128,11 @@ type Hop struct {
 	// Answer is what answered.
 	Answer HopAnswer
 	// ICMPType and ICMPCode are the ICMP (ICMPv6) type and code of a
-	// HopAnswerTimeExceeded or HopAnswerUnreachable.
+	// HopAnswerTimeExceeded, HopAnswerUnreachable or
+	// HopAnswerPortUnreachable.
 	ICMPType, ICMPCode int
-	// Reason and Errno are what a HopAnswerUnreachable or HopAnswerRST
-	// makes of the connection, as a ProbeError would say it.
+	// Reason and Errno are what a HopAnswerUnreachable, HopAnswerRST or
+	// HopAnswerPortUnreachable makes of the connection, as a ProbeError would say it.
 	Reason Reason
 	Errno  string
 	// RTTs are the round-trip times of the probes answered, in the order

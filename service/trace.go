@@ -14,6 +14,8 @@ import (
 // systems cannot, trace_other.go).
 type tracer struct {
 	dst netip.AddrPort
+	// udp traces with datagrams rather than SYNs.
+	udp bool
 	// src is the source address the probe asked for; the kernel chooses
 	// when it is not valid.
 	src             netip.Addr
@@ -58,7 +60,7 @@ func (p *probing) tracePath(tp *traceParams, resp *netprobev1.ConnectResponse) *
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 
-	tr := &tracer{dst: dst, src: p.target.source, maxHops: tp.maxHops, perHop: tp.perHop, start: time.Now()}
+	tr := &tracer{dst: dst, udp: p.target.network == "udp", src: p.target.source, maxHops: tp.maxHops, perHop: tp.perHop, start: time.Now()}
 	path := tr.run(ctx)
 	path.Destination = dst.String()
 	path.Duration = durationpb.New(time.Since(tr.start))

@@ -39,10 +39,10 @@ type answer struct {
 	rtt   time.Duration
 }
 
-// run traces the path: a TCP SYN with each TTL in turn, from one local
-// port. Without privilege, the kernel tells what answered a SYN on the
-// socket's error queue (IP_RECVERR), with the ICMP type and code and the
-// address of the router that sent it.
+// run traces the path: a TCP SYN (for UDP, an empty datagram) with each
+// TTL in turn, from one local port. Without privilege, the kernel tells
+// what answered a probe on the socket's error queue (IP_RECVERR), with the
+// ICMP type and code and the address of the router that sent it.
 func (tr *tracer) run(ctx context.Context) *netprobev1.Path {
 	path := &netprobev1.Path{}
 	fl := &flow{}
@@ -72,7 +72,7 @@ func (tr *tracer) run(ctx context.Context) *netprobev1.Path {
 		}
 		switch {
 		case path.End != netprobev1.PathEnd_PATH_END_UNSPECIFIED:
-		case hop.Answer == netprobev1.HopAnswer_HOP_ANSWER_SYN_ACK || hop.Answer == netprobev1.HopAnswer_HOP_ANSWER_RST:
+		case reached(hop.Answer):
 			path.End, path.Reached = netprobev1.PathEnd_PATH_END_REACHED, true
 		case hop.Answer == netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE:
 			path.End = netprobev1.PathEnd_PATH_END_UNREACHABLE
@@ -97,6 +97,16 @@ func (tr *tracer) run(ctx context.Context) *netprobev1.Path {
 	}
 	path.FlowHeld = !fl.moved
 	return path
+}
+
+// reached reports whether an answer is the target's own.
+func reached(a netprobev1.HopAnswer) bool {
+	switch a {
+	case netprobev1.HopAnswer_HOP_ANSWER_SYN_ACK, netprobev1.HopAnswer_HOP_ANSWER_RST,
+		netprobev1.HopAnswer_HOP_ANSWER_PORT_UNREACHABLE, netprobev1.HopAnswer_HOP_ANSWER_DATAGRAM:
+		return true
+	}
+	return false
 }
 
 // record adds an answer to its hop: the first one names the hop.
@@ -141,15 +151,20 @@ func (fl *flow) went(local netip.AddrPort) {
 	}
 }
 
-// probe sends one SYN with ttl and waits up to hopWait for what answers
-// it. The answer is of kind NONE when nothing did (or ctx ended first); a
-// ProbeError is a local failure, which ends the trace.
+// probe sends one SYN (for UDP, one empty datagram) with ttl and waits up
+// to hopWait for what answers it. The answer is of kind NONE when nothing
+// did (or ctx ended first); a ProbeError is a local failure, which ends
+// the trace.
 func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netprobev1.ProbeError) {
 	family := unix.AF_INET6
 	if tr.dst.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	sotype, proto := unix.SOCK_STREAM, unix.IPPROTO_TCP
+	if tr.udp {
+		sotype, proto = unix.SOCK_DGRAM, unix.IPPROTO_UDP
+	}
+	fd, err := unix.Socket(family, sotype|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return answer{}, tr.fail(netprobev1.Stage_STAGE_SOCKET, os.NewSyscallError("socket", err))
 	}
@@ -165,6 +180,7 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 		sent       time.Time
 		setupErr   error
 		connectErr error
+		sendErr    error
 	)
 	if err := rc.Control(func(s uintptr) {
 		if setupErr = tr.setup(int(s), fl, ttl); setupErr != nil {
@@ -177,6 +193,12 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 		if sa, err := unix.Getsockname(int(s)); err == nil {
 			fl.went(addrPort(sa))
 		}
+		if tr.udp && connectErr == nil {
+			// A UDP connect sends nothing: the probe is an empty datagram,
+			// whose ICMP errors come back to the connected socket.
+			sent = time.Now()
+			sendErr = unix.Sendto(int(s), nil, 0, nil)
+		}
 	}); err != nil {
 		return answer{}, tr.fail(netprobev1.Stage_STAGE_SOCKET, err)
 	}
@@ -184,6 +206,11 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 		return answer{}, tr.fail(netprobev1.Stage_STAGE_SOCKET, setupErr)
 	}
 	switch {
+	case tr.udp && connectErr != nil:
+		return answer{}, tr.fail(netprobev1.Stage_STAGE_CONNECT, os.NewSyscallError("connect", connectErr))
+	case tr.udp && sendErr != nil:
+		return answer{}, tr.fail(netprobev1.Stage_STAGE_SEND, os.NewSyscallError("sendto", sendErr))
+	case tr.udp:
 	case connectErr == nil:
 		// Connected at once: the SYN-ACK came back within connect(2).
 		return answer{kind: netprobev1.HopAnswer_HOP_ANSWER_SYN_ACK, from: tr.dst.Addr(), rtt: time.Since(sent)}, nil
@@ -201,13 +228,19 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 		done     bool
 		localErr error
 	)
-	err = rc.Write(func(s uintptr) bool {
-		a, done, localErr = tr.inspect(int(s))
+	// A SYN's answer makes its socket writable (connected, or failed); a
+	// datagram's, readable (a reply, or an error queued).
+	wait, inspect, stage := rc.Write, tr.inspect, netprobev1.Stage_STAGE_CONNECT
+	if tr.udp {
+		wait, inspect, stage = rc.Read, tr.inspectUDP, netprobev1.Stage_STAGE_RECEIVE
+	}
+	err = wait(func(s uintptr) bool {
+		a, done, localErr = inspect(int(s))
 		return done
 	})
 	switch {
 	case localErr != nil:
-		return answer{}, tr.fail(netprobev1.Stage_STAGE_CONNECT, localErr)
+		return answer{}, tr.fail(stage, localErr)
 	case err != nil || !done:
 		return answer{kind: netprobev1.HopAnswer_HOP_ANSWER_NONE}, nil
 	}
@@ -246,9 +279,11 @@ func (tr *tracer) setup(s int, fl *flow, ttl int) error {
 		}
 	}
 	// Closing a connected probe resets it: no TIME_WAIT holds the 4-tuple
-	// that the next probe of the hop reuses.
-	if err := unix.SetsockoptLinger(s, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
-		return os.NewSyscallError("setsockopt SO_LINGER", err)
+	// that the next probe of the hop reuses. (UDP has none.)
+	if !tr.udp {
+		if err := unix.SetsockoptLinger(s, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
+			return os.NewSyscallError("setsockopt SO_LINGER", err)
+		}
 	}
 	src := tr.src
 	if !src.IsValid() {
@@ -296,6 +331,44 @@ func (tr *tracer) inspect(s int) (a answer, done bool, err error) {
 		}
 		return answer{}, true, os.NewSyscallError("connect", errno)
 	}
+}
+
+// inspectUDP looks at a UDP probe's socket: an ICMP error on its error
+// queue, a datagram from the target, or nothing yet (done false). An
+// error is a local one, with no ICMP behind it.
+func (tr *tracer) inspectUDP(s int) (a answer, done bool, err error) {
+	if a, ok := readErrQueue(s); ok {
+		return tr.portUnreachable(a), true, nil
+	}
+	var b [1]byte
+	_, _, err = unix.Recvfrom(s, b[:], unix.MSG_DONTWAIT)
+	switch {
+	case err == nil:
+		// The socket is connected: what comes in is the target's.
+		return answer{kind: netprobev1.HopAnswer_HOP_ANSWER_DATAGRAM, from: tr.dst.Addr()}, true, nil
+	case errors.Is(err, unix.EAGAIN):
+		return answer{}, false, nil
+	}
+	// The kernel queues an ICMP error before it sets the socket's error,
+	// which recvfrom returns: one may have come in since the queue was
+	// read.
+	if a, ok := readErrQueue(s); ok {
+		return tr.portUnreachable(a), true, nil
+	}
+	return answer{}, true, os.NewSyscallError("recvfrom", err)
+}
+
+// portUnreachable makes an ICMP port unreachable (type 3 code 3, ICMPv6
+// type 1 code 4) from the target's own address what traceroute -U takes
+// it for: the target, reached, with nothing on the port. From any other
+// address (a router's filter) it stays an unreachable.
+func (tr *tracer) portUnreachable(a answer) answer {
+	v4 := tr.dst.Addr().Is4() && a.icmpType == 3 && a.icmpCode == 3
+	v6 := tr.dst.Addr().Is6() && a.icmpType == 1 && a.icmpCode == 4
+	if a.kind == netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE && (v4 || v6) && a.from == tr.dst.Addr() {
+		a.kind = netprobev1.HopAnswer_HOP_ANSWER_PORT_UNREACHABLE
+	}
+	return a
 }
 
 // readErrQueue takes an ICMP error off the socket's error queue, as an

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -249,6 +250,172 @@ func TestTracePolicy(t *testing.T) {
 			}
 			if resp.GetPath() != nil {
 				t.Errorf("path %v to a denied address", resp.GetPath())
+			}
+		})
+	}
+}
+
+// TestTraceUDPLoopback traces UDP paths of one hop, to targets on
+// loopback: a closed port answers the first TTL with an ICMP port
+// unreachable, an echo with a datagram, and a port that keeps silent not
+// at all. (Routers, and their filters, are cmd/probed's TestTrace.)
+func TestTraceUDPLoopback(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	// The echo tells the test each datagram's source: every probe of the
+	// trace must come from the one port the path names.
+	echo, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	sources := make(chan netip.AddrPort, 16)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := echo.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			sources <- from.(*net.UDPAddr).AddrPort()
+			echo.WriteTo([]byte("pong"), from)
+		}
+	}()
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	closed4 := closedUDPPort(t, "127.0.0.1:0")
+	closed6 := closedUDPPort(t, "[::1]:0")
+	always := &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS}
+	portUnreachable := func(addr string, icmpType, icmpCode uint32) *netprobev1.Hop {
+		return &netprobev1.Hop{
+			Ttl: 1, Address: addr, Answer: netprobev1.HopAnswer_HOP_ANSWER_PORT_UNREACHABLE, IcmpType: icmpType, IcmpCode: icmpCode,
+			Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED", Sent: 1, Answered: 1,
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		host  string
+		port  uint32
+		trace *netprobev1.TraceOptions
+		// want is the path, without its durations, source and rtts.
+		want *netprobev1.Path
+	}{
+		{"IPv4, closed port", "127.0.0.1", closed4, always, &netprobev1.Path{
+			Hops: []*netprobev1.Hop{portUnreachable("127.0.0.1", 3, 3)}, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+		}},
+		{"IPv6, closed port", "::1", closed6, always, &netprobev1.Path{
+			Hops: []*netprobev1.Hop{portUnreachable("::1", 1, 4)}, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+		}},
+		{"echo, three probes a hop", "127.0.0.1", uint32(echo.LocalAddr().(*net.UDPAddr).Port), &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS, ProbesPerHop: 3}, &netprobev1.Path{
+			Hops:    []*netprobev1.Hop{{Ttl: 1, Address: "127.0.0.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_DATAGRAM, Sent: 3, Answered: 3}},
+			Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+		}},
+		// An open port that does not answer an empty datagram: the trace
+		// cannot tell it from a drop, and says only what it saw.
+		{"silent port", "127.0.0.1", uint32(silent.LocalAddr().(*net.UDPAddr).Port), &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS, Timeout: durationpb.New(2500 * time.Millisecond)}, &netprobev1.Path{
+			Hops: []*netprobev1.Hop{
+				{Ttl: 1, Answer: netprobev1.HopAnswer_HOP_ANSWER_NONE, Sent: 1},
+				{Ttl: 2, Answer: netprobev1.HopAnswer_HOP_ANSWER_NONE, Sent: 1},
+			},
+			FlowHeld: true, End: netprobev1.PathEnd_PATH_END_TIMEOUT,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+				Target: &netprobev1.Target{Host: tc.host, Port: tc.port, Network: netprobev1.Network_NETWORK_UDP},
+				Trace:  tc.trace,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Error != nil {
+				t.Fatalf("error %v: a UDP connect sends nothing, and fails only locally", resp.Error)
+			}
+			path := resp.GetPath()
+			budget := 10 * time.Second
+			if tc.trace.Timeout != nil {
+				budget = tc.trace.Timeout.AsDuration()
+			}
+			if tc.want.End == netprobev1.PathEnd_PATH_END_TIMEOUT {
+				// A generous bound on the budget's end: it is measured a
+				// moment after.
+				if d := path.GetDuration().AsDuration(); d > budget+250*time.Millisecond {
+					t.Errorf("the trace took %v, over its budget of %v", d, budget)
+				}
+			} else {
+				checkPathTimes(t, path, budget)
+			}
+			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.host), uint16(tc.port))
+			if src, err := netip.ParseAddrPort(path.Source); err != nil || src.Addr() != dst.Addr() || src.Port() == 0 {
+				t.Errorf("source %q, want %s and a port", path.Source, dst.Addr())
+			}
+			tc.want.Destination, tc.want.Source = dst.String(), path.Source
+			if diff := cmp.Diff(tc.want, path, protocmp.Transform(), ignorePathTimes()); diff != "" {
+				t.Errorf("path (-want +got):\n%s", diff)
+			}
+			if tc.want.Hops[0].Answer != netprobev1.HopAnswer_HOP_ANSWER_DATAGRAM {
+				return
+			}
+			// Paris traceroute, as the echo saw it.
+			for i := range 3 {
+				select {
+				case from := <-sources:
+					if from.String() != path.Source {
+						t.Errorf("probe %d came from %s, want the path's %s", i+1, from, path.Source)
+					}
+				case <-probetest.Context(t).Done():
+					t.Fatal("the echo did not see the 3 probes")
+				}
+			}
+		})
+	}
+}
+
+// closedUDPPort returns a UDP port on addr's loopback with nothing on it.
+func closedUDPPort(t *testing.T, addr string) uint32 {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return uint32(pc.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// TestTraceUDPRefusals plays a caller who asks a UDP trace for more than
+// its limits, or a trace of an ICMP echo: INVALID_ARGUMENT, naming the
+// field, and nothing sent.
+func TestTraceUDPRefusals(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	udp := func(o *netprobev1.TraceOptions) *netprobev1.ConnectRequest {
+		return &netprobev1.ConnectRequest{
+			Target: &netprobev1.Target{Host: "127.0.0.1", Port: 9, Network: netprobev1.Network_NETWORK_UDP},
+			Trace:  o,
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		req  *netprobev1.ConnectRequest
+		want string
+	}{
+		{"max_hops", udp(&netprobev1.TraceOptions{MaxHops: 65}), "trace.max_hops: 65 is over the maximum of 64"},
+		{"probes_per_hop", udp(&netprobev1.TraceOptions{ProbesPerHop: 11}), "trace.probes_per_hop: 11 is over the maximum of 10"},
+		{"timeout", udp(&netprobev1.TraceOptions{Timeout: durationpb.New(time.Hour)}), "trace.timeout: 1h0m0s is over the server's maximum of 1m0s"},
+		{"when", udp(&netprobev1.TraceOptions{When: 7}), "trace.when: unknown value 7: TRACE_WHEN_ON_FAILURE or TRACE_WHEN_ALWAYS"},
+		{"an ICMP echo", &netprobev1.ConnectRequest{
+			Target: &netprobev1.Target{Host: "127.0.0.1", Network: netprobev1.Network_NETWORK_ICMP},
+			Trace:  &netprobev1.TraceOptions{},
+		}, "trace: a trace follows TCP and UDP targets only"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.Probe.Connect(probetest.Context(t), tc.req)
+			if st := status.Convert(err); st.Code() != codes.InvalidArgument || st.Message() != "invalid request: "+tc.want {
+				t.Errorf("%v, want INVALID_ARGUMENT: invalid request: %s", err, tc.want)
 			}
 		})
 	}

@@ -380,8 +380,8 @@ func (s *Server) validateTrace(v *violations, field string, o *netprobev1.TraceO
 		return nil
 	}
 	tr := &traceParams{maxHops: defaultTraceHops, perHop: 1, timeout: min(defaultTraceTimeout, s.cfg.MaxTimeout)}
-	if t.network != "tcp" {
-		v.add(field, "a trace follows TCP targets only")
+	if t.network != "tcp" && t.network != "udp" {
+		v.add(field, "a trace follows TCP and UDP targets only")
 	}
 	switch o.GetWhen() {
 	case netprobev1.TraceWhen_TRACE_WHEN_UNSPECIFIED, netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE:

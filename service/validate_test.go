@@ -88,7 +88,8 @@ func TestBadRequests(t *testing.T) {
 		{"trace with a timeout over the maximum", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{Timeout: &durationpb.Duration{Seconds: 3600}}}, []string{"trace.timeout"}},
 		{"trace with a timeout out of range", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{Timeout: &durationpb.Duration{Seconds: math.MaxInt64}}}, []string{"trace.timeout"}},
 		{"trace with an unknown when", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{When: 3}}, []string{"trace.when"}},
-		{"trace of a UDP target", &netprobev1.ConnectRequest{Target: udp, Trace: &netprobev1.TraceOptions{}}, []string{"trace"}},
+		{"trace of an ICMP echo", &netprobev1.ConnectRequest{Target: &netprobev1.Target{Host: "127.0.0.1", Network: netprobev1.Network_NETWORK_ICMP}, Trace: &netprobev1.TraceOptions{}}, []string{"trace"}},
+		{"UDP trace, every limit at once", &netprobev1.ConnectRequest{Target: udp, Trace: &netprobev1.TraceOptions{MaxHops: 1000, ProbesPerHop: 1000, Timeout: &durationpb.Duration{Seconds: -5}}}, []string{"trace.max_hops", "trace.probes_per_hop", "trace.timeout"}},
 		{"trace, every limit at once", &netprobev1.ConnectRequest{Target: good(), Trace: &netprobev1.TraceOptions{MaxHops: 1000, ProbesPerHop: 1000, Timeout: &durationpb.Duration{Seconds: -5}}}, []string{"trace.max_hops", "trace.probes_per_hop", "trace.timeout"}},
 	}
 	for _, tt := range connects {

@@ -70,8 +70,8 @@ func TestAPIDocExamples(t *testing.T) {
 			env.run(t, doc, ex)
 		}
 	}
-	if examples < 17 {
-		t.Errorf("%d grpcurl examples found, want docs/api.md's 15 and README.md's 2", examples)
+	if examples < 18 {
+		t.Errorf("%d grpcurl examples found, want docs/api.md's 16 and README.md's 2", examples)
 	}
 }
 
@@ -695,14 +695,15 @@ func TestGrpcurlExamples(t *testing.T) {
 
 // chainExamples builds the trace and ICMP examples' network: a netlab chain
 // of three routers from the probed's host to 198.18.4.1, which serves port
-// 80, and whose port 443 r2 refuses (administratively prohibited). The
-// probed runs as uid 65532 with no capability, as TestTrace's does, in a
-// namespace whose ping_group_range lets it have ICMP datagram sockets.
+// 80, and whose port 443 r2 refuses (administratively prohibited); no UDP
+// port is open (53 answers port unreachable). The probed runs as uid
+// 65532 with no capability, as TestTrace's does, in a namespace whose
+// ping_group_range lets it have ICMP datagram sockets.
 func chainExamples(t *testing.T) *exampleEnv {
 	c := netlab.NewChain(t, 3)
 	c.Client.Sysctl(t, "net.ipv4.ping_group_range", "65532 65532")
 	probetest.NewTarget(t, c.Target.Listen(t, netip.AddrPortFrom(c.Target.V4, 80).String()), func(conn net.Conn) { conn.Close() })
 	c.Filter(t, 2, 443, netlab.Reject)
 	p := startUnprivileged(t, c.Client)
-	return &exampleEnv{addr: p.Addr, ports: map[string]string{"80": "80", "443": "443"}, command: c.Client.Command}
+	return &exampleEnv{addr: p.Addr, ports: map[string]string{"53": "53", "80": "80", "443": "443"}, command: c.Client.Command}
 }

@@ -433,8 +433,8 @@ func TestFanoutMutualTLS(t *testing.T) {
 			t.Fatalf("%s's fan-out: results from %v, node errors %v, ended %v", caller, names, got.errors, got.err)
 		}
 		probetest.Eventually(t, func() bool { return len(nodes[1].Audit()) > before }, func() string { return "n2 logged no probe" })
-		if line := nodes[1].Audit()[len(nodes[1].Audit())-1]; line["caller"] != caller {
-			t.Errorf("n2's audit line names caller %v, want %s: %v", line["caller"], caller, line)
+		if line := nodes[1].Audit()[len(nodes[1].Audit())-1]; line["caller"] != caller || line["forwarded_by"] != "node" {
+			t.Errorf("n2's audit line names caller %v forwarded by %v, want %s by node: %v", line["caller"], line["forwarded_by"], caller, line)
 		}
 	}
 	ctx := metadata.AppendToOutgoingContext(probetest.Context(t), fleet.CallerHeader, "alice")

@@ -49,6 +49,13 @@ const maxForwardedName = 256
 // had none: UNAUTHENTICATED in gRPC, 401 in HTTP.
 var ErrUnauthenticated = status.Error(codes.Unauthenticated, "a valid bearer token is required")
 
+// Identity is who a call is for: its caller's name ("" for an anonymous
+// caller, which the limits count by its address), and, for a call a peer
+// of a fleet forwarded, that peer's.
+type Identity struct {
+	Caller, ForwardedBy string
+}
+
 // Identify names the caller of a call presenting c, the same way for every
 // way in: the basic auth user, when there is one; else, when tokens are
 // required and the call needs one, the name of its bearer token (one
@@ -58,18 +65,18 @@ var ErrUnauthenticated = status.Error(codes.Unauthenticated, "a valid bearer tok
 // which the limits count by its address. A call a peer of a fleet
 // forwards (OnBehalfOf) is the original caller's, as the peer names it;
 // such a name from anyone but a peer (Config.Peers) is PERMISSION_DENIED.
-func (a *Admission) Identify(c Credentials) (string, error) {
+func (a *Admission) Identify(c Credentials) (Identity, error) {
 	name, err := a.identify(c)
 	if err != nil || len(c.OnBehalfOf) == 0 {
-		return name, err
+		return Identity{Caller: name}, err
 	}
 	switch fwd := c.OnBehalfOf[0]; {
 	case name == "" || !slices.Contains(a.peers, name):
-		return "", status.Errorf(codes.PermissionDenied, "only a peer of this node (probed --peer) may name the caller it forwards a call for; %s is not one", describeCaller(name))
+		return Identity{}, status.Errorf(codes.PermissionDenied, "only a peer of this node (probed --peer) may name the caller it forwards a call for; %s is not one", describeCaller(name))
 	case len(c.OnBehalfOf) > 1 || fwd == "" || len(fwd) > maxForwardedName || !utf8.ValidString(fwd) || strings.ContainsFunc(fwd, unicode.IsControl):
-		return "", status.Errorf(codes.PermissionDenied, "peer %s forwarded no valid caller name: one of at most %d bytes of text", name, maxForwardedName)
+		return Identity{}, status.Errorf(codes.PermissionDenied, "peer %s forwarded no valid caller name: one of at most %d bytes of text", name, maxForwardedName)
 	default:
-		return fwd, nil
+		return Identity{Caller: fwd, ForwardedBy: name}, nil
 	}
 }
 

@@ -121,6 +121,9 @@ func (a *Recorder) Observe(ctx context.Context, r service.Report) {
 	if p, ok := peer.FromContext(ctx); ok {
 		attrs = append(attrs, "peer", p.Addr.String())
 	}
+	if by, ok := ctx.Value(forwardedByKey{}).(string); ok {
+		attrs = append(attrs, "forwarded_by", by)
+	}
 	if c.GetPeerAddress() != "" {
 		attrs = append(attrs, "connected_to", c.GetPeerAddress())
 	}
@@ -193,6 +196,16 @@ type ring struct {
 // viaKey marks the context of a probe made for another way in than gRPC.
 type viaKey struct{}
 
+// forwardedByKey marks the context of a call a peer of a fleet forwarded.
+type forwardedByKey struct{}
+
+// WithForwardedBy marks ctx's probes as run for a call the fleet's peer
+// named peer forwarded: the log line and the page say so beside the
+// caller.
+func WithForwardedBy(ctx context.Context, peer string) context.Context {
+	return context.WithValue(ctx, forwardedByKey{}, peer)
+}
+
 // WithVia marks ctx's probes as made through via (such as "/probe
 // tcp_connect"), for the page; they are "gRPC METHOD" else.
 func WithVia(ctx context.Context, via string) context.Context {
@@ -205,6 +218,9 @@ func (rp *ring) add(ctx context.Context, r *service.Report, target, outcome stri
 		Outcome: outcome, Peer: r.Connect.GetPeerAddress(), Total: r.Duration, ConnectResponse: r.Connect, Summary: r.Summary, Error: r.Error}
 	if via, ok := ctx.Value(viaKey{}).(string); ok {
 		p.Via = via
+	}
+	if by, ok := ctx.Value(forwardedByKey{}).(string); ok {
+		p.Via += ", forwarded by " + by
 	}
 	if p.Caller == "" {
 		p.Caller = "anonymous"

@@ -162,12 +162,12 @@ func (sc *scraper) caller(r *http.Request) (context.Context, error) {
 	if sc.web.hasUsers() {
 		c.BasicUser, _, _ = r.BasicAuth()
 	}
-	name, err := sc.admission.Identify(c)
+	id, err := sc.admission.Identify(c)
 	switch {
 	case err != nil:
 		return nil, err
-	case name != "":
-		return service.WithCaller(r.Context(), name), nil
+	case id.Caller != "":
+		return service.WithCaller(r.Context(), id.Caller), nil
 	}
 	return admission.PeerOf(r), nil
 }

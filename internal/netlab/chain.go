@@ -177,6 +177,17 @@ const (
 // before it. Its firewall goes with its namespace.
 func (c *Chain) Filter(t testing.TB, hop int, port uint16, f Filter) {
 	t.Helper()
+	c.filter(t, hop, "tcp", port, f)
+}
+
+// FilterUDP is Filter for the UDP datagrams to the target's port.
+func (c *Chain) FilterUDP(t testing.TB, hop int, port uint16, f Filter) {
+	t.Helper()
+	c.filter(t, hop, "udp", port, f)
+}
+
+func (c *Chain) filter(t testing.TB, hop int, proto string, port uint16, f Filter) {
+	t.Helper()
 	r := c.router(t, hop)
 	v4, v6 := "drop", "drop"
 	if f == Reject {
@@ -185,11 +196,33 @@ func (c *Chain) Filter(t testing.TB, hop int, port uint16, f Filter) {
 	r.NFT(t, fmt.Sprintf(`table inet netlab_chain {
 	chain ingress {
 		type filter hook prerouting priority 0;
-		ip daddr %s tcp dport %d %s
-		ip6 daddr %s tcp dport %d %s
+		ip daddr %s %s dport %d %s
+		ip6 daddr %s %s dport %d %s
 	}
 }
-`, c.Target.V4, port, v4, c.Target.V6, port, v6))
+`, c.Target.V4, proto, port, v4, c.Target.V6, proto, port, v6))
+}
+
+// LoseEveryOther makes router number hop drop every other UDP datagram
+// to the target's port whose TTL (IPv6 hop limit) runs out there, the
+// first, third and so on, counted apart for each family (nft's numgen):
+// the probes of a trace that this router would answer with time exceeded,
+// half of them lost, as a lossy hop in mtr is, while those that go beyond
+// it all pass. The loss is exact, where a random one would make a test
+// flaky, and UDP sends nothing again that could shift the count.
+func (c *Chain) LoseEveryOther(t testing.TB, hop int, port uint16) {
+	t.Helper()
+	r := c.router(t, hop)
+	// A datagram comes in with the TTL the router before it left: 1 means
+	// it runs out here.
+	r.NFT(t, fmt.Sprintf(`table inet netlab_lossy {
+	chain ingress {
+		type filter hook prerouting priority 0;
+		ip daddr %s udp dport %d ip ttl 1 numgen inc mod 2 == 0 drop
+		ip6 daddr %s udp dport %d ip6 hoplimit 1 numgen inc mod 2 == 0 drop
+	}
+}
+`, c.Target.V4, port, c.Target.V6, port))
 }
 
 // FilterEcho makes node number node apply f to the ICMP echo requests

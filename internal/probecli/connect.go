@@ -48,7 +48,7 @@ nothing beyond it". With -o json the response's "path" is the trace.`,
 		// Checked before a --server is dialled.
 		PreRunE: func(*cobra.Command, []string) error {
 			if trace && tf.udp {
-				return errors.New("--trace follows TCP targets only: leave out --udp")
+				return errors.New("--trace traces a connect that failed, and a UDP connect sends nothing to fail: use probe trace --udp")
 			}
 			return nil
 		},

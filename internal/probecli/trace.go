@@ -40,14 +40,16 @@ func (a *app) traceCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "trace HOST PORT|SERVICE | trace HOST:PORT",
-		Short: "Trace the network path to a TCP target, hop by hop, as traceroute -T does",
+		Short: "Trace the network path to a TCP or UDP target, hop by hop, as traceroute -T (-U) does",
 		Long: `trace connects to the target as connect does (for at most 5s, or --timeout
 if less), then follows the path to the address it connected to, or failed
 at: TCP SYNs to that address and port with a TTL (IPv6 hop limit) of 1, 2, 3
-and so on. It prints a line per hop: the TTL, the address that answered and
-what it answered (the router's ICMP time exceeded, an ICMP unreachable in
-words with its type and code, or the target's own SYN-ACK, or RST from a
-closed port), the round-trip time of each probe answered and, with
+and so on; with --udp, empty UDP datagrams, as traceroute -U sends. It
+prints a line per hop: the TTL, the address that answered and what it
+answered (the router's ICMP time exceeded, an ICMP unreachable in words
+with its type and code, or the target's own SYN-ACK, or RST from a closed
+port; over UDP, its port unreachable from a closed port, or a datagram
+from a port that answers), the round-trip time of each probe answered and, with
 --probes above 1, the hop's loss. A last line says whether the target was
 reached, or where the path stopped and why, and whether every probe went
 on one flow: one local port throughout, so that routers that balance flows
@@ -57,16 +59,19 @@ The trace stops once the target answers, a hop answers unreachable, 5 hops
 in a row do not answer at all, at --max-hops, or when --timeout, the
 trace's budget, runs out. It needs no privilege where the probe server
 runs, but it needs Linux there: elsewhere the path says so, with no hops.
-Only TCP targets are traced. With -o json it prints the ConnectResponse,
-whose "path" is the trace.
+An open UDP port that does not answer an empty datagram cannot be told
+from a drop: its path ends in silence after the last router. With -o json
+it prints the ConnectResponse, whose "path" is the trace.
 
-It exits 0 when the trace reached the target, SYN-ACK or RST; when it did
-not, with the connect's own failure's code (28 for a timeout, 7 for an
-unreachable, ...), or 1 if the connect succeeded (69 if the probe server cut
-the trace short as it shut down).`,
+It exits 0 when the trace reached the target, SYN-ACK or RST (over UDP, a
+port unreachable or a datagram); when it did not, with the connect's own
+failure's code (28 for a timeout, 7 for an unreachable, ...), or 1 if the
+connect succeeded (69 if the probe server cut the trace short as it shut
+down).`,
 		Example: `  probe trace example.com 443
   probe trace --probes 3 --max-hops 16 db.internal:5432
   probe trace -6 -o json example.com https
+  probe trace --udp --probes 3 dns.internal 53
   probe --server probed.internal trace db.internal 5432`,
 		Args: positional(1, 2, "HOST PORT|SERVICE or HOST:PORT"),
 		// Checked before anything is dialled: a --server is not asked for a
@@ -109,10 +114,10 @@ the trace short as it shut down).`,
 					fmt.Fprintln(a.out, pathSummary(res.Path))
 				}
 			}
-			return traceOutcome(res.Path, err)
+			return traceOutcome(res.Path, tf.udp, err)
 		}),
 	}
-	tf.registerFamily(cmd)
+	tf.register(cmd)
 	f := cmd.Flags()
 	f.IntVar(&fl.maxHops, "max-hops", defaultMaxHops, fmt.Sprintf("highest TTL (IPv6 hop limit) tried, 1 to %d", maxMaxHops))
 	f.IntVar(&fl.probes, "probes", 1, fmt.Sprintf("probes sent each TTL, 1 to %d; more show each hop's loss, as mtr does (a probe not answered within 1s is lost)", maxProbesPerHop))
@@ -138,7 +143,7 @@ func (f *traceFlags) check() error {
 // traceOutcome is probe trace's error: none when the path reached the
 // target, else the connect's failure, or when the connect succeeded an
 // error saying the trace did not get there.
-func traceOutcome(path *client.Path, connectErr error) error {
+func traceOutcome(path *client.Path, udp bool, connectErr error) error {
 	switch {
 	case path != nil && path.Reached:
 		return nil
@@ -149,6 +154,9 @@ func traceOutcome(path *client.Path, connectErr error) error {
 		return errors.New("the probe server sent no path")
 	case path.End == client.PathEndServerShutdown:
 		return exitError{exitUnavailable, "trace: cut short: the probe server is shutting down"}
+	case udp:
+		// A UDP connect sends nothing: it has not got there either.
+		return fmt.Errorf("trace: %s did not answer: an open UDP port may not answer an empty datagram", path.Destination)
 	}
 	return fmt.Errorf("trace: %s did not reach the target, though the connect did", path.Destination)
 }
@@ -249,6 +257,10 @@ func hopText(p *client.Path, h client.Hop) string {
 		return "SYN-ACK"
 	case client.HopAnswerRST:
 		return "RST: the port is closed"
+	case client.HopAnswerPortUnreachable:
+		return "port unreachable: the port is closed " + code
+	case client.HopAnswerDatagram:
+		return "a datagram: the port answered"
 	case client.HopAnswerTimeExceeded:
 		if !v6 && h.ICMPCode == 1 {
 			return "fragment reassembly time exceeded " + code

@@ -23,11 +23,16 @@ const (
 	chainPortOpen     = 80
 	chainPortDropped  = 82 // r2 drops the SYNs
 	chainPortRejected = 83 // r2 answers them administratively prohibited
+	// chainPortLossyUDP is a closed UDP port, whose datagrams r2 loses
+	// every other one of when their TTL ends there.
+	chainPortLossyUDP = 95
 )
 
 // traceChain is a chain client - r1 - r2 - r3 - target whose target
 // serves chainPortOpen, and whose r2 drops chainPortDropped's SYNs and
-// rejects chainPortRejected's, both families.
+// rejects chainPortRejected's, and loses every other of
+// chainPortLossyUDP's datagrams that it would answer, both families. No
+// UDP port is open.
 func traceChain(t *testing.T) *netlab.Chain {
 	t.Helper()
 	c := netlab.NewChain(t, 3)
@@ -38,6 +43,7 @@ func traceChain(t *testing.T) *netlab.Chain {
 	}
 	c.Filter(t, 2, chainPortDropped, netlab.Drop)
 	c.Filter(t, 2, chainPortRejected, netlab.Reject)
+	c.LoseEveryOther(t, 2, chainPortLossyUDP)
 	return c
 }
 
@@ -197,8 +203,8 @@ func TestDocTraceExamples(t *testing.T) {
 			})
 		}
 	}
-	if examples < 3 {
-		t.Errorf("%d chain examples found in docs/cli.md, want its three", examples)
+	if examples < 5 {
+		t.Errorf("%d chain examples found in docs/cli.md, want its five", examples)
 	}
 }
 

@@ -1,6 +1,8 @@
 package probecli
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -35,8 +37,9 @@ func TestTraceFlags(t *testing.T) {
 		{"zero timeout", nil, []string{"trace", "--timeout", "0s", "127.0.0.1", "80"}, "--timeout 0s: must be positive"},
 		{"negative timeout from the environment", map[string]string{"NETPROBE_TIMEOUT": "-2s"}, []string{"trace", "127.0.0.1", "80"}, "--timeout -2s: must be positive"},
 		{"timeout without a unit", nil, []string{"trace", "--timeout", "5", "127.0.0.1", "80"}, `invalid argument "5" for "--timeout" flag: "5" has no unit: did you mean 5s (or 5ms)?`},
-		{"UDP", nil, []string{"trace", "--udp", "127.0.0.1", "80"}, "unknown flag: --udp"},
-		{"connect --trace over UDP", nil, []string{"connect", "--trace", "--udp", "127.0.0.1", "80"}, "--trace follows TCP targets only: leave out --udp"},
+		{"UDP, 65 hops", nil, []string{"trace", "--udp", "--max-hops", "65", "127.0.0.1", "80"}, "--max-hops 65: want 1 to 64"},
+		{"UDP, 11 probes", nil, []string{"trace", "--udp", "--probes", "11", "127.0.0.1", "80"}, "--probes 11: want 1 to 10"},
+		{"connect --trace over UDP", nil, []string{"connect", "--trace", "--udp", "127.0.0.1", "80"}, "--trace traces a connect that failed, and a UDP connect sends nothing to fail: use probe trace --udp"},
 	} {
 		for _, mode := range []struct {
 			name  string
@@ -72,6 +75,9 @@ func TestHopText(t *testing.T) {
 		{"none", v4, client.Hop{Answer: client.HopAnswerNone}, "no answer"},
 		{"SYN-ACK", v4, client.Hop{Answer: client.HopAnswerSYNACK}, "SYN-ACK"},
 		{"RST", v6, client.Hop{Answer: client.HopAnswerRST}, "RST: the port is closed"},
+		{"UDP port unreachable", v4, client.Hop{Answer: client.HopAnswerPortUnreachable, ICMPType: 3, ICMPCode: 3}, "port unreachable: the port is closed (ICMP 3/3)"},
+		{"UDP port unreachable, IPv6", v6, client.Hop{Answer: client.HopAnswerPortUnreachable, ICMPType: 1, ICMPCode: 4}, "port unreachable: the port is closed (ICMPv6 1/4)"},
+		{"datagram", v4, client.Hop{Answer: client.HopAnswerDatagram}, "a datagram: the port answered"},
 		{"time exceeded", v4, client.Hop{Answer: client.HopAnswerTimeExceeded, ICMPType: 11}, "time exceeded"},
 		{"reassembly", v4, client.Hop{Answer: client.HopAnswerTimeExceeded, ICMPType: 11, ICMPCode: 1}, "fragment reassembly time exceeded (ICMP 11/1)"},
 		{"hop limit", v6, client.Hop{Answer: client.HopAnswerTimeExceeded, ICMPType: 3}, "time exceeded"},
@@ -133,5 +139,42 @@ func TestPathEnd(t *testing.T) {
 		if got := pathEnd(&tc.path); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestTraceUDP runs probe trace --udp on loopback: a closed port's path
+// is one hop, the target's port unreachable (exit 0); an open port that
+// keeps silent is not reached, and the error says why that may be (exit
+// 1), not that the connect got there.
+func TestTraceUDP(t *testing.T) {
+	t.Parallel()
+	closed := closedPort(t, "udp")
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	silentPort := fmt.Sprint(silent.LocalAddr().(*net.UDPAddr).Port)
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string // the start of its last line: the times vary
+		stderr string
+	}{
+		{"closed port", []string{"trace", "--udp", "127.0.0.1", closed}, 0,
+			"reached 127.0.0.1:" + closed + " at hop 1 (port unreachable: the port is closed (ICMP 3/3)); the trace took ", ""},
+		{"silent port", []string{"trace", "--udp", "--timeout", "1500ms", "127.0.0.1", silentPort}, 1,
+			"not reached: no hop answered; the trace's 1.5s ran out; the trace took ", "probe: trace: 127.0.0.1:" + silentPort + " did not answer: an open UDP port may not answer an empty datagram\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := probe(probetest.Context(t), nil, tc.args...)
+			lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+			last := lines[len(lines)-1]
+			if r.code != tc.code || !strings.HasPrefix(last, tc.stdout) || r.stderr != tc.stderr {
+				t.Errorf("exit %d, stdout\n%s\nstderr %q\nwant exit %d, a last line %q... and stderr %q", r.code, r.stdout, r.stderr, tc.code, tc.stdout, tc.stderr)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/netprobe/netprobe/internal/admission"
+	"github.com/netprobe/netprobe/internal/audit"
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/fleet"
 	"github.com/netprobe/netprobe/service"
@@ -29,7 +30,7 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 	p, _ := peer.FromContext(ctx)
 	health := strings.HasPrefix(info.FullMethodName, healthPrefix)
 	forwarded := info.Header.Get(fleet.CallerHeader)
-	name, err := s.admission.Identify(admission.Credentials{
+	id, err := s.admission.Identify(admission.Credentials{
 		Authorization: info.Header.Get("authorization"),
 		TLS:           tlsState(p),
 		TokenOptional: health,
@@ -39,14 +40,14 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 		s.refused(p, info.FullMethodName, err)
 		return nil, err
 	}
-	if len(forwarded) > 0 {
-		ctx = fleet.WithForwarded(ctx)
+	if id.ForwardedBy != "" {
+		ctx = audit.WithForwardedBy(fleet.WithForwarded(ctx), id.ForwardedBy)
 	}
 	// With tokens, a health check is no authentication: its connection
 	// stays unknown.
 	connguard.StreamOpened(p, !(health && s.admission.Tokens()))
-	if name != "" {
-		ctx = service.WithCaller(ctx, name)
+	if id.Caller != "" {
+		ctx = service.WithCaller(ctx, id.Caller)
 	}
 	return ctx, nil
 }

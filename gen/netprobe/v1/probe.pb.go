@@ -545,6 +545,7 @@ const (
 	// PATH_END_UNSPECIFIED is never set on a Path.
 	PathEnd_PATH_END_UNSPECIFIED PathEnd = 0
 	// PATH_END_REACHED means the target answered: a SYN-ACK, or a RST from
+	// a closed port; for UDP, a datagram, or an ICMP port unreachable from
 	// a closed port. The last hop is the target.
 	PathEnd_PATH_END_REACHED PathEnd = 1
 	// PATH_END_UNREACHABLE means a router (or the target's host) answered
@@ -553,7 +554,9 @@ const (
 	PathEnd_PATH_END_UNREACHABLE PathEnd = 2
 	// PATH_END_SILENCE means 5 TTLs in a row had no answer at all: past the
 	// last hop that answered, packets go nowhere that says so (a firewall
-	// that drops them, a link that is down).
+	// that drops them, a link that is down). A UDP target whose port is open
+	// but does not answer an empty datagram ends the same way: its hop, and
+	// those after it, are silent.
 	PathEnd_PATH_END_SILENCE PathEnd = 3
 	// PATH_END_MAX_HOPS means every TTL up to max_hops was tried without
 	// reaching the target.
@@ -565,7 +568,8 @@ const (
 	// its shutdown's grace period ended.
 	PathEnd_PATH_END_SERVER_SHUTDOWN PathEnd = 6
 	// PATH_END_ERROR means a local failure stopped the trace: making,
-	// binding or connecting its socket (error says what).
+	// binding or connecting its socket, or sending a UDP probe (error says
+	// what).
 	PathEnd_PATH_END_ERROR PathEnd = 7
 	// PATH_END_UNSUPPORTED means the probe server's system cannot trace
 	// without privilege: it lacks IP_RECVERR, which only Linux has (error
@@ -648,6 +652,16 @@ const (
 	// HOP_ANSWER_RST means the target refused the connection: nothing
 	// listens on the port, but the path reaches it.
 	HopAnswer_HOP_ANSWER_RST HopAnswer = 5
+	// HOP_ANSWER_PORT_UNREACHABLE means the target's address answered a UDP
+	// probe with an ICMP port unreachable (type 3 code 3, ICMPv6 type 1
+	// code 4): nothing listens on the port, but the path reaches it, as
+	// traceroute -U takes it. Its reason is REASON_REFUSED. A port
+	// unreachable from any other address (a router's filter) is
+	// HOP_ANSWER_UNREACHABLE.
+	HopAnswer_HOP_ANSWER_PORT_UNREACHABLE HopAnswer = 6
+	// HOP_ANSWER_DATAGRAM means the target answered a UDP probe with a
+	// datagram: what listens on the port replies to an empty one.
+	HopAnswer_HOP_ANSWER_DATAGRAM HopAnswer = 7
 )
 
 // Enum value maps for HopAnswer.
@@ -659,14 +673,18 @@ var (
 		3: "HOP_ANSWER_UNREACHABLE",
 		4: "HOP_ANSWER_SYN_ACK",
 		5: "HOP_ANSWER_RST",
+		6: "HOP_ANSWER_PORT_UNREACHABLE",
+		7: "HOP_ANSWER_DATAGRAM",
 	}
 	HopAnswer_value = map[string]int32{
-		"HOP_ANSWER_UNSPECIFIED":   0,
-		"HOP_ANSWER_NONE":          1,
-		"HOP_ANSWER_TIME_EXCEEDED": 2,
-		"HOP_ANSWER_UNREACHABLE":   3,
-		"HOP_ANSWER_SYN_ACK":       4,
-		"HOP_ANSWER_RST":           5,
+		"HOP_ANSWER_UNSPECIFIED":      0,
+		"HOP_ANSWER_NONE":             1,
+		"HOP_ANSWER_TIME_EXCEEDED":    2,
+		"HOP_ANSWER_UNREACHABLE":      3,
+		"HOP_ANSWER_SYN_ACK":          4,
+		"HOP_ANSWER_RST":              5,
+		"HOP_ANSWER_PORT_UNREACHABLE": 6,
+		"HOP_ANSWER_DATAGRAM":         7,
 	}
 )
 
@@ -1461,7 +1479,8 @@ type ConnectRequest struct {
 	Tls *TlsOptions `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
 	// trace, when set, also traces the network path to the target's address,
 	// after the probe (see TraceOptions); the response's path reports it.
-	// Only TCP targets are traced.
+	// TCP and UDP targets are traced; a trace of an ICMP echo is
+	// INVALID_ARGUMENT.
 	Trace *TraceOptions `protobuf:"bytes,5,opt,name=trace,proto3" json:"trace,omitempty"`
 	// icmp are the options of an ICMP echo (network NETWORK_ICMP); set with
 	// another network, it is INVALID_ARGUMENT. Unset takes the defaults.
@@ -1921,7 +1940,12 @@ func (x *ConnectResponse) GetIcmp() *IcmpResult {
 // a TTL (IPv6 hop limit) of 1, 2, 3 and so on, each answered by the router
 // where its TTL ran out (ICMP time exceeded), by one that cannot forward
 // it (ICMP destination unreachable), or by the target itself (SYN-ACK or
-// RST). The probe server needs no privilege for it, but it needs Linux:
+// RST). A UDP target is traced with empty datagrams to its port, as
+// traceroute -U does: the target answers with an ICMP port unreachable
+// when nothing listens there, with a datagram when what listens replies
+// to an empty one, and otherwise not at all, so that the path of an open
+// port that keeps silent ends in PATH_END_SILENCE after the last router.
+// The probe server needs no privilege for it, but it needs Linux:
 // elsewhere the path says PATH_END_UNSUPPORTED. Every probe of a trace
 // goes out from one local port, so that routers that balance flows over
 // several paths (ECMP) send them all one way (Paris traceroute). The trace
@@ -2018,17 +2042,18 @@ type Hop struct {
 	// answer is what answered: the first answer when there were several.
 	Answer HopAnswer `protobuf:"varint,3,opt,name=answer,proto3,enum=netprobe.v1.HopAnswer" json:"answer,omitempty"`
 	// icmp_type is the ICMP (or ICMPv6) type of the answer, for
-	// HOP_ANSWER_TIME_EXCEEDED and HOP_ANSWER_UNREACHABLE: 11 (ICMPv6 3) for
-	// time exceeded, 3 (ICMPv6 1) for destination unreachable.
+	// HOP_ANSWER_TIME_EXCEEDED, HOP_ANSWER_UNREACHABLE and
+	// HOP_ANSWER_PORT_UNREACHABLE: 11 (ICMPv6 3) for time exceeded, 3
+	// (ICMPv6 1) for destination unreachable.
 	IcmpType uint32 `protobuf:"varint,4,opt,name=icmp_type,json=icmpType,proto3" json:"icmp_type,omitempty"`
 	// icmp_code is the ICMP (or ICMPv6) code of the answer: why a
 	// destination is unreachable, such as 0 for no route to the network, or
 	// 13 (ICMPv6 1) for communication administratively prohibited.
 	IcmpCode uint32 `protobuf:"varint,5,opt,name=icmp_code,json=icmpCode,proto3" json:"icmp_code,omitempty"`
 	// reason is what the answer makes of the connection, for
-	// HOP_ANSWER_UNREACHABLE and HOP_ANSWER_RST, as a ProbeError's reason
-	// would say it: REASON_NETWORK_UNREACHABLE, REASON_HOST_UNREACHABLE,
-	// REASON_PROHIBITED, REASON_REFUSED.
+	// HOP_ANSWER_UNREACHABLE, HOP_ANSWER_RST and HOP_ANSWER_PORT_UNREACHABLE,
+	// as a ProbeError's reason would say it: REASON_NETWORK_UNREACHABLE,
+	// REASON_HOST_UNREACHABLE, REASON_PROHIBITED, REASON_REFUSED.
 	Reason Reason `protobuf:"varint,6,opt,name=reason,proto3,enum=netprobe.v1.Reason" json:"reason,omitempty"`
 	// errno is the symbolic errno the kernel made of that answer, such as
 	// "EHOSTUNREACH"; empty when reason is.
@@ -4762,14 +4787,16 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x10PATH_END_TIMEOUT\x10\x05\x12\x1c\n" +
 	"\x18PATH_END_SERVER_SHUTDOWN\x10\x06\x12\x12\n" +
 	"\x0ePATH_END_ERROR\x10\a\x12\x18\n" +
-	"\x14PATH_END_UNSUPPORTED\x10\b*\xa2\x01\n" +
+	"\x14PATH_END_UNSUPPORTED\x10\b*\xdc\x01\n" +
 	"\tHopAnswer\x12\x1a\n" +
 	"\x16HOP_ANSWER_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fHOP_ANSWER_NONE\x10\x01\x12\x1c\n" +
 	"\x18HOP_ANSWER_TIME_EXCEEDED\x10\x02\x12\x1a\n" +
 	"\x16HOP_ANSWER_UNREACHABLE\x10\x03\x12\x16\n" +
 	"\x12HOP_ANSWER_SYN_ACK\x10\x04\x12\x12\n" +
-	"\x0eHOP_ANSWER_RST\x10\x05*}\n" +
+	"\x0eHOP_ANSWER_RST\x10\x05\x12\x1f\n" +
+	"\x1bHOP_ANSWER_PORT_UNREACHABLE\x10\x06\x12\x17\n" +
+	"\x13HOP_ANSWER_DATAGRAM\x10\a*}\n" +
 	"\n" +
 	"TlsVersion\x12\x1b\n" +
 	"\x17TLS_VERSION_UNSPECIFIED\x10\x00\x12\x13\n" +

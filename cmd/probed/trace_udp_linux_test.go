@@ -1,0 +1,221 @@
+package main
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/netlab"
+	"github.com/netprobe/netprobe/internal/probetest"
+)
+
+// The chain's UDP target ports, one per behaviour.
+const (
+	udpPortEcho     = 90 // answers each datagram, and tells the test its source
+	udpPortClosed   = 91 // nothing listens
+	udpPortSilent   = 92 // open, but answers nothing
+	udpPortDropped  = 93 // r2 drops the datagrams
+	udpPortRejected = 94 // r2 answers them administratively prohibited
+	udpPortLossy    = 95 // r2 loses every other datagram whose TTL ends there; nothing listens
+)
+
+// TestTraceUDP traces UDP paths across a chain of namespaces, client - r1
+// - r2 - r3 - target, in both families, from a probed that runs as uid
+// 65532 with no capability: empty datagrams, answered by the routers'
+// time exceeded, and at the target by a port unreachable (a closed port),
+// a datagram (an echo) or nothing (an open port that keeps silent); a
+// drop, a reject and a lossy hop at r2.
+func TestTraceUDP(t *testing.T) {
+	c := netlab.NewChain(t, 3)
+	sources := map[netip.Addr]chan netip.AddrPort{}
+	for _, ip := range []netip.Addr{c.Target.V4, c.Target.V6} {
+		echo := c.Target.ListenPacket(t, netip.AddrPortFrom(ip, udpPortEcho).String())
+		seen := make(chan netip.AddrPort, 16)
+		sources[ip] = seen
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				_, from, err := echo.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				seen <- from.(*net.UDPAddr).AddrPort()
+				echo.WriteTo([]byte("pong"), from)
+			}
+		}()
+		for _, p := range []uint16{udpPortSilent, udpPortDropped, udpPortRejected} {
+			c.Target.ListenPacket(t, netip.AddrPortFrom(ip, p).String())
+		}
+	}
+	c.FilterUDP(t, 2, udpPortDropped, netlab.Drop)
+	c.FilterUDP(t, 2, udpPortRejected, netlab.Reject)
+	c.LoseEveryOther(t, 2, udpPortLossy)
+	p := startUnprivileged(t, c.Client)
+	probe := netprobev1.NewProbeServiceClient(dialIn(t, c.Client, p.Addr))
+
+	type family struct {
+		name                        string
+		client, target              netip.Addr
+		routers                     []netip.Addr
+		timeExceeded, unreachable   uint32 // ICMP types
+		portUnreachable, prohibited uint32 // ICMP codes
+		prohibitedReason            netprobev1.Reason
+		prohibitedErrno             string
+	}
+	v4 := family{
+		name: "IPv4", client: c.Client.V4, target: c.Target.V4,
+		timeExceeded: 11, unreachable: 3, portUnreachable: 3, prohibited: 13,
+		// Linux makes IPv4's administratively prohibited EHOSTUNREACH.
+		prohibitedReason: netprobev1.Reason_REASON_HOST_UNREACHABLE, prohibitedErrno: "EHOSTUNREACH",
+	}
+	v6 := family{
+		name: "IPv6", client: c.Client.V6, target: c.Target.V6,
+		timeExceeded: 3, unreachable: 1, portUnreachable: 4, prohibited: 1,
+		prohibitedReason: netprobev1.Reason_REASON_PROHIBITED, prohibitedErrno: "EACCES",
+	}
+	for _, r := range c.Routers {
+		v4.routers = append(v4.routers, r.V4)
+		v6.routers = append(v6.routers, r.V6)
+	}
+
+	// trace runs a Connect over UDP to port that always traces, with probes
+	// a hop, and checks the path but for its times.
+	trace := func(t *testing.T, f family, port uint32, probes uint32, want *netprobev1.Path) *netprobev1.Path {
+		t.Helper()
+		resp, err := probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+			Target: &netprobev1.Target{Host: f.target.String(), Port: port, Network: netprobev1.Network_NETWORK_UDP},
+			Trace:  &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS, ProbesPerHop: probes},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Error != nil {
+			t.Errorf("probe error %v: a UDP connect sends nothing", resp.Error)
+		}
+		path := resp.GetPath()
+		if path == nil {
+			t.Fatal("no path")
+		}
+		want.Destination = netip.AddrPortFrom(f.target, uint16(port)).String()
+		if src, err := netip.ParseAddrPort(path.Source); err != nil || src.Addr() != f.client {
+			t.Errorf("path source %q, want the client's %s", path.Source, f.client)
+		}
+		want.Source = path.Source
+		if diff := cmp.Diff(want, path, protocmp.Transform(),
+			protocmp.IgnoreFields(&netprobev1.Path{}, "duration", "timeout"),
+			protocmp.IgnoreFields(&netprobev1.Hop{}, "rtts")); diff != "" {
+			t.Errorf("path (-want +got):\n%s", diff)
+		}
+		budget := path.GetTimeout().AsDuration()
+		if d := path.GetDuration().AsDuration(); d <= 0 || d > budget {
+			t.Errorf("the trace took %v, out of (0, %v]", d, budget)
+		}
+		for _, h := range path.GetHops() {
+			if len(h.Rtts) != int(h.Answered) {
+				t.Errorf("hop %d: %d rtts for %d answers", h.Ttl, len(h.Rtts), h.Answered)
+			}
+		}
+		return path
+	}
+	// The hops before the target, hop n answered by router n.
+	timeExceeded := func(f family, routers int, probes uint32) []*netprobev1.Hop {
+		var hops []*netprobev1.Hop
+		for i, r := range f.routers[:routers] {
+			hops = append(hops, &netprobev1.Hop{
+				Ttl: uint32(i + 1), Address: r.String(), Answer: netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED,
+				IcmpType: f.timeExceeded, Sent: probes, Answered: probes,
+			})
+		}
+		return hops
+	}
+	// silence is the hops from ttl on that nothing answers: five end it.
+	silence := func(from uint32) []*netprobev1.Hop {
+		var hops []*netprobev1.Hop
+		for ttl := from; ttl < from+5; ttl++ {
+			hops = append(hops, &netprobev1.Hop{Ttl: ttl, Answer: netprobev1.HopAnswer_HOP_ANSWER_NONE, Sent: 1})
+		}
+		return hops
+	}
+	portUnreachable := func(f family, probes uint32) *netprobev1.Hop {
+		return &netprobev1.Hop{
+			Ttl: 4, Address: f.target.String(), Answer: netprobev1.HopAnswer_HOP_ANSWER_PORT_UNREACHABLE,
+			IcmpType: f.unreachable, IcmpCode: f.portUnreachable,
+			Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED", Sent: probes, Answered: probes,
+		}
+	}
+
+	for _, f := range []family{v4, v6} {
+		t.Run(f.name, func(t *testing.T) {
+			t.Parallel()
+			t.Run("closed port", func(t *testing.T) {
+				t.Parallel()
+				trace(t, f, udpPortClosed, 1, &netprobev1.Path{
+					Hops:    append(timeExceeded(f, 3, 1), portUnreachable(f, 1)),
+					Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+				})
+			})
+			t.Run("echo", func(t *testing.T) {
+				t.Parallel()
+				path := trace(t, f, udpPortEcho, 3, &netprobev1.Path{
+					Hops: append(timeExceeded(f, 3, 3), &netprobev1.Hop{
+						Ttl: 4, Address: f.target.String(), Answer: netprobev1.HopAnswer_HOP_ANSWER_DATAGRAM, Sent: 3, Answered: 3,
+					}),
+					Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+				})
+				// Paris traceroute, as the target saw it: the three probes
+				// that reached it, all from the one port the path names.
+				for i := range 3 {
+					select {
+					case from := <-sources[f.target]:
+						if from.String() != path.Source {
+							t.Errorf("probe %d came from %s, want the path's %s", i+1, from, path.Source)
+						}
+					case <-probetest.Context(t).Done():
+						t.Fatal("the target did not see the 3 probes")
+					}
+				}
+			})
+			t.Run("silent port", func(t *testing.T) {
+				t.Parallel()
+				// The routers answer, the target does not: the path ends in
+				// silence after the last router, as it would at a drop.
+				trace(t, f, udpPortSilent, 1, &netprobev1.Path{
+					Hops:     append(timeExceeded(f, 3, 1), silence(4)...),
+					FlowHeld: true, End: netprobev1.PathEnd_PATH_END_SILENCE,
+				})
+			})
+			t.Run("dropped at r2", func(t *testing.T) {
+				t.Parallel()
+				trace(t, f, udpPortDropped, 1, &netprobev1.Path{
+					Hops:     append(timeExceeded(f, 1, 1), silence(2)...),
+					FlowHeld: true, End: netprobev1.PathEnd_PATH_END_SILENCE,
+				})
+			})
+			t.Run("rejected at r2", func(t *testing.T) {
+				t.Parallel()
+				trace(t, f, udpPortRejected, 1, &netprobev1.Path{
+					Hops: append(timeExceeded(f, 1, 1), &netprobev1.Hop{
+						Ttl: 2, Address: f.routers[1].String(), Answer: netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE,
+						IcmpType: f.unreachable, IcmpCode: f.prohibited,
+						Reason: f.prohibitedReason, Errno: f.prohibitedErrno, Sent: 1, Answered: 1,
+					}),
+					FlowHeld: true, End: netprobev1.PathEnd_PATH_END_UNREACHABLE,
+				})
+			})
+			t.Run("lossy hop", func(t *testing.T) {
+				t.Parallel()
+				// r2 loses half the probes it would answer: 2 of 4, the
+				// first and the third; the hops before and beyond lose none.
+				hops := append(timeExceeded(f, 3, 4), portUnreachable(f, 4))
+				hops[1].Answered = 2
+				trace(t, f, udpPortLossy, 4, &netprobev1.Path{
+					Hops: hops, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+				})
+			})
+		})
+	}
+}
