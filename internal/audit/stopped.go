@@ -54,6 +54,13 @@ func answerWords(h *netprobev1.Hop) string {
 		return "RST"
 	case netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE:
 		return fmt.Sprintf("unreachable (ICMP type %d, code %d)", h.GetIcmpType(), h.GetIcmpCode())
+	case netprobev1.HopAnswer_HOP_ANSWER_PORT_UNREACHABLE:
+		return fmt.Sprintf("port unreachable (ICMP type %d, code %d)", h.GetIcmpType(), h.GetIcmpCode())
+	case netprobev1.HopAnswer_HOP_ANSWER_DATAGRAM:
+		return "a datagram"
+	case netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED:
+		return "time exceeded"
 	}
-	return "time exceeded"
+	// An answer this code does not know yet, by its name.
+	return h.GetAnswer().String()
 }
