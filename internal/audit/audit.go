@@ -132,6 +132,9 @@ func (a *Recorder) Observe(ctx context.Context, r service.Report) {
 		if e.GetRule() != "" {
 			attrs = append(attrs, "rule", e.GetRule())
 		}
+		if where := StoppedAfter(c.GetPath()); where != "" {
+			attrs = append(attrs, "stopped_after", where)
+		}
 	}
 	a.logger.InfoContext(ctx, "probe", attrs...)
 	a.failing.note(a.add(ctx, &r, target, outcome))
@@ -167,10 +170,13 @@ type Probe struct {
 	Outcome string
 	// Stage, Reason and Errno are the failure's, without their prefixes.
 	Stage, Reason, Errno string
-	Peer                 string
-	Resolve, Connect     time.Duration
-	TLS, FirstByte       time.Duration
-	Total                time.Duration
+	// StoppedAfter is where the path to the target stopped, when the
+	// probe failed and traced it (see StoppedAfter).
+	StoppedAfter     string
+	Peer             string
+	Resolve, Connect time.Duration
+	TLS, FirstByte   time.Duration
+	Total            time.Duration
 
 	// ConnectResponse, Summary and Error are its report.
 	ConnectResponse *netprobev1.ConnectResponse
@@ -226,6 +232,7 @@ func (rp *ring) add(ctx context.Context, r *service.Report, target, outcome stri
 		p.Stage = strings.TrimPrefix(e.GetStage().String(), "STAGE_")
 		p.Reason = strings.TrimPrefix(e.GetReason().String(), "REASON_")
 		p.Errno = e.GetErrno()
+		p.StoppedAfter = StoppedAfter(r.Connect.GetPath())
 	}
 	c := r.Connect
 	p.Resolve, p.Connect = c.GetResolveDuration().AsDuration(), c.GetConnectDuration().AsDuration()

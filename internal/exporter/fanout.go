@@ -160,6 +160,8 @@ func unsweepable(m *modules.Module) string {
 		return "a Sweep's dialogue has no read timeout and reads 64 KiB at most (netprobe.read_timeout, netprobe.max_bytes)"
 	case m.ReverseLookup:
 		return "a Sweep looks no address up (netprobe.reverse_lookup)"
+	case m.Trace != nil:
+		return "a Sweep entry traces no path (netprobe.trace)"
 	}
 	return ""
 }

@@ -36,3 +36,16 @@ func TestSweepEntryOfAnEcho(t *testing.T) {
 		t.Errorf("entry (-want +got):\n%s", diff)
 	}
 }
+
+// TestSweepEntryOfATrace refuses to send a module with a trace to a
+// fleet's nodes, whose Sweep entries would drop it: the scrape would have
+// no path and not say why.
+func TestSweepEntryOfATrace(t *testing.T) {
+	set, _, err := modules.Parse([]byte("modules:\n  traced:\n    prober: tcp\n    netprobe:\n      trace: {when: always}\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := unsweepable(set.Modules["traced"]); why != "a Sweep entry traces no path (netprobe.trace)" {
+		t.Errorf("unsweepable: %q", why)
+	}
+}

@@ -57,6 +57,12 @@ func (c *moduleCheck) modules(set *modules.Set) error {
 		connect, fetch := m.Request(checkTarget, timeout)
 		var err error
 		if connect != nil {
+			if m.Trace != nil {
+				// The trace's timeout as the file has it, which a scrape
+				// may shorten (modules.Budget), is held to the server's
+				// maximum.
+				connect.Trace.Timeout = m.Trace.GetTimeout()
+			}
 			err = c.service.CheckConnect(connect)
 		} else {
 			err = c.service.CheckFetch(fetch)
@@ -86,6 +92,9 @@ func violations(err error) string {
 				field := v.GetField()
 				if key, ok := moduleKeys[field]; ok {
 					field = key
+				}
+				if strings.HasPrefix(field, "trace.") {
+					field = "netprobe." + field
 				}
 				out = append(out, field+": "+v.GetDescription())
 			}

@@ -105,6 +105,13 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer release()
 
 	timeout, why := scrapeTimeout(r.Header, sc.offset, m.Timeout, sc.maxTimeout)
+	if m.Trace != nil {
+		// The scrape's budget holds the probe and its trace: see
+		// modules.Budget.
+		timeout, _ = scrapeTimeout(r.Header, sc.offset, 0, sc.maxTimeout)
+		probe, trace := m.Budget(timeout)
+		why += fmt.Sprintf("; of the scrape's %v, the trace (netprobe.trace, timeout %v) has %v and the probe %v", timeout, m.Trace.GetTimeout().AsDuration(), trace, probe)
+	}
 	// The probe ends by its own timeout; the context is only the caller's
 	// leaving.
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)

@@ -78,6 +78,9 @@ type Module struct {
 	// ICMP is an icmp module's echo: its payload size, don't-fragment
 	// and TTL.
 	ICMP *netprobev1.IcmpOptions
+	// Trace is the netprobe section's trace: the path to the target,
+	// traced after a tcp module's connect (see Budget); nil for none.
+	Trace *netprobev1.TraceOptions
 
 	// Err is why the module cannot run, such as a tls_config file that
 	// could not be read; its scrapes fail saying so.
@@ -251,7 +254,27 @@ type netprobeYAML struct {
 	MaxBytes      uint64        `yaml:"max_bytes"`
 	ReverseLookup bool          `yaml:"reverse_lookup"`
 	Payload       string        `yaml:"payload"`
+	Trace         *traceYAML    `yaml:"trace"`
 }
+
+// traceYAML is the netprobe section's trace. The pointers tell a key left
+// out, which takes its default, from one set to 0, which is refused.
+type traceYAML struct {
+	When         string         `yaml:"when"`
+	MaxHops      *int           `yaml:"max_hops"`
+	ProbesPerHop *int           `yaml:"probes_per_hop"`
+	Timeout      *time.Duration `yaml:"timeout"`
+}
+
+// A module's trace: its defaults and caps, the probe service's
+// (TraceOptions) but for the timeout, whose default is shorter, as a
+// scrape's budget holds both the probe and its trace (see Budget).
+const (
+	DefaultTraceHops    = 30
+	MaxTraceHops        = 64
+	MaxTraceProbes      = 10
+	DefaultTraceTimeout = 5 * time.Second
+)
 
 // tlsVersions are the Prometheus names of TLS versions.
 var tlsVersions = map[string]netprobev1.TlsVersion{
@@ -276,6 +299,12 @@ func (m *moduleYAML) module(name, file string, at func(...any) string) (*Module,
 	}
 	if m.Prober != "icmp" && m.ICMP != (icmpYAML{}) {
 		return nil, fmt.Errorf("%s: a %s module takes no icmp section", at("icmp"), m.Prober)
+	}
+	if tr := m.Netprobe.Trace; tr != nil {
+		var err error
+		if out.Trace, err = tr.options(m, at); err != nil {
+			return nil, err
+		}
 	}
 	switch m.Prober {
 	case "udp":
@@ -389,6 +418,47 @@ func (m *moduleYAML) icmp(out *Module, at func(...any) string) error {
 		out.ICMP.Ttl = proto.Uint32(uint32(*n))
 	}
 	return nil
+}
+
+// options checks a module's trace and converts it. A trace follows a tcp
+// module's connect: a module with a dialogue is a Fetch, and udp and icmp
+// modules are not TCP, and none of them carries one.
+func (tr *traceYAML) options(m *moduleYAML, at func(...any) string) (*netprobev1.TraceOptions, error) {
+	here := func(key string) string { return at("netprobe", "trace", key) }
+	switch {
+	case m.Prober != "tcp":
+		return nil, fmt.Errorf("%s: netprobe.trace follows a tcp module's connect, and this module's prober is %s", at("netprobe", "trace"), m.Prober)
+	case len(m.TCP.QueryResponse) > 0:
+		return nil, fmt.Errorf("%s: a module with query_response takes no netprobe.trace: a trace follows a tcp module's connect, without a dialogue", at("netprobe", "trace"))
+	}
+	o := &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE, MaxHops: DefaultTraceHops, ProbesPerHop: 1, Timeout: durationpb.New(DefaultTraceTimeout)}
+	switch tr.When {
+	case "", "on_failure":
+	case "always":
+		o.When = netprobev1.TraceWhen_TRACE_WHEN_ALWAYS
+	default:
+		return nil, fmt.Errorf("%s: when %q: want on_failure or always", here("when"), tr.When)
+	}
+	if n := tr.MaxHops; n != nil {
+		if *n < 1 || *n > MaxTraceHops {
+			return nil, fmt.Errorf("%s: max_hops %d is out of range 1-%d", here("max_hops"), *n, MaxTraceHops)
+		}
+		o.MaxHops = uint32(*n)
+	}
+	if n := tr.ProbesPerHop; n != nil {
+		if *n < 1 || *n > MaxTraceProbes {
+			return nil, fmt.Errorf("%s: probes_per_hop %d is out of range 1-%d", here("probes_per_hop"), *n, MaxTraceProbes)
+		}
+		o.ProbesPerHop = uint32(*n)
+	}
+	// The server's maximum (probed --max-timeout) is the module check's.
+	if d := tr.Timeout; d != nil {
+		if *d <= 0 {
+			return nil, fmt.Errorf("%s: timeout %v is not positive", here("timeout"), *d)
+		}
+		o.Timeout = durationpb.New(*d)
+	}
+	return o, nil
 }
 
 func (t *tcpYAML) empty() bool {
@@ -698,9 +768,29 @@ func sortedKeys[V any](m map[string]V) []string {
 // certificate (cert_file and key_file): "module/NAME".
 const IdentityPrefix = "module/"
 
+// Budget splits a scrape's timeout between the probe and its trace, so
+// that the two end within it and the scrape has its answer before
+// Prometheus gives up on it. The probe has the module's timeout, or the
+// scrape's when that is shorter; the trace has its own timeout, within
+// what the probe leaves of the scrape's, or half of it when the probe
+// would leave less; and the probe then what the trace leaves. Without a
+// trace, the probe has the module's timeout or the scrape's.
+func (m *Module) Budget(scrape time.Duration) (probe, trace time.Duration) {
+	probe = scrape
+	if m.Timeout > 0 && m.Timeout < probe {
+		probe = m.Timeout
+	}
+	if m.Trace == nil {
+		return probe, 0
+	}
+	trace = min(m.Trace.GetTimeout().AsDuration(), max(scrape-probe, scrape/2))
+	return min(probe, scrape-trace), trace
+}
+
 // Request is the probe of target that the module makes: a Connect when it
-// has no dialogue, a Fetch otherwise; the other is nil. timeout bounds
-// it.
+// has no dialogue, a Fetch otherwise; the other is nil. timeout is the
+// scrape's, which the module's timeout may shorten, and bounds the probe
+// and its trace together (see Budget).
 func (m *Module) Request(target *netprobev1.Target, timeout time.Duration) (*netprobev1.ConnectRequest, *netprobev1.FetchRequest) {
 	t := proto.CloneOf(target)
 	t.IpFamily = m.Family
@@ -714,7 +804,8 @@ func (m *Module) Request(target *netprobev1.Target, timeout time.Duration) (*net
 			tlsOpts.ClientIdentity = IdentityPrefix + m.Name
 		}
 	}
-	d := durationpb.New(timeout)
+	probe, trace := m.Budget(timeout)
+	d := durationpb.New(probe)
 	if m.Prober == "icmp" {
 		// An echo's target is a host, without a port.
 		t := &netprobev1.Target{Host: target.GetHost(), Network: netprobev1.Network_NETWORK_ICMP, IpFamily: m.Family, SourceAddress: t.GetSourceAddress()}
@@ -729,7 +820,12 @@ func (m *Module) Request(target *netprobev1.Target, timeout time.Duration) (*net
 		return nil, f
 	}
 	if len(m.Steps) == 0 {
-		return &netprobev1.ConnectRequest{Target: t, Timeout: d, Tls: tlsOpts, ReverseLookup: m.ReverseLookup}, nil
+		c := &netprobev1.ConnectRequest{Target: t, Timeout: d, Tls: tlsOpts, ReverseLookup: m.ReverseLookup}
+		if m.Trace != nil {
+			c.Trace = proto.CloneOf(m.Trace)
+			c.Trace.Timeout = durationpb.New(trace)
+		}
+		return c, nil
 	}
 	f := &netprobev1.FetchRequest{Target: t, Timeout: d, Tls: tlsOpts, Steps: m.Steps, MaxBytes: m.MaxBytes, ReverseLookup: m.ReverseLookup}
 	if m.ReadTimeout > 0 {

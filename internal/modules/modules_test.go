@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/modules"
@@ -217,6 +218,34 @@ netprobe:
 			connect: icmpRequest(netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6, "", &netprobev1.IcmpOptions{PayloadBytes: 28}),
 		},
 		{
+			// The trace's default timeout, 5s, is more than half the
+			// scrape's 4s: it has half, and the connect the rest.
+			name: "trace with its defaults",
+			yaml: "prober: tcp\nnetprobe:\n  trace: {}",
+			connect: &netprobev1.ConnectRequest{
+				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
+				Trace:  &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE, MaxHops: 30, ProbesPerHop: 1, Timeout: durationpb.New(2 * time.Second)},
+			},
+		},
+		{
+			// The probe has the module's 1s, and the trace what it leaves
+			// of the scrape's 4s, within its own 5s.
+			name: "trace and a module timeout",
+			yaml: "prober: tcp\ntimeout: 1s\nnetprobe:\n  trace: {}",
+			connect: &netprobev1.ConnectRequest{
+				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
+				Trace:  &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE, MaxHops: 30, ProbesPerHop: 1, Timeout: durationpb.New(3 * time.Second)},
+			},
+		},
+		{
+			name: "trace with every option",
+			yaml: "prober: tcp\nnetprobe:\n  trace:\n    when: always\n    max_hops: 64\n    probes_per_hop: 10\n    timeout: 1500ms",
+			connect: &netprobev1.ConnectRequest{
+				Target: &netprobev1.Target{Host: "mail.test", Port: 25, IpFamily: netprobev1.IpFamily_IP_FAMILY_PREFER_IPV6},
+				Trace:  &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS, MaxHops: 64, ProbesPerHop: 10, Timeout: durationpb.New(1500 * time.Millisecond)},
+			},
+		},
+		{
 			name: "udp",
 			yaml: "prober: udp\nnetprobe:\n  payload: \"ping\\n\"\n  read_timeout: 500ms",
 			fetch: &netprobev1.FetchRequest{
@@ -251,8 +280,14 @@ netprobe:
 			if (m.ClientCert != nil) != tc.cert {
 				t.Errorf("client certificate %v, want one: %v", m.ClientCert != nil, tc.cert)
 			}
-			if got := connect.GetTimeout().AsDuration() + fetch.GetTimeout().AsDuration(); got != 4*time.Second {
-				t.Errorf("timeout %v, want the one asked for", got)
+			// The module's timeout shortens the scrape's; a trace's time
+			// comes out of the scrape's.
+			want := 4 * time.Second
+			if m.Trace == nil && m.Timeout > 0 {
+				want = min(want, m.Timeout)
+			}
+			if got := connect.GetTimeout().AsDuration() + connect.GetTrace().GetTimeout().AsDuration() + fetch.GetTimeout().AsDuration(); got != want {
+				t.Errorf("timeout %v, trace included, want %v", got, want)
 			}
 		})
 	}
@@ -337,6 +372,21 @@ func TestInvalid(t *testing.T) {
 		{"icmp with a payload", "prober: icmp\nnetprobe:\n  payload: x", "module m, line 5: an icmp module takes no netprobe.payload"},
 		{"icmp with read_timeout", "prober: icmp\nnetprobe:\n  read_timeout: 1s", "module m, line 5: an icmp module takes no netprobe.read_timeout"},
 		{"icmp with max_bytes", "prober: icmp\nnetprobe:\n  max_bytes: 10", "module m, line 5: an icmp module takes no netprobe.max_bytes"},
+		// trace: each limit just past its end, and the modules a trace
+		// cannot follow.
+		{"trace: max_hops 0", "prober: tcp\nnetprobe:\n  trace:\n    max_hops: 0", "module m, line 6: max_hops 0 is out of range 1-64"},
+		{"trace: max_hops 65", "prober: tcp\nnetprobe:\n  trace:\n    max_hops: 65", "module m, line 6: max_hops 65 is out of range 1-64"},
+		{"trace: negative max_hops", "prober: tcp\nnetprobe:\n  trace:\n    max_hops: -1", "module m, line 6: max_hops -1 is out of range 1-64"},
+		{"trace: max_hops past an int", "prober: tcp\nnetprobe:\n  trace:\n    max_hops: 99999999999999999999", "module m, line 6: cannot unmarshal"},
+		{"trace: probes_per_hop 0", "prober: tcp\nnetprobe:\n  trace:\n    probes_per_hop: 0", "module m, line 6: probes_per_hop 0 is out of range 1-10"},
+		{"trace: probes_per_hop 11", "prober: tcp\nnetprobe:\n  trace:\n    probes_per_hop: 11", "module m, line 6: probes_per_hop 11 is out of range 1-10"},
+		{"trace: negative timeout", "prober: tcp\nnetprobe:\n  trace:\n    timeout: -1s", "module m, line 6: timeout -1s is not positive"},
+		{"trace: zero timeout", "prober: tcp\nnetprobe:\n  trace:\n    timeout: 0s", "module m, line 6: timeout 0s is not positive"},
+		{"trace: unknown when", "prober: tcp\nnetprobe:\n  trace:\n    when: sometimes", "module m, line 6: when \"sometimes\": want on_failure or always"},
+		{"trace: unknown key", "prober: tcp\nnetprobe:\n  trace:\n    udp: true", "module m, line 6: unknown key \"udp\""},
+		{"trace on a udp module", "prober: udp\nnetprobe:\n  trace: {}", "module m, line 5: netprobe.trace follows a tcp module's connect, and this module's prober is udp"},
+		{"trace on an icmp module", "prober: icmp\nnetprobe:\n  trace: {}", "module m, line 5: netprobe.trace follows a tcp module's connect, and this module's prober is icmp"},
+		{"trace with a dialogue", "prober: tcp\ntcp:\n  query_response:\n  - expect: x\nnetprobe:\n  trace: {}", "module m, line 8: a module with query_response takes no netprobe.trace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			text := "modules:\n  m:\n" + indent(tc.yaml, "    ")

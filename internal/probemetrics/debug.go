@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/audit"
 )
 
 // debugShown bounds what the debug page shows of each step's bytes, sent
@@ -98,6 +99,7 @@ func (d *dialogue) match(m *netprobev1.ExpectMatch) {
 func (r *Result) WriteDebug(w io.Writer, log []byte, timeout string, reg *prometheus.Registry) {
 	fmt.Fprintf(w, "Logs for the probe:\n%s\nTimeout: %s\n\n", log, timeout)
 	r.writeDialogue(w)
+	r.writePath(w)
 	fmt.Fprint(w, "\nMetrics that would have been returned:\n")
 	families, err := reg.Gather()
 	if err != nil {
@@ -140,6 +142,42 @@ func (r *Result) writeEcho(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "  reply from %s after %v, TTL %d\n", e.GetReplyAddress(), e.GetRtt().AsDuration(), e.GetReplyTtl())
+}
+
+// writePath writes the probe's trace, when it had one: where it stopped,
+// and each TTL tried (at most the service's 64), as the report has it.
+func (r *Result) writePath(w io.Writer) {
+	p := r.connect.GetPath()
+	if p == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nPath to %s from %s: %v after %v of its %v", p.GetDestination(), p.GetSource(), p.GetEnd(),
+		p.GetDuration().AsDuration(), p.GetTimeout().AsDuration())
+	if !p.GetFlowHeld() && len(p.GetHops()) > 0 {
+		fmt.Fprint(w, "; NOT on one flow: hops may be on different paths")
+	}
+	fmt.Fprintln(w)
+	if e := p.GetError(); e != nil {
+		fmt.Fprintf(w, "  no trace: %s %s: %s\n", e.GetStage(), e.GetReason(), e.GetMessage())
+	}
+	if where := audit.StoppedAfter(p); where != "" {
+		fmt.Fprintf(w, "  stopped after %s\n", where)
+	}
+	for _, h := range p.GetHops() {
+		addr := h.GetAddress()
+		if addr == "" {
+			addr = "*"
+		}
+		fmt.Fprintf(w, "  hop %d %s %v", h.GetTtl(), addr, h.GetAnswer())
+		if h.GetIcmpType() != 0 || h.GetIcmpCode() != 0 {
+			fmt.Fprintf(w, " (ICMP type %d, code %d)", h.GetIcmpType(), h.GetIcmpCode())
+		}
+		fmt.Fprintf(w, ", %d of %d answered", h.GetAnswered(), h.GetSent())
+		for _, d := range h.GetRtts() {
+			fmt.Fprintf(w, " %v", d.AsDuration())
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // writeDialogue writes each step of the module, and what it sent,
@@ -317,6 +355,10 @@ func moduleView(r *Result) *moduleYAML {
 	}
 	if len(m.Payload) > 0 {
 		out.Netprobe["payload"] = string(m.Payload)
+	}
+	if tr := m.Trace; tr != nil {
+		out.Netprobe["trace"] = map[string]any{"when": tr.GetWhen().String(), "max_hops": tr.GetMaxHops(),
+			"probes_per_hop": tr.GetProbesPerHop(), "timeout": tr.GetTimeout().AsDuration().String()}
 	}
 	if m.Err != nil {
 		out.Error = m.Err.Error()

@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -75,6 +76,24 @@ var (
 	leafCertificate = addition("probe_netprobe_leaf_certificate_info", "The leaf certificate's facts that probe_ssl_last_chain_info has not; fingerprint_sha256 joins the two.",
 		"the leaf certificate's serial number (hexadecimal) and IP addresses, which `probe_ssl_last_chain_info` has not; `fingerprint_sha256` joins the two",
 		"fingerprint_sha256", "serialnumber", "ipaddresses")
+	// A module's trace (netprobe.trace): Grafana synthetic monitoring's
+	// traceroute names, and netprobe's own beside them. Their series are
+	// bounded by the trace's max_hops, 64 at most.
+	traceHops = addition("probe_traceroute_total_hops", "Total hops to reach a traceroute destination: the TTLs the trace tried.",
+		"with `netprobe.trace`: the TTLs the trace tried, silent ones at the end included, as Grafana synthetic monitoring's traceroute check counts them")
+	traceLoss = addition("probe_traceroute_packet_loss_percent", "Overall percentage of packet loss during the traceroute, as a fraction from 0 to 1.",
+		"with `netprobe.trace`: the trace's probes that drew no answer, of all it sent, as a fraction from 0 to 1 (as Grafana synthetic monitoring's traceroute check gives it, despite its name)")
+	traceHash = addition("probe_traceroute_route_hash", "Hash of all the hosts in a traceroute path. Used to determine route volatility.",
+		"with `netprobe.trace`: FNV-1 (32 bits) of the addresses that answered each TTL, in order, as Grafana synthetic monitoring's traceroute check makes it: it changes when the path does")
+	traceLast = addition("probe_traceroute_last_answered_hop", "The TTL of the last hop that answered the trace: where the path stopped when the target did not answer; 0 when no hop answered.",
+		"with `netprobe.trace`: the TTL of the last hop that answered, where the path stopped when the target did not answer; 0 when none did")
+	traceReached = addition("probe_traceroute_reached", "Whether the trace reached the target (its SYN-ACK or RST).",
+		"with `netprobe.trace`: 1 when the target itself answered the trace (SYN-ACK or RST)")
+	traceHop = addition("probe_traceroute_hop_info", "Each TTL of the trace: the address that answered it (empty when none did) and what answered.",
+		"with `netprobe.trace`: 1 for each TTL tried, with the address that answered it (empty when none did) and what answered (`HOP_ANSWER_TIME_EXCEEDED`, `HOP_ANSWER_UNREACHABLE`, `HOP_ANSWER_SYN_ACK`, `HOP_ANSWER_RST`, `HOP_ANSWER_NONE`)",
+		"ttl", "address", "answer")
+	traceHopRTT = addition("probe_traceroute_hop_rtt_seconds", "The mean round-trip time of the answered probes of each TTL of the trace.",
+		"with `netprobe.trace`: the mean round-trip time of each TTL's answered probes; none for a TTL that no probe answered", "ttl")
 	// A fan-out's (from=): see Fanout.
 	fanoutAsked = addition("probe_fanout_nodes_asked", "The nodes of the fleet the probe was sent to (from=).",
 		"with `from=`: the nodes of the fleet the probe was sent to ([section 7](#7-from-every-node-of-a-fleet))")
@@ -93,6 +112,7 @@ var (
 // blackbox_exporter's.
 var Additions = []*Addition{
 	failureInfo, phaseDuration, attempts, tlsVerified, tcpRTT, tcpRetransmits, leafCertificate,
+	traceHops, traceLoss, traceHash, traceLast, traceReached, traceHop, traceHopRTT,
 	fanoutAsked, fanoutSucceeded, fanoutFailed, fanoutSkipped, nodeFailure,
 	{Name: "probe_*", Labels: []string{"vantage"}, Doc: "with `from=`: every metric of a node's probe, as one probe gives it, labelled with the node's name"},
 	{Name: "probe_ssl_earliest_cert_expiry", Also: true, Doc: "also when the chain did not verify (an expired certificate, an unknown authority), which blackbox_exporter does not give"},
@@ -248,6 +268,49 @@ func (p *probeMetrics) connection(r *Result) {
 		p.gauge(tcpRTT.desc, ti.GetRtt().AsDuration().Seconds())
 		p.gauge(tcpRetransmits.desc, float64(ti.GetTotalRetransmits()))
 	}
+	p.trace(c.GetPath())
+}
+
+// trace adds the metrics of the probe's trace, when it had one that tried
+// a hop: a trace the system cannot run, or that failed before its first
+// probe, has none (debug=true says why). The hops are at most the
+// service's 64 (TraceOptions.max_hops), which bounds the series.
+func (p *probeMetrics) trace(path *netprobev1.Path) {
+	hops := path.GetHops()
+	if len(hops) == 0 {
+		return
+	}
+	var sent, lost uint32
+	last := 0
+	h := fnv.New32()
+	for _, hop := range hops {
+		sent += hop.GetSent()
+		lost += hop.GetSent() - min(hop.GetAnswered(), hop.GetSent())
+		// Grafana's agent hashes the hosts of each TTL, one after the
+		// other, a silent TTL adding nothing.
+		h.Write([]byte(hop.GetAddress()))
+		ttl := strconv.FormatUint(uint64(hop.GetTtl()), 10)
+		p.gauge(traceHop.desc, 1, ttl, hop.GetAddress(), hop.GetAnswer().String())
+		if hop.GetAnswer() != netprobev1.HopAnswer_HOP_ANSWER_NONE {
+			last = int(hop.GetTtl())
+		}
+		if rtts := hop.GetRtts(); len(rtts) > 0 {
+			var sum time.Duration
+			for _, d := range rtts {
+				sum += d.AsDuration()
+			}
+			p.gauge(traceHopRTT.desc, (sum / time.Duration(len(rtts))).Seconds(), ttl)
+		}
+	}
+	p.gauge(traceHops.desc, float64(len(hops)))
+	loss := 0.0
+	if sent > 0 {
+		loss = float64(lost) / float64(sent)
+	}
+	p.gauge(traceLoss.desc, loss)
+	p.gauge(traceHash.desc, float64(h.Sum32()))
+	p.gauge(traceLast.desc, float64(last))
+	p.gauge(traceReached.desc, b2f(path.GetReached()))
 }
 
 // ipHash is blackbox_exporter's probe_ip_addr_hash: FNV-1a, 32 bits, of

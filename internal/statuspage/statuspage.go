@@ -20,6 +20,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/audit"
 	"github.com/netprobe/netprobe/internal/modules"
 )
@@ -224,6 +225,13 @@ func moduleSummary(m *modules.Module) string {
 	}
 	if m.Timeout > 0 {
 		parts = append(parts, "timeout "+m.Timeout.String())
+	}
+	if tr := m.Trace; tr != nil {
+		when := "on failure"
+		if tr.GetWhen() == netprobev1.TraceWhen_TRACE_WHEN_ALWAYS {
+			when = "always"
+		}
+		parts = append(parts, fmt.Sprintf("traced %s (%d hops at most, %d probes a hop, within %v)", when, tr.GetMaxHops(), tr.GetProbesPerHop(), tr.GetTimeout().AsDuration()))
 	}
 	if len(parts) == 0 {
 		return "connect"

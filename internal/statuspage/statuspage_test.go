@@ -165,6 +165,48 @@ func TestPageFailingNow(t *testing.T) {
 	}
 }
 
+// TestPageFailingPath shows, in a failing target's row, where its path
+// stopped when the probe traced it; as text, whatever the report's hops
+// held.
+func TestPageFailingPath(t *testing.T) {
+	rec := newRecorder()
+	traced := func(host string, hops ...*netprobev1.Hop) service.Report {
+		r := refused(host, 82)
+		r.Connect = &netprobev1.ConnectResponse{Error: r.Error, Path: &netprobev1.Path{Hops: hops, End: netprobev1.PathEnd_PATH_END_SILENCE}}
+		return r
+	}
+	r1 := &netprobev1.Hop{Ttl: 1, Address: "198.18.1.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED, Sent: 1, Answered: 1}
+	silent := &netprobev1.Hop{Ttl: 2, Answer: netprobev1.HopAnswer_HOP_ANSWER_NONE, Sent: 1}
+	rec.Observe(context.Background(), refused("untraced", 82))
+	rec.Observe(context.Background(), traced("dropped", r1, silent))
+	rec.Observe(context.Background(), traced("markup", &netprobev1.Hop{Ttl: 1, Address: "<script>alert(6)</script>", Answer: netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED}))
+	page := serve(t, rec, Status{}, "/").Body.String()
+	got := failingRows(t, page)
+	want := []string{
+		"tcp markup:82 | gRPC Connect | CONNECT / REFUSED / ECONNREFUSED path stopped after hop 1; nothing beyond it | 1 | anonymous",
+		"tcp dropped:82 | gRPC Connect | CONNECT / REFUSED / ECONNREFUSED path stopped after 198.18.1.1 (hop 1); nothing beyond it | 1 | anonymous",
+		"tcp untraced:82 | gRPC Connect | CONNECT / REFUSED / ECONNREFUSED | 1 | anonymous",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("failing now:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if strings.Contains(page, "<script") || strings.Contains(page, "alert(6)") {
+		t.Errorf("the page holds the hop's markup:\n%s", page)
+	}
+}
+
+// TestPageModuleTrace says which modules trace the path, and how.
+func TestPageModuleTrace(t *testing.T) {
+	set, _, err := modules.Parse([]byte("modules:\n  traced:\n    prober: tcp\n    timeout: 2s\n    netprobe:\n      trace: {when: always, max_hops: 12, probes_per_hop: 3}\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := serve(t, newRecorder(), Status{Modules: set}, "/").Body.String()
+	if want := "timeout 2s, traced always (12 hops at most, 3 probes a hop, within 5s)"; !strings.Contains(page, want) {
+		t.Errorf("the page lacks %q:\n%s", want, page)
+	}
+}
+
 // TestPageFiles shows each file's state, and "none" when probed reported
 // none.
 func TestPageFiles(t *testing.T) {
