@@ -53,14 +53,7 @@ nothing beyond it". With -o json the response's "path" is the trace.`,
 			return nil
 		},
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
-			host, port, rest, err := splitTarget(args)
-			if err != nil {
-				return err
-			}
-			if len(rest) > 0 {
-				return usagef("want HOST PORT|SERVICE or HOST:PORT, got %d argument(s)", len(args))
-			}
-			addr, err := address(host, port)
+			host, addr, _, err := targetArgs(args, 0, "HOST PORT|SERVICE or HOST:PORT")
 			if err != nil {
 				return err
 			}

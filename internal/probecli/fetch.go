@@ -62,14 +62,7 @@ each without the reply, and ends with a summary like ping's.`,
   probe fetch --count 10 --fail-empty 127.0.0.1:8080 /`,
 		Args: positional(1, 3, "HOST PORT|SERVICE [PATH] or HOST:PORT [PATH]"),
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
-			host, port, rest, err := splitTarget(args)
-			if err != nil {
-				return err
-			}
-			if len(rest) > 1 {
-				return usagef("want HOST PORT|SERVICE [PATH] or HOST:PORT [PATH], got %d argument(s)", len(args))
-			}
-			addr, err := address(host, port)
+			host, addr, rest, err := targetArgs(args, 1, "HOST PORT|SERVICE [PATH] or HOST:PORT [PATH]")
 			if err != nil {
 				return err
 			}

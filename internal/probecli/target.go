@@ -94,6 +94,21 @@ func bracketed(s string) (string, bool) {
 	return net.JoinHostPort(host, port), true
 }
 
+// targetArgs reads a command's target from args, as splitTarget does,
+// with at most extra arguments after it (want says them all, for the
+// usage error), and joins it as address does.
+func targetArgs(args []string, extra int, want string) (host, addr string, rest []string, err error) {
+	host, port, rest, err := splitTarget(args)
+	if err != nil {
+		return "", "", nil, err
+	}
+	if len(rest) > extra {
+		return "", "", nil, usagef("want %s, got %d argument(s)", want, len(args))
+	}
+	addr, err = address(host, port)
+	return host, addr, rest, err
+}
+
 // address joins HOST and PORT|SERVICE, refusing a port number out of range
 // here; a service name is the server's to look up.
 func address(host, port string) (string, error) {

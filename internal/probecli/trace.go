@@ -78,14 +78,7 @@ down).`,
 		// trace it would refuse.
 		PreRunE: func(*cobra.Command, []string) error { return fl.check() },
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
-			host, port, rest, err := splitTarget(args)
-			if err != nil {
-				return err
-			}
-			if len(rest) > 0 {
-				return usagef("want HOST PORT|SERVICE or HOST:PORT, got %d argument(s)", len(args))
-			}
-			addr, err := address(host, port)
+			host, addr, _, err := targetArgs(args, 0, "HOST PORT|SERVICE or HOST:PORT")
 			if err != nil {
 				return err
 			}
