@@ -151,6 +151,10 @@ func newLab(t *testing.T) *lab {
 	l.prober.IP(t, "route", "add", "blackhole", "198.18.3.0/24")
 	l.prober.NFT(t, proberRuleset)
 	l.target.NFT(t, ruleset)
+	// One segment a packet: a veth passes the sender's GSO packets on
+	// whole, and the lossy link's rule, a draw a packet, saw as few as one
+	// of 64 KiB (the lossy link then lost nothing, one run in CI).
+	l.prober.IP(t, "link", "set", "dev", "eth0", "gso_max_segs", "1")
 	l.target.Sysctl(t, "net.ipv4.tcp_rmem", "4096 16384 65536")
 	// The kernel sends at most one ICMP error a second to a peer by
 	// default; rows that run together would wait on each other.
