@@ -41,7 +41,7 @@ func (a *app) pingCommand() *cobra.Command {
 		Short: "Send ICMP echoes to a host, as ping does",
 		Long: fmt.Sprintf(`ping sends ICMP echo requests to HOST (ICMPv6 for an IPv6 address) from where
 the probe service runs, one every --interval, each waiting --timeout for its
-reply, and prints a line for each as ping does: the reply's size, address,
+reply (the next echo waits for the last one's reply or timeout), and prints a line for each as ping does: the reply's size, address,
 TTL and round-trip time, or why none came, in the service's words (stage
 ECHO, reason TIMEOUT; an ICMP unreachable with its sender and code). It
 sends until interrupted, or --count echoes, then prints ping's summary:
