@@ -132,8 +132,15 @@ func (r *Result) WriteDebug(w io.Writer, log []byte, timeout string, reg *promet
 func (r *Result) writeEcho(w io.Writer) {
 	c := r.connect
 	e := c.GetIcmp()
-	fmt.Fprintf(w, "  echo of %d bytes (id %d, sequence %d) to %s from %s, from a %s\n",
-		e.GetPayloadBytes(), e.GetId(), e.GetSequence(), c.GetPeerAddress(), c.GetLocalAddress(), e.GetSocket())
+	switch e.GetSocket() {
+	case netprobev1.IcmpSocket_ICMP_SOCKET_UNSPECIFIED:
+		// No socket: nothing went out.
+		fmt.Fprintf(w, "  no echo sent to %s\n", c.GetPeerAddress())
+	default:
+		kind := map[netprobev1.IcmpSocket]string{netprobev1.IcmpSocket_ICMP_SOCKET_DATAGRAM: "datagram", netprobev1.IcmpSocket_ICMP_SOCKET_RAW: "raw"}[e.GetSocket()]
+		fmt.Fprintf(w, "  echo of %d bytes (id %d, sequence %d) to %s from %s, on a %s ICMP socket\n",
+			e.GetPayloadBytes(), e.GetId(), e.GetSequence(), c.GetPeerAddress(), c.GetLocalAddress(), kind)
+	}
 	if pe := c.GetError(); pe != nil {
 		if ie := pe.GetIcmp(); ie != nil {
 			fmt.Fprintf(w, "  ICMP error from %s: type %d, code %d\n", ie.GetAddress(), ie.GetIcmpType(), ie.GetIcmpCode())

@@ -58,7 +58,7 @@ func TestScrapeICMP(t *testing.T) {
 	}
 	code, body := s.get(t, url.Values{"module": {"ping"}, "target": {"127.0.0.1"}, "debug": {"true"}}, nil)
 	for _, want := range []string{
-		"  echo of 100 bytes (id ", ") to 127.0.0.1 from 127.0.0.1, from a ICMP_SOCKET_", "  reply from 127.0.0.1 after ",
+		"  echo of 100 bytes (id ", ") to 127.0.0.1 from 127.0.0.1, on a ", " ICMP socket\n", "  reply from 127.0.0.1 after ",
 		"name: ping\nprober: icmp\nip_family: IP_FAMILY_PREFER_IPV4\nicmp:\n  dont_fragment: false\n  payload_bytes: 100\n  ttl: 9\n",
 	} {
 		if code != http.StatusOK || !strings.Contains(body, want) {
