@@ -28,11 +28,26 @@ const (
 	icmpv6Filter = 1
 )
 
-// maxBadReads is how many failed reads in a row end a wait for the reply.
-// A read fails once for each ICMP error the socket is told of (its
-// SO_ERROR, which the read takes), whose details the error queue holds:
-// only a failure that goes on is a local one.
+// maxBadReads is how many failed reads in a row, other than the errors
+// ICMP sets (icmpErrno), end a wait for the reply: only a failure that
+// goes on is a local one.
 const maxBadReads = 16
+
+// icmpErrno says whether err is what an ICMP error the socket was told of
+// sets as its error (SO_ERROR, which a read takes), whose details the
+// error queue holds: the errnos Linux gives ICMP's unreachables, time
+// exceeded, parameter problems and too big (icmp_err_convert, icmpv6_err_convert).
+func icmpErrno(err error) bool {
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	switch errno {
+	case unix.ENETUNREACH, unix.EHOSTUNREACH, unix.ENOPROTOOPT, unix.ECONNREFUSED, unix.EACCES, unix.EPROTO, unix.EMSGSIZE, unix.EOPNOTSUPP, unix.EHOSTDOWN, unix.ENONET:
+		return true
+	}
+	return false
+}
 
 // run sends the echo and waits for its reply, an ICMP error in answer to
 // it, or the end of ctx.
@@ -334,10 +349,14 @@ func (w *echoWait) receive(s int) bool {
 			return false
 		case err == unix.EINTR:
 			continue
+		case icmpErrno(err):
+			// An ICMP error, for this echo or another (a raw socket's
+			// other echoes, or a forger's), was also the socket's error,
+			// which this read took: the queue says whether it answers
+			// this echo, and none that does not may end the wait,
+			// however many come.
+			continue
 		case err != nil:
-			// An ICMP error, for this echo or another of a raw socket's,
-			// was also the socket's error, which this read took: the
-			// queue says what it was.
 			if w.badRead++; w.badRead == maxBadReads {
 				w.localErr = os.NewSyscallError("recvmsg", err)
 				return true

@@ -206,7 +206,8 @@ func TestICMP(t *testing.T) {
 	})
 	// Then the target answers no echo itself, only with forgeries: a
 	// reply counts only when it has the echo's identifier, sequence and
-	// data, so each echo times out.
+	// data, and an ICMP error only when it answers the echo, so each echo
+	// times out, whatever the flood of errors that answer another.
 	t.Run("forged replies", func(t *testing.T) {
 		forgeReplies(t, c.Target)
 		for _, p := range probeds {
@@ -246,9 +247,10 @@ func forgeReplies(t *testing.T, host *netlab.Host) {
 		proto         int
 		request       icmp.Type
 		reply         icmp.Type
+		unreachable   icmp.Type
 	}{
-		{"ip4:icmp", host.V4.String(), 1, ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply},
-		{"ip6:ipv6-icmp", host.V6.String(), 58, ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply},
+		{"ip4:icmp", host.V4.String(), 1, ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply, ipv4.ICMPTypeDestinationUnreachable},
+		{"ip6:ipv6-icmp", host.V6.String(), 58, ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, ipv6.ICMPTypeDestinationUnreachable},
 	} {
 		var conn net.PacketConn
 		if err := host.Do(func() (err error) {
@@ -280,9 +282,46 @@ func forgeReplies(t *testing.T, host *netlab.Host) {
 						conn.WriteTo(b, from)
 					}
 				}
+				// Then a flood of unreachables that answer another echo of
+				// the same identifier (the next sequence number): each
+				// sets the socket's error, which only an error that
+				// answers this echo may make a failure (once 16 reads
+				// in a row failed on them).
+				quoted, err := (&icmp.Message{Type: family.request, Body: &icmp.Echo{ID: req.ID, Seq: req.Seq + 1, Data: req.Data[:8]}}).Marshal(nil)
+				if err != nil {
+					continue
+				}
+				src, _ := netip.ParseAddr(from.String())
+				b, err := (&icmp.Message{Type: family.unreachable, Body: &icmp.DstUnreach{Data: append(ipHeader(src, netip.MustParseAddr(family.addr), family.proto, len(quoted)), quoted...)}}).Marshal(nil)
+				if err != nil {
+					continue
+				}
+				for range 2000 {
+					conn.WriteTo(b, from)
+				}
 			}
 		}()
 	}
+}
+
+// ipHeader is the IP header of a packet of length bytes of protocol proto
+// from src to dst, as an ICMP error quotes it.
+func ipHeader(src, dst netip.Addr, proto, length int) []byte {
+	if src.Is4() {
+		h := make([]byte, 20)
+		h[0], h[9] = 0x45, byte(proto)
+		h[2], h[3] = byte((20+length)>>8), byte(20+length)
+		h[8] = 64
+		copy(h[12:16], src.AsSlice())
+		copy(h[16:20], dst.AsSlice())
+		return h
+	}
+	h := make([]byte, 40)
+	h[0] = 0x60
+	h[4], h[5], h[6], h[7] = byte(length>>8), byte(length), byte(proto), 64
+	copy(h[8:24], src.AsSlice())
+	copy(h[24:40], dst.AsSlice())
+	return h
 }
 
 // TestICMPSocketDenied runs probed as uid 65532 with no capability in a
