@@ -181,7 +181,9 @@ func (e *ProbeError) Error() string {
 		fmt.Fprintf(&b, ", step %d", e.Step)
 	}
 	b.WriteString(")")
-	return b.String()
+	// The address and message are the server's words: a terminal must
+	// not act on what a hostile one puts in them.
+	return Printable(b.String())
 }
 
 // Unwrap returns the errno as a syscall.Errno, so that errors.Is(err,
