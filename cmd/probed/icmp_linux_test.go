@@ -51,30 +51,8 @@ func TestICMP(t *testing.T) {
 		{"unprivileged", netprobev1.IcmpSocket_ICMP_SOCKET_DATAGRAM, netprobev1.NewProbeServiceClient(dialIn(t, c.Client, unprivileged.Addr))},
 		{"raw", netprobev1.IcmpSocket_ICMP_SOCKET_RAW, netprobev1.NewProbeServiceClient(dialIn(t, c.Client, root.Addr))},
 	}
-	type family struct {
-		name           string
-		client, target netip.Addr
-		routers        []netip.Addr
-		timeExceeded   uint32 // ICMP type
-		unreachable    uint32 // ICMP type
-		prohibited     uint32 // ICMP code
-		// Linux makes IPv4's administratively prohibited EHOSTUNREACH,
-		// IPv6's EACCES.
-		prohibitedReason netprobev1.Reason
-		prohibitedErrno  string
-	}
-	v4 := family{
-		name: "IPv4", client: c.Client.V4, target: c.Target.V4, timeExceeded: 11, unreachable: 3, prohibited: 13,
-		prohibitedReason: netprobev1.Reason_REASON_HOST_UNREACHABLE, prohibitedErrno: "EHOSTUNREACH",
-	}
-	v6 := family{
-		name: "IPv6", client: c.Client.V6, target: c.Target.V6, timeExceeded: 3, unreachable: 1, prohibited: 1,
-		prohibitedReason: netprobev1.Reason_REASON_PROHIBITED, prohibitedErrno: "EACCES",
-	}
-	for _, r := range c.Routers {
-		v4.routers = append(v4.routers, r.V4)
-		v6.routers = append(v6.routers, r.V6)
-	}
+	type family = chainFamily
+	v4, v6 := chainFamilies(c)
 
 	// echo sends an echo to f's target, and checks its socket and what
 	// it sent.

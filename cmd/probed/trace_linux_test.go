@@ -64,31 +64,8 @@ func TestTrace(t *testing.T) {
 	p := startUnprivileged(t, c.Client)
 	probe := netprobev1.NewProbeServiceClient(dialIn(t, c.Client, p.Addr))
 
-	type family struct {
-		name                string
-		client, target      netip.Addr
-		routers             []netip.Addr
-		timeExceeded        uint32 // ICMP type
-		unreachable         uint32 // ICMP type
-		prohibited, noRoute uint32 // ICMP codes
-		prohibitedReason    netprobev1.Reason
-		prohibitedErrno     string
-	}
-	v4 := family{
-		name: "IPv4", client: c.Client.V4, target: c.Target.V4,
-		timeExceeded: 11, unreachable: 3, prohibited: 13, noRoute: 0,
-		// Linux makes IPv4's administratively prohibited EHOSTUNREACH.
-		prohibitedReason: netprobev1.Reason_REASON_HOST_UNREACHABLE, prohibitedErrno: "EHOSTUNREACH",
-	}
-	v6 := family{
-		name: "IPv6", client: c.Client.V6, target: c.Target.V6,
-		timeExceeded: 3, unreachable: 1, prohibited: 1, noRoute: 0,
-		prohibitedReason: netprobev1.Reason_REASON_PROHIBITED, prohibitedErrno: "EACCES",
-	}
-	for _, r := range c.Routers {
-		v4.routers = append(v4.routers, r.V4)
-		v6.routers = append(v6.routers, r.V6)
-	}
+	type family = chainFamily
+	v4, v6 := chainFamilies(c)
 
 	// trace runs a Connect to port with trace options, and checks the
 	// probe's error reason (0 for none) and the path, but for its times.

@@ -57,30 +57,8 @@ func TestTraceUDP(t *testing.T) {
 	p := startUnprivileged(t, c.Client)
 	probe := netprobev1.NewProbeServiceClient(dialIn(t, c.Client, p.Addr))
 
-	type family struct {
-		name                        string
-		client, target              netip.Addr
-		routers                     []netip.Addr
-		timeExceeded, unreachable   uint32 // ICMP types
-		portUnreachable, prohibited uint32 // ICMP codes
-		prohibitedReason            netprobev1.Reason
-		prohibitedErrno             string
-	}
-	v4 := family{
-		name: "IPv4", client: c.Client.V4, target: c.Target.V4,
-		timeExceeded: 11, unreachable: 3, portUnreachable: 3, prohibited: 13,
-		// Linux makes IPv4's administratively prohibited EHOSTUNREACH.
-		prohibitedReason: netprobev1.Reason_REASON_HOST_UNREACHABLE, prohibitedErrno: "EHOSTUNREACH",
-	}
-	v6 := family{
-		name: "IPv6", client: c.Client.V6, target: c.Target.V6,
-		timeExceeded: 3, unreachable: 1, portUnreachable: 4, prohibited: 1,
-		prohibitedReason: netprobev1.Reason_REASON_PROHIBITED, prohibitedErrno: "EACCES",
-	}
-	for _, r := range c.Routers {
-		v4.routers = append(v4.routers, r.V4)
-		v6.routers = append(v6.routers, r.V6)
-	}
+	type family = chainFamily
+	v4, v6 := chainFamilies(c)
 
 	// trace runs a Connect over UDP to port that always traces, with probes
 	// a hop, and checks the path but for its times.
