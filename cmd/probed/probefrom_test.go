@@ -7,9 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -288,25 +286,7 @@ scrape_configs:
       - target_label: __address__
         replacement: %s
 `, live.Addr(), nodes[0].MetricsAddr)
-	configFile := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	web := probetest.FreePort(t)
-	prom := exec.Command(prometheus, "--config.file="+configFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+web, "--log.level=warn")
-	var log strings.Builder
-	prom.Stdout, prom.Stderr = &log, &log
-	if err := prom.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		prom.Process.Kill()
-		prom.Wait()
-		if t.Failed() {
-			t.Logf("prometheus:\n%s", log.String())
-		}
-	})
+	web := startPrometheus(t, prometheus, dir, config)
 	for _, tc := range []struct {
 		query string
 		want  float64

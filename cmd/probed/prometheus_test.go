@@ -151,25 +151,7 @@ func TestPrometheus(t *testing.T) {
 		job("pop3s_banner_fixed", name(goodPOP3)) + job("postgresql_fixed", name(postgres)) +
 		exporterJob("probed_failing", p.MetricsAddr, "tcp_connect", portless, denied, unresolvable) +
 		exporterJob("blackbox_exporter_failing", blackbox, "tcp_connect", portless, denied, unresolvable)
-	configFile := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	web := probetest.FreePort(t)
-	prom := exec.Command(prometheus, "--config.file="+configFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+web, "--log.level=warn")
-	var log strings.Builder
-	prom.Stdout, prom.Stderr = &log, &log
-	if err := prom.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		prom.Process.Kill()
-		prom.Wait()
-		if t.Failed() {
-			t.Logf("prometheus:\n%s", log.String())
-		}
-	})
+	web := startPrometheus(t, prometheus, dir, config)
 
 	success := func(job, instance string) string {
 		return fmt.Sprintf(`probe_success{job="blackbox_%s",instance=%q}`, job, instance)
@@ -271,4 +253,31 @@ func instantQueryVia(t *testing.T, client *http.Client, web, query string) (floa
 		t.Fatalf("value %q of %s", s, query)
 	}
 	return v, true
+}
+
+// startPrometheus runs prometheus (the binary bin) with config, its data
+// in dir, until the test ends, showing its log if the test failed, and
+// returns its web address.
+func startPrometheus(t *testing.T, bin, dir, config string) string {
+	t.Helper()
+	configFile := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	web := probetest.FreePort(t)
+	prom := exec.Command(bin, "--config.file="+configFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+web, "--log.level=warn")
+	var log strings.Builder
+	prom.Stdout, prom.Stderr = &log, &log
+	if err := prom.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		prom.Process.Kill()
+		prom.Wait()
+		if t.Failed() {
+			t.Logf("prometheus:\n%s", log.String())
+		}
+	})
+	return web
 }
