@@ -72,6 +72,11 @@ func TestProbeFrom(t *testing.T) {
     prober: icmp
     icmp:
       source_ip_address: 127.0.0.1
+  traced:
+    prober: tcp
+    netprobe:
+      trace:
+        when: always
 `), "--allow-source=127.0.0.1"}
 	})
 	live := probetest.Listen(t, "127.0.0.1:0", nil)
@@ -91,6 +96,14 @@ func TestProbeFrom(t *testing.T) {
 		// want are the series of these metrics, exactly.
 		want map[string]map[string]float64
 	}{
+		// Each node traces its own probe: on loopback, one hop, the
+		// target's SYN-ACK.
+		{"a trace from each node", "traced", live.Addr(), "node=n1,n2", map[string]map[string]float64{
+			"probe_success":                      {`{}`: 1, `{vantage="n1"}`: 1, `{vantage="n2"}`: 1},
+			"probe_traceroute_reached":           {`{vantage="n1"}`: 1, `{vantage="n2"}`: 1},
+			"probe_traceroute_total_hops":        {`{vantage="n1"}`: 1, `{vantage="n2"}`: 1},
+			"probe_traceroute_last_answered_hop": {`{vantage="n1"}`: 1, `{vantage="n2"}`: 1},
+		}},
 		{"all", "tcp_connect", live.Addr(), "all", map[string]map[string]float64{
 			"probe_success":                  {`{}`: 1, `{vantage="n1"}`: 1, `{vantage="n2"}`: 1, `{vantage="n3"}`: 1},
 			"probe_fanout_nodes_asked":       {`{}`: 3},

@@ -160,8 +160,6 @@ func unsweepable(m *modules.Module) string {
 		return "a Sweep's dialogue has no read timeout and reads 64 KiB at most (netprobe.read_timeout, netprobe.max_bytes)"
 	case m.ReverseLookup:
 		return "a Sweep looks no address up (netprobe.reverse_lookup)"
-	case m.Trace != nil:
-		return "a Sweep entry traces no path (netprobe.trace)"
 	}
 	return ""
 }
@@ -171,7 +169,7 @@ func unsweepable(m *modules.Module) string {
 func sweepEntry(m *modules.Module, target *netprobev1.Target, timeout time.Duration) *netprobev1.SweepTarget {
 	connect, fetch := m.Request(target, timeout)
 	if connect != nil {
-		return &netprobev1.SweepTarget{Target: connect.GetTarget(), Timeout: connect.GetTimeout(), Tls: connect.GetTls(), Icmp: connect.GetIcmp()}
+		return &netprobev1.SweepTarget{Target: connect.GetTarget(), Timeout: connect.GetTimeout(), Tls: connect.GetTls(), Icmp: connect.GetIcmp(), Trace: connect.GetTrace()}
 	}
 	return &netprobev1.SweepTarget{Target: fetch.GetTarget(), Timeout: fetch.GetTimeout(), Tls: fetch.GetTls(), Steps: fetch.GetSteps()}
 }

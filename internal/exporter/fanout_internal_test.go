@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -37,15 +38,22 @@ func TestSweepEntryOfAnEcho(t *testing.T) {
 	}
 }
 
-// TestSweepEntryOfATrace refuses to send a module with a trace to a
-// fleet's nodes, whose Sweep entries would drop it: the scrape would have
-// no path and not say why.
+// TestSweepEntryOfATrace sends a module's trace to a fleet's nodes with
+// its Sweep entry, the trace's time as the module's request has it: each
+// node's probe is traced as this node's would be.
 func TestSweepEntryOfATrace(t *testing.T) {
-	set, _, err := modules.Parse([]byte("modules:\n  traced:\n    prober: tcp\n    netprobe:\n      trace: {when: always}\n"), "")
+	set, _, err := modules.Parse([]byte("modules:\n  traced:\n    prober: tcp\n    netprobe:\n      trace: {when: always, max_hops: 9}\n"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if why := unsweepable(set.Modules["traced"]); why != "a Sweep entry traces no path (netprobe.trace)" {
-		t.Errorf("unsweepable: %q", why)
+	m := set.Modules["traced"]
+	if why := unsweepable(m); why != "" {
+		t.Fatalf("unsweepable: %s", why)
+	}
+	target := &netprobev1.Target{Host: "db.test", Port: 5432}
+	connect, _ := m.Request(target, 4*time.Second)
+	got := sweepEntry(m, target, 4*time.Second)
+	if connect.GetTrace() == nil || got.GetTrace().GetMaxHops() != 9 || !proto.Equal(got.GetTrace(), connect.GetTrace()) {
+		t.Errorf("entry's trace %v, want the request's %v", got.GetTrace(), connect.GetTrace())
 	}
 }
