@@ -2,6 +2,10 @@ package main
 
 import (
 	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/netlab"
@@ -41,4 +45,29 @@ func chainFamilies(c *netlab.Chain) (v4, v6 chainFamily) {
 		v6.routers = append(v6.routers, r.V6)
 	}
 	return v4, v6
+}
+
+// checkPath holds path, a trace from f's client to port of its target, to
+// want but for its times (the source port taken as it came, from the
+// client's address), and its time to its budget; it returns path.
+func checkPath(t *testing.T, f chainFamily, port uint32, want, path *netprobev1.Path) *netprobev1.Path {
+	t.Helper()
+	if path == nil {
+		t.Fatal("no path")
+	}
+	want.Destination = netip.AddrPortFrom(f.target, uint16(port)).String()
+	if src, err := netip.ParseAddrPort(path.Source); err != nil || src.Addr() != f.client {
+		t.Errorf("path source %q, want the client's %s", path.Source, f.client)
+	}
+	want.Source = path.Source
+	if diff := cmp.Diff(want, path, protocmp.Transform(),
+		protocmp.IgnoreFields(&netprobev1.Path{}, "duration", "timeout"),
+		protocmp.IgnoreFields(&netprobev1.Hop{}, "rtts")); diff != "" {
+		t.Errorf("path (-want +got):\n%s", diff)
+	}
+	budget := path.GetTimeout().AsDuration()
+	if d := path.GetDuration().AsDuration(); d <= 0 || d > budget {
+		t.Errorf("the trace took %v, out of (0, %v]", d, budget)
+	}
+	return path
 }

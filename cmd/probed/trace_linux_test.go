@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -82,24 +80,7 @@ func TestTrace(t *testing.T) {
 		if got := resp.GetError().GetReason(); got != wantReason {
 			t.Errorf("probe error %v, want reason %v", resp.GetError(), wantReason)
 		}
-		path := resp.GetPath()
-		if path == nil {
-			t.Fatal("no path")
-		}
-		want.Destination = netip.AddrPortFrom(f.target, uint16(port)).String()
-		if src, err := netip.ParseAddrPort(path.Source); err != nil || src.Addr() != f.client {
-			t.Errorf("path source %q, want the client's %s", path.Source, f.client)
-		}
-		want.Source = path.Source
-		if diff := cmp.Diff(want, path, protocmp.Transform(),
-			protocmp.IgnoreFields(&netprobev1.Path{}, "duration", "timeout"),
-			protocmp.IgnoreFields(&netprobev1.Hop{}, "rtts")); diff != "" {
-			t.Errorf("path (-want +got):\n%s", diff)
-		}
-		budget := path.GetTimeout().AsDuration()
-		if d := path.GetDuration().AsDuration(); d <= 0 || d > budget {
-			t.Errorf("the trace took %v, out of (0, %v]", d, budget)
-		}
+		path := checkPath(t, f, port, want, resp.GetPath())
 		return path
 	}
 	// The hops before the target, hop n answered by router n.

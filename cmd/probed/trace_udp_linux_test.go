@@ -5,9 +5,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/testing/protocmp"
-
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/netlab"
 	"github.com/netprobe/netprobe/internal/probetest"
@@ -74,24 +71,7 @@ func TestTraceUDP(t *testing.T) {
 		if resp.Error != nil {
 			t.Errorf("probe error %v: a UDP connect sends nothing", resp.Error)
 		}
-		path := resp.GetPath()
-		if path == nil {
-			t.Fatal("no path")
-		}
-		want.Destination = netip.AddrPortFrom(f.target, uint16(port)).String()
-		if src, err := netip.ParseAddrPort(path.Source); err != nil || src.Addr() != f.client {
-			t.Errorf("path source %q, want the client's %s", path.Source, f.client)
-		}
-		want.Source = path.Source
-		if diff := cmp.Diff(want, path, protocmp.Transform(),
-			protocmp.IgnoreFields(&netprobev1.Path{}, "duration", "timeout"),
-			protocmp.IgnoreFields(&netprobev1.Hop{}, "rtts")); diff != "" {
-			t.Errorf("path (-want +got):\n%s", diff)
-		}
-		budget := path.GetTimeout().AsDuration()
-		if d := path.GetDuration().AsDuration(); d <= 0 || d > budget {
-			t.Errorf("the trace took %v, out of (0, %v]", d, budget)
-		}
+		path := checkPath(t, f, port, want, resp.GetPath())
 		for _, h := range path.GetHops() {
 			if len(h.Rtts) != int(h.Answered) {
 				t.Errorf("hop %d: %d rtts for %d answers", h.Ttl, len(h.Rtts), h.Answered)
