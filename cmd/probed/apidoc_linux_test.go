@@ -161,28 +161,8 @@ var requestPorts = regexp.MustCompile(`"port":\s*(\d+)`)
 // newline) and puts env's probed and ports in place of the example's.
 func (env *exampleEnv) args(command string) ([]string, bool) {
 	command = strings.ReplaceAll(command, "\\\n", " ")
-	var words []string
-	var word strings.Builder
-	quoted, in := false, false
-	for _, r := range command {
-		switch {
-		case r == '\'':
-			quoted, in = !quoted, true
-		case (r == ' ' || r == '\n') && !quoted:
-			if in {
-				words = append(words, word.String())
-				word.Reset()
-				in = false
-			}
-		default:
-			word.WriteRune(r)
-			in = true
-		}
-	}
-	if in {
-		words = append(words, word.String())
-	}
-	if quoted || len(words) == 0 || words[0] != "grpcurl" {
+	words, closed := probetest.ShellWords(command)
+	if !closed || len(words) == 0 || words[0] != "grpcurl" {
 		return nil, false
 	}
 	args := words[1:]

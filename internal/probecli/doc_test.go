@@ -153,7 +153,7 @@ func consoleBlocks(text string) [][]example {
 // single quotes, into the CLI's arguments and its stdin.
 func parseCommand(cmd string) (stdin string, args []string, ok bool) {
 	if pipe, rest, found := strings.Cut(cmd, " | "); found {
-		words := split(pipe)
+		words, _ := probetest.ShellWords(pipe)
 		if len(words) != 2 || words[0] != "printf" {
 			return "", nil, false
 		}
@@ -163,37 +163,11 @@ func parseCommand(cmd string) (stdin string, args []string, ok bool) {
 		}
 		stdin, cmd = s, rest
 	}
-	words := split(cmd)
+	words, _ := probetest.ShellWords(cmd)
 	if len(words) == 0 || words[0] != "probe" {
 		return "", nil, false
 	}
 	return stdin, words[1:], true
-}
-
-// split splits a command line at spaces, but not inside single quotes.
-func split(s string) []string {
-	var out []string
-	var word strings.Builder
-	quoted, in := false, false
-	for _, r := range s {
-		switch {
-		case r == '\'':
-			quoted, in = !quoted, true
-		case r == ' ' && !quoted:
-			if in {
-				out = append(out, word.String())
-				word.Reset()
-				in = false
-			}
-		default:
-			word.WriteRune(r)
-			in = true
-		}
-	}
-	if in {
-		out = append(out, word.String())
-	}
-	return out
 }
 
 // withPorts puts the served ports in place of the examples' ones, as a
