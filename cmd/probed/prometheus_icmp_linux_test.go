@@ -75,22 +75,6 @@ func TestPrometheusICMP(t *testing.T) {
 	t.Cleanup(p.Stop)
 
 	targets := []string{"127.0.0.1", "::1", dropped, unroutable}
-	job := func(job, exporter, module string, targets ...string) string {
-		return fmt.Sprintf(`  - job_name: '%[1]s'
-    metrics_path: /probe
-    params:
-      module: [%[2]s]
-    static_configs:
-      - targets: ['%[3]s']
-    relabel_configs:
-      - source_labels: [__address__]
-        target_label: __param_target
-      - source_labels: [__param_target]
-        target_label: instance
-      - target_label: __address__
-        replacement: %[4]s
-`, job, module, strings.Join(targets, "', '"), exporter)
-	}
 	rules := filepath.Join(dir, "rules.yml")
 	if err := os.WriteFile(rules, []byte(`groups:
 - name: probes
@@ -101,8 +85,8 @@ func TestPrometheusICMP(t *testing.T) {
 		t.Fatal(err)
 	}
 	config := "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['" + rules + "']\nscrape_configs:\n" +
-		job("probed_icmp", p.MetricsAddr, "icmp", targets...) + job("blackbox_exporter_icmp", blackbox, "icmp", targets...) +
-		job("probed_icmp_ttl5", p.MetricsAddr, "icmp_ttl5", "127.0.0.1") + job("blackbox_exporter_icmp_ttl5", blackbox, "icmp_ttl5", "127.0.0.1")
+		probeJob("probed_icmp", p.MetricsAddr, "icmp", targets...) + probeJob("blackbox_exporter_icmp", blackbox, "icmp", targets...) +
+		probeJob("probed_icmp_ttl5", p.MetricsAddr, "icmp_ttl5", "127.0.0.1") + probeJob("blackbox_exporter_icmp_ttl5", blackbox, "icmp_ttl5", "127.0.0.1")
 	configFile := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
 		t.Fatal(err)

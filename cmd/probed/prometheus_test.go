@@ -123,24 +123,8 @@ func TestPrometheus(t *testing.T) {
 	})
 	name := func(tg *probetest.Target) string { return fmt.Sprintf("mail.test:%d", tg.Port()) }
 
-	exporterJob := func(job, exporter, module string, targets ...string) string {
-		return fmt.Sprintf(`  - job_name: '%[1]s'
-    metrics_path: /probe
-    params:
-      module: [%[2]s]
-    static_configs:
-      - targets: ['%[3]s']
-    relabel_configs:
-      - source_labels: [__address__]
-        target_label: __param_target
-      - source_labels: [__param_target]
-        target_label: instance
-      - target_label: __address__
-        replacement: %[4]s
-`, job, module, strings.Join(targets, "', '"), exporter)
-	}
 	job := func(module string, targets ...string) string {
-		return exporterJob("blackbox_"+module, p.MetricsAddr, module, targets...)
+		return probeJob("blackbox_"+module, p.MetricsAddr, module, targets...)
 	}
 	portless := "127.0.0.1"
 	denied := fmt.Sprintf("127.0.0.2:%d", probetest.ClosedPort(t, "tcp", "127.0.0.2:0"))
@@ -149,8 +133,8 @@ func TestPrometheus(t *testing.T) {
 		job("tcp_connect", live.Addr(), closed) + job("pop3s_banner", name(goodPOP3), name(expired)) +
 		job("ssh_banner", ssh.Addr()) + job("ssh_banner_extract", ssh.Addr()) + job("irc_banner", irc.Addr()) + job("postgresql", name(postgres)) +
 		job("pop3s_banner_fixed", name(goodPOP3)) + job("postgresql_fixed", name(postgres)) +
-		exporterJob("probed_failing", p.MetricsAddr, "tcp_connect", portless, denied, unresolvable) +
-		exporterJob("blackbox_exporter_failing", blackbox, "tcp_connect", portless, denied, unresolvable)
+		probeJob("probed_failing", p.MetricsAddr, "tcp_connect", portless, denied, unresolvable) +
+		probeJob("blackbox_exporter_failing", blackbox, "tcp_connect", portless, denied, unresolvable)
 	web := startPrometheus(t, prometheus, dir, config)
 
 	success := func(job, instance string) string {
@@ -280,4 +264,23 @@ func startPrometheus(t *testing.T, bin, dir, config string) string {
 		}
 	})
 	return web
+}
+
+// probeJob is a Prometheus scrape job of module on targets through
+// exporter's /probe, relabelled as blackbox_exporter's README has it.
+func probeJob(job, exporter, module string, targets ...string) string {
+	return fmt.Sprintf(`  - job_name: '%[1]s'
+    metrics_path: /probe
+    params:
+      module: [%[2]s]
+    static_configs:
+      - targets: ['%[3]s']
+    relabel_configs:
+      - source_labels: [__address__]
+        target_label: __param_target
+      - source_labels: [__param_target]
+        target_label: instance
+      - target_label: __address__
+        replacement: %[4]s
+`, job, module, strings.Join(targets, "', '"), exporter)
 }
