@@ -451,24 +451,37 @@ func (c *guardedConn) closeWithGoAway() {
 
 func (c *guardedConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	if c.sent {
+		c.wmu.Unlock()
 		return 0, net.ErrClosed
 	}
 	n, err := c.Conn.Write(p)
 	c.wframes.scan(p[:n], nil)
+	c.wmu.Unlock()
+	// Checked once the lock is released: closeWithGoAway may have failed
+	// to take it while this write held it, and left the GOAWAY to us.
 	if c.goaway.Load() {
+		c.wmu.Lock()
 		c.goAwayAtBoundaryLocked()
+		c.wmu.Unlock()
 	}
 	return n, err
 }
 
-// goAwayAtBoundaryLocked writes a GOAWAY naming the last stream the
-// client opened and closes the connection, if the server is between
-// frames.
+// goAwayAtBoundaryLocked writes the GOAWAY and closes the connection, if
+// the server is between frames.
 func (c *guardedConn) goAwayAtBoundaryLocked() {
+	if c.writeGoAwayLocked() {
+		c.Close()
+	}
+}
+
+// writeGoAwayLocked writes a GOAWAY naming the last stream the client
+// opened, once, if the server is between frames. It reports whether it
+// wrote it.
+func (c *guardedConn) writeGoAwayLocked() bool {
 	if c.sent || !c.wframes.atBoundary() {
-		return
+		return false
 	}
 	c.sent = true
 	debug := "closed"
@@ -485,7 +498,7 @@ func (c *guardedConn) goAwayAtBoundaryLocked() {
 	// A client that does not read must not hold this goroutine.
 	c.Conn.SetWriteDeadline(time.Now().Add(lingerTime))
 	c.Conn.Write(f)
-	c.Close()
+	return true
 }
 
 // lingerTime bounds the lingering close of a connection sent a GOAWAY.
@@ -505,6 +518,13 @@ func (c *guardedConn) Close() error {
 	}
 	c.linger.Do(func() {
 		go func() {
+			// gRPC may close the connection before it writes again, so
+			// the GOAWAY still owed goes out here, unless the server
+			// stopped mid-frame; nothing is written after it.
+			c.wmu.Lock()
+			c.writeGoAwayLocked()
+			c.sent = true
+			c.wmu.Unlock()
 			if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 				cw.CloseWrite()
 			}
