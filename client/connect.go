@@ -148,7 +148,7 @@ func (c *Client) Connect(ctx context.Context, network, address string, opts Conn
 	}
 	r := newConnectResult(resp)
 	if pe := newProbeError(resp.GetError()); pe != nil {
-		pe.Connect = r
+		pe.Connect, pe.Path = r, r.Path
 		return r, pe
 	}
 	return r, nil

@@ -19,8 +19,9 @@
 // *ProbeError instead of io.EOF, so a failure is never taken for the end of
 // the reply.
 //
-// ConnectOptions.Trace also asks for the network path to the address
-// probed, hop by hop as traceroute finds it, when the probe fails or
-// always: ConnectResult.Path (and a failed probe's ProbeError.Connect.Path)
-// says which routers answered, what, and why the trace stopped.
+// ConnectOptions.Trace (and FetchOptions.Trace, SweepTarget.Trace) also
+// asks for the network path to the address probed, hop by hop as
+// traceroute finds it, when the probe fails or always: ConnectResult.Path
+// (a Fetch's FetchSummary.Path; a failed probe's ProbeError.Path) says
+// which routers answered, what, and why the trace stopped.
 package client

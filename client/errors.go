@@ -106,6 +106,10 @@ type ProbeError struct {
 	// Summary is a failed Fetch's summary (bytes sent and received, time to
 	// first byte); nil unless the failure came after connecting.
 	Summary *FetchSummary
+	// Path is the network path to the address the probe failed at, when
+	// its options asked for a trace and one was made: Connect.Path, or a
+	// Fetch's Summary.Path.
+	Path *Path
 	// ICMP is the ICMP error that came back in answer to the probe's
 	// packet (an ICMP echo's unreachable), when one did.
 	ICMP *ICMPError

@@ -71,6 +71,11 @@ type FetchOptions struct {
 	Steps []Step
 	// Source, when set, is the local address to connect from.
 	Source netip.Addr
+	// Trace, when set, also traces the network path to the address the
+	// fetch reached or failed at, once the exchange is over (see
+	// TraceOptions): on failure, the connect's or the exchange's.
+	// FetchSummary.Path reports it.
+	Trace *TraceOptions
 }
 
 // Step is one step of a Fetch's dialogue: one of Send, SendTemplate,
@@ -173,6 +178,10 @@ type FetchSummary struct {
 	TCPInfo *TCPInfo
 	// TLS is the handshake of a StartTLS step, when it got that far.
 	TLS *TLSResult
+	// Path is the network path to the address fetched from, when
+	// FetchOptions.Trace asked for one and the fetch got as far as an
+	// address. TotalDuration does not count it.
+	Path *Path
 
 	proto *netprobev1.FetchSummary
 }
@@ -223,6 +232,7 @@ func (c *Client) Fetch(ctx context.Context, network, address string, opts FetchO
 		KeepWriteOpen: opts.KeepWriteOpen,
 		ReverseLookup: opts.ReverseLookup,
 		Tls:           opts.TLS.proto(),
+		Trace:         opts.Trace.proto(),
 	}
 	if opts.Timeout != 0 {
 		req.Timeout = durationpb.New(opts.Timeout)
@@ -344,6 +354,7 @@ func newFetchSummary(s *netprobev1.FetchSummary) *FetchSummary {
 		EndReason:       s.GetEndReason(),
 		TCPInfo:         newTCPInfo(s.GetTcpInfo()),
 		TLS:             newTLSResult(s.GetTls()),
+		Path:            newPath(s.GetPath()),
 		proto:           s,
 	}
 }
@@ -355,6 +366,7 @@ func (f *Fetch) finish(s *netprobev1.FetchSummary) {
 	if pe := newProbeError(s.GetError()); pe != nil {
 		pe.Connect = f.Connect
 		pe.Summary = f.summary
+		pe.Path = f.summary.Path
 		f.err = pe
 	}
 }

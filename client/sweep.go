@@ -376,7 +376,7 @@ func newSweepResult(resp *netprobev1.SweepResponse) *SweepResult {
 	if c := resp.GetConnect(); c != nil {
 		r.Connect = newConnectResult(c)
 		if pe := newProbeError(c.GetError()); pe != nil {
-			pe.Connect = r.Connect
+			pe.Connect, pe.Path = r.Connect, r.Connect.Path
 			r.Err = pe
 		}
 	}
@@ -384,6 +384,9 @@ func newSweepResult(resp *netprobev1.SweepResponse) *SweepResult {
 		r.Summary = newFetchSummary(s)
 		if pe := newProbeError(s.GetError()); pe != nil && r.Err == nil {
 			pe.Connect, pe.Summary = r.Connect, r.Summary
+			if r.Connect != nil {
+				pe.Path = r.Connect.Path
+			}
 			r.Err = pe
 		}
 	}

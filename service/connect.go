@@ -45,8 +45,8 @@ func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn, trace
 	}
 	// The trace comes after the connection is closed: the target does
 	// not hold it open while the trace runs.
-	resp.Path = p.tracePath(p.ctx, trace, resp)
-	p.s.observe(p.ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error, Duration: time.Since(p.start)})
+	resp.Path = p.tracePath(p.ctx, trace, resp, resp.Error)
+	p.s.observe(p.ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error, Path: resp.Path, Duration: time.Since(p.start)})
 	if err := callerGone(p.ctx); err != nil {
 		return nil, err
 	}

@@ -163,6 +163,15 @@ func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.Fetc
 	}
 	report.Error = sum.Error
 	sum.TotalDuration = durationpb.New(time.Since(p.start))
+	if fp.trace != nil {
+		// The trace comes after the connection is closed: the target does
+		// not hold it open while the trace runs.
+		if conn != nil {
+			conn.Close()
+		}
+		sum.Path = p.tracePath(ctx, fp.trace, cresp, sum.Error)
+		report.Path = sum.Path
+	}
 	return emit(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Summary{Summary: sum}})
 }
 

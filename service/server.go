@@ -108,6 +108,10 @@ type Report struct {
 	Summary *netprobev1.FetchSummary
 	// Error is the probe's failure, a policy refusal included.
 	Error *netprobev1.ProbeError
+	// Path is the trace of the path to the target, when one was made: a
+	// Connect's or Sweep entry's (Connect.Path) or a Fetch's
+	// (Summary.Path).
+	Path *netprobev1.Path
 	// Abandoned is true when the caller left (cancelled, or its deadline
 	// passed) before the probe ended.
 	Abandoned bool

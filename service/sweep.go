@@ -368,7 +368,7 @@ func (sw *sweep) probe(job sweepJob, t target) *netprobev1.SweepResponse {
 	// The trace comes after the connection is closed, with the probe's
 	// place still held.
 	resp.Path = sw.trace(pr, job.trace, resp, failure)
-	sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Summary: sum, Error: failure, Duration: elapsed})
+	sw.s.observe(sw.callCtx, Report{Method: "Sweep", Target: asked, Connect: resp, Summary: sum, Error: failure, Path: resp.Path, Duration: elapsed})
 	// A probe that failed as the sweep ended was cut short by it; one that
 	// worked is a result whenever it came.
 	return &netprobev1.SweepResponse{Index: job.index, Target: asked, Connect: resp, Summary: sum, Abandoned: failure != nil && sw.over()}
@@ -393,14 +393,7 @@ func (sw *sweep) trace(pr *probing, tp *traceParams, resp *netprobev1.ConnectRes
 			},
 		}
 	}
-	if failure != nil && !tp.always {
-		// tracePath traces on resp.Error only: a failed dialogue is a
-		// failure too.
-		copied := *tp
-		copied.always = true
-		tp = &copied
-	}
-	return pr.tracePath(sw.ctx, tp, resp)
+	return pr.tracePath(sw.ctx, tp, resp, failure)
 }
 
 // sweepDialogueBytes caps what a sweep's dialogue reads.

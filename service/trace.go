@@ -24,12 +24,14 @@ type tracer struct {
 }
 
 // tracePath traces the path to the address the probe reached, or failed
-// to reach, when the request asks for it then; nil when it does not, or
-// the probe had no such address (it failed before one: service lookup,
-// resolution, the policy, the local socket). The trace ends with parent:
-// the call's context for a Connect, the sweep's budget for a Sweep's.
-func (p *probing) tracePath(parent context.Context, tp *traceParams, resp *netprobev1.ConnectResponse) *netprobev1.Path {
-	if tp == nil || (resp.Error == nil && !tp.always) {
+// to reach, when the request asks for it then: failure is the probe's
+// failure, its connect's or its exchange's. It returns nil when no trace
+// is asked for, or the probe had no such address (it failed before one:
+// service lookup, resolution, the policy, the local socket). The trace
+// ends with parent: the call's context for a Connect or a Fetch, the
+// sweep's budget for a Sweep's.
+func (p *probing) tracePath(parent context.Context, tp *traceParams, resp *netprobev1.ConnectResponse, failure *netprobev1.ProbeError) *netprobev1.Path {
+	if tp == nil || (failure == nil && !tp.always) {
 		return nil
 	}
 	dst, ok := traceDestination(resp)

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -91,6 +92,65 @@ func TestTraceLoopback(t *testing.T) {
 			}
 			tc.want.Destination, tc.want.Source = path.Destination, path.Source
 			if diff := cmp.Diff(tc.want, path, protocmp.Transform(), ignorePathTimes()); diff != "" {
+				t.Errorf("path (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestFetchTrace traces Fetches on loopback: a fetch that worked has no
+// path unless asked always; one whose connect failed, or whose exchange
+// did (an expect that the peer closed on), has its path in the summary,
+// traced once the connection was closed; the connect message never has
+// one.
+func TestFetchTrace(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	open := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) { c.Close() })
+	closed := probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")
+	synAck := &netprobev1.Hop{Ttl: 1, Address: "127.0.0.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_SYN_ACK, Sent: 1, Answered: 1}
+	rst := &netprobev1.Hop{Ttl: 1, Address: "127.0.0.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_RST, Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED", Sent: 1, Answered: 1}
+	expect := []*netprobev1.Step{{Action: &netprobev1.Step_Expect{Expect: "^SSH-"}}}
+	for _, tc := range []struct {
+		name  string
+		port  uint32
+		when  netprobev1.TraceWhen
+		steps []*netprobev1.Step
+		stage netprobev1.Stage
+		// hop is the path's one hop; nil is no path.
+		hop *netprobev1.Hop
+	}{
+		{"worked, on failure", open.Port(), netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE, nil, netprobev1.Stage_STAGE_UNSPECIFIED, nil},
+		{"worked, always", open.Port(), netprobev1.TraceWhen_TRACE_WHEN_ALWAYS, nil, netprobev1.Stage_STAGE_UNSPECIFIED, synAck},
+		{"connect failed", closed, netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE, nil, netprobev1.Stage_STAGE_CONNECT, rst},
+		{"exchange failed", open.Port(), netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE, expect, netprobev1.Stage_STAGE_EXPECT, synAck},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := fetch(t, e.Probe, &netprobev1.FetchRequest{
+				Target: &netprobev1.Target{Host: "127.0.0.1", Port: tc.port},
+				Steps:  tc.steps,
+				Trace:  &netprobev1.TraceOptions{When: tc.when},
+			})
+			if f.connect.GetPath() != nil {
+				t.Errorf("the connect message has a path: %v", f.connect.GetPath())
+			}
+			if got := f.summary.GetError().GetStage(); got != tc.stage {
+				t.Fatalf("failed at %v (%v), want %v", got, f.summary.GetError(), tc.stage)
+			}
+			path := f.summary.GetPath()
+			if tc.hop == nil {
+				if path != nil {
+					t.Fatalf("path %v, want none", path)
+				}
+				return
+			}
+			checkPathTimes(t, path, 10*time.Second)
+			want := &netprobev1.Path{
+				Destination: fmt.Sprintf("127.0.0.1:%d", tc.port), Source: path.GetSource(),
+				Hops: []*netprobev1.Hop{tc.hop}, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED,
+			}
+			if diff := cmp.Diff(want, path, protocmp.Transform(), ignorePathTimes()); diff != "" {
 				t.Errorf("path (-want +got):\n%s", diff)
 			}
 		})
@@ -214,6 +274,20 @@ func TestTraceRefusalMessages(t *testing.T) {
 			t.Errorf("%v: path %v, want the closed port reached", tc.trace, resp.GetPath())
 		case tc.want != "" && status.Convert(err).Message() != "invalid request: "+tc.want:
 			t.Errorf("%v: %v, want invalid request: %s", tc.trace, err, tc.want)
+		}
+		if tc.want == "" {
+			continue
+		}
+		// A Fetch's trace is checked as a Connect's is.
+		stream, err := e.Probe.Fetch(probetest.Context(t), &netprobev1.FetchRequest{
+			Target: &netprobev1.Target{Host: "127.0.0.1", Port: closed},
+			Trace:  tc.trace,
+		})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if status.Convert(err).Message() != "invalid request: "+tc.want {
+			t.Errorf("Fetch, %v: %v, want invalid request: %s", tc.trace, err, tc.want)
 		}
 	}
 }

@@ -421,6 +421,8 @@ type fetchParams struct {
 	// steps are the dialogue, when the request has one; tls is then for
 	// its start_tls.
 	steps []step
+	// trace, when set, traces the path once the exchange is over.
+	trace *traceParams
 }
 
 // step is a validated Step.
@@ -458,6 +460,7 @@ func (s *Server) validateFetch(req *netprobev1.FetchRequest) (*fetchParams, erro
 	}
 	s.validateSource(&v, "target.source_address", &p.target, req.GetTarget().GetSourceAddress())
 	p.tls = validateTLS(&v, "tls", req.GetTls(), p.target)
+	p.trace = s.validateTrace(&v, "trace", req.GetTrace(), p.target)
 	if p.target.network == "icmp" {
 		v.add("target.network", "a fetch needs TCP or UDP: an ICMP echo is a Connect")
 	}

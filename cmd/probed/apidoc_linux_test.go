@@ -70,8 +70,8 @@ func TestAPIDocExamples(t *testing.T) {
 			env.run(t, doc, ex)
 		}
 	}
-	if examples < 19 {
-		t.Errorf("%d grpcurl examples found, want docs/api.md's 17 and README.md's 2", examples)
+	if examples < 20 {
+		t.Errorf("%d grpcurl examples found, want docs/api.md's 18 and README.md's 2", examples)
 	}
 }
 

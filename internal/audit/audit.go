@@ -132,7 +132,7 @@ func (a *Recorder) Observe(ctx context.Context, r service.Report) {
 		if e.GetRule() != "" {
 			attrs = append(attrs, "rule", e.GetRule())
 		}
-		if where := StoppedAfter(c.GetPath()); where != "" {
+		if where := StoppedAfter(r.Path); where != "" {
 			attrs = append(attrs, "stopped_after", where)
 		}
 	}
@@ -232,7 +232,7 @@ func (rp *ring) add(ctx context.Context, r *service.Report, target, outcome stri
 		p.Stage = strings.TrimPrefix(e.GetStage().String(), "STAGE_")
 		p.Reason = strings.TrimPrefix(e.GetReason().String(), "REASON_")
 		p.Errno = e.GetErrno()
-		p.StoppedAfter = StoppedAfter(r.Connect.GetPath())
+		p.StoppedAfter = StoppedAfter(r.Path)
 	}
 	c := r.Connect
 	p.Resolve, p.Connect = c.GetResolveDuration().AsDuration(), c.GetConnectDuration().AsDuration()

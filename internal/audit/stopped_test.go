@@ -69,15 +69,23 @@ func TestObserveStoppedAfter(t *testing.T) {
 	a := New(slog.New(slog.NewTextHandler(&log, nil)), prometheus.NewRegistry(), nil)
 	target := &netprobev1.Target{Host: "198.18.4.1", Port: 82}
 	timeout := &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_CONNECT, Reason: netprobev1.Reason_REASON_TIMEOUT}
-	a.Observe(context.Background(), service.Report{Method: "Connect", Target: target, Error: timeout, Connect: &netprobev1.ConnectResponse{Error: timeout, Path: dropped}})
+	a.Observe(context.Background(), service.Report{Method: "Connect", Target: target, Error: timeout, Connect: &netprobev1.ConnectResponse{Error: timeout, Path: dropped}, Path: dropped})
 	if want := `stopped_after="198.18.1.1 (hop 1); nothing beyond it"`; !strings.Contains(log.String(), want) {
 		t.Errorf("the audit line lacks %s:\n%s", want, log.String())
 	}
 	if now, _ := a.Failing(); len(now) != 1 || now[0].Last.StoppedAfter != "198.18.1.1 (hop 1); nothing beyond it" {
 		t.Errorf("failing now: %+v", now)
 	}
+	// A Fetch's path is its summary's.
 	log.Reset()
-	a.Observe(context.Background(), service.Report{Method: "Connect", Target: target, Connect: &netprobev1.ConnectResponse{PeerAddress: "198.18.4.1:82", Path: rejected}})
+	noMatch := &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_EXPECT, Reason: netprobev1.Reason_REASON_NO_MATCH}
+	a.Observe(context.Background(), service.Report{Method: "Fetch", Target: target, Error: noMatch, Connect: &netprobev1.ConnectResponse{PeerAddress: "198.18.4.1:82"},
+		Summary: &netprobev1.FetchSummary{Error: noMatch, Path: dropped}, Path: dropped})
+	if want := `stopped_after="198.18.1.1 (hop 1); nothing beyond it"`; !strings.Contains(log.String(), want) {
+		t.Errorf("the audit line of a Fetch lacks %s:\n%s", want, log.String())
+	}
+	log.Reset()
+	a.Observe(context.Background(), service.Report{Method: "Connect", Target: target, Connect: &netprobev1.ConnectResponse{PeerAddress: "198.18.4.1:82", Path: rejected}, Path: rejected})
 	if strings.Contains(log.String(), "stopped_after") || a.Recent()[0].StoppedAfter != "" {
 		t.Errorf("a probe that succeeded says where its path stopped:\n%s", log.String())
 	}

@@ -29,6 +29,7 @@ type fetchFlags struct {
 	keepWriteOpen bool
 	failEmpty     bool
 	noStdin       bool
+	trace         bool
 	dialogue      dialogueFlags
 }
 
@@ -54,12 +55,19 @@ Events (where it connected, the timings, how the reply ended) go to stderr,
 one line each, unless --quiet. With -o json, stdout instead carries the
 service's messages, one per line: the connect report, each piece of data
 (base64), and the summary. With --count it fetches again and again, a line
-each without the reply, and ends with a summary like ping's.`,
+each without the reply, and ends with a summary like ping's.
+
+With --trace, a fetch that fails once it has an address (a refused or
+timed-out connect, a handshake, a reply that stopped or did not match) is
+followed by a trace of the path to that address, as probe trace makes one
+(30 hops at most, a probe each, within 10s): the hops, then a line saying
+where the path stopped. With -o json the summary's "path" is the trace.`,
 		Example: `  probe fetch 127.0.0.1 8080 /healthz
   probe fetch mail.example.com smtp
   printf 'PING\r\n' | probe fetch redis.internal:6379
   probe fetch --udp --data-file query.bin --read-timeout 1s ns1.internal domain
-  probe fetch --count 10 --fail-empty 127.0.0.1:8080 /`,
+  probe fetch --count 10 --fail-empty 127.0.0.1:8080 /
+  probe fetch --trace --timeout 2s web.internal 80 /`,
 		Args: positional(1, 3, "HOST PORT|SERVICE [PATH] or HOST:PORT [PATH]"),
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
 			host, addr, rest, err := targetArgs(args, 1, "HOST PORT|SERVICE [PATH] or HOST:PORT [PATH]")
@@ -75,7 +83,7 @@ each without the reply, and ends with a summary like ping's.`,
 					return a.fetchOnce(ctx, c, ff, addr, opts)
 				})
 			}
-			cctx, cancel := a.callContext(ctx)
+			cctx, cancel := ff.callContext(a, ctx)
 			defer cancel()
 			f, err := c.Fetch(cctx, ff.network(), addr, opts)
 			if err != nil {
@@ -83,7 +91,7 @@ each without the reply, and ends with a summary like ping's.`,
 				if errors.As(err, &pe) {
 					a.fetchFailed(host, pe, ff.quiet)
 				}
-				return a.explainFamily(ctx, c, ff.targetFlags, host, err)
+				return a.explainFamily(ctx, c, ff.targetFlags, host, withPath(err))
 			}
 			defer f.Close()
 			return a.copyReply(host, f, ff)
@@ -93,13 +101,23 @@ each without the reply, and ends with a summary like ping's.`,
 	return cmd
 }
 
+// callContext bounds one call: the probe, the server's answer and, with
+// --trace, the trace (the service's default budget).
+func (ff *fetchFlags) callContext(a *app, ctx context.Context) (context.Context, context.CancelFunc) {
+	timeout := a.Timeout + a.ServerTimeout
+	if ff.trace {
+		timeout += defaultTraceTimeout
+	}
+	return context.WithTimeout(ctx, timeout)
+}
+
 // fetchOnce fetches and drops the reply, for a repeated run.
 func (a *app) fetchOnce(ctx context.Context, c *client.Client, ff fetchFlags, addr string, opts client.FetchOptions) outcome {
-	ctx, cancel := a.callContext(ctx)
+	ctx, cancel := ff.callContext(a, ctx)
 	defer cancel()
 	f, err := c.Fetch(ctx, ff.network(), addr, opts)
 	if err != nil {
-		return outcome{err: err}
+		return outcome{err: withPath(err)}
 	}
 	defer f.Close()
 	for err == nil {
@@ -112,7 +130,7 @@ func (a *app) fetchOnce(ctx context.Context, c *client.Client, ff fetchFlags, ad
 	if err == nil && ff.failEmpty && s.BytesReceived == 0 && s.EndReason == client.EndEOF {
 		err = errEmptyReply
 	}
-	o := outcome{err: err}
+	o := outcome{err: withPath(err)}
 	if s != nil {
 		o.took, o.json = s.TotalDuration, s.Proto()
 		o.line = fmt.Sprintf("%s from %s in %s", plural(int(s.BytesReceived), "byte"), f.Connect.RemoteAddr, ms(s.TotalDuration))
@@ -142,6 +160,7 @@ func (ff *fetchFlags) register(a *app, cmd *cobra.Command) {
 	f.BoolVar(&ff.keepWriteOpen, "keep-write-open", false, "do not half-close after the request: for targets that hang up when the client does")
 	f.BoolVar(&ff.failEmpty, "fail-empty", false, "fail (exit 52, as curl) when the target closes without sending a byte")
 	f.BoolVarP(&ff.noStdin, "no-stdin", "n", false, "read nothing from stdin, as ssh -n: without PATH, --data, --data-file or a dialogue, send nothing")
+	f.BoolVar(&ff.trace, "trace", false, "when the fetch fails, trace the path to the address it failed at and say where it stopped (as probe trace, with its defaults)")
 	ff.repeat.register(cmd)
 	cmd.MarkFlagsMutuallyExclusive("data", "data-file")
 }
@@ -155,6 +174,10 @@ func (ff *fetchFlags) options(a *app, host string, rest []string) (client.FetchO
 		MaxBytes:      ff.maxBytes,
 		ReverseLookup: ff.reverse,
 		KeepWriteOpen: ff.keepWriteOpen,
+	}
+	if ff.trace {
+		// The service's defaults; callContext waits for them too.
+		opts.Trace = &client.TraceOptions{}
 	}
 	if ff.lines {
 		opts.Framing = client.FramingLines
@@ -253,7 +276,7 @@ func (a *app) copyReply(host string, f *client.Fetch, ff fetchFlags) error {
 			// The failure is what the exit code reports, even if stdout
 			// failed too.
 			_ = a.fetchEnded(f.Summary(), ff.quiet)
-			return err
+			return withPath(err)
 		}
 		if a.Output == "json" {
 			data.Data = b
@@ -279,6 +302,9 @@ func (a *app) fetchEnded(s *client.FetchSummary, quiet bool) error {
 	case !quiet:
 		printTLS(a.err, s.TLS, a.Verbose)
 		printSummary(a.err, s)
+		if s.Path != nil {
+			printHops(a.err, s.Path)
+		}
 	}
 	return nil
 }
@@ -294,6 +320,9 @@ func (a *app) fetchFailed(host string, pe *client.ProbeError, quiet bool) {
 		_ = a.fetchEnded(pe.Summary, quiet)
 	case !quiet:
 		printConnect(a.err, host, pe.Connect, a.Verbose)
+		if pe.Path != nil {
+			printHops(a.err, pe.Path)
+		}
 	}
 }
 

@@ -379,12 +379,12 @@ func (a *app) sweep(ctx, cmdCtx context.Context, vantages []vantage, targets []c
 			}
 		}
 		rows[key].cells[server] = outcomeCell(r)
-		if r.Err != nil && r.Connect != nil && r.Connect.Path != nil {
+		if r.Err != nil && r.Err.Path != nil {
 			who := r.Target
 			if len(vantages) > 1 {
 				who += " from " + name
 			}
-			wheres = append(wheres, indexed{r.Index, fmt.Sprintf("%s: %s", who, tracedError{pe: r.Err, path: r.Connect.Path}.where())})
+			wheres = append(wheres, indexed{r.Index, fmt.Sprintf("%s: %s", who, tracedError{pe: r.Err, path: r.Err.Path}.where())})
 		}
 		done++
 		switch {

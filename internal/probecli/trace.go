@@ -331,8 +331,8 @@ func (e tracedError) where() string {
 // one.
 func withPath(err error) error {
 	var pe *client.ProbeError
-	if !errors.As(err, &pe) || pe.Connect == nil || pe.Connect.Path == nil {
+	if !errors.As(err, &pe) || pe.Path == nil {
 		return err
 	}
-	return tracedError{err: err, pe: pe, path: pe.Connect.Path}
+	return tracedError{err: err, pe: pe, path: pe.Path}
 }

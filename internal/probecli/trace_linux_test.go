@@ -103,6 +103,31 @@ func TestTraceChain(t *testing.T) {
 				" 2 * no answer\n 3 * no answer\n 4 * no answer\n 5 * no answer\n 6 * no answer\n" +
 				"probe: connect 198.18.4.1:82: timed out (stage CONNECT, reason TIMEOUT)\n" +
 				"probe: TIMEOUT at CONNECT; last hop that answered: 198.18.1.1 (hop 1); nothing beyond it\n"},
+		{"fetch --trace, dropped at r2", []string{"fetch", "--trace", "--timeout", "1s", "198.18.4.1", "82", "/"}, exitTimeout,
+			"trace to 198.18.4.1:82 from 198.18.1.2:#\n" +
+				" 1 198.18.1.1 # time exceeded\n" +
+				" 2 * no answer\n 3 * no answer\n 4 * no answer\n 5 * no answer\n 6 * no answer\n" +
+				"probe: connect 198.18.4.1:82: timed out (stage CONNECT, reason TIMEOUT)\n" +
+				"probe: TIMEOUT at CONNECT; last hop that answered: 198.18.1.1 (hop 1); nothing beyond it\n"},
+		// A fetch traces the failure of its exchange too, once the
+		// connection is closed.
+		{"fetch --trace, no match", []string{"fetch", "--trace", "--expect", "^SSH-", "198.18.4.1", "80"}, exitExpect,
+			"connected to 198.18.4.1:80 from 198.18.1.2:# in # (total #), rtt #\n" +
+				"sent 0 bytes, received 0; failed after #, rtt #\n" +
+				hopsTo("80") +
+				" 4 198.18.4.1 # SYN-ACK\n" +
+				`probe: expect 198.18.4.1:80: no match for "^SSH-" before the peer closed; the last bytes received: "" (stage EXPECT, reason NO_MATCH, step 0)` + "\n" +
+				"probe: NO_MATCH at EXPECT; reached 198.18.4.1:80 at hop 4 (SYN-ACK)\n"},
+		{"fetch --trace, UDP refused", []string{"fetch", "--udp", "--trace", "-d", "x", "198.18.4.1", "96"}, exitReceive,
+			"connected to 198.18.4.1:96 from 198.18.1.2:# in # (total #)\n" +
+				"sent 1 byte, received 0; failed after #\n" +
+				"trace to 198.18.4.1:96 from 198.18.1.2:#\n" +
+				" 1 198.18.1.1 # time exceeded\n" +
+				" 2 198.18.2.1 # time exceeded\n" +
+				" 3 198.18.3.1 # time exceeded\n" +
+				" 4 198.18.4.1 # port unreachable: the port is closed (ICMP 3/3)\n" +
+				"probe: receive 198.18.4.1:96: connection refused (stage RECEIVE, reason REFUSED, errno ECONNREFUSED)\n" +
+				"probe: REFUSED at RECEIVE; reached 198.18.4.1:96 at hop 4 (port unreachable: the port is closed (ICMP 3/3))\n"},
 		{"dropped at r2", []string{"trace", "--timeout", "8s", "198.18.4.1", "82"}, exitTimeout,
 			"trace to 198.18.4.1:82 from 198.18.1.2:#\n" +
 				" 1 198.18.1.1 # time exceeded\n" +
@@ -163,13 +188,26 @@ func TestTraceChain(t *testing.T) {
 		}{
 			{"trace", []string{"trace", "-o", "json", "198.18.4.1", "80"}, exitOK, 4, netprobev1.PathEnd_PATH_END_REACHED},
 			{"connect --trace", []string{"connect", "-o", "json", "--trace", "198.18.4.1", "83"}, exitConnect, 2, netprobev1.PathEnd_PATH_END_UNREACHABLE},
+			{"fetch --trace", []string{"fetch", "-o", "json", "--trace", "--expect", "^SSH-", "198.18.4.1", "80"}, exitExpect, 4, netprobev1.PathEnd_PATH_END_REACHED},
 		} {
 			r := probeOn(t, c.Client, tc.args...)
-			var resp netprobev1.ConnectResponse
-			if err := protojson.Unmarshal([]byte(r.stdout), &resp); err != nil {
-				t.Fatalf("%s: %v\n%s", tc.name, err, r.stdout)
+			var path *netprobev1.Path
+			if tc.args[0] == "fetch" {
+				// The connect message, then the summary, which has the path.
+				lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+				var summary netprobev1.FetchResponse
+				if err := protojson.Unmarshal([]byte(lines[len(lines)-1]), &summary); err != nil {
+					t.Fatalf("%s: %v\n%s", tc.name, err, r.stdout)
+				}
+				path = summary.GetSummary().GetPath()
+			} else {
+				var resp netprobev1.ConnectResponse
+				if err := protojson.Unmarshal([]byte(r.stdout), &resp); err != nil {
+					t.Fatalf("%s: %v\n%s", tc.name, err, r.stdout)
+				}
+				path = resp.GetPath()
 			}
-			if path := resp.GetPath(); r.code != tc.code || len(path.GetHops()) != tc.hops || path.GetEnd() != tc.end || path.GetDestination() != "198.18.4.1:"+tc.args[len(tc.args)-1] {
+			if r.code != tc.code || len(path.GetHops()) != tc.hops || path.GetEnd() != tc.end || path.GetDestination() != "198.18.4.1:"+tc.args[len(tc.args)-1] {
 				t.Errorf("%s: exit %d, path %v; want exit %d, %d hops to the target's address, %v", tc.name, r.code, path, tc.code, tc.hops, tc.end)
 			}
 		}
@@ -203,8 +241,8 @@ func TestDocTraceExamples(t *testing.T) {
 			})
 		}
 	}
-	if examples < 5 {
-		t.Errorf("%d chain examples found in docs/cli.md, want its five", examples)
+	if examples < 6 {
+		t.Errorf("%d chain examples found in docs/cli.md, want its six", examples)
 	}
 }
 

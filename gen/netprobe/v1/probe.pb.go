@@ -2898,7 +2898,16 @@ type FetchRequest struct {
 	// without steps (half-close unless keep_write_open, then receive until
 	// the end), except when the last step is an expect: its match ends the
 	// fetch (END_REASON_MATCHED). At most 64 steps, TCP only.
-	Steps         []*Step `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	Steps []*Step `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	// trace, when set, also traces the network path to the target's address,
+	// as ConnectRequest.trace does (see TraceOptions), once the exchange is
+	// over and the target connection closed. With TRACE_WHEN_ON_FAILURE it
+	// follows any failure of the fetch that got as far as an address: the
+	// connect's, the handshake's or the exchange's (a RECEIVE timeout, an
+	// expect that did not match). The summary's path reports it, and the
+	// summary waits for it; the connect message never has a path. TCP and
+	// UDP targets.
+	Trace         *TraceOptions `protobuf:"bytes,12,opt,name=trace,proto3" json:"trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3017,6 +3026,13 @@ func (x *FetchRequest) GetTls() *TlsOptions {
 func (x *FetchRequest) GetSteps() []*Step {
 	if x != nil {
 		return x.Steps
+	}
+	return nil
+}
+
+func (x *FetchRequest) GetTrace() *TraceOptions {
+	if x != nil {
+		return x.Trace
 	}
 	return nil
 }
@@ -3356,7 +3372,13 @@ type FetchSummary struct {
 	// tls is the handshake of a start_tls step, when the exchange got that
 	// far (a fetch with tls and no steps reports its handshake in the
 	// connect message instead).
-	Tls           *TlsResult `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	Tls *TlsResult `protobuf:"bytes,8,opt,name=tls,proto3" json:"tls,omitempty"`
+	// path is the network path to the address fetched from, when the
+	// request's trace asked for one and the fetch got as far as an address
+	// (see ConnectResponse.path). A failed fetch then carries both its error
+	// and the path. total_duration does not count the trace: the path has
+	// its own duration.
+	Path          *Path `protobuf:"bytes,9,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3443,6 +3465,13 @@ func (x *FetchSummary) GetTcpInfo() *TcpInfo {
 func (x *FetchSummary) GetTls() *TlsResult {
 	if x != nil {
 		return x.Tls
+	}
+	return nil
+}
+
+func (x *FetchSummary) GetPath() *Path {
+	if x != nil {
+		return x.Path
 	}
 	return nil
 }
@@ -4616,7 +4645,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x12sha256_fingerprint\x18\t \x01(\tR\x11sha256Fingerprint\"1\n" +
 	"\aHttpGet\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
-	"\x04host\x18\x02 \x01(\tR\x04host\"\xf8\x03\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\"\xa9\x04\n" +
 	"\fFetchRequest\x12+\n" +
 	"\x06target\x18\x01 \x01(\v2\x13.netprobe.v1.TargetR\x06target\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1a\n" +
@@ -4629,7 +4658,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x0ereverse_lookup\x18\t \x01(\bR\rreverseLookup\x12)\n" +
 	"\x03tls\x18\n" +
 	" \x01(\v2\x17.netprobe.v1.TlsOptionsR\x03tls\x12'\n" +
-	"\x05steps\x18\v \x03(\v2\x11.netprobe.v1.StepR\x05stepsB\t\n" +
+	"\x05steps\x18\v \x03(\v2\x11.netprobe.v1.StepR\x05steps\x12/\n" +
+	"\x05trace\x18\f \x01(\v2\x19.netprobe.v1.TraceOptionsR\x05traceB\t\n" +
 	"\arequest\"\xc3\x01\n" +
 	"\x04Step\x12\x14\n" +
 	"\x04send\x18\x01 \x01(\fH\x00R\x04send\x12\x18\n" +
@@ -4644,7 +4674,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x04step\x18\x01 \x01(\rR\x04step\x12\x16\n" +
 	"\x06groups\x18\x02 \x03(\fR\x06groups\"\x1f\n" +
 	"\tFetchData\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\x9f\x03\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xc6\x03\n" +
 	"\fFetchSummary\x12\x1d\n" +
 	"\n" +
 	"bytes_sent\x18\x01 \x01(\x04R\tbytesSent\x12%\n" +
@@ -4655,7 +4685,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"end_reason\x18\x05 \x01(\x0e2\x16.netprobe.v1.EndReasonR\tendReason\x12-\n" +
 	"\x05error\x18\x06 \x01(\v2\x17.netprobe.v1.ProbeErrorR\x05error\x12/\n" +
 	"\btcp_info\x18\a \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\x12(\n" +
-	"\x03tls\x18\b \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\"\xe9\x01\n" +
+	"\x03tls\x18\b \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\x12%\n" +
+	"\x04path\x18\t \x01(\v2\x11.netprobe.v1.PathR\x04path\"\xe9\x01\n" +
 	"\rFetchResponse\x128\n" +
 	"\aconnect\x18\x01 \x01(\v2\x1c.netprobe.v1.ConnectResponseH\x00R\aconnect\x12,\n" +
 	"\x04data\x18\x02 \x01(\v2\x16.netprobe.v1.FetchDataH\x00R\x04data\x125\n" +
@@ -4975,53 +5006,55 @@ var file_netprobe_v1_probe_proto_depIdxs = []int32{
 	9,  // 52: netprobe.v1.FetchRequest.framing:type_name -> netprobe.v1.Framing
 	26, // 53: netprobe.v1.FetchRequest.tls:type_name -> netprobe.v1.TlsOptions
 	31, // 54: netprobe.v1.FetchRequest.steps:type_name -> netprobe.v1.Step
-	50, // 55: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
-	50, // 56: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
-	10, // 57: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
-	14, // 58: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
-	25, // 59: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
-	27, // 60: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
-	21, // 61: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	33, // 62: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
-	34, // 63: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
-	32, // 64: netprobe.v1.FetchResponse.match:type_name -> netprobe.v1.ExpectMatch
-	11, // 65: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
-	14, // 66: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
-	13, // 67: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
-	50, // 68: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
-	12, // 69: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
-	26, // 70: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
-	31, // 71: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
-	19, // 72: netprobe.v1.SweepTarget.icmp:type_name -> netprobe.v1.IcmpOptions
-	22, // 73: netprobe.v1.SweepTarget.trace:type_name -> netprobe.v1.TraceOptions
-	38, // 74: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
-	50, // 75: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
-	40, // 76: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
-	47, // 77: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
-	48, // 78: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
-	13, // 79: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
-	21, // 80: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
-	34, // 81: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
-	41, // 82: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
-	42, // 83: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
-	43, // 84: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
-	49, // 85: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
-	50, // 86: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
-	18, // 87: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
-	30, // 88: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
-	36, // 89: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
-	39, // 90: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
-	45, // 91: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
-	21, // 92: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
-	35, // 93: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
-	37, // 94: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
-	44, // 95: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
-	46, // 96: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
-	92, // [92:97] is the sub-list for method output_type
-	87, // [87:92] is the sub-list for method input_type
-	87, // [87:87] is the sub-list for extension type_name
-	87, // [87:87] is the sub-list for extension extendee
-	0,  // [0:87] is the sub-list for field type_name
+	22, // 55: netprobe.v1.FetchRequest.trace:type_name -> netprobe.v1.TraceOptions
+	50, // 56: netprobe.v1.FetchSummary.time_to_first_byte:type_name -> google.protobuf.Duration
+	50, // 57: netprobe.v1.FetchSummary.total_duration:type_name -> google.protobuf.Duration
+	10, // 58: netprobe.v1.FetchSummary.end_reason:type_name -> netprobe.v1.EndReason
+	14, // 59: netprobe.v1.FetchSummary.error:type_name -> netprobe.v1.ProbeError
+	25, // 60: netprobe.v1.FetchSummary.tcp_info:type_name -> netprobe.v1.TcpInfo
+	27, // 61: netprobe.v1.FetchSummary.tls:type_name -> netprobe.v1.TlsResult
+	24, // 62: netprobe.v1.FetchSummary.path:type_name -> netprobe.v1.Path
+	21, // 63: netprobe.v1.FetchResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	33, // 64: netprobe.v1.FetchResponse.data:type_name -> netprobe.v1.FetchData
+	34, // 65: netprobe.v1.FetchResponse.summary:type_name -> netprobe.v1.FetchSummary
+	32, // 66: netprobe.v1.FetchResponse.match:type_name -> netprobe.v1.ExpectMatch
+	11, // 67: netprobe.v1.ResolveServiceResponse.source:type_name -> netprobe.v1.ServiceSource
+	14, // 68: netprobe.v1.ResolveServiceResponse.error:type_name -> netprobe.v1.ProbeError
+	13, // 69: netprobe.v1.SweepTarget.target:type_name -> netprobe.v1.Target
+	50, // 70: netprobe.v1.SweepTarget.timeout:type_name -> google.protobuf.Duration
+	12, // 71: netprobe.v1.SweepTarget.expand:type_name -> netprobe.v1.Expand
+	26, // 72: netprobe.v1.SweepTarget.tls:type_name -> netprobe.v1.TlsOptions
+	31, // 73: netprobe.v1.SweepTarget.steps:type_name -> netprobe.v1.Step
+	19, // 74: netprobe.v1.SweepTarget.icmp:type_name -> netprobe.v1.IcmpOptions
+	22, // 75: netprobe.v1.SweepTarget.trace:type_name -> netprobe.v1.TraceOptions
+	38, // 76: netprobe.v1.SweepRequest.targets:type_name -> netprobe.v1.SweepTarget
+	50, // 77: netprobe.v1.SweepRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 78: netprobe.v1.SweepRequest.vantages:type_name -> netprobe.v1.VantageSelector
+	47, // 79: netprobe.v1.VantageSelector.labels:type_name -> netprobe.v1.VantageSelector.LabelsEntry
+	48, // 80: netprobe.v1.Vantage.labels:type_name -> netprobe.v1.Vantage.LabelsEntry
+	13, // 81: netprobe.v1.SweepResponse.target:type_name -> netprobe.v1.Target
+	21, // 82: netprobe.v1.SweepResponse.connect:type_name -> netprobe.v1.ConnectResponse
+	34, // 83: netprobe.v1.SweepResponse.summary:type_name -> netprobe.v1.FetchSummary
+	41, // 84: netprobe.v1.SweepResponse.vantage:type_name -> netprobe.v1.Vantage
+	42, // 85: netprobe.v1.SweepResponse.vantage_error:type_name -> netprobe.v1.VantageError
+	43, // 86: netprobe.v1.SweepResponse.fanout:type_name -> netprobe.v1.FanoutSummary
+	49, // 87: netprobe.v1.DescribeResponse.labels:type_name -> netprobe.v1.DescribeResponse.LabelsEntry
+	50, // 88: netprobe.v1.DescribeResponse.max_timeout:type_name -> google.protobuf.Duration
+	18, // 89: netprobe.v1.ProbeService.Connect:input_type -> netprobe.v1.ConnectRequest
+	30, // 90: netprobe.v1.ProbeService.Fetch:input_type -> netprobe.v1.FetchRequest
+	36, // 91: netprobe.v1.ProbeService.ResolveService:input_type -> netprobe.v1.ResolveServiceRequest
+	39, // 92: netprobe.v1.ProbeService.Sweep:input_type -> netprobe.v1.SweepRequest
+	45, // 93: netprobe.v1.ProbeService.Describe:input_type -> netprobe.v1.DescribeRequest
+	21, // 94: netprobe.v1.ProbeService.Connect:output_type -> netprobe.v1.ConnectResponse
+	35, // 95: netprobe.v1.ProbeService.Fetch:output_type -> netprobe.v1.FetchResponse
+	37, // 96: netprobe.v1.ProbeService.ResolveService:output_type -> netprobe.v1.ResolveServiceResponse
+	44, // 97: netprobe.v1.ProbeService.Sweep:output_type -> netprobe.v1.SweepResponse
+	46, // 98: netprobe.v1.ProbeService.Describe:output_type -> netprobe.v1.DescribeResponse
+	94, // [94:99] is the sub-list for method output_type
+	89, // [89:94] is the sub-list for method input_type
+	89, // [89:89] is the sub-list for extension type_name
+	89, // [89:89] is the sub-list for extension extendee
+	0,  // [0:89] is the sub-list for field type_name
 }
 
 func init() { file_netprobe_v1_probe_proto_init() }
