@@ -33,6 +33,9 @@ type TraceOptions struct {
 	// ctx given to Connect must leave time for the probe and the trace:
 	// the trace ends a margin before ctx's deadline, with what it found.
 	Timeout time.Duration
+	// Names looks up the name of each hop that answered (PTR), as
+	// traceroute does without -n, within the trace's Timeout: Hop.Name.
+	Names bool
 }
 
 func (o *TraceOptions) proto() *netprobev1.TraceOptions {
@@ -43,6 +46,7 @@ func (o *TraceOptions) proto() *netprobev1.TraceOptions {
 		When:         netprobev1.TraceWhen_TRACE_WHEN_ON_FAILURE,
 		MaxHops:      clampUint32(o.MaxHops),
 		ProbesPerHop: clampUint32(o.ProbesPerHop),
+		Names:        o.Names,
 	}
 	if o.Always {
 		p.When = netprobev1.TraceWhen_TRACE_WHEN_ALWAYS
@@ -141,6 +145,10 @@ type Hop struct {
 	// Sent is how many probes went out with this TTL, Answered how many
 	// of them were answered.
 	Sent, Answered int
+	// Name is the name the reverse lookup of Addr found, when
+	// TraceOptions.Names asked for it; "" when none was found in time. It
+	// is what the server's resolver said: print it through Printable.
+	Name string
 }
 
 // Lost is how many of the hop's probes went unanswered.
@@ -178,6 +186,7 @@ func newPath(p *netprobev1.Path) *Path {
 			ICMPType: int(h.GetIcmpType()), ICMPCode: int(h.GetIcmpCode()),
 			Reason: h.GetReason(), Errno: h.GetErrno(),
 			Sent: int(h.GetSent()), Answered: int(h.GetAnswered()),
+			Name: h.GetName(),
 		}
 		for _, d := range h.GetRtts() {
 			hop.RTTs = append(hop.RTTs, d.AsDuration())

@@ -3,6 +3,8 @@ package service
 import (
 	"context"
 	"net/netip"
+	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -56,10 +58,76 @@ func (p *probing) tracePath(parent context.Context, tp *traceParams, resp *netpr
 
 	tr := &tracer{dst: dst, udp: p.target.network == "udp", src: p.target.source, maxHops: tp.maxHops, perHop: tp.perHop, start: time.Now()}
 	path := tr.run(ctx)
+	if tp.names {
+		p.s.nameHops(ctx, path.Hops)
+	}
 	path.Destination = dst.String()
 	path.Duration = durationpb.New(time.Since(tr.start))
 	path.Timeout = durationpb.New(tp.timeout)
 	return path
+}
+
+const (
+	// nameLookups is how many reverse lookups of a trace's hops run at
+	// once.
+	nameLookups = 8
+	// nameMargin is how long before the trace's end its lookups are given
+	// up: a resolver returns a moment after its deadline, and the trace
+	// must not outlive its timeout.
+	nameMargin = 5 * time.Millisecond
+)
+
+// nameHops looks up the names of the hops that answered, each address
+// once, until a margin before ctx ends; a hop whose lookup fails or is cut
+// short keeps no name.
+func (s *Server) nameHops(ctx context.Context, hops []*netprobev1.Hop) {
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-nameMargin))
+		defer cancel()
+	}
+	names := make(map[string]string)
+	for _, h := range hops {
+		if h.Address != "" {
+			names[h.Address] = ""
+		}
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, nameLookups)
+	for addr := range names {
+		wg.Go(func() {
+			select {
+			case slots <- struct{}{}:
+				defer func() { <-slots }()
+			case <-ctx.Done():
+				return
+			}
+			found, err := s.cfg.Resolver.LookupAddr(ctx, addr)
+			if err != nil || len(found) == 0 {
+				return
+			}
+			mu.Lock()
+			names[addr] = strings.TrimSuffix(found[0], ".")
+			mu.Unlock()
+		})
+	}
+	// What is found by the end is kept; a lookup still running is left to
+	// end on its own, its answer unused.
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, h := range hops {
+		h.Name = names[h.Address]
+	}
 }
 
 // traceDestination is the address a probe reached or failed to reach,

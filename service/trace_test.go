@@ -157,6 +157,67 @@ func TestFetchTrace(t *testing.T) {
 	}
 }
 
+// TestTraceNames looks up the names of a trace's hops (here the target's,
+// one hop away on loopback) from the server's resolver: a name found, its
+// final dot dropped; none asked for; none found; a name that is no domain
+// name (an escape sequence for a terminal), which the resolver drops; and
+// a lookup that outlives the trace's timeout, which leaves the hop with no
+// name and the path within its timeout.
+func TestTraceNames(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	named := netip.MustParseAddr("127.0.0.2")
+	hostile := netip.MustParseAddr("127.0.0.3")
+	held := netip.MustParseAddr("127.0.0.4")
+	nameless := netip.MustParseAddr("127.0.0.5")
+	e.DNS.SetPTR(named, "target.example.test")
+	e.DNS.SetPTR(hostile, "\x1b[2Jevil.example.test")
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	e.DNS.HoldPTR(held, release)
+	for _, tc := range []struct {
+		name    string
+		addr    netip.Addr
+		names   bool
+		timeout time.Duration
+		want    string
+	}{
+		{"found", named, true, 0, "target.example.test"},
+		{"not asked for", named, false, 0, ""},
+		{"none", nameless, true, 0, ""},
+		{"not a domain name", hostile, true, 0, ""},
+		{"lookup outlives the trace", held, true, time.Second, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ln := probetest.Listen(t, netip.AddrPortFrom(tc.addr, 0).String(), nil)
+			trace := &netprobev1.TraceOptions{When: netprobev1.TraceWhen_TRACE_WHEN_ALWAYS, Names: tc.names}
+			if tc.timeout > 0 {
+				trace.Timeout = durationpb.New(tc.timeout)
+			}
+			resp, err := e.Probe.Connect(probetest.Context(t), &netprobev1.ConnectRequest{
+				Target: &netprobev1.Target{Host: tc.addr.String(), Port: ln.Port()},
+				Trace:  trace,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := resp.GetPath()
+			if path.GetEnd() != netprobev1.PathEnd_PATH_END_REACHED || len(path.GetHops()) != 1 {
+				t.Fatalf("path %v, want the target reached at hop 1", path)
+			}
+			if got := path.GetHops()[0].GetName(); got != tc.want {
+				t.Errorf("hop name %q, want %q", got, tc.want)
+			}
+			budget := 10 * time.Second
+			if tc.timeout > 0 {
+				budget = tc.timeout
+			}
+			checkPathTimes(t, path, budget)
+		})
+	}
+}
+
 // TestTraceBudget checks that a trace into silence ends with its budget,
 // and before the caller's deadline with the margin to send what it found.
 func TestTraceBudget(t *testing.T) {

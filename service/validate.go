@@ -363,6 +363,8 @@ type traceParams struct {
 	always          bool
 	maxHops, perHop int
 	timeout         time.Duration
+	// names looks the hops' addresses up by address.
+	names bool
 }
 
 // Limits of a trace (TraceOptions), as the API documents them.
@@ -379,7 +381,7 @@ func (s *Server) validateTrace(v *violations, field string, o *netprobev1.TraceO
 	if o == nil {
 		return nil
 	}
-	tr := &traceParams{maxHops: defaultTraceHops, perHop: 1, timeout: min(defaultTraceTimeout, s.cfg.MaxTimeout)}
+	tr := &traceParams{maxHops: defaultTraceHops, perHop: 1, timeout: min(defaultTraceTimeout, s.cfg.MaxTimeout), names: o.GetNames()}
 	if t.network != "tcp" && t.network != "udp" {
 		v.add(field, "a trace follows TCP and UDP targets only")
 	}

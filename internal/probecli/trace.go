@@ -31,6 +31,7 @@ const (
 type traceFlags struct {
 	maxHops, probes int
 	timeout         time.Duration
+	names           bool
 }
 
 func (a *app) traceCommand() *cobra.Command {
@@ -63,6 +64,12 @@ An open UDP port that does not answer an empty datagram cannot be told
 from a drop: its path ends in silence after the last router. With -o json
 it prints the ConnectResponse, whose "path" is the trace.
 
+With --names, each hop's address is looked up by address (PTR) where the
+probe server runs, once the hops are found and within the trace's budget,
+and printed as traceroute prints it: "r1.example.net (198.18.1.1)". Unlike
+traceroute, probe trace does not look names up unless asked: a resolver
+that does not answer would hold up every trace.
+
 It exits 0 when the trace reached the target, SYN-ACK or RST (over UDP, a
 port unreachable or a datagram); when it did not, with the connect's own
 failure's code (28 for a timeout, 7 for an unreachable, ...), or 1 if the
@@ -72,6 +79,7 @@ down).`,
   probe trace --probes 3 --max-hops 16 db.internal:5432
   probe trace -6 -o json example.com https
   probe trace --udp --probes 3 dns.internal 53
+  probe trace --names example.com 443
   probe --server probed.internal trace db.internal 5432`,
 		Args: positional(1, 2, "HOST PORT|SERVICE or HOST:PORT"),
 		// Checked before anything is dialled: a --server is not asked for a
@@ -85,7 +93,7 @@ down).`,
 			connectTimeout := min(traceConnectTimeout, fl.timeout)
 			opts := client.ConnectOptions{
 				Timeout: connectTimeout,
-				Trace:   &client.TraceOptions{Always: true, MaxHops: fl.maxHops, ProbesPerHop: fl.probes, Timeout: fl.timeout},
+				Trace:   &client.TraceOptions{Always: true, MaxHops: fl.maxHops, ProbesPerHop: fl.probes, Timeout: fl.timeout, Names: fl.names},
 			}
 			cctx, cancel := context.WithTimeout(ctx, connectTimeout+fl.timeout+a.ServerTimeout)
 			defer cancel()
@@ -113,6 +121,7 @@ down).`,
 	tf.register(cmd)
 	f := cmd.Flags()
 	f.IntVar(&fl.maxHops, "max-hops", defaultMaxHops, fmt.Sprintf("highest TTL (IPv6 hop limit) tried, 1 to %d", maxMaxHops))
+	f.BoolVar(&fl.names, "names", false, "look up each hop's name (PTR) where the probe server runs, within the trace's budget, and print it before the address")
 	f.IntVar(&fl.probes, "probes", 1, fmt.Sprintf("probes sent each TTL, 1 to %d; more show each hop's loss, as mtr does (a probe not answered within 1s is lost)", maxProbesPerHop))
 	// probe trace's --timeout is the trace's, in place of the global one.
 	settings.DurationVar(f, &fl.timeout, "timeout", "", defaultTraceTimeout, "the trace's budget, after the connect: it ends with what it found (at most the probe server's --max-timeout) (env NETPROBE_TIMEOUT)")
@@ -170,7 +179,11 @@ func printHops(w io.Writer, p *client.Path) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, h := range p.Hops {
 		addr := "*"
-		if h.Addr.IsValid() {
+		switch {
+		case h.Name != "":
+			// As traceroute prints a hop it found a name for.
+			addr = fmt.Sprintf("%s (%s)", client.Printable(h.Name), h.Addr)
+		case h.Addr.IsValid():
 			addr = h.Addr.String()
 		}
 		rtts := make([]string, len(h.RTTs))

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/dnstest"
 	"github.com/netprobe/netprobe/internal/netlab"
 	"github.com/netprobe/netprobe/internal/probetest"
 )
@@ -176,6 +177,30 @@ func TestTraceChain(t *testing.T) {
 			})
 		}
 	}
+
+	// --names looks the hops up where the service runs: from a DNS
+	// server in the client's namespace, which names two routers and the
+	// target, and not r2.
+	t.Run("names", func(t *testing.T) {
+		t.Parallel()
+		dns := dnstest.Serve(t, c.Client.ListenPacket(t, "127.0.0.1:0"))
+		dns.SetPTR(netip.MustParseAddr("198.18.1.1"), "r1.lab.test")
+		dns.SetPTR(netip.MustParseAddr("198.18.3.1"), "r3.lab.test")
+		dns.SetPTR(netip.MustParseAddr("198.18.4.1"), "web.lab.test")
+		named := probetest.StartProbed(t, c.Client.Command(probedBin, "--listen=127.0.0.1:0", "--dns-server="+dns.Addr))
+		want := "trace to 198.18.4.1:80 from 198.18.1.2:#\n" +
+			" 1 r1.lab.test (198.18.1.1) # time exceeded\n" +
+			" 2 198.18.2.1 # time exceeded\n" +
+			" 3 r3.lab.test (198.18.3.1) # time exceeded\n" +
+			" 4 web.lab.test (198.18.4.1) # SYN-ACK\n" +
+			"reached 198.18.4.1:80 at hop 4 (SYN-ACK); the trace took # of #, every probe on one flow (Paris)\n"
+		for _, flags := range [][]string{{"--dns-server", dns.Addr}, {"--server", named.Addr}} {
+			r := probeOn(t, c.Client, append(flags, "trace", "--names", "198.18.4.1", "80")...)
+			if got := normalize(r.stdout + r.stderr); r.code != exitOK || !matches(got, normalize(want)) {
+				t.Errorf("%v: exit %d, printed\n%s%s\nwant exit 0 and\n%s", flags, r.code, r.stdout, r.stderr, want)
+			}
+		}
+	})
 
 	t.Run("json", func(t *testing.T) {
 		t.Parallel()

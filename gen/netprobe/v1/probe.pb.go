@@ -1967,7 +1967,13 @@ type TraceOptions struct {
 	// means 10s (or the server's maximum, if that is less), and more than
 	// the server's maximum (probed --max-timeout) is refused. The trace also
 	// ends, with what it found, a margin before the caller's RPC deadline.
-	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// names, when true, looks up the address of each hop that answered by
+	// address (PTR), as traceroute does without -n: once the hops are found,
+	// all at once, within what is left of timeout. A lookup that fails or
+	// runs out of time leaves the hop's name empty; it never holds up the
+	// path past its timeout. The lookups go to the probe server's resolver.
+	Names         bool `protobuf:"varint,5,opt,name=names,proto3" json:"names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2030,6 +2036,13 @@ func (x *TraceOptions) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *TraceOptions) GetNames() bool {
+	if x != nil {
+		return x.Names
+	}
+	return false
+}
+
 // Hop is one TTL of a trace.
 type Hop struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2066,7 +2079,11 @@ type Hop struct {
 	Sent uint32 `protobuf:"varint,9,opt,name=sent,proto3" json:"sent,omitempty"`
 	// answered is how many of them were answered; sent less answered were
 	// lost.
-	Answered      uint32 `protobuf:"varint,10,opt,name=answered,proto3" json:"answered,omitempty"`
+	Answered uint32 `protobuf:"varint,10,opt,name=answered,proto3" json:"answered,omitempty"`
+	// name is the first name the reverse lookup of address gave, without its
+	// final dot, when the trace's names asked for one; empty when it was not
+	// asked for, or the lookup found none in time.
+	Name          string `protobuf:"bytes,11,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2169,6 +2186,13 @@ func (x *Hop) GetAnswered() uint32 {
 		return x.Answered
 	}
 	return 0
+}
+
+func (x *Hop) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
 }
 
 // Path is the network path that a trace found to a target's address.
@@ -4566,12 +4590,13 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x03tls\x18\v \x01(\v2\x16.netprobe.v1.TlsResultR\x03tls\x12/\n" +
 	"\btcp_info\x18\f \x01(\v2\x14.netprobe.v1.TcpInfoR\atcpInfo\x12%\n" +
 	"\x04path\x18\r \x01(\v2\x11.netprobe.v1.PathR\x04path\x12+\n" +
-	"\x04icmp\x18\x0e \x01(\v2\x17.netprobe.v1.IcmpResultR\x04icmp\"\xb0\x01\n" +
+	"\x04icmp\x18\x0e \x01(\v2\x17.netprobe.v1.IcmpResultR\x04icmp\"\xc6\x01\n" +
 	"\fTraceOptions\x12*\n" +
 	"\x04when\x18\x01 \x01(\x0e2\x16.netprobe.v1.TraceWhenR\x04when\x12\x19\n" +
 	"\bmax_hops\x18\x02 \x01(\rR\amaxHops\x12$\n" +
 	"\x0eprobes_per_hop\x18\x03 \x01(\rR\fprobesPerHop\x123\n" +
-	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xbd\x02\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x14\n" +
+	"\x05names\x18\x05 \x01(\bR\x05names\"\xd1\x02\n" +
 	"\x03Hop\x12\x10\n" +
 	"\x03ttl\x18\x01 \x01(\rR\x03ttl\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12.\n" +
@@ -4583,7 +4608,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x04rtts\x18\b \x03(\v2\x19.google.protobuf.DurationR\x04rtts\x12\x12\n" +
 	"\x04sent\x18\t \x01(\rR\x04sent\x12\x1a\n" +
 	"\banswered\x18\n" +
-	" \x01(\rR\banswered\"\xe0\x02\n" +
+	" \x01(\rR\banswered\x12\x12\n" +
+	"\x04name\x18\v \x01(\tR\x04name\"\xe0\x02\n" +
 	"\x04Path\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12$\n" +
