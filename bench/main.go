@@ -4,7 +4,8 @@
 //	go run ./bench
 //
 // It builds probed (and ghz, pinned in tools/ghz), runs it on loopback,
-// and measures: Connect probes per second and latency against a bare
+// and measures: the latency account of a lone Connect (where its time
+// goes, from the execution tracer); Connect probes per second and latency against a bare
 // dial+close loop, from its own client and from ghz; Fetch throughput
 // against a bare user-space relay; /probe scrapes a second against
 // blackbox_exporter's (when installed); memory, goroutines and descriptors with
@@ -149,7 +150,7 @@ const (
 
 // parts are what the bench measures, in order.
 var parts = []part{
-	{"connect", overLoopback, benchConnect}, {"ghz", overLoopback, benchGhz}, {"fetch", overLoopback, benchFetch},
+	{"latency", overLoopback, benchLatency}, {"connect", overLoopback, benchConnect}, {"ghz", overLoopback, benchGhz}, {"fetch", overLoopback, benchFetch},
 	{"scrape", overLoopback, benchScrape}, {"inflight", overLoopback, benchInflight},
 	{"fanout", overLAN, benchFanout},
 }

@@ -16,8 +16,8 @@ func TestParseOptions(t *testing.T) {
 	}{
 		{"all parts", nil, ""},
 		{"one part", []string{"-only", "fanout"}, ""},
-		{"a typo", []string{"-only", "fanot"}, `-only "fanot": no such part; the parts are connect, ghz, fetch, scrape, inflight or fanout`},
-		{"two parts", []string{"-only", "connect,fetch"}, `-only "connect,fetch": no such part; the parts are connect, ghz, fetch, scrape, inflight or fanout`},
+		{"a typo", []string{"-only", "fanot"}, `-only "fanot": no such part; the parts are latency, connect, ghz, fetch, scrape, inflight or fanout`},
+		{"two parts", []string{"-only", "connect,fetch"}, `-only "connect,fetch": no such part; the parts are latency, connect, ghz, fetch, scrape, inflight or fanout`},
 		{"no rounds", []string{"-rounds", "0"}, "-rounds must be at least 1"},
 		{"an argument", []string{"fanout"}, `unexpected arguments ["fanout"]: every option is a flag`},
 	} {
@@ -38,7 +38,7 @@ func TestParseOptions(t *testing.T) {
 // runs: the fanout part over a LAN of namespaces, not over loopback.
 func TestHeader(t *testing.T) {
 	for only, want := range map[string]string{
-		"":       ": connect, ghz, fetch, scrape, inflight over loopback; fanout over a LAN of network namespaces, a probed in each",
+		"":       ": latency, connect, ghz, fetch, scrape, inflight over loopback; fanout over a LAN of network namespaces, a probed in each",
 		"fanout": ": fanout over a LAN of network namespaces, a probed in each",
 		"fetch":  ": fetch over loopback",
 	} {

@@ -14,6 +14,7 @@ import (
 
 // Connect implements netprobev1.ProbeServiceServer.
 func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*netprobev1.ConnectResponse, error) {
+	Mark(ctx, MarkHandler)
 	cp, err := s.validateConnect(req)
 	if err != nil {
 		return nil, err
@@ -21,6 +22,7 @@ func (s *Server) Connect(ctx context.Context, req *netprobev1.ConnectRequest) (*
 	if err := s.grantIdentity(ctx, "tls", cp.tls); err != nil {
 		return nil, err
 	}
+	Mark(ctx, MarkValidated)
 	start := time.Now()
 	// The caller's deadline caps the probe's: whichever comes first ends it.
 	pctx, cancel := context.WithTimeout(ctx, cp.timeout)
@@ -38,6 +40,7 @@ func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn, trace
 	resp := p.resp
 	if conn != nil {
 		p.finish(req, conn)
+		Mark(p.ctx, MarkClosed)
 	}
 	if from := resp.GetIcmp().GetReplyAddress(); from != "" && req.GetReverseLookup() {
 		resp.ReverseLookup = p.s.reverseLookup(p.pctx, &net.IPAddr{IP: net.ParseIP(from)}, p.start)
@@ -47,6 +50,7 @@ func (p *probing) connected(req *netprobev1.ConnectRequest, conn net.Conn, trace
 	// not hold it open while the trace runs.
 	resp.Path = p.tracePath(p.ctx, trace, resp, resp.Error)
 	p.s.observe(p.ctx, Report{Method: "Connect", Target: req.GetTarget(), Connect: resp, Error: resp.Error, Path: resp.Path, Duration: time.Since(p.start)})
+	Mark(p.ctx, MarkObserved)
 	if err := callerGone(p.ctx); err != nil {
 		return nil, err
 	}

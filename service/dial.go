@@ -105,6 +105,10 @@ func (p *probing) connect() net.Conn {
 // network holds no more than it needs to dial: neither the report nor this
 // frame (see doc.go).
 func (p *probing) dialReport(conn net.Conn, attempts []*attempt) *netprobev1.ConnectResponse {
+	// The marks are here rather than in connect, whose frame is on the
+	// stack while the dial waits.
+	Mark(p.ctx, MarkDialed)
+	defer Mark(p.ctx, MarkReported)
 	resp := &netprobev1.ConnectResponse{
 		Port:              uint32(p.targets[0].Port()),
 		ResolvedAddresses: make([]string, len(p.targets)),

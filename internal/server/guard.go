@@ -19,6 +19,7 @@ import (
 	"github.com/netprobe/netprobe/internal/admission"
 	"github.com/netprobe/netprobe/internal/connguard"
 	"github.com/netprobe/netprobe/internal/wire"
+	"github.com/netprobe/netprobe/service"
 )
 
 // smallRequestBytes caps the request of every method but Fetch and Sweep,
@@ -87,8 +88,10 @@ func (g *guard) admitBeforeRead(method string, handler grpc.MethodHandler) grpc.
 	info := &grpc.UnaryServerInfo{FullMethod: method}
 	probe := isProbe(method)
 	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		service.Mark(ctx, service.MarkCall)
 		release, err := g.admit(ctx, probe)
 		if err == nil {
+			service.Mark(ctx, service.MarkAdmitted)
 			var decErr error
 			held := true
 			read := func(m any) error {
@@ -102,6 +105,7 @@ func (g *guard) admitBeforeRead(method string, handler grpc.MethodHandler) grpc.
 				return decErr
 			}
 			resp, herr := handler(srv, ctx, read, interceptor)
+			service.Mark(ctx, service.MarkReplied)
 			if held {
 				release()
 			}
