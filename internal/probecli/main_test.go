@@ -517,6 +517,40 @@ func TestInterrupt(t *testing.T) {
 	if r.code != exitInterrupted || !strings.HasPrefix(r.stderr, "probe: in-process probe server: Canceled: ") {
 		t.Errorf("exit %d, stderr %q; want %d and the cancellation", r.code, r.stderr, exitInterrupted)
 	}
+
+	// A repeated run interrupted before any probe ended is no success.
+	queried = dns.HoldPTR(netip.MustParseAddr("127.0.0.20"), release)
+	ctx, cancel = context.WithCancel(probetest.Context(t))
+	go func() {
+		done <- probe(ctx, nil, "connect", "--count", "0", "--dns-server", dns.Addr, "--reverse", "127.0.0.20", port(tg))
+	}()
+	select {
+	case <-queried:
+	case <-time.After(probetest.Timeout):
+		t.Fatal("the repeated probe never looked the peer up")
+	}
+	cancel()
+	r = <-done
+	if want := "--- 127.0.0.20:" + port(tg) + ": 0 probes, 0 failed, 0% loss\n"; r.code != exitInterrupted || r.stdout != want || r.stderr != "probe: interrupted before any answer\n" {
+		t.Errorf("--count 0: exit %d, stdout %q, stderr %q; want %d, %q and the interruption", r.code, r.stdout, r.stderr, exitInterrupted, want)
+	}
+}
+
+// TestPingInterrupted interrupts ping's first echo: as ping counts it, it
+// was transmitted and got no reply, and the run is no success.
+func TestPingInterrupted(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	a := &app{streams: streams{out: &out, err: &out}}
+	ctx, cancel := context.WithCancel(context.Background())
+	err := a.repeatAs(ctx, repeatFlags{interval: time.Second}, "198.18.0.1", pingStyle, func(ctx context.Context) outcome {
+		cancel()
+		return outcome{err: ctx.Err()}
+	})
+	want := "--- 198.18.0.1 ping statistics ---\n1 packets transmitted, 0 received, 100% packet loss\n"
+	if out.String() != want || exitCode(err) != exitInterrupted {
+		t.Errorf("printed %q, exit %d (%v); want %q and %d", out.String(), exitCode(err), err, want, exitInterrupted)
+	}
 }
 
 // TestBinary runs the built binary: exit status, --version, completion.

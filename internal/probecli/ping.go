@@ -127,7 +127,8 @@ var pingStyle = repeatStyle{
 		}
 		return s
 	},
-	anyAnswer: true,
+	anyAnswer:    true,
+	inFlightSent: true,
 }
 
 // ping sends the echoes to host and prints them.

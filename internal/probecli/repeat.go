@@ -52,6 +52,9 @@ type repeatStyle struct {
 	// anyAnswer makes the run a success when any probe was, as ping's
 	// exit status is; else it fails when any probe failed.
 	anyAnswer bool
+	// inFlightSent counts a probe that an interruption cut short as sent
+	// and unanswered, as ping counts an echo it sent and got no reply to.
+	inFlightSent bool
 }
 
 // probeStyle is connect's and fetch's.
@@ -69,7 +72,8 @@ var probeStyle = repeatStyle{
 
 // repeat runs probe rf.count times (forever for 0), rf.interval apart,
 // prints a line for each and a summary at the end (also when
-// interrupted). It fails as the last failed probe did, if any did.
+// interrupted). It fails as the last failed probe did, if any did; an
+// interruption before any probe ended is exit 130.
 func (a *app) repeat(ctx context.Context, rf repeatFlags, target string, probe func(context.Context) outcome) error {
 	return a.repeatAs(ctx, rf, target, probeStyle, probe)
 }
@@ -103,7 +107,12 @@ func (a *app) repeatAs(ctx context.Context, rf repeatFlags, target string, style
 		}
 		o := probe(ctx)
 		if ctx.Err() != nil && o.err != nil {
-			// Interrupted during this probe: it does not count.
+			// Interrupted during this probe: it has no outcome to print
+			// (but an echo was sent, and no reply came).
+			if style.inFlightSent {
+				sent++
+				failed++
+			}
 			break
 		}
 		sent++
@@ -139,7 +148,15 @@ func (a *app) repeatAs(ctx context.Context, rf repeatFlags, target string, style
 		w = a.err
 	}
 	fmt.Fprintln(w, style.summary(target, sent, failed, times))
-	if lastErr == nil || style.anyAnswer && failed < sent {
+	if style.anyAnswer && failed < sent {
+		return nil
+	}
+	if ctx.Err() != nil && (lastErr == nil && failed > 0 || sent == 0) {
+		// Nothing ended that says how it went: an interrupted run is not
+		// a success.
+		return errInterrupted
+	}
+	if lastErr == nil {
 		return nil
 	}
 	var pe *client.ProbeError
@@ -148,6 +165,10 @@ func (a *app) repeatAs(ctx context.Context, rf repeatFlags, target string, style
 	}
 	return lastErr
 }
+
+// errInterrupted ends a repeated run interrupted before any probe ended,
+// or before any echo was answered.
+var errInterrupted = exitError{exitInterrupted, "interrupted before any answer"}
 
 func percent(part, whole int) float64 {
 	if whole == 0 {
