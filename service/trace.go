@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -79,23 +80,31 @@ const (
 
 // nameHops looks up the names of the hops that answered, each address
 // once, until a margin before ctx ends; a hop whose lookup fails or is cut
-// short keeps no name.
+// short keeps no name. An address the target policy denies the caller is
+// not looked up: a network that forges the hops' answers must not make
+// the server read back the names of ranges the caller may not probe.
 func (s *Server) nameHops(ctx context.Context, hops []*netprobev1.Hop) {
 	if d, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, d.Add(-nameMargin))
 		defer cancel()
 	}
-	names := make(map[string]string)
+	caller := CallerFrom(ctx)
+	var addrs []string
 	for _, h := range hops {
-		if h.Address != "" {
-			names[h.Address] = ""
+		a, err := netip.ParseAddr(h.Address)
+		if err != nil || slices.Contains(addrs, h.Address) || s.cfg.Policy.Check(caller, netip.AddrPortFrom(a, 0)) != nil {
+			continue
 		}
+		addrs = append(addrs, h.Address)
 	}
+	// names is written by the lookups as they end: the loop below ranges
+	// over addrs, never over it.
+	names := make(map[string]string, len(addrs))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, nameLookups)
-	for addr := range names {
+	for _, addr := range addrs {
 		wg.Go(func() {
 			select {
 			case slots <- struct{}{}:
@@ -103,8 +112,10 @@ func (s *Server) nameHops(ctx context.Context, hops []*netprobev1.Hop) {
 			case <-ctx.Done():
 				return
 			}
-			found, err := s.cfg.Resolver.LookupAddr(ctx, addr)
-			if err != nil || len(found) == 0 {
+			// Go drops the names that are no domain names and returns
+			// the rest with an error: those are kept.
+			found, _ := s.cfg.Resolver.LookupAddr(ctx, addr)
+			if len(found) == 0 {
 				return
 			}
 			mu.Lock()

@@ -180,21 +180,31 @@ func TestTraceChain(t *testing.T) {
 
 	// --names looks the hops up where the service runs: from a DNS
 	// server in the client's namespace, which names two routers and the
-	// target, and not r2.
+	// target, and not r2. A probed whose policy denies r3's address does
+	// not look it up.
 	t.Run("names", func(t *testing.T) {
 		t.Parallel()
 		dns := dnstest.Serve(t, c.Client.ListenPacket(t, "127.0.0.1:0"))
 		dns.SetPTR(netip.MustParseAddr("198.18.1.1"), "r1.lab.test")
 		dns.SetPTR(netip.MustParseAddr("198.18.3.1"), "r3.lab.test")
 		dns.SetPTR(netip.MustParseAddr("198.18.4.1"), "web.lab.test")
-		named := probetest.StartProbed(t, c.Client.Command(probedBin, "--listen=127.0.0.1:0", "--dns-server="+dns.Addr))
-		want := "trace to 198.18.4.1:80 from 198.18.1.2:#\n" +
-			" 1 r1.lab.test (198.18.1.1) # time exceeded\n" +
-			" 2 198.18.2.1 # time exceeded\n" +
-			" 3 r3.lab.test (198.18.3.1) # time exceeded\n" +
-			" 4 web.lab.test (198.18.4.1) # SYN-ACK\n" +
-			"reached 198.18.4.1:80 at hop 4 (SYN-ACK); the trace took # of #, every probe on one flow (Paris)\n"
-		for _, flags := range [][]string{{"--dns-server", dns.Addr}, {"--server", named.Addr}} {
+		named := probetest.StartProbed(t, c.Client.Command(probedBin, "--listen=127.0.0.1:0", "--dns-server="+dns.Addr, "--deny=198.18.3.1"))
+		want := func(r3 string) string {
+			return "trace to 198.18.4.1:80 from 198.18.1.2:#\n" +
+				" 1 r1.lab.test (198.18.1.1) # time exceeded\n" +
+				" 2 198.18.2.1 # time exceeded\n" +
+				" 3 " + r3 + " # time exceeded\n" +
+				" 4 web.lab.test (198.18.4.1) # SYN-ACK\n" +
+				"reached 198.18.4.1:80 at hop 4 (SYN-ACK); the trace took # of #, every probe on one flow (Paris)\n"
+		}
+		for _, tc := range []struct {
+			flags []string
+			want  string
+		}{
+			{[]string{"--dns-server", dns.Addr}, want("r3.lab.test (198.18.3.1)")},
+			{[]string{"--server", named.Addr}, want("198.18.3.1")},
+		} {
+			flags, want := tc.flags, tc.want
 			r := probeOn(t, c.Client, append(flags, "trace", "--names", "198.18.4.1", "80")...)
 			if got := normalize(r.stdout + r.stderr); r.code != exitOK || !matches(got, normalize(want)) {
 				t.Errorf("%v: exit %d, printed\n%s%s\nwant exit 0 and\n%s", flags, r.code, r.stdout, r.stderr, want)

@@ -1972,7 +1972,8 @@ type TraceOptions struct {
 	// address (PTR), as traceroute does without -n: once the hops are found,
 	// all at once, within what is left of timeout. A lookup that fails or
 	// runs out of time leaves the hop's name empty; it never holds up the
-	// path past its timeout. The lookups go to the probe server's resolver.
+	// path past its timeout. The lookups go to the probe server's resolver;
+	// an address the target policy denies the caller is not looked up.
 	Names         bool `protobuf:"varint,5,opt,name=names,proto3" json:"names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
