@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -212,5 +214,39 @@ func TestSweepFromFlags(t *testing.T) {
 		if r.code != 0 || len(reqs) == 0 || reqs[len(reqs)-1].GetVantages().GetLimit() != tc.limit || reqs[len(reqs)-1].GetVantages().GetLabels()["zone"] != "z1" {
 			t.Errorf("%s: exit %d, %s; selector %v, want limit %d", strings.Join(tc.flags, " "), r.code, r.stderr, reqs, tc.limit)
 		}
+	}
+}
+
+// TestHostileServerText has a probe server answer with terminal escape
+// codes, in a status message and in a ProbeError's message (ping prints
+// a denied socket's whole message): the CLI prints neither raw.
+func TestHostileServerText(t *testing.T) {
+	t.Parallel()
+	const evil = "boom \x1b]0;owned\x07\x1b[2J\x1b[31mred"
+	for _, tc := range []struct {
+		name      string
+		connected func() (*netprobev1.ConnectResponse, error)
+		args      []string
+		code      int
+	}{
+		{"a status message, connect", func() (*netprobev1.ConnectResponse, error) { return nil, status.Error(codes.Internal, evil) },
+			[]string{"connect", "127.0.0.1:80"}, exitRejected},
+		{"a status message, ping", func() (*netprobev1.ConnectResponse, error) { return nil, status.Error(codes.Internal, evil) },
+			[]string{"ping", "-c", "1", "127.0.0.1"}, exitRejected},
+		{"an invalid request, connect", func() (*netprobev1.ConnectResponse, error) { return nil, status.Error(codes.InvalidArgument, evil) },
+			[]string{"connect", "127.0.0.1:80"}, exitUsage},
+		{"a denied socket's message, ping", func() (*netprobev1.ConnectResponse, error) {
+			return &netprobev1.ConnectResponse{Error: &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_SOCKET, Reason: netprobev1.Reason_REASON_PROHIBITED, Errno: "EACCES", Message: evil}}, nil
+		}, []string{"ping", "-c", "1", "127.0.0.1"}, exitConnect},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := probetest.ServeSweeps(t)
+			srv.AnswerConnects(tc.connected)
+			r := probe(probetest.Context(t), nil, append([]string{"-s", srv.Addr}, tc.args...)...)
+			if out := r.stdout + r.stderr; r.code != tc.code || strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, "boom \ufffd") {
+				t.Errorf("exit %d (want %d), printed %q: want the message, its escapes made printable", r.code, tc.code, out)
+			}
+		})
 	}
 }

@@ -125,13 +125,15 @@ func run(ctx context.Context, args []string, std streams, getenv func(string) st
 	switch {
 	case !isStatus || isProbeError(err):
 		fmt.Fprintf(std.err, "probe: %v\n", err)
+	// What a server says is made printable: a terminal would obey its
+	// escape codes.
 	case refused:
-		fmt.Fprintf(std.err, "probe: %v\n", refusal)
+		fmt.Fprintf(std.err, "probe: %s\n", client.Printable(fmt.Sprint(refusal)))
 	case st.Code() == codes.InvalidArgument:
 		// The server names the bad fields of what the user asked for.
-		fmt.Fprintf(std.err, "probe: %s\n", st.Message())
+		fmt.Fprintf(std.err, "probe: %s\n", client.Printable(st.Message()))
 	default:
-		fmt.Fprintf(std.err, "probe: %s: %s: %s\n", a.serverName(), st.Code(), st.Message())
+		fmt.Fprintf(std.err, "probe: %s: %s: %s\n", a.serverName(), st.Code(), client.Printable(st.Message()))
 	}
 	// A probe traced on failure says where its path stopped.
 	var traced tracedError

@@ -177,7 +177,7 @@ type echoError struct {
 func (e echoError) Error() string {
 	var pe *client.ProbeError
 	if !errors.As(e.err, &pe) {
-		return fmt.Sprintf("icmp_seq=%d: %v", e.seq, e.err)
+		return fmt.Sprintf("icmp_seq=%d: %s", e.seq, client.Printable(e.err.Error()))
 	}
 	switch {
 	case pe.ICMP != nil:
@@ -192,7 +192,7 @@ func (e echoError) Error() string {
 		}
 		return fmt.Sprintf("icmp_seq=%d: %s answered %s (%s %d/%d); %v", e.seq, from, icmpErrorWords(v6, pe.ICMP.Type, pe.ICMP.Code), icmp, pe.ICMP.Type, pe.ICMP.Code, pe)
 	case pe.Stage == client.StageSocket && errors.Is(pe, syscall.EACCES) && pe.Message != "":
-		return fmt.Sprintf("icmp_seq=%d: %v: %s", e.seq, pe, pe.Message)
+		return fmt.Sprintf("icmp_seq=%d: %v: %s", e.seq, pe, client.Printable(pe.Message))
 	}
 	return fmt.Sprintf("icmp_seq=%d: %v", e.seq, pe)
 }

@@ -594,7 +594,7 @@ func isTerminal(w any) bool {
 // commands say it of theirs.
 func serverFailure(name string, err error) string {
 	if st, ok := status.FromError(err); ok {
-		return fmt.Sprintf("probe server %s: %s: %s", name, st.Code(), st.Message())
+		return fmt.Sprintf("probe server %s: %s: %s", name, st.Code(), client.Printable(st.Message()))
 	}
-	return fmt.Sprintf("probe server %s: %v", name, err)
+	return fmt.Sprintf("probe server %s: %s", name, client.Printable(err.Error()))
 }

@@ -1,24 +1,29 @@
 package probetest
 
 import (
+	"context"
 	"net"
 	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 )
 
 // Sweeper is a ProbeService on loopback whose Sweep streams the responses
-// it was given, whatever it is asked, beside a health service saying
-// SERVING: a probe server, or a fleet's entry, that breaks the API as a
-// test needs (results for entries the sweep does not have, a node that
-// names itself with escape codes), for the tests of what its callers
-// trust. It is the one thing tests fake: no real server sends these.
+// it was given, whatever it is asked, and whose Connect answers as
+// AnswerConnects says,
+// beside a health service saying SERVING: a probe server, or a fleet's
+// entry, that breaks the API as a test needs (results for entries the
+// sweep does not have, a node that names itself with escape codes), for
+// the tests of what its callers trust. It is the one thing tests fake: no
+// real server sends these.
 type Sweeper struct {
 	netprobev1.UnimplementedProbeServiceServer
 	// Addr is the gRPC address, "127.0.0.1:port".
@@ -27,6 +32,14 @@ type Sweeper struct {
 	responses []*netprobev1.SweepResponse
 	mu        sync.Mutex
 	requests  []*netprobev1.SweepRequest
+	connected func() (*netprobev1.ConnectResponse, error)
+}
+
+// AnswerConnects makes every Connect answer what f returns.
+func (s *Sweeper) AnswerConnects(f func() (*netprobev1.ConnectResponse, error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connected = f
 }
 
 // ServeSweeps starts a Sweeper streaming responses, until the test ends.
@@ -58,6 +71,17 @@ func (s *Sweeper) Sweep(req *netprobev1.SweepRequest, stream grpc.ServerStreamin
 		}
 	}
 	return nil
+}
+
+// Connect answers as AnswerConnects said.
+func (s *Sweeper) Connect(context.Context, *netprobev1.ConnectRequest) (*netprobev1.ConnectResponse, error) {
+	s.mu.Lock()
+	f := s.connected
+	s.mu.Unlock()
+	if f == nil {
+		return nil, grpcstatus.Error(codes.Unimplemented, "this Sweeper answers no Connect")
+	}
+	return f()
 }
 
 // Requests are the Sweep requests received so far.
