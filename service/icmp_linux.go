@@ -72,7 +72,7 @@ func (e *echo) run(ctx context.Context) echoReport {
 		rep.err = e.fail(netprobev1.Stage_STAGE_SOCKET, err)
 		return rep
 	}
-	w := &echoWait{v6: e.dst.Is6(), raw: raw, payload: make([]byte, e.payload)}
+	w := &echoWait{v6: e.dst.Is6(), raw: raw, dst: e.dst, payload: make([]byte, e.payload)}
 	// Random: a reply counts only when it carries them back, which one
 	// made up by anyone but the target is unlikely to.
 	var idSeq [4]byte
@@ -118,6 +118,13 @@ func (e *echo) run(ctx context.Context) echoReport {
 	msg, err := (&icmp.Message{Type: echoType, Body: &icmp.Echo{ID: int(w.id), Seq: int(w.seq), Data: w.payload}}).Marshal(nil)
 	if err != nil {
 		rep.err = e.fail(netprobev1.Stage_STAGE_SEND, err)
+		return rep
+	}
+	if ctx.Err() != nil {
+		// The probe's time is over before the echo went out, as a dial's
+		// can be before its SYN: nothing is sent (the deadline set above
+		// may not be in place yet).
+		rep.err = e.fail(netprobev1.Stage_STAGE_ECHO, context.Cause(ctx))
 		return rep
 	}
 	var (
@@ -312,6 +319,10 @@ func pingGroupRange() string {
 // the buffers it is read into, and what came.
 type echoWait struct {
 	v6, raw bool
+	// dst is the address the echo went to: a reply counts only from it
+	// (a datagram socket, connected or not, takes replies from anyone
+	// that echoes its identifier).
+	dst     netip.Addr
 	id, seq uint16
 	payload []byte
 	buf     []byte
@@ -364,10 +375,11 @@ func (w *echoWait) receive(s int) bool {
 			continue
 		}
 		w.badRead = 0
-		if flags&unix.MSG_TRUNC != 0 || !w.isReply(w.buf[:n]) {
+		sender := addrPort(from).Addr().Unmap()
+		if flags&unix.MSG_TRUNC != 0 || sender != w.dst || !w.isReply(w.buf[:n]) {
 			continue
 		}
-		w.replied, w.at, w.from = true, time.Now(), addrPort(from).Addr()
+		w.replied, w.at, w.from = true, time.Now(), sender
 		w.ttl = receivedTTL(w.oob[:oobn])
 		return true
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -180,6 +181,36 @@ func TestICMP(t *testing.T) {
 					})
 				})
 			}
+		}
+	})
+	// A reply with the echo's identifier, sequence number and data, but
+	// from another address than the echo went to, is not its reply: r3
+	// rewrites the target's replies' source, as an on-path box could
+	// forge them. A datagram socket takes such a reply (the kernel
+	// matches its identifier alone), so the service checks the sender.
+	// And an echo whose time is over before it goes out is not sent.
+	t.Run("a reply from another address", func(t *testing.T) {
+		c.Routers[2].NFT(t, fmt.Sprintf(`table ip netprobe_test_rewrite {
+	chain forward {
+		type filter hook forward priority 0;
+		ip saddr %s icmp type echo-reply ip saddr set %s
+	}
+}
+`, v4.target, v4.routers[2]))
+		for _, p := range probeds {
+			t.Run(p.name, func(t *testing.T) {
+				failed(t, echo(t, p, v4, time.Second, nil), netprobev1.Reason_REASON_TIMEOUT, "", nil)
+			})
+		}
+	})
+	t.Run("time over before the echo", func(t *testing.T) {
+		for _, p := range probeds {
+			t.Run(p.name, func(t *testing.T) {
+				// Several times: the echo used to go out most of them.
+				for range 5 {
+					failed(t, echo(t, p, v6, time.Nanosecond, nil), netprobev1.Reason_REASON_TIMEOUT, "", nil)
+				}
+			})
 		}
 	})
 	// Then the target answers no echo itself, only with forgeries: a
