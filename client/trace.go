@@ -11,7 +11,7 @@ import (
 
 // TraceOptions asks Connect to trace the network path to the address it
 // reached, or failed to reach, hop by hop as traceroute does: TCP SYNs
-// (for a UDP target, empty datagrams, as traceroute -U sends) with a TTL
+// (for a UDP target, datagrams of two bytes, as traceroute -U sends) with a TTL
 // (IPv6 hop limit) of 1, 2, 3 and so on, every one from the same local
 // port (Paris traceroute). The trace runs after the probe, on a budget of
 // its own. TCP and UDP targets are traced; the probe server must

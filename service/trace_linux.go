@@ -1,6 +1,7 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -39,7 +40,7 @@ type answer struct {
 	rtt   time.Duration
 }
 
-// run traces the path: a TCP SYN (for UDP, an empty datagram) with each
+// run traces the path: a TCP SYN (for UDP, a datagram of two bytes) with each
 // TTL in turn, from one local port. Without privilege, the kernel tells
 // what answered a probe on the socket's error queue (IP_RECVERR), with the
 // ICMP type and code and the address of the router that sent it.
@@ -139,6 +140,8 @@ func traceCut(ctx context.Context) netprobev1.PathEnd {
 type flow struct {
 	source netip.AddrPort
 	moved  bool
+	// sent counts the probes sent, for a UDP probe's data.
+	sent uint16
 }
 
 // went records the local end a probe went out from.
@@ -151,7 +154,7 @@ func (fl *flow) went(local netip.AddrPort) {
 	}
 }
 
-// probe sends one SYN (for UDP, one empty datagram) with ttl and waits up
+// probe sends one SYN (for UDP, one datagram of its tag) with ttl and waits up
 // to hopWait for what answers it. The answer is of kind NONE when nothing
 // did (or ctx ended first); a ProbeError is a local failure, which ends
 // the trace.
@@ -181,7 +184,17 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 		setupErr   error
 		connectErr error
 		sendErr    error
+		// tag is a UDP probe's data: its number in the trace. Every probe
+		// goes out on the same flow, so an ICMP error that comes late,
+		// after its probe's wait, reaches the next probe's socket; the
+		// error quotes the data (when the router quotes more than the UDP
+		// header, as RFC 1812 asks and Linux does), which tells it apart.
+		tag []byte
 	)
+	if tr.udp {
+		tag = []byte{byte(fl.sent >> 8), byte(fl.sent)}
+		fl.sent++
+	}
 	if err := rc.Control(func(s uintptr) {
 		if setupErr = tr.setup(int(s), fl, ttl); setupErr != nil {
 			return
@@ -194,10 +207,10 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 			fl.went(addrPort(sa))
 		}
 		if tr.udp && connectErr == nil {
-			// A UDP connect sends nothing: the probe is an empty datagram,
-			// whose ICMP errors come back to the connected socket.
+			// A UDP connect sends nothing: the probe is a datagram of its
+			// tag, whose ICMP errors come back to the connected socket.
 			sent = time.Now()
-			sendErr = unix.Sendto(int(s), nil, 0, nil)
+			sendErr = unix.Sendto(int(s), tag, 0, nil)
 		}
 	}); err != nil {
 		return answer{}, tr.fail(netprobev1.Stage_STAGE_SOCKET, err)
@@ -232,7 +245,8 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 	// datagram's, readable (a reply, or an error queued).
 	wait, inspect, stage := rc.Write, tr.inspect, netprobev1.Stage_STAGE_CONNECT
 	if tr.udp {
-		wait, inspect, stage = rc.Read, tr.inspectUDP, netprobev1.Stage_STAGE_RECEIVE
+		wait, stage = rc.Read, netprobev1.Stage_STAGE_RECEIVE
+		inspect = func(s int) (answer, bool, error) { return tr.inspectUDP(s, tag) }
 	}
 	err = wait(func(s uintptr) bool {
 		a, done, localErr = inspect(int(s))
@@ -308,7 +322,7 @@ func (tr *tracer) setup(s int, fl *flow, ttl int) error {
 // nothing yet (done false). An error is a local one, with no ICMP behind
 // it.
 func (tr *tracer) inspect(s int) (a answer, done bool, err error) {
-	if a, ok := readErrQueue(s); ok {
+	if a, ok := readErrQueue(s, nil); ok {
 		return a, true, nil
 	}
 	soErr, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_ERROR)
@@ -326,7 +340,7 @@ func (tr *tracer) inspect(s int) (a answer, done bool, err error) {
 	default:
 		// The kernel queues an ICMP error before it sets the socket's
 		// error: one may have come in since the queue was read.
-		if a, ok := readErrQueue(s); ok {
+		if a, ok := readErrQueue(s, nil); ok {
 			return a, true, nil
 		}
 		return answer{}, true, os.NewSyscallError("connect", errno)
@@ -334,10 +348,11 @@ func (tr *tracer) inspect(s int) (a answer, done bool, err error) {
 }
 
 // inspectUDP looks at a UDP probe's socket: an ICMP error on its error
-// queue, a datagram from the target, or nothing yet (done false). An
-// error is a local one, with no ICMP behind it.
-func (tr *tracer) inspectUDP(s int) (a answer, done bool, err error) {
-	if a, ok := readErrQueue(s); ok {
+// queue that answers the probe of tag, a datagram from the target, or
+// nothing yet (done false). An error is a local one, with no ICMP behind
+// it.
+func (tr *tracer) inspectUDP(s int, tag []byte) (a answer, done bool, err error) {
+	if a, ok := readErrQueue(s, tag); ok {
 		return tr.portUnreachable(a), true, nil
 	}
 	var b [1]byte
@@ -352,7 +367,7 @@ func (tr *tracer) inspectUDP(s int) (a answer, done bool, err error) {
 	// The kernel queues an ICMP error before it sets the socket's error,
 	// which recvfrom returns: one may have come in since the queue was
 	// read.
-	if a, ok := readErrQueue(s); ok {
+	if a, ok := readErrQueue(s, tag); ok {
 		return tr.portUnreachable(a), true, nil
 	}
 	return answer{}, true, os.NewSyscallError("recvfrom", err)
@@ -372,11 +387,21 @@ func (tr *tracer) portUnreachable(a answer) answer {
 }
 
 // readErrQueue takes an ICMP error off the socket's error queue, as an
-// answer; ok is false when there is none.
-func readErrQueue(s int) (a answer, ok bool) {
-	e, _, ok := recvICMPError(s, nil)
-	if !ok {
-		return answer{}, false
+// answer; ok is false when there is none. With tag, a UDP probe's data,
+// an error that quotes other data answers an earlier probe, come late: it
+// is dropped. One that quotes none (the router quoted the UDP header
+// only) cannot be told apart, and is taken.
+func readErrQueue(s int, tag []byte) (a answer, ok bool) {
+	quoted := make([]byte, len(tag))
+	var e icmpError
+	for {
+		var n int
+		if e, n, ok = recvICMPError(s, quoted); !ok {
+			return answer{}, false
+		}
+		if n < len(tag) || bytes.Equal(quoted, tag) {
+			break
+		}
 	}
 	a = answer{
 		kind:     netprobev1.HopAnswer_HOP_ANSWER_UNREACHABLE,

@@ -1,9 +1,18 @@
 package main
 
 import (
+	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/netlab"
@@ -18,14 +27,16 @@ const (
 	udpPortDropped  = 93 // r2 drops the datagrams
 	udpPortRejected = 94 // r2 answers them administratively prohibited
 	udpPortLossy    = 95 // r2 loses every other datagram whose TTL ends there; nothing listens
+	udpPortLate     = 96 // r1 answers late, r2 not at all; nothing listens
 )
 
 // TestTraceUDP traces UDP paths across a chain of namespaces, client - r1
 // - r2 - r3 - target, in both families, from a probed that runs as uid
-// 65532 with no capability: empty datagrams, answered by the routers'
-// time exceeded, and at the target by a port unreachable (a closed port),
-// a datagram (an echo) or nothing (an open port that keeps silent); a
-// drop, a reject and a lossy hop at r2.
+// 65532 with no capability: datagrams of two bytes, answered by the
+// routers' time exceeded, and at the target by a port unreachable (a
+// closed port), a datagram (an echo) or nothing (an open port that keeps
+// silent); a drop, a reject and a lossy hop at r2; and a router whose
+// answer comes late.
 func TestTraceUDP(t *testing.T) {
 	c := netlab.NewChain(t, 3)
 	sources := map[netip.Addr]chan netip.AddrPort{}
@@ -51,6 +62,8 @@ func TestTraceUDP(t *testing.T) {
 	c.FilterUDP(t, 2, udpPortDropped, netlab.Drop)
 	c.FilterUDP(t, 2, udpPortRejected, netlab.Reject)
 	c.LoseEveryOther(t, 2, udpPortLossy)
+	lateSent := answerLate(t, c.Routers[0], netip.AddrPortFrom(c.Target.V4, udpPortLate), 1200*time.Millisecond)
+	dropExpiring(t, c.Routers[1], netip.AddrPortFrom(c.Target.V4, udpPortLate))
 	p := startUnprivileged(t, c.Client)
 	probe := netprobev1.NewProbeServiceClient(dialIn(t, c.Client, p.Addr))
 
@@ -105,6 +118,23 @@ func TestTraceUDP(t *testing.T) {
 			Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED", Sent: probes, Answered: probes,
 		}
 	}
+
+	// r1's time exceeded for the first probe comes 1.2s late, while the
+	// second probe, which r2 drops, waits: it answers the first, and must
+	// not be taken for the second's (the probes' data tells them apart).
+	t.Run("a late answer", func(t *testing.T) {
+		t.Parallel()
+		silent := func(ttl uint32) *netprobev1.Hop {
+			return &netprobev1.Hop{Ttl: ttl, Answer: netprobev1.HopAnswer_HOP_ANSWER_NONE, Sent: 1}
+		}
+		hops := append([]*netprobev1.Hop{silent(1), silent(2)}, timeExceeded(v4, 3, 1)[2], portUnreachable(v4, 1))
+		trace(t, v4, udpPortLate, 1, &netprobev1.Path{Hops: hops, Reached: true, FlowHeld: true, End: netprobev1.PathEnd_PATH_END_REACHED})
+		select {
+		case <-lateSent:
+		default:
+			t.Error("r1 sent no late answer while the trace ran: the test tested nothing")
+		}
+	})
 
 	for _, f := range []family{v4, v6} {
 		t.Run(f.name, func(t *testing.T) {
@@ -177,3 +207,96 @@ func TestTraceUDP(t *testing.T) {
 		})
 	}
 }
+
+// dropExpiring makes router drop the IPv4 UDP datagrams to dst whose TTL
+// ends there, without a word.
+func dropExpiring(t *testing.T, router *netlab.Host, dst netip.AddrPort) {
+	t.Helper()
+	router.NFT(t, fmt.Sprintf(`table ip netprobe_test_expiring {
+	chain pre {
+		type filter hook prerouting priority -300;
+		ip daddr %s udp dport %d ip ttl 1 drop
+	}
+}
+`, dst.Addr(), dst.Port()))
+}
+
+// answerLate makes router answer the IPv4 UDP datagrams to dst whose TTL
+// ends there late: it drops them (dropExpiring) and sends their ICMP time
+// exceeded delay later, quoting the whole datagram, as a slow return path
+// would bring it. The channel it returns is closed once one is sent.
+func answerLate(t *testing.T, router *netlab.Host, dst netip.AddrPort, delay time.Duration) <-chan struct{} {
+	t.Helper()
+	dropExpiring(t, router, dst)
+	var (
+		capture int
+		icmpOut net.PacketConn
+	)
+	if err := router.Do(func() (err error) {
+		// A packet socket sees what comes in before netfilter drops it.
+		if capture, err = unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IP))); err != nil {
+			return err
+		}
+		icmpOut, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Reads wake every 100ms to see whether the test is over.
+	if err := unix.SetsockoptTimeval(capture, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100_000}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		close(done)
+		wg.Wait()
+		unix.Close(capture)
+		icmpOut.Close()
+	})
+	sent := make(chan struct{})
+	var once sync.Once
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			n, from, err := unix.Recvfrom(capture, buf, 0)
+			if err != nil {
+				continue
+			}
+			if ll, ok := from.(*unix.SockaddrLinklayer); !ok || ll.Pkttype == unix.PACKET_OUTGOING {
+				continue
+			}
+			pkt := buf[:n]
+			if len(pkt) < 28 || pkt[0]>>4 != 4 || pkt[8] != 1 || pkt[9] != unix.IPPROTO_UDP {
+				continue
+			}
+			ihl := int(pkt[0]&0x0f) * 4
+			if len(pkt) < ihl+8 || netip.AddrFrom4([4]byte(pkt[16:20])) != dst.Addr() || binary.BigEndian.Uint16(pkt[ihl+2:]) != dst.Port() {
+				continue
+			}
+			src := net.IP(slices.Clone(pkt[12:16]))
+			te, err := (&icmp.Message{Type: ipv4.ICMPTypeTimeExceeded, Body: &icmp.TimeExceeded{Data: slices.Clone(pkt)}}).Marshal(nil)
+			if err != nil {
+				continue
+			}
+			wg.Go(func() {
+				select {
+				case <-done:
+				case <-time.After(delay):
+					if _, err := icmpOut.WriteTo(te, &net.IPAddr{IP: src}); err == nil {
+						once.Do(func() { close(sent) })
+					}
+				}
+			})
+		}
+	})
+	return sent
+}
+
+// htons is v in network byte order, as a packet socket's protocol is.
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -45,7 +45,8 @@ func (a *app) traceCommand() *cobra.Command {
 		Long: `trace connects to the target as connect does (for at most 5s, or --timeout
 if less), then follows the path to the address it connected to, or failed
 at: TCP SYNs to that address and port with a TTL (IPv6 hop limit) of 1, 2, 3
-and so on; with --udp, empty UDP datagrams, as traceroute -U sends. It
+and so on; with --udp, UDP datagrams (of two bytes: each probe's number,
+which tells a late answer from the next probe's), as traceroute -U sends. It
 prints a line per hop: the TTL, the address that answered and what it
 answered (the router's ICMP time exceeded, an ICMP unreachable in words
 with its type and code, or the target's own SYN-ACK, or RST from a closed
@@ -60,7 +61,7 @@ The trace stops once the target answers, a hop answers unreachable, 5 hops
 in a row do not answer at all, at --max-hops, or when --timeout, the
 trace's budget, runs out. It needs no privilege where the probe server
 runs, but it needs Linux there: elsewhere the path says so, with no hops.
-An open UDP port that does not answer an empty datagram cannot be told
+An open UDP port that does not answer the probes' datagrams cannot be told
 from a drop: its path ends in silence after the last router. With -o json
 it prints the ConnectResponse, whose "path" is the trace.
 
@@ -158,7 +159,7 @@ func traceOutcome(path *client.Path, udp bool, connectErr error) error {
 		return exitError{exitUnavailable, "trace: cut short: the probe server is shutting down"}
 	case udp:
 		// A UDP connect sends nothing: it has not got there either.
-		return fmt.Errorf("trace: %s did not answer: an open UDP port may not answer an empty datagram", path.Destination)
+		return fmt.Errorf("trace: %s did not answer: an open UDP port may not answer a probe's datagram", path.Destination)
 	}
 	return fmt.Errorf("trace: %s did not reach the target, though the connect did", path.Destination)
 }

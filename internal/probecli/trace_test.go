@@ -165,7 +165,7 @@ func TestTraceUDP(t *testing.T) {
 		{"closed port", []string{"trace", "--udp", "127.0.0.1", closed}, 0,
 			"reached 127.0.0.1:" + closed + " at hop 1 (port unreachable: the port is closed (ICMP 3/3)); the trace took ", ""},
 		{"silent port", []string{"trace", "--udp", "--timeout", "1500ms", "127.0.0.1", silentPort}, 1,
-			"not reached: no hop answered; the trace's 1.5s ran out; the trace took ", "probe: trace: 127.0.0.1:" + silentPort + " did not answer: an open UDP port may not answer an empty datagram\n"},
+			"not reached: no hop answered; the trace's 1.5s ran out; the trace took ", "probe: trace: 127.0.0.1:" + silentPort + " did not answer: an open UDP port may not answer a probe's datagram\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -555,7 +555,7 @@ const (
 	// PATH_END_SILENCE means 5 TTLs in a row had no answer at all: past the
 	// last hop that answered, packets go nowhere that says so (a firewall
 	// that drops them, a link that is down). A UDP target whose port is open
-	// but does not answer an empty datagram ends the same way: its hop, and
+	// but does not answer the probes' datagrams ends the same way: its hop, and
 	// those after it, are silent.
 	PathEnd_PATH_END_SILENCE PathEnd = 3
 	// PATH_END_MAX_HOPS means every TTL up to max_hops was tried without
@@ -1940,11 +1940,14 @@ func (x *ConnectResponse) GetIcmp() *IcmpResult {
 // a TTL (IPv6 hop limit) of 1, 2, 3 and so on, each answered by the router
 // where its TTL ran out (ICMP time exceeded), by one that cannot forward
 // it (ICMP destination unreachable), or by the target itself (SYN-ACK or
-// RST). A UDP target is traced with empty datagrams to its port, as
-// traceroute -U does: the target answers with an ICMP port unreachable
-// when nothing listens there, with a datagram when what listens replies
-// to an empty one, and otherwise not at all, so that the path of an open
-// port that keeps silent ends in PATH_END_SILENCE after the last router.
+// RST). A UDP target is traced with datagrams to its port, as
+// traceroute -U does, each of two bytes, its number in the trace: an ICMP
+// error that quotes another number (one that came late, after its
+// probe's wait) is not taken for this probe's. The target answers with an
+// ICMP port unreachable when nothing listens there, with a datagram when
+// what listens replies, and otherwise not at all, so that the path of an
+// open port that keeps silent ends in PATH_END_SILENCE after the last
+// router.
 // The probe server needs no privilege for it, but it needs Linux:
 // elsewhere the path says PATH_END_UNSUPPORTED. Every probe of a trace
 // goes out from one local port, so that routers that balance flows over
