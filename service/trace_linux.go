@@ -142,6 +142,9 @@ type flow struct {
 	moved  bool
 	// sent counts the probes sent, for a UDP probe's data.
 	sent uint16
+	// elsewhere makes a probe leave from a port of the kernel's choosing,
+	// not the flow's.
+	elsewhere bool
 }
 
 // went records the local end a probe went out from.
@@ -217,6 +220,15 @@ func (tr *tracer) probe(ctx context.Context, fl *flow, ttl int) (answer, *netpro
 	}
 	if setupErr != nil {
 		return answer{}, tr.fail(netprobev1.Stage_STAGE_SOCKET, setupErr)
+	}
+	if errors.Is(connectErr, unix.EADDRNOTAVAIL) && fl.source.Port() != 0 && !fl.elsewhere {
+		// Another socket has taken the flow's addresses and ports since
+		// the last probe (another trace to this address, given the port
+		// between two probes): this one leaves from another port, and the
+		// flow is not held, rather than the trace end.
+		fl.elsewhere = true
+		defer func() { fl.elsewhere = false }()
+		return tr.probe(ctx, fl, ttl)
 	}
 	switch {
 	case tr.udp && connectErr != nil:
@@ -306,7 +318,7 @@ func (tr *tracer) setup(s int, fl *flow, ttl int) error {
 			src = netip.IPv4Unspecified()
 		}
 	}
-	if port := fl.source.Port(); port != 0 {
+	if port := fl.source.Port(); port != 0 && !fl.elsewhere {
 		err := unix.Bind(s, sockaddr(netip.AddrPortFrom(src, port)))
 		if !errors.Is(err, unix.EADDRINUSE) {
 			return os.NewSyscallError("bind", err) // nil once bound
