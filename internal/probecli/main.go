@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -201,6 +202,10 @@ func (a *app) readEnv(flags *pflag.FlagSet) error {
 		return err
 	}
 	for i, s := range a.Servers {
+		if _, err := strconv.ParseUint(s, 10, 32); err == nil {
+			// ping -s 100 means a size to a ping user.
+			return fmt.Errorf("-s %s: -s is --server, a probe server's HOST[:PORT]; ping's payload size is --size", s)
+		}
 		a.Servers[i] = withDefaultPort(s)
 	}
 	if len(a.Servers) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -54,7 +55,10 @@ fails at stage SOCKET with a message naming both.
 
 The exit status is ping's: 0 when any echo was answered; when none was, the
 last failure's code (28 for a timeout, 7 for an unreachable or a socket
-the system denies, 6 for a name that did not resolve).
+the system denies, 6 for a name that did not resolve, 55 for an echo that
+could not be sent, such as one over the path's MTU with --dont-fragment),
+or 130 when interrupted before any reply. A call the probe server refuses
+(its policy, a limit) sends nothing and ends the run, with 77.
 
 -s is --server here as in every command: the payload size is --size (%d
 bytes by default, at most %d).`, service.DefaultEchoPayloadBytes, service.MaxEchoPayloadBytes),
@@ -64,7 +68,12 @@ bytes by default, at most %d).`, service.DefaultEchoPayloadBytes, service.MaxEch
   probe --server probed.internal ping -c 10 10.0.0.1`,
 		Args: positional(1, 1, "HOST"),
 		// Checked before a --server is dialled or anything is sent.
-		PreRunE: func(cmd *cobra.Command, _ []string) error { return pf.check(cmd.Flags().Changed) },
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			if _, _, err := net.SplitHostPort(args[0]); err == nil {
+				return fmt.Errorf("%s: ping takes a HOST, without a port", args[0])
+			}
+			return pf.check(cmd.Flags().Changed)
+		},
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
 			return a.ping(ctx, c, &pf, strings.TrimSuffix(strings.TrimPrefix(args[0], "["), "]"))
 		}),
@@ -72,7 +81,7 @@ bytes by default, at most %d).`, service.DefaultEchoPayloadBytes, service.MaxEch
 	f := cmd.Flags()
 	pf.tf.registerFamily(cmd)
 	f.IntVarP(&pf.count, "count", "c", 0, "stop after this many echoes (default: until interrupted)")
-	settings.DurationVar(f, &pf.interval, "interval", "i", time.Second, fmt.Sprintf("time between the starts of two echoes, at least %v", minPingInterval))
+	settings.DurationVar(f, &pf.interval, "interval", "i", time.Second, fmt.Sprintf("time between the starts of two echoes, at least %v; an echo waiting for its reply holds the next back (against a host that does not answer, one goes out every --timeout)", minPingInterval))
 	f.IntVar(&pf.size, "size", service.DefaultEchoPayloadBytes, fmt.Sprintf("bytes of data in each echo, 1 to %d", service.MaxEchoPayloadBytes))
 	f.IntVarP(&pf.ttl, "ttl", "t", 0, "the echoes' TTL (IPv6 hop limit), 1 to 255 (default: the system's, 64 on Linux)")
 	f.BoolVarP(&pf.dontFragment, "dont-fragment", "D", false, "send the echoes unfragmented (IPv4's DF bit, as BSD ping's -D; iputils' -M do): one larger than the path's MTU fails")
@@ -129,6 +138,7 @@ var pingStyle = repeatStyle{
 	},
 	anyAnswer:    true,
 	inFlightSent: true,
+	onlySent:     true,
 }
 
 // ping sends the echoes to host and prints them.
@@ -146,6 +156,12 @@ func (a *app) ping(ctx context.Context, c *client.Client, pf *pingFlags, host st
 		cctx, cancel := a.callContext(ctx)
 		defer cancel()
 		res, err := c.Connect(cctx, pf.network(), host, opts)
+		if err != nil && !isProbeError(err) {
+			// The server refused the call (the policy, a limit, a bad
+			// request): no echo went out, and the run ends saying why as
+			// every command does.
+			return outcome{err: err, stop: true}
+		}
 		if err != nil {
 			var pe *client.ProbeError
 			o := outcome{err: echoError{seq: seq, err: err}}

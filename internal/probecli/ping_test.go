@@ -2,8 +2,15 @@ package probecli
 
 import (
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/probetest"
 )
 
@@ -34,6 +41,9 @@ func TestPingFlags(t *testing.T) {
 		{"TTL past uint32", []string{"ping", "-t", "4294967297", "127.0.0.1"}, "--ttl 4294967297: want 1 to 255"},
 		{"source not an address", []string{"ping", "--source", "eth0", "127.0.0.1"}, `--source "eth0": want an IP address`},
 		{"both families", []string{"ping", "-4", "-6", "127.0.0.1"}, "if any flags in the group [ipv4 ipv6] are set none of the others can be; [ipv4 ipv6] were all set"},
+		{"a port", []string{"ping", "127.0.0.1:80"}, "127.0.0.1:80: ping takes a HOST, without a port"},
+		{"a port, IPv6", []string{"ping", "[::1]:80"}, "[::1]:80: ping takes a HOST, without a port"},
+		{"ping's -s for the size", []string{"ping", "-s", "100", "127.0.0.1"}, "-s 100: -s is --server, a probe server's HOST[:PORT]; ping's payload size is --size"},
 		{"no host", []string{"ping"}, "..."},
 		{"two hosts", []string{"ping", "127.0.0.1", "127.0.0.2"}, "..."},
 	} {
@@ -52,5 +62,32 @@ func TestPingFlags(t *testing.T) {
 	}
 	if !server.AcceptedNothing() {
 		t.Error("the --server was reached for a command line that is refused")
+	}
+}
+
+// TestPingRefused has the server refuse echoes: the policy the first (no
+// echo went out: no summary, the refusal said as every command says it),
+// and a limit the second, after one was answered (the summary counts the
+// one sent, then the refusal).
+func TestPingRefused(t *testing.T) {
+	t.Parallel()
+	r := probe(probetest.Context(t), nil, "ping", "-c", "2", "224.0.0.1")
+	if want := "probe: policy 224.0.0.1: denied by the target policy, rule \"built-in: multicast\" (stage POLICY, reason DENIED)\n"; r.code != exitRejected || r.stdout != "" || r.stderr != want {
+		t.Errorf("denied: exit %d, stdout %q, stderr %q; want %d, nothing and %q", r.code, r.stdout, r.stderr, exitRejected, want)
+	}
+
+	srv := probetest.ServeSweeps(t)
+	var calls atomic.Int32
+	srv.AnswerConnects(func() (*netprobev1.ConnectResponse, error) {
+		if calls.Add(1) > 1 {
+			return nil, status.Error(codes.ResourceExhausted, "over the caller's rate")
+		}
+		return &netprobev1.ConnectResponse{PeerAddress: "127.0.0.1", Icmp: &netprobev1.IcmpResult{
+			PayloadBytes: 56, ReplyAddress: "127.0.0.1", ReplyTtl: 64, Rtt: durationpb.New(time.Millisecond)}}, nil
+	})
+	r = probe(probetest.Context(t), nil, "-s", srv.Addr, "ping", "-c", "3", "-i", "10ms", "127.0.0.1")
+	want := "64 bytes from 127.0.0.1: icmp_seq=1 ttl=64 time=1ms\n--- 127.0.0.1 ping statistics ---\n1 packets transmitted, 1 received, 0% packet loss\n"
+	if r.code != exitRejected || !strings.HasPrefix(r.stdout, want) || !strings.Contains(r.stderr, "ResourceExhausted: over the caller's rate") {
+		t.Errorf("over a limit: exit %d, stdout %q, stderr %q; want %d, %q... and the refusal", r.code, r.stdout, r.stderr, exitRejected, want)
 	}
 }

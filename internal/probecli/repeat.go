@@ -55,6 +55,10 @@ type repeatStyle struct {
 	// inFlightSent counts a probe that an interruption cut short as sent
 	// and unanswered, as ping counts an echo it sent and got no reply to.
 	inFlightSent bool
+	// onlySent counts only the probes that ran: a call the server refused
+	// (the policy, a limit, a bad request) sent nothing; it ends the run
+	// with its error, after the summary of those sent before it, if any.
+	onlySent bool
 }
 
 // probeStyle is connect's and fetch's.
@@ -87,9 +91,9 @@ func (a *app) repeatAs(ctx context.Context, rf repeatFlags, target string, style
 		return usagef("--interval %v: must be positive", rf.interval)
 	}
 	var (
-		sent, failed int
-		lastErr      error
-		times        []time.Duration
+		sent, failed     int
+		lastErr, refusal error
+		times            []time.Duration
 	)
 	next := time.Now()
 	for rf.count == 0 || sent < rf.count {
@@ -113,6 +117,10 @@ func (a *app) repeatAs(ctx context.Context, rf repeatFlags, target string, style
 				sent++
 				failed++
 			}
+			break
+		}
+		if style.onlySent && o.err != nil && !isProbeError(o.err) {
+			refusal = o.err
 			break
 		}
 		sent++
@@ -147,7 +155,13 @@ func (a *app) repeatAs(ctx context.Context, rf repeatFlags, target string, style
 	if a.Output == "json" {
 		w = a.err
 	}
+	if refusal != nil && sent == 0 {
+		return refusal
+	}
 	fmt.Fprintln(w, style.summary(target, sent, failed, times))
+	if refusal != nil {
+		return refusal
+	}
 	if style.anyAnswer && failed < sent {
 		return nil
 	}
