@@ -69,7 +69,7 @@ func TestRefusalsHaveNoUsageHint(t *testing.T) {
 	server := "NETPROBE_SERVER=" + p.Addr
 
 	runBin(t, nil, []string{server}, "connect", "--timeout", "1m30s", "127.0.0.1", up).check(t, "INVALID_ARGUMENT", exitUsage, "",
-		"probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s\n")
+		"probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s\nprobe: timeout is what --timeout sets\n")
 	// In-process there is no server to hold identities: a usage error.
 	runBin(t, nil, nil, "connect", "--identity", "ops", "127.0.0.1", up).check(t, "--identity without --server", exitUsage, "",
 		"probe: --identity names a client identity of a --server's; without one, give the certificate itself: --cert FILE --key FILE\nRun \"probe connect --help\" for usage.\n")

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -105,6 +106,19 @@ REFUSED, errno ECONNREFUSED)", and the exit code says which kind.
 
 `
 
+// fieldFlags are the flags that set the request fields a server may
+// refuse with its own limits (a --timeout over its --max-timeout): the
+// user sees the field's name in the server's message.
+var fieldFlags = map[string]string{
+	"timeout":               "--timeout",
+	"trace.timeout":         "--timeout (probe trace's; connect, fetch and sweep --trace take the server's default)",
+	"read_timeout":          "--read-timeout",
+	"max_bytes":             "--max-bytes",
+	"payload":               "--data or --data-file",
+	"target.source_address": "--source",
+	"icmp.payload_bytes":    "--size",
+}
+
 // run executes the command line args and returns the exit code.
 func run(ctx context.Context, args []string, std streams, getenv func(string) string) int {
 	a := &app{streams: std, getenv: getenv}
@@ -131,8 +145,20 @@ func run(ctx context.Context, args []string, std streams, getenv func(string) st
 	case refused:
 		fmt.Fprintf(std.err, "probe: %s\n", client.Printable(fmt.Sprint(refusal)))
 	case st.Code() == codes.InvalidArgument:
-		// The server names the bad fields of what the user asked for.
+		// The server names the bad fields of what the user asked for,
+		// and the CLI the flags that set them.
 		fmt.Fprintf(std.err, "probe: %s\n", client.Printable(st.Message()))
+		for _, d := range st.Details() {
+			br, ok := d.(*errdetails.BadRequest)
+			if !ok {
+				continue
+			}
+			for _, v := range br.GetFieldViolations() {
+				if flag, ok := fieldFlags[v.GetField()]; ok {
+					fmt.Fprintf(std.err, "probe: %s is what %s sets\n", v.GetField(), flag)
+				}
+			}
+		}
 	default:
 		fmt.Fprintf(std.err, "probe: %s: %s: %s\n", a.serverName(), st.Code(), client.Printable(st.Message()))
 	}

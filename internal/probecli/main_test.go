@@ -324,12 +324,13 @@ func TestUsage(t *testing.T) {
 		{[]string{"fetch", "--data-file", "/nonexistent/request", "127.0.0.1", p}, nil, "probe: open /nonexistent/request: no such file or directory", "probe fetch"},
 		{[]string{"connect", "--server", "127.0.0.1:1", "--dns-server", "127.0.0.1:53", "127.0.0.1", p}, nil, "probe: --dns-server applies to the in-process service and to dns:/// server names; the server given with --server resolves with its own", "probe connect"},
 		{[]string{"connect", "-o", "yaml", "127.0.0.1", p}, nil, `probe: --output "yaml": want text or json`, "probe connect"},
-		{[]string{"connect", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s", ""},
+		{[]string{"connect", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: timeout: 1m30s is over the server's maximum of 1m0s\nprobe: timeout is what --timeout sets", ""},
 		{[]string{"connect", "127.0.0.1", p}, map[string]string{"NETPROBE_TIMEOUT": "soon"}, `probe: NETPROBE_TIMEOUT="soon": invalid argument "soon" for "--timeout" flag: "soon" is not a duration such as 500ms, 5s or 1m`, "probe connect"},
 		{[]string{"connect", "--frob", "127.0.0.1", p}, nil, "probe: unknown flag: --frob", "probe connect"},
 		{[]string{"trace", "127.0.0.1"}, nil, `probe: target "127.0.0.1" has no port: give HOST PORT, or HOST:PORT ([IPv6]:PORT)`, "probe trace"},
 		// probe trace's --timeout is the trace's budget, which the server caps.
-		{[]string{"trace", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: trace.timeout: 1m30s is over the server's maximum of 1m0s", ""},
+		{[]string{"trace", "--timeout", "1m30s", "127.0.0.1", p}, nil, "probe: invalid request: trace.timeout: 1m30s is over the server's maximum of 1m0s\n" +
+			"probe: trace.timeout is what --timeout (probe trace's; connect, fetch and sweep --trace take the server's default) sets", ""},
 		{[]string{"resolve"}, nil, "probe: want SERVICE [PROTOCOL] or --port N [PROTOCOL], got 0 arguments", "probe resolve"},
 		{[]string{"resolve", "--port", "0"}, nil, "probe: --port 0: want 1-65535", "probe resolve"},
 		{[]string{"resolve", "\xff"}, nil, `probe: SERVICE "\xff" is not UTF-8`, "probe resolve"},

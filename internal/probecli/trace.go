@@ -31,7 +31,9 @@ const (
 type traceFlags struct {
 	maxHops, probes int
 	timeout         time.Duration
-	names           bool
+	// timeoutGiven is set when --timeout (or its environment twin) was.
+	timeoutGiven bool
+	names        bool
 }
 
 func (a *app) traceCommand() *cobra.Command {
@@ -85,7 +87,10 @@ down).`,
 		Args: positional(1, 2, "HOST PORT|SERVICE or HOST:PORT"),
 		// Checked before anything is dialled: a --server is not asked for a
 		// trace it would refuse.
-		PreRunE: func(*cobra.Command, []string) error { return fl.check() },
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			fl.timeoutGiven = cmd.Flags().Changed("timeout")
+			return fl.check()
+		},
 		RunE: a.command(func(ctx context.Context, c *client.Client, args []string) error {
 			host, addr, _, err := targetArgs(args, 0, "HOST PORT|SERVICE or HOST:PORT")
 			if err != nil {
@@ -95,6 +100,12 @@ down).`,
 			opts := client.ConnectOptions{
 				Timeout: connectTimeout,
 				Trace:   &client.TraceOptions{Always: true, MaxHops: fl.maxHops, ProbesPerHop: fl.probes, Timeout: fl.timeout, Names: fl.names},
+			}
+			if !fl.timeoutGiven {
+				// The server's defaults, the same but held to its
+				// --max-timeout: a server whose maximum is less would
+				// refuse 10s asked of it.
+				opts.Timeout, opts.Trace.Timeout = 0, 0
 			}
 			cctx, cancel := context.WithTimeout(ctx, connectTimeout+fl.timeout+a.ServerTimeout)
 			defer cancel()
@@ -125,7 +136,7 @@ down).`,
 	f.BoolVar(&fl.names, "names", false, "look up each hop's name (PTR) where the probe server runs, within the trace's budget, and print it before the address")
 	f.IntVar(&fl.probes, "probes", 1, fmt.Sprintf("probes sent each TTL, 1 to %d; more show each hop's loss, as mtr does (a probe not answered within 1s is lost)", maxProbesPerHop))
 	// probe trace's --timeout is the trace's, in place of the global one.
-	settings.DurationVar(f, &fl.timeout, "timeout", "", defaultTraceTimeout, "the trace's budget, after the connect: it ends with what it found (at most the probe server's --max-timeout) (env NETPROBE_TIMEOUT)")
+	settings.DurationVar(f, &fl.timeout, "timeout", "", defaultTraceTimeout, "the trace's budget, after the connect: it ends with what it found. Left out, the probe server's 10s, or its --max-timeout if less; given, at most its --max-timeout (env NETPROBE_TIMEOUT)")
 	return cmd
 }
 

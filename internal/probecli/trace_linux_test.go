@@ -3,6 +3,7 @@ package probecli
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -294,5 +295,18 @@ func TestTraceRepeat(t *testing.T) {
 		"--- 127.0.0.1:" + closed + ": 2 probes, 2 failed, 100% loss\n"
 	if r.code != exitConnect || r.stdout != want {
 		t.Errorf("exit %d, stdout\n%s\nwant exit %d and\n%s", r.code, r.stdout, exitConnect, want)
+	}
+}
+
+// TestTraceServerDefaults runs probe trace, without --timeout, against a
+// probed whose --max-timeout (3s) is under the trace's 10s: the server's
+// defaults apply, held to its maximum, where 10s asked of it was refused.
+func TestTraceServerDefaults(t *testing.T) {
+	t.Parallel()
+	p := probetest.StartProbed(t, exec.Command(probedBin, "--listen=127.0.0.1:0", "--max-timeout=3s", "--default-timeout=2s"))
+	closed := probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")
+	r := probe(probetest.Context(t), nil, "-s", p.Addr, "trace", "127.0.0.1", fmt.Sprint(closed))
+	if r.code != exitOK || !strings.Contains(r.stdout, " of 3s, every probe on one flow") {
+		t.Errorf("exit %d, stdout %q, stderr %q; want the path, traced on the server's 3s", r.code, r.stdout, r.stderr)
 	}
 }
