@@ -60,6 +60,7 @@ const (
 	ReasonServerShutdown      = netprobev1.Reason_REASON_SERVER_SHUTDOWN
 	ReasonNoMatch             = netprobev1.Reason_REASON_NO_MATCH
 	ReasonNotTLS              = netprobev1.Reason_REASON_NOT_TLS
+	ReasonTTLExceeded         = netprobev1.Reason_REASON_TTL_EXCEEDED
 )
 
 // reasonText describes the reasons that are not errnos' own words.
@@ -77,6 +78,7 @@ var reasonText = map[Reason]string{
 	ReasonProtocolVersion:     "no TLS version in common",
 	ReasonServerShutdown:      "cut short: the probe server is shutting down",
 	ReasonNotTLS:              "the peer does not speak TLS",
+	ReasonTTLExceeded:         "time to live exceeded in transit",
 }
 
 // ProbeError is a probe that ran on the server and failed: the target, not

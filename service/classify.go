@@ -45,6 +45,9 @@ func classify(err error) (netprobev1.Reason, string) {
 	if r, ok := classifyTLS(err); ok {
 		return r, ""
 	}
+	if errors.Is(err, errTTLExceeded) {
+		return netprobev1.Reason_REASON_TTL_EXCEEDED, ""
+	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		if r, ok := errnoReasons[errno]; ok {
@@ -73,6 +76,11 @@ func classify(err error) (netprobev1.Reason, string) {
 	}
 	return netprobev1.Reason_REASON_OTHER, ""
 }
+
+// errTTLExceeded is a packet answered by an ICMP time exceeded: its TTL
+// ran out on the way. Linux makes it EHOSTUNREACH, which would read as
+// no route to the host.
+var errTTLExceeded = errors.New("time to live exceeded in transit")
 
 // tlsAlerts maps the TLS alerts a peer ends a handshake with to reasons;
 // any other alert is a handshake failure.

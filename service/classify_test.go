@@ -74,6 +74,9 @@ func TestClassify(t *testing.T) {
 		{"not yet valid", x509.CertificateInvalidError{Cert: early, Reason: x509.Expired}, netprobev1.Reason_REASON_CERTIFICATE_NOT_YET_VALID, ""},
 		{"unknown authority", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, netprobev1.Reason_REASON_UNKNOWN_AUTHORITY, ""},
 		{"another name", x509.HostnameError{Certificate: expired, Host: "x.test"}, netprobev1.Reason_REASON_HOSTNAME_MISMATCH, ""},
+		// Linux makes an ICMP time exceeded EHOSTUNREACH; the echo says
+		// what it was.
+		{"TTL exceeded", fmt.Errorf("echo to 198.18.4.1: ICMP type 11 code 0 from 198.18.2.1: %w", errTTLExceeded), netprobev1.Reason_REASON_TTL_EXCEEDED, ""},
 		{"not TLS", tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, netprobev1.Reason_REASON_NOT_TLS, ""},
 		{"protocol_version alert", &net.OpError{Op: "remote error", Err: alert(70)}, netprobev1.Reason_REASON_PROTOCOL_VERSION, ""},
 		{"certificate_required alert", &net.OpError{Op: "remote error", Err: alert(116)}, netprobev1.Reason_REASON_HANDSHAKE_FAILURE, ""},

@@ -178,7 +178,11 @@ func (e *echo) unreachable(ie icmpError) *netprobev1.ProbeError {
 	if ie.v6 {
 		what = "ICMPv6"
 	}
-	err := fmt.Errorf("echo to %s: %s type %d code %d from %s: %w", e.dst, what, ie.icmpType, ie.icmpCode, from, ie.errno)
+	var cause error = ie.errno
+	if ie.timeExceeded() {
+		cause = errTTLExceeded
+	}
+	err := fmt.Errorf("echo to %s: %s type %d code %d from %s: %w", e.dst, what, ie.icmpType, ie.icmpCode, from, cause)
 	pe := e.fail(netprobev1.Stage_STAGE_ECHO, err)
 	pe.Icmp = &netprobev1.IcmpError{IcmpType: uint32(ie.icmpType), IcmpCode: uint32(ie.icmpCode)}
 	if ie.from.IsValid() {

@@ -126,7 +126,7 @@ func TestICMP(t *testing.T) {
 					})
 					t.Run("TTL out at r2", func(t *testing.T) {
 						resp := echo(t, p, f, 5*time.Second, &netprobev1.IcmpOptions{Ttl: ttl(2)})
-						failed(t, resp, netprobev1.Reason_REASON_HOST_UNREACHABLE, "EHOSTUNREACH", &netprobev1.IcmpError{
+						failed(t, resp, netprobev1.Reason_REASON_TTL_EXCEEDED, "", &netprobev1.IcmpError{
 							Address: f.routers[1].String(), IcmpType: f.timeExceeded,
 						})
 					})

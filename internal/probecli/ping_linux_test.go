@@ -70,7 +70,7 @@ func TestPingChain(t *testing.T) {
 			"icmp_seq=1: 2001:db8:2::1 answered unreachable: communication administratively prohibited (ICMPv6 1/1); echo 2001:db8:4::1: permission denied (stage ECHO, reason PROHIBITED, errno EACCES)\n" +
 				"...\n"},
 		{"TTL out at r2", []string{"ping", "-c", "1", "-t", "2", "198.18.4.1"}, exitConnect,
-			"icmp_seq=1: 198.18.2.1 answered time exceeded (ICMP 11/0); ...\n" +
+			"icmp_seq=1: 198.18.2.1 answered time exceeded (ICMP 11/0); echo 198.18.4.1: time to live exceeded in transit (stage ECHO, reason TTL_EXCEEDED)\n" +
 				"...\n"},
 	} {
 		for _, mode := range []struct {

@@ -345,6 +345,12 @@ const (
 	// that are not a TLS record: it does not speak TLS on that port
 	// (STAGE_TLS_HANDSHAKE).
 	Reason_REASON_NOT_TLS Reason = 23
+	// REASON_TTL_EXCEEDED means an ICMP time exceeded answered the packet:
+	// its TTL (IPv6 hop limit) ran out on the way, at the router the ICMP
+	// error names, because it was set low (an ICMP echo's ttl) or the path
+	// loops (STAGE_ECHO). Linux makes it EHOSTUNREACH, which would read as
+	// no route: errno is empty.
+	Reason_REASON_TTL_EXCEEDED Reason = 24
 )
 
 // Enum value maps for Reason.
@@ -374,6 +380,7 @@ var (
 		21: "REASON_SERVER_SHUTDOWN",
 		22: "REASON_NO_MATCH",
 		23: "REASON_NOT_TLS",
+		24: "REASON_TTL_EXCEEDED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":               0,
@@ -400,6 +407,7 @@ var (
 		"REASON_SERVER_SHUTDOWN":           21,
 		"REASON_NO_MATCH":                  22,
 		"REASON_NOT_TLS":                   23,
+		"REASON_TTL_EXCEEDED":              24,
 	}
 )
 
@@ -4820,7 +4828,7 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\x12\x10\n" +
 	"\fSTAGE_EXPECT\x10\v\x12\x0e\n" +
 	"\n" +
-	"STAGE_ECHO\x10\f*\xf6\x04\n" +
+	"STAGE_ECHO\x10\f*\x8f\x05\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eREASON_TIMEOUT\x10\x01\x12\x12\n" +
@@ -4846,7 +4854,8 @@ const file_netprobe_v1_probe_proto_rawDesc = "" +
 	"\fREASON_LIMIT\x10\x14\x12\x1a\n" +
 	"\x16REASON_SERVER_SHUTDOWN\x10\x15\x12\x13\n" +
 	"\x0fREASON_NO_MATCH\x10\x16\x12\x12\n" +
-	"\x0eREASON_NOT_TLS\x10\x17*X\n" +
+	"\x0eREASON_NOT_TLS\x10\x17\x12\x17\n" +
+	"\x13REASON_TTL_EXCEEDED\x10\x18*X\n" +
 	"\n" +
 	"IcmpSocket\x12\x1b\n" +
 	"\x17ICMP_SOCKET_UNSPECIFIED\x10\x00\x12\x18\n" +
