@@ -260,7 +260,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Services = table
 	}
 	if cfg.DefaultTimeout < 0 || cfg.MaxTimeout < cfg.DefaultTimeout {
-		return nil, fmt.Errorf("config: need 0 < default timeout (%v) <= max timeout (%v)", cfg.DefaultTimeout, cfg.MaxTimeout)
+		return nil, fmt.Errorf("config: need 0 < --default-timeout (%v) <= --max-timeout (%v)", cfg.DefaultTimeout, cfg.MaxTimeout)
 	}
 	if cfg.MaxPayloadBytes < 0 {
 		return nil, fmt.Errorf("config: max payload bytes %d is negative", cfg.MaxPayloadBytes)

@@ -106,6 +106,30 @@ REFUSED, errno ECONNREFUSED)", and the exit code says which kind.
 
 `
 
+// flagHabits say, for the flags traceroute and ping users type that a
+// command does not have, what it has instead.
+var flagHabits = map[string]map[string]string{
+	"trace": {
+		"m": "the highest TTL is --max-hops",
+		"q": "probes a hop are --probes",
+		"w": "each probe waits 1s; the trace's budget is --timeout",
+		"n": "names are looked up only with --names",
+		"T": "probe trace sends TCP SYNs already",
+		"U": "UDP is --udp",
+		"I": "an ICMP echo is probe ping",
+		"p": "the port is an argument: probe trace HOST PORT",
+		"f": "the first TTL is always 1",
+	},
+	"ping": {
+		"W": "the wait for each reply is --timeout",
+		"w": "ping has no deadline: give --count",
+		"M": "don't fragment is -D (--dont-fragment)",
+		"I": "the source address is --source",
+		"n": "probe ping looks no names up",
+		"q": "-o json prints each echo as JSON, and the summary on stderr",
+	},
+}
+
 // fieldFlags are the flags that set the request fields a server may
 // refuse with its own limits (a --timeout over its --max-timeout): the
 // user sees the field's name in the server's message.
@@ -205,7 +229,15 @@ func (a *app) rootCommand() *cobra.Command {
 	if a.settings, err = settings.Register(pf, &a.globals); err != nil {
 		panic(err) // the tags of globals are wrong: every test fails
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		var unknown *pflag.NotExistError
+		if errors.As(err, &unknown) {
+			if habit, ok := flagHabits[cmd.Name()][unknown.GetSpecifiedName()]; ok {
+				err = fmt.Errorf("%w: %s", err, habit)
+			}
+		}
+		return usageError{err}
+	})
 	root.AddCommand(a.connectCommand(), a.traceCommand(), a.pingCommand(), a.fetchCommand(), a.resolveCommand(), a.healthCommand(), a.sweepCommand())
 	// Cobra's completion command prints its help, and exits 0, for a shell
 	// it has no script for: that is a usage error.

@@ -41,6 +41,8 @@ func TestPingFlags(t *testing.T) {
 		{"TTL past uint32", []string{"ping", "-t", "4294967297", "127.0.0.1"}, "--ttl 4294967297: want 1 to 255"},
 		{"source not an address", []string{"ping", "--source", "eth0", "127.0.0.1"}, `--source "eth0": want an IP address`},
 		{"both families", []string{"ping", "-4", "-6", "127.0.0.1"}, "if any flags in the group [ipv4 ipv6] are set none of the others can be; [ipv4 ipv6] were all set"},
+		{"ping's -W", []string{"ping", "-W", "1", "127.0.0.1"}, "unknown shorthand flag: 'W' in -W: the wait for each reply is --timeout"},
+		{"ping's -M do", []string{"ping", "-M", "do", "127.0.0.1"}, "unknown shorthand flag: 'M' in -M: don't fragment is -D (--dont-fragment)"},
 		{"a port", []string{"ping", "127.0.0.1:80"}, "127.0.0.1:80: ping takes a HOST, without a port"},
 		{"a port, IPv6", []string{"ping", "[::1]:80"}, "[::1]:80: ping takes a HOST, without a port"},
 		{"ping's -s for the size", []string{"ping", "-s", "100", "127.0.0.1"}, "-s 100: -s is --server, a probe server's HOST[:PORT]; ping's payload size is --size"},

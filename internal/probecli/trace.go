@@ -254,6 +254,10 @@ func pathEnd(p *client.Path) string {
 	case client.PathEndServerShutdown:
 		return lastHop + "; the probe server cut the trace short as it shut down"
 	case client.PathEndError, client.PathEndUnsupported:
+		if p.Err != nil && p.Err.Reason == client.ReasonLimit {
+			// Not a failure: a sweep's cap of traces was reached.
+			return client.Printable(p.Err.Message)
+		}
 		return fmt.Sprintf("no trace: %v", p.Err)
 	}
 	return fmt.Sprintf("%s; the trace ended %v", lastHop, p.End)

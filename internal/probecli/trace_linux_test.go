@@ -310,3 +310,18 @@ func TestTraceServerDefaults(t *testing.T) {
 		t.Errorf("exit %d, stdout %q, stderr %q; want the path, traced on the server's 3s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestSweepTraceCapText sweeps 17 closed ports with --trace: the 17th
+// failure past the sweep's 16 traces says so, and not as a policy's
+// refusal.
+func TestSweepTraceCapText(t *testing.T) {
+	t.Parallel()
+	args := []string{"sweep", "--trace"}
+	for range 17 {
+		args = append(args, fmt.Sprintf("127.0.0.1:%d", probetest.ClosedPort(t, "tcp4", "127.0.0.1:0")))
+	}
+	r := probe(probetest.Context(t), nil, args...)
+	if r.code != exitSweepFailed || strings.Count(r.stderr, "reached 127.0.0.1:") != 16 || strings.Count(r.stderr, ": REFUSED at CONNECT; not traced: a sweep runs at most 16 traces\n") != 1 || strings.Contains(r.stderr, "policy") {
+		t.Errorf("exit %d, stderr\n%s\nwant 16 paths and one 'not traced'", r.code, r.stderr)
+	}
+}

@@ -26,6 +26,8 @@ func TestTraceFlags(t *testing.T) {
 		want string // stderr's first line
 	}{
 		{"no hops", nil, []string{"trace", "--max-hops", "0", "127.0.0.1", "80"}, "--max-hops 0: want 1 to 64"},
+		{"traceroute's -m", nil, []string{"trace", "-m", "5", "127.0.0.1", "80"}, "unknown shorthand flag: 'm' in -m: the highest TTL is --max-hops"},
+		{"traceroute's -n", nil, []string{"trace", "-n", "127.0.0.1", "80"}, "unknown shorthand flag: 'n' in -n: names are looked up only with --names"},
 		{"65 hops", nil, []string{"trace", "--max-hops", "65", "127.0.0.1", "80"}, "--max-hops 65: want 1 to 64"},
 		{"negative hops", nil, []string{"trace", "--max-hops=-1", "127.0.0.1", "80"}, "--max-hops -1: want 1 to 64"},
 		// 2^32 would be 0, the service's default, as the request's uint32.
