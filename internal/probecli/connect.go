@@ -108,7 +108,7 @@ nothing beyond it". With -o json the response's "path" is the trace.`,
 	}
 	tf.register(cmd)
 	cmd.Flags().BoolVarP(&reverse, "reverse", "r", false, "look the peer address up by address (PTR) once connected")
-	cmd.Flags().BoolVar(&trace, "trace", false, "when the probe fails, trace the path to the address it failed at and say where it stopped (as probe trace, with its defaults)")
+	cmd.Flags().BoolVar(&trace, "trace", false, "when the probe fails, trace the path to the address it failed at and say where it stopped (as probe trace, with its defaults: up to 30 hops and 10s more after --timeout)")
 	hs.register(a, cmd)
 	rf.register(cmd)
 	return cmd

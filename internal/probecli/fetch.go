@@ -160,7 +160,7 @@ func (ff *fetchFlags) register(a *app, cmd *cobra.Command) {
 	f.BoolVar(&ff.keepWriteOpen, "keep-write-open", false, "do not half-close after the request: for targets that hang up when the client does")
 	f.BoolVar(&ff.failEmpty, "fail-empty", false, "fail (exit 52, as curl) when the target closes without sending a byte")
 	f.BoolVarP(&ff.noStdin, "no-stdin", "n", false, "read nothing from stdin, as ssh -n: without PATH, --data, --data-file or a dialogue, send nothing")
-	f.BoolVar(&ff.trace, "trace", false, "when the fetch fails, trace the path to the address it failed at and say where it stopped (as probe trace, with its defaults)")
+	f.BoolVar(&ff.trace, "trace", false, "when the fetch fails, trace the path to the address it failed at and say where it stopped (as probe trace, with its defaults: up to 30 hops and 10s more after --timeout)")
 	ff.repeat.register(cmd)
 	cmd.MarkFlagsMutuallyExclusive("data", "data-file")
 }
