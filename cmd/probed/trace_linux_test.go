@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -228,7 +227,7 @@ func startUnprivileged(t *testing.T, host *netlab.Host, args ...string) *probete
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "probed")
-	copyFile(t, probedBin, bin, 0o755)
+	probetest.CopyExecutable(t, probedBin, bin)
 	cmd := exec.Command(bin, append([]string{"--listen=127.0.0.1:0"}, args...)...)
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -257,24 +256,4 @@ func startUnprivileged(t *testing.T, host *netlab.Host, args ...string) *probete
 		}
 	}
 	return p
-}
-
-func copyFile(t *testing.T, from, to string, mode os.FileMode) {
-	t.Helper()
-	in, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_EXCL, mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -108,13 +108,7 @@ func TestPingSocketDenied(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "probe")
-	data, err := os.ReadFile(probeBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	probetest.CopyExecutable(t, probeBin, bin)
 	// Started from the namespace's thread (ip netns exec would run as
 	// uid 65532 too, and may not).
 	cmd := exec.Command(bin, "ping", "-c", "3", "-i", "10ms", "127.0.0.1")

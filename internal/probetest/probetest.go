@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -355,5 +356,21 @@ func WaitClosed(c net.Conn) error {
 		if err != nil {
 			return nil
 		}
+	}
+}
+
+// CopyExecutable copies the program from to to, mode 0755, for a test that
+// runs it where the original is out of reach (as another user). The copy
+// is written by cp, a process of its own: were this process to hold it
+// open for writing, a fork by a parallel test would inherit that
+// descriptor, and exec of the copy could fail with ETXTBSY ("text file
+// busy") until that child had exec'd in turn.
+func CopyExecutable(t testing.TB, from, to string) {
+	t.Helper()
+	if out, err := exec.Command("cp", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp %s %s: %v\n%s", from, to, err, out)
+	}
+	if err := os.Chmod(to, 0o755); err != nil {
+		t.Fatal(err)
 	}
 }

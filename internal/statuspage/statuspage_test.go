@@ -172,7 +172,8 @@ func TestPageFailingPath(t *testing.T) {
 	rec := newRecorder()
 	traced := func(host string, hops ...*netprobev1.Hop) service.Report {
 		r := refused(host, 82)
-		r.Connect = &netprobev1.ConnectResponse{Error: r.Error, Path: &netprobev1.Path{Hops: hops, End: netprobev1.PathEnd_PATH_END_SILENCE}}
+		r.Path = &netprobev1.Path{Hops: hops, End: netprobev1.PathEnd_PATH_END_SILENCE}
+		r.Connect = &netprobev1.ConnectResponse{Error: r.Error, Path: r.Path}
 		return r
 	}
 	r1 := &netprobev1.Hop{Ttl: 1, Address: "198.18.1.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED, Sent: 1, Answered: 1}
