@@ -121,8 +121,8 @@ func benchLatency(ctx context.Context, bin string, o options) ([]row, error) {
 		note string
 	}{
 		{"admission beyond a health check's", pa.phase(service.MarkCall, service.MarkAdmitted) - ha.phase(service.MarkCall, service.MarkAdmitted), "the rate and in-flight limits, before the request is read"},
-		{"decoding and interceptors beyond a health check's", pa.phase(service.MarkAdmitted, service.MarkHandler) - ha.phase(service.MarkAdmitted, service.MarkReplied),
-			"a health check's whole handler is counted here"},
+		{"decoding and interceptors, less a health check's", pa.phase(service.MarkAdmitted, service.MarkHandler) - ha.phase(service.MarkAdmitted, service.MarkReplied),
+			fmt.Sprintf("%s a Connect; a health check's decoding, interceptors and handler %s", us(pa.phase(service.MarkAdmitted, service.MarkHandler)), us(ha.phase(service.MarkAdmitted, service.MarkReplied)))},
 		{"validation", pa.phase(service.MarkHandler, service.MarkValidated), "the request checked"},
 		{"dial and close beyond the bare dial", dial + closing - bareP50,
 			fmt.Sprintf("dial %s (running %s, in system calls %s, woken and waiting to run %s, waiting on the network %s), close %s; the dial includes the probe's context, the resolve (none for an IP literal) and the policy's check",
