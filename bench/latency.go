@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -23,10 +22,11 @@ import (
 // dials; netprobe's own share is what the call takes beyond both. The
 // share is then split from the execution tracer: a trace of probed while
 // lone Connects run, and one while lone health checks do, read for the
-// service's regions (service.RegionDial and the others) and for the time
-// goroutines spent woken but not yet running, which is where a lone call
-// waits on gRPC's hand-offs (the connection's reader hands the stream to a
-// handler, the handler hands the response to the connection's writer).
+// points each call's goroutine passes (service.Mark), for the states of
+// the dial's goroutine, and for the time goroutines spent woken but not
+// yet running, which is where a lone call waits on gRPC's hand-offs (the
+// connection's reader hands the stream to a handler, the handler hands
+// the response to the connection's writer).
 func benchLatency(ctx context.Context, bin string, o options) ([]row, error) {
 	ln, err := acceptingTarget()
 	if err != nil {
@@ -176,19 +176,12 @@ func traceWhile(ctx context.Context, pprofAddr string, op func(context.Context) 
 		stop()
 		wg.Wait()
 	}()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+pprofAddr+"/debug/pprof/trace?seconds=1", nil)
+	body, err := get(ctx, "http://"+pprofAddr+"/debug/pprof/trace?seconds=1")
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/debug/pprof/trace: %s", resp.Status)
-	}
-	b, err := io.ReadAll(resp.Body)
+	defer body.Close()
+	b, err := io.ReadAll(body)
 	stop()
 	wg.Wait()
 	return b, errors.Join(err, opErr)

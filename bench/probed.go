@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -96,9 +97,9 @@ func (s *server) stats(ctx context.Context) (stats, error) {
 	return st, nil
 }
 
-// metrics scrapes probed and sums each family's series.
-func (s *server) metrics(ctx context.Context) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.MetricsAddr+"/metrics", nil)
+// get GETs url, and returns the body of a 200 answer.
+func get(ctx context.Context, url string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -106,9 +107,22 @@ func (s *server) metrics(ctx context.Context) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return resp.Body, nil
+}
+
+// metrics scrapes probed and sums each family's series.
+func (s *server) metrics(ctx context.Context) (map[string]float64, error) {
+	body, err := get(ctx, "http://"+s.MetricsAddr+"/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families, err := parser.TextToMetricFamilies(body)
 	if err != nil {
 		return nil, err
 	}
