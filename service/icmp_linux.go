@@ -438,3 +438,14 @@ func receivedTTL(oob []byte) int {
 	}
 	return 0
 }
+
+// CheckEcho reports whether this process can send ICMP echoes (an IPv4
+// socket of either kind), and why not: what a probe server with icmp
+// modules says as it starts, rather than have every scrape fail.
+func CheckEcho() error {
+	fd, _, err := openEcho(true)
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -363,15 +365,44 @@ func TestICMPSocketDenied(t *testing.T) {
 			t.Errorf("%s: echo %v, want no socket", addr, resp.GetIcmp())
 		}
 	}
+
+	// With icmp modules it says so as it starts, where a probed that can
+	// send echoes (root's raw socket), or has no icmp module, says nothing.
+	dir, err := os.MkdirTemp("", "netprobe-modules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	file := filepath.Join(dir, "blackbox.yml")
+	if err := os.WriteFile(file, []byte("modules:\n  icmp:\n    prober: icmp\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const warning = "icmp modules cannot run here: their scrapes will fail at STAGE_SOCKET"
+	for _, tc := range []struct {
+		name string
+		p    *probetest.Probed
+		want int
+	}{
+		{"no privilege, an icmp module", startUnprivileged(t, host, "--modules-file="+file), 1},
+		{"no privilege, no icmp module", p, 0},
+		{"root, an icmp module", startIn(t, host, "--modules-file="+file), 0},
+	} {
+		if got := tc.p.Logged(warning); got != tc.want {
+			t.Errorf("%s: %d warnings that icmp modules cannot run, want %d", tc.name, got, tc.want)
+		}
+	}
 }
 
 // startIn runs probed in host's namespace as this test's user, root,
 // with its capabilities.
-func startIn(t *testing.T, host *netlab.Host) *probetest.Probed {
+func startIn(t *testing.T, host *netlab.Host, args ...string) *probetest.Probed {
 	t.Helper()
 	var p *probetest.Probed
 	if err := host.Do(func() (err error) {
-		p, err = probetest.Launch(exec.Command(probedBin, "--listen=127.0.0.1:0"))
+		p, err = probetest.Launch(exec.Command(probedBin, append([]string{"--listen=127.0.0.1:0"}, args...)...))
 		return err
 	}); err != nil {
 		t.Fatal(err)

@@ -242,6 +242,7 @@ func New(cfg Config) (*Server, error) {
 	if f := s.modules.File(); f != "" {
 		s.files.Keep(reload.File{Name: "modules-file", Paths: []string{f}, Load: s.modules.Reload})
 	}
+	s.warnEcho()
 	srv, err := service.New(service.Config{
 		AllowedSources:   s.sources,
 		ClientIdentities: clientIdentities{ids: s.identities, modules: s.modules},
@@ -323,6 +324,25 @@ func (s *Server) serverOptions(g *guard, creds credentials.TransportCredentials,
 		grpc.NumStreamWorkers(streamWorkers),
 	}
 	return append(opts, wire.ServerOptions()...)
+}
+
+// warnEcho says, as probed starts, when the module file has icmp modules
+// and this process can send no echo: each of their scrapes would fail at
+// STAGE_SOCKET, and the operator would learn it from the first alert.
+func (s *Server) warnEcho() {
+	set := s.modules.Set()
+	var icmp []string
+	for _, name := range set.Names() {
+		if set.Modules[name].Prober == "icmp" {
+			icmp = append(icmp, name)
+		}
+	}
+	if len(icmp) == 0 {
+		return
+	}
+	if err := service.CheckEcho(); err != nil {
+		s.logger.Warn("icmp modules cannot run here: their scrapes will fail at STAGE_SOCKET", "modules", icmp, "why", err)
+	}
 }
 
 // Serve serves gRPC on lis until the server stops, within the connection
