@@ -368,16 +368,8 @@ func TestICMPSocketDenied(t *testing.T) {
 
 	// With icmp modules it says so as it starts, where a probed that can
 	// send echoes (root's raw socket), or has no icmp module, says nothing.
-	dir, err := os.MkdirTemp("", "netprobe-modules")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	file := filepath.Join(dir, "blackbox.yml")
+	file := filepath.Join(probetest.SharedDir(t), "blackbox.yml")
 	if err := os.WriteFile(file, []byte("modules:\n  icmp:\n    prober: icmp\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	const warning = "icmp modules cannot run here: their scrapes will fail at STAGE_SOCKET"

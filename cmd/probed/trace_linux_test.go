@@ -218,18 +218,9 @@ func TestTrace(t *testing.T) {
 // between. The binary is copied where that user can run it.
 func startUnprivileged(t *testing.T, host *netlab.Host, args ...string) *probetest.Probed {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "netprobe-unprivileged")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "probed")
-	probetest.CopyExecutable(t, probedBin, bin)
+	bin := probetest.SharedExecutable(t, probedBin)
 	cmd := exec.Command(bin, append([]string{"--listen=127.0.0.1:0"}, args...)...)
-	cmd.Dir = dir
+	cmd.Dir = filepath.Dir(bin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential: &syscall.Credential{Uid: unprivileged, Gid: unprivileged, Groups: []uint32{}},
 	}

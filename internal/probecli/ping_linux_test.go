@@ -3,7 +3,6 @@ package probecli
 import (
 	"bytes"
 	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -98,17 +97,8 @@ func TestPingSocketDenied(t *testing.T) {
 	t.Parallel()
 	host := &netlab.Host{Namespace: netlab.NewNamespace(t)}
 	host.Sysctl(t, "net.ipv4.ping_group_range", "1 0")
-	// t.TempDir's parent is root's alone.
-	dir, err := os.MkdirTemp("", "netprobe-unprivileged")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "probe")
-	probetest.CopyExecutable(t, probeBin, bin)
+	bin := probetest.SharedExecutable(t, probeBin)
+	dir := filepath.Dir(bin)
 	// Started from the namespace's thread (ip netns exec would run as
 	// uid 65532 too, and may not).
 	cmd := exec.Command(bin, "ping", "-c", "3", "-i", "10ms", "127.0.0.1")

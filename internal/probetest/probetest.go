@@ -359,18 +359,36 @@ func WaitClosed(c net.Conn) error {
 	}
 }
 
-// CopyExecutable copies the program from to to, mode 0755, for a test that
-// runs it where the original is out of reach (as another user). The copy
-// is written by cp, a process of its own: were this process to hold it
-// open for writing, a fork by a parallel test would inherit that
-// descriptor, and exec of the copy could fail with ETXTBSY ("text file
-// busy") until that child had exec'd in turn.
-func CopyExecutable(t testing.TB, from, to string) {
+// SharedDir is a directory, removed when t ends, that every user may read
+// and search: for what a test runs as another user (t.TempDir's parent is
+// root's alone).
+func SharedDir(t testing.TB) string {
 	t.Helper()
-	if out, err := exec.Command("cp", from, to).CombinedOutput(); err != nil {
-		t.Fatalf("cp %s %s: %v\n%s", from, to, err, out)
+	dir, err := os.MkdirTemp("", "netprobe-shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// SharedExecutable copies the program at path into a SharedDir, mode
+// 0755, for a test that runs it as another user, and returns the copy's
+// path. The copy is written by cp, a process of its own: were this
+// process to hold it open for writing, a fork by a parallel test would
+// inherit that descriptor, and exec of the copy could fail with ETXTBSY
+// ("text file busy") until that child had exec'd in turn.
+func SharedExecutable(t testing.TB, path string) string {
+	t.Helper()
+	to := filepath.Join(SharedDir(t), filepath.Base(path))
+	if out, err := exec.Command("cp", path, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp %s %s: %v\n%s", path, to, err, out)
 	}
 	if err := os.Chmod(to, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	return to
 }
