@@ -72,18 +72,7 @@ func TestPingChain(t *testing.T) {
 			"icmp_seq=1: 198.18.2.1 answered time exceeded (ICMP 11/0); echo 198.18.4.1: time to live exceeded in transit (stage ECHO, reason TTL_EXCEEDED)\n" +
 				"...\n"},
 	} {
-		for _, mode := range []struct {
-			name  string
-			flags []string
-		}{{"in-process", nil}, {"probed", []string{"--server", p.Addr}}} {
-			t.Run(tc.name+"/"+mode.name, func(t *testing.T) {
-				t.Parallel()
-				r := probeOn(t, c.Client, append(mode.flags, tc.args...)...)
-				if got, want := normalize(r.stdout+r.stderr), normalize(tc.want); r.code != tc.code || !matches(got, want) {
-					t.Errorf("exit %d, printed\n%s%s\nwant exit %d and\n%s", r.code, r.stdout, r.stderr, tc.code, tc.want)
-				}
-			})
-		}
+		bothWays(t, c.Client, p.Addr, tc.name, tc.args, tc.code, tc.want)
 	}
 }
 

@@ -63,6 +63,26 @@ func probeOn(t *testing.T, host *netlab.Host, args ...string) result {
 	return result{cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()}
 }
 
+// bothWays runs probe with args on host twice, the service in its process
+// and in the probed at probedAddr, and checks each run's exit code and
+// what it printed against want, compared as the doc tests compare it:
+// times and ports aside.
+func bothWays(t *testing.T, host *netlab.Host, probedAddr, name string, args []string, code int, want string) {
+	t.Helper()
+	for _, mode := range []struct {
+		name  string
+		flags []string
+	}{{"in-process", nil}, {"probed", []string{"--server", probedAddr}}} {
+		t.Run(name+"/"+mode.name, func(t *testing.T) {
+			t.Parallel()
+			r := probeOn(t, host, append(mode.flags, args...)...)
+			if got := normalize(r.stdout + r.stderr); r.code != code || !matches(got, normalize(want)) {
+				t.Errorf("exit %d, printed\n%s%s\nwant exit %d and\n%s", r.code, r.stdout, r.stderr, code, want)
+			}
+		})
+	}
+}
+
 // TestTraceChain runs probe trace and probe connect --trace across a
 // chain of namespaces, with the service in the CLI's process and in a
 // probed beside it: a complete path, a drop at r2 (the last hop that
@@ -165,18 +185,7 @@ func TestTraceChain(t *testing.T) {
 				"not reached: last hop that answered: 198.18.1.1 (hop 1); the trace's # ran out; the trace took # of #, every probe on one flow (Paris)\n" +
 				"probe: connect 198.18.4.1:82: timed out (stage CONNECT, reason TIMEOUT)\n"},
 	} {
-		for _, mode := range []struct {
-			name  string
-			flags []string
-		}{{"in-process", nil}, {"probed", []string{"--server", p.Addr}}} {
-			t.Run(tc.name+"/"+mode.name, func(t *testing.T) {
-				t.Parallel()
-				r := probeOn(t, c.Client, append(mode.flags, tc.args...)...)
-				if got, want := normalize(r.stdout+r.stderr), normalize(tc.want); r.code != tc.code || !matches(got, want) {
-					t.Errorf("exit %d, printed\n%s%s\nwant exit %d and\n%s", r.code, r.stdout, r.stderr, tc.code, tc.want)
-				}
-			})
-		}
+		bothWays(t, c.Client, p.Addr, tc.name, tc.args, tc.code, tc.want)
 	}
 
 	// --names looks the hops up where the service runs: from a DNS
