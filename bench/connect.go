@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,7 +20,7 @@ import (
 // benchConnect compares Connect probes with a bare dial+close loop against
 // the same target, at 1, 16 and 64 in flight, and counts the server's
 // allocations per probe.
-func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
+func benchConnect(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	ln, err := acceptingTarget()
 	if err != nil {
 		return nil, err
@@ -88,7 +89,7 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 				return nil, fmt.Errorf("bare dial: %w", err)
 			}
 			bRates, bLat = append(bRates, rate), append(bLat, lat...)
-			apart, err := bareApart(ctx, target, workers, o.duration)
+			apart, err := bareApart(ctx, target, workers, o.duration, 0)
 			if err != nil {
 				return nil, fmt.Errorf("bare dial from a process of its own: %w", err)
 			}
@@ -130,7 +131,7 @@ func benchConnect(ctx context.Context, bin string, o options) ([]row, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bare dial: %w", err)
 		}
-		apart, err := bareApart(ctx, target, 64, o.duration)
+		apart, err := bareApart(ctx, target, 64, o.duration, 0)
 		if err != nil {
 			return nil, fmt.Errorf("bare dial from a process of its own: %w", err)
 		}
@@ -189,13 +190,14 @@ type bareFigures struct {
 // program run again with -bare-dial. probed dials from a process apart
 // from the target too, and waking a process costs more than waking a
 // goroutine: the loop in the target's own process is the faster of the
-// two baselines, and both are reported.
-func bareApart(ctx context.Context, target string, workers int, d time.Duration) (bareFigures, error) {
+// two baselines, and both are reported. With sleep, one worker sleeps that
+// long before each dial (see sleptDials).
+func bareApart(ctx context.Context, target string, workers int, d, sleep time.Duration) (bareFigures, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return bareFigures{}, err
 	}
-	out, err := exec.CommandContext(ctx, self, "-bare-dial", target, "-workers", strconv.Itoa(workers), "-duration", d.String()).Output()
+	out, err := exec.CommandContext(ctx, self, "-bare-dial", target, "-workers", strconv.Itoa(workers), "-duration", d.String(), "-bare-sleep", sleep.String()).Output()
 	if err != nil {
 		return bareFigures{}, err
 	}
@@ -208,11 +210,43 @@ func bareApart(ctx context.Context, target string, workers int, d time.Duration)
 
 // runBareDial is the -bare-dial side of bareApart.
 func runBareDial(ctx context.Context, o options, out io.Writer) error {
-	rate, lat, err := loop(ctx, o.workers, o.duration, bareDial(o.bareDial))
+	var (
+		rate float64
+		lat  []time.Duration
+		err  error
+	)
+	if o.bareSleep > 0 {
+		lat, err = sleptDials(ctx, o.bareDial, o.bareSleep, o.duration)
+	} else {
+		rate, lat, err = loop(ctx, o.workers, o.duration, bareDial(o.bareDial))
+	}
 	if err != nil {
 		return err
 	}
 	return json.NewEncoder(out).Encode(bareFigures{Rate: rate, P50: percentile(lat, 0.5), P99: percentile(lat, 0.99)})
+}
+
+// sleptDials dials target and closes, one at a time for d, sleeping before
+// each dial, and returns the dials' sorted latencies. A lone probe's dial
+// follows a moment in which probed had nothing to do; a loop that never
+// sleeps never pays for the kernel waking what did, nor for caches that
+// went cold meanwhile.
+func sleptDials(ctx context.Context, target string, sleep, d time.Duration) ([]time.Duration, error) {
+	dial := bareDial(target)
+	var lat []time.Duration
+	for end := time.Now().Add(d); ctx.Err() == nil && time.Now().Before(end); {
+		time.Sleep(sleep)
+		t := time.Now()
+		if err := dial(ctx); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	if len(lat) == 0 {
+		return nil, errors.New("no dial completed")
+	}
+	slices.Sort(lat)
+	return lat, nil
 }
 
 // acceptingTarget is a loopback target that accepts each connection and

@@ -37,7 +37,7 @@ const fanoutPort = 7070
 // each node's sweep run alone; and it reports the entry's peak RSS while
 // fanning out, against that of a node that is only asked, and the results
 // received against those expected.
-func benchFanout(ctx context.Context, bin string, o options) ([]row, error) {
+func benchFanout(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	var rows []row
 	for f := range strings.SplitSeq(o.nodes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -64,7 +64,7 @@ type fleetNode struct {
 	conn *grpc.ClientConn
 }
 
-func fanout(ctx context.Context, l *lab, bin string, size, rounds int) ([]row, error) {
+func fanout(ctx context.Context, l *lab, bin probedBin, size, rounds int) ([]row, error) {
 	if err := neighborRoom(l, size); err != nil {
 		return nil, err
 	}
@@ -98,7 +98,7 @@ func fanout(ctx context.Context, l *lab, bin string, size, rounds int) ([]row, e
 		if i == 0 {
 			args = append(args, peers...)
 		}
-		p, err := probetest.Launch(h.Command(bin, args...))
+		p, err := probetest.Launch(bin.prepare(h.Command(bin.path, args...)))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}

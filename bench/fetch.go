@@ -96,7 +96,7 @@ func runRelay(ctx context.Context, o options, out io.Writer) error {
 
 // benchFetch compares a Fetch of n bytes through probed to a client that
 // discards them with a bare user-space relay of the same bytes.
-func benchFetch(ctx context.Context, bin string, o options) ([]row, error) {
+func benchFetch(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err

@@ -16,7 +16,7 @@ import (
 // never completes the handshake, then o.inflight idle Fetch streams against
 // one that never sends, each in a fresh probed; it reports probed's memory,
 // goroutines and descriptors during, and after cancelling them.
-func benchInflight(ctx context.Context, bin string, o options) ([]row, error) {
+func benchInflight(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	port, release, err := probetest.Blackhole(netip.MustParseAddr("127.0.0.1"))
 	if err != nil {
 		return nil, err
@@ -72,7 +72,7 @@ func benchInflight(ctx context.Context, bin string, o options) ([]row, error) {
 
 // holdMany runs n probes at once through a fresh probed until all are in
 // flight, measures, cancels them all, and measures again.
-func holdMany(ctx context.Context, bin string, n int, what string, targetMiB int64, probe func(context.Context, *client.Client) error) ([]row, error) {
+func holdMany(ctx context.Context, bin probedBin, n int, what string, targetMiB int64, probe func(context.Context, *client.Client) error) ([]row, error) {
 	s, err := startProbed(bin)
 	if err != nil {
 		return nil, err

@@ -27,7 +27,7 @@ import (
 // yet running, which is where a lone call waits on gRPC's hand-offs (the
 // connection's reader hands the stream to a handler, the handler hands
 // the response to the connection's writer).
-func benchLatency(ctx context.Context, bin string, o options) ([]row, error) {
+func benchLatency(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	ln, err := acceptingTarget()
 	if err != nil {
 		return nil, err
@@ -61,32 +61,70 @@ func benchLatency(ctx context.Context, bin string, o options) ([]row, error) {
 		_, err := s.client.Health(ctx)
 		return err
 	}
-	if _, _, err := loop(ctx, 1, 200*time.Millisecond, probe); err != nil {
-		return nil, fmt.Errorf("connect probes: %w", err)
+	// The same calls to a probed with one P: with no idle P, the Go
+	// scheduler wakes no second thread to look for work when a goroutine
+	// is handed work (see docs/performance.md).
+	one, err := startProbed(probedBin{path: bin.path, gomaxprocs: 1})
+	if err != nil {
+		return nil, err
 	}
-
-	var probeP50s, healthP50s, bareP50s []time.Duration
-	for range o.rounds {
-		_, lat, err := loop(ctx, 1, o.duration, probe)
-		if err != nil {
+	defer one.stop()
+	probeOne := func(ctx context.Context) error {
+		_, err := one.client.Connect(ctx, "tcp", target, client.ConnectOptions{Timeout: 5 * time.Second})
+		return err
+	}
+	healthOne := func(ctx context.Context) error {
+		_, err := one.client.Health(ctx)
+		return err
+	}
+	for _, op := range []func(context.Context) error{probe, probeOne} {
+		if _, _, err := loop(ctx, 1, 200*time.Millisecond, op); err != nil {
 			return nil, fmt.Errorf("connect probes: %w", err)
 		}
-		probeP50s = append(probeP50s, percentile(lat, 0.5))
-		if _, lat, err = loop(ctx, 1, o.duration, health); err != nil {
-			return nil, fmt.Errorf("health: %w", err)
+	}
+
+	p50 := func(op func(context.Context) error) (time.Duration, error) {
+		_, lat, err := loop(ctx, 1, o.duration, op)
+		if err != nil {
+			return 0, err
 		}
-		healthP50s = append(healthP50s, percentile(lat, 0.5))
-		bare, err := bareApart(ctx, target, 1, o.duration)
+		return percentile(lat, 0.5), nil
+	}
+	var probeP50s, healthP50s, probeOneP50s, healthOneP50s, bareP50s, sleptP50s []time.Duration
+	for range o.rounds {
+		for _, m := range []struct {
+			what string
+			op   func(context.Context) error
+			p50s *[]time.Duration
+		}{
+			{"connect probes", probe, &probeP50s},
+			{"health", health, &healthP50s},
+			{"connect probes at GOMAXPROCS=1", probeOne, &probeOneP50s},
+			{"health at GOMAXPROCS=1", healthOne, &healthOneP50s},
+		} {
+			d, err := p50(m.op)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", m.what, err)
+			}
+			*m.p50s = append(*m.p50s, d)
+		}
+		bare, err := bareApart(ctx, target, 1, o.duration, 0)
 		if err != nil {
 			return nil, fmt.Errorf("bare dial from a process of its own: %w", err)
 		}
-		bareP50s = append(bareP50s, bare.P50)
+		slept, err := bareApart(ctx, target, 1, o.duration, bareSleep)
+		if err != nil {
+			return nil, fmt.Errorf("bare dial after sleeping: %w", err)
+		}
+		bareP50s, sleptP50s = append(bareP50s, bare.P50), append(sleptP50s, slept.P50)
 	}
 	probeP50, healthP50, bareP50 := median(probeP50s), median(healthP50s), median(bareP50s)
 	mu.Lock()
 	dialP50, totalP50 := median(dials), median(totals)
 	mu.Unlock()
 	own := probeP50 - healthP50 - bareP50
+	probeOneP50, healthOneP50, sleptP50 := median(probeOneP50s), median(healthOneP50s), median(sleptP50s)
+	ownOne := probeOneP50 - healthOneP50 - bareP50
 
 	traced := func(op func(context.Context) error) (account, error) {
 		b, err := traceWhile(ctx, pprofAddr, op)
@@ -115,21 +153,24 @@ func benchLatency(ctx context.Context, bin string, o options) ([]row, error) {
 	outside := (probeP50 - call(pa)) - (healthP50 - call(ha))
 	dial := pa.phase(service.MarkValidated, service.MarkDialed)
 	closing := pa.phase(service.MarkReported, service.MarkClosed)
+	// code marks the parts that are netprobe's own code, as opposed to
+	// gRPC's or the dial's.
 	parts := []struct {
 		name string
 		d    time.Duration
 		note string
+		code bool
 	}{
-		{"admission beyond a health check's", pa.phase(service.MarkCall, service.MarkAdmitted) - ha.phase(service.MarkCall, service.MarkAdmitted), "the rate and in-flight limits, before the request is read"},
+		{"admission beyond a health check's", pa.phase(service.MarkCall, service.MarkAdmitted) - ha.phase(service.MarkCall, service.MarkAdmitted), "the rate and in-flight limits, before the request is read", true},
 		{"decoding and interceptors, less a health check's", pa.phase(service.MarkAdmitted, service.MarkHandler) - ha.phase(service.MarkAdmitted, service.MarkReplied),
-			fmt.Sprintf("%s a Connect; a health check's decoding, interceptors and handler %s", us(pa.phase(service.MarkAdmitted, service.MarkHandler)), us(ha.phase(service.MarkAdmitted, service.MarkReplied)))},
-		{"validation", pa.phase(service.MarkHandler, service.MarkValidated), "the request checked"},
+			fmt.Sprintf("%s a Connect; a health check's decoding, interceptors and handler %s", us(pa.phase(service.MarkAdmitted, service.MarkHandler)), us(ha.phase(service.MarkAdmitted, service.MarkReplied))), false},
+		{"validation", pa.phase(service.MarkHandler, service.MarkValidated), "the request checked", true},
 		{"dial and close beyond the bare dial", dial + closing - bareP50,
 			fmt.Sprintf("dial %s (running %s, in system calls %s, woken and waiting to run %s, waiting on the network %s), close %s; the dial includes the probe's context, the resolve (none for an IP literal) and the policy's check",
-				us(dial), us(pa.dial[trace.GoRunning]), us(pa.dial[trace.GoSyscall]), us(pa.dial[trace.GoRunnable]), us(pa.dial[trace.GoWaiting]), us(closing))},
-		{"report", pa.phase(service.MarkDialed, service.MarkReported), "the attempts, TCP_INFO"},
-		{"observe", pa.phase(service.MarkClosed, service.MarkObserved), "the audit line, the metrics, the page's ring"},
-		{"return", pa.phase(service.MarkObserved, service.MarkReplied), "back through the interceptors"},
+				us(dial), us(pa.dial[trace.GoRunning]), us(pa.dial[trace.GoSyscall]), us(pa.dial[trace.GoRunnable]), us(pa.dial[trace.GoWaiting]), us(closing)), false},
+		{"report", pa.phase(service.MarkDialed, service.MarkReported), "the attempts, TCP_INFO", true},
+		{"observe", pa.phase(service.MarkClosed, service.MarkObserved), "the audit line, the metrics, the page's ring", true},
+		{"return", pa.phase(service.MarkObserved, service.MarkReplied), "back through the interceptors", true},
 	}
 	rows := []row{
 		{"Connect p50, 1 in flight", us(probeP50), "", "", fmt.Sprintf("medians of %d rounds; the latency account:", o.rounds)},
@@ -140,13 +181,34 @@ func benchLatency(ctx context.Context, bin string, o options) ([]row, error) {
 		{"  of which, from the execution tracer (medians):", "", "", "", fmt.Sprintf("%d Connects and %d health checks traced", pa.calls, ha.calls)},
 		{"    the handler beyond a health check's and the bare dial", us(handler), "", "", fmt.Sprintf("the handler: %s a Connect, %s a health check", us(call(pa)), us(call(ha)))},
 	}
+	var code time.Duration
 	for _, p := range parts {
 		rows = append(rows, row{"      " + p.name, us(p.d), "", "", p.note})
+		if p.code {
+			code += p.d
+		}
 	}
 	rows = append(rows, row{"    gRPC outside the handler beyond a health check's", us(outside), "", "",
 		fmt.Sprintf("reading the request, encoding and sending the reply, the hand-offs between goroutines; woken goroutines waited to run %s a Connect, %s a health check", us(pa.woken), us(ha.woken))})
+
+	// The own share by cause, each measured apart: what probed at
+	// GOMAXPROCS=1 saves, what sleeping costs a bare dial, netprobe's
+	// own code from the trace, and what is left.
+	scheduler := own - ownOne
+	slept := sleptP50 - bareP50
+	rows = append(rows,
+		row{"  the own share by cause:", "", "", "", ""},
+		row{"    Go's scheduler waking a second thread", us(scheduler), "", "", fmt.Sprintf("what probed at GOMAXPROCS=1 saves: there Connect %s, health check %s, own share %s", us(probeOneP50), us(healthOneP50), us(ownOne))},
+		row{"    the kernel waking a dialer that slept", us(slept), "", "", fmt.Sprintf("a bare dial+close after sleeping %s: %s", bareSleep, us(sleptP50))},
+		row{"    netprobe's own code", us(code), "", "", "admission, validation, report, observe and return, traced"},
+		row{"    the rest", us(ownOne - slept - code), "", "", "gRPC's larger request and reply, the dial's context and policy check"},
+	)
 	return rows, nil
 }
+
+// bareSleep is how long the bare dialer sleeps before each dial, to
+// measure a dial that follows an idle moment as a lone probe's does.
+const bareSleep = 200 * time.Microsecond
 
 // freeAddr is a loopback address with a port free a moment ago.
 func freeAddr() (string, error) {

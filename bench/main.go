@@ -47,6 +47,9 @@ type options struct {
 	// benchConnect runs apart from the target (see bareApart).
 	bareDial string
 	workers  int
+	// bareSleep, when set, makes the -bare-dial process sleep this long
+	// before each dial (see sleptDials).
+	bareSleep time.Duration
 	// relayFrom and relayTo, when set, make this process the relay that
 	// benchFetch runs apart (see relay).
 	relayFrom, relayTo string
@@ -55,6 +58,8 @@ type options struct {
 	part, probed string
 	// ghz is the ghz binary for the ghz part.
 	ghz string
+	// gomaxprocs, when not 0, is every probed's GOMAXPROCS.
+	gomaxprocs int
 	// nodes are the fleet sizes the fanout part runs, one after another.
 	nodes string
 }
@@ -100,17 +105,21 @@ func parseOptions(args []string, output io.Writer) (options, error) {
 	fs.IntVar(&o.rounds, "rounds", 3, "runs of each rate and throughput, netprobe and baselines in turn; the median is reported")
 	fs.StringVar(&o.bareDial, "bare-dial", "", "internal: dial+close ADDR in a loop from this process, print the figures as JSON")
 	fs.IntVar(&o.workers, "workers", 1, "internal: dials in flight for -bare-dial")
+	fs.DurationVar(&o.bareSleep, "bare-sleep", 0, "internal: sleep this long before each dial of -bare-dial, one at a time")
 	fs.StringVar(&o.relayFrom, "relay-from", "", "internal: relay from this ADDR to -relay-to through user space, print how long it took")
 	fs.StringVar(&o.relayTo, "relay-to", "", "internal: where -relay-from relays to")
 	fs.StringVar(&o.part, "part", "", "internal: measure this part in this process, print its rows as JSON")
 	fs.StringVar(&o.probed, "probed", "", "internal: the probed binary for -part")
 	fs.StringVar(&o.ghz, "ghz", "", "internal: the ghz binary for -part ghz")
+	fs.IntVar(&o.gomaxprocs, "probed-gomaxprocs", 0, "run every probed with GOMAXPROCS set to this, to weigh a lone probe's latency against throughput (0: Go's default, the CPUs probed may use)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	switch {
 	case fs.NArg() > 0:
 		return o, fmt.Errorf("unexpected arguments %q: every option is a flag", fs.Args())
+	case o.gomaxprocs < 0:
+		return o, errors.New("-probed-gomaxprocs must be 0 or more")
 	case o.rounds < 1:
 		return o, errors.New("-rounds must be at least 1")
 	case o.only != "" && !slices.ContainsFunc(parts, func(p part) bool { return p.name == o.only }):
@@ -139,7 +148,7 @@ type part struct {
 	// network is where its probed and its load talk, as the report's
 	// header says it.
 	network string
-	run     func(context.Context, string, options) ([]row, error)
+	run     func(context.Context, probedBin, options) ([]row, error)
 }
 
 // The networks the parts run over.
@@ -216,7 +225,8 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 		cmd := exec.CommandContext(ctx, self, "-part", p.name, "-probed", bin, "-ghz", ghz,
 			"-duration", o.duration.String(), "-rounds", strconv.Itoa(o.rounds),
-			"-fetch-bytes", strconv.FormatInt(o.fetch, 10), "-inflight", strconv.Itoa(o.inflight), "-nodes", o.nodes)
+			"-fetch-bytes", strconv.FormatInt(o.fetch, 10), "-inflight", strconv.Itoa(o.inflight), "-nodes", o.nodes,
+			"-probed-gomaxprocs", strconv.Itoa(o.gomaxprocs))
 		cmd.Stderr = os.Stderr
 		b, err := cmd.Output()
 		if err != nil {
@@ -240,7 +250,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 func runPart(ctx context.Context, o options, out io.Writer) error {
 	for _, p := range parts {
 		if p.name == o.part {
-			rows, err := p.run(ctx, o.probed, o)
+			rows, err := p.run(ctx, probedBin{o.probed, o.gomaxprocs}, o)
 			if err != nil {
 				return err
 			}

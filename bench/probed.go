@@ -32,11 +32,27 @@ var unlimited = []string{
 	"--max-sweeps-per-caller=1000000", "--max-sweeps=1000000", "--max-connections-per-source=1000000", "--max-connections=1000000",
 }
 
+// probedBin is the probed the bench runs, and how.
+type probedBin struct {
+	path string
+	// gomaxprocs, when not 0, is probed's GOMAXPROCS (-probed-gomaxprocs).
+	gomaxprocs int
+}
+
+// prepare sets cmd's environment for running b: the bench's own, and
+// GOMAXPROCS when b has one.
+func (b probedBin) prepare(cmd *exec.Cmd) *exec.Cmd {
+	if b.gomaxprocs != 0 {
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(b.gomaxprocs))
+	}
+	return cmd
+}
+
 // startProbed runs probed on loopback, unlimited, with its default
 // logging: one audit line per probe.
-func startProbed(bin string, extra ...string) (*server, error) {
+func startProbed(bin probedBin, extra ...string) (*server, error) {
 	args := append(append([]string{"--listen=127.0.0.1:0"}, unlimited...), extra...)
-	p, err := probetest.Launch(exec.Command(bin, args...))
+	p, err := probetest.Launch(bin.prepare(exec.Command(bin.path, args...)))
 	if err != nil {
 		return nil, err
 	}

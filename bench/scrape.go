@@ -20,7 +20,7 @@ const blackboxExporter = "prometheus-blackbox-exporter"
 // benchScrape measures /probe scrapes of tcp_connect a second, at 1 and
 // 64 in flight, next to blackbox_exporter's tcp_connect module on the
 // same target in the same run, when it is installed.
-func benchScrape(ctx context.Context, bin string, o options) ([]row, error) {
+func benchScrape(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	ln, err := acceptingTarget()
 	if err != nil {
 		return nil, err
