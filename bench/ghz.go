@@ -36,8 +36,13 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 		return nil, err
 	}
 	defer stop()
+	naive, stopNaive, err := startNaiveProber(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer stopNaive()
 
-	ghz := func() (float64, error) {
+	ghz := func(addr string) (float64, error) {
 		out, err := exec.CommandContext(ctx, o.ghz, "--insecure", "--call", "netprobe.v1.ProbeService.Connect",
 			"-d", fmt.Sprintf(`{"target":{"host":"127.0.0.1","port":%d}}`, target.Port),
 			"-c", "64", "-z", o.duration.String(), "-O", "json", addr).Output()
@@ -70,23 +75,29 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 		return r.RPS, nil
 	}
 	// Warm up.
-	if _, err := ghz(); err != nil {
-		return nil, err
+	for _, a := range []string{addr, naive} {
+		if _, err := ghz(a); err != nil {
+			return nil, err
+		}
 	}
 	before, err := scrapeMetrics(ctx, metrics)
 	if err != nil {
 		return nil, err
 	}
-	var gRates, bRates []float64
+	var gRates, nRates, bRates []float64
 	var probing time.Duration
 	for range o.rounds {
 		t := time.Now()
-		rate, err := ghz()
+		rate, err := ghz(addr)
 		if err != nil {
 			return nil, err
 		}
 		probing += time.Since(t)
 		gRates = append(gRates, rate)
+		if rate, err = ghz(naive); err != nil {
+			return nil, fmt.Errorf("naive prober: %w", err)
+		}
+		nRates = append(nRates, rate)
 		bare, err := bareApart(ctx, target.String(), 64, o.duration, 0)
 		if err != nil {
 			return nil, fmt.Errorf("bare dial: %w", err)
@@ -100,9 +111,10 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	lines := after["netprobe_log_lines_total"] - before["netprobe_log_lines_total"]
 	batches := after["netprobe_log_batches_total"] - before["netprobe_log_batches_total"]
 	waited := after["netprobe_log_wait_seconds_total"] - before["netprobe_log_wait_seconds_total"]
-	g, b := median(gRates), median(bRates)
+	g, n, b := median(gRates), median(nRates), median(bRates)
 	return []row{
 		{"Connect/s via ghz, 64 in flight", fmt.Sprintf("%.0f", g), fmt.Sprintf("%.0f", b), ratio(g, b), "goal >= 0.60; audit log to a file; baseline: a bare dial loop in a process of its own"},
+		{"  a naive gRPC prober via ghz", fmt.Sprintf("%.0f", n), fmt.Sprintf("%.0f", b), ratio(n, b), fmt.Sprintf("a gRPC Connect that only dials and closes, in a process of its own; netprobe %s of it", ratio(g, n))},
 		{"  audit log while ghz ran", fmt.Sprintf("%.0f lines/s, %.0f lines a write", lines/probing.Seconds(), lines/max(batches, 1)), "", "", fmt.Sprintf("%.3f s waiting for the log, no line dropped", waited)},
 	}, nil
 }

@@ -58,6 +58,9 @@ type options struct {
 	part, probed string
 	// ghz is the ghz binary for the ghz part.
 	ghz string
+	// naiveProber, when set, makes this process the naive prober that
+	// benchGhz measures probed against (see startNaiveProber).
+	naiveProber bool
 	// gomaxprocs, when not 0, is every probed's GOMAXPROCS.
 	gomaxprocs int
 	// nodes are the fleet sizes the fanout part runs, one after another.
@@ -80,6 +83,8 @@ func main() {
 		run = runBareDial
 	case o.relayFrom != "":
 		run = runRelay
+	case o.naiveProber:
+		run = runNaiveProber
 	case o.part != "":
 		run = runPart
 	}
@@ -108,6 +113,7 @@ func parseOptions(args []string, output io.Writer) (options, error) {
 	fs.DurationVar(&o.bareSleep, "bare-sleep", 0, "internal: sleep this long before each dial of -bare-dial, one at a time")
 	fs.StringVar(&o.relayFrom, "relay-from", "", "internal: relay from this ADDR to -relay-to through user space, print how long it took")
 	fs.StringVar(&o.relayTo, "relay-to", "", "internal: where -relay-from relays to")
+	fs.BoolVar(&o.naiveProber, "naive-prober", false, "internal: serve a gRPC Connect that only dials and closes on loopback, print its address")
 	fs.StringVar(&o.part, "part", "", "internal: measure this part in this process, print its rows as JSON")
 	fs.StringVar(&o.probed, "probed", "", "internal: the probed binary for -part")
 	fs.StringVar(&o.ghz, "ghz", "", "internal: the ghz binary for -part ghz")
