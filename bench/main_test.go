@@ -19,6 +19,8 @@ func TestParseOptions(t *testing.T) {
 		{"a typo", []string{"-only", "fanot"}, `-only "fanot": no such part; the parts are latency, connect, ghz, fetch, scrape, inflight or fanout`},
 		{"two parts", []string{"-only", "connect,fetch"}, `-only "connect,fetch": no such part; the parts are latency, connect, ghz, fetch, scrape, inflight or fanout`},
 		{"no rounds", []string{"-rounds", "0"}, "-rounds must be at least 1"},
+		{"one P for probed", []string{"-probed-gomaxprocs", "1"}, ""},
+		{"fewer than no Ps", []string{"-probed-gomaxprocs", "-1"}, "-probed-gomaxprocs must be 0 or more"},
 		{"an argument", []string{"fanout"}, `unexpected arguments ["fanout"]: every option is a flag`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
