@@ -39,11 +39,12 @@ func relayCopy(ctx context.Context, src, dst string) error {
 // relay times a relay of n bytes from src to a sink here that discards
 // them: the relay in this process, or, apart, in a process of its own
 // (this program again, with -relay-from), as probed relays apart from its
-// source and its caller.
-func relay(ctx context.Context, src string, n int64, apart bool) (time.Duration, error) {
+// source and its caller. Apart, it also returns the CPU time the relay's
+// process took.
+func relay(ctx context.Context, src string, n int64, apart bool) (took, cpu time.Duration, err error) {
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer sink.Close()
 	got := make(chan int64, 1)
@@ -58,30 +59,31 @@ func relay(ctx context.Context, src string, n int64, apart bool) (time.Duration,
 		got <- k
 	}()
 	start := time.Now()
-	var took time.Duration
 	if apart {
 		self, err := os.Executable()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		out, err := exec.CommandContext(ctx, self, "-relay-from", src, "-relay-to", sink.Addr().String()).Output()
+		cmd := exec.CommandContext(ctx, self, "-relay-from", src, "-relay-to", sink.Addr().String())
+		out, err := cmd.Output()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		// The child's own clock: its start-up is not the relay's.
 		if took, err = time.ParseDuration(strings.TrimSpace(string(out))); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	} else if err := relayCopy(ctx, src, sink.Addr().String()); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if k := <-got; k != n {
-		return 0, fmt.Errorf("the sink got %d bytes of %d", k, n)
+		return 0, 0, fmt.Errorf("the sink got %d bytes of %d", k, n)
 	}
 	if !apart {
 		took = time.Since(start)
 	}
-	return took, nil
+	return took, cpu, nil
 }
 
 // runRelay is the -relay-from side of relay.
@@ -140,7 +142,7 @@ func benchFetch(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	}
 	// Loopback throughput swings by a third from one transfer to the next
 	// here: take turns, and compare the medians.
-	var fds, rds, ads []time.Duration
+	var fds, rds, ads, relayCPU []time.Duration
 	var chunks int
 	var before, after map[string]float64
 	for round := range o.rounds {
@@ -159,22 +161,28 @@ func benchFetch(ctx context.Context, bin probedBin, o options) ([]row, error) {
 				return nil, err
 			}
 		}
-		rd, err := relay(ctx, ln.Addr().String(), o.fetch, false)
+		rd, _, err := relay(ctx, ln.Addr().String(), o.fetch, false)
 		if err != nil {
 			return nil, fmt.Errorf("relay: %w", err)
 		}
-		ad, err := relay(ctx, ln.Addr().String(), o.fetch, true)
+		ad, cpu, err := relay(ctx, ln.Addr().String(), o.fetch, true)
 		if err != nil {
 			return nil, fmt.Errorf("relay from a process of its own: %w", err)
 		}
-		fds, rds, ads = append(fds, d), append(rds, rd), append(ads, ad)
+		fds, rds, ads, relayCPU = append(fds, d), append(rds, rd), append(ads, ad), append(relayCPU, cpu)
 	}
 	pRate, bRate, aRate := mib(o.fetch, median(fds)), mib(o.fetch, median(rds)), mib(o.fetch, median(ads))
 	allocs := (after["go_memstats_mallocs_total"] - before["go_memstats_mallocs_total"]) / float64(chunks)
 	bytes := (after["go_memstats_alloc_bytes_total"] - before["go_memstats_alloc_bytes_total"]) / float64(chunks)
+	// CPU per MiB moved, of probed (in the first round) and of the relay
+	// apart (the median): what each middle process spends on the bytes.
+	mibs := float64(o.fetch) / (1 << 20)
+	probedCPU := time.Duration((after["process_cpu_seconds_total"] - before["process_cpu_seconds_total"]) / mibs * float64(time.Second))
+	relayCPUPerMiB := time.Duration(float64(median(relayCPU)) / mibs)
 	return []row{
 		{fmt.Sprintf("Fetch MiB/s, %d MiB", o.fetch>>20), fmt.Sprintf("%.0f", pRate), fmt.Sprintf("%.0f", bRate), ratio(pRate, bRate), fmt.Sprintf("target >= 0.70; baseline: a user-space relay in the source's process; medians of %d each", o.rounds)},
 		{"  baseline relaying from its own process", "", fmt.Sprintf("%.0f", aRate), ratio(pRate, aRate), "as probed relays"},
+		{"  CPU per MiB, probed and the relay apart", us(probedCPU), us(relayCPUPerMiB), ratio(float64(probedCPU), float64(relayCPUPerMiB)), "the middle process's user and system time"},
 		{"  probed allocs per chunk", fmt.Sprintf("%.1f (%.1f KiB)", allocs, bytes/1024), "", "", fmt.Sprintf("%d chunks of %d KiB", chunks, o.fetch/int64(chunks)>>10)},
 	}, nil
 }
