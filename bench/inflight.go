@@ -22,7 +22,7 @@ func benchInflight(ctx context.Context, bin probedBin, o options) ([]row, error)
 		return nil, err
 	}
 	defer release()
-	connectRows, err := holdMany(ctx, bin, o.inflight, "Connect", 160, func(ctx context.Context, c *client.Client) error {
+	connectRows, err := holdMany(ctx, bin, o.inflight, "Connect", 128, func(ctx context.Context, c *client.Client) error {
 		_, err := c.Connect(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port), client.ConnectOptions{Timeout: time.Minute})
 		return err
 	})
