@@ -123,13 +123,29 @@ func (f *nsFleet) sweep(ctx context.Context, t *testing.T, targets ...*netprobev
 	return &fanStream{stream: stream, sweepOf: sweepOf{results: map[string][]*netprobev1.SweepResponse{}, errors: map[string]*netprobev1.VantageError{}}}
 }
 
-// sources are the addresses the target's port 80 was connected from.
-func (f *nsFleet) sources() []string {
+// sources are the addresses the target's port 80 was connected from:
+// the first n waited for, since the kernel completes a probe's handshake
+// before the target's accept loop takes the connection, then any others
+// already taken.
+func (f *nsFleet) sources(t *testing.T, n int) []string {
+	ctx := probetest.Context(t)
 	var from []string
+	add := func(c net.Conn) {
+		from = append(from, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().String())
+	}
+	for len(from) < n {
+		select {
+		case c := <-f.accepted:
+			add(c)
+		case <-ctx.Done():
+			t.Errorf("the target accepted %d connections, want %d", len(from), n)
+			n = 0
+		}
+	}
 	for {
 		select {
 		case c := <-f.accepted:
-			from = append(from, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().String())
+			add(c)
 		default:
 			slices.Sort(from)
 			return from
@@ -253,7 +269,7 @@ func TestFleetNS(t *testing.T) {
 		}
 		s.check(t, map[string][]string{"n1": {"0 ok"}, "n2": {"0 ok"}, "n3": {"0 ok"}}, map[string]string{}, 3, 3, 0)
 		// Each probe left from its own node's address.
-		if from, want := f.sources(), addrsOf(f.nodes...); !slices.Equal(from, want) {
+		if from, want := f.sources(t, 3), addrsOf(f.nodes...); !slices.Equal(from, want) {
 			t.Errorf("the target was connected from %v, want %v", from, want)
 		}
 		for _, rs := range s.results {
@@ -282,7 +298,7 @@ table inet egress {
 		// The fault matrix: the probe server's own firewall dropping the
 		// SYN is a TIMEOUT. n2 answered: its failure is its result's.
 		s.check(t, map[string][]string{"n1": {"0 ok"}, "n2": {"0 CONNECT/TIMEOUT"}, "n3": {"0 ok"}}, map[string]string{}, 3, 3, 0)
-		if from, want := f.sources(), addrsOf(f.nodes[0], f.nodes[2]); !slices.Equal(from, want) {
+		if from, want := f.sources(t, 2), addrsOf(f.nodes[0], f.nodes[2]); !slices.Equal(from, want) {
 			t.Errorf("the target was connected from %v, want %v", from, want)
 		}
 	})
