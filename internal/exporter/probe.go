@@ -140,15 +140,15 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, status.Convert(err).Message(), httpStatus(code))
 		return
 	}
-	reg := res.Registry(duration, logger)
 	if debug {
+		reg := res.Registry(duration, logger)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		res.WriteDebug(w, log.Bytes(), why, reg)
 		return
 	}
 	// A few hundred bytes are not worth compressing: gzip took a tenth of
 	// a scrape's CPU.
-	promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
+	promhttp.HandlerFor(res.Gatherer(duration, logger), promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
 }
 
 // caller names the scraper as every way in names its caller

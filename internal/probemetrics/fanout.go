@@ -122,18 +122,18 @@ func (f *Fanout) Registry(duration time.Duration, logger *slog.Logger) *promethe
 	}
 	for n, e := range f.failures {
 		label := labels[n]
-		p.gauge(nodeFailure.desc, 1, label, e.GetCode())
+		p.gauge(nodeFailure.metric, 1, label, e.GetCode())
 		logger.Error("a node failed as a whole", vantageLabel, label, "code", e.GetCode(), "message", e.GetMessage())
 	}
 	asked, failed := int(f.summary.GetAsked()), int(f.summary.GetFailed())
 	if !unprobed {
-		p.gauge(descSuccess, b2f(asked > 0 && succeeded == asked && failed == 0))
-		p.gauge(descDuration, duration.Seconds())
+		p.gauge(metricSuccess, b2f(asked > 0 && succeeded == asked && failed == 0))
+		p.gauge(metricDuration, duration.Seconds())
 	}
-	p.gauge(fanoutAsked.desc, float64(asked))
-	p.gauge(fanoutSucceeded.desc, float64(succeeded))
-	p.gauge(fanoutFailed.desc, float64(failed))
-	p.gauge(fanoutSkipped.desc, float64(f.summary.GetSkipped()))
+	p.gauge(fanoutAsked.metric, float64(asked))
+	p.gauge(fanoutSucceeded.metric, float64(succeeded))
+	p.gauge(fanoutFailed.metric, float64(failed))
+	p.gauge(fanoutSkipped.metric, float64(f.summary.GetSkipped()))
 	return reg
 }
 

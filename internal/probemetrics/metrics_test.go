@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/modules"
@@ -86,4 +89,86 @@ func TestTraceMetrics(t *testing.T) {
 	if got := gather(&netprobev1.Path{End: netprobev1.PathEnd_PATH_END_UNSUPPORTED}); len(got) != 0 {
 		t.Errorf("a trace without hops gives %v", got)
 	}
+}
+
+// TestGather holds gather, which /probe's scrapes use, to what a
+// prometheus.Registry holding the same metrics gathers (Result.Registry,
+// which a fan-out and debug=true use): the families, their help and type,
+// their metrics sorted by label values, for probes that give every kind
+// of metric; and an error, not a second series, for a metric given twice.
+func TestGather(t *testing.T) {
+	d := durationpb.New
+	tcp := &modules.Module{Name: "tcp_connect", Prober: "tcp"}
+	tls := &netprobev1.TlsResult{HandshakeDuration: d(3 * time.Millisecond), Version: "TLS 1.3", Verified: true, PeerCertificates: []*netprobev1.Certificate{
+		{Subject: "CN=leaf \xff", Issuer: "CN=ca", DnsNames: []string{"a.example", "b.example"}, Serial: "0a", Sha256Fingerprint: "ab", NotAfter: timestamppb.New(time.Unix(2e9, 0))},
+		{Subject: "CN=ca", NotAfter: timestamppb.New(time.Unix(1.9e9, 0))},
+	}}
+	for _, tc := range []struct {
+		name   string
+		module *modules.Module
+		result func(r *Result)
+	}{
+		{"connected, with TLS, TCP_INFO and a trace", tcp, func(r *Result) {
+			r.Addressed("127.0.0.1")
+			r.Connected(&netprobev1.ConnectResponse{
+				PeerAddress: "127.0.0.1:443", ResolveDuration: d(0), ConnectDuration: d(time.Millisecond), TotalDuration: d(5 * time.Millisecond),
+				Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:443"}},
+				Tls:      tls, TcpInfo: &netprobev1.TcpInfo{Rtt: d(40 * time.Microsecond), TotalRetransmits: 2},
+				Path: &netprobev1.Path{Reached: true, Hops: []*netprobev1.Hop{
+					{Ttl: 2, Address: "127.0.0.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_SYN_ACK, Sent: 1, Answered: 1, Rtts: []*durationpb.Duration{d(time.Millisecond)}},
+					{Ttl: 1, Address: "198.18.0.1", Answer: netprobev1.HopAnswer_HOP_ANSWER_TIME_EXCEEDED, Sent: 1, Answered: 1, Rtts: []*durationpb.Duration{d(time.Millisecond)}},
+				}},
+			})
+		}},
+		{"failed after three attempts", tcp, func(r *Result) {
+			r.Addressed("localhost")
+			refused := &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_CONNECT, Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED"}
+			r.Connected(&netprobev1.ConnectResponse{
+				ResolvedAddresses: []string{"::1", "127.0.0.1"}, ResolveDuration: d(time.Millisecond), ConnectDuration: d(time.Millisecond), TotalDuration: d(2 * time.Millisecond),
+				Attempts: []*netprobev1.DialAttempt{
+					{Address: "[::1]:1", Error: refused},
+					{Address: "127.0.0.1:1", Abandoned: true},
+					{Address: "127.0.0.2:1", Error: &netprobev1.ProbeError{Reason: netprobev1.Reason_REASON_TIMEOUT}},
+				},
+				Error: refused,
+			})
+		}},
+		{"an echo", &modules.Module{Name: "icmp", Prober: "icmp"}, func(r *Result) {
+			r.Addressed("127.0.0.1")
+			r.Connected(&netprobev1.ConnectResponse{ResolveDuration: d(0), Icmp: &netprobev1.IcmpResult{SetupDuration: d(time.Microsecond), Rtt: d(30 * time.Microsecond), ReplyTtl: 64, ReplyAddress: "127.0.0.1"}})
+		}},
+		{"refused before it was dialled", tcp, func(r *Result) {
+			r.Fail(&netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_POLICY, Reason: netprobev1.Reason_REASON_DENIED})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New(tc.module, false)
+			tc.result(r)
+			want, err := r.Registry(time.Second, slog.New(slog.DiscardHandler)).Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.metrics(time.Second, slog.New(slog.DiscardHandler)).gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
+			}
+		})
+	}
+
+	t.Run("a metric given twice", func(t *testing.T) {
+		p := &probeMetrics{}
+		p.gauge(phaseDuration.metric, 1, "connect")
+		p.gauge(phaseDuration.metric, 2, "connect")
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(p)
+		if _, err := reg.Gather(); err == nil {
+			t.Fatal("a registry gathers a metric given twice")
+		}
+		if mfs, err := p.gather(); err == nil {
+			t.Errorf("gather gave %v, no error", mfs)
+		}
+	})
 }
