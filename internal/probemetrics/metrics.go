@@ -1,6 +1,7 @@
 package probemetrics
 
 import (
+	"cmp"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -212,6 +213,11 @@ func (p *probeMetrics) gather() ([]*dto.MetricFamily, error) {
 	out := make([]*dto.MetricFamily, 0, len(families))
 	for _, f := range families {
 		slices.SortFunc(f.Metric, func(a, b *dto.Metric) int {
+			// A registry puts the metric with fewer labels first; a
+			// probe's metrics of a name all have the same labels.
+			if c := cmp.Compare(len(a.GetLabel()), len(b.GetLabel())); c != 0 {
+				return c
+			}
 			for i, l := range a.GetLabel() {
 				if c := strings.Compare(l.GetValue(), b.GetLabel()[i].GetValue()); c != 0 {
 					return c

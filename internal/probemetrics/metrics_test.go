@@ -158,6 +158,26 @@ func TestGather(t *testing.T) {
 		})
 	}
 
+	t.Run("one name, with labels and without", func(t *testing.T) {
+		p := &probeMetrics{}
+		p.gauge(newMetric("probe_x", "x", "a", "b"), 1, "2", "1")
+		p.gauge(newMetric("probe_x", "x"), 2)
+		p.gauge(newMetric("probe_x", "x", "a", "b"), 3, "1", "2")
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(p)
+		want, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := p.gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+			t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
+		}
+	})
+
 	t.Run("a metric given twice", func(t *testing.T) {
 		p := &probeMetrics{}
 		p.gauge(phaseDuration.metric, 1, "connect")
