@@ -97,8 +97,7 @@ func (sc *scraper) fanOut(ctx context.Context, w http.ResponseWriter, r *http.Re
 		http.Error(w, status.Convert(err).Message(), httpStatus(status.Code(err)))
 		return
 	}
-	reg := fo.Registry(time.Since(start), logger)
-	promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
+	promhttp.HandlerFor(fo.Gatherer(time.Since(start), logger), promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
 }
 
 // fanOutProbe runs m against the target raw names from the nodes sel

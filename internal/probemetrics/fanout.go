@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -98,18 +99,24 @@ func (f *Fanout) labels() map[node]string {
 // reached it at ("" for the entry).
 type node struct{ name, addr string }
 
-// Registry gathers the fan-out's metrics: each node's as one probe gives
+// Gatherer gathers the fan-out's metrics: each node's as one probe gives
 // them, with its vantage label; probe_fanout_node_failure_info for each
 // node that failed as a whole; the counts; and probe_success, 1 only when
 // every node asked succeeded, with probe_duration_seconds, the whole
 // scrape's, without a vantage. duration is the whole scrape's.
-func (f *Fanout) Registry(duration time.Duration, logger *slog.Logger) *prometheus.Registry {
-	reg := prometheus.NewRegistry()
+func (f *Fanout) Gatherer(duration time.Duration, logger *slog.Logger) prometheus.Gatherer {
+	parts := f.parts(duration, logger)
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return gather(parts...) })
+}
+
+// parts are the fan-out's metrics, as Gatherer gathers them: its own
+// first, then each node's with its vantage.
+func (f *Fanout) parts(duration time.Duration, logger *slog.Logger) []*probeMetrics {
 	p := &probeMetrics{}
-	reg.MustRegister(p)
+	parts := []*probeMetrics{p}
 	unprobed := f.whole.Error() != nil
 	if unprobed {
-		reg.MustRegister(f.whole.metrics(duration, logger))
+		parts = append(parts, f.whole.metrics(duration, logger))
 	}
 	succeeded := 0
 	labels := f.labels()
@@ -118,7 +125,9 @@ func (f *Fanout) Registry(duration time.Duration, logger *slog.Logger) *promethe
 		if res.Succeeded() {
 			succeeded++
 		}
-		prometheus.WrapRegistererWith(prometheus.Labels{vantageLabel: label}, reg).MustRegister(res.metrics(res.duration(), logger.With(vantageLabel, label)))
+		np := res.metrics(res.duration(), logger.With(vantageLabel, label))
+		np.vantage = label
+		parts = append(parts, np)
 	}
 	for n, e := range f.failures {
 		label := labels[n]
@@ -134,7 +143,7 @@ func (f *Fanout) Registry(duration time.Duration, logger *slog.Logger) *promethe
 	p.gauge(fanoutSucceeded.metric, float64(succeeded))
 	p.gauge(fanoutFailed.metric, float64(failed))
 	p.gauge(fanoutSkipped.metric, float64(f.summary.GetSkipped()))
-	return reg
+	return parts
 }
 
 // swept records a fanned-out Sweep's result of the probe. A probe the

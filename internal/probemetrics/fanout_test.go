@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -55,7 +58,7 @@ func TestFanoutNodes(t *testing.T) {
 				nodes[r.GetVantage().GetNode()+r.GetVantage().GetAddress()] = true
 			}
 			f.Keep(&netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{Asked: uint32(len(nodes)), Answered: uint32(len(nodes))}})
-			families, err := f.Registry(time.Second, slog.New(slog.DiscardHandler)).Gather()
+			families, err := f.Gatherer(time.Second, slog.New(slog.DiscardHandler)).Gather()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -84,4 +87,59 @@ func labelsOf(m *dto.Metric) string {
 		s += l.GetName() + "=\"" + l.GetValue() + "\""
 	}
 	return s + "}"
+}
+
+// TestFanoutGather holds a fan-out's gather to what a registry gathers
+// holding the same metrics, each node's registered with its vantage
+// label through WrapRegistererWith: nodes that succeeded, failed after
+// attempts, failed as a whole, and a target no node could probe.
+func TestFanoutGather(t *testing.T) {
+	m := &modules.Module{Name: "tcp_connect", Prober: "tcp"}
+	d := durationpb.New
+	node := func(name string, c *netprobev1.ConnectResponse) *netprobev1.SweepResponse {
+		return &netprobev1.SweepResponse{Vantage: &netprobev1.Vantage{Node: name}, Connect: c}
+	}
+	refused := &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_CONNECT, Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED"}
+	for _, tc := range []struct {
+		name string
+		fill func(f *Fanout)
+	}{
+		{"nodes that succeeded, failed, and failed as a whole", func(f *Fanout) {
+			f.Whole().Addressed("127.0.0.1")
+			f.Keep(node("n2", &netprobev1.ConnectResponse{PeerAddress: "127.0.0.1:80", ConnectDuration: d(time.Millisecond), TotalDuration: d(time.Millisecond),
+				Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:80"}}}))
+			f.Keep(node("n1", &netprobev1.ConnectResponse{ConnectDuration: d(time.Millisecond), TotalDuration: d(time.Millisecond),
+				Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:80", Error: refused}}, Error: refused}))
+			f.Keep(&netprobev1.SweepResponse{Vantage: &netprobev1.Vantage{Node: "n3"}, VantageError: &netprobev1.VantageError{Code: "UNAVAILABLE"}})
+			f.Keep(&netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{Asked: 3, Answered: 2, Failed: 1}})
+		}},
+		{"a target no node could probe", func(f *Fanout) {
+			f.Whole().Fail(&netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_RESOLVE, Reason: netprobev1.Reason_REASON_NO_SUCH_HOST})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFanout(m)
+			tc.fill(f)
+			parts := f.parts(time.Second, slog.New(slog.DiscardHandler))
+			reg := prometheus.NewRegistry()
+			for _, p := range parts {
+				r := prometheus.Registerer(reg)
+				if p.vantage != "" {
+					r = prometheus.WrapRegistererWith(prometheus.Labels{vantageLabel: p.vantage}, reg)
+				}
+				r.MustRegister(p)
+			}
+			want, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := gather(parts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
+			}
+		})
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -155,6 +156,9 @@ type probeMetrics struct {
 	ms []prometheus.Metric
 	// of is the metric each of ms is one of.
 	of []*metric
+	// vantage, when set, is the vantage label a fan-out gives each of
+	// ms: a node's series.
+	vantage string
 }
 
 // Describe describes nothing: the metrics are fixed, above, and the
@@ -180,35 +184,46 @@ func (p *probeMetrics) gauge(m *metric, v float64, labels ...string) {
 	p.of = append(p.of, m)
 }
 
-// gather gathers p as a registry holding it alone does (prometheus's
-// Registry.Gather): its families sorted by name, each with its metrics
-// sorted by their label values, and an error for a metric given twice.
-// It does so in the caller's goroutine: a Registry's Gather starts a
-// goroutine and makes two channels of a thousand metrics, which took a
-// third of /probe's rate here (bench). TestGather holds the two alike.
-func (p *probeMetrics) gather() ([]*dto.MetricFamily, error) {
+// gather gathers parts as a registry holding them does (prometheus's
+// Registry.Gather, the parts with a vantage registered through
+// WrapRegistererWith): their families sorted by name, each with its
+// metrics sorted by their label values, and an error for a metric given
+// twice or a label value that is not UTF-8. It does so in the caller's
+// goroutine: a Registry's Gather starts a goroutine and makes two
+// channels of a thousand metrics, which took a third of /probe's rate
+// here (bench). TestGather and TestFanoutGather hold the two alike.
+func gather(parts ...*probeMetrics) ([]*dto.MetricFamily, error) {
 	families := map[string]*dto.MetricFamily{}
 	seen := map[string]bool{}
-	for i, m := range p.ms {
-		of := p.of[i]
-		dm := &dto.Metric{}
-		if err := m.Write(dm); err != nil {
-			return nil, err
+	for _, p := range parts {
+		for i, m := range p.ms {
+			of := p.of[i]
+			dm := &dto.Metric{}
+			if err := m.Write(dm); err != nil {
+				return nil, err
+			}
+			if p.vantage != "" {
+				dm.Label = append(dm.Label, &dto.LabelPair{Name: proto.String(vantageLabel), Value: proto.String(p.vantage)})
+				slices.SortFunc(dm.Label, func(a, b *dto.LabelPair) int { return strings.Compare(a.GetName(), b.GetName()) })
+			}
+			key := of.name
+			for _, l := range dm.GetLabel() {
+				if !utf8.ValidString(l.GetValue()) {
+					return nil, fmt.Errorf("metric %s: label %s=%q is not UTF-8", of.name, l.GetName(), l.GetValue())
+				}
+				key += "\xff" + l.GetName() + "\xff" + l.GetValue()
+			}
+			if seen[key] {
+				return nil, fmt.Errorf("metric %s %v given twice", of.name, dm.GetLabel())
+			}
+			seen[key] = true
+			f := families[of.name]
+			if f == nil {
+				f = &dto.MetricFamily{Name: proto.String(of.name), Help: proto.String(of.help), Type: dto.MetricType_GAUGE.Enum()}
+				families[of.name] = f
+			}
+			f.Metric = append(f.Metric, dm)
 		}
-		key := of.name
-		for _, l := range dm.GetLabel() {
-			key += "\xff" + l.GetName() + "\xff" + l.GetValue()
-		}
-		if seen[key] {
-			return nil, fmt.Errorf("metric %s %v given twice", of.name, dm.GetLabel())
-		}
-		seen[key] = true
-		f := families[of.name]
-		if f == nil {
-			f = &dto.MetricFamily{Name: proto.String(of.name), Help: proto.String(of.help), Type: dto.MetricType_GAUGE.Enum()}
-			families[of.name] = f
-		}
-		f.Metric = append(f.Metric, dm)
 	}
 	out := make([]*dto.MetricFamily, 0, len(families))
 	for _, f := range families {
@@ -243,7 +258,8 @@ func (r *Result) Registry(duration time.Duration, logger *slog.Logger) *promethe
 // Gatherer gathers the probe's metrics as Registry's registry does, in
 // the goroutine that asks.
 func (r *Result) Gatherer(duration time.Duration, logger *slog.Logger) prometheus.Gatherer {
-	return prometheus.GathererFunc(r.metrics(duration, logger).gather)
+	p := r.metrics(duration, logger)
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return gather(p) })
 }
 
 // metrics are the probe's metrics, as Registry gathers them.

@@ -148,7 +148,7 @@ func TestGather(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := r.metrics(time.Second, slog.New(slog.DiscardHandler)).gather()
+			got, err := gather(r.metrics(time.Second, slog.New(slog.DiscardHandler)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -169,7 +169,7 @@ func TestGather(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := p.gather()
+		got, err := gather(p)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +187,7 @@ func TestGather(t *testing.T) {
 		if _, err := reg.Gather(); err == nil {
 			t.Fatal("a registry gathers a metric given twice")
 		}
-		if mfs, err := p.gather(); err == nil {
+		if mfs, err := gather(p); err == nil {
 			t.Errorf("gather gave %v, no error", mfs)
 		}
 	})
