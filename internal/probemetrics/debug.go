@@ -251,9 +251,10 @@ func (r *Result) writeDialogue(w io.Writer) {
 		}
 		if m := d.matched[i]; m != nil {
 			last = m
-			fmt.Fprint(w, "\n    matched")
+			// A group a line: each may be debugShown bytes, four times
+			// as long quoted, and a match may have many.
 			for g, b := range m.GetGroups() {
-				fmt.Fprintf(w, " [%d] %s", g, clip(b))
+				fmt.Fprintf(w, "\n    matched [%d] %s", g, clip(b))
 			}
 		}
 		switch {

@@ -334,7 +334,7 @@ func TestScrape(t *testing.T) {
 		{"a dialogue", "irc_banner", irc.Addr(), []string{
 			"connected to " + irc.Addr(),
 			`step 0 send "NICK prober\n" (done)`,
-			`step 1 expect_line "PING :([^ ]+)"` + "\n" + `    received "PING :x42\r\n"` + "\n" + `    matched [0] "PING :x42" [1] "x42"`,
+			`step 1 expect_line "PING :([^ ]+)"` + "\n" + `    received "PING :x42\r\n"` + "\n" + `    matched [0] "PING :x42"` + "\n" + `    matched [1] "x42"`,
 			`step 2 send_template "PONG ${1}\n": "PONG x42\n" (done)`,
 			`step 3 expect_line "^:[^ ]+ 001"` + "\n" + `    received ":irc 001 prober :welcome\r\n"`,
 			`matched [0] ":irc 001"`,
