@@ -276,6 +276,9 @@ func TestTraceBudget(t *testing.T) {
 	}
 }
 
+// timerLate is how late checkPathTimes lets a trace's timer fire.
+const timerLate = 50 * time.Millisecond
+
 // checkPathTimes checks a path's budget and the time it took, and that
 // every answered probe has a round-trip time.
 func checkPathTimes(t *testing.T, path *netprobev1.Path, budget time.Duration) {
@@ -283,8 +286,12 @@ func checkPathTimes(t *testing.T, path *netprobev1.Path, budget time.Duration) {
 	if got := path.GetTimeout().AsDuration(); got != budget {
 		t.Errorf("path timeout %v, want %v", got, budget)
 	}
-	if d := path.GetDuration().AsDuration(); d <= 0 || d > budget {
-		t.Errorf("path duration %v, want within (0, %v]", d, budget)
+	// A trace ends on a timer, which fires late on a loaded machine: the
+	// duration may pass the budget by that much (0.4 ms seen with the
+	// package's tests in parallel), but not by a lookup or probe left
+	// running.
+	if d := path.GetDuration().AsDuration(); d <= 0 || d > budget+timerLate {
+		t.Errorf("path duration %v, want within (0, %v]", d, budget+timerLate)
 	}
 	for _, h := range path.GetHops() {
 		if len(h.Rtts) != int(h.Answered) {
