@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -16,7 +17,9 @@ import (
 const (
 	// expectWindow bounds what an expect keeps to match against: past it,
 	// the oldest half is dropped. A match is line-oriented, so only a line
-	// longer than that is missed.
+	// longer than that is missed: what is kept of a line whose start was
+	// dropped is no line's start to an expect's ^, nor a line of its own
+	// to an expect_line.
 	expectWindow = 64 << 10
 	// quotedBytes is how much of what the peer sent a NO_MATCH quotes;
 	// quotedRefusalBytes how much of a refusal: a reply line, whole.
@@ -61,7 +64,7 @@ func (f *fetch) dialogue() (matched bool, err error) {
 			}
 			// Bytes the peer sent ahead of the handshake are plaintext
 			// that must not pass for part of the TLS stream.
-			f.conn, f.pending, f.scanned, f.searched = tc, nil, 0, 0
+			f.conn, f.pending, f.scanned, f.searched, f.cut = tc, nil, 0, 0, false
 		}
 	}
 	return f.steps[len(f.steps)-1].expect != nil, nil
@@ -112,15 +115,20 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 		}
 		chunk, rerr := r.next()
 		if len(chunk) > 0 {
-			if len(f.pending)+len(chunk) > expectWindow {
-				drop := max(0, len(f.pending)-expectWindow/2)
+			if drop := len(f.pending) - expectWindow/2; drop > 0 && len(f.pending)+len(chunk) > expectWindow {
+				// What is kept goes on from the last rune dropped. When
+				// that did not end a line, the next line an expect_line
+				// would read began before what is kept: it is cut.
+				prev, _ := utf8.DecodeLastRune(f.pending[:drop])
+				if f.scanned < drop && prev != '\n' {
+					f.cut = true
+				}
 				f.pending = append(f.pending[:0:0], f.pending[drop:]...)
 				f.scanned = max(0, f.scanned-drop)
 				f.searched = max(0, f.searched-drop)
-				// What is pending starts a text anew.
-				m.reset()
+				m.resetAfter(prev)
 				if rm != nil {
-					rm.reset()
+					rm.resetAfter(prev)
 				}
 			}
 			// What the byte cap cuts off is not matched either.
@@ -192,6 +200,11 @@ func (f *fetch) find(m, rm *matcher, st step, eof, capped bool) (src []byte, loc
 		next := min(f.scanned+n+1, len(f.pending))
 		line := bytes.TrimSuffix(rest[:n], []byte("\r"))
 		f.scanned, f.searched = next, next
+		if f.cut {
+			// The end of a line whose start was dropped.
+			f.cut = false
+			continue
+		}
 		m.reset()
 		if loc, err = m.scan(line, true); loc != nil || err != nil {
 			return line, loc, next, false, err
@@ -230,7 +243,7 @@ func (f *fetch) matched(i int, src []byte, loc []int, end int) error {
 			f.groups[g] = bytes.Clone(b[:min(len(b), maxGroupBytes)])
 		}
 	}
-	f.pending, f.scanned, f.searched = f.pending[end:], 0, 0
+	f.pending, f.scanned, f.searched, f.cut = f.pending[end:], 0, 0, false
 	return f.emit(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Match{
 		Match: &netprobev1.ExpectMatch{Step: uint32(i), Groups: f.groups},
 	}})

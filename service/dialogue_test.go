@@ -3,7 +3,9 @@ package service_test
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"strconv"
@@ -540,5 +542,84 @@ func TestSendTemplateCap(t *testing.T) {
 	}
 	if !never.AcceptedNothing() {
 		t.Error("a refused request dialled its target")
+	}
+}
+
+// TestExpectLongLine sends a line longer than expectWindow in two writes,
+// the second once the first has all been received, so that the window
+// drops the line's start: what is kept of it is no line's start to ^ and
+// no line to an expect_line (a target whose only line says ERROR does not
+// pass ^x+$), while an unanchored expect still finds its tail, and the
+// next line is matched whole.
+func TestExpectLongLine(t *testing.T) {
+	t.Parallel()
+	e := probetest.Start(t)
+	head := "ERROR not ok " + strings.Repeat("x", 40000)
+	tail := strings.Repeat("x", 40000) + "\n"
+	for _, tc := range []struct {
+		name  string
+		after string // what follows the long line
+		step  *netprobev1.Step
+		match bool
+	}{
+		{"an expect anchored at a line's start", "", expect(`^x+$`), false},
+		{"an expect anchored at the text's start", "", expect(`\Ax+`), false},
+		{"an expect_line", "", &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: `^x+$`}}, false},
+		{"an unanchored expect", "", expect(`x{100}\n`), true},
+		{"an expect on the next line", "xx\n", expect(`^x+$`), true},
+		{"an expect_line on the next line", "xx\n", &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: `^x+$`}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			received := make(chan struct{})
+			tg := probetest.Listen(t, "127.0.0.1:0", func(c net.Conn) {
+				c.Write([]byte(head))
+				select {
+				case <-received:
+				case <-probetest.Context(t).Done():
+				}
+				c.Write([]byte(tail + tc.after))
+				c.Close()
+			})
+			stream, err := e.Probe.Fetch(probetest.Context(t), &netprobev1.FetchRequest{
+				Target: &netprobev1.Target{Host: "127.0.0.1", Port: tg.Port()},
+				Steps:  []*netprobev1.Step{tc.step},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, signalled := 0, false
+			var summary *netprobev1.FetchSummary
+			var matches int
+			for {
+				msg, err := stream.Recv()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch ev := msg.Event.(type) {
+				case *netprobev1.FetchResponse_Data:
+					if got += len(ev.Data.GetData()); got >= len(head) && !signalled {
+						signalled = true
+						close(received)
+					}
+				case *netprobev1.FetchResponse_Match:
+					matches++
+				case *netprobev1.FetchResponse_Summary:
+					summary = ev.Summary
+				}
+			}
+			if tc.match {
+				if matches != 1 || summary.GetError() != nil {
+					t.Errorf("%d matches, error %v; want a match", matches, summary.GetError())
+				}
+				return
+			}
+			if pe := summary.GetError(); matches != 0 || pe.GetStage() != netprobev1.Stage_STAGE_EXPECT || pe.GetReason() != netprobev1.Reason_REASON_NO_MATCH {
+				t.Errorf("%d matches, error %v; want EXPECT/NO_MATCH", matches, pe)
+			}
+		})
 	}
 }

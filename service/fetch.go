@@ -197,9 +197,11 @@ type fetch struct {
 	data *netprobev1.FetchData
 	// pending is what a dialogue received since its last expect matched;
 	// an expect_line has looked at its lines up to scanned, and for the
-	// end of the next up to searched.
+	// end of the next up to searched. cut says the next line lost its
+	// start to expectWindow.
 	pending           []byte
 	scanned, searched int
+	cut               bool
 	// groups are what the last expect matched, each group cut to
 	// maxGroupBytes, for a send_template; nil for a group that took no
 	// part.

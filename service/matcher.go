@@ -175,8 +175,13 @@ func (m *matcher) cap(t int32) []int {
 }
 
 // reset starts the matcher again at the start of a text.
-func (m *matcher) reset() {
-	m.pos, m.prev, m.matched, m.done = 0, endOfText, false, m.p.cond == ^syntax.EmptyOp(0)
+func (m *matcher) reset() { m.resetAfter(endOfText) }
+
+// resetAfter starts the matcher again on data that goes on from prev, the
+// rune before it (endOfText: the start of a text): past the start of a
+// text, and at a line's start only when prev ended a line.
+func (m *matcher) resetAfter(prev rune) {
+	m.pos, m.prev, m.matched, m.done = 0, prev, false, m.p.cond == ^syntax.EmptyOp(0)
 	for _, s := range m.seeds {
 		m.pool = append(m.pool, s.t)
 	}
@@ -252,7 +257,7 @@ func (m *matcher) step(r rune, w int) (work int) {
 	q := &m.q
 	q.dense = q.dense[:0]
 	m.closeSeeds(flag)
-	if len(q.dense) == 0 && (m.matched || m.p.cond&syntax.EmptyBeginText != 0 && m.pos != 0) {
+	if len(q.dense) == 0 && (m.matched || m.p.cond&syntax.EmptyBeginText != 0 && m.prev != endOfText) {
 		m.done = true
 		return 1
 	}
