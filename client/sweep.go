@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,7 +136,8 @@ type Vantage struct {
 // kept the default --node-name, the host name), as NAME@ADDRESS, but for
 // the server asked itself (Addr ""), which keeps NAME. A name depends on
 // the set alone, not on its order, so that a column or a series keeps its
-// name from one call to the next. Names and addresses are made printable:
+// name from one call to the next; every name is its own (see below).
+// Names and addresses are made printable:
 // valid UTF-8, and U+FFFD for what a terminal would act on (control and
 // format characters), since a node names itself.
 func VantageNames(vantages []Vantage) []string {
@@ -152,7 +155,32 @@ func VantageNames(vantages []Vantage) []string {
 			names[i] += "@" + Printable(v.Addr)
 		}
 	}
-	return names
+	// Names may still be one: a node named "a@X" beside two named "a", or
+	// names that print alike from one address (a node names itself as it
+	// likes). Of those, all but the first in the order of their raw names
+	// and addresses take #2, #3, ..., until every name is its own.
+	for {
+		byName := map[string][]int{}
+		for i, n := range names {
+			byName[n] = append(byName[n], i)
+		}
+		alike := false
+		for n, idx := range byName {
+			if len(idx) < 2 {
+				continue
+			}
+			alike = true
+			slices.SortFunc(idx, func(a, b int) int {
+				return cmp.Or(strings.Compare(vantages[a].Node, vantages[b].Node), strings.Compare(vantages[a].Addr, vantages[b].Addr))
+			})
+			for k, i := range idx[1:] {
+				names[i] = n + "#" + strconv.Itoa(k+2)
+			}
+		}
+		if !alike {
+			return names
+		}
+	}
 }
 
 // Printable is s with U+FFFD for each byte that is not UTF-8 and each rune

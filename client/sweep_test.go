@@ -146,6 +146,12 @@ func TestVantageNames(t *testing.T) {
 		{"a right-to-left override", []client.Vantage{{Node: "n1\u202e"}}, []string{"n1\uFFFD"}},
 		{"names that collide once printable", []client.Vantage{{Node: "n\x00"}, {Node: "n\x01", Addr: "10.0.0.2:7070\x1b"}},
 			[]string{"n\uFFFD", "n\uFFFD@10.0.0.2:7070\uFFFD"}},
+		{"names that print alike from one address", []client.Vantage{{Node: "n\x01", Addr: "10.0.0.2:7070"}, {Node: "n\x00", Addr: "10.0.0.2:7070"}},
+			[]string{"n\uFFFD#2", "n\uFFFD"}},
+		{"a name that is another's with its address", []client.Vantage{{Node: "a@10.0.0.2:7070"}, {Node: "a", Addr: "10.0.0.2:7070"}, {Node: "a", Addr: "10.0.0.3:7070"}},
+			[]string{"a@10.0.0.2:7070#2", "a@10.0.0.2:7070", "a@10.0.0.3:7070"}},
+		{"a name that is a numbered one", []client.Vantage{{Node: "n\uFFFD#2"}, {Node: "n\x00", Addr: "10.0.0.2:7070"}, {Node: "n\x01", Addr: "10.0.0.2:7070"}},
+			[]string{"n\uFFFD#2#2", "n\uFFFD", "n\uFFFD#2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

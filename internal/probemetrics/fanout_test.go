@@ -48,6 +48,8 @@ func TestFanoutNodes(t *testing.T) {
 			map[string]float64{`{}`: 1, "{vantage=\"n\uFFFD\"}": 1}},
 		{"a name with escape codes", []*netprobev1.SweepResponse{ok("\x1b[2Jn1", "10.0.0.3:7070")},
 			map[string]float64{`{}`: 1, "{vantage=\"\uFFFD[2Jn1\"}": 1}},
+		{"names that print alike from one address", []*netprobev1.SweepResponse{ok("n\x00", "10.0.0.2:7070"), refused("n\x01", "10.0.0.2:7070")},
+			map[string]float64{`{}`: 0, "{vantage=\"n\uFFFD\"}": 1, "{vantage=\"n\uFFFD#2\"}": 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := NewFanout(m)
