@@ -565,7 +565,7 @@ func TestExpectLongLine(t *testing.T) {
 		{"an expect anchored at a line's start", "", expect(`^x+$`), false},
 		{"an expect anchored at the text's start", "", expect(`\Ax+`), false},
 		{"an expect_line", "", &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: `^x+$`}}, false},
-		{"an unanchored expect", "", expect(`x{100}\n`), true},
+		{"an unanchored expect", "", expect(`xx\n`), true},
 		{"an expect on the next line", "xx\n", expect(`^x+$`), true},
 		{"an expect_line on the next line", "xx\n", &netprobev1.Step{Action: &netprobev1.Step_ExpectLine{ExpectLine: `^x+$`}}, true},
 	} {
