@@ -6,10 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
@@ -131,17 +129,7 @@ func TestFanoutGather(t *testing.T) {
 				}
 				r.MustRegister(p)
 			}
-			want, err := reg.Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := gather(parts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-				t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
-			}
+			sameAsRegistry(t, reg, parts...)
 		})
 	}
 }

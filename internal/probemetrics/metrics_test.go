@@ -144,17 +144,7 @@ func TestGather(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := New(tc.module, false)
 			tc.result(r)
-			want, err := r.Registry(time.Second, slog.New(slog.DiscardHandler)).Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := gather(r.metrics(time.Second, slog.New(slog.DiscardHandler)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-				t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
-			}
+			sameAsRegistry(t, r.Registry(time.Second, slog.New(slog.DiscardHandler)), r.metrics(time.Second, slog.New(slog.DiscardHandler)))
 		})
 	}
 
@@ -165,17 +155,7 @@ func TestGather(t *testing.T) {
 		p.gauge(newMetric("probe_x", "x", "a", "b"), 3, "1", "2")
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(p)
-		want, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := gather(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-			t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
-		}
+		sameAsRegistry(t, reg, p)
 	})
 
 	t.Run("a metric given twice", func(t *testing.T) {
@@ -191,4 +171,21 @@ func TestGather(t *testing.T) {
 			t.Errorf("gather gave %v, no error", mfs)
 		}
 	})
+}
+
+// sameAsRegistry checks that gather makes of parts what reg, which holds
+// them, gathers.
+func sameAsRegistry(t *testing.T, reg *prometheus.Registry, parts ...*probeMetrics) {
+	t.Helper()
+	want, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := gather(parts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
+	}
 }
