@@ -57,10 +57,14 @@ func benchLatency(ctx context.Context, bin probedBin, o options) ([]row, error) 
 		}
 		return err
 	}
-	health := func(ctx context.Context) error {
-		_, err := s.client.Health(ctx)
-		return err
+	// healthOf is a health check of one probed.
+	healthOf := func(s *server) func(context.Context) error {
+		return func(ctx context.Context) error {
+			_, err := s.client.Health(ctx)
+			return err
+		}
 	}
+	health := healthOf(s)
 	// The same calls to a probed with one P: with no idle P, the Go
 	// scheduler wakes no second thread to look for work when a goroutine
 	// is handed work (see docs/performance.md).
@@ -73,10 +77,7 @@ func benchLatency(ctx context.Context, bin probedBin, o options) ([]row, error) 
 		_, err := one.client.Connect(ctx, "tcp", target, client.ConnectOptions{Timeout: 5 * time.Second})
 		return err
 	}
-	healthOne := func(ctx context.Context) error {
-		_, err := one.client.Health(ctx)
-		return err
-	}
+	healthOne := healthOf(one)
 	for _, op := range []func(context.Context) error{probe, probeOne} {
 		if _, _, err := loop(ctx, 1, 200*time.Millisecond, op); err != nil {
 			return nil, fmt.Errorf("connect probes: %w", err)
