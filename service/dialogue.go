@@ -88,7 +88,7 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 	if st.refusal != nil {
 		rm = newMatcher(&f.budget, st.refusal)
 	}
-	r := newPooledReader(f.conn, rawBuffers)
+	r := newPooledReader(f.conn, rawChunkBytes)
 	eof := false
 	for {
 		capped := f.sum.BytesReceived >= f.maxBytes
@@ -134,7 +134,7 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 			// What the byte cap cuts off is not matched either.
 			kept := chunk[:min(uint64(len(chunk)), f.maxBytes-f.sum.BytesReceived)]
 			f.pending = append(f.pending, kept...)
-			_, serr := f.deliver(chunk)
+			_, serr := f.deliver(chunk, nil)
 			r.release()
 			if serr != nil {
 				return false, serr

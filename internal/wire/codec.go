@@ -1,7 +1,8 @@
 // Package wire is how netprobe's gRPC messages go on and off the wire: a
 // proto codec whose buffers come from Pool, transport buffers sized for a
-// Fetch's bulk data, and a way for a client to receive that data without
-// copying it twice.
+// Fetch's bulk data, a way for a server to send that data without copying
+// it into the message, and one for a client to receive it without copying
+// it twice.
 package wire
 
 import (
@@ -81,6 +82,10 @@ func (Codec) Name() string { return "proto" }
 
 // Marshal implements encoding.CodecV2.
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	// An *OutChunk is a proto.Message too: ask for it first.
+	if c, ok := v.(*OutChunk); ok {
+		return c.marshal(), nil
+	}
 	m, ok := v.(proto.Message)
 	if !ok {
 		return nil, fmt.Errorf("wire: cannot marshal %T, not a proto.Message", v)
@@ -185,6 +190,48 @@ func fieldNumber(m proto.Message, name string) protowire.Number {
 	}
 	return f.Number()
 }
+
+// OutChunk is a FetchResponse of data to send (pass it to SendMsg) whose
+// bytes are a pooled buffer's: Marshal writes the message's few bytes of
+// framing and hands gRPC's transport the buffer itself, with a reference
+// of its own that the transport frees once the bytes are written. The
+// chunk is not copied into the message, as proto.Marshal would.
+//
+// It embeds the message, so that it is a proto.Message itself to whatever
+// else sees it on its way (interceptors, stats handlers).
+type OutChunk struct {
+	*netprobev1.FetchResponse
+	buf mem.Buffer
+}
+
+// NewOutChunk returns the data message of buf's bytes, which must not be
+// empty. The caller keeps its own reference to buf, to free once SendMsg
+// returns: the bytes must not change until the transport frees its
+// reference, which the buffer's pool waits for.
+func NewOutChunk(buf mem.Buffer) *OutChunk {
+	data := &netprobev1.FetchData{Data: buf.ReadOnlyData()}
+	return &OutChunk{FetchResponse: &netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Data{Data: data}}, buf: buf}
+}
+
+// marshal returns what proto.Marshal would of the message, its framing in
+// one buffer and the data in buf, referenced for gRPC to free.
+func (c *OutChunk) marshal() mem.BufferSlice {
+	n := c.buf.Len()
+	inner := protowire.SizeTag(dataBytes) + protowire.SizeBytes(n)
+	// The framing is a new slice each time: the transport holds it until
+	// it is written, with nothing to say when that is.
+	head := make([]byte, 0, 2*(1+binaryVarintMax))
+	head = protowire.AppendTag(head, responseData, protowire.BytesType)
+	head = protowire.AppendVarint(head, uint64(inner))
+	head = protowire.AppendTag(head, dataBytes, protowire.BytesType)
+	head = protowire.AppendVarint(head, uint64(n))
+	c.buf.Ref()
+	return mem.BufferSlice{mem.SliceBuffer(head), c.buf}
+}
+
+// binaryVarintMax is the longest varint of a message's length, which
+// gRPC keeps under 4 GiB.
+const binaryVarintMax = 5
 
 // Chunk receives a FetchResponse (pass it to RecvMsg). When the message
 // is data, its bytes alias the buffer the message arrived in, instead of

@@ -11,16 +11,19 @@ import (
 const ChunkBytes = 256 << 10
 
 // Pool is the buffer pool for netprobe's gRPC servers and clients: the
-// transport reads frames into it, and the codec marshals into it.
+// transport reads frames into it, the codec marshals into it, and a Fetch
+// reads its target's chunks (a class of ChunkBytes and a little more) and
+// datagrams (a class of 64 KiB) into it, to hand them to an OutChunk.
 //
 // It differs from gRPC's default pool in two ways that a Fetch's bulk data
 // pays for on every message (bench: about a sixth of probed's CPU, and of
 // the client's, went to the default pool): a class just over ChunkBytes,
 // where the default pool would hand out (and clear) a 1 MiB buffer, and no
 // zeroing, because every user of a buffer writes each byte it then reads:
-// the transport reads a frame of exactly the length it asked for, and
-// Marshal writes exactly the size it measured.
-var Pool mem.BufferPool = newPool(256, 4<<10, 16<<10, 32<<10, ChunkBytes+1<<10, 1<<20)
+// the transport reads a frame of exactly the length it asked for, Marshal
+// writes exactly the size it measured, and a Fetch sends only what a read
+// wrote.
+var Pool mem.BufferPool = newPool(256, 4<<10, 16<<10, 32<<10, 64<<10, ChunkBytes+1<<10, 1<<20)
 
 // pool is a set of sync.Pools of buffers, one a size class.
 type pool struct {

@@ -215,3 +215,67 @@ func TestChunkKeepsItsBuffer(t *testing.T) {
 		t.Errorf("after Release the buffer went back %d times, want once", pool.puts)
 	}
 }
+
+// TestOutChunk checks that an OutChunk marshals as proto.Marshal does the
+// message it embeds, at every length of a varint's edges, and that the
+// data is the buffer itself, not a copy.
+func TestOutChunk(t *testing.T) {
+	for _, n := range []int{1, 127, 128, 16383, 16384, ChunkBytes, 2097151, 2097152} {
+		b := bytes.Repeat([]byte{byte(n)}, n)
+		buf := mem.SliceBuffer(b)
+		c := NewOutChunk(buf)
+		want, err := proto.Marshal(c.FetchResponse)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, err := Codec{}.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := enc.Materialize(); !bytes.Equal(got, want) {
+			t.Errorf("%d bytes: marshalled %x..., want %x...", n, got[:min(len(got), 16)], want[:16])
+		}
+		if len(enc) != 2 || unsafe.SliceData(enc[1].ReadOnlyData()) != unsafe.SliceData(b) {
+			t.Errorf("%d bytes: the data is not the buffer handed in", n)
+		}
+		// What marshals is what the receiving side reads.
+		var got netprobev1.FetchResponse
+		if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(want)}, &got); err != nil || !bytes.Equal(got.GetData().GetData(), b) {
+			t.Errorf("%d bytes: read back %d bytes, %v", n, len(got.GetData().GetData()), err)
+		}
+	}
+}
+
+// TestOutChunkHoldsItsBuffer checks that the buffer goes back to its pool
+// once both its holder and gRPC's transport have freed it, and not before:
+// a buffer reused while the transport still holds it would send another
+// Fetch's bytes, perhaps another caller's, in its place.
+func TestOutChunkHoldsItsBuffer(t *testing.T) {
+	pool := &countingPool{}
+	b := pool.Get(4096)
+	buf := mem.NewBuffer(b, pool)
+	enc, err := Codec{}.Marshal(NewOutChunk(buf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf.Free() // the Fetch is done with it once SendMsg returns
+	if pool.puts != 0 {
+		t.Fatal("the buffer went back to its pool while the transport holds it")
+	}
+	enc.Free() // the transport, once it has written the bytes
+	if pool.puts != 1 {
+		t.Errorf("after the transport freed it the buffer went back %d times, want once", pool.puts)
+	}
+}
+
+// TestOutChunkIsAMessage checks that an OutChunk passes for the message
+// it holds with code that expects a proto.Message, such as an interceptor.
+func TestOutChunkIsAMessage(t *testing.T) {
+	var m proto.Message = NewOutChunk(mem.SliceBuffer("hello"))
+	if name := m.ProtoReflect().Descriptor().FullName(); name != "netprobe.v1.FetchResponse" {
+		t.Errorf("an OutChunk is a %s, want netprobe.v1.FetchResponse", name)
+	}
+	if got := m.(*OutChunk).GetData().GetData(); string(got) != "hello" {
+		t.Errorf("its data %q, want hello", got)
+	}
+}
