@@ -42,12 +42,13 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	}
 	defer stopNaive()
 
-	ghz := func(addr string) (float64, error) {
+	// ghz returns the rate of a run and how many Connects succeeded.
+	ghz := func(addr string) (float64, float64, error) {
 		out, err := exec.CommandContext(ctx, o.ghz, "--insecure", "--call", "netprobe.v1.ProbeService.Connect",
 			"-d", fmt.Sprintf(`{"target":{"host":"127.0.0.1","port":%d}}`, target.Port),
 			"-c", "64", "-z", o.duration.String(), "-O", "json", addr).Output()
 		if err != nil {
-			return 0, fmt.Errorf("ghz: %w", err)
+			return 0, 0, fmt.Errorf("ghz: %w", err)
 		}
 		var r struct {
 			RPS                    float64        `json:"rps"`
@@ -55,7 +56,7 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 			ErrorDistribution      map[string]int `json:"errorDistribution"`
 		}
 		if err := json.Unmarshal(out, &r); err != nil {
-			return 0, fmt.Errorf("ghz's report: %w", err)
+			return 0, 0, fmt.Errorf("ghz's report: %w", err)
 		}
 		// ghz ends its run by closing its connection under the calls in
 		// flight: those, and only those, may fail.
@@ -70,14 +71,20 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 			}
 		}
 		if r.StatusCodeDistribution["OK"] == 0 || other > 0 || ended > 2*64 {
-			return 0, fmt.Errorf("ghz: calls failed: %v %v", r.StatusCodeDistribution, r.ErrorDistribution)
+			return 0, 0, fmt.Errorf("ghz: calls failed: %v %v", r.StatusCodeDistribution, r.ErrorDistribution)
 		}
-		return r.RPS, nil
+		return r.RPS, float64(r.StatusCodeDistribution["OK"]), nil
 	}
-	// Warm up.
+	// Warm up. The naive prober's CPU is its whole life's, over every
+	// Connect it served.
+	var naiveConnects float64
 	for _, a := range []string{addr, naive} {
-		if _, err := ghz(a); err != nil {
+		_, n, err := ghz(a)
+		if err != nil {
 			return nil, err
+		}
+		if a == naive {
+			naiveConnects += n
 		}
 	}
 	before, err := scrapeMetrics(ctx, metrics)
@@ -88,16 +95,17 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	var probing time.Duration
 	for range o.rounds {
 		t := time.Now()
-		rate, err := ghz(addr)
+		rate, _, err := ghz(addr)
 		if err != nil {
 			return nil, err
 		}
 		probing += time.Since(t)
 		gRates = append(gRates, rate)
-		if rate, err = ghz(naive); err != nil {
+		rate, n, err := ghz(naive)
+		if err != nil {
 			return nil, fmt.Errorf("naive prober: %w", err)
 		}
-		nRates = append(nRates, rate)
+		nRates, naiveConnects = append(nRates, rate), naiveConnects+n
 		bare, err := bareApart(ctx, target.String(), 64, o.duration, 0)
 		if err != nil {
 			return nil, fmt.Errorf("bare dial: %w", err)
@@ -108,6 +116,15 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
+	naiveCPU, err := stopNaive()
+	if err != nil {
+		return nil, fmt.Errorf("naive prober: %w", err)
+	}
+	// probed's CPU per Connect over the rounds: the naive prober and the
+	// bare loop, which run in between, leave it idle.
+	probes := after["netprobe_probes_total"] - before["netprobe_probes_total"]
+	cpu := time.Duration((after["process_cpu_seconds_total"] - before["process_cpu_seconds_total"]) / probes * float64(time.Second))
+	naivePer := time.Duration(float64(naiveCPU) / naiveConnects)
 	lines := after["netprobe_log_lines_total"] - before["netprobe_log_lines_total"]
 	batches := after["netprobe_log_batches_total"] - before["netprobe_log_batches_total"]
 	waited := after["netprobe_log_wait_seconds_total"] - before["netprobe_log_wait_seconds_total"]
@@ -115,6 +132,7 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	return []row{
 		{"Connect/s via ghz, 64 in flight", fmt.Sprintf("%.0f", g), fmt.Sprintf("%.0f", b), ratio(g, b), "goal >= 0.60; audit log to a file; baseline: a bare dial loop in a process of its own"},
 		{"  a naive gRPC prober via ghz", fmt.Sprintf("%.0f", n), fmt.Sprintf("%.0f", b), ratio(n, b), fmt.Sprintf("a gRPC Connect that only dials and closes, in a process of its own; netprobe %s of it", ratio(g, n))},
+		{"  CPU per Connect, probed and the naive prober", us(cpu), us(naivePer), ratio(float64(cpu), float64(naivePer)), "each server's user and system time"},
 		{"  audit log while ghz ran", fmt.Sprintf("%.0f lines/s, %.0f lines a write", lines/probing.Seconds(), lines/max(batches, 1)), "", "", fmt.Sprintf("%.3f s waiting for the log, no line dropped", waited)},
 	}, nil
 }

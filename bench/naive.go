@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -69,8 +70,9 @@ func runNaiveProber(ctx context.Context, _ options, out io.Writer) error {
 }
 
 // startNaiveProber runs the naive prober in a process of its own, as
-// probed runs, and returns its address.
-func startNaiveProber(ctx context.Context) (addr string, stop func() error, err error) {
+// probed runs, and returns its address. stop ends it and returns the CPU
+// time it spent, user and system; it may be called more than once.
+func startNaiveProber(ctx context.Context) (addr string, stop func() (time.Duration, error), err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", nil, err
@@ -88,10 +90,13 @@ func startNaiveProber(ctx context.Context) (addr string, stop func() error, err 
 	if err := cmd.Start(); err != nil {
 		return "", nil, err
 	}
-	stop = func() error {
+	stop = sync.OnceValues(func() (time.Duration, error) {
 		stdin.Close()
-		return cmd.Wait()
-	}
+		if err := cmd.Wait(); err != nil {
+			return 0, err
+		}
+		return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+	})
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
 		stop()
