@@ -34,13 +34,11 @@ import (
 // no token, and measured in its process: RSS and heap (footprint), and CPU
 // time (cpuTime).
 
-// startDefault runs probed as it is by default, with GOGC=25 as the
-// victims of attack_linux_test.go are, and returns it with a client.
+// startDefault runs probed as it is by default, measured as the victims
+// of attack_linux_test.go are, and returns it with a client.
 func startDefault(t *testing.T) (*victim, netprobev1.ProbeServiceClient) {
 	t.Helper()
-	cmd := exec.Command(probedBin, "--listen=127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "GOGC=25")
-	p := probetest.StartProbed(t, cmd)
+	p := probetest.StartProbed(t, measured(exec.Command(probedBin, "--listen=127.0.0.1:0")))
 	probe := netprobev1.NewProbeServiceClient(dial(t, p.Addr))
 	// Once served, the heap has grown to where it idles.
 	if _, err := probe.ResolveService(probetest.Context(t), &netprobev1.ResolveServiceRequest{Name: "http"}); err != nil {

@@ -46,9 +46,7 @@ type victim struct {
 func startVictim(t *testing.T, extra ...string) *victim {
 	t.Helper()
 	args := append([]string{"--listen=127.0.0.1:0", "--tokens-file=" + tokensFile(t)}, extra...)
-	cmd := exec.Command(probedBin, args...)
-	cmd.Env = append(os.Environ(), "GOGC=25")
-	p := probetest.StartProbed(t, cmd)
+	p := probetest.StartProbed(t, measured(exec.Command(probedBin, args...)))
 	c, err := client.Dial(p.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +58,15 @@ func startVictim(t *testing.T, extra ...string) *victim {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// measured makes probed's heap in use follow what it holds: the collector
+// runs once the heap grows by a quarter (GOGC=25), with no floor under its
+// goal (--gc-heap-floor's 64 MiB), so that an attack's garbage does not
+// pass for memory it made probed keep.
+func measured(cmd *exec.Cmd) *exec.Cmd {
+	cmd.Env = append(os.Environ(), "GOGC=25", "NETPROBE_GC_HEAP_FLOOR=0")
+	return cmd
 }
 
 // footprint is what the process holds now: RSS, Go heap in use and
