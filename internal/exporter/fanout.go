@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc/status"
 
 	"github.com/netprobe/netprobe/client"
@@ -97,7 +96,7 @@ func (sc *scraper) fanOut(ctx context.Context, w http.ResponseWriter, r *http.Re
 		http.Error(w, status.Convert(err).Message(), httpStatus(status.Code(err)))
 		return
 	}
-	promhttp.HandlerFor(fo.Gatherer(time.Since(start), logger), promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}).ServeHTTP(w, r)
+	expose(w, r, fo.Gatherer(time.Since(start), logger))
 }
 
 // fanOutProbe runs m against the target raw names from the nodes sel

@@ -619,3 +619,51 @@ func TestScrapeDefaultModule(t *testing.T) {
 		t.Errorf("no module, a module file without tcp_connect: %d %q", code, body)
 	}
 }
+
+// TestScrapesAtOnce runs scrapes of a target that answers and of one that
+// refuses at the same time: each answers with its own probe's metrics,
+// though they share promhttp's handlers (exporter's expositions).
+func TestScrapesAtOnce(t *testing.T) {
+	t.Parallel()
+	srv := probetest.Start(t, probetest.Unlimited)
+	s := newScraper(t, srv)
+	open := probetest.Listen(t, "127.0.0.1:0", nil)
+	closedLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := closedLn.Addr().String()
+	closedLn.Close()
+	success := map[string]string{net.JoinHostPort("127.0.0.1", fmt.Sprint(open.Port())): "probe_success 1\n", closed: "probe_success 0\n"}
+	ctx := probetest.Context(t)
+	errs := make(chan error, 64)
+	for i := range cap(errs) {
+		go func() {
+			target := closed
+			if i%2 == 0 {
+				target = net.JoinHostPort("127.0.0.1", fmt.Sprint(open.Port()))
+			}
+			req, err := http.NewRequestWithContext(ctx, "GET", s.url+"/probe?"+url.Values{"module": {"tcp_connect"}, "target": {target}}.Encode(), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err == nil && (resp.StatusCode != http.StatusOK || !strings.Contains(string(body), success[target])) {
+				err = fmt.Errorf("scrape of %s: %d, want 200 with %q in\n%s", target, resp.StatusCode, success[target], body)
+			}
+			errs <- err
+		}()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
