@@ -62,7 +62,7 @@ func startVictim(t *testing.T, extra ...string) *victim {
 
 // measured makes probed's heap in use follow what it holds: the collector
 // runs once the heap grows by a quarter (GOGC=25), with no floor under its
-// goal (--gc-heap-floor's 64 MiB), so that an attack's garbage does not
+// goal (--gc-heap-floor's 16 MiB), so that an attack's garbage does not
 // pass for memory it made probed keep.
 func measured(cmd *exec.Cmd) *exec.Cmd {
 	cmd.Env = append(os.Environ(), "GOGC=25", "NETPROBE_GC_HEAP_FLOOR=0")
