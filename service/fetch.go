@@ -47,17 +47,17 @@ func discard(*netprobev1.FetchResponse) error { return nil }
 func (s *Server) Fetch(req *netprobev1.FetchRequest, stream grpc.ServerStreamingServer[netprobev1.FetchResponse]) error {
 	// The stream is sent each piece of data in the buffer it was read
 	// into, which its transport frees once written (wire.OutChunk), not a
-	// copy of it in a message: a copy is about 7% of probed's CPU in a
-	// Fetch.
+	// copy of it in a message: the copy was about a tenth of the user CPU
+	// of a Fetch (bench pairs; performance.md).
 	lend := func(buf mem.Buffer) error { return stream.SendMsg(wire.NewOutChunk(buf)) }
 	return s.fetchTo(stream.Context(), req, stream.Send, lend)
 }
 
-// Lend sends a piece of a Fetch's data in the pooled buffer it was read
+// lendFunc sends a piece of a Fetch's data in the pooled buffer it was read
 // into, without copying it: it takes a reference of its own to keep the
 // buffer for as long as the bytes are still to be written. The caller frees
-// its own reference when Lend returns.
-type Lend func(mem.Buffer) error
+// its own reference when it returns.
+type lendFunc func(mem.Buffer) error
 
 // FetchTo runs the Fetch req asks for on behalf of the caller of ctx, and
 // hands its results to emit. Like a gRPC method, it returns a status
@@ -72,7 +72,7 @@ func (s *Server) FetchTo(ctx context.Context, req *netprobev1.FetchRequest, emit
 
 // fetchTo is FetchTo, with the data of 1 KiB or more handed to lend, when
 // not nil, instead of emit.
-func (s *Server) fetchTo(ctx context.Context, req *netprobev1.FetchRequest, emit Emit, lend Lend) error {
+func (s *Server) fetchTo(ctx context.Context, req *netprobev1.FetchRequest, emit Emit, lend lendFunc) error {
 	fp, err := s.validateFetch(req)
 	if err != nil {
 		return err
@@ -114,7 +114,7 @@ func (p *probing) openFetch(fp *fetchParams) net.Conn {
 
 // fetchOver reports the connect phase and runs the exchange over conn,
 // when there is one.
-func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.FetchRequest, emit Emit, lend Lend) error {
+func (p *probing) fetchOver(conn net.Conn, fp *fetchParams, req *netprobev1.FetchRequest, emit Emit, lend lendFunc) error {
 	ctx, pctx, cresp := p.ctx, p.pctx, p.resp
 	if conn != nil {
 		if req.GetReverseLookup() {
@@ -194,7 +194,7 @@ type fetch struct {
 	// emit is where the reply goes; lend, when not nil, where its data in
 	// pooled buffers of 1 KiB or more goes.
 	emit     Emit
-	lend     Lend
+	lend     lendFunc
 	start    time.Time
 	deadline time.Time
 	sum      *netprobev1.FetchSummary
