@@ -45,7 +45,7 @@ type config struct {
 	ShutdownGrace time.Duration `flag:"shutdown-grace" env:"NETPROBE_SHUTDOWN_GRACE" default:"10s" group:"Serving" help:"On SIGINT or SIGTERM, how long in-flight calls and scrapes get to finish before they are cut off."`
 	PprofAddr     string        `flag:"pprof-addr" env:"NETPROBE_PPROF_ADDR" group:"Serving" help:"Serve Go's profiler (net/http/pprof, /debug/pprof/) on this loopback HOST:PORT, for measuring probed under load; off by default. A profile, trace or delta profile may ask for 60 seconds at most."`
 	PprofAnyAddr  bool          `flag:"pprof-allow-non-loopback" env:"NETPROBE_PPROF_ALLOW_NON_LOOPBACK" group:"Serving" help:"Let --pprof-addr be an address other than loopback. The profiler shows the process's memory and can keep its CPU busy, to anyone who reaches it: without this flag probed refuses to start."`
-	GCHeapFloor   uint64        `flag:"gc-heap-floor" env:"NETPROBE_GC_HEAP_FLOOR" default:"16777216" group:"Serving" help:"Let the Go heap grow to this many bytes (16 MiB) before the garbage collector runs, however little of it is live: each probe allocates about 10 KiB and drops it, and with a few MiB live the collector ran 22 times a second under load. GOGC rises to reach it and falls back as the live heap grows; GOGC=off is left alone, and the floor keeps to half of GOMEMLIMIT. 0 turns it off."`
+	GCHeapFloor   uint64        `flag:"gc-heap-floor" env:"NETPROBE_GC_HEAP_FLOOR" default:"16777216" group:"Serving" help:"Keep the garbage collector's heap goal at or above this many bytes (16 MiB; a plain number of bytes, 4 MiB to 1 GiB), however little of the heap is live: each probe allocates about 9 KiB and drops it, and with a few MiB live the collector ran 22 times a second under load. probed raises GOGC to reach it, and lowers it as the live heap grows, never below the GOGC it started with (a GOGC you set is the least it goes to); GOGC=off is left alone, and the floor keeps to half of GOMEMLIMIT. 0 turns it off. /metrics shows the result: go_gc_gogc_percent, go_memstats_next_gc_bytes."`
 	Allow         []string      `flag:"allow" env:"NETPROBE_ALLOW" sep:";" group:"Target policy" help:"Allow only targets some allow rule covers (repeatable; ; between rules in the environment). RULE is ADDRESSES [port PORTS], such as \"10.0.0.0/8,2001:db8::/32 port 443,8000-8999\"."`
 	Deny          []string      `flag:"deny" env:"NETPROBE_DENY" sep:";" group:"Target policy" help:"Deny targets this rule covers (repeatable), before any allow rule."`
 	server.Config
@@ -133,8 +133,17 @@ func (cfg config) check() error {
 	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", cfg.LogFormat)
 	}
+	if f := cfg.GCHeapFloor; f != 0 && (f < minGCHeapFloor || f > maxGCHeapFloor) {
+		return fmt.Errorf("--gc-heap-floor %d: want 0 (off) or %d to %d bytes (4 MiB to 1 GiB): Go's heap goal is 4 MiB at the least already, and more than 1 GiB is a typo or GOGC's to set", f, minGCHeapFloor, maxGCHeapFloor)
+	}
 	return nil
 }
+
+// The bounds of --gc-heap-floor.
+const (
+	minGCHeapFloor = 4 << 20
+	maxGCHeapFloor = 1 << 30
+)
 
 // run serves until ctx is done, then drains; it returns the exit code.
 func run(ctx context.Context, cfg config, stderr io.Writer) int {
@@ -199,7 +208,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger, sink *batchwrit
 	}
 	setMemoryLimit(logger)
 	if cfg.GCHeapFloor > 0 {
-		defer gcfloor.Start(cfg.GCHeapFloor).Stop()
+		floor := gcfloor.Start(cfg.GCHeapFloor)
+		defer floor.Stop()
+		// GOGC as the floor set it: "off" when GOGC=off left it alone.
+		gogc := any(floor.Percent())
+		if floor.Percent() < 0 {
+			gogc = "off"
+		}
+		logger.Info("gc heap floor", "floor_bytes", cfg.GCHeapFloor, "gogc", gogc)
 	}
 	scfg := cfg.serverConfig(logger, self)
 	scfg.LogStats = sink.Stats

@@ -162,3 +162,39 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestGCHeapFloorBounds checks that a --gc-heap-floor that would do
+// nothing (under Go's own 4 MiB) or is past 1 GiB, a typo's size, is
+// refused before probed serves, by flag and by its environment twin.
+func TestGCHeapFloorBounds(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  string
+	}{
+		{"under 4 MiB", []string{"--gc-heap-floor=1"}, ""},
+		{"one byte under 4 MiB", []string{"--gc-heap-floor=4194303"}, ""},
+		{"over 1 GiB", []string{"--gc-heap-floor=1073741825"}, ""},
+		{"the largest number", []string{"--gc-heap-floor=18446744073709551615"}, ""},
+		{"over 1 GiB from the environment", nil, "18446744073709551615"},
+		{"a suffix", []string{"--gc-heap-floor=16MiB"}, ""},
+		{"negative", []string{"--gc-heap-floor=-1"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			getenv := func(name string) string {
+				if name == "NETPROBE_GC_HEAP_FLOOR" {
+					return tc.env
+				}
+				return ""
+			}
+			var stdout, stderr strings.Builder
+			args := append([]string{"--listen=127.0.0.1:0", "--metrics-addr="}, tc.args...)
+			code := command(probetest.Context(t), args, getenv, &stdout, &stderr)
+			if code != 2 || !strings.Contains(stderr.String(), "gc-heap-floor") && !strings.Contains(stderr.String(), "GC_HEAP_FLOOR") {
+				t.Errorf("exit %d, stderr %q; want 2 and the flag named", code, stderr.String())
+			}
+		})
+	}
+}

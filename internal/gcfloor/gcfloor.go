@@ -20,9 +20,11 @@ package gcfloor
 
 import (
 	"math"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
 	"sync"
 	"sync/atomic"
 )
@@ -55,10 +57,7 @@ func Start(floor uint64) *Floor {
 			{Name: "/gc/cycles/total:gc-cycles"},
 		},
 	}
-	// SetGCPercent is the one way to read GOGC as a number that says
-	// "off"; the process has just started, and nothing else sets it.
-	f.base = debug.SetGCPercent(100)
-	debug.SetGCPercent(f.base)
+	f.base = startingGOGC()
 	f.percent = f.base
 	if f.base < 0 {
 		// GOGC=off: the memory limit alone runs the collector.
@@ -86,6 +85,20 @@ func (f *Floor) Stop() {
 		debug.SetGCPercent(f.base)
 		f.percent = f.base
 	}
+}
+
+// startingGOGC is GOGC as the process started with it, read from the
+// environment as the runtime reads it: not debug.SetGCPercent's, which
+// another Floor in the same process (tests start several) may have set.
+func startingGOGC() int {
+	v := os.Getenv("GOGC")
+	if v == "off" {
+		return -1
+	}
+	if n, err := strconv.ParseInt(v, 10, 32); err == nil {
+		return int(n)
+	}
+	return 100
 }
 
 // heapMinimum is the Go runtime's least heap goal at GOGC=100

@@ -102,6 +102,8 @@ func TestFloorUnderMemoryLimit(t *testing.T) {
 
 // TestFloorGOGCOff checks that GOGC=off is left alone.
 func TestFloorGOGCOff(t *testing.T) {
+	// As the process would have started: the runtime read GOGC=off.
+	t.Setenv("GOGC", "off")
 	debug.SetGCPercent(-1)
 	t.Cleanup(func() { debug.SetGCPercent(100) })
 	f := Start(256 << 20)
