@@ -1,7 +1,6 @@
 package probetest
 
 import (
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -17,7 +16,8 @@ const stallTick = 2 * time.Millisecond
 // adds the longest stall to its bound, or runs an attempt again that a
 // stall spoilt, and fails as before when no stall explains the miss.
 type Stalls struct {
-	longest atomic.Int64
+	// longest is the watch's own until stopped closes.
+	longest time.Duration
 	stop    chan struct{}
 	stopped chan struct{}
 }
@@ -44,9 +44,7 @@ func (s *Stalls) watch() {
 		// The ticker's own time is when it fired, not when this goroutine
 		// ran: the clock is read here.
 		now := time.Now()
-		if late := now.Sub(last) - stallTick; late > time.Duration(s.longest.Load()) {
-			s.longest.Store(int64(late))
-		}
+		s.longest = max(s.longest, now.Sub(last)-stallTick)
 		last = now
 	}
 }
@@ -60,5 +58,5 @@ func (s *Stalls) Stop() time.Duration {
 		close(s.stop)
 	}
 	<-s.stopped
-	return time.Duration(s.longest.Load())
+	return s.longest
 }
