@@ -36,11 +36,12 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 		return nil, err
 	}
 	defer stop()
-	naive, stopNaive, err := startNaiveProber(ctx)
+	ns, err := startNaiveProber(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer stopNaive()
+	defer ns.stop()
+	naive := ns.addr
 
 	// ghz returns the rate of a run and how many Connects succeeded.
 	ghz := func(addr string) (float64, float64, error) {
@@ -116,7 +117,7 @@ func benchGhz(ctx context.Context, bin probedBin, o options) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
-	naiveCPU, err := stopNaive()
+	naiveCPU, err := ns.stop()
 	if err != nil {
 		return nil, fmt.Errorf("naive prober: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -22,13 +23,18 @@ func benchInflight(ctx context.Context, bin probedBin, o options) ([]row, error)
 		return nil, err
 	}
 	defer release()
-	connectRows, err := holdMany(ctx, bin, o.inflight, "Connect", 128, func(ctx context.Context, c *client.Client) error {
+	connectRows, peak, err := holdMany(ctx, bin, o.inflight, "Connect", 128, func(ctx context.Context, c *client.Client) error {
 		_, err := c.Connect(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port), client.ConnectOptions{Timeout: time.Minute})
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	naiveRow, err := naiveHold(ctx, o.inflight, port, peak)
+	if err != nil {
+		return nil, err
+	}
+	connectRows = append(connectRows, naiveRow)
 
 	hold, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,7 +61,7 @@ func benchInflight(ctx context.Context, bin probedBin, o options) ([]row, error)
 		}
 		heldMu.Unlock()
 	}()
-	fetchRows, err := holdMany(ctx, bin, o.inflight, "idle Fetch", 200, func(ctx context.Context, c *client.Client) error {
+	fetchRows, _, err := holdMany(ctx, bin, o.inflight, "idle Fetch", 200, func(ctx context.Context, c *client.Client) error {
 		f, err := c.Fetch(ctx, "tcp", hold.Addr().String(), client.FetchOptions{KeepWriteOpen: true, Timeout: time.Minute})
 		if err != nil {
 			return err
@@ -71,19 +77,20 @@ func benchInflight(ctx context.Context, bin probedBin, o options) ([]row, error)
 }
 
 // holdMany runs n probes at once through a fresh probed until all are in
-// flight, measures, cancels them all, and measures again.
-func holdMany(ctx context.Context, bin probedBin, n int, what string, targetMiB int64, probe func(context.Context, *client.Client) error) ([]row, error) {
+// flight, measures, cancels them all, and measures again. It returns
+// the rows and probed's peak RSS in bytes.
+func holdMany(ctx context.Context, bin probedBin, n int, what string, targetMiB int64, probe func(context.Context, *client.Client) error) ([]row, int64, error) {
 	s, err := startProbed(bin)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer s.stop()
 	if _, err := s.client.Health(ctx); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	base, err := s.stats(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 
 	pctx, cancel := context.WithCancel(ctx)
@@ -101,24 +108,24 @@ func holdMany(ctx context.Context, bin probedBin, n int, what string, targetMiB 
 	for {
 		m, err := s.metrics(ctx)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if int(m["netprobe_probes_in_flight"]) >= n {
 			break
 		}
 		select {
 		case err := <-errs:
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, 0, fmt.Errorf("%s: %w", what, err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%s: only %.0f of %d in flight after a minute", what, m["netprobe_probes_in_flight"], n)
+			return nil, 0, fmt.Errorf("%s: only %.0f of %d in flight after a minute", what, m["netprobe_probes_in_flight"], n)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	during, err := s.stats(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 
 	cancelled := time.Now()
@@ -128,7 +135,7 @@ func holdMany(ctx context.Context, bin probedBin, n int, what string, targetMiB 
 	settled := time.Duration(-1)
 	for time.Since(cancelled) < 5*time.Second {
 		if after, err = s.stats(ctx); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if after.fds <= base.fds && after.goroutines <= base.goroutines {
 			settled = time.Since(cancelled)
@@ -146,5 +153,85 @@ func holdMany(ctx context.Context, bin probedBin, n int, what string, targetMiB 
 		{"  Go stacks, heap in use while held", fmt.Sprintf("%.0f MiB, %.0f MiB", during.stackMiB, during.heapMiB), "", "", ""},
 		{"  goroutines: idle, held, after", fmt.Sprintf("%.0f, %.0f, %.0f", base.goroutines, during.goroutines, after.goroutines), "", "", back},
 		{"  open fds: idle, held, after", fmt.Sprintf("%d, %d, %d", base.fds, during.fds, after.fds), "", "", ""},
+	}, during.peakKiB << 10, nil
+}
+
+// naiveHold holds n Connects open, as holdMany does, in the naive prober
+// (see naiveProber): a gRPC server that only dials, the floor for one
+// call per probe. Its row sets its peak RSS beside probed's, probedPeak
+// bytes.
+func naiveHold(ctx context.Context, n int, port uint16, probedPeak int64) (row, error) {
+	ns, err := startNaiveProber(ctx)
+	if err != nil {
+		return row{}, err
+	}
+	defer ns.stop()
+	c, err := client.Dial(ns.addr)
+	if err != nil {
+		return row{}, err
+	}
+	defer c.Close()
+	// One Connect first, so that the client's connection is counted idle.
+	ln, err := acceptingTarget()
+	if err != nil {
+		return row{}, err
+	}
+	_, err = c.Connect(ctx, "tcp", ln.Addr().String(), client.ConnectOptions{})
+	ln.Close()
+	if err != nil {
+		return row{}, fmt.Errorf("naive prober: %w", err)
+	}
+	idle, err := probetest.RSS(ns.pid)
+	if err != nil {
+		return row{}, err
+	}
+	fds := func() (int, error) {
+		d, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", ns.pid))
+		return len(d), err
+	}
+	idleFDs, err := fds()
+	if err != nil {
+		return row{}, err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			_, err := c.Connect(pctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port), client.ConnectOptions{Timeout: time.Minute})
+			if pctx.Err() == nil {
+				errs <- fmt.Errorf("a held Connect ended: %v", err)
+			}
+		})
+	}
+	// The naive prober has no metrics: a dial in flight is a descriptor.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		held, err := fds()
+		if err != nil {
+			return row{}, err
+		}
+		if held-idleFDs >= n {
+			break
+		}
+		select {
+		case err := <-errs:
+			return row{}, fmt.Errorf("naive prober: %w", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return row{}, fmt.Errorf("naive prober: only %d of %d dials in flight after a minute", held-idleFDs, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	peak, err := probetest.PeakRSS(ns.pid)
+	if err != nil {
+		return row{}, err
+	}
+	return row{
+		"  a naive gRPC prober holding as many", fmt.Sprintf("%d MiB", peak>>20), fmt.Sprintf("%d MiB idle", idle>>20), "",
+		fmt.Sprintf("%.1f KiB per probe; the floor: a gRPC Connect that only dials (ghz's naive prober), in a process of its own; probed's peak %s of it", float64(peak-idle)/1024/float64(n), ratio(float64(probedPeak), float64(peak))),
 	}, nil
 }

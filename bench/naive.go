@@ -69,28 +69,36 @@ func runNaiveProber(ctx context.Context, _ options, out io.Writer) error {
 	return nil
 }
 
+// naiveServer is a naive prober running in a process of its own.
+type naiveServer struct {
+	addr string
+	pid  int
+	// stop ends it and returns the CPU time it spent, user and system;
+	// it may be called more than once.
+	stop func() (time.Duration, error)
+}
+
 // startNaiveProber runs the naive prober in a process of its own, as
-// probed runs, and returns its address. stop ends it and returns the CPU
-// time it spent, user and system; it may be called more than once.
-func startNaiveProber(ctx context.Context) (addr string, stop func() (time.Duration, error), err error) {
+// probed runs.
+func startNaiveProber(ctx context.Context) (*naiveServer, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, "-naive-prober")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	stop = sync.OnceValues(func() (time.Duration, error) {
+	stop := sync.OnceValues(func() (time.Duration, error) {
 		stdin.Close()
 		if err := cmd.Wait(); err != nil {
 			return 0, err
@@ -100,7 +108,7 @@ func startNaiveProber(ctx context.Context) (addr string, stop func() (time.Durat
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
 		stop()
-		return "", nil, fmt.Errorf("naive prober: %w", err)
+		return nil, fmt.Errorf("naive prober: %w", err)
 	}
-	return line[:len(line)-1], stop, nil
+	return &naiveServer{addr: line[:len(line)-1], pid: cmd.Process.Pid, stop: stop}, nil
 }
