@@ -1,10 +1,19 @@
 package exporter
 
 import (
+	"errors"
+	"math"
 	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // TestScrapeTimeout reads the scrape's timeout as Prometheus sends it, and
@@ -51,5 +60,91 @@ func TestScrapeTimeout(t *testing.T) {
 	}
 	if _, why := scrapeTimeout(http.Header{"X-Prometheus-Scrape-Timeout-Seconds": {"ten"}}, offset, 0, max); !strings.Contains(why, `"ten" is not a positive number of seconds: 2m0s`) {
 		t.Errorf("an unreadable header: %q", why)
+	}
+}
+
+// TestExpose holds expose to promhttp's handler with the options it
+// stands for: the same status, headers and bytes for each Accept header a
+// scraper may send (Prometheus's own, each format's, several at once,
+// garbage, one too long to be a format) and each name[] filter, with
+// the headers alternating so that negotiate's remembered answer is both
+// right and wrong for the next one; and the same 500 when gathering
+// fails.
+func TestExpose(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_x", Help: "A help with a \\ and a\nnewline."}, []string{"v"})
+	for v, x := range map[string]float64{
+		`quote " backslash \ newline` + "\n": math.NaN(),
+		"ünïcødé":                            math.Inf(1),
+		"":                                   math.Inf(-1),
+		"small":                              1e-300,
+		"large":                              123456789012,
+		"negative zero":                      math.Copysign(0, -1),
+	} {
+		g.WithLabelValues(v).Set(x)
+	}
+	success := prometheus.NewGauge(prometheus.GaugeOpts{Name: "probe_success", Help: "Displays whether or not the probe was a success"})
+	success.Set(1)
+	reg.MustRegister(g, success)
+	failing := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		mfs, _ := reg.Gather()
+		return mfs, errors.New("metric probe_x given twice")
+	})
+
+	accepts := []string{
+		"",
+		"application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+		"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+		"text/plain",
+		"text/plain;version=0.0.4",
+		"text/plain;version=1.0.0;escaping=dots",
+		"text/plain;version=1.0.0;escaping=values",
+		"application/openmetrics-text; version=0.0.1",
+		"application/openmetrics-text;version=2.0.0",
+		"application/openmetrics-text;version=1.0.0;escaping=underscores",
+		"application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited",
+		"application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+		"application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=compact-text",
+		"*/*",
+		"application/json",
+		";;;,,=q;q=x,\x00",
+		strings.Repeat("text/plain;q=0.1,", 4096),
+	}
+	queries := []string{"", "name[]=probe_success", "name%5B%5D=probe_x&name[]=probe_success", "name[]=nothing", "name[]="}
+	type response struct {
+		code   int
+		header http.Header
+		body   string
+	}
+	serve := func(h http.Handler, accept []string, query string) response {
+		r := httptest.NewRequest(http.MethodGet, "/probe?"+query, nil)
+		r.Header["Accept"] = accept
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return response{w.Code, w.Header(), w.Body.String()}
+	}
+	check := func(gatherer prometheus.Gatherer, accept []string, query string) {
+		t.Helper()
+		want := serve(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}), accept, query)
+		got := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { expose(w, r, r.URL.Query(), gatherer) }), accept, query)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("Accept %.80q, query %q:\ngot  %d %v\n%s\nwant %d %v\n%s", accept, query, got.code, got.header, got.body, want.code, want.header, want.body)
+		}
+	}
+	for range 2 {
+		for _, a := range accepts {
+			for _, q := range queries {
+				check(reg, []string{a}, q)
+			}
+		}
+		slices.Reverse(accepts)
+	}
+	for i := range accepts {
+		check(reg, []string{accepts[i], accepts[(i+1)%len(accepts)]}, "")
+		check(reg, nil, "")
+	}
+	check(failing, []string{accepts[1]}, "")
+	if got := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { expose(w, r, r.URL.Query(), failing) }), nil, ""); got.code != http.StatusInternalServerError || !strings.Contains(got.body, "metric probe_x given twice") {
+		t.Errorf("gathering failed: %d %q, want 500 and the error", got.code, got.body)
 	}
 }
