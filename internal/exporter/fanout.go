@@ -96,7 +96,7 @@ func (sc *scraper) fanOut(ctx context.Context, w http.ResponseWriter, r *http.Re
 		http.Error(w, status.Convert(err).Message(), httpStatus(status.Code(err)))
 		return
 	}
-	expose(w, r, q, fo.Gatherer(time.Since(start), logger))
+	expose(w, r, q, fo.Exposition(time.Since(start), logger))
 }
 
 // fanOutProbe runs m against the target raw names from the nodes sel

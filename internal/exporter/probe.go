@@ -11,10 +11,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -149,36 +149,54 @@ func (sc *scraper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		res.WriteDebug(w, log.Bytes(), why, reg)
 		return
 	}
-	expose(w, r, q, res.Gatherer(duration, logger))
+	expose(w, r, q, res.Exposition(duration, logger))
 }
 
-// expose answers r with what g gathers, as promhttp.HandlerFor(g,
+// expose answers r with e, as promhttp.HandlerFor(e,
 // promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true})
 // would (TestExpose holds the two alike): in the format r's Accept header
 // asks for, only the families q's name[] names when it names any, a 500
-// when gathering fails. It leaves out what such a handler costs a scrape
-// of a few hundred bytes: its own making, or a pool's (a CounterVec for
-// its errors among the rest), the query parsed again, and the Accept
-// header's negotiation, which a scraper asks with the same header each
-// time (negotiate); they were a tenth of a scrape's CPU. gzip took
-// another tenth: these few hundred bytes are sent as they are.
-func expose(w http.ResponseWriter, r *http.Request, q url.Values, g prometheus.Gatherer) {
-	mfs, err := g.Gather()
-	if err != nil {
-		http.Error(w, "An error has occurred while serving metrics:\n\n"+err.Error(), http.StatusInternalServerError)
-		return
-	}
-	format := negotiate(r.Header)
-	w.Header().Add("Vary", "Accept")
-	w.Header().Set("Content-Type", string(format))
+// when the metrics cannot be gathered. It does without what such a
+// handler costs a scrape of a few hundred bytes: its own making (a
+// CounterVec for its errors among the rest), the query parsed again, the
+// Accept header negotiated anew when it is the one the last scrape sent
+// (negotiate), and for the text formats, which Prometheus asks for,
+// metric families made to be encoded (e.AppendText writes them); gzip,
+// a tenth of a scrape's CPU, too: these bytes are sent as they are.
+func expose(w http.ResponseWriter, r *http.Request, q url.Values, e *probemetrics.Exposition) {
+	n := negotiate(r.Header)
 	var only map[string]bool
 	if names := q["name[]"]; len(names) > 0 {
 		only = make(map[string]bool, len(names))
-		for _, n := range names {
-			only[n] = true
+		for _, name := range names {
+			only[name] = true
 		}
 	}
-	enc := expfmt.NewEncoder(w, format)
+	if n.text {
+		bp := texts.Get().(*[]byte)
+		defer func() {
+			// A trace's metrics are a few KiB; a larger buffer is not kept.
+			if cap(*bp) <= 64<<10 {
+				texts.Put(bp)
+			}
+		}()
+		b, err := e.AppendText((*bp)[:0], n.openMetrics, only)
+		*bp = b
+		if err != nil {
+			gatherError(w, err)
+			return
+		}
+		exposeHeader(w, n.format)
+		w.Write(b)
+		return
+	}
+	mfs, err := e.Gather()
+	if err != nil {
+		gatherError(w, err)
+		return
+	}
+	exposeHeader(w, n.format)
+	enc := expfmt.NewEncoder(w, n.format)
 	for _, mf := range mfs {
 		if only != nil && !only[mf.GetName()] {
 			continue
@@ -193,11 +211,28 @@ func expose(w http.ResponseWriter, r *http.Request, q url.Values, g prometheus.G
 	}
 }
 
-// negotiated is a format expfmt.NegotiateAccept chose, and the Accept
-// header it chose it for.
+// texts are buffers for the text formats' answers.
+var texts = sync.Pool{New: func() any { return new([]byte) }}
+
+func exposeHeader(w http.ResponseWriter, format expfmt.Format) {
+	w.Header().Add("Vary", "Accept")
+	w.Header().Set("Content-Type", string(format))
+}
+
+// gatherError answers a scrape whose metrics could not be gathered, as
+// promhttp does.
+func gatherError(w http.ResponseWriter, err error) {
+	http.Error(w, "An error has occurred while serving metrics:\n\n"+err.Error(), http.StatusInternalServerError)
+}
+
+// negotiated is the format expfmt.NegotiateAccept chose for an Accept
+// header.
 type negotiated struct {
 	accept string
 	format expfmt.Format
+	// text is whether the format is one AppendText writes: the text
+	// format or, with openMetrics, OpenMetrics.
+	text, openMetrics bool
 }
 
 // lastNegotiated is the last Accept header's format: one, so that a
@@ -208,14 +243,22 @@ var lastNegotiated atomic.Pointer[negotiated]
 // negotiate is the format of promhttp's choice for a scraper that sent h
 // (expfmt.NegotiateAccept, which reads h's first Accept header and
 // nothing else that a scrape changes).
-func negotiate(h http.Header) expfmt.Format {
+func negotiate(h http.Header) *negotiated {
 	accept := h.Get("Accept")
 	if n := lastNegotiated.Load(); n != nil && n.accept == accept {
-		return n.format
+		return n
 	}
-	f := expfmt.NegotiateAccept(h, expfmt.DefaultOpenMetricsAcceptedFormats()...)
-	lastNegotiated.Store(&negotiated{accept: accept, format: f})
-	return f
+	n := &negotiated{accept: accept, format: expfmt.NegotiateAccept(h, expfmt.DefaultOpenMetricsAcceptedFormats()...)}
+	switch n.format.FormatType() {
+	case expfmt.TypeTextPlain:
+		n.text = true
+	case expfmt.TypeOpenMetrics:
+		// 1.0.0 or 0.0.1, the versions promhttp offers (TestExpose asks
+		// for 2.0.0 too).
+		n.text, n.openMetrics = true, true
+	}
+	lastNegotiated.Store(n)
+	return n
 }
 
 // caller names the scraper as every way in names its caller

@@ -1,8 +1,7 @@
 package exporter
 
 import (
-	"errors"
-	"math"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -11,9 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
+	"github.com/netprobe/netprobe/internal/modules"
+	"github.com/netprobe/netprobe/internal/probemetrics"
 )
 
 // TestScrapeTimeout reads the scrape's timeout as Prometheus sends it, and
@@ -64,32 +67,47 @@ func TestScrapeTimeout(t *testing.T) {
 }
 
 // TestExpose holds expose to promhttp's handler with the options it
-// stands for: the same status, headers and bytes for each Accept header a
-// scraper may send (Prometheus's own, each format's, several at once,
-// garbage, one too long to be a format) and each name[] filter, with
-// the headers alternating so that negotiate's remembered answer is both
-// right and wrong for the next one; and the same 500 when gathering
-// fails.
+// stands for, serving the same metrics: the same status, headers and
+// bytes for each Accept header a scraper may send (Prometheus's, each
+// format's, several at once, garbage, one too long to be a format) and
+// each name[] filter, with the headers alternating so that negotiate's
+// remembered answer is both right and wrong for the next one; for a
+// probe whose labels carry what a format escapes, one that failed, an
+// echo and a fan-out.
 func TestExpose(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "probe_x", Help: "A help with a \\ and a\nnewline."}, []string{"v"})
-	for v, x := range map[string]float64{
-		`quote " backslash \ newline` + "\n": math.NaN(),
-		"ünïcødé":                            math.Inf(1),
-		"":                                   math.Inf(-1),
-		"small":                              1e-300,
-		"large":                              123456789012,
-		"negative zero":                      math.Copysign(0, -1),
-	} {
-		g.WithLabelValues(v).Set(x)
-	}
-	success := prometheus.NewGauge(prometheus.GaugeOpts{Name: "probe_success", Help: "Displays whether or not the probe was a success"})
-	success.Set(1)
-	reg.MustRegister(g, success)
-	failing := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
-		mfs, _ := reg.Gather()
-		return mfs, errors.New("metric probe_x given twice")
+	d := durationpb.New
+	tcp := &modules.Module{Name: "tcp_connect", Prober: "tcp"}
+	logger := slog.New(slog.DiscardHandler)
+	tls := probemetrics.New(tcp, false)
+	tls.Addressed("127.0.0.1")
+	tls.Connected(&netprobev1.ConnectResponse{
+		PeerAddress: "127.0.0.1:443", ResolveDuration: d(0), ConnectDuration: d(time.Millisecond), TotalDuration: d(5 * time.Millisecond),
+		Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:443"}},
+		Tls: &netprobev1.TlsResult{HandshakeDuration: d(3 * time.Millisecond), Version: "TLS 1.3", PeerCertificates: []*netprobev1.Certificate{
+			{Subject: `CN="quoted" \ back` + "\nslash \xff", Issuer: "CN=ca", DnsNames: []string{"a.example", "b.example"}, Serial: "0a", Sha256Fingerprint: "ab", NotAfter: timestamppb.New(time.Unix(2e9, 0))},
+		}},
+		TcpInfo: &netprobev1.TcpInfo{Rtt: d(40 * time.Microsecond), TotalRetransmits: 2},
 	})
+	failed := probemetrics.New(tcp, false)
+	failed.Addressed("localhost")
+	refused := &netprobev1.ProbeError{Stage: netprobev1.Stage_STAGE_CONNECT, Reason: netprobev1.Reason_REASON_REFUSED, Errno: "ECONNREFUSED"}
+	failed.Connected(&netprobev1.ConnectResponse{ResolveDuration: d(time.Millisecond), ConnectDuration: d(time.Millisecond), TotalDuration: d(2 * time.Millisecond),
+		Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:1", Error: refused}}, Error: refused})
+	echo := probemetrics.New(&modules.Module{Name: "icmp", Prober: "icmp"}, false)
+	echo.Addressed("127.0.0.1")
+	echo.Connected(&netprobev1.ConnectResponse{ResolveDuration: d(0), Icmp: &netprobev1.IcmpResult{SetupDuration: d(time.Microsecond), Rtt: d(30 * time.Microsecond), ReplyTtl: 64}})
+	fanout := probemetrics.NewFanout(tcp)
+	fanout.Whole().Addressed("127.0.0.1")
+	fanout.Keep(&netprobev1.SweepResponse{Vantage: &netprobev1.Vantage{Node: "n1"}, Connect: &netprobev1.ConnectResponse{PeerAddress: "127.0.0.1:80", TotalDuration: d(time.Millisecond),
+		Tls: &netprobev1.TlsResult{Version: "TLS 1.2"}}})
+	fanout.Keep(&netprobev1.SweepResponse{Vantage: &netprobev1.Vantage{Node: "n\"2"}, VantageError: &netprobev1.VantageError{Code: "UNAVAILABLE"}})
+	fanout.Keep(&netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{Asked: 2, Answered: 1, Failed: 1}})
+	probes := map[string]*probemetrics.Exposition{
+		"TLS":     tls.Exposition(time.Second, logger),
+		"failed":  failed.Exposition(time.Second, logger),
+		"echo":    echo.Exposition(time.Second, logger),
+		"fan-out": fanout.Exposition(time.Second, logger),
+	}
 
 	accepts := []string{
 		"",
@@ -110,7 +128,7 @@ func TestExpose(t *testing.T) {
 		";;;,,=q;q=x,\x00",
 		strings.Repeat("text/plain;q=0.1,", 4096),
 	}
-	queries := []string{"", "name[]=probe_success", "name%5B%5D=probe_x&name[]=probe_success", "name[]=nothing", "name[]="}
+	queries := []string{"", "name[]=probe_success", "name%5B%5D=probe_ssl_last_chain_info&name[]=probe_success&name[]=probe_fanout_node_failure_info", "name[]=nothing", "name[]="}
 	type response struct {
 		code   int
 		header http.Header
@@ -123,28 +141,31 @@ func TestExpose(t *testing.T) {
 		h.ServeHTTP(w, r)
 		return response{w.Code, w.Header(), w.Body.String()}
 	}
-	check := func(gatherer prometheus.Gatherer, accept []string, query string) {
-		t.Helper()
-		want := serve(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}), accept, query)
-		got := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { expose(w, r, r.URL.Query(), gatherer) }), accept, query)
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("Accept %.80q, query %q:\ngot  %d %v\n%s\nwant %d %v\n%s", accept, query, got.code, got.header, got.body, want.code, want.header, want.body)
-		}
-	}
-	for range 2 {
-		for _, a := range accepts {
-			for _, q := range queries {
-				check(reg, []string{a}, q)
+	for name, e := range probes {
+		t.Run(name, func(t *testing.T) {
+			check := func(accept []string, query string) {
+				t.Helper()
+				want := serve(promhttp.HandlerFor(e, promhttp.HandlerOpts{EnableOpenMetrics: true, DisableCompression: true}), accept, query)
+				got := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { expose(w, r, r.URL.Query(), e) }), accept, query)
+				if !reflect.DeepEqual(got, want) {
+					t.Errorf("Accept %.80q, query %q:\ngot  %d %v\n%s\nwant %d %v\n%s", accept, query, got.code, got.header, got.body, want.code, want.header, want.body)
+				}
+				if want.code != http.StatusOK || query == "" && !strings.Contains(want.body, "probe_success") {
+					t.Fatalf("promhttp's answer: %d %s", want.code, want.body)
+				}
 			}
-		}
-		slices.Reverse(accepts)
-	}
-	for i := range accepts {
-		check(reg, []string{accepts[i], accepts[(i+1)%len(accepts)]}, "")
-		check(reg, nil, "")
-	}
-	check(failing, []string{accepts[1]}, "")
-	if got := serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { expose(w, r, r.URL.Query(), failing) }), nil, ""); got.code != http.StatusInternalServerError || !strings.Contains(got.body, "metric probe_x given twice") {
-		t.Errorf("gathering failed: %d %q, want 500 and the error", got.code, got.body)
+			for range 2 {
+				for _, a := range accepts {
+					for _, q := range queries {
+						check([]string{a}, q)
+					}
+				}
+				slices.Reverse(accepts)
+			}
+			for i := range accepts {
+				check([]string{accepts[i], accepts[(i+1)%len(accepts)]}, "")
+				check(nil, "")
+			}
+		})
 	}
 }

@@ -4,9 +4,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/netprobe/netprobe/client"
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/modules"
@@ -99,17 +96,16 @@ func (f *Fanout) labels() map[node]string {
 // reached it at ("" for the entry).
 type node struct{ name, addr string }
 
-// Gatherer gathers the fan-out's metrics: each node's as one probe gives
+// Exposition is the fan-out's metrics: each node's as one probe gives
 // them, with its vantage label; probe_fanout_node_failure_info for each
 // node that failed as a whole; the counts; and probe_success, 1 only when
 // every node asked succeeded, with probe_duration_seconds, the whole
 // scrape's, without a vantage. duration is the whole scrape's.
-func (f *Fanout) Gatherer(duration time.Duration, logger *slog.Logger) prometheus.Gatherer {
-	parts := f.parts(duration, logger)
-	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return gather(parts...) })
+func (f *Fanout) Exposition(duration time.Duration, logger *slog.Logger) *Exposition {
+	return &Exposition{parts: f.parts(duration, logger)}
 }
 
-// parts are the fan-out's metrics, as Gatherer gathers them: its own
+// parts are the fan-out's metrics, as Exposition has them: its own
 // first, then each node's with its vantage.
 func (f *Fanout) parts(duration time.Duration, logger *slog.Logger) []*probeMetrics {
 	p := &probeMetrics{}

@@ -58,7 +58,7 @@ func TestFanoutNodes(t *testing.T) {
 				nodes[r.GetVantage().GetNode()+r.GetVantage().GetAddress()] = true
 			}
 			f.Keep(&netprobev1.SweepResponse{Fanout: &netprobev1.FanoutSummary{Asked: uint32(len(nodes)), Answered: uint32(len(nodes))}})
-			families, err := f.Gatherer(time.Second, slog.New(slog.DiscardHandler)).Gather()
+			families, err := f.Exposition(time.Second, slog.New(slog.DiscardHandler)).Gather()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -89,7 +89,7 @@ func labelsOf(m *dto.Metric) string {
 	return s + "}"
 }
 
-// TestFanoutGather holds a fan-out's gather to what a registry gathers
+// TestFanoutGather holds a fan-out's Exposition to what a registry gathers
 // holding the same metrics, each node's registered with its vantage
 // label through WrapRegistererWith: nodes that succeeded, failed after
 // attempts, failed as a whole, and a target no node could probe.
@@ -106,8 +106,9 @@ func TestFanoutGather(t *testing.T) {
 	}{
 		{"nodes that succeeded, failed, and failed as a whole", func(f *Fanout) {
 			f.Whole().Addressed("127.0.0.1")
+			// TLS's version label sorts after the vantage.
 			f.Keep(node("n2", &netprobev1.ConnectResponse{PeerAddress: "127.0.0.1:80", ConnectDuration: d(time.Millisecond), TotalDuration: d(time.Millisecond),
-				Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:80"}}}))
+				Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:80"}}, Tls: &netprobev1.TlsResult{Version: "TLS 1.3", HandshakeDuration: d(time.Millisecond)}}))
 			f.Keep(node("n1", &netprobev1.ConnectResponse{ConnectDuration: d(time.Millisecond), TotalDuration: d(time.Millisecond),
 				Attempts: []*netprobev1.DialAttempt{{Address: "127.0.0.1:80", Error: refused}}, Error: refused}))
 			f.Keep(&netprobev1.SweepResponse{Vantage: &netprobev1.Vantage{Node: "n3"}, VantageError: &netprobev1.VantageError{Code: "UNAVAILABLE"}})

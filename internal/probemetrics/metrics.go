@@ -1,7 +1,6 @@
 package probemetrics
 
 import (
-	"cmp"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -10,11 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/protobuf/proto"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 )
@@ -64,14 +60,23 @@ func addition(name, help, doc string, labels ...string) *Addition {
 }
 
 // metric is one of the metrics /probe gives: the description a registry
-// takes, and the name and help that gather writes beside it.
+// takes, and what Exposition gives beside its samples.
 type metric struct {
 	name, help string
+	labels     []string
 	desc       *prometheus.Desc
+	// sorted are the indexes of labels in the order of their names, the
+	// order a registry gives a metric's labels in.
+	sorted []int
 }
 
 func newMetric(name, help string, labels ...string) *metric {
-	return &metric{name: name, help: help, desc: prometheus.NewDesc(name, help, labels, nil)}
+	m := &metric{name: name, help: help, labels: labels, desc: prometheus.NewDesc(name, help, labels, nil), sorted: make([]int, len(labels))}
+	for i := range labels {
+		m.sorted[i] = i
+	}
+	slices.SortFunc(m.sorted, func(a, b int) int { return strings.Compare(labels[a], labels[b]) })
+	return m
 }
 
 // netprobe's own metrics.
@@ -150,15 +155,21 @@ func Markdown() string {
 	return b.String()
 }
 
-// probeMetrics collects one probe's metrics, made once: gather, or the
-// registry of the scrape, gathers them.
+// probeMetrics collects one probe's metrics, made once: an Exposition or
+// the registry of the scrape (debug=true) gives them.
 type probeMetrics struct {
-	ms []prometheus.Metric
-	// of is the metric each of ms is one of.
-	of []*metric
+	samples []sample
 	// vantage, when set, is the vantage label a fan-out gives each of
-	// ms: a node's series.
+	// samples: a node's series.
 	vantage string
+}
+
+// sample is one of a probe's metrics: a gauge, its value and its label
+// values, in the order of its metric's labels.
+type sample struct {
+	of     *metric
+	value  float64
+	values []string
 }
 
 // Describe describes nothing: the metrics are fixed, above, and the
@@ -166,8 +177,8 @@ type probeMetrics struct {
 func (p *probeMetrics) Describe(chan<- *prometheus.Desc) {}
 
 func (p *probeMetrics) Collect(ch chan<- prometheus.Metric) {
-	for _, m := range p.ms {
-		ch <- m
+	for _, s := range p.samples {
+		ch <- prometheus.MustNewConstMetric(s.of.desc, prometheus.GaugeValue, s.value, s.values...)
 	}
 }
 
@@ -176,74 +187,14 @@ func (p *probeMetrics) Collect(ch chan<- prometheus.Metric) {
 // carry what targets sent (an expect's groups, a certificate's names),
 // which may be any bytes.
 func (p *probeMetrics) gauge(m *metric, v float64, labels ...string) {
+	if len(labels) != len(m.labels) {
+		panic(fmt.Sprintf("probemetrics: %s has %d labels, given %d values", m.name, len(m.labels), len(labels)))
+	}
 	valid := make([]string, len(labels))
 	for i, l := range labels {
 		valid[i] = strings.ToValidUTF8(l, "\uFFFD")
 	}
-	p.ms = append(p.ms, prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, v, valid...))
-	p.of = append(p.of, m)
-}
-
-// gather gathers parts as a registry holding them does (prometheus's
-// Registry.Gather, the parts with a vantage registered through
-// WrapRegistererWith): their families sorted by name, each with its
-// metrics sorted by their label values, and an error for a metric given
-// twice or a label value that is not UTF-8. It does so in the caller's
-// goroutine: a Registry's Gather starts a goroutine and makes two
-// channels of a thousand metrics, which took a third of /probe's rate
-// here (bench). TestGather and TestFanoutGather hold the two alike.
-func gather(parts ...*probeMetrics) ([]*dto.MetricFamily, error) {
-	families := map[string]*dto.MetricFamily{}
-	seen := map[string]bool{}
-	for _, p := range parts {
-		for i, m := range p.ms {
-			of := p.of[i]
-			dm := &dto.Metric{}
-			if err := m.Write(dm); err != nil {
-				return nil, err
-			}
-			if p.vantage != "" {
-				dm.Label = append(dm.Label, &dto.LabelPair{Name: proto.String(vantageLabel), Value: proto.String(p.vantage)})
-				slices.SortFunc(dm.Label, func(a, b *dto.LabelPair) int { return strings.Compare(a.GetName(), b.GetName()) })
-			}
-			key := of.name
-			for _, l := range dm.GetLabel() {
-				if !utf8.ValidString(l.GetValue()) {
-					return nil, fmt.Errorf("metric %s: label %s=%q is not UTF-8", of.name, l.GetName(), l.GetValue())
-				}
-				key += "\xff" + l.GetName() + "\xff" + l.GetValue()
-			}
-			if seen[key] {
-				return nil, fmt.Errorf("metric %s %v given twice", of.name, dm.GetLabel())
-			}
-			seen[key] = true
-			f := families[of.name]
-			if f == nil {
-				f = &dto.MetricFamily{Name: proto.String(of.name), Help: proto.String(of.help), Type: dto.MetricType_GAUGE.Enum()}
-				families[of.name] = f
-			}
-			f.Metric = append(f.Metric, dm)
-		}
-	}
-	out := make([]*dto.MetricFamily, 0, len(families))
-	for _, f := range families {
-		slices.SortFunc(f.Metric, func(a, b *dto.Metric) int {
-			// A registry puts the metric with fewer labels first; a
-			// probe's metrics of a name all have the same labels.
-			if c := cmp.Compare(len(a.GetLabel()), len(b.GetLabel())); c != 0 {
-				return c
-			}
-			for i, l := range a.GetLabel() {
-				if c := strings.Compare(l.GetValue(), b.GetLabel()[i].GetValue()); c != 0 {
-					return c
-				}
-			}
-			return 0
-		})
-		out = append(out, f)
-	}
-	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
-	return out, nil
+	p.samples = append(p.samples, sample{of: m, value: v, values: valid})
 }
 
 // Registry gathers the probe's metrics: blackbox_exporter's, in the cases
@@ -255,11 +206,9 @@ func (r *Result) Registry(duration time.Duration, logger *slog.Logger) *promethe
 	return reg
 }
 
-// Gatherer gathers the probe's metrics as Registry's registry does, in
-// the goroutine that asks.
-func (r *Result) Gatherer(duration time.Duration, logger *slog.Logger) prometheus.Gatherer {
-	p := r.metrics(duration, logger)
-	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return gather(p) })
+// Exposition is the probe's metrics, as Registry's registry gathers them.
+func (r *Result) Exposition(duration time.Duration, logger *slog.Logger) *Exposition {
+	return &Exposition{parts: []*probeMetrics{r.metrics(duration, logger)}}
 }
 
 // metrics are the probe's metrics, as Registry gathers them.

@@ -1,15 +1,20 @@
 package probemetrics
 
 import (
+	"bytes"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -91,11 +96,13 @@ func TestTraceMetrics(t *testing.T) {
 	}
 }
 
-// TestGather holds gather, which /probe's scrapes use, to what a
+// TestGather holds an Exposition, which /probe's scrapes use, to what a
 // prometheus.Registry holding the same metrics gathers (Result.Registry,
 // which a fan-out and debug=true use): the families, their help and type,
 // their metrics sorted by label values, for probes that give every kind
-// of metric; and an error, not a second series, for a metric given twice.
+// of metric, and the text AppendText writes of them in both formats to
+// what expfmt writes; and an error, not a second series, for a metric
+// given twice.
 func TestGather(t *testing.T) {
 	d := durationpb.New
 	tcp := &modules.Module{Name: "tcp_connect", Prober: "tcp"}
@@ -158,6 +165,18 @@ func TestGather(t *testing.T) {
 		sameAsRegistry(t, reg, p)
 	})
 
+	t.Run("values and labels a format writes its own way", func(t *testing.T) {
+		p := &probeMetrics{}
+		m := newMetric("probe_x", "A help with \"quotes\", a \\ and a\nnewline.", "b", "a")
+		for i, v := range []float64{math.NaN(), math.Inf(1), math.Inf(-1), math.Copysign(0, -1), 0, 1, -1, 0.1, 100, 1e21, 1e-7, -2.5e-300, math.MaxFloat64, 123456789012} {
+			p.gauge(m, v, strconv.Itoa(i), `"quoted" \ back`+"\nslash \xff")
+		}
+		p.gauge(newMetric("probe_success", "s"), 1)
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(p)
+		sameAsRegistry(t, reg, p)
+	})
+
 	t.Run("a metric given twice", func(t *testing.T) {
 		p := &probeMetrics{}
 		p.gauge(phaseDuration.metric, 1, "connect")
@@ -167,25 +186,56 @@ func TestGather(t *testing.T) {
 		if _, err := reg.Gather(); err == nil {
 			t.Fatal("a registry gathers a metric given twice")
 		}
-		if mfs, err := gather(p); err == nil {
-			t.Errorf("gather gave %v, no error", mfs)
+		e := &Exposition{parts: []*probeMetrics{p}}
+		if mfs, err := e.Gather(); err == nil {
+			t.Errorf("Gather gave %v, no error", mfs)
+		}
+		if text, err := e.AppendText(nil, false, nil); err == nil {
+			t.Errorf("AppendText gave %q, no error", text)
 		}
 	})
 }
 
-// sameAsRegistry checks that gather makes of parts what reg, which holds
-// them, gathers.
+// sameAsRegistry checks that an Exposition of parts gathers what reg,
+// which holds them, gathers, and that its AppendText writes what expfmt
+// makes of that in the text format and OpenMetrics, all of it and the
+// families a name[] filter names.
 func sameAsRegistry(t *testing.T, reg *prometheus.Registry, parts ...*probeMetrics) {
 	t.Helper()
 	want, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := gather(parts...)
+	e := &Exposition{parts: parts}
+	got, err := e.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-		t.Errorf("gather differs from a registry's Gather (-registry +gather):\n%s", diff)
+	if diff := cmp.Diff(want, got, protocmp.Transform(), cmpopts.EquateNaNs()); diff != "" {
+		t.Errorf("Gather differs from a registry's Gather (-registry +Gather):\n%s", diff)
+	}
+	for _, format := range []expfmt.Format{expfmt.NewFormat(expfmt.TypeTextPlain), expfmt.NewFormat(expfmt.TypeOpenMetrics)} {
+		for _, only := range []map[string]bool{nil, {"probe_success": true, "probe_ssl_last_chain_info": true, "probe_x": true}, {}} {
+			var text bytes.Buffer
+			enc := expfmt.NewEncoder(&text, format)
+			for _, mf := range want {
+				if only != nil && !only[mf.GetName()] {
+					continue
+				}
+				if err := enc.Encode(mf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := enc.(expfmt.Closer).Close(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := e.AppendText([]byte("before\n"), format.FormatType() == expfmt.TypeOpenMetrics, only)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff("before\n"+text.String(), string(got)); diff != "" {
+				t.Errorf("AppendText differs from expfmt's %s, name[] %v (-expfmt +AppendText):\n%s", format, only, diff)
+			}
+		}
 	}
 }
