@@ -15,11 +15,17 @@ import (
 )
 
 const (
-	// expectWindow bounds what an expect keeps to match against: past it,
-	// the oldest half is dropped. A match is line-oriented, so only a line
-	// longer than that is missed: what is kept of a line whose start was
-	// dropped is no line's start to an expect's ^, nor a line of its own
-	// to an expect_line.
+	// expectWindow bounds what an expect keeps to match against. An
+	// expect is shown what came half a window at a time, each half ending
+	// at a multiple of it in the bytes received (show), and on going into
+	// a half drops what lies before the half before it: so it keeps 32 to
+	// 64 KiB, and where a drop falls depends on the bytes' place, never
+	// on how the peer's writes were split. A match is line-oriented: a
+	// line of up to 32 KiB is always matched whole, one over 64 KiB never,
+	// one between when it starts no earlier than the half before the one
+	// it ends in. What is kept of a line whose start was dropped is no
+	// line's start to an expect's ^, nor a line of its own to an
+	// expect_line.
 	expectWindow = 64 << 10
 	// quotedBytes is how much of what the peer sent a NO_MATCH quotes;
 	// quotedRefusalBytes how much of a refusal: a reply line, whole.
@@ -64,7 +70,7 @@ func (f *fetch) dialogue() (matched bool, err error) {
 			}
 			// Bytes the peer sent ahead of the handshake are plaintext
 			// that must not pass for part of the TLS stream.
-			f.conn, f.pending, f.scanned, f.searched, f.cut = tc, nil, 0, 0, false
+			f.conn, f.pending, f.base, f.shown, f.scanned, f.searched, f.cut = tc, nil, 0, 0, 0, 0, false
 		}
 	}
 	return f.steps[len(f.steps)-1].expect != nil, nil
@@ -91,8 +97,11 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 	r := newPooledReader(f.conn, rawChunkBytes)
 	eof := false
 	for {
-		capped := f.sum.BytesReceived >= f.maxBytes
-		src, loc, end, refused, err := f.find(m, rm, st, eof, capped)
+		// The peer's close and the byte cap end the text once the expect
+		// has been shown all that came before them.
+		held := f.shown < len(f.pending)
+		ended := (eof || f.sum.BytesReceived >= f.maxBytes) && !held
+		src, loc, end, refused, err := f.find(m, rm, st, ended)
 		switch {
 		case err != nil:
 			f.failExpect(i, p, err)
@@ -102,12 +111,15 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 			return false, nil
 		case loc != nil:
 			return true, f.matched(i, src, loc, end)
-		case eof:
+		case ended && eof:
 			f.noMatch(i, p, "before the peer closed")
 			return false, nil
-		case capped:
+		case ended:
 			f.noMatch(i, p, "before the byte cap")
 			return false, nil
+		case held:
+			f.show(m, rm)
+			continue
 		}
 		if err := f.idleDeadline(); err != nil {
 			f.failExpect(i, p, err)
@@ -115,22 +127,6 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 		}
 		chunk, rerr := r.next()
 		if len(chunk) > 0 {
-			if drop := len(f.pending) - expectWindow/2; drop > 0 && len(f.pending)+len(chunk) > expectWindow {
-				// What is kept goes on from the last rune dropped. When
-				// that did not end a line, the next line an expect_line
-				// would read began before what is kept: it is cut.
-				prev, _ := utf8.DecodeLastRune(f.pending[:drop])
-				if f.scanned < drop && prev != '\n' {
-					f.cut = true
-				}
-				f.pending = append(f.pending[:0:0], f.pending[drop:]...)
-				f.scanned = max(0, f.scanned-drop)
-				f.searched = max(0, f.searched-drop)
-				m.resetAfter(prev)
-				if rm != nil {
-					rm.resetAfter(prev)
-				}
-			}
 			// What the byte cap cuts off is not matched either.
 			kept := chunk[:min(uint64(len(chunk)), f.maxBytes-f.sum.BytesReceived)]
 			f.pending = append(f.pending, kept...)
@@ -139,6 +135,7 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 			if serr != nil {
 				return false, serr
 			}
+			f.show(m, rm)
 		} else {
 			r.release()
 		}
@@ -153,6 +150,32 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 	}
 }
 
+// show shows the expect, whose matchers are m and rm, the next of what
+// is pending: up to the next multiple of half the window in the bytes
+// received, first dropping what lies before the half before that one
+// (see expectWindow).
+func (f *fetch) show(m, rm *matcher) {
+	const half = expectWindow / 2
+	k := (f.base + f.shown) / half
+	if drop := (k-1)*half - f.base; drop > 0 {
+		// What is kept goes on from the last rune dropped. When that did
+		// not end a line, the next line an expect_line would read began
+		// before what is kept: it is cut.
+		prev, _ := utf8.DecodeLastRune(f.pending[:drop])
+		if f.scanned < drop && prev != '\n' {
+			f.cut = true
+		}
+		f.pending, f.base, f.shown = f.pending[drop:], f.base+drop, f.shown-drop
+		f.scanned = max(0, f.scanned-drop)
+		f.searched = max(0, f.searched-drop)
+		m.resetAfter(prev)
+		if rm != nil {
+			rm.resetAfter(prev)
+		}
+	}
+	f.shown = min((k+1)*half-f.base, len(f.pending))
+}
+
 // find looks for st's match in what is pending: anywhere in it, going on
 // from where m stopped, or for an expect_line in one whole line at a time
 // (and, once the peer closed, in a last line without its terminator). It
@@ -163,41 +186,42 @@ func (f *fetch) expect(i int, st step) (bool, error) {
 // line the expect does not match is tried on it; in what is pending, it
 // wins a match that starts before the expect's. Then refused is set, and
 // the match is the refusal's.
-func (f *fetch) find(m, rm *matcher, st step, eof, capped bool) (src []byte, loc []int, end int, refused bool, err error) {
+func (f *fetch) find(m, rm *matcher, st step, ended bool) (src []byte, loc []int, end int, refused bool, err error) {
+	text := f.pending[:f.shown]
 	if !st.line {
-		// Nothing more comes once the peer closed or the cap is reached:
-		// the last bytes are all there is of the text.
-		if loc, err = m.scan(f.pending, eof || capped); err != nil {
+		// Nothing more comes once the text ended: the last bytes are all
+		// there is of it.
+		if loc, err = m.scan(text, ended); err != nil {
 			return nil, nil, 0, false, err
 		}
 		if rm != nil {
-			rloc, err := rm.scan(f.pending, eof || capped)
+			rloc, err := rm.scan(text, ended)
 			if err != nil {
 				return nil, nil, 0, false, err
 			}
 			if rloc != nil && (loc == nil || rloc[0] < loc[0]) {
-				return f.pending, rloc, rloc[1], true, nil
+				return text, rloc, rloc[1], true, nil
 			}
 		}
 		if loc == nil {
 			return nil, nil, 0, false, nil
 		}
-		return f.pending, loc, loc[1], false, nil
+		return text, loc, loc[1], false, nil
 	}
-	for f.scanned < len(f.pending) {
-		rest := f.pending[f.scanned:]
+	for f.scanned < len(text) {
+		rest := text[f.scanned:]
 		// A long line is searched for its end once, not on every chunk.
-		n := bytes.IndexByte(f.pending[f.searched:], '\n')
+		n := bytes.IndexByte(text[f.searched:], '\n')
 		if n < 0 {
-			f.searched = len(f.pending)
-			if !eof {
+			f.searched = len(text)
+			if !ended {
 				return nil, nil, 0, false, nil
 			}
 			n = len(rest)
 		} else {
 			n += f.searched - f.scanned
 		}
-		next := min(f.scanned+n+1, len(f.pending))
+		next := min(f.scanned+n+1, len(text))
 		line := bytes.TrimSuffix(rest[:n], []byte("\r"))
 		f.scanned, f.searched = next, next
 		if f.cut {
@@ -243,7 +267,7 @@ func (f *fetch) matched(i int, src []byte, loc []int, end int) error {
 			f.groups[g] = bytes.Clone(b[:min(len(b), maxGroupBytes)])
 		}
 	}
-	f.pending, f.scanned, f.searched, f.cut = f.pending[end:], 0, 0, false
+	f.pending, f.base, f.shown, f.scanned, f.searched, f.cut = f.pending[end:], f.base+end, f.shown-end, 0, 0, false
 	return f.emit(&netprobev1.FetchResponse{Event: &netprobev1.FetchResponse_Match{
 		Match: &netprobev1.ExpectMatch{Step: uint32(i), Groups: f.groups},
 	}})

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"regexp"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	netprobev1 "github.com/netprobe/netprobe/gen/netprobe/v1"
 	"github.com/netprobe/netprobe/internal/modules"
@@ -209,7 +211,8 @@ func TestExpectLineSearchedOnce(t *testing.T) {
 	m := newMatcher(&budget{ctx: context.Background()}, st.expect)
 	for range 4096 {
 		f.pending = append(f.pending, "0123456789abcdef"...)
-		if _, loc, _, _, err := f.find(m, nil, st, false, false); loc != nil || err != nil {
+		f.shown = len(f.pending)
+		if _, loc, _, _, err := f.find(m, nil, st, false); loc != nil || err != nil {
 			t.Fatalf("%v, %v", loc, err)
 		}
 		if f.scanned != 0 {
@@ -219,4 +222,91 @@ func TestExpectLineSearchedOnce(t *testing.T) {
 			f.pending[i] = '\n'
 		}
 	}
+}
+
+// TestExpectWindowSplit runs expect_lines (a module's query_response
+// expect) and an expect over texts longer than expectWindow, sent in one
+// write and split in many ways (net.Pipe hands each write to one read, so
+// the split is exactly the reads the expect sees), and checks that the
+// split never changes the outcome: a line over 64 KiB is never matched,
+// one of up to 32 KiB always, one between by where it starts. A window
+// that dropped by what was pending when a read came matched the long
+// line when it came in one read and missed it when it came in several
+// (checked).
+func TestExpectWindowSplit(t *testing.T) {
+	long := func(n int) string { return "BANNER " + strings.Repeat("A", n) + "\n" }
+	var lines strings.Builder
+	for i := range 20000 {
+		fmt.Fprintf(&lines, "line %d\n", i)
+	}
+	for _, tc := range []struct {
+		name, text, expect string
+		line               bool
+		match              string // the outcome every split must give: the first group, or "" for none
+	}{
+		{"a line over 64 KiB", long(100000), `^BANNER A*(A{10})$`, true, ""},
+		{"a line of 32 KiB", "x\n" + long(32760), `^BANNER A*(A{10})$`, true, "AAAAAAAAAA"},
+		{"a line of 40 KiB at the start", long(40000), `^BANNER A*(A{10})$`, true, "AAAAAAAAAA"},
+		{"a line of 48 KiB after 20 KiB", strings.Repeat("y\n", 10000) + long(48000), `^BANNER A*(A{10})$`, true, ""},
+		{"a short line after it", strings.Repeat("y\n", 10000) + long(48000) + "BANNER short\n", `^BANNER (s\w+)$`, true, "short"},
+		{"the last of 20,000 short lines", lines.String() + "OK 1\n", `^OK (\d)$`, true, "1"},
+		{"the tail of a line over 64 KiB, to an expect_line", "BANNER " + strings.Repeat("A", 100000) + "END\n", `(A{3}END)$`, true, ""},
+		{"the tail of a line over 64 KiB, to an expect", "BANNER " + strings.Repeat("A", 100000) + "END\n", `(A{3}END)`, false, "AAAEND"},
+	} {
+		var v violations
+		st := step{expect: (&expects{}).compile(&v, "expect", tc.expect), line: tc.line}
+		if v.err() != nil {
+			t.Fatal(v.err())
+		}
+		outcomes := map[string]string{}
+		for name, sizes := range map[string][]int{
+			"one write":         {len(tc.text)},
+			"1000 bytes a read": {1000},
+			"at odd places":     {7, 32768, 3, 65535, 1},
+			"32 KiB a read":     {32 << 10},
+			"100 KiB a read":    {100 << 10},
+		} {
+			outcomes[name] = expectOver(t, tc.text, sizes, st)
+		}
+		for name, got := range outcomes {
+			if got != tc.match {
+				t.Errorf("%s, %s: matched %q, want %q (every split: %v)", tc.name, name, got, tc.match, outcomes)
+			}
+		}
+	}
+}
+
+// expectOver runs st over a pipe whose peer writes text in writes of
+// sizes (the last size repeated), and returns its first group, or "" when
+// it did not match.
+func expectOver(t *testing.T, text string, sizes []int, st step) string {
+	t.Helper()
+	client, peer := net.Pipe()
+	defer client.Close()
+	go func() {
+		defer peer.Close()
+		for i := 0; len(text) > 0; i++ {
+			n := min(sizes[min(i, len(sizes)-1)], len(text))
+			if _, err := peer.Write([]byte(text[:n])); err != nil {
+				return
+			}
+			text = text[n:]
+		}
+	}()
+	f := &fetch{
+		fetchParams: &fetchParams{maxBytes: 1 << 30, steps: []step{st}},
+		ctx:         context.Background(), conn: client, emit: discard, start: time.Now(), deadline: time.Now().Add(time.Minute),
+		sum: &netprobev1.FetchSummary{},
+	}
+	matched, err := f.dialogue()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !matched {
+		if f.sum.GetError().GetReason() != netprobev1.Reason_REASON_NO_MATCH {
+			t.Fatalf("no match, and not NO_MATCH: %v", f.sum.GetError())
+		}
+		return ""
+	}
+	return string(f.groups[1])
 }

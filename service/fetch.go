@@ -201,13 +201,15 @@ type fetch struct {
 	// msg carries each piece of data to the caller; data is its event.
 	msg  *netprobev1.FetchResponse
 	data *netprobev1.FetchData
-	// pending is what a dialogue received since its last expect matched;
-	// an expect_line has looked at its lines up to scanned, and for the
-	// end of the next up to searched. cut says the next line lost its
-	// start to expectWindow.
-	pending           []byte
-	scanned, searched int
-	cut               bool
+	// pending is what a dialogue received since its last expect matched,
+	// less what expectWindow dropped; base is where it starts in the
+	// bytes received, and the expect has been shown it up to shown. An
+	// expect_line has looked at its lines up to scanned, and for the end
+	// of the next up to searched. cut says the next line lost its start
+	// to expectWindow.
+	pending                        []byte
+	base, shown, scanned, searched int
+	cut                            bool
 	// groups are what the last expect matched, each group cut to
 	// maxGroupBytes, for a send_template; nil for a group that took no
 	// part.
