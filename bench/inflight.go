@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"time"
 
@@ -181,16 +180,8 @@ func naiveHold(ctx context.Context, n int, port uint16, probedPeak int64) (row, 
 	if err != nil {
 		return row{}, fmt.Errorf("naive prober: %w", err)
 	}
-	idle, err := probetest.RSS(ns.pid)
-	if err != nil {
-		return row{}, err
-	}
-	fds := func() (int, error) {
-		d, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", ns.pid))
-		return len(d), err
-	}
-	idleFDs, err := fds()
-	if err != nil {
+	var idle stats
+	if err := idle.readProc(ns.pid); err != nil {
 		return row{}, err
 	}
 	pctx, cancel := context.WithCancel(ctx)
@@ -208,12 +199,12 @@ func naiveHold(ctx context.Context, n int, port uint16, probedPeak int64) (row, 
 	}
 	// The naive prober has no metrics: a dial in flight is a descriptor.
 	deadline := time.Now().Add(time.Minute)
+	var held stats
 	for {
-		held, err := fds()
-		if err != nil {
+		if err := held.readProc(ns.pid); err != nil {
 			return row{}, err
 		}
-		if held-idleFDs >= n {
+		if held.fds-idle.fds >= n {
 			break
 		}
 		select {
@@ -222,16 +213,13 @@ func naiveHold(ctx context.Context, n int, port uint16, probedPeak int64) (row, 
 		default:
 		}
 		if time.Now().After(deadline) {
-			return row{}, fmt.Errorf("naive prober: only %d of %d dials in flight after a minute", held-idleFDs, n)
+			return row{}, fmt.Errorf("naive prober: only %d of %d dials in flight after a minute", held.fds-idle.fds, n)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	peak, err := probetest.PeakRSS(ns.pid)
-	if err != nil {
-		return row{}, err
-	}
+	peak, base := held.peakKiB<<10, idle.rssKiB<<10
 	return row{
-		"  a naive gRPC prober holding as many", fmt.Sprintf("%d MiB", peak>>20), fmt.Sprintf("%d MiB idle", idle>>20), "",
-		fmt.Sprintf("%.1f KiB per probe; the floor: a gRPC Connect that only dials (ghz's naive prober), in a process of its own; probed's peak %s of it", float64(peak-idle)/1024/float64(n), ratio(float64(probedPeak), float64(peak))),
+		"  a naive gRPC prober holding as many", fmt.Sprintf("%d MiB", peak>>20), fmt.Sprintf("%d MiB idle", base>>20), "",
+		fmt.Sprintf("%.1f KiB per probe; the floor: a gRPC Connect that only dials (ghz's naive prober), in a process of its own; probed's peak %s of it", float64(peak-base)/1024/float64(n), ratio(float64(probedPeak), float64(peak))),
 	}, nil
 }

@@ -89,9 +89,16 @@ func (s *server) stats(ctx context.Context) (stats, error) {
 	st.goroutines = m["go_goroutines"]
 	st.stackMiB = m["go_memstats_stack_inuse_bytes"] / (1 << 20)
 	st.heapMiB = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.Cmd.Process.Pid))
+	err = st.readProc(s.Cmd.Process.Pid)
+	return st, err
+}
+
+// readProc reads what /proc says of process pid: its resident set, now
+// and at its peak, and its open descriptors.
+func (st *stats) readProc(pid int) error {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return st, err
+		return err
 	}
 	for _, line := range strings.Split(string(status), "\n") {
 		f := strings.Fields(line)
@@ -105,12 +112,12 @@ func (s *server) stats(ctx context.Context) (stats, error) {
 			st.peakKiB, _ = strconv.ParseInt(f[1], 10, 64)
 		}
 	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", s.Cmd.Process.Pid))
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
-		return st, err
+		return err
 	}
 	st.fds = len(fds)
-	return st, nil
+	return nil
 }
 
 // get GETs url, and returns the body of a 200 answer.
