@@ -70,9 +70,6 @@ func (r row) labels() int {
 func families(parts []*probeMetrics) ([]*family, error) {
 	var out []*family
 	for _, p := range parts {
-		if !utf8.ValidString(p.vantage) {
-			return nil, fmt.Errorf("label %s=%q is not UTF-8", vantageLabel, p.vantage)
-		}
 		for i := range p.samples {
 			s := &p.samples[i]
 			var f *family
@@ -101,7 +98,7 @@ func families(parts []*probeMetrics) ([]*family, error) {
 				}
 			}
 			// Sorted, the same series are neighbours.
-			if i > 0 && compareRows(f.rows[i-1], r) == 0 && sameNames(f.rows[i-1], r) {
+			if i > 0 && compareRows(f.rows[i-1], r) == 0 {
 				return nil, fmt.Errorf("metric %s %v given twice", f.of.name, r.values)
 			}
 		}
@@ -109,6 +106,9 @@ func families(parts []*probeMetrics) ([]*family, error) {
 	return out, nil
 }
 
+// compareRows orders rows as a registry orders the metrics of a family:
+// by their label values; then, which a registry would refuse, by their
+// label names, so that rows alike in both are neighbours.
 func compareRows(a, b row) int {
 	if c := cmp.Compare(a.labels(), b.labels()); c != 0 {
 		return c
@@ -120,18 +120,14 @@ func compareRows(a, b row) int {
 			return c
 		}
 	}
-	return 0
-}
-
-func sameNames(a, b row) bool {
 	for i := range a.labels() {
 		an, _ := a.label(i)
 		bn, _ := b.label(i)
-		if an != bn {
-			return false
+		if c := strings.Compare(an, bn); c != 0 {
+			return c
 		}
 	}
-	return true
+	return 0
 }
 
 // Gather gives the metrics as a registry holding them would.
