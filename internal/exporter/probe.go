@@ -237,7 +237,7 @@ type negotiated struct {
 
 // lastNegotiated is the last Accept header's format: one, so that a
 // scraper that changes its header each time (a hostile one) costs a
-// negotiation, as it would anyway, and no memory.
+// negotiation, as it would anyway, and no more memory than its header.
 var lastNegotiated atomic.Pointer[negotiated]
 
 // negotiate is the format of promhttp's choice for a scraper that sent h
