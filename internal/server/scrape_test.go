@@ -622,7 +622,9 @@ func TestScrapeDefaultModule(t *testing.T) {
 
 // TestScrapesAtOnce runs scrapes of a target that answers and of one that
 // refuses at the same time: each answers with its own probe's metrics,
-// though they share promhttp's handlers (exporter's expositions).
+// though they share the buffers their answers are written in (exporter's
+// texts; under -race it fails when a buffer goes back to the pool before
+// its answer is sent, checked).
 func TestScrapesAtOnce(t *testing.T) {
 	t.Parallel()
 	srv := probetest.Start(t, probetest.Unlimited)
